@@ -1,0 +1,35 @@
+"""flowcore: Prefect-style flows and tasks without a server, on interchangeable backends.
+
+The public API is this module's ``__all__``; everything else is importable but not
+advertised. Importing flowcore loads no backend dependency (dask, joblib, loky, numpy).
+"""
+
+from __future__ import annotations
+
+from flowcore.flows import Flow, flow
+from flowcore.futures import TaskFuture, as_completed, wait
+from flowcore.hookspecs import hookimpl
+from flowcore.loggers import get_run_logger
+from flowcore.mapping import unmapped
+from flowcore.selection import get_backend, use_backend
+from flowcore.states import State
+from flowcore.tasks import Task, task
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Flow",
+    "State",
+    "Task",
+    "TaskFuture",
+    "__version__",
+    "as_completed",
+    "flow",
+    "get_backend",
+    "get_run_logger",
+    "hookimpl",
+    "task",
+    "unmapped",
+    "use_backend",
+    "wait",
+]

@@ -1,0 +1,79 @@
+"""Records that describe one run: :class:`TaskCall` (a task run) and :class:`FlowRun`.
+
+A ``TaskCall`` is everything a worker needs to run one task: it is picklable (the
+task pickles by reference when it is importable) and carries no backend state.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from flowcore.tasks import Task
+
+# Task run ids are cheap: a random per-process prefix and a counter (a uuid4 costs
+# more than the whole direct-call fast path).
+_PREFIX = uuid.uuid4().hex[:12]
+_PID = os.getpid()
+_counter = itertools.count(1)
+
+
+def new_task_run_id() -> str:
+    """A run id unique across processes and runs: ``<random prefix>-<counter>``."""
+    global _PREFIX, _PID
+    if os.getpid() != _PID:  # forked: do not repeat the parent's ids
+        _PREFIX, _PID = uuid.uuid4().hex[:12], os.getpid()
+    return f"{_PREFIX}-{next(_counter):x}"
+
+
+def new_flow_run_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass
+class TaskCall:
+    """One task run: the task, its (resolved) arguments and where it belongs.
+
+    ``args``/``kwargs`` hold plain values by the time a worker sees them (futures
+    already replaced by results). ``log_prints`` is resolved (task option, else the
+    flow's).
+    """
+
+    task: Task[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    task_run_id: str
+    task_run_name: str
+    flow_run_id: str | None = None
+    flow_run_name: str | None = None
+    flow_name: str | None = None
+    submitted_at: float = 0.0
+    log_prints: bool = False
+
+    @property
+    def parameters(self) -> dict[str, Any]:
+        """The arguments bound to the task's parameters, defaults applied."""
+        return self.task.bind(self.args, self.kwargs)
+
+    def __repr__(self) -> str:
+        return f"TaskCall({self.task_run_name!r}, id={self.task_run_id!r})"
+
+
+@dataclass(frozen=True)
+class FlowRun:
+    """One flow run, as observers and loggers see it."""
+
+    flow_name: str
+    run_id: str
+    name: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+    backend: str = ""
+    parent_run_id: str | None = None
+    started_at: float = 0.0
+
+
+__all__ = ["FlowRun", "TaskCall", "new_flow_run_id", "new_task_run_id"]

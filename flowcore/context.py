@@ -1,0 +1,192 @@
+"""Run contexts (contextvars): which backend ``.submit`` uses and what a run owns.
+
+* :class:`RunScope` is opened by ``use_backend`` and by every flow run: it holds the
+  backend (created on first submit) and the futures submitted inside it, which are
+  awaited when the scope closes.
+* :class:`FlowRunContext` is a RunScope that also knows its flow run.
+* :class:`TaskRunContext` is set while a task body runs (for ``get_run_logger``).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+from typing import TYPE_CHECKING, Any
+
+from flowcore.backend import Backend
+from flowcore.calls import FlowRun, TaskCall
+
+if TYPE_CHECKING:
+    import logging
+
+    from flowcore.flows import Flow
+    from flowcore.futures import TaskFuture
+
+
+class BackendSlot:
+    """A backend that is created on first use and closed by whoever created it.
+
+    Given an instance, the slot uses it and never shuts it down (the caller owns it).
+    Given a name, the slot creates the backend through the registry on first
+    :meth:`get` and shuts it down in :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        *,
+        instance: Backend | None = None,
+        name: str | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> None:
+        self._instance = instance
+        self._name = instance.name if instance is not None else name
+        self._options = options or {}
+        self._owned = instance is None
+        self._lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        return self._name or "?"
+
+    def get(self) -> Backend:
+        instance = self._instance
+        if instance is not None:
+            return instance
+        with self._lock:
+            if self._instance is None:
+                from flowcore.registry import get_registry
+
+                assert self._name is not None
+                self._instance = get_registry().create(self._name, **self._options)
+            return self._instance
+
+    def close(self, *, wait: bool = True, cancel_futures: bool = False) -> None:
+        with self._lock:
+            instance = self._instance
+            if self._owned:
+                self._instance = None
+        if self._owned and instance is not None:
+            instance.shutdown(wait=wait, cancel_futures=cancel_futures)
+
+    def borrow(self) -> BackendSlot:
+        """A slot that uses this one's backend and never shuts it down."""
+        return _BorrowedSlot(self)
+
+
+class _BorrowedSlot(BackendSlot):
+    """Another scope's slot, used without owning it (a subflow uses its parent's)."""
+
+    def __init__(self, lender: BackendSlot) -> None:
+        super().__init__(name=lender.name)
+        self._lender = lender
+        self._owned = False
+
+    def get(self) -> Backend:
+        return self._lender.get()
+
+    def close(self, *, wait: bool = True, cancel_futures: bool = False) -> None:
+        return None
+
+
+class RunScope:
+    """A scope in which tasks may be submitted: a backend plus the futures it ran."""
+
+    def __init__(self, slot: BackendSlot, parent: RunScope | None = None) -> None:
+        self.slot = slot
+        self.parent = parent
+        self.futures: list[TaskFuture[Any]] = []
+        # A use_backend block inside a flow still belongs to that flow run.
+        self.flow_run: FlowRun | None = parent.flow_run if parent is not None else None
+        self.log_prints: bool = parent.log_prints if parent is not None else False
+
+    def backend(self) -> Backend:
+        return self.slot.get()
+
+    def track(self, future: TaskFuture[Any]) -> None:
+        self.futures.append(future)
+
+    def outstanding(self) -> list[TaskFuture[Any]]:
+        return [f for f in self.futures if not f.done()]
+
+
+class FlowRunContext(RunScope):
+    """The scope of one flow run."""
+
+    def __init__(
+        self,
+        flow: Flow[..., Any],
+        run: FlowRun,
+        slot: BackendSlot,
+        *,
+        log_prints: bool,
+        parent: RunScope | None,
+    ) -> None:
+        super().__init__(slot, parent)
+        self.flow = flow
+        self.flow_run = run
+        self.log_prints = log_prints
+        self.logger: logging.LoggerAdapter[logging.Logger] | None = None
+
+
+class TaskRunContext:
+    """Set while a task body runs. ``call`` is None on the direct-call fast path,
+    where the run id is made only if something asks for it."""
+
+    __slots__ = ("_call", "args", "flow_run", "kwargs", "logger", "task")
+
+    def __init__(
+        self,
+        task: Any,
+        call: TaskCall | None,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        flow_run: FlowRun | None = None,
+    ) -> None:
+        self.task = task
+        self._call = call
+        self.args = args
+        self.kwargs = kwargs
+        self.flow_run = flow_run
+        self.logger: logging.LoggerAdapter[logging.Logger] | None = None
+
+    @property
+    def call(self) -> TaskCall:
+        if self._call is None:
+            self._call = self.task._make_call(self.args, self.kwargs or {}, self.flow_run, False)
+        return self._call
+
+
+_scope: contextvars.ContextVar[RunScope | None] = contextvars.ContextVar(
+    "flowcore_scope", default=None
+)
+_task_run: contextvars.ContextVar[TaskRunContext | None] = contextvars.ContextVar(
+    "flowcore_task_run", default=None
+)
+
+
+def current_scope() -> RunScope | None:
+    """The innermost flow run or ``use_backend`` block, or None."""
+    return _scope.get()
+
+
+def current_flow_run() -> FlowRunContext | None:
+    """The innermost flow run context, or None outside flows."""
+    scope = _scope.get()
+    while scope is not None and not isinstance(scope, FlowRunContext):
+        scope = scope.parent
+    return scope
+
+
+def current_task_run() -> TaskRunContext | None:
+    return _task_run.get()
+
+
+__all__ = [
+    "BackendSlot",
+    "FlowRunContext",
+    "RunScope",
+    "TaskRunContext",
+    "current_flow_run",
+    "current_scope",
+    "current_task_run",
+]

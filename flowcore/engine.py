@@ -1,0 +1,152 @@
+"""The one function that runs a task, wherever it lands.
+
+:func:`run_call` runs a :class:`~flowcore.calls.TaskCall` to its final state: it calls
+the function, enforces ``timeout_seconds`` per attempt, applies the retry policy
+(delays, jitter, ``retry_condition_fn``) and returns a :class:`~flowcore.states.State`.
+It never raises for a task failure, so a backend only has to execute it: inline, in a
+thread, in another process or on a Dask worker, with no round trip between retries.
+
+:func:`report_final_state` runs in the parent once per task run, with the final state:
+it calls the task's ``on_completion``/``on_failure`` hooks and the observer plugins.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from typing import Any
+
+from flowcore import states
+from flowcore.calls import TaskCall
+from flowcore.context import TaskRunContext, _task_run
+from flowcore.registry import is_observed, notify
+from flowcore.states import State
+from flowcore.timeouts import Deadline, DeadlineExceeded
+
+logger = logging.getLogger("flowcore.task_runs")
+
+
+def run_call(call: TaskCall) -> State[Any]:
+    """Run ``call`` with retries and timeouts; return its final state. Never raises
+    for an exception of the task (``KeyboardInterrupt``/``SystemExit`` propagate)."""
+    task = call.task
+    options = task.options
+    policy = options.retry_policy
+    fn = task.fn
+    context = TaskRunContext(task, call)
+    token = _task_run.set(context)
+    print_token = None
+    if call.log_prints:
+        from flowcore.loggers import redirect_prints, task_logger
+
+        print_token = redirect_prints(task_logger(context))
+    first_start = time.time()
+    attempt = 0
+    try:
+        while True:
+            attempt += 1
+            try:
+                if options.timeout_seconds is None:
+                    value = fn(*call.args, **call.kwargs)
+                else:
+                    value = _call_with_deadline(fn, call, options.timeout_seconds)
+            except Exception as exc:
+                state = _failure_state(exc, call)
+            else:
+                return states.Completed(
+                    value, started_at=first_start, finished_at=time.time(), attempts=attempt
+                )
+            if attempt > policy.retries or not _should_retry(call, state):
+                return _with_timing(state, first_start, attempt)
+            delay = policy.delay(attempt - 1)
+            _task_log(call).warning(
+                "Task run %r failed (%s); retry %d/%d in %.3g s",
+                call.task_run_name,
+                state.message,
+                attempt,
+                policy.retries,
+                delay,
+            )
+            if delay > 0:
+                time.sleep(delay)
+    finally:
+        if print_token is not None:
+            from flowcore.loggers import restore_prints
+
+            restore_prints(print_token)
+        _task_run.reset(token)
+
+
+def _call_with_deadline(fn: Any, call: TaskCall, seconds: float) -> Any:
+    deadline = Deadline(seconds)
+    try:
+        with deadline:
+            return fn(*call.args, **call.kwargs)
+    except DeadlineExceeded as exc:
+        if deadline.owns(exc):
+            from flowcore.errors import TaskTimeoutError
+
+            raise TaskTimeoutError(
+                f"task run {call.task_run_name!r} exceeded its timeout of {seconds:g} s"
+            ) from None
+        raise
+
+
+def _failure_state(exc: Exception, call: TaskCall) -> State[Any]:
+    from flowcore.errors import TaskTimeoutError
+
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    if isinstance(exc, TaskTimeoutError):
+        return State(
+            states.StateType.FAILED, "TimedOut", str(exc), exception=exc, traceback=text
+        )
+    return states.Failed(exc, traceback=text)
+
+
+def _should_retry(call: TaskCall, state: State[Any]) -> bool:
+    condition = call.task.options.retry_condition_fn
+    if condition is None:
+        return True
+    try:
+        return bool(condition(call.task, call, state))
+    except Exception:
+        _task_log(call).exception(
+            "retry_condition_fn of task %r raised; not retrying", call.task.name
+        )
+        return False
+
+
+def _with_timing(state: State[Any], started: float, attempts: int) -> State[Any]:
+    from dataclasses import replace
+
+    return replace(state, started_at=started, finished_at=time.time(), attempts=attempts)
+
+
+def _task_log(call: TaskCall) -> logging.LoggerAdapter:  # type: ignore[type-arg]
+    from flowcore.loggers import task_logger
+
+    return task_logger(TaskRunContext(call.task, call))
+
+
+def report_final_state(call: TaskCall, state: State[Any]) -> None:
+    """Fire the task's hooks and the observers for a final state (once, in the parent)."""
+    task = call.task
+    options = task.options
+    hooks = options.on_completion if state.is_completed() else options.on_failure
+    for hook in hooks:
+        try:
+            hook(task, call, state)
+        except Exception:
+            _task_log(call).exception(
+                "hook %r of task run %r raised; the run's state is unchanged",
+                getattr(hook, "__name__", hook),
+                call.task_run_name,
+            )
+    if not state.is_completed():
+        _task_log(call).debug("Finished in state %r", state)
+    if is_observed("flowcore_task_run_finished"):
+        notify("flowcore_task_run_finished", task=task, call=call, state=state)
+
+
+__all__ = ["report_final_state", "run_call"]

@@ -1,0 +1,110 @@
+"""The one error hierarchy of flowcore.
+
+Every error flowcore raises on its own account derives from :class:`FlowcoreError`.
+Messages say what happened and what to do about it. Errors raised by a task's own
+code are never wrapped: the caller gets the task's exception, with its type intact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class FlowcoreError(Exception):
+    """Base class of every error raised by flowcore itself."""
+
+
+class ConfigurationError(FlowcoreError, ValueError):
+    """A setting (environment variable, pyproject.toml, backend options) is invalid."""
+
+
+class BackendNotFoundError(FlowcoreError, LookupError):
+    """The requested backend name is not registered, or its dependencies are missing."""
+
+    def __init__(self, name: str, registered: Iterable[str], *, hint: str | None = None) -> None:
+        self.name = name
+        self.registered = tuple(sorted(registered))
+        listed = ", ".join(self.registered) or "(none)"
+        message = f"unknown backend {name!r}; registered: {listed}"
+        if hint:
+            message = f"{hint}; registered: {listed}"
+        super().__init__(message)
+
+
+class BackendRegistrationError(FlowcoreError):
+    """A plugin tried to register a backend that is invalid or whose name is taken."""
+
+
+class BackendShutdownError(FlowcoreError, RuntimeError):
+    """Work was submitted to a backend that has already been shut down."""
+
+
+class MissingContextError(FlowcoreError, RuntimeError):
+    """An operation needs a flow run (or a ``use_backend`` block) and none is active."""
+
+
+class UpstreamFailedError(FlowcoreError):
+    """A task did not run because a task it depends on did not complete.
+
+    This is the exception carried by a ``NotRun`` state.
+    """
+
+
+class TaskTimeoutError(FlowcoreError, TimeoutError):
+    """A task or flow ran longer than its ``timeout_seconds``.
+
+    This is the exception carried by a ``TimedOut`` state.
+    """
+
+
+class CrashedError(FlowcoreError):
+    """The machinery running a task failed (worker died, pool broke, result lost).
+
+    This is the exception carried by a ``Crashed`` state. The task's own code did not
+    raise it.
+    """
+
+
+class CancelledError(FlowcoreError):
+    """A task was cancelled before it finished (for example on Ctrl-C or shutdown).
+
+    This is the exception carried by a ``Cancelled`` state.
+    """
+
+
+class WaitTimeoutError(FlowcoreError, TimeoutError):
+    """Waiting for futures (``result``, ``wait``, ``as_completed``) ran out of time.
+
+    The futures themselves keep running; only the wait gave up.
+    """
+
+
+class RemoteTraceback(Exception):
+    """Holds the formatted traceback of an exception raised in another process.
+
+    Attached as ``__cause__`` of an exception that crossed a process boundary and
+    lost its traceback object on the way, so the original frames remain readable.
+    """
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.tb}"""'
+
+
+__all__ = [
+    "BackendNotFoundError",
+    "BackendRegistrationError",
+    "BackendShutdownError",
+    "CancelledError",
+    "ConfigurationError",
+    "CrashedError",
+    "FlowcoreError",
+    "MissingContextError",
+    "RemoteTraceback",
+    "TaskTimeoutError",
+    "UpstreamFailedError",
+    "WaitTimeoutError",
+]

@@ -1,0 +1,417 @@
+"""``@flow``: a function whose calls are tracked runs that own a backend.
+
+Calling a flow runs its body in the caller's thread inside a flow run context:
+tasks submitted in it go to the flow's backend (created lazily, shut down when the
+run ends if the run created it). As in Prefect 3, the flow's state comes from its
+function: an exception makes it ``Failed``, returning a failed state or future makes
+it ``Failed``, anything else ``Completed``. At exit, outstanding futures are awaited
+and failures nobody looked at are logged as errors.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+from flowcore import options as opts
+from flowcore import registry, states
+from flowcore.backend import Backend
+from flowcore.calls import FlowRun, new_flow_run_id
+from flowcore.context import FlowRunContext, _scope
+from flowcore.errors import TaskTimeoutError
+from flowcore.futures import TaskFuture, collect_futures, resolve_futures
+from flowcore.loggers import ensure_console_handler, flow_logger, redirect_prints, restore_prints
+from flowcore.options import FlowOptions
+from flowcore.selection import slot_for
+from flowcore.states import State, StateType
+from flowcore.timeouts import Deadline, DeadlineExceeded
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_UNSET: Any = object()
+_MAX_UNOBSERVED_REPORTS = 10
+
+
+class Flow(Generic[P, R]):
+    """A function whose calls are flow runs. Create with :func:`flow`."""
+
+    def __init__(self, fn: Callable[P, R], options: FlowOptions) -> None:
+        self.fn = fn
+        self.options = options
+        self.signature = inspect.signature(fn)
+        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+
+    @property
+    def name(self) -> str:
+        return self.options.name
+
+    def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Bind arguments to the signature (defaults applied); TypeError names the flow."""
+        try:
+            bound = self.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"flow {self.name!r}: {exc} (signature: {self.name}{self.signature})") from None
+        bound.apply_defaults()
+        return dict(bound.arguments)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run the flow; return its value or raise its exception.
+
+        ``return_state=True`` returns the final :class:`~flowcore.states.State` instead
+        (and never raises for a failed run).
+        """
+        return_state = kwargs.pop("return_state", False) if "return_state" in kwargs else False
+        parameters = self.bind(args, kwargs)
+        state = self._run(args, kwargs, parameters)
+        if return_state:
+            return state  # type: ignore[return-value]
+        return state.result()  # type: ignore[no-any-return]
+
+    # -- the run ------------------------------------------------------------
+    def _run(self, args: tuple[Any, ...], kwargs: dict[str, Any], parameters: dict[str, Any]) -> State[Any]:
+        parent = _scope.get()
+        slot = slot_for(self.options.backend, parent)
+        run_id = new_flow_run_id()
+        run = FlowRun(
+            flow_name=self.name,
+            run_id=run_id,
+            name=f"{self.name}-{run_id[:8]}",
+            parameters=parameters,
+            backend=slot.name,
+            parent_run_id=parent.flow_run.run_id if parent is not None and parent.flow_run else None,
+            started_at=time.time(),
+        )
+        log_prints = self.options.log_prints
+        if log_prints is None:
+            log_prints = parent.log_prints if parent is not None else False
+        ensure_console_handler()
+        policy = self.options.retry_policy
+        attempt = 0
+        while True:
+            attempt += 1
+            context = FlowRunContext(self, run, slot, log_prints=log_prints, parent=parent)
+            logger = flow_logger(context)
+            if attempt == 1:
+                logger.info("Beginning flow run %r for flow %r on backend %r", run.name, self.name, slot.name)
+            registry.notify("flowcore_flow_run_started", flow=self, run=run)
+            state = self._attempt(context, args, kwargs)
+            if state.is_completed() or attempt > policy.retries:
+                break
+            delay = policy.delay(attempt - 1)
+            logger.warning(
+                "Flow run %r failed (%s); retry %d/%d in %.3g s",
+                run.name,
+                state.message,
+                attempt,
+                policy.retries,
+                delay,
+            )
+            if delay > 0:
+                time.sleep(delay)
+        slot.close(wait=state.name != "TimedOut", cancel_futures=state.name == "TimedOut")
+        state = replace(state, started_at=run.started_at, finished_at=time.time(), attempts=attempt)
+        self._finish(context, state)
+        return state
+
+    def _attempt(self, context: FlowRunContext, args: tuple[Any, ...], kwargs: dict[str, Any]) -> State[Any]:
+        token = _scope.set(context)
+        print_token = redirect_prints(flow_logger(context)) if context.log_prints else None
+        try:
+            try:
+                value = self._call_body(args, kwargs)
+            except TaskTimeoutError as exc:
+                state: State[Any] = State(StateType.FAILED, "TimedOut", str(exc), exception=exc)
+                _cancel(context)
+                return state
+            except Exception as exc:
+                state = states.Failed(exc, traceback=_format(exc))
+            else:
+                state = _state_from_return(value)
+            _await(context)
+            _log_unobserved(context)
+            return state
+        except BaseException:
+            # Ctrl-C, SystemExit: stop what has not started, do not wait for the rest.
+            _cancel(context)
+            context.slot.close(wait=False, cancel_futures=True)
+            self._finish(context, states.Cancelled("interrupted: the flow run was stopped"))
+            raise
+        finally:
+            if print_token is not None:
+                restore_prints(print_token)
+            _scope.reset(token)
+
+    def _call_body(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        seconds = self.options.timeout_seconds
+        if seconds is None:
+            return self.fn(*args, **kwargs)
+        deadline = Deadline(seconds)
+        try:
+            with deadline:
+                return self.fn(*args, **kwargs)
+        except DeadlineExceeded as exc:
+            if deadline.owns(exc):
+                raise TaskTimeoutError(
+                    f"flow run of {self.name!r} exceeded its timeout of {seconds:g} s"
+                ) from None
+            raise
+
+    def _finish(self, context: FlowRunContext, state: State[Any]) -> None:
+        run = context.flow_run
+        assert run is not None
+        hooks = self.options.on_completion if state.is_completed() else self.options.on_failure
+        logger = flow_logger(context)
+        for hook in hooks:
+            try:
+                hook(self, run, state)
+            except Exception:
+                logger.exception("hook %r of flow %r raised; the run's state is unchanged", getattr(hook, "__name__", hook), self.name)
+        registry.notify("flowcore_flow_run_finished", flow=self, run=run, state=state)
+        if state.is_completed():
+            logger.info("Finished in state %r", state)
+        else:
+            logger.error("Finished in state %r", state)
+
+    # -- options ------------------------------------------------------------
+    def with_options(
+        self,
+        *,
+        name: str = _UNSET,
+        description: str | None = _UNSET,
+        backend: str | Backend | None = _UNSET,
+        retries: int = _UNSET,
+        retry_delay_seconds: opts.RetryDelay | None = _UNSET,
+        timeout_seconds: float | None = _UNSET,
+        log_prints: bool | None = _UNSET,
+        on_completion: list[Callable[..., Any]] | None = _UNSET,
+        on_failure: list[Callable[..., Any]] | None = _UNSET,
+    ) -> Flow[P, R]:
+        """A copy of this flow with some options changed (the rest kept)."""
+        o = self.options
+        given = {k: v for k, v in locals().items() if k not in ("self", "o") and v is not _UNSET}
+        current: dict[str, Any] = {
+            "name": o.name,
+            "description": o.description,
+            "backend": o.backend,
+            "retries": o.retries,
+            "retry_delay_seconds": o.retry_delay_seconds,
+            "timeout_seconds": o.timeout_seconds,
+            "log_prints": o.log_prints,
+            "on_completion": list(o.on_completion),
+            "on_failure": list(o.on_failure),
+        }
+        current.update(given)
+        return Flow(self.fn, _flow_options(self.fn, **current))
+
+    def __repr__(self) -> str:
+        return f"Flow(name={self.name!r}, fn={getattr(self.fn, '__qualname__', self.fn)!r})"
+
+
+# -- helpers ---------------------------------------------------------------------
+
+
+def _format(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+def _state_from_return(value: Any) -> State[Any]:
+    """The flow's state from what its body returned (futures are waited for)."""
+    if isinstance(value, State):
+        return _wrap_returned_state(value, "a state")
+    if isinstance(value, TaskFuture):
+        value.wait()
+        return _wrap_returned_state(value.state, f"the future of task run {value.name!r}")
+    futures = collect_futures(value)
+    if futures:
+        for future in futures:
+            future.wait()
+        failed = [f for f in futures if not f.state.is_completed()]
+        if failed:
+            first = failed[0].state
+            return State(
+                StateType.FAILED,
+                "Failed",
+                f"{len(failed)} of {len(futures)} returned futures did not complete; first: "
+                f"task run {failed[0].name!r} ended {first!r}",
+                exception=first.exception,
+                traceback=first.traceback,
+            )
+        return states.Completed(resolve_futures(value))
+    return states.Completed(value)
+
+
+def _wrap_returned_state(state: State[Any], what: str) -> State[Any]:
+    if state.is_completed():
+        return states.Completed(state.data)
+    if not state.is_final():
+        return State(StateType.FAILED, "Failed", f"the flow returned {what} that is not final ({state!r})",
+                     exception=ValueError(f"flow returned a non-final state {state!r}"))
+    return State(
+        StateType.FAILED,
+        "Failed",
+        f"the flow returned {what} in state {state!r}",
+        exception=state.exception,
+        traceback=state.traceback,
+    )
+
+
+def _await(context: FlowRunContext) -> None:
+    while True:
+        outstanding = context.outstanding()
+        if not outstanding:
+            return
+        for future in outstanding:
+            future.wait()
+
+
+def _cancel(context: FlowRunContext) -> None:
+    for future in context.outstanding():
+        future.cancel()
+
+
+def _log_unobserved(context: FlowRunContext) -> None:
+    unobserved = [
+        f
+        for f in context.futures
+        if not f._observed and f._state is not None and not f._state.is_completed()
+    ]
+    if not unobserved:
+        return
+    logger = flow_logger(context)
+    for future in unobserved[:_MAX_UNOBSERVED_REPORTS]:
+        state = future._state
+        assert state is not None
+        logger.error(
+            "Task run %r ended in state %r and nothing retrieved its result or state\n%s",
+            future.name,
+            state,
+            state.traceback or "",
+        )
+    if len(unobserved) > _MAX_UNOBSERVED_REPORTS:
+        logger.error("... and %d more unobserved failed task runs", len(unobserved) - _MAX_UNOBSERVED_REPORTS)
+
+
+def _check_backend(value: object, owner: str) -> Any:
+    if value is None or isinstance(value, str):
+        return value
+    if all(hasattr(value, a) for a in ("submit", "shutdown", "name", "kind", "max_workers")):
+        return value
+    raise TypeError(
+        f"{owner}: 'backend' must be a backend name such as 'threads' or an instance from "
+        f"flowcore.get_backend(name, **options), got {type(value).__name__} {value!r}"
+    )
+
+
+def _flow_options(
+    fn: Callable[..., Any],
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    backend: str | Backend | None = None,
+    retries: int = 0,
+    retry_delay_seconds: opts.RetryDelay | None = None,
+    timeout_seconds: float | None = None,
+    log_prints: bool | None = None,
+    on_completion: list[Callable[..., Any]] | None = None,
+    on_failure: list[Callable[..., Any]] | None = None,
+) -> FlowOptions:
+    if not callable(fn):
+        raise TypeError(f"@flow must decorate a function, got {type(fn).__name__} {fn!r}")
+    if inspect.iscoroutinefunction(fn):
+        raise TypeError(f"@flow: {getattr(fn, '__qualname__', fn)!r} is an async function; flowcore runs synchronous flows")
+    flow_name = name if name is not None else getattr(fn, "__name__", type(fn).__name__)
+    owner = f"@flow {flow_name!r}"
+    opts.check_name(flow_name, owner)
+    retries = opts.check_retries(retries, owner)
+    if description is None:
+        description = inspect.getdoc(fn)
+    return FlowOptions(
+        name=flow_name,
+        description=description,
+        backend=_check_backend(backend, owner),
+        retries=retries,
+        retry_delay_seconds=retry_delay_seconds,
+        timeout_seconds=opts.check_timeout(timeout_seconds, owner),
+        log_prints=opts.check_log_prints(log_prints, owner),
+        on_completion=opts.check_hooks(on_completion, "on_completion", owner),
+        on_failure=opts.check_hooks(on_failure, "on_failure", owner),
+        retry_policy=opts.retry_policy(retries, retry_delay_seconds, None, owner),
+    )
+
+
+@overload
+def flow(__fn: Callable[P, R]) -> Flow[P, R]: ...
+
+
+@overload
+def flow(
+    __fn: None = None,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    backend: str | Backend | None = None,
+    retries: int = 0,
+    retry_delay_seconds: opts.RetryDelay | None = None,
+    timeout_seconds: float | None = None,
+    log_prints: bool | None = None,
+    on_completion: list[Callable[..., Any]] | None = None,
+    on_failure: list[Callable[..., Any]] | None = None,
+) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
+
+
+def flow(
+    __fn: Callable[P, R] | None = None,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    backend: str | Backend | None = None,
+    retries: int = 0,
+    retry_delay_seconds: opts.RetryDelay | None = None,
+    timeout_seconds: float | None = None,
+    log_prints: bool | None = None,
+    on_completion: list[Callable[..., Any]] | None = None,
+    on_failure: list[Callable[..., Any]] | None = None,
+) -> Flow[P, R] | Callable[[Callable[P, R]], Flow[P, R]]:
+    """Make a function a flow, bare (``@flow``) or with options (``@flow(backend="threads")``).
+
+    Options (validated here):
+        name / description: shown in logs (description defaults to the docstring).
+        backend: a registered backend name, or an instance from
+            ``get_backend(name, **options)`` that the caller owns. Default: the
+            enclosing ``use_backend`` block or parent flow, else the configuration.
+        retries / retry_delay_seconds: rerun the whole body when the run fails.
+        timeout_seconds: stop the body after this long (state ``TimedOut``).
+        log_prints: send ``print()`` in the flow and its tasks to the run loggers.
+        on_completion / on_failure: lists of ``hook(flow, flow_run, state)``.
+    """
+    settings: dict[str, Any] = dict(
+        name=name,
+        description=description,
+        backend=backend,
+        retries=retries,
+        retry_delay_seconds=retry_delay_seconds,
+        timeout_seconds=timeout_seconds,
+        log_prints=log_prints,
+        on_completion=on_completion,
+        on_failure=on_failure,
+    )
+    if __fn is not None:
+        return Flow(__fn, _flow_options(__fn, **settings))
+    owner = f"@flow {name!r}" if name else "@flow"
+    opts.retry_policy(opts.check_retries(retries, owner), retry_delay_seconds, None, owner)
+    opts.check_timeout(timeout_seconds, owner)
+    _check_backend(backend, owner)
+
+    def decorate(fn: Callable[P, R]) -> Flow[P, R]:
+        return Flow(fn, _flow_options(fn, **settings))
+
+    return decorate
+
+
+__all__ = ["Flow", "flow"]

@@ -1,0 +1,337 @@
+"""Task futures: the handle ``.submit`` returns, and the functions that wait on many.
+
+A :class:`TaskFuture` reaches its final :class:`~flowcore.states.State` exactly once.
+Before that its ``state`` is ``Pending`` (waiting for upstream futures or a worker)
+or ``Running``. A future whose arguments contain other futures is dispatched to the
+backend from a callback when the last of them finishes, so ``.submit`` never blocks;
+if one of them did not complete, the task is not run and ends ``NotRun``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
+
+from flowcore import states
+from flowcore.errors import WaitTimeoutError
+from flowcore.states import State
+
+if TYPE_CHECKING:
+    from flowcore.backend import Backend
+    from flowcore.calls import TaskCall
+    from flowcore.tasks import Task
+
+R = TypeVar("R")
+
+logger = logging.getLogger("flowcore.futures")
+
+
+class TaskFuture(Generic[R]):
+    """The eventual outcome of one submitted task run.
+
+    Thread-safe. Callbacks added with :meth:`add_done_callback` run once the final
+    state is set, in the thread that set it (or immediately, if already done);
+    the task's ``on_completion``/``on_failure`` hooks have run by then.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_backend_future",
+        "_callbacks",
+        "_event",
+        "_finishing",
+        "_lock",
+        "_observed",
+        "_state",
+        "_upstream",
+        "call",
+        "task",
+    )
+
+    def __init__(self, task: Task[..., R], call: TaskCall) -> None:
+        self.task = task
+        self.call = call
+        self._state: State[R] | None = None
+        self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._callbacks: list[Callable[[TaskFuture[R]], Any]] = []
+        self._backend_future: cf.Future[Any] | None = None
+        self._observed = False
+        self._finishing = False
+        self._upstream: list[TaskFuture[Any]] = []
+
+    # -- public API ---------------------------------------------------------
+    @property
+    def task_run_id(self) -> str:
+        return self.call.task_run_id
+
+    @property
+    def name(self) -> str:
+        """The task run's name."""
+        return self.call.task_run_name
+
+    @property
+    def state(self) -> State[R]:
+        """The current state: final once :meth:`done`, else ``Pending`` or ``Running``."""
+        final = self._state
+        if final is not None:
+            self._observed = True
+            return final
+        backend_future = self._backend_future
+        if backend_future is not None and backend_future.running():
+            return states.Running()
+        return states.Pending()
+
+    def done(self) -> bool:
+        """True once the future has its final state. Never blocks."""
+        return self._state is not None
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until the final state is set or ``timeout`` seconds pass.
+
+        Returns None either way (like Prefect); check :meth:`done` after a timeout.
+        """
+        self._event.wait(timeout)
+
+    def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> R:
+        """Block until done, then return the task's value.
+
+        Raises :class:`~flowcore.errors.WaitTimeoutError` if ``timeout`` passes first
+        (the task keeps running). For a task that did not complete, raises its
+        exception (the task's own exception type; ``UpstreamFailedError`` for
+        ``NotRun``, ``TaskTimeoutError`` for ``TimedOut``, ``CrashedError`` for
+        ``Crashed``), or returns the exception object when ``raise_on_failure`` is False.
+        """
+        if not self._event.wait(timeout):
+            raise WaitTimeoutError(
+                f"task run {self.name!r} did not finish within {timeout} s; it is still "
+                f"{self.state.name.lower()} (wait longer, or check future.done())"
+            )
+        self._observed = True
+        assert self._state is not None
+        return self._state.result(raise_on_failure=raise_on_failure)  # type: ignore[no-any-return]
+
+    def add_done_callback(self, fn: Callable[[TaskFuture[R]], Any]) -> None:
+        """Call ``fn(self)`` when the future finishes (now, if it already has)."""
+        with self._lock:
+            if self._state is None:
+                self._callbacks.append(fn)
+                return
+        _call_back(fn, self)
+
+    def cancel(self) -> bool:
+        """Cancel the run if it has not started; returns True if it is now cancelled."""
+        backend_future = self._backend_future
+        if backend_future is None:
+            return self._finish(states.Cancelled("cancelled before it was dispatched"))
+        return backend_future.cancel()  # the done-callback records Cancelled
+
+    def __repr__(self) -> str:
+        return f"TaskFuture({self.name!r}, state={self.state!r})"
+
+    # -- internals ----------------------------------------------------------
+    def _finish(self, state: State[Any]) -> bool:
+        """Set the final state once: run hooks and observers, wake waiters, callbacks."""
+        with self._lock:
+            if self._state is not None or self._finishing:
+                return False
+            self._finishing = True
+        from flowcore.engine import report_final_state
+
+        report_final_state(self.call, state)
+        with self._lock:
+            self._state = state
+            callbacks, self._callbacks = self._callbacks, []
+        self._event.set()
+        for fn in callbacks:
+            _call_back(fn, self)
+        return True
+
+    def _dispatch(self, backend: Backend, waits_on: list[TaskFuture[Any]]) -> None:
+        """Send the call to ``backend`` once every future in ``waits_on`` is done."""
+        self._upstream = waits_on
+        pending = [f for f in waits_on if not f.done()]
+        if not pending:
+            self._run_on(backend)
+            return
+        remaining = [len(pending)]
+        lock = threading.Lock()
+
+        def upstream_done(_: TaskFuture[Any]) -> None:
+            with lock:
+                remaining[0] -= 1
+                last = remaining[0] == 0
+            if last:
+                self._run_on(backend)
+
+        for upstream in pending:
+            upstream.add_done_callback(upstream_done)
+
+    def _run_on(self, backend: Backend) -> None:
+        if self._state is not None:  # cancelled while waiting for upstreams
+            return
+        for upstream in self._upstream:
+            upstream._observed = True
+            up_state = upstream._state
+            assert up_state is not None
+            if not up_state.is_completed():
+                self._finish(
+                    states.NotRun(
+                        f"upstream task run {upstream.name!r} ({upstream.task_run_id}) ended in "
+                        f"state {up_state.name}: {up_state.message}",
+                        timestamp=time.time(),
+                    )
+                )
+                return
+        call = self.call
+        if self._upstream:
+            call.args = resolve_futures(call.args)
+            call.kwargs = resolve_futures(call.kwargs)
+        from flowcore.engine import run_call
+
+        try:
+            backend_future = backend.submit(run_call, call)
+        except Exception as exc:
+            crashed = states.Crashed(
+                f"backend {backend.name!r} did not accept task run {call.task_run_name!r}: "
+                f"{type(exc).__name__}: {exc}"
+            )
+            if crashed.exception is not None:
+                crashed.exception.__cause__ = exc
+            self._finish(crashed)
+            return
+        self._backend_future = backend_future
+        backend_future.add_done_callback(self._on_backend_done)
+
+    def _on_backend_done(self, backend_future: cf.Future[Any]) -> None:
+        if backend_future.cancelled():
+            self._finish(states.Cancelled("cancelled before it started"))
+            return
+        exc = backend_future.exception()
+        if exc is None:
+            self._finish(backend_future.result())
+            return
+        crashed = states.Crashed(
+            f"task run {self.call.task_run_name!r} crashed: {type(exc).__name__}: {exc}"
+        )
+        if crashed.exception is not None:
+            crashed.exception.__cause__ = exc
+        self._finish(crashed)
+
+
+def _call_back(fn: Callable[[Any], Any], future: TaskFuture[Any]) -> None:
+    try:
+        fn(future)
+    except Exception:
+        logger.exception("done-callback %r of %r raised; ignored", fn, future)
+
+
+# -- futures inside arguments --------------------------------------------------
+
+_CONTAINERS = (list, tuple, dict, set, frozenset)
+
+
+def collect_futures(obj: Any, found: list[TaskFuture[Any]] | None = None) -> list[TaskFuture[Any]]:
+    """Every TaskFuture in ``obj``, looking inside lists, tuples, dicts and sets."""
+    if found is None:
+        found = []
+    if isinstance(obj, TaskFuture):
+        found.append(obj)
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            if isinstance(key, TaskFuture) or isinstance(key, _CONTAINERS):
+                collect_futures(key, found)
+            if isinstance(value, TaskFuture) or isinstance(value, _CONTAINERS):
+                collect_futures(value, found)
+    elif isinstance(obj, _CONTAINERS):
+        for item in obj:
+            if isinstance(item, TaskFuture) or isinstance(item, _CONTAINERS):
+                collect_futures(item, found)
+    return found
+
+
+def resolve_futures(obj: Any) -> Any:
+    """``obj`` with every (finished) TaskFuture replaced by its result, containers rebuilt."""
+    if isinstance(obj, TaskFuture):
+        return obj.result()
+    if not isinstance(obj, _CONTAINERS) or not _has_future(obj):
+        return obj
+    if isinstance(obj, dict):
+        return type(obj)((resolve_futures(k), resolve_futures(v)) for k, v in obj.items())
+    items = [resolve_futures(item) for item in obj]
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # namedtuple
+        return type(obj)(*items)
+    return type(obj)(items)
+
+
+def _has_future(obj: Any) -> bool:
+    return bool(collect_futures(obj))
+
+
+# -- waiting on many -------------------------------------------------------------
+
+
+class DoneAndNotDoneFutures(NamedTuple):
+    """What :func:`wait` returns: the futures that finished and those that did not."""
+
+    done: set[TaskFuture[Any]]
+    not_done: set[TaskFuture[Any]]
+
+
+def wait(
+    futures: Iterable[TaskFuture[R]], timeout: float | None = None
+) -> DoneAndNotDoneFutures:
+    """Wait until every future is done or ``timeout`` seconds pass.
+
+    Never raises on timeout: returns ``(done, not_done)`` sets, like
+    :func:`concurrent.futures.wait`.
+    """
+    pending = set(futures)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    for future in list(pending):
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        future.wait(remaining)
+    done = {f for f in pending if f.done()}
+    return DoneAndNotDoneFutures(done, pending - done)
+
+
+def as_completed(
+    futures: Iterable[TaskFuture[R]], timeout: float | None = None
+) -> Iterator[TaskFuture[R]]:
+    """Yield futures as they finish (each once), finished ones first.
+
+    Raises :class:`~flowcore.errors.WaitTimeoutError` if ``timeout`` seconds pass (from
+    the call) before all are done; the unfinished futures keep running.
+    """
+    unique = list(dict.fromkeys(futures))
+    deadline = None if timeout is None else time.monotonic() + timeout
+    finished: queue.SimpleQueue[TaskFuture[R]] = queue.SimpleQueue()
+    for future in unique:
+        future.add_done_callback(finished.put)
+    for yielded in range(len(unique)):
+        remaining = None if deadline is None else deadline - time.monotonic()
+        try:
+            if remaining is not None and remaining <= 0:
+                yield finished.get_nowait()
+            else:
+                yield finished.get(timeout=remaining)
+        except queue.Empty:
+            raise WaitTimeoutError(
+                f"{len(unique) - yielded} of {len(unique)} futures were not done within "
+                f"{timeout} s"
+            ) from None
+
+
+__all__ = [
+    "DoneAndNotDoneFutures",
+    "TaskFuture",
+    "as_completed",
+    "collect_futures",
+    "resolve_futures",
+    "wait",
+]

@@ -1,0 +1,78 @@
+"""The hooks a flowcore plugin may implement (pluggy, project name ``flowcore``).
+
+A plugin is any module or object with functions decorated by ``flowcore.hookimpl``.
+Built-in backends register through these hooks exactly like third-party packages,
+which are found through the entry-point group ``flowcore`` or registered with
+``flowcore.plugins.register(obj)``.
+
+Lifecycle hooks fire in the process that submitted the work (the parent), never in
+a worker, once per run. Their arguments are live objects: observers must not mutate
+them. An exception raised by an observer is logged and does not affect the run. When
+no plugin implements a lifecycle hook, flowcore does not call it at all, so an
+unobserved task pays nothing for it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from flowcore.backend import BackendSpec
+    from flowcore.calls import FlowRun, TaskCall
+    from flowcore.states import State
+
+PROJECT_NAME = "flowcore"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+@hookspec
+def flowcore_backends() -> list[BackendSpec]:  # type: ignore[empty-body]
+    """Return the backends this plugin provides.
+
+    Called once when the plugin manager is first used (not at ``import flowcore``) and
+    again after plugins are registered or unregistered. Return a list of
+    :class:`flowcore.backend.BackendSpec`; an empty list is fine. Import heavy
+    dependencies inside the spec's factory, never here. Two specs with the same name
+    (from any plugins) are an error that names both plugins.
+    """
+
+
+@hookspec
+def flowcore_flow_run_started(flow: Any, run: FlowRun) -> None:
+    """Called when a flow run starts, before its body runs (and before each retry's).
+
+    ``flow`` is the :class:`flowcore.Flow`; ``run`` describes the run (id, name,
+    parameters, backend name). Return value is ignored.
+    """
+
+
+@hookspec
+def flowcore_flow_run_finished(flow: Any, run: FlowRun, state: State[Any]) -> None:
+    """Called once when a flow run reaches its final state, with that state.
+
+    Fires after all of the run's task futures have finished. Return value is ignored.
+    """
+
+
+@hookspec
+def flowcore_task_run_submitted(task: Any, call: TaskCall) -> None:
+    """Called once per task run when it is handed to a backend or called directly.
+
+    ``call`` carries the task run id, its name, the flow run id and the submission
+    time. For a task waiting on upstream futures, fires at ``.submit`` time, before
+    the upstreams finish. Return value is ignored.
+    """
+
+
+@hookspec
+def flowcore_task_run_finished(task: Any, call: TaskCall, state: State[Any]) -> None:
+    """Called once per task run with its final state (after all retries).
+
+    ``state.started_at`` / ``state.finished_at`` time the body; ``call.submitted_at``
+    times the submission. Fires in the parent, on whichever thread completed the
+    future. Return value is ignored.
+    """

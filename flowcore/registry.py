@@ -1,0 +1,228 @@
+"""The plugin manager and the table of registered backends.
+
+Built once, on first use (never at ``import flowcore``): registers the built-in plugin
+modules from :data:`BUILTIN_PLUGINS` exactly as a third-party plugin is registered, then
+loads the entry-point group ``flowcore`` unless ``FLOWCORE_DISABLE_PLUGIN_AUTOLOAD`` is
+set. The backend table is rebuilt whenever a plugin is registered or unregistered.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import pluggy
+
+from flowcore import hookspecs
+from flowcore.backend import Backend, BackendKind, BackendSpec
+from flowcore.errors import BackendNotFoundError, BackendRegistrationError
+
+logger = logging.getLogger("flowcore.plugins")
+
+BUILTIN_PLUGINS: tuple[str, ...] = (
+    "flowcore.backends.sequential",
+    "flowcore.backends.threads",
+)
+ENTRY_POINT_GROUP = "flowcore"
+AUTOLOAD_ENV = "FLOWCORE_DISABLE_PLUGIN_AUTOLOAD"
+
+LIFECYCLE_HOOKS: tuple[str, ...] = (
+    "flowcore_flow_run_started",
+    "flowcore_flow_run_finished",
+    "flowcore_task_run_submitted",
+    "flowcore_task_run_finished",
+)
+
+
+@dataclass(frozen=True)
+class RegisteredBackend:
+    """A backend spec together with the name of the plugin that provided it."""
+
+    spec: BackendSpec
+    plugin: str
+
+
+class Registry:
+    """Owns the pluggy plugin manager and what it currently provides."""
+
+    def __init__(self, *, autoload: bool = True) -> None:
+        import importlib
+
+        self._lock = threading.RLock()
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+        self.pm.add_hookspecs(hookspecs)
+        for module_name in BUILTIN_PLUGINS:
+            self.pm.register(importlib.import_module(module_name), name=module_name)
+        if autoload:
+            self.pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+        self._backends: dict[str, RegisteredBackend] | None = None
+        self.observed: frozenset[str] = frozenset()
+        self._refresh()
+
+    # -- plugins ------------------------------------------------------------
+    def register(self, plugin: object, name: str | None = None) -> str:
+        """Register a plugin object or module; returns its name. Validates its backends."""
+        with self._lock:
+            registered = self.pm.register(plugin, name=name)
+            if registered is None:
+                raise BackendRegistrationError(
+                    f"plugin {name or plugin!r} is already registered (or was blocked)"
+                )
+            try:
+                self._refresh()
+            except Exception:
+                self.pm.unregister(plugin)
+                self._refresh()
+                raise
+            return registered
+
+    def unregister(self, plugin: object | None = None, name: str | None = None) -> None:
+        """Unregister a plugin given as the object or by name; unknown plugins are ignored."""
+        with self._lock:
+            if plugin is None and name is not None:
+                plugin = self.pm.get_plugin(name)
+            if plugin is not None and self.pm.is_registered(plugin):
+                self.pm.unregister(plugin)
+            self._refresh()
+
+    def _refresh(self) -> None:
+        self._backends = None
+        self.backends()  # validate now, so a bad plugin fails at registration
+        self.observed = frozenset(
+            hook for hook in LIFECYCLE_HOOKS if getattr(self.pm.hook, hook).get_hookimpls()
+        )
+
+    # -- backends -----------------------------------------------------------
+    def backends(self) -> dict[str, RegisteredBackend]:
+        """Registered backends by name, in registration order."""
+        with self._lock:
+            if self._backends is not None:
+                return self._backends
+            table: dict[str, RegisteredBackend] = {}
+            for impl in reversed(self.pm.hook.flowcore_backends.get_hookimpls()):
+                plugin_name = impl.plugin_name
+                specs = impl.function()
+                if specs is None:
+                    continue
+                for spec in specs:
+                    _validate_spec(spec, plugin_name)
+                    if spec.name in table:
+                        raise BackendRegistrationError(
+                            f"backend name {spec.name!r} is registered twice: by plugin "
+                            f"{table[spec.name].plugin!r} and by plugin {plugin_name!r}; "
+                            "rename one of them or unregister a plugin"
+                        )
+                    table[spec.name] = RegisteredBackend(spec, plugin_name)
+            self._backends = table
+            return table
+
+    def spec(self, name: str) -> BackendSpec:
+        """The spec registered under ``name``; raises BackendNotFoundError otherwise."""
+        if not isinstance(name, str):
+            raise TypeError(f"a backend name must be a str, got {type(name).__name__}")
+        table = self.backends()
+        entry = table.get(name)
+        if entry is None:
+            raise BackendNotFoundError(name, table)
+        missing = entry.spec.missing_requirements()
+        if missing:
+            extra = entry.spec.extra
+            fix = (
+                f'pip install "flowcore[{extra}]"'
+                if extra
+                else "install " + ", ".join(missing)
+            )
+            raise BackendNotFoundError(
+                name,
+                table,
+                hint=(
+                    f"backend {name!r} needs {', '.join(missing)}, which is not installed; "
+                    f"fix: {fix}"
+                ),
+            )
+        return entry.spec
+
+    def create(self, name: str, **options: Any) -> Backend:
+        """Create (but do not start) a backend by name with the given options."""
+        spec = self.spec(name)
+        try:
+            backend = spec.factory(**options)
+        except TypeError as exc:
+            raise TypeError(f"invalid options for backend {name!r}: {exc}") from exc
+        for attribute in ("submit", "shutdown", "name", "kind", "max_workers"):
+            if not hasattr(backend, attribute):
+                raise BackendRegistrationError(
+                    f"the factory of backend {name!r} returned {backend!r}, which has no "
+                    f"{attribute!r}; a backend must look like flowcore.backend.Backend"
+                )
+        return backend
+
+
+def _validate_spec(spec: object, plugin_name: str) -> None:
+    if not isinstance(spec, BackendSpec):
+        raise BackendRegistrationError(
+            f"plugin {plugin_name!r} returned {spec!r} from flowcore_backends; "
+            "return a list of flowcore.backend.BackendSpec"
+        )
+    if not spec.name or not spec.name.replace("-", "_").replace(".", "_").isidentifier():
+        raise BackendRegistrationError(
+            f"plugin {plugin_name!r} registers a backend with an invalid name {spec.name!r}; "
+            "use letters, digits, '_', '-' or '.'"
+        )
+    if not callable(spec.factory):
+        raise BackendRegistrationError(
+            f"backend {spec.name!r} from plugin {plugin_name!r} has a factory that is not callable"
+        )
+    if not isinstance(spec.kind, BackendKind):
+        raise BackendRegistrationError(
+            f"backend {spec.name!r} from plugin {plugin_name!r} has kind {spec.kind!r}; "
+            "use a flowcore.backend.BackendKind"
+        )
+
+
+_registry: Registry | None = None
+_registry_lock = threading.Lock()
+
+
+def get_registry() -> Registry:
+    """The process-wide registry, built on first call."""
+    global _registry
+    registry = _registry
+    if registry is not None:
+        return registry
+    with _registry_lock:
+        if _registry is None:
+            autoload = os.environ.get(AUTOLOAD_ENV, "").strip().lower() in ("", "0", "false", "no")
+            _registry = Registry(autoload=autoload)
+        return _registry
+
+
+def notify(hook_name: str, **kwargs: Any) -> None:
+    """Call a lifecycle hook if any plugin implements it; observer errors are logged."""
+    registry = _registry if _registry is not None else get_registry()
+    if hook_name not in registry.observed:
+        return
+    try:
+        getattr(registry.pm.hook, hook_name)(**kwargs)
+    except Exception:
+        logger.exception("a flowcore plugin failed in %s; the run is not affected", hook_name)
+
+
+def is_observed(hook_name: str) -> bool:
+    """True when at least one plugin implements ``hook_name``."""
+    registry = _registry if _registry is not None else get_registry()
+    return hook_name in registry.observed
+
+
+__all__ = [
+    "BUILTIN_PLUGINS",
+    "ENTRY_POINT_GROUP",
+    "Registry",
+    "RegisteredBackend",
+    "get_registry",
+    "is_observed",
+    "notify",
+]

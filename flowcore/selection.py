@@ -1,0 +1,108 @@
+"""Backend selection: ``get_backend``, ``use_backend`` and the precedence rules.
+
+Highest precedence first: ``backend=`` on ``@flow`` / ``with_options``; the innermost
+enclosing ``use_backend`` block or parent flow; ``FLOWCORE_BACKEND`` (+ options);
+``[tool.flowcore]`` in pyproject.toml; ``threads``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from flowcore.backend import Backend
+from flowcore.config import configured_backend
+from flowcore.context import BackendSlot, RunScope, _scope, current_scope
+from flowcore.errors import BackendNotFoundError
+from flowcore.registry import get_registry
+
+
+def get_backend(name: str | None = None, **options: Any) -> Backend:
+    """Create a backend (not started: no workers until the first submit).
+
+    With no name, the configured default (environment, pyproject.toml, ``threads``).
+    The caller owns the result: shut it down, or use it as a context manager, or pass
+    it to ``@flow(backend=...)`` / ``use_backend`` (which then never shut it down).
+    """
+    if name is None:
+        choice = configured_backend()
+        return _create(choice.name, {**choice.options, **options}, choice.source)
+    return get_registry().create(name, **options)
+
+
+def _create(name: str, options: dict[str, Any], source: str) -> Backend:
+    try:
+        return get_registry().create(name, **options)
+    except BackendNotFoundError as exc:
+        raise BackendNotFoundError(
+            exc.name, exc.registered, hint=f"{exc} (backend chosen by {source})"
+        ) from None
+
+
+def slot_for(backend: str | Backend | None, parent: RunScope | None) -> BackendSlot:
+    """The backend slot a new flow run uses (validating names before anything runs)."""
+    if isinstance(backend, str):
+        get_registry().spec(backend)
+        return BackendSlot(name=backend)
+    if backend is not None:
+        return BackendSlot(instance=backend)
+    if parent is not None:
+        return parent.slot.borrow()
+    choice = configured_backend()
+    try:
+        get_registry().spec(choice.name)
+    except BackendNotFoundError as exc:
+        raise BackendNotFoundError(
+            exc.name, exc.registered, hint=f"{exc} (backend chosen by {choice.source})"
+        ) from None
+    return BackendSlot(name=choice.name, options=choice.options)
+
+
+@contextlib.contextmanager
+def use_backend(backend: str | Backend | None = None, **options: Any) -> Iterator[Backend]:
+    """Run tasks submitted in this block (and flows without their own backend) on a backend.
+
+    ``backend`` is a registered name (created here with ``options``, shut down when
+    the block ends), a Backend instance (used, never shut down: the caller owns it), or
+    None for the configured default. ``.submit`` and ``.map`` work inside the block even
+    outside a flow; the block waits for its futures before it ends. Yields the backend
+    (started lazily on first submit).
+    """
+    if isinstance(backend, str) or backend is None:
+        if backend is None:
+            choice = configured_backend()
+            instance = _create(choice.name, {**choice.options, **options}, choice.source)
+        else:
+            instance = get_registry().create(backend, **options)
+        owned = True
+    else:
+        if options:
+            raise TypeError(
+                "use_backend() got options together with a backend instance; pass options "
+                "to get_backend(name, **options) instead"
+            )
+        instance, owned = backend, False
+    scope = RunScope(BackendSlot(instance=instance), parent=current_scope())
+    token = _scope.set(scope)
+    interrupted = False
+    try:
+        yield instance
+    except BaseException:
+        interrupted = True
+        raise
+    finally:
+        _scope.reset(token)
+        try:
+            if interrupted:
+                for future in scope.outstanding():
+                    future.cancel()
+            else:
+                for future in scope.futures:
+                    future.wait()
+        finally:
+            if owned:
+                instance.shutdown(wait=not interrupted, cancel_futures=interrupted)
+
+
+__all__ = ["get_backend", "use_backend"]

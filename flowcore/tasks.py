@@ -1,0 +1,407 @@
+"""``@task``: a function with retries, timeouts, hooks and run tracking.
+
+* ``t(x)`` runs inline and returns the value (raises the task's own exception after
+  its retries), inside or outside a flow.
+* ``t.submit(x)`` hands the call to the current backend and returns a
+  :class:`~flowcore.futures.TaskFuture`; it needs a flow run or a ``use_backend``
+  block.
+* ``t.map(xs)`` submits one call per element.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+from flowcore import options as opts
+from flowcore import registry
+from flowcore.calls import FlowRun, TaskCall, new_task_run_id
+from flowcore.context import TaskRunContext, _scope, _task_run, current_scope
+from flowcore.errors import MissingContextError
+from flowcore.futures import TaskFuture, collect_futures
+from flowcore.mapping import expand_map_arguments
+from flowcore.options import TaskOptions, exponential_backoff
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_UNSET: Any = object()
+
+
+class Task(Generic[P, R]):
+    """A function wrapped with run options. Create with :func:`task`.
+
+    Attributes:
+        fn: the wrapped function.
+        options: the validated :class:`~flowcore.options.TaskOptions`.
+    """
+
+    def __init__(self, fn: Callable[P, R], options: TaskOptions) -> None:
+        self.fn = fn
+        self.options = options
+        self.signature = inspect.signature(fn)
+        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+        o = options
+        # Direct calls skip the engine entirely when nothing needs it.
+        self._plain = (
+            o.retries == 0
+            and o.timeout_seconds is None
+            and not o.log_prints
+            and not o.on_completion
+            and not o.on_failure
+        )
+
+    @property
+    def name(self) -> str:
+        return self.options.name
+
+    @property
+    def tags(self) -> frozenset[str]:
+        return self.options.tags
+
+    # -- calling ------------------------------------------------------------
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run inline and return the value (``return_state=True``: the final State)."""
+        return_state = kwargs.pop("return_state", False) if "return_state" in kwargs else False
+        scope = _scope.get()
+        flow_run = scope.flow_run if scope is not None else None
+        log_prints = self.options.log_prints
+        if log_prints is None:
+            log_prints = scope.log_prints if scope is not None else False
+        if self._plain and not return_state and not log_prints and not _observed():
+            token = _task_run.set(TaskRunContext(self, None, args, kwargs, flow_run))
+            try:
+                return self.fn(*args, **kwargs)
+            finally:
+                _task_run.reset(token)
+        call = self._make_call(args, kwargs, flow_run, log_prints)
+        from flowcore.engine import report_final_state, run_call
+
+        registry.notify("flowcore_task_run_submitted", task=self, call=call)
+        state = run_call(call)
+        report_final_state(call, state)
+        if return_state:
+            return state  # type: ignore[return-value]
+        return state.result()  # type: ignore[no-any-return]
+
+    def submit(self, *args: P.args, **kwargs: P.kwargs) -> TaskFuture[R]:
+        """Submit one run to the current backend; returns at once with a TaskFuture.
+
+        Keyword-only extras: ``wait_for=[futures]`` (run only after these finish,
+        ``NotRun`` if one did not complete) and ``return_state=True`` (block and
+        return the final State instead of the future). Futures among the arguments
+        are replaced by their results before the task runs. Arguments that do not
+        fit the signature raise TypeError here.
+        """
+        wait_for = kwargs.pop("wait_for", None)
+        return_state = kwargs.pop("return_state", False)
+        scope = current_scope()
+        if scope is None:
+            raise MissingContextError(
+                f"{self.name}.submit() needs a flow run or a backend: call it inside a "
+                f"@flow function, or inside 'with flowcore.use_backend(\"threads\"):'; "
+                f"to run the task inline, call it directly: {self.name}(...)"
+            )
+        self.bind(args, kwargs)
+        future = self._submit_in(scope, args, kwargs, _as_futures(wait_for))
+        if return_state:
+            future.wait()
+            return future.state  # type: ignore[return-value]
+        return future
+
+    def map(self, *args: Any, **kwargs: Any) -> list[TaskFuture[R]]:
+        """Submit one run per element of the iterable arguments; returns their futures.
+
+        Iterable arguments (lists, tuples, ranges, generators ...) must have equal
+        lengths; strings, bytes, mappings, other values and ``unmapped(x)`` are passed
+        unchanged to every run. ``wait_for`` applies to every run.
+        """
+        wait_for = _as_futures(kwargs.pop("wait_for", None))
+        scope = current_scope()
+        if scope is None:
+            raise MissingContextError(
+                f"{self.name}.map() needs a flow run or a backend: call it inside a "
+                f"@flow function, or inside 'with flowcore.use_backend(\"threads\"):'"
+            )
+        calls = expand_map_arguments(self.name, args, kwargs)
+        if calls:
+            self.bind(*calls[0])
+        return [self._submit_in(scope, a, k, wait_for) for a, k in calls]
+
+    def _submit_in(
+        self,
+        scope: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        wait_for: list[TaskFuture[Any]],
+    ) -> TaskFuture[R]:
+        log_prints = self.options.log_prints
+        if log_prints is None:
+            log_prints = scope.log_prints
+        call = self._make_call(args, kwargs, scope.flow_run, log_prints)
+        future: TaskFuture[R] = TaskFuture(self, call)
+        scope.track(future)
+        registry.notify("flowcore_task_run_submitted", task=self, call=call)
+        upstream = collect_futures(args) + collect_futures(kwargs) if (args or kwargs) else []
+        future._dispatch(scope.backend(), upstream + wait_for)
+        return future
+
+    # -- helpers ------------------------------------------------------------
+    def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Bind arguments to the signature (defaults applied); TypeError names the task."""
+        try:
+            bound = self.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"task {self.name!r}: {exc} (signature: {self.name}{self.signature})") from None
+        bound.apply_defaults()
+        return dict(bound.arguments)
+
+    def _make_call(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], flow_run: FlowRun | None, log_prints: bool
+    ) -> TaskCall:
+        run_id = new_task_run_id()
+        return TaskCall(
+            task=self,
+            args=args,
+            kwargs=kwargs,
+            task_run_id=run_id,
+            task_run_name=self._run_name(args, kwargs, run_id),
+            flow_run_id=flow_run.run_id if flow_run is not None else None,
+            flow_run_name=flow_run.name if flow_run is not None else None,
+            flow_name=flow_run.flow_name if flow_run is not None else None,
+            submitted_at=time.time(),
+            log_prints=log_prints,
+        )
+
+    def _run_name(self, args: tuple[Any, ...], kwargs: dict[str, Any], run_id: str) -> str:
+        template = self.options.task_run_name
+        if template is None:
+            return f"{self.name}-{run_id.rsplit('-', 1)[-1]}"
+        if callable(template):
+            name = template()
+            if not isinstance(name, str):
+                raise TypeError(f"task {self.name!r}: task_run_name callable returned {name!r}, not a str")
+            return name
+        return template.format(**self.bind(args, kwargs))
+
+    def with_options(
+        self,
+        *,
+        name: str = _UNSET,
+        retries: int = _UNSET,
+        retry_delay_seconds: opts.RetryDelay | None = _UNSET,
+        retry_jitter_factor: float | None = _UNSET,
+        retry_condition_fn: Callable[..., bool] | None = _UNSET,
+        timeout_seconds: float | None = _UNSET,
+        tags: Iterable[str] | None = _UNSET,
+        task_run_name: str | Callable[[], str] | None = _UNSET,
+        log_prints: bool | None = _UNSET,
+        on_completion: list[Callable[..., Any]] | None = _UNSET,
+        on_failure: list[Callable[..., Any]] | None = _UNSET,
+    ) -> Task[P, R]:
+        """A copy of this task with some options changed (the rest kept)."""
+        o = self.options
+        given = {k: v for k, v in locals().items() if k not in ("self", "o") and v is not _UNSET}
+        current = {
+            "name": o.name,
+            "retries": o.retries,
+            "retry_delay_seconds": o.retry_delay_seconds,
+            "retry_jitter_factor": o.retry_jitter_factor,
+            "retry_condition_fn": o.retry_condition_fn,
+            "timeout_seconds": o.timeout_seconds,
+            "tags": o.tags,
+            "task_run_name": o.task_run_name,
+            "log_prints": o.log_prints,
+            "on_completion": list(o.on_completion),
+            "on_failure": list(o.on_failure),
+        }
+        current.update(given)
+        return Task(self.fn, _task_options(self.fn, **current))
+
+    # -- pickling: by reference when importable, else by value --------------
+    def __reduce__(self) -> tuple[Any, ...]:
+        module = getattr(self.fn, "__module__", None)
+        qualname = getattr(self.fn, "__qualname__", "")
+        if module and "<locals>" not in qualname:
+            try:
+                import importlib
+
+                found: Any = importlib.import_module(module)
+                for part in qualname.split("."):
+                    found = getattr(found, part)
+                if found is self:
+                    return (_load_task, (module, qualname))
+            except (ImportError, AttributeError):
+                pass
+        return (Task, (self.fn, self.options))
+
+    def __repr__(self) -> str:
+        return f"Task(name={self.name!r}, fn={getattr(self.fn, '__qualname__', self.fn)!r})"
+
+
+def _load_task(module: str, qualname: str) -> Task[..., Any]:
+    import importlib
+
+    found: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        found = getattr(found, part)
+    return found  # type: ignore[no-any-return]
+
+
+def _observed() -> bool:
+    current = registry._registry
+    if current is None:
+        current = registry.get_registry()
+    return bool(current.observed)
+
+
+def _as_futures(wait_for: Any) -> list[TaskFuture[Any]]:
+    if wait_for is None:
+        return []
+    if isinstance(wait_for, TaskFuture):
+        return [wait_for]
+    try:
+        items = list(wait_for)
+    except TypeError:
+        raise TypeError(f"wait_for must be a list of TaskFuture, got {wait_for!r}") from None
+    for item in items:
+        if not isinstance(item, TaskFuture):
+            raise TypeError(f"wait_for must contain only TaskFuture objects, got {item!r}")
+    return items
+
+
+def _task_options(
+    fn: Callable[..., Any],
+    *,
+    name: str | None = None,
+    retries: int = 0,
+    retry_delay_seconds: opts.RetryDelay | None = None,
+    retry_jitter_factor: float | None = None,
+    retry_condition_fn: Callable[..., bool] | None = None,
+    timeout_seconds: float | None = None,
+    tags: Iterable[str] | None = None,
+    task_run_name: str | Callable[[], str] | None = None,
+    log_prints: bool | None = None,
+    on_completion: list[Callable[..., Any]] | None = None,
+    on_failure: list[Callable[..., Any]] | None = None,
+) -> TaskOptions:
+    if not callable(fn):
+        raise TypeError(f"@task must decorate a function, got {type(fn).__name__} {fn!r}")
+    if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+        raise TypeError(
+            f"@task: {getattr(fn, '__qualname__', fn)!r} is an async function; flowcore runs "
+            "synchronous functions (wrap it: lambda *a: asyncio.run(fn(*a)))"
+        )
+    task_name = name if name is not None else getattr(fn, "__name__", type(fn).__name__)
+    owner = f"@task {task_name!r}"
+    opts.check_name(task_name, owner)
+    retries = opts.check_retries(retries, owner)
+    policy = opts.retry_policy(retries, retry_delay_seconds, retry_jitter_factor, owner)
+    signature = inspect.signature(fn)
+    var_kw = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
+    return TaskOptions(
+        name=task_name,
+        retries=retries,
+        retry_delay_seconds=retry_delay_seconds,
+        retry_jitter_factor=retry_jitter_factor,
+        retry_condition_fn=opts.check_callable(retry_condition_fn, "retry_condition_fn", owner),
+        timeout_seconds=opts.check_timeout(timeout_seconds, owner),
+        tags=opts.check_tags(tags, owner),
+        task_run_name=opts.check_run_name(task_run_name, signature.parameters, var_kw, owner),
+        log_prints=opts.check_log_prints(log_prints, owner),
+        on_completion=opts.check_hooks(on_completion, "on_completion", owner),
+        on_failure=opts.check_hooks(on_failure, "on_failure", owner),
+        retry_policy=policy,
+    )
+
+
+@overload
+def task(__fn: Callable[P, R]) -> Task[P, R]: ...
+
+
+@overload
+def task(
+    __fn: None = None,
+    *,
+    name: str | None = None,
+    retries: int = 0,
+    retry_delay_seconds: opts.RetryDelay | None = None,
+    retry_jitter_factor: float | None = None,
+    retry_condition_fn: Callable[..., bool] | None = None,
+    timeout_seconds: float | None = None,
+    tags: Iterable[str] | None = None,
+    task_run_name: str | Callable[[], str] | None = None,
+    log_prints: bool | None = None,
+    on_completion: list[Callable[..., Any]] | None = None,
+    on_failure: list[Callable[..., Any]] | None = None,
+) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+
+def task(
+    __fn: Callable[P, R] | None = None,
+    *,
+    name: str | None = None,
+    retries: int = 0,
+    retry_delay_seconds: opts.RetryDelay | None = None,
+    retry_jitter_factor: float | None = None,
+    retry_condition_fn: Callable[..., bool] | None = None,
+    timeout_seconds: float | None = None,
+    tags: Iterable[str] | None = None,
+    task_run_name: str | Callable[[], str] | None = None,
+    log_prints: bool | None = None,
+    on_completion: list[Callable[..., Any]] | None = None,
+    on_failure: list[Callable[..., Any]] | None = None,
+) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
+    """Make a function a task, bare (``@task``) or with options (``@task(retries=2)``).
+
+    Options (all validated here, at decoration time):
+        name: the task's name (default: the function's ``__name__``).
+        retries: how many times to retry a failed run (int >= 0).
+        retry_delay_seconds: seconds before each retry: a number; a list where retry i
+            waits item i and the last item repeats; or ``f(retries) -> list``, such as
+            ``exponential_backoff(2)``.
+        retry_jitter_factor: randomise each delay within ``d * (1 +/- factor)``.
+        retry_condition_fn: ``f(task, call, state) -> bool``; retry only when true.
+        timeout_seconds: stop an attempt after this long (state ``TimedOut``).
+        tags: strings attached to the task (for observers and filters).
+        task_run_name: a ``str.format`` template over the call's arguments
+            (``"load-{path}"``) or a callable returning the name.
+        log_prints: send ``print()`` in the task to its run logger (None: as the flow).
+        on_completion / on_failure: lists of ``hook(task, call, state)``, called once
+            per run with its final state, in the process that submitted it.
+    """
+    settings = dict(
+        name=name,
+        retries=retries,
+        retry_delay_seconds=retry_delay_seconds,
+        retry_jitter_factor=retry_jitter_factor,
+        retry_condition_fn=retry_condition_fn,
+        timeout_seconds=timeout_seconds,
+        tags=tags,
+        task_run_name=task_run_name,
+        log_prints=log_prints,
+        on_completion=on_completion,
+        on_failure=on_failure,
+    )
+    if __fn is not None:
+        return Task(__fn, _task_options(__fn, **settings))  # type: ignore[arg-type]
+
+    if name is not None:
+        opts.check_name(name, "@task")
+    # Validate what does not depend on the function now, so @task(retries=-1) fails
+    # at the decorator line even before it is applied.
+    owner = f"@task {name!r}" if name else "@task"
+    opts.retry_policy(opts.check_retries(retries, owner), retry_delay_seconds, retry_jitter_factor, owner)
+    opts.check_timeout(timeout_seconds, owner)
+
+    def decorate(fn: Callable[P, R]) -> Task[P, R]:
+        return Task(fn, _task_options(fn, **settings))  # type: ignore[arg-type]
+
+    return decorate
+
+
+__all__ = ["Task", "exponential_backoff", "task"]

@@ -1,0 +1,199 @@
+"""Deadlines for code running in this process (inline and thread backends).
+
+``with Deadline(seconds) as d: body()`` interrupts ``body`` once ``seconds`` have
+passed by raising :class:`DeadlineExceeded` inside it; the caller catches it and asks
+``d.owns(exc)`` whether it was this deadline that fired (deadlines nest).
+
+Two mechanisms, chosen per deadline:
+
+* In the main thread, where SIGALRM is free (not handled by someone else), a real
+  timer signal: it interrupts blocking calls such as ``time.sleep`` too.
+* Elsewhere, a watchdog thread raises the exception asynchronously in the target
+  thread (``PyThreadState_SetAsyncExc``). It takes effect at the next Python bytecode,
+  so a call blocked inside C code ends when that call returns. Process backends stop
+  a timed-out task by ending its worker instead.
+
+``DeadlineExceeded`` derives from ``BaseException`` so that a task's ``except
+Exception`` cannot swallow it; ``finally`` blocks and context managers still run.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import signal
+import threading
+import time
+from types import FrameType, TracebackType
+
+
+class DeadlineExceeded(BaseException):
+    """Raised inside code whose deadline passed. Internal: converted to TaskTimeoutError."""
+
+
+class _ThreadStack(threading.local):
+    def __init__(self) -> None:
+        self.scopes: list[Deadline] = []
+
+
+_stack = _ThreadStack()
+
+
+class Deadline:
+    """A context manager that interrupts its body after ``seconds``.
+
+    Use :meth:`owns` on a caught :class:`DeadlineExceeded` to know whether this
+    deadline fired (rather than an enclosing one); re-raise it when it does not.
+    """
+
+    __slots__ = ("_lock", "_signal_mode", "_thread_id", "done", "expires_at", "fired", "seconds")
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.expires_at = 0.0
+        self.fired = False
+        self.done = False
+        self._lock = threading.Lock()
+        self._thread_id = 0
+        self._signal_mode = False
+
+    def owns(self, exc: BaseException) -> bool:
+        """True when ``exc`` was raised because this deadline (the outermost fired one) passed."""
+        if not isinstance(exc, DeadlineExceeded) or not self.fired:
+            return False
+        scopes = _stack.scopes
+        for scope in scopes:
+            if scope is self:
+                return True
+            if scope.fired:
+                return False
+        return True  # already popped from the stack: this deadline was the one
+
+    def __enter__(self) -> Deadline:
+        self.expires_at = time.monotonic() + self.seconds
+        self._thread_id = threading.get_ident()
+        _stack.scopes.append(self)
+        if _signal_timer_available():
+            self._signal_mode = True
+            _arm_signal_timer()
+        else:
+            _watchdog().add(self)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with self._lock:
+            self.done = True
+            pending = self.fired and not self._signal_mode and exc_type is None
+            if pending:
+                # Fired, but the asynchronous exception has not surfaced yet: withdraw
+                # it so it cannot go off later, outside this block.
+                _set_async_exc(self._thread_id, None)
+        scopes = _stack.scopes
+        if self in scopes:
+            scopes.remove(self)
+        if self._signal_mode:
+            _arm_signal_timer()
+        if pending:
+            raise DeadlineExceeded()
+
+
+# -- signal mode (main thread) --------------------------------------------------
+
+_SIGNAL_AVAILABLE = hasattr(signal, "setitimer") and hasattr(signal, "SIGALRM")
+
+
+def _signal_timer_available() -> bool:
+    if not _SIGNAL_AVAILABLE or threading.current_thread() is not threading.main_thread():
+        return False
+    try:
+        current = signal.getsignal(signal.SIGALRM)
+    except (ValueError, OSError):  # pragma: no cover - e.g. embedded interpreters
+        return False
+    if current is _on_alarm:
+        return True
+    if current in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGALRM, _on_alarm)
+        return True
+    return False  # someone else uses SIGALRM: leave it alone
+
+
+def _arm_signal_timer() -> None:
+    live = [s for s in _stack.scopes if s._signal_mode and not s.done and not s.fired]
+    if not live:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        return
+    remaining = min(s.expires_at for s in live) - time.monotonic()
+    signal.setitimer(signal.ITIMER_REAL, max(remaining, 1e-4))
+
+
+def _on_alarm(signum: int, frame: FrameType | None) -> None:
+    now = time.monotonic()
+    for scope in _stack.scopes:  # outermost first
+        if scope._signal_mode and not scope.done and not scope.fired and scope.expires_at <= now:
+            scope.fired = True
+            _arm_signal_timer()
+            raise DeadlineExceeded()
+    _arm_signal_timer()
+
+
+# -- watchdog mode (any thread) ------------------------------------------------
+
+
+def _set_async_exc(thread_id: int, exc: type[BaseException] | None) -> None:
+    import ctypes
+
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(thread_id), ctypes.py_object(exc) if exc is not None else None
+    )
+
+
+class _Watchdog:
+    """One daemon thread that fires the deadlines of non-main threads."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Deadline]] = []
+        self._counter = itertools.count()
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="flowcore-deadlines", daemon=True)
+        self._thread.start()
+
+    def add(self, scope: Deadline) -> None:
+        with self._cond:
+            heapq.heappush(self._heap, (scope.expires_at, next(self._counter), scope))
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._heap:
+                    self._cond.wait()
+                expires_at, _, scope = self._heap[0]
+                delay = expires_at - time.monotonic()
+                if delay > 0:
+                    self._cond.wait(delay)
+                    continue
+                heapq.heappop(self._heap)
+            with scope._lock:
+                if not scope.done:
+                    scope.fired = True
+                    _set_async_exc(scope._thread_id, DeadlineExceeded)
+
+
+_watchdog_instance: _Watchdog | None = None
+_watchdog_lock = threading.Lock()
+
+
+def _watchdog() -> _Watchdog:
+    global _watchdog_instance
+    with _watchdog_lock:
+        if _watchdog_instance is None:
+            _watchdog_instance = _Watchdog()
+        return _watchdog_instance
+
+
+__all__ = ["Deadline", "DeadlineExceeded"]
