@@ -8,7 +8,6 @@ standard library's default.
 from __future__ import annotations
 
 from concurrent.futures import Executor, ThreadPoolExecutor
-from typing import Any
 
 from flowcore.backend import BackendKind, BackendSpec, ExecutorBackend, usable_cpu_count
 from flowcore.hookspecs import hookimpl

@@ -107,7 +107,7 @@ def tool_settings(pyproject: Path) -> dict[str, Any]:
     if sys.version_info >= (3, 11):
         import tomllib
     else:  # pragma: no cover - exercised on 3.10 only
-        import tomli as tomllib
+        import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
     try:
         with pyproject.open("rb") as handle:
             document = tomllib.load(handle)

@@ -244,13 +244,13 @@ def collect_futures(obj: Any, found: list[TaskFuture[Any]] | None = None) -> lis
         found.append(obj)
     elif isinstance(obj, dict):
         for key, value in obj.items():
-            if isinstance(key, TaskFuture) or isinstance(key, _CONTAINERS):
+            if isinstance(key, (TaskFuture, _CONTAINERS)):
                 collect_futures(key, found)
-            if isinstance(value, TaskFuture) or isinstance(value, _CONTAINERS):
+            if isinstance(value, (TaskFuture, _CONTAINERS)):
                 collect_futures(value, found)
     elif isinstance(obj, _CONTAINERS):
         for item in obj:
-            if isinstance(item, TaskFuture) or isinstance(item, _CONTAINERS):
+            if isinstance(item, (TaskFuture, _CONTAINERS)):
                 collect_futures(item, found)
     return found
 

@@ -12,7 +12,7 @@ T = TypeVar("T")
 _NOT_MAPPED = (str, bytes, bytearray, memoryview, Mapping)
 
 
-class unmapped(Generic[T]):  # noqa: N801 - public name fixed by the API
+class unmapped(Generic[T]):
     """Pass ``value`` unchanged to every run of ``Task.map`` even if it is iterable."""
 
     __slots__ = ("value",)

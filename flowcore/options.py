@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-RetryDelay = Union[float, int, Sequence[Union[float, int]], Callable[[int], Sequence[float]]]
+RetryDelay = Union[float, int, Sequence[Union[float, int]], Callable[[int], Sequence[float]]]  # noqa: UP007 - a runtime alias must work on 3.10
 Hook = Callable[..., Any]
 
 
@@ -191,7 +191,7 @@ def check_run_name(
 ) -> str | Callable[[], str] | None:
     """A ``str.format`` template over the call's parameters, or a callable returning a str."""
     if value is None or callable(value):
-        return value  # type: ignore[return-value]
+        return value
     if not isinstance(value, str):
         raise TypeError(f"{owner}: 'task_run_name' must be a string template or a callable, got {value!r}")
     known = set(parameters)

@@ -107,6 +107,11 @@ class Registry:
                 specs = impl.function()
                 if specs is None:
                     continue
+                if not isinstance(specs, (list, tuple)):
+                    raise BackendRegistrationError(
+                        f"plugin {plugin_name!r}: flowcore_backends must return a list of "
+                        f"BackendSpec, got {specs!r}"
+                    )
                 for spec in specs:
                     _validate_spec(spec, plugin_name)
                     if spec.name in table:
@@ -220,8 +225,8 @@ def is_observed(hook_name: str) -> bool:
 __all__ = [
     "BUILTIN_PLUGINS",
     "ENTRY_POINT_GROUP",
-    "Registry",
     "RegisteredBackend",
+    "Registry",
     "get_registry",
     "is_observed",
     "notify",

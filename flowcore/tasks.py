@@ -25,7 +25,6 @@ from flowcore.futures import TaskFuture, collect_futures
 from flowcore.mapping import expand_map_arguments
 from flowcore.options import TaskOptions, exponential_backoff
 
-
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -44,7 +43,7 @@ class Task(Generic[P, R]):
         self.fn = fn
         self.options = options
         self.signature = inspect.signature(fn)
-        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+        functools.update_wrapper(self, fn)
         o = options
         # Direct calls skip the engine entirely when nothing needs it.
         self._plain = (
@@ -206,7 +205,7 @@ class Task(Generic[P, R]):
         """A copy of this task with some options changed (the rest kept)."""
         o = self.options
         given = {k: v for k, v in locals().items() if k not in ("self", "o") and v is not _UNSET}
-        current = {
+        current: dict[str, Any] = {
             "name": o.name,
             "retries": o.retries,
             "retry_delay_seconds": o.retry_delay_seconds,
@@ -374,7 +373,7 @@ def task(
         on_completion / on_failure: lists of ``hook(task, call, state)``, called once
             per run with its final state, in the process that submitted it.
     """
-    settings = dict(
+    settings: dict[str, Any] = dict(
         name=name,
         retries=retries,
         retry_delay_seconds=retry_delay_seconds,
@@ -388,7 +387,7 @@ def task(
         on_failure=on_failure,
     )
     if __fn is not None:
-        return Task(__fn, _task_options(__fn, **settings))  # type: ignore[arg-type]
+        return Task(__fn, _task_options(__fn, **settings))
 
     if name is not None:
         opts.check_name(name, "@task")
@@ -399,7 +398,7 @@ def task(
     opts.check_timeout(timeout_seconds, owner)
 
     def decorate(fn: Callable[P, R]) -> Task[P, R]:
-        return Task(fn, _task_options(fn, **settings))  # type: ignore[arg-type]
+        return Task(fn, _task_options(fn, **settings))
 
     return decorate
 

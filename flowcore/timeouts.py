@@ -107,6 +107,16 @@ class Deadline:
 _SIGNAL_AVAILABLE = hasattr(signal, "setitimer") and hasattr(signal, "SIGALRM")
 
 
+def interrupts_blocking_calls() -> bool:
+    """True when a deadline set in this thread can interrupt blocking calls (``time.sleep``).
+
+    That is the main thread, with SIGALRM unused by anyone else.
+    """
+    if not _SIGNAL_AVAILABLE or threading.current_thread() is not threading.main_thread():
+        return False
+    return signal.getsignal(signal.SIGALRM) in (_on_alarm, signal.SIG_DFL, None)
+
+
 def _signal_timer_available() -> bool:
     if not _SIGNAL_AVAILABLE or threading.current_thread() is not threading.main_thread():
         return False
@@ -196,4 +206,4 @@ def _watchdog() -> _Watchdog:
         return _watchdog_instance
 
 
-__all__ = ["Deadline", "DeadlineExceeded"]
+__all__ = ["Deadline", "DeadlineExceeded", "interrupts_blocking_calls"]

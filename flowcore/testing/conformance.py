@@ -1,0 +1,468 @@
+"""The backend conformance suite: what every flowcore backend must do.
+
+Usage, in a third-party backend's test file::
+
+    from flowcore.testing import BackendConformance
+
+    class TestMyBackend(BackendConformance):
+        backend_name = "mybackend"          # registered name ...
+        backend_options = {"max_workers": 2}  # ... and options
+
+or override the ``backend`` fixture to build the instance yourself. Optional tests are
+switched on by ``capabilities`` (derived from the backend's kind unless set):
+
+* ``parallel``: two tasks can run at the same time.
+* ``processes``: tasks run in other processes than the caller.
+* ``real_timeouts``: a task blocked in a C call (``time.sleep``) is stopped at its
+  timeout, not when the call returns.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+from flowcore import as_completed, flow, hookimpl, plugins, wait
+from flowcore.backend import Backend, BackendKind
+from flowcore.errors import TaskTimeoutError, UpstreamFailedError, WaitTimeoutError
+from flowcore.futures import TaskFuture
+from flowcore.selection import get_backend
+from flowcore.states import State
+from flowcore.testing import workloads as w
+from flowcore.timeouts import interrupts_blocking_calls
+
+_DEFAULT_CAPABILITIES = {
+    BackendKind.INLINE: frozenset({"real_timeouts"}),
+    BackendKind.THREADS: frozenset({"parallel"}),
+    BackendKind.PROCESSES: frozenset({"parallel", "processes", "real_timeouts"}),
+    BackendKind.CLUSTER: frozenset({"parallel", "processes", "real_timeouts"}),
+}
+
+
+class LifecycleRecorder:
+    """An observer plugin that records every lifecycle hook call (thread-safe)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.submitted: list[str] = []
+        self.finished: list[tuple[str, str]] = []
+        self.flows_started: list[str] = []
+        self.flows_finished: list[tuple[str, str]] = []
+
+    @hookimpl
+    def flowcore_task_run_submitted(self, task: Any, call: Any) -> None:
+        with self.lock:
+            self.submitted.append(call.task_run_id)
+
+    @hookimpl
+    def flowcore_task_run_finished(self, task: Any, call: Any, state: State[Any]) -> None:
+        with self.lock:
+            self.finished.append((call.task_run_id, state.name))
+
+    @hookimpl
+    def flowcore_flow_run_started(self, flow: Any, run: Any) -> None:
+        with self.lock:
+            self.flows_started.append(run.run_id)
+
+    @hookimpl
+    def flowcore_flow_run_finished(self, flow: Any, run: Any, state: State[Any]) -> None:
+        with self.lock:
+            self.flows_finished.append((run.run_id, state.name))
+
+
+class BackendConformance:
+    """Base class of the conformance tests; subclass it once per backend."""
+
+    backend_name: ClassVar[str | None] = None
+    backend_options: ClassVar[dict[str, Any]] = {}
+    capabilities: ClassVar[frozenset[str] | None] = None
+
+    # -- fixtures an implementer may override ------------------------------
+    @pytest.fixture
+    def backend(self) -> Iterator[Backend]:
+        """The backend under test; shut down after each test."""
+        if self.backend_name is None:
+            raise NotImplementedError(
+                f"{type(self).__name__}: set backend_name (and backend_options) or "
+                "override the 'backend' fixture"
+            )
+        instance = get_backend(self.backend_name, **self.backend_options)
+        try:
+            yield instance
+        finally:
+            instance.shutdown(wait=True)
+
+    @pytest.fixture
+    def caps(self, backend: Backend) -> frozenset[str]:
+        if self.capabilities is not None:
+            return frozenset(self.capabilities)
+        caps = _DEFAULT_CAPABILITIES.get(backend.kind, frozenset())
+        if backend.kind is BackendKind.INLINE and not interrupts_blocking_calls():
+            caps = caps - {"real_timeouts"}  # SIGALRM is taken, or not the main thread
+        if backend.max_workers < 2:
+            caps = caps - {"parallel"}
+        return caps
+
+    @pytest.fixture
+    def run(self, backend: Backend) -> Callable[..., Any]:
+        """``run(fn, *args, **kwargs)`` runs ``fn`` as a flow on the backend under test."""
+
+        def run_flow(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+            return flow(backend=backend, name=f"conformance-{fn.__name__}")(fn)(*args, **kwargs)
+
+        return run_flow
+
+    @pytest.fixture
+    def recorder(self) -> Iterator[LifecycleRecorder]:
+        observer = LifecycleRecorder()
+        plugins.register(observer, name=f"conformance-recorder-{id(observer)}")
+        try:
+            yield observer
+        finally:
+            plugins.unregister(observer)
+
+    # -- the protocol --------------------------------------------------------
+    def test_backend_describes_itself(self, backend: Backend) -> None:
+        assert isinstance(backend.name, str) and backend.name
+        assert isinstance(backend.kind, BackendKind)
+        assert isinstance(backend.max_workers, int) and backend.max_workers >= 1
+
+    def test_shutdown_is_idempotent_and_final(self, backend: Backend) -> None:
+        future = backend.submit(pow, 2, 5)
+        assert future.result(timeout=60) == 32
+        backend.shutdown(wait=True)
+        backend.shutdown(wait=True)
+        with pytest.raises(RuntimeError):
+            backend.submit(pow, 2, 5)
+
+    def test_backend_as_context_manager(self, backend: Backend) -> None:
+        with backend as entered:
+            assert entered.submit(pow, 3, 2).result(timeout=60) == 9
+        with pytest.raises(RuntimeError):
+            backend.submit(pow, 2, 5)
+
+    # -- results and ordering ---------------------------------------------------
+    def test_submit_returns_the_value(self, run: Callable[..., Any]) -> None:
+        def body() -> int:
+            return w.add.submit(2, 3).result()
+
+        assert run(body) == 5
+
+    def test_map_keeps_submission_order(self, run: Callable[..., Any]) -> None:
+        def body() -> list[int]:
+            futures = w.square.map(range(50))
+            return [f.result() for f in futures]
+
+        assert run(body) == [i * i for i in range(50)]
+
+    def test_direct_call_inside_flow(self, run: Callable[..., Any]) -> None:
+        def body() -> int:
+            return w.add(1, 1) + w.add.submit(1, 1).result()
+
+        assert run(body) == 4
+
+    def test_many_small_tasks(self, run: Callable[..., Any]) -> None:
+        def body(n: int) -> int:
+            return sum(f.result() for f in w.add.map(range(n), 1))
+
+        assert run(body, 2000) == sum(range(2000)) + 2000
+
+    def test_large_arguments_and_results(self, run: Callable[..., Any]) -> None:
+        payload = os.urandom(16 * 1024 * 1024)
+
+        def body() -> tuple[int, int]:
+            return w.length.submit(payload).result(), len(w.echo_bytes.submit(8 * 1024 * 1024).result())
+
+        assert run(body) == (len(payload), 8 * 1024 * 1024)
+
+    # -- failures -----------------------------------------------------------------
+    def test_exception_type_and_traceback(self, run: Callable[..., Any]) -> None:
+        def body() -> tuple[State[Any]]:
+            future = w.raise_value_error.submit("bad input 7")
+            with pytest.raises(w.ConformanceError, match="bad input 7"):
+                future.result()
+            return (future.state,)
+
+        (state,) = run(body)
+        assert state.is_failed() and state.name == "Failed"
+        assert isinstance(state.exception, w.ConformanceError)
+        assert state.traceback is not None and "raise_value_error" in state.traceback
+        assert "bad input 7" in state.traceback
+
+    def test_result_without_raising(self, run: Callable[..., Any]) -> None:
+        def body() -> Any:
+            return w.raise_value_error.submit("quiet").result(raise_on_failure=False)
+
+        error = run(body)
+        assert isinstance(error, w.ConformanceError) and str(error) == "quiet"
+
+    def test_failed_task_fails_the_flow_only_if_raised(self, run: Callable[..., Any]) -> None:
+        def body() -> int:
+            w.raise_value_error.submit("ignored")
+            return 1
+
+        assert run(body) == 1  # an unobserved failure is logged, not raised
+
+        def failing() -> None:
+            w.raise_value_error.submit("raised").result()
+
+        with pytest.raises(w.ConformanceError, match="raised"):
+            run(failing)
+
+    # -- futures as arguments, NotRun ------------------------------------------
+    def test_futures_as_arguments(self, run: Callable[..., Any]) -> None:
+        def body() -> int:
+            a = w.add.submit(1, 2)
+            b = w.add.submit(a, 10)
+            c = w.total.submit([a, b, 100])
+            return c.result()
+
+        assert run(body) == 3 + 13 + 100
+
+    def test_submit_does_not_block_on_upstream(self, run: Callable[..., Any], caps: frozenset[str]) -> None:
+        if "parallel" not in caps:
+            pytest.skip("needs a backend that runs tasks concurrently")
+
+        def body() -> tuple[float, int]:
+            slow = w.sleep_for.submit(1.0)
+            start = time.monotonic()
+            downstream = w.identity.submit(slow)
+            elapsed = time.monotonic() - start
+            return elapsed, int(downstream.result())
+
+        elapsed, value = run(body)
+        assert value == 1
+        assert elapsed < 0.9  # the submit returned before the 1 s upstream finished
+
+    def test_failed_upstream_gives_not_run(self, run: Callable[..., Any]) -> None:
+        def body() -> tuple[State[Any], State[Any]]:
+            bad = w.raise_value_error.submit("upstream broke")
+            child = w.identity.submit(bad)
+            grandchild = w.identity.submit([child])
+            child.wait()
+            grandchild.wait()
+            return child.state, grandchild.state
+
+        child, grandchild = run(body)
+        for state in (child, grandchild):
+            assert state.name == "NotRun" and state.is_failed()
+            assert isinstance(state.exception, UpstreamFailedError)
+        assert "raise_value_error" in child.message and "upstream broke" in child.message
+
+    def test_wait_for(self, run: Callable[..., Any], tmp_path: Path) -> None:
+        marker = str(tmp_path / "marker")
+
+        def body() -> tuple[str, State[Any]]:
+            first = w.touch.submit(marker)
+            after = w.identity.submit("ok", wait_for=[first])
+            failed = w.raise_value_error.submit("nope")
+            blocked = w.identity.submit("never", wait_for=[failed])
+            value = after.result()
+            assert Path(marker).exists()
+            blocked.wait()
+            return value, blocked.state
+
+        value, blocked = run(body)
+        assert value == "ok"
+        assert blocked.name == "NotRun"
+
+    def test_return_state(self, run: Callable[..., Any]) -> None:
+        def body() -> tuple[State[Any], State[Any]]:
+            ok = w.add.submit(1, 1, return_state=True)
+            bad = w.raise_value_error.submit("x", return_state=True)
+            return ok, bad
+
+        ok, bad = run(body)
+        assert ok.is_completed() and ok.result() == 2
+        assert bad.is_failed()
+
+    # -- waiting -----------------------------------------------------------------
+    def test_wait_and_as_completed(self, run: Callable[..., Any]) -> None:
+        def body() -> tuple[int, int, list[int]]:
+            futures = [w.sleep_for.submit(d) for d in (0.2, 0.0, 0.1)]
+            done, not_done = wait(futures, timeout=60)
+            seen = sorted(int(f.result() * 10) for f in as_completed(futures, timeout=60))
+            return len(done), len(not_done), seen
+
+        assert run(body) == (3, 0, [0, 1, 2])
+
+    def test_wait_times_out_without_raising(self, run: Callable[..., Any], caps: frozenset[str]) -> None:
+        if "parallel" not in caps:
+            pytest.skip("an inline backend finishes every task before submit returns")
+
+        def body() -> tuple[int, bool]:
+            slow = w.sleep_for.submit(1.5)
+            done, not_done = wait([slow], timeout=0.05)
+            with pytest.raises(WaitTimeoutError):
+                slow.result(timeout=0.01)
+            with pytest.raises(WaitTimeoutError):
+                list(as_completed([slow], timeout=0.01))
+            return len(not_done), slow.done()
+
+        not_done, finished_early = run(body)
+        assert not_done == 1 and finished_early is False
+
+    def test_flow_awaits_outstanding_futures(self, run: Callable[..., Any], tmp_path: Path) -> None:
+        paths = [str(tmp_path / f"file{i}") for i in range(5)]
+        futures: list[TaskFuture[Any]] = []
+
+        def body() -> None:
+            futures.extend(w.touch.submit(p) for p in paths)  # nothing waits in the body
+
+        run(body)
+        assert all(f.done() for f in futures)
+        assert all(Path(p).exists() for p in paths)
+
+    # -- retries -----------------------------------------------------------------
+    def test_retries_until_success(self, run: Callable[..., Any], tmp_path: Path) -> None:
+        counter = str(tmp_path / "count")
+        retrying = w.fail_until.with_options(retries=3, retry_delay_seconds=0)
+
+        def body() -> tuple[State[Any]]:
+            return (retrying.submit(counter, 3, return_state=True),)
+
+        (state,) = run(body)
+        assert state.is_completed() and state.result() == 3
+        assert state.attempts == 3
+        assert w.read_count(counter) == 3
+
+    def test_retries_exhausted_raise_original_error(self, run: Callable[..., Any], tmp_path: Path) -> None:
+        counter = str(tmp_path / "count")
+        retrying = w.fail_until.with_options(retries=2, retry_delay_seconds=[0, 0])
+
+        def body() -> Any:
+            return retrying.submit(counter, 10).result()
+
+        with pytest.raises(w.ConformanceError, match="attempt 3 fails"):
+            run(body)
+        assert w.read_count(counter) == 3
+
+    def test_retry_delay_is_respected(self, run: Callable[..., Any], tmp_path: Path) -> None:
+        counter = str(tmp_path / "count")
+        retrying = w.fail_until.with_options(retries=1, retry_delay_seconds=0.3)
+
+        def body() -> tuple[State[Any]]:
+            return (retrying.submit(counter, 2, return_state=True),)
+
+        (state,) = run(body)
+        assert state.is_completed()
+        assert state.duration is not None and state.duration >= 0.29
+
+    def test_retry_condition(self, run: Callable[..., Any], tmp_path: Path) -> None:
+        counter = str(tmp_path / "count")
+        only_value_errors = w.type_error_once.with_options(
+            retries=3, retry_condition_fn=retry_only_value_errors
+        )
+
+        def body() -> tuple[State[Any]]:
+            return (only_value_errors.submit(counter, return_state=True),)
+
+        (state,) = run(body)
+        assert isinstance(state.exception, TypeError)
+        assert w.read_count(counter) == 1 and state.attempts == 1
+
+    # -- timeouts ----------------------------------------------------------------
+    def test_timeout_stops_python_code(self, run: Callable[..., Any]) -> None:
+        limited = w.sleep_in_steps.with_options(timeout_seconds=0.3)
+
+        def body() -> tuple[State[Any]]:
+            return (limited.submit(20.0, return_state=True),)
+
+        started = time.monotonic()
+        (state,) = run(body)
+        assert state.name == "TimedOut" and state.is_failed()
+        assert isinstance(state.exception, TaskTimeoutError)
+        assert time.monotonic() - started < 15
+
+    def test_timeout_stops_blocking_call(self, run: Callable[..., Any], caps: frozenset[str]) -> None:
+        if "real_timeouts" not in caps:
+            pytest.skip("backend interrupts Python code only; blocking C calls end when they return")
+        limited = w.sleep_for.with_options(timeout_seconds=0.3)
+
+        def body() -> tuple[State[Any]]:
+            return (limited.submit(30.0, return_state=True),)
+
+        started = time.monotonic()
+        (state,) = run(body)
+        assert state.name == "TimedOut"
+        assert time.monotonic() - started < 15
+
+    def test_timed_out_task_is_retried(self, run: Callable[..., Any]) -> None:
+        limited = w.sleep_in_steps.with_options(timeout_seconds=0.2, retries=1)
+
+        def body() -> tuple[State[Any]]:
+            return (limited.submit(20.0, return_state=True),)
+
+        (state,) = run(body)
+        assert state.name == "TimedOut" and state.attempts == 2
+
+    # -- where tasks run -----------------------------------------------------
+    def test_process_placement_matches_capabilities(self, run: Callable[..., Any], caps: frozenset[str]) -> None:
+        def body() -> int:
+            return w.worker_pid.submit().result()
+
+        pid = run(body)
+        if "processes" in caps:
+            assert pid != os.getpid()
+        else:
+            assert pid == os.getpid()
+
+    def test_tasks_run_concurrently(self, run: Callable[..., Any], caps: frozenset[str], tmp_path: Path) -> None:
+        if "parallel" not in caps:
+            pytest.skip("backend runs one task at a time")
+        a, b = str(tmp_path / "a"), str(tmp_path / "b")
+
+        def body() -> list[bool]:
+            first = w.rendezvous.submit(a, b)
+            second = w.rendezvous.submit(b, a)
+            return [first.result(), second.result()]
+
+        assert run(body) == [True, True]
+
+    # -- hooks -------------------------------------------------------------------
+    def test_lifecycle_hooks_fire_once_per_run(self, run: Callable[..., Any], recorder: LifecycleRecorder) -> None:
+        def body() -> None:
+            ok = w.add.map(range(20), 1)
+            bad = w.raise_value_error.submit("hooked")
+            w.identity.submit(bad)  # NotRun
+            w.add(1, 2)  # a direct call is a task run too
+            wait(ok)
+
+        run(body)
+        submitted = recorder.submitted
+        finished_ids = [run_id for run_id, _ in recorder.finished]
+        assert len(submitted) == 23 and len(set(submitted)) == 23
+        assert sorted(finished_ids) == sorted(submitted)
+        names = sorted(name for _, name in recorder.finished)
+        assert names.count("Completed") == 21 and "Failed" in names and "NotRun" in names
+        assert len(recorder.flows_started) == 1
+        assert [name for _, name in recorder.flows_finished] == ["Completed"]
+
+    def test_task_hooks_fire_once_in_the_caller(self, run: Callable[..., Any]) -> None:
+        seen: list[tuple[str, str, int]] = []
+
+        def on_done(task: Any, call: Any, state: State[Any]) -> None:
+            seen.append((task.name, state.name, os.getpid()))
+
+        ok = w.add.with_options(on_completion=[on_done], on_failure=[on_done])
+        bad = w.raise_value_error.with_options(on_completion=[on_done], on_failure=[on_done])
+
+        def body() -> None:
+            ok.submit(1, 2).wait()
+            bad.submit("x").wait()
+
+        run(body)
+        assert sorted(seen) == [("add", "Completed", os.getpid()), ("raise_value_error", "Failed", os.getpid())]
+
+
+def retry_only_value_errors(task: Any, call: Any, state: State[Any]) -> bool:
+    return isinstance(state.exception, ValueError)
+
+
+__all__ = ["BackendConformance", "LifecycleRecorder"]

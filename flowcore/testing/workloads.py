@@ -1,0 +1,158 @@
+"""Tasks used by the conformance suite.
+
+They live in an importable module (not in a test file) so that process and cluster
+backends can unpickle them by reference in their workers. Cross-run state (attempt
+counters, rendezvous) goes through files, which every backend on one machine shares.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from flowcore.tasks import task
+
+
+@task
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@task
+def identity(x: Any) -> Any:
+    return x
+
+
+@task
+def total(values: list[int]) -> int:
+    return sum(values)
+
+
+@task
+def square(x: int) -> int:
+    return x * x
+
+
+@task
+def length(data: bytes) -> int:
+    return len(data)
+
+
+@task
+def echo_bytes(size: int) -> bytes:
+    return b"\x07" * size
+
+
+class ConformanceError(ValueError):
+    """A distinctive exception type, to check that the type survives the trip."""
+
+
+@task
+def raise_value_error(message: str) -> None:
+    raise ConformanceError(message)
+
+
+@task
+def sleep_for(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+@task
+def sleep_in_steps(seconds: float, step: float = 0.01) -> float:
+    """Sleeps in small Python-level steps, so any timeout mechanism can interrupt it."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        time.sleep(step)
+    return seconds
+
+
+def bump(counter: str | os.PathLike[str]) -> int:
+    """Increment the integer stored in ``counter`` (a file) and return the new value.
+
+    Uses an exclusive lock file so concurrent processes do not lose increments.
+    """
+    path = Path(counter)
+    lock = path.with_suffix(".lock")
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"could not lock {lock}") from None
+            time.sleep(0.001)
+    try:
+        value = int(path.read_text()) + 1 if path.exists() else 1
+        path.write_text(str(value))
+        return value
+    finally:
+        os.close(fd)
+        os.unlink(lock)
+
+
+def read_count(counter: str | os.PathLike[str]) -> int:
+    path = Path(counter)
+    return int(path.read_text()) if path.exists() else 0
+
+
+@task
+def fail_until(counter: str, succeed_on: int) -> int:
+    """Fails (ConformanceError) until its ``succeed_on``-th attempt; returns the attempt."""
+    attempt = bump(counter)
+    if attempt < succeed_on:
+        raise ConformanceError(f"attempt {attempt} fails on purpose")
+    return attempt
+
+
+@task
+def type_error_once(counter: str) -> int:
+    attempt = bump(counter)
+    raise TypeError(f"attempt {attempt}: not retryable")
+
+
+@task
+def touch(path: str) -> str:
+    Path(path).write_text("done")
+    return path
+
+
+@task
+def rendezvous(mine: str, other: str, timeout: float = 20.0) -> bool:
+    """Create ``mine``, then wait for ``other``: two of these only finish if they overlap."""
+    Path(mine).write_text("here")
+    deadline = time.monotonic() + timeout
+    while not Path(other).exists():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+@task
+def worker_pid() -> int:
+    return os.getpid()
+
+
+__all__ = [
+    "ConformanceError",
+    "add",
+    "bump",
+    "echo_bytes",
+    "fail_until",
+    "identity",
+    "length",
+    "raise_value_error",
+    "read_count",
+    "rendezvous",
+    "sleep_for",
+    "sleep_in_steps",
+    "square",
+    "total",
+    "touch",
+    "type_error_once",
+    "worker_pid",
+]
