@@ -136,7 +136,8 @@ def run_paired(
         subject_times.append(time.perf_counter() - start)
         return value
 
-    subject_result = benchmark.pedantic(
+    pedantic: Callable[..., Any] = benchmark.pedantic  # pytest-benchmark ships no types
+    subject_result = pedantic(
         target, setup=setup, rounds=rounds, warmup_rounds=warmup_rounds, iterations=1
     )
     skip = warmup_rounds if benchmark.enabled else 0
@@ -382,7 +383,9 @@ def test_import_time(benchmark: BenchmarkFixture, quick: bool, neutral_cwd: Path
         anchor="python -c pass",
         n=1,
         figures=[
-            figure("import flowcore (-X importtime, cumulative)", importtime_ms, "ms", IMPORT_GOAL_MS),
+            figure(
+                "import flowcore (-X importtime, cumulative)", importtime_ms, "ms", IMPORT_GOAL_MS
+            ),
             figure("import flowcore (wall, over python -c pass)", wall_ms, "ms", IMPORT_GOAL_MS),
         ],
         importtime_ms=round(importtime_ms, 3),

@@ -61,8 +61,7 @@ def run_call(call: TaskCall) -> State[Any]:
                 return _with_timing(state, first_start, attempt)
             delay = policy.delay(attempt - 1)
             _task_log(call).warning(
-                "Task run %r failed (%s); retry %d/%d in %.3g s",
-                call.task_run_name,
+                "Failed (%s); retry %d/%d in %.3g s",
                 state.message,
                 attempt,
                 policy.retries,

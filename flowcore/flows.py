@@ -98,15 +98,14 @@ class Flow(Generic[P, R]):
             context = FlowRunContext(self, run, slot, log_prints=log_prints, parent=parent)
             logger = flow_logger(context)
             if attempt == 1:
-                logger.info("Beginning flow run %r for flow %r on backend %r", run.name, self.name, slot.name)
+                logger.info("Beginning flow run for flow %r on backend %r", self.name, slot.name)
             registry.notify("flowcore_flow_run_started", flow=self, run=run)
             state = self._attempt(context, args, kwargs)
             if state.is_completed() or attempt > policy.retries:
                 break
             delay = policy.delay(attempt - 1)
             logger.warning(
-                "Flow run %r failed (%s); retry %d/%d in %.3g s",
-                run.name,
+                "Failed (%s); retry %d/%d in %.3g s",
                 state.message,
                 attempt,
                 policy.retries,
