@@ -18,15 +18,21 @@ if TYPE_CHECKING:
 # Task run ids are cheap: a random per-process prefix and a counter (a uuid4 costs
 # more than the whole direct-call fast path).
 _PREFIX = uuid.uuid4().hex[:12]
-_PID = os.getpid()
 _counter = itertools.count(1)
+RUN_NUMBER_OFFSET = len(_PREFIX) + 1  # task_run_id[RUN_NUMBER_OFFSET:] is the counter
+
+
+def _reseed_after_fork() -> None:
+    global _PREFIX
+    _PREFIX = uuid.uuid4().hex[:12]  # a forked child must not repeat the parent's ids
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reseed_after_fork)
 
 
 def new_task_run_id() -> str:
-    """A run id unique across processes and runs: ``<random prefix>-<counter>``."""
-    global _PREFIX, _PID
-    if os.getpid() != _PID:  # forked: do not repeat the parent's ids
-        _PREFIX, _PID = uuid.uuid4().hex[:12], os.getpid()
+    """A run id unique across processes and runs: ``<random prefix>-<hex counter>``."""
     return f"{_PREFIX}-{next(_counter):x}"
 
 
@@ -34,7 +40,7 @@ def new_flow_run_id() -> str:
     return uuid.uuid4().hex
 
 
-@dataclass
+@dataclass(slots=True)
 class TaskCall:
     """One task run: the task, its (resolved) arguments and where it belongs.
 

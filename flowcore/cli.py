@@ -34,7 +34,7 @@ def _backends(args: argparse.Namespace) -> int:
         rows.append((name, str(entry.spec.kind), entry.plugin, status, entry.spec.description))
     if args.json:
         keys = ("name", "kind", "plugin", "status", "description")
-        print(json.dumps([dict(zip(keys, row)) for row in rows], indent=2))
+        print(json.dumps([dict(zip(keys, row, strict=False)) for row in rows], indent=2))
         return 0
     headers = ("NAME", "KIND", "PLUGIN", "STATUS", "DESCRIPTION")
     widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(4)]

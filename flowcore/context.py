@@ -89,12 +89,18 @@ class _BorrowedSlot(BackendSlot):
 
 
 class RunScope:
-    """A scope in which tasks may be submitted: a backend plus the futures it ran."""
+    """A scope in which tasks may be submitted: a backend plus the futures it ran.
+
+    Memory stays bounded by the work in flight: a future leaves the scope when it
+    finishes; only failed ones are kept (to report failures nobody looked at).
+    """
 
     def __init__(self, slot: BackendSlot, parent: RunScope | None = None) -> None:
         self.slot = slot
         self.parent = parent
-        self.futures: list[TaskFuture[Any]] = []
+        self._pending: set[TaskFuture[Any]] = set()
+        self._lock = threading.Lock()
+        self.failed: list[TaskFuture[Any]] = []
         # A use_backend block inside a flow still belongs to that flow run.
         self.flow_run: FlowRun | None = parent.flow_run if parent is not None else None
         self.log_prints: bool = parent.log_prints if parent is not None else False
@@ -103,10 +109,31 @@ class RunScope:
         return self.slot.get()
 
     def track(self, future: TaskFuture[Any]) -> None:
-        self.futures.append(future)
+        """Count ``future`` as this scope's until it finishes (called before dispatch)."""
+        future._scope = self
+        with self._lock:
+            self._pending.add(future)
+
+    def finished(self, future: TaskFuture[Any], completed: bool) -> None:
+        """Called by a tracked future when it reaches its final state."""
+        with self._lock:
+            self._pending.discard(future)
+            if not completed:
+                self.failed.append(future)
 
     def outstanding(self) -> list[TaskFuture[Any]]:
-        return [f for f in self.futures if not f.done()]
+        """The tracked futures that have not finished yet."""
+        with self._lock:
+            return list(self._pending)
+
+    def wait_all(self) -> None:
+        """Block until every tracked future has finished (including ones added meanwhile)."""
+        while True:
+            outstanding = self.outstanding()
+            if not outstanding:
+                return
+            for future in outstanding:
+                future.wait()
 
 
 class FlowRunContext(RunScope):

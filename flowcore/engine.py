@@ -21,7 +21,7 @@ from flowcore import states
 from flowcore.calls import TaskCall
 from flowcore.context import TaskRunContext, _task_run
 from flowcore.registry import is_observed, notify
-from flowcore.states import State
+from flowcore.states import State, StateType
 from flowcore.timeouts import Deadline, DeadlineExceeded
 
 logger = logging.getLogger("flowcore.task_runs")
@@ -54,8 +54,9 @@ def run_call(call: TaskCall) -> State[Any]:
             except Exception as exc:
                 state = _failure_state(exc, call)
             else:
-                return states.Completed(
-                    value, started_at=first_start, finished_at=time.time(), attempts=attempt
+                now = time.time()
+                return State(
+                    StateType.COMPLETED, "Completed", "", value, None, None, now, first_start, now, attempt
                 )
             if attempt > policy.retries or not _should_retry(call, state):
                 return _with_timing(state, first_start, attempt)
@@ -132,7 +133,7 @@ def report_final_state(call: TaskCall, state: State[Any]) -> None:
     """Fire the task's hooks and the observers for a final state (once, in the parent)."""
     task = call.task
     options = task.options
-    hooks = options.on_completion if state.is_completed() else options.on_failure
+    hooks = options.on_completion if state.type is StateType.COMPLETED else options.on_failure
     for hook in hooks:
         try:
             hook(task, call, state)
@@ -142,7 +143,7 @@ def report_final_state(call: TaskCall, state: State[Any]) -> None:
                 getattr(hook, "__name__", hook),
                 call.task_run_name,
             )
-    if not state.is_completed():
+    if state.type is not StateType.COMPLETED and logger.isEnabledFor(logging.DEBUG):
         _task_log(call).debug("Finished in state %r", state)
     if is_observed("flowcore_task_run_finished"):
         notify("flowcore_task_run_finished", task=task, call=call, state=state)

@@ -16,7 +16,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
 
 from flowcore import options as opts
 from flowcore import registry, states
@@ -60,7 +60,13 @@ class Flow(Generic[P, R]):
         bound.apply_defaults()
         return dict(bound.arguments)
 
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+    @overload
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R: ...
+
+    @overload
+    def __call__(self, *args: Any, return_state: Literal[True], **kwargs: Any) -> State[R]: ...
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run the flow; return its value or raise its exception.
 
         ``return_state=True`` returns the final :class:`~flowcore.states.State` instead
@@ -70,8 +76,8 @@ class Flow(Generic[P, R]):
         parameters = self.bind(args, kwargs)
         state = self._run(args, kwargs, parameters)
         if return_state:
-            return state  # type: ignore[return-value]
-        return state.result()  # type: ignore[no-any-return]
+            return state
+        return state.result()
 
     # -- the run ------------------------------------------------------------
     def _run(self, args: tuple[Any, ...], kwargs: dict[str, Any], parameters: dict[str, Any]) -> State[Any]:
@@ -132,7 +138,7 @@ class Flow(Generic[P, R]):
                 state = states.Failed(exc, traceback=_format(exc))
             else:
                 state = _state_from_return(value)
-            _await(context)
+            context.wait_all()
             _log_unobserved(context)
             return state
         except BaseException:
@@ -260,15 +266,6 @@ def _wrap_returned_state(state: State[Any], what: str) -> State[Any]:
     )
 
 
-def _await(context: FlowRunContext) -> None:
-    while True:
-        outstanding = context.outstanding()
-        if not outstanding:
-            return
-        for future in outstanding:
-            future.wait()
-
-
 def _cancel(context: FlowRunContext) -> None:
     for future in context.outstanding():
         future.cancel()
@@ -277,7 +274,7 @@ def _cancel(context: FlowRunContext) -> None:
 def _log_unobserved(context: FlowRunContext) -> None:
     unobserved = [
         f
-        for f in context.futures
+        for f in context.failed
         if not f._observed and f._state is not None and not f._state.is_completed()
     ]
     if not unobserved:

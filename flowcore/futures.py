@@ -18,12 +18,14 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 from flowcore import states
+from flowcore.engine import report_final_state, run_call
 from flowcore.errors import WaitTimeoutError
 from flowcore.states import State
 
 if TYPE_CHECKING:
     from flowcore.backend import Backend
     from flowcore.calls import TaskCall
+    from flowcore.context import RunScope
     from flowcore.tasks import Task
 
 R = TypeVar("R")
@@ -43,10 +45,11 @@ class TaskFuture(Generic[R]):
         "__weakref__",
         "_backend_future",
         "_callbacks",
-        "_event",
+        "_done",
         "_finishing",
         "_lock",
         "_observed",
+        "_scope",
         "_state",
         "_upstream",
         "call",
@@ -57,13 +60,16 @@ class TaskFuture(Generic[R]):
         self.task = task
         self.call = call
         self._state: State[R] | None = None
-        self._event = threading.Event()
+        # Held until the final state is set: waiters block on it (cheaper than an Event).
+        self._done = threading.Lock()
+        self._done.acquire()
         self._lock = threading.Lock()
         self._callbacks: list[Callable[[TaskFuture[R]], Any]] = []
         self._backend_future: cf.Future[Any] | None = None
         self._observed = False
         self._finishing = False
         self._upstream: list[TaskFuture[Any]] = []
+        self._scope: RunScope | None = None
 
     # -- public API ---------------------------------------------------------
     @property
@@ -96,7 +102,14 @@ class TaskFuture(Generic[R]):
 
         Returns None either way (like Prefect); check :meth:`done` after a timeout.
         """
-        self._event.wait(timeout)
+        self._wait(timeout)
+
+    def _wait(self, timeout: float | None) -> bool:
+        if self._state is not None:
+            return True
+        if self._done.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
+            self._done.release()
+        return self._state is not None
 
     def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> R:
         """Block until done, then return the task's value.
@@ -107,7 +120,7 @@ class TaskFuture(Generic[R]):
         ``NotRun``, ``TaskTimeoutError`` for ``TimedOut``, ``CrashedError`` for
         ``Crashed``), or returns the exception object when ``raise_on_failure`` is False.
         """
-        if not self._event.wait(timeout):
+        if not self._wait(timeout):
             raise WaitTimeoutError(
                 f"task run {self.name!r} did not finish within {timeout} s; it is still "
                 f"{self.state.name.lower()} (wait longer, or check future.done())"
@@ -141,13 +154,13 @@ class TaskFuture(Generic[R]):
             if self._state is not None or self._finishing:
                 return False
             self._finishing = True
-        from flowcore.engine import report_final_state
-
         report_final_state(self.call, state)
         with self._lock:
             self._state = state
             callbacks, self._callbacks = self._callbacks, []
-        self._event.set()
+        self._done.release()
+        if self._scope is not None:
+            self._scope.finished(self, state.type is states.StateType.COMPLETED)
         for fn in callbacks:
             _call_back(fn, self)
         return True
@@ -192,8 +205,6 @@ class TaskFuture(Generic[R]):
         if self._upstream:
             call.args = resolve_futures(call.args)
             call.kwargs = resolve_futures(call.kwargs)
-        from flowcore.engine import run_call
-
         try:
             backend_future = backend.submit(run_call, call)
         except Exception as exc:
@@ -209,13 +220,17 @@ class TaskFuture(Generic[R]):
         backend_future.add_done_callback(self._on_backend_done)
 
     def _on_backend_done(self, backend_future: cf.Future[Any]) -> None:
-        if backend_future.cancelled():
+        try:
+            state = backend_future.result()
+        except cf.CancelledError:
             self._finish(states.Cancelled("cancelled before it started"))
             return
-        exc = backend_future.exception()
-        if exc is None:
-            self._finish(backend_future.result())
+        except BaseException as exc:  # the machinery failed, not the task: the engine never raises
+            self._crashed(exc)
             return
+        self._finish(state)
+
+    def _crashed(self, exc: BaseException) -> None:
         crashed = states.Crashed(
             f"task run {self.call.task_run_name!r} crashed: {type(exc).__name__}: {exc}"
         )

@@ -60,6 +60,7 @@ class Registry:
             self.pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
         self._backends: dict[str, RegisteredBackend] | None = None
         self.observed: frozenset[str] = frozenset()
+        self.observes_tasks = False
         self._refresh()
 
     # -- plugins ------------------------------------------------------------
@@ -93,6 +94,9 @@ class Registry:
         self.backends()  # validate now, so a bad plugin fails at registration
         self.observed = frozenset(
             hook for hook in LIFECYCLE_HOOKS if getattr(self.pm.hook, hook).get_hookimpls()
+        )
+        self.observes_tasks = bool(
+            self.observed & {"flowcore_task_run_submitted", "flowcore_task_run_finished"}
         )
 
     # -- backends -----------------------------------------------------------

@@ -98,8 +98,7 @@ def use_backend(backend: str | Backend | None = None, **options: Any) -> Iterato
                 for future in scope.outstanding():
                     future.cancel()
             else:
-                for future in scope.futures:
-                    future.wait()
+                scope.wait_all()
         finally:
             if owned:
                 instance.shutdown(wait=not interrupted, cancel_futures=interrupted)

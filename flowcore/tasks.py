@@ -14,16 +14,17 @@ import functools
 import inspect
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
 
 from flowcore import options as opts
 from flowcore import registry
-from flowcore.calls import FlowRun, TaskCall, new_task_run_id
+from flowcore.calls import RUN_NUMBER_OFFSET, FlowRun, TaskCall, new_task_run_id
 from flowcore.context import TaskRunContext, _scope, _task_run, current_scope
 from flowcore.errors import MissingContextError
 from flowcore.futures import TaskFuture, collect_futures
 from flowcore.mapping import expand_map_arguments
 from flowcore.options import TaskOptions, exponential_backoff
+from flowcore.states import State
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -44,6 +45,16 @@ class Task(Generic[P, R]):
         self.options = options
         self.signature = inspect.signature(fn)
         functools.update_wrapper(self, fn)
+        # Positional-only calls of a plain signature are checked by counting, which is
+        # much cheaper than Signature.bind on the submit hot path.
+        parameters = list(self.signature.parameters.values())
+        plain_signature = all(
+            p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in parameters
+        )
+        self._max_args = len(parameters) if plain_signature else -1
+        self._min_args = (
+            sum(1 for p in parameters if p.default is p.empty) if plain_signature else -1
+        )
         o = options
         # Direct calls skip the engine entirely when nothing needs it.
         self._plain = (
@@ -63,7 +74,16 @@ class Task(Generic[P, R]):
         return self.options.tags
 
     # -- calling ------------------------------------------------------------
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+    # Typing: the ParamSpec overload checks arguments against the function; the
+    # return_state / wait_for variants keep the return type (extra keywords cannot be
+    # combined with P.kwargs in one signature).
+    @overload
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R: ...
+
+    @overload
+    def __call__(self, *args: Any, return_state: Literal[True], **kwargs: Any) -> State[R]: ...
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run inline and return the value (``return_state=True``: the final State)."""
         return_state = kwargs.pop("return_state", False) if "return_state" in kwargs else False
         scope = _scope.get()
@@ -84,10 +104,25 @@ class Task(Generic[P, R]):
         state = run_call(call)
         report_final_state(call, state)
         if return_state:
-            return state  # type: ignore[return-value]
-        return state.result()  # type: ignore[no-any-return]
+            return state
+        return state.result()
 
-    def submit(self, *args: P.args, **kwargs: P.kwargs) -> TaskFuture[R]:
+    @overload
+    def submit(self, *args: P.args, **kwargs: P.kwargs) -> TaskFuture[R]: ...
+
+    @overload
+    def submit(self, *args: Any, return_state: Literal[True], **kwargs: Any) -> State[R]: ...
+
+    @overload
+    def submit(
+        self,
+        *args: Any,
+        wait_for: Iterable[TaskFuture[Any]],
+        return_state: Literal[False] = False,
+        **kwargs: Any,
+    ) -> TaskFuture[R]: ...
+
+    def submit(self, *args: Any, **kwargs: Any) -> Any:
         """Submit one run to the current backend; returns at once with a TaskFuture.
 
         Keyword-only extras: ``wait_for=[futures]`` (run only after these finish,
@@ -105,11 +140,12 @@ class Task(Generic[P, R]):
                 f"@flow function, or inside 'with flowcore.use_backend(\"threads\"):'; "
                 f"to run the task inline, call it directly: {self.name}(...)"
             )
-        self.bind(args, kwargs)
-        future = self._submit_in(scope, args, kwargs, _as_futures(wait_for))
+        if kwargs or not self._min_args <= len(args) <= self._max_args:
+            self.bind(args, kwargs)  # raises TypeError naming the task
+        future = self._submit_in(scope, args, kwargs, _as_futures(wait_for) if wait_for else [])
         if return_state:
             future.wait()
-            return future.state  # type: ignore[return-value]
+            return future.state
         return future
 
     def map(self, *args: Any, **kwargs: Any) -> list[TaskFuture[R]]:
@@ -144,9 +180,14 @@ class Task(Generic[P, R]):
         call = self._make_call(args, kwargs, scope.flow_run, log_prints)
         future: TaskFuture[R] = TaskFuture(self, call)
         scope.track(future)
-        registry.notify("flowcore_task_run_submitted", task=self, call=call)
-        upstream = collect_futures(args) + collect_futures(kwargs) if (args or kwargs) else []
-        future._dispatch(scope.backend(), upstream + wait_for)
+        if _observed():
+            registry.notify("flowcore_task_run_submitted", task=self, call=call)
+        upstream = collect_futures(args)
+        if kwargs:
+            collect_futures(kwargs, upstream)
+        if wait_for:
+            upstream.extend(wait_for)
+        future._dispatch(scope.backend(), upstream)
         return future
 
     # -- helpers ------------------------------------------------------------
@@ -179,7 +220,7 @@ class Task(Generic[P, R]):
     def _run_name(self, args: tuple[Any, ...], kwargs: dict[str, Any], run_id: str) -> str:
         template = self.options.task_run_name
         if template is None:
-            return f"{self.name}-{run_id.rsplit('-', 1)[-1]}"
+            return f"{self.name}-{run_id[RUN_NUMBER_OFFSET:]}"
         if callable(template):
             name = template()
             if not isinstance(name, str):
@@ -255,7 +296,7 @@ def _observed() -> bool:
     current = registry._registry
     if current is None:
         current = registry.get_registry()
-    return bool(current.observed)
+    return current.observes_tasks
 
 
 def _as_futures(wait_for: Any) -> list[TaskFuture[Any]]:

@@ -30,7 +30,7 @@ def test_typed_example_and_misuse_are_checked(tmp_path: Path) -> None:
     misuse.write_text(
         textwrap.dedent(
             """
-            from flowcore import flow, task
+            from flowcore import State, TaskFuture, flow, task
 
             @task
             def total(values: list[int]) -> int:
@@ -41,6 +41,10 @@ def test_typed_example_and_misuse_are_checked(tmp_path: Path) -> None:
                 wrong_result: str = total.submit([1, 2]).result()
                 total.submit("not a list")
                 total(values=[1], extra=2)
+                state: State[int] = total.submit([1], return_state=True)
+                after: TaskFuture[int] = total.submit([1], wait_for=[total.submit([2])])
+                direct: State[int] = total([1], return_state=True)
+                flow_state: State[None] = main(return_state=True)
             """
         )
     )
@@ -51,5 +55,5 @@ def test_typed_example_and_misuse_are_checked(tmp_path: Path) -> None:
     out = bad.stdout
     assert bad.returncode == 1, out
     assert 'Incompatible types in assignment (expression has type "int", variable has type "str")' in out
-    assert 'Argument 1 to "submit" of "Task" has incompatible type "str"' in out
-    assert 'Unexpected keyword argument "extra"' in out
+    assert 'No overload variant of "submit" of "Task" matches argument type "str"' in out
+    assert 'No overload variant of "__call__" of "Task" matches argument types' in out
