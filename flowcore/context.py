@@ -99,7 +99,6 @@ class RunScope:
         self.slot = slot
         self.parent = parent
         self._pending: set[TaskFuture[Any]] = set()
-        self._lock = threading.Lock()
         self.failed: list[TaskFuture[Any]] = []
         # A use_backend block inside a flow still belongs to that flow run.
         self.flow_run: FlowRun | None = parent.flow_run if parent is not None else None
@@ -111,20 +110,17 @@ class RunScope:
     def track(self, future: TaskFuture[Any]) -> None:
         """Count ``future`` as this scope's until it finishes (called before dispatch)."""
         future._scope = self
-        with self._lock:
-            self._pending.add(future)
+        self._pending.add(future)  # set.add/discard/list() are atomic under the GIL
 
     def finished(self, future: TaskFuture[Any], completed: bool) -> None:
         """Called by a tracked future when it reaches its final state."""
-        with self._lock:
-            self._pending.discard(future)
-            if not completed:
-                self.failed.append(future)
+        self._pending.discard(future)
+        if not completed:
+            self.failed.append(future)
 
     def outstanding(self) -> list[TaskFuture[Any]]:
         """The tracked futures that have not finished yet."""
-        with self._lock:
-            return list(self._pending)
+        return list(self._pending)
 
     def wait_all(self) -> None:
         """Block until every tracked future has finished (including ones added meanwhile)."""

@@ -20,7 +20,7 @@ from typing import Any
 from flowcore import states
 from flowcore.calls import TaskCall
 from flowcore.context import TaskRunContext, _task_run
-from flowcore.registry import is_observed, notify
+from flowcore.registry import get_registry, is_observed, notify
 from flowcore.states import State, StateType
 from flowcore.timeouts import Deadline, DeadlineExceeded
 
@@ -134,6 +134,8 @@ def report_final_state(call: TaskCall, state: State[Any]) -> None:
     task = call.task
     options = task.options
     hooks = options.on_completion if state.type is StateType.COMPLETED else options.on_failure
+    if not hooks and state.type is StateType.COMPLETED and not get_registry().observes_tasks:
+        return  # the common case: nothing to call
     for hook in hooks:
         try:
             hook(task, call, state)

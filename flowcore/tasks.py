@@ -204,17 +204,13 @@ class Task(Generic[P, R]):
         self, args: tuple[Any, ...], kwargs: dict[str, Any], flow_run: FlowRun | None, log_prints: bool
     ) -> TaskCall:
         run_id = new_task_run_id()
+        name = self._run_name(args, kwargs, run_id)
+        # Positional construction: this runs once per task run, on the hot path.
+        if flow_run is None:
+            return TaskCall(self, args, kwargs, run_id, name, None, None, None, time.time(), log_prints)
         return TaskCall(
-            task=self,
-            args=args,
-            kwargs=kwargs,
-            task_run_id=run_id,
-            task_run_name=self._run_name(args, kwargs, run_id),
-            flow_run_id=flow_run.run_id if flow_run is not None else None,
-            flow_run_name=flow_run.name if flow_run is not None else None,
-            flow_name=flow_run.flow_name if flow_run is not None else None,
-            submitted_at=time.time(),
-            log_prints=log_prints,
+            self, args, kwargs, run_id, name, flow_run.run_id, flow_run.name, flow_run.flow_name,
+            time.time(), log_prints,
         )
 
     def _run_name(self, args: tuple[Any, ...], kwargs: dict[str, Any], run_id: str) -> str:
