@@ -22,7 +22,7 @@ from flowcore.calls import TaskCall
 from flowcore.context import TaskRunContext, _task_run
 from flowcore.registry import get_registry, is_observed, notify
 from flowcore.states import State, StateType
-from flowcore.timeouts import Deadline, DeadlineExceeded
+from flowcore.timeouts import call_with_timeout
 
 logger = logging.getLogger("flowcore.task_runs")
 
@@ -50,7 +50,13 @@ def run_call(call: TaskCall) -> State[Any]:
                 if options.timeout_seconds is None:
                     value = fn(*call.args, **call.kwargs)
                 else:
-                    value = _call_with_deadline(fn, call, options.timeout_seconds)
+                    value = call_with_timeout(
+                        options.timeout_seconds,
+                        f"task run {call.task_run_name!r}",
+                        fn,
+                        *call.args,
+                        **call.kwargs,
+                    )
             except Exception as exc:
                 state = _failure_state(exc, call)
             else:
@@ -60,37 +66,13 @@ def run_call(call: TaskCall) -> State[Any]:
                 )
             if attempt > policy.retries or not _should_retry(call, state):
                 return _with_timing(state, first_start, attempt)
-            delay = policy.delay(attempt - 1)
-            _task_log(call).warning(
-                "Failed (%s); retry %d/%d in %.3g s",
-                state.message,
-                attempt,
-                policy.retries,
-                delay,
-            )
-            if delay > 0:
-                time.sleep(delay)
+            policy.wait_before_retry(attempt, state.message, _task_log(call))
     finally:
         if print_token is not None:
             from flowcore.loggers import restore_prints
 
             restore_prints(print_token)
         _task_run.reset(token)
-
-
-def _call_with_deadline(fn: Any, call: TaskCall, seconds: float) -> Any:
-    deadline = Deadline(seconds)
-    try:
-        with deadline:
-            return fn(*call.args, **call.kwargs)
-    except DeadlineExceeded as exc:
-        if deadline.owns(exc):
-            from flowcore.errors import TaskTimeoutError
-
-            raise TaskTimeoutError(
-                f"task run {call.task_run_name!r} exceeded its timeout of {seconds:g} s"
-            ) from None
-        raise
 
 
 def _failure_state(exc: Exception, call: TaskCall) -> State[Any]:

@@ -29,7 +29,7 @@ from flowcore.loggers import ensure_console_handler, flow_logger, redirect_print
 from flowcore.options import FlowOptions
 from flowcore.selection import slot_for
 from flowcore.states import State, StateType
-from flowcore.timeouts import Deadline, DeadlineExceeded
+from flowcore.timeouts import call_with_timeout
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -109,16 +109,7 @@ class Flow(Generic[P, R]):
             state = self._attempt(context, args, kwargs)
             if state.is_completed() or attempt > policy.retries:
                 break
-            delay = policy.delay(attempt - 1)
-            logger.warning(
-                "Failed (%s); retry %d/%d in %.3g s",
-                state.message,
-                attempt,
-                policy.retries,
-                delay,
-            )
-            if delay > 0:
-                time.sleep(delay)
+            policy.wait_before_retry(attempt, state.message, logger)
         slot.close(wait=state.name != "TimedOut", cancel_futures=state.name == "TimedOut")
         state = replace(state, started_at=run.started_at, finished_at=time.time(), attempts=attempt)
         self._finish(context, state)
@@ -156,16 +147,7 @@ class Flow(Generic[P, R]):
         seconds = self.options.timeout_seconds
         if seconds is None:
             return self.fn(*args, **kwargs)
-        deadline = Deadline(seconds)
-        try:
-            with deadline:
-                return self.fn(*args, **kwargs)
-        except DeadlineExceeded as exc:
-            if deadline.owns(exc):
-                raise TaskTimeoutError(
-                    f"flow run of {self.name!r} exceeded its timeout of {seconds:g} s"
-                ) from None
-            raise
+        return call_with_timeout(seconds, f"flow run of {self.name!r}", self.fn, *args, **kwargs)
 
     def _finish(self, context: FlowRunContext, state: State[Any]) -> None:
         run = context.flow_run

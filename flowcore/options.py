@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import random
 import string
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
@@ -40,6 +41,15 @@ class RetryPolicy:
             low = max(0.0, base * (1.0 - self.jitter_factor))
             return random.uniform(low, base * (1.0 + self.jitter_factor))
         return base
+
+    def wait_before_retry(self, attempt: int, reason: str, logger: Any) -> None:
+        """Log that attempt number ``attempt`` failed, then sleep the retry's delay."""
+        delay = self.delay(attempt - 1)
+        logger.warning(
+            "Failed (%s); retry %d/%d in %.3g s", reason, attempt, self.retries, delay
+        )
+        if delay > 0:
+            time.sleep(delay)
 
 
 @dataclass(frozen=True)

@@ -24,11 +24,35 @@ import itertools
 import signal
 import threading
 import time
+from collections.abc import Callable
 from types import FrameType, TracebackType
+from typing import Any, TypeVar
+
+from flowcore.errors import TaskTimeoutError
+
+T = TypeVar("T")
 
 
 class DeadlineExceeded(BaseException):
     """Raised inside code whose deadline passed. Internal: converted to TaskTimeoutError."""
+
+
+def call_with_timeout(
+    seconds: float, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any
+) -> T:
+    """``fn(*args, **kwargs)``, interrupted after ``seconds``.
+
+    Raises :class:`~flowcore.errors.TaskTimeoutError` ("<what> exceeded its timeout of
+    N s") when this deadline fires; an enclosing deadline's expiry passes through.
+    """
+    deadline = Deadline(seconds)
+    try:
+        with deadline:
+            return fn(*args, **kwargs)
+    except DeadlineExceeded as exc:
+        if deadline.owns(exc):
+            raise TaskTimeoutError(f"{what} exceeded its timeout of {seconds:g} s") from None
+        raise
 
 
 class _ThreadStack(threading.local):
@@ -206,4 +230,4 @@ def _watchdog() -> _Watchdog:
         return _watchdog_instance
 
 
-__all__ = ["Deadline", "DeadlineExceeded", "interrupts_blocking_calls"]
+__all__ = ["Deadline", "DeadlineExceeded", "call_with_timeout", "interrupts_blocking_calls"]
