@@ -20,6 +20,7 @@ from typing import Any
 from flowcore import states
 from flowcore.calls import TaskCall
 from flowcore.context import TaskRunContext, _task_run
+from flowcore.errors import TaskTimeoutError
 from flowcore.registry import get_registry, is_observed, notify
 from flowcore.states import State, StateType
 from flowcore.timeouts import call_with_timeout
@@ -43,6 +44,7 @@ def run_call(call: TaskCall) -> State[Any]:
         print_token = redirect_prints(task_logger(context))
     first_start = time.time()
     attempt = 0
+    own_timeout: TaskTimeoutError | None = None
     try:
         while True:
             attempt += 1
@@ -50,15 +52,15 @@ def run_call(call: TaskCall) -> State[Any]:
                 if options.timeout_seconds is None:
                     value = fn(*call.args, **call.kwargs)
                 else:
+                    seconds = options.timeout_seconds
+                    own_timeout = TaskTimeoutError(
+                        f"task run {call.task_run_name!r} exceeded its timeout of {seconds:g} s"
+                    )
                     value = call_with_timeout(
-                        options.timeout_seconds,
-                        f"task run {call.task_run_name!r}",
-                        fn,
-                        *call.args,
-                        **call.kwargs,
+                        seconds, "", fn, call.args, call.kwargs, error=own_timeout
                     )
             except Exception as exc:
-                state = _failure_state(exc, call)
+                state = _failure_state(exc, exc is own_timeout)
             else:
                 now = time.time()
                 return State(
@@ -75,11 +77,10 @@ def run_call(call: TaskCall) -> State[Any]:
         _task_run.reset(token)
 
 
-def _failure_state(exc: Exception, call: TaskCall) -> State[Any]:
-    from flowcore.errors import TaskTimeoutError
-
+def _failure_state(exc: Exception, timed_out: bool) -> State[Any]:
+    """Failed, or TimedOut when ``exc`` is this run's own timeout (not a nested task's)."""
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    if isinstance(exc, TaskTimeoutError):
+    if timed_out:
         return State(
             states.StateType.FAILED, "TimedOut", str(exc), exception=exc, traceback=text
         )

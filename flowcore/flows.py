@@ -118,15 +118,23 @@ class Flow(Generic[P, R]):
     def _attempt(self, context: FlowRunContext, args: tuple[Any, ...], kwargs: dict[str, Any]) -> State[Any]:
         token = _scope.set(context)
         print_token = redirect_prints(flow_logger(context)) if context.log_prints else None
+        seconds = self.options.timeout_seconds
         try:
             try:
-                value = self._call_body(args, kwargs)
-            except TaskTimeoutError as exc:
-                state: State[Any] = State(StateType.FAILED, "TimedOut", str(exc), exception=exc)
-                _cancel(context)
-                return state
+                if seconds is None:
+                    value = self.fn(*args, **kwargs)
+                else:
+                    # Our own error instance: a task's timeout raised in the body is a
+                    # plain failure of the flow, not the flow timing out.
+                    own_timeout = TaskTimeoutError(
+                        f"flow run of {self.name!r} exceeded its timeout of {seconds:g} s"
+                    )
+                    value = call_with_timeout(seconds, "", self.fn, args, kwargs, error=own_timeout)
             except Exception as exc:
-                state = states.Failed(exc, traceback=_format(exc))
+                if seconds is not None and exc is own_timeout:
+                    _cancel(context)
+                    return State(StateType.FAILED, "TimedOut", str(exc), exception=exc)
+                state: State[Any] = states.Failed(exc, traceback=_format(exc))
             else:
                 state = _state_from_return(value)
             context.wait_all()
@@ -142,12 +150,6 @@ class Flow(Generic[P, R]):
             if print_token is not None:
                 restore_prints(print_token)
             _scope.reset(token)
-
-    def _call_body(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        seconds = self.options.timeout_seconds
-        if seconds is None:
-            return self.fn(*args, **kwargs)
-        return call_with_timeout(seconds, f"flow run of {self.name!r}", self.fn, *args, **kwargs)
 
     def _finish(self, context: FlowRunContext, state: State[Any]) -> None:
         run = context.flow_run

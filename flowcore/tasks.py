@@ -95,8 +95,14 @@ class Task(Generic[P, R]):
             token = _task_run.set(TaskRunContext(self, None, args, kwargs, flow_run))
             try:
                 return self.fn(*args, **kwargs)
+            except TypeError:
+                # Free on success: only a failing call pays to tell bad arguments (named
+                # after the task) from a TypeError raised inside the body.
+                self.check_arguments(args, kwargs)
+                raise
             finally:
                 _task_run.reset(token)
+        self.check_arguments(args, kwargs)  # before any attempt, retry or hook
         call = self._make_call(args, kwargs, flow_run, log_prints)
         from flowcore.engine import report_final_state, run_call
 
@@ -140,8 +146,7 @@ class Task(Generic[P, R]):
                 f"@flow function, or inside 'with flowcore.use_backend(\"threads\"):'; "
                 f"to run the task inline, call it directly: {self.name}(...)"
             )
-        if kwargs or not self._min_args <= len(args) <= self._max_args:
-            self.bind(args, kwargs)  # raises TypeError naming the task
+        self.check_arguments(args, kwargs)
         future = self._submit_in(scope, args, kwargs, _as_futures(wait_for) if wait_for else [])
         if return_state:
             future.wait()
@@ -164,7 +169,7 @@ class Task(Generic[P, R]):
             )
         calls = expand_map_arguments(self.name, args, kwargs)
         if calls:
-            self.bind(*calls[0])
+            self.check_arguments(*calls[0])
         return [self._submit_in(scope, a, k, wait_for) for a, k in calls]
 
     def _submit_in(
@@ -177,6 +182,7 @@ class Task(Generic[P, R]):
         log_prints = self.options.log_prints
         if log_prints is None:
             log_prints = scope.log_prints
+        backend = scope.backend()  # may fail (bad options): before anything is tracked
         call = self._make_call(args, kwargs, scope.flow_run, log_prints)
         future: TaskFuture[R] = TaskFuture(self, call)
         scope.track(future)
@@ -187,10 +193,15 @@ class Task(Generic[P, R]):
             collect_futures(kwargs, upstream)
         if wait_for:
             upstream.extend(wait_for)
-        future._dispatch(scope.backend(), upstream)
+        future._dispatch(backend, upstream)
         return future
 
     # -- helpers ------------------------------------------------------------
+    def check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Raise TypeError (naming the task) if the arguments do not fit the signature."""
+        if kwargs or not self._min_args <= len(args) <= self._max_args:
+            self.bind(args, kwargs)
+
     def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         """Bind arguments to the signature (defaults applied); TypeError names the task."""
         try:

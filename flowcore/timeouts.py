@@ -3,6 +3,7 @@
 ``with Deadline(seconds) as d: body()`` interrupts ``body`` once ``seconds`` have
 passed by raising :class:`DeadlineExceeded` inside it; the caller catches it and asks
 ``d.owns(exc)`` whether it was this deadline that fired (deadlines nest).
+:func:`call_with_timeout` wraps that pattern.
 
 Two mechanisms, chosen per deadline:
 
@@ -12,6 +13,11 @@ Two mechanisms, chosen per deadline:
   thread (``PyThreadState_SetAsyncExc``). It takes effect at the next Python bytecode,
   so a call blocked inside C code ends when that call returns. Process backends stop
   a timed-out task by ending its worker instead.
+
+Ownership is by identity, not by position on a stack: a signal raises an instance
+that names its deadline, and each watchdog deadline injects its own exception class.
+So an exception that surfaces at an awkward moment (inside ``__exit__``) can never
+be mistaken for another deadline's.
 
 ``DeadlineExceeded`` derives from ``BaseException`` so that a task's ``except
 Exception`` cannot swallow it; ``finally`` blocks and context managers still run.
@@ -36,22 +42,35 @@ T = TypeVar("T")
 class DeadlineExceeded(BaseException):
     """Raised inside code whose deadline passed. Internal: converted to TaskTimeoutError."""
 
+    deadline: Deadline | None = None
+
 
 def call_with_timeout(
-    seconds: float, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any
+    seconds: float,
+    what: str,
+    fn: Callable[..., T],
+    args: tuple[Any, ...] = (),
+    kwargs: dict[str, Any] | None = None,
+    *,
+    error: TaskTimeoutError | None = None,
 ) -> T:
     """``fn(*args, **kwargs)``, interrupted after ``seconds``.
 
-    Raises :class:`~flowcore.errors.TaskTimeoutError` ("<what> exceeded its timeout of
-    N s") when this deadline fires; an enclosing deadline's expiry passes through.
+    When this deadline fires, raises ``error`` if given, else a
+    :class:`~flowcore.errors.TaskTimeoutError` ("<what> exceeded its timeout of N s").
+    The expiry of an enclosing deadline passes through unchanged.
     """
     deadline = Deadline(seconds)
     try:
         with deadline:
-            return fn(*args, **kwargs)
+            return fn(*args, **(kwargs or {}))
     except DeadlineExceeded as exc:
         if deadline.owns(exc):
-            raise TaskTimeoutError(f"{what} exceeded its timeout of {seconds:g} s") from None
+            raise (
+                error
+                if error is not None
+                else TaskTimeoutError(f"{what} exceeded its timeout of {seconds:g} s")
+            ) from None
         raise
 
 
@@ -70,7 +89,16 @@ class Deadline:
     deadline fired (rather than an enclosing one); re-raise it when it does not.
     """
 
-    __slots__ = ("_lock", "_signal_mode", "_thread_id", "done", "expires_at", "fired", "seconds")
+    __slots__ = (
+        "_exc_type",
+        "_lock",
+        "_signal_mode",
+        "_thread_id",
+        "done",
+        "expires_at",
+        "fired",
+        "seconds",
+    )
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
@@ -80,27 +108,33 @@ class Deadline:
         self._lock = threading.Lock()
         self._thread_id = 0
         self._signal_mode = False
+        self._exc_type: type[DeadlineExceeded] | None = None
 
     def owns(self, exc: BaseException) -> bool:
-        """True when ``exc`` was raised because this deadline (the outermost fired one) passed."""
-        if not isinstance(exc, DeadlineExceeded) or not self.fired:
+        """True when ``exc`` was raised because this deadline passed."""
+        if not isinstance(exc, DeadlineExceeded):
             return False
-        scopes = _stack.scopes
-        for scope in scopes:
-            if scope is self:
-                return True
-            if scope.fired:
-                return False
-        return True  # already popped from the stack: this deadline was the one
+        return exc.deadline is self or (self._exc_type is not None and type(exc) is self._exc_type)
+
+    def _exception(self) -> DeadlineExceeded:
+        exc = DeadlineExceeded()
+        exc.deadline = self
+        return exc
 
     def __enter__(self) -> Deadline:
         self.expires_at = time.monotonic() + self.seconds
         self._thread_id = threading.get_ident()
-        _stack.scopes.append(self)
+        scopes = _stack.scopes
+        # A fired deadline whose exception surfaced inside its own __exit__ may have
+        # missed its removal; nothing can still be inside it once new work starts.
+        scopes[:] = [s for s in scopes if not (s.fired or s.done)]
+        scopes.append(self)
         if _signal_timer_available():
             self._signal_mode = True
             _arm_signal_timer()
         else:
+            # Its own exception class: ownership survives any timing of the delivery.
+            self._exc_type = type("DeadlineExceeded", (DeadlineExceeded,), {"__module__": __name__})
             _watchdog().add(self)
         return self
 
@@ -123,7 +157,7 @@ class Deadline:
         if self._signal_mode:
             _arm_signal_timer()
         if pending:
-            raise DeadlineExceeded()
+            raise self._exception()
 
 
 # -- signal mode (main thread) --------------------------------------------------
@@ -171,7 +205,7 @@ def _on_alarm(signum: int, frame: FrameType | None) -> None:
         if scope._signal_mode and not scope.done and not scope.fired and scope.expires_at <= now:
             scope.fired = True
             _arm_signal_timer()
-            raise DeadlineExceeded()
+            raise scope._exception()
     _arm_signal_timer()
 
 
@@ -204,8 +238,11 @@ class _Watchdog:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._heap:
+                while self._heap and self._heap[0][2].done:
+                    heapq.heappop(self._heap)  # finished in time: forget it
+                if not self._heap:
                     self._cond.wait()
+                    continue
                 expires_at, _, scope = self._heap[0]
                 delay = expires_at - time.monotonic()
                 if delay > 0:
@@ -215,7 +252,7 @@ class _Watchdog:
             with scope._lock:
                 if not scope.done:
                     scope.fired = True
-                    _set_async_exc(scope._thread_id, DeadlineExceeded)
+                    _set_async_exc(scope._thread_id, scope._exc_type)
 
 
 _watchdog_instance: _Watchdog | None = None
