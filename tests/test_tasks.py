@@ -1,0 +1,519 @@
+"""Tasks: direct calls, submit/map and their context rules, run names, options and states."""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import flowcore
+from flowcore import flow, task, unmapped
+from flowcore import states as st
+from flowcore.errors import (
+    CancelledError,
+    CrashedError,
+    MissingContextError,
+    RemoteTraceback,
+    TaskTimeoutError,
+    UpstreamFailedError,
+)
+from flowcore.states import State
+
+# -- module-level tasks (picklable by reference) --------------------------------------
+
+
+@task
+def double(x: int) -> int:
+    return x * 2
+
+
+@task
+def combine(a: Any, b: Any) -> tuple[Any, Any]:
+    return (a, b)
+
+
+@task(name="renamed-add")
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+@task
+def touch(path: str) -> str:
+    Path(path).write_text("ran")
+    return path
+
+
+@task
+def slow_touch(path: str, seconds: float) -> str:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        time.sleep(0.01)
+    Path(path).write_text("ran")
+    return path
+
+
+class Boom(Exception):
+    """A task's own exception type."""
+
+
+@task
+def explode(message: str) -> None:
+    raise Boom(message)
+
+
+# -- direct calls -------------------------------------------------------------------
+
+
+def test_direct_call_outside_a_flow_returns_the_value() -> None:
+    assert double(21) == 42
+    assert add(1, y=2) == 3
+
+
+def test_direct_call_inside_a_flow_returns_the_value() -> None:
+    @flow
+    def pipeline() -> int:
+        return double(add(1, 2))
+
+    assert pipeline() == 6
+
+
+def test_direct_call_raises_the_tasks_own_exception() -> None:
+    with pytest.raises(Boom, match="nope"):
+        explode("nope")
+
+
+def test_direct_call_return_state() -> None:
+    ok = double(4, return_state=True)
+    assert isinstance(ok, State)
+    assert ok.is_completed() and ok.result() == 8
+    bad = explode("x", return_state=True)
+    assert isinstance(bad, State)
+    assert bad.is_failed()
+    assert isinstance(bad.result(raise_on_failure=False), Boom)
+
+
+def test_direct_call_return_state_inside_a_flow() -> None:
+    @flow
+    def pipeline() -> tuple[State[Any], State[Any]]:
+        return double(5, return_state=True), explode("y", return_state=True)
+
+    ok, bad = pipeline()
+    assert ok.is_completed() and ok.result() == 10
+    assert bad.is_failed() and isinstance(bad.exception, Boom)
+
+
+@pytest.mark.parametrize("in_flow", [False, True])
+def test_direct_call_retries_until_success(in_flow: bool) -> None:
+    attempts = []
+
+    @task(retries=3)
+    def flaky(x: int) -> int:
+        attempts.append(x)
+        if len(attempts) < 3:
+            raise ConnectionError("transient")
+        return x + 1
+
+    if in_flow:
+        assert flow(lambda: flaky(1))() == 2
+    else:
+        assert flaky(1) == 2
+    assert attempts == [1, 1, 1]
+
+
+def test_direct_call_after_exhausted_retries_raises_the_own_exception() -> None:
+    attempts = []
+
+    @task(retries=2)
+    def always_fails() -> None:
+        attempts.append(1)
+        raise Boom(f"attempt {len(attempts)}")
+
+    with pytest.raises(Boom, match="attempt 3"):
+        always_fails()
+    assert len(attempts) == 3
+    state = always_fails(return_state=True)
+    assert state.is_failed() and state.attempts == 3
+
+
+def test_direct_call_with_default_name_and_bad_arguments_is_a_type_error() -> None:
+    with pytest.raises(TypeError, match="double"):
+        double(1, 2, 3)  # type: ignore[call-arg]
+
+
+def test_direct_call_with_bad_arguments_names_the_task() -> None:
+    # Not Python's "add() takes 2 positional arguments": the task's own name.
+    with pytest.raises(TypeError, match="renamed-add"):
+        add(1, 2, 3)  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize("return_state", [False, True])
+def test_direct_call_with_bad_arguments_fails_before_anything_runs(return_state: bool) -> None:
+    """Arguments that do not bind are the caller's error: no attempt, no retry, no hook,
+    and a TypeError even with return_state=True."""
+    consulted: list[Any] = []
+    hooked: list[Any] = []
+
+    def condition(*args: Any) -> bool:
+        consulted.append(args)
+        return True
+
+    @task(
+        name="guarded-task",
+        retries=2,
+        retry_condition_fn=condition,
+        on_failure=[lambda *a: hooked.append(a)],
+    )
+    def guarded(x: int) -> int:
+        return x
+
+    with pytest.raises(TypeError) as info:
+        guarded(1, 2, return_state=return_state)  # type: ignore[call-arg]
+    assert consulted == [], "the bad call was treated as a failed attempt and retried"
+    assert hooked == [], "on_failure fired for a call that never ran"
+    assert "guarded-task" in str(info.value)
+
+
+@pytest.mark.parametrize("retries", [0, 2])
+def test_type_error_raised_inside_the_body_is_the_tasks_own_failure(retries: int) -> None:
+    attempts: list[int] = []
+
+    @task(name="typed-task", retries=retries)
+    def typed(x: int) -> int:
+        attempts.append(x)
+        return x + "1"  # type: ignore[operator]
+
+    with pytest.raises(TypeError) as info:
+        typed(1)
+    assert "typed-task" not in str(info.value)  # the body's own error, untouched
+    assert "str" in str(info.value)
+    assert len(attempts) == 1 + retries  # a body failure is retried like any other
+
+
+# -- submit / map need a context --------------------------------------------------
+
+
+def test_submit_outside_any_context_raises_missing_context() -> None:
+    with pytest.raises(MissingContextError) as info:
+        double.submit(1)
+    message = str(info.value)
+    assert "use_backend" in message and "@flow" in message
+
+
+def test_map_outside_any_context_raises_missing_context() -> None:
+    with pytest.raises(MissingContextError) as info:
+        double.map([1, 2])
+    message = str(info.value)
+    assert "use_backend" in message and "@flow" in message
+
+
+def test_submit_and_map_work_inside_use_backend() -> None:
+    with flowcore.use_backend("threads"):
+        single = double.submit(5)
+        many = double.map([1, 2, 3])
+        assert single.result() == 10
+        assert [f.result() for f in many] == [2, 4, 6]
+
+
+def test_use_backend_block_waits_for_its_futures(tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    with flowcore.use_backend("threads"):
+        future = slow_touch.submit(str(marker), 0.3)
+    # No wait, no result: the block itself waited.
+    assert future.done()
+    assert marker.read_text() == "ran"
+    assert future.state.is_completed()
+
+
+def test_use_backend_shuts_down_the_backend_it_created() -> None:
+    with flowcore.use_backend("threads") as backend:
+        assert double.submit(1).result() == 2
+    with pytest.raises(flowcore.errors.BackendShutdownError):
+        backend.submit(int, 1)
+
+
+def test_use_backend_leaves_a_given_instance_running() -> None:
+    backend = flowcore.get_backend("threads", max_workers=2)
+    try:
+        with flowcore.use_backend(backend) as used:
+            assert used is backend
+            assert double.submit(3).result() == 6
+        assert backend.submit(int, "7").result(timeout=30) == 7
+    finally:
+        backend.shutdown()
+
+
+# -- argument binding at submit time --------------------------------------------------
+
+
+def test_submit_with_bad_arguments_raises_before_anything_runs(tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    backend = flowcore.get_backend("threads")
+    try:
+        with flowcore.use_backend(backend):
+            with pytest.raises(TypeError, match="touch"):
+                touch.submit(str(marker), "extra")  # type: ignore[call-arg]
+            with pytest.raises(TypeError, match="renamed-add"):
+                add.submit(1, z=3)  # type: ignore[call-arg]
+        assert not backend.started
+        assert not marker.exists()
+    finally:
+        backend.shutdown()
+
+
+def test_submit_with_bad_arguments_inside_a_flow_never_starts_its_backend(tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    backend = flowcore.get_backend("threads")
+
+    @flow(backend=backend)
+    def pipeline() -> None:
+        touch.submit(str(marker), "extra")  # type: ignore[call-arg]
+
+    try:
+        with pytest.raises(TypeError, match="touch"):
+            pipeline()
+        assert not backend.started
+        assert not marker.exists()
+    finally:
+        backend.shutdown()
+
+
+def test_map_with_bad_arguments_raises_before_anything_runs(tmp_path: Path) -> None:
+    backend = flowcore.get_backend("threads")
+    paths = [str(tmp_path / "a"), str(tmp_path / "b")]
+    try:
+        with flowcore.use_backend(backend), pytest.raises(TypeError, match="touch"):
+            touch.map(paths, unknown=[1, 2])  # type: ignore[call-arg]
+        assert not backend.started
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        backend.shutdown()
+
+
+# -- map ------------------------------------------------------------------------------
+
+
+def _results(futures: list[flowcore.TaskFuture[Any]]) -> list[Any]:
+    return [f.result(timeout=60) for f in futures]
+
+
+def test_map_over_equal_length_iterables() -> None:
+    with flowcore.use_backend("threads"):
+        assert _results(add.map([1, 2, 3], (10, 20, 30))) == [11, 22, 33]
+        assert _results(add.map(range(3), y=[5, 5, 5])) == [5, 6, 7]
+
+
+def test_map_broadcasts_unmapped_values() -> None:
+    shared = [10, 20]
+    with flowcore.use_backend("threads"):
+        got = _results(combine.map([1, 2], unmapped(shared)))
+    assert got == [(1, shared), (2, shared)]
+
+
+@pytest.mark.parametrize("constant", ["ab", b"xy", {"k": 1, "j": 2}])
+def test_map_passes_strings_bytes_and_dicts_whole(constant: Any) -> None:
+    with flowcore.use_backend("threads"):
+        got = _results(combine.map([1, 2, 3], constant))
+        by_keyword = _results(combine.map(a=[1, 2], b=constant))
+    assert got == [(1, constant), (2, constant), (3, constant)]
+    assert by_keyword == [(1, constant), (2, constant)]
+
+
+def test_map_over_generators() -> None:
+    with flowcore.use_backend("threads"):
+        got = _results(add.map((i for i in range(4)), (10 * i for i in range(4))))
+    assert got == [0, 11, 22, 33]
+
+
+def test_map_over_futures_and_with_a_future_broadcast() -> None:
+    with flowcore.use_backend("threads"):
+        firsts = double.map([1, 2, 3])
+        assert _results(double.map(firsts)) == [4, 8, 12]
+        offset = double.submit(50)
+        assert _results(add.map([1, 2], offset)) == [101, 102]
+
+
+def test_map_unequal_lengths_is_a_value_error_naming_the_lengths() -> None:
+    with flowcore.use_backend("threads"), pytest.raises(ValueError) as info:
+        add.map([1, 2], [1, 2, 3])
+    message = str(info.value)
+    assert "2" in message and "3" in message
+    assert "renamed-add" in message
+
+
+def test_map_without_an_iterable_is_a_value_error() -> None:
+    with flowcore.use_backend("threads"):
+        with pytest.raises(ValueError, match="iterable"):
+            add.map(1, 2)
+        with pytest.raises(ValueError, match="iterable"):
+            combine.map("abc", {"a": 1})
+
+
+def test_map_of_empty_iterables_submits_nothing() -> None:
+    with flowcore.use_backend("threads"):
+        assert double.map([]) == []
+
+
+# -- run names --------------------------------------------------------------------
+
+
+def test_task_run_name_template_sets_the_future_name() -> None:
+    named = task(task_run_name="load-{path}-{mode}")(lambda path, mode="r": path)
+    with flowcore.use_backend("threads"):
+        future = named.submit("a.csv")
+        assert future.name == "load-a.csv-r"
+        assert future.result() == "a.csv"
+        mapped = named.map(["x", "y"], mode="w")
+        assert [f.name for f in mapped] == ["load-x-w", "load-y-w"]
+
+
+def test_task_run_name_callable_sets_the_future_name() -> None:
+    counter = iter(range(100))
+    named = task(task_run_name=lambda: f"run-{next(counter)}")(lambda x: x)
+    with flowcore.use_backend("threads"):
+        futures = [named.submit(i) for i in range(3)]
+    assert [f.name for f in futures] == ["run-0", "run-1", "run-2"]
+
+
+def test_default_run_names_are_distinct_and_start_with_the_task_name() -> None:
+    with flowcore.use_backend("threads"):
+        futures = double.map([1, 2, 3])
+    names = [f.name for f in futures]
+    assert len(set(names)) == 3
+    assert all(name.startswith("double") for name in names)
+
+
+# -- with_options ---------------------------------------------------------------------
+
+
+def test_task_with_options_returns_a_changed_copy() -> None:
+    completions: list[Any] = []
+    original = task(name="orig", retries=1, tags=["a"], on_completion=[lambda *a: completions.append(a)])(
+        lambda x: x + 1
+    )
+    copy = original.with_options(name="copy", retries=3, timeout_seconds=10)
+    assert copy is not original
+    assert (copy.name, copy.options.retries, copy.options.timeout_seconds) == ("copy", 3, 10)
+    # Options not named are kept.
+    assert copy.tags == frozenset({"a"})
+    assert copy.options.on_completion == original.options.on_completion
+    # The original is unchanged.
+    assert (original.name, original.options.retries, original.options.timeout_seconds) == ("orig", 1, None)
+    assert copy(1) == 2 and original(1) == 2
+    assert len(completions) == 2
+
+
+def test_task_with_options_changes_behaviour_only_of_the_copy() -> None:
+    attempts: list[int] = []
+
+    @task
+    def flaky() -> str:
+        attempts.append(1)
+        if len(attempts) % 2:
+            raise ConnectionError("odd attempt")
+        return "ok"
+
+    assert flaky.with_options(retries=1)() == "ok"
+    assert len(attempts) == 2
+    with pytest.raises(ConnectionError):
+        flaky()
+    assert len(attempts) == 3
+
+
+# -- states ---------------------------------------------------------------------------
+
+
+def test_state_is_frozen() -> None:
+    state = st.Completed(1)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        state.name = "Failed"  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        state.data = 2  # type: ignore[misc]
+
+
+PREDICATES = ("is_pending", "is_running", "is_completed", "is_failed", "is_crashed", "is_cancelled")
+
+
+@pytest.mark.parametrize(
+    ("state", "name", "true_predicate", "final"),
+    [
+        (st.Pending(), "Pending", "is_pending", False),
+        (st.Running(), "Running", "is_running", False),
+        (st.Completed(1), "Completed", "is_completed", True),
+        (st.Cached(1), "Cached", "is_completed", True),
+        (st.Failed(ValueError("v")), "Failed", "is_failed", True),
+        (st.TimedOut("too slow"), "TimedOut", "is_failed", True),
+        (st.NotRun("upstream failed"), "NotRun", "is_failed", True),
+        (st.Crashed("worker died"), "Crashed", "is_crashed", True),
+        (st.Cancelled(), "Cancelled", "is_cancelled", True),
+    ],
+)
+def test_state_predicates(state: State[Any], name: str, true_predicate: str, final: bool) -> None:
+    assert state.name == name
+    for predicate in PREDICATES:
+        assert getattr(state, predicate)() is (predicate == true_predicate), predicate
+    assert state.is_final() is final
+
+
+@pytest.mark.parametrize(
+    ("state", "error"),
+    [
+        (st.Failed(Boom("b")), Boom),
+        (st.TimedOut("too slow"), TaskTimeoutError),
+        (st.NotRun("upstream failed"), UpstreamFailedError),
+        (st.Crashed("worker died"), CrashedError),
+        (st.Cancelled(), CancelledError),
+    ],
+)
+def test_result_of_unsuccessful_states(state: State[Any], error: type[BaseException]) -> None:
+    with pytest.raises(error):
+        state.result()
+    returned = state.result(raise_on_failure=False)
+    assert isinstance(returned, error)
+
+
+def test_result_of_completed_and_cached_states() -> None:
+    assert st.Completed({"a": 1}).result() == {"a": 1}
+    assert st.Cached([1, 2]).result() == [1, 2]
+    assert st.Completed(None).result(raise_on_failure=False) is None
+
+
+def test_result_of_a_non_final_state_is_an_error() -> None:
+    with pytest.raises(ValueError):
+        st.Pending().result()
+    with pytest.raises(ValueError):
+        st.Running().result()
+
+
+def test_pickled_failed_state_reraises_with_the_remote_traceback() -> None:
+    def deep_helper_that_raises() -> None:
+        raise Boom("from far away")
+
+    @task
+    def failing() -> None:
+        deep_helper_that_raises()
+
+    state = failing(return_state=True)
+    assert state.is_failed()
+    clone = pickle.loads(pickle.dumps(state))
+    assert clone.exception.__traceback__ is None
+    with pytest.raises(Boom, match="from far away") as info:
+        clone.result()
+    cause = info.value.__cause__
+    assert isinstance(cause, RemoteTraceback)
+    assert "deep_helper_that_raises" in str(cause)
+    assert "from far away" in str(cause)
+
+
+def test_pickled_state_of_a_submitted_task_keeps_its_traceback() -> None:
+    with flowcore.use_backend("threads"):
+        future = explode.submit("over there")
+        future.wait(60)
+    clone = pickle.loads(pickle.dumps(future.state))
+    with pytest.raises(Boom) as info:
+        clone.result()
+    assert isinstance(info.value.__cause__, RemoteTraceback)
+    assert "explode" in str(info.value.__cause__)
