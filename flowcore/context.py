@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import contextvars
-import threading
 from typing import TYPE_CHECKING, Any
 
 from flowcore.backend import Backend
@@ -24,68 +23,31 @@ if TYPE_CHECKING:
 
 
 class BackendSlot:
-    """A backend that is created on first use and closed by whoever created it.
+    """The backend of a scope, and whether the scope must shut it down.
 
-    Given an instance, the slot uses it and never shuts it down (the caller owns it).
-    Given a name, the slot creates the backend through the registry on first
-    :meth:`get` and shuts it down in :meth:`close`.
+    Backend objects are cheap to create (no workers before the first submit), so a
+    run creates its backend up front: bad options fail before the flow body runs.
     """
 
-    def __init__(
-        self,
-        *,
-        instance: Backend | None = None,
-        name: str | None = None,
-        options: dict[str, Any] | None = None,
-    ) -> None:
-        self._instance = instance
-        self._name = instance.name if instance is not None else name
-        self._options = options or {}
-        self._owned = instance is None
-        self._lock = threading.Lock()
+    def __init__(self, instance: Backend, *, owned: bool) -> None:
+        self.instance = instance
+        self.owned = owned
 
     @property
     def name(self) -> str:
-        return self._name or "?"
+        return self.instance.name
 
     def get(self) -> Backend:
-        instance = self._instance
-        if instance is not None:
-            return instance
-        with self._lock:
-            if self._instance is None:
-                from flowcore.registry import get_registry
-
-                assert self._name is not None
-                self._instance = get_registry().create(self._name, **self._options)
-            return self._instance
+        return self.instance
 
     def close(self, *, wait: bool = True, cancel_futures: bool = False) -> None:
-        with self._lock:
-            instance = self._instance
-            if self._owned:
-                self._instance = None
-        if self._owned and instance is not None:
-            instance.shutdown(wait=wait, cancel_futures=cancel_futures)
+        """Shut the backend down if this slot owns it; otherwise do nothing."""
+        if self.owned:
+            self.instance.shutdown(wait=wait, cancel_futures=cancel_futures)
 
     def borrow(self) -> BackendSlot:
-        """A slot that uses this one's backend and never shuts it down."""
-        return _BorrowedSlot(self)
-
-
-class _BorrowedSlot(BackendSlot):
-    """Another scope's slot, used without owning it (a subflow uses its parent's)."""
-
-    def __init__(self, lender: BackendSlot) -> None:
-        super().__init__(name=lender.name)
-        self._lender = lender
-        self._owned = False
-
-    def get(self) -> Backend:
-        return self._lender.get()
-
-    def close(self, *, wait: bool = True, cancel_futures: bool = False) -> None:
-        return None
+        """A slot that uses this one's backend and never shuts it down (for subflows)."""
+        return BackendSlot(self.instance, owned=False)
 
 
 class RunScope:
@@ -114,9 +76,9 @@ class RunScope:
 
     def finished(self, future: TaskFuture[Any], completed: bool) -> None:
         """Called by a tracked future when it reaches its final state."""
-        self._pending.discard(future)
         if not completed:
-            self.failed.append(future)
+            self.failed.append(future)  # before leaving _pending: wait_all() then sees it
+        self._pending.discard(future)
 
     def outstanding(self) -> list[TaskFuture[Any]]:
         """The tracked futures that have not finished yet."""

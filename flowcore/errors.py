@@ -24,11 +24,10 @@ class BackendNotFoundError(FlowcoreError, LookupError):
     def __init__(self, name: str, registered: Iterable[str], *, hint: str | None = None) -> None:
         self.name = name
         self.registered = tuple(sorted(registered))
+        #: what went wrong, without the list of registered names
+        self.reason = hint or f"unknown backend {name!r}"
         listed = ", ".join(self.registered) or "(none)"
-        message = f"unknown backend {name!r}; registered: {listed}"
-        if hint:
-            message = f"{hint}; registered: {listed}"
-        super().__init__(message)
+        super().__init__(f"{self.reason}; registered: {listed}")
 
 
 class BackendRegistrationError(FlowcoreError):

@@ -158,9 +158,9 @@ class TaskFuture(Generic[R]):
         with self._lock:
             self._state = state
             callbacks, self._callbacks = self._callbacks, []
-        self._done.release()
         if self._scope is not None:
             self._scope.finished(self, state.type is states.StateType.COMPLETED)
+        self._done.release()
         for fn in callbacks:
             _call_back(fn, self)
         return True

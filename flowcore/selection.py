@@ -14,49 +14,53 @@ from typing import Any
 from flowcore.backend import Backend
 from flowcore.config import configured_backend
 from flowcore.context import BackendSlot, RunScope, _scope, current_scope
-from flowcore.errors import BackendNotFoundError
+from flowcore.errors import BackendNotFoundError, ConfigurationError
 from flowcore.registry import get_registry
 
 
 def get_backend(name: str | None = None, **options: Any) -> Backend:
     """Create a backend (not started: no workers until the first submit).
 
-    With no name, the configured default (environment, pyproject.toml, ``threads``).
-    The caller owns the result: shut it down, or use it as a context manager, or pass
-    it to ``@flow(backend=...)`` / ``use_backend`` (which then never shut it down).
+    With no name, the configured default (environment, pyproject.toml, ``threads``),
+    with ``options`` added to the configured ones. The caller owns the result: shut it
+    down, or use it as a context manager, or pass it to ``@flow(backend=...)`` /
+    ``use_backend`` (which then never shut it down).
     """
     if name is None:
-        choice = configured_backend()
-        return _create(choice.name, {**choice.options, **options}, choice.source)
+        return _create_configured(options)
     return get_registry().create(name, **options)
 
 
-def _create(name: str, options: dict[str, Any], source: str) -> Backend:
+def _create_configured(extra_options: dict[str, Any]) -> Backend:
+    """The configured backend; errors name where the configuration came from."""
+    choice = configured_backend()
     try:
-        return get_registry().create(name, **options)
+        return get_registry().create(choice.name, **{**choice.options, **extra_options})
     except BackendNotFoundError as exc:
         raise BackendNotFoundError(
-            exc.name, exc.registered, hint=f"{exc} (backend chosen by {source})"
+            exc.name, exc.registered, hint=f"{exc.reason} (backend chosen by {choice.source})"
         ) from None
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(
+            f"backend {choice.name!r} rejected the options {choice.options!r} from "
+            f"{choice.source}: {exc}"
+        ) from exc
 
 
 def slot_for(backend: str | Backend | None, parent: RunScope | None) -> BackendSlot:
-    """The backend slot a new flow run uses (validating names before anything runs)."""
+    """The backend a new flow run uses, created now so bad settings fail before the body.
+
+    A name creates a backend the run owns (and shuts down); an instance is used and
+    never shut down; with neither, a subflow borrows its parent's backend and a
+    top-level flow creates the configured one.
+    """
     if isinstance(backend, str):
-        get_registry().spec(backend)
-        return BackendSlot(name=backend)
+        return BackendSlot(get_registry().create(backend), owned=True)
     if backend is not None:
-        return BackendSlot(instance=backend)
+        return BackendSlot(backend, owned=False)
     if parent is not None:
         return parent.slot.borrow()
-    choice = configured_backend()
-    try:
-        get_registry().spec(choice.name)
-    except BackendNotFoundError as exc:
-        raise BackendNotFoundError(
-            exc.name, exc.registered, hint=f"{exc} (backend chosen by {choice.source})"
-        ) from None
-    return BackendSlot(name=choice.name, options=choice.options)
+    return BackendSlot(_create_configured({}), owned=True)
 
 
 @contextlib.contextmanager
@@ -70,11 +74,7 @@ def use_backend(backend: str | Backend | None = None, **options: Any) -> Iterato
     (started lazily on first submit).
     """
     if isinstance(backend, str) or backend is None:
-        if backend is None:
-            choice = configured_backend()
-            instance = _create(choice.name, {**choice.options, **options}, choice.source)
-        else:
-            instance = get_registry().create(backend, **options)
+        instance = get_backend(backend, **options)
         owned = True
     else:
         if options:
@@ -83,7 +83,7 @@ def use_backend(backend: str | Backend | None = None, **options: Any) -> Iterato
                 "to get_backend(name, **options) instead"
             )
         instance, owned = backend, False
-    scope = RunScope(BackendSlot(instance=instance), parent=current_scope())
+    scope = RunScope(BackendSlot(instance, owned=False), parent=current_scope())
     token = _scope.set(scope)
     interrupted = False
     try:

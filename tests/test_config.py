@@ -341,3 +341,35 @@ def test_bad_backend_options_name_the_backend() -> None:
         flowcore.get_backend("threads", no_such_option=1)
     with pytest.raises(ValueError, match="max_workers"):
         flowcore.get_backend("threads", max_workers=0)
+
+
+def test_rejected_env_options_fail_before_the_body_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLOWCORE_BACKEND", "threads")
+    monkeypatch.setenv("FLOWCORE_BACKEND_OPTIONS", '{"max_workers": 0}')
+    ran: list[bool] = []
+
+    @flow
+    def body() -> None:
+        ran.append(True)
+
+    with pytest.raises(ConfigurationError) as info:
+        body()
+    message = str(info.value)
+    assert "'threads'" in message and "FLOWCORE_BACKEND" in message and "max_workers" in message
+    assert ran == []
+
+
+def test_unknown_backend_message_lists_the_names_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLOWCORE_BACKEND", "nope")
+
+    @flow
+    def body() -> None:
+        pass
+
+    with pytest.raises(BackendNotFoundError) as info:
+        body()
+    assert str(info.value).count("registered:") == 1
+    assert str(info.value) == (
+        "unknown backend 'nope' (backend chosen by environment variable FLOWCORE_BACKEND); "
+        "registered: sequential, threads"
+    )
