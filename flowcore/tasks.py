@@ -271,31 +271,37 @@ class Task(Generic[P, R]):
 
     # -- pickling: by reference when importable, else by value --------------
     def __reduce__(self) -> tuple[Any, ...]:
+        # The module attribute named like the function is the Task (the decorator
+        # replaced it), so the plain function cannot be pickled by reference. Pickle
+        # the task by reference instead: itself, or the module-level task it was
+        # derived from (with_options) plus these options. Otherwise (closures,
+        # lambdas) fall back to the function by value, which needs cloudpickle.
         module = getattr(self.fn, "__module__", None)
         qualname = getattr(self.fn, "__qualname__", "")
         if module and "<locals>" not in qualname:
             try:
-                import importlib
-
-                found: Any = importlib.import_module(module)
-                for part in qualname.split("."):
-                    found = getattr(found, part)
-                if found is self:
-                    return (_load_task, (module, qualname))
+                found = _load_task(module, qualname)
             except (ImportError, AttributeError):
-                pass
+                found = None
+            if found is self:
+                return (_load_task, (module, qualname))
+            if isinstance(found, Task) and found.fn is self.fn:
+                return (_load_task, (module, qualname, self.options))
         return (Task, (self.fn, self.options))
 
     def __repr__(self) -> str:
         return f"Task(name={self.name!r}, fn={getattr(self.fn, '__qualname__', self.fn)!r})"
 
 
-def _load_task(module: str, qualname: str) -> Task[..., Any]:
+def _load_task(module: str, qualname: str, options: TaskOptions | None = None) -> Task[..., Any]:
+    """The task at ``module.qualname``; with ``options``, a copy that carries them."""
     import importlib
 
     found: Any = importlib.import_module(module)
     for part in qualname.split("."):
         found = getattr(found, part)
+    if options is not None:
+        return Task(found.fn, options)
     return found  # type: ignore[no-any-return]
 
 

@@ -517,3 +517,17 @@ def test_pickled_state_of_a_submitted_task_keeps_its_traceback() -> None:
         clone.result()
     assert isinstance(info.value.__cause__, RemoteTraceback)
     assert "explode" in str(info.value.__cause__)
+
+
+def test_tasks_pickle_by_reference_with_their_options() -> None:
+    import pickle
+
+    from flowcore.testing import workloads as w
+
+    plain = pickle.loads(pickle.dumps(w.add))
+    assert plain is w.add
+    derived = w.add.with_options(retries=2, name="add-again", retry_delay_seconds=[0.5])
+    copy = pickle.loads(pickle.dumps(derived))
+    assert copy is not derived and copy.fn is w.add.fn
+    assert copy.name == "add-again" and copy.options.retry_policy.delays == (0.5,)
+    assert copy(2, 3) == 5
