@@ -22,7 +22,7 @@ from flowcore.calls import TaskCall
 from flowcore.context import TaskRunContext, _task_run
 from flowcore.errors import TaskTimeoutError
 from flowcore.registry import get_registry, is_observed, notify
-from flowcore.states import State, StateType
+from flowcore.states import State, StateType, completed_run
 from flowcore.timeouts import call_with_timeout
 
 logger = logging.getLogger("flowcore.task_runs")
@@ -33,10 +33,20 @@ def run_call(call: TaskCall) -> State[Any]:
     for an exception of the task (``KeyboardInterrupt``/``SystemExit`` propagate)."""
     task = call.task
     options = task.options
-    policy = options.retry_policy
     fn = task.fn
     context = TaskRunContext(task, call)
     token = _task_run.set(context)
+    if task._single_attempt and not call.log_prints:
+        # The common case (no retries, no timeout, no print capture), kept short.
+        started = time.time()
+        try:
+            value = fn(*call.args, **call.kwargs)
+        except Exception as exc:
+            return _with_timing(_failure_state(exc, False), started, 1)
+        finally:
+            _task_run.reset(token)
+        return completed_run(value, started, time.time(), 1)
+    policy = options.retry_policy
     print_token = None
     if call.log_prints:
         from flowcore.loggers import redirect_prints, task_logger
@@ -62,10 +72,7 @@ def run_call(call: TaskCall) -> State[Any]:
             except Exception as exc:
                 state = _failure_state(exc, exc is own_timeout)
             else:
-                now = time.time()
-                return State(
-                    StateType.COMPLETED, "Completed", "", value, None, None, now, first_start, now, attempt
-                )
+                return completed_run(value, first_start, time.time(), attempt)
             if attempt > policy.retries or not _should_retry(call, state):
                 return _with_timing(state, first_start, attempt)
             policy.wait_before_retry(attempt, state.message, _task_log(call))

@@ -56,6 +56,7 @@ class Task(Generic[P, R]):
             sum(1 for p in parameters if p.default is p.empty) if plain_signature else -1
         )
         o = options
+        self._single_attempt = o.retries == 0 and o.timeout_seconds is None
         # Direct calls skip the engine entirely when nothing needs it.
         self._plain = (
             o.retries == 0

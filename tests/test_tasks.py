@@ -531,3 +531,16 @@ def test_tasks_pickle_by_reference_with_their_options() -> None:
     assert copy is not derived and copy.fn is w.add.fn
     assert copy.name == "add-again" and copy.options.retry_policy.delays == (0.5,)
     assert copy(2, 3) == 5
+
+
+def test_engine_fast_path_state_equals_a_regular_completed_state() -> None:
+    from dataclasses import FrozenInstanceError
+
+    from flowcore.states import StateType, completed_run
+
+    fast = completed_run({"v": 1}, 10.0, 12.5, 1)
+    regular = State(StateType.COMPLETED, "Completed", "", {"v": 1}, None, None, 12.5, 10.0, 12.5, 1)
+    assert fast == regular and repr(fast) == "Completed()"
+    assert fast.duration == 2.5 and fast.result() == {"v": 1}
+    with pytest.raises(FrozenInstanceError):
+        fast.name = "Failed"  # type: ignore[misc]
