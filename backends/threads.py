@@ -3,6 +3,10 @@
 Good for I/O-bound tasks and for code that releases the GIL (NumPy, pandas, most
 C extensions). Option ``max_workers`` defaults to ``min(32, usable CPUs + 4)``, the
 standard library's default.
+
+A thread that blocks on ``future.result()`` (no timeout) for a task no worker has
+started yet runs that task itself: the caller would only wait for a hand-off, and a
+pool saturated by blocked tasks cannot deadlock it (see ``TaskFuture._steal``).
 """
 
 from __future__ import annotations

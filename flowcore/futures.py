@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 from flowcore import states
+from flowcore.backend import BackendKind
 from flowcore.engine import report_final_state, run_call
 from flowcore.errors import WaitTimeoutError
 from flowcore.states import State
@@ -51,6 +52,8 @@ class TaskFuture(Generic[R]):
         "_observed",
         "_scope",
         "_state",
+        "_stealable",
+        "_stolen",
         "_upstream",
         "call",
         "task",
@@ -70,6 +73,8 @@ class TaskFuture(Generic[R]):
         self._finishing = False
         self._upstream: list[TaskFuture[Any]] = []
         self._scope: RunScope | None = None
+        self._stealable = False
+        self._stolen = False
 
     # -- public API ---------------------------------------------------------
     @property
@@ -107,6 +112,8 @@ class TaskFuture(Generic[R]):
     def _wait(self, timeout: float | None) -> bool:
         if self._state is not None:
             return True
+        if timeout is None and self._stealable:
+            self._steal()
         if self._done.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
             self._done.release()
         return self._state is not None
@@ -216,13 +223,37 @@ class TaskFuture(Generic[R]):
                 crashed.exception.__cause__ = exc
             self._finish(crashed)
             return
+        self._stealable = backend.kind is BackendKind.THREADS
         self._backend_future = backend_future
         backend_future.add_done_callback(self._on_backend_done)
+
+    def _steal(self) -> None:
+        """Run a queued task in the thread that waits for it (thread backends only).
+
+        A caller blocked on a task that no worker has picked up yet would only wait
+        for a hand-off; running it here saves two thread switches and cannot
+        deadlock on a full pool. Tasks already running are waited for as usual.
+        """
+        backend_future = self._backend_future
+        if backend_future is None or backend_future.done():
+            return
+        self._stolen = True
+        if not backend_future.cancel():  # a worker has started it
+            self._stolen = False
+            return
+        try:
+            state = run_call(self.call)
+        except BaseException:
+            self._finish(states.Cancelled("interrupted while running in the waiting thread"))
+            raise
+        self._finish(state)
 
     def _on_backend_done(self, backend_future: cf.Future[Any]) -> None:
         try:
             state = backend_future.result()
         except cf.CancelledError:
+            if self._stolen:
+                return  # the waiting thread runs it (see _steal)
             self._finish(states.Cancelled("cancelled before it started"))
             return
         except BaseException as exc:  # the machinery failed, not the task: the engine never raises

@@ -1,0 +1,78 @@
+"""The threads backend: lazy start, worker count, and running queued work in the waiter."""
+
+from __future__ import annotations
+
+import threading
+
+import flowcore
+from flowcore import task
+from flowcore.backend import BackendKind
+
+release = threading.Event()
+
+
+@task
+def block_until_released() -> str:
+    release.wait(30)
+    return threading.current_thread().name
+
+
+@task
+def thread_name() -> str:
+    return threading.current_thread().name
+
+
+def test_backend_is_lazy_and_sized() -> None:
+    backend = flowcore.get_backend("threads", max_workers=3)
+    try:
+        assert backend.kind is BackendKind.THREADS and backend.max_workers == 3
+        assert backend.started is False  # type: ignore[attr-defined]
+        assert backend.submit(pow, 2, 3).result() == 8
+        assert backend.started is True  # type: ignore[attr-defined]
+    finally:
+        backend.shutdown()
+
+
+def test_waiting_on_a_queued_task_runs_it_in_the_waiting_thread() -> None:
+    """One worker, busy: the caller waiting on a queued task runs it itself instead of
+    waiting for the worker (no hand-off, and no deadlock behind a blocked pool)."""
+    release.clear()
+    with flowcore.use_backend("threads", max_workers=1):
+        busy = block_until_released.submit()
+        queued = thread_name.submit()
+        assert queued.result(timeout=None) == threading.current_thread().name
+        assert not busy.done()
+        release.set()
+        assert busy.result().startswith("flowcore-thread")
+        assert queued.state.is_completed()
+
+
+def test_a_timed_wait_never_runs_the_task_in_the_caller() -> None:
+    release.clear()
+    with flowcore.use_backend("threads", max_workers=1):
+        busy = block_until_released.submit()
+        queued = thread_name.submit()
+        queued.wait(timeout=0.05)
+        assert not queued.done()  # still queued behind the busy worker
+        release.set()
+        assert queued.result(timeout=30).startswith("flowcore-thread")  # timed: no stealing
+        busy.result()
+
+
+def test_a_running_task_is_waited_for_not_rerun() -> None:
+    release.clear()
+    counter: list[str] = []
+
+    @task
+    def counted() -> int:
+        counter.append(threading.current_thread().name)
+        release.wait(30)
+        return len(counter)
+
+    with flowcore.use_backend("threads", max_workers=2):
+        future = counted.submit()
+        while not counter:  # wait until a worker has started it
+            threading.Event().wait(0.001)
+        threading.Timer(0.05, release.set).start()
+        assert future.result() == 1
+    assert len(counter) == 1 and counter[0].startswith("flowcore-thread")
