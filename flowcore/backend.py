@@ -41,6 +41,20 @@ class BackendKind(str, enum.Enum):
         return self.value
 
 
+@dataclass(frozen=True)
+class WorkerLost:
+    """What a backend can tell about a run whose future failed because a worker died.
+
+    ``culprit`` is true when the run's own worker died while executing it (the run
+    ends ``Crashed`` for that attempt and is retried if its retries allow); false when
+    the run was only lost along with the pool (resubmitted, no attempt counted).
+    ``message`` says what happened, with the exit code or signal when known.
+    """
+
+    culprit: bool
+    message: str
+
+
 class Backend(Executor):
     """Base class for backends: an Executor with a name, a kind and a worker count.
 
@@ -53,6 +67,15 @@ class Backend(Executor):
     kind: BackendKind = BackendKind.THREADS
     max_workers: int = 1
     supports_native_futures: bool = False
+
+    def explain_failure(self, task_run_id: str, exc: BaseException) -> WorkerLost | None:
+        """Why the future of ``task_run_id`` failed with ``exc``, if a worker was lost.
+
+        Called in the parent for a future that raised instead of returning a state.
+        Return None when ``exc`` is not a lost worker (the run then ends ``Crashed``).
+        Process backends override this; the default knows nothing.
+        """
+        return None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} name={self.name!r} kind={self.kind} max_workers={self.max_workers}>"
@@ -158,4 +181,11 @@ def usable_cpu_count() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-__all__ = ["Backend", "BackendKind", "BackendSpec", "ExecutorBackend", "usable_cpu_count"]
+__all__ = [
+    "Backend",
+    "BackendKind",
+    "BackendSpec",
+    "ExecutorBackend",
+    "WorkerLost",
+    "usable_cpu_count",
+]

@@ -59,6 +59,8 @@ class TaskCall:
     flow_name: str | None = None
     submitted_at: float = 0.0
     log_prints: bool = False
+    #: attempts already spent on this run before this dispatch (lost with crashed workers)
+    attempts_used: int = 0
 
     @property
     def parameters(self) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import time
 import traceback
 from typing import Any
 
-from flowcore import states
+from flowcore import journal, states
 from flowcore.calls import TaskCall
 from flowcore.context import TaskRunContext, _task_run
 from flowcore.errors import TaskTimeoutError
@@ -36,7 +36,9 @@ def run_call(call: TaskCall) -> State[Any]:
     fn = task.fn
     context = TaskRunContext(task, call)
     token = _task_run.set(context)
-    if task._single_attempt and not call.log_prints:
+    if journal._fd is not None:  # in a process worker: let a crash be traced to this run
+        journal.record_start(call.task_run_id)
+    if task._single_attempt and not call.log_prints and not call.attempts_used:
         # The common case (no retries, no timeout, no print capture), kept short.
         started = time.time()
         try:
@@ -53,7 +55,7 @@ def run_call(call: TaskCall) -> State[Any]:
 
         print_token = redirect_prints(task_logger(context))
     first_start = time.time()
-    attempt = 0
+    attempt = call.attempts_used  # attempts lost with crashed workers count too
     own_timeout: TaskTimeoutError | None = None
     try:
         while True:

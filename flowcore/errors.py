@@ -56,6 +56,14 @@ class TaskTimeoutError(FlowcoreError, TimeoutError):
     """
 
 
+class SerializationError(FlowcoreError, TypeError):
+    """An argument or result of a task cannot be pickled to cross a process boundary.
+
+    The message names the task run and the offending argument; the task is not run
+    (argument) or its value is lost (result). Not retried: it would fail again.
+    """
+
+
 class CrashedError(FlowcoreError):
     """The machinery running a task failed (worker died, pool broke, result lost).
 
@@ -103,6 +111,7 @@ __all__ = [
     "FlowcoreError",
     "MissingContextError",
     "RemoteTraceback",
+    "SerializationError",
     "TaskTimeoutError",
     "UpstreamFailedError",
     "WaitTimeoutError",

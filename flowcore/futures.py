@@ -21,6 +21,7 @@ from flowcore import states
 from flowcore.backend import BackendKind
 from flowcore.engine import report_final_state, run_call
 from flowcore.errors import WaitTimeoutError
+from flowcore.serialization import explain_pickling_failure
 from flowcore.states import State
 
 if TYPE_CHECKING:
@@ -44,6 +45,7 @@ class TaskFuture(Generic[R]):
 
     __slots__ = (
         "__weakref__",
+        "_backend",
         "_backend_future",
         "_callbacks",
         "_done",
@@ -69,6 +71,7 @@ class TaskFuture(Generic[R]):
         self._lock = threading.Lock()
         self._callbacks: list[Callable[[TaskFuture[R]], Any]] = []
         self._backend_future: cf.Future[Any] | None = None
+        self._backend: Backend | None = None
         self._observed = False
         self._finishing = False
         self._upstream: list[TaskFuture[Any]] = []
@@ -224,6 +227,7 @@ class TaskFuture(Generic[R]):
             self._finish(crashed)
             return
         self._stealable = backend.kind is BackendKind.THREADS
+        self._backend = backend
         self._backend_future = backend_future
         backend_future.add_done_callback(self._on_backend_done)
 
@@ -257,9 +261,62 @@ class TaskFuture(Generic[R]):
             self._finish(states.Cancelled("cancelled before it started"))
             return
         except BaseException as exc:  # the machinery failed, not the task: the engine never raises
-            self._crashed(exc)
+            self._failed_in_backend(exc)
             return
         self._finish(state)
+
+    def _failed_in_backend(self, exc: BaseException) -> None:
+        """The backend lost the run: explain a pickling failure, retry or resubmit a run
+        lost with a dead worker, or end ``Crashed``."""
+        call = self.call
+        backend = self._backend
+        backend_name = getattr(backend, "name", "?")
+        serialization = explain_pickling_failure(call, exc, backend_name)
+        if serialization is not None:
+            serialization.__cause__ = exc
+            self._finish(states.Failed(serialization, attempts=call.attempts_used + 1))
+            return
+        explain = getattr(backend, "explain_failure", None)
+        lost = explain(call.task_run_id, exc) if explain is not None else None
+        if lost is None:
+            self._crashed(exc)
+            return
+        delay = 0.0
+        if lost.culprit:
+            call.attempts_used += 1
+            policy = call.task.options.retry_policy
+            if call.attempts_used > policy.retries:
+                crashed = states.Crashed(
+                    f"task run {call.task_run_name!r}: {lost.message}", attempts=call.attempts_used
+                )
+                if crashed.exception is not None:
+                    crashed.exception.__cause__ = exc
+                self._finish(crashed)
+                return
+            delay = policy.delay(call.attempts_used - 1)
+            logger.warning(
+                "Task run %r crashed (%s); retry %d/%d in %.3g s",
+                call.task_run_name,
+                lost.message,
+                call.attempts_used,
+                policy.retries,
+                delay,
+            )
+        self._resubmit(delay)
+
+    def _resubmit(self, delay: float) -> None:
+        """Dispatch the run again, from a fresh thread: the backend's own thread that
+        reported the loss may be busy tearing the old pool down."""
+        backend = self._backend
+        assert backend is not None
+
+        def again() -> None:
+            if delay > 0:
+                time.sleep(delay)
+            self._backend_future = None
+            self._run_on(backend)
+
+        threading.Thread(target=again, name="flowcore-resubmit", daemon=True).start()
 
     def _crashed(self, exc: BaseException) -> None:
         crashed = states.Crashed(

@@ -25,6 +25,7 @@ logger = logging.getLogger("flowcore.plugins")
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "flowcore.backends.sequential",
     "flowcore.backends.threads",
+    "flowcore.backends.loky",
 )
 ENTRY_POINT_GROUP = "flowcore"
 AUTOLOAD_ENV = "FLOWCORE_DISABLE_PLUGIN_AUTOLOAD"

@@ -279,7 +279,8 @@ class Task(Generic[P, R]):
         # lambdas) fall back to the function by value, which needs cloudpickle.
         module = getattr(self.fn, "__module__", None)
         qualname = getattr(self.fn, "__qualname__", "")
-        if module and "<locals>" not in qualname:
+        # __main__ differs in a worker process: such tasks travel by value.
+        if module and module != "__main__" and "<locals>" not in qualname:
             try:
                 found = _load_task(module, qualname)
             except (ImportError, AttributeError):

@@ -1,0 +1,188 @@
+"""The ``loky`` backend: tasks run in a reusable pool of worker processes.
+
+For CPU-bound pure-Python work: every worker has its own interpreter and GIL. The
+pool is loky's process-wide reusable executor, as in joblib: created on the first
+submit, kept across flow runs (idle workers exit after ``idle_timeout`` seconds) and
+never outliving the parent. Callables and arguments travel with cloudpickle, so
+functions from ``__main__``, closures and lambdas work.
+
+Worker deaths are pinned on their task: every worker journals the run it executes
+(:mod:`flowcore.journal`), so when loky reports a broken pool, the run whose worker
+died ends ``Crashed`` for that attempt (with the exit code or signal) and is retried
+if its retries allow; the runs that were only lost with the pool are resubmitted to
+a fresh one. Timeouts stop the run inside its worker with a timer signal, which also
+interrupts blocking calls, so the worker stays in the pool.
+"""
+
+from __future__ import annotations
+
+import atexit
+import shutil
+import signal
+import tempfile
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import wait as futures_wait
+from typing import Any, TypeVar
+
+from flowcore.backend import Backend, BackendKind, BackendSpec, WorkerLost
+from flowcore.errors import BackendShutdownError
+from flowcore.hookspecs import hookimpl
+from flowcore.journal import open_journal, read_journal
+
+T = TypeVar("T")
+
+DEFAULT_IDLE_TIMEOUT = 300.0  # seconds; joblib keeps its workers this long too
+
+_journal_dir: str | None = None
+_journal_lock = threading.Lock()
+
+
+def journal_directory() -> str:
+    """The process-wide journal directory (one per parent, so the pool stays reusable:
+    loky reuses its executor only while the initializer arguments are equal)."""
+    global _journal_dir
+    with _journal_lock:
+        if _journal_dir is None:
+            _journal_dir = tempfile.mkdtemp(prefix="flowcore-loky-")
+            atexit.register(shutil.rmtree, _journal_dir, True)
+        return _journal_dir
+
+
+def describe_exit(code: int) -> str:
+    """``"SIGKILL (-9)"`` for a signal, ``"exit code 3"`` otherwise."""
+    if code < 0:
+        try:
+            return f"{signal.Signals(-code).name} ({code})"
+        except ValueError:
+            return f"signal {-code} ({code})"
+    return f"exit code {code}"
+
+
+class LokyBackend(Backend):
+    """Runs tasks on loky's reusable process pool."""
+
+    name = "loky"
+    kind = BackendKind.PROCESSES
+
+    def __init__(self, max_workers: int | None = None, idle_timeout: float = DEFAULT_IDLE_TIMEOUT) -> None:
+        from loky import cpu_count
+
+        if max_workers is None:
+            max_workers = cpu_count()
+        if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
+            raise ValueError(f"max_workers for the loky backend must be a positive int, got {max_workers!r}")
+        if isinstance(idle_timeout, bool) or not isinstance(idle_timeout, (int, float)) or idle_timeout <= 0:
+            raise ValueError(f"idle_timeout for the loky backend must be a positive number of seconds, got {idle_timeout!r}")
+        self.max_workers = max_workers
+        self.idle_timeout = float(idle_timeout)
+        self._lock = threading.Lock()
+        self._closed = False
+        self._executor: Any = None
+        self._pending: set[Future[Any]] = set()
+        self._explained: tuple[BaseException, dict[str, str]] | None = None
+
+    def _get_executor(self) -> Any:
+        from loky import get_reusable_executor
+
+        executor = get_reusable_executor(
+            max_workers=self.max_workers,
+            timeout=self.idle_timeout,
+            initializer=open_journal,
+            initargs=(journal_directory(),),
+        )
+        self._executor = executor
+        return executor
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        with self._lock:
+            if self._closed:
+                raise BackendShutdownError(
+                    "backend 'loky' has been shut down; create a new one with "
+                    "flowcore.get_backend('loky')"
+                )
+        from concurrent.futures.process import BrokenProcessPool  # imports multiprocessing
+
+        try:
+            future: Future[T] = self._get_executor().submit(fn, *args, **kwargs)
+        except (BrokenProcessPool, RuntimeError):
+            # The pool broke (or was shut down) since we last looked: loky hands out a
+            # fresh one on the next request.
+            future = self._get_executor().submit(fn, *args, **kwargs)
+        self._pending.add(future)
+        future.add_done_callback(self._pending.discard)
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop accepting work. The shared pool stays up for reuse, except when
+        ``cancel_futures`` is set without ``wait`` (Ctrl-C, a flow timeout): then queued
+        runs are cancelled and the workers are killed at once."""
+        with self._lock:
+            self._closed = True
+            pending = list(self._pending)
+        if cancel_futures:
+            for future in pending:
+                future.cancel()
+            if not wait and self._executor is not None and any(not f.done() for f in pending):
+                self._executor.shutdown(wait=False, kill_workers=True)
+        if wait:
+            futures_wait(pending)
+
+    def explain_failure(self, task_run_id: str, exc: BaseException) -> WorkerLost | None:
+        from concurrent.futures.process import BrokenProcessPool
+
+        if not isinstance(exc, BrokenProcessPool):
+            return None
+        culprits = self._culprits(exc)
+        message = culprits.get(task_run_id)
+        if message is not None:
+            return WorkerLost(culprit=True, message=message)
+        return WorkerLost(culprit=False, message="lost with the pool after another worker died")
+
+    def _culprits(self, exc: BaseException) -> dict[str, str]:
+        """``{task run id: what happened}`` for the runs whose worker died (once per crash).
+
+        Loky fails the futures before it kills the surviving workers, so at this point
+        only the workers that really died have an exit code.
+        """
+        with self._lock:
+            if self._explained is not None and self._explained[0] is exc:
+                return self._explained[1]
+            processes = dict(getattr(self._executor, "_processes", None) or {})
+            journal = read_journal(journal_directory())
+            culprits: dict[str, str] = {}
+            for pid, run_id in journal.items():
+                process = processes.get(pid)
+                code = getattr(process, "exitcode", None) if process is not None else None
+                if code is not None:
+                    culprits[run_id] = f"worker process {pid} died with {describe_exit(code)} while running it"
+            if not culprits:
+                # No exit code seen: blame every run that was executing in this pool.
+                for pid, run_id in journal.items():
+                    if pid in processes:
+                        culprits[run_id] = f"worker process {pid} died while running it ({exc})"
+            self._explained = (exc, culprits)
+            return culprits
+
+
+def create(max_workers: int | None = None, idle_timeout: float = DEFAULT_IDLE_TIMEOUT) -> LokyBackend:
+    """Factory: ``loky`` takes ``max_workers`` (default: usable CPUs) and ``idle_timeout``."""
+    return LokyBackend(max_workers=max_workers, idle_timeout=idle_timeout)
+
+
+@hookimpl
+def flowcore_backends() -> list[BackendSpec]:
+    return [
+        BackendSpec(
+            name="loky",
+            factory=create,
+            description="a reusable pool of worker processes (CPU-bound Python code)",
+            kind=BackendKind.PROCESSES,
+            requires=("loky", "cloudpickle"),
+            extra="joblib",
+        )
+    ]
+
+
+__all__ = ["LokyBackend", "create", "describe_exit", "journal_directory"]

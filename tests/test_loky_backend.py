@@ -1,0 +1,255 @@
+"""The loky process backend with real worker processes: crashes, pickling, Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("loky")
+
+import flowcore
+from flowcore import flow, task
+from flowcore.errors import CrashedError, SerializationError
+from flowcore.states import State
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@task
+def pid_of_worker(_: int = 0) -> int:
+    return os.getpid()
+
+
+@task
+def slow_square(x: int, seconds: float = 0.3) -> int:
+    time.sleep(seconds)
+    return x * x
+
+
+@task
+def die_once(marker: str, how: str) -> str:
+    """Kills its own worker the first time (the marker file remembers), then succeeds."""
+    path = Path(marker)
+    if not path.exists():
+        path.write_text(str(os.getpid()))
+        time.sleep(0.2)  # let sibling tasks start, so they are lost with the pool too
+        if how == "sigkill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        os._exit(7)
+    return "survived"
+
+
+@task
+def always_die() -> None:
+    time.sleep(0.2)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@task
+def takes_anything(value: Any) -> str:
+    return type(value).__name__
+
+
+@task
+def returns_a_lock() -> Any:
+    return threading.Lock()
+
+
+def on_loky(body: Any, **options: Any) -> Any:
+    backend = flowcore.get_backend("loky", max_workers=2, **options)
+    try:
+        return flow(backend=backend)(body)()
+    finally:
+        backend.shutdown()
+
+
+@pytest.mark.parametrize("how", ["sigkill", "exit"])
+def test_worker_death_is_pinned_on_its_task_and_retried(tmp_path: Path, how: str) -> None:
+    marker = str(tmp_path / "died")
+    dying = die_once.with_options(retries=1)
+
+    def body() -> tuple[State[Any], list[int]]:
+        victims = [slow_square.submit(i, 0.5) for i in range(4)]  # in flight when it dies
+        crashing = dying.submit(marker, how, return_state=True)
+        return (crashing, [v.result() for v in victims])
+
+    crashing, squares = on_loky(body)
+    assert crashing.is_completed() and crashing.result() == "survived"
+    assert crashing.attempts == 2  # the lost attempt counts
+    assert squares == [0, 1, 4, 9]  # the others were resubmitted, not lost
+
+
+def test_worker_death_without_retries_ends_crashed_with_the_signal() -> None:
+    def body() -> tuple[State[Any], int]:
+        victim = slow_square.submit(3, 0.5)
+        crashed = always_die.submit(return_state=True)
+        return (crashed, victim.result())
+
+    crashed, victim = on_loky(body)
+    assert crashed.is_crashed() and crashed.name == "Crashed"
+    assert isinstance(crashed.exception, CrashedError)
+    assert "SIGKILL (-9)" in crashed.message and "worker process" in crashed.message
+    assert victim == 9
+    # The pool was replaced: the next flow runs normally.
+    assert on_loky(lambda: slow_square.submit(4, 0.0).result()) == 16
+
+
+def test_exit_code_is_reported(tmp_path: Path) -> None:
+    def body() -> tuple[State[Any]]:
+        return (die_once.submit(str(tmp_path / "m"), "exit", return_state=True),)
+
+    (state,) = on_loky(body)
+    assert state.is_crashed() and "exit code 7" in state.message
+
+
+def test_unpicklable_argument_fails_fast_and_names_it() -> None:
+    lock = threading.Lock()
+    started = time.monotonic()
+
+    def body() -> tuple[State[Any], str]:
+        bad = takes_anything.submit(lock, return_state=True)
+        good = takes_anything.submit(3).result()
+        return (bad, good)
+
+    bad, good = on_loky(body)
+    assert time.monotonic() - started < 30
+    assert bad.is_failed() and isinstance(bad.exception, SerializationError)
+    assert "argument 'value'" in bad.message and "_thread.lock" in bad.message
+    assert "takes_anything" in bad.message
+    assert good == "int"  # the pool is still usable
+
+
+def test_unpicklable_result_is_reported() -> None:
+    def body() -> tuple[State[Any]]:
+        return (returns_a_lock.submit(return_state=True),)
+
+    (state,) = on_loky(body)
+    assert state.is_failed() and isinstance(state.exception, SerializationError)
+    assert "result" in state.message and "returns_a_lock" in state.message
+
+
+def test_pool_is_reused_across_flow_runs() -> None:
+    backend_a = flowcore.get_backend("loky", max_workers=2)
+    backend_b = flowcore.get_backend("loky", max_workers=2)
+    try:
+        first = flow(backend=backend_a)(lambda: {f.result() for f in pid_of_worker.map(range(8))})()
+        second = flow(backend=backend_b)(lambda: {f.result() for f in pid_of_worker.map(range(8))})()
+    finally:
+        backend_a.shutdown()
+        backend_b.shutdown()
+    assert first & second  # the same worker processes served both runs
+    assert os.getpid() not in first
+
+
+def _run_script(tmp_path: Path, source: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(source))
+    return subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=timeout, cwd=tmp_path
+    )
+
+
+def test_main_module_functions_closures_and_lambdas(tmp_path: Path) -> None:
+    result = _run_script(
+        tmp_path,
+        """
+        from flowcore import flow, task
+
+        offset = 100
+
+        @task
+        def add_offset(x):
+            return x + offset
+
+        def make_scaler(k):
+            @task(name="scale")
+            def scale(x):
+                return x * k
+            return scale
+
+        @flow(backend="loky")
+        def main():
+            scale = make_scaler(3)
+            lam = task(lambda x: x - 1)
+            return [add_offset.submit(1).result(), scale.submit(2).result(), lam.submit(10).result()]
+
+        if __name__ == "__main__":
+            print(main())
+        """,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[101, 6, 9]"
+
+
+def test_ctrl_c_stops_workers_and_exits_quickly(tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    script = tmp_path / "script.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import os, time
+            from pathlib import Path
+            from flowcore import flow, task
+
+            @task
+            def work(i):
+                Path({str(pids)!r}, str(os.getpid())).write_text("")
+                time.sleep(60)
+                return i
+
+            @flow(backend="loky")
+            def main():
+                futures = work.map(range(4))
+                print("submitted", flush=True)
+                return [f.result() for f in futures]
+
+            if __name__ == "__main__":
+                main()
+            """
+        )
+    )
+    process = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(pids.iterdir())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        worker_pids = [int(p.name) for p in pids.iterdir()]
+        assert worker_pids, "no worker started"
+        interrupted = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=30)
+        assert time.monotonic() - interrupted < 15
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode != 0
+    deadline = time.monotonic() + 15
+    alive = worker_pids
+    while alive and time.monotonic() < deadline:
+        alive = [pid for pid in worker_pids if _alive(pid)]
+        time.sleep(0.1)
+    assert alive == [], f"worker processes outlived the parent: {alive}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead for our purposes
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
