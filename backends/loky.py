@@ -16,10 +16,6 @@ interrupts blocking calls, so the worker stays in the pool.
 
 from __future__ import annotations
 
-import atexit
-import shutil
-import signal
-import tempfile
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -29,36 +25,11 @@ from typing import Any, TypeVar
 from flowcore.backend import Backend, BackendKind, BackendSpec, WorkerLost
 from flowcore.errors import BackendShutdownError
 from flowcore.hookspecs import hookimpl
-from flowcore.journal import open_journal, read_journal
+from flowcore.journal import journal_directory, open_journal, pin_crash
 
 T = TypeVar("T")
 
 DEFAULT_IDLE_TIMEOUT = 300.0  # seconds; joblib keeps its workers this long too
-
-_journal_dir: str | None = None
-_journal_lock = threading.Lock()
-
-
-def journal_directory() -> str:
-    """The process-wide journal directory (one per parent, so the pool stays reusable:
-    loky reuses its executor only while the initializer arguments are equal)."""
-    global _journal_dir
-    with _journal_lock:
-        if _journal_dir is None:
-            _journal_dir = tempfile.mkdtemp(prefix="flowcore-loky-")
-            atexit.register(shutil.rmtree, _journal_dir, True)
-        return _journal_dir
-
-
-def describe_exit(code: int) -> str:
-    """``"SIGKILL (-9)"`` for a signal, ``"exit code 3"`` otherwise."""
-    if code < 0:
-        try:
-            return f"{signal.Signals(-code).name} ({code})"
-        except ValueError:
-            return f"signal {-code} ({code})"
-    return f"exit code {code}"
-
 
 class LokyBackend(Backend):
     """Runs tasks on loky's reusable process pool."""
@@ -82,6 +53,9 @@ class LokyBackend(Backend):
         self._executor: Any = None
         self._pending: set[Future[Any]] = set()
         self._explained: tuple[BaseException, dict[str, str]] | None = None
+        # Separate from _lock: explain_failure runs in the pool's manager thread, which
+        # a thread rebuilding the pool (holding _lock) may be joining.
+        self._explain_lock = threading.Lock()
 
     def _get_executor(self) -> Any:
         from loky import get_reusable_executor
@@ -146,24 +120,11 @@ class LokyBackend(Backend):
         Loky fails the futures before it kills the surviving workers, so at this point
         only the workers that really died have an exit code.
         """
-        with self._lock:
-            if self._explained is not None and self._explained[0] is exc:
-                return self._explained[1]
-            processes = dict(getattr(self._executor, "_processes", None) or {})
-            journal = read_journal(journal_directory())
-            culprits: dict[str, str] = {}
-            for pid, run_id in journal.items():
-                process = processes.get(pid)
-                code = getattr(process, "exitcode", None) if process is not None else None
-                if code is not None:
-                    culprits[run_id] = f"worker process {pid} died with {describe_exit(code)} while running it"
-            if not culprits:
-                # No exit code seen: blame every run that was executing in this pool.
-                for pid, run_id in journal.items():
-                    if pid in processes:
-                        culprits[run_id] = f"worker process {pid} died while running it ({exc})"
-            self._explained = (exc, culprits)
-            return culprits
+        with self._explain_lock:
+            if self._explained is None or self._explained[0] is not exc:
+                processes = dict(getattr(self._executor, "_processes", None) or {})
+                self._explained = (exc, pin_crash(journal_directory(), processes, str(exc)))
+            return self._explained[1]
 
 
 def create(max_workers: int | None = None, idle_timeout: float = DEFAULT_IDLE_TIMEOUT) -> LokyBackend:
@@ -185,4 +146,4 @@ def flowcore_backends() -> list[BackendSpec]:
     ]
 
 
-__all__ = ["LokyBackend", "create", "describe_exit", "journal_directory"]
+__all__ = ["LokyBackend", "create"]

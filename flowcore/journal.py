@@ -9,11 +9,56 @@ the other runs lost with the pool are innocent and are resubmitted.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
+import shutil
+import signal
+import tempfile
+import threading
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 _ENTRY_SIZE = 128
 _fd: int | None = None
+
+#: ``<directory>:<pid of the parent>``; worker processes that inherit it (pools we do not
+#: start ourselves, such as joblib's) journal into that directory.
+ENV_VAR = "FLOWCORE_WORKER_JOURNAL"
+
+
+def open_journal_from_environment() -> None:
+    """Open the journal named by :data:`ENV_VAR`, in a child of the process that set it."""
+    value = os.environ.get(ENV_VAR, "")
+    directory, _, parent = value.rpartition(":")
+    if directory and parent.isdigit() and int(parent) != os.getpid() and _fd is None:
+        # Without a journal, a crash is blamed on every run that was in the pool.
+        with contextlib.suppress(OSError):
+            open_journal(directory)
+
+
+_directory: str | None = None
+_directory_lock = threading.Lock()
+
+
+def journal_directory() -> str:
+    """This parent's journal directory, created on first use and removed at exit.
+
+    One per process, shared by every process backend: loky reuses its executor only
+    while the initializer arguments stay equal, so they must not change per run.
+    """
+    global _directory
+    with _directory_lock:
+        if _directory is None:
+            _directory = tempfile.mkdtemp(prefix="flowcore-journal-")
+            atexit.register(shutil.rmtree, _directory, True)
+        return _directory
+
+
+def export_to_workers() -> None:
+    """Let worker processes started from now on by third-party pools journal too."""
+    os.environ[ENV_VAR] = f"{journal_directory()}:{os.getpid()}"
 
 
 def open_journal(directory: str) -> None:
@@ -52,4 +97,50 @@ def read_journal(directory: str | os.PathLike[str]) -> dict[int, str]:
     return entries
 
 
-__all__ = ["is_active", "open_journal", "read_journal", "record_start"]
+def describe_exit(code: int) -> str:
+    """``"SIGKILL (-9)"`` for a signal, ``"exit code 3"`` otherwise."""
+    if code < 0:
+        try:
+            return f"{signal.Signals(-code).name} ({code})"
+        except ValueError:
+            return f"signal {-code} ({code})"
+    return f"exit code {code}"
+
+
+def pin_crash(directory: str, processes: Mapping[int, Any], reason: str) -> dict[str, str]:
+    """``{task run id: what happened}`` for the runs whose worker process died.
+
+    ``processes`` maps the pool's worker pids to process objects with an ``exitcode``.
+    Call it as soon as the pool reports the crash: pools fail their futures before
+    killing the surviving workers, so then only the dead workers have an exit code.
+    If no dead worker is found, every run executing in the pool is blamed.
+    """
+    journal = read_journal(directory)
+    culprits: dict[str, str] = {}
+    for pid, run_id in journal.items():
+        process = processes.get(pid)
+        code = getattr(process, "exitcode", None) if process is not None else None
+        if code is not None:
+            culprits[run_id] = f"worker process {pid} died with {describe_exit(code)} while running it"
+    if not culprits:
+        for pid, run_id in journal.items():
+            if pid in processes:
+                culprits[run_id] = f"worker process {pid} died while running it ({reason})"
+    return culprits
+
+
+__all__ = [
+    "ENV_VAR",
+    "describe_exit",
+    "export_to_workers",
+    "is_active",
+    "journal_directory",
+    "open_journal",
+    "open_journal_from_environment",
+    "pin_crash",
+    "read_journal",
+    "record_start",
+]
+
+# A worker process imports this module when it unpickles its first task run.
+open_journal_from_environment()

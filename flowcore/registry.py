@@ -26,6 +26,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "flowcore.backends.sequential",
     "flowcore.backends.threads",
     "flowcore.backends.loky",
+    "flowcore.backends.joblib",
 )
 ENTRY_POINT_GROUP = "flowcore"
 AUTOLOAD_ENV = "FLOWCORE_DISABLE_PLUGIN_AUTOLOAD"

@@ -21,3 +21,15 @@ class TestConformanceThreadsOneWorker(BackendConformance):
 
     backend_name = "threads"
     backend_options = {"max_workers": 1}  # noqa: RUF012 - class-level test configuration
+
+
+class TestConformanceJoblibLoky(BackendConformance):
+    """joblib's default (loky) pool with two workers."""
+
+    backend_name = "joblib"
+    backend_options = {"n_jobs": 2}  # noqa: RUF012 - class-level test configuration
+
+
+class TestConformanceJoblibThreading(BackendConformance):
+    backend_name = "joblib"
+    backend_options = {"backend": "threading", "n_jobs": 2}  # noqa: RUF012

@@ -1,0 +1,182 @@
+"""The ``joblib`` backend: tasks run through joblib's own parallel backends.
+
+Whatever joblib would use here is what runs the tasks: the backend active in
+``joblib.parallel_config`` (or ``parallel_backend``) when the flowcore backend is
+created, or the one named by the ``backend`` option -- ``loky``, ``threading``,
+``multiprocessing``, ``sequential`` or any backend registered with
+``joblib.register_parallel_backend`` (Ray, Spark, Dask's joblib backend ...).
+``n_jobs`` follows joblib's rules (None: the configured value, else 1; negative:
+counted from the CPU count).
+
+The pool is started on the first submit. Futures, states, retries and timeouts are
+flowcore's, as on every backend. A worker that dies is pinned on its run through the
+worker journal when joblib's pool is loky-based (the default).
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+from flowcore.backend import Backend, BackendKind, BackendSpec, WorkerLost
+from flowcore.errors import BackendShutdownError
+from flowcore.hookspecs import hookimpl
+from flowcore.journal import export_to_workers, journal_directory, pin_crash
+
+T = TypeVar("T")
+
+_KINDS = {
+    "SequentialBackend": BackendKind.INLINE,
+    "ThreadingBackend": BackendKind.THREADS,
+    "LokyBackend": BackendKind.PROCESSES,
+    "MultiprocessingBackend": BackendKind.PROCESSES,
+}
+
+
+class JoblibBackend(Backend):
+    """Adapts a joblib parallel backend (and its pool) to flowcore's Executor protocol."""
+
+    name = "joblib"
+
+    def __init__(self, backend: str | None = None, n_jobs: int | None = None, **backend_options: Any) -> None:
+        from joblib import Parallel
+
+        if n_jobs is not None and (isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs == 0):
+            raise ValueError(
+                f"n_jobs for the joblib backend must be a non-zero int or None, got {n_jobs!r}"
+            )
+        # Parallel resolves the backend exactly as joblib would here (parallel_config
+        # included); flowcore drives that backend object directly.
+        self._parallel = Parallel(n_jobs=n_jobs, backend=backend, **backend_options)
+        joblib_backend = self._parallel._backend
+        self.joblib_backend_name = type(joblib_backend).__name__
+        self.kind = _KINDS.get(self.joblib_backend_name, BackendKind.CLUSTER)
+        self.max_workers = max(1, int(self._parallel._effective_n_jobs()))
+        if self.max_workers == 1 and self.kind is not BackendKind.CLUSTER:
+            self.kind = BackendKind.INLINE  # joblib runs n_jobs=1 sequentially
+        self._lock = threading.Lock()
+        self._started = False
+        self._closed = False
+        self._explained: tuple[BaseException, dict[str, str]] | None = None
+        # Separate from _lock: explain_failure runs in the pool's manager thread, which
+        # a thread rebuilding the pool (holding _lock) may be joining.
+        self._explain_lock = threading.Lock()
+
+    def _backend(self) -> Any:
+        with self._lock:
+            if self._closed:
+                raise BackendShutdownError(
+                    "backend 'joblib' has been shut down; create a new one with "
+                    "flowcore.get_backend('joblib')"
+                )
+            if not self._started:
+                if self.kind is BackendKind.PROCESSES:
+                    export_to_workers()  # the pool's workers journal their runs
+                self._parallel._initialize_backend()
+                self._started = True
+            return self._parallel._backend
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        backend = self._backend()
+        future: Future[T] = Future()
+        future.set_running_or_notify_cancel()
+        call = functools.partial(fn, *args, **kwargs)
+        if self.kind is BackendKind.INLINE or type(backend).__name__ == "SequentialBackend":
+            try:
+                future.set_result(call())
+            except Exception as exc:
+                future.set_exception(exc)
+            return future
+
+        def deliver(out: Any) -> None:
+            try:
+                future.set_result(backend.retrieve_result_callback(out))
+            except BaseException as exc:
+                future.set_exception(exc)
+
+        if getattr(backend, "supports_retrieve_callback", False):
+            from concurrent.futures.process import BrokenProcessPool
+
+            try:
+                backend.submit(call, callback=deliver)
+            except BrokenProcessPool:
+                # A worker died and broke the pool: joblib builds a fresh one when
+                # its backend is configured again.
+                with self._lock:
+                    self._parallel._initialize_backend()
+                    backend = self._parallel._backend
+                backend.submit(call, callback=deliver)
+        else:  # the backend can only be asked for the result: wait for it aside
+            out = backend.submit(call)
+
+            def wait_aside() -> None:
+                try:
+                    future.set_result(backend.retrieve_result(out))
+                except BaseException as exc:
+                    future.set_exception(exc)
+
+            threading.Thread(target=wait_aside, name="flowcore-joblib-result", daemon=True).start()
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Release joblib's pool (joblib keeps loky workers for reuse); with
+        ``cancel_futures`` and no ``wait``, abort everything running."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            started = self._started
+        if not started:
+            return
+        backend = self._parallel._backend
+        if cancel_futures and not wait:
+            backend.abort_everything(ensure_ready=False)
+        else:
+            backend.terminate()
+
+    def explain_failure(self, task_run_id: str, exc: BaseException) -> WorkerLost | None:
+        from concurrent.futures.process import BrokenProcessPool
+
+        if not isinstance(exc, BrokenProcessPool):
+            return None
+        with self._explain_lock:
+            if self._explained is None or self._explained[0] is not exc:
+                workers = getattr(self._parallel._backend, "_workers", None)
+                processes = dict(getattr(workers, "_processes", None) or {})
+                self._explained = (exc, pin_crash(journal_directory(), processes, str(exc)))
+            culprits = self._explained[1]
+        message = culprits.get(task_run_id)
+        if message is not None:
+            return WorkerLost(culprit=True, message=message)
+        return WorkerLost(culprit=False, message="lost with the pool after another worker died")
+
+    def __repr__(self) -> str:
+        return (
+            f"<JoblibBackend joblib={self.joblib_backend_name} kind={self.kind} "
+            f"max_workers={self.max_workers}>"
+        )
+
+
+def create(backend: str | None = None, n_jobs: int | None = None, **backend_options: Any) -> JoblibBackend:
+    """Factory: ``joblib`` takes joblib's ``backend`` name, ``n_jobs`` and backend options."""
+    return JoblibBackend(backend=backend, n_jobs=n_jobs, **backend_options)
+
+
+@hookimpl
+def flowcore_backends() -> list[BackendSpec]:
+    return [
+        BackendSpec(
+            name="joblib",
+            factory=create,
+            description="joblib's configured parallel backend (loky, threading, or any registered one)",
+            kind=BackendKind.PROCESSES,
+            requires=("joblib",),
+            extra="joblib",
+        )
+    ]
+
+
+__all__ = ["JoblibBackend", "create"]

@@ -1,0 +1,102 @@
+"""The joblib backend: joblib's configuration and registered backends, real pools."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import pytest
+
+joblib = pytest.importorskip("joblib")
+
+import flowcore  # noqa: E402
+from flowcore import flow, task  # noqa: E402
+from flowcore.backend import BackendKind  # noqa: E402
+from flowcore.states import State  # noqa: E402
+
+
+@task
+def where(_: int = 0) -> tuple[int, str]:
+    return os.getpid(), threading.current_thread().name
+
+
+@task
+def slow_double(x: int) -> int:
+    time.sleep(0.4)
+    return 2 * x
+
+
+@task
+def kill_own_worker() -> None:
+    time.sleep(0.1)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_parallel_config_is_honoured() -> None:
+    with joblib.parallel_config(backend="threading", n_jobs=3):
+        backend = flowcore.get_backend("joblib")
+    try:
+        assert backend.kind is BackendKind.THREADS and backend.max_workers == 3
+        result = flow(backend=backend)(lambda: [f.result() for f in where.map(range(6))])()
+        assert {pid for pid, _ in result} == {os.getpid()}
+    finally:
+        backend.shutdown()
+
+
+def test_options_select_the_joblib_backend() -> None:
+    backend = flowcore.get_backend("joblib", backend="loky", n_jobs=2)
+    try:
+        assert backend.kind is BackendKind.PROCESSES and backend.max_workers == 2
+        pids = flow(backend=backend)(lambda: {f.result()[0] for f in where.map(range(6))})()
+        assert os.getpid() not in pids
+    finally:
+        backend.shutdown()
+
+
+def test_default_n_jobs_follows_joblib_and_runs_inline() -> None:
+    backend = flowcore.get_backend("joblib")
+    try:
+        assert backend.kind is BackendKind.INLINE and backend.max_workers == 1
+    finally:
+        backend.shutdown()
+
+
+def test_a_registered_joblib_backend_is_reachable() -> None:
+    from joblib.parallel import ThreadingBackend
+
+    submitted: list[int] = []
+
+    class CountingBackend(ThreadingBackend):  # type: ignore[misc]
+        def submit(self, func: Any, callback: Any = None) -> Any:
+            submitted.append(1)
+            return super().submit(func, callback=callback)
+
+    joblib.register_parallel_backend("flowcore-test-counting", CountingBackend)
+    with joblib.parallel_config(backend="flowcore-test-counting", n_jobs=2):
+        backend = flowcore.get_backend("joblib")
+    try:
+        assert backend.kind is BackendKind.CLUSTER  # unknown to flowcore: treated as remote
+        values = flow(backend=backend)(lambda: [f.result() for f in slow_double.map(range(4))])()
+    finally:
+        backend.shutdown()
+    assert values == [0, 2, 4, 6]
+    assert len(submitted) == 4
+
+
+def test_worker_death_in_joblib_pool_is_pinned_on_its_task() -> None:
+    backend = flowcore.get_backend("joblib", backend="loky", n_jobs=2)
+
+    def body() -> tuple[State[Any], list[int]]:
+        victims = [slow_double.submit(i) for i in range(3)]
+        crashed = kill_own_worker.submit(return_state=True)
+        return (crashed, [v.result() for v in victims])
+
+    try:
+        crashed, doubles = flow(backend=backend)(body)()
+    finally:
+        backend.shutdown()
+    assert crashed.is_crashed() and "SIGKILL" in crashed.message
+    assert doubles == [0, 2, 4]
