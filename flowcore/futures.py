@@ -218,18 +218,23 @@ class TaskFuture(Generic[R]):
         try:
             backend_future = backend.submit(run_call, call)
         except Exception as exc:
-            crashed = states.Crashed(
-                f"backend {backend.name!r} did not accept task run {call.task_run_name!r}: "
-                f"{type(exc).__name__}: {exc}"
-            )
-            if crashed.exception is not None:
-                crashed.exception.__cause__ = exc
-            self._finish(crashed)
+            self._backend = backend
+            self._backend_refused(exc)
             return
         self._stealable = backend.kind is BackendKind.THREADS
         self._backend = backend
         self._backend_future = backend_future
         backend_future.add_done_callback(self._on_backend_done)
+
+    def _backend_refused(self, exc: BaseException) -> None:
+        """``backend.submit`` raised: the run never started; it ends ``Crashed``."""
+        crashed = states.Crashed(
+            f"backend {getattr(self._backend, 'name', '?')!r} did not accept task run "
+            f"{self.call.task_run_name!r}: {type(exc).__name__}: {exc}"
+        )
+        if crashed.exception is not None:
+            crashed.exception.__cause__ = exc
+        self._finish(crashed)
 
     def _steal(self) -> None:
         """Run a queued task in the thread that waits for it (thread backends only).
@@ -261,13 +266,16 @@ class TaskFuture(Generic[R]):
             self._finish(states.Cancelled("cancelled before it started"))
             return
         except BaseException as exc:  # the machinery failed, not the task: the engine never raises
-            self._failed_in_backend(exc)
+            delay = self._failed_in_backend(exc)
+            if delay is not None:
+                self._resubmit(delay)
             return
         self._finish(state)
 
-    def _failed_in_backend(self, exc: BaseException) -> None:
-        """The backend lost the run: explain a pickling failure, retry or resubmit a run
-        lost with a dead worker, or end ``Crashed``."""
+    def _failed_in_backend(self, exc: BaseException) -> float | None:
+        """The backend lost the run: explain a pickling failure, count a crash against
+        the retries, or end ``Crashed``. Returns the delay before the run must be
+        dispatched again, or None when the run has ended."""
         call = self.call
         backend = self._backend
         backend_name = getattr(backend, "name", "?")
@@ -275,12 +283,12 @@ class TaskFuture(Generic[R]):
         if serialization is not None:
             serialization.__cause__ = exc
             self._finish(states.Failed(serialization, attempts=call.attempts_used + 1))
-            return
+            return None
         explain = getattr(backend, "explain_failure", None)
         lost = explain(call.task_run_id, exc) if explain is not None else None
         if lost is None:
             self._crashed(exc)
-            return
+            return None
         delay = 0.0
         if lost.culprit:
             call.attempts_used += 1
@@ -292,7 +300,7 @@ class TaskFuture(Generic[R]):
                 if crashed.exception is not None:
                     crashed.exception.__cause__ = exc
                 self._finish(crashed)
-                return
+                return None
             delay = policy.delay(call.attempts_used - 1)
             logger.warning(
                 "Task run %r crashed (%s); retry %d/%d in %.3g s",
@@ -302,7 +310,7 @@ class TaskFuture(Generic[R]):
                 policy.retries,
                 delay,
             )
-        self._resubmit(delay)
+        return delay
 
     def _resubmit(self, delay: float) -> None:
         """Dispatch the run again, from a fresh thread: the backend's own thread that

@@ -18,6 +18,7 @@ from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
 
 from flowcore import options as opts
 from flowcore import registry
+from flowcore.batching import BatchDispatcher, should_batch
 from flowcore.calls import RUN_NUMBER_OFFSET, FlowRun, TaskCall, new_task_run_id
 from flowcore.context import TaskRunContext, _scope, _task_run, current_scope
 from flowcore.errors import MissingContextError
@@ -169,9 +170,31 @@ class Task(Generic[P, R]):
                 f"@flow function, or inside 'with flowcore.use_backend(\"threads\"):'"
             )
         calls = expand_map_arguments(self.name, args, kwargs)
-        if calls:
-            self.check_arguments(*calls[0])
+        if not calls:
+            return []
+        self.check_arguments(*calls[0])
+        backend = scope.backend()
+        if (
+            not wait_for
+            and should_batch(backend, len(calls))
+            and not any(collect_futures(a) or collect_futures(k) for a, k in calls)
+        ):
+            futures = [self._new_future(scope, a, k) for a, k in calls]
+            BatchDispatcher(backend, futures).start()
+            return futures
         return [self._submit_in(scope, a, k, wait_for) for a, k in calls]
+
+    def _new_future(self, scope: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> TaskFuture[R]:
+        """A tracked future for one run, not yet dispatched."""
+        log_prints = self.options.log_prints
+        if log_prints is None:
+            log_prints = scope.log_prints
+        call = self._make_call(args, kwargs, scope.flow_run, log_prints)
+        future: TaskFuture[R] = TaskFuture(self, call)
+        scope.track(future)
+        if _observed():
+            registry.notify("flowcore_task_run_submitted", task=self, call=call)
+        return future
 
     def _submit_in(
         self,
@@ -180,15 +203,8 @@ class Task(Generic[P, R]):
         kwargs: dict[str, Any],
         wait_for: list[TaskFuture[Any]],
     ) -> TaskFuture[R]:
-        log_prints = self.options.log_prints
-        if log_prints is None:
-            log_prints = scope.log_prints
         backend = scope.backend()  # may fail (bad options): before anything is tracked
-        call = self._make_call(args, kwargs, scope.flow_run, log_prints)
-        future: TaskFuture[R] = TaskFuture(self, call)
-        scope.track(future)
-        if _observed():
-            registry.notify("flowcore_task_run_submitted", task=self, call=call)
+        future = self._new_future(scope, args, kwargs)
         upstream = collect_futures(args)
         if kwargs:
             collect_futures(kwargs, upstream)

@@ -1,0 +1,191 @@
+"""Auto-batching: ``Task.map`` of many small tasks on process and cluster backends.
+
+One trip to a worker process costs far more than a tiny task (~0.2 ms on loky), so
+the items of a map are sent in batches: one backend call runs a list of task calls
+with the ordinary engine and returns their states. Every item keeps its own future
+and state; results and exceptions are exactly those of unbatched runs.
+
+Sizing follows the idea behind joblib's ``batch_size='auto'``: the first batches hold
+one item each; from the durations that workers measure, later batches are sized to
+last about :data:`TARGET_BATCH_SECONDS`, never so large that a worker would go idle
+(at most the remaining items divided by the workers). About two batches per worker
+are kept in flight.
+
+When a batch is lost with a dead worker, its items are handled one by one: the item
+that was running is pinned by the worker journal (``Crashed``, retried if allowed),
+the others -- including those that had finished in the lost batch -- are dispatched
+again.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any
+
+from flowcore.engine import run_call
+from flowcore.serialization import is_pickling_error
+from flowcore.states import State, completed_run
+
+if TYPE_CHECKING:
+    from flowcore.backend import Backend
+    from flowcore.calls import TaskCall
+    from flowcore.futures import TaskFuture
+
+TARGET_BATCH_SECONDS = 0.05
+MIN_ITEMS_TO_BATCH = 2
+
+
+# The wire format is lean because it is paid per item: the task and the fields that
+# all items share travel once per batch; a plain success comes back as a tuple.
+BatchItem = tuple[tuple[Any, ...], dict[str, Any], str, str, int]
+Outcome = Any  # tuple[value, started_at, finished_at, attempts] | State
+
+
+def encode_batch(calls: list[TaskCall]) -> tuple[Any, tuple[Any, ...], list[BatchItem]]:
+    first = calls[0]
+    common = (first.flow_run_id, first.flow_run_name, first.flow_name, first.log_prints)
+    items = [(c.args, c.kwargs, c.task_run_id, c.task_run_name, c.attempts_used) for c in calls]
+    return first.task, common, items
+
+
+def run_batch(task: Any, common: tuple[Any, ...], items: list[BatchItem]) -> list[Outcome]:
+    """Run a batch's items one after the other in this worker; one outcome per item."""
+    from flowcore.calls import TaskCall
+
+    flow_run_id, flow_run_name, flow_name, log_prints = common
+    outcomes: list[Outcome] = []
+    for args, kwargs, run_id, run_name, attempts_used in items:
+        call = TaskCall(
+            task, args, kwargs, run_id, run_name, flow_run_id, flow_run_name, flow_name, 0.0,
+            log_prints, attempts_used,
+        )
+        state = run_call(call)
+        if state.name == "Completed":
+            outcomes.append((state.data, state.started_at, state.finished_at, state.attempts))
+        else:
+            outcomes.append(state)
+    return outcomes
+
+
+def decode_outcome(outcome: Outcome) -> State[Any]:
+    if type(outcome) is tuple:
+        return completed_run(*outcome)
+    return outcome  # type: ignore[no-any-return]
+
+
+class BatchDispatcher:
+    """Feeds the futures of one ``map`` to a backend in adaptively sized batches."""
+
+    def __init__(self, backend: Backend, futures: list[TaskFuture[Any]]) -> None:
+        self.backend = backend
+        self.pending: collections.deque[TaskFuture[Any]] = collections.deque(futures)
+        self.in_flight = 0
+        self.max_in_flight = max(2, 2 * backend.max_workers)
+        self.item_seconds: float | None = None
+        self.lock = threading.Lock()
+
+    def start(self) -> None:
+        self._fill()
+
+    def _next_size(self) -> int:
+        if self.item_seconds is None:
+            return 1  # probe: learn how long an item takes
+        by_duration = TARGET_BATCH_SECONDS / max(self.item_seconds, 1e-7)
+        fair_share = math.ceil(len(self.pending) / max(1, self.backend.max_workers))
+        return max(1, min(int(by_duration), fair_share))
+
+    def _fill(self) -> None:
+        while True:
+            with self.lock:
+                if not self.pending or self.in_flight >= self.max_in_flight:
+                    return
+                size = self._next_size()
+                batch = [self.pending.popleft() for _ in range(min(size, len(self.pending)))]
+                batch = [f for f in batch if not f.done()]  # cancelled meanwhile
+                if not batch:
+                    continue
+                self.in_flight += 1
+            self._send(batch)
+
+    def _send(self, batch: list[TaskFuture[Any]]) -> None:
+        for future in batch:
+            future._backend = self.backend
+        try:
+            backend_future = self.backend.submit(run_batch, *encode_batch([f.call for f in batch]))
+        except Exception as exc:
+            with self.lock:
+                self.in_flight -= 1
+            for future in batch:
+                future._backend_refused(exc)
+            return
+        backend_future.add_done_callback(lambda done: self._on_done(batch, done))
+
+    def _on_done(self, batch: list[TaskFuture[Any]], backend_future: Future[Any]) -> None:
+        try:
+            results = [decode_outcome(o) for o in backend_future.result()]
+        except BaseException as exc:
+            with self.lock:
+                self.in_flight -= 1
+            self._recover(batch, exc)
+            return
+        busy = sum((s.duration or 0.0) for s in results)
+        per_item = busy / max(1, len(results))
+        with self.lock:
+            self.in_flight -= 1
+            if self.item_seconds is None:
+                self.item_seconds = per_item
+            else:  # smooth, but follow a change in task durations quickly
+                self.item_seconds = 0.5 * self.item_seconds + 0.5 * per_item
+        for future, state in zip(batch, results, strict=True):
+            future._finish(state)
+        self._fill()
+
+    def _recover(self, batch: list[TaskFuture[Any]], exc: BaseException) -> None:
+        """A lost batch: settle each item on its own (see the module docstring)."""
+        if is_pickling_error(exc):
+            # Find the item at fault (and name its argument) by sending each alone.
+            again: list[TaskFuture[Any]] = [f for f in batch if not f.done()]
+
+            def one_by_one() -> None:
+                for future in again:
+                    future._run_on(self.backend)
+
+            _later(one_by_one)
+            self._fill()
+            return
+        redo: list[TaskFuture[Any]] = []
+        for future in batch:
+            if future.done():
+                continue
+            delay = future._failed_in_backend(exc)
+            if delay is None:
+                continue
+            if delay > 0:
+                future._resubmit(delay)
+            else:
+                redo.append(future)
+        if redo:
+            with self.lock:
+                self.pending.extendleft(reversed(redo))
+            _later(self._fill)  # not from the pool's own thread: it may be tearing down
+        else:
+            self._fill()
+
+
+def _later(action: Callable[[], Any]) -> None:
+    thread = threading.Thread(target=action, name="flowcore-batch-recovery", daemon=True)
+    thread.start()
+
+
+def should_batch(backend: Backend, count: int) -> bool:
+    """Batch only where a trip to a worker is expensive: process and cluster backends."""
+    from flowcore.backend import BackendKind
+
+    return count >= MIN_ITEMS_TO_BATCH and backend.kind in (BackendKind.PROCESSES, BackendKind.CLUSTER)
+
+
+__all__ = ["TARGET_BATCH_SECONDS", "BatchDispatcher", "run_batch", "should_batch"]

@@ -1,0 +1,148 @@
+"""Auto-batching of Task.map on process backends: same per-item outcomes, fewer trips."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("loky")
+
+import flowcore
+from flowcore import flow, task
+from flowcore.backend import Backend
+from flowcore.errors import SerializationError
+from flowcore.testing import workloads as w
+
+
+class CountingBackend(Backend):
+    """A real loky backend that counts the trips made to it."""
+
+    def __init__(self) -> None:
+        self.inner = flowcore.get_backend("loky", max_workers=2)
+        self.name = "counting-loky"
+        self.kind = self.inner.kind
+        self.max_workers = self.inner.max_workers
+        self.trips = 0
+        self.lock = threading.Lock()
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        with self.lock:
+            self.trips += 1
+        return self.inner.submit(fn, *args, **kwargs)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self.inner.shutdown(wait=wait, cancel_futures=cancel_futures)
+
+    def explain_failure(self, task_run_id: str, exc: BaseException) -> Any:
+        return self.inner.explain_failure(task_run_id, exc)
+
+
+@task
+def maybe_fail(i: int) -> int:
+    if i % 7 == 3:
+        raise w.ConformanceError(f"item {i} fails")
+    return i * 10
+
+
+@task
+def kill_worker_at(i: int, target: int, marker: str) -> int:
+    if i == target and not Path(marker).exists():
+        Path(marker).write_text("x")
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(0.001)
+    return i
+
+
+@task
+def identity_of(value: Any) -> str:
+    return type(value).__name__
+
+
+def run_on(backend: Backend, body: Callable[[], Any]) -> Any:
+    try:
+        return flow(backend=backend)(body)()
+    finally:
+        backend.shutdown()
+
+
+def test_many_tiny_tasks_take_far_fewer_trips() -> None:
+    backend = CountingBackend()
+    values = run_on(backend, lambda: [f.result() for f in w.add.map(range(3000), 1)])
+    assert values == [i + 1 for i in range(3000)]
+    assert backend.trips < 300  # batched: not one trip per task
+
+
+def test_slow_tasks_stay_spread_over_the_workers() -> None:
+    backend = CountingBackend()
+    values = run_on(backend, lambda: [f.result() for f in w.sleep_for.map([0.2] * 6)])
+    assert values == [0.2] * 6
+    assert backend.trips >= 3  # never one batch holding everything
+
+
+def test_each_item_keeps_its_own_state_and_exception() -> None:
+    backend = flowcore.get_backend("loky", max_workers=2)
+
+    def body() -> list[tuple[str, Any]]:
+        futures = maybe_fail.map(range(40))
+        out = []
+        for future in futures:
+            future.wait()
+            state = future.state
+            out.append((state.name, state.result(raise_on_failure=False)))
+        return out
+
+    outcomes = run_on(backend, body)
+    for i, (name, value) in enumerate(outcomes):
+        if i % 7 == 3:
+            assert name == "Failed" and isinstance(value, w.ConformanceError)
+            assert str(value) == f"item {i} fails"
+        else:
+            assert (name, value) == ("Completed", i * 10)
+
+
+def test_retries_and_timeouts_apply_per_item(tmp_path: Path) -> None:
+    backend = flowcore.get_backend("loky", max_workers=2)
+    retrying = w.fail_until.with_options(retries=2)
+    limited = w.sleep_in_steps.with_options(timeout_seconds=0.2)
+    counters = [str(tmp_path / f"c{i}") for i in range(4)]
+
+    def body() -> tuple[list[int], list[str]]:
+        attempts = [f.result() for f in retrying.map(counters, 2)]
+        timed = [f.state.name for f in flowcore.wait(limited.map([0.0, 5.0, 0.0])).done]
+        return attempts, sorted(timed)
+
+    attempts, timed = run_on(backend, body)
+    assert attempts == [2, 2, 2, 2]
+    assert timed == ["Completed", "Completed", "TimedOut"]
+
+
+def test_a_worker_death_inside_a_batch_loses_no_other_result(tmp_path: Path) -> None:
+    backend = flowcore.get_backend("loky", max_workers=2)
+    marker = str(tmp_path / "killed")
+    guarded = kill_worker_at.with_options(retries=1)
+
+    def body() -> list[int]:
+        return [f.result() for f in guarded.map(range(400), 250, marker)]
+
+    assert run_on(backend, body) == list(range(400))
+    assert Path(marker).exists()
+
+
+def test_one_unpicklable_item_fails_alone() -> None:
+    backend = flowcore.get_backend("loky", max_workers=2)
+    items: list[Any] = [1, "two", threading.Lock(), 4.0]
+
+    def body() -> list[Any]:
+        return [f.result(raise_on_failure=False) for f in identity_of.map(items)]
+
+    results = run_on(backend, body)
+    assert results[0] == "int" and results[1] == "str" and results[3] == "float"
+    assert isinstance(results[2], SerializationError) and "argument 'value'" in str(results[2])
