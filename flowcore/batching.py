@@ -1,9 +1,13 @@
-"""Auto-batching: ``Task.map`` of many small tasks on process and cluster backends.
+"""Auto-batching: many small task runs on process and cluster backends.
 
 One trip to a worker process costs far more than a tiny task (~0.2 ms on loky), so
-the items of a map are sent in batches: one backend call runs a list of task calls
-with the ordinary engine and returns their states. Every item keeps its own future
-and state; results and exceptions are exactly those of unbatched runs.
+runs are sent in batches: one backend call runs a list of task calls with the
+ordinary engine and returns their states. Every run keeps its own future and state;
+results and exceptions are exactly those of unbatched runs. A dispatcher serves one
+task within one flow run (or ``use_backend`` block): ``map`` adds all its items, and
+rapid individual ``.submit`` calls are coalesced the same way -- a run is sent at once
+whenever fewer batches than the limit are in flight, so a lone task is never delayed;
+runs submitted while the workers are busy wait and leave together.
 
 Sizing follows the idea behind joblib's ``batch_size='auto'``: the first batches hold
 one item each; from the durations that workers measure, later batches are sized to
@@ -20,7 +24,9 @@ again.
 from __future__ import annotations
 
 import collections
+import logging
 import math
+import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -80,15 +86,18 @@ def decode_outcome(outcome: Outcome) -> State[Any]:
 class BatchDispatcher:
     """Feeds the futures of one ``map`` to a backend in adaptively sized batches."""
 
-    def __init__(self, backend: Backend, futures: list[TaskFuture[Any]]) -> None:
+    def __init__(self, backend: Backend) -> None:
         self.backend = backend
-        self.pending: collections.deque[TaskFuture[Any]] = collections.deque(futures)
+        self.pending: collections.deque[TaskFuture[Any]] = collections.deque()
         self.in_flight = 0
         self.max_in_flight = max(2, 2 * backend.max_workers)
         self.item_seconds: float | None = None
         self.lock = threading.Lock()
 
-    def start(self) -> None:
+    def add(self, futures: list[TaskFuture[Any]]) -> None:
+        """Queue runs (tracked, not yet dispatched) and send what capacity allows now."""
+        with self.lock:
+            self.pending.extend(futures)
         self._fill()
 
     def _next_size(self) -> int:
@@ -142,7 +151,7 @@ class BatchDispatcher:
                 self.item_seconds = 0.5 * self.item_seconds + 0.5 * per_item
         for future, state in zip(batch, results, strict=True):
             future._finish(state)
-        self._fill()
+        _feeder.kick(self)  # not from here: this is the pool's own result thread
 
     def _recover(self, batch: list[TaskFuture[Any]], exc: BaseException) -> None:
         """A lost batch: settle each item on its own (see the module docstring)."""
@@ -155,7 +164,7 @@ class BatchDispatcher:
                     future._run_on(self.backend)
 
             _later(one_by_one)
-            self._fill()
+            _feeder.kick(self)
             return
         redo: list[TaskFuture[Any]] = []
         for future in batch:
@@ -171,9 +180,38 @@ class BatchDispatcher:
         if redo:
             with self.lock:
                 self.pending.extendleft(reversed(redo))
-            _later(self._fill)  # not from the pool's own thread: it may be tearing down
-        else:
-            self._fill()
+        _feeder.kick(self)  # not from the pool's own thread: it may be tearing down
+
+
+class _Feeder:
+    """One daemon thread that sends the next batches after a batch completes.
+
+    Completion callbacks run on the backend's own threads; submitting from there can
+    stall a pool (loky's manager thread would be waking itself), so they hand over.
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[BatchDispatcher] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def kick(self, dispatcher: BatchDispatcher) -> None:
+        self._queue.put(dispatcher)
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="flowcore-batch-feeder", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            dispatcher = self._queue.get()
+            try:
+                dispatcher._fill()
+            except Exception:  # a dispatcher's failure must not stop the others
+                logging.getLogger("flowcore.batching").exception("sending a batch failed")
+
+
+_feeder = _Feeder()
 
 
 def _later(action: Callable[[], Any]) -> None:

@@ -61,6 +61,8 @@ class RunScope:
         self.slot = slot
         self.parent = parent
         self._pending: set[TaskFuture[Any]] = set()
+        #: batch dispatchers by task (flowcore.batching), created on first use
+        self.dispatchers: dict[Any, Any] = {}
         self.failed: list[TaskFuture[Any]] = []
         # A use_backend block inside a flow still belongs to that flow run.
         self.flow_run: FlowRun | None = parent.flow_run if parent is not None else None

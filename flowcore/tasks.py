@@ -18,7 +18,7 @@ from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
 
 from flowcore import options as opts
 from flowcore import registry
-from flowcore.batching import BatchDispatcher, should_batch
+from flowcore.batching import MIN_ITEMS_TO_BATCH, BatchDispatcher, should_batch
 from flowcore.calls import RUN_NUMBER_OFFSET, FlowRun, TaskCall, new_task_run_id
 from flowcore.context import TaskRunContext, _scope, _task_run, current_scope
 from flowcore.errors import MissingContextError
@@ -180,7 +180,7 @@ class Task(Generic[P, R]):
             and not any(collect_futures(a) or collect_futures(k) for a, k in calls)
         ):
             futures = [self._new_future(scope, a, k) for a, k in calls]
-            BatchDispatcher(backend, futures).start()
+            self._dispatcher(scope, backend).add(futures)
             return futures
         return [self._submit_in(scope, a, k, wait_for) for a, k in calls]
 
@@ -210,8 +210,19 @@ class Task(Generic[P, R]):
             collect_futures(kwargs, upstream)
         if wait_for:
             upstream.extend(wait_for)
-        future._dispatch(backend, upstream)
+        if not upstream and should_batch(backend, MIN_ITEMS_TO_BATCH):
+            self._dispatcher(scope, backend).add([future])  # coalesced with rapid submits
+        else:
+            future._dispatch(backend, upstream)
         return future
+
+    def _dispatcher(self, scope: Any, backend: Any) -> BatchDispatcher:
+        """The batch dispatcher of this task in ``scope`` (one per task and scope)."""
+        dispatchers: dict[Task[Any, Any], BatchDispatcher] = scope.dispatchers
+        dispatcher = dispatchers.get(self)
+        if dispatcher is None:
+            dispatcher = dispatchers.setdefault(self, BatchDispatcher(backend))
+        return dispatcher
 
     # -- helpers ------------------------------------------------------------
     def check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
