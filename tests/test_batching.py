@@ -146,3 +146,25 @@ def test_one_unpicklable_item_fails_alone() -> None:
     results = run_on(backend, body)
     assert results[0] == "int" and results[1] == "str" and results[3] == "float"
     assert isinstance(results[2], SerializationError) and "argument 'value'" in str(results[2])
+
+
+def test_rapid_individual_submits_are_coalesced() -> None:
+    backend = CountingBackend()
+
+    def body() -> list[int]:
+        futures = [w.add.submit(i, 1) for i in range(600)]
+        return [f.result() for f in futures]
+
+    assert run_on(backend, body) == [i + 1 for i in range(600)]
+    assert backend.trips < 200
+
+
+def test_a_lone_task_is_sent_at_once() -> None:
+    backend = CountingBackend()
+
+    def body() -> tuple[int, float]:
+        future = w.sleep_for.submit(0.5)
+        trips_right_after_submit = backend.trips
+        return trips_right_after_submit, future.result()
+
+    assert run_on(backend, body) == (1, 0.5)
