@@ -19,17 +19,15 @@ from __future__ import annotations
 
 import os
 import re
-import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import pytest
+from _harness import Paired, figure, record, run_paired
 
 import flowcore
 
@@ -76,125 +74,6 @@ def call_loop(fn: Callable[[int], int], n: int) -> int:
 def expected_sum(n: int) -> int:
     """sum(i + 1 for i in range(n))."""
     return n * (n + 1) // 2
-
-
-# -- measuring next to an anchor ---------------------------------------------------------
-
-
-@dataclass
-class Paired:
-    """Per-round timings (seconds) of the subject and of its anchor, warm-up dropped."""
-
-    subject: list[float]
-    anchor: list[float]
-    subject_result: Any
-    anchor_result: Any
-
-    @property
-    def subject_min(self) -> float:
-        return min(self.subject)
-
-    @property
-    def anchor_min(self) -> float:
-        return min(self.anchor)
-
-    @property
-    def subject_median(self) -> float:
-        return statistics.median(self.subject)
-
-    @property
-    def anchor_median(self) -> float:
-        return statistics.median(self.anchor)
-
-
-def run_paired(
-    benchmark: BenchmarkFixture,
-    subject: Callable[[], Any],
-    anchor: Callable[[], Any],
-    *,
-    rounds: int,
-    warmup_rounds: int = 1,
-) -> Paired:
-    """Benchmark ``subject`` with pytest-benchmark, timing ``anchor`` before each round.
-
-    The anchor runs in pedantic's (untimed) ``setup``, so every timed round of the
-    subject has an anchor round right before it. Both sides are also timed here with
-    ``perf_counter``, so the ratio exists under ``--benchmark-disable`` too (one round).
-    """
-    subject_times: list[float] = []
-    anchor_times: list[float] = []
-    results: dict[str, Any] = {}
-
-    def setup() -> None:
-        start = time.perf_counter()
-        results["anchor"] = anchor()
-        anchor_times.append(time.perf_counter() - start)
-
-    def target() -> Any:
-        start = time.perf_counter()
-        value = subject()
-        subject_times.append(time.perf_counter() - start)
-        return value
-
-    pedantic: Callable[..., Any] = benchmark.pedantic  # pytest-benchmark ships no types
-    subject_result = pedantic(
-        target, setup=setup, rounds=rounds, warmup_rounds=warmup_rounds, iterations=1
-    )
-    skip = warmup_rounds if benchmark.enabled else 0
-    measured = len(anchor_times) - skip
-    return Paired(
-        subject=subject_times[skip : skip + measured],
-        anchor=anchor_times[skip : skip + measured],
-        subject_result=subject_result,
-        anchor_result=results["anchor"],
-    )
-
-
-def figure(label: str, value: float, unit: str, goal_max: float | None) -> dict[str, Any]:
-    """One reported number; ``met`` says whether it is under its goal (never asserted)."""
-    return {
-        "label": label,
-        "value": round(value, 4),
-        "unit": unit,
-        "goal": None if goal_max is None else f"< {goal_max:g} {unit}",
-        "met": None if goal_max is None else value < goal_max,
-    }
-
-
-def record(
-    benchmark: BenchmarkFixture,
-    paired: Paired,
-    *,
-    anchor: str,
-    n: int,
-    figures: list[dict[str, Any]],
-    **extra: Any,
-) -> None:
-    """Store the pair and its figures in ``extra_info`` and print them."""
-    info = benchmark.extra_info
-    info["anchor"] = anchor
-    info["n"] = n
-    info["rounds"] = len(paired.subject)
-    info["subject_min_s"] = paired.subject_min
-    info["subject_median_s"] = paired.subject_median
-    info["anchor_min_s"] = paired.anchor_min
-    info["anchor_median_s"] = paired.anchor_median
-    info["anchor_ns"] = paired.anchor_min * 1e9
-    info["ratio"] = round(paired.subject_min / paired.anchor_min, 4)
-    info["ratio_median"] = round(paired.subject_median / paired.anchor_median, 4)
-    info["figures"] = figures
-    info.update(extra)
-    shown = "; ".join(
-        f"{f['label']} = {f['value']:.3g} {f['unit']}"
-        + (f" (goal {f['goal']}: {'met' if f['met'] else 'NOT met'})" if f["goal"] else "")
-        for f in figures
-    )
-    print(
-        f"\n[{benchmark.name}] subject min {paired.subject_min * 1e3:.3f} ms, "
-        f"anchor ({anchor}) min {paired.anchor_min * 1e3:.3f} ms, "
-        f"ratio {info['ratio']:.3f} (median {info['ratio_median']:.3f}) over "
-        f"{info['rounds']} round(s); {shown}"
-    )
 
 
 # -- a. direct task calls inside a flow run ---------------------------------------------

@@ -253,3 +253,19 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
     except OSError:
         return False
+
+
+@task
+def array_checksum(array: Any) -> tuple[float, tuple[int, ...]]:
+    return float(array.sum()), tuple(array.shape)
+
+
+def test_large_numpy_argument_round_trip() -> None:
+    np = pytest.importorskip("numpy")
+    array = np.arange(8_000_000, dtype=np.float64).reshape(4000, 2000)  # 64 MB
+
+    def body() -> tuple[float, tuple[int, ...]]:
+        return array_checksum.submit(array).result()
+
+    total, shape = on_loky(body)
+    assert shape == (4000, 2000) and total == float(array.sum())
