@@ -123,6 +123,7 @@ class BatchDispatcher:
     def _send(self, batch: list[TaskFuture[Any]]) -> None:
         for future in batch:
             future._backend = self.backend
+            future._watch_timeout(self.backend)
         try:
             backend_future = self.backend.submit(run_batch, *encode_batch([f.call for f in batch]))
         except Exception as exc:

@@ -36,9 +36,10 @@ def run_call(call: TaskCall) -> State[Any]:
     fn = task.fn
     context = TaskRunContext(task, call)
     token = _task_run.set(context)
-    if journal._fd is not None:  # in a process worker: let a crash be traced to this run
-        journal.record_start(call.task_run_id)
+    journaled = journal._fd is not None  # in a process worker: crashes are traced to runs
     if task._single_attempt and not call.log_prints and not call.attempts_used:
+        if journaled:
+            journal.record_start(call.task_run_id)
         # The common case (no retries, no timeout, no print capture), kept short.
         started = time.time()
         try:
@@ -60,6 +61,8 @@ def run_call(call: TaskCall) -> State[Any]:
     try:
         while True:
             attempt += 1
+            if journaled:
+                journal.record_start(call.task_run_id)
             try:
                 if options.timeout_seconds is None:
                     value = fn(*call.args, **call.kwargs)

@@ -18,9 +18,10 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 from flowcore import states
-from flowcore.backend import BackendKind
+from flowcore.backend import BackendKind, WorkerLost
 from flowcore.engine import report_final_state, run_call
 from flowcore.errors import WaitTimeoutError
+from flowcore.hard_timeouts import hard_timeouts
 from flowcore.serialization import explain_pickling_failure
 from flowcore.states import State
 
@@ -50,6 +51,7 @@ class TaskFuture(Generic[R]):
         "_callbacks",
         "_done",
         "_finishing",
+        "_hard_watched",
         "_lock",
         "_observed",
         "_scope",
@@ -74,6 +76,7 @@ class TaskFuture(Generic[R]):
         self._backend: Backend | None = None
         self._observed = False
         self._finishing = False
+        self._hard_watched = False
         self._upstream: list[TaskFuture[Any]] = []
         self._scope: RunScope | None = None
         self._stealable = False
@@ -165,6 +168,8 @@ class TaskFuture(Generic[R]):
                 return False
             self._finishing = True
         report_final_state(self.call, state)
+        if self._hard_watched:
+            hard_timeouts.unwatch(self.call.task_run_id)
         with self._lock:
             self._state = state
             callbacks, self._callbacks = self._callbacks, []
@@ -223,8 +228,16 @@ class TaskFuture(Generic[R]):
             return
         self._stealable = backend.kind is BackendKind.THREADS
         self._backend = backend
+        self._watch_timeout(backend)
         self._backend_future = backend_future
         backend_future.add_done_callback(self._on_backend_done)
+
+    def _watch_timeout(self, backend: Backend) -> None:
+        """Have the parent kill the worker if a timed run ignores its timer signal."""
+        timeout = self.call.task.options.timeout_seconds
+        if timeout is not None and backend.kind is BackendKind.PROCESSES:
+            self._hard_watched = True
+            hard_timeouts.watch(self.call.task_run_id, timeout)
 
     def _backend_refused(self, exc: BaseException) -> None:
         """``backend.submit`` raised: the run never started; it ends ``Crashed``."""
@@ -273,43 +286,53 @@ class TaskFuture(Generic[R]):
         self._finish(state)
 
     def _failed_in_backend(self, exc: BaseException) -> float | None:
-        """The backend lost the run: explain a pickling failure, count a crash against
-        the retries, or end ``Crashed``. Returns the delay before the run must be
-        dispatched again, or None when the run has ended."""
+        """The backend lost the run: explain a pickling failure, count a crash (or a
+        timeout enforced by killing the worker) against the retries, or end the run.
+        Returns the delay before the run must be dispatched again, or None when the
+        run has ended."""
         call = self.call
         backend = self._backend
-        backend_name = getattr(backend, "name", "?")
-        serialization = explain_pickling_failure(call, exc, backend_name)
+        serialization = explain_pickling_failure(call, exc, getattr(backend, "name", "?"))
         if serialization is not None:
             serialization.__cause__ = exc
             self._finish(states.Failed(serialization, attempts=call.attempts_used + 1))
             return None
         explain = getattr(backend, "explain_failure", None)
-        lost = explain(call.task_run_id, exc) if explain is not None else None
+        lost: WorkerLost | None = explain(call.task_run_id, exc) if explain is not None else None
+        if self._hard_watched and hard_timeouts.was_killed(call.task_run_id):
+            # Killed for ignoring its timeout: that is the reason, whatever the pool saw.
+            return self._lost_attempt(
+                exc,
+                f"task run {call.task_run_name!r} exceeded its timeout of "
+                f"{call.task.options.timeout_seconds:g} s inside code that ignored the timer "
+                "signal; its worker process was killed",
+                timed_out=True,
+            )
         if lost is None:
             self._crashed(exc)
             return None
-        delay = 0.0
-        if lost.culprit:
-            call.attempts_used += 1
-            policy = call.task.options.retry_policy
-            if call.attempts_used > policy.retries:
-                crashed = states.Crashed(
-                    f"task run {call.task_run_name!r}: {lost.message}", attempts=call.attempts_used
-                )
-                if crashed.exception is not None:
-                    crashed.exception.__cause__ = exc
-                self._finish(crashed)
-                return None
-            delay = policy.delay(call.attempts_used - 1)
-            logger.warning(
-                "Task run %r crashed (%s); retry %d/%d in %.3g s",
-                call.task_run_name,
-                lost.message,
-                call.attempts_used,
-                policy.retries,
-                delay,
-            )
+        if not lost.culprit:
+            return 0.0  # only lost along with the pool: send it again, no attempt counted
+        return self._lost_attempt(exc, f"task run {call.task_run_name!r}: {lost.message}", timed_out=False)
+
+    def _lost_attempt(self, exc: BaseException, message: str, *, timed_out: bool) -> float | None:
+        """Count an attempt that died with its worker; end the run or return the retry delay."""
+        call = self.call
+        call.attempts_used += 1
+        policy = call.task.options.retry_policy
+        if call.attempts_used > policy.retries:
+            if timed_out:
+                final = states.TimedOut(message, attempts=call.attempts_used)
+            else:
+                final = states.Crashed(message, attempts=call.attempts_used)
+            if final.exception is not None:
+                final.exception.__cause__ = exc
+            self._finish(final)
+            return None
+        delay = policy.delay(call.attempts_used - 1)
+        logger.warning(
+            "%s; retry %d/%d in %.3g s", message, call.attempts_used, policy.retries, delay
+        )
         return delay
 
     def _resubmit(self, delay: float) -> None:

@@ -16,6 +16,7 @@ import shutil
 import signal
 import tempfile
 import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -69,9 +70,11 @@ def open_journal(directory: str) -> None:
 
 
 def record_start(task_run_id: str) -> None:
-    """Note that this process now runs ``task_run_id`` (no-op outside journaled workers)."""
+    """Note that this process starts an attempt of ``task_run_id`` now (no-op outside
+    journaled workers). The entry is ``<task run id> <start time>``."""
     if _fd is not None:
-        os.pwrite(_fd, task_run_id.encode()[:_ENTRY_SIZE].ljust(_ENTRY_SIZE), 0)
+        entry = f"{task_run_id} {time.time():.3f}".encode()
+        os.pwrite(_fd, entry[:_ENTRY_SIZE].ljust(_ENTRY_SIZE), 0)
 
 
 def is_active() -> bool:
@@ -80,7 +83,12 @@ def is_active() -> bool:
 
 def read_journal(directory: str | os.PathLike[str]) -> dict[int, str]:
     """``{worker pid: the task run id it started last}`` for every journal in ``directory``."""
-    entries: dict[int, str] = {}
+    return {pid: run_id for pid, (run_id, _) in read_journal_entries(directory).items()}
+
+
+def read_journal_entries(directory: str | os.PathLike[str]) -> dict[int, tuple[str, float]]:
+    """``{worker pid: (task run id, when its current attempt started)}``."""
+    entries: dict[int, tuple[str, float]] = {}
     try:
         files = list(Path(directory).iterdir())
     except OSError:
@@ -92,8 +100,12 @@ def read_journal(directory: str | os.PathLike[str]) -> dict[int, str]:
             text = path.read_bytes()[:_ENTRY_SIZE].decode(errors="replace").strip()
         except OSError:
             continue
-        if text:
-            entries[int(path.name)] = text
+        run_id, _, started = text.partition(" ")
+        if run_id:
+            try:
+                entries[int(path.name)] = (run_id, float(started or 0.0))
+            except ValueError:
+                continue
     return entries
 
 
@@ -139,8 +151,12 @@ __all__ = [
     "open_journal_from_environment",
     "pin_crash",
     "read_journal",
+    "read_journal_entries",
     "record_start",
 ]
 
-# A worker process imports this module when it unpickles its first task run.
+# A worker process imports this module when it unpickles its first task run; a
+# forked worker inherits it already imported.
 open_journal_from_environment()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=open_journal_from_environment)

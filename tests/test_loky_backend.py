@@ -269,3 +269,30 @@ def test_large_numpy_argument_round_trip() -> None:
 
     total, shape = on_loky(body)
     assert shape == (4000, 2000) and total == float(array.sum())
+
+
+@task(timeout_seconds=0.5)
+def c_level_loop(_: int = 0) -> int:
+    """``sum`` over a range runs in C and never lets a signal handler run (minutes)."""
+    return sum(range(10**11))
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_timeout_kills_a_worker_that_ignores_the_timer_signal(batched: bool) -> None:
+    started = time.monotonic()
+
+    def body() -> tuple[list[str], list[str], int]:
+        victim = slow_square.submit(5, 0.2)
+        if batched:
+            futures = c_level_loop.map(range(2))
+        else:
+            futures = [c_level_loop.submit()]
+        flowcore.wait(futures)
+        return [f.state.name for f in futures], [f.state.message for f in futures], victim.result()
+
+    names, messages, victim = on_loky(body)
+    assert set(names) == {"TimedOut"}
+    assert all("ignored the timer signal" in m for m in messages)
+    assert victim == 25
+    assert time.monotonic() - started < 60
+    assert on_loky(lambda: slow_square.submit(3, 0.0).result()) == 9  # pool replaced, usable

@@ -1,0 +1,94 @@
+"""Hard timeouts on process backends: end the worker when the timer signal cannot.
+
+Inside a worker, a task's ``timeout_seconds`` is enforced by a timer signal, which
+stops Python code and blocking calls. Code that holds the interpreter inside a long C
+call (a regular expression backtracking, a C extension loop) never lets the signal
+handler run. For those, the parent watches the runs it sent to process workers: the
+worker journal says which run each worker is executing and since when, and a worker
+still on the same attempt a grace period past its timeout is killed. The pool reports
+the loss, the journal pins it on that run, and the run ends ``TimedOut`` (retried if
+its retries allow); the other runs lost with the pool are resubmitted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+import time
+
+from flowcore.journal import journal_directory, read_journal_entries
+
+POLL_SECONDS = 0.2
+
+
+def grace_seconds(timeout: float) -> float:
+    """How long past its timeout a run may go on before its worker is killed."""
+    return 1.0 + 0.1 * timeout
+
+
+class HardTimeouts:
+    """The parent's watch over runs with a timeout on journaled worker processes."""
+
+    def __init__(self) -> None:
+        self._watched: dict[str, float] = {}  # task run id -> timeout seconds
+        self._killed: set[str] = set()
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, task_run_id: str, timeout: float) -> None:
+        with self._cond:
+            self._watched[task_run_id] = timeout
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="flowcore-hard-timeouts", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def unwatch(self, task_run_id: str) -> None:
+        with self._cond:
+            self._watched.pop(task_run_id, None)
+
+    def was_killed(self, task_run_id: str) -> bool:
+        """True (once) if this watchdog killed the worker running ``task_run_id``."""
+        with self._cond:
+            if task_run_id in self._killed:
+                self._killed.discard(task_run_id)
+                return True
+            return False
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._watched:
+                    self._cond.wait()
+                watched = dict(self._watched)
+            now = time.time()
+            for pid, (run_id, started) in read_journal_entries(journal_directory()).items():
+                timeout = watched.get(run_id)
+                if timeout is None or not started or now < started + timeout + grace_seconds(timeout):
+                    continue
+                if not _alive(pid):
+                    continue  # the journal of a worker that is already gone
+                with self._cond:
+                    if self._watched.pop(run_id, None) is None:
+                        continue  # finished meanwhile
+                    self._killed.add(run_id)
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(POLL_SECONDS)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+hard_timeouts = HardTimeouts()
+
+__all__ = ["HardTimeouts", "grace_seconds", "hard_timeouts"]
