@@ -9,12 +9,8 @@ the other runs lost with the pool are innocent and are resubmitted.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import os
-import shutil
-import signal
-import tempfile
 import threading
 import time
 from collections.abc import Mapping
@@ -49,6 +45,10 @@ def journal_directory() -> str:
     One per process, shared by every process backend: loky reuses its executor only
     while the initializer arguments stay equal, so they must not change per run.
     """
+    import atexit
+    import shutil
+    import tempfile
+
     global _directory
     with _directory_lock:
         if _directory is None:
@@ -111,6 +111,8 @@ def read_journal_entries(directory: str | os.PathLike[str]) -> dict[int, tuple[s
 
 def describe_exit(code: int) -> str:
     """``"SIGKILL (-9)"`` for a signal, ``"exit code 3"`` otherwise."""
+    import signal
+
     if code < 0:
         try:
             return f"{signal.Signals(-code).name} ({code})"

@@ -8,7 +8,6 @@ and the argument at fault. It runs only on that failure path.
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,6 +26,8 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
 
 def is_pickling_error(exc: BaseException) -> bool:
     """True when ``exc`` (or an exception it chains to) is a failure to pickle."""
+    import pickle
+
     for error in _chain(exc):
         if isinstance(error, pickle.PicklingError):
             return True
