@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Mapping
 from typing import Any, Generic, TypeVar
 
@@ -55,20 +56,31 @@ def expand_map_arguments(
             "pass equal lengths, or wrap constant iterables in unmapped(...)"
         )
     count = next(iter(lengths.values()))
-    static_args = [a.value if isinstance(a, unmapped) else a for a in args]
-    static_kwargs = {k: v.value if isinstance(v, unmapped) else v for k, v in kwargs.items()}
-    runs = []
-    for index in range(count):
-        run_args = tuple(
-            mapped_args[i][index] if i in mapped_args else value
-            for i, value in enumerate(static_args)
-        )
-        run_kwargs = {
-            k: mapped_kwargs[k][index] if k in mapped_kwargs else value
-            for k, value in static_kwargs.items()
-        }
-        runs.append((run_args, run_kwargs))
-    return runs
+    # Columns zipped into rows: one tuple per run, built in C.
+    columns = [
+        mapped_args[i] if i in mapped_args else itertools.repeat(_unwrap(a), count)
+        for i, a in enumerate(args)
+    ]
+    arg_rows: Iterable[tuple[Any, ...]] = (
+        zip(*columns, strict=True) if columns else itertools.repeat((), count)
+    )
+    if not kwargs:
+        # Runs never mutate their kwargs, so they can share one empty dict.
+        no_kwargs: dict[str, Any] = {}
+        return [(row, no_kwargs) for row in arg_rows]
+    static_kwargs = {k: _unwrap(v) for k, v in kwargs.items() if k not in mapped_kwargs}
+    names = list(mapped_kwargs)
+    if not names:
+        return [(row, dict(static_kwargs)) for row in arg_rows]
+    kwarg_rows = zip(*(mapped_kwargs[k] for k in names), strict=True)
+    return [
+        (row, {**static_kwargs, **dict(zip(names, values, strict=True))})
+        for row, values in zip(arg_rows, kwarg_rows, strict=True)
+    ]
+
+
+def _unwrap(value: Any) -> Any:
+    return value.value if isinstance(value, unmapped) else value
 
 
 __all__ = ["expand_map_arguments", "unmapped"]
