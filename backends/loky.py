@@ -1,9 +1,9 @@
 """The ``loky`` backend: tasks run in a reusable pool of worker processes.
 
 For CPU-bound pure-Python work: every worker has its own interpreter and GIL. The
-pool is loky's process-wide reusable executor, as in joblib: created on the first
-submit, kept across flow runs (idle workers exit after ``idle_timeout`` seconds) and
-never outliving the parent. Callables and arguments travel with cloudpickle, so
+pool is process-wide, as joblib's is: created on the first submit, shared by every
+flow run with the same ``max_workers`` (idle workers exit after ``idle_timeout``
+seconds), killed at interpreter exit, never outliving the parent. Callables and arguments travel with cloudpickle, so
 functions from ``__main__``, closures and lambdas work.
 
 Worker deaths are pinned on their task: every worker journals the run it executes
@@ -16,6 +16,8 @@ interrupts blocking calls, so the worker stays in the pool.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -30,6 +32,54 @@ from flowcore.journal import journal_directory, open_journal, pin_crash
 T = TypeVar("T")
 
 DEFAULT_IDLE_TIMEOUT = 300.0  # seconds; joblib keeps its workers this long too
+
+# One pool per worker count for the whole process, shared by every LokyBackend and
+# reused across flow runs. loky's own get_reusable_executor keeps one pool *per
+# thread*, and flowcore submits from several threads (the caller, the batch feeder,
+# recovery threads), which would multiply the worker processes.
+_pools: dict[int, Any] = {}
+_pools_lock = threading.Lock()
+_exit_hook_installed = False
+
+
+def shared_pool(max_workers: int, idle_timeout: float) -> Any:
+    """The process-wide loky pool with ``max_workers`` workers, created on first use."""
+    global _exit_hook_installed
+    with _pools_lock:
+        pool = _pools.get(max_workers)
+        if pool is None:
+            from loky import ProcessPoolExecutor
+
+            pool = ProcessPoolExecutor(
+                max_workers=max_workers,
+                timeout=idle_timeout,
+                initializer=open_journal,
+                initargs=(journal_directory(),),
+            )
+            _pools[max_workers] = pool
+            if not _exit_hook_installed:
+                atexit.register(_kill_all_pools)
+                _exit_hook_installed = True
+        return pool
+
+
+def discard_pool(pool: Any) -> None:
+    """Forget a broken pool, so that the next request builds a fresh one."""
+    with _pools_lock:
+        for size, known in list(_pools.items()):
+            if known is pool:
+                del _pools[size]
+
+
+def _kill_all_pools() -> None:
+    # A worker stuck in C code would not notice that its parent is gone.
+    with _pools_lock:
+        pools = list(_pools.values())
+        _pools.clear()
+    for pool in pools:
+        with contextlib.suppress(Exception):
+            pool.shutdown(wait=False, kill_workers=True)
+
 
 class LokyBackend(Backend):
     """Runs tasks on loky's reusable process pool."""
@@ -57,33 +107,24 @@ class LokyBackend(Backend):
         # a thread rebuilding the pool (holding _lock) may be joining.
         self._explain_lock = threading.Lock()
 
-    def _get_executor(self) -> Any:
-        from loky import get_reusable_executor
-
-        executor = get_reusable_executor(
-            max_workers=self.max_workers,
-            timeout=self.idle_timeout,
-            initializer=open_journal,
-            initargs=(journal_directory(),),
-        )
-        self._executor = executor
-        return executor
-
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        from concurrent.futures.process import BrokenProcessPool  # imports multiprocessing
+
         with self._lock:
             if self._closed:
                 raise BackendShutdownError(
                     "backend 'loky' has been shut down; create a new one with "
                     "flowcore.get_backend('loky')"
                 )
-        from concurrent.futures.process import BrokenProcessPool  # imports multiprocessing
-
+        pool = shared_pool(self.max_workers, self.idle_timeout)
         try:
-            future: Future[T] = self._get_executor().submit(fn, *args, **kwargs)
+            future: Future[T] = pool.submit(fn, *args, **kwargs)
         except (BrokenProcessPool, RuntimeError):
-            # The pool broke (or was shut down) since we last looked: loky hands out a
-            # fresh one on the next request.
-            future = self._get_executor().submit(fn, *args, **kwargs)
+            # A worker died (or the pool was shut down) since the last submit.
+            discard_pool(pool)
+            pool = shared_pool(self.max_workers, self.idle_timeout)
+            future = pool.submit(fn, *args, **kwargs)
+        self._executor = pool
         self._pending.add(future)
         future.add_done_callback(self._pending.discard)
         return future
@@ -99,6 +140,7 @@ class LokyBackend(Backend):
             for future in pending:
                 future.cancel()
             if not wait and self._executor is not None and any(not f.done() for f in pending):
+                discard_pool(self._executor)
                 self._executor.shutdown(wait=False, kill_workers=True)
         if wait:
             futures_wait(pending)
