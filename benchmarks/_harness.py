@@ -12,7 +12,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -27,6 +27,12 @@ class Paired:
     anchor: list[float]
     subject_result: Any
     anchor_result: Any
+    #: Per-round timings and last results of the side anchors (see ``run_paired``).
+    side: dict[str, list[float]] = field(default_factory=dict)
+    side_results: dict[str, Any] = field(default_factory=dict)
+
+    def side_min(self, name: str) -> float:
+        return min(self.side[name])
 
     @property
     def subject_min(self) -> float:
@@ -52,18 +58,28 @@ def run_paired(
     *,
     rounds: int,
     warmup_rounds: int = 1,
+    side: dict[str, Callable[[], Any]] | None = None,
 ) -> Paired:
     """Benchmark ``subject`` with pytest-benchmark, timing ``anchor`` before each round.
 
     The anchor runs in pedantic's (untimed) ``setup``, so every timed round of the
     subject has an anchor round right before it. Both sides are also timed here with
     ``perf_counter``, so the ratio exists under ``--benchmark-disable`` too (one round).
+    ``side``: more references, by name, each timed once per round before the anchor
+    (for instance what the machine itself allows); their timings are in ``Paired.side``.
     """
     subject_times: list[float] = []
     anchor_times: list[float] = []
     results: dict[str, Any] = {}
+    side_calls = dict(side or {})
+    side_times: dict[str, list[float]] = {name: [] for name in side_calls}
+    side_results: dict[str, Any] = {}
 
     def setup() -> None:
+        for name, call in side_calls.items():
+            start = time.perf_counter()
+            side_results[name] = call()
+            side_times[name].append(time.perf_counter() - start)
         start = time.perf_counter()
         results["anchor"] = anchor()
         anchor_times.append(time.perf_counter() - start)
@@ -85,6 +101,8 @@ def run_paired(
         anchor=anchor_times[skip : skip + measured],
         subject_result=subject_result,
         anchor_result=results["anchor"],
+        side={name: times[skip : skip + measured] for name, times in side_times.items()},
+        side_results=side_results,
     )
 
 
@@ -106,9 +124,9 @@ def figure(
     goal: str | None = None
     met: bool | None = None
     if goal_max is not None:
-        goal, met = f"< {goal_max:g} {unit}", value < goal_max
+        goal, met = f"< {goal_max:g} {unit}".rstrip(), value < goal_max
     elif goal_min is not None:
-        goal, met = f">= {goal_min:g} {unit}", value >= goal_min
+        goal, met = f">= {goal_min:g} {unit}".rstrip(), value >= goal_min
     return {"label": label, "value": round(value, 4), "unit": unit, "goal": goal, "met": met}
 
 
@@ -136,7 +154,7 @@ def record(
     info["figures"] = figures
     info.update(extra)
     shown = "; ".join(
-        f"{f['label']} = {f['value']:.3g} {f['unit']}"
+        f"{f['label']} = {f['value']:.3g} {f['unit']}".rstrip()
         + (f" (goal {f['goal']}: {'met' if f['met'] else 'NOT met'})" if f["goal"] else "")
         for f in figures
     )
