@@ -5,7 +5,9 @@ tasks submitted in it go to the flow's backend (created lazily, shut down when t
 run ends if the run created it). As in Prefect 3, the flow's state comes from its
 function: an exception makes it ``Failed``, returning a failed state or future makes
 it ``Failed``, anything else ``Completed``. At exit, outstanding futures are awaited
-and failures nobody looked at are logged as errors.
+and failures nobody looked at are logged as errors. When the body raises, tasks that
+have not started are cancelled, and on a process backend the run owns, the running
+ones are stopped too, so a failed run ends within seconds.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
 
 from flowcore import options as opts
 from flowcore import registry, states
-from flowcore.backend import Backend
+from flowcore.backend import Backend, BackendKind
 from flowcore.calls import FlowRun, new_flow_run_id
 from flowcore.context import FlowRunContext, _scope
 from flowcore.errors import TaskTimeoutError
@@ -36,6 +38,7 @@ R = TypeVar("R")
 
 _UNSET: Any = object()
 _MAX_UNOBSERVED_REPORTS = 10
+_STOPPABLE = (BackendKind.PROCESSES, BackendKind.CLUSTER)
 
 
 class Flow(Generic[P, R]):
@@ -135,6 +138,12 @@ class Flow(Generic[P, R]):
                     _cancel(context)
                     return State(StateType.FAILED, "TimedOut", str(exc), exception=exc)
                 state: State[Any] = states.Failed(exc, traceback=_format(exc))
+                # The run has failed: do not start what is still queued, and stop
+                # workers that can be stopped (processes of a backend this run owns).
+                _cancel(context)
+                if context.slot.owned and context.slot.instance.kind in _STOPPABLE:
+                    context.slot.close(wait=False, cancel_futures=True)
+                    return state
             else:
                 state = _state_from_return(value)
             context.wait_all()

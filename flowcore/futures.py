@@ -49,6 +49,7 @@ class TaskFuture(Generic[R]):
         "_backend",
         "_backend_future",
         "_callbacks",
+        "_cancel_requested",
         "_done",
         "_finishing",
         "_hard_watched",
@@ -77,6 +78,7 @@ class TaskFuture(Generic[R]):
         self._observed = False
         self._finishing = False
         self._hard_watched = False
+        self._cancel_requested = False
         self._upstream: list[TaskFuture[Any]] = []
         self._scope: RunScope | None = None
         self._stealable = False
@@ -151,7 +153,12 @@ class TaskFuture(Generic[R]):
         _call_back(fn, self)
 
     def cancel(self) -> bool:
-        """Cancel the run if it has not started; returns True if it is now cancelled."""
+        """Cancel the run if it has not started; returns True if it is now cancelled.
+
+        A run already executing goes on (a thread cannot be stopped), unless its
+        worker is stopped as well: then it ends ``Cancelled``, not ``Crashed``.
+        """
+        self._cancel_requested = True
         backend_future = self._backend_future
         if backend_future is None:
             return self._finish(states.Cancelled("cancelled before it was dispatched"))
@@ -292,6 +299,9 @@ class TaskFuture(Generic[R]):
         run has ended."""
         call = self.call
         backend = self._backend
+        if self._cancel_requested:
+            self._finish(states.Cancelled("cancelled: its worker was stopped while it ran"))
+            return None
         serialization = explain_pickling_failure(call, exc, getattr(backend, "name", "?"))
         if serialization is not None:
             serialization.__cause__ = exc

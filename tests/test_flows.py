@@ -251,7 +251,7 @@ def test_flow_timeout_in_a_worker_thread() -> None:
 
 def test_task_timeout_raised_in_the_body_fails_the_flow_like_any_error() -> None:
     """A task's TaskTimeoutError raised in the body is not the flow timing out: the flow
-    (without timeout_seconds) is Failed and its other tasks are awaited, not cancelled."""
+    (without timeout_seconds) is Failed, like after any other exception of its body."""
     @task(timeout_seconds=0.2)
     def too_slow() -> None:
         end = time.monotonic() + 30
@@ -278,8 +278,10 @@ def test_task_timeout_raised_in_the_body_fails_the_flow_like_any_error() -> None
         backend.shutdown(wait=True)
     assert isinstance(state.exception, TaskTimeoutError)
     assert state.name == "Failed", f"the flow has no timeout but ended {state!r}"
-    # Like after any other exception of the body, the submitted tasks were awaited.
-    assert [f.state.name for f in others] == ["Completed"] * 4
+    # Like after any other exception of the body: what had not started is cancelled,
+    # what was running on the threads finished; nothing is left pending.
+    assert {f.state.name for f in others} <= {"Completed", "Cancelled"}
+    assert all(f.done() for f in others)
 
 
 def test_flow_that_finishes_in_time_is_not_timed_out() -> None:

@@ -294,3 +294,52 @@ def test_timeout_kills_a_worker_that_ignores_the_timer_signal(batched: bool) -> 
     assert victim == 25
     assert time.monotonic() - started < 60
     assert on_loky(lambda: slow_square.submit(3, 0.0).result()) == 9  # pool replaced, usable
+
+
+@task
+def sleep_and_report(seconds: float, pids_dir: str) -> float:
+    Path(pids_dir, str(os.getpid())).write_text("")
+    time.sleep(seconds)
+    return seconds
+
+
+def test_an_exception_in_the_flow_body_stops_running_workers(tmp_path: Path) -> None:
+    pids_dir = tmp_path / "pids"
+    pids_dir.mkdir()
+    futures: list[Any] = []
+
+    @flow(backend="loky")
+    def failing() -> None:
+        futures.extend(sleep_and_report.submit(60.0, str(pids_dir)) for _ in range(2))
+        deadline = time.monotonic() + 60
+        while len(list(pids_dir.iterdir())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        raise RuntimeError("the body gave up")
+
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="the body gave up"):
+        failing()
+    assert time.monotonic() - started < 30
+    for future in futures:
+        future.wait(30)
+    assert [f.state.name for f in futures] == ["Cancelled", "Cancelled"]
+    pids = [int(p.name) for p in pids_dir.iterdir()]
+    deadline = time.monotonic() + 15
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in pids)
+
+
+def test_segfault_in_a_worker_is_a_crash() -> None:
+    def body() -> tuple[State[Any]]:
+        return (segfault.submit(return_state=True),)
+
+    (state,) = on_loky(body)
+    assert state.is_crashed() and "SIGSEGV (-11)" in state.message
+
+
+@task
+def segfault() -> None:
+    import ctypes
+
+    ctypes.string_at(0)  # reads address 0: SIGSEGV
