@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 from flowcore.backend import Backend, BackendKind, BackendSpec, WorkerLost
 from flowcore.errors import BackendShutdownError
 from flowcore.hookspecs import hookimpl
-from flowcore.journal import export_to_workers, journal_directory, pin_crash
+from flowcore.journal import CrashExplainer, export_to_workers
 
 T = TypeVar("T")
 
@@ -60,10 +60,7 @@ class JoblibBackend(Backend):
         self._lock = threading.Lock()
         self._started = False
         self._closed = False
-        self._explained: tuple[BaseException, dict[str, str]] | None = None
-        # Separate from _lock: explain_failure runs in the pool's manager thread, which
-        # a thread rebuilding the pool (holding _lock) may be joining.
-        self._explain_lock = threading.Lock()
+        self._crashes = CrashExplainer()
 
     def _backend(self) -> Any:
         with self._lock:
@@ -138,20 +135,11 @@ class JoblibBackend(Backend):
             backend.terminate()
 
     def explain_failure(self, task_run_id: str, exc: BaseException) -> WorkerLost | None:
-        from concurrent.futures.process import BrokenProcessPool
+        def processes() -> Any:
+            workers = getattr(self._parallel._backend, "_workers", None)
+            return getattr(workers, "_processes", None) or {}
 
-        if not isinstance(exc, BrokenProcessPool):
-            return None
-        with self._explain_lock:
-            if self._explained is None or self._explained[0] is not exc:
-                workers = getattr(self._parallel._backend, "_workers", None)
-                processes = dict(getattr(workers, "_processes", None) or {})
-                self._explained = (exc, pin_crash(journal_directory(), processes, str(exc)))
-            culprits = self._explained[1]
-        message = culprits.get(task_run_id)
-        if message is not None:
-            return WorkerLost(culprit=True, message=message)
-        return WorkerLost(culprit=False, message="lost with the pool after another worker died")
+        return self._crashes.explain(task_run_id, exc, processes)
 
     def __repr__(self) -> str:
         return (

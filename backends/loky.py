@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 from flowcore.backend import Backend, BackendKind, BackendSpec, WorkerLost
 from flowcore.errors import BackendShutdownError
 from flowcore.hookspecs import hookimpl
-from flowcore.journal import journal_directory, open_journal, pin_crash
+from flowcore.journal import CrashExplainer, journal_directory, open_journal
 
 T = TypeVar("T")
 
@@ -102,10 +102,7 @@ class LokyBackend(Backend):
         self._closed = False
         self._executor: Any = None
         self._pending: set[Future[Any]] = set()
-        self._explained: tuple[BaseException, dict[str, str]] | None = None
-        # Separate from _lock: explain_failure runs in the pool's manager thread, which
-        # a thread rebuilding the pool (holding _lock) may be joining.
-        self._explain_lock = threading.Lock()
+        self._crashes = CrashExplainer()
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         from concurrent.futures.process import BrokenProcessPool  # imports multiprocessing
@@ -146,27 +143,9 @@ class LokyBackend(Backend):
             futures_wait(pending)
 
     def explain_failure(self, task_run_id: str, exc: BaseException) -> WorkerLost | None:
-        from concurrent.futures.process import BrokenProcessPool
-
-        if not isinstance(exc, BrokenProcessPool):
-            return None
-        culprits = self._culprits(exc)
-        message = culprits.get(task_run_id)
-        if message is not None:
-            return WorkerLost(culprit=True, message=message)
-        return WorkerLost(culprit=False, message="lost with the pool after another worker died")
-
-    def _culprits(self, exc: BaseException) -> dict[str, str]:
-        """``{task run id: what happened}`` for the runs whose worker died (once per crash).
-
-        Loky fails the futures before it kills the surviving workers, so at this point
-        only the workers that really died have an exit code.
-        """
-        with self._explain_lock:
-            if self._explained is None or self._explained[0] is not exc:
-                processes = dict(getattr(self._executor, "_processes", None) or {})
-                self._explained = (exc, pin_crash(journal_directory(), processes, str(exc)))
-            return self._explained[1]
+        return self._crashes.explain(
+            task_run_id, exc, lambda: getattr(self._executor, "_processes", None) or {}
+        )
 
 
 def create(max_workers: int | None = None, idle_timeout: float = DEFAULT_IDLE_TIMEOUT) -> LokyBackend:

@@ -13,9 +13,12 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from flowcore.backend import WorkerLost
 
 _ENTRY_SIZE = 128
 _fd: int | None = None
@@ -143,8 +146,43 @@ def pin_crash(directory: str, processes: Mapping[int, Any], reason: str) -> dict
     return culprits
 
 
+class CrashExplainer:
+    """What a process backend's ``explain_failure`` needs: pins each crash once.
+
+    ``explain(task_run_id, exc, processes)`` answers for every future the broken pool
+    failed; the journal is read at the first of them (``processes`` gives the pool's
+    ``{pid: process}``), while the dead workers are still the only ones with an exit
+    code. Runs executing in a dead worker are culprits; the rest were lost with it.
+    """
+
+    def __init__(self) -> None:
+        # Its own lock: it is called from the pool's manager thread, which a thread
+        # rebuilding the pool may be joining while holding the backend's lock.
+        self._lock = threading.Lock()
+        self._last: tuple[BaseException, dict[str, str]] | None = None
+
+    def explain(
+        self, task_run_id: str, exc: BaseException, processes: Callable[[], Mapping[int, Any]]
+    ) -> WorkerLost | None:
+        from concurrent.futures.process import BrokenProcessPool
+
+        from flowcore.backend import WorkerLost
+
+        if not isinstance(exc, BrokenProcessPool):
+            return None
+        with self._lock:
+            if self._last is None or self._last[0] is not exc:
+                self._last = (exc, pin_crash(journal_directory(), dict(processes()), str(exc)))
+            culprits = self._last[1]
+        message = culprits.get(task_run_id)
+        if message is not None:
+            return WorkerLost(culprit=True, message=message)
+        return WorkerLost(culprit=False, message="lost with the pool after another worker died")
+
+
 __all__ = [
     "ENV_VAR",
+    "CrashExplainer",
     "describe_exit",
     "export_to_workers",
     "is_active",
