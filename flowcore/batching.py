@@ -33,6 +33,7 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from flowcore.engine import run_call
+from flowcore.log_relay import replay as replay_logs
 from flowcore.serialization import is_pickling_error
 from flowcore.states import State, completed_run
 
@@ -58,8 +59,19 @@ def encode_batch(calls: list[TaskCall]) -> tuple[Any, tuple[Any, ...], list[Batc
     return first.task, common, items
 
 
-def run_batch(task: Any, common: tuple[Any, ...], items: list[BatchItem]) -> list[Outcome]:
-    """Run a batch's items one after the other in this worker; one outcome per item."""
+def run_batch(
+    task: Any, common: tuple[Any, ...], items: list[BatchItem]
+) -> tuple[list[Outcome], list[dict[str, Any]]]:
+    """Run a batch's items one after the other in this worker: one outcome per item,
+    and the log records of the runs (replayed in the parent)."""
+    from flowcore.log_relay import capture
+
+    with capture() as records:
+        outcomes = _run_items(task, common, items)
+    return outcomes, records
+
+
+def _run_items(task: Any, common: tuple[Any, ...], items: list[BatchItem]) -> list[Outcome]:
     from flowcore.calls import TaskCall
 
     flow_run_id, flow_run_name, flow_name, log_prints = common
@@ -136,7 +148,8 @@ class BatchDispatcher:
 
     def _on_done(self, batch: list[TaskFuture[Any]], backend_future: Future[Any]) -> None:
         try:
-            results = [decode_outcome(o) for o in backend_future.result()]
+            outcomes, records = backend_future.result()
+            results = [decode_outcome(o) for o in outcomes]
         except BaseException as exc:
             with self.lock:
                 self.in_flight -= 1
@@ -150,6 +163,7 @@ class BatchDispatcher:
                 self.item_seconds = per_item
             else:  # smooth, but follow a change in task durations quickly
                 self.item_seconds = 0.5 * self.item_seconds + 0.5 * per_item
+        replay_logs(records)
         for future, state in zip(batch, results, strict=True):
             future._finish(state)
         _feeder.kick(self)  # not from here: this is the pool's own result thread

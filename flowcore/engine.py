@@ -89,6 +89,16 @@ def run_call(call: TaskCall) -> State[Any]:
         _task_run.reset(token)
 
 
+def run_call_remote(call: TaskCall) -> tuple[State[Any], list[dict[str, Any]]]:
+    """:func:`run_call` in a worker process: also returns the run's log records, which
+    the parent replays (see :mod:`flowcore.log_relay`)."""
+    from flowcore.log_relay import capture
+
+    with capture() as records:
+        state = run_call(call)
+    return state, records
+
+
 def _failure_state(exc: Exception, timed_out: bool) -> State[Any]:
     """Failed, or TimedOut when ``exc`` is this run's own timeout (not a nested task's)."""
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
@@ -146,4 +156,4 @@ def report_final_state(call: TaskCall, state: State[Any]) -> None:
         notify("flowcore_task_run_finished", task=task, call=call, state=state)
 
 
-__all__ = ["report_final_state", "run_call"]
+__all__ = ["report_final_state", "run_call", "run_call_remote"]

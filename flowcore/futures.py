@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 from flowcore import states
 from flowcore.backend import BackendKind, WorkerLost
-from flowcore.engine import report_final_state, run_call
+from flowcore.engine import report_final_state, run_call, run_call_remote
 from flowcore.errors import WaitTimeoutError
 from flowcore.hard_timeouts import hard_timeouts
+from flowcore.log_relay import replay as replay_logs
 from flowcore.serialization import explain_pickling_failure
 from flowcore.states import State
 
@@ -32,6 +33,9 @@ if TYPE_CHECKING:
     from flowcore.tasks import Task
 
 R = TypeVar("R")
+
+# Backends that run tasks in this process: their log records are already here.
+_IN_PROCESS = (BackendKind.INLINE, BackendKind.THREADS)
 
 logger = logging.getLogger("flowcore.futures")
 
@@ -228,7 +232,8 @@ class TaskFuture(Generic[R]):
             call.args = resolve_futures(call.args)
             call.kwargs = resolve_futures(call.kwargs)
         try:
-            backend_future = backend.submit(run_call, call)
+            runner = run_call if backend.kind in _IN_PROCESS else run_call_remote
+            backend_future = backend.submit(runner, call)
         except Exception as exc:
             self._backend = backend
             self._backend_refused(exc)
@@ -290,6 +295,9 @@ class TaskFuture(Generic[R]):
             if delay is not None:
                 self._resubmit(delay)
             return
+        if type(state) is tuple:  # from a worker process: (state, log records)
+            state, records = state
+            replay_logs(records)
         self._finish(state)
 
     def _failed_in_backend(self, exc: BaseException) -> float | None:

@@ -343,3 +343,32 @@ def segfault() -> None:
     import ctypes
 
     ctypes.string_at(0)  # reads address 0: SIGSEGV
+
+
+@task(log_prints=True)
+def chatty(i: int) -> int:
+    flowcore.get_run_logger().info("working on %d in a worker", i)
+    print(f"printed {i}")
+    return os.getpid()
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_worker_logs_are_replayed_in_the_parent(caplog: pytest.LogCaptureFixture, batched: bool) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO, logger="flowcore")
+
+    def body() -> list[int]:
+        futures = chatty.map([1, 2]) if batched else [chatty.submit(1), chatty.submit(2)]
+        return [f.result() for f in futures]
+
+    pids = on_loky(body)
+    assert os.getpid() not in pids
+    task_records = [r for r in caplog.records if r.name == "flowcore.task_runs"]
+    messages = sorted(r.getMessage() for r in task_records)
+    assert messages == ["printed 1", "printed 2", "working on 1 in a worker", "working on 2 in a worker"]
+    for record in task_records:
+        assert record.task_name == "chatty"  # type: ignore[attr-defined]
+        assert record.task_run_name.startswith("chatty-")  # type: ignore[attr-defined]
+        assert record.flow_run_id  # type: ignore[attr-defined]
+        assert record.process in pids  # emitted in the worker, replayed here
