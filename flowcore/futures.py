@@ -34,6 +34,10 @@ if TYPE_CHECKING:
 
 R = TypeVar("R")
 
+# Guards every future's final state, waiter lock and callbacks: held for a few
+# instructions at a time, and cheaper than two locks per future.
+_STATE_LOCK = threading.Lock()
+
 # Backends that run tasks in this process: their log records are already here.
 _IN_PROCESS = (BackendKind.INLINE, BackendKind.THREADS)
 
@@ -57,7 +61,6 @@ class TaskFuture(Generic[R]):
         "_done",
         "_finishing",
         "_hard_watched",
-        "_lock",
         "_observed",
         "_scope",
         "_state",
@@ -72,11 +75,10 @@ class TaskFuture(Generic[R]):
         self.task = task
         self.call = call
         self._state: State[R] | None = None
-        # Held until the final state is set: waiters block on it (cheaper than an Event).
-        self._done = threading.Lock()
-        self._done.acquire()
-        self._lock = threading.Lock()
-        self._callbacks: list[Callable[[TaskFuture[R]], Any]] = []
+        # Made by the first waiter and held until the final state is set; most futures
+        # of a big map are finished before anyone waits, and never need one.
+        self._done: threading.Lock | None = None
+        self._callbacks: list[Callable[[TaskFuture[R]], Any]] | None = None
         self._backend_future: cf.Future[Any] | None = None
         self._backend: Backend | None = None
         self._observed = False
@@ -126,8 +128,15 @@ class TaskFuture(Generic[R]):
             return True
         if timeout is None and self._stealable:
             self._steal()
-        if self._done.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
-            self._done.release()
+        with _STATE_LOCK:
+            if self.done():
+                return True
+            done = self._done
+            if done is None:
+                done = self._done = threading.Lock()
+                done.acquire()
+        if done.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
+            done.release()
         return self._state is not None
 
     def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> R:
@@ -150,8 +159,10 @@ class TaskFuture(Generic[R]):
 
     def add_done_callback(self, fn: Callable[[TaskFuture[R]], Any]) -> None:
         """Call ``fn(self)`` when the future finishes (now, if it already has)."""
-        with self._lock:
+        with _STATE_LOCK:
             if self._state is None:
+                if self._callbacks is None:
+                    self._callbacks = []
                 self._callbacks.append(fn)
                 return
         _call_back(fn, self)
@@ -174,21 +185,24 @@ class TaskFuture(Generic[R]):
     # -- internals ----------------------------------------------------------
     def _finish(self, state: State[Any]) -> bool:
         """Set the final state once: run hooks and observers, wake waiters, callbacks."""
-        with self._lock:
+        with _STATE_LOCK:
             if self._state is not None or self._finishing:
                 return False
             self._finishing = True
         report_final_state(self.call, state)
         if self._hard_watched:
             hard_timeouts.unwatch(self.call.task_run_id)
-        with self._lock:
+        with _STATE_LOCK:
             self._state = state
-            callbacks, self._callbacks = self._callbacks, []
-        if self._scope is not None:
+            callbacks, self._callbacks = self._callbacks, None
+            done = self._done
+        if self._scope is not None:  # before waking waiters: wait_all() then sees it
             self._scope.finished(self, state.type is states.StateType.COMPLETED)
-        self._done.release()
-        for fn in callbacks:
-            _call_back(fn, self)
+        if done is not None:
+            done.release()
+        if callbacks:
+            for fn in callbacks:
+                _call_back(fn, self)
         return True
 
     def _dispatch(self, backend: Backend, waits_on: list[TaskFuture[Any]]) -> None:

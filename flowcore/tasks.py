@@ -174,13 +174,14 @@ class Task(Generic[P, R]):
             return []
         self.check_arguments(*calls[0])
         backend = scope.backend()
-        if (
-            not wait_for
-            and should_batch(backend, len(calls))
-            and not any(collect_futures(a) or collect_futures(k) for a, k in calls)
-        ):
-            futures = [self._new_future(scope, a, k) for a, k in calls]
-            self._dispatcher(scope, backend).add(futures)
+        if not wait_for and should_batch(backend, len(calls)) and not _hold_futures(calls):
+            dispatcher = self._dispatcher(scope, backend)
+            futures: list[TaskFuture[R]] = []
+            # Hand over in chunks, so workers start while later futures are made.
+            for start in range(0, len(calls), _MAP_CHUNK):
+                chunk = [self._new_future(scope, a, k) for a, k in calls[start : start + _MAP_CHUNK]]
+                dispatcher.add(chunk)
+                futures.extend(chunk)
             return futures
         return [self._submit_in(scope, a, k, wait_for) for a, k in calls]
 
@@ -332,6 +333,23 @@ def _load_task(module: str, qualname: str, options: TaskOptions | None = None) -
     if options is not None:
         return Task(found.fn, options)
     return found  # type: ignore[no-any-return]
+
+
+_MAP_CHUNK = 2048
+_MAY_HOLD_FUTURES = (TaskFuture, list, tuple, dict, set, frozenset)
+
+
+def _hold_futures(calls: list[tuple[tuple[Any, ...], dict[str, Any]]]) -> bool:
+    """True if any argument of any call is, or contains, a TaskFuture."""
+    for args, kwargs in calls:
+        for value in args:
+            if isinstance(value, _MAY_HOLD_FUTURES) and collect_futures(value):
+                return True
+        if kwargs:
+            for value in kwargs.values():
+                if isinstance(value, _MAY_HOLD_FUTURES) and collect_futures(value):
+                    return True
+    return False
 
 
 def _observed() -> bool:
