@@ -119,8 +119,8 @@ class JoblibBackend(Backend):
         return future
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Release joblib's pool (joblib keeps loky workers for reuse); with
-        ``cancel_futures`` and no ``wait``, abort everything running."""
+        """Release joblib's pool (joblib keeps its loky workers for reuse). Runs that
+        are executing are stopped by the core, which kills just their workers."""
         with self._lock:
             if self._closed:
                 return
@@ -128,11 +128,7 @@ class JoblibBackend(Backend):
             started = self._started
         if not started:
             return
-        backend = self._parallel._backend
-        if cancel_futures and not wait:
-            backend.abort_everything(ensure_ready=False)
-        else:
-            backend.terminate()
+        self._parallel._backend.terminate()
 
     def explain_failure(self, task_run_id: str, exc: BaseException) -> WorkerLost | None:
         def processes() -> Any:

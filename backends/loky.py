@@ -127,18 +127,15 @@ class LokyBackend(Backend):
         return future
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Stop accepting work. The shared pool stays up for reuse, except when
-        ``cancel_futures`` is set without ``wait`` (Ctrl-C, a flow timeout): then queued
-        runs are cancelled and the workers are killed at once."""
+        """Stop accepting work; with ``cancel_futures``, cancel this backend's queued
+        runs. The shared pool stays up for the other users of it: the core stops runs
+        that are executing by killing just their workers (see ``flowcore.journal``)."""
         with self._lock:
             self._closed = True
             pending = list(self._pending)
         if cancel_futures:
             for future in pending:
                 future.cancel()
-            if not wait and self._executor is not None and any(not f.done() for f in pending):
-                discard_pool(self._executor)
-                self._executor.shutdown(wait=False, kill_workers=True)
         if wait:
             futures_wait(pending)
 

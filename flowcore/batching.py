@@ -135,6 +135,7 @@ class BatchDispatcher:
     def _send(self, batch: list[TaskFuture[Any]]) -> None:
         for future in batch:
             future._backend = self.backend
+            future._in_batch = True
             future._watch_timeout(self.backend)
         try:
             backend_future = self.backend.submit(run_batch, *encode_batch([f.call for f in batch]))
@@ -147,6 +148,15 @@ class BatchDispatcher:
         backend_future.add_done_callback(lambda done: self._on_done(batch, done))
 
     def _on_done(self, batch: list[TaskFuture[Any]], backend_future: Future[Any]) -> None:
+        try:
+            self._settle(batch, backend_future)
+        except Exception as exc:  # never leave runs pending over a bug in handling
+            for future in batch:
+                if not future.done():
+                    future._crashed(exc)
+            _feeder.kick(self)
+
+    def _settle(self, batch: list[TaskFuture[Any]], backend_future: Future[Any]) -> None:
         try:
             outcomes, records = backend_future.result()
             results = [decode_outcome(o) for o in outcomes]

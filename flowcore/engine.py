@@ -48,6 +48,8 @@ def run_call(call: TaskCall) -> State[Any]:
             return _with_timing(_failure_state(exc, False), started, 1)
         finally:
             _task_run.reset(token)
+            if journaled:
+                journal.record_idle()
         return completed_run(value, started, time.time(), 1)
     policy = options.retry_policy
     print_token = None
@@ -78,6 +80,9 @@ def run_call(call: TaskCall) -> State[Any]:
                 state = _failure_state(exc, exc is own_timeout)
             else:
                 return completed_run(value, first_start, time.time(), attempt)
+            finally:
+                if journaled:
+                    journal.record_idle()  # not running while it waits to retry
             if attempt > policy.retries or not _should_retry(call, state):
                 return _with_timing(state, first_start, attempt)
             policy.wait_before_retry(attempt, state.message, _task_log(call))

@@ -135,23 +135,20 @@ class Flow(Generic[P, R]):
                     value = call_with_timeout(seconds, "", self.fn, args, kwargs, error=own_timeout)
             except Exception as exc:
                 if seconds is not None and exc is own_timeout:
-                    _cancel(context)
+                    _stop_outstanding(context)
                     return State(StateType.FAILED, "TimedOut", str(exc), exception=exc)
                 state: State[Any] = states.Failed(exc, traceback=_format(exc))
-                # The run has failed: do not start what is still queued, and stop
-                # workers that can be stopped (processes of a backend this run owns).
-                _cancel(context)
-                if context.slot.owned and context.slot.instance.kind in _STOPPABLE:
-                    context.slot.close(wait=False, cancel_futures=True)
-                    return state
+                # The run has failed: do not start what is still queued, and stop its
+                # runs on worker processes (threads cannot be stopped: awaited below).
+                _stop_outstanding(context)
             else:
                 state = _state_from_return(value)
             context.wait_all()
             _log_unobserved(context)
             return state
         except BaseException:
-            # Ctrl-C, SystemExit: stop what has not started, do not wait for the rest.
-            _cancel(context)
+            # Ctrl-C, SystemExit: stop what can be stopped, do not wait for the rest.
+            _stop_outstanding(context)
             context.slot.close(wait=False, cancel_futures=True)
             self._finish(context, states.Cancelled("interrupted: the flow run was stopped"))
             raise
@@ -259,9 +256,19 @@ def _wrap_returned_state(state: State[Any], what: str) -> State[Any]:
     )
 
 
-def _cancel(context: FlowRunContext) -> None:
-    for future in context.outstanding():
+def _stop_outstanding(context: FlowRunContext) -> None:
+    """Cancel the run's queued tasks and kill the worker processes running the others.
+
+    Only this run's workers are killed (found through the worker journal): a pool
+    shared with other flows stays up, and their runs lost with it are resubmitted.
+    """
+    outstanding = context.outstanding()
+    for future in outstanding:
         future.cancel()
+    if context.slot.instance.kind in _STOPPABLE:
+        from flowcore.journal import kill_workers_running
+
+        kill_workers_running({f.task_run_id for f in outstanding if not f.done()})
 
 
 def _log_unobserved(context: FlowRunContext) -> None:

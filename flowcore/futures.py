@@ -10,6 +10,8 @@ if one of them did not complete, the task is not run and ends ``NotRun``.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextvars
+import copy
 import logging
 import queue
 import threading
@@ -61,6 +63,7 @@ class TaskFuture(Generic[R]):
         "_done",
         "_finishing",
         "_hard_watched",
+        "_in_batch",
         "_observed",
         "_scope",
         "_state",
@@ -85,6 +88,7 @@ class TaskFuture(Generic[R]):
         self._finishing = False
         self._hard_watched = False
         self._cancel_requested = False
+        self._in_batch = False  # sent inside a batch (no backend future of its own)
         self._upstream: list[TaskFuture[Any]] = []
         self._scope: RunScope | None = None
         self._stealable = False
@@ -173,9 +177,14 @@ class TaskFuture(Generic[R]):
         A run already executing goes on (a thread cannot be stopped), unless its
         worker is stopped as well: then it ends ``Cancelled``, not ``Crashed``.
         """
-        self._cancel_requested = True
+        with _STATE_LOCK:
+            if self._stolen or self._finishing or self._state is not None:
+                return False
+            self._cancel_requested = True
         backend_future = self._backend_future
         if backend_future is None:
+            if self._in_batch:
+                return False  # executing in a batch: stopped only with its worker
             return self._finish(states.Cancelled("cancelled before it was dispatched"))
         return backend_future.cancel()  # the done-callback records Cancelled
 
@@ -189,7 +198,13 @@ class TaskFuture(Generic[R]):
             if self._state is not None or self._finishing:
                 return False
             self._finishing = True
-        report_final_state(self.call, state)
+        try:
+            report_final_state(self.call, state)
+        finally:  # even if a hook is interrupted (Ctrl-C, a deadline), never leave waiters hanging
+            self._publish(state)
+        return True
+
+    def _publish(self, state: State[Any]) -> None:
         if self._hard_watched:
             hard_timeouts.unwatch(self.call.task_run_id)
         with _STATE_LOCK:
@@ -203,7 +218,6 @@ class TaskFuture(Generic[R]):
         if callbacks:
             for fn in callbacks:
                 _call_back(fn, self)
-        return True
 
     def _dispatch(self, backend: Backend, waits_on: list[TaskFuture[Any]]) -> None:
         """Send the call to ``backend`` once every future in ``waits_on`` is done."""
@@ -226,7 +240,21 @@ class TaskFuture(Generic[R]):
             upstream.add_done_callback(upstream_done)
 
     def _run_on(self, backend: Backend) -> None:
-        if self._state is not None:  # cancelled while waiting for upstreams
+        """Dispatch now (upstreams are done). Runs in callbacks: any failure here ends
+        the run ``Crashed`` instead of leaving it pending."""
+        try:
+            self._send_to(backend)
+        except BaseException as exc:
+            if not self.done():
+                self._backend = backend
+                self._backend_refused(exc)
+            if not isinstance(exc, Exception):
+                raise
+
+    def _send_to(self, backend: Backend) -> None:
+        if self._state is not None or self._cancel_requested:  # cancelled meanwhile
+            if self._state is None:
+                self._finish(states.Cancelled("cancelled before it was dispatched"))
             return
         for upstream in self._upstream:
             upstream._observed = True
@@ -245,6 +273,7 @@ class TaskFuture(Generic[R]):
         if self._upstream:
             call.args = resolve_futures(call.args)
             call.kwargs = resolve_futures(call.kwargs)
+            self._upstream = []  # do not keep a chain of finished futures alive
         try:
             runner = run_call if backend.kind in _IN_PROCESS else run_call_remote
             backend_future = backend.submit(runner, call)
@@ -285,18 +314,29 @@ class TaskFuture(Generic[R]):
         backend_future = self._backend_future
         if backend_future is None or backend_future.done():
             return
-        self._stolen = True
+        with _STATE_LOCK:  # one thief at most, and never a cancelled run
+            if self._stolen or self._cancel_requested or self._state is not None:
+                return
+            self._stolen = True
         if not backend_future.cancel():  # a worker has started it
             self._stolen = False
             return
         try:
-            state = run_call(self.call)
+            # A fresh context, as on a pool thread: the waiter's flow is not the task's.
+            state = contextvars.Context().run(run_call, self.call)
         except BaseException:
             self._finish(states.Cancelled("interrupted while running in the waiting thread"))
             raise
         self._finish(state)
 
     def _on_backend_done(self, backend_future: cf.Future[Any]) -> None:
+        try:
+            self._settle(backend_future)
+        except Exception as exc:  # never leave the run pending over a bug in handling
+            if not self.done():
+                self._crashed(exc)
+
+    def _settle(self, backend_future: cf.Future[Any]) -> None:
         try:
             state = backend_future.result()
         except cf.CancelledError:
@@ -377,7 +417,7 @@ class TaskFuture(Generic[R]):
             if delay > 0:
                 time.sleep(delay)
             self._backend_future = None
-            self._run_on(backend)
+            self._run_on(backend)  # ends Cancelled if cancel() came during the delay
 
         threading.Thread(target=again, name="flowcore-resubmit", daemon=True).start()
 
@@ -422,17 +462,47 @@ def collect_futures(obj: Any, found: list[TaskFuture[Any]] | None = None) -> lis
 
 
 def resolve_futures(obj: Any) -> Any:
-    """``obj`` with every (finished) TaskFuture replaced by its result, containers rebuilt."""
+    """``obj`` with every (finished) TaskFuture replaced by its result.
+
+    Containers holding futures are rebuilt as the same type: dicts (``defaultdict``
+    and ``Counter`` included) as a copy refilled with the resolved items; sequences
+    and sets through their constructor, or as the built-in base type when a subclass
+    constructor does not take an iterable. Containers without futures are returned
+    unchanged (not copied).
+    """
     if isinstance(obj, TaskFuture):
         return obj.result()
     if not isinstance(obj, _CONTAINERS) or not _has_future(obj):
         return obj
+    return _rebuild(obj)
+
+
+def _resolve(obj: Any) -> Any:
+    if isinstance(obj, TaskFuture):
+        return obj.result()
+    if isinstance(obj, _CONTAINERS):
+        return _rebuild(obj)
+    return obj
+
+
+def _rebuild(obj: Any) -> Any:
     if isinstance(obj, dict):
-        return type(obj)((resolve_futures(k), resolve_futures(v)) for k, v in obj.items())
-    items = [resolve_futures(item) for item in obj]
+        resolved = [(_resolve(k), _resolve(v)) for k, v in obj.items()]
+        if type(obj) is dict:
+            return dict(resolved)
+        new = copy.copy(obj)  # keeps what the subclass carries (a default_factory ...)
+        new.clear()
+        for key, value in resolved:
+            new[key] = value
+        return new
+    items = [_resolve(item) for item in obj]
     if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # namedtuple
         return type(obj)(*items)
-    return type(obj)(items)
+    try:
+        return type(obj)(items)
+    except TypeError:
+        base = next(b for b in (list, tuple, set, frozenset) if isinstance(obj, b))
+        return base(items)
 
 
 def _has_future(obj: Any) -> bool:

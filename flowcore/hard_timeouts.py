@@ -18,7 +18,7 @@ import signal
 import threading
 import time
 
-from flowcore.journal import journal_directory, read_journal_entries
+from flowcore.journal import journal_directory, pid_alive, read_journal_entries
 
 POLL_SECONDS = 0.2
 
@@ -68,7 +68,7 @@ class HardTimeouts:
                 timeout = watched.get(run_id)
                 if timeout is None or not started or now < started + timeout + grace_seconds(timeout):
                     continue
-                if not _alive(pid):
+                if not pid_alive(pid):
                     continue  # the journal of a worker that is already gone
                 with self._cond:
                     if self._watched.pop(run_id, None) is None:
@@ -77,16 +77,6 @@ class HardTimeouts:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
             time.sleep(POLL_SECONDS)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 hard_timeouts = HardTimeouts()

@@ -80,8 +80,41 @@ def record_start(task_run_id: str) -> None:
         os.pwrite(_fd, entry[:_ENTRY_SIZE].ljust(_ENTRY_SIZE), 0)
 
 
-def is_active() -> bool:
-    return _fd is not None
+def record_idle() -> None:
+    """Note that this process finished its attempt (a dead idle worker blames nobody,
+    and a run sleeping before its retry is not mistaken for one still running)."""
+    if _fd is not None:
+        os.pwrite(_fd, b" " * _ENTRY_SIZE, 0)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def kill_workers_running(task_run_ids: set[str]) -> int:
+    """SIGKILL the worker processes executing any of ``task_run_ids``; returns how many.
+
+    Precise where a pool-wide stop would hurt other flows sharing the pool: the pool
+    reports the loss, the killed runs end ``Cancelled`` (their futures were cancelled
+    first) and any other run lost with the pool is resubmitted.
+    """
+    import signal
+
+    killed = 0
+    if not task_run_ids:
+        return killed
+    for pid, (run_id, started) in read_journal_entries(journal_directory()).items():
+        if run_id in task_run_ids and started and pid_alive(pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+    return killed
 
 
 def read_journal(directory: str | os.PathLike[str]) -> dict[int, str]:
@@ -185,13 +218,15 @@ __all__ = [
     "CrashExplainer",
     "describe_exit",
     "export_to_workers",
-    "is_active",
     "journal_directory",
+    "kill_workers_running",
     "open_journal",
     "open_journal_from_environment",
+    "pid_alive",
     "pin_crash",
     "read_journal",
     "read_journal_entries",
+    "record_idle",
     "record_start",
 ]
 

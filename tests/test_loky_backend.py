@@ -372,3 +372,64 @@ def test_worker_logs_are_replayed_in_the_parent(caplog: pytest.LogCaptureFixture
         assert record.task_run_name.startswith("chatty-")  # type: ignore[attr-defined]
         assert record.flow_run_id  # type: ignore[attr-defined]
         assert record.process in pids  # emitted in the worker, replayed here
+
+
+def test_flow_retry_after_a_failed_body_runs_on_a_working_backend() -> None:
+    attempts: list[int] = []
+
+    @flow(backend="loky", retries=1)
+    def flaky_body() -> int:
+        attempts.append(1)
+        value = slow_square.submit(4, 0.0).result()
+        if len(attempts) == 1:
+            raise RuntimeError("first attempt fails after its task")
+        return value
+
+    assert flaky_body() == 16
+    assert len(attempts) == 2
+
+
+@task(retries=1, retry_delay_seconds=2.5, timeout_seconds=1.0)
+def fails_once_then_works(counter: str) -> int:
+    from flowcore.testing.workloads import bump
+
+    if bump(counter) == 1:
+        raise ValueError("first attempt")
+    return 7
+
+
+def test_a_run_waiting_to_retry_is_not_taken_for_a_stuck_one(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    def body() -> tuple[State[Any]]:
+        return (fails_once_then_works.submit(str(tmp_path / "c"), return_state=True),)
+
+    (state,) = on_loky(body)
+    assert state.is_completed() and state.result() == 7 and state.attempts == 2
+    assert not any("ignored the timer signal" in r.getMessage() for r in caplog.records)
+
+
+def test_a_failing_subflow_does_not_stop_the_parents_runs_on_the_shared_pool() -> None:
+    @flow(backend="loky")
+    def failing_child() -> None:
+        slow_square.submit(2, 1.0)
+        time.sleep(0.3)
+        raise RuntimeError("child gives up")
+
+    @flow(backend="loky")
+    def parent() -> tuple[int, str]:
+        mine = slow_square.submit(3, 1.5)
+        time.sleep(0.3)
+        child = failing_child(return_state=True)
+        return mine.result(), child.name
+
+    assert parent() == (9, "Failed")
+
+
+def test_cancel_of_a_batched_run_that_is_executing_returns_false() -> None:
+    def body() -> tuple[bool, str]:
+        futures = slow_square.map([1, 2], [1.0, 1.0])
+        time.sleep(0.5)  # both are running in their workers by now
+        cancelled = futures[0].cancel()
+        return cancelled, futures[0].state.name if futures[0].done() else "running"
+
+    cancelled, name = on_loky(body)
+    assert cancelled is False and name in ("running", "Completed")

@@ -544,3 +544,18 @@ def test_engine_fast_path_state_equals_a_regular_completed_state() -> None:
     assert fast.duration == 2.5 and fast.result() == {"v": 1}
     with pytest.raises(FrozenInstanceError):
         fast.name = "Failed"  # type: ignore[misc]
+
+
+def test_futures_inside_dict_subclasses_resolve_to_the_same_type() -> None:
+    import collections
+
+    @task
+    def ident(x: Any) -> Any:
+        return x
+
+    with flowcore.use_backend("threads"):
+        one = ident.submit(1)
+        dd = ident.submit(collections.defaultdict(list, {"k": one})).result()
+        counter = ident.submit(collections.Counter({"k": one})).result()
+    assert isinstance(dd, collections.defaultdict) and dd.default_factory is list and dd == {"k": 1}
+    assert isinstance(counter, collections.Counter) and counter == {"k": 1}
