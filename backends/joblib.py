@@ -61,6 +61,7 @@ class JoblibBackend(Backend):
         self._started = False
         self._closed = False
         self._crashes = CrashExplainer()
+        self._failed_processes: tuple[BaseException, dict[int, Any]] | None = None
 
     def _backend(self) -> Any:
         with self._lock:
@@ -90,9 +91,15 @@ class JoblibBackend(Backend):
 
         def deliver(out: Any) -> None:
             try:
-                future.set_result(backend.retrieve_result_callback(out))
+                result = backend.retrieve_result_callback(out)
             except BaseException as exc:
+                # In the pool's thread, before it kills the survivors: note its workers
+                # now, so the crash is pinned on the pool it happened in.
+                workers = getattr(backend, "_workers", None)
+                self._failed_processes = (exc, dict(getattr(workers, "_processes", None) or {}))
                 future.set_exception(exc)
+            else:
+                future.set_result(result)
 
         if getattr(backend, "supports_retrieve_callback", False):
             from concurrent.futures.process import BrokenProcessPool
@@ -132,6 +139,9 @@ class JoblibBackend(Backend):
 
     def explain_failure(self, task_run_id: str, exc: BaseException) -> WorkerLost | None:
         def processes() -> Any:
+            failed = self._failed_processes
+            if failed is not None and failed[0] is exc:
+                return failed[1]
             workers = getattr(self._parallel._backend, "_workers", None)
             return getattr(workers, "_processes", None) or {}
 

@@ -103,6 +103,7 @@ class LokyBackend(Backend):
         self._executor: Any = None
         self._pending: set[Future[Any]] = set()
         self._crashes = CrashExplainer()
+        self._failed_pool: tuple[BaseException | None, Any] | None = None
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         from concurrent.futures.process import BrokenProcessPool  # imports multiprocessing
@@ -123,8 +124,15 @@ class LokyBackend(Backend):
             future = pool.submit(fn, *args, **kwargs)
         self._executor = pool
         self._pending.add(future)
-        future.add_done_callback(self._pending.discard)
+        future.add_done_callback(lambda done: self._settled(done, pool))
         return future
+
+    def _settled(self, future: Future[Any], pool: Any) -> None:
+        # Runs before the core's callback: remember which pool a failure came from, so
+        # explain_failure reads that pool even if another thread built a new one since.
+        self._pending.discard(future)
+        if not future.cancelled() and future.exception() is not None:
+            self._failed_pool = (future.exception(), pool)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting work; with ``cancel_futures``, cancel this backend's queued
@@ -140,8 +148,10 @@ class LokyBackend(Backend):
             futures_wait(pending)
 
     def explain_failure(self, task_run_id: str, exc: BaseException) -> WorkerLost | None:
+        failed = self._failed_pool
+        pool = failed[1] if failed is not None and failed[0] is exc else self._executor
         return self._crashes.explain(
-            task_run_id, exc, lambda: getattr(self._executor, "_processes", None) or {}
+            task_run_id, exc, lambda: getattr(pool, "_processes", None) or {}
         )
 
 

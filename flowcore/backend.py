@@ -59,8 +59,8 @@ class Backend(Executor):
     """Base class for backends: an Executor with a name, a kind and a worker count.
 
     Subclasses implement :meth:`submit` and :meth:`shutdown`. ``supports_native_futures``
-    is true for a backend that accepts its own futures as arguments (Dask); the core
-    then passes them through instead of resolving them in the parent.
+    is reserved for a backend that accepts its own futures as arguments (Dask); the
+    core does not read it yet and resolves futures in the parent for every backend.
     """
 
     name: str = "backend"

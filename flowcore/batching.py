@@ -96,7 +96,8 @@ def decode_outcome(outcome: Outcome) -> State[Any]:
 
 
 class BatchDispatcher:
-    """Feeds the futures of one ``map`` to a backend in adaptively sized batches."""
+    """Feeds the runs of one task in one scope (its maps and its individual submits)
+    to a backend, in adaptively sized batches."""
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend

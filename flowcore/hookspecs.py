@@ -54,7 +54,10 @@ def flowcore_flow_run_started(flow: Any, run: FlowRun) -> None:
 def flowcore_flow_run_finished(flow: Any, run: FlowRun, state: State[Any]) -> None:
     """Called once when a flow run reaches its final state, with that state.
 
-    Fires after all of the run's task futures have finished. Return value is ignored.
+    Fires after the run's task futures have finished, except when the run timed out,
+    was interrupted or its body raised: then the runs that could be stopped were
+    stopped, and tasks still running on threads may finish later. Return value is
+    ignored.
     """
 
 

@@ -34,12 +34,19 @@ def _is_mapped(value: Any) -> bool:
 
 
 def expand_map_arguments(
-    task_name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    task_name: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    found: list[bool] | None = None,
 ) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
     """Turn ``map`` arguments into one ``(args, kwargs)`` pair per run.
 
+    Appends to ``found`` (if given) whether any argument holds a TaskFuture; each
+    static value and each mapped element is scanned once, not once per run.
     Raises ValueError when no argument is iterable or the iterables differ in length.
     """
+    if found is None:
+        found = []
     mapped_args = {i: list(a) for i, a in enumerate(args) if _is_mapped(a)}
     mapped_kwargs = {k: list(v) for k, v in kwargs.items() if _is_mapped(v)}
     lengths = {f"argument {i}": len(v) for i, v in mapped_args.items()}
@@ -56,6 +63,7 @@ def expand_map_arguments(
             "pass equal lengths, or wrap constant iterables in unmapped(...)"
         )
     count = next(iter(lengths.values()))
+    found.append(_any_future(args, kwargs, mapped_args, mapped_kwargs))
     # Columns zipped into rows: one tuple per run, built in C.
     columns = [
         mapped_args[i] if i in mapped_args else itertools.repeat(_unwrap(a), count)
@@ -77,6 +85,28 @@ def expand_map_arguments(
         (row, {**static_kwargs, **dict(zip(names, values, strict=True))})
         for row, values in zip(arg_rows, kwarg_rows, strict=True)
     ]
+
+
+def _any_future(
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    mapped_args: dict[int, list[Any]],
+    mapped_kwargs: dict[str, list[Any]],
+) -> bool:
+    from flowcore.futures import TaskFuture, collect_futures
+
+    scan = (TaskFuture, list, tuple, dict, set, frozenset)
+    columns = [*mapped_args.values(), *mapped_kwargs.values()]
+    static = [_unwrap(a) for i, a in enumerate(args) if i not in mapped_args]
+    static += [_unwrap(v) for k, v in kwargs.items() if k not in mapped_kwargs]
+    for value in static:
+        if isinstance(value, scan) and collect_futures(value):
+            return True
+    for column in columns:
+        for value in column:
+            if isinstance(value, scan) and collect_futures(value):
+                return True
+    return False
 
 
 def _unwrap(value: Any) -> Any:

@@ -32,7 +32,7 @@ class RetryPolicy:
 
         Retry ``i`` waits ``delays[i]``; past the end of the list the last value
         repeats. With a jitter factor ``j``, the wait is drawn uniformly from
-        ``[d * (1 - j), d * (1 + j)]`` (never below zero), so its mean stays ``d``.
+        ``[max(0, d * (1 - j)), d * (1 + j)]``: its mean stays ``d`` for ``j <= 1``.
         """
         if not self.delays:
             return 0.0

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import enum
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from flowcore.errors import (
@@ -137,9 +137,6 @@ class State(Generic[R]):
             # The exception crossed a process boundary: keep the remote frames readable.
             exc.__cause__ = RemoteTraceback(self.traceback)
         raise exc
-
-    def with_timing(self, started_at: float | None, finished_at: float | None) -> State[R]:
-        return replace(self, started_at=started_at, finished_at=finished_at)
 
     def __repr__(self) -> str:
         if self.message:

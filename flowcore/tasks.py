@@ -169,12 +169,14 @@ class Task(Generic[P, R]):
                 f"{self.name}.map() needs a flow run or a backend: call it inside a "
                 f"@flow function, or inside 'with flowcore.use_backend(\"threads\"):'"
             )
-        calls = expand_map_arguments(self.name, args, kwargs)
+        found: list[bool] = []
+        calls = expand_map_arguments(self.name, args, kwargs, found)
         if not calls:
             return []
+        has_futures = found[0]
         self.check_arguments(*calls[0])
         backend = scope.backend()
-        if not wait_for and should_batch(backend, len(calls)) and not _hold_futures(calls):
+        if not wait_for and should_batch(backend, len(calls)) and not has_futures:
             dispatcher = self._dispatcher(scope, backend)
             futures: list[TaskFuture[R]] = []
             # Hand over in chunks, so workers start while later futures are made.
@@ -183,7 +185,7 @@ class Task(Generic[P, R]):
                 dispatcher.add(chunk)
                 futures.extend(chunk)
             return futures
-        return [self._submit_in(scope, a, k, wait_for) for a, k in calls]
+        return [self._submit_in(scope, a, k, wait_for, scan=has_futures) for a, k in calls]
 
     def _new_future(self, scope: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> TaskFuture[R]:
         """A tracked future for one run, not yet dispatched."""
@@ -203,11 +205,15 @@ class Task(Generic[P, R]):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         wait_for: list[TaskFuture[Any]],
+        *,
+        scan: bool = True,
     ) -> TaskFuture[R]:
+        """Create, track and dispatch one run. ``scan=False``: the caller knows that
+        the arguments hold no futures (map scans its inputs once)."""
         backend = scope.backend()  # may fail (bad options): before anything is tracked
         future = self._new_future(scope, args, kwargs)
-        upstream = collect_futures(args)
-        if kwargs:
+        upstream: list[TaskFuture[Any]] = collect_futures(args) if scan else []
+        if kwargs and scan:
             collect_futures(kwargs, upstream)
         if wait_for:
             upstream.extend(wait_for)
@@ -336,22 +342,6 @@ def _load_task(module: str, qualname: str, options: TaskOptions | None = None) -
 
 
 _MAP_CHUNK = 2048
-_MAY_HOLD_FUTURES = (TaskFuture, list, tuple, dict, set, frozenset)
-
-
-def _hold_futures(calls: list[tuple[tuple[Any, ...], dict[str, Any]]]) -> bool:
-    """True if any argument of any call is, or contains, a TaskFuture."""
-    for args, kwargs in calls:
-        for value in args:
-            if isinstance(value, _MAY_HOLD_FUTURES) and collect_futures(value):
-                return True
-        if kwargs:
-            for value in kwargs.values():
-                if isinstance(value, _MAY_HOLD_FUTURES) and collect_futures(value):
-                    return True
-    return False
-
-
 def _observed() -> bool:
     current = registry._registry
     if current is None:

@@ -146,11 +146,14 @@ class Deadline:
     ) -> None:
         with self._lock:
             self.done = True
-            pending = self.fired and not self._signal_mode and exc_type is None
-            if pending:
+            undelivered = (
+                self.fired and not self._signal_mode and (exc is None or not self.owns(exc))
+            )
+            if undelivered:
                 # Fired, but the asynchronous exception has not surfaced yet: withdraw
                 # it so it cannot go off later, outside this block.
                 _set_async_exc(self._thread_id, None)
+            pending = undelivered and exc_type is None  # the body had finished: time is up
         scopes = _stack.scopes
         if self in scopes:
             scopes.remove(self)
