@@ -187,16 +187,30 @@ def test_map_tiny_tasks_vs_joblib(
         benchmark, subject=lambda: host(n), anchor=lambda: joblib_inc(n), rounds=rounds
     )
 
+    record_tiny_task_ratio(
+        benchmark,
+        paired,
+        n,
+        anchor=f"joblib.Parallel(n_jobs={WORKERS})",
+        label="flowcore map / joblib.Parallel",
+        goal=MAP_RATIO_GOAL,
+    )
+
+
+def record_tiny_task_ratio(
+    benchmark: BenchmarkFixture, paired: Any, n: int, *, anchor: str, label: str, goal: float
+) -> None:
+    """Check both sides computed the same results, then record flowcore/anchor and the
+    per-task cost of each side."""
     assert paired.subject_result == expected_inc(n)
     assert paired.anchor_result == expected_inc(n)
-    ratio = paired.subject_min / paired.anchor_min
     record(
         benchmark,
         paired,
-        anchor=f"joblib.Parallel(n_jobs={WORKERS})",
+        anchor=anchor,
         n=n,
         figures=[
-            figure("flowcore map / joblib.Parallel", ratio, "x", MAP_RATIO_GOAL),
+            figure(label, paired.subject_min / paired.anchor_min, "x", goal),
             figure("flowcore per task", paired.subject_min / n * 1e6, "µs", None),
         ],
         max_workers=WORKERS,
@@ -229,22 +243,13 @@ def test_submit_tiny_tasks_vs_raw_loky(
 
     paired = run_paired(benchmark, subject=lambda: host(n), anchor=lambda: anchor(n), rounds=rounds)
 
-    assert paired.subject_result == expected_inc(n)
-    assert paired.anchor_result == expected_inc(n)
-    ratio = paired.subject_min / paired.anchor_min
-    record(
+    record_tiny_task_ratio(
         benchmark,
         paired,
+        n,
         anchor=f"loky.get_reusable_executor(max_workers={WORKERS}).submit",
-        n=n,
-        figures=[
-            figure("flowcore submits / raw loky", ratio, "x", SUBMIT_RATIO_GOAL),
-            figure("flowcore per task", paired.subject_min / n * 1e6, "µs", None),
-        ],
-        max_workers=WORKERS,
-        flowcore_per_task_us=round(paired.subject_min / n * 1e6, 3),
-        anchor_per_task_us=round(paired.anchor_min / n * 1e6, 3),
-        loky_pools_alive=loky_pools_alive(),
+        label="flowcore submits / raw loky",
+        goal=SUBMIT_RATIO_GOAL,
     )
 
 
