@@ -40,7 +40,7 @@ from flowcore.states import State, completed_run
 if TYPE_CHECKING:
     from flowcore.backend import Backend
     from flowcore.calls import TaskCall
-    from flowcore.futures import TaskFuture
+    from flowcore.futures import RunFuture
 
 TARGET_BATCH_SECONDS = 0.05
 MIN_ITEMS_TO_BATCH = 2
@@ -101,13 +101,13 @@ class BatchDispatcher:
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
-        self.pending: collections.deque[TaskFuture[Any]] = collections.deque()
+        self.pending: collections.deque[RunFuture[Any]] = collections.deque()
         self.in_flight = 0
         self.max_in_flight = max(2, 2 * backend.max_workers)
         self.item_seconds: float | None = None
         self.lock = threading.Lock()
 
-    def add(self, futures: list[TaskFuture[Any]]) -> None:
+    def add(self, futures: list[RunFuture[Any]]) -> None:
         """Queue runs (tracked, not yet dispatched) and send what capacity allows now."""
         with self.lock:
             self.pending.extend(futures)
@@ -133,7 +133,7 @@ class BatchDispatcher:
                 self.in_flight += 1
             self._send(batch)
 
-    def _send(self, batch: list[TaskFuture[Any]]) -> None:
+    def _send(self, batch: list[RunFuture[Any]]) -> None:
         for future in batch:
             future._backend = self.backend
             future._in_batch = True
@@ -148,7 +148,7 @@ class BatchDispatcher:
             return
         backend_future.add_done_callback(lambda done: self._on_done(batch, done))
 
-    def _on_done(self, batch: list[TaskFuture[Any]], backend_future: Future[Any]) -> None:
+    def _on_done(self, batch: list[RunFuture[Any]], backend_future: Future[Any]) -> None:
         try:
             self._settle(batch, backend_future)
         except Exception as exc:  # never leave runs pending over a bug in handling
@@ -157,7 +157,7 @@ class BatchDispatcher:
                     future._crashed(exc)
             _feeder.kick(self)
 
-    def _settle(self, batch: list[TaskFuture[Any]], backend_future: Future[Any]) -> None:
+    def _settle(self, batch: list[RunFuture[Any]], backend_future: Future[Any]) -> None:
         try:
             outcomes, records = backend_future.result()
             results = [decode_outcome(o) for o in outcomes]
@@ -179,11 +179,11 @@ class BatchDispatcher:
             future._finish(state)
         _feeder.kick(self)  # not from here: this is the pool's own result thread
 
-    def _recover(self, batch: list[TaskFuture[Any]], exc: BaseException) -> None:
+    def _recover(self, batch: list[RunFuture[Any]], exc: BaseException) -> None:
         """A lost batch: settle each item on its own (see the module docstring)."""
         if is_pickling_error(exc):
             # Find the item at fault (and name its argument) by sending each alone.
-            again: list[TaskFuture[Any]] = [f for f in batch if not f.done()]
+            again: list[RunFuture[Any]] = [f for f in batch if not f.done()]
 
             def one_by_one() -> None:
                 for future in again:
@@ -192,7 +192,7 @@ class BatchDispatcher:
             _later(one_by_one)
             _feeder.kick(self)
             return
-        redo: list[TaskFuture[Any]] = []
+        redo: list[RunFuture[Any]] = []
         for future in batch:
             if future.done():
                 continue

@@ -10,7 +10,8 @@
 from __future__ import annotations
 
 import contextvars
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from flowcore.backend import Backend
 from flowcore.calls import FlowRun, TaskCall
@@ -50,6 +51,18 @@ class BackendSlot:
         return BackendSlot(self.instance, owned=False)
 
 
+class Tracked(Protocol):
+    """What a scope tracks until it finishes: a task future, or a map's block of runs."""
+
+    def wait(self, timeout: float | None = None) -> None: ...
+
+    def done(self) -> bool: ...
+
+    def cancel(self) -> bool: ...
+
+    def _live_run_ids(self) -> set[str]: ...
+
+
 class RunScope:
     """A scope in which tasks may be submitted: a backend plus the futures it ran.
 
@@ -60,7 +73,7 @@ class RunScope:
     def __init__(self, slot: BackendSlot, parent: RunScope | None = None) -> None:
         self.slot = slot
         self.parent = parent
-        self._pending: set[TaskFuture[Any]] = set()
+        self._pending: set[Tracked] = set()
         #: batch dispatchers by task (flowcore.batching), created on first use
         self.dispatchers: dict[Any, Any] = {}
         self.failed: list[TaskFuture[Any]] = []
@@ -71,19 +84,19 @@ class RunScope:
     def backend(self) -> Backend:
         return self.slot.get()
 
-    def track(self, future: TaskFuture[Any]) -> None:
-        """Count ``future`` as this scope's until it finishes (called before dispatch)."""
-        future._scope = self
-        self._pending.add(future)  # set.add/discard/list() are atomic under the GIL
+    def track(self, item: Tracked) -> None:
+        """Count ``item`` (a future, or a map's block of runs) as this scope's until it
+        finishes; called before it is dispatched."""
+        self._pending.add(item)  # set.add/discard/list() are atomic under the GIL
 
-    def finished(self, future: TaskFuture[Any], completed: bool) -> None:
-        """Called by a tracked future when it reaches its final state."""
-        if not completed:
-            self.failed.append(future)  # before leaving _pending: wait_all() then sees it
-        self._pending.discard(future)
+    def finished(self, item: Tracked, failed: Iterable[TaskFuture[Any]] = ()) -> None:
+        """Called by a tracked item when all its runs have reached their final state;
+        ``failed`` are the futures of its runs that did not complete."""
+        self.failed.extend(failed)  # before leaving _pending: wait_all() then sees them
+        self._pending.discard(item)
 
-    def outstanding(self) -> list[TaskFuture[Any]]:
-        """The tracked futures that have not finished yet."""
+    def outstanding(self) -> list[Tracked]:
+        """The tracked items that have not finished yet."""
         return list(self._pending)
 
     def wait_all(self) -> None:

@@ -268,20 +268,23 @@ def _stop_outstanding(context: FlowRunContext) -> None:
     if context.slot.instance.kind in _STOPPABLE:
         from flowcore.journal import kill_workers_running
 
-        kill_workers_running({f.task_run_id for f in outstanding if not f.done()})
+        live: set[str] = set()
+        for future in outstanding:
+            live |= future._live_run_ids()
+        kill_workers_running(live)
 
 
 def _log_unobserved(context: FlowRunContext) -> None:
     unobserved = [
         f
         for f in context.failed
-        if not f._observed and f._state is not None and not f._state.is_completed()
+        if not f._is_observed() and (final := f._final()) is not None and not final.is_completed()
     ]
     if not unobserved:
         return
     logger = flow_logger(context)
     for future in unobserved[:_MAX_UNOBSERVED_REPORTS]:
-        state = future._state
+        state = future._final()
         assert state is not None
         logger.error(
             "Task run %r ended in state %r and nothing retrieved its result or state\n%s",

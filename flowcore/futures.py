@@ -49,13 +49,111 @@ logger = logging.getLogger("flowcore.futures")
 class TaskFuture(Generic[R]):
     """The eventual outcome of one submitted task run.
 
-    Thread-safe. Callbacks added with :meth:`add_done_callback` run once the final
-    state is set, in the thread that set it (or immediately, if already done);
-    the task's ``on_completion``/``on_failure`` hooks have run by then.
+    Thread-safe. A future reaches its final :class:`~flowcore.states.State` exactly
+    once; callbacks added with :meth:`add_done_callback` run once it is set, in the
+    thread that set it (or immediately, if already done), after the task's
+    ``on_completion``/``on_failure`` hooks. ``.submit`` returns one future per run;
+    ``.map`` on a process backend may return lighter futures that are views into the
+    map's shared result columns -- they behave the same.
     """
 
+    __slots__ = ("__weakref__",)
+
+    # -- public API (subclasses implement the abstract parts) ---------------------
+    @property
+    def task(self) -> Task[..., R]:
+        raise NotImplementedError
+
+    @property
+    def call(self) -> TaskCall:
+        """The run's :class:`~flowcore.calls.TaskCall` (what hooks receive)."""
+        raise NotImplementedError
+
+    @property
+    def task_run_id(self) -> str:
+        return self.call.task_run_id
+
+    @property
+    def name(self) -> str:
+        """The task run's name."""
+        return self.call.task_run_name
+
+    @property
+    def state(self) -> State[R]:
+        """The current state: final once :meth:`done`, else ``Pending`` or ``Running``."""
+        raise NotImplementedError
+
+    def done(self) -> bool:
+        """True once the future has its final state. Never blocks."""
+        return self._final() is not None
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until the final state is set or ``timeout`` seconds pass.
+
+        Returns None either way (like Prefect); check :meth:`done` after a timeout.
+        """
+        self._wait(timeout)
+
+    def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> R:
+        """Block until done, then return the task's value.
+
+        Raises :class:`~flowcore.errors.WaitTimeoutError` if ``timeout`` passes first
+        (the task keeps running). For a task that did not complete, raises its
+        exception (the task's own exception type; ``UpstreamFailedError`` for
+        ``NotRun``, ``TaskTimeoutError`` for ``TimedOut``, ``CrashedError`` for
+        ``Crashed``), or returns the exception object when ``raise_on_failure`` is False.
+        """
+        if not self._wait(timeout):
+            raise WaitTimeoutError(
+                f"task run {self.name!r} did not finish within {timeout} s; it is still "
+                f"{self.state.name.lower()} (wait longer, or check future.done())"
+            )
+        self._mark_observed()
+        final = self._final()
+        assert final is not None
+        return final.result(raise_on_failure=raise_on_failure)  # type: ignore[no-any-return]
+
+    def add_done_callback(self, fn: Callable[[TaskFuture[R]], Any]) -> None:
+        """Call ``fn(self)`` when the future finishes (now, if it already has)."""
+        raise NotImplementedError
+
+    def cancel(self) -> bool:
+        """Cancel the run if it has not started; returns True if it is now cancelled.
+
+        A run already executing goes on (a thread cannot be stopped), unless its
+        worker is stopped as well: then it ends ``Cancelled``, not ``Crashed``.
+        """
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"TaskFuture({self.name!r}, state={self.state!r})"
+
+    # -- what the core asks of every future ---------------------------------------
+    def _final(self) -> State[R] | None:
+        """The final state, or None while the run is not finished. Does not count as
+        looking at the outcome (see :meth:`_mark_observed`)."""
+        raise NotImplementedError
+
+    def _wait(self, timeout: float | None) -> bool:
+        """Wait up to ``timeout`` seconds; True once the run is finished."""
+        raise NotImplementedError
+
+    def _mark_observed(self) -> None:
+        """Someone looked at the outcome: a failure is not reported as unobserved."""
+        raise NotImplementedError
+
+    def _is_observed(self) -> bool:
+        raise NotImplementedError
+
+    def _live_run_ids(self) -> set[str]:
+        """The ids of this future's runs that may be executing in a worker now."""
+        return set() if self.done() else {self.task_run_id}
+
+
+class RunFuture(TaskFuture[R]):
+    """The future of one run dispatched on its own (or in a batch of calls)."""
+
     __slots__ = (
-        "__weakref__",
         "_backend",
         "_backend_future",
         "_callbacks",
@@ -69,14 +167,14 @@ class TaskFuture(Generic[R]):
         "_state",
         "_stealable",
         "_stolen",
+        "_task",
         "_upstream",
-        "call",
-        "task",
+        "_call",
     )
 
     def __init__(self, task: Task[..., R], call: TaskCall) -> None:
-        self.task = task
-        self.call = call
+        self._task = task
+        self._call = call
         self._state: State[R] | None = None
         # Made by the first waiter and held until the final state is set; most futures
         # of a big map are finished before anyone waits, and never need one.
@@ -94,19 +192,16 @@ class TaskFuture(Generic[R]):
         self._stealable = False
         self._stolen = False
 
-    # -- public API ---------------------------------------------------------
     @property
-    def task_run_id(self) -> str:
-        return self.call.task_run_id
+    def task(self) -> Task[..., R]:
+        return self._task
 
     @property
-    def name(self) -> str:
-        """The task run's name."""
-        return self.call.task_run_name
+    def call(self) -> TaskCall:
+        return self._call
 
     @property
     def state(self) -> State[R]:
-        """The current state: final once :meth:`done`, else ``Pending`` or ``Running``."""
         final = self._state
         if final is not None:
             self._observed = True
@@ -117,15 +212,16 @@ class TaskFuture(Generic[R]):
         return states.Pending()
 
     def done(self) -> bool:
-        """True once the future has its final state. Never blocks."""
         return self._state is not None
 
-    def wait(self, timeout: float | None = None) -> None:
-        """Block until the final state is set or ``timeout`` seconds pass.
+    def _final(self) -> State[R] | None:
+        return self._state
 
-        Returns None either way (like Prefect); check :meth:`done` after a timeout.
-        """
-        self._wait(timeout)
+    def _mark_observed(self) -> None:
+        self._observed = True
+
+    def _is_observed(self) -> bool:
+        return self._observed
 
     def _wait(self, timeout: float | None) -> bool:
         if self._state is not None:
@@ -133,7 +229,7 @@ class TaskFuture(Generic[R]):
         if timeout is None and self._stealable:
             self._steal()
         with _STATE_LOCK:
-            if self.done():
+            if self.done():  # set meanwhile (a method call: mypy would narrow the attribute)
                 return True
             done = self._done
             if done is None:
@@ -144,25 +240,13 @@ class TaskFuture(Generic[R]):
         return self._state is not None
 
     def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> R:
-        """Block until done, then return the task's value.
-
-        Raises :class:`~flowcore.errors.WaitTimeoutError` if ``timeout`` passes first
-        (the task keeps running). For a task that did not complete, raises its
-        exception (the task's own exception type; ``UpstreamFailedError`` for
-        ``NotRun``, ``TaskTimeoutError`` for ``TimedOut``, ``CrashedError`` for
-        ``Crashed``), or returns the exception object when ``raise_on_failure`` is False.
-        """
-        if not self._wait(timeout):
-            raise WaitTimeoutError(
-                f"task run {self.name!r} did not finish within {timeout} s; it is still "
-                f"{self.state.name.lower()} (wait longer, or check future.done())"
-            )
+        final = self._state
+        if final is None:
+            return super().result(timeout, raise_on_failure)
         self._observed = True
-        assert self._state is not None
-        return self._state.result(raise_on_failure=raise_on_failure)  # type: ignore[no-any-return]
+        return final.result(raise_on_failure=raise_on_failure)  # type: ignore[no-any-return]
 
     def add_done_callback(self, fn: Callable[[TaskFuture[R]], Any]) -> None:
-        """Call ``fn(self)`` when the future finishes (now, if it already has)."""
         with _STATE_LOCK:
             if self._state is None:
                 if self._callbacks is None:
@@ -172,11 +256,6 @@ class TaskFuture(Generic[R]):
         _call_back(fn, self)
 
     def cancel(self) -> bool:
-        """Cancel the run if it has not started; returns True if it is now cancelled.
-
-        A run already executing goes on (a thread cannot be stopped), unless its
-        worker is stopped as well: then it ends ``Cancelled``, not ``Crashed``.
-        """
         with _STATE_LOCK:
             if self._stolen or self._finishing or self._state is not None:
                 return False
@@ -187,9 +266,6 @@ class TaskFuture(Generic[R]):
                 return False  # executing in a batch: stopped only with its worker
             return self._finish(states.Cancelled("cancelled before it was dispatched"))
         return backend_future.cancel()  # the done-callback records Cancelled
-
-    def __repr__(self) -> str:
-        return f"TaskFuture({self.name!r}, state={self.state!r})"
 
     # -- internals ----------------------------------------------------------
     def _finish(self, state: State[Any]) -> bool:
@@ -212,7 +288,7 @@ class TaskFuture(Generic[R]):
             callbacks, self._callbacks = self._callbacks, None
             done = self._done
         if self._scope is not None:  # before waking waiters: wait_all() then sees it
-            self._scope.finished(self, state.type is states.StateType.COMPLETED)
+            self._scope.finished(self, () if state.type is states.StateType.COMPLETED else (self,))
         if done is not None:
             done.release()
         if callbacks:
@@ -257,8 +333,8 @@ class TaskFuture(Generic[R]):
                 self._finish(states.Cancelled("cancelled before it was dispatched"))
             return
         for upstream in self._upstream:
-            upstream._observed = True
-            up_state = upstream._state
+            upstream._mark_observed()
+            up_state = upstream._final()
             assert up_state is not None
             if not up_state.is_completed():
                 self._finish(
@@ -565,6 +641,7 @@ def as_completed(
 
 __all__ = [
     "DoneAndNotDoneFutures",
+    "RunFuture",
     "TaskFuture",
     "as_completed",
     "collect_futures",

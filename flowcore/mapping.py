@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -33,20 +34,84 @@ def _is_mapped(value: Any) -> bool:
     return isinstance(value, Iterable)
 
 
-def expand_map_arguments(
-    task_name: str,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    found: list[bool] | None = None,
-) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
-    """Turn ``map`` arguments into one ``(args, kwargs)`` pair per run.
+@dataclass(slots=True)
+class MapArguments:
+    """``Task.map`` arguments as columns: one list per mapped argument, the static
+    values once. Rows (one ``(args, kwargs)`` pair per run) are built on demand, in
+    the parent for the per-run path or in a worker for a slice of columns."""
 
-    Appends to ``found`` (if given) whether any argument holds a TaskFuture; each
-    static value and each mapped element is scanned once, not once per run.
-    Raises ValueError when no argument is iterable or the iterables differ in length.
+    count: int
+    #: per positional argument: the column (a list) if mapped, else the static value
+    positional: list[Any]
+    #: which positional arguments are mapped
+    mapped: list[bool]
+    static_kwargs: dict[str, Any]
+    mapped_kwargs: dict[str, list[Any]]
+    has_futures: bool
+
+    def rows(self) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
+        """One ``(args, kwargs)`` pair per run."""
+        return self.layout(0, self.count).rows()
+
+    def layout(self, start: int, stop: int) -> RowLayout:
+        """The runs ``start:stop`` in a compact, picklable form (column slices)."""
+        positional = [
+            value[start:stop] if mapped else value
+            for value, mapped in zip(self.positional, self.mapped, strict=True)
+        ]
+        kw_columns = {k: v[start:stop] for k, v in self.mapped_kwargs.items()}
+        return RowLayout(stop - start, positional, self.mapped, self.static_kwargs, kw_columns)
+
+
+@dataclass(slots=True)
+class RowLayout:
+    """A slice of :class:`MapArguments`: what travels to a worker for a batch of runs."""
+
+    count: int
+    positional: list[Any]
+    mapped: list[bool]
+    static_kwargs: dict[str, Any]
+    mapped_kwargs: dict[str, list[Any]]
+
+    def arg_rows(self) -> list[tuple[Any, ...]]:
+        columns = [
+            value if mapped else itertools.repeat(value, self.count)
+            for value, mapped in zip(self.positional, self.mapped, strict=True)
+        ]
+        if not columns:
+            return [()] * self.count
+        return list(zip(*columns, strict=True))  # one tuple per run, built in C
+
+    def kwarg_rows(self) -> list[dict[str, Any]] | None:
+        """One kwargs dict per run, or None when the runs take no keyword arguments
+        (they then share one empty dict: runs never mutate their kwargs)."""
+        if not self.mapped_kwargs and not self.static_kwargs:
+            return None
+        names = list(self.mapped_kwargs)
+        if not names:
+            return [dict(self.static_kwargs) for _ in range(self.count)]
+        static = self.static_kwargs
+        return [
+            {**static, **dict(zip(names, values, strict=True))}
+            for values in zip(*(self.mapped_kwargs[k] for k in names), strict=True)
+        ]
+
+    def rows(self) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
+        arg_rows = self.arg_rows()
+        kwarg_rows = self.kwarg_rows()
+        if kwarg_rows is None:
+            no_kwargs: dict[str, Any] = {}
+            return [(row, no_kwargs) for row in arg_rows]
+        return list(zip(arg_rows, kwarg_rows, strict=True))
+
+
+def map_arguments(task_name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> MapArguments:
+    """Split ``map`` arguments into columns and static values.
+
+    Each static value and each mapped element is scanned for futures once, not once
+    per run. Raises ValueError when no argument is iterable or the iterables differ
+    in length.
     """
-    if found is None:
-        found = []
     mapped_args = {i: list(a) for i, a in enumerate(args) if _is_mapped(a)}
     mapped_kwargs = {k: list(v) for k, v in kwargs.items() if _is_mapped(v)}
     lengths = {f"argument {i}": len(v) for i, v in mapped_args.items()}
@@ -62,29 +127,14 @@ def expand_map_arguments(
             f"{task_name}.map() got iterables of different lengths ({described}); "
             "pass equal lengths, or wrap constant iterables in unmapped(...)"
         )
-    count = next(iter(lengths.values()))
-    found.append(_any_future(args, kwargs, mapped_args, mapped_kwargs))
-    # Columns zipped into rows: one tuple per run, built in C.
-    columns = [
-        mapped_args[i] if i in mapped_args else itertools.repeat(_unwrap(a), count)
-        for i, a in enumerate(args)
-    ]
-    arg_rows: Iterable[tuple[Any, ...]] = (
-        zip(*columns, strict=True) if columns else itertools.repeat((), count)
+    return MapArguments(
+        count=next(iter(lengths.values())),
+        positional=[mapped_args[i] if i in mapped_args else _unwrap(a) for i, a in enumerate(args)],
+        mapped=[i in mapped_args for i in range(len(args))],
+        static_kwargs={k: _unwrap(v) for k, v in kwargs.items() if k not in mapped_kwargs},
+        mapped_kwargs=mapped_kwargs,
+        has_futures=_any_future(args, kwargs, mapped_args, mapped_kwargs),
     )
-    if not kwargs:
-        # Runs never mutate their kwargs, so they can share one empty dict.
-        no_kwargs: dict[str, Any] = {}
-        return [(row, no_kwargs) for row in arg_rows]
-    static_kwargs = {k: _unwrap(v) for k, v in kwargs.items() if k not in mapped_kwargs}
-    names = list(mapped_kwargs)
-    if not names:
-        return [(row, dict(static_kwargs)) for row in arg_rows]
-    kwarg_rows = zip(*(mapped_kwargs[k] for k in names), strict=True)
-    return [
-        (row, {**static_kwargs, **dict(zip(names, values, strict=True))})
-        for row, values in zip(arg_rows, kwarg_rows, strict=True)
-    ]
 
 
 def _any_future(
@@ -113,4 +163,4 @@ def _unwrap(value: Any) -> Any:
     return value.value if isinstance(value, unmapped) else value
 
 
-__all__ = ["expand_map_arguments", "unmapped"]
+__all__ = ["MapArguments", "RowLayout", "map_arguments", "unmapped"]

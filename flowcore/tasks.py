@@ -22,8 +22,8 @@ from flowcore.batching import MIN_ITEMS_TO_BATCH, BatchDispatcher, should_batch
 from flowcore.calls import RUN_NUMBER_OFFSET, FlowRun, TaskCall, new_task_run_id
 from flowcore.context import TaskRunContext, _scope, _task_run, current_scope
 from flowcore.errors import MissingContextError
-from flowcore.futures import TaskFuture, collect_futures
-from flowcore.mapping import expand_map_arguments
+from flowcore.futures import RunFuture, TaskFuture, collect_futures
+from flowcore.mapping import map_arguments
 from flowcore.options import TaskOptions, exponential_backoff
 from flowcore.states import State
 
@@ -169,11 +169,11 @@ class Task(Generic[P, R]):
                 f"{self.name}.map() needs a flow run or a backend: call it inside a "
                 f"@flow function, or inside 'with flowcore.use_backend(\"threads\"):'"
             )
-        found: list[bool] = []
-        calls = expand_map_arguments(self.name, args, kwargs, found)
+        mapped = map_arguments(self.name, args, kwargs)
+        calls = mapped.rows()
         if not calls:
             return []
-        has_futures = found[0]
+        has_futures = mapped.has_futures
         self.check_arguments(*calls[0])
         backend = scope.backend()
         if not wait_for and should_batch(backend, len(calls)) and not has_futures:
@@ -187,13 +187,14 @@ class Task(Generic[P, R]):
             return futures
         return [self._submit_in(scope, a, k, wait_for, scan=has_futures) for a, k in calls]
 
-    def _new_future(self, scope: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> TaskFuture[R]:
+    def _new_future(self, scope: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> RunFuture[R]:
         """A tracked future for one run, not yet dispatched."""
         log_prints = self.options.log_prints
         if log_prints is None:
             log_prints = scope.log_prints
         call = self._make_call(args, kwargs, scope.flow_run, log_prints)
-        future: TaskFuture[R] = TaskFuture(self, call)
+        future: RunFuture[R] = RunFuture(self, call)
+        future._scope = scope
         scope.track(future)
         if _observed():
             registry.notify("flowcore_task_run_submitted", task=self, call=call)
