@@ -30,7 +30,7 @@ import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from flowcore.engine import run_call
 from flowcore.log_relay import replay as replay_logs
@@ -95,6 +95,38 @@ def decode_outcome(outcome: Outcome) -> State[Any]:
     return outcome  # type: ignore[no-any-return]
 
 
+class BatchSizer:
+    """How many runs the next batch holds, and whether another may leave now.
+
+    Not thread-safe on its own: callers hold their lock around every method.
+    """
+
+    def __init__(self, max_workers: int) -> None:
+        self.workers = max(1, max_workers)
+        self.in_flight = 0
+        self.max_in_flight = max(2, 2 * max_workers)
+        self.item_seconds: float | None = None
+
+    def has_room(self) -> bool:
+        return self.in_flight < self.max_in_flight
+
+    def next_size(self, waiting: int) -> int:
+        """The size of the next batch when ``waiting`` runs wait to be sent."""
+        if self.item_seconds is None:
+            return 1  # probe: learn how long an item takes
+        by_duration = TARGET_BATCH_SECONDS / max(self.item_seconds, 1e-7)
+        fair_share = math.ceil(waiting / self.workers)
+        return max(1, min(int(by_duration), fair_share))
+
+    def observe(self, busy_seconds: float, items: int) -> None:
+        """A batch came back: ``items`` runs kept a worker busy ``busy_seconds``."""
+        per_item = busy_seconds / max(1, items)
+        if self.item_seconds is None:
+            self.item_seconds = per_item
+        else:  # smooth, but follow a change in task durations quickly
+            self.item_seconds = 0.5 * self.item_seconds + 0.5 * per_item
+
+
 class BatchDispatcher:
     """Feeds the runs of one task in one scope (its maps and its individual submits)
     to a backend, in adaptively sized batches."""
@@ -102,9 +134,7 @@ class BatchDispatcher:
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
         self.pending: collections.deque[RunFuture[Any]] = collections.deque()
-        self.in_flight = 0
-        self.max_in_flight = max(2, 2 * backend.max_workers)
-        self.item_seconds: float | None = None
+        self.sizer = BatchSizer(backend.max_workers)
         self.lock = threading.Lock()
 
     def add(self, futures: list[RunFuture[Any]]) -> None:
@@ -113,24 +143,17 @@ class BatchDispatcher:
             self.pending.extend(futures)
         self._fill()
 
-    def _next_size(self) -> int:
-        if self.item_seconds is None:
-            return 1  # probe: learn how long an item takes
-        by_duration = TARGET_BATCH_SECONDS / max(self.item_seconds, 1e-7)
-        fair_share = math.ceil(len(self.pending) / max(1, self.backend.max_workers))
-        return max(1, min(int(by_duration), fair_share))
-
     def _fill(self) -> None:
         while True:
             with self.lock:
-                if not self.pending or self.in_flight >= self.max_in_flight:
+                if not self.pending or not self.sizer.has_room():
                     return
-                size = self._next_size()
+                size = self.sizer.next_size(len(self.pending))
                 batch = [self.pending.popleft() for _ in range(min(size, len(self.pending)))]
                 batch = [f for f in batch if not f.done()]  # cancelled meanwhile
                 if not batch:
                     continue
-                self.in_flight += 1
+                self.sizer.in_flight += 1
             self._send(batch)
 
     def _send(self, batch: list[RunFuture[Any]]) -> None:
@@ -142,7 +165,7 @@ class BatchDispatcher:
             backend_future = self.backend.submit(run_batch, *encode_batch([f.call for f in batch]))
         except Exception as exc:
             with self.lock:
-                self.in_flight -= 1
+                self.sizer.in_flight -= 1
             for future in batch:
                 future._backend_refused(exc)
             return
@@ -163,17 +186,13 @@ class BatchDispatcher:
             results = [decode_outcome(o) for o in outcomes]
         except BaseException as exc:
             with self.lock:
-                self.in_flight -= 1
+                self.sizer.in_flight -= 1
             self._recover(batch, exc)
             return
         busy = sum((s.duration or 0.0) for s in results)
-        per_item = busy / max(1, len(results))
         with self.lock:
-            self.in_flight -= 1
-            if self.item_seconds is None:
-                self.item_seconds = per_item
-            else:  # smooth, but follow a change in task durations quickly
-                self.item_seconds = 0.5 * self.item_seconds + 0.5 * per_item
+            self.sizer.in_flight -= 1
+            self.sizer.observe(busy, len(results))
         replay_logs(records)
         for future, state in zip(batch, results, strict=True):
             future._finish(state)
@@ -209,6 +228,12 @@ class BatchDispatcher:
         _feeder.kick(self)  # not from the pool's own thread: it may be tearing down
 
 
+class Fillable(Protocol):
+    """Something the feeder can ask to send what its capacity allows."""
+
+    def _fill(self) -> None: ...
+
+
 class _Feeder:
     """One daemon thread that sends the next batches after a batch completes.
 
@@ -217,11 +242,11 @@ class _Feeder:
     """
 
     def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[BatchDispatcher] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Fillable] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    def kick(self, dispatcher: BatchDispatcher) -> None:
+    def kick(self, dispatcher: Fillable) -> None:
         self._queue.put(dispatcher)
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
@@ -252,4 +277,4 @@ def should_batch(backend: Backend, count: int) -> bool:
     return count >= MIN_ITEMS_TO_BATCH and backend.kind in (BackendKind.PROCESSES, BackendKind.CLUSTER)
 
 
-__all__ = ["TARGET_BATCH_SECONDS", "BatchDispatcher", "run_batch", "should_batch"]
+__all__ = ["TARGET_BATCH_SECONDS", "BatchDispatcher", "BatchSizer", "run_batch", "should_batch"]

@@ -6,8 +6,8 @@ task pickles by reference when it is importable) and carries no backend state.
 
 from __future__ import annotations
 
-import itertools
 import os
+import threading
 import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 # Task run ids are cheap: a random per-process prefix and a counter (a uuid4 costs
 # more than the whole direct-call fast path).
 _PREFIX = uuid.uuid4().hex[:12]
-_counter = itertools.count(1)
+_next_number = 1
+_number_lock = threading.Lock()
 RUN_NUMBER_OFFSET = len(_PREFIX) + 1  # task_run_id[RUN_NUMBER_OFFSET:] is the counter
 
 
@@ -33,7 +34,22 @@ if hasattr(os, "register_at_fork"):
 
 def new_task_run_id() -> str:
     """A run id unique across processes and runs: ``<random prefix>-<hex counter>``."""
-    return f"{_PREFIX}-{next(_counter):x}"
+    return f"{_PREFIX}-{reserve_run_numbers(1):x}"
+
+
+def reserve_run_numbers(count: int) -> int:
+    """Reserve ``count`` consecutive run numbers; returns the first. A map's runs take
+    one block, so their ids are known without making them one by one."""
+    global _next_number
+    with _number_lock:
+        first = _next_number
+        _next_number = first + count
+    return first
+
+
+def run_id_prefix() -> str:
+    """This process's run id prefix: run number ``n`` has the id ``f"{prefix}-{n:x}"``."""
+    return _PREFIX
 
 
 def new_flow_run_id() -> str:
@@ -84,4 +100,11 @@ class FlowRun:
     started_at: float = 0.0
 
 
-__all__ = ["FlowRun", "TaskCall", "new_flow_run_id", "new_task_run_id"]
+__all__ = [
+    "FlowRun",
+    "TaskCall",
+    "new_flow_run_id",
+    "new_task_run_id",
+    "reserve_run_numbers",
+    "run_id_prefix",
+]

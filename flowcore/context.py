@@ -149,6 +149,10 @@ class TaskRunContext:
         self.flow_run = flow_run
         self.logger: logging.LoggerAdapter[logging.Logger] | None = None
 
+    def cached_logger(self) -> logging.LoggerAdapter[logging.Logger] | None:
+        """The run logger made for this run so far, if any."""
+        return self.logger
+
     @property
     def call(self) -> TaskCall:
         if self._call is None:

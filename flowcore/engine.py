@@ -45,7 +45,7 @@ def run_call(call: TaskCall) -> State[Any]:
         try:
             value = fn(*call.args, **call.kwargs)
         except Exception as exc:
-            return _with_timing(_failure_state(exc, False), started, 1)
+            return _with_timing(failure_state(exc, False), started, 1)
         finally:
             _task_run.reset(token)
             if journaled:
@@ -77,7 +77,7 @@ def run_call(call: TaskCall) -> State[Any]:
                         seconds, "", fn, call.args, call.kwargs, error=own_timeout
                     )
             except Exception as exc:
-                state = _failure_state(exc, exc is own_timeout)
+                state = failure_state(exc, exc is own_timeout)
             else:
                 return completed_run(value, first_start, time.time(), attempt)
             finally:
@@ -104,7 +104,7 @@ def run_call_remote(call: TaskCall) -> tuple[State[Any], list[dict[str, Any]]]:
     return state, records
 
 
-def _failure_state(exc: Exception, timed_out: bool) -> State[Any]:
+def failure_state(exc: Exception, timed_out: bool) -> State[Any]:
     """Failed, or TimedOut when ``exc`` is this run's own timeout (not a nested task's)."""
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     if timed_out:
@@ -161,4 +161,4 @@ def report_final_state(call: TaskCall, state: State[Any]) -> None:
         notify("flowcore_task_run_finished", task=task, call=call, state=state)
 
 
-__all__ = ["report_final_state", "run_call", "run_call_remote"]
+__all__ = ["failure_state", "report_final_state", "run_call", "run_call_remote"]

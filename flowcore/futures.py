@@ -156,6 +156,7 @@ class RunFuture(TaskFuture[R]):
     __slots__ = (
         "_backend",
         "_backend_future",
+        "_call",
         "_callbacks",
         "_cancel_requested",
         "_done",
@@ -169,7 +170,6 @@ class RunFuture(TaskFuture[R]):
         "_stolen",
         "_task",
         "_upstream",
-        "_call",
     )
 
     def __init__(self, task: Task[..., R], call: TaskCall) -> None:

@@ -1,15 +1,21 @@
 """Which task run each worker process is executing: how a crash is pinned on its task.
 
 A process backend gives every worker a journal file (named by its pid) in a directory
-it owns. The engine writes the task run id into it as each run starts: one ``pwrite``
-on an open descriptor, and nothing at all outside such workers. When a worker dies,
-the backend reads the journal of the dead pid and knows which run it was executing;
-the other runs lost with the pool are innocent and are resubmitted.
+it owns. The engine writes the task run id into it as each run starts: a store into a
+shared memory map of the file (no system call), and nothing at all outside such
+workers. The page cache keeps what a killed process wrote. When a worker dies, the
+backend reads the journal of the dead pid and knows which run it was executing; the
+other runs lost with the pool are innocent and are resubmitted.
+
+A batch of a map's runs, whose ids are consecutive run numbers, is journaled once as a
+range (``@<first run id>``) and then only the position of the current run within it is
+updated per run: an integer store.
 """
 
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import threading
 import time
@@ -21,7 +27,13 @@ if TYPE_CHECKING:
     from flowcore.backend import WorkerLost
 
 _ENTRY_SIZE = 128
+_TEXT_SIZE = 120  # the entry's text; the last 8 bytes hold the position within a range
+#: index of the position within a range in :func:`position_slots`
+POSITION_SLOT = _TEXT_SIZE // 8
+_BLANK = b" " * _TEXT_SIZE
 _fd: int | None = None
+_map: mmap.mmap | None = None
+_slots: memoryview | None = None  # the entry as 64-bit integers (the last one: position)
 
 #: ``<directory>:<pid of the parent>``; worker processes that inherit it (pools we do not
 #: start ourselves, such as joblib's) journal into that directory.
@@ -67,24 +79,45 @@ def export_to_workers() -> None:
 
 def open_journal(directory: str) -> None:
     """Start journaling this process's runs into ``directory`` (a worker initializer)."""
-    global _fd
+    global _fd, _map, _slots
     path = os.path.join(directory, str(os.getpid()))
-    _fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_TRUNC, 0o600)
+    os.ftruncate(fd, _ENTRY_SIZE)
+    _map = mmap.mmap(fd, _ENTRY_SIZE)  # MAP_SHARED: readers of the file see each store
+    _map[:_TEXT_SIZE] = _BLANK
+    _slots = memoryview(_map).cast("q")
+    _fd = fd
 
 
 def record_start(task_run_id: str) -> None:
     """Note that this process starts an attempt of ``task_run_id`` now (no-op outside
     journaled workers). The entry is ``<task run id> <start time>``."""
-    if _fd is not None:
+    if _map is not None:
         entry = f"{task_run_id} {time.time():.3f}".encode()
-        os.pwrite(_fd, entry[:_ENTRY_SIZE].ljust(_ENTRY_SIZE), 0)
+        _map[:_TEXT_SIZE] = entry[:_TEXT_SIZE].ljust(_TEXT_SIZE)
+
+
+def record_range(first_run_id: str) -> None:
+    """Note that this process starts running the consecutive runs from ``first_run_id``
+    (same prefix, increasing run numbers); :func:`record_position` says which one."""
+    if _map is not None and _slots is not None:
+        _slots[POSITION_SLOT] = 0
+        entry = f"@{first_run_id} {time.time():.3f}".encode()
+        _map[:_TEXT_SIZE] = entry[:_TEXT_SIZE].ljust(_TEXT_SIZE)
+
+
+def position_slots() -> memoryview | None:
+    """The journal entry as 64-bit integers, or None outside journaled workers. Store the
+    position of the run now starting within the range at index :data:`POSITION_SLOT`
+    (cheaper than a call per run)."""
+    return _slots
 
 
 def record_idle() -> None:
     """Note that this process finished its attempt (a dead idle worker blames nobody,
     and a run sleeping before its retry is not mistaken for one still running)."""
-    if _fd is not None:
-        os.pwrite(_fd, b" " * _ENTRY_SIZE, 0)
+    if _map is not None:
+        _map[:_TEXT_SIZE] = _BLANK
 
 
 def pid_alive(pid: int) -> bool:
@@ -133,16 +166,28 @@ def read_journal_entries(directory: str | os.PathLike[str]) -> dict[int, tuple[s
         if not path.name.isdigit():
             continue
         try:
-            text = path.read_bytes()[:_ENTRY_SIZE].decode(errors="replace").strip()
+            raw = path.read_bytes()[:_ENTRY_SIZE]
         except OSError:
             continue
+        text = raw[:_TEXT_SIZE].decode(errors="replace").strip()
         run_id, _, started = text.partition(" ")
+        if run_id.startswith("@"):  # a range: add the position of the current run
+            position = int.from_bytes(raw[_TEXT_SIZE:_ENTRY_SIZE], "little", signed=True)
+            run_id = _offset_run_id(run_id[1:], position)
         if run_id:
             try:
                 entries[int(path.name)] = (run_id, float(started or 0.0))
             except ValueError:
                 continue
     return entries
+
+
+def _offset_run_id(first_run_id: str, position: int) -> str:
+    prefix, _, number = first_run_id.rpartition("-")
+    try:
+        return f"{prefix}-{int(number, 16) + position:x}"
+    except ValueError:
+        return ""
 
 
 def describe_exit(code: int) -> str:
@@ -215,6 +260,7 @@ class CrashExplainer:
 
 __all__ = [
     "ENV_VAR",
+    "POSITION_SLOT",
     "CrashExplainer",
     "describe_exit",
     "export_to_workers",
@@ -224,9 +270,11 @@ __all__ = [
     "open_journal_from_environment",
     "pid_alive",
     "pin_crash",
+    "position_slots",
     "read_journal",
     "read_journal_entries",
     "record_idle",
+    "record_range",
     "record_start",
 ]
 

@@ -75,9 +75,10 @@ def flow_logger(context: FlowRunContext) -> logging.LoggerAdapter:  # type: igno
 
 
 def task_logger(context: TaskRunContext) -> logging.LoggerAdapter:  # type: ignore[type-arg]
-    if context.logger is None:
+    logger = context.cached_logger()
+    if logger is None:
         call = context.call
-        context.logger = RunLoggerAdapter(
+        logger = context.logger = RunLoggerAdapter(
             logging.getLogger(TASK_LOGGER),
             {
                 "flow_name": call.flow_name,
@@ -88,7 +89,7 @@ def task_logger(context: TaskRunContext) -> logging.LoggerAdapter:  # type: igno
                 "task_run_name": call.task_run_name,
             },
         )
-    return context.logger
+    return logger
 
 
 # -- log_prints ----------------------------------------------------------------

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
 
+from flowcore import mapped as mapped_path
 from flowcore import options as opts
 from flowcore import registry
 from flowcore.batching import MIN_ITEMS_TO_BATCH, BatchDispatcher, should_batch
@@ -170,13 +171,20 @@ class Task(Generic[P, R]):
                 f"@flow function, or inside 'with flowcore.use_backend(\"threads\"):'"
             )
         mapped = map_arguments(self.name, args, kwargs)
-        calls = mapped.rows()
-        if not calls:
+        if not mapped.count:
             return []
-        has_futures = mapped.has_futures
-        self.check_arguments(*calls[0])
+        self.check_arguments(*mapped.layout(0, 1).rows()[0])
         backend = scope.backend()
-        if not wait_for and should_batch(backend, len(calls)) and not has_futures:
+        batched = not wait_for and not mapped.has_futures and should_batch(backend, mapped.count)
+        if batched and mapped_path.eligible(self, _observed()):
+            log_prints = self.options.log_prints
+            block = mapped_path.MapBlock(
+                self, scope, backend, mapped, scope.log_prints if log_prints is None else log_prints
+            )
+            block.start()  # workers start while the futures are made
+            return block.futures()
+        calls = mapped.rows()
+        if batched:
             dispatcher = self._dispatcher(scope, backend)
             futures: list[TaskFuture[R]] = []
             # Hand over in chunks, so workers start while later futures are made.
@@ -185,6 +193,7 @@ class Task(Generic[P, R]):
                 dispatcher.add(chunk)
                 futures.extend(chunk)
             return futures
+        has_futures = mapped.has_futures
         return [self._submit_in(scope, a, k, wait_for, scan=has_futures) for a, k in calls]
 
     def _new_future(self, scope: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> RunFuture[R]:

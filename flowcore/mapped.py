@@ -1,0 +1,560 @@
+"""Maps on process backends, kept in columns: the cost of a tiny run paid in C.
+
+``t.map(xs)`` of many runs on a process or cluster backend is the place where the
+per-run bookkeeping of a separate call, future and state would cost many times the
+work itself. A :class:`MapBlock` instead holds every run of one map call together:
+
+* the runs take consecutive run numbers (one reservation), so ids, names and the
+  worker journal entries are computed, not stored;
+* a batch travels as slices of the argument columns (:class:`~flowcore.mapping.RowLayout`)
+  and comes back as a column of values, a column of finish times and full states only
+  for the runs that did not simply complete in one attempt;
+* results land in the block with slice assignments, and the futures handed to the
+  caller are :class:`MappedFuture` views (a block and an index) that build a
+  ``State`` only when asked.
+
+Semantics are those of every other run: results, exceptions, retries and log records
+per run; ``Running`` while a batch holding the run is out; a worker crash is pinned on
+the run it was executing (the journal records the batch as a range of run ids) and the
+runs of a lost batch are settled one by one by the ordinary recovery of
+:mod:`flowcore.batching`. Maps whose runs need the parent while they run (hooks,
+observers, per-run timeouts, run-name templates) or whose arguments hold futures take
+the per-run path instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from flowcore import journal, states
+from flowcore.batching import BatchSizer, _feeder
+from flowcore.calls import TaskCall, reserve_run_numbers, run_id_prefix
+from flowcore.context import TaskRunContext, _task_run
+from flowcore.futures import RunFuture, TaskFuture, _call_back
+from flowcore.log_relay import replay as replay_logs
+from flowcore.states import State, StateType, completed_run
+
+if TYPE_CHECKING:
+    import logging
+
+    from flowcore.backend import Backend
+    from flowcore.context import RunScope
+    from flowcore.mapping import MapArguments, RowLayout
+    from flowcore.tasks import Task
+
+R = TypeVar("R")
+
+_PENDING, _COMPLETED, _ENDED = 0, 1, 2  # per-run status; _ENDED: any other final state
+
+#: What one batch sends back: values, finish times, when the batch started, the full
+#: states of runs that did not complete in one attempt (by position), log records.
+BatchResult = tuple[list[Any], list[float], float, dict[int, State[Any]], list[dict[str, Any]]]
+
+
+def eligible(task: Task[..., Any], observed: bool) -> bool:
+    """Whether the runs of ``task`` can be kept in columns: nothing in the parent needs
+    to see a run on its own before it is final."""
+    o = task.options
+    return not (
+        observed
+        or o.timeout_seconds is not None  # watched per run by the parent
+        or o.on_completion
+        or o.on_failure
+        or o.task_run_name is not None
+    )
+
+
+class MapBlock:
+    """All runs of one ``map`` call on a process or cluster backend (thread-safe).
+
+    Tracked by its scope as one item until every run has its final state.
+    """
+
+    def __init__(
+        self,
+        task: Task[..., Any],
+        scope: RunScope,
+        backend: Backend,
+        arguments: MapArguments,
+        log_prints: bool,
+    ) -> None:
+        count = arguments.count
+        self.task = task
+        self.scope = scope
+        self.backend = backend
+        self.arguments = arguments
+        flow_run = scope.flow_run
+        self.common: tuple[Any, ...] = (
+            (flow_run.run_id, flow_run.name, flow_run.flow_name, log_prints)
+            if flow_run is not None
+            else (None, None, None, log_prints)
+        )
+        self.submitted_at = time.time()
+        self.prefix = run_id_prefix()
+        self.first_number = reserve_run_numbers(count)
+        self.count = count
+        self.values: list[Any] = [None] * count
+        self.ends: list[float] = [0.0] * count
+        self.batch_starts: dict[int, float] = {}
+        self.status = bytearray(count)
+        #: full final states where a value column entry is not enough
+        self.states: dict[int, State[Any]] = {}
+        self.observed: set[int] = set()
+        self.callbacks: dict[int, list[Callable[[TaskFuture[Any]], Any]]] = {}
+        self.failed: list[int] = []
+        self.remaining = count
+        self.next_index = 0  # runs before it have been sent (or cancelled)
+        self.cancelled: set[int] = set()  # cancelled one by one before being sent
+        self.cancel_requested = False
+        self.in_flight: dict[int, int] = {}  # start -> stop of each batch out
+        self.sizer = BatchSizer(backend.max_workers)
+        self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)
+
+    # -- ids and calls --------------------------------------------------------
+    def run_id(self, index: int) -> str:
+        return f"{self.prefix}-{self.first_number + index:x}"
+
+    def run_name(self, index: int) -> str:
+        return f"{self.task.name}-{self.first_number + index:x}"
+
+    def call(self, index: int) -> TaskCall:
+        """The run's call (built on demand: hooks, recovery, ``future.call``)."""
+        (args, kwargs), = self.arguments.layout(index, index + 1).rows()
+        flow_run_id, flow_run_name, flow_name, log_prints = self.common
+        return TaskCall(
+            self.task, args, kwargs, self.run_id(index), self.run_name(index), flow_run_id,
+            flow_run_name, flow_name, self.submitted_at, log_prints,
+        )
+
+    def futures(self) -> list[TaskFuture[Any]]:
+        return [MappedFuture(self, i) for i in range(self.count)]
+
+    # -- sending --------------------------------------------------------------
+    def start(self) -> None:
+        self.scope.track(self)
+        self._fill()
+
+    def _fill(self) -> None:
+        while True:
+            with self.lock:
+                if self.next_index >= self.count or not self.sizer.has_room():
+                    return
+                start = self.next_index
+                size = self.sizer.next_size(self.count - start)
+                stop = min(self.count, start + size)
+                self.next_index = stop
+                skip = {i - start for i in self.cancelled if start <= i < stop}
+                if len(skip) == stop - start:
+                    continue
+                self.sizer.in_flight += 1
+                self.in_flight[start] = stop
+            self._send(start, stop, skip)
+
+    def _send(self, start: int, stop: int, skip: set[int]) -> None:
+        try:
+            backend_future = self.backend.submit(
+                run_map_batch, self.task, self.common, self.run_id(start),
+                self.arguments.layout(start, stop), frozenset(skip),
+            )
+        except Exception as exc:
+            self._lost(start, stop, exc, refused=True)
+            return
+        backend_future.add_done_callback(functools.partial(self._on_done, start, stop))
+
+    def _on_done(self, start: int, stop: int, backend_future: Future[BatchResult]) -> None:
+        try:
+            try:
+                outcome = backend_future.result()
+            except BaseException as exc:
+                self._lost(start, stop, exc, refused=False)
+            else:
+                self._settle(start, stop, outcome)
+        except Exception as exc:  # never leave runs pending over a bug in handling
+            self._end_remaining(start, stop, states.Crashed(f"handling a batch failed: {exc!r}"))
+        _feeder.kick(self)  # not from here: this is the pool's own result thread
+
+    def _settle(self, start: int, stop: int, outcome: BatchResult) -> None:
+        values, ends, started, exact, records = outcome
+        replay_logs(records)
+        size = stop - start
+        with self.lock:
+            self.values[start:stop] = values
+            self.ends[start:stop] = ends
+            self.batch_starts[start] = started
+            status = self.status
+            finished = status.count(0, start, stop)  # not the runs cancelled before
+            status[start:stop] = b"\x01" * size
+            for i in self.cancelled.intersection(range(start, stop)):
+                status[i] = _ENDED
+                self.cancelled.discard(i)
+            for offset, state in exact.items():
+                index = start + offset
+                self.states[index] = state
+                if state.type is not StateType.COMPLETED:
+                    status[index] = _ENDED
+                    self.failed.append(index)
+            del self.in_flight[start]
+            self.sizer.in_flight -= 1
+            self.sizer.observe(ends[-1] - started if ends else 0.0, size)
+            callbacks = self._take_callbacks(start, stop)
+            self._count_finished(finished)
+        self._call_back(callbacks)
+
+    def _take_callbacks(self, start: int, stop: int) -> list[tuple[int, list[Any]]]:
+        if not self.callbacks:
+            return []
+        taken = [i for i in self.callbacks if start <= i < stop]
+        return [(i, self.callbacks.pop(i)) for i in taken]
+
+    def _call_back(self, callbacks: list[tuple[int, list[Any]]]) -> None:
+        for index, fns in callbacks:
+            view: MappedFuture[Any] = MappedFuture(self, index)
+            for fn in fns:
+                _call_back(fn, view)
+
+    def _count_finished(self, finished: int) -> None:
+        """Under the lock: ``finished`` more runs are final; wake waiters and, when all
+        are, leave the scope (first: its wait then sees the failures)."""
+        self.remaining -= finished
+        if self.remaining == 0:
+            self.scope.finished(self, [MappedFuture(self, i) for i in self.failed])
+        self.changed.notify_all()
+
+    # -- a lost batch -----------------------------------------------------------
+    def _lost(self, start: int, stop: int, exc: BaseException, *, refused: bool) -> None:
+        """The batch never came back (a dead worker, an argument or result that does not
+        pickle, a refused submit): settle its runs one by one as ordinary runs."""
+        with self.lock:
+            self.in_flight.pop(start, None)
+            self.sizer.in_flight -= 1
+            indexes = [i for i in range(start, stop) if not self.status[i]]
+            cancel = self.cancel_requested
+        proxies: list[RunFuture[Any]] = []
+        for index in indexes:
+            proxy: RunFuture[Any] = RunFuture(self.task, self.call(index))
+            proxy._backend = self.backend
+            proxy._in_batch = True
+            proxy._cancel_requested = cancel
+            proxy.add_done_callback(functools.partial(self._adopt, index))
+            proxies.append(proxy)
+        if refused:
+            for proxy in proxies:
+                proxy._backend_refused(exc)
+            return
+        from flowcore.batching import BatchDispatcher
+
+        dispatchers: dict[Any, BatchDispatcher] = self.scope.dispatchers
+        dispatcher = dispatchers.setdefault(self.task, BatchDispatcher(self.backend))
+        dispatcher._recover(proxies, exc)
+
+    def _adopt(self, index: int, proxy: TaskFuture[Any]) -> None:
+        """A run of a lost batch, settled on its own, brings its final state home."""
+        state = proxy._final()
+        assert state is not None
+        self._end(index, state)
+
+    def _end(self, index: int, state: State[Any]) -> None:
+        with self.lock:
+            if self.status[index]:
+                return
+            self.states[index] = state
+            if state.type is StateType.COMPLETED:
+                self.values[index] = state.data
+                self.status[index] = _COMPLETED
+            else:
+                self.status[index] = _ENDED
+                self.failed.append(index)
+            callbacks = self._take_callbacks(index, index + 1)
+            self._count_finished(1)
+        self._call_back(callbacks)
+
+    def _end_remaining(self, start: int, stop: int, state: State[Any]) -> None:
+        for index in range(start, stop):
+            self._end(index, state)
+
+    # -- what a scope asks of a tracked item ------------------------------------
+    def done(self) -> bool:
+        return self.remaining == 0
+
+    def wait(self, timeout: float | None = None) -> None:
+        with self.lock:
+            self.changed.wait_for(lambda: self.remaining == 0, timeout)
+
+    def cancel(self) -> bool:
+        """Cancel every run not yet sent; runs out in batches end ``Cancelled`` if
+        their workers are stopped. True if any run was cancelled."""
+        with self.lock:
+            self.cancel_requested = True
+            start, self.next_index = self.next_index, self.count
+            indexes = [i for i in range(start, self.count) if not self.status[i]]
+            for index in indexes:
+                self.status[index] = _ENDED
+            self.failed.extend(indexes)
+            callbacks = self._take_callbacks(start, self.count)
+            self._count_finished(len(indexes))
+        self._call_back(callbacks)
+        return bool(indexes)
+
+    def _live_run_ids(self) -> set[str]:
+        with self.lock:
+            ranges = list(self.in_flight.items())
+            return {
+                self.run_id(i) for start, stop in ranges for i in range(start, stop) if not self.status[i]
+            }
+
+    # -- one run ------------------------------------------------------------------
+    def final_state(self, index: int) -> State[Any] | None:
+        status = self.status[index]
+        if status == _PENDING:
+            return None
+        state = self.states.get(index)
+        if state is not None:
+            return state
+        if status == _ENDED:  # cancelled (states are stored for every other ending)
+            state = states.Cancelled("cancelled before it was dispatched")
+            self.states[index] = state
+            return state
+        started = self.batch_starts.get(index)
+        if started is None:
+            started = self.ends[index - 1]  # the run before it in the same batch
+        return completed_run(self.values[index], started, self.ends[index], 1)
+
+    def wait_for(self, index: int, timeout: float | None) -> bool:
+        if self.status[index]:
+            return True
+        with self.lock:
+            return self.changed.wait_for(lambda: self.status[index] != _PENDING, timeout)
+
+    def add_callback(self, index: int, fn: Callable[[TaskFuture[Any]], Any]) -> None:
+        with self.lock:
+            if not self.status[index]:
+                self.callbacks.setdefault(index, []).append(fn)
+                return
+        _call_back(fn, MappedFuture(self, index))
+
+    def cancel_one(self, index: int) -> bool:
+        with self.lock:
+            if self.status[index] or index < self.next_index:
+                return False  # final, or out in a batch
+            self.status[index] = _ENDED
+            self.cancelled.add(index)
+            self.failed.append(index)
+            callbacks = self._take_callbacks(index, index + 1)
+            self._count_finished(1)
+        self._call_back(callbacks)
+        return True
+
+    def is_out(self, index: int) -> bool:
+        with self.lock:
+            return any(start <= index < stop for start, stop in self.in_flight.items())
+
+
+class MappedFuture(TaskFuture[R]):
+    """The future of one run of a :class:`MapBlock`: a view of the block's columns."""
+
+    __slots__ = ("_block", "_index")
+
+    def __init__(self, block: MapBlock, index: int) -> None:
+        self._block = block
+        self._index = index
+
+    @property
+    def task(self) -> Task[..., R]:
+        return self._block.task
+
+    @property
+    def call(self) -> TaskCall:
+        return self._block.call(self._index)
+
+    @property
+    def task_run_id(self) -> str:
+        return self._block.run_id(self._index)
+
+    @property
+    def name(self) -> str:
+        return self._block.run_name(self._index)
+
+    @property
+    def state(self) -> State[R]:
+        final = self._block.final_state(self._index)
+        if final is not None:
+            self._block.observed.add(self._index)
+            return final
+        if self._block.is_out(self._index):
+            return states.Running()
+        return states.Pending()
+
+    def done(self) -> bool:
+        return self._block.status[self._index] != _PENDING
+
+    def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> R:
+        block = self._block
+        index = self._index
+        if block.status[index] == _COMPLETED:
+            return block.values[index]  # type: ignore[no-any-return]
+        return super().result(timeout, raise_on_failure)
+
+    def add_done_callback(self, fn: Callable[[TaskFuture[R]], Any]) -> None:
+        self._block.add_callback(self._index, fn)
+
+    def cancel(self) -> bool:
+        return self._block.cancel_one(self._index)
+
+    def _final(self) -> State[R] | None:
+        return self._block.final_state(self._index)
+
+    def _wait(self, timeout: float | None) -> bool:
+        return self._block.wait_for(self._index, timeout)
+
+    def _mark_observed(self) -> None:
+        self._block.observed.add(self._index)
+
+    def _is_observed(self) -> bool:
+        return self._index in self._block.observed
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, MappedFuture):
+            return self._block is other._block and self._index == other._index
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash((id(self._block), self._index))
+
+
+# -- in the worker --------------------------------------------------------------------
+
+
+class _MapItemContext(TaskRunContext):
+    """The task run context of the runs of one batch: the loop moves ``index``; the
+    call and the logger of the current run are made only if the task asks."""
+
+    __slots__ = ("_batch_call", "_call_index", "_first", "_kw_rows", "_prefix", "_rows", "index")
+
+    def __init__(
+        self,
+        task: Any,
+        batch_call: tuple[Any, ...],
+        first_run_id: str,
+        rows: list[tuple[Any, ...]],
+        kw_rows: list[dict[str, Any]] | None,
+    ) -> None:
+        super().__init__(task, None)
+        prefix, _, number = first_run_id.rpartition("-")
+        self._prefix = prefix
+        self._first = int(number, 16)
+        self._batch_call = batch_call
+        self._rows = rows
+        self._kw_rows = kw_rows
+        self._call_index = -1
+        self.index = 0
+
+    def call_at(self, index: int) -> TaskCall:
+        number = self._first + index
+        flow_run_id, flow_run_name, flow_name, log_prints = self._batch_call
+        return TaskCall(
+            self.task, self._rows[index], self._kw_rows[index] if self._kw_rows else {},
+            f"{self._prefix}-{number:x}", f"{self.task.name}-{number:x}",
+            flow_run_id, flow_run_name, flow_name, 0.0, log_prints,
+        )
+
+    @property
+    def call(self) -> TaskCall:
+        call = self._call
+        if call is None or self._call_index != self.index:
+            call = self._call = self.call_at(self.index)
+            self._call_index = self.index
+            self.logger = None
+        return call
+
+    def cached_logger(self) -> logging.LoggerAdapter[logging.Logger] | None:
+        return self.logger if self._call_index == self.index else None
+
+
+def run_map_batch(
+    task: Task[..., Any],
+    batch_call: tuple[Any, ...],
+    first_run_id: str,
+    layout: RowLayout,
+    skip: frozenset[int],
+) -> BatchResult:
+    """Run a batch of a map's runs in this worker (see the module docstring)."""
+    from flowcore.log_relay import capture
+
+    with capture() as records:
+        values, ends, started, exact = _run_rows(task, batch_call, first_run_id, layout, skip)
+    return values, ends, started, exact, records
+
+
+def _run_rows(
+    task: Task[..., Any],
+    batch_call: tuple[Any, ...],
+    first_run_id: str,
+    layout: RowLayout,
+    skip: frozenset[int],
+) -> tuple[list[Any], list[float], float, dict[int, State[Any]]]:
+    from flowcore.engine import failure_state, run_call
+
+    rows = layout.arg_rows()
+    kw_rows = layout.kwarg_rows()
+    context = _MapItemContext(task, batch_call, first_run_id, rows, kw_rows)
+    values: list[Any] = []
+    ends: list[float] = []
+    exact: dict[int, State[Any]] = {}
+    append = values.append
+    finished = ends.append
+    now = time.time
+    started = now()
+    if not task._single_attempt or batch_call[3]:
+        # Retries or print capture: each run goes through the engine.
+        for index in range(len(rows)):
+            if index in skip:
+                append(None)
+                finished(now())
+                continue
+            state = run_call(context.call_at(index))
+            append(state.data)
+            finished(now())
+            if state.type is not StateType.COMPLETED or state.attempts != 1:
+                exact[index] = state
+        return values, ends, started, exact
+    fn = task.fn
+    slots = journal.position_slots()
+    position = journal.POSITION_SLOT
+    token = _task_run.set(context)
+    if slots is not None:
+        journal.record_range(first_run_id)
+    try:
+        for index, args in enumerate(rows):
+            context.index = index
+            if slots is not None:
+                slots[position] = index
+            if skip and index in skip:
+                append(None)
+            else:
+                try:
+                    append(fn(*args, **kw_rows[index]) if kw_rows else fn(*args))
+                except Exception as exc:
+                    append(None)
+                    state = failure_state(exc, False)
+                    exact[index] = _timed(state, ends[-1] if ends else started, now())
+            finished(now())
+    finally:
+        _task_run.reset(token)
+        if slots is not None:
+            journal.record_idle()
+    return values, ends, started, exact
+
+
+def _timed(state: State[Any], started: float, finished: float) -> State[Any]:
+    from dataclasses import replace
+
+    return replace(state, started_at=started, finished_at=finished, attempts=1)
+
+
+__all__ = ["MapBlock", "MappedFuture", "eligible", "run_map_batch"]
