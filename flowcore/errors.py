@@ -101,10 +101,25 @@ class RemoteTraceback(Exception):
         return f'\n"""\n{self.tb}"""'
 
 
+class CacheError(FlowcoreError):
+    """Base class of the errors of result caching (keys, stores)."""
+
+
+class CacheKeyError(CacheError, TypeError):
+    """A cache key cannot be computed: a value has no deterministic content hash.
+
+    The message names the path of the value inside the arguments (``argument
+    'x'[2]['k']``), its type, and the ways out (``cache_key_fn``, leaving the
+    argument out of the cache policy, ``__flowcore_hash__``).
+    """
+
+
 __all__ = [
     "BackendNotFoundError",
     "BackendRegistrationError",
     "BackendShutdownError",
+    "CacheError",
+    "CacheKeyError",
     "CancelledError",
     "ConfigurationError",
     "CrashedError",
