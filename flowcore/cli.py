@@ -2,6 +2,8 @@
 
 * ``flowcore backends``: registered backends with kind, plugin and description.
 * ``flowcore run PATH_OR_MODULE:FLOW [--backend NAME] [--params JSON]``: run a flow.
+* ``flowcore bench PATH_OR_MODULE:FLOW [--backends a,b] [--params JSON] [--repeat N]
+  [--json PATH] [--plot PATH]``: compare backends on a flow (see :mod:`flowcore.bench`).
 * ``flowcore version``.
 """
 
@@ -43,17 +45,28 @@ def _backends(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_flow(target: str) -> Any:
+def load_flow(target: str, *, command: str = "flowcore run") -> Any:
+    """The @flow named by ``PATH.py:FLOW`` or ``MODULE:FLOW``; SystemExit with a message
+    naming ``command`` when it cannot be loaded or is not a flow."""
+    from flowcore.flows import Flow
+
+    found = _load_attribute(target, command)
+    if not isinstance(found, Flow):
+        raise SystemExit(f"{command}: {target!r} is a {type(found).__name__}, not a @flow")
+    return found
+
+
+def _load_attribute(target: str, command: str) -> Any:
     if ":" not in target:
-        raise SystemExit(f"flowcore run: expected PATH.py:FLOW or MODULE:FLOW, got {target!r}")
+        raise SystemExit(f"{command}: expected PATH.py:FLOW or MODULE:FLOW, got {target!r}")
     location, _, attribute = target.rpartition(":")
     if location.endswith(".py") or Path(location).is_file():
         path = Path(location).resolve()
         if not path.is_file():
-            raise SystemExit(f"flowcore run: no such file {location!r}")
+            raise SystemExit(f"{command}: no such file {location!r}")
         spec = importlib.util.spec_from_file_location(path.stem, path)
         if spec is None or spec.loader is None:
-            raise SystemExit(f"flowcore run: cannot import {location!r}")
+            raise SystemExit(f"{command}: cannot import {location!r}")
         module = importlib.util.module_from_spec(spec)
         sys.modules.setdefault(path.stem, module)
         sys.path.insert(0, str(path.parent))
@@ -63,21 +76,12 @@ def _load_flow(target: str) -> Any:
     try:
         return getattr(module, attribute)
     except AttributeError:
-        raise SystemExit(f"flowcore run: {location!r} has no attribute {attribute!r}") from None
+        raise SystemExit(f"{command}: {location!r} has no attribute {attribute!r}") from None
 
 
 def _run(args: argparse.Namespace) -> int:
-    from flowcore.flows import Flow
-
-    flow_obj = _load_flow(args.target)
-    if not isinstance(flow_obj, Flow):
-        raise SystemExit(f"flowcore run: {args.target!r} is a {type(flow_obj).__name__}, not a @flow")
-    try:
-        params = json.loads(args.params) if args.params else {}
-    except json.JSONDecodeError as exc:
-        raise SystemExit(f"flowcore run: --params is not valid JSON: {exc}") from None
-    if not isinstance(params, dict):
-        raise SystemExit("flowcore run: --params must be a JSON object, e.g. '{\"n\": 10}'")
+    flow_obj = load_flow(args.target)
+    params = parse_params(args.params, "flowcore run")
     if args.backend:
         flow_obj = flow_obj.with_options(backend=args.backend)
     state = flow_obj(**params, return_state=True)
@@ -86,6 +90,60 @@ def _run(args: argparse.Namespace) -> int:
             print(repr(state.data))
         return 0
     return 1
+
+
+def parse_params(raw: str | None, command: str) -> dict[str, Any]:
+    """``--params``: a JSON object (SystemExit naming ``command`` otherwise)."""
+    try:
+        params = json.loads(raw) if raw else {}
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"{command}: --params is not valid JSON: {exc}") from None
+    if not isinstance(params, dict):
+        raise SystemExit(f"{command}: --params must be a JSON object, e.g. '{{\"n\": 10}}'")
+    return params
+
+
+DEFAULT_BENCH_BACKENDS = ("sequential", "threads", "loky", "dask")
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from flowcore.bench import report
+    from flowcore.bench.runner import run_all
+    from flowcore.registry import get_registry
+
+    command = "flowcore bench"
+    load_flow(args.target, command=command)  # fail here, not in every child
+    params = parse_params(args.params, command)
+    if args.repeat < 1 or args.warmup < 0:
+        raise SystemExit(f"{command}: --repeat must be >= 1 and --warmup >= 0")
+    registry = get_registry()
+    if args.backends:
+        backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+        for name in backends:
+            registry.spec(name)  # unknown or not installed: a clear error now
+    else:
+        table = registry.backends()
+        backends = [
+            b for b in DEFAULT_BENCH_BACKENDS if b in table and not table[b].spec.missing_requirements()
+        ]
+    if not backends:
+        raise SystemExit(f"{command}: no backend to run; pass --backends")
+
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    results = run_all(
+        args.target, backends, params, repeat=args.repeat, warmup=args.warmup,
+        timeout=args.timeout, progress=progress,
+    )
+    print(report.table(results))
+    print(report.results_agree(results)[1])
+    print(report.recommend(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.document(args.target, params, args.repeat, results), indent=2))
+    if args.plot:
+        report.plot(results, args.plot, title=args.target)
+    return 0 if any(r.status == "ok" for r in results) else 1
 
 
 def _version(args: argparse.Namespace) -> int:
@@ -106,6 +164,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--backend", help="backend name (overrides configuration)")
     run.add_argument("--params", help="flow parameters as a JSON object")
     run.set_defaults(handler=_run)
+    bench = commands.add_parser(
+        "bench", help="run a flow on several backends and compare wall time, CPU, memory"
+    )
+    bench.add_argument("target", help="PATH.py:FLOW or MODULE:FLOW")
+    bench.add_argument(
+        "--backends",
+        help="comma-separated backend names (default: those of sequential, threads, loky, dask installed here)",
+    )
+    bench.add_argument("--params", help="flow parameters as a JSON object")
+    bench.add_argument("--repeat", type=int, default=3, help="measured runs per backend (default 3)")
+    bench.add_argument("--warmup", type=int, default=1, help="unmeasured runs first (default 1)")
+    bench.add_argument(
+        "--timeout", type=float, default=600.0, help="seconds allowed per backend (default 600)"
+    )
+    bench.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    bench.add_argument("--plot", metavar="PATH", help="also write a bar chart (PNG; needs flowcore[plot])")
+    bench.set_defaults(handler=_bench)
     version = commands.add_parser("version", help="print the version")
     version.set_defaults(handler=_version)
     return parser
