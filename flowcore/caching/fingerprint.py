@@ -1,0 +1,212 @@
+"""Code fingerprints: what a task's result depends on in the user's own code.
+
+:func:`function_fingerprint` hashes a function's source (``inspect.getsource``;
+the code object's digest when there is no source) together with the source of the
+functions and classes it uses from the user's own modules, transitively, and the
+simple constants (numbers, strings, tuples of them) it reads from module globals.
+Editing a helper that a task calls changes the task's fingerprint; editing nothing
+keeps it stable across interpreter runs.
+
+"Uses" is read from the bytecode: the names loaded by the function and its nested
+code objects (``co_names``), looked up in the function's globals. A module used
+as ``helpers.compute(...)`` contributes the attributes named in the code
+(``compute``). Calls made through other objects (``obj.method()`` on an argument,
+``getattr`` with a computed name) are not followed.
+
+"The user's own modules": modules with a source file outside the standard library
+and outside site-packages / dist-packages (``sysconfig`` paths), plus ``__main__``;
+never flowcore itself, builtins or extension modules. The walk stops
+``MAX_DEPTH`` references away from the task and after ``MAX_OBJECTS`` objects.
+
+Results are cached per code object (weakly), so repeated calls cost one dict
+lookup; globals are read on the first call for a code object in a process.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+import sys
+import sysconfig
+import types
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from flowcore.caching._callables import code_digest
+from flowcore.caching.hashing import content_hash
+
+MAX_DEPTH = 8
+MAX_OBJECTS = 512
+
+_fingerprints: weakref.WeakKeyDictionary[types.CodeType, str] = weakref.WeakKeyDictionary()
+
+#: Global values read by code that count as constants (their value is hashed).
+_CONSTANT_TYPES = (type(None), bool, int, float, complex, str, bytes)
+
+
+def function_fingerprint(fn: Callable[..., Any]) -> str:
+    """32 hex digits identifying ``fn``'s code and the user code it depends on.
+
+    Accepts functions, bound methods, ``functools.partial`` objects, classes and
+    callable instances (their class's ``__call__``). Never raises for a callable:
+    what cannot be read is represented by its qualified name.
+    """
+    target = _function_of(fn)
+    code = getattr(target, "__code__", None)
+    if isinstance(code, types.CodeType):
+        cached = _fingerprints.get(code)
+        if cached is not None:
+            return cached
+    walk = _Walk()
+    walk.add(target, 0)
+    fingerprint = content_hash(sorted(walk.parts))
+    if isinstance(code, types.CodeType):
+        _fingerprints[code] = fingerprint
+    return fingerprint
+
+
+def _function_of(fn: Any) -> Any:
+    """The function (or class) that holds the code of a callable."""
+    for _ in range(16):
+        if isinstance(fn, functools.partial):
+            fn = fn.func
+        elif isinstance(fn, (types.MethodType, staticmethod, classmethod)):
+            fn = fn.__func__
+        else:
+            break
+    if isinstance(fn, (types.FunctionType, type)):
+        return fn
+    call = vars(type(fn)).get("__call__")
+    if isinstance(call, types.FunctionType):
+        return call
+    return fn
+
+
+class _Walk:
+    """Collects ``(qualified name, kind, text)`` parts, following references."""
+
+    def __init__(self) -> None:
+        self.parts: list[tuple[str, str, str]] = []
+        self._seen: set[int] = set()
+
+    def add(self, obj: Any, depth: int) -> None:
+        if id(obj) in self._seen or len(self._seen) >= MAX_OBJECTS:
+            return
+        self._seen.add(id(obj))
+        if isinstance(obj, types.FunctionType):
+            self.parts.append((_qualified(obj), "function", _source(obj)))
+            if depth < MAX_DEPTH:
+                self._follow(obj, depth + 1)
+        elif isinstance(obj, type):
+            self.parts.append((_qualified(obj), "class", _source(obj)))
+            if depth < MAX_DEPTH:
+                for member in _class_functions(obj):
+                    self._seen.add(id(member))
+                    self._follow(member, depth + 1)
+        else:
+            named = obj if hasattr(obj, "__qualname__") else type(obj)
+            self.parts.append((_qualified(named), "callable", ""))
+
+    def _follow(self, fn: types.FunctionType, depth: int) -> None:
+        names = sorted(_loaded_names(fn.__code__))
+        module_name = str(fn.__module__)
+        scope = fn.__globals__
+        for name in names:
+            if name not in scope:
+                continue
+            value = scope[name]
+            if isinstance(value, (types.FunctionType, type)):
+                if is_user_object(value):
+                    self.add(value, depth)
+            elif isinstance(value, types.ModuleType):
+                if is_user_module(value):
+                    for attribute in names:
+                        member = getattr(value, attribute, None)
+                        if isinstance(member, (types.FunctionType, type)) and is_user_object(
+                            member
+                        ):
+                            self.add(member, depth)
+            elif _is_constant(value):
+                self.parts.append((f"{module_name}.{name}", "constant", content_hash(value)))
+
+
+def _loaded_names(code: types.CodeType) -> Iterator[str]:
+    yield from code.co_names
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            yield from _loaded_names(const)
+
+
+def _class_functions(cls: type) -> Iterator[types.FunctionType]:
+    for member in vars(cls).values():
+        if isinstance(member, (staticmethod, classmethod)):
+            member = member.__func__
+        if isinstance(member, property):
+            for accessor in (member.fget, member.fset, member.fdel):
+                if isinstance(accessor, types.FunctionType):
+                    yield accessor
+        elif isinstance(member, types.FunctionType):
+            yield member
+
+
+def _is_constant(value: object) -> bool:
+    if isinstance(value, (tuple, frozenset)):
+        return len(value) <= 1000 and all(_is_constant(item) for item in value)
+    return type(value) in _CONSTANT_TYPES
+
+
+def _qualified(obj: Any) -> str:
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', '?')}"
+
+
+def _source(obj: Any) -> str:
+    try:
+        return inspect.getsource(obj)
+    except (OSError, TypeError):
+        pass
+    code = getattr(obj, "__code__", None)
+    if isinstance(code, types.CodeType):
+        return "code:" + code_digest(code).hex()
+    if isinstance(obj, type):
+        digests = sorted(code_digest(fn.__code__).hex() for fn in _class_functions(obj))
+        return "class:" + ",".join(digests)
+    return ""
+
+
+def is_user_object(obj: Any) -> bool:
+    """True if ``obj`` (a function or class) is defined in one of the user's modules."""
+    module = sys.modules.get(getattr(obj, "__module__", None) or "")
+    return module is not None and is_user_module(module)
+
+
+def is_user_module(module: types.ModuleType) -> bool:
+    """True for ``__main__`` and modules with a source file outside stdlib and site-packages."""
+    name = module.__name__
+    if name == "flowcore" or name.startswith("flowcore."):
+        return False
+    filename = getattr(module, "__file__", None)
+    if not filename:
+        return name == "__main__"
+    if not filename.endswith(".py"):
+        return False  # extension modules, bytecode-only installs
+    path = os.path.realpath(filename)
+    parts = set(path.split(os.sep))
+    if "site-packages" in parts or "dist-packages" in parts:
+        return False
+    return not any(path.startswith(prefix) for prefix in _library_prefixes())
+
+
+@functools.cache
+def _library_prefixes() -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    prefixes = {
+        os.path.realpath(paths[key]) + os.sep
+        for key in ("stdlib", "platstdlib", "purelib", "platlib")
+        if paths.get(key)
+    }
+    return tuple(sorted(prefixes))
+
+
+__all__ = ["MAX_DEPTH", "MAX_OBJECTS", "function_fingerprint", "is_user_module", "is_user_object"]
