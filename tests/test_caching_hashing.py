@@ -613,3 +613,100 @@ def test_hashing_does_not_import_numpy_or_pandas() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert result.stdout.strip() == "[]"
+
+
+# -- code fingerprints -----------------------------------------------------------------
+
+MODULE_SOURCE = """
+import json
+
+LIMIT = 10
+
+
+def helper(x):
+    return x + 1
+
+
+def unrelated(x):
+    return x * 3
+
+
+class Scaler:
+    def scale(self, x):
+        return deeper(x) * 2
+
+
+def deeper(x):
+    return x - 1
+
+
+def task_body(x):
+    return helper(x) + Scaler().scale(x) + LIMIT + len(json.dumps(x))
+"""
+
+
+def _fingerprint_in_subprocess(directory: pathlib.Path, seed: str = "0") -> str:
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import usermod; "
+        "from flowcore.caching import function_fingerprint; "
+        "print(function_fingerprint(usermod.task_body))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(directory)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        env={**os.environ, "PYTHONHASHSEED": seed, "PYTHONDONTWRITEBYTECODE": "1"},
+    )
+    return result.stdout.strip()
+
+
+def test_fingerprint_follows_user_code_across_runs(tmp_path: pathlib.Path) -> None:
+    module = tmp_path / "usermod.py"
+    module.write_text(MODULE_SOURCE)
+    original = _fingerprint_in_subprocess(tmp_path)
+    assert len(original) == 32
+    assert _fingerprint_in_subprocess(tmp_path, seed="99") == original  # nothing edited
+
+    module.write_text(MODULE_SOURCE.replace("return x * 3", "return x * 4"))
+    assert _fingerprint_in_subprocess(tmp_path) == original  # a function it does not use
+
+    module.write_text(MODULE_SOURCE.replace("return x + 1", "return x + 2"))
+    assert _fingerprint_in_subprocess(tmp_path) != original  # a helper it calls
+
+    module.write_text(MODULE_SOURCE.replace("return x - 1", "return x - 2"))
+    assert _fingerprint_in_subprocess(tmp_path) != original  # two levels down, via a class
+
+    module.write_text(MODULE_SOURCE.replace("LIMIT = 10", "LIMIT = 11"))
+    assert _fingerprint_in_subprocess(tmp_path) != original  # a constant it reads
+
+
+def test_fingerprint_follows_helpers_in_another_user_module(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "helpers.py").write_text("def compute(x):\n    return x + 1\n")
+    (tmp_path / "usermod.py").write_text(
+        "import helpers\n\n\ndef task_body(x):\n    return helpers.compute(x)\n"
+    )
+    original = _fingerprint_in_subprocess(tmp_path)
+    (tmp_path / "helpers.py").write_text("def compute(x):\n    return x + 100\n")
+    assert _fingerprint_in_subprocess(tmp_path) != original
+
+
+def test_fingerprint_skips_library_code_and_is_cached() -> None:
+    from flowcore.caching import fingerprint
+
+    assert not fingerprint.is_user_module(json_module())
+    assert not fingerprint.is_user_module(sys.modules["flowcore.caching.hashing"])
+    assert fingerprint.is_user_module(sys.modules[__name__])
+    first = fingerprint.function_fingerprint(add_one)
+    assert fingerprint.function_fingerprint(add_one) == first
+    assert fingerprint._fingerprints[add_one.__code__] == first
+    assert fingerprint.function_fingerprint(functools.partial(add_one, 1)) == first
+    assert fingerprint.function_fingerprint(make_adder) != first
+    assert len(fingerprint.function_fingerprint(len)) == 32
+
+
+def json_module() -> Any:
+    import json
+
+    return json

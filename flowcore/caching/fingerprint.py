@@ -78,7 +78,7 @@ def _function_of(fn: Any) -> Any:
             break
     if isinstance(fn, (types.FunctionType, type)):
         return fn
-    call = vars(type(fn)).get("__call__")
+    call = inspect.getattr_static(type(fn), "__call__", None)
     if isinstance(call, types.FunctionType):
         return call
     return fn
