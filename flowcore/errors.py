@@ -38,6 +38,16 @@ class BackendShutdownError(FlowcoreError, RuntimeError):
     """Work was submitted to a backend that has already been shut down."""
 
 
+class BackendConnectionError(FlowcoreError, ConnectionError):
+    """A backend cannot reach (or start) the workers it runs tasks on.
+
+    For example: no Dask scheduler answers at the configured address within the
+    connect timeout, or the connection to it was lost and did not come back. The
+    message names the address and the timeout. Raised by ``backend.submit``; the
+    task runs it refused end ``Crashed`` with this error as the cause.
+    """
+
+
 class MissingContextError(FlowcoreError, RuntimeError):
     """An operation needs a flow run (or a ``use_backend`` block) and none is active."""
 
@@ -115,6 +125,7 @@ class CacheKeyError(CacheError, TypeError):
 
 
 __all__ = [
+    "BackendConnectionError",
     "BackendNotFoundError",
     "BackendRegistrationError",
     "BackendShutdownError",

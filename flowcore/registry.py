@@ -27,6 +27,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "flowcore.backends.threads",
     "flowcore.backends.loky",
     "flowcore.backends.joblib",
+    "flowcore.backends.dask",
 )
 ENTRY_POINT_GROUP = "flowcore"
 AUTOLOAD_ENV = "FLOWCORE_DISABLE_PLUGIN_AUTOLOAD"

@@ -51,7 +51,7 @@ def test_run_example_flow_on_a_chosen_backend() -> None:
 def test_run_reports_unknown_backend_and_bad_params(tmp_path: Path) -> None:
     unknown = flowcore_cli("run", "examples/quickstart.py:weather_report", "--backend", "thread")
     assert unknown.returncode == 2
-    assert "unknown backend 'thread'; registered: joblib, loky, sequential, threads" in unknown.stderr
+    assert "unknown backend 'thread'; registered: dask, joblib, loky, sequential, threads" in unknown.stderr
     bad = flowcore_cli("run", "examples/quickstart.py:weather_report", "--params", "[1]")
     assert bad.returncode != 0 and "--params must be a JSON object" in bad.stderr
     missing = flowcore_cli("run", "examples/quickstart.py:nope")

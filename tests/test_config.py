@@ -371,5 +371,5 @@ def test_unknown_backend_message_lists_the_names_once(monkeypatch: pytest.Monkey
     assert str(info.value).count("registered:") == 1
     assert str(info.value) == (
         "unknown backend 'nope' (backend chosen by environment variable FLOWCORE_BACKEND); "
-        "registered: joblib, loky, sequential, threads"
+        "registered: dask, joblib, loky, sequential, threads"
     )

@@ -1,0 +1,878 @@
+"""The ``dask`` backend: tasks run on a Dask distributed cluster.
+
+Three ways to get a cluster, chosen by the options:
+
+* none: a ``distributed.LocalCluster`` of worker *processes* (one thread each, as
+  many as usable CPUs or ``max_workers``) is started on the first submit and closed
+  by :meth:`DaskBackend.shutdown` -- which the flow run or ``use_backend`` block that
+  created the backend calls when it ends. Its dashboard listens on 127.0.0.1; the
+  link is logged at INFO by ``flowcore.backends.dask``.
+* ``address="tcp://host:8786"``: a ``distributed.Client`` connects to a running
+  scheduler on the first submit (``connect_timeout`` seconds at most, else
+  :class:`~flowcore.errors.BackendConnectionError`); shutdown closes that client
+  only, never the scheduler or its workers. ``security=`` (a
+  ``distributed.Security``) or the ``tls_*`` options secure the connection.
+* ``client=``: a ready ``distributed.Client``; flowcore never closes it.
+
+The backend only executes callables, like every backend: retries, timeouts, states
+and batching of tiny tasks are flowcore's (the core batches for ``CLUSTER``
+backends). Each call travels as one Dask task submitted with ``pure=False`` (Dask
+would otherwise deduplicate a retry or an impure call) and is pickled with
+cloudpickle, so closures and functions from ``__main__`` work. Results are fetched
+as soon as a task finishes and its Dask future is released at once, so a worker
+that dies later never makes Dask recompute finished work.
+
+Worker deaths: a Dask task whose worker died raises ``distributed.KilledWorker``
+once the scheduler's ``allowed-failures`` budget is spent. The cluster this backend
+starts has a budget of 0, so the loss is reported at once and flowcore's retry
+policy alone decides: the run that was executing in the dead worker ends
+``Crashed`` for that attempt (retried if its retries allow); runs that were only
+queued on it, or batched with the culprit, are resubmitted without counting an
+attempt. Which run was executing is read from the worker journal
+(:mod:`flowcore.journal`) that each worker process keeps in a per-user directory
+under its temp dir, when the worker runs on this machine. On a remote machine the
+journal cannot be read from here: every run of the lost Dask task is then counted
+as crashed, and a remote scheduler keeps its own ``allowed-failures`` (default 3),
+so Dask itself re-runs a task up to that many times before reporting it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeVar
+
+from flowcore.backend import Backend, BackendKind, BackendSpec, WorkerLost, usable_cpu_count
+from flowcore.errors import BackendConnectionError, BackendShutdownError
+from flowcore.hookspecs import hookimpl
+
+T = TypeVar("T")
+
+logger = logging.getLogger("flowcore.backends.dask")
+
+DEFAULT_CONNECT_TIMEOUT = 10.0  # seconds
+DEFAULT_DASHBOARD_ADDRESS = "127.0.0.1:0"  # a free port on loopback: never clashes
+#: A run lost with a worker without being its culprit is resubmitted at most this
+#: many times; then the loss counts as a crash (a run that kills its worker before
+#: the journal sees it must not be resubmitted forever).
+MAX_UNCOUNTED_LOSSES = 3
+_TLS_OPTIONS = ("tls_ca_file", "tls_client_cert", "tls_client_key")
+
+
+# -- in the worker ----------------------------------------------------------------------
+
+
+class DaskCall:
+    """One backend call as it travels to a Dask worker: ``fn(*args, **kwargs)``.
+
+    An opaque object on purpose: Dask scans lists, tuples and dicts among task
+    arguments for futures and keys, which a large batch of arguments would pay for,
+    and keyword names such as ``key`` or ``pure`` would clash with ``Client.submit``.
+    """
+
+    __slots__ = ("args", "fn", "kwargs")
+
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (DaskCall, (self.fn, self.args, self.kwargs))
+
+
+def execute(call: DaskCall) -> Any:
+    """Run ``call`` in a Dask worker, journaling which task run this process executes."""
+    if not _journal_opened:
+        open_worker_journal()
+    return call.fn(*call.args, **call.kwargs)
+
+
+_journal_opened = False
+_journal_lock = threading.Lock()
+_STALE_JOURNAL_SECONDS = 600.0
+
+
+def worker_journal_directory() -> str:
+    """Where Dask worker processes on this machine journal their runs (per user)."""
+    import tempfile
+
+    user = os.getuid() if hasattr(os, "getuid") else 0
+    return os.path.join(tempfile.gettempdir(), f"flowcore-dask-journal-{user}")
+
+
+def open_worker_journal() -> None:
+    """Start journaling this worker process's runs (once; best effort).
+
+    A process that already journals (a worker that inherited a flowcore journal from
+    its parent) keeps its journal. Journals of processes that died long ago are
+    removed on the way.
+    """
+    global _journal_opened
+    from flowcore import journal
+
+    with _journal_lock:
+        if _journal_opened:
+            return
+        _journal_opened = True
+        if journal.position_slots() is not None:
+            return  # already journaling
+        directory = worker_journal_directory()
+        try:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            _remove_stale_journals(directory)
+            journal.open_journal(directory)
+        except OSError:  # pragma: no cover - an unwritable temp dir: crashes are blamed coarsely
+            pass
+
+
+def _remove_stale_journals(directory: str) -> None:
+    from flowcore.journal import pid_alive
+
+    now = time.time()
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if not entry.name.isdigit():
+                continue
+            with contextlib.suppress(OSError):
+                if now - entry.stat().st_mtime > _STALE_JOURNAL_SECONDS and not pid_alive(int(entry.name)):
+                    os.unlink(entry.path)
+
+
+# -- in the parent ------------------------------------------------------------------------
+
+
+class DaskFuture(cf.Future[Any]):
+    """The :class:`concurrent.futures.Future` that :meth:`DaskBackend.submit` returns.
+
+    It is completed from the Dask future's done-callback (in Dask's callback thread):
+    with the task's value, or with the exception that stopped the Dask task (for
+    example ``distributed.KilledWorker``). It stays pending until then: Dask does not
+    tell a client when a task starts. :meth:`cancel` cancels the Dask task too (the
+    scheduler drops it if it has not started; a task already executing finishes on its
+    worker and its result is discarded).
+    """
+
+    def __init__(self, backend: DaskBackend) -> None:
+        super().__init__()
+        self._backend = backend
+        self.dask_future: Any = None
+
+    def cancel(self) -> bool:
+        if not super().cancel():
+            return False
+        dask_future, self.dask_future = self.dask_future, None
+        if dask_future is not None:
+            self._backend._cancel_remote(dask_future)
+        return True
+
+
+class DaskBackend(Backend):
+    """Runs tasks on a Dask cluster: a local one it starts, or a running scheduler.
+
+    Creating the backend starts and connects nothing; the first :meth:`submit` does.
+    ``max_workers`` is the number of worker threads of the cluster: the configured
+    value (or the usable CPUs) until connected, then what the scheduler reports.
+    Thread-safe.
+    """
+
+    name = "dask"
+    kind = BackendKind.CLUSTER
+    # Results are fetched into this process and passed on as values: the core does not
+    # hand Dask futures to downstream tasks yet (see the README's Dask section).
+    supports_native_futures = False
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        client: Any = None,
+        max_workers: int | None = None,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        security: Any = None,
+        tls_ca_file: str | None = None,
+        tls_client_cert: str | None = None,
+        tls_client_key: str | None = None,
+        require_encryption: bool | None = None,
+        dashboard_address: str | None = DEFAULT_DASHBOARD_ADDRESS,
+        cluster_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        tls = {"tls_ca_file": tls_ca_file, "tls_client_cert": tls_client_cert, "tls_client_key": tls_client_key}
+        _validate(address, client, max_workers, connect_timeout, security, tls, require_encryption, dashboard_address)
+        self.address = address
+        self.connect_timeout = float(connect_timeout)
+        self.max_workers = max_workers if max_workers is not None else usable_cpu_count()
+        self._given_client = client
+        self._security_option = security
+        self._tls = {key: value for key, value in tls.items() if value is not None}
+        self._require_encryption = require_encryption
+        self._dashboard_address = dashboard_address
+        self._cluster_options = dict(cluster_options or {})
+        self._lock = threading.Lock()
+        self._closed = False
+        self._client: Any = None
+        self._cluster: Any = None
+        self._owns_client = False
+        self._failure: tuple[float, str] | None = None  # (when, message) of the last failed connect
+        self._pending: set[DaskFuture] = set()
+        self._cancel_queue: list[Any] = []
+        self._cancel_thread: threading.Thread | None = None
+        self._verdicts_lock = threading.Lock()
+        #: what each dead worker was running: ``{(address, pid): (culprit, known, message)}``
+        self._verdicts: dict[tuple[str, Any], tuple[str | None, bool, str]] = {}
+        self._uncounted: dict[str, int] = {}
+
+    # -- the Executor protocol ----------------------------------------------------------
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> cf.Future[T]:
+        """Run ``fn(*args, **kwargs)`` as one Dask task; returns a :class:`DaskFuture`.
+
+        Connects (or starts the local cluster) on first use. Raises
+        :class:`~flowcore.errors.BackendShutdownError` after :meth:`shutdown`, and
+        :class:`~flowcore.errors.BackendConnectionError` when the scheduler cannot be
+        reached within ``connect_timeout`` (again at once for the next
+        ``connect_timeout`` seconds, then it tries again). A call that cannot be
+        pickled is not raised here: the returned future fails with the pickling error.
+        """
+        client = self._connected_client()
+        future = DaskFuture(self)
+        try:
+            with _quiet_serialization_errors():
+                dask_future = client.submit(
+                    execute, DaskCall(fn, args, kwargs), key=_task_key(fn, args), pure=False
+                )
+        except Exception as exc:
+            from flowcore.serialization import is_pickling_error
+
+            if not is_pickling_error(exc):
+                raise
+            future.set_exception(exc)  # the core explains which argument did not pickle
+            return future
+        future.dask_future = dask_future
+        with self._lock:
+            self._pending.add(future)
+        dask_future.add_done_callback(lambda done: self._deliver(future, done))
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop accepting work; close the client and the local cluster this backend made.
+
+        With ``cancel_futures``, pending calls are cancelled first; with ``wait``, the
+        others are awaited before closing. A scheduler reached by ``address`` and a
+        client passed as ``client=`` stay up. Idempotent; distributed's own messages
+        about connections closing are not shown while it closes.
+        """
+        with self._lock:
+            self._closed = True
+            pending = list(self._pending)
+        if cancel_futures:
+            for future in pending:
+                future.cancel()
+        if wait and pending:
+            cf.wait(pending)
+        with self._lock:
+            client, self._client = self._client, None
+            cluster, self._cluster = self._cluster, None
+            owns_client, self._owns_client = self._owns_client, False
+            cancelling = self._cancel_thread
+        if cancelling is not None and not owns_client:
+            cancelling.join(self.connect_timeout)  # a client we keep: its cancels must land
+        if client is None and cluster is None:
+            return
+        with _quiet_distributed_logs():
+            if cluster is not None and client is not None:
+                self._quiet_workers(client)
+            # The client first, then the cluster: the other order makes the client
+            # log its lost connection while the scheduler goes away.
+            if owns_client and client is not None:
+                with contextlib.suppress(Exception):
+                    client.close(timeout=self.connect_timeout)
+            if cluster is not None:
+                with contextlib.suppress(Exception):
+                    cluster.close(timeout=max(self.connect_timeout, 10.0))
+
+    def _quiet_workers(self, client: Any) -> None:
+        """Before closing the local cluster: its worker processes (which share this
+        process's stderr) would log the tasks they abandon as they stop."""
+        with contextlib.suppress(Exception):
+            client.run(_silence_distributed_logs, callback_timeout=2)
+
+    def explain_failure(self, task_run_id: str, exc: BaseException) -> WorkerLost | None:
+        """Whether ``task_run_id`` was lost with a Dask worker or the scheduler connection.
+
+        ``KilledWorker``: the run executing in the dead worker (per its journal) is the
+        culprit; the other runs of the lost Dask task, and runs that were only queued on
+        that worker, are resubmitted without counting an attempt. When the journal
+        cannot be read (a worker on another machine), every run of the lost task is
+        counted as crashed. A lost scheduler connection resubmits the run (the
+        resubmission fails fast with BackendConnectionError if it does not come back).
+        Anything else is not a lost worker (None).
+        """
+        if isinstance(exc, _ConnectionLost):
+            return self._uncounted_loss(task_run_id, str(exc))
+        if not isinstance(exc, _distributed().KilledWorker):
+            return None
+        culprit, known, message = self._killed_worker_verdict(exc)
+        if not known or culprit == task_run_id:
+            return WorkerLost(culprit=True, message=message)
+        return self._uncounted_loss(task_run_id, f"lost with a Dask worker that died: {message}")
+
+    def __repr__(self) -> str:
+        where = self.address or ("a given client" if self._given_client is not None else "a local cluster")
+        return f"<DaskBackend on {where} max_workers={self.max_workers}>"
+
+    # -- connecting -----------------------------------------------------------------------
+    def _connected_client(self) -> Any:
+        with self._lock:
+            if self._closed:
+                raise BackendShutdownError(
+                    "backend 'dask' has been shut down; create a new one with "
+                    "flowcore.get_backend('dask', ...)"
+                )
+            client = self._client
+            if client is None or client.status in ("closing", "closed", "failed"):
+                client = self._connect()
+        if client.status != "running":
+            self._await_reconnection(client)
+        return client
+
+    def _connect(self) -> Any:
+        """Under the lock: a running client, or BackendConnectionError."""
+        failure = self._failure
+        if failure is not None and time.monotonic() - failure[0] < self.connect_timeout:
+            raise BackendConnectionError(failure[1])
+        try:
+            if self._given_client is not None:
+                client = self._given_client
+                if client.status != "running":
+                    raise BackendConnectionError(
+                        f"the Dask client passed to the 'dask' backend is {client.status}; "
+                        "pass a connected distributed.Client"
+                    )
+                self._client, self._owns_client = client, False
+            elif self.address is not None:
+                self._client, self._owns_client = self._connect_to_scheduler(self.address), True
+            else:
+                self._client, self._owns_client = self._start_local_cluster(), True
+        except BackendConnectionError as exc:
+            self._failure = (time.monotonic(), str(exc))
+            raise
+        self._failure = None
+        _install_log_filter()
+        self._count_workers(self._client)
+        return self._client
+
+    def _connect_to_scheduler(self, address: str) -> Any:
+        try:
+            return _distributed().Client(
+                address,
+                timeout=self.connect_timeout,
+                security=self._security(),
+                set_as_default=False,
+            )
+        except Exception as exc:
+            raise BackendConnectionError(
+                f"cannot connect to the Dask scheduler at {address} within the connect timeout "
+                f"of {self.connect_timeout:g} s ({type(exc).__name__}: {exc}); check that "
+                f"'dask scheduler' runs there and is reachable from this machine, or raise "
+                f"the backend option connect_timeout"
+            ) from exc
+
+    def _start_local_cluster(self) -> Any:
+        distributed = _distributed()
+        options: dict[str, Any] = {
+            "n_workers": self.max_workers,
+            "threads_per_worker": 1,
+            "processes": True,
+            "host": "127.0.0.1",
+            "dashboard_address": self._dashboard_address,
+            # Report a dead worker at once: flowcore's retries decide what runs again.
+            "scheduler_kwargs": {"allowed_failures": 0},
+        }
+        security = self._security()
+        if security is not None:
+            options["security"] = security
+        options.update(self._cluster_options)
+        try:
+            cluster = distributed.LocalCluster(**options)
+        except Exception as exc:
+            raise BackendConnectionError(
+                f"could not start a local Dask cluster of {options['n_workers']} worker "
+                f"processes ({type(exc).__name__}: {exc}). Dask starts its workers with "
+                "multiprocessing's spawn method, which imports your main module again: a "
+                "script must start flows under 'if __name__ == \"__main__\":'"
+            ) from exc
+        try:
+            client = distributed.Client(cluster, timeout=self.connect_timeout, set_as_default=False)
+        except Exception as exc:
+            with _quiet_distributed_logs(), contextlib.suppress(Exception):
+                cluster.close()
+            raise BackendConnectionError(
+                f"could not connect to the local Dask cluster at {cluster.scheduler_address} "
+                f"within {self.connect_timeout:g} s ({type(exc).__name__}: {exc})"
+            ) from exc
+        with contextlib.suppress(Exception):  # best effort: only Ctrl-C output is at stake
+            plugin = _plugin_class()()
+            client.register_plugin(plugin, name=plugin.plugin_name)
+        self._cluster = cluster
+        self._log_dashboard(cluster)
+        return client
+
+    def _log_dashboard(self, cluster: Any) -> None:
+        from importlib.util import find_spec
+
+        workers = len(getattr(cluster, "workers", {}) or {})
+        if self._dashboard_address is None:
+            logger.info("started a local Dask cluster of %d worker processes", workers)
+        elif find_spec("bokeh") is None:
+            logger.info(
+                "started a local Dask cluster of %d worker processes (install bokeh for its "
+                "dashboard)",
+                workers,
+            )
+        else:
+            logger.info(
+                "started a local Dask cluster of %d worker processes; dashboard: %s",
+                workers,
+                cluster.dashboard_link,
+            )
+
+    def _security(self) -> Any:
+        if self._security_option is True:
+            return _distributed().Security.temporary()
+        if self._security_option is not None:
+            return self._security_option
+        if self._tls or self._require_encryption is not None:
+            return _distributed().Security(**self._tls, require_encryption=self._require_encryption)
+        return None
+
+    def _count_workers(self, client: Any) -> None:
+        try:
+            threads = sum(client.nthreads().values())
+        except Exception:  # pragma: no cover - the scheduler went away right after connecting
+            return
+        if threads > 0:
+            self.max_workers = int(threads)
+
+    def _await_reconnection(self, client: Any) -> None:
+        """The client lost its scheduler and tries to reconnect: wait for that, at most
+        the connect timeout."""
+        deadline = time.monotonic() + self.connect_timeout
+        while client.status == "connecting" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if client.status != "running":
+            raise BackendConnectionError(
+                f"lost the connection to the Dask scheduler at {client.scheduler.address} and "
+                f"it did not come back within the connect timeout of {self.connect_timeout:g} s "
+                f"(client {client.status}); check that the scheduler is running"
+            )
+
+    # -- results ------------------------------------------------------------------------------
+    def _deliver(self, future: DaskFuture, dask_future: Any) -> None:
+        """Dask's callback thread: complete ``future`` from the finished ``dask_future``,
+        then drop the Dask future so the cluster forgets its result."""
+        with self._lock:
+            self._pending.discard(future)
+        future.dask_future = None
+        if future.done():
+            return  # cancelled meanwhile
+        value: Any = None
+        error: BaseException | None = None
+        try:
+            status = dask_future.status
+            if status == "finished":
+                value = dask_future.result()
+            elif status == "error":
+                error = dask_future.exception()
+            else:
+                error = self._lost_connection(dask_future)
+        except Exception as exc:
+            error = _explain_gather_error(exc, self._closed)
+        with contextlib.suppress(cf.InvalidStateError):
+            if error is None:
+                future.set_result(value)
+            else:
+                future.set_exception(error)
+
+    def _lost_connection(self, dask_future: Any) -> BaseException:
+        if self._closed:
+            return BackendShutdownError("backend 'dask' was shut down while the task was in flight")
+        reason = ""
+        try:
+            dask_future.result(timeout=1)
+        except Exception as exc:  # FutureCancelledError names the reason
+            reason = str(exc).splitlines()[0]
+        where = self.address or "the local cluster"
+        return _ConnectionLost(f"the Dask task was dropped by {where} ({reason or dask_future.status})")
+
+    def _cancel_remote(self, dask_future: Any) -> None:
+        """Cancel a Dask task without blocking the caller: a thread sends the queued
+        cancellations in one scheduler round trip."""
+        with self._lock:
+            if self._closed or self._client is None:
+                return  # shutdown closes the client, which drops its tasks anyway
+            self._cancel_queue.append(dask_future)
+            if self._cancel_thread is not None:
+                return
+            thread = self._cancel_thread = threading.Thread(
+                target=self._send_cancellations, name="flowcore-dask-cancel", daemon=True
+            )
+        thread.start()
+
+    def _send_cancellations(self) -> None:
+        while True:
+            with self._lock:
+                batch, self._cancel_queue = self._cancel_queue, []
+                if not batch:
+                    self._cancel_thread = None
+                    return
+            by_client: dict[int, list[Any]] = {}
+            for dask_future in batch:
+                by_client.setdefault(id(dask_future.client), []).append(dask_future)
+            for futures in by_client.values():
+                with contextlib.suppress(Exception):
+                    futures[0].client.cancel(futures)
+
+    # -- worker deaths ----------------------------------------------------------------------------
+    def _killed_worker_verdict(self, exc: BaseException) -> tuple[str | None, bool, str]:
+        """``(culprit run id, whether the journal was read, message)`` for a KilledWorker.
+
+        Computed once per dead worker: each Dask task lost with it raises its own
+        KilledWorker, and the journal of the dead process is read (then removed) once.
+        """
+        worker = getattr(exc, "last_worker", None)
+        address = str(getattr(worker, "address", "?"))
+        pid = getattr(worker, "pid", None)
+        with self._verdicts_lock:
+            verdict = self._verdicts.get((address, pid))
+            if verdict is not None:
+                return verdict
+            who = f"Dask worker {address}" + (f" (process {pid})" if pid else "")
+            entry = _read_local_journal(address, pid)
+            if entry is None:
+                verdict = (None, False, f"{who} died while running it (or a task run sent in the same batch)")
+            else:
+                verdict = (entry or None, True, f"{who} died while running it")
+            if len(self._verdicts) >= 64:  # a few recent deaths are enough
+                self._verdicts.pop(next(iter(self._verdicts)))
+            self._verdicts[(address, pid)] = verdict
+            return verdict
+
+    def _uncounted_loss(self, task_run_id: str, message: str) -> WorkerLost:
+        with self._verdicts_lock:
+            count = self._uncounted.get(task_run_id, 0) + 1
+            self._uncounted[task_run_id] = count
+        if count > MAX_UNCOUNTED_LOSSES:
+            return WorkerLost(culprit=True, message=f"{message}; lost {count} times, counted as a crash")
+        return WorkerLost(culprit=False, message=message)
+
+
+class _ConnectionLost(BackendConnectionError):
+    """A Dask task dropped because the client lost its scheduler (resubmitted)."""
+
+
+def _make_ignore_interrupts() -> type:
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class IgnoreInterrupts(WorkerPlugin):
+        """Makes a worker process of the local cluster ignore SIGINT.
+
+        Ctrl-C in a terminal reaches every process of the foreground group; the parent
+        handles it (the flow stops its runs and closes the cluster), while workers that
+        handled it too would each print their own shutdown.
+        """
+
+        plugin_name = "flowcore-ignore-interrupts"
+
+        def setup(self, worker: Any) -> None:
+            import signal
+
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    IgnoreInterrupts.__module__ = __name__
+    IgnoreInterrupts.__qualname__ = "IgnoreInterrupts"
+    return IgnoreInterrupts
+
+
+def _plugin_class() -> Any:
+    cls = globals().get("IgnoreInterrupts")
+    if cls is None:
+        cls = globals()["IgnoreInterrupts"] = _make_ignore_interrupts()
+    return cls
+
+
+def __getattr__(name: str) -> Any:
+    # The worker plugin subclasses distributed's WorkerPlugin: defined on first use so
+    # that importing this module does not import distributed, and reachable as a module
+    # attribute so that workers unpickle it by reference.
+    if name == "IgnoreInterrupts":
+        return _plugin_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _distributed() -> Any:
+    """The ``distributed`` package, imported on first use (``import flowcore`` stays
+    light) and typed as Any: its API is only partly annotated."""
+    import importlib
+
+    return importlib.import_module("distributed")
+
+
+def _task_key(fn: Callable[..., Any], args: tuple[Any, ...]) -> str:
+    """A unique Dask key that names the task in the dashboard: ``flowcore-<task>-<hex>``."""
+    label: Any = None
+    if args:
+        first = args[0]
+        label = getattr(getattr(first, "task", first), "name", None)
+    if not isinstance(label, str):
+        label = getattr(fn, "__name__", "call")
+    cleaned = "".join(c if c.isalnum() or c in "_." else "_" for c in label)[:60] or "call"
+    return f"flowcore-{cleaned}-{uuid.uuid4().hex}"
+
+
+def _explain_gather_error(exc: Exception, closed: bool) -> BaseException:
+    """Turn a failure to fetch a finished task's value into what the core understands."""
+    import pickle
+
+    if closed:
+        return BackendShutdownError("backend 'dask' was shut down while the result was fetched")
+    text = str(exc)
+    if isinstance(exc, TypeError) and ("serializ" in text or "pickl" in text):
+        error = pickle.PicklingError(f"cannot pickle the result on the Dask worker: {text}")
+        error.__cause__ = exc
+        return error
+    if isinstance(exc, OSError) or type(exc).__name__ in ("CommClosedError", "FutureCancelledError"):
+        error2 = _ConnectionLost(f"the result could not be fetched from the Dask cluster ({text})")
+        error2.__cause__ = exc
+        return error2
+    return exc
+
+
+def _read_local_journal(address: str, pid: Any) -> str | None:
+    """The task run the dead worker process ``pid`` was executing, from its journal on
+    this machine: the run id, ``""`` when it was executing none, None when unknown (the
+    worker ran elsewhere, or kept no journal here)."""
+    from flowcore.journal import ENV_VAR, pid_alive, read_journal_entries
+
+    if not isinstance(pid, int) or pid <= 0 or not _is_this_machine(address) or pid_alive(pid):
+        return None
+    directories = [worker_journal_directory()]
+    inherited = os.environ.get(ENV_VAR, "").rpartition(":")[0]
+    if inherited:
+        directories.append(inherited)
+    for directory in directories:
+        path = os.path.join(directory, str(pid))
+        if not os.path.exists(path):
+            continue
+        entry = read_journal_entries(directory).get(pid)
+        with contextlib.suppress(OSError):
+            os.unlink(path)  # the process is dead: nobody else needs its journal
+        return entry[0] if entry is not None else ""
+    return None
+
+
+def _is_this_machine(address: str) -> bool:
+    import socket
+
+    host = address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    if host in ("localhost", "::1", "0.0.0.0") or host.startswith("127."):
+        return True
+    try:
+        names = {socket.gethostname(), socket.getfqdn()}
+        local = {info[4][0] for name in names for info in socket.getaddrinfo(name, None)}
+    except OSError:
+        return False
+    return host in names or host in local
+
+
+# -- distributed's logs ------------------------------------------------------------------------
+
+_thread_state = threading.local()
+_filter_installed = False
+
+
+class _SubmitFilter(logging.Filter):
+    """Drops distributed's own report of a call that does not pickle while this module
+    submits it: the task run ends with a SerializationError that names the argument."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(_thread_state, "submitting", False)
+
+
+class _KilledWorkerFilter(logging.Filter):
+    """Drops the scheduler's error about a flowcore task whose worker died (a scheduler
+    in this process: the local cluster): flowcore reports that run itself, as Crashed
+    or with the retry it gets, naming the worker."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            isinstance(record.msg, str)
+            and record.msg.startswith("Task %s marked as failed because")
+            and isinstance(record.args, tuple)
+            and bool(record.args)
+            and str(record.args[0]).startswith("flowcore-")
+        )
+
+
+def _install_log_filter() -> None:
+    global _filter_installed
+    if not _filter_installed:
+        _filter_installed = True
+        logging.getLogger("distributed.protocol.pickle").addFilter(_SubmitFilter())
+        logging.getLogger("distributed.scheduler").addFilter(_KilledWorkerFilter())
+
+
+@contextlib.contextmanager
+def _quiet_serialization_errors() -> Iterator[None]:
+    _thread_state.submitting = True
+    try:
+        yield
+    finally:
+        _thread_state.submitting = False
+
+
+def _silence_distributed_logs() -> None:
+    """In a worker process of the local cluster, just before it is stopped."""
+    for name in ["distributed", "tornado"] + [
+        name for name in list(logging.root.manager.loggerDict) if name.startswith("distributed.")
+    ]:
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+
+
+@contextlib.contextmanager
+def _quiet_distributed_logs() -> Iterator[None]:
+    """While a client or cluster closes: distributed's loggers report connections that
+    close as errors ("stream is closed", CommClosedError); they are expected then."""
+    names = ["distributed", "tornado"] + [
+        name for name in list(logging.root.manager.loggerDict) if name.startswith("distributed.")
+    ]
+    saved = [(logging.getLogger(name), logging.getLogger(name).level) for name in names]
+    for named, _ in saved:
+        named.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for named, level in saved:
+            named.setLevel(level)
+
+
+# -- options and registration -------------------------------------------------------------------
+
+
+def _validate(
+    address: Any,
+    client: Any,
+    max_workers: Any,
+    connect_timeout: Any,
+    security: Any,
+    tls: dict[str, Any],
+    require_encryption: Any,
+    dashboard_address: Any,
+) -> None:
+    if address is not None and (not isinstance(address, str) or not address.strip()):
+        raise ValueError(
+            f"address for the dask backend must be a scheduler address such as "
+            f"'tcp://host:8786', got {address!r}"
+        )
+    if client is not None:
+        if address is not None:
+            raise ValueError("the dask backend takes either address= or client=, not both")
+        if security is not None or any(v is not None for v in tls.values()) or require_encryption is not None:
+            raise ValueError(
+                "security options of the dask backend apply to connections it makes; a "
+                "client passed as client= is already connected"
+            )
+        if not all(hasattr(client, attribute) for attribute in ("submit", "status", "nthreads")):
+            raise ValueError(f"client for the dask backend must be a distributed.Client, got {client!r}")
+    if max_workers is not None and (
+        isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1
+    ):
+        raise ValueError(f"max_workers for the dask backend must be a positive int, got {max_workers!r}")
+    if (
+        isinstance(connect_timeout, bool)
+        or not isinstance(connect_timeout, (int, float))
+        or not connect_timeout > 0
+    ):
+        raise ValueError(
+            f"connect_timeout for the dask backend must be a positive number of seconds, got "
+            f"{connect_timeout!r}"
+        )
+    if security is True and address is not None:
+        raise ValueError(
+            "security=True (temporary self-signed credentials) only works for the local "
+            "cluster the dask backend starts; pass a distributed.Security for a scheduler"
+        )
+    for option, path in tls.items():
+        if path is not None and (not isinstance(path, str) or not os.path.isfile(path)):
+            raise ValueError(f"{option} for the dask backend must be an existing file, got {path!r}")
+    if require_encryption is not None and not isinstance(require_encryption, bool):
+        raise ValueError(f"require_encryption for the dask backend must be a bool, got {require_encryption!r}")
+    if dashboard_address is not None and not isinstance(dashboard_address, str):
+        raise ValueError(
+            f"dashboard_address for the dask backend must be 'host:port' or None, got "
+            f"{dashboard_address!r}"
+        )
+
+
+def create(
+    address: str | None = None,
+    *,
+    client: Any = None,
+    max_workers: int | None = None,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    security: Any = None,
+    tls_ca_file: str | None = None,
+    tls_client_cert: str | None = None,
+    tls_client_key: str | None = None,
+    require_encryption: bool | None = None,
+    dashboard_address: str | None = DEFAULT_DASHBOARD_ADDRESS,
+    cluster_options: Mapping[str, Any] | None = None,
+) -> DaskBackend:
+    """Factory: ``dask`` takes ``address`` or ``client`` (neither: a local cluster),
+    ``max_workers``, ``connect_timeout``, ``security`` / ``tls_ca_file`` /
+    ``tls_client_cert`` / ``tls_client_key`` / ``require_encryption``,
+    ``dashboard_address`` and ``cluster_options`` (more ``LocalCluster`` arguments)."""
+    return DaskBackend(
+        address,
+        client=client,
+        max_workers=max_workers,
+        connect_timeout=connect_timeout,
+        security=security,
+        tls_ca_file=tls_ca_file,
+        tls_client_cert=tls_client_cert,
+        tls_client_key=tls_client_key,
+        require_encryption=require_encryption,
+        dashboard_address=dashboard_address,
+        cluster_options=cluster_options,
+    )
+
+
+@hookimpl
+def flowcore_backends() -> list[BackendSpec]:
+    return [
+        BackendSpec(
+            name="dask",
+            factory=create,
+            description="a Dask distributed cluster: a local one, or a scheduler at an address",
+            kind=BackendKind.CLUSTER,
+            requires=("distributed",),
+            extra="dask",
+        )
+    ]
+
+
+__all__ = [
+    "DaskBackend",
+    "DaskCall",
+    "DaskFuture",
+    "create",
+    "execute",
+    "open_worker_journal",
+    "worker_journal_directory",
+]
