@@ -1,0 +1,550 @@
+"""The dask backend against real schedulers and workers on 127.0.0.1.
+
+A scheduler and two single-threaded worker processes are started with the ``dask``
+command line (as a user would on several machines) and stopped after the module; the
+tests that stop a scheduler start their own. No Dask object is mocked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+
+pytest.importorskip("distributed")
+
+import flowcore
+from flowcore import flow, task
+from flowcore.errors import (
+    BackendConnectionError,
+    BackendShutdownError,
+    CrashedError,
+    SerializationError,
+)
+from flowcore.states import State
+
+REPO = Path(__file__).resolve().parents[1]
+DASK = str(Path(sys.executable).with_name("dask"))
+#: Noise that distributed prints when connections close in the wrong order.
+NOISE = ("CommClosedError", "stream is closed", "StreamClosedError", "Task was destroyed", "Traceback")
+
+
+def noise(stderr: str, *, expected: tuple[str, ...] = ()) -> list[str]:
+    """The lines of ``stderr`` that are distributed's (or tracebacks), except ``expected``."""
+    return [
+        line
+        for line in stderr.splitlines()
+        if (any(n in line for n in NOISE) or "distributed." in line) and not any(e in line for e in expected)
+    ]
+
+
+# -- tasks (imported by reference in the workers: tests/ is on their PYTHONPATH) ----------
+
+
+@task
+def worker_pid(_: int = 0) -> int:
+    return os.getpid()
+
+
+@task
+def inc(x: int) -> int:
+    return x + 1
+
+
+@task
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@task
+def total(values: list[int]) -> int:
+    return sum(values)
+
+
+@task
+def slow_square(x: int, seconds: float = 0.3) -> int:
+    time.sleep(seconds)
+    return x * x
+
+
+@task
+def always_die() -> None:
+    time.sleep(0.2)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@task
+def die_once(marker: str) -> str:
+    """Kills its own worker the first time (the marker file remembers), then succeeds."""
+    path = Path(marker)
+    if not path.exists():
+        path.write_text(str(os.getpid()))
+        time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGKILL)
+    return "survived"
+
+
+@task
+def square_or_die(x: int, fatal: int) -> int:
+    time.sleep(0.01)
+    if x == fatal:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x * x
+
+
+@task
+def takes_anything(value: Any) -> str:
+    return type(value).__name__
+
+
+@task
+def returns_a_lock() -> Any:
+    return threading.Lock()
+
+
+# -- a real cluster on 127.0.0.1 ----------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class DaskCluster:
+    """``dask scheduler`` plus ``dask worker --nworkers 2 --nthreads 1``, each in its own
+    process group; the scheduler reports a dead worker at once (allowed-failures 0)."""
+
+    def __init__(self, workers: int = 2) -> None:
+        self.port = free_port()
+        self.address = f"tcp://127.0.0.1:{self.port}"
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO), os.environ.get("PYTHONPATH", "")]),
+            "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0",
+        }
+        common: dict[str, Any] = {
+            "cwd": REPO, "env": env, "start_new_session": True,
+            "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL,
+        }
+        self.scheduler = subprocess.Popen(
+            [DASK, "scheduler", "--host", "127.0.0.1", "--port", str(self.port), "--no-dashboard"], **common
+        )
+        self.workers = subprocess.Popen(
+            [DASK, "worker", self.address, "--nworkers", str(workers), "--nthreads", "1", "--no-dashboard"],
+            **common,
+        )
+        try:
+            self.wait_for_workers(workers)
+        except BaseException:
+            self.stop()
+            raise
+
+    def wait_for_workers(self, count: int) -> None:
+        from distributed import Client
+
+        with Client(self.address, timeout=60, set_as_default=False) as client:  # type: ignore[no-untyped-call]
+            client.wait_for_workers(count, timeout=120)
+
+    def stop_scheduler(self) -> None:
+        _kill_group(self.scheduler)
+
+    def stop(self) -> None:
+        _kill_group(self.workers)
+        _kill_group(self.scheduler)
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        with_signal = [signal.SIGTERM, signal.SIGKILL]
+        for sig in with_signal:
+            try:
+                os.killpg(process.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                process.wait(timeout=10)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+    process.wait()
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[DaskCluster]:
+    started = DaskCluster()
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+def on_dask(body: Any, **options: Any) -> Any:
+    backend = flowcore.get_backend("dask", **options)
+    try:
+        return flow(backend=backend)(body)()
+    finally:
+        backend.shutdown()
+
+
+# -- a scheduler at an address ---------------------------------------------------------------
+
+
+def test_flow_on_a_scheduler_by_address(cluster: DaskCluster) -> None:
+    def body() -> tuple[list[int], int, int, set[int]]:
+        incremented = inc.map(range(100))
+        # Futures stand in for their values (cast tells the type checker so).
+        pair = add.submit(cast(int, incremented[0]), cast(int, incremented[1]))
+        summed = total.submit(cast(list[int], [pair, incremented[-1], 1000]))  # inside a list
+        pids = {f.result() for f in worker_pid.map(range(20))}
+        return [f.result() for f in incremented], pair.result(), summed.result(), pids
+
+    backend = flowcore.get_backend("dask", address=cluster.address)
+    try:
+        values, pair, summed, pids = flow(backend=backend)(body)()
+        assert backend.max_workers == 2  # two single-threaded workers, as the scheduler says
+    finally:
+        backend.shutdown()
+    assert values == list(range(1, 101))
+    assert pair == 3 and summed == 3 + 100 + 1000
+    assert os.getpid() not in pids and 1 <= len(pids) <= 2
+
+
+def test_configured_through_the_environment(cluster: DaskCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLOWCORE_BACKEND", "dask")
+    monkeypatch.setenv("FLOWCORE_BACKEND_OPTIONS", json.dumps({"address": cluster.address}))
+
+    @flow
+    def configured() -> tuple[str, int]:
+        return type(flowcore.get_backend()).__name__, worker_pid.submit().result()
+
+    backend_type, pid = configured()
+    assert backend_type == "DaskBackend"
+    assert pid != os.getpid()
+
+
+def test_a_passed_client_is_used_and_never_closed(cluster: DaskCluster) -> None:
+    from distributed import Client
+
+    with Client(cluster.address, set_as_default=False) as client:  # type: ignore[no-untyped-call]
+        backend = flowcore.get_backend("dask", client=client)
+        with backend:
+            assert flow(backend=backend)(lambda: [f.result() for f in inc.map(range(10))])() == list(range(1, 11))
+        assert client.status == "running"
+        assert client.submit(pow, 2, 5, pure=False).result(timeout=60) == 32
+        with pytest.raises(BackendShutdownError):
+            backend.submit(pow, 2, 5)
+
+
+def test_shutdown_never_stops_the_scheduler_or_its_workers(cluster: DaskCluster) -> None:
+    on_dask(lambda: inc.submit(1).result(), address=cluster.address)
+    on_dask(lambda: inc.submit(1).result(), address=cluster.address)
+    assert cluster.scheduler.poll() is None and cluster.workers.poll() is None
+
+
+def test_worker_killed_mid_task_ends_its_run_crashed(cluster: DaskCluster) -> None:
+    def body() -> tuple[State[Any], list[int]]:
+        victims = [slow_square.submit(i, 0.5) for i in range(4)]  # queued or running meanwhile
+        crashed = always_die.submit(return_state=True)
+        return crashed, [v.result() for v in victims]
+
+    crashed, squares = on_dask(body, address=cluster.address)
+    assert crashed.is_crashed() and isinstance(crashed.exception, CrashedError)
+    assert "Dask worker tcp://127.0.0.1:" in crashed.message and "died while running it" in crashed.message
+    assert crashed.attempts == 1
+    assert squares == [0, 1, 4, 9]  # the other runs were not lost
+    cluster.wait_for_workers(2)  # the nanny restarted the worker
+
+
+def test_worker_killed_mid_task_is_retried(cluster: DaskCluster, tmp_path: Path) -> None:
+    dying = die_once.with_options(retries=1)
+
+    def body() -> tuple[State[Any], list[int]]:
+        done = [f.result() for f in inc.map(range(50))]  # finished before the crash
+        crashed = dying.submit(str(tmp_path / "died"), return_state=True)
+        return crashed, done
+
+    state, done = on_dask(body, address=cluster.address)
+    assert state.is_completed() and state.result() == "survived"
+    assert state.attempts == 2  # the lost attempt counts
+    assert done == list(range(1, 51))
+    cluster.wait_for_workers(2)
+
+
+def test_worker_killed_inside_a_batch_of_a_map_blames_only_its_run(cluster: DaskCluster) -> None:
+    def body() -> list[State[Any]]:
+        futures = square_or_die.map(range(60), fatal=45)  # later batches hold several runs
+        flowcore.wait(futures, timeout=120)
+        return [f.state for f in futures]
+
+    states = on_dask(body, address=cluster.address)
+    crashed = states[45]
+    assert crashed.is_crashed() and crashed.message.endswith("died while running it")
+    assert [s.result() for i, s in enumerate(states) if i != 45] == [i * i for i in range(60) if i != 45]
+    cluster.wait_for_workers(2)
+
+
+def test_unpicklable_argument_and_result_fail_with_serialization_errors(cluster: DaskCluster) -> None:
+    lock = threading.Lock()
+
+    def body() -> tuple[State[Any], State[Any], str]:
+        bad_argument = takes_anything.submit(lock, return_state=True)
+        bad_result = returns_a_lock.submit(return_state=True)
+        return bad_argument, bad_result, takes_anything.submit(3).result()
+
+    bad_argument, bad_result, good = on_dask(body, address=cluster.address)
+    assert isinstance(bad_argument.exception, SerializationError)
+    assert "argument 'value'" in bad_argument.message and "_thread.lock" in bad_argument.message
+    assert isinstance(bad_result.exception, SerializationError)
+    assert "result" in bad_result.message and "returns_a_lock" in bad_result.message
+    assert good == "int"
+
+
+# -- unreachable schedulers ---------------------------------------------------------------
+
+
+def test_unreachable_address_fails_at_first_submit_naming_it() -> None:
+    address = f"tcp://127.0.0.1:{free_port()}"  # nothing listens there
+    backend = flowcore.get_backend("dask", address=address, connect_timeout=1)  # lazy: no error
+    try:
+        with pytest.raises(BackendConnectionError) as info:
+            backend.submit(pow, 2, 5)
+        assert address in str(info.value) and "1 s" in str(info.value)
+        # The next submit does not wait for another timeout: it fails at once.
+        started = time.monotonic()
+        with pytest.raises(BackendConnectionError, match=address.replace(".", r"\.")):
+            backend.submit(pow, 2, 5)
+        assert time.monotonic() - started < 0.5
+    finally:
+        backend.shutdown()
+
+
+def test_flow_on_an_unreachable_scheduler_crashes_its_tasks_clearly() -> None:
+    address = f"tcp://127.0.0.1:{free_port()}"
+
+    def body() -> tuple[State[Any], set[str]]:
+        first = inc.submit(1, return_state=True)
+        mapped = inc.map(range(200))
+        flowcore.wait(mapped, timeout=120)
+        return first, {f.state.name for f in mapped}
+
+    first, mapped = on_dask(body, address=address, connect_timeout=1)
+    assert first.is_crashed() and address in first.message
+    assert isinstance(first.exception, CrashedError)
+    assert isinstance(first.exception.__cause__, BackendConnectionError)
+    assert mapped == {"Crashed"}
+
+
+def test_stopped_scheduler_fails_the_next_flow_within_the_connect_timeout() -> None:
+    own = DaskCluster(workers=1)
+    try:
+        assert on_dask(lambda: inc.submit(1).result(), address=own.address, connect_timeout=2) == 2
+        reused = flowcore.get_backend("dask", address=own.address, connect_timeout=2)
+        assert flow(backend=reused)(lambda: inc.submit(2).result())() == 3
+        own.stop_scheduler()
+        with pytest.raises(CrashedError) as info:
+            on_dask(lambda: inc.submit(1).result(), address=own.address, connect_timeout=2)
+        assert own.address in str(info.value) and "2 s" in str(info.value)
+        # A backend that was connected when the scheduler went away fails the same way.
+        with pytest.raises(CrashedError) as info:
+            flow(backend=reused)(lambda: inc.submit(3).result())()
+        assert own.address in str(info.value) and "2 s" in str(info.value)
+        reused.shutdown()
+    finally:
+        own.stop()
+
+
+# -- options ------------------------------------------------------------------------------
+
+
+def test_invalid_options_fail_when_the_backend_is_created(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="either address= or client="):
+        flowcore.get_backend("dask", address="tcp://127.0.0.1:8786", client=object())
+    with pytest.raises(ValueError, match="max_workers"):
+        flowcore.get_backend("dask", max_workers=0)
+    with pytest.raises(ValueError, match="connect_timeout"):
+        flowcore.get_backend("dask", connect_timeout=-1)
+    with pytest.raises(ValueError, match="tls_ca_file"):
+        flowcore.get_backend("dask", address="tls://127.0.0.1:8786", tls_ca_file=str(tmp_path / "missing.pem"))
+    with pytest.raises(TypeError, match="invalid options for backend 'dask'"):
+        flowcore.get_backend("dask", adress="tcp://127.0.0.1:8786")
+
+
+def test_backend_describes_itself_before_connecting() -> None:
+    backend = flowcore.get_backend("dask", address="tcp://127.0.0.1:1", max_workers=6)
+    assert (backend.name, str(backend.kind), backend.max_workers) == ("dask", "cluster", 6)
+    assert "tcp://127.0.0.1:1" in repr(backend)
+    backend.shutdown()
+    with pytest.raises(BackendShutdownError):
+        backend.submit(pow, 1, 1)
+
+
+def test_importing_the_backend_module_loads_no_dask() -> None:
+    code = (
+        "import sys, flowcore, flowcore.backends.dask; "
+        "from flowcore.registry import get_registry; get_registry().spec('dask'); "
+        "print(sorted(m for m in ('dask', 'distributed') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+# -- a local cluster, in a subprocess: clean output, no leftover processes ------------------
+
+
+def _run_script(tmp_path: Path, source: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(source))
+    return subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=timeout, cwd=tmp_path
+    )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead for our purposes
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def _wait_gone(pids: list[int], seconds: float = 30) -> list[int]:
+    deadline = time.monotonic() + seconds
+    alive = pids
+    while alive and time.monotonic() < deadline:
+        alive = [pid for pid in pids if _alive(pid)]
+        time.sleep(0.1)
+    return alive
+
+
+@pytest.mark.slow
+def test_local_cluster_runs_main_functions_closures_and_exits_cleanly(tmp_path: Path) -> None:
+    result = _run_script(
+        tmp_path,
+        """
+        import json, logging, os, signal, time
+        from flowcore import flow, task
+
+        offset = 100
+
+        @task
+        def add_offset(x):
+            return x + offset
+
+        @task
+        def pid(_=0):
+            return os.getpid()
+
+        @task
+        def die():
+            time.sleep(0.1)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        def make_scaler(k):
+            @task(name="scale")
+            def scale(x):
+                return x * k
+            return scale
+
+        @flow(backend="dask")
+        def main():
+            scale = make_scaler(3)
+            values = [add_offset.submit(1).result(), scale.submit(2).result(), sum(f.result() for f in add_offset.map(range(300)))]
+            crashed = die.submit(return_state=True)
+            pids = sorted({f.result() for f in pid.map(range(20))})
+            return values, crashed.name, crashed.message, pids
+
+        @flow(backend="dask")
+        def failing():
+            pid.submit()
+            add_offset.map(range(50))
+            raise RuntimeError("the body failed")
+
+        if __name__ == "__main__":
+            values, crashed, message, pids = main()
+            try:
+                failing()
+            except RuntimeError as exc:
+                print("raised:", exc)
+            print(json.dumps({"values": values, "crashed": crashed, "message": message, "pids": pids}))
+        """,
+    )
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["values"] == [101, 6, sum(range(300)) + 300 * 100]
+    assert out["crashed"] == "Crashed" and "died while running it" in out["message"]
+    assert "raised: the body failed" in result.stdout
+    assert "started a local Dask cluster of 2 worker processes" in result.stderr  # INFO
+    # A dead worker is restarted by its nanny, which says so; nothing else from Dask.
+    assert noise(result.stderr, expected=("distributed.nanny - WARNING - Restarting worker",)) == [], result.stderr
+    assert os.getpid() not in out["pids"]
+    assert _wait_gone(out["pids"]) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("whole_group", [False, True], ids=["parent", "process-group"])
+def test_ctrl_c_stops_the_local_cluster(tmp_path: Path, whole_group: bool) -> None:
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    script = tmp_path / "script.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import os, time
+            from pathlib import Path
+            from flowcore import flow, task
+
+            @task
+            def work(i):
+                Path({str(pids)!r}, str(os.getpid())).write_text("")
+                time.sleep(60)
+                return i
+
+            @flow(backend="dask")
+            def main():
+                futures = [work.submit(i) for i in range(4)]
+                return [f.result() for f in futures]
+
+            if __name__ == "__main__":
+                main()
+            """
+        )
+    )
+    process = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=tmp_path, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while len(list(pids.iterdir())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        worker_pids = [int(p.name) for p in pids.iterdir()]
+        assert worker_pids, "no worker started"
+        if whole_group:  # what a terminal does
+            os.killpg(process.pid, signal.SIGINT)
+        else:
+            process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode != 0
+    assert "KeyboardInterrupt" in stderr
+    assert _wait_gone(worker_pids) == [], "worker processes outlived the parent"
+    assert noise(stderr, expected=("Traceback", "KeyboardInterrupt")) == [], stderr
