@@ -11,7 +11,13 @@ def _installed_backends() -> list[str]:
     return [name for name, entry in backends.items() if not entry.spec.missing_requirements()]
 
 
+#: Backends whose conformance run has its own module: dask's shares one local cluster
+#: between the tests (starting one per test would cost seconds each).
+RUN_ELSEWHERE = {"dask": "tests/test_dask_conformance.py"}
+
 for _name in _installed_backends():
+    if _name in RUN_ELSEWHERE:
+        continue
     _class_name = "TestConformance_" + _name.replace("-", "_").replace(".", "_")
     globals()[_class_name] = type(_class_name, (BackendConformance,), {"backend_name": _name})
 
