@@ -142,3 +142,15 @@ __all__ = [
     "UpstreamFailedError",
     "WaitTimeoutError",
 ]
+
+
+class TerminatedWorkerError(CrashedError, RuntimeError):
+    """A worker process died while running work of a joblib-style ``Parallel`` call.
+
+    Raised by :mod:`flowcore.compat.joblib`, which raises a subclass that is also
+    joblib's and loky's ``TerminatedWorkerError`` where they are installed, so code
+    written against joblib catches it. The message says which worker died and how.
+    """
+
+
+__all__ += ["TerminatedWorkerError"]
