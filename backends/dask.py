@@ -376,6 +376,7 @@ class DaskBackend(Backend):
                 set_as_default=False,
             )
         except Exception as exc:
+            _drop_tracebacks(exc)  # they hold the half-made client, which logs as it dies
             raise BackendConnectionError(
                 f"cannot connect to the Dask scheduler at {address} within the connect timeout "
                 f"of {self.connect_timeout:g} s ({type(exc).__name__}: {exc}); check that "
@@ -401,6 +402,7 @@ class DaskBackend(Backend):
         try:
             cluster = distributed.LocalCluster(**options)
         except Exception as exc:
+            _drop_tracebacks(exc)
             raise BackendConnectionError(
                 f"could not start a local Dask cluster of {options['n_workers']} worker "
                 f"processes ({type(exc).__name__}: {exc}). Dask starts its workers with "
@@ -410,6 +412,7 @@ class DaskBackend(Backend):
         try:
             client = distributed.Client(cluster, timeout=self.connect_timeout, set_as_default=False)
         except Exception as exc:
+            _drop_tracebacks(exc)
             with _quiet_distributed_logs(), contextlib.suppress(Exception):
                 cluster.close()
             raise BackendConnectionError(
@@ -614,6 +617,25 @@ def __getattr__(name: str) -> Any:
     if name == "IgnoreInterrupts":
         return _plugin_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _drop_tracebacks(exc: BaseException) -> None:
+    """Detach the frames from ``exc`` and the exceptions it chains to.
+
+    A Client whose constructor failed is referenced only by those frames (and
+    cycles); kept alive by an error stored in a task state, it would try to close
+    itself at interpreter exit and print a traceback. Without them it is collected at
+    once, quietly.
+    """
+    import gc
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        current.__traceback__ = None
+        current = current.__cause__ or current.__context__
+    gc.collect()  # the client sits in reference cycles: collect it while its loop runs
 
 
 def _distributed() -> Any:

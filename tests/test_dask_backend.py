@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -126,9 +127,10 @@ class DaskCluster:
     """``dask scheduler`` plus ``dask worker --nworkers 2 --nthreads 1``, each in its own
     process group; the scheduler reports a dead worker at once (allowed-failures 0)."""
 
-    def __init__(self, workers: int = 2) -> None:
+    def __init__(self, workers: int = 2, protocol: str = "tcp", extra: list[str] | None = None) -> None:
         self.port = free_port()
-        self.address = f"tcp://127.0.0.1:{self.port}"
+        self.address = f"{protocol}://127.0.0.1:{self.port}"
+        self.extra = list(extra or [])
         env = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO), os.environ.get("PYTHONPATH", "")]),
@@ -139,10 +141,13 @@ class DaskCluster:
             "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL,
         }
         self.scheduler = subprocess.Popen(
-            [DASK, "scheduler", "--host", "127.0.0.1", "--port", str(self.port), "--no-dashboard"], **common
+            [DASK, "scheduler", "--host", "127.0.0.1", "--port", str(self.port), "--protocol", protocol,
+             "--no-dashboard", *self.extra],
+            **common,
         )
         self.workers = subprocess.Popen(
-            [DASK, "worker", self.address, "--nworkers", str(workers), "--nthreads", "1", "--no-dashboard"],
+            [DASK, "worker", self.address, "--nworkers", str(workers), "--nthreads", "1", "--no-dashboard",
+             *self.extra],
             **common,
         )
         try:
@@ -152,9 +157,18 @@ class DaskCluster:
             raise
 
     def wait_for_workers(self, count: int) -> None:
-        from distributed import Client
+        from distributed import Client, Security
 
-        with Client(self.address, timeout=60, set_as_default=False) as client:  # type: ignore[no-untyped-call]
+        security = None
+        if self.extra:  # the TLS files, as the command line options give them
+            files = dict(zip(self.extra[::2], self.extra[1::2], strict=True))
+            security = Security(  # type: ignore[no-untyped-call]
+                tls_ca_file=files["--tls-ca-file"], tls_client_cert=files["--tls-cert"],
+                tls_client_key=files["--tls-key"], require_encryption=True,
+            )
+        with Client(  # type: ignore[no-untyped-call]
+            self.address, timeout=60, security=security, set_as_default=False
+        ) as client:
             client.wait_for_workers(count, timeout=120)
 
     def stop_scheduler(self) -> None:
@@ -346,6 +360,32 @@ def test_flow_on_an_unreachable_scheduler_crashes_its_tasks_clearly() -> None:
     assert mapped == {"Crashed"}
 
 
+def test_unreachable_scheduler_leaves_no_noise_at_exit(tmp_path: Path) -> None:
+    address = f"tcp://127.0.0.1:{free_port()}"
+    result = _run_script(
+        tmp_path,
+        f"""
+        import flowcore
+        from flowcore import flow, task
+
+        @task
+        def one():
+            return 1
+
+        if __name__ == "__main__":
+            backend = flowcore.get_backend("dask", address={address!r}, connect_timeout=1)
+            try:
+                flow(backend=backend)(lambda: one.submit().result())()
+            except flowcore.errors.CrashedError as exc:
+                print("crashed:", exc)
+        """,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"cannot connect to the Dask scheduler at {address}" in result.stdout
+    assert "Exception ignored" not in result.stderr
+    assert noise(result.stderr) == [], result.stderr
+
+
 def test_stopped_scheduler_fails_the_next_flow_within_the_connect_timeout() -> None:
     own = DaskCluster(workers=1)
     try:
@@ -361,6 +401,43 @@ def test_stopped_scheduler_fails_the_next_flow_within_the_connect_timeout() -> N
             flow(backend=reused)(lambda: inc.submit(3).result())()
         assert own.address in str(info.value) and "2 s" in str(info.value)
         reused.shutdown()
+    finally:
+        own.stop()
+
+
+# -- TLS ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1 (CA, scheduler, worker and client at once)."""
+    if not shutil.which("openssl"):
+        pytest.skip("needs the openssl command to make a certificate")
+    directory = tmp_path_factory.mktemp("tls")
+    cert, key = str(directory / "cert.pem"), str(directory / "key.pem")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+         "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=60,
+    )
+    return cert, key
+
+
+@pytest.mark.slow
+def test_tls_options_connect_to_a_tls_scheduler(certificate: tuple[str, str]) -> None:
+    from distributed import Security
+
+    cert, key = certificate
+    tls = ["--tls-ca-file", cert, "--tls-cert", cert, "--tls-key", key]
+    own = DaskCluster(workers=1, protocol="tls", extra=tls)
+    try:
+        assert own.address.startswith("tls://")
+        options = {"tls_ca_file": cert, "tls_client_cert": cert, "tls_client_key": key}
+        assert on_dask(lambda: inc.submit(1).result(), address=own.address, require_encryption=True, **options) == 2
+        security = Security(**options, require_encryption=True)  # type: ignore[no-untyped-call]
+        assert on_dask(lambda: inc.submit(2).result(), address=own.address, security=security) == 3
+        with pytest.raises(CrashedError, match=own.address.replace(".", r"\.")):
+            on_dask(lambda: inc.submit(3).result(), address=own.address, connect_timeout=2)  # no TLS
     finally:
         own.stop()
 
