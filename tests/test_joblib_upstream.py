@@ -161,7 +161,11 @@ def _collect() -> dict[str, Any]:
     for module_name in UPSTREAM_MODULES:
         module = _load(module_name)
         for name, obj in vars(module).items():
-            if name.startswith("test_") and callable(obj) and getattr(obj, "__module__", None) == module.__name__:
+            if (
+                name.startswith("test_")
+                and callable(obj)
+                and getattr(obj, "__module__", None) == module.__name__
+            ):
                 found[name] = obj
     return found
 

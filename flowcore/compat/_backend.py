@@ -59,7 +59,9 @@ class FlowcoreBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
     ) -> None:
         super().__init__(nesting_level=nesting_level, inner_max_num_threads=inner_max_num_threads)
         self.flowcore_backend = flowcore_backend
-        self.flowcore_backend_name = flowcore_backend if isinstance(flowcore_backend, str) else flowcore_backend.name
+        self.flowcore_backend_name = (
+            flowcore_backend if isinstance(flowcore_backend, str) else flowcore_backend.name
+        )
         self.retries = retries
         self.backend_options = backend_options
         self._kind = self._probe_kind()
@@ -79,7 +81,7 @@ class FlowcoreBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
         return get_registry().spec(self.flowcore_backend).kind
 
     @property
-    def uses_threads(self) -> bool:  # type: ignore[override]
+    def uses_threads(self) -> bool:
         return self._kind in (BackendKind.THREADS, BackendKind.INLINE)
 
     @property
@@ -91,7 +93,9 @@ class FlowcoreBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
             raise ValueError("n_jobs == 0 in Parallel has no meaning")
         if n_jobs is None or self._kind is BackendKind.INLINE:
             return 1
-        if self._kind is BackendKind.PROCESSES and not (self.in_main_thread() or self.nesting_level == 0):
+        if self._kind is BackendKind.PROCESSES and not (
+            self.in_main_thread() or self.nesting_level == 0
+        ):
             return 1  # no process pools below threads, as joblib's loky backend
         if n_jobs < 0:
             from flowcore.compat._config import cpu_count
@@ -99,7 +103,14 @@ class FlowcoreBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
             return max(cpu_count() + 1 + n_jobs, 1)
         return n_jobs
 
-    def configure(self, n_jobs: int = 1, parallel: Any = None, prefer: Any = None, require: Any = None, **kwargs: Any) -> int:
+    def configure(
+        self,
+        n_jobs: int = 1,
+        parallel: Any = None,
+        prefer: Any = None,
+        require: Any = None,
+        **kwargs: Any,
+    ) -> int:
         """Create the flowcore backend (workers start on the first batch)."""
         n = self.effective_n_jobs(n_jobs)
         if n == 1:
@@ -120,7 +131,9 @@ class FlowcoreBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
         self.parallel = parallel
         return n
 
-    def submit(self, func: Callable[[], Any], callback: Callable[[Any], Any] | None = None) -> TaskFuture[Any]:
+    def submit(
+        self, func: Callable[[], Any], callback: Callable[[Any], Any] | None = None
+    ) -> TaskFuture[Any]:
         """Run one joblib batch as a flowcore task run; ``callback(future)`` when done."""
         from flowcore.context import _scope
 

@@ -69,7 +69,9 @@ def run_batch(payload: Payload, nested: Nested | None, tag: str | None, portable
     if tag is not None:
         journal.record_start(tag)
     if nested is not None:
-        old_config = set_config(ParallelConfig(backend=nested.choice, n_jobs=None, nesting_level=nested.level))
+        old_config = set_config(
+            ParallelConfig(backend=nested.choice, n_jobs=None, nesting_level=nested.level)
+        )
         old_worker = set_worker(WorkerInfo(nested.in_process, nested.daemonic))
     started = time.perf_counter()
     try:

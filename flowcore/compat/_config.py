@@ -73,7 +73,11 @@ _JOBLIB_CLASSES = {
     "MultiprocessingBackend": "multiprocessing",
     "SequentialBackend": "sequential",
 }
-_FLOWCORE_LABELS = {"threads": "ThreadingBackend", "loky": "LokyBackend", "sequential": "SequentialBackend"}
+_FLOWCORE_LABELS = {
+    "threads": "ThreadingBackend",
+    "loky": "LokyBackend",
+    "sequential": "SequentialBackend",
+}
 DEFAULT_BACKEND = "loky"  # joblib's default, whatever flowcore's own default is
 VALID_HINTS = ("processes", "threads", None)
 VALID_CONSTRAINTS = ("sharedmem", None)
@@ -123,7 +127,9 @@ class BackendChoice:
         return replace(self, nesting_level=nesting_level)
 
     def __repr__(self) -> str:
-        what = self.name or (type(self.foreign).__name__ if self.foreign is not None else repr(self.instance))
+        what = self.name or (
+            type(self.foreign).__name__ if self.foreign is not None else repr(self.instance)
+        )
         return f"<backend {self.label} ({what}) nesting_level={self.nesting_level}>"
 
 
@@ -156,7 +162,16 @@ class ParallelConfig:
     def as_dict(self) -> dict[str, Any]:
         """joblib's shape of a configuration (what ``parallel_config`` yields)."""
         defaults = {"verbose": 0, "max_nbytes": "1M", "mmap_mode": "r"}
-        keys = ("backend", "n_jobs", "verbose", "temp_folder", "max_nbytes", "mmap_mode", "prefer", "require")
+        keys = (
+            "backend",
+            "n_jobs",
+            "verbose",
+            "temp_folder",
+            "max_nbytes",
+            "mmap_mode",
+            "prefer",
+            "require",
+        )
         shown = {k: self.get(k, defaults.get(k)) for k in keys}
         shown["backend"] = _shown_backend(shown["backend"])
         return shown
@@ -236,7 +251,9 @@ def _invalid(name: object) -> ValueError:
     return ValueError(f"Invalid backend: {name}, expected one of {known_names()}")
 
 
-def _flowcore_choice(name: str, label: str | None, level: int, options: Mapping[str, Any]) -> BackendChoice:
+def _flowcore_choice(
+    name: str, label: str | None, level: int, options: Mapping[str, Any]
+) -> BackendChoice:
     from flowcore.registry import get_registry
 
     kind = get_registry().spec(name).kind  # says what to install when dependencies are missing
@@ -249,7 +266,9 @@ def _flowcore_choice(name: str, label: str | None, level: int, options: Mapping[
     )
 
 
-def choose(backend: Any, nesting_level: int = 0, options: Mapping[str, Any] | None = None) -> BackendChoice:
+def choose(
+    backend: Any, nesting_level: int = 0, options: Mapping[str, Any] | None = None
+) -> BackendChoice:
     """Resolve what the user passed as ``backend`` (a name, an instance, a class's
     product) to a :class:`BackendChoice`. Raises ``ValueError("Invalid backend: ...")``
     for an unknown name, as joblib does."""
@@ -293,7 +312,9 @@ def _choose_name(name: str, level: int, options: dict[str, Any]) -> BackendChoic
         if name not in module.BACKENDS and name in module.EXTERNAL_BACKENDS:
             module.EXTERNAL_BACKENDS[name]()
         if name in module.BACKENDS:
-            return _choose_joblib_object(_call_factory(module.BACKENDS[name], level, options), level)
+            return _choose_joblib_object(
+                _call_factory(module.BACKENDS[name], level, options), level
+            )
     raise _invalid(name)
 
 
@@ -311,7 +332,11 @@ def _choose_joblib_object(backend: Any, level: int) -> BackendChoice:
     if cls.__module__ == "joblib._parallel_backends" and cls.__name__ in _JOBLIB_CLASSES:
         joblib_name = _JOBLIB_CLASSES[cls.__name__]
         own_level = getattr(backend, "nesting_level", None)
-        return _choose_name(joblib_name, level if own_level is None else own_level, dict(getattr(backend, "backend_kwargs", {}) or {}))
+        return _choose_name(
+            joblib_name,
+            level if own_level is None else own_level,
+            dict(getattr(backend, "backend_kwargs", {}) or {}),
+        )
     flowcore_name = getattr(backend, "flowcore_backend_name", None)
     if isinstance(flowcore_name, str):  # flowcore's own joblib backend, seen from the shim
         return _choose_name(flowcore_name, level, {})
@@ -319,7 +344,9 @@ def _choose_joblib_object(backend: Any, level: int) -> BackendChoice:
         backend.nesting_level = level
     return BackendChoice(
         label=cls.__name__,
-        kind=BackendKind.THREADS if getattr(backend, "uses_threads", False) else BackendKind.CLUSTER,
+        kind=BackendKind.THREADS
+        if getattr(backend, "uses_threads", False)
+        else BackendKind.CLUSTER,
         foreign=backend,
         nesting_level=backend.nesting_level,
     )
@@ -388,10 +415,14 @@ def _nested_process_warning(choice: BackendChoice, n_jobs: int) -> str | None:
     if worker is not None and worker.daemonic:
         kind = "Loky" if choice.label == "LokyBackend" else "Multiprocessing"
         if kind == "Loky":
-            return "Loky-backed parallel loops cannot be called in a multiprocessing, setting n_jobs=1"
+            return (
+                "Loky-backed parallel loops cannot be called in a multiprocessing, setting n_jobs=1"
+            )
         return "Multiprocessing-backed parallel loops cannot be nested, setting n_jobs=1"
     if choice.label == "MultiprocessingBackend" and worker is not None and worker.in_process:
-        return "Multiprocessing-backed parallel loops cannot be nested, below loky, setting n_jobs=1"
+        return (
+            "Multiprocessing-backed parallel loops cannot be nested, below loky, setting n_jobs=1"
+        )
     if not (main or choice.nesting_level == 0):
         if choice.label == "MultiprocessingBackend":
             return "Multiprocessing-backed parallel loops cannot be nested below threads, setting n_jobs=1"
@@ -425,13 +456,17 @@ def resolve(
     require = config.get("require") if require is UNSET else require
     verbose_value = config.get("verbose", 0) if verbose is UNSET else verbose
     if prefer not in VALID_HINTS:
-        raise ValueError(f"prefer={prefer} is not a valid backend hint, expected one of {VALID_HINTS}")
+        raise ValueError(
+            f"prefer={prefer} is not a valid backend hint, expected one of {VALID_HINTS}"
+        )
     if require not in VALID_CONSTRAINTS:
         raise ValueError(
             f"require={require} is not a valid backend constraint, expected one of {VALID_CONSTRAINTS}"
         )
     if prefer == "processes" and require == "sharedmem":
-        raise ValueError("prefer == 'processes' and require == 'sharedmem' are inconsistent settings")
+        raise ValueError(
+            "prefer == 'processes' and require == 'sharedmem' are inconsistent settings"
+        )
 
     level = config.nesting_level
     context_n_jobs = config.n_jobs
@@ -473,7 +508,7 @@ def effective_n_jobs(n_jobs: int | None = -1) -> int:
 # -- parallel_config ------------------------------------------------------------------
 
 
-class parallel_config:  # noqa: N801 - joblib's name
+class parallel_config:
     """Set the backend and the defaults of ``Parallel`` in this thread (joblib's API).
 
     Takes effect when constructed (``with`` is the usual way; ``unregister()`` undoes
@@ -528,7 +563,11 @@ class parallel_config:  # noqa: N801 - joblib's name
                 if choice.foreign is not None:
                     choice.foreign.inner_max_num_threads = inner_max_num_threads
                 choice = replace(choice, inner_max_num_threads=inner_max_num_threads)
-            if choice.kind is BackendKind.CLUSTER and choice.name is not None and choice.instance is None:
+            if (
+                choice.kind is BackendKind.CLUSTER
+                and choice.name is not None
+                and choice.instance is None
+            ):
                 # A cluster is costly to start: every Parallel in this block shares one.
                 from flowcore.selection import get_backend
 
@@ -564,22 +603,34 @@ class parallel_config:  # noqa: N801 - joblib's name
             owned.shutdown(wait=True)
 
 
-class parallel_backend(parallel_config):  # noqa: N801 - joblib's name
+class parallel_backend(parallel_config):
     """joblib's older form of :class:`parallel_config`: ``n_jobs`` defaults to -1 and
     ``with`` yields ``(backend, n_jobs)``."""
 
     def __init__(
-        self, backend: Any, n_jobs: Any = -1, inner_max_num_threads: int | None = None, **backend_params: Any
+        self,
+        backend: Any,
+        n_jobs: Any = -1,
+        inner_max_num_threads: int | None = None,
+        **backend_params: Any,
     ) -> None:
         super().__init__(
-            backend=backend, n_jobs=n_jobs, inner_max_num_threads=inner_max_num_threads, **backend_params
+            backend=backend,
+            n_jobs=n_jobs,
+            inner_max_num_threads=inner_max_num_threads,
+            **backend_params,
         )
 
     def __enter__(self) -> Any:
-        return (_shown_backend(self.parallel_config.get("backend")), self.parallel_config.get("n_jobs"))
+        return (
+            _shown_backend(self.parallel_config.get("backend")),
+            self.parallel_config.get("n_jobs"),
+        )
 
 
-def register_parallel_backend(name: str, factory: Callable[..., Any], make_default: bool = False) -> None:
+def register_parallel_backend(
+    name: str, factory: Callable[..., Any], make_default: bool = False
+) -> None:
     """Register a backend factory under ``name`` (joblib's API).
 
     ``factory()`` may return a flowcore :class:`~flowcore.backend.Backend` or a joblib
@@ -592,7 +643,11 @@ def register_parallel_backend(name: str, factory: Callable[..., Any], make_defau
         raise TypeError(f"register_parallel_backend: factory must be callable, got {factory!r}")
     _registered[name] = factory
     module = _joblib_module()
-    if module is not None and isinstance(factory, type) and issubclass(factory, module.ParallelBackendBase):
+    if (
+        module is not None
+        and isinstance(factory, type)
+        and issubclass(factory, module.ParallelBackendBase)
+    ):
         module.BACKENDS[name] = factory
     if make_default:
         _default_name[0] = name
@@ -603,4 +658,3 @@ def unregister_parallel_backend(name: str) -> None:
     _registered.pop(name, None)
     if _default_name[0] == name:
         _default_name[0] = DEFAULT_BACKEND
-

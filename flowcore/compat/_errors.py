@@ -24,10 +24,16 @@ def _terminated_worker_class() -> type[TerminatedWorkerError]:
         bases.append(imported.TerminatedWorkerError)
     if len(bases) == 1:
         return TerminatedWorkerError
-    return type("TerminatedWorkerError", tuple(bases), {"__module__": __name__, "__doc__": TerminatedWorkerError.__doc__})
+    return type(
+        "TerminatedWorkerError",
+        tuple(bases),
+        {"__module__": __name__, "__doc__": TerminatedWorkerError.__doc__},
+    )
 
 
-def terminated_worker_error(message: str, cause: BaseException | None = None) -> TerminatedWorkerError:
+def terminated_worker_error(
+    message: str, cause: BaseException | None = None
+) -> TerminatedWorkerError:
     """The error a call raises when a worker process died while running its work."""
     error = _terminated_worker_class()(
         "A worker process managed by the executor was unexpectedly terminated. This could be "
@@ -44,7 +50,9 @@ def require_joblib(feature: str) -> Any:
     try:
         import joblib
     except ImportError as exc:
-        raise ImportError(f"{feature} needs joblib, which is not installed; fix: {JOBLIB_EXTRA_HINT}") from exc
+        raise ImportError(
+            f"{feature} needs joblib, which is not installed; fix: {JOBLIB_EXTRA_HINT}"
+        ) from exc
     return joblib
 
 

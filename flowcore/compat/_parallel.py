@@ -28,6 +28,7 @@ again.
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import itertools
 import math
@@ -65,7 +66,9 @@ _MAX_RESENDS = 3  # a batch lost with a pool another worker broke is sent again
 _last_delayed: tuple[Any, Any] = (None, None)
 
 
-def delayed(function: Callable[..., T]) -> Callable[..., tuple[Callable[..., T], tuple[Any, ...], dict[str, Any]]]:
+def delayed(
+    function: Callable[..., T],
+) -> Callable[..., tuple[Callable[..., T], tuple[Any, ...], dict[str, Any]]]:
     """Capture a call for ``Parallel``: ``delayed(f)(*args, **kwargs)`` is
     ``(f, args, kwargs)``, exactly as in joblib.
 
@@ -78,13 +81,13 @@ def delayed(function: Callable[..., T]) -> Callable[..., tuple[Callable[..., T],
     if last_function is function:
         return last_wrapper  # type: ignore[no-any-return]
 
-    def delayed_function(*args: Any, **kwargs: Any) -> tuple[Callable[..., T], tuple[Any, ...], dict[str, Any]]:
+    def delayed_function(
+        *args: Any, **kwargs: Any
+    ) -> tuple[Callable[..., T], tuple[Any, ...], dict[str, Any]]:
         return function, args, kwargs
 
-    try:
+    with contextlib.suppress(AttributeError):  # some callables cannot be wrapped
         delayed_function = functools.wraps(function)(delayed_function)
-    except AttributeError:  # some callables cannot be wrapped
-        pass
     _last_delayed = (function, delayed_function)
     return delayed_function
 
@@ -119,7 +122,9 @@ def _pre_dispatch_amount(pre_dispatch: Any, n_jobs: int) -> int | None:
         try:
             value = eval(expression, {"__builtins__": {}}, {})  # digits and operators only
         except (SyntaxError, ZeroDivisionError, TypeError) as exc:
-            raise ValueError(f"{pre_dispatch!r} is not a valid or supported arithmetic expression.") from exc
+            raise ValueError(
+                f"{pre_dispatch!r} is not a valid or supported arithmetic expression."
+            ) from exc
         return max(1, int(value))
     return max(1, int(pre_dispatch))
 
@@ -165,7 +170,9 @@ class _Run:
             backend.kind is BackendKind.PROCESSES,
             choice.label == "MultiprocessingBackend",
         )
-        self.tag_prefix = f"joblib{uuid.uuid4().hex[:12]}" if backend.kind is BackendKind.PROCESSES else None
+        self.tag_prefix = (
+            f"joblib{uuid.uuid4().hex[:12]}" if backend.kind is BackendKind.PROCESSES else None
+        )
         self.ordered = parallel.return_as != "generator_unordered"
         self.timeout = parallel.timeout
         self.lock = threading.Lock()
@@ -252,7 +259,9 @@ class _Run:
 
     def _send(self, batch: _Batch) -> None:
         try:
-            future = self.backend.submit(run_batch, batch.payload, self.nested, batch.tag, self.portable)
+            future = self.backend.submit(
+                run_batch, batch.payload, self.nested, batch.tag, self.portable
+            )
         except BaseException as exc:
             with self.lock:
                 self.in_flight -= 1
@@ -395,9 +404,13 @@ class _Run:
                 values, ready.values = ready.values, []
                 yield values
                 continue
-            if self.in_flight == 0 and self.exhausted and not self.lost:
-                if not self.ordered or not self.pending:
-                    return
+            if (
+                self.in_flight == 0
+                and self.exhausted
+                and not self.lost
+                and (not self.ordered or not self.pending)
+            ):
+                return
 
     def abort(self) -> None:
         """Stop the call: cancel queued batches, stop the workers running the others."""
@@ -421,10 +434,8 @@ class _Run:
     def close(self) -> None:
         """Release what the call holds (an owned backend); never raises."""
         if self.owned:
-            try:
+            with contextlib.suppress(Exception):  # a backend's own shutdown failure
                 self.backend.shutdown(wait=not self.aborting, cancel_futures=self.aborting)
-            except Exception:  # pragma: no cover - a backend's own shutdown failure
-                pass
 
 
 def _stop_workers(running: dict[str, Future[Any]], patience: float = 30.0) -> None:
@@ -497,7 +508,12 @@ class Parallel:
                 f'"generator" or "generator_unordered", but got {return_as} instead.'
             )
         resolved = resolve(
-            backend, n_jobs, prefer=prefer, require=require, verbose=verbose, backend_kwargs=backend_kwargs
+            backend,
+            n_jobs,
+            prefer=prefer,
+            require=require,
+            verbose=verbose,
+            backend_kwargs=backend_kwargs,
         )
         self._choice: BackendChoice = resolved.choice
         n = resolved.n_jobs
@@ -508,8 +524,13 @@ class Parallel:
         self.verbose = resolved.verbose
         self.timeout = timeout
         self.pre_dispatch = pre_dispatch
-        if not (batch_size == "auto" or (isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size > 0)):
-            raise ValueError(f"batch_size must be 'auto' or a positive integer, got: {batch_size!r}")
+        if not (
+            batch_size == "auto"
+            or (isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size > 0)
+        ):
+            raise ValueError(
+                f"batch_size must be 'auto' or a positive integer, got: {batch_size!r}"
+            )
         self.batch_size = batch_size
         self.return_as = return_as
         self.return_generator = return_as != "list"
@@ -591,7 +612,12 @@ class Parallel:
                     f"'timeout={self.timeout}' in Parallel but the 'timeout' parameter will not be used.",
                     stacklevel=3,
                 )
-            if not self.return_generator and not self.verbose and not self.progress and self.batch_size == "auto":
+            if (
+                not self.return_generator
+                and not self.verbose
+                and not self.progress
+                and self.batch_size == "auto"
+            ):
                 try:
                     return [fn(*args, **kwargs) for fn, args, kwargs in iterable]
                 finally:

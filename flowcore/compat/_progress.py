@@ -48,13 +48,18 @@ class ProgressBar:
             console=console,
         )
         self._task = self._progress.add_task(description, total=total)
+        self._total = total
+        self._done = 0
         self._progress.start()
 
     def advance(self, items: int) -> None:
+        self._done += items
         self._progress.advance(self._task, items)
 
     def stop(self) -> None:
-        """Draw the final state and release the terminal."""
+        """Draw the final state (the total is known by now) and release the terminal."""
+        if self._total is None:
+            self._progress.update(self._task, total=self._done)
         self._progress.refresh()
         self._progress.stop()
 

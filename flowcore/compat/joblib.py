@@ -59,7 +59,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "Parallel",
-    "TerminatedWorkerError",
+    "TerminatedWorkerError",  # noqa: F822 - made on first access (module __getattr__)
     "cpu_count",
     "delayed",
     "effective_n_jobs",
