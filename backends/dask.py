@@ -29,11 +29,14 @@ policy alone decides: the run that was executing in the dead worker ends
 ``Crashed`` for that attempt (retried if its retries allow); runs that were only
 queued on it, or batched with the culprit, are resubmitted without counting an
 attempt. Which run was executing is read from the worker journal
-(:mod:`flowcore.journal`) that each worker process keeps in a per-user directory
-under its temp dir, when the worker runs on this machine. On a remote machine the
-journal cannot be read from here: every run of the lost Dask task is then counted
-as crashed, and a remote scheduler keeps its own ``allowed-failures`` (default 3),
-so Dask itself re-runs a task up to that many times before reporting it.
+(:mod:`flowcore.journal`) that each worker process keeps: the workers of the local
+cluster journal into this process's journal directory (so a flow whose body fails
+stops its running tasks by killing just their workers, as on the other process
+backends), other workers into a per-user directory under their temp dir, read from
+here when the worker runs on this machine. On a remote machine the journal cannot be
+read from here: every run of the lost Dask task is then counted as crashed, and a
+remote scheduler keeps its own ``allowed-failures`` (default 3), so Dask itself
+re-runs a task up to that many times before reporting it.
 """
 
 from __future__ import annotations
@@ -87,10 +90,11 @@ class DaskCall:
         return (DaskCall, (self.fn, self.args, self.kwargs))
 
 
-def execute(call: DaskCall) -> Any:
-    """Run ``call`` in a Dask worker, journaling which task run this process executes."""
+def execute(call: DaskCall, journal_directory: str | None = None) -> Any:
+    """Run ``call`` in a Dask worker, journaling which task run this process executes
+    (into ``journal_directory``, or the per-user directory of this machine)."""
     if not _journal_opened:
-        open_worker_journal()
+        open_worker_journal(journal_directory)
     return call.fn(*call.args, **call.kwargs)
 
 
@@ -107,12 +111,13 @@ def worker_journal_directory() -> str:
     return os.path.join(tempfile.gettempdir(), f"flowcore-dask-journal-{user}")
 
 
-def open_worker_journal() -> None:
+def open_worker_journal(directory: str | None = None) -> None:
     """Start journaling this worker process's runs (once; best effort).
 
-    A process that already journals (a worker that inherited a flowcore journal from
-    its parent) keeps its journal. Journals of processes that died long ago are
-    removed on the way.
+    Into ``directory`` (the journal directory of the process that started the local
+    cluster), else :func:`worker_journal_directory`. A process that already journals
+    (a worker that inherited a flowcore journal from its parent) keeps its journal.
+    Journals of processes that died long ago are removed on the way.
     """
     global _journal_opened
     from flowcore import journal
@@ -123,7 +128,8 @@ def open_worker_journal() -> None:
         _journal_opened = True
         if journal.position_slots() is not None:
             return  # already journaling
-        directory = worker_journal_directory()
+        if directory is None:
+            directory = worker_journal_directory()
         try:
             os.makedirs(directory, mode=0o700, exist_ok=True)
             _remove_stale_journals(directory)
@@ -219,6 +225,9 @@ class DaskBackend(Backend):
         self._client: Any = None
         self._cluster: Any = None
         self._owns_client = False
+        #: where the local cluster's workers journal: this process's journal directory,
+        #: so that a failed flow stops its running tasks as on other process backends
+        self._journal_directory: str | None = None
         self._failure: tuple[float, str] | None = None  # (when, message) of the last failed connect
         self._pending: set[DaskFuture] = set()
         self._cancel_queue: list[Any] = []
@@ -244,7 +253,11 @@ class DaskBackend(Backend):
         try:
             with _quiet_serialization_errors():
                 dask_future = client.submit(
-                    execute, DaskCall(fn, args, kwargs), key=_task_key(fn, args), pure=False
+                    execute,
+                    DaskCall(fn, args, kwargs),
+                    self._journal_directory,
+                    key=_task_key(fn, args),
+                    pure=False,
                 )
         except Exception as exc:
             from flowcore.serialization import is_pickling_error
@@ -422,6 +435,9 @@ class DaskBackend(Backend):
         with contextlib.suppress(Exception):  # best effort: only Ctrl-C output is at stake
             plugin = _plugin_class()()
             client.register_plugin(plugin, name=plugin.plugin_name)
+        from flowcore.journal import journal_directory
+
+        self._journal_directory = journal_directory()
         self._cluster = cluster
         self._log_dashboard(cluster)
         return client
@@ -556,7 +572,7 @@ class DaskBackend(Backend):
             if verdict is not None:
                 return verdict
             who = f"Dask worker {address}" + (f" (process {pid})" if pid else "")
-            entry = _read_local_journal(address, pid)
+            entry = _read_local_journal(address, pid, self._journal_directory)
             if entry is None:
                 verdict = (None, False, f"{who} died while running it (or a task run sent in the same batch)")
             else:
@@ -676,23 +692,24 @@ def _explain_gather_error(exc: Exception, closed: bool) -> BaseException:
     return exc
 
 
-def _read_local_journal(address: str, pid: Any) -> str | None:
+def _read_local_journal(address: str, pid: Any, directory: str | None) -> str | None:
     """The task run the dead worker process ``pid`` was executing, from its journal on
-    this machine: the run id, ``""`` when it was executing none, None when unknown (the
-    worker ran elsewhere, or kept no journal here)."""
+    this machine (in ``directory``, else the per-user one): the run id, ``""`` when it
+    was executing none, None when unknown (the worker ran elsewhere, or kept no
+    journal here)."""
     from flowcore.journal import ENV_VAR, pid_alive, read_journal_entries
 
     if not isinstance(pid, int) or pid <= 0 or not _is_this_machine(address) or pid_alive(pid):
         return None
-    directories = [worker_journal_directory()]
+    directories = [directory or worker_journal_directory()]
     inherited = os.environ.get(ENV_VAR, "").rpartition(":")[0]
     if inherited:
         directories.append(inherited)
-    for directory in directories:
-        path = os.path.join(directory, str(pid))
+    for candidate in directories:
+        path = os.path.join(candidate, str(pid))
         if not os.path.exists(path):
             continue
-        entry = read_journal_entries(directory).get(pid)
+        entry = read_journal_entries(candidate).get(pid)
         with contextlib.suppress(OSError):
             os.unlink(path)  # the process is dead: nobody else needs its journal
         return entry[0] if entry is not None else ""

@@ -546,10 +546,18 @@ def test_local_cluster_runs_main_functions_closures_and_exits_cleanly(tmp_path: 
             pids = sorted({f.result() for f in pid.map(range(20))})
             return values, crashed.name, crashed.message, pids
 
+        @task
+        def sleeper(seconds):
+            time.sleep(seconds)
+            return seconds
+
+        running = []
+
         @flow(backend="dask")
         def failing():
-            pid.submit()
+            running.append(sleeper.submit(30))  # stopped with its worker, not awaited
             add_offset.map(range(50))
+            time.sleep(1.0)  # let it start
             raise RuntimeError("the body failed")
 
         if __name__ == "__main__":
@@ -557,7 +565,7 @@ def test_local_cluster_runs_main_functions_closures_and_exits_cleanly(tmp_path: 
             try:
                 failing()
             except RuntimeError as exc:
-                print("raised:", exc)
+                print("raised:", exc, running[0].state.name)
             print(json.dumps({"values": values, "crashed": crashed, "message": message, "pids": pids}))
         """,
     )
@@ -565,7 +573,7 @@ def test_local_cluster_runs_main_functions_closures_and_exits_cleanly(tmp_path: 
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["values"] == [101, 6, sum(range(300)) + 300 * 100]
     assert out["crashed"] == "Crashed" and "died while running it" in out["message"]
-    assert "raised: the body failed" in result.stdout
+    assert "raised: the body failed Cancelled" in result.stdout  # its worker was stopped
     assert "started a local Dask cluster of 2 worker processes" in result.stderr  # INFO
     # A dead worker is restarted by its nanny, which says so; nothing else from Dask.
     assert noise(result.stderr, expected=("distributed.nanny - WARNING - Restarting worker",)) == [], result.stderr
