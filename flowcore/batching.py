@@ -54,7 +54,10 @@ Outcome = Any  # tuple[value, started_at, finished_at, attempts] | State
 
 def encode_batch(calls: list[TaskCall]) -> tuple[Any, tuple[Any, ...], list[BatchItem]]:
     first = calls[0]
-    common = (first.flow_run_id, first.flow_run_name, first.flow_name, first.log_prints)
+    common = (
+        first.flow_run_id, first.flow_run_name, first.flow_name, first.log_prints,
+        first.flow_parameters_key,
+    )
     items = [(c.args, c.kwargs, c.task_run_id, c.task_run_name, c.attempts_used) for c in calls]
     return first.task, common, items
 
@@ -74,12 +77,12 @@ def run_batch(
 def _run_items(task: Any, common: tuple[Any, ...], items: list[BatchItem]) -> list[Outcome]:
     from flowcore.calls import TaskCall
 
-    flow_run_id, flow_run_name, flow_name, log_prints = common
+    flow_run_id, flow_run_name, flow_name, log_prints, flow_parameters_key = common
     outcomes: list[Outcome] = []
     for args, kwargs, run_id, run_name, attempts_used in items:
         call = TaskCall(
             task, args, kwargs, run_id, run_name, flow_run_id, flow_run_name, flow_name, 0.0,
-            log_prints, attempts_used,
+            log_prints, attempts_used, flow_parameters_key,
         )
         state = run_call(call)
         if state.name == "Completed":

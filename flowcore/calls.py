@@ -77,6 +77,8 @@ class TaskCall:
     log_prints: bool = False
     #: attempts already spent on this run before this dispatch (lost with crashed workers)
     attempts_used: int = 0
+    #: hash of the flow run's parameters, for cache policies that use them (else None)
+    flow_parameters_key: str | None = None
 
     @property
     def parameters(self) -> dict[str, Any]:

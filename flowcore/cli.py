@@ -4,6 +4,7 @@
 * ``flowcore run PATH_OR_MODULE:FLOW [--backend NAME] [--params JSON]``: run a flow.
 * ``flowcore bench PATH_OR_MODULE:FLOW [--backends a,b] [--params JSON] [--repeat N]
   [--json PATH] [--plot PATH]``: compare backends on a flow (see :mod:`flowcore.bench`).
+* ``flowcore cache ls | info | clear [--task NAME] | prune``: the task cache.
 * ``flowcore version``.
 """
 
@@ -181,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     bench.add_argument("--plot", metavar="PATH", help="also write a bar chart (PNG; needs flowcore[plot])")
     bench.set_defaults(handler=_bench)
+    from flowcore.caching.commands import add_commands as add_cache_commands
+
+    add_cache_commands(commands)
     version = commands.add_parser("version", help="print the version")
     version.set_defaults(handler=_version)
     return parser

@@ -33,6 +33,16 @@ def run_call(call: TaskCall) -> State[Any]:
     for an exception of the task (``KeyboardInterrupt``/``SystemExit`` propagate)."""
     task = call.task
     options = task.options
+    if options.cache is not None:
+        from flowcore.caching.runs import run_cached
+
+        return run_cached(call, options.cache, _run_uncached)
+    return _run_uncached(call)
+
+
+def _run_uncached(call: TaskCall) -> State[Any]:
+    task = call.task
+    options = task.options
     fn = task.fn
     context = TaskRunContext(task, call)
     token = _task_run.set(context)

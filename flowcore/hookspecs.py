@@ -20,6 +20,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from flowcore.backend import BackendSpec
+    from flowcore.caching.storage import CacheStoreSpec
     from flowcore.calls import FlowRun, TaskCall
     from flowcore.states import State
 
@@ -38,6 +39,18 @@ def flowcore_backends() -> list[BackendSpec]:  # type: ignore[empty-body]
     :class:`flowcore.backend.BackendSpec`; an empty list is fine. Import heavy
     dependencies inside the spec's factory, never here. Two specs with the same name
     (from any plugins) are an error that names both plugins.
+    """
+
+
+@hookspec
+def flowcore_cache_stores() -> list[CacheStoreSpec]:  # type: ignore[empty-body]
+    """Return the cache stores this plugin provides.
+
+    A list of :class:`flowcore.caching.storage.CacheStoreSpec`: a name and a factory
+    ``factory(**options) -> store``. The built-in file store registers as ``file``.
+    Select one with ``FLOWCORE_CACHE_STORE`` (options: ``FLOWCORE_CACHE_STORE_OPTIONS``,
+    a JSON object) or ``[tool.flowcore] cache_store`` / ``cache_store_options``. Two
+    stores with the same name are an error that names both plugins.
     """
 
 

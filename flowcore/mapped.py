@@ -66,6 +66,7 @@ def eligible(task: Task[..., Any], observed: bool) -> bool:
         or o.on_completion
         or o.on_failure
         or o.task_run_name is not None
+        or o.cache is not None  # keys may need the flow's parameters; results may be stored
     )
 
 
@@ -520,7 +521,7 @@ def _run_rows(
             state = run_call(context.call_at(index))
             append(state.data)
             finished(now())
-            if state.type is not StateType.COMPLETED or state.attempts != 1:
+            if state.name != "Completed" or state.attempts != 1:
                 exact[index] = state
         return values, ends, started, exact
     fn = task.fn

@@ -68,6 +68,16 @@ class TaskOptions:
     on_completion: tuple[Hook, ...] = ()
     on_failure: tuple[Hook, ...] = ()
     retry_policy: RetryPolicy = field(default_factory=RetryPolicy)
+    # caching, as given (see flowcore.caching.settings for what they mean) ...
+    cache_policy: Any = None
+    cache_key_fn: Callable[..., str | None] | None = None
+    cache_expiration: Any = None
+    refresh_cache: bool = False
+    cache_result_in_memory: bool = True
+    cache_storage: Any = None
+    cache_key_errors: str = "raise"
+    #: ... and validated: None when the task's runs are not cached
+    cache: Any = None
 
 
 @dataclass(frozen=True)

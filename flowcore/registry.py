@@ -28,6 +28,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "flowcore.backends.loky",
     "flowcore.backends.joblib",
     "flowcore.backends.dask",
+    "flowcore.plugins.file_store",
 )
 ENTRY_POINT_GROUP = "flowcore"
 AUTOLOAD_ENV = "FLOWCORE_DISABLE_PLUGIN_AUTOLOAD"
@@ -62,6 +63,7 @@ class Registry:
         if autoload:
             self.pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
         self._backends: dict[str, RegisteredBackend] | None = None
+        self._stores: dict[str, tuple[Any, str]] | None = None
         self.observed: frozenset[str] = frozenset()
         self.observes_tasks = False
         self._refresh()
@@ -94,7 +96,9 @@ class Registry:
 
     def _refresh(self) -> None:
         self._backends = None
+        self._stores = None
         self.backends()  # validate now, so a bad plugin fails at registration
+        self.cache_stores()
         self.observed = frozenset(
             hook for hook in LIFECYCLE_HOOKS if getattr(self.pm.hook, hook).get_hookimpls()
         )
@@ -129,6 +133,36 @@ class Registry:
                         )
                     table[spec.name] = RegisteredBackend(spec, plugin_name)
             self._backends = table
+            return table
+
+    # -- cache stores ---------------------------------------------------------
+    def cache_stores(self) -> dict[str, tuple[Any, str]]:
+        """Registered cache stores by name: ``(CacheStoreSpec, plugin name)``."""
+        with self._lock:
+            if self._stores is not None:
+                return self._stores
+            table: dict[str, tuple[Any, str]] = {}
+            for impl in reversed(self.pm.hook.flowcore_cache_stores.get_hookimpls()):
+                specs = impl.function() or []
+                if not isinstance(specs, (list, tuple)):
+                    raise BackendRegistrationError(
+                        f"plugin {impl.plugin_name!r}: flowcore_cache_stores must return a list "
+                        f"of CacheStoreSpec, got {specs!r}"
+                    )
+                for spec in specs:
+                    name = getattr(spec, "name", None)
+                    if not isinstance(name, str) or not name or not callable(getattr(spec, "factory", None)):
+                        raise BackendRegistrationError(
+                            f"plugin {impl.plugin_name!r} returned {spec!r} from flowcore_cache_stores; "
+                            "return a list of flowcore.caching.storage.CacheStoreSpec"
+                        )
+                    if name in table:
+                        raise BackendRegistrationError(
+                            f"cache store name {name!r} is registered twice: by plugin "
+                            f"{table[name][1]!r} and by plugin {impl.plugin_name!r}"
+                        )
+                    table[name] = (spec, impl.plugin_name)
+            self._stores = table
             return table
 
     def spec(self, name: str) -> BackendSpec:

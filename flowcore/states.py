@@ -55,6 +55,16 @@ _FINAL_TYPES = frozenset(
 )
 
 
+class DeferredResult:
+    """A completed run's value kept elsewhere (a cache store): ``State.result()`` loads
+    it. Subclasses implement :meth:`load`."""
+
+    __slots__ = ()
+
+    def load(self) -> Any:
+        raise NotImplementedError
+
+
 @dataclass(frozen=True)
 class State(Generic[R]):
     """An immutable snapshot of a run's outcome.
@@ -63,7 +73,9 @@ class State(Generic[R]):
         type: the coarse outcome (see :class:`StateType`).
         name: the user-facing name (``"Completed"``, ``"Cached"``, ``"TimedOut"`` ...).
         message: a human-readable explanation, empty when there is nothing to say.
-        data: the return value, for completed states; ``None`` otherwise.
+        data: the return value, for completed states; ``None`` otherwise. A run with
+            ``cache_result_in_memory=False`` holds a :class:`DeferredResult` here,
+            which :meth:`result` reads back.
         exception: the exception, for every non-successful final state.
         traceback: the formatted traceback of ``exception`` as text. It survives
             pickling, so an exception raised in another process stays readable.
@@ -125,7 +137,10 @@ class State(Generic[R]):
         :class:`ValueError`: there is no result yet.
         """
         if self.type is StateType.COMPLETED:
-            return self.data
+            data = self.data
+            if isinstance(data, DeferredResult):
+                return data.load()
+            return data
         if not self.is_final():
             raise ValueError(f"state {self!r} is not final: there is no result yet")
         exc = self.exception
@@ -236,6 +251,7 @@ __all__ = [
     "Cancelled",
     "Completed",
     "Crashed",
+    "DeferredResult",
     "Failed",
     "NotRun",
     "Pending",

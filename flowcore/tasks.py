@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, overload
 
 from flowcore import mapped as mapped_path
 from flowcore import options as opts
@@ -27,6 +29,10 @@ from flowcore.futures import RunFuture, TaskFuture, collect_futures
 from flowcore.mapping import map_arguments
 from flowcore.options import TaskOptions, exponential_backoff
 from flowcore.states import State
+
+if TYPE_CHECKING:
+    from flowcore.caching.policies import CacheContext, CachePolicy
+    from flowcore.caching.store import CacheStore
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -58,11 +64,11 @@ class Task(Generic[P, R]):
             sum(1 for p in parameters if p.default is p.empty) if plain_signature else -1
         )
         o = options
-        self._single_attempt = o.retries == 0 and o.timeout_seconds is None
+        #: the engine may call the function once, directly: no retries, timeout or cache
+        self._single_attempt = o.retries == 0 and o.timeout_seconds is None and o.cache is None
         # Direct calls skip the engine entirely when nothing needs it.
         self._plain = (
-            o.retries == 0
-            and o.timeout_seconds is None
+            self._single_attempt
             and not o.log_prints
             and not o.on_completion
             and not o.on_failure
@@ -264,10 +270,16 @@ class Task(Generic[P, R]):
         # Positional construction: this runs once per task run, on the hot path.
         if flow_run is None:
             return TaskCall(self, args, kwargs, run_id, name, None, None, None, time.time(), log_prints)
-        return TaskCall(
+        call = TaskCall(
             self, args, kwargs, run_id, name, flow_run.run_id, flow_run.name, flow_run.flow_name,
             time.time(), log_prints,
         )
+        cache = self.options.cache
+        if cache is not None and cache.policy.needs_flow_parameters:
+            from flowcore.caching.keys import flow_parameters_key
+
+            call.flow_parameters_key = flow_parameters_key(flow_run)
+        return call
 
     def _run_name(self, args: tuple[Any, ...], kwargs: dict[str, Any], run_id: str) -> str:
         template = self.options.task_run_name
@@ -294,6 +306,13 @@ class Task(Generic[P, R]):
         log_prints: bool | None = _UNSET,
         on_completion: list[Callable[..., Any]] | None = _UNSET,
         on_failure: list[Callable[..., Any]] | None = _UNSET,
+        cache_policy: CachePolicy | None = _UNSET,
+        cache_key_fn: Callable[[CacheContext, dict[str, Any]], str | None] | None = _UNSET,
+        cache_expiration: timedelta | float | None = _UNSET,
+        refresh_cache: bool = _UNSET,
+        cache_result_in_memory: bool = _UNSET,
+        cache_storage: str | os.PathLike[str] | CacheStore | None = _UNSET,
+        cache_key_errors: Literal["raise", "warn"] = _UNSET,
     ) -> Task[P, R]:
         """A copy of this task with some options changed (the rest kept)."""
         o = self.options
@@ -310,6 +329,13 @@ class Task(Generic[P, R]):
             "log_prints": o.log_prints,
             "on_completion": list(o.on_completion),
             "on_failure": list(o.on_failure),
+            "cache_policy": o.cache_policy,
+            "cache_key_fn": o.cache_key_fn,
+            "cache_expiration": o.cache_expiration,
+            "refresh_cache": o.refresh_cache,
+            "cache_result_in_memory": o.cache_result_in_memory,
+            "cache_storage": o.cache_storage,
+            "cache_key_errors": o.cache_key_errors,
         }
         current.update(given)
         return Task(self.fn, _task_options(self.fn, **current))
@@ -388,6 +414,13 @@ def _task_options(
     log_prints: bool | None = None,
     on_completion: list[Callable[..., Any]] | None = None,
     on_failure: list[Callable[..., Any]] | None = None,
+    cache_policy: CachePolicy | None = None,
+    cache_key_fn: Callable[[CacheContext, dict[str, Any]], str | None] | None = None,
+    cache_expiration: timedelta | float | None = None,
+    refresh_cache: bool = False,
+    cache_result_in_memory: bool = True,
+    cache_storage: str | os.PathLike[str] | CacheStore | None = None,
+    cache_key_errors: Literal["raise", "warn"] = "raise",
 ) -> TaskOptions:
     if not callable(fn):
         raise TypeError(f"@task must decorate a function, got {type(fn).__name__} {fn!r}")
@@ -416,7 +449,44 @@ def _task_options(
         on_completion=opts.check_hooks(on_completion, "on_completion", owner),
         on_failure=opts.check_hooks(on_failure, "on_failure", owner),
         retry_policy=policy,
+        cache_policy=cache_policy,
+        cache_key_fn=cache_key_fn,
+        cache_expiration=cache_expiration,
+        refresh_cache=refresh_cache,
+        cache_result_in_memory=cache_result_in_memory,
+        cache_storage=cache_storage,
+        cache_key_errors=cache_key_errors,
+        cache=_cache_settings(
+            task_name,
+            signature,
+            cache_policy=cache_policy,
+            cache_key_fn=cache_key_fn,
+            cache_expiration=cache_expiration,
+            refresh_cache=refresh_cache,
+            cache_result_in_memory=cache_result_in_memory,
+            cache_storage=cache_storage,
+            cache_key_errors=cache_key_errors,
+        ),
     )
+
+
+def _cache_settings(task_name: str, signature: inspect.Signature, **given: Any) -> Any:
+    """Validated caching settings, or None; flowcore.caching is imported only when a
+    cache option is given."""
+    defaults = {
+        "cache_policy": None,
+        "cache_key_fn": None,
+        "cache_expiration": None,
+        "refresh_cache": False,
+        "cache_result_in_memory": True,
+        "cache_storage": None,
+        "cache_key_errors": "raise",
+    }
+    if all(given[k] is v or given[k] == v for k, v in defaults.items()):
+        return None
+    from flowcore.caching.settings import cache_settings
+
+    return cache_settings(task_name, list(signature.parameters), **given)
 
 
 @overload
@@ -438,6 +508,13 @@ def task(
     log_prints: bool | None = None,
     on_completion: list[Callable[..., Any]] | None = None,
     on_failure: list[Callable[..., Any]] | None = None,
+    cache_policy: CachePolicy | None = None,
+    cache_key_fn: Callable[[CacheContext, dict[str, Any]], str | None] | None = None,
+    cache_expiration: timedelta | float | None = None,
+    refresh_cache: bool = False,
+    cache_result_in_memory: bool = True,
+    cache_storage: str | os.PathLike[str] | CacheStore | None = None,
+    cache_key_errors: Literal["raise", "warn"] = "raise",
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
 
@@ -455,6 +532,13 @@ def task(
     log_prints: bool | None = None,
     on_completion: list[Callable[..., Any]] | None = None,
     on_failure: list[Callable[..., Any]] | None = None,
+    cache_policy: CachePolicy | None = None,
+    cache_key_fn: Callable[[CacheContext, dict[str, Any]], str | None] | None = None,
+    cache_expiration: timedelta | float | None = None,
+    refresh_cache: bool = False,
+    cache_result_in_memory: bool = True,
+    cache_storage: str | os.PathLike[str] | CacheStore | None = None,
+    cache_key_errors: Literal["raise", "warn"] = "raise",
 ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
     """Make a function a task, bare (``@task``) or with options (``@task(retries=2)``).
 
@@ -473,6 +557,22 @@ def task(
         log_prints: send ``print()`` in the task to its run logger (None: as the flow).
         on_completion / on_failure: lists of ``hook(task, call, state)``, called once
             per run with its final state, in the process that submitted it.
+        cache_policy: what a run's cache key is made of (``flowcore.caching.INPUTS``,
+            ``TASK_SOURCE``, ``FLOW_PARAMETERS``, ``RUN_ID``, ``NONE``, combined with
+            ``+``; ``INPUTS - "arg"`` leaves an argument out). Runs are cached only
+            when a policy, a ``cache_key_fn``, an expiration or ``refresh_cache`` is
+            given; then the default policy is ``INPUTS + TASK_SOURCE``.
+        cache_key_fn: ``f(context, arguments) -> str | None`` instead of a policy
+            (None: do not cache this run).
+        cache_expiration: how long an entry stays valid (timedelta or seconds).
+        refresh_cache: run the body even on a hit, and overwrite the entry.
+        cache_result_in_memory: False: the final state keeps no copy of the value;
+            ``result()`` reads it back from the store (for large results).
+        cache_storage: a directory, or a store object (default: the cache directory,
+            see ``flowcore.caching``).
+        cache_key_errors: ``"raise"``: an argument with no deterministic hash fails
+            the run with ``CacheKeyError``; ``"warn"``: the run goes uncached, with
+            one warning per task.
     """
     settings: dict[str, Any] = dict(
         name=name,
@@ -486,6 +586,13 @@ def task(
         log_prints=log_prints,
         on_completion=on_completion,
         on_failure=on_failure,
+        cache_policy=cache_policy,
+        cache_key_fn=cache_key_fn,
+        cache_expiration=cache_expiration,
+        refresh_cache=refresh_cache,
+        cache_result_in_memory=cache_result_in_memory,
+        cache_storage=cache_storage,
+        cache_key_errors=cache_key_errors,
     )
     if __fn is not None:
         return Task(__fn, _task_options(__fn, **settings))

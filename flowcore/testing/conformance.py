@@ -322,6 +322,27 @@ class BackendConformance:
         assert all(f.done() for f in futures)
         assert all(Path(p).exists() for p in paths)
 
+    # -- caching -----------------------------------------------------------------
+    def test_cache_hit_skips_the_body(self, run: Callable[..., Any], tmp_path: Path) -> None:
+        from flowcore.caching import INPUTS
+
+        counter = str(tmp_path / "count")
+        cached = w.counted_square.with_options(
+            cache_policy=INPUTS, cache_storage=str(tmp_path / "cache")
+        )
+
+        def body() -> tuple[State[Any], ...]:
+            first = cached.submit(counter, 4, return_state=True)
+            again = cached.submit(counter, 4, return_state=True)
+            other = cached.submit(counter, 5, return_state=True)
+            direct = cached(counter, 4, return_state=True)
+            return first, again, other, direct
+
+        first, again, other, direct = run(body)
+        assert [s.name for s in (first, again, other, direct)] == ["Completed", "Cached", "Completed", "Cached"]
+        assert again.result() == 16 and direct.result() == 16 and other.result() == 25
+        assert w.read_count(counter) == 2
+
     # -- retries -----------------------------------------------------------------
     def test_retries_until_success(self, run: Callable[..., Any], tmp_path: Path) -> None:
         counter = str(tmp_path / "count")

@@ -100,6 +100,13 @@ def read_count(counter: str | os.PathLike[str]) -> int:
 
 
 @task
+def counted_square(counter: str, x: int) -> int:
+    """``x * x``, counting its executions in the file ``counter`` (for cache tests)."""
+    bump(counter)
+    return x * x
+
+
+@task
 def fail_until(counter: str, succeed_on: int) -> int:
     """Fails (ConformanceError) until its ``succeed_on``-th attempt; returns the attempt."""
     attempt = bump(counter)

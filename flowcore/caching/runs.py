@@ -1,0 +1,115 @@
+"""A cached task run, as the engine executes it (in the process that runs the task).
+
+The key is computed and the store consulted where the run executes, whatever the
+backend: a hit returns a ``Cached`` state without running the body; a miss runs it
+(with its retries and timeouts) and stores a completed result. The store never fails
+a run: an unreadable entry is a miss, a failed write a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from flowcore import states
+from flowcore.states import DeferredResult, State, StateType
+
+if TYPE_CHECKING:
+    from flowcore.caching.settings import CacheSettings
+    from flowcore.caching.store import CacheStore
+    from flowcore.calls import TaskCall
+
+logger = logging.getLogger("flowcore.caching")
+
+_warned: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def run_cached(call: TaskCall, settings: CacheSettings, run: Callable[[TaskCall], State[Any]]) -> State[Any]:
+    """Run ``call`` through the cache; ``run`` executes it uncached (with retries)."""
+    from flowcore.caching.keys import run_key
+    from flowcore.caching.storage import resolve_store
+
+    started = time.time()
+    try:
+        key = run_key(call, settings)
+    except Exception as exc:
+        if settings.key_errors == "warn":
+            _warn_once(call, exc)
+            return run(call)
+        return states.Failed(
+            exc,
+            traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+            started_at=started,
+            finished_at=time.time(),
+        )
+    if key is None:
+        return run(call)
+    store = resolve_store(settings.storage)
+    if not settings.refresh:
+        found, value = store.load(key)
+        if found:
+            data = value if settings.in_memory else StoredResult(store, key, call.task_run_name)
+            return states.Cached(
+                data,
+                message=f"cache hit {key[:12]}",
+                started_at=started,
+                finished_at=time.time(),
+                attempts=0,
+            )
+    state = run(call)
+    if state.type is StateType.COMPLETED:
+        expires = None if settings.expiration is None else time.time() + settings.expiration
+        stored = store.save(key, state.data, task=call.task.name, expires=expires)
+        if stored and not settings.in_memory:
+            from dataclasses import replace
+
+            state = replace(state, data=StoredResult(store, key, call.task_run_name))
+    return state
+
+
+class StoredResult(DeferredResult):
+    """A completed run's value left in the cache store (``cache_result_in_memory=False``);
+    ``State.result()`` reads it back."""
+
+    __slots__ = ("key", "run_name", "store")
+
+    def __init__(self, store: CacheStore, key: str, run_name: str) -> None:
+        self.store = store
+        self.key = key
+        self.run_name = run_name
+
+    def load(self) -> Any:
+        from flowcore.errors import CacheError
+
+        found, value = self.store.load(self.key)
+        if not found:
+            raise CacheError(
+                f"the result of task run {self.run_name!r} was kept only in the cache store "
+                f"(cache_result_in_memory=False) and its entry {self.key[:12]} is gone "
+                "(cleared, expired or unreadable); run the task again"
+            )
+        return value
+
+    def __repr__(self) -> str:
+        return f"StoredResult({self.key[:12]}, store={self.store!r})"
+
+
+def _warn_once(call: TaskCall, exc: Exception) -> None:
+    name = call.task.name
+    with _warned_lock:
+        if name in _warned:
+            return
+        _warned.add(name)
+    logger.warning(
+        "task %r runs uncached: %s (cache_key_errors='warn'; this is reported once per task)",
+        name,
+        exc,
+    )
+
+
+__all__ = ["StoredResult", "run_cached"]
