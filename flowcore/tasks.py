@@ -63,6 +63,8 @@ class Task(Generic[P, R]):
         self._min_args = (
             sum(1 for p in parameters if p.default is p.empty) if plain_signature else -1
         )
+        self._names = [p.name for p in parameters]
+        self._defaults = {p.name: p.default for p in parameters if p.default is not p.empty}
         o = options
         #: the engine may call the function once, directly: no retries, timeout or cache
         self._single_attempt = o.retries == 0 and o.timeout_seconds is None and o.cache is None
@@ -255,6 +257,13 @@ class Task(Generic[P, R]):
 
     def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         """Bind arguments to the signature (defaults applied); TypeError names the task."""
+        if not kwargs and self._min_args <= len(args) <= self._max_args:
+            # Positional arguments of a plain signature: no need for Signature.bind.
+            bound = dict(zip(self._names, args, strict=False))  # fewer args: defaults follow
+            if len(args) < self._max_args:
+                for name in self._names[len(args) :]:
+                    bound[name] = self._defaults[name]
+            return bound
         try:
             bound = self.signature.bind(*args, **kwargs)
         except TypeError as exc:

@@ -105,12 +105,24 @@ def resolve_store(storage: Any) -> Any:
     """The store for a task's ``cache_storage`` (None: the configured default)."""
     if storage is not None and not isinstance(storage, str):
         return storage
+    # What decides the store, cheaply: a lookup runs on every cached call, and finding
+    # pyproject.toml walks the directory tree (so its settings are read once per
+    # working directory and environment).
+    environ = os.environ
+    ident: Any = (
+        storage,
+        environ.get(ENV_STORE),
+        environ.get(ENV_STORE_OPTIONS),
+        environ.get("FLOWCORE_CACHE_DIR"),
+        os.getcwd(),
+    )
+    store = _stores.get(ident)
+    if store is not None:
+        return store
     if storage is None:
         choice = configured_store()
-        ident: Any = (choice.name, json.dumps(choice.options, sort_keys=True, default=str), os.getcwd())
     else:
         choice = StoreChoice("file", {"directory": storage}, "cache_storage")
-        ident = ("file", storage, os.getcwd())
     with _stores_lock:
         store = _stores.get(ident)
         if store is None:

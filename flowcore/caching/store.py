@@ -176,6 +176,7 @@ class FileStore(CacheStore):
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
+        self._root = os.fspath(self.directory)
         self._warned: set[str] = set()
         self._warned_lock = threading.Lock()
 
@@ -184,13 +185,16 @@ class FileStore(CacheStore):
 
     def path_of(self, key: str) -> Path:
         """The file of ``key`` (which need not exist)."""
-        validate_key(key)
-        return self.directory / key[:2] / key[2:]
+        return Path(self._file_of(key))
+
+    def _file_of(self, key: str) -> str:
+        validate_key(key)  # strings, not Paths: this runs on every cache lookup
+        return os.path.join(self._root, key[:2], key[2:])
 
     # -- reading --------------------------------------------------------------------
 
     def read(self, key: str) -> CacheEntry | None:
-        path = self.path_of(key)
+        path = self._file_of(key)
         try:
             with open(path, "rb") as handle:
                 metadata, payload = entryfile.read_entry(handle)
@@ -352,7 +356,7 @@ class FileStore(CacheStore):
             with contextlib.suppress(OSError):  # not empty, or someone is writing there
                 shard.rmdir()
 
-    def _warn(self, path: Path, message: str) -> None:
+    def _warn(self, path: str | Path, message: str) -> None:
         """Log ``message`` once per file and store (a corrupt entry may be read often)."""
         with self._warned_lock:
             if str(path) in self._warned:
