@@ -259,11 +259,11 @@ class Task(Generic[P, R]):
         """Bind arguments to the signature (defaults applied); TypeError names the task."""
         if not kwargs and self._min_args <= len(args) <= self._max_args:
             # Positional arguments of a plain signature: no need for Signature.bind.
-            bound = dict(zip(self._names, args, strict=False))  # fewer args: defaults follow
+            values = dict(zip(self._names, args, strict=False))  # fewer args: defaults follow
             if len(args) < self._max_args:
                 for name in self._names[len(args) :]:
-                    bound[name] = self._defaults[name]
-            return bound
+                    values[name] = self._defaults[name]
+            return values
         try:
             bound = self.signature.bind(*args, **kwargs)
         except TypeError as exc:
