@@ -18,6 +18,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import types
 import uuid
 import zoneinfo
 from typing import Any
@@ -557,6 +558,10 @@ def test_hash_arguments_names_the_argument() -> None:
     with pytest.raises(CacheKeyError, match=r"^argument 'y'\[1\]\['k'\]: cannot hash"):
         hash_arguments(arguments)
     assert hash_arguments({"a": 1, "b": [2]}) == content_hash({"b": [2], "a": 1})
+    proxy = types.MappingProxyType({"a": 1, "b": Point(1, [2])})
+    assert hash_arguments(proxy) == content_hash({"a": 1, "b": Point(1, [2])})
+    with pytest.raises(TypeError, match="argument names must be str"):
+        hash_arguments({1: "x"})  # type: ignore[dict-item]
 
 
 def test_flowcore_hash_protocol() -> None:

@@ -61,9 +61,15 @@ def test_overwrite_and_delete(store: FileStore) -> None:
     assert store.load(KEY) == (False, None)
 
 
-def test_directories_are_private(store: FileStore) -> None:
+def test_directories_are_private(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "a" / "b" / "cache")
     store.save(KEY, 1, task="t")
-    for directory in (store.directory, store.directory / KEY[:2]):
+    for directory in (
+        tmp_path / "a",
+        tmp_path / "a" / "b",
+        store.directory,
+        store.path_of(KEY).parent,
+    ):
         assert stat.S_IMODE(directory.stat().st_mode) & 0o077 == 0
     assert stat.S_IMODE(store.path_of(KEY).stat().st_mode) & 0o077 == 0
 

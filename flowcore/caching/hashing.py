@@ -96,11 +96,14 @@ def hash_arguments(arguments: Mapping[str, object]) -> str:
     Equal to ``content_hash(dict(arguments))``; an error names the argument
     (``argument 'x'[2]: cannot hash ...``). Argument names must be strings.
     """
+    if any(type(name) is not str for name in arguments):
+        raise TypeError("argument names must be str")
     hasher = xxhash.xxh3_128(seed=_SEED)
+    if encode_plain(arguments if type(arguments) is dict else dict(arguments), hasher.update):
+        return hasher.hexdigest()
+    hasher.reset()
     enc = Encoder(hasher.update)
     names = sorted(arguments)
-    if any(type(name) is not str for name in names):
-        raise TypeError("argument names must be str")
     try:
         write_str_items(enc, names, [arguments[name] for name in names])
     except Unhashable as exc:

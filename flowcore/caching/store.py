@@ -237,8 +237,7 @@ class FileStore(CacheStore):
         metadata = EntryMetadata(key, entry.task, entry.created, entry.expires)
         temporary = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
         try:
-            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            path.parent.mkdir(mode=0o700, exist_ok=True)
+            _make_private_dirs(path.parent)
             descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
                 with os.fdopen(descriptor, "wb") as handle:
@@ -372,6 +371,19 @@ def _is_shard(entry: os.DirEntry[str]) -> bool:
         and _KEY.fullmatch(entry.name + "000000") is not None
         and (entry.is_dir(follow_symlinks=False))
     )
+
+
+def _make_private_dirs(directory: Path) -> None:
+    """Create ``directory`` and its missing parents, each with mode 0700."""
+    missing = []
+    while not directory.is_dir():
+        missing.append(directory)
+        if directory.parent == directory:
+            break
+        directory = directory.parent
+    for path in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # another process made it first
+            os.mkdir(path, 0o700)
 
 
 def _unlink_quietly(path: Path) -> int:
