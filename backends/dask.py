@@ -481,15 +481,21 @@ class DaskBackend(Backend):
     def _await_reconnection(self, client: Any) -> None:
         """The client lost its scheduler and tries to reconnect: wait for that, at most
         the connect timeout."""
+        failure = self._failure
+        if failure is not None and time.monotonic() - failure[0] < self.connect_timeout:
+            raise BackendConnectionError(failure[1])
         deadline = time.monotonic() + self.connect_timeout
         while client.status == "connecting" and time.monotonic() < deadline:
             time.sleep(0.05)
         if client.status != "running":
-            raise BackendConnectionError(
+            message = (
                 f"lost the connection to the Dask scheduler at {client.scheduler.address} and "
                 f"it did not come back within the connect timeout of {self.connect_timeout:g} s "
                 f"(client {client.status}); check that the scheduler is running"
             )
+            with self._lock:
+                self._failure = (time.monotonic(), message)  # later submits fail at once
+            raise BackendConnectionError(message)
 
     # -- results ------------------------------------------------------------------------------
     def _deliver(self, future: DaskFuture, dask_future: Any) -> None:

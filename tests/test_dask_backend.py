@@ -386,17 +386,26 @@ def test_unreachable_scheduler_leaves_no_noise_at_exit(tmp_path: Path) -> None:
     assert noise(result.stderr) == [], result.stderr
 
 
-def test_stopped_scheduler_fails_the_next_flow_within_the_connect_timeout() -> None:
+def test_stopped_scheduler_crashes_running_tasks_and_fails_the_next_flow() -> None:
     own = DaskCluster(workers=1)
     try:
         assert on_dask(lambda: inc.submit(1).result(), address=own.address, connect_timeout=2) == 2
         reused = flowcore.get_backend("dask", address=own.address, connect_timeout=2)
-        assert flow(backend=reused)(lambda: inc.submit(2).result())() == 3
-        own.stop_scheduler()
+
+        def body() -> tuple[State[Any]]:
+            running = slow_square.submit(3, 5.0)
+            time.sleep(1.0)
+            own.stop_scheduler()  # while the task runs
+            running.wait()
+            return (running.state,)  # a state returned alone would fail the flow
+
+        (lost,) = flow(backend=reused)(body)()
+        assert lost.is_crashed() and own.address in lost.message and "2 s" in lost.message
+        assert "lost the connection to the Dask scheduler" in lost.message
+        # The next flow, on a new backend or on the same one, fails as clearly.
         with pytest.raises(CrashedError) as info:
             on_dask(lambda: inc.submit(1).result(), address=own.address, connect_timeout=2)
         assert own.address in str(info.value) and "2 s" in str(info.value)
-        # A backend that was connected when the scheduler went away fails the same way.
         with pytest.raises(CrashedError) as info:
             flow(backend=reused)(lambda: inc.submit(3).result())()
         assert own.address in str(info.value) and "2 s" in str(info.value)
