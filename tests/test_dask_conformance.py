@@ -28,7 +28,7 @@ def local_cluster() -> Iterator[Any]:
         threads_per_worker=1,
         processes=True,
         host="127.0.0.1",
-        dashboard_address=None,
+        dashboard_address="127.0.0.1:0",  # a free port: 8787 may be taken
         scheduler_kwargs={"allowed_failures": 0},  # as the backend's own cluster
     )
     try:
