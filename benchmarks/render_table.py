@@ -130,8 +130,55 @@ HEADER = [
 ]
 
 
+def _is_cell(bench: dict[str, Any]) -> bool:
+    info = bench.get("extra_info") or {}
+    return "backend" in info and "workload" in info
+
+
+def matrix(benchmarks: list[dict[str, Any]]) -> list[str]:
+    """The backend x workload benchmarks as one table: rows are workloads, columns
+    backends, each cell ``ratio to its anchor (flowcore min time)``."""
+    cells: dict[tuple[str, str], dict[str, Any]] = {}
+    backends: list[str] = []
+    workloads: list[str] = []
+    for bench in benchmarks:
+        info = bench["extra_info"]
+        backend, workload = str(info["backend"]), str(info["workload"])
+        cells[(workload, backend)] = info
+        if backend not in backends:
+            backends.append(backend)
+        if workload not in workloads:
+            workloads.append(workload)
+    anchors: dict[str, str] = {}
+    for (_, backend), info in cells.items():
+        anchors.setdefault(backend, str(info.get("anchor", "-")))
+    lines = ["| workload | " + " | ".join(backends) + " |", "|---|" + "---|" * len(backends)]
+    for workload in workloads:
+        row = [workload]
+        for backend in backends:
+            info = cells.get((workload, backend))
+            if info is None:
+                row.append("-")
+                continue
+            text = f"{format_ratio(info.get('ratio'))} ({format_seconds(info.get('subject_min_s'))})"
+            goals = [f for f in _figures(info) if f.get("goal")]
+            if goals:
+                text += f" goal {goals[0]['goal']}: {_met(goals[0].get('met'))}"
+            row.append(_cell(text))
+        lines.append("| " + " | ".join(row) + " |")
+    lines.append("")
+    lines.append(
+        "Each cell: flowcore's time over its anchor's (fastest rounds), and flowcore's own "
+        "fastest time. Anchors: "
+        + "; ".join(f"{backend}: {_cell(anchor)}" for backend, anchor in anchors.items())
+        + "."
+    )
+    return lines
+
+
 def render(data: dict[str, Any]) -> str:
-    """The Markdown for one pytest-benchmark JSON document."""
+    """The Markdown for one pytest-benchmark JSON document: the backend x workload
+    matrix (if measured), then a row per figure of every other benchmark."""
     benchmarks = data.get("benchmarks") or []
     lines = [machine_line(data), ""]
     if not benchmarks:
@@ -139,15 +186,21 @@ def render(data: dict[str, Any]) -> str:
             "_No benchmark results in this file (was it written with --benchmark-disable?)._"
         )
         return "\n".join(lines) + "\n"
-    lines.append("| " + " | ".join(HEADER) + " |")
-    lines.append("|" + "|".join("---" for _ in HEADER) + "|")
-    lines.extend("| " + " | ".join(row) + " |" for row in rows(benchmarks))
-    lines.append("")
-    lines.append(
-        "Median and Min: one timed round of the flowcore code (pytest-benchmark). Anchor min: "
-        "the fastest round of the reference code, run right before each flowcore round. "
-        "Figures use the fastest rounds; goals are reported, not enforced."
-    )
+    grid = [b for b in benchmarks if _is_cell(b)]
+    others = [b for b in benchmarks if not _is_cell(b)]
+    if grid:
+        lines.extend(matrix(grid))
+        lines.append("")
+    if others:
+        lines.append("| " + " | ".join(HEADER) + " |")
+        lines.append("|" + "|".join("---" for _ in HEADER) + "|")
+        lines.extend("| " + " | ".join(row) + " |" for row in rows(others))
+        lines.append("")
+        lines.append(
+            "Median and Min: one timed round of the flowcore code (pytest-benchmark). Anchor min: "
+            "the fastest round of the reference code, run right before each flowcore round. "
+            "Figures use the fastest rounds; goals are reported, not enforced."
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -183,8 +183,9 @@ class Task(Generic[P, R]):
             return []
         self.check_arguments(*mapped.layout(0, 1).rows()[0])
         backend = scope.backend()
-        batched = not wait_for and not mapped.has_futures and should_batch(backend, mapped.count)
-        if batched and mapped_path.eligible(self, _observed()):
+        plain = not wait_for and not mapped.has_futures
+        batched = plain and should_batch(backend, mapped.count)
+        if plain and mapped_path.columnar(backend, mapped.count) and mapped_path.eligible(self, _observed()):
             log_prints = self.options.log_prints
             block = mapped_path.MapBlock(
                 self, scope, backend, mapped, scope.log_prints if log_prints is None else log_prints
