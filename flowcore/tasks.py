@@ -387,6 +387,14 @@ def _load_task(module: str, qualname: str, options: TaskOptions | None = None) -
     return found  # type: ignore[no-any-return]
 
 
+def task_input_hash(context: CacheContext, arguments: dict[str, Any]) -> str | None:
+    """A ``cache_key_fn`` with Prefect's signature: a hash of the task's identity, its
+    code and ``arguments`` (see :func:`flowcore.caching.task_input_hash`)."""
+    from flowcore.caching.policies import task_input_hash as compute
+
+    return compute(context, arguments)
+
+
 _MAP_CHUNK = 2048
 def _observed() -> bool:
     current = registry._registry
@@ -621,4 +629,4 @@ def task(
     return decorate
 
 
-__all__ = ["Task", "exponential_backoff", "task"]
+__all__ = ["Task", "exponential_backoff", "task", "task_input_hash"]

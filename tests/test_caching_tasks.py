@@ -153,13 +153,17 @@ def test_cache_key_fn_must_return_a_string(cache_dir: Path, tmp_path: Path) -> N
 
 
 def test_task_input_hash_includes_the_task(cache_dir: Path, tmp_path: Path) -> None:
+    from flowcore.tasks import task_input_hash as prefect_path
+
+    assert prefect_path.__name__ == "task_input_hash"
     counter = _counter(tmp_path)
+    assert power.with_options(cache_policy=None, cache_key_fn=prefect_path)(counter, 7) == 49
     a = power.with_options(cache_policy=None, cache_key_fn=task_input_hash)
     b = other_power.with_options(cache_policy=None, cache_key_fn=task_input_hash)
     a(counter, 7)
     a(counter, 7)
     b(counter, 7)
-    assert w.read_count(counter) == 2
+XX
 
 
 def test_flow_parameters_policy(cache_dir: Path, tmp_path: Path) -> None:
@@ -205,6 +209,7 @@ def test_unhashable_argument_fails_the_run_naming_it(cache_dir: Path, tmp_path: 
     assert state.name == "Failed"
     assert isinstance(state.exception, CacheKeyError)
     message = str(state.exception)
+    assert message.startswith("task 'describe': ")
     assert "'value'" in message and "lock" in message.lower()
     assert w.read_count(_counter(tmp_path)) == 0
 

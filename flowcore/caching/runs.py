@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from flowcore import states
+from flowcore.errors import CacheKeyError
 from flowcore.states import DeferredResult, State, StateType
 
 if TYPE_CHECKING:
@@ -37,16 +38,12 @@ def run_cached(call: TaskCall, settings: CacheSettings, run: Callable[[TaskCall]
     started = time.time()
     try:
         key = run_key(call, settings)
-    except Exception as exc:
-        if settings.key_errors == "warn":
-            _warn_once(call, exc)
-            return run(call)
-        return states.Failed(
-            exc,
-            traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
-            started_at=started,
-            finished_at=time.time(),
-        )
+    except CacheKeyError as exc:
+        named = CacheKeyError(f"task {call.task.name!r}: {exc}")
+        named.__cause__ = exc.__cause__
+        return _uncacheable(call, settings, named, started, run)
+    except Exception as exc:  # a user's cache_key_fn failed
+        return _uncacheable(call, settings, exc, started, run)
     if key is None:
         return run(call)
     store = resolve_store(settings.storage)
@@ -70,6 +67,25 @@ def run_cached(call: TaskCall, settings: CacheSettings, run: Callable[[TaskCall]
 
             state = replace(state, data=StoredResult(store, key, call.task_run_name))
     return state
+
+
+def _uncacheable(
+    call: TaskCall,
+    settings: CacheSettings,
+    exc: Exception,
+    started: float,
+    run: Callable[[TaskCall], State[Any]],
+) -> State[Any]:
+    """No key for this run: fail it with the reason, or run it uncached (``"warn"``)."""
+    if settings.key_errors == "warn":
+        _warn_once(call, exc)
+        return run(call)
+    return states.Failed(
+        exc,
+        traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        started_at=started,
+        finished_at=time.time(),
+    )
 
 
 class StoredResult(DeferredResult):
