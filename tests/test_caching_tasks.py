@@ -163,7 +163,7 @@ def test_task_input_hash_includes_the_task(cache_dir: Path, tmp_path: Path) -> N
     a(counter, 7)
     a(counter, 7)
     b(counter, 7)
-XX
+    assert w.read_count(counter) == 2  # both paths make the same key: a hits; b is another task
 
 
 def test_flow_parameters_policy(cache_dir: Path, tmp_path: Path) -> None:
