@@ -556,7 +556,8 @@ def test_local_cluster_runs_main_functions_closures_and_exits_cleanly(tmp_path: 
             return values, crashed.name, crashed.message, pids
 
         @task
-        def sleeper(seconds):
+        def sleeper(seconds, marker):
+            open(marker, "w").close()
             time.sleep(seconds)
             return seconds
 
@@ -564,9 +565,12 @@ def test_local_cluster_runs_main_functions_closures_and_exits_cleanly(tmp_path: 
 
         @flow(backend="dask")
         def failing():
-            running.append(sleeper.submit(30))  # stopped with its worker, not awaited
+            marker = os.path.abspath("started")
+            running.append(sleeper.submit(30, marker))  # stopped with its worker, not awaited
             add_offset.map(range(50))
-            time.sleep(1.0)  # let it start
+            deadline = time.monotonic() + 60
+            while not os.path.exists(marker) and time.monotonic() < deadline:
+                time.sleep(0.05)
             raise RuntimeError("the body failed")
 
         if __name__ == "__main__":
