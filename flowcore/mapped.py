@@ -161,11 +161,10 @@ class MapBlock:
             self._send(start, stop, skip)
 
     def _send(self, start: int, stop: int, skip: set[int]) -> None:
-        runner = run_map_batch_here if self.in_process else run_map_batch
         try:
             backend_future = self.backend.submit(
-                runner, self.task, self.common, self.run_id(start),
-                self.arguments.layout(start, stop), frozenset(skip),
+                run_map_batch, self.task, self.common, self.run_id(start),
+                self.arguments.layout(start, stop), frozenset(skip), not self.in_process,
             )
         except Exception as exc:
             self._lost(start, stop, exc, refused=True)
@@ -488,26 +487,21 @@ def run_map_batch(
     first_run_id: str,
     layout: RowLayout,
     skip: frozenset[int],
+    collect_logs: bool = True,
 ) -> BatchResult:
-    """Run a batch of a map's runs in this worker (see the module docstring)."""
+    """Run a batch of a map's runs where the backend put it (see the module docstring).
+
+    In a worker process the run loggers' records are collected and returned for the
+    parent to replay; on an in-process backend (``collect_logs=False``) they are
+    emitted here, as the runs make them.
+    """
+    if not collect_logs:
+        return (*_run_rows(task, batch_call, first_run_id, layout, skip), [])
     from flowcore.log_relay import capture
 
     with capture() as records:
         values, ends, started, exact = _run_rows(task, batch_call, first_run_id, layout, skip)
     return values, ends, started, exact, records
-
-
-def run_map_batch_here(
-    task: Task[..., Any],
-    batch_call: tuple[Any, ...],
-    first_run_id: str,
-    layout: RowLayout,
-    skip: frozenset[int],
-) -> BatchResult:
-    """:func:`run_map_batch` on an in-process backend: log records are emitted here
-    as the runs make them, not collected."""
-    values, ends, started, exact = _run_rows(task, batch_call, first_run_id, layout, skip)
-    return values, ends, started, exact, []
 
 
 def _run_rows(
@@ -587,4 +581,4 @@ def columnar(backend: Backend, count: int) -> bool:
     )
 
 
-__all__ = ["MapBlock", "MappedFuture", "columnar", "eligible", "run_map_batch", "run_map_batch_here"]
+__all__ = ["MapBlock", "MappedFuture", "columnar", "eligible", "run_map_batch"]
