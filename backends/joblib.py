@@ -82,6 +82,18 @@ class JoblibBackend(Backend):
         future: Future[T] = Future()
         future.set_running_or_notify_cancel()
         call = functools.partial(fn, *args, **kwargs)
+        if self.kind is BackendKind.PROCESSES:
+            # Send the call as one pickle (protocol 5). joblib's pool would memory-map
+            # large arrays into a folder tied to the joblib.Parallel call in progress on
+            # its shared executor, and any such call elsewhere in the process ends that
+            # context under flowcore's runs (KeyError while pickling).
+            import cloudpickle
+
+            try:
+                call = functools.partial(_run_pickled, cloudpickle.dumps(call, protocol=5))
+            except Exception as exc:  # reported like a pool's pickling failure
+                future.set_exception(exc)
+                return future
         if self.kind is BackendKind.INLINE or type(backend).__name__ == "SequentialBackend":
             try:
                 future.set_result(call())
@@ -152,6 +164,13 @@ class JoblibBackend(Backend):
             f"<JoblibBackend joblib={self.joblib_backend_name} kind={self.kind} "
             f"max_workers={self.max_workers}>"
         )
+
+
+def _run_pickled(payload: bytes) -> Any:
+    """Run a call sent as one pickle (see :meth:`JoblibBackend.submit`)."""
+    import pickle
+
+    return pickle.loads(payload)()
 
 
 def create(backend: str | None = None, n_jobs: int | None = None, **backend_options: Any) -> JoblibBackend:

@@ -100,3 +100,25 @@ def test_worker_death_in_joblib_pool_is_pinned_on_its_task() -> None:
         backend.shutdown()
     assert crashed.is_crashed() and "SIGKILL" in crashed.message
     assert doubles == [0, 2, 4]
+
+
+@task
+def array_total(array: Any) -> float:
+    return float(array.sum())
+
+
+def test_large_arrays_survive_other_joblib_calls_on_the_shared_pool() -> None:
+    """joblib memory-maps large arrays into a folder tied to the Parallel call in
+    progress; a plain joblib.Parallel call in between must not break flowcore's runs."""
+    np = pytest.importorskip("numpy")
+    import joblib
+
+    big = np.ones(2**18)  # 2 MiB: above joblib's 1M memmapping threshold
+    backend = flowcore.get_backend("joblib", n_jobs=2)
+    try:
+        runner = flow(backend=backend)(lambda: [f.result() for f in [array_total.submit(big) for _ in range(2)]])
+        assert runner() == [float(2**18)] * 2
+        assert joblib.Parallel(n_jobs=2)(joblib.delayed(len)(big) for _ in range(2)) == [2**18] * 2
+        assert runner() == [float(2**18)] * 2
+    finally:
+        backend.shutdown()
