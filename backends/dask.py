@@ -115,9 +115,10 @@ def open_worker_journal(directory: str | None = None) -> None:
     """Start journaling this worker process's runs (once; best effort).
 
     Into ``directory`` (the journal directory of the process that started the local
-    cluster), else :func:`worker_journal_directory`. A process that already journals
-    (a worker that inherited a flowcore journal from its parent) keeps its journal.
-    Journals of processes that died long ago are removed on the way.
+    cluster, even if the worker inherited another journal from an environment variable
+    set further up its process tree), else :func:`worker_journal_directory` -- unless
+    the process already journals (a worker that inherited a flowcore journal): then it
+    keeps that journal. Journals of processes that died long ago are removed on the way.
     """
     global _journal_opened
     from flowcore import journal
@@ -126,9 +127,9 @@ def open_worker_journal(directory: str | None = None) -> None:
         if _journal_opened:
             return
         _journal_opened = True
-        if journal.position_slots() is not None:
-            return  # already journaling
         if directory is None:
+            if journal.position_slots() is not None:
+                return  # already journaling
             directory = worker_journal_directory()
         try:
             os.makedirs(directory, mode=0o700, exist_ok=True)
@@ -703,9 +704,9 @@ def _read_local_journal(address: str, pid: Any, directory: str | None) -> str | 
     this machine (in ``directory``, else the per-user one): the run id, ``""`` when it
     was executing none, None when unknown (the worker ran elsewhere, or kept no
     journal here)."""
-    from flowcore.journal import ENV_VAR, pid_alive, read_journal_entries
+    from flowcore.journal import ENV_VAR, read_journal_entries
 
-    if not isinstance(pid, int) or pid <= 0 or not _is_this_machine(address) or pid_alive(pid):
+    if not isinstance(pid, int) or pid <= 0 or not _is_this_machine(address) or not _process_gone(pid):
         return None
     directories = [directory or worker_journal_directory()]
     inherited = os.environ.get(ENV_VAR, "").rpartition(":")[0]
@@ -720,6 +721,20 @@ def _read_local_journal(address: str, pid: Any, directory: str | None) -> str | 
             os.unlink(path)  # the process is dead: nobody else needs its journal
         return entry[0] if entry is not None else ""
     return None
+
+
+def _process_gone(pid: int) -> bool:
+    """True when process ``pid`` of this machine has died: gone, or a zombie that its
+    parent (the worker's nanny) has not reaped yet."""
+    from flowcore.journal import pid_alive
+
+    if not pid_alive(pid):
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[-1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _is_this_machine(address: str) -> bool:
