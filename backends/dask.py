@@ -268,7 +268,7 @@ class DaskBackend(Backend):
             future.set_exception(exc)  # the core explains which argument did not pickle
             return future
         future.dask_future = dask_future
-        with self._lock:
+        with self._lock:  # before the callback can run: it removes the future again
             self._pending.add(future)
         dask_future.add_done_callback(lambda done: self._deliver(future, done))
         return future
