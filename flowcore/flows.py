@@ -278,7 +278,10 @@ def _log_unobserved(context: FlowRunContext) -> None:
     unobserved = [
         f
         for f in context.failed
-        if not f._is_observed() and (final := f._final()) is not None and not final.is_completed()
+        if not f._is_observed()
+        and (final := f._final()) is not None
+        and not final.is_completed()
+        and not final.is_cancelled()  # stopped on purpose (by the caller, or this run's failure)
     ]
     if not unobserved:
         return

@@ -31,6 +31,11 @@ def double(x: int) -> int:
     return x * 2
 
 
+@task
+def wait_on(event: threading.Event, seconds: float) -> bool:
+    return event.wait(seconds)
+
+
 @task(name="failing-task")
 def failing(message: str) -> None:
     raise Boom(message)
@@ -539,6 +544,26 @@ def test_observed_failed_futures_are_not_logged(caplog: pytest.LogCaptureFixture
 
     assert pipeline() == "fine"
     assert _unobserved_reports(caplog, names[0]) == []
+
+
+def test_runs_cancelled_by_a_failed_body_are_not_reported(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="flowcore")
+    held: list[Any] = []
+
+    @flow(backend=flowcore.get_backend("threads", max_workers=1))
+    def pipeline() -> None:
+        blocker = threading.Event()
+        first = wait_on.submit(blocker, 5.0)  # the only worker is busy until released
+        held.extend(double.submit(i) for i in range(5))  # queued behind the first
+        held.append(first)
+        threading.Timer(0.5, blocker.set).start()
+        raise RuntimeError("the body gives up")
+
+    with pytest.raises(RuntimeError, match="gives up"):
+        pipeline()
+    assert [f.state.name for f in held[:5]] == ["Cancelled"] * 5
+    assert held[5].state.name == "Completed"
+    assert [r for r in caplog.records if "nothing retrieved" in r.getMessage()] == []
 
 
 def test_completed_futures_are_never_reported(caplog: pytest.LogCaptureFixture) -> None:
