@@ -32,7 +32,9 @@ def format_seconds(seconds: float | None) -> str:
 
 
 def format_ratio(ratio: float | None) -> str:
-    return "-" if ratio is None else f"{ratio:.2f}x"
+    if ratio is None:
+        return "-"
+    return f"{ratio:.2g}x" if abs(ratio) < 0.1 else f"{ratio:.2f}x"
 
 
 def _cell(text: object) -> str:
@@ -86,7 +88,10 @@ def _figure_text(fig: dict[str, Any]) -> str:
     value = fig.get("value")
     if value is None:
         return "-"
-    return f"{fig.get('label', '')}: {value:.3g} {fig.get('unit', '')}".strip()
+    unit = fig.get("unit", "")
+    if unit == "µs" and abs(value) >= 1000:  # 3.33e+04 µs reads better as 33.3 ms
+        value, unit = value / 1000, "ms"
+    return f"{fig.get('label', '')}: {value:.3g} {unit}".strip()
 
 
 def rows(benchmarks: Iterable[dict[str, Any]]) -> list[list[str]]:
