@@ -48,10 +48,18 @@ import os
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
-from flowcore.backend import Backend, BackendKind, BackendSpec, WorkerLost, usable_cpu_count
+from flowcore.backend import (
+    Backend,
+    BackendKind,
+    BackendSpec,
+    NativeHandle,
+    WorkerLost,
+    usable_cpu_count,
+)
 from flowcore.errors import BackendConnectionError, BackendShutdownError
 from flowcore.hookspecs import hookimpl
 
@@ -90,11 +98,15 @@ class DaskCall:
         return (DaskCall, (self.fn, self.args, self.kwargs))
 
 
-def execute(call: DaskCall, journal_directory: str | None = None) -> Any:
+def execute(call: DaskCall, journal_directory: str | None = None, refs: dict[str, Any] | None = None) -> Any:
     """Run ``call`` in a Dask worker, journaling which task run this process executes
-    (into ``journal_directory``, or the per-user directory of this machine)."""
+    (into ``journal_directory``, or the per-user directory of this machine). With
+    ``refs`` (upstream results, resolved by Dask on this worker from the futures the
+    parent passed), the function is called with them as keyword ``refs``."""
     if not _journal_opened:
         open_worker_journal(journal_directory)
+    if refs is not None:
+        return call.fn(*call.args, refs=refs, **call.kwargs)
     return call.fn(*call.args, **call.kwargs)
 
 
@@ -170,6 +182,9 @@ class DaskFuture(cf.Future[Any]):
         super().__init__()
         self._backend = backend
         self.dask_future: Any = None
+        #: for :meth:`DaskBackend.submit_native`: the task whose result stays on the
+        #: workers (``dask_future`` is then the task that makes its light copy)
+        self.full: Any = None
 
     def cancel(self) -> bool:
         if not super().cancel():
@@ -177,7 +192,26 @@ class DaskFuture(cf.Future[Any]):
         dask_future, self.dask_future = self.dask_future, None
         if dask_future is not None:
             self._backend._cancel_remote(dask_future)
+        full, self.full = self.full, None
+        if full is not None:
+            self._backend._cancel_remote(full)
         return True
+
+
+class DaskHandle(NativeHandle):
+    """A result kept on the Dask workers: ``native`` is its Dask future (holding it
+    keeps the data there; Dask recomputes it from its lineage if a worker holding it
+    dies)."""
+
+    __slots__ = ()
+
+    def _fetch_native(self, native: Any) -> Any:
+        backend = self.backend
+        assert isinstance(backend, DaskBackend)
+        try:
+            return native.result(timeout=backend.fetch_timeout)
+        except Exception as exc:
+            raise _explain_gather_error(exc, backend._closed) from exc
 
 
 class DaskBackend(Backend):
@@ -191,9 +225,11 @@ class DaskBackend(Backend):
 
     name = "dask"
     kind = BackendKind.CLUSTER
-    # Results are fetched into this process and passed on as values: the core does not
-    # hand Dask futures to downstream tasks yet (see the README's Dask section).
-    supports_native_futures = False
+    # Large results stay on the workers; downstream tasks get them as Dask futures
+    # (see submit_native and flowcore.native).
+    supports_native_futures = True
+    #: seconds that fetching a result kept on the workers may take
+    fetch_timeout: float | None = None
 
     def __init__(
         self,
@@ -237,6 +273,8 @@ class DaskBackend(Backend):
         #: what each dead worker was running: ``{(address, pid): (culprit, known, message)}``
         self._verdicts: dict[tuple[str, Any], tuple[str | None, bool, str]] = {}
         self._uncounted: dict[str, int] = {}
+        #: handles of results kept on the workers, fetched before a client we close goes
+        self._handles: weakref.WeakSet[DaskHandle] = weakref.WeakSet()
 
     # -- the Executor protocol ----------------------------------------------------------
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> cf.Future[T]:
@@ -273,6 +311,49 @@ class DaskBackend(Backend):
         dask_future.add_done_callback(lambda done: self._deliver(future, done))
         return future
 
+    def submit_native(
+        self,
+        fn: Callable[..., Any],
+        /,
+        *args: Any,
+        refs: Mapping[str, NativeHandle] | None = None,
+        **kwargs: Any,
+    ) -> tuple[cf.Future[Any], NativeHandle]:
+        """Run ``fn(*args, **kwargs)`` as one Dask task whose result stays on the workers,
+        and a second, tiny task next to it that returns its light copy (see
+        :meth:`Backend.submit_native <flowcore.backend.Backend.submit_native>`).
+
+        ``refs``' Dask futures are passed in the task's arguments, so Dask moves their
+        data between workers (or not at all) and never through this process. Raises
+        like :meth:`submit`.
+        """
+        from flowcore.native import light_copy
+
+        client = self._connected_client()
+        future = DaskFuture(self)
+        key = _task_key(fn, args)
+        handle = DaskHandle(self, None, key)
+        natives = {name: ref.native for name, ref in refs.items()} if refs else None
+        try:
+            with _quiet_serialization_errors():
+                full = client.submit(execute, DaskCall(fn, args, kwargs), self._journal_directory, natives, key=key, pure=False)
+            light = client.submit(light_copy, full, key=f"{key}-light", pure=False)
+        except Exception as exc:
+            from flowcore.serialization import is_pickling_error
+
+            if not is_pickling_error(exc):
+                raise
+            future.set_exception(exc)  # the core explains which argument did not pickle
+            return future, handle
+        handle._native = full
+        future.dask_future = light
+        future.full = full
+        with self._lock:  # before the callback can run: it removes the future again
+            self._pending.add(future)
+            self._handles.add(handle)
+        light.add_done_callback(lambda done: self._deliver(future, done))
+        return future, handle
+
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting work; close the client and the local cluster this backend made.
 
@@ -298,6 +379,8 @@ class DaskBackend(Backend):
             cancelling.join(self.connect_timeout)  # a client we keep: its cancels must land
         if client is None and cluster is None:
             return
+        if owns_client and client is not None:
+            self._materialize(client)
         with _quiet_distributed_logs():
             if cluster is not None and client is not None:
                 self._quiet_workers(client)
@@ -309,6 +392,37 @@ class DaskBackend(Backend):
             if cluster is not None:
                 with contextlib.suppress(Exception):
                     cluster.close(timeout=max(self.connect_timeout, 10.0))
+
+    def _materialize(self, client: Any) -> None:
+        """Before closing a client this backend made: bring home every result kept on
+        the workers that a future here still refers to, so it still has its value."""
+        import gc
+
+        with self._lock:
+            if not self._handles:
+                return
+        gc.collect()  # results only reachable through reference cycles need not travel
+        with self._lock:
+            # A result not finished belongs to no completed run: nobody can ask for it.
+            handles = [handle for handle in self._handles if handle.native is not None and handle.native.done()]
+            self._handles = weakref.WeakSet()
+        for handle in [handle for handle in handles if handle.fetched]:
+            handle._keep(None)  # already here: only drop the Dask future
+            handles.remove(handle)
+        if not handles:
+            return
+        try:
+            natives = [handle.native for handle in handles]
+            results = client.gather(natives)
+        except Exception:  # one by one: a failure stays with its own handle
+            for handle in handles:
+                try:
+                    handle._keep(handle.native.result(timeout=self.connect_timeout))
+                except Exception as exc:
+                    handle._lose(_explain_gather_error(exc, closed=False))
+            return
+        for handle, result in zip(handles, results, strict=True):
+            handle._keep(result)
 
     def _quiet_workers(self, client: Any) -> None:
         """Before closing the local cluster: its worker processes (which share this
@@ -504,7 +618,7 @@ class DaskBackend(Backend):
         then drop the Dask future so the cluster forgets its result."""
         with self._lock:
             self._pending.discard(future)
-        future.dask_future = None
+        future.dask_future = future.full = None  # a kept result is held by its handle
         if future.done():
             return  # cancelled meanwhile
         value: Any = None
@@ -931,6 +1045,7 @@ __all__ = [
     "DaskBackend",
     "DaskCall",
     "DaskFuture",
+    "DaskHandle",
     "create",
     "execute",
     "open_worker_journal",

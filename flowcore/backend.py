@@ -12,6 +12,12 @@ Contract for implementers:
   :class:`~flowcore.errors.BackendShutdownError` after ``shutdown``.
 * ``shutdown(wait=True, *, cancel_futures=False)``: release workers; idempotent.
 * Start lazily: creating a backend must not start a pool; the first ``submit`` does.
+
+A backend that can pass its own futures to later tasks (Dask) sets
+``supports_native_futures = True`` and implements :meth:`Backend.submit_native`,
+which returns a :class:`NativeHandle` next to the future: the run's full result stays
+on the backend's workers, and the core hands that handle (not the value) to
+downstream runs. See :mod:`flowcore.native`.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from __future__ import annotations
 import enum
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -58,15 +64,37 @@ class WorkerLost:
 class Backend(Executor):
     """Base class for backends: an Executor with a name, a kind and a worker count.
 
-    Subclasses implement :meth:`submit` and :meth:`shutdown`. ``supports_native_futures``
-    is reserved for a backend that accepts its own futures as arguments (Dask); the
-    core does not read it yet and resolves futures in the parent for every backend.
+    Subclasses implement :meth:`submit` and :meth:`shutdown`. A backend that sets
+    ``supports_native_futures`` also implements :meth:`submit_native`; the core then
+    keeps large results on its workers and passes them to downstream runs there. The
+    core reads that attribute once per dispatch, so other backends pay nothing.
     """
 
     name: str = "backend"
     kind: BackendKind = BackendKind.THREADS
     max_workers: int = 1
     supports_native_futures: bool = False
+
+    def submit_native(
+        self,
+        fn: Callable[..., Any],
+        /,
+        *args: Any,
+        refs: Mapping[str, NativeHandle] | None = None,
+        **kwargs: Any,
+    ) -> tuple[Future[Any], NativeHandle]:
+        """Schedule ``fn(*args, **kwargs)`` and keep its full result on the workers.
+
+        Only called when ``supports_native_futures`` is true. ``fn`` returns what
+        :func:`flowcore.engine.run_call_remote` or :func:`flowcore.batching.run_batch`
+        return. The returned future resolves with :func:`flowcore.native.light_copy`
+        of that result (computed on the worker: large values replaced by a marker);
+        the handle fetches the full result on demand. ``refs`` maps names to handles
+        that this backend returned earlier: on the worker, ``fn`` is then called as
+        ``fn(*args, refs={name: full result}, **kwargs)``, the results never passing
+        through this process. Failures are reported like :meth:`submit`'s.
+        """
+        raise NotImplementedError(f"backend {self.name!r} does not support native futures")
 
     def explain_failure(self, task_run_id: str, exc: BaseException) -> WorkerLost | None:
         """Why the future of ``task_run_id`` failed with ``exc``, if a worker was lost.
@@ -79,6 +107,92 @@ class Backend(Executor):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} name={self.name!r} kind={self.kind} max_workers={self.max_workers}>"
+
+
+class NativeHandle:
+    """The full result of one unit of work (a run or a batch of runs) that a backend
+    with native futures keeps on its workers.
+
+    :meth:`fetch` brings it here once (thread-safe; later calls return the same
+    object), so the runs of one batch share a fetch. The backend's own future stays in
+    :attr:`native` -- keeping the result alive on the workers -- until
+    :meth:`materialize` (called by the backend before it shuts down) replaces it with
+    the fetched value. Subclasses implement :meth:`_fetch_native`.
+    """
+
+    __slots__ = ("__weakref__", "_error", "_fetched", "_lock", "_native", "_result", "backend", "key")
+
+    def __init__(self, backend: Backend, native: Any, key: str) -> None:
+        self.backend = backend
+        self.key = key
+        self._native = native
+        self._lock = threading.Lock()
+        self._fetched = False
+        self._result: Any = None
+        self._error: BaseException | None = None
+
+    @property
+    def native(self) -> Any:
+        """The backend's future of the full result, or None once materialized."""
+        return self._native
+
+    @property
+    def fetched(self) -> bool:
+        """True once the full result is in this process."""
+        return self._fetched
+
+    def fetch(self) -> Any:
+        """The full result, fetched from the workers on the first call.
+
+        Raises what the backend raised while fetching (a later call tries again),
+        or, after :meth:`materialize` failed to fetch, that failure every time.
+        """
+        if self._fetched:
+            return self._result
+        with self._lock:
+            if not self._fetched:
+                if self._error is not None:
+                    raise self._error
+                self._result = self._fetch_native(self._native)
+                self._fetched = True
+            return self._result
+
+    def materialize(self) -> None:
+        """Fetch the result (or keep the failure to fetch it) and drop the backend's
+        future, so that the handle no longer needs the backend. Idempotent."""
+        with self._lock:
+            native = self._native
+            if self._fetched or native is None:
+                self._native = None
+                return
+            try:
+                self._result = self._fetch_native(native)
+                self._fetched = True
+            except Exception as exc:
+                self._error = exc
+            self._native = None
+
+    def _keep(self, result: Any) -> None:
+        """Store a result the backend fetched itself (for many handles at once) and
+        drop the backend's future."""
+        with self._lock:
+            if not self._fetched:
+                self._result, self._fetched = result, True
+            self._native = None
+
+    def _lose(self, error: BaseException) -> None:
+        """The result can no longer be fetched: :meth:`fetch` raises ``error``."""
+        with self._lock:
+            if not self._fetched:
+                self._error = error
+            self._native = None
+
+    def _fetch_native(self, native: Any) -> Any:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        where = "fetched" if self._fetched else ("on the workers" if self._native is not None else "lost")
+        return f"<{type(self).__name__} {self.key} {where}>"
 
 
 class ExecutorBackend(Backend):
@@ -186,6 +300,7 @@ __all__ = [
     "BackendKind",
     "BackendSpec",
     "ExecutorBackend",
+    "NativeHandle",
     "WorkerLost",
     "usable_cpu_count",
 ]

@@ -38,7 +38,7 @@ from flowcore.serialization import is_pickling_error
 from flowcore.states import State, completed_run
 
 if TYPE_CHECKING:
-    from flowcore.backend import Backend
+    from flowcore.backend import Backend, NativeHandle
     from flowcore.calls import TaskCall
     from flowcore.futures import RunFuture
 
@@ -164,29 +164,46 @@ class BatchDispatcher:
             future._backend = self.backend
             future._in_batch = True
             future._watch_timeout(self.backend)
+        backend = self.backend
+        handle: NativeHandle | None = None
         try:
-            backend_future = self.backend.submit(run_batch, *encode_batch([f.call for f in batch]))
+            if backend.supports_native_futures and all(f._keeps_results_remote() for f in batch):
+                # Results stay on the workers; one handle serves the batch's runs.
+                backend_future, handle = backend.submit_native(run_batch, *encode_batch([f.call for f in batch]))
+            else:
+                backend_future = backend.submit(run_batch, *encode_batch([f.call for f in batch]))
         except Exception as exc:
             with self.lock:
                 self.sizer.in_flight -= 1
             for future in batch:
                 future._backend_refused(exc)
             return
-        backend_future.add_done_callback(lambda done: self._on_done(batch, done))
+        backend_future.add_done_callback(lambda done: self._on_done(batch, done, handle))
 
-    def _on_done(self, batch: list[RunFuture[Any]], backend_future: Future[Any]) -> None:
+    def _on_done(
+        self, batch: list[RunFuture[Any]], backend_future: Future[Any], handle: NativeHandle | None = None
+    ) -> None:
         try:
-            self._settle(batch, backend_future)
+            self._settle(batch, backend_future, handle)
         except Exception as exc:  # never leave runs pending over a bug in handling
             for future in batch:
                 if not future.done():
                     future._crashed(exc)
             _feeder.kick(self)
 
-    def _settle(self, batch: list[RunFuture[Any]], backend_future: Future[Any]) -> None:
+    def _settle(
+        self, batch: list[RunFuture[Any]], backend_future: Future[Any], handle: NativeHandle | None = None
+    ) -> None:
         try:
             outcomes, records = backend_future.result()
             results = [decode_outcome(o) for o in outcomes]
+            if handle is not None:  # a light copy: large values stayed on the workers
+                from flowcore.native import adopt
+
+                results = [
+                    adopt(state, handle, index, future.call.task_run_name)
+                    for index, (future, state) in enumerate(zip(batch, results, strict=True))
+                ]
         except BaseException as exc:
             with self.lock:
                 self.sizer.in_flight -= 1

@@ -29,12 +29,13 @@ from flowcore.serialization import explain_pickling_failure
 from flowcore.states import State
 
 if TYPE_CHECKING:
-    from flowcore.backend import Backend
+    from flowcore.backend import Backend, NativeHandle
     from flowcore.calls import TaskCall
     from flowcore.context import RunScope
     from flowcore.tasks import Task
 
 R = TypeVar("R")
+T = TypeVar("T")
 
 # Guards every future's final state, waiter lock and callbacks: held for a few
 # instructions at a time, and cheaper than two locks per future.
@@ -163,7 +164,9 @@ class RunFuture(TaskFuture[R]):
         "_finishing",
         "_hard_watched",
         "_in_batch",
+        "_native",
         "_observed",
+        "_refs",
         "_scope",
         "_state",
         "_stealable",
@@ -187,6 +190,10 @@ class RunFuture(TaskFuture[R]):
         self._hard_watched = False
         self._cancel_requested = False
         self._in_batch = False  # sent inside a batch (no backend future of its own)
+        #: on a backend with native futures: the handle of this run's full result
+        #: while it is in flight, and the upstream handles its arguments refer to
+        self._native: NativeHandle | None = None
+        self._refs: dict[str, NativeHandle] | None = None
         self._upstream: list[TaskFuture[Any]] = []
         self._scope: RunScope | None = None
         self._stealable = False
@@ -347,12 +354,20 @@ class RunFuture(TaskFuture[R]):
                 return
         call = self.call
         if self._upstream:
-            call.args = resolve_futures(call.args)
-            call.kwargs = resolve_futures(call.kwargs)
+            if backend.supports_native_futures and self._keeps_results_remote():
+                self._refs = self._refer_to_upstreams(backend)
+            else:
+                call.args = resolve_futures(call.args)
+                call.kwargs = resolve_futures(call.kwargs)
             self._upstream = []  # do not keep a chain of finished futures alive
         try:
-            runner = run_call if backend.kind in _IN_PROCESS else run_call_remote
-            backend_future = backend.submit(runner, call)
+            if self._refs is not None:
+                from flowcore.native import run_call_native
+
+                backend_future, self._native = backend.submit_native(run_call_native, call, refs=self._refs)
+            else:
+                runner = run_call if backend.kind in _IN_PROCESS else run_call_remote
+                backend_future = backend.submit(runner, call)
         except Exception as exc:
             self._backend = backend
             self._backend_refused(exc)
@@ -362,6 +377,33 @@ class RunFuture(TaskFuture[R]):
         self._watch_timeout(backend)
         self._backend_future = backend_future
         backend_future.add_done_callback(self._on_backend_done)
+
+    def _keeps_results_remote(self) -> bool:
+        """Whether this run's result may stay on a native backend's workers: not for
+        the stand-ins that a map's lost batch settles one by one (they belong to no
+        scope; the map reads their values from their states)."""
+        return self._scope is not None
+
+    def _refer_to_upstreams(self, backend: Backend) -> dict[str, NativeHandle]:
+        """Replace each upstream future in the call's arguments by a
+        :class:`~flowcore.native.NativeRef` when its value is kept by ``backend``'s
+        workers, else by its result; return the handles the refs name."""
+        from flowcore.native import NativeValue
+
+        refs: dict[str, NativeHandle] = {}
+
+        def swap(upstream: TaskFuture[Any]) -> Any:
+            final = upstream._final()
+            data = final.data if final is not None else None
+            if isinstance(data, NativeValue) and data.handle.backend is backend and data.handle.native is not None:
+                refs[data.handle.key] = data.handle
+                return data.ref()
+            return upstream.result()
+
+        call = self.call
+        call.args = substitute(call.args, TaskFuture, swap)
+        call.kwargs = substitute(call.kwargs, TaskFuture, swap)
+        return refs
 
     def _watch_timeout(self, backend: Backend) -> None:
         """Have the parent kill the worker if a timed run ignores its timer signal."""
@@ -424,10 +466,20 @@ class RunFuture(TaskFuture[R]):
             delay = self._failed_in_backend(exc)
             if delay is not None:
                 self._resubmit(delay)
+            elif self._native is not None:
+                self._native = self._refs = None  # ended: let the upstream data go
             return
         if type(state) is tuple:  # from a worker process: (state, log records)
             state, records = state
             replay_logs(records)
+        handle = self._native
+        if handle is not None:  # a light copy: large values stayed on the workers
+            from flowcore.native import adopt
+
+            self._native = self._refs = None
+            self._finish(adopt(state, handle, None, self.call.task_run_name))
+            self._backend_future = None  # no cycle through its callback: the data goes with us
+            return
         self._finish(state)
 
     def _failed_in_backend(self, exc: BaseException) -> float | None:
@@ -522,19 +574,23 @@ def collect_futures(obj: Any, found: list[TaskFuture[Any]] | None = None) -> lis
     """Every TaskFuture in ``obj``, looking inside lists, tuples, dicts and sets."""
     if found is None:
         found = []
-    if isinstance(obj, TaskFuture):
+    _collect(obj, TaskFuture, found)
+    return found
+
+
+def _collect(obj: Any, kind: type, found: list[Any]) -> None:
+    if isinstance(obj, kind):
         found.append(obj)
     elif isinstance(obj, dict):
         for key, value in obj.items():
-            if isinstance(key, (TaskFuture, _CONTAINERS)):
-                collect_futures(key, found)
-            if isinstance(value, (TaskFuture, _CONTAINERS)):
-                collect_futures(value, found)
+            if isinstance(key, (kind, _CONTAINERS)):
+                _collect(key, kind, found)
+            if isinstance(value, (kind, _CONTAINERS)):
+                _collect(value, kind, found)
     elif isinstance(obj, _CONTAINERS):
         for item in obj:
-            if isinstance(item, (TaskFuture, _CONTAINERS)):
-                collect_futures(item, found)
-    return found
+            if isinstance(item, (kind, _CONTAINERS)):
+                _collect(item, kind, found)
 
 
 def resolve_futures(obj: Any) -> Any:
@@ -546,24 +602,39 @@ def resolve_futures(obj: Any) -> Any:
     constructor does not take an iterable. Containers without futures are returned
     unchanged (not copied).
     """
-    if isinstance(obj, TaskFuture):
-        return obj.result()
-    if not isinstance(obj, _CONTAINERS) or not _has_future(obj):
+    return substitute(obj, TaskFuture, _result_of)
+
+
+def substitute(obj: Any, kind: type[T], replace: Callable[[T], Any]) -> Any:
+    """``obj`` with every instance of ``kind`` replaced by ``replace(instance)``, looking
+    inside containers exactly as :func:`resolve_futures` does (which is this function
+    for TaskFutures and their results)."""
+    if isinstance(obj, kind):
+        return replace(obj)
+    if not isinstance(obj, _CONTAINERS):
         return obj
-    return _rebuild(obj)
+    found: list[Any] = []
+    _collect(obj, kind, found)
+    if not found:
+        return obj
+    return _rebuild(obj, kind, replace)
 
 
-def _resolve(obj: Any) -> Any:
-    if isinstance(obj, TaskFuture):
-        return obj.result()
+def _result_of(future: TaskFuture[Any]) -> Any:
+    return future.result()
+
+
+def _substitute_in(obj: Any, kind: type, replace: Callable[[Any], Any]) -> Any:
+    if isinstance(obj, kind):
+        return replace(obj)
     if isinstance(obj, _CONTAINERS):
-        return _rebuild(obj)
+        return _rebuild(obj, kind, replace)
     return obj
 
 
-def _rebuild(obj: Any) -> Any:
+def _rebuild(obj: Any, kind: type, replace: Callable[[Any], Any]) -> Any:
     if isinstance(obj, dict):
-        resolved = [(_resolve(k), _resolve(v)) for k, v in obj.items()]
+        resolved = [(_substitute_in(k, kind, replace), _substitute_in(v, kind, replace)) for k, v in obj.items()]
         if type(obj) is dict:
             return dict(resolved)
         new = copy.copy(obj)  # keeps what the subclass carries (a default_factory ...)
@@ -571,7 +642,7 @@ def _rebuild(obj: Any) -> Any:
         for key, value in resolved:
             new[key] = value
         return new
-    items = [_resolve(item) for item in obj]
+    items = [_substitute_in(item, kind, replace) for item in obj]
     if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # namedtuple
         return type(obj)(*items)
     try:
@@ -579,10 +650,6 @@ def _rebuild(obj: Any) -> Any:
     except TypeError:
         base = next(b for b in (list, tuple, set, frozenset) if isinstance(obj, b))
         return base(items)
-
-
-def _has_future(obj: Any) -> bool:
-    return bool(collect_futures(obj))
 
 
 # -- waiting on many -------------------------------------------------------------
@@ -646,5 +713,6 @@ __all__ = [
     "as_completed",
     "collect_futures",
     "resolve_futures",
+    "substitute",
     "wait",
 ]

@@ -1,0 +1,203 @@
+"""Native futures: results that stay on a backend's workers (Dask).
+
+On a backend with ``supports_native_futures``, a run's full result stays where it was
+computed; only a *light copy* comes back (:func:`light_copy`, run on the worker): the
+state and log records, with every large value replaced by a marker. In the parent the
+run's ``State.data`` becomes a :class:`NativeValue`, which ``State.result()`` (and so
+``future.result()``) fetches on first use -- once per dispatched unit, shared by the
+runs of a batch. A downstream run that takes such a future as an argument gets a
+:class:`NativeRef` placeholder in its place; the backend hands the upstream's own
+future to its task graph and :func:`run_call_native`, on the worker, puts the values
+back before the engine runs. The data never passes through the parent.
+
+Small values (scalars, and anything whose pickle is at most :data:`INLINE_LIMIT`
+bytes) come back at once, as on every other backend: fetching them later would cost
+a round trip for nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+import pickle
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from flowcore.errors import CrashedError
+from flowcore.states import DeferredResult, State, StateType
+
+if TYPE_CHECKING:
+    from flowcore.backend import NativeHandle
+    from flowcore.calls import TaskCall
+
+#: Results whose pickle (out-of-band buffers included) is at most this many bytes come
+#: back with the run's state instead of staying on the workers.
+INLINE_LIMIT = 64 * 1024
+
+_SCALARS = (type(None), bool, int, float, complex)
+
+
+class _Stripped:
+    """The marker that stands in a light copy for a value left on the workers."""
+
+    __slots__ = ()
+
+    def __reduce__(self) -> str:
+        return "STRIPPED"  # pickled by reference: the same object after a round trip
+
+    def __repr__(self) -> str:
+        return "<value kept on the workers>"
+
+
+STRIPPED = _Stripped()
+
+
+@dataclass(frozen=True, slots=True)
+class NativeRef:
+    """Stands for an upstream run's value in a downstream call's arguments.
+
+    ``key`` names the upstream's :class:`~flowcore.backend.NativeHandle` in the refs
+    the worker receives; ``index`` is the run's position in its batch (None for a run
+    dispatched on its own).
+    """
+
+    key: str
+    index: int | None
+
+
+class NativeValue(DeferredResult):
+    """A completed run's value kept on the workers: :meth:`load` fetches it.
+
+    The first ``load`` of any run of a batch fetches the batch's full result (once);
+    the value is then read from it. Holding a NativeValue keeps the data alive on the
+    workers. A failure to fetch raises :class:`~flowcore.errors.CrashedError` naming
+    the run, the backend's exception as its cause.
+    """
+
+    __slots__ = ("handle", "index", "run_name")
+
+    def __init__(self, handle: NativeHandle, index: int | None, run_name: str) -> None:
+        self.handle = handle
+        self.index = index
+        self.run_name = run_name
+
+    def load(self) -> Any:
+        try:
+            result = self.handle.fetch()
+        except Exception as exc:
+            raise CrashedError(
+                f"the result of task run {self.run_name!r} could not be fetched from the "
+                f"{self.handle.backend.name!r} workers that kept it: {type(exc).__name__}: {exc}"
+            ) from exc
+        return value_at(result, self.index)
+
+    def ref(self) -> NativeRef:
+        return NativeRef(self.handle.key, self.index)
+
+    def __repr__(self) -> str:
+        return f"NativeValue({self.run_name!r}, {self.handle!r})"
+
+
+def value_at(result: Any, index: int | None) -> Any:
+    """The value of run ``index`` (None: the only run) in a full result, as returned by
+    ``run_call_remote`` (``(state, records)``) or ``run_batch`` (``(outcomes, records)``)."""
+    first = result[0]
+    if index is None:
+        state = first
+    else:
+        outcome = first[index]
+        if type(outcome) is tuple:
+            return outcome[0]
+        state = outcome
+    return state.result()
+
+
+# -- on the worker ---------------------------------------------------------------------
+
+
+def light_copy(result: Any) -> Any:
+    """``result`` (of ``run_call_remote`` or ``run_batch``) with every large completed
+    value replaced by a marker. Runs on the worker, next to the full result.
+
+    Raises :class:`pickle.PicklingError` when a value cannot be pickled, so that the
+    run fails as it would if its result had been sent back.
+    """
+    first, records = result
+    if isinstance(first, State):
+        return _light_state(first), records
+    return [_light_outcome(outcome) for outcome in first], records
+
+
+def _light_state(state: State[Any]) -> State[Any]:
+    if state.type is StateType.COMPLETED and not isinstance(state.data, DeferredResult) and _is_large(state.data):
+        return replace(state, data=STRIPPED)
+    return state
+
+
+def _light_outcome(outcome: Any) -> Any:
+    if type(outcome) is tuple:
+        if _is_large(outcome[0]):
+            return (STRIPPED, *outcome[1:])
+        return outcome
+    return _light_state(outcome)
+
+
+def _is_large(value: Any) -> bool:
+    if type(value) in _SCALARS:
+        return False
+    sizes: list[int] = []
+
+    def buffer(view: pickle.PickleBuffer) -> None:
+        sizes.append(view.raw().nbytes)
+
+    try:
+        in_band = pickle.dumps(value, protocol=5, buffer_callback=buffer)
+    except Exception:
+        sizes.clear()
+        try:  # what Dask sends: cloudpickle, for closures and the like
+            import cloudpickle
+
+            in_band = cloudpickle.dumps(value, protocol=5, buffer_callback=buffer)
+        except Exception as exc:
+            error = pickle.PicklingError(f"cannot pickle the result on the worker: {type(exc).__name__}: {exc}")
+            raise error from exc
+    return len(in_band) + sum(sizes) > INLINE_LIMIT
+
+
+def run_call_native(call: TaskCall, *, refs: dict[str, Any] | None = None) -> tuple[State[Any], list[dict[str, Any]]]:
+    """:func:`~flowcore.engine.run_call_remote` for a call whose arguments hold
+    :class:`NativeRef` placeholders; ``refs`` maps their keys to the full results
+    (resolved by the backend on this worker)."""
+    from flowcore.engine import run_call_remote
+    from flowcore.futures import substitute
+
+    if refs:
+        call = copy.copy(call)  # the backend's copy of the task may be run again
+
+        def value_of(ref: NativeRef) -> Any:
+            return value_at(refs[ref.key], ref.index)
+
+        call.args = substitute(call.args, NativeRef, value_of)
+        call.kwargs = substitute(call.kwargs, NativeRef, value_of)
+    return run_call_remote(call)
+
+
+# -- in the parent ---------------------------------------------------------------------
+
+
+def adopt(state: State[Any], handle: NativeHandle, index: int | None, run_name: str) -> State[Any]:
+    """``state`` from a light copy, its marker (if any) replaced by a NativeValue."""
+    if state.data is STRIPPED:
+        return replace(state, data=NativeValue(handle, index, run_name))
+    return state
+
+
+__all__ = [
+    "INLINE_LIMIT",
+    "STRIPPED",
+    "NativeRef",
+    "NativeValue",
+    "adopt",
+    "light_copy",
+    "run_call_native",
+    "value_at",
+]
