@@ -379,9 +379,9 @@ class DaskBackend(Backend):
             cancelling.join(self.connect_timeout)  # a client we keep: its cancels must land
         if client is None and cluster is None:
             return
-        if owns_client and client is not None:
-            self._materialize(client)
         with _quiet_distributed_logs():
+            if owns_client and client is not None:
+                self._materialize(client)
             if cluster is not None and client is not None:
                 self._quiet_workers(client)
             # The client first, then the cluster: the other order makes the client
@@ -398,13 +398,16 @@ class DaskBackend(Backend):
         the workers that a future here still refers to, so it still has its value."""
         import gc
 
-        with self._lock:
-            if not self._handles:
-                return
-        gc.collect()  # results only reachable through reference cycles need not travel
-        with self._lock:
+        def kept() -> list[DaskHandle]:
             # A result not finished belongs to no completed run: nobody can ask for it.
-            handles = [handle for handle in self._handles if handle.native is not None and handle.native.done()]
+            with self._lock:
+                return [handle for handle in self._handles if handle.native is not None and handle.native.done()]
+
+        if not kept():
+            return
+        gc.collect()  # results only reachable through reference cycles need not travel
+        handles = kept()
+        with self._lock:
             self._handles = weakref.WeakSet()
         for handle in [handle for handle in handles if handle.fetched]:
             handle._keep(None)  # already here: only drop the Dask future
