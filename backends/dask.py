@@ -18,9 +18,18 @@ The backend only executes callables, like every backend: retries, timeouts, stat
 and batching of tiny tasks are flowcore's (the core batches for ``CLUSTER``
 backends). Each call travels as one Dask task submitted with ``pure=False`` (Dask
 would otherwise deduplicate a retry or an impure call) and is pickled with
-cloudpickle, so closures and functions from ``__main__`` work. Results are fetched
-as soon as a task finishes and its Dask future is released at once, so a worker
-that dies later never makes Dask recompute finished work.
+cloudpickle, so closures and functions from ``__main__`` work.
+
+Native futures (``supports_native_futures``): a result stays on the worker that
+computed it; a second, tiny Dask task sends back its light copy (the state, logs and
+small values -- at most :data:`flowcore.native.INLINE_LIMIT` bytes pickled -- come
+back at once). A downstream task that takes the future as an argument gets the
+upstream's Dask future in its task graph, so the data moves between workers only;
+``future.result()`` fetches a kept value on first use (once per batch). A worker that
+dies while holding a kept result makes Dask recompute it from its lineage (its task
+runs again) when it is needed. Before closing a client it made, the backend brings
+home every kept result that a future still refers to. Maps (``task.map``) still bring
+their results back as they finish.
 
 Worker deaths: a Dask task whose worker died raises ``distributed.KilledWorker``
 once the scheduler's ``allowed-failures`` budget is spent. The cluster this backend
