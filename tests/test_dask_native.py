@@ -242,3 +242,24 @@ def test_a_kept_future_has_its_value_after_the_local_cluster_is_closed() -> None
     value = kept[0].result()
     assert float(value.array.sum()) == 6.0 * (2 * MB // 8)
     assert UNPICKLED[0] == 1
+
+
+def test_a_value_that_cannot_be_fetched_any_more_raises_crashed_naming_the_run(local_cluster: Any) -> None:
+    from distributed import Client
+
+    from flowcore.errors import CrashedError
+
+    kept: list[TaskFuture[Any]] = []
+    client = Client(local_cluster.scheduler_address, set_as_default=False)  # type: ignore[no-untyped-call]
+    backend = flowcore.get_backend("dask", client=client)
+    def body() -> None:
+        kept.append(source.submit(1))
+        flowcore.wait(kept)
+
+    try:
+        flow(backend=backend)(body)()
+    finally:
+        backend.shutdown()
+        client.close()  # a client passed in is the caller's: its results go with it
+    with pytest.raises(CrashedError, match=kept[0].name):
+        kept[0].result()
