@@ -60,9 +60,11 @@ def new_flow_run_id() -> str:
 class TaskCall:
     """One task run: the task, its (resolved) arguments and where it belongs.
 
-    ``args``/``kwargs`` hold plain values by the time a worker sees them (futures
-    already replaced by results). ``log_prints`` is resolved (task option, else the
-    flow's).
+    ``args``/``kwargs`` hold plain values by the time the task body runs: futures are
+    replaced by their results before dispatch, or, on a backend that keeps results on
+    its workers (``supports_native_futures``), by ``flowcore.native.NativeRef``
+    placeholders that the worker fills in (hooks in the parent then see the
+    placeholders). ``log_prints`` is resolved (task option, else the flow's).
     """
 
     task: Task[..., Any]
