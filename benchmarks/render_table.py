@@ -154,9 +154,17 @@ def matrix(benchmarks: list[dict[str, Any]]) -> list[str]:
             backends.append(backend)
         if workload not in workloads:
             workloads.append(workload)
+    by_anchor: dict[str, dict[str, list[str]]] = {}
+    for (workload, backend), info in cells.items():
+        by_anchor.setdefault(backend, {}).setdefault(str(info.get("anchor", "-")), []).append(workload)
     anchors: dict[str, str] = {}
-    for (_, backend), info in cells.items():
-        anchors.setdefault(backend, str(info.get("anchor", "-")))
+    for backend, used in by_anchor.items():
+        # The anchor most cells use, then the exceptions with their workloads.
+        ordered = sorted(used.items(), key=lambda item: -len(item[1]))
+        text = ordered[0][0]
+        for anchor, workloads in ordered[1:]:
+            text += f" ({', '.join(workloads)}: {anchor})"
+        anchors[backend] = text
     lines = ["| workload | " + " | ".join(backends) + " |", "|---|" + "---|" * len(backends)]
     for workload in workloads:
         row = [workload]
