@@ -1006,45 +1006,12 @@ def _validate(
         )
 
 
-def create(
-    address: str | None = None,
-    *,
-    client: Any = None,
-    max_workers: int | None = None,
-    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
-    security: Any = None,
-    tls_ca_file: str | None = None,
-    tls_client_cert: str | None = None,
-    tls_client_key: str | None = None,
-    require_encryption: bool | None = None,
-    dashboard_address: str | None = DEFAULT_DASHBOARD_ADDRESS,
-    cluster_options: Mapping[str, Any] | None = None,
-) -> DaskBackend:
-    """Factory: ``dask`` takes ``address`` or ``client`` (neither: a local cluster),
-    ``max_workers``, ``connect_timeout``, ``security`` / ``tls_ca_file`` /
-    ``tls_client_cert`` / ``tls_client_key`` / ``require_encryption``,
-    ``dashboard_address`` and ``cluster_options`` (more ``LocalCluster`` arguments)."""
-    return DaskBackend(
-        address,
-        client=client,
-        max_workers=max_workers,
-        connect_timeout=connect_timeout,
-        security=security,
-        tls_ca_file=tls_ca_file,
-        tls_client_cert=tls_client_cert,
-        tls_client_key=tls_client_key,
-        require_encryption=require_encryption,
-        dashboard_address=dashboard_address,
-        cluster_options=cluster_options,
-    )
-
-
 @hookimpl
 def flowcore_backends() -> list[BackendSpec]:
     return [
         BackendSpec(
             name="dask",
-            factory=create,
+            factory=DaskBackend,  # takes the options as keyword arguments
             description="a Dask distributed cluster: a local one, or a scheduler at an address",
             kind=BackendKind.CLUSTER,
             requires=("distributed",),
@@ -1058,7 +1025,6 @@ __all__ = [
     "DaskCall",
     "DaskFuture",
     "DaskHandle",
-    "create",
     "execute",
     "open_worker_journal",
     "worker_journal_directory",

@@ -8,6 +8,9 @@ benchmarks keep working even though nobody reads their timings there.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 import pytest
 
 
@@ -25,3 +28,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def quick(request: pytest.FixtureRequest) -> bool:
     """True when the suite runs with ``--quick``."""
     return bool(request.config.getoption("--quick"))
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Any]:
+    """A ``distributed.LocalCluster`` of 2 worker processes (1 thread each) on 127.0.0.1,
+    for the Dask benchmarks (skipped without ``flowcore[dask]``)."""
+    distributed = pytest.importorskip("distributed")
+    local = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0"
+    )
+    try:
+        yield local
+    finally:
+        local.close()

@@ -14,7 +14,6 @@ reported, never asserted; the test asserts that both sides returned the right va
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -44,17 +43,6 @@ def bare_inc(x: int) -> int:
 def map_inc(n: int) -> list[int]:
     futures = inc.map(range(n))
     return [f.result() for f in futures]
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Any]:
-    local = distributed.LocalCluster(
-        n_workers=WORKERS, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0"
-    )
-    try:
-        yield local
-    finally:
-        local.close()
 
 
 def test_map_tiny_tasks_vs_raw_dask_client(benchmark: BenchmarkFixture, quick: bool, cluster: Any) -> None:

@@ -19,7 +19,7 @@ right value.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 import pytest
@@ -106,17 +106,6 @@ def measure(client: Any, call: Callable[[], float]) -> tuple[float, int, int]:
     before, UNPICKLED[0] = bytes_out_of_cluster(client), 0
     value = call()
     return value, bytes_out_of_cluster(client) - before, UNPICKLED[0]
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Any]:
-    local = distributed.LocalCluster(
-        n_workers=WORKERS, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0"
-    )
-    try:
-        yield local
-    finally:
-        local.close()
 
 
 def test_fan_out_fan_in_of_large_arrays_vs_raw_dask(benchmark: BenchmarkFixture, quick: bool, cluster: Any) -> None:
