@@ -603,9 +603,14 @@ def test_ctrl_c_stops_the_local_cluster(tmp_path: Path, whole_group: bool) -> No
     script.write_text(
         textwrap.dedent(
             f"""
-            import os, time
+            import os, signal, time
             from pathlib import Path
             from flowcore import flow, task
+
+            # Ctrl-C as in a terminal, even if the test runner was started with SIGINT
+            # ignored (a background job of a non-interactive shell).
+            if __name__ == "__main__":
+                signal.signal(signal.SIGINT, signal.default_int_handler)
 
             @task
             def work(i):

@@ -198,9 +198,14 @@ def test_ctrl_c_stops_workers_and_exits_quickly(tmp_path: Path) -> None:
     script.write_text(
         textwrap.dedent(
             f"""
-            import os, time
+            import os, signal, time
             from pathlib import Path
             from flowcore import flow, task
+
+            # Ctrl-C as in a terminal, even if the test runner was started with SIGINT
+            # ignored (a background job of a non-interactive shell): Python would then
+            # keep ignoring it instead of raising KeyboardInterrupt.
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
             @task
             def work(i):
