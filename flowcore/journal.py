@@ -27,6 +27,9 @@ if TYPE_CHECKING:
     from flowcore.backend import WorkerLost
 
 _ENTRY_SIZE = 128
+#: after the entry: when the journaling process started (see :func:`_process_start`), so
+#: a pid reused by another process after the worker died is never mistaken for it
+_FILE_SIZE = _ENTRY_SIZE + 8
 _TEXT_SIZE = 120  # the entry's text; the last 8 bytes hold the position within a range
 #: index of the position within a range in :func:`position_slots`
 POSITION_SLOT = _TEXT_SIZE // 8
@@ -82,11 +85,23 @@ def open_journal(directory: str) -> None:
     global _fd, _map, _slots
     path = os.path.join(directory, str(os.getpid()))
     fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_TRUNC, 0o600)
-    os.ftruncate(fd, _ENTRY_SIZE)
-    _map = mmap.mmap(fd, _ENTRY_SIZE)  # MAP_SHARED: readers of the file see each store
+    os.ftruncate(fd, _FILE_SIZE)
+    _map = mmap.mmap(fd, _FILE_SIZE)  # MAP_SHARED: readers of the file see each store
     _map[:_TEXT_SIZE] = _BLANK
+    _map[_ENTRY_SIZE:_FILE_SIZE] = _process_start(os.getpid()).to_bytes(8, "little")
     _slots = memoryview(_map).cast("q")
     _fd = fd
+
+
+def _process_start(pid: int) -> int:
+    """When process ``pid`` started (clock ticks since boot, from /proc), or 0 where
+    that is unknown. With the pid it names one process, even after pid reuse."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
+        return int(stat[stat.rindex(b")") + 2 :].split()[19])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def record_start(task_run_id: str) -> None:
@@ -142,11 +157,14 @@ def kill_workers_running(task_run_ids: set[str]) -> int:
     killed = 0
     if not task_run_ids:
         return killed
-    for pid, (run_id, started) in read_journal_entries(journal_directory()).items():
-        if run_id in task_run_ids and started and pid_alive(pid):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-                killed += 1
+    for pid, (run_id, started, process_start) in _journal_records(journal_directory()).items():
+        if run_id not in task_run_ids or not started or not pid_alive(pid):
+            continue
+        if process_start and _process_start(pid) != process_start:
+            continue  # the worker is gone and its pid now names another process
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+            killed += 1
     return killed
 
 
@@ -157,7 +175,12 @@ def read_journal(directory: str | os.PathLike[str]) -> dict[int, str]:
 
 def read_journal_entries(directory: str | os.PathLike[str]) -> dict[int, tuple[str, float]]:
     """``{worker pid: (task run id, when its current attempt started)}``."""
-    entries: dict[int, tuple[str, float]] = {}
+    return {pid: (run_id, started) for pid, (run_id, started, _) in _journal_records(directory).items()}
+
+
+def _journal_records(directory: str | os.PathLike[str]) -> dict[int, tuple[str, float, int]]:
+    """``{pid: (task run id, attempt start, process start)}`` of the journals in ``directory``."""
+    entries: dict[int, tuple[str, float, int]] = {}
     try:
         files = list(Path(directory).iterdir())
     except OSError:
@@ -166,7 +189,7 @@ def read_journal_entries(directory: str | os.PathLike[str]) -> dict[int, tuple[s
         if not path.name.isdigit():
             continue
         try:
-            raw = path.read_bytes()[:_ENTRY_SIZE]
+            raw = path.read_bytes()[:_FILE_SIZE]
         except OSError:
             continue
         text = raw[:_TEXT_SIZE].decode(errors="replace").strip()
@@ -174,9 +197,10 @@ def read_journal_entries(directory: str | os.PathLike[str]) -> dict[int, tuple[s
         if run_id.startswith("@"):  # a range: add the position of the current run
             position = int.from_bytes(raw[_TEXT_SIZE:_ENTRY_SIZE], "little", signed=True)
             run_id = _offset_run_id(run_id[1:], position)
+        process_start = int.from_bytes(raw[_ENTRY_SIZE:_FILE_SIZE], "little") if len(raw) == _FILE_SIZE else 0
         if run_id:
             try:
-                entries[int(path.name)] = (run_id, float(started or 0.0))
+                entries[int(path.name)] = (run_id, float(started or 0.0), process_start)
             except ValueError:
                 continue
     return entries

@@ -292,3 +292,18 @@ def test_journal_range_names_the_run_at_the_current_position(tmp_path: Path) -> 
     (entry,) = journal.read_journal_entries(tmp_path).values()
     assert entry[0] == "abc123-102"  # 0xff + 3
     assert entry[1] > 0
+
+
+def test_a_journal_entry_never_kills_a_process_that_reused_its_pid(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A dead worker's journal still names its run; if the pid now belongs to another
+    process (here: this one, with another start time), it must not be killed."""
+    import time
+
+    from flowcore import journal
+
+    monkeypatch.setattr(journal, "_directory", str(tmp_path))
+    text = f"abc123-1 {time.time():.3f}".encode().ljust(120)
+    stale_start = journal._process_start(os.getpid()) + 12345
+    (tmp_path / str(os.getpid())).write_bytes(text + bytes(8) + stale_start.to_bytes(8, "little"))
+    assert journal.read_journal_entries(tmp_path)[os.getpid()][0] == "abc123-1"
+    assert journal.kill_workers_running({"abc123-1"}) == 0  # and this process is still here
