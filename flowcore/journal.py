@@ -10,6 +10,13 @@ other runs lost with the pool are innocent and are resubmitted.
 A batch of a map's runs, whose ids are consecutive run numbers, is journaled once as a
 range (``@<first run id>``) and then only the position of the current run within it is
 updated per run: an integer store.
+
+Killing the worker that runs a given run (a stopped flow, an aborted ``Parallel``) is
+safe only while the run is executing: a worker killed half way through writing its
+result back to the parent leaves the pool's result reader waiting forever for the
+rest of the message. So the end of a run and a kill exclude each other through a lock
+on the journal file: the worker takes it to record itself idle, and the killer holds
+it from reading the entry until the worker is dead.
 """
 
 from __future__ import annotations
@@ -22,6 +29,11 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no journal locks
+    fcntl = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
     from flowcore.backend import WorkerLost
@@ -130,9 +142,18 @@ def position_slots() -> memoryview | None:
 
 def record_idle() -> None:
     """Note that this process finished its attempt (a dead idle worker blames nobody,
-    and a run sleeping before its retry is not mistaken for one still running)."""
+    and a run sleeping before its retry is not mistaken for one still running).
+
+    Waits while :func:`kill_workers_running` is killing this process for the run it
+    just finished, so that it dies here rather than while sending its result.
+    """
     if _map is not None:
-        _map[:_TEXT_SIZE] = _BLANK
+        if fcntl is not None and _fd is not None:
+            fcntl.flock(_fd, fcntl.LOCK_EX)
+            _map[:_TEXT_SIZE] = _BLANK
+            fcntl.flock(_fd, fcntl.LOCK_UN)
+        else:
+            _map[:_TEXT_SIZE] = _BLANK
 
 
 def pid_alive(pid: int) -> bool:
@@ -150,22 +171,83 @@ def kill_workers_running(task_run_ids: set[str]) -> int:
 
     Precise where a pool-wide stop would hurt other flows sharing the pool: the pool
     reports the loss, the killed runs end ``Cancelled`` (their futures were cancelled
-    first) and any other run lost with the pool is resubmitted.
+    first) and any other run lost with the pool is resubmitted. A worker is killed only
+    while its journal names one of the runs (checked under the journal's lock, which
+    is held until the worker is dead), never after it has finished the run.
     """
-    import signal
-
     killed = 0
     if not task_run_ids:
         return killed
-    for pid, (run_id, started, process_start) in _journal_records(journal_directory()).items():
+    directory = journal_directory()
+    for pid, (run_id, started, process_start) in _journal_records(directory).items():
         if run_id not in task_run_ids or not started or not pid_alive(pid):
             continue
         if process_start and _process_start(pid) != process_start:
             continue  # the worker is gone and its pid now names another process
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
+        if _kill_while_running(os.path.join(directory, str(pid)), pid, task_run_ids):
             killed += 1
     return killed
+
+
+def _kill_while_running(path: str, pid: int, task_run_ids: set[str]) -> bool:
+    """Kill ``pid`` if its journal at ``path`` still names one of ``task_run_ids``,
+    holding the journal's lock from that check until the process is dead."""
+    import signal
+
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        if fcntl is not None and not _lock_within(fd, 1.0):
+            return False  # held for longer than a store takes: the worker is not running a run
+        record = _parse_record(os.pread(fd, _FILE_SIZE, 0))
+        if record is None or record[0] not in task_run_ids:
+            return False  # it finished that run meanwhile
+        process_start = record[2]
+        if process_start and _process_start(pid) != process_start:
+            return False
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            return False
+        _wait_until_dead(pid, process_start, 2.0)
+        return True
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _lock_within(fd: int, seconds: float) -> bool:
+    """Take the exclusive lock of the file ``fd``, waiting at most ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.0005)
+
+
+def _wait_until_dead(pid: int, process_start: int, seconds: float) -> None:
+    """Return once process ``pid`` has died (a zombie counts), or after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as handle:
+                stat = handle.read()
+        except OSError:
+            if not os.path.isdir("/proc/self"):  # no procfs: ask the kernel instead
+                if not pid_alive(pid):
+                    return
+                time.sleep(0.001)
+                continue
+            return  # gone
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        if fields[0] in (b"Z", b"X") or (process_start and int(fields[19]) != process_start):
+            return
+        time.sleep(0.0005)
 
 
 def read_journal(directory: str | os.PathLike[str]) -> dict[int, str]:
@@ -189,21 +271,29 @@ def _journal_records(directory: str | os.PathLike[str]) -> dict[int, tuple[str, 
         if not path.name.isdigit():
             continue
         try:
-            raw = path.read_bytes()[:_FILE_SIZE]
+            record = _parse_record(path.read_bytes()[:_FILE_SIZE])
         except OSError:
             continue
-        text = raw[:_TEXT_SIZE].decode(errors="replace").strip()
-        run_id, _, started = text.partition(" ")
-        if run_id.startswith("@"):  # a range: add the position of the current run
-            position = int.from_bytes(raw[_TEXT_SIZE:_ENTRY_SIZE], "little", signed=True)
-            run_id = _offset_run_id(run_id[1:], position)
-        process_start = int.from_bytes(raw[_ENTRY_SIZE:_FILE_SIZE], "little") if len(raw) == _FILE_SIZE else 0
-        if run_id:
-            try:
-                entries[int(path.name)] = (run_id, float(started or 0.0), process_start)
-            except ValueError:
-                continue
+        if record is not None:
+            entries[int(path.name)] = record
     return entries
+
+
+def _parse_record(raw: bytes) -> tuple[str, float, int] | None:
+    """``(task run id, attempt start, process start)`` from a journal file's bytes, or
+    None when it names no run."""
+    text = raw[:_TEXT_SIZE].decode(errors="replace").strip()
+    run_id, _, started = text.partition(" ")
+    if run_id.startswith("@"):  # a range: add the position of the current run
+        position = int.from_bytes(raw[_TEXT_SIZE:_ENTRY_SIZE], "little", signed=True)
+        run_id = _offset_run_id(run_id[1:], position)
+    process_start = int.from_bytes(raw[_ENTRY_SIZE:_FILE_SIZE], "little") if len(raw) == _FILE_SIZE else 0
+    if not run_id:
+        return None
+    try:
+        return run_id, float(started or 0.0), process_start
+    except ValueError:
+        return None
 
 
 def _offset_run_id(first_run_id: str, position: int) -> str:

@@ -438,3 +438,78 @@ def test_cancel_of_a_batched_run_that_is_executing_returns_false() -> None:
 
     cancelled, name = on_loky(body)
     assert cancelled is False and name in ("running", "Completed")
+
+
+
+def _journaled_big_result(tag: str, size: int) -> bytes:
+    """Runs as journaled run ``tag``, then returns ``size`` bytes: the worker spends a
+    while writing them back to the parent after its journal says idle."""
+    from flowcore import journal
+
+    journal.record_start(tag)
+    time.sleep(0.05)
+    journal.record_idle()
+    return b"x" * size
+
+
+def _blocked_in_pipe_write(pid: int) -> bool:
+    try:
+        return "pipe_write" in Path(f"/proc/{pid}/wchan").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/wchan").exists(), reason="needs /proc/<pid>/wchan")
+def test_a_worker_is_never_killed_while_it_writes_its_result_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """kill_workers_running kills a worker only while its journal names the run. A
+    worker killed half way through writing its result back leaves loky's result reader
+    waiting forever for the rest of the message, and every later run on that pool hangs.
+
+    The killer here is slowed down between reading the journal and killing (as a
+    preempted thread on a busy machine is): its SIGKILL waits until the worker is
+    writing to the result pipe, or one second. A worker that may record itself idle
+    while a kill of its run is under way would be killed mid-write."""
+    from concurrent.futures import TimeoutError as FutureTimeout
+
+    from flowcore import journal
+
+    real_kill = os.kill
+
+    def slow_kill(pid: int, sig: int) -> None:
+        if sig == signal.SIGKILL:
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline and not _blocked_in_pipe_write(pid):
+                time.sleep(0.001)
+        real_kill(pid, sig)
+
+    backend = flowcore.get_backend("loky", max_workers=2)
+    killed = 0
+    try:
+        for attempt in range(3):
+            tag = f"race{os.getpid()}-{attempt}"
+            future = backend.submit(_journaled_big_result, tag, 64 << 20)
+            monkeypatch.setattr(os, "kill", slow_kill)
+            try:
+                while not future.done() and not killed:
+                    killed += journal.kill_workers_running({tag})
+            finally:
+                monkeypatch.setattr(os, "kill", real_kill)
+            try:
+                future.result(timeout=30)  # its value, or the loss of its worker
+            except FutureTimeout:
+                pytest.fail(f"attempt {attempt}: the run never settled: the pool is stuck")
+            except Exception:
+                pass
+            for _ in range(2):  # the probe may be lost with the pool the kill broke
+                try:
+                    assert backend.submit(pow, 2, 10).result(timeout=30) == 1024
+                    break
+                except FutureTimeout:
+                    pytest.fail(f"attempt {attempt}: the pool no longer runs anything")
+                except Exception:
+                    continue
+            else:
+                pytest.fail(f"attempt {attempt}: no pool ran the probe")
+            killed = 0
+    finally:
+        backend.shutdown(wait=False, cancel_futures=True)
