@@ -30,6 +30,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+# Imported first: its fork hook must run before this module's (see the end of the file).
+from flowcore.lifeline import watch_parent
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows: no journal locks
@@ -93,8 +96,12 @@ def export_to_workers() -> None:
 
 
 def open_journal(directory: str) -> None:
-    """Start journaling this process's runs into ``directory`` (a worker initializer)."""
+    """Start journaling this process's runs into ``directory`` (a worker initializer).
+
+    The worker also ends when its parent dies (:func:`flowcore.lifeline.watch_parent`).
+    """
     global _fd, _map, _slots
+    watch_parent()
     path = os.path.join(directory, str(os.getpid()))
     fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_TRUNC, 0o600)
     os.ftruncate(fd, _FILE_SIZE)

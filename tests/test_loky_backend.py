@@ -513,3 +513,82 @@ def test_a_worker_is_never_killed_while_it_writes_its_result_back(monkeypatch: p
             killed = 0
     finally:
         backend.shutdown(wait=False, cancel_futures=True)
+
+
+@pytest.mark.parametrize("backend", ["loky", "joblib"])
+def test_workers_end_when_their_parent_is_killed(tmp_path: Path, backend: str) -> None:
+    """A parent that is SIGKILLed runs no exit code; its idle workers must not sit
+    orphaned until their idle timeout (they watch their parent and end)."""
+    options = "max_workers=2" if backend == "loky" else "n_jobs=2"
+    script = tmp_path / "script.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import os, signal, time
+            import flowcore
+            from flowcore import flow, task
+
+            @task
+            def worker_pid(_):
+                time.sleep(0.2)
+                return os.getpid()
+
+            @flow(backend=flowcore.get_backend({backend!r}, {options}))
+            def main():
+                return sorted({{f.result() for f in worker_pid.map(range(4))}})
+
+            print(*main(), flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+            """
+        )
+    )
+    # Output to files, not pipes: orphaned workers would hold a pipe open.
+    with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:
+        result = subprocess.run([sys.executable, str(script)], stdout=out, stderr=err, cwd=tmp_path, timeout=120)
+    assert result.returncode == -signal.SIGKILL, (tmp_path / "err").read_text()
+    worker_pids = [int(pid) for pid in (tmp_path / "out").read_text().split()]
+    assert worker_pids and os.getpid() not in worker_pids
+    deadline = time.monotonic() + 15
+    alive = worker_pids
+    while alive and time.monotonic() < deadline:
+        alive = [pid for pid in worker_pids if _alive(pid)]
+        time.sleep(0.1)
+    assert alive == [], f"worker processes outlived their killed parent: {alive}"
+
+
+def test_parent_watch_ends_only_orphans(tmp_path: Path) -> None:
+    """The watch ends a process whose parent died, and leaves one whose parent lives."""
+    code = textwrap.dedent(
+        """
+        import os, sys, time
+        from flowcore.lifeline import watch_parent
+
+        if sys.argv[1] == "child":
+            watch_parent(interval=0.05)
+            print(os.getpid(), flush=True)
+            time.sleep(60)
+        else:  # the parent: start the child, report its pid, then die or stay
+            import subprocess
+            child = subprocess.Popen([sys.executable, __file__, "child"], stdout=subprocess.PIPE, text=True)
+            print(child.stdout.readline().strip(), flush=True)
+            if sys.argv[1] == "die":
+                os._exit(0)
+            time.sleep(1.0)
+            print("alive" if child.poll() is None else f"ended {child.returncode}", flush=True)
+            child.kill()
+        """
+    )
+    script = tmp_path / "watch.py"
+    script.write_text(code)
+
+    def run(mode: str) -> list[str]:  # output to a file: an orphan would hold a pipe open
+        with open(tmp_path / mode, "w") as out:
+            subprocess.run([sys.executable, str(script), mode], stdout=out, timeout=60, check=True)
+        return (tmp_path / mode).read_text().split()
+
+    assert run("stay")[1] == "alive"
+    orphan = int(run("die")[0])
+    deadline = time.monotonic() + 10
+    while _alive(orphan) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(orphan), "the orphaned child kept running"
