@@ -12,13 +12,10 @@ its retries allow); the other runs lost with the pool are resubmitted.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import threading
 import time
 
-from flowcore.journal import journal_directory, pid_alive, read_journal_entries
+from flowcore.journal import journal_directory, kill_worker, pid_alive, read_journal_entries
 
 POLL_SECONDS = 0.2
 
@@ -71,11 +68,17 @@ class HardTimeouts:
                 if not pid_alive(pid):
                     continue  # the journal of a worker that is already gone
                 with self._cond:
-                    if self._watched.pop(run_id, None) is None:
+                    if run_id not in self._watched:
                         continue  # finished meanwhile
-                    self._killed.add(run_id)
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
+                    self._killed.add(run_id)  # before the pool can report the loss
+                # Only if the worker is still on that attempt (checked under the
+                # journal's lock): never one that has just finished it.
+                killed = kill_worker(pid, run_id, started)
+                with self._cond:
+                    if killed:
+                        self._watched.pop(run_id, None)
+                    else:
+                        self._killed.discard(run_id)
             time.sleep(POLL_SECONDS)
 
 

@@ -196,9 +196,24 @@ def kill_workers_running(task_run_ids: set[str]) -> int:
     return killed
 
 
-def _kill_while_running(path: str, pid: int, task_run_ids: set[str]) -> bool:
-    """Kill ``pid`` if its journal at ``path`` still names one of ``task_run_ids``,
-    holding the journal's lock from that check until the process is dead."""
+def kill_worker(pid: int, task_run_id: str, attempt_started: float | None = None) -> bool:
+    """SIGKILL worker ``pid`` if its journal still names ``task_run_id`` (and, given
+    ``attempt_started``, that attempt); True if it was killed.
+
+    The check and the kill happen under the journal's lock, held until the worker is
+    dead: a worker that has just finished the run is never killed while it sends its
+    result back.
+    """
+    path = os.path.join(journal_directory(), str(pid))
+    return _kill_while_running(path, pid, {task_run_id}, attempt_started)
+
+
+def _kill_while_running(
+    path: str, pid: int, task_run_ids: set[str], attempt_started: float | None = None
+) -> bool:
+    """Kill ``pid`` if its journal at ``path`` still names one of ``task_run_ids`` (and
+    the attempt that started at ``attempt_started``, if given), holding the journal's
+    lock from that check until the process is dead."""
     import signal
 
     try:
@@ -211,9 +226,11 @@ def _kill_while_running(path: str, pid: int, task_run_ids: set[str]) -> bool:
         record = _parse_record(os.pread(fd, _FILE_SIZE, 0))
         if record is None or record[0] not in task_run_ids:
             return False  # it finished that run meanwhile
+        if attempt_started is not None and record[1] != attempt_started:
+            return False  # a later attempt of the run
         process_start = record[2]
         if process_start and _process_start(pid) != process_start:
-            return False
+            return False  # the worker is gone and its pid now names another process
         try:
             os.kill(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
@@ -386,6 +403,7 @@ __all__ = [
     "describe_exit",
     "export_to_workers",
     "journal_directory",
+    "kill_worker",
     "kill_workers_running",
     "open_journal",
     "open_journal_from_environment",
