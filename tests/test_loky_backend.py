@@ -242,12 +242,18 @@ def test_ctrl_c_stops_workers_and_exits_quickly(tmp_path: Path) -> None:
             process.kill()
             process.wait()
     assert process.returncode != 0
-    deadline = time.monotonic() + 15
-    alive = worker_pids
-    while alive and time.monotonic() < deadline:
-        alive = [pid for pid in worker_pids if _alive(pid)]
-        time.sleep(0.1)
+    alive = _alive_after(worker_pids, 15)
     assert alive == [], f"worker processes outlived the parent: {alive}"
+
+
+def _alive_after(pids: list[int], seconds: float) -> list[int]:
+    """Those of ``pids`` still alive once all have died or ``seconds`` have passed."""
+    deadline = time.monotonic() + seconds
+    alive = [pid for pid in pids if _alive(pid)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.05)
+        alive = [pid for pid in alive if _alive(pid)]
+    return alive
 
 
 def _alive(pid: int) -> bool:
@@ -329,10 +335,7 @@ def test_an_exception_in_the_flow_body_stops_running_workers(tmp_path: Path) -> 
         future.wait(30)
     assert [f.state.name for f in futures] == ["Cancelled", "Cancelled"]
     pids = [int(p.name) for p in pids_dir.iterdir()]
-    deadline = time.monotonic() + 15
-    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not any(_alive(pid) for pid in pids)
+    assert _alive_after(pids, 15) == []
 
 
 def test_segfault_in_a_worker_is_a_crash() -> None:
@@ -548,11 +551,7 @@ def test_workers_end_when_their_parent_is_killed(tmp_path: Path, backend: str) -
     assert result.returncode == -signal.SIGKILL, (tmp_path / "err").read_text()
     worker_pids = [int(pid) for pid in (tmp_path / "out").read_text().split()]
     assert worker_pids and os.getpid() not in worker_pids
-    deadline = time.monotonic() + 15
-    alive = worker_pids
-    while alive and time.monotonic() < deadline:
-        alive = [pid for pid in worker_pids if _alive(pid)]
-        time.sleep(0.1)
+    alive = _alive_after(worker_pids, 15)
     assert alive == [], f"worker processes outlived their killed parent: {alive}"
 
 
@@ -588,7 +587,4 @@ def test_parent_watch_ends_only_orphans(tmp_path: Path) -> None:
 
     assert run("stay")[1] == "alive"
     orphan = int(run("die")[0])
-    deadline = time.monotonic() + 10
-    while _alive(orphan) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _alive(orphan), "the orphaned child kept running"
+    assert _alive_after([orphan], 10) == [], "the orphaned child kept running"
