@@ -148,7 +148,7 @@ class Flow(Generic[P, R]):
             return state
         except BaseException:
             # Ctrl-C, SystemExit: stop what can be stopped, do not wait for the rest.
-            _stop_outstanding(context)
+            _stop_outstanding(context, closing=True)
             context.slot.close(wait=False, cancel_futures=True)
             self._finish(context, states.Cancelled("interrupted: the flow run was stopped"))
             raise
@@ -256,16 +256,22 @@ def _wrap_returned_state(state: State[Any], what: str) -> State[Any]:
     )
 
 
-def _stop_outstanding(context: FlowRunContext) -> None:
+def _stop_outstanding(context: FlowRunContext, *, closing: bool = False) -> None:
     """Cancel the run's queued tasks and kill the worker processes running the others.
 
     Only this run's workers are killed (found through the worker journal): a pool
     shared with other flows stays up, and their runs lost with it are resubmitted.
+    ``closing``: the run's backend is shut down right after; a cluster this run owns
+    then goes down whole, and its workers are not killed one by one first (their
+    nannies would restart them and say so while the cluster closes).
     """
     outstanding = context.outstanding()
     for future in outstanding:
         future.cancel()
-    if context.slot.instance.kind in _STOPPABLE:
+    kind = context.slot.instance.kind
+    if closing and context.slot.owned and kind is BackendKind.CLUSTER:
+        return
+    if kind in _STOPPABLE:
         from flowcore.journal import kill_workers_running
 
         live: set[str] = set()
