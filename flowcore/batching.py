@@ -110,6 +110,13 @@ class BatchSizer:
         self.max_in_flight = max(2, 2 * max_workers)
         self.item_seconds: float | None = None
 
+    def resize(self, max_workers: int) -> None:
+        """Follow the backend's worker count, which may change (a cluster is connected,
+        or scales)."""
+        if max_workers != self.workers:
+            self.workers = max(1, max_workers)
+            self.max_in_flight = max(2, 2 * max_workers)
+
     def has_room(self) -> bool:
         return self.in_flight < self.max_in_flight
 
@@ -149,6 +156,8 @@ class BatchDispatcher:
     def _fill(self) -> None:
         while True:
             with self.lock:
+                # Read each time: a cluster's worker count is known once connected.
+                self.sizer.resize(self.backend.max_workers)
                 if not self.pending or not self.sizer.has_room():
                     return
                 size = self.sizer.next_size(len(self.pending))

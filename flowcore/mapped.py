@@ -147,6 +147,8 @@ class MapBlock:
     def _fill(self) -> None:
         while True:
             with self.lock:
+                # Read each time: a cluster's worker count is known once connected.
+                self.sizer.resize(self.backend.max_workers)
                 if self.next_index >= self.count or not self.sizer.has_room():
                     return
                 start = self.next_index

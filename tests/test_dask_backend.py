@@ -651,3 +651,40 @@ def test_ctrl_c_stops_the_local_cluster(tmp_path: Path, whole_group: bool) -> No
     assert "KeyboardInterrupt" in stderr
     assert _wait_gone(worker_pids) == [], "worker processes outlived the parent"
     assert noise(stderr, expected=("Traceback", "KeyboardInterrupt")) == [], stderr
+
+
+@task
+def busy_span(seconds: float) -> tuple[float, float]:
+    started = time.time()
+    time.sleep(seconds)
+    return started, time.time()
+
+
+def _most_at_once(spans: list[tuple[float, float]]) -> int:
+    events = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
+    running = most = 0
+    for _, change in events:
+        running += change
+        most = max(most, running)
+    return most
+
+
+@pytest.mark.slow
+def test_batches_fill_a_cluster_larger_than_this_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """How many batches may be out at once follows the cluster's worker threads, known
+    only once connected: on a cluster reached by address with more workers than this
+    machine has cores (6 against a pretended 2), a map and individual submits both run
+    6 tasks at once."""
+    import flowcore.backends.dask as dask_backend
+
+    monkeypatch.setattr(dask_backend, "usable_cpu_count", lambda: 2)
+    big = DaskCluster(workers=6)
+    try:
+        mapped = on_dask(lambda: [f.result() for f in busy_span.map([0.6] * 12)], address=big.address)
+        submitted = on_dask(
+            lambda: [f.result() for f in [busy_span.submit(0.6) for _ in range(12)]], address=big.address
+        )
+    finally:
+        big.stop()
+    assert _most_at_once(mapped) == 6
+    assert _most_at_once(submitted) == 6
