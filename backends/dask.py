@@ -466,6 +466,11 @@ class DaskBackend(Backend):
         where = self.address or ("a given client" if self._given_client is not None else "a local cluster")
         return f"<DaskBackend on {where} max_workers={self.max_workers}>"
 
+    def worker_count(self) -> int:
+        """The cluster's worker threads: connects (or starts the local cluster) first."""
+        self._connected_client()
+        return self.max_workers
+
     # -- connecting -----------------------------------------------------------------------
     def _connected_client(self) -> Any:
         with self._lock:

@@ -96,6 +96,12 @@ class Backend(Executor):
         """
         raise NotImplementedError(f"backend {self.name!r} does not support native futures")
 
+    def worker_count(self) -> int:
+        """How many tasks the backend runs at once, connecting to it first where only
+        that tells (a cluster reached by address counts its worker threads then).
+        Default: ``max_workers``. May raise the backend's connection error."""
+        return self.max_workers
+
     def explain_failure(self, task_run_id: str, exc: BaseException) -> WorkerLost | None:
         """Why the future of ``task_run_id`` failed with ``exc``, if a worker was lost.
 

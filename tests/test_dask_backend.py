@@ -674,17 +674,27 @@ def test_batches_fill_a_cluster_larger_than_this_machine(monkeypatch: pytest.Mon
     """How many batches may be out at once follows the cluster's worker threads, known
     only once connected: on a cluster reached by address with more workers than this
     machine has cores (6 against a pretended 2), a map and individual submits both run
-    6 tasks at once."""
+    6 tasks at once; so does the joblib shim with ``n_jobs=-1`` (all of the cluster's
+    workers, as with joblib's own Dask backend)."""
     import flowcore.backends.dask as dask_backend
+    import flowcore.compat._config as shim_config
+    from flowcore.compat.joblib import Parallel, delayed
 
     monkeypatch.setattr(dask_backend, "usable_cpu_count", lambda: 2)
+    monkeypatch.setattr(shim_config, "cpu_count", lambda only_physical_cores=False: 2)
     big = DaskCluster(workers=6)
     try:
         mapped = on_dask(lambda: [f.result() for f in busy_span.map([0.6] * 12)], address=big.address)
         submitted = on_dask(
             lambda: [f.result() for f in [busy_span.submit(0.6) for _ in range(12)]], address=big.address
         )
+        backend = flowcore.get_backend("dask", address=big.address)
+        try:
+            through_shim = Parallel(n_jobs=-1, backend=backend)(delayed(busy_span.fn)(0.6) for _ in range(12))
+        finally:
+            backend.shutdown()
     finally:
         big.stop()
     assert _most_at_once(mapped) == 6
     assert _most_at_once(submitted) == 6
+    assert _most_at_once(through_shim) == 6

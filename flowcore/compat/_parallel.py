@@ -628,6 +628,7 @@ class Parallel:
                 backend, owned = self._managed[0], False
             else:
                 backend, owned = self._make_backend(workers)
+            workers = self._cluster_workers(backend, owned, workers)
             self._print(f"Using backend {self._choice.label} with {workers} concurrent workers.")
             run = _Run(self, backend, owned, workers, iterable)
             self._run = run
@@ -659,6 +660,21 @@ class Parallel:
         self._running = False
         self._stop_progress()
         self.print_progress()
+
+    def _cluster_workers(self, backend: Backend, owned: bool, workers: int) -> int:
+        """A negative ``n_jobs`` on a cluster counts from the cluster's worker threads,
+        not this machine's CPUs (as joblib's Dask backend does); they are known once
+        connected, so this connects. Otherwise ``workers`` unchanged."""
+        n = self._n_jobs_given
+        if self._choice.kind is not BackendKind.CLUSTER or n is None or n >= 0:
+            return workers
+        try:
+            return max(backend.worker_count() + 1 + n, 1)
+        except BaseException:
+            if owned:
+                with contextlib.suppress(Exception):
+                    backend.shutdown(wait=False)
+            raise
 
     def _workers_for_backend(self) -> int:
         workers = self._effective_n_jobs()
