@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 from flowcore.backend import Backend, BackendKind, BackendSpec, WorkerLost
 from flowcore.errors import BackendShutdownError
 from flowcore.hookspecs import hookimpl
-from flowcore.journal import CrashExplainer, journal_directory, open_journal
+from flowcore.journal import CrashExplainer, journal_directory, open_pool_worker_journal
 
 T = TypeVar("T")
 
@@ -53,7 +53,7 @@ def shared_pool(max_workers: int, idle_timeout: float) -> Any:
             pool = ProcessPoolExecutor(
                 max_workers=max_workers,
                 timeout=idle_timeout,
-                initializer=open_journal,
+                initializer=open_pool_worker_journal,
                 initargs=(journal_directory(),),
             )
             _pools[max_workers] = pool

@@ -63,6 +63,8 @@ def open_journal_from_environment() -> None:
     value = os.environ.get(ENV_VAR, "")
     directory, _, parent = value.rpartition(":")
     if directory and parent.isdigit() and int(parent) != os.getpid() and _fd is None:
+        if os.getppid() == int(parent):  # a pool worker of that process: ends with it
+            watch_parent()
         # Without a journal, a crash is blamed on every run that was in the pool.
         with contextlib.suppress(OSError):
             open_journal(directory)
@@ -95,13 +97,21 @@ def export_to_workers() -> None:
     os.environ[ENV_VAR] = f"{journal_directory()}:{os.getpid()}"
 
 
-def open_journal(directory: str) -> None:
-    """Start journaling this process's runs into ``directory`` (a worker initializer).
+def open_pool_worker_journal(directory: str) -> None:
+    """Initializer of the pool workers this process starts: journal their runs into
+    ``directory``, and end each worker when this process dies
+    (:func:`flowcore.lifeline.watch_parent`)."""
+    watch_parent()
+    open_journal(directory)
 
-    The worker also ends when its parent dies (:func:`flowcore.lifeline.watch_parent`).
+
+def open_journal(directory: str) -> None:
+    """Start journaling this process's runs into ``directory``.
+
+    Only the journal: a worker that outlives the process that started it by design
+    (a Dask worker) uses this; pool workers use :func:`open_pool_worker_journal`.
     """
     global _fd, _map, _slots
-    watch_parent()
     path = os.path.join(directory, str(os.getpid()))
     fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_TRUNC, 0o600)
     os.ftruncate(fd, _FILE_SIZE)
@@ -407,6 +417,7 @@ __all__ = [
     "kill_workers_running",
     "open_journal",
     "open_journal_from_environment",
+    "open_pool_worker_journal",
     "pid_alive",
     "pin_crash",
     "position_slots",

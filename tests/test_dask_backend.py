@@ -677,6 +677,7 @@ def test_batches_fill_a_cluster_larger_than_this_machine(monkeypatch: pytest.Mon
     6 tasks at once; so does the joblib shim with ``n_jobs=-1`` (all of the cluster's
     workers, as with joblib's own Dask backend)."""
     import flowcore.backends.dask as dask_backend
+
     import flowcore.compat._config as shim_config
     from flowcore.compat.joblib import Parallel, delayed
 

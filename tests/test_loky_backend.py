@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -556,21 +557,28 @@ def test_workers_end_when_their_parent_is_killed(tmp_path: Path, backend: str) -
 
 
 def test_parent_watch_ends_only_orphans(tmp_path: Path) -> None:
-    """The watch ends a process whose parent died, and leaves one whose parent lives."""
+    """The watch ends a process whose parent died, and leaves one whose parent lives. A
+    process that only journals (a Dask worker, which may be started with ``nohup`` and
+    outlive its shell by design) is not watched."""
     code = textwrap.dedent(
         """
         import os, sys, time
+        from flowcore import journal
         from flowcore.lifeline import watch_parent
 
-        if sys.argv[1] == "child":
+        if sys.argv[1] == "watched":
             watch_parent(interval=0.05)
+        elif sys.argv[1] == "journaled":
+            journal.open_journal(sys.argv[2])
+        if sys.argv[1] in ("watched", "journaled"):
             print(os.getpid(), flush=True)
             time.sleep(60)
         else:  # the parent: start the child, report its pid, then die or stay
             import subprocess
-            child = subprocess.Popen([sys.executable, __file__, "child"], stdout=subprocess.PIPE, text=True)
+            kind = "journaled" if sys.argv[1] == "die-journaled" else "watched"
+            child = subprocess.Popen([sys.executable, __file__, kind, sys.argv[2]], stdout=subprocess.PIPE, text=True)
             print(child.stdout.readline().strip(), flush=True)
-            if sys.argv[1] == "die":
+            if sys.argv[1].startswith("die"):
                 os._exit(0)
             time.sleep(1.0)
             print("alive" if child.poll() is None else f"ended {child.returncode}", flush=True)
@@ -579,12 +587,20 @@ def test_parent_watch_ends_only_orphans(tmp_path: Path) -> None:
     )
     script = tmp_path / "watch.py"
     script.write_text(code)
+    journals = tmp_path / "journals"
+    journals.mkdir()
 
     def run(mode: str) -> list[str]:  # output to a file: an orphan would hold a pipe open
         with open(tmp_path / mode, "w") as out:
-            subprocess.run([sys.executable, str(script), mode], stdout=out, timeout=60, check=True)
+            subprocess.run([sys.executable, str(script), mode, str(journals)], stdout=out, timeout=60, check=True)
         return (tmp_path / mode).read_text().split()
 
     assert run("stay")[1] == "alive"
     orphan = int(run("die")[0])
     assert _alive_after([orphan], 10) == [], "the orphaned child kept running"
+    journaled = int(run("die-journaled")[0])
+    try:
+        assert _alive_after([journaled], 2) == [journaled], "a process that only journals was ended"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(journaled, signal.SIGKILL)
