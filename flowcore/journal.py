@@ -74,11 +74,16 @@ _directory: str | None = None
 _directory_lock = threading.Lock()
 
 
+_DIRECTORY_PREFIX = "flowcore-journal-"
+
+
 def journal_directory() -> str:
     """This parent's journal directory, created on first use and removed at exit.
 
     One per process, shared by every process backend: loky reuses its executor only
-    while the initializer arguments stay equal, so they must not change per run.
+    while the initializer arguments stay equal, so they must not change per run. Its
+    name carries this process's pid, so that a later process removes the directories
+    of parents that died without running their exit code (see :func:`_sweep`).
     """
     import atexit
     import shutil
@@ -87,9 +92,35 @@ def journal_directory() -> str:
     global _directory
     with _directory_lock:
         if _directory is None:
-            _directory = tempfile.mkdtemp(prefix="flowcore-journal-")
+            _sweep(tempfile.gettempdir())
+            _directory = tempfile.mkdtemp(prefix=f"{_DIRECTORY_PREFIX}{os.getpid()}-")
             atexit.register(shutil.rmtree, _directory, True)
         return _directory
+
+
+def _sweep(parent: str) -> None:
+    """Remove the journal directories in ``parent`` whose process no longer exists
+    (killed before its exit code removed them). A directory whose pid names a live
+    process, whoever that is now, is left alone; so are other users' directories."""
+    import shutil
+
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    for name in names:
+        if not name.startswith(_DIRECTORY_PREFIX):
+            continue
+        pid, _, rest = name[len(_DIRECTORY_PREFIX) :].partition("-")
+        if not (pid.isdigit() and rest) or pid_alive(int(pid)):
+            continue
+        path = os.path.join(parent, name)
+        try:
+            if os.stat(path).st_uid != os.getuid():
+                continue
+        except (OSError, AttributeError):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def export_to_workers() -> None:

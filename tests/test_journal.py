@@ -1,0 +1,59 @@
+"""The worker journal's directory housekeeping (the journal's crash pinning and kills
+are tested through the process backends: test_loky_backend.py, test_mapped.py)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from flowcore import journal
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_sweep_removes_only_the_directories_of_dead_processes(tmp_path: Path) -> None:
+    dead = tmp_path / f"flowcore-journal-{_dead_pid()}-abc123"
+    live = tmp_path / f"flowcore-journal-{os.getpid()}-def456"
+    unnamed = tmp_path / "flowcore-journal-ghi789"  # no pid in the name: not ours to judge
+    other = tmp_path / "something-else"
+    for directory in (dead, live, unnamed, other):
+        directory.mkdir()
+        (directory / "123").write_bytes(b"x")
+    journal._sweep(str(tmp_path))
+    assert not dead.exists()
+    assert live.exists() and unnamed.exists() and other.exists()
+
+
+def test_a_killed_parents_journal_directory_is_removed_by_the_next_process(tmp_path: Path) -> None:
+    """A parent SIGKILLed runs no exit code, so its journal directory stays behind;
+    the next process that journals removes it."""
+    script = tmp_path / "script.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import os, signal
+            from flowcore import journal
+
+            print(journal.journal_directory(), flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+            """
+        )
+    )
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    with open(tmp_path / "out", "w") as out:
+        killed = subprocess.run([sys.executable, str(script)], stdout=out, env=env, timeout=60)
+    assert killed.returncode == -signal.SIGKILL
+    left = Path((tmp_path / "out").read_text().strip())
+    assert left.is_dir() and left.parent == tmp_path
+    code = "from flowcore import journal; print(journal.journal_directory())"
+    fresh = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60, check=True)
+    assert not left.exists()
+    assert Path(fresh.stdout.strip()).parent == tmp_path
