@@ -37,6 +37,7 @@ try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows: no journal locks
     fcntl = None  # type: ignore[assignment]
+_LOCKING: bool = fcntl is not None
 
 if TYPE_CHECKING:
     from flowcore.backend import WorkerLost
@@ -94,16 +95,36 @@ def journal_directory() -> str:
         if _directory is None:
             _sweep(tempfile.gettempdir())
             _directory = tempfile.mkdtemp(prefix=f"{_DIRECTORY_PREFIX}{os.getpid()}-")
+            _hold(_directory)
             atexit.register(shutil.rmtree, _directory, True)
         return _directory
 
 
+_OWNER_FILE = "owner"  # not a pid: readers of the journal skip it
+_owner_fd: int | None = None
+
+
+def _hold(directory: str) -> None:
+    """Lock the owner file of ``directory`` for the rest of this process's life: the
+    kernel releases it when the process dies, however it dies."""
+    global _owner_fd
+    if not _LOCKING:
+        return
+    with contextlib.suppress(OSError):
+        fd = os.open(os.path.join(directory, _OWNER_FILE), os.O_CREAT | os.O_RDWR, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        _owner_fd = fd
+
+
 def _sweep(parent: str) -> None:
-    """Remove the journal directories in ``parent`` whose process no longer exists
-    (killed before its exit code removed them). A directory whose pid names a live
-    process, whoever that is now, is left alone; so are other users' directories."""
+    """Remove the journal directories in ``parent`` left by processes that died without
+    running their exit code: the pid in the name names no live process, and the owner
+    file's lock is free (which also holds across pid namespaces sharing ``/tmp``).
+    Other users' directories, and names without a pid, are left alone."""
     import shutil
 
+    if not _LOCKING:
+        return
     try:
         names = os.listdir(parent)
     except OSError:
@@ -118,8 +139,15 @@ def _sweep(parent: str) -> None:
         try:
             if os.stat(path).st_uid != os.getuid():
                 continue
+            fd = os.open(os.path.join(path, _OWNER_FILE), os.O_RDONLY)
         except (OSError, AttributeError):
             continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # its owner lives
+        finally:
+            os.close(fd)
         shutil.rmtree(path, ignore_errors=True)
 
 
@@ -133,7 +161,10 @@ def open_pool_worker_journal(directory: str) -> None:
     ``directory``, and end each worker when this process dies
     (:func:`flowcore.lifeline.watch_parent`)."""
     watch_parent()
-    open_journal(directory)
+    # Best effort: without its journal a worker still runs tasks (a crash in it is then
+    # blamed on every run the pool lost), where a failing initializer breaks the pool.
+    with contextlib.suppress(OSError):
+        open_journal(directory)
 
 
 def open_journal(directory: str) -> None:

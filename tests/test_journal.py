@@ -3,6 +3,7 @@ are tested through the process backends: test_loky_backend.py, test_mapped.py)."
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
@@ -20,16 +21,25 @@ def _dead_pid() -> int:
 
 
 def test_sweep_removes_only_the_directories_of_dead_processes(tmp_path: Path) -> None:
-    dead = tmp_path / f"flowcore-journal-{_dead_pid()}-abc123"
+    dead_pid = _dead_pid()
+    dead = tmp_path / f"flowcore-journal-{dead_pid}-abc123"
+    # a pid dead here, but the owner lock held (a live process in another pid namespace)
+    held = tmp_path / f"flowcore-journal-{dead_pid}-held00"
     live = tmp_path / f"flowcore-journal-{os.getpid()}-def456"
     unnamed = tmp_path / "flowcore-journal-ghi789"  # no pid in the name: not ours to judge
     other = tmp_path / "something-else"
-    for directory in (dead, live, unnamed, other):
+    for directory in (dead, held, live, unnamed, other):
         directory.mkdir()
         (directory / "123").write_bytes(b"x")
-    journal._sweep(str(tmp_path))
+        (directory / "owner").write_bytes(b"")
+    holder = os.open(held / "owner", os.O_RDWR)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        journal._sweep(str(tmp_path))
+    finally:
+        os.close(holder)
     assert not dead.exists()
-    assert live.exists() and unnamed.exists() and other.exists()
+    assert held.exists() and live.exists() and unnamed.exists() and other.exists()
 
 
 def test_a_killed_parents_journal_directory_is_removed_by_the_next_process(tmp_path: Path) -> None:
