@@ -162,8 +162,8 @@ def matrix(benchmarks: list[dict[str, Any]]) -> list[str]:
         # The anchor most cells use, then the exceptions with their workloads.
         ordered = sorted(used.items(), key=lambda item: -len(item[1]))
         text = ordered[0][0]
-        for anchor, workloads in ordered[1:]:
-            text += f" ({', '.join(workloads)}: {anchor})"
+        for anchor, exceptions in ordered[1:]:
+            text += f" ({', '.join(exceptions)}: {anchor})"
         anchors[backend] = text
     lines = ["| workload | " + " | ".join(backends) + " |", "|---|" + "---|" * len(backends)]
     for workload in workloads:
