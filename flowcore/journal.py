@@ -64,11 +64,20 @@ def open_journal_from_environment() -> None:
     value = os.environ.get(ENV_VAR, "")
     directory, _, parent = value.rpartition(":")
     if directory and parent.isdigit() and int(parent) != os.getpid() and _fd is None:
-        if os.getppid() == int(parent):  # a pool worker of that process: ends with it
-            watch_parent()
+        if os.getppid() == int(parent) and _in_a_pool_worker():
+            watch_parent()  # a pool worker of that process: it ends with it
         # Without a journal, a crash is blamed on every run that was in the pool.
         with contextlib.suppress(OSError):
             open_journal(directory)
+
+
+def _in_a_pool_worker() -> bool:
+    """Whether this process is a worker started by a multiprocessing-style pool (loky,
+    multiprocessing), not some other child that happens to import flowcore."""
+    import sys
+
+    multiprocessing = sys.modules.get("multiprocessing")
+    return multiprocessing is not None and multiprocessing.current_process().name != "MainProcess"
 
 
 _directory: str | None = None

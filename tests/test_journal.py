@@ -3,12 +3,14 @@ are tested through the process backends: test_loky_backend.py, test_mapped.py)."
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 from flowcore import journal
@@ -67,3 +69,45 @@ def test_a_killed_parents_journal_directory_is_removed_by_the_next_process(tmp_p
     fresh = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60, check=True)
     assert not left.exists()
     assert Path(fresh.stdout.strip()).parent == tmp_path
+
+
+def test_a_plain_child_that_imports_flowcore_is_not_ended_with_its_parent(tmp_path: Path) -> None:
+    """Pool workers inherit the journal through the environment and end with their
+    parent; any other child of that parent (a daemon started with ``subprocess``) that
+    imports flowcore gets the same environment, and must not be ended."""
+    script = tmp_path / "script.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import os, subprocess, sys
+            from flowcore import journal
+
+            journal.export_to_workers()  # what the joblib backend does
+            child = subprocess.Popen(
+                [sys.executable, "-c", "import flowcore.journal, time; print('in', flush=True); time.sleep(60)"],
+                stdout=subprocess.PIPE, text=True,
+            )
+            assert child.stdout.readline().strip() == "in"  # flowcore imported while we live
+            print(child.pid, flush=True)
+            os._exit(0)
+            """
+        )
+    )
+    with open(tmp_path / "out", "w") as out:
+        subprocess.run([sys.executable, str(script)], stdout=out, timeout=60, check=True)
+    child = int((tmp_path / "out").read_text())
+    try:
+        deadline = time.monotonic() + 2.5  # the watch would end it within a second
+        while time.monotonic() < deadline:
+            assert _alive(child), "the child was ended with its parent"
+            time.sleep(0.1)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
