@@ -193,14 +193,24 @@ def open_journal(directory: str) -> None:
     _fd = fd
 
 
-def _process_start(pid: int) -> int:
-    """When process ``pid`` started (clock ticks since boot, from /proc), or 0 where
-    that is unknown. With the pid it names one process, even after pid reuse."""
+def _stat_fields(pid: int) -> list[bytes] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (the first is the
+    state), or None where there is no such process (or no procfs)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
             stat = handle.read()
-        return int(stat[stat.rindex(b")") + 2 :].split()[19])
-    except (OSError, ValueError, IndexError):
+        return stat[stat.rindex(b")") + 2 :].split()
+    except (OSError, ValueError):
+        return None
+
+
+def _process_start(pid: int) -> int:
+    """When process ``pid`` started (clock ticks since boot, from /proc), or 0 where
+    that is unknown. With the pid it names one process, even after pid reuse."""
+    fields = _stat_fields(pid)
+    try:
+        return int(fields[19]) if fields is not None else 0
+    except (ValueError, IndexError):
         return 0
 
 
@@ -338,20 +348,17 @@ def _lock_within(fd: int, seconds: float) -> bool:
 def _wait_until_dead(pid: int, process_start: int, seconds: float) -> None:
     """Return once process ``pid`` has died (a zombie counts), or after ``seconds``."""
     deadline = time.monotonic() + seconds
+    procfs = os.path.isdir("/proc/self")
     while time.monotonic() < deadline:
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as handle:
-                stat = handle.read()
-        except OSError:
-            if not os.path.isdir("/proc/self"):  # no procfs: ask the kernel instead
-                if not pid_alive(pid):
-                    return
-                time.sleep(0.001)
-                continue
-            return  # gone
-        fields = stat[stat.rindex(b")") + 2 :].split()
-        if fields[0] in (b"Z", b"X") or (process_start and int(fields[19]) != process_start):
-            return
+        if not procfs:  # ask the kernel instead (a zombie still counts as alive there)
+            if not pid_alive(pid):
+                return
+        else:
+            fields = _stat_fields(pid)
+            if fields is None or fields[0] in (b"Z", b"X"):
+                return  # gone, or dead and not yet reaped
+            if process_start and fields[19:20] != [str(process_start).encode()]:
+                return  # gone, and the pid already names another process
         time.sleep(0.0005)
 
 
