@@ -444,7 +444,6 @@ def test_cancel_of_a_batched_run_that_is_executing_returns_false() -> None:
     assert cancelled is False and name in ("running", "Completed")
 
 
-
 def _journaled_big_result(tag: str, size: int) -> bytes:
     """Runs as journaled run ``tag``, then returns ``size`` bytes: the worker spends a
     while writing them back to the parent after its journal says idle."""
@@ -487,7 +486,7 @@ def test_a_worker_is_never_killed_while_it_writes_its_result_back(monkeypatch: p
         real_kill(pid, sig)
 
     backend = flowcore.get_backend("loky", max_workers=2)
-    killed = 0
+    killed = kills = 0
     try:
         for attempt in range(3):
             tag = f"race{os.getpid()}-{attempt}"
@@ -514,9 +513,10 @@ def test_a_worker_is_never_killed_while_it_writes_its_result_back(monkeypatch: p
                     continue
             else:
                 pytest.fail(f"attempt {attempt}: no pool ran the probe")
-            killed = 0
+            kills, killed = kills + killed, 0
     finally:
         backend.shutdown(wait=False, cancel_futures=True)
+    assert kills > 0  # the race was run: the workers were killed while on their runs
 
 
 @pytest.mark.parametrize("backend", ["loky", "joblib"])
