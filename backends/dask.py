@@ -20,7 +20,7 @@ backends). Each call travels as one Dask task submitted with ``pure=False`` (Das
 would otherwise deduplicate a retry or an impure call) and is pickled with
 cloudpickle, so closures and functions from ``__main__`` work.
 
-Native futures (``supports_native_futures``): a result stays on the worker that
+Native futures (capability ``remote_results``): a result stays on the worker that
 computed it; a second, tiny Dask task sends back its light copy (the state, logs and
 small values -- at most :data:`flowcore.native.INLINE_LIMIT` bytes pickled -- come
 back at once). A downstream task that takes the future as an argument gets the
@@ -65,6 +65,7 @@ from flowcore.backend import (
     Backend,
     BackendKind,
     BackendSpec,
+    Capabilities,
     NativeHandle,
     WorkerLost,
     usable_cpu_count,
@@ -235,8 +236,9 @@ class DaskBackend(Backend):
     name = "dask"
     kind = BackendKind.CLUSTER
     # Large results stay on the workers; downstream tasks get them as Dask futures
-    # (see submit_native and flowcore.native).
-    supports_native_futures = True
+    # (see submit_native and flowcore.native). Runs of a failed flow are stopped by
+    # ending their workers through the journal (workers on this machine).
+    capabilities = Capabilities(batching=True, stops_running=True, remote_results=True)
     #: seconds that fetching a result kept on the workers may take
     fetch_timeout: float | None = None
 
@@ -362,6 +364,16 @@ class DaskBackend(Backend):
             self._handles.add(handle)
         light.add_done_callback(lambda done: self._deliver(future, done))
         return future, handle
+
+    def stop_runs(self, task_run_ids: set[str], *, closing: bool = False) -> None:
+        """End the workers (on this machine) running these runs, found through the
+        worker journal. ``closing``: nothing, the cluster goes down whole (its nannies
+        would restart workers killed one by one, and say so while it closes)."""
+        if closing:
+            return
+        from flowcore.journal import kill_workers_running
+
+        kill_workers_running(task_run_ids)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting work; close the client and the local cluster this backend made.

@@ -21,10 +21,12 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from flowcore.backend import Backend, BackendKind, BackendSpec, WorkerLost
+from flowcore.backend import BackendKind, BackendSpec, Capabilities, WorkerLost
 from flowcore.errors import BackendShutdownError
 from flowcore.hookspecs import hookimpl
 from flowcore.journal import CrashExplainer, export_to_workers
+
+from ._journaled import JournaledWorkers
 
 T = TypeVar("T")
 
@@ -36,7 +38,7 @@ _KINDS = {
 }
 
 
-class JoblibBackend(Backend):
+class JoblibBackend(JournaledWorkers):
     """Adapts a joblib parallel backend (and its pool) to flowcore's Executor protocol."""
 
     name = "joblib"
@@ -57,6 +59,11 @@ class JoblibBackend(Backend):
         self.max_workers = max(1, int(self._parallel._effective_n_jobs()))
         if self.max_workers == 1 and self.kind is not BackendKind.CLUSTER:
             self.kind = BackendKind.INLINE  # joblib runs n_jobs=1 sequentially
+        self.capabilities = Capabilities.for_kind(self.kind)
+        if self.kind is BackendKind.PROCESSES:  # pool workers journal their runs
+            self.capabilities = Capabilities(
+                batching=True, stops_running=True, hard_timeouts=True, interrupts_blocking=True
+            )
         self._lock = threading.Lock()
         self._started = False
         self._closed = False
@@ -157,7 +164,8 @@ class JoblibBackend(Backend):
             workers = getattr(self._parallel._backend, "_workers", None)
             return getattr(workers, "_processes", None) or {}
 
-        return self._crashes.explain(task_run_id, exc, processes)
+        lost = self._crashes.explain(task_run_id, exc, processes)
+        return self.deadline_verdict(task_run_id) or lost
 
     def __repr__(self) -> str:
         return (

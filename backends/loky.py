@@ -24,10 +24,12 @@ from concurrent.futures import Future
 from concurrent.futures import wait as futures_wait
 from typing import Any, TypeVar
 
-from flowcore.backend import Backend, BackendKind, BackendSpec, WorkerLost
+from flowcore.backend import BackendKind, BackendSpec, Capabilities, WorkerLost
 from flowcore.errors import BackendShutdownError
 from flowcore.hookspecs import hookimpl
 from flowcore.journal import CrashExplainer, journal_directory, open_pool_worker_journal
+
+from ._journaled import JournaledWorkers
 
 T = TypeVar("T")
 
@@ -81,11 +83,14 @@ def _kill_all_pools() -> None:
             pool.shutdown(wait=False, kill_workers=True)
 
 
-class LokyBackend(Backend):
+class LokyBackend(JournaledWorkers):
     """Runs tasks on loky's reusable process pool."""
 
     name = "loky"
     kind = BackendKind.PROCESSES
+    capabilities = Capabilities(
+        batching=True, stops_running=True, hard_timeouts=True, interrupts_blocking=True
+    )
 
     def __init__(self, max_workers: int | None = None, idle_timeout: float = DEFAULT_IDLE_TIMEOUT) -> None:
         from loky import cpu_count
@@ -150,9 +155,10 @@ class LokyBackend(Backend):
     def explain_failure(self, task_run_id: str, exc: BaseException) -> WorkerLost | None:
         failed = self._failed_pool
         pool = failed[1] if failed is not None and failed[0] is exc else self._executor
-        return self._crashes.explain(
+        lost = self._crashes.explain(
             task_run_id, exc, lambda: getattr(pool, "_processes", None) or {}
         )
+        return self.deadline_verdict(task_run_id) or lost
 
 
 def create(max_workers: int | None = None, idle_timeout: float = DEFAULT_IDLE_TIMEOUT) -> LokyBackend:

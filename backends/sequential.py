@@ -12,7 +12,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from flowcore.backend import Backend, BackendKind, BackendSpec
+from flowcore.backend import Backend, BackendKind, BackendSpec, Capabilities
 from flowcore.errors import BackendShutdownError
 from flowcore.hookspecs import hookimpl
 
@@ -24,6 +24,7 @@ class SequentialBackend(Backend):
 
     name = "sequential"
     kind = BackendKind.INLINE
+    capabilities = Capabilities(in_process=True, inline=True, interrupts_blocking=True)
     max_workers = 1
 
     def __init__(self) -> None:

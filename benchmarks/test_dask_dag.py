@@ -19,6 +19,7 @@ right value.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
@@ -114,7 +115,8 @@ def test_fan_out_fan_in_of_large_arrays_vs_raw_dask(benchmark: BenchmarkFixture,
     rounds = 1 if quick else 5
     backend = flowcore.get_backend("dask", address=cluster.scheduler_address)
     fetching = flowcore.get_backend("dask", address=cluster.scheduler_address)
-    fetching.supports_native_futures = False  # what flowcore did before
+    # what flowcore did before results stayed on the workers
+    fetching.capabilities = dataclasses.replace(fetching.capabilities, remote_results=False)
     client = distributed.Client(cluster.scheduler_address, set_as_default=False)
     try:
         host = flowcore.flow(backend=backend, name="benchmark-dask-dag")(dag)

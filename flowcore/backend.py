@@ -1,9 +1,12 @@
 """The backend protocol: what an execution backend is, and the record that registers one.
 
-A backend is a :class:`concurrent.futures.Executor` with three more attributes:
-``name``, ``kind`` and ``max_workers``. It only executes callables; retries, caching,
-timeouts and states live in :mod:`flowcore.engine`, which runs the same way wherever
-a backend puts it. If you can write an Executor you can write a backend.
+A backend is a :class:`concurrent.futures.Executor` with a ``name``, a ``max_workers``
+count and :class:`Capabilities`: one frozen record of what it can do, which is all the
+core ever asks about it (``kind`` is a label for people, shown by ``flowcore
+backends``, and the source of default capabilities). It only executes callables;
+retries, caching, timeouts and states live in :mod:`flowcore.engine`, which runs the
+same way wherever a backend puts it. If you can write an Executor you can write a
+backend.
 
 Contract for implementers:
 
@@ -12,9 +15,13 @@ Contract for implementers:
   :class:`~flowcore.errors.BackendShutdownError` after ``shutdown``.
 * ``shutdown(wait=True, *, cancel_futures=False)``: release workers; idempotent.
 * Start lazily: creating a backend must not start a pool; the first ``submit`` does.
+* Optional methods, called only when the matching capability is declared:
+  :meth:`Backend.stop_runs` (``stops_running``), :meth:`Backend.watch_deadline` and
+  :meth:`Backend.unwatch_deadline` (``hard_timeouts``), :meth:`Backend.submit_native`
+  (``remote_results``). :meth:`Backend.explain_failure` is always optional.
 
-A backend that can pass its own futures to later tasks (Dask) sets
-``supports_native_futures = True`` and implements :meth:`Backend.submit_native`,
+A backend that can pass its own futures to later tasks (Dask) declares
+``remote_results`` and implements :meth:`Backend.submit_native`,
 which returns a :class:`NativeHandle` next to the future: the run's full result stays
 on the backend's workers, and the core hands that handle (not the value) to
 downstream runs. See :mod:`flowcore.native`.
@@ -23,6 +30,7 @@ downstream runs. See :mod:`flowcore.native`.
 from __future__ import annotations
 
 import enum
+import functools
 import os
 import threading
 from collections.abc import Callable, Mapping
@@ -36,7 +44,8 @@ T = TypeVar("T")
 
 
 class BackendKind(str, enum.Enum):
-    """Where a backend runs work; tests and the core use it to pick behaviour."""
+    """Where a backend runs work: a label for people (``flowcore backends``) and the
+    source of a backend's default :class:`Capabilities`. The core never branches on it."""
 
     INLINE = "inline"
     THREADS = "threads"
@@ -47,6 +56,48 @@ class BackendKind(str, enum.Enum):
         return self.value
 
 
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a backend can do. The core reads these, never the backend's kind.
+
+    Attributes:
+        in_process: tasks run in this process: arguments and results are not
+            pickled, and the runs' log records are already here.
+        inline: ``submit`` runs the call in the caller's thread before it returns.
+        batching: a trip to a worker costs far more than a tiny task, so runs are sent
+            in adaptively sized batches.
+        stops_running: :meth:`Backend.stop_runs` ends runs that are executing (by
+            ending their workers); a flow that fails or is interrupted uses it.
+        hard_timeouts: :meth:`Backend.watch_deadline` ends a worker whose run ignores
+            its timer signal; the run then ends ``TimedOut`` (see
+            :attr:`WorkerLost.timed_out`).
+        remote_results: :meth:`Backend.submit_native` keeps results on the workers and
+            passes them to downstream runs there.
+        interrupts_blocking: a task's timeout interrupts blocking calls (a timer
+            signal in the thread that runs it), so a timed-out run stops at once.
+    """
+
+    in_process: bool = False
+    inline: bool = False
+    batching: bool = False
+    stops_running: bool = False
+    hard_timeouts: bool = False
+    remote_results: bool = False
+    interrupts_blocking: bool = False
+
+    @classmethod
+    def for_kind(cls, kind: BackendKind) -> Capabilities:
+        """Safe defaults for a backend that declares only its kind: nothing that needs
+        an optional method (stopping runs, hard timeouts, remote results)."""
+        if kind is BackendKind.INLINE:
+            return cls(in_process=True, inline=True, interrupts_blocking=True)
+        if kind is BackendKind.THREADS:
+            return cls(in_process=True)
+        if kind is BackendKind.PROCESSES:
+            return cls(batching=True, interrupts_blocking=True)
+        return cls(batching=True)
+
+
 @dataclass(frozen=True)
 class WorkerLost:
     """What a backend can tell about a run whose future failed because a worker died.
@@ -55,25 +106,53 @@ class WorkerLost:
     ends ``Crashed`` for that attempt and is retried if its retries allow); false when
     the run was only lost along with the pool (resubmitted, no attempt counted).
     ``message`` says what happened, with the exit code or signal when known.
+    ``timed_out`` is true when the backend ended the worker itself because the run
+    outlived its timeout (see :meth:`Backend.watch_deadline`): the attempt then ends
+    ``TimedOut`` rather than ``Crashed``.
     """
 
     culprit: bool
     message: str
+    timed_out: bool = False
 
 
 class Backend(Executor):
-    """Base class for backends: an Executor with a name, a kind and a worker count.
+    """Base class for backends: an Executor with a name, capabilities and a worker count.
 
-    Subclasses implement :meth:`submit` and :meth:`shutdown`. A backend that sets
-    ``supports_native_futures`` also implements :meth:`submit_native`; the core then
-    keeps large results on its workers and passes them to downstream runs there. The
-    core reads that attribute once per dispatch, so other backends pay nothing.
+    Subclasses implement :meth:`submit` and :meth:`shutdown`, and declare
+    :attr:`capabilities` (a class attribute, or an instance attribute set in
+    ``__init__``); without one, the defaults for :attr:`kind` apply
+    (:meth:`Capabilities.for_kind`). Each optional method is called only when its
+    capability is declared, so other backends pay nothing for it.
     """
 
     name: str = "backend"
     kind: BackendKind = BackendKind.THREADS
     max_workers: int = 1
-    supports_native_futures: bool = False
+
+    @functools.cached_property
+    def capabilities(self) -> Capabilities:
+        """What this backend can do (default: :meth:`Capabilities.for_kind` of its kind)."""
+        return Capabilities.for_kind(self.kind)
+
+    def stop_runs(self, task_run_ids: set[str], *, closing: bool = False) -> None:
+        """End the given runs that are executing now, by ending their workers.
+
+        Called (capability ``stops_running``) when a flow run fails, times out or is
+        interrupted, after its queued runs were cancelled. ``closing``: the caller
+        shuts this backend down right after (a backend that then takes its workers
+        down whole may do nothing here). Runs of other flows lost with a worker are
+        resubmitted by the core. Default: nothing.
+        """
+
+    def watch_deadline(self, task_run_id: str, timeout: float) -> None:
+        """Watch a run sent with ``timeout`` seconds: if its worker is still executing
+        it a grace period past that, end the worker; :meth:`explain_failure` then
+        returns ``WorkerLost(culprit=True, timed_out=True)`` for it. Called
+        (capability ``hard_timeouts``) when the run is sent; default: nothing."""
+
+    def unwatch_deadline(self, task_run_id: str) -> None:
+        """Stop watching a run (it finished). Default: nothing."""
 
     def submit_native(
         self,
@@ -85,7 +164,7 @@ class Backend(Executor):
     ) -> tuple[Future[Any], NativeHandle]:
         """Schedule ``fn(*args, **kwargs)`` and keep its full result on the workers.
 
-        Only called when ``supports_native_futures`` is true. ``fn`` returns what
+        Only called when ``capabilities.remote_results`` is true. ``fn`` returns what
         :func:`flowcore.engine.run_call_remote` or :func:`flowcore.batching.run_batch`
         return. The returned future resolves with :func:`flowcore.native.light_copy`
         of that result (computed on the worker: large values replaced by a marker);
@@ -204,6 +283,7 @@ class NativeHandle:
 class ExecutorBackend(Backend):
     """A backend around any Executor factory, created on first submit.
 
+    ``capabilities`` defaults to those of ``kind`` (:meth:`Capabilities.for_kind`).
     ``factory(max_workers)`` must return a :class:`concurrent.futures.Executor`. The
     executor is created under a lock the first time work is submitted, so constructing
     the backend is free, and shut down (idempotently) by :meth:`shutdown`.
@@ -215,9 +295,12 @@ class ExecutorBackend(Backend):
         kind: BackendKind,
         max_workers: int,
         factory: Callable[[int], Executor],
+        capabilities: Capabilities | None = None,
     ) -> None:
         self.name = name
         self.kind = kind
+        if capabilities is not None:
+            self.capabilities = capabilities
         self.max_workers = max_workers
         self._factory = factory
         self._executor: Executor | None = None
@@ -305,6 +388,7 @@ __all__ = [
     "Backend",
     "BackendKind",
     "BackendSpec",
+    "Capabilities",
     "ExecutorBackend",
     "NativeHandle",
     "WorkerLost",

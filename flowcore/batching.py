@@ -176,7 +176,7 @@ class BatchDispatcher:
         backend = self.backend
         handle: NativeHandle | None = None
         try:
-            if backend.supports_native_futures and all(f._keeps_results_remote() for f in batch):
+            if backend.capabilities.remote_results and all(f._keeps_results_remote() for f in batch):
                 # Results stay on the workers; one handle serves the batch's runs.
                 backend_future, handle = backend.submit_native(run_batch, *encode_batch([f.call for f in batch]))
             else:
@@ -300,10 +300,8 @@ def _later(action: Callable[[], Any]) -> None:
 
 
 def should_batch(backend: Backend, count: int) -> bool:
-    """Batch only where a trip to a worker is expensive: process and cluster backends."""
-    from flowcore.backend import BackendKind
-
-    return count >= MIN_ITEMS_TO_BATCH and backend.kind in (BackendKind.PROCESSES, BackendKind.CLUSTER)
+    """Batch only where a trip to a worker is expensive (capability ``batching``)."""
+    return count >= MIN_ITEMS_TO_BATCH and backend.capabilities.batching
 
 
 __all__ = ["TARGET_BATCH_SECONDS", "BatchDispatcher", "BatchSizer", "run_batch", "should_batch"]

@@ -62,7 +62,7 @@ class TaskCall:
 
     ``args``/``kwargs`` hold plain values by the time the task body runs: futures are
     replaced by their results before dispatch, or, on a backend that keeps results on
-    its workers (``supports_native_futures``), by ``flowcore.native.NativeRef``
+    its workers (capability ``remote_results``), by ``flowcore.native.NativeRef``
     placeholders that the worker fills in (hooks in the parent then see the
     placeholders). ``log_prints`` is resolved (task option, else the flow's).
     """

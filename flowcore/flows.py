@@ -22,7 +22,7 @@ from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
 
 from flowcore import options as opts
 from flowcore import registry, states
-from flowcore.backend import Backend, BackendKind
+from flowcore.backend import Backend
 from flowcore.calls import FlowRun, new_flow_run_id
 from flowcore.context import FlowRunContext, _scope
 from flowcore.errors import TaskTimeoutError
@@ -38,7 +38,6 @@ R = TypeVar("R")
 
 _UNSET: Any = object()
 _MAX_UNOBSERVED_REPORTS = 10
-_STOPPABLE = (BackendKind.PROCESSES, BackendKind.CLUSTER)
 
 
 class Flow(Generic[P, R]):
@@ -257,27 +256,21 @@ def _wrap_returned_state(state: State[Any], what: str) -> State[Any]:
 
 
 def _stop_outstanding(context: FlowRunContext, *, closing: bool = False) -> None:
-    """Cancel the run's queued tasks and kill the worker processes running the others.
+    """Cancel the run's queued tasks and have the backend stop the others.
 
-    Only this run's workers are killed (found through the worker journal): a pool
-    shared with other flows stays up, and their runs lost with it are resubmitted.
-    ``closing``: the run's backend is shut down right after; a cluster this run owns
-    then goes down whole, and its workers are not killed one by one first (their
-    nannies would restart them and say so while the cluster closes).
+    A backend that can (capability ``stops_running``) ends only this run's workers: a
+    pool shared with other flows stays up, and their runs lost with it are
+    resubmitted. ``closing``: the run owns the backend and shuts it down right after.
     """
     outstanding = context.outstanding()
     for future in outstanding:
         future.cancel()
-    kind = context.slot.instance.kind
-    if closing and context.slot.owned and kind is BackendKind.CLUSTER:
-        return
-    if kind in _STOPPABLE:
-        from flowcore.journal import kill_workers_running
-
+    backend = context.slot.instance
+    if backend.capabilities.stops_running:
         live: set[str] = set()
         for future in outstanding:
             live |= future._live_run_ids()
-        kill_workers_running(live)
+        backend.stop_runs(live, closing=closing and context.slot.owned)
 
 
 def _log_unobserved(context: FlowRunContext) -> None:

@@ -20,10 +20,9 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 from flowcore import states
-from flowcore.backend import BackendKind, WorkerLost
+from flowcore.backend import WorkerLost
 from flowcore.engine import report_final_state, run_call, run_call_remote
 from flowcore.errors import WaitTimeoutError
-from flowcore.hard_timeouts import hard_timeouts
 from flowcore.log_relay import replay as replay_logs
 from flowcore.serialization import explain_pickling_failure
 from flowcore.states import State
@@ -40,9 +39,6 @@ T = TypeVar("T")
 # Guards every future's final state, waiter lock and callbacks: held for a few
 # instructions at a time, and cheaper than two locks per future.
 _STATE_LOCK = threading.Lock()
-
-# Backends that run tasks in this process: their log records are already here.
-_IN_PROCESS = (BackendKind.INLINE, BackendKind.THREADS)
 
 logger = logging.getLogger("flowcore.futures")
 
@@ -288,8 +284,8 @@ class RunFuture(TaskFuture[R]):
         return True
 
     def _publish(self, state: State[Any]) -> None:
-        if self._hard_watched:
-            hard_timeouts.unwatch(self.call.task_run_id)
+        if self._hard_watched and self._backend is not None:
+            self._backend.unwatch_deadline(self.call.task_run_id)
         with _STATE_LOCK:
             self._state = state
             callbacks, self._callbacks = self._callbacks, None
@@ -353,8 +349,9 @@ class RunFuture(TaskFuture[R]):
                 )
                 return
         call = self.call
+        capabilities = backend.capabilities
         if self._upstream:
-            if backend.supports_native_futures and self._keeps_results_remote():
+            if capabilities.remote_results and self._keeps_results_remote():
                 self._refs = self._refer_to_upstreams(backend)
             else:
                 call.args = resolve_futures(call.args)
@@ -366,13 +363,13 @@ class RunFuture(TaskFuture[R]):
 
                 backend_future, self._native = backend.submit_native(run_call_native, call, refs=self._refs)
             else:
-                runner = run_call if backend.kind in _IN_PROCESS else run_call_remote
+                runner = run_call if capabilities.in_process else run_call_remote
                 backend_future = backend.submit(runner, call)
         except Exception as exc:
             self._backend = backend
             self._backend_refused(exc)
             return
-        self._stealable = backend.kind is BackendKind.THREADS
+        self._stealable = capabilities.in_process and not capabilities.inline
         self._backend = backend
         self._watch_timeout(backend)
         self._backend_future = backend_future
@@ -406,11 +403,11 @@ class RunFuture(TaskFuture[R]):
         return refs
 
     def _watch_timeout(self, backend: Backend) -> None:
-        """Have the parent kill the worker if a timed run ignores its timer signal."""
+        """Have the backend end the worker if a timed run ignores its timer signal."""
         timeout = self.call.task.options.timeout_seconds
-        if timeout is not None and backend.kind is BackendKind.PROCESSES:
+        if timeout is not None and backend.capabilities.hard_timeouts:
             self._hard_watched = True
-            hard_timeouts.watch(self.call.task_run_id, timeout)
+            backend.watch_deadline(self.call.task_run_id, timeout)
 
     def _backend_refused(self, exc: BaseException) -> None:
         """``backend.submit`` raised: the run never started; it ends ``Crashed``."""
@@ -499,21 +496,14 @@ class RunFuture(TaskFuture[R]):
             return None
         explain = getattr(backend, "explain_failure", None)
         lost: WorkerLost | None = explain(call.task_run_id, exc) if explain is not None else None
-        if self._hard_watched and hard_timeouts.was_killed(call.task_run_id):
-            # Killed for ignoring its timeout: that is the reason, whatever the pool saw.
-            return self._lost_attempt(
-                exc,
-                f"task run {call.task_run_name!r} exceeded its timeout of "
-                f"{call.task.options.timeout_seconds:g} s inside code that ignored the timer "
-                "signal; its worker process was killed",
-                timed_out=True,
-            )
         if lost is None:
             self._crashed(exc)
             return None
         if not lost.culprit:
             return 0.0  # only lost along with the pool: send it again, no attempt counted
-        return self._lost_attempt(exc, f"task run {call.task_run_name!r}: {lost.message}", timed_out=False)
+        return self._lost_attempt(
+            exc, f"task run {call.task_run_name!r}: {lost.message}", timed_out=lost.timed_out
+        )
 
     def _lost_attempt(self, exc: BaseException, message: str, *, timed_out: bool) -> float | None:
         """Count an attempt that died with its worker; end the run or return the retry delay."""

@@ -30,7 +30,7 @@ class HardTimeouts:
 
     def __init__(self) -> None:
         self._watched: dict[str, float] = {}  # task run id -> timeout seconds
-        self._killed: set[str] = set()
+        self._killed: dict[str, float] = {}  # task run id -> the timeout it outlived
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
 
@@ -46,13 +46,11 @@ class HardTimeouts:
         with self._cond:
             self._watched.pop(task_run_id, None)
 
-    def was_killed(self, task_run_id: str) -> bool:
-        """True (once) if this watchdog killed the worker running ``task_run_id``."""
+    def killed_timeout(self, task_run_id: str) -> float | None:
+        """The timeout of ``task_run_id`` if this watchdog killed the worker running it
+        (answered once), else None."""
         with self._cond:
-            if task_run_id in self._killed:
-                self._killed.discard(task_run_id)
-                return True
-            return False
+            return self._killed.pop(task_run_id, None)
 
     def _run(self) -> None:
         while True:
@@ -70,7 +68,7 @@ class HardTimeouts:
                 with self._cond:
                     if run_id not in self._watched:
                         continue  # finished meanwhile
-                    self._killed.add(run_id)  # before the pool can report the loss
+                    self._killed[run_id] = timeout  # before the pool can report the loss
                 # Only if the worker is still on that attempt (checked under the
                 # journal's lock): never one that has just finished it.
                 killed = kill_worker(pid, run_id, started)
@@ -78,7 +76,7 @@ class HardTimeouts:
                     if killed:
                         self._watched.pop(run_id, None)
                     else:
-                        self._killed.discard(run_id)
+                        self._killed.pop(run_id, None)
             time.sleep(POLL_SECONDS)
 
 

@@ -32,7 +32,6 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from flowcore import journal, states
-from flowcore.backend import BackendKind
 from flowcore.batching import BatchSizer, _feeder
 from flowcore.calls import TaskCall, reserve_run_numbers, run_id_prefix
 from flowcore.context import TaskRunContext, _task_run
@@ -116,7 +115,7 @@ class MapBlock:
         self.in_flight: dict[int, int] = {}  # start -> stop of each batch out
         self.sizer = BatchSizer(backend.max_workers)
         #: runs execute in this process: no log capture, no journal
-        self.in_process = backend.kind in (BackendKind.INLINE, BackendKind.THREADS)
+        self.in_process = backend.capabilities.in_process
         self.lock = threading.Lock()
         self.changed = threading.Condition(self.lock)
 
@@ -183,7 +182,7 @@ class MapBlock:
                 self._settle(start, stop, outcome)
         except Exception as exc:  # never leave runs pending over a bug in handling
             self._end_remaining(start, stop, states.Crashed(f"handling a batch failed: {exc!r}"))
-        if self.backend.kind is not BackendKind.INLINE:  # inline: the caller's loop sends on
+        if not self.backend.capabilities.inline:  # inline: the caller's loop sends on
             _feeder.kick(self)  # not from here: this is the pool's own result thread
 
     def _settle(self, start: int, stop: int, outcome: BatchResult) -> None:
@@ -573,14 +572,12 @@ def _timed(state: State[Any], started: float, finished: float) -> State[Any]:
 
 
 def columnar(backend: Backend, count: int) -> bool:
-    """Whether a map of ``count`` runs on ``backend`` is kept in columns: on every kind
-    of backend. In-process backends gain as much as process ones (a run record, future
+    """Whether a map of ``count`` runs on ``backend`` is kept in columns: on every
+    backend. In-process backends gain as much as process ones (a run record, future
     and state per tiny task cost ~20 µs); a caller waiting on a run that is queued in a
     thread pool waits for a worker (runs do not see the flow's scope, so a task cannot
     map onto the pool it runs in and wait on itself)."""
-    return count >= 2 and backend.kind in (
-        BackendKind.INLINE, BackendKind.THREADS, BackendKind.PROCESSES, BackendKind.CLUSTER
-    )
+    return count >= 2
 
 
 __all__ = ["MapBlock", "MappedFuture", "columnar", "eligible", "run_map_batch"]

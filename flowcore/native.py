@@ -1,6 +1,6 @@
 """Native futures: results that stay on a backend's workers (Dask).
 
-On a backend with ``supports_native_futures``, a run's full result stays where it was
+On a backend with the capability ``remote_results``, a run's full result stays where it was
 computed; only a *light copy* comes back (:func:`light_copy`, run on the worker): the
 state and log records, with every large value replaced by a marker. In the parent the
 run's ``State.data`` becomes a :class:`NativeValue`, which ``State.result()`` (and so
