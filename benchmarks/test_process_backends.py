@@ -197,6 +197,51 @@ def test_map_tiny_tasks_vs_joblib(
     )
 
 
+class NoOpObserver:
+    """An observer of the run-event stream that does nothing with what it is given."""
+
+    @flowcore.hookimpl
+    def flowcore_run_events(self, events: Any) -> None:
+        return None
+
+
+OBSERVER_RATIO_GOAL = 1.2  # map with an observer / the same map without
+
+
+def test_map_with_an_observer_vs_without(
+    benchmark: BenchmarkFixture, quick: bool, loky_backend: Any
+) -> None:
+    """``inc.map(range(N))`` on loky with a no-op run-event observer registered, against
+    the same map with none: observers must keep the column fast path."""
+    from flowcore.registry import get_registry
+
+    n = 5_000 if quick else 200_000
+    rounds = 1 if quick else 5
+    host = flowcore.flow(backend=loky_backend, name="benchmark-map-observed")(map_inc)
+    registry = get_registry()
+
+    def observed() -> list[int]:
+        observer = NoOpObserver()
+        registry.register(observer, name="benchmark-noop-observer")
+        try:
+            return host(n)
+        finally:
+            registry.unregister(observer)
+
+    assert observed() == expected_inc(n)  # warm-up, and the pool is up
+    paired = run_paired(benchmark, subject=observed, anchor=lambda: host(n), rounds=rounds)
+    assert paired.subject_result == expected_inc(n)
+    assert paired.anchor_result == expected_inc(n)
+    record(
+        benchmark,
+        paired,
+        anchor="the same map without an observer",
+        n=n,
+        figures=[figure("map with observer / without", paired.subject_min / paired.anchor_min, "x", OBSERVER_RATIO_GOAL)],
+        max_workers=WORKERS,
+    )
+
+
 def record_tiny_task_ratio(
     benchmark: BenchmarkFixture, paired: Any, n: int, *, anchor: str, label: str, goal: float
 ) -> None:

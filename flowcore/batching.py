@@ -40,6 +40,7 @@ from flowcore.states import State, completed_run
 if TYPE_CHECKING:
     from flowcore.backend import Backend, NativeHandle
     from flowcore.calls import TaskCall
+    from flowcore.events import Worker
     from flowcore.futures import RunFuture
 
 TARGET_BATCH_SECONDS = 0.05
@@ -64,14 +65,15 @@ def encode_batch(calls: list[TaskCall]) -> tuple[Any, tuple[Any, ...], list[Batc
 
 def run_batch(
     task: Any, common: tuple[Any, ...], items: list[BatchItem]
-) -> tuple[list[Outcome], list[dict[str, Any]]]:
+) -> tuple[list[Outcome], list[dict[str, Any]], Worker]:
     """Run a batch's items one after the other in this worker: one outcome per item,
-    and the log records of the runs (replayed in the parent)."""
+    the log records of the runs (replayed in the parent) and where they ran."""
+    from flowcore.events import current_worker
     from flowcore.log_relay import capture
 
     with capture() as records:
         outcomes = _run_items(task, common, items)
-    return outcomes, records
+    return outcomes, records, current_worker()
 
 
 def _run_items(task: Any, common: tuple[Any, ...], items: list[BatchItem]) -> list[Outcome]:
@@ -204,7 +206,7 @@ class BatchDispatcher:
         self, batch: list[RunFuture[Any]], backend_future: Future[Any], handle: NativeHandle | None = None
     ) -> None:
         try:
-            outcomes, records = backend_future.result()
+            outcomes, records, worker = backend_future.result()
             results = [decode_outcome(o) for o in outcomes]
             if handle is not None:  # a light copy: large values stayed on the workers
                 from flowcore.native import adopt
@@ -224,7 +226,7 @@ class BatchDispatcher:
             self.sizer.observe(busy, len(results))
         replay_logs(records)
         for future, state in zip(batch, results, strict=True):
-            future._finish(state)
+            future._finish(state, worker)
         _feeder.kick(self)  # not from here: this is the pool's own result thread
 
     def _recover(self, batch: list[RunFuture[Any]], exc: BaseException) -> None:

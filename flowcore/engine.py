@@ -6,8 +6,9 @@ the function, enforces ``timeout_seconds`` per attempt, applies the retry policy
 It never raises for a task failure, so a backend only has to execute it: inline, in a
 thread, in another process or on a Dask worker, with no round trip between retries.
 
-:func:`report_final_state` runs in the parent once per task run, with the final state:
-it calls the task's ``on_completion``/``on_failure`` hooks and the observer plugins.
+The engine imports nothing of the parent-side runtime: what happens in the submitting
+process once a run has ended (hooks, the run-event stream) is
+:mod:`flowcore.reporting`'s.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from flowcore import journal, states
 from flowcore.calls import TaskCall
 from flowcore.context import TaskRunContext, _task_run
 from flowcore.errors import TaskTimeoutError
-from flowcore.registry import get_registry, is_observed, notify
-from flowcore.states import State, StateType, completed_run
+from flowcore.events import Worker, current_worker
+from flowcore.states import State, completed_run
 from flowcore.timeouts import call_with_timeout
 
 logger = logging.getLogger("flowcore.task_runs")
@@ -104,14 +105,20 @@ def _run_uncached(call: TaskCall) -> State[Any]:
         _task_run.reset(token)
 
 
-def run_call_remote(call: TaskCall) -> tuple[State[Any], list[dict[str, Any]]]:
+def run_call_remote(call: TaskCall) -> tuple[State[Any], list[dict[str, Any]], Worker]:
     """:func:`run_call` in a worker process: also returns the run's log records, which
-    the parent replays (see :mod:`flowcore.log_relay`)."""
+    the parent replays (see :mod:`flowcore.log_relay`), and where it ran."""
     from flowcore.log_relay import capture
 
     with capture() as records:
         state = run_call(call)
-    return state, records
+    return state, records, current_worker()
+
+
+def run_call_located(call: TaskCall) -> tuple[State[Any], list[dict[str, Any]], Worker]:
+    """:func:`run_call` in a thread of this process, saying where it ran (its log
+    records are already here): the shape of :func:`run_call_remote`."""
+    return run_call(call), [], current_worker()
 
 
 def failure_state(exc: Exception, timed_out: bool) -> State[Any]:
@@ -149,26 +156,4 @@ def _task_log(call: TaskCall) -> logging.LoggerAdapter:  # type: ignore[type-arg
     return task_logger(TaskRunContext(call.task, call))
 
 
-def report_final_state(call: TaskCall, state: State[Any]) -> None:
-    """Fire the task's hooks and the observers for a final state (once, in the parent)."""
-    task = call.task
-    options = task.options
-    hooks = options.on_completion if state.type is StateType.COMPLETED else options.on_failure
-    if not hooks and state.type is StateType.COMPLETED and not get_registry().observes_tasks:
-        return  # the common case: nothing to call
-    for hook in hooks:
-        try:
-            hook(task, call, state)
-        except Exception:
-            _task_log(call).exception(
-                "hook %r of task run %r raised; the run's state is unchanged",
-                getattr(hook, "__name__", hook),
-                call.task_run_name,
-            )
-    if state.type is not StateType.COMPLETED and logger.isEnabledFor(logging.DEBUG):
-        _task_log(call).debug("Finished in state %r", state)
-    if is_observed("flowcore_task_run_finished"):
-        notify("flowcore_task_run_finished", task=task, call=call, state=state)
-
-
-__all__ = ["failure_state", "report_final_state", "run_call", "run_call_remote"]
+__all__ = ["failure_state", "run_call", "run_call_located", "run_call_remote"]

@@ -26,6 +26,7 @@ from flowcore.backend import Backend
 from flowcore.calls import FlowRun, new_flow_run_id
 from flowcore.context import FlowRunContext, _scope
 from flowcore.errors import TaskTimeoutError
+from flowcore.events import EventKind, FlowRunEvent
 from flowcore.futures import TaskFuture, collect_futures, resolve_futures
 from flowcore.loggers import ensure_console_handler, flow_logger, redirect_prints, restore_prints
 from flowcore.options import FlowOptions
@@ -107,7 +108,10 @@ class Flow(Generic[P, R]):
             logger = flow_logger(context)
             if attempt == 1:
                 logger.info("Beginning flow run for flow %r on backend %r", self.name, slot.name)
-            registry.notify("flowcore_flow_run_started", flow=self, run=run)
+            if registry.observes_events():
+                registry.publish(
+                    [FlowRunEvent(EventKind.STARTED, run, time.time(), attempt, flow=self)]
+                )
             state = self._attempt(context, args, kwargs)
             if state.is_completed() or attempt > policy.retries:
                 break
@@ -166,7 +170,10 @@ class Flow(Generic[P, R]):
                 hook(self, run, state)
             except Exception:
                 logger.exception("hook %r of flow %r raised; the run's state is unchanged", getattr(hook, "__name__", hook), self.name)
-        registry.notify("flowcore_flow_run_finished", flow=self, run=run, state=state)
+        if registry.observes_events():
+            registry.publish(
+                [FlowRunEvent(EventKind.FINISHED, run, time.time(), state.attempts, state, self)]
+            )
         if state.is_completed():
             logger.info("Finished in state %r", state)
         else:

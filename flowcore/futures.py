@@ -19,11 +19,13 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
-from flowcore import states
+from flowcore import registry, states
 from flowcore.backend import WorkerLost
-from flowcore.engine import report_final_state, run_call, run_call_remote
+from flowcore.engine import run_call, run_call_located, run_call_remote
 from flowcore.errors import WaitTimeoutError
+from flowcore.events import Worker, current_worker
 from flowcore.log_relay import replay as replay_logs
+from flowcore.reporting import report_final_state
 from flowcore.serialization import explain_pickling_failure
 from flowcore.states import State
 
@@ -271,17 +273,24 @@ class RunFuture(TaskFuture[R]):
         return backend_future.cancel()  # the done-callback records Cancelled
 
     # -- internals ----------------------------------------------------------
-    def _finish(self, state: State[Any]) -> bool:
-        """Set the final state once: run hooks and observers, wake waiters, callbacks."""
+    def _finish(self, state: State[Any], worker: Worker | None = None) -> bool:
+        """Set the final state once: run hooks and observers, wake waiters, callbacks.
+        ``worker``: where the run executed, when known."""
         with _STATE_LOCK:
             if self._state is not None or self._finishing:
                 return False
             self._finishing = True
         try:
-            report_final_state(self.call, state)
+            report_final_state(self.call, state, self._backend_name(), worker)
         finally:  # even if a hook is interrupted (Ctrl-C, a deadline), never leave waiters hanging
             self._publish(state)
         return True
+
+    def _backend_name(self) -> str | None:
+        backend = self._backend
+        if backend is not None:
+            return backend.name
+        return self._scope.slot.name if self._scope is not None else None
 
     def _publish(self, state: State[Any]) -> None:
         if self._hard_watched and self._backend is not None:
@@ -363,7 +372,12 @@ class RunFuture(TaskFuture[R]):
 
                 backend_future, self._native = backend.submit_native(run_call_native, call, refs=self._refs)
             else:
-                runner = run_call if capabilities.in_process else run_call_remote
+                if not capabilities.in_process:
+                    runner: Callable[[TaskCall], Any] = run_call_remote
+                elif registry.observes_events():
+                    runner = run_call_located  # observers are told which thread ran it
+                else:
+                    runner = run_call
                 backend_future = backend.submit(runner, call)
         except Exception as exc:
             self._backend = backend
@@ -442,7 +456,7 @@ class RunFuture(TaskFuture[R]):
         except BaseException:
             self._finish(states.Cancelled("interrupted while running in the waiting thread"))
             raise
-        self._finish(state)
+        self._finish(state, current_worker())
 
     def _on_backend_done(self, backend_future: cf.Future[Any]) -> None:
         try:
@@ -466,18 +480,20 @@ class RunFuture(TaskFuture[R]):
             elif self._native is not None:
                 self._native = self._refs = None  # ended: let the upstream data go
             return
-        if type(state) is tuple:  # from a worker process: (state, log records)
-            state, records = state
-            replay_logs(records)
+        worker = None
+        if type(state) is tuple:  # (state, log records, worker): see run_call_remote
+            state, records, worker = state
+            if records:
+                replay_logs(records)
         handle = self._native
         if handle is not None:  # a light copy: large values stayed on the workers
             from flowcore.native import adopt
 
             self._native = self._refs = None
-            self._finish(adopt(state, handle, None, self.call.task_run_name))
+            self._finish(adopt(state, handle, None, self.call.task_run_name), worker)
             self._backend_future = None  # no cycle through its callback: the data goes with us
             return
-        self._finish(state)
+        self._finish(state, worker)
 
     def _failed_in_backend(self, exc: BaseException) -> float | None:
         """The backend lost the run: explain a pickling failure, count a crash (or a

@@ -19,9 +19,12 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from flowcore.backend import BackendSpec
     from flowcore.caching.storage import CacheStoreSpec
     from flowcore.calls import FlowRun, TaskCall
+    from flowcore.events import RunEvent
     from flowcore.states import State
 
 PROJECT_NAME = "flowcore"
@@ -55,6 +58,34 @@ def flowcore_cache_stores() -> list[CacheStoreSpec]:  # type: ignore[empty-body]
 
 
 @hookspec
+def flowcore_run_events(events: Sequence[RunEvent]) -> None:
+    """The run-event stream: called with a batch of :mod:`flowcore.events` records.
+
+    Every flow run and task run reports here, on every path and backend: a flow run's
+    ``FlowRunEvent`` STARTED (before each attempt of its body) and FINISHED (once,
+    with the final state); a task run's ``TaskRunEvent`` SUBMITTED (when it is
+    created), STARTED (if its body started) and FINISHED (once, with the final state,
+    attempts, start and end times in the state, and the ``worker`` that ran it).
+
+    Fires in the process that submitted the runs, never in a worker; on whichever
+    thread settled them (the caller's, a pool's result thread, a flowcore feeder
+    thread), so keep it short and hand heavy work to a thread of your own. Events of
+    runs that ran in another process arrive with their results, one call per batch.
+
+    Guaranteed: each event of a run is delivered once; a task run's SUBMITTED comes
+    before its STARTED, which comes before its FINISHED; a flow run's STARTED comes
+    before the SUBMITTED of its task runs, and its FINISHED after their FINISHED
+    (except when the run timed out, was interrupted or its body raised: runs left on
+    threads may finish later). Not guaranteed: any order between different runs.
+
+    ``events`` is a read-only sequence (for a column map, its items are made as you
+    read them): read it during the call, or copy what you need. Return value is
+    ignored; an exception is logged and does not affect the run. Registering an
+    implementation keeps every fast path (batches and column maps report in bulk).
+    """
+
+
+@hookspec
 def flowcore_flow_run_started(flow: Any, run: FlowRun) -> None:
     """Called when a flow run starts, before its body runs (and before each retry's).
 
@@ -76,7 +107,8 @@ def flowcore_flow_run_finished(flow: Any, run: FlowRun, state: State[Any]) -> No
 
 @hookspec
 def flowcore_task_run_submitted(task: Any, call: TaskCall) -> None:
-    """Called once per task run when it is handed to a backend or called directly.
+    """Called once per task run when it is handed to a backend or called directly
+    (for each SUBMITTED event of ``flowcore_run_events``, with the run's call).
 
     ``call`` carries the task run id, its name, the flow run id and the submission
     time. For a task waiting on upstream futures, fires at ``.submit`` time, before
@@ -86,7 +118,8 @@ def flowcore_task_run_submitted(task: Any, call: TaskCall) -> None:
 
 @hookspec
 def flowcore_task_run_finished(task: Any, call: TaskCall, state: State[Any]) -> None:
-    """Called once per task run with its final state (after all retries).
+    """Called once per task run with its final state (after all retries), for each
+    FINISHED event of ``flowcore_run_events``.
 
     ``state.started_at`` / ``state.finished_at`` time the body; ``call.submitted_at``
     times the submission. Fires in the parent, on whichever thread completed the

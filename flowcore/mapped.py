@@ -27,14 +27,15 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from flowcore import journal, states
+from flowcore import journal, registry, states
 from flowcore.batching import BatchSizer, _feeder
 from flowcore.calls import TaskCall, reserve_run_numbers, run_id_prefix
 from flowcore.context import TaskRunContext, _task_run
+from flowcore.events import EventKind, LazyTaskEvents, TaskRunEvent, Worker
 from flowcore.futures import RunFuture, TaskFuture, _call_back
 from flowcore.log_relay import replay as replay_logs
 from flowcore.states import State, StateType, completed_run
@@ -50,19 +51,21 @@ if TYPE_CHECKING:
 R = TypeVar("R")
 
 _PENDING, _COMPLETED, _ENDED = 0, 1, 2  # per-run status; _ENDED: any other final state
+_RAN = (EventKind.STARTED, EventKind.FINISHED)  # the events of a run that ran, in order
 
 #: What one batch sends back: values, finish times, when the batch started, the full
-#: states of runs that did not complete in one attempt (by position), log records.
-BatchResult = tuple[list[Any], list[float], float, dict[int, State[Any]], list[dict[str, Any]]]
+#: states of runs that did not complete in one attempt (by position), log records,
+#: and where the batch ran.
+BatchResult = tuple[list[Any], list[float], float, dict[int, State[Any]], list[dict[str, Any]], Worker]
 
 
-def eligible(task: Task[..., Any], observed: bool) -> bool:
+def eligible(task: Task[..., Any]) -> bool:
     """Whether the runs of ``task`` can be kept in columns: nothing in the parent needs
-    to see a run on its own before it is final."""
+    to see a run on its own before it is final. Observers do not count: the block
+    reports its runs' events in batches (:class:`~flowcore.events.LazyTaskEvents`)."""
     o = task.options
     return not (
-        observed
-        or o.timeout_seconds is not None  # watched per run by the parent
+        o.timeout_seconds is not None  # watched per run by the parent
         or o.on_completion
         or o.on_failure
         or o.task_run_name is not None
@@ -141,6 +144,8 @@ class MapBlock:
     # -- sending --------------------------------------------------------------
     def start(self) -> None:
         self.scope.track(self)
+        if registry.observes_events():
+            self._report(range(self.count), EventKind.SUBMITTED)
         self._fill()
 
     def _fill(self) -> None:
@@ -186,10 +191,16 @@ class MapBlock:
             _feeder.kick(self)  # not from here: this is the pool's own result thread
 
     def _settle(self, start: int, stop: int, outcome: BatchResult) -> None:
-        values, ends, started, exact, records = outcome
-        replay_logs(records)
+        values, ends, started, exact, records, worker = outcome
+        if records:
+            replay_logs(records)
         size = stop - start
+        observed = registry.observes_events()
         with self.lock:
+            if observed:  # the runs this batch settles (not those cancelled before)
+                ran: Sequence[int] = range(start, stop)
+                if self.status.count(0, start, stop) != size:
+                    ran = [i for i in range(start, stop) if not self.status[i]]
             self.values[start:stop] = values
             self.ends[start:stop] = ends
             self.batch_starts[start] = started
@@ -210,7 +221,35 @@ class MapBlock:
             self.sizer.observe(ends[-1] - started if ends else 0.0, size)
             callbacks = self._take_callbacks(start, stop)
             self._count_finished(finished)
+        if observed:
+            self._report(ran, None, worker)
         self._call_back(callbacks)
+
+    # -- the run-event stream -----------------------------------------------------
+    def _report(self, indexes: Sequence[int], kind: EventKind | None, worker: Worker | None = None) -> None:
+        """Publish one event per run in ``indexes`` (``kind`` None: STARTED and FINISHED
+        of each, for runs that ran), made only if an observer reads them."""
+        if kind is None:
+            def make(position: int) -> TaskRunEvent:
+                return self._event(indexes[position // 2], _RAN[position % 2], worker)
+
+            registry.publish(LazyTaskEvents(2 * len(indexes), make))
+        else:
+            registry.publish(LazyTaskEvents(len(indexes), lambda p: self._event(indexes[p], kind, worker)))
+
+    def _event(self, index: int, kind: EventKind, worker: Worker | None) -> TaskRunEvent:
+        state = None if kind is EventKind.SUBMITTED else self.final_state(index)
+        if state is None:
+            timestamp = self.submitted_at
+        elif kind is EventKind.STARTED:
+            timestamp = state.started_at or state.timestamp
+        else:
+            timestamp = state.finished_at or state.timestamp
+        return TaskRunEvent(
+            kind, self.run_id(index), self.run_name(index), self.task.name, self.common[0],
+            timestamp, self.backend.name, state if kind is EventKind.FINISHED else None, worker,
+            self.task, functools.partial(self.call, index),
+        )
 
     def _take_callbacks(self, start: int, stop: int) -> list[tuple[int, list[Any]]]:
         if not self.callbacks:
@@ -281,8 +320,13 @@ class MapBlock:
         self._call_back(callbacks)
 
     def _end_remaining(self, start: int, stop: int, state: State[Any]) -> None:
-        for index in range(start, stop):
+        """End the runs of a batch whose handling failed (a bug): reported here, as
+        nothing else will."""
+        ended = [i for i in range(start, stop) if not self.status[i]]
+        for index in ended:
             self._end(index, state)
+        if ended and registry.observes_events():
+            self._report(ended, EventKind.FINISHED)
 
     # -- what a scope asks of a tracked item ------------------------------------
     def done(self) -> bool:
@@ -304,6 +348,8 @@ class MapBlock:
             self.failed.extend(indexes)
             callbacks = self._take_callbacks(start, self.count)
             self._count_finished(len(indexes))
+        if indexes and registry.observes_events():
+            self._report(indexes, EventKind.FINISHED)
         self._call_back(callbacks)
         return bool(indexes)
 
@@ -353,6 +399,8 @@ class MapBlock:
             self.failed.append(index)
             callbacks = self._take_callbacks(index, index + 1)
             self._count_finished(1)
+        if registry.observes_events():
+            self._report([index], EventKind.FINISHED)
         self._call_back(callbacks)
         return True
 
@@ -496,13 +544,15 @@ def run_map_batch(
     parent to replay; on an in-process backend (``collect_logs=False``) they are
     emitted here, as the runs make them.
     """
+    from flowcore.events import current_worker
+
     if not collect_logs:
-        return (*_run_rows(task, batch_call, first_run_id, layout, skip), [])
+        return (*_run_rows(task, batch_call, first_run_id, layout, skip), [], current_worker())
     from flowcore.log_relay import capture
 
     with capture() as records:
         values, ends, started, exact = _run_rows(task, batch_call, first_run_id, layout, skip)
-    return values, ends, started, exact, records
+    return values, ends, started, exact, records, current_worker()
 
 
 def _run_rows(

@@ -28,6 +28,7 @@ from flowcore.states import DeferredResult, State, StateType
 if TYPE_CHECKING:
     from flowcore.backend import NativeHandle
     from flowcore.calls import TaskCall
+    from flowcore.events import Worker
 
 #: Results whose pickle (out-of-band buffers included) is at most this many bytes come
 #: back with the run's state instead of staying on the workers.
@@ -99,7 +100,8 @@ class NativeValue(DeferredResult):
 
 def value_at(result: Any, index: int | None) -> Any:
     """The value of run ``index`` (None: the only run) in a full result, as returned by
-    ``run_call_remote`` (``(state, records)``) or ``run_batch`` (``(outcomes, records)``)."""
+    ``run_call_remote`` (``(state, records, worker)``) or ``run_batch`` (``(outcomes,
+    records, worker)``)."""
     first = result[0]
     if index is None:
         state = first
@@ -121,10 +123,10 @@ def light_copy(result: Any) -> Any:
     Raises :class:`pickle.PicklingError` when a value cannot be pickled, so that the
     run fails as it would if its result had been sent back.
     """
-    first, records = result
+    first, records, worker = result
     if isinstance(first, State):
-        return _light_state(first), records
-    return [_light_outcome(outcome) for outcome in first], records
+        return _light_state(first), records, worker
+    return [_light_outcome(outcome) for outcome in first], records, worker
 
 
 def _light_state(state: State[Any]) -> State[Any]:
@@ -163,7 +165,7 @@ def _is_large(value: Any) -> bool:
     return len(in_band) + sum(sizes) > INLINE_LIMIT
 
 
-def run_call_native(call: TaskCall, *, refs: dict[str, Any] | None = None) -> tuple[State[Any], list[dict[str, Any]]]:
+def run_call_native(call: TaskCall, *, refs: dict[str, Any] | None = None) -> tuple[State[Any], list[dict[str, Any]], Worker]:
     """:func:`~flowcore.engine.run_call_remote` for a call whose arguments hold
     :class:`NativeRef` placeholders; ``refs`` maps their keys to the full results
     (resolved by the backend on this worker)."""

@@ -11,14 +11,18 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from flowcore import hookspecs
 from flowcore.backend import Backend, BackendKind, BackendSpec
 from flowcore.errors import BackendNotFoundError, BackendRegistrationError
+
+if TYPE_CHECKING:
+    from flowcore.events import RunEvent
 
 logger = logging.getLogger("flowcore.plugins")
 
@@ -34,6 +38,7 @@ ENTRY_POINT_GROUP = "flowcore"
 AUTOLOAD_ENV = "FLOWCORE_DISABLE_PLUGIN_AUTOLOAD"
 
 LIFECYCLE_HOOKS: tuple[str, ...] = (
+    "flowcore_run_events",
     "flowcore_flow_run_started",
     "flowcore_flow_run_finished",
     "flowcore_task_run_submitted",
@@ -65,7 +70,8 @@ class Registry:
         self._backends: dict[str, RegisteredBackend] | None = None
         self._stores: dict[str, tuple[Any, str]] | None = None
         self.observed: frozenset[str] = frozenset()
-        self.observes_tasks = False
+        #: some plugin observes the run-event stream (or a per-run lifecycle hook)
+        self.observes_events = False
         self._refresh()
 
     # -- plugins ------------------------------------------------------------
@@ -102,9 +108,7 @@ class Registry:
         self.observed = frozenset(
             hook for hook in LIFECYCLE_HOOKS if getattr(self.pm.hook, hook).get_hookimpls()
         )
-        self.observes_tasks = bool(
-            self.observed & {"flowcore_task_run_submitted", "flowcore_task_run_finished"}
-        )
+        self.observes_events = bool(self.observed)
 
     # -- backends -----------------------------------------------------------
     def backends(self) -> dict[str, RegisteredBackend]:
@@ -246,6 +250,58 @@ def get_registry() -> Registry:
         return _registry
 
 
+def observes_events() -> bool:
+    """True when some plugin observes the run-event stream (cheap: one attribute)."""
+    registry = _registry if _registry is not None else get_registry()
+    return registry.observes_events
+
+
+def publish(events: Sequence[RunEvent]) -> None:
+    """Deliver run events to the observers, in order (see :mod:`flowcore.events`).
+
+    ``flowcore_run_events`` receives the sequence as it is; the per-run hooks
+    (``flowcore_task_run_submitted`` ...) are called for each event they describe. An
+    observer's exception is logged and never affects the run.
+    """
+    registry = _registry if _registry is not None else get_registry()
+    observed = registry.observed
+    if not observed or not events:
+        return
+    hook = registry.pm.hook
+    if "flowcore_run_events" in observed:
+        try:
+            hook.flowcore_run_events(events=events)
+        except Exception:
+            logger.exception("a flowcore plugin failed in flowcore_run_events; the run is not affected")
+    per_run = observed - {"flowcore_run_events"}
+    if per_run:
+        for event in events:
+            _call_per_run_hook(registry, per_run, event)
+
+
+def _call_per_run_hook(registry: Registry, per_run: frozenset[str], event: RunEvent) -> None:
+    from flowcore.events import EventKind, FlowRunEvent
+
+    hook = registry.pm.hook
+    name: str | None = None
+    try:
+        if isinstance(event, FlowRunEvent):
+            if event.kind is EventKind.STARTED and "flowcore_flow_run_started" in per_run:
+                name = "flowcore_flow_run_started"
+                hook.flowcore_flow_run_started(flow=event.flow, run=event.run)
+            elif event.kind is EventKind.FINISHED and "flowcore_flow_run_finished" in per_run:
+                name = "flowcore_flow_run_finished"
+                hook.flowcore_flow_run_finished(flow=event.flow, run=event.run, state=event.state)
+        elif event.kind is EventKind.SUBMITTED and "flowcore_task_run_submitted" in per_run:
+            name = "flowcore_task_run_submitted"
+            hook.flowcore_task_run_submitted(task=event.task, call=event.call)
+        elif event.kind is EventKind.FINISHED and "flowcore_task_run_finished" in per_run:
+            name = "flowcore_task_run_finished"
+            hook.flowcore_task_run_finished(task=event.task, call=event.call, state=event.state)
+    except Exception:
+        logger.exception("a flowcore plugin failed in %s; the run is not affected", name)
+
+
 def notify(hook_name: str, **kwargs: Any) -> None:
     """Call a lifecycle hook if any plugin implements it; observer errors are logged."""
     registry = _registry if _registry is not None else get_registry()
@@ -271,4 +327,6 @@ __all__ = [
     "get_registry",
     "is_observed",
     "notify",
+    "observes_events",
+    "publish",
 ]

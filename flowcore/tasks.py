@@ -115,11 +115,14 @@ class Task(Generic[P, R]):
                 _task_run.reset(token)
         self.check_arguments(args, kwargs)  # before any attempt, retry or hook
         call = self._make_call(args, kwargs, flow_run, log_prints)
-        from flowcore.engine import report_final_state, run_call
+        from flowcore.engine import run_call
+        from flowcore.events import current_worker, submitted_event
+        from flowcore.reporting import report_final_state
 
-        registry.notify("flowcore_task_run_submitted", task=self, call=call)
+        if registry.observes_events():
+            registry.publish([submitted_event(call, None)])
         state = run_call(call)
-        report_final_state(call, state)
+        report_final_state(call, state, None, current_worker())
         if return_state:
             return state
         return state.result()
@@ -185,7 +188,7 @@ class Task(Generic[P, R]):
         backend = scope.backend()
         plain = not wait_for and not mapped.has_futures
         batched = plain and should_batch(backend, mapped.count)
-        if plain and mapped_path.columnar(backend, mapped.count) and mapped_path.eligible(self, _observed()):
+        if plain and mapped_path.columnar(backend, mapped.count) and mapped_path.eligible(self):
             log_prints = self.options.log_prints
             block = mapped_path.MapBlock(
                 self, scope, backend, mapped, scope.log_prints if log_prints is None else log_prints
@@ -215,7 +218,9 @@ class Task(Generic[P, R]):
         future._scope = scope
         scope.track(future)
         if _observed():
-            registry.notify("flowcore_task_run_submitted", task=self, call=call)
+            from flowcore.events import submitted_event
+
+            registry.publish([submitted_event(call, scope.slot.name)])
         return future
 
     def _submit_in(
@@ -400,7 +405,7 @@ def _observed() -> bool:
     current = registry._registry
     if current is None:
         current = registry.get_registry()
-    return current.observes_tasks
+    return current.observes_events
 
 
 def _as_futures(wait_for: Any) -> list[TaskFuture[Any]]:

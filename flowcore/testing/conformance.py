@@ -22,15 +22,16 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, cast
 
 import pytest
 
 from flowcore import as_completed, flow, hookimpl, wait
-from flowcore.backend import Backend, BackendKind
+from flowcore.backend import Backend, BackendKind, Capabilities
 from flowcore.errors import TaskTimeoutError, UpstreamFailedError, WaitTimeoutError
+from flowcore.events import EventKind, FlowRunEvent, RunEvent, TaskRunEvent
 from flowcore.futures import TaskFuture
 from flowcore.registry import get_registry
 from flowcore.selection import get_backend
@@ -38,13 +39,20 @@ from flowcore.states import State
 from flowcore.testing import workloads as w
 from flowcore.timeouts import interrupts_blocking_calls
 
-_DEFAULT_CAPABILITIES = {
-    BackendKind.INLINE: frozenset({"real_timeouts"}),
-    BackendKind.THREADS: frozenset({"parallel"}),
-    BackendKind.PROCESSES: frozenset({"parallel", "processes", "real_timeouts"}),
-    # Cluster workers (Dask) run tasks in threads: blocking C calls are not interrupted.
-    BackendKind.CLUSTER: frozenset({"parallel", "processes"}),
-}
+
+def conformance_switches(backend: Backend) -> frozenset[str]:
+    """The optional conformance tests a backend's declared capabilities switch on:
+    ``processes`` (tasks run in another process), ``parallel`` (more than one at a
+    time), ``real_timeouts`` (a timeout interrupts blocking calls)."""
+    declared = backend.capabilities
+    caps = set()
+    if not declared.in_process:
+        caps.add("processes")
+    if not declared.inline and backend.max_workers >= 2:
+        caps.add("parallel")
+    if declared.interrupts_blocking and (not declared.in_process or interrupts_blocking_calls()):
+        caps.add("real_timeouts")  # in process: only where the timer signal is ours
+    return frozenset(caps)
 
 
 class LifecycleRecorder:
@@ -78,6 +86,19 @@ class LifecycleRecorder:
             self.flows_finished.append((run.run_id, state.name))
 
 
+class EventRecorder:
+    """An observer plugin that keeps every run event it is given (thread-safe)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.events: list[RunEvent] = []
+
+    @hookimpl
+    def flowcore_run_events(self, events: Sequence[RunEvent]) -> None:
+        with self.lock:
+            self.events.extend(events)
+
+
 class BackendConformance:
     """Base class of the conformance tests; subclass it once per backend."""
 
@@ -104,12 +125,7 @@ class BackendConformance:
     def caps(self, backend: Backend) -> frozenset[str]:
         if self.capabilities is not None:
             return frozenset(self.capabilities)
-        caps = _DEFAULT_CAPABILITIES.get(backend.kind, frozenset())
-        if backend.kind is BackendKind.INLINE and not interrupts_blocking_calls():
-            caps = caps - {"real_timeouts"}  # SIGALRM is taken, or not the main thread
-        if backend.max_workers < 2:
-            caps = caps - {"parallel"}
-        return caps
+        return conformance_switches(backend)
 
     @pytest.fixture
     def run(self, backend: Backend) -> Callable[..., Any]:
@@ -130,10 +146,21 @@ class BackendConformance:
         finally:
             registry.unregister(observer)
 
+    @pytest.fixture
+    def events(self) -> Iterator[EventRecorder]:
+        observer = EventRecorder()
+        registry = get_registry()
+        registry.register(observer, name=f"conformance-events-{id(observer)}")
+        try:
+            yield observer
+        finally:
+            registry.unregister(observer)
+
     # -- the protocol --------------------------------------------------------
     def test_backend_describes_itself(self, backend: Backend) -> None:
         assert isinstance(backend.name, str) and backend.name
         assert isinstance(backend.kind, BackendKind)
+        assert isinstance(backend.capabilities, Capabilities)
         assert isinstance(backend.max_workers, int) and backend.max_workers >= 1
 
     def test_shutdown_is_idempotent_and_final(self, backend: Backend) -> None:
@@ -469,6 +496,70 @@ class BackendConformance:
         assert len(recorder.flows_started) == 1
         assert [name for _, name in recorder.flows_finished] == ["Completed"]
 
+    def test_run_event_stream(
+        self, run: Callable[..., Any], backend: Backend, caps: frozenset[str], events: EventRecorder
+    ) -> None:
+        """Every run on every path reports SUBMITTED, STARTED (if it ran) and FINISHED,
+        once each and in that order, with its backend and the worker that ran it."""
+
+        def body() -> dict[str, list[str]]:
+            mapped = w.add.map(range(20), 1)  # a map: columns or batches
+            single = [w.square.submit(i) for i in range(5)]  # coalesced submits
+            bad = w.raise_value_error.submit("stream")
+            skipped = w.identity.submit(bad)  # NotRun: never starts
+            chained = w.add.submit(cast(int, single[0]), 1)  # waits on an upstream future
+            direct = w.add(1, 2, return_state=True)  # a direct call is a task run too
+            sent: list[TaskFuture[Any]] = [*mapped, *single, bad, chained]
+            wait([*sent, skipped])
+            assert direct.name == "Completed"
+            return {
+                "backend": [f.task_run_id for f in sent],
+                "not_run": [skipped.task_run_id],
+            }
+
+        ids = run(body)
+        flow_events = [e for e in events.events if isinstance(e, FlowRunEvent)]
+        assert [e.kind for e in flow_events] == [EventKind.STARTED, EventKind.FINISHED]
+        assert flow_events[-1].state is not None and flow_events[-1].state.name == "Completed"
+        by_run: dict[str, list[TaskRunEvent]] = {}
+        for event in events.events:
+            if isinstance(event, TaskRunEvent):
+                by_run.setdefault(event.task_run_id, []).append(event)
+        assert len(by_run) == 29  # 20 mapped + 5 + failed + NotRun + chained + direct
+        ran = [EventKind.SUBMITTED, EventKind.STARTED, EventKind.FINISHED]
+        for run_id in ids["backend"]:
+            stream = by_run[run_id]
+            assert [e.kind for e in stream] == ran, (run_id, stream)
+            submitted, started, finished = stream
+            assert {e.backend for e in stream} == {backend.name}
+            assert finished.state is not None and started.worker == finished.worker
+            assert finished.worker is not None and finished.worker.pid > 0
+            if "processes" in caps:
+                assert finished.worker.pid != os.getpid()
+            else:
+                assert finished.worker.pid == os.getpid()
+            assert submitted.timestamp <= started.timestamp + 1.0  # clocks of one host
+            assert started.timestamp <= finished.timestamp
+            assert finished.task_run_name == submitted.task_run_name and finished.call is not None
+        (not_run,) = ids["not_run"]
+        assert [e.kind for e in by_run[not_run]] == [EventKind.SUBMITTED, EventKind.FINISHED]
+        last = by_run[not_run][-1].state
+        assert last is not None and last.name == "NotRun"
+        finished_states = sorted(
+            e.state.name for stream in by_run.values() for e in stream
+            if e.kind is EventKind.FINISHED and e.state is not None
+        )
+        assert finished_states.count("Completed") == 27
+        assert finished_states.count("Failed") == 1 and finished_states.count("NotRun") == 1
+        direct = [s for s in by_run.values() if s[0].backend is None]
+        assert len(direct) == 1 and [e.kind for e in direct[0]] == ran
+        assert direct[0][-1].worker is not None and direct[0][-1].worker.pid == os.getpid()
+        # The flow run brackets its task runs.
+        positions = {id(e): i for i, e in enumerate(events.events)}
+        first_task = min(positions[id(s[0])] for s in by_run.values())
+        last_task = max(positions[id(s[-1])] for s in by_run.values())
+        assert positions[id(flow_events[0])] < first_task and last_task < positions[id(flow_events[-1])]
+
     def test_task_hooks_fire_once_in_the_caller(self, run: Callable[..., Any]) -> None:
         seen: list[tuple[str, str, int]] = []
 
@@ -490,4 +581,4 @@ def retry_only_value_errors(task: Any, call: Any, state: State[Any]) -> bool:
     return isinstance(state.exception, ValueError)
 
 
-__all__ = ["BackendConformance", "LifecycleRecorder"]
+__all__ = ["BackendConformance", "EventRecorder", "LifecycleRecorder", "conformance_switches"]

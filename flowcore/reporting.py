@@ -1,0 +1,57 @@
+"""What the submitting process does once a task run has ended: the task's hooks,
+then the run-event stream.
+
+Called exactly once per task run, on whichever thread settled it, by the future that
+holds the run (:mod:`flowcore.futures`) or by a direct call (:mod:`flowcore.tasks`).
+The runs of a column map report in blocks instead (:mod:`flowcore.mapped`): their
+tasks have no hooks, and their events travel as one lazy sequence per batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flowcore import registry
+from flowcore.calls import TaskCall
+from flowcore.context import TaskRunContext
+from flowcore.events import Worker, task_events
+from flowcore.states import State, StateType
+
+logger = logging.getLogger("flowcore.task_runs")
+
+
+def report_final_state(
+    call: TaskCall, state: State[Any], backend: str | None, worker: Worker | None = None
+) -> None:
+    """Fire the task's ``on_completion``/``on_failure`` hooks, then publish the run's
+    STARTED (if it started) and FINISHED events. ``backend``: the name of the backend
+    that ran it (None for a direct call); ``worker``: where it ran, when known."""
+    task = call.task
+    options = task.options
+    hooks = options.on_completion if state.type is StateType.COMPLETED else options.on_failure
+    observed = registry.observes_events()
+    if not hooks and state.type is StateType.COMPLETED and not observed:
+        return  # the common case: nothing to call
+    for hook in hooks:
+        try:
+            hook(task, call, state)
+        except Exception:
+            _task_log(call).exception(
+                "hook %r of task run %r raised; the run's state is unchanged",
+                getattr(hook, "__name__", hook),
+                call.task_run_name,
+            )
+    if state.type is not StateType.COMPLETED and logger.isEnabledFor(logging.DEBUG):
+        _task_log(call).debug("Finished in state %r", state)
+    if observed:
+        registry.publish(task_events(call, backend, state, worker))
+
+
+def _task_log(call: TaskCall) -> logging.LoggerAdapter:  # type: ignore[type-arg]
+    from flowcore.loggers import task_logger
+
+    return task_logger(TaskRunContext(call.task, call))
+
+
+__all__ = ["report_final_state"]
