@@ -33,6 +33,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "flowcore.backends.joblib",
     "flowcore.backends.dask",
     "flowcore.plugins.file_store",
+    "flowcore.plugins.history",
 )
 ENTRY_POINT_GROUP = "flowcore"
 AUTOLOAD_ENV = "FLOWCORE_DISABLE_PLUGIN_AUTOLOAD"
@@ -69,6 +70,7 @@ class Registry:
             self.pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
         self._backends: dict[str, RegisteredBackend] | None = None
         self._stores: dict[str, tuple[Any, str]] | None = None
+        self._history_stores: dict[str, tuple[Any, str]] | None = None
         self.observed: frozenset[str] = frozenset()
         #: some plugin observes the run-event stream (or a per-run lifecycle hook)
         self.observes_events = False
@@ -103,8 +105,10 @@ class Registry:
     def _refresh(self) -> None:
         self._backends = None
         self._stores = None
+        self._history_stores = None
         self.backends()  # validate now, so a bad plugin fails at registration
         self.cache_stores()
+        self.history_stores()
         self.observed = frozenset(
             hook for hook in LIFECYCLE_HOOKS if getattr(self.pm.hook, hook).get_hookimpls()
         )
@@ -143,31 +147,44 @@ class Registry:
     def cache_stores(self) -> dict[str, tuple[Any, str]]:
         """Registered cache stores by name: ``(CacheStoreSpec, plugin name)``."""
         with self._lock:
-            if self._stores is not None:
-                return self._stores
-            table: dict[str, tuple[Any, str]] = {}
-            for impl in reversed(self.pm.hook.flowcore_cache_stores.get_hookimpls()):
-                specs = impl.function() or []
-                if not isinstance(specs, (list, tuple)):
+            if self._stores is None:
+                self._stores = self._store_table(
+                    "flowcore_cache_stores", "cache store", "flowcore.caching.storage.CacheStoreSpec"
+                )
+            return self._stores
+
+    def history_stores(self) -> dict[str, tuple[Any, str]]:
+        """Registered run-history stores by name: ``(HistoryStoreSpec, plugin name)``."""
+        with self._lock:
+            if self._history_stores is None:
+                self._history_stores = self._store_table(
+                    "flowcore_history_stores", "history store", "flowcore.history.store.HistoryStoreSpec"
+                )
+            return self._history_stores
+
+    def _store_table(self, hook_name: str, what: str, spec_type: str) -> dict[str, tuple[Any, str]]:
+        table: dict[str, tuple[Any, str]] = {}
+        for impl in reversed(getattr(self.pm.hook, hook_name).get_hookimpls()):
+            specs = impl.function() or []
+            if not isinstance(specs, (list, tuple)):
+                raise BackendRegistrationError(
+                    f"plugin {impl.plugin_name!r}: {hook_name} must return a list "
+                    f"of {spec_type.rpartition('.')[2]}, got {specs!r}"
+                )
+            for spec in specs:
+                name = getattr(spec, "name", None)
+                if not isinstance(name, str) or not name or not callable(getattr(spec, "factory", None)):
                     raise BackendRegistrationError(
-                        f"plugin {impl.plugin_name!r}: flowcore_cache_stores must return a list "
-                        f"of CacheStoreSpec, got {specs!r}"
+                        f"plugin {impl.plugin_name!r} returned {spec!r} from {hook_name}; "
+                        f"return a list of {spec_type}"
                     )
-                for spec in specs:
-                    name = getattr(spec, "name", None)
-                    if not isinstance(name, str) or not name or not callable(getattr(spec, "factory", None)):
-                        raise BackendRegistrationError(
-                            f"plugin {impl.plugin_name!r} returned {spec!r} from flowcore_cache_stores; "
-                            "return a list of flowcore.caching.storage.CacheStoreSpec"
-                        )
-                    if name in table:
-                        raise BackendRegistrationError(
-                            f"cache store name {name!r} is registered twice: by plugin "
-                            f"{table[name][1]!r} and by plugin {impl.plugin_name!r}"
-                        )
-                    table[name] = (spec, impl.plugin_name)
-            self._stores = table
-            return table
+                if name in table:
+                    raise BackendRegistrationError(
+                        f"{what} name {name!r} is registered twice: by plugin "
+                        f"{table[name][1]!r} and by plugin {impl.plugin_name!r}"
+                    )
+                table[name] = (spec, impl.plugin_name)
+        return table
 
     def spec(self, name: str) -> BackendSpec:
         """The spec registered under ``name``; raises BackendNotFoundError otherwise."""
