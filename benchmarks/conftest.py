@@ -24,6 +24,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_flowcore_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The run history of every benchmark goes to a temporary FLOWCORE_HOME, never to
+    the home of whoever runs the suite (subprocesses inherit it)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("FLOWCORE_HOME", str(tmp_path_factory.mktemp("flowcore-home")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def quick(request: pytest.FixtureRequest) -> bool:
     """True when the suite runs with ``--quick``."""

@@ -1,6 +1,13 @@
 """The built-in run history, registered like any plugin: the ``sqlite`` history store
 (hook ``flowcore_history_stores``) and the observer that records every run
-(hook ``flowcore_run_events``), see :mod:`flowcore.history.recorder`.
+(hook ``flowcore_run_events``, see :mod:`flowcore.history.recorder`).
+
+The observer is registered only when history is on as flowcore loads its plugins (its
+first flow run, usually): with ``FLOWCORE_HISTORY=0`` or ``[tool.flowcore] history =
+false`` nothing observes the run-event stream and runs keep their unobserved fast
+paths. While it is registered, the settings are read again as each top-level flow run
+starts, so turning history off later stops the recording (it is not turned on later in
+a process that started with it off).
 
 Importing this module imports no sqlite3: the store's factory does, when the writer
 thread opens the store for the first batch of events.
@@ -19,13 +26,23 @@ if TYPE_CHECKING:
     from flowcore.history.settings import HistorySettings
     from flowcore.history.store import HistoryStore
 
-_accept = recorder.accept
-recorder.install_log_handler()
+
+def _history_on() -> bool:
+    from flowcore.history.settings import current_settings
+
+    try:
+        return current_settings().enabled
+    except Exception:  # a bad setting: the recorder says so when the first run starts
+        return True
 
 
-@hookimpl
-def flowcore_run_events(events: Sequence[RunEvent]) -> None:
-    _accept(events)
+if _history_on():
+    _accept = recorder.accept
+    recorder.install_log_handler()
+
+    @hookimpl
+    def flowcore_run_events(events: Sequence[RunEvent]) -> None:
+        _accept(events)
 
 
 def _sqlite_store(settings: HistorySettings) -> HistoryStore:

@@ -205,8 +205,16 @@ def test_a_flow_process_killed_with_sigkill_is_listed_crashed(tmp_path: Path, en
     ready = tmp_path / "ready"
     process = subprocess.Popen([sys.executable, str(path), str(ready)], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def task_recorded() -> bool:
+        runs = ls(env)
+        if not runs:
+            return False
+        shown = json.loads(cli(env, "runs", "show", runs[0]["id"], "--json").stdout)
+        return bool(shown["task_runs"])  # a run seen only as submitted is written within a second
+
     try:
-        _wait_for(lambda: ready.exists() and bool(ls(env)), process)
+        _wait_for(lambda: ready.exists() and task_recorded(), process)
         (running,) = ls(env)
         assert running["state"] == "Running" and running["end"] is None
     finally:

@@ -52,6 +52,8 @@ MAX_BATCH_ROWS = 50_000
 RETENTION_EVERY_S = 3600.0
 #: while flow runs are running, the writer commits what came in at least this often
 DRAIN_EVERY_S = 0.5
+#: a task run seen only as SUBMITTED is written after this long (or at a flush)
+HOLD_PENDING_S = 1.0
 
 _MESSAGE_LIMIT = 10_000
 _PARAMETER_REPR_LIMIT = 1_000
@@ -85,6 +87,9 @@ class Recorder:
         self._stores: dict[HistorySettings, Any] = {}
         self._broken: set[HistorySettings] = set()
         self._running: dict[str, HistorySettings] = {}
+        #: task runs seen only as SUBMITTED, not written yet, and since when some are
+        self._held: dict[HistorySettings, dict[str, TaskRunWrite]] = {}
+        self._held_since: dict[HistorySettings, float] = {}
         self._last_beat = 0.0
         self._last_retention: dict[HistorySettings, float] = {}
         self._host = ""
@@ -217,6 +222,8 @@ class Recorder:
         self._inherited = list(self._stores.values())
         self._stores = {}
         self._running = {}
+        self._held = {}
+        self._held_since = {}
 
     # -- the writer thread ----------------------------------------------------------------
     def _run(self) -> None:
@@ -224,7 +231,7 @@ class Recorder:
             # Idle: sleep until woken. While flow runs are running: drain every
             # DRAIN_EVERY_S (their task batches do not wake the writer one by one).
             self._idle = True  # before looking at the queue: see accept()
-            if self._running or self._queue:
+            if self._running or self._queue or any(self._held.values()):
                 self._idle = False
             self._wake.wait(None if self._idle else DRAIN_EVERY_S)
             self._wake.clear()
@@ -241,7 +248,7 @@ class Recorder:
         while queue:
             item = queue.popleft()
             if isinstance(item, _Flush):
-                self._commit(batches)
+                self._commit(batches, release=True)
                 batches = {}
                 item.done.set()
                 continue
@@ -256,15 +263,30 @@ class Recorder:
             elif isinstance(payload, FlowRunEvent):
                 pending.batch.flow_runs.append(self._flow_write(payload, settings))
             else:
-                pending.add_tasks(payload)
+                pending.add_tasks(payload, self._held.setdefault(settings, {}))
             if pending.rows() >= MAX_BATCH_ROWS:
-                self._commit({settings: pending})
+                self._commit({settings: pending}, release=False)
                 del batches[settings]
-        self._commit(batches)
+        self._commit(batches, release=False)
 
-    def _commit(self, batches: dict[HistorySettings, _Pending]) -> None:
+    def _commit(self, batches: dict[HistorySettings, _Pending], *, release: bool) -> None:
+        """Write each store's batch. Task runs seen only as SUBMITTED are held back
+        for up to HOLD_PENDING_S (most end by then: one row write instead of two);
+        ``release`` writes them now (a flush)."""
+        now = time.monotonic()
+        for settings in [s for s, held in self._held.items() if held and s not in batches]:
+            batches[settings] = _Pending()  # held runs due to be written
         for settings, pending in batches.items():
-            batch = pending.finish()
+            held = self._held.get(settings)
+            if held is not None and (release or now - self._held_since.get(settings, now) >= HOLD_PENDING_S):
+                batch = pending.finish(None)
+                batch.task_runs.extend(held.values())
+                held.clear()
+                self._held_since.pop(settings, None)
+            else:
+                batch = pending.finish(held)
+                if held and settings not in self._held_since:
+                    self._held_since[settings] = now
             if not batch or settings in self._broken:
                 continue
             store = self._store(settings)
@@ -290,6 +312,7 @@ class Recorder:
 
     def _give_up(self, settings: HistorySettings, exc: BaseException) -> None:
         self._broken.add(settings)
+        self._held.pop(settings, None)
         for run_id in [r for r, s in self._running.items() if s == settings]:
             del self._running[run_id]
         logger.warning("flowcore: %s; history is off for this run", exc)
@@ -367,19 +390,36 @@ class _Pending:
     def rows(self) -> int:
         return len(self.tasks) + self.batch.size()
 
-    def add_tasks(self, events: Sequence[TaskRunEvent]) -> None:
+    def add_tasks(self, events: Sequence[TaskRunEvent], held: dict[str, TaskRunWrite]) -> None:
+        """Fold ``events`` into the task runs gathered so far, taking back those held
+        (``held``: runs seen only as SUBMITTED by earlier drains, not written yet)."""
         tasks = self.tasks
         for event in events:
-            write = _task_write(event)
-            earlier = tasks.get(write.id)
-            if earlier is None:
-                tasks[write.id] = write
-            else:
-                earlier.update(write)
+            run_id = event.task_run_id
+            write = tasks.get(run_id)
+            if write is None:
+                write = held.pop(run_id, None) if held else None
+                if write is None:
+                    write = TaskRunWrite(
+                        run_id, event.flow_run_id, event.task_name, event.task_run_name, "Pending", "PENDING"
+                    )
+                tasks[run_id] = write
+            _apply(event, write)
 
-    def finish(self) -> HistoryBatch:
+    def finish(self, held: dict[str, TaskRunWrite] | None) -> HistoryBatch:
+        """The batch to write. With ``held``, runs seen only as SUBMITTED are moved
+        there instead: most runs end soon, and one row write per run is cheaper than two."""
         batch = self.batch
-        batch.task_runs = list(self.tasks.values())
+        if held is None:
+            batch.task_runs = list(self.tasks.values())
+        else:
+            written: list[TaskRunWrite] = []
+            for run_id, write in self.tasks.items():
+                if write.state_type == "PENDING":
+                    held[run_id] = write
+                else:
+                    written.append(write)
+            batch.task_runs = written
         self.tasks = {}
         return batch
 
@@ -403,37 +443,40 @@ def _tags(task: Any) -> str | None:
     return text
 
 
-def _task_write(event: TaskRunEvent) -> TaskRunWrite:
+def _apply(event: TaskRunEvent, write: TaskRunWrite) -> None:
+    """Fold one event of a run into its pending write."""
     kind = event.kind
+    if event.backend is not None:
+        write.backend = event.backend
     if kind is EventKind.SUBMITTED:
-        return TaskRunWrite(
-            event.task_run_id, event.flow_run_id, event.task_name, event.task_run_name,
-            "Pending", "PENDING", submitted=event.timestamp, backend=event.backend,
-            tags=_tags(event.task),
-        )
+        write.submitted = event.timestamp
+        write.tags = _tags(event.task)
+        return
     worker = event.worker
-    if kind is EventKind.STARTED:
-        write = TaskRunWrite(
-            event.task_run_id, event.flow_run_id, event.task_name, event.task_run_name,
-            "Running", "RUNNING", start=event.timestamp, backend=event.backend,
-        )
-    else:
-        state = event.state
-        assert state is not None
-        error_type, error_message = _error(state)
-        write = TaskRunWrite(
-            event.task_run_id, event.flow_run_id, event.task_name, event.task_run_name,
-            state.name, str(state.type), message=_limit(state.message) if state.message else None,
-            attempts=state.attempts, start=state.started_at, end=event.timestamp,
-            backend=event.backend, cache_hit=state.name == "Cached",
-            error_type=error_type, error_message=error_message, traceback=state.traceback,
-        )
     if worker is not None:
         write.worker_host = worker.host
         write.worker_pid = worker.pid
         write.worker_thread = worker.thread
         write.worker_address = worker.address
-    return write
+    if kind is EventKind.STARTED:
+        if write.state_type == "PENDING":
+            write.state, write.state_type = "Running", "RUNNING"
+        write.start = event.timestamp
+        return
+    state = event.state
+    assert state is not None
+    write.state = state.name
+    write.state_type = str(state.type)
+    if state.message:
+        write.message = _limit(state.message)
+    write.attempts = state.attempts
+    if state.started_at is not None:
+        write.start = state.started_at
+    write.end = event.timestamp
+    write.cache_hit = state.name == "Cached"
+    if state.exception is not None and state.type != "COMPLETED":
+        write.error_type, write.error_message = _error(state)
+        write.traceback = state.traceback
 
 
 def _error(state: Any) -> tuple[str | None, str | None]:

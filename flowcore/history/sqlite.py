@@ -105,9 +105,8 @@ CREATE TABLE task_runs (
     error_type     TEXT,
     error_message  TEXT,
     traceback      TEXT
-);
+) WITHOUT ROWID;
 CREATE INDEX task_runs_by_flow_run ON task_runs (flow_run_id, state);
-CREATE INDEX task_runs_by_submitted ON task_runs (submitted_time);
 
 CREATE TABLE logs (
     id            INTEGER PRIMARY KEY,
@@ -566,7 +565,7 @@ class SQLiteStore(HistoryStore):
             _task_record(row)
             for row in self._read(
                 f"SELECT {_TASK_COLUMNS} FROM task_runs WHERE flow_run_id = ? "
-                "ORDER BY coalesce(start_time, submitted_time), rowid",
+                "ORDER BY coalesce(start_time, submitted_time), id",
                 (full,),
             )
         ]
