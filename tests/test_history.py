@@ -647,3 +647,38 @@ def test_json_keys_of_records_are_stable() -> None:
     assert document["duration_s"] == 2.5 and document["start"] == "1970-01-01T00:00:01+00:00"
     json.dumps(document)
     assert flowcore.__version__
+
+
+# -- the run-event stream as the history uses it --------------------------------------------------
+
+
+def test_an_observer_that_raises_does_not_keep_the_history_from_its_events(home: Path) -> None:
+    class Broken:
+        @hookimpl
+        def flowcore_run_events(self, events: Any) -> None:
+            raise RuntimeError("a broken observer")
+
+    registry = get_registry()
+    broken = Broken()
+    registry.register(broken, name="broken-observer")
+    try:
+        assert registry.run_event_functions is not None and len(registry.run_event_functions) == 2
+
+        @flow
+        def observed_twice() -> int:
+            return square(3)
+
+        assert observed_twice() == 9
+    finally:
+        registry.unregister(broken)
+    (run,) = SQLiteStore(home / "history.db").list_runs(flow="observed_twice")
+    assert run.task_counts == {"Completed": 1}
+
+
+def test_history_off_at_load_leaves_the_event_stream_unobserved(tmp_path: Path) -> None:
+    code = "from flowcore.registry import get_registry; print(get_registry().observes_events)"
+    for value, expected in (("0", "False"), ("1", "True")):
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                                env={**os.environ, "FLOWCORE_HISTORY": value}, check=False)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == expected

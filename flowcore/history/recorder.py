@@ -52,6 +52,8 @@ MAX_BATCH_ROWS = 50_000
 RETENTION_EVERY_S = 3600.0
 #: while flow runs are running, the writer commits what came in at least this often
 DRAIN_EVERY_S = 0.5
+#: log records kept from before this process reported any run event
+EARLY_LOGS = 100
 #: a task run seen only as SUBMITTED is written after this long (or at a flush)
 HOLD_PENDING_S = 1.0
 
@@ -79,6 +81,8 @@ class Recorder:
         self._wake = threading.Event()
         self._start_lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        #: log records from before the writer started (see accept_log)
+        self._early: collections.deque[tuple[HistorySettings, Any]] = collections.deque(maxlen=EARLY_LOGS)
         #: the writer sleeps until woken (no flow run is running): a batch must wake it
         self._idle = False
         #: settings that tag items queued now (resolved when a flow run starts)
@@ -148,10 +152,17 @@ class Recorder:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
             message = f"{message}\n{record.exc_text}"
-        self._queue.append((settings, LogWrite(
+        item = (settings, LogWrite(
             flow_run_id, task_run_id, record.created, record.levelno, record.levelname, record.name,
             message, getattr(record, "task_name", None), getattr(record, "task_run_name", None),
-        )))
+        ))
+        if self._thread is None:
+            # No run event yet in this process: the first flow run logs before it
+            # reports (kept for the writer), and a worker process whose records the
+            # parent replays never reports at all (kept bounded, never written).
+            self._early.append(item)
+            return
+        self._queue.append(item)
         if self._idle:
             self._idle = False
             self._wake.set()
@@ -199,9 +210,13 @@ class Recorder:
             if not self._atexit_registered:
                 self._atexit_registered = True
                 atexit.register(self._at_exit)
+            while self._early:
+                self._queue.appendleft(self._early.pop())
             thread = threading.Thread(target=self._run, name="flowcore-history-writer", daemon=True)
             thread.start()
             self._thread = thread
+            while self._early:  # logged while the thread was starting
+                self._queue.append(self._early.popleft())
 
     def _at_exit(self) -> None:
         if self._thread is None:
@@ -216,6 +231,7 @@ class Recorder:
         """A forked child starts without the parent's writer thread, queue or stores
         (the parent's SQLite connections must not be used here; they are left open)."""
         self._queue = collections.deque()
+        self._early = collections.deque(maxlen=EARLY_LOGS)
         self._wake = threading.Event()
         self._start_lock = threading.Lock()
         self._thread = None
