@@ -576,7 +576,7 @@ class MemoryStore(HistoryStore):
         with self.lock:
             for run in batch.flow_runs:
                 self.runs[run.id] = run
-            for write in batch.task_runs:
+            for write in [*batch.task_runs, *batch.task_run_updates]:
                 if write.id in self.tasks:
                     self.tasks[write.id].update(write)
                 else:
@@ -682,3 +682,17 @@ def test_history_off_at_load_leaves_the_event_stream_unobserved(tmp_path: Path) 
                                 env={**os.environ, "FLOWCORE_HISTORY": value}, check=False)
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == expected
+
+
+def test_a_new_task_run_row_that_exists_already_is_updated_not_refused(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "history.db")
+    try:
+        pending = TaskRunWrite("x-1", None, "step", "step-1", "Pending", "PENDING", submitted=1.0)
+        store.write_events(HistoryBatch(task_runs=[pending]))
+        done = TaskRunWrite("x-1", None, "step", "step-1", "Completed", "COMPLETED", attempts=1, start=2.0, end=3.0)
+        other = TaskRunWrite("x-2", None, "step", "step-2", "Completed", "COMPLETED", attempts=1, start=2.0, end=3.0)
+        store.write_events(HistoryBatch(task_runs=[done, other]))  # "new", but x-1 is there
+    finally:
+        store.close()
+    assert query(tmp_path / "history.db", "SELECT id, state, submitted_time, end_time FROM task_runs ORDER BY id") == [
+        ("x-1", "Completed", 1.0, 3.0), ("x-2", "Completed", None, 3.0)]

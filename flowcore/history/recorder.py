@@ -39,7 +39,14 @@ from typing import Any
 
 from flowcore.events import EventKind, FlowRunEvent, TaskRunEvent
 from flowcore.history import liveness
-from flowcore.history.records import FlowRunWrite, HistoryBatch, LogWrite, StateRecord, TaskRunWrite
+from flowcore.history.records import (
+    FINAL_STATE_TYPES,
+    FlowRunWrite,
+    HistoryBatch,
+    LogWrite,
+    StateRecord,
+    TaskRunWrite,
+)
 from flowcore.history.settings import HistorySettings, current_settings
 
 logger = logging.getLogger("flowcore.history")
@@ -93,6 +100,8 @@ class Recorder:
         self._running: dict[str, HistorySettings] = {}
         #: task runs seen only as SUBMITTED, not written yet, and since when some are
         self._held: dict[HistorySettings, dict[str, TaskRunWrite]] = {}
+        #: task runs written while pending or running: their next write is an update
+        self._open_ids: dict[HistorySettings, set[str]] = {}
         self._held_since: dict[HistorySettings, float] = {}
         self._last_beat = 0.0
         self._last_retention: dict[HistorySettings, float] = {}
@@ -240,6 +249,7 @@ class Recorder:
         self._running = {}
         self._held = {}
         self._held_since = {}
+        self._open_ids = {}
 
     # -- the writer thread ----------------------------------------------------------------
     def _run(self) -> None:
@@ -261,28 +271,39 @@ class Recorder:
     def _drain(self) -> None:
         queue = self._queue
         batches: dict[HistorySettings, _Pending] = {}
+        # Items come in long runs of one settings object: look it up once per run.
+        last: HistorySettings | None = None
+        pending = _Pending()
+        held: dict[str, TaskRunWrite] = {}
+        broken = False
         while queue:
             item = queue.popleft()
             if isinstance(item, _Flush):
                 self._commit(batches, release=True)
-                batches = {}
+                batches, last = {}, None
                 item.done.set()
                 continue
             settings, payload = item
-            if settings in self._broken:
+            if settings is not last:
+                last = settings
+                broken = settings in self._broken
+                found = batches.get(settings)
+                if found is None:
+                    found = batches[settings] = _Pending()
+                pending = found
+                held = self._held.setdefault(settings, {})
+            if broken:
                 continue
-            pending = batches.get(settings)
-            if pending is None:
-                pending = batches[settings] = _Pending()
             if isinstance(payload, LogWrite):
                 pending.batch.logs.append(payload)
             elif isinstance(payload, FlowRunEvent):
                 pending.batch.flow_runs.append(self._flow_write(payload, settings))
             else:
-                pending.add_tasks(payload, self._held.setdefault(settings, {}))
+                pending.add_tasks(payload, held)
             if pending.rows() >= MAX_BATCH_ROWS:
                 self._commit({settings: pending}, release=False)
                 del batches[settings]
+                last = None
         self._commit(batches, release=False)
 
     def _commit(self, batches: dict[HistorySettings, _Pending], *, release: bool) -> None:
@@ -305,6 +326,7 @@ class Recorder:
                     self._held_since[settings] = now
             if not batch or settings in self._broken:
                 continue
+            self._split_known(settings, batch)
             store = self._store(settings)
             if store is None:
                 continue
@@ -312,6 +334,25 @@ class Recorder:
                 store.write_events(batch)
             except Exception as exc:
                 self._give_up(settings, exc)
+
+    def _split_known(self, settings: HistorySettings, batch: HistoryBatch) -> None:
+        """Move the task runs this writer has written before (still pending or
+        running then) to ``batch.task_run_updates``: the rest are new rows, which a
+        store may insert without looking for an existing one."""
+        known = self._open_ids.setdefault(settings, set())
+        new: list[TaskRunWrite] = []
+        updates = batch.task_run_updates
+        for write in batch.task_runs:
+            final = write.state_type in FINAL_STATE_TYPES
+            if write.id in known:
+                updates.append(write)
+                if final:
+                    known.discard(write.id)
+            else:
+                new.append(write)
+                if not final:
+                    known.add(write.id)
+        batch.task_runs = new
 
     def _store(self, settings: HistorySettings) -> Any:
         store = self._stores.get(settings)

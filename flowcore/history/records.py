@@ -295,19 +295,27 @@ class LogWrite:
 class HistoryBatch:
     """Everything the writer hands a store in one transaction, in this order: flow
     runs, task runs, logs, then ``heartbeat`` (time) for the flow runs in
-    ``heartbeat_ids``."""
+    ``heartbeat_ids``.
+
+    ``task_runs`` are runs the writer has not written before (a store may insert them
+    without looking for an existing row, but must not fail if there is one);
+    ``task_run_updates`` are runs it wrote before, pending or running then.
+    """
 
     flow_runs: list[FlowRunWrite] = field(default_factory=list)
     task_runs: list[TaskRunWrite] = field(default_factory=list)
     logs: list[LogWrite] = field(default_factory=list)
     heartbeat: float | None = None
     heartbeat_ids: list[str] = field(default_factory=list)
+    task_run_updates: list[TaskRunWrite] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.flow_runs or self.task_runs or self.logs or self.heartbeat_ids)
+        return bool(
+            self.flow_runs or self.task_runs or self.task_run_updates or self.logs or self.heartbeat_ids
+        )
 
     def size(self) -> int:
-        return len(self.flow_runs) + len(self.task_runs) + len(self.logs)
+        return len(self.flow_runs) + len(self.task_runs) + len(self.task_run_updates) + len(self.logs)
 
 
 # -- helpers -------------------------------------------------------------------------

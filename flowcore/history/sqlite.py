@@ -277,6 +277,11 @@ ON CONFLICT (id) DO UPDATE SET
     traceback = coalesce(?22, traceback)
 """
 
+_INSERT_TASK = f"""
+INSERT INTO task_runs ({_TASK_COLUMNS}) VALUES (
+    ?, ?, ?, ?, ?, ?, coalesce(?, ''), coalesce(?, 0), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,
+    coalesce(?, '[]'), ?, ?, ?)
+"""
 _INSERT_STATE = "INSERT INTO flow_run_states (flow_run_id, timestamp, type, name, message, attempt) VALUES (?, ?, ?, ?, ?, ?)"
 _INSERT_LOG = (
     "INSERT INTO logs (flow_run_id, task_run_id, timestamp, level, level_name, logger, message, "
@@ -391,6 +396,7 @@ class SQLiteStore(HistoryStore):
             if (e := w.state_entry) is not None
         ]
         task_rows = [_task_row(w) for w in batch.task_runs]
+        update_rows = [_task_row(w) for w in batch.task_run_updates]
         log_rows = [
             (r.flow_run_id, r.task_run_id, r.timestamp, r.level, r.level_name, r.logger,
              r.message, r.task_name, r.task_run_name)
@@ -404,7 +410,17 @@ class SQLiteStore(HistoryStore):
             if states:
                 conn.executemany(_INSERT_STATE, states)
             if task_rows:
-                conn.executemany(_UPSERT_TASK, task_rows)
+                # New rows: a plain insert costs about 2/3 of an upsert. A row that
+                # exists after all (never expected) sends the whole batch the slow way.
+                conn.execute("SAVEPOINT new_task_runs")
+                try:
+                    conn.executemany(_INSERT_TASK, task_rows)
+                except sqlite3.IntegrityError:
+                    conn.execute("ROLLBACK TO new_task_runs")
+                    conn.executemany(_UPSERT_TASK, task_rows)
+                conn.execute("RELEASE new_task_runs")
+            if update_rows:
+                conn.executemany(_UPSERT_TASK, update_rows)
             if log_rows:
                 conn.executemany(_INSERT_LOG, log_rows)
             if beats:
