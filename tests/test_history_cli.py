@@ -298,3 +298,19 @@ def test_plain_text_without_rich(tmp_path: Path, env: dict[str, str]) -> None:
     header, row = result.stdout.splitlines()
     assert header.split() == ["ID", "FLOW", "NAME", "STATE", "START", "DURATION", "BACKEND", "TASKS"]
     assert "report" in row and "Completed" in row and "4 Completed, 1 Failed" in row
+
+
+def test_flowcore_run_records_like_any_run_and_ls_survives_a_closed_pipe(tmp_path: Path, env: dict[str, str]) -> None:
+    path = tmp_path / "flow_script.py"
+    path.write_text(textwrap.dedent(SCRIPT))
+    ran = cli(env, "run", f"{path}:report", "--params", '{"n": 3}', "--backend", "sequential")
+    assert ran.returncode == 0, ran.stderr
+    (run,) = ls(env)
+    assert run["flow"] == "report" and run["backend"] == "sequential"
+    assert run["task_counts"] == {"Completed": 3, "Failed": 1}
+    many = [TaskRunWrite(f"bbbb-{i}", "bbbb0000", "t", f"t-{i}", "Completed", "COMPLETED", submitted=1.0)
+            for i in range(3000)]
+    _synthetic(tmp_path / "home", [_run("bbbb0000", time.time() - 99)], many)
+    piped = subprocess.run(f"{sys.executable} -m flowcore runs show bbbb --json | head -1", shell=True,
+                           capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert piped.stdout == "{\n" and piped.stderr == ""  # 1 MB of JSON into a pipe closed after a line

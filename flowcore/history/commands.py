@@ -365,6 +365,22 @@ def _rm(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quiet_on_closed_pipe(handler: Any) -> Any:
+    """``flowcore runs ls | head``: stop quietly when the reader goes away."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return int(handler(args))
+        except BrokenPipeError:
+            import os
+
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush must not fail
+            return 0
+
+    return run
+
+
 def add_commands(commands: Any) -> None:
     """Register ``runs`` and its subcommands on the CLI's subparsers."""
     runs = commands.add_parser("runs", help="the run history: list runs, show one, its logs, remove old ones")
@@ -376,12 +392,12 @@ def add_commands(commands: Any) -> None:
     ls.add_argument("--since", help="only runs started since: an age (2d, 12h) or a date (2026-12-01)")
     ls.add_argument("--limit", type=int, default=20, help="at most this many runs (default 20)")
     ls.add_argument("--json", action="store_true", help="print one JSON list")
-    ls.set_defaults(handler=_ls)
+    ls.set_defaults(handler=_quiet_on_closed_pipe(_ls))
 
     show = actions.add_parser("show", help="one flow run: parameters, states, task runs, timeline, tracebacks")
     show.add_argument("run_id", metavar="RUN_ID", help="a flow run id, a unique prefix of one, or a run name")
     show.add_argument("--json", action="store_true", help="print one JSON document")
-    show.set_defaults(handler=_show)
+    show.set_defaults(handler=_quiet_on_closed_pipe(_show))
 
     logs = actions.add_parser("logs", help="the log records of a flow run and its task runs")
     logs.add_argument("run_id", metavar="RUN_ID", help="a flow run id, a unique prefix of one, or a run name")
@@ -389,12 +405,12 @@ def add_commands(commands: Any) -> None:
     logs.add_argument("--level", help="only records at this level or above (DEBUG, INFO, WARNING, ERROR)")
     logs.add_argument("--task", help="only records of task runs of this task (or this task run name)")
     logs.add_argument("--json", action="store_true", help="print one JSON list")
-    logs.set_defaults(handler=_logs)
+    logs.set_defaults(handler=_quiet_on_closed_pipe(_logs))
 
     rm = actions.add_parser("rm", help="delete runs that ended long ago")
     rm.add_argument("--older-than", required=True, metavar="AGE", help="an age: 30d, 12h, 1w ...")
     rm.add_argument("--json", action="store_true", help="print JSON")
-    rm.set_defaults(handler=_rm)
+    rm.set_defaults(handler=_quiet_on_closed_pipe(_rm))
 
 
 __all__ = ["add_commands", "detail_to_json", "open_for_cli", "timeline"]
