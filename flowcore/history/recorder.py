@@ -146,10 +146,12 @@ class Recorder:
             self._wake.set()  # record the run as running now: readers see it at once
 
     def accept_log(self, record: logging.LogRecord) -> None:
-        """Queue a run's log record (called by the handler on the run loggers)."""
-        settings = self._settings
-        if settings is None:
-            settings = self._settings = self._resolve()
+        """Queue a run's log record (called by the handler on the run loggers).
+
+        Settings are resolved for each record (cached, a few microseconds): a flow
+        run's first record comes before its STARTED event, which resolves them for
+        the events."""
+        settings = self._resolve()
         if not settings.enabled:
             return
         flow_run_id = getattr(record, "flow_run_id", None)
