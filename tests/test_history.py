@@ -696,3 +696,44 @@ def test_a_new_task_run_row_that_exists_already_is_updated_not_refused(tmp_path:
         store.close()
     assert query(tmp_path / "history.db", "SELECT id, state, submitted_time, end_time FROM task_runs ORDER BY id") == [
         ("x-1", "Completed", 1.0, 3.0), ("x-2", "Completed", None, 3.0)]
+
+
+def test_a_bad_history_setting_is_named_and_the_flow_still_runs(tmp_path: Path) -> None:
+    result = run_script(tmp_path, SMALL_FLOW, {"FLOWCORE_HOME": str(tmp_path / "h"), "FLOWCORE_HISTORY": "maybe"})
+    assert result.returncode == 0, result.stderr
+    assert "[1, 2, 3]" in result.stdout
+    (warning,) = [line for line in result.stderr.splitlines() if "run history is off" in line]
+    assert "FLOWCORE_HISTORY='maybe' is not understood" in warning and "use 0" in warning
+    assert not (tmp_path / "h").exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_records_its_own_runs(tmp_path: Path) -> None:
+    result = run_script(tmp_path, """
+        import os, sys
+        from flowcore import flow, task
+
+        @task
+        def inc(x):
+            return x + 1
+
+        @flow
+        def forking(where: str):
+            return [f.result() for f in inc.map(range(4))]
+
+        if __name__ == "__main__":
+            forking("parent")
+            pid = os.fork()
+            if pid == 0:
+                forking("child")
+                sys.exit(0)  # atexit flushes the child's writer
+            _, status = os.waitpid(pid, 0)
+            forking("parent again")
+            print("child exit", os.waitstatus_to_exitcode(status))
+    """, {"FLOWCORE_HOME": str(tmp_path / "h")})
+    assert result.returncode == 0, result.stderr
+    assert "child exit 0" in result.stdout
+    rows = query(tmp_path / "h" / "history.db", "SELECT parameters, pid FROM flow_runs ORDER BY start_time")
+    assert [json.loads(p)["where"] for p, _ in rows] == ["parent", "child", "parent again"]
+    assert rows[0][1] == rows[2][1] != rows[1][1]
+    assert query(tmp_path / "h" / "history.db", "SELECT count(*) FROM task_runs WHERE state = 'Completed'") == [(12,)]
