@@ -159,19 +159,64 @@ def submitted_event(call: TaskCall, backend: str | None) -> TaskRunEvent:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class RunColumns:
+    """The runs of one :class:`LazyTaskEvents` batch as columns, for observers that
+    read many runs (a history, a progress display) without one object per event.
+
+    Every run in the batch reports the events in ``kinds``, in that order (the batch's
+    event at position ``p`` is ``kinds[p % len(kinds)]`` of run ``p // len(kinds)``).
+    All runs are runs of ``task`` in flow run ``flow_run_id`` on ``backend``, submitted
+    at ``submitted_at``, and (for STARTED and FINISHED) ran on ``worker``.
+    ``run_ids[i]`` and ``run_names[i]`` name run ``i``. When ``kinds`` has FINISHED:
+    ``starts[i]`` and ``ends[i]`` time its body, and its final state is
+    ``states[i]`` when ``i`` is in ``states``, else ``Completed`` after one attempt
+    (its value is not given here). Made on request, in the reader's thread.
+    """
+
+    kinds: tuple[EventKind, ...]
+    task: Any
+    task_name: str
+    flow_run_id: str | None
+    backend: str | None
+    worker: Worker | None
+    submitted_at: float
+    run_ids: Sequence[str]
+    run_names: Sequence[str]
+    starts: Sequence[float] = ()
+    ends: Sequence[float] = ()
+    states: dict[int, State[Any]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.run_ids)
+
+
 class LazyTaskEvents(Sequence[TaskRunEvent]):
     """A read-only sequence of task run events made on access.
 
     The runs of a column map report in blocks: an observer that only counts them, or
     ignores them, pays for one object per batch instead of one per run.
     ``make(position)`` builds the event at ``position`` (``0 <= position < length``).
+    ``columns``, when given, makes the same runs as one :class:`RunColumns` record
+    (see :meth:`columns`).
     """
 
-    __slots__ = ("_length", "_make")
+    __slots__ = ("_columns", "_length", "_make")
 
-    def __init__(self, length: int, make: Callable[[int], TaskRunEvent]) -> None:
+    def __init__(
+        self,
+        length: int,
+        make: Callable[[int], TaskRunEvent],
+        columns: Callable[[], RunColumns] | None = None,
+    ) -> None:
         self._length = length
         self._make = make
+        self._columns = columns
+
+    def columns(self) -> RunColumns | None:
+        """The batch as columns (made now), or None when its producer offers none: then
+        read the events one by one."""
+        return self._columns() if self._columns is not None else None
 
     def __len__(self) -> int:
         return self._length
@@ -204,6 +249,7 @@ __all__ = [
     "EventKind",
     "FlowRunEvent",
     "LazyTaskEvents",
+    "RunColumns",
     "RunEvent",
     "TaskRunEvent",
     "Worker",

@@ -35,7 +35,7 @@ from flowcore import journal, registry, states
 from flowcore.batching import BatchSizer, _feeder
 from flowcore.calls import TaskCall, reserve_run_numbers, run_id_prefix
 from flowcore.context import TaskRunContext, _task_run
-from flowcore.events import EventKind, LazyTaskEvents, TaskRunEvent, Worker
+from flowcore.events import EventKind, LazyTaskEvents, RunColumns, TaskRunEvent, Worker
 from flowcore.futures import RunFuture, TaskFuture, _call_back
 from flowcore.log_relay import replay as replay_logs
 from flowcore.states import State, StateType, completed_run
@@ -233,9 +233,41 @@ class MapBlock:
             def make(position: int) -> TaskRunEvent:
                 return self._event(indexes[position // 2], _RAN[position % 2], worker)
 
-            registry.publish(LazyTaskEvents(2 * len(indexes), make))
+            columns = functools.partial(self._columns, indexes, _RAN, worker)
+            registry.publish(LazyTaskEvents(2 * len(indexes), make, columns))
         else:
-            registry.publish(LazyTaskEvents(len(indexes), lambda p: self._event(indexes[p], kind, worker)))
+            columns = functools.partial(self._columns, indexes, (kind,), worker)
+            registry.publish(
+                LazyTaskEvents(len(indexes), lambda p: self._event(indexes[p], kind, worker), columns)
+            )
+
+    def _columns(self, indexes: Sequence[int], kinds: tuple[EventKind, ...], worker: Worker | None) -> RunColumns:
+        """The runs in ``indexes`` as one :class:`~flowcore.events.RunColumns` record."""
+        prefix, first, name = self.prefix, self.first_number, self.task.name
+        run_ids = [f"{prefix}-{first + i:x}" for i in indexes]
+        run_names = [f"{name}-{first + i:x}" for i in indexes]
+        starts: list[float] = []
+        ends: list[float] = []
+        exceptional: dict[int, State[Any]] = {}
+        if EventKind.FINISHED in kinds:
+            status, stored, all_ends, batch_starts = self.status, self.states, self.ends, self.batch_starts
+            for position, index in enumerate(indexes):
+                state = stored.get(index)
+                if state is None and status[index] == _COMPLETED:
+                    started = batch_starts.get(index)
+                    starts.append(all_ends[index - 1] if started is None else started)
+                    ends.append(all_ends[index])
+                    continue
+                final = state if state is not None else self.final_state(index)
+                if final is None:  # not final: never reported as FINISHED
+                    final = states.Crashed("no final state when its events were read")
+                exceptional[position] = final
+                starts.append(final.started_at or final.timestamp)
+                ends.append(final.finished_at or final.timestamp)
+        return RunColumns(
+            kinds, self.task, name, self.common[0], self.backend.name, worker, self.submitted_at,
+            run_ids, run_names, starts, ends, exceptional,
+        )
 
     def _event(self, index: int, kind: EventKind, worker: Worker | None) -> TaskRunEvent:
         state = None if kind is EventKind.SUBMITTED else self.final_state(index)

@@ -3,6 +3,7 @@ and real processes (no test writes the real ~/.flowcore: see conftest.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ import pytest
 import flowcore
 from flowcore import flow, get_run_logger, task
 from flowcore.errors import BackendRegistrationError, HistoryError, RunNotFoundError
+from flowcore.events import EventKind
 from flowcore.history.records import (
     FlowRunRecord,
     FlowRunWrite,
@@ -737,3 +739,122 @@ def test_a_forked_child_records_its_own_runs(tmp_path: Path) -> None:
     assert [json.loads(p)["where"] for p, _ in rows] == ["parent", "child", "parent again"]
     assert rows[0][1] == rows[2][1] != rows[1][1]
     assert query(tmp_path / "h" / "history.db", "SELECT count(*) FROM task_runs WHERE state = 'Completed'") == [(12,)]
+
+
+@task(retries=1)
+def odd_fails(x: int) -> int:
+    if x % 2:
+        raise ValueError(f"odd {x}")
+    return x
+
+
+class ColumnChecker:
+    """Reads every batch that offers columns both ways and keeps what it saw."""
+
+    def __init__(self) -> None:
+        self.compared = 0
+        self.problems: list[str] = []
+
+    @hookimpl
+    def flowcore_run_events(self, events: Any) -> None:
+        columns_of = getattr(events, "columns", None)
+        columns = columns_of() if columns_of is not None else None
+        if columns is None:
+            return
+        per_run = len(columns.kinds)
+        if len(events) != per_run * len(columns):
+            self.problems.append(f"{len(events)} events for {len(columns)} runs of {columns.kinds}")
+        for position, event in enumerate(events):
+            run = position // per_run
+            self.compared += 1
+            expected = (columns.kinds[position % per_run], columns.run_ids[run], columns.run_names[run],
+                        columns.task_name, columns.flow_run_id, columns.backend)
+            seen = (event.kind, event.task_run_id, event.task_run_name, event.task_name, event.flow_run_id,
+                    event.backend)
+            if seen != expected:
+                self.problems.append(f"{seen} != {expected}")
+            if event.kind is not EventKind.SUBMITTED and event.worker != columns.worker:
+                self.problems.append(f"worker {event.worker} != {columns.worker}")
+            if event.kind is EventKind.FINISHED:
+                assert event.state is not None
+                state = columns.states.get(run)
+                name, attempts = (state.name, state.attempts) if state is not None else ("Completed", 1)
+                timing = (event.state.started_at, event.timestamp)
+                if (event.state.name, event.state.attempts) != (name, attempts) or timing != (columns.starts[run], columns.ends[run]):
+                    self.problems.append(f"{event.task_run_id}: {event.state!r} vs columns {name} {attempts} "
+                                         f"{timing} vs {(columns.starts[run], columns.ends[run])}")
+            elif event.kind is EventKind.SUBMITTED and event.timestamp != columns.submitted_at:
+                self.problems.append("submitted time differs")
+
+
+def test_a_maps_batches_read_as_columns_agree_with_their_events(home: Path) -> None:
+    checker = ColumnChecker()
+    registry = get_registry()
+    registry.register(checker, name="column-checker")
+    try:
+        @flow(backend="loky")
+        def mixed() -> list[int]:
+            futures = odd_fails.map(range(40))
+            flowcore.wait(futures)
+            return [f.result() for f in futures if f.state.is_completed()]
+
+        assert mixed() == list(range(0, 40, 2))
+    finally:
+        registry.unregister(checker)
+    assert checker.compared >= 120 and checker.problems == []
+    store = SQLiteStore(home / "history.db")
+    try:
+        (run,) = store.list_runs(flow="mixed")
+        assert run.task_counts == {"Completed": 20, "Failed": 20}
+        tasks = store.get_run(run.id).task_runs
+        failed = [t for t in tasks if t.state == "Failed"]
+        assert all(t.attempts == 2 and t.error_type == "ValueError" and t.traceback for t in failed)
+        assert all(t.attempts == 1 and t.error_type is None for t in tasks if t.state == "Completed")
+        assert all(t.worker is not None and t.worker.pid != os.getpid() and t.submitted is not None
+                   and t.start is not None and t.end is not None and t.end >= t.start for t in tasks)
+    finally:
+        store.close()
+
+
+def test_runs_of_a_running_map_are_recorded_pending_before_they_end(home: Path, tmp_path: Path) -> None:
+    script = tmp_path / "waiting.py"
+    script.write_text(textwrap.dedent("""
+        import sys, time
+        from pathlib import Path
+        from flowcore import flow, task
+
+        @task
+        def wait_for_go(x, go):
+            while not Path(go).exists():
+                time.sleep(0.05)
+            return x
+
+        @flow(backend="loky")
+        def waiting(go: str):
+            return [f.result() for f in wait_for_go.map(range(6), go=go)]
+
+        if __name__ == "__main__":
+            print(waiting(sys.argv[1]))
+    """))
+    go = tmp_path / "go"
+    process = subprocess.Popen([sys.executable, str(script), str(go)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    db = home / "history.db"
+    try:
+        deadline = time.monotonic() + 60
+        pending: list[tuple[Any, ...]] = []
+        while len(pending) < 6:
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.1)
+            if db.exists():
+                with contextlib.suppress(sqlite3.OperationalError):  # the schema is being made
+                    pending = query(db, "SELECT name, state, submitted_time FROM task_runs")
+        assert {state for _, state, _ in pending} == {"Pending"}
+        assert all(submitted is not None for *_, submitted in pending)
+    finally:
+        go.touch()
+        out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    assert out.strip() == "[0, 1, 2, 3, 4, 5]"
+    rows = query(db, "SELECT state, count(*), count(submitted_time), count(worker_pid) FROM task_runs GROUP BY 1")
+    assert rows == [("Completed", 6, 6, 6)]

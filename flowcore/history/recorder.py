@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from flowcore.events import EventKind, FlowRunEvent, TaskRunEvent
+from flowcore.events import EventKind, FlowRunEvent, RunColumns, TaskRunEvent
 from flowcore.history import liveness
 from flowcore.history.records import (
     FINAL_STATE_TYPES,
@@ -66,6 +66,11 @@ HOLD_PENDING_S = 1.0
 
 _MESSAGE_LIMIT = 10_000
 _PARAMETER_REPR_LIMIT = 1_000
+
+
+#: runs seen only as SUBMITTED, not written yet: as writes, or as a position in the
+#: columns of a map's batch
+Held = dict[str, "TaskRunWrite | tuple[RunColumns, int]"]
 
 
 class _Flush:
@@ -99,7 +104,7 @@ class Recorder:
         self._broken: set[HistorySettings] = set()
         self._running: dict[str, HistorySettings] = {}
         #: task runs seen only as SUBMITTED, not written yet, and since when some are
-        self._held: dict[HistorySettings, dict[str, TaskRunWrite]] = {}
+        self._held: dict[HistorySettings, Held] = {}
         #: task runs written while pending or running: their next write is an update
         self._open_ids: dict[HistorySettings, set[str]] = {}
         self._held_since: dict[HistorySettings, float] = {}
@@ -276,7 +281,7 @@ class Recorder:
         # Items come in long runs of one settings object: look it up once per run.
         last: HistorySettings | None = None
         pending = _Pending()
-        held: dict[str, TaskRunWrite] = {}
+        held: Held = {}
         broken = False
         while queue:
             item = queue.popleft()
@@ -319,7 +324,7 @@ class Recorder:
             held = self._held.get(settings)
             if held is not None and (release or now - self._held_since.get(settings, now) >= HOLD_PENDING_S):
                 batch = pending.finish(None)
-                batch.task_runs.extend(held.values())
+                batch.task_runs.extend(_as_write(run_id, value) for run_id, value in held.items())
                 held.clear()
                 self._held_since.pop(settings, None)
             else:
@@ -449,23 +454,70 @@ class _Pending:
     def rows(self) -> int:
         return len(self.tasks) + self.batch.size()
 
-    def add_tasks(self, events: Sequence[TaskRunEvent], held: dict[str, TaskRunWrite]) -> None:
+    def add_tasks(self, events: Sequence[TaskRunEvent], held: Held) -> None:
         """Fold ``events`` into the task runs gathered so far, taking back those held
-        (``held``: runs seen only as SUBMITTED by earlier drains, not written yet)."""
+        (``held``: runs seen only as SUBMITTED by earlier drains, not written yet).
+        A batch that offers columns (a map's) is read as columns: no object per event."""
+        columns_of = getattr(events, "columns", None)
+        columns = columns_of() if callable(columns_of) else None
+        if columns is not None and self._add_columns(columns, held):
+            return
         tasks = self.tasks
         for event in events:
             run_id = event.task_run_id
             write = tasks.get(run_id)
             if write is None:
-                write = held.pop(run_id, None) if held else None
-                if write is None:
+                kept = held.pop(run_id, None) if held else None
+                if kept is None:
                     write = TaskRunWrite(
                         run_id, event.flow_run_id, event.task_name, event.task_run_name, "Pending", "PENDING"
                     )
+                else:
+                    write = _as_write(run_id, kept)
                 tasks[run_id] = write
             _apply(event, write)
 
-    def finish(self, held: dict[str, TaskRunWrite] | None) -> HistoryBatch:
+    def _add_columns(self, columns: RunColumns, held: Held) -> bool:
+        """Fold a batch given as columns; False when it has a shape read as events."""
+        kinds = columns.kinds
+        run_ids = columns.run_ids
+        tasks = self.tasks
+        if kinds == (EventKind.SUBMITTED,):
+            for position, run_id in enumerate(run_ids):
+                if run_id in tasks:  # never expected: SUBMITTED comes first
+                    return False
+                held[run_id] = (columns, position)
+            return True
+        if EventKind.FINISHED not in kinds:
+            return False
+        worker = columns.worker
+        host, pid, thread, address = (
+            (worker.host, worker.pid, worker.thread, worker.address) if worker is not None else (None, None, None, None)
+        )
+        tags = _tags(columns.task)
+        names, starts, ends, exceptional = columns.run_names, columns.starts, columns.ends, columns.states
+        flow_run_id, task_name, backend, submitted = (
+            columns.flow_run_id, columns.task_name, columns.backend, columns.submitted_at
+        )
+        for position, run_id in enumerate(run_ids):
+            write = TaskRunWrite(
+                run_id, flow_run_id, task_name, names[position], "Completed", "COMPLETED", None, 1,
+                submitted, starts[position], ends[position], backend, host, pid, thread, address,
+                False, None, tags,
+            )
+            state = exceptional.get(position) if exceptional else None
+            if state is not None:
+                _set_final(write, state, ends[position])
+            if held:
+                held.pop(run_id, None)  # its submission is in the columns
+            earlier = tasks.get(run_id)
+            if earlier is not None:  # never expected: a run reports FINISHED once
+                earlier.update(write)
+            else:
+                tasks[run_id] = write
+        return True
+
+    def finish(self, held: Held | None) -> HistoryBatch:
         """The batch to write. With ``held``, runs seen only as SUBMITTED are moved
         there instead: most runs end soon, and one row write per run is cheaper than two."""
         batch = self.batch
@@ -524,6 +576,11 @@ def _apply(event: TaskRunEvent, write: TaskRunWrite) -> None:
         return
     state = event.state
     assert state is not None
+    _set_final(write, state, event.timestamp)
+
+
+def _set_final(write: TaskRunWrite, state: Any, end: float) -> None:
+    """Record a run's final state (and what it says about the run) in its write."""
     write.state = state.name
     write.state_type = str(state.type)
     if state.message:
@@ -531,11 +588,22 @@ def _apply(event: TaskRunEvent, write: TaskRunWrite) -> None:
     write.attempts = state.attempts
     if state.started_at is not None:
         write.start = state.started_at
-    write.end = event.timestamp
+    write.end = end
     write.cache_hit = state.name == "Cached"
     if state.exception is not None and state.type != "COMPLETED":
         write.error_type, write.error_message = _error(state)
         write.traceback = state.traceback
+
+
+def _as_write(run_id: str, kept: TaskRunWrite | tuple[RunColumns, int]) -> TaskRunWrite:
+    """A held run as a write: held as columns, it is a Pending run submitted then."""
+    if isinstance(kept, TaskRunWrite):
+        return kept
+    columns, position = kept
+    return TaskRunWrite(
+        run_id, columns.flow_run_id, columns.task_name, columns.run_names[position], "Pending", "PENDING",
+        submitted=columns.submitted_at, backend=columns.backend, tags=_tags(columns.task),
+    )
 
 
 def _error(state: Any) -> tuple[str | None, str | None]:
