@@ -83,6 +83,10 @@ def _load_attribute(target: str, command: str) -> Any:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.progress:
+        import os
+
+        os.environ["FLOWCORE_PROGRESS"] = "1"  # read when the plugins load, at the first run
     flow_obj = load_flow(args.target)
     params = parse_params(args.params, "flowcore run")
     if args.backend:
@@ -166,6 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("target")
     run.add_argument("--backend", help="backend name (overrides configuration)")
     run.add_argument("--params", help="flow parameters as a JSON object")
+    run.add_argument(
+        "--progress", action="store_true",
+        help="show a live progress display even when stderr is not a terminal (needs rich)",
+    )
     run.set_defaults(handler=_run)
     bench = commands.add_parser(
         "bench", help="run a flow on several backends and compare wall time, CPU, memory"

@@ -34,6 +34,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "flowcore.backends.dask",
     "flowcore.plugins.file_store",
     "flowcore.plugins.history",
+    "flowcore.plugins.progress",
 )
 ENTRY_POINT_GROUP = "flowcore"
 AUTOLOAD_ENV = "FLOWCORE_DISABLE_PLUGIN_AUTOLOAD"
