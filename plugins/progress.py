@@ -38,14 +38,15 @@ def progress_wanted() -> bool:
     value = os.environ.get(ENV_PROGRESS, "").strip().lower()
     if value in ("0", "false", "no", "off"):
         return False
+    if value not in ("1", "true", "yes", "on"):
+        stream = sys.stderr
+        if stream is None or not hasattr(stream, "isatty") or not stream.isatty():
+            return False
     try:
         import rich  # noqa: F401
     except ImportError:
         return False
-    if value in ("1", "true", "yes", "on"):
-        return True
-    stream = sys.stderr
-    return bool(stream is not None and hasattr(stream, "isatty") and stream.isatty())
+    return True
 
 
 @dataclass
@@ -130,28 +131,33 @@ class ProgressDisplay:
         )
         handlers = _route_console_handlers(console)
         try:
-            with progress:
-                while True:
-                    self._wake.wait(1.0 / REFRESH_PER_SECOND)
-                    self._wake.clear()
-                    self._count(counts)
-                    now = time.time()
-                    for task_name, c in counts.items():
-                        row = rows.get(task_name)
-                        if row is None:
-                            row = rows[task_name] = progress.add_task(task_name, total=None, failed="", rate="")
-                        elapsed = max(now - c.first_seen, 1e-9)
-                        rate = c.done / elapsed
-                        progress.update(
-                            row, total=c.submitted, completed=c.done + c.failed,
-                            failed=f"[red]{c.failed} failed[/red]" if c.failed else "",
-                            rate=f"{rate:,.0f}/s" if c.done else "",
-                        )
-                    progress.refresh()
-                    if self._stop:
-                        break
+            self._draw(progress, counts, rows)
+        except Exception:  # the display must never break the run it shows
+            logging.getLogger("flowcore.progress").exception("flowcore: the progress display failed")
         finally:
             _restore_console_handlers(handlers)
+
+    def _draw(self, progress: Any, counts: dict[str, TaskCounts], rows: dict[str, Any]) -> None:
+        """Redraw at most REFRESH_PER_SECOND times a second until the run ends."""
+        with progress:
+            while True:
+                self._wake.wait(1.0 / REFRESH_PER_SECOND)
+                self._wake.clear()
+                self._count(counts)
+                now = time.time()
+                for task_name, c in counts.items():
+                    row = rows.get(task_name)
+                    if row is None:
+                        row = rows[task_name] = progress.add_task(task_name, total=None, failed="", rate="")
+                    rate = c.done / max(now - c.first_seen, 1e-9)
+                    progress.update(
+                        row, total=c.submitted, completed=c.done + c.failed,
+                        failed=f"[red]{c.failed} failed[/red]" if c.failed else "",
+                        rate=f"{rate:,.0f}/s" if c.done else "",
+                    )
+                progress.refresh()
+                if self._stop:
+                    return
 
     def _count(self, counts: dict[str, TaskCounts]) -> None:
         from flowcore.events import EventKind
