@@ -35,6 +35,8 @@ SHOW_TASKS = 200
 SHOW_TRACEBACKS = 5
 TIMELINE_WIDTH = 60
 FOLLOW_POLL_S = 0.5
+#: how long ``--follow`` keeps looking for records once the run is final and quiet
+FOLLOW_GRACE_S = 2.0
 
 
 # -- opening ---------------------------------------------------------------------------
@@ -330,6 +332,7 @@ def _logs(args: argparse.Namespace) -> int:
         if not args.follow:
             return 0
         last = records[-1].id if records else 0
+        quiet_since_final = 0.0
         try:
             while True:
                 finished = store.get_run(run_id).run.is_final()
@@ -338,8 +341,13 @@ def _logs(args: argparse.Namespace) -> int:
                     print(_format_log(record, name), flush=True)
                 if more:
                     last = more[-1].id
+                    quiet_since_final = 0.0
                 elif finished:
-                    return 0
+                    # A run logs its last lines ("Finished in state ...") just after its
+                    # final state is recorded: wait a moment for them before ending.
+                    if quiet_since_final >= FOLLOW_GRACE_S:
+                        return 0
+                    quiet_since_final += FOLLOW_POLL_S
                 time.sleep(FOLLOW_POLL_S)
         except KeyboardInterrupt:
             return 130
