@@ -38,7 +38,7 @@ policy alone decides: the run that was executing in the dead worker ends
 ``Crashed`` for that attempt (retried if its retries allow); runs that were only
 queued on it, or batched with the culprit, are resubmitted without counting an
 attempt. Which run was executing is read from the worker journal
-(:mod:`flowcore.journal`) that each worker process keeps: the workers of the local
+(``flowcore.backends._supervision.journal``) that each worker process keeps: the workers of the local
 cluster journal into this process's journal directory (so a flow whose body fails
 stops its running tasks by killing just their workers, as on the other process
 backends), other workers into a per-user directory under their temp dir, read from
@@ -143,7 +143,7 @@ def open_worker_journal(directory: str | None = None) -> None:
     keeps that journal. Journals of processes that died long ago are removed on the way.
     """
     global _journal_opened
-    from flowcore import journal
+    from ._supervision import journal
 
     with _journal_lock:
         if _journal_opened:
@@ -162,7 +162,7 @@ def open_worker_journal(directory: str | None = None) -> None:
 
 
 def _remove_stale_journals(directory: str) -> None:
-    from flowcore.journal import pid_alive
+    from ._supervision.journal import pid_alive
 
     now = time.time()
     with os.scandir(directory) as entries:
@@ -371,7 +371,7 @@ class DaskBackend(Backend):
         would restart workers killed one by one, and say so while it closes)."""
         if closing:
             return
-        from flowcore.journal import kill_workers_running
+        from ._supervision.journal import kill_workers_running
 
         kill_workers_running(task_run_ids)
 
@@ -579,7 +579,7 @@ class DaskBackend(Backend):
         with contextlib.suppress(Exception):  # best effort: only Ctrl-C output is at stake
             plugin = _plugin_class()()
             client.register_plugin(plugin, name=plugin.plugin_name)
-        from flowcore.journal import journal_directory
+        from ._supervision.journal import journal_directory
 
         self._journal_directory = journal_directory()
         self._cluster = cluster
@@ -847,7 +847,7 @@ def _read_local_journal(address: str, pid: Any, directory: str | None) -> str | 
     this machine (in ``directory``, else the per-user one): the run id, ``""`` when it
     was executing none, None when unknown (the worker ran elsewhere, or kept no
     journal here)."""
-    from flowcore.journal import ENV_VAR, read_journal_entries
+    from ._supervision.journal import ENV_VAR, read_journal_entries
 
     if not isinstance(pid, int) or pid <= 0 or not _is_this_machine(address) or not _process_gone(pid):
         return None
@@ -869,7 +869,7 @@ def _read_local_journal(address: str, pid: Any, directory: str | None) -> str | 
 def _process_gone(pid: int) -> bool:
     """True when process ``pid`` of this machine has died: gone, or a zombie that its
     parent (the worker's nanny) has not reaped yet."""
-    from flowcore.journal import pid_alive
+    from ._supervision.journal import pid_alive
 
     if not pid_alive(pid):
         return True

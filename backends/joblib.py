@@ -24,9 +24,8 @@ from typing import Any, TypeVar
 from flowcore.backend import BackendKind, BackendSpec, Capabilities, WorkerLost
 from flowcore.errors import BackendShutdownError
 from flowcore.hookspecs import hookimpl
-from flowcore.journal import CrashExplainer, export_to_workers
 
-from ._journaled import JournaledWorkers
+from ._supervision.journaled import JournaledWorkers
 
 T = TypeVar("T")
 
@@ -67,6 +66,8 @@ class JoblibBackend(JournaledWorkers):
         self._lock = threading.Lock()
         self._started = False
         self._closed = False
+        from ._supervision.journal import CrashExplainer
+
         self._crashes = CrashExplainer()
         self._failed_processes: tuple[BaseException, dict[int, Any]] | None = None
 
@@ -79,6 +80,8 @@ class JoblibBackend(JournaledWorkers):
                 )
             if not self._started:
                 if self.kind is BackendKind.PROCESSES:
+                    from ._supervision.journal import export_to_workers
+
                     export_to_workers()  # the pool's workers journal their runs
                 self._parallel._initialize_backend()
                 self._started = True
@@ -175,8 +178,12 @@ class JoblibBackend(JournaledWorkers):
 
 
 def _run_pickled(payload: bytes) -> Any:
-    """Run a call sent as one pickle (see :meth:`JoblibBackend.submit`)."""
+    """Run a call sent as one pickle (see :meth:`JoblibBackend.submit`), in a worker of
+    joblib's pool: importing the journal opens it (from the variable the parent
+    exported) before the run starts, so a crash is pinned on this run."""
     import pickle
+
+    from ._supervision import journal  # noqa: F401  (opens this worker's journal)
 
     return pickle.loads(payload)()
 

@@ -7,7 +7,7 @@ seconds), killed at interpreter exit, never outliving the parent. Callables and 
 functions from ``__main__``, closures and lambdas work.
 
 Worker deaths are pinned on their task: every worker journals the run it executes
-(:mod:`flowcore.journal`), so when loky reports a broken pool, the run whose worker
+(``flowcore.backends._supervision.journal``), so when loky reports a broken pool, the run whose worker
 died ends ``Crashed`` for that attempt (with the exit code or signal) and is retried
 if its retries allow; the runs that were only lost with the pool are resubmitted to
 a fresh one. Timeouts stop the run inside its worker with a timer signal, which also
@@ -27,9 +27,8 @@ from typing import Any, TypeVar
 from flowcore.backend import BackendKind, BackendSpec, Capabilities, WorkerLost
 from flowcore.errors import BackendShutdownError
 from flowcore.hookspecs import hookimpl
-from flowcore.journal import CrashExplainer, journal_directory, open_pool_worker_journal
 
-from ._journaled import JournaledWorkers
+from ._supervision.journaled import JournaledWorkers
 
 T = TypeVar("T")
 
@@ -51,6 +50,8 @@ def shared_pool(max_workers: int, idle_timeout: float) -> Any:
         pool = _pools.get(max_workers)
         if pool is None:
             from loky import ProcessPoolExecutor
+
+            from ._supervision.journal import journal_directory, open_pool_worker_journal
 
             pool = ProcessPoolExecutor(
                 max_workers=max_workers,
@@ -107,6 +108,8 @@ class LokyBackend(JournaledWorkers):
         self._closed = False
         self._executor: Any = None
         self._pending: set[Future[Any]] = set()
+        from ._supervision.journal import CrashExplainer
+
         self._crashes = CrashExplainer()
         self._failed_pool: tuple[BaseException | None, Any] | None = None
 
@@ -142,7 +145,7 @@ class LokyBackend(JournaledWorkers):
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting work; with ``cancel_futures``, cancel this backend's queued
         runs. The shared pool stays up for the other users of it: the core stops runs
-        that are executing by killing just their workers (see ``flowcore.journal``)."""
+        that are executing by killing just their workers (see ``flowcore.backends._supervision``)."""
         with self._lock:
             self._closed = True
             pending = list(self._pending)

@@ -16,9 +16,9 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from typing import Any
+from typing import Any, Protocol
 
-from flowcore import journal, states
+from flowcore import states
 from flowcore.calls import TaskCall
 from flowcore.context import TaskRunContext, _task_run
 from flowcore.errors import TaskTimeoutError
@@ -27,6 +27,42 @@ from flowcore.states import State, completed_run
 from flowcore.timeouts import call_with_timeout
 
 logger = logging.getLogger("flowcore.task_runs")
+
+
+class RunTracker(Protocol):
+    """Notes which task run this worker process executes, so that its backend can pin
+    a crash on that run (the worker journal of the process backends implements it)."""
+
+    POSITION_SLOT: int
+
+    def record_start(self, task_run_id: str) -> None:
+        """An attempt of ``task_run_id`` starts now."""
+
+    def record_range(self, first_run_id: str) -> None:
+        """The consecutive runs from ``first_run_id`` start; the position of the one
+        running is stored at ``position_slots()[POSITION_SLOT]``."""
+
+    def position_slots(self) -> memoryview | None:
+        """Where the position within a range is stored (None: not tracking)."""
+
+    def record_idle(self) -> None:
+        """The attempt ended (blocks while the backend is ending this worker)."""
+
+
+#: installed in a worker process by its backend's supervision; None elsewhere
+_tracker: RunTracker | None = None
+
+
+def install_run_tracker(tracker: RunTracker) -> None:
+    """Have the engine report each run to ``tracker`` in this process (called by a
+    worker's journal when it opens)."""
+    global _tracker
+    _tracker = tracker
+
+
+def run_tracker() -> RunTracker | None:
+    """The tracker of this process, if one is installed."""
+    return _tracker
 
 
 def run_call(call: TaskCall) -> State[Any]:
@@ -47,10 +83,10 @@ def _run_uncached(call: TaskCall) -> State[Any]:
     fn = task.fn
     context = TaskRunContext(task, call)
     token = _task_run.set(context)
-    journaled = journal._fd is not None  # in a process worker: crashes are traced to runs
+    tracker = _tracker  # in a journaled process worker: crashes are traced to runs
     if task._single_attempt and not call.log_prints and not call.attempts_used:
-        if journaled:
-            journal.record_start(call.task_run_id)
+        if tracker is not None:
+            tracker.record_start(call.task_run_id)
         # The common case (no retries, no timeout, no print capture), kept short.
         started = time.time()
         try:
@@ -59,8 +95,8 @@ def _run_uncached(call: TaskCall) -> State[Any]:
             return _with_timing(failure_state(exc, False), started, 1)
         finally:
             _task_run.reset(token)
-            if journaled:
-                journal.record_idle()
+            if tracker is not None:
+                tracker.record_idle()
         return completed_run(value, started, time.time(), 1)
     policy = options.retry_policy
     print_token = None
@@ -74,8 +110,8 @@ def _run_uncached(call: TaskCall) -> State[Any]:
     try:
         while True:
             attempt += 1
-            if journaled:
-                journal.record_start(call.task_run_id)
+            if tracker is not None:
+                tracker.record_start(call.task_run_id)
             try:
                 if options.timeout_seconds is None:
                     value = fn(*call.args, **call.kwargs)
@@ -92,8 +128,8 @@ def _run_uncached(call: TaskCall) -> State[Any]:
             else:
                 return completed_run(value, first_start, time.time(), attempt)
             finally:
-                if journaled:
-                    journal.record_idle()  # not running while it waits to retry
+                if tracker is not None:
+                    tracker.record_idle()  # not running while it waits to retry
             if attempt > policy.retries or not _should_retry(call, state):
                 return _with_timing(state, first_start, attempt)
             policy.wait_before_retry(attempt, state.message, _task_log(call))
@@ -156,4 +192,12 @@ def _task_log(call: TaskCall) -> logging.LoggerAdapter:  # type: ignore[type-arg
     return task_logger(TaskRunContext(call.task, call))
 
 
-__all__ = ["failure_state", "run_call", "run_call_located", "run_call_remote"]
+__all__ = [
+    "RunTracker",
+    "failure_state",
+    "install_run_tracker",
+    "run_call",
+    "run_call_located",
+    "run_call_remote",
+    "run_tracker",
+]

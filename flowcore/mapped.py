@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from flowcore import journal, registry, states
+from flowcore import engine, registry, states
 from flowcore.batching import BatchSizer, _feeder
 from flowcore.calls import TaskCall, reserve_run_numbers, run_id_prefix
 from flowcore.context import TaskRunContext, _task_run
@@ -588,11 +588,12 @@ def _run_rows(
                 exact[index] = state
         return values, ends, started, exact
     fn = task.fn
-    slots = journal.position_slots()
-    position = journal.POSITION_SLOT
+    tracker = engine.run_tracker()
+    slots = tracker.position_slots() if tracker is not None else None
+    position = tracker.POSITION_SLOT if tracker is not None else 0
     token = _task_run.set(context)
-    if slots is not None:
-        journal.record_range(first_run_id)
+    if tracker is not None:
+        tracker.record_range(first_run_id)
     try:
         for index, args in enumerate(rows):
             context.index = index
@@ -610,8 +611,8 @@ def _run_rows(
             finished(now())
     finally:
         _task_run.reset(token)
-        if slots is not None:
-            journal.record_idle()
+        if tracker is not None:
+            tracker.record_idle()
     return values, ends, started, exact
 
 

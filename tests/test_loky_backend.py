@@ -447,7 +447,7 @@ def test_cancel_of_a_batched_run_that_is_executing_returns_false() -> None:
 def _journaled_big_result(tag: str, size: int) -> bytes:
     """Runs as journaled run ``tag``, then returns ``size`` bytes: the worker spends a
     while writing them back to the parent after its journal says idle."""
-    from flowcore import journal
+    from flowcore.backends._supervision import journal
 
     journal.record_start(tag)
     time.sleep(0.05)
@@ -474,7 +474,7 @@ def test_a_worker_is_never_killed_while_it_writes_its_result_back(monkeypatch: p
     while a kill of its run is under way would be killed mid-write."""
     from concurrent.futures import TimeoutError as FutureTimeout
 
-    from flowcore import journal
+    from flowcore.backends._supervision import journal
 
     real_kill = os.kill
 
@@ -563,8 +563,8 @@ def test_parent_watch_ends_only_orphans(tmp_path: Path) -> None:
     code = textwrap.dedent(
         """
         import os, sys, time
-        from flowcore import journal
-        from flowcore.lifeline import watch_parent
+        from flowcore.backends._supervision import journal
+        from flowcore.backends._supervision.lifeline import watch_parent
 
         if sys.argv[1] == "watched":
             watch_parent(interval=0.05)

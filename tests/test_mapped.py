@@ -278,7 +278,7 @@ def test_unobserved_failed_run_is_logged(
 def test_journal_range_names_the_run_at_the_current_position(tmp_path: Path) -> None:
     code = (
         "import sys\n"
-        "from flowcore import journal\n"
+        "from flowcore.backends._supervision import journal\n"
         "journal.open_journal(sys.argv[1])\n"
         "journal.record_range('abc123-ff')\n"
         "journal.position_slots()[journal.POSITION_SLOT] = 3\n"
@@ -287,7 +287,7 @@ def test_journal_range_names_the_run_at_the_current_position(tmp_path: Path) -> 
     import sys
 
     subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, timeout=60)
-    from flowcore import journal
+    from flowcore.backends._supervision import journal
 
     (entry,) = journal.read_journal_entries(tmp_path).values()
     assert entry[0] == "abc123-102"  # 0xff + 3
@@ -299,7 +299,7 @@ def test_a_journal_entry_never_kills_a_process_that_reused_its_pid(monkeypatch: 
     process (here: this one, with another start time), it must not be killed."""
     import time
 
-    from flowcore import journal
+    from flowcore.backends._supervision import journal
 
     monkeypatch.setattr(journal, "_directory", str(tmp_path))
     text = f"abc123-1 {time.time():.3f}".encode().ljust(120)

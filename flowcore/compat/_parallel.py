@@ -43,7 +43,6 @@ from dataclasses import dataclass, field
 from multiprocessing import TimeoutError as MPTimeoutError
 from typing import Any, TypeVar
 
-from flowcore import journal
 from flowcore.backend import Backend, BackendKind
 from flowcore.batching import BatchSizer
 from flowcore.compat._batch import BatchFailure, Nested, make_payload, run_batch
@@ -160,7 +159,8 @@ class _Run:
         self.backend = backend
         self.owned = owned
         self.workers = workers
-        self.portable = backend.kind in (BackendKind.PROCESSES, BackendKind.CLUSTER)
+        capabilities = backend.capabilities
+        self.portable = not capabilities.in_process
         choice = parallel._choice
         level = choice.nesting_level + 1
         nested_choice = threads_choice(level) if level == 1 else _sequential_choice(level)
@@ -170,9 +170,9 @@ class _Run:
             backend.kind is BackendKind.PROCESSES,
             choice.label == "MultiprocessingBackend",
         )
-        self.tag_prefix = (
-            f"joblib{uuid.uuid4().hex[:12]}" if backend.kind is BackendKind.PROCESSES else None
-        )
+        # A local pool's batches are journaled under a tag, so an abort can stop them.
+        local_pool = backend.kind is BackendKind.PROCESSES and capabilities.stops_running
+        self.tag_prefix = f"joblib{uuid.uuid4().hex[:12]}" if local_pool else None
         self.ordered = parallel.return_as != "generator_unordered"
         self.timeout = parallel.timeout
         self.lock = threading.Lock()
@@ -428,7 +428,8 @@ class _Run:
             # A batch handed to a worker shows in its journal only once it starts:
             # keep stopping the workers that start one of ours until all are settled.
             threading.Thread(
-                target=_stop_workers, args=(running,), name="flowcore-joblib-abort", daemon=True
+                target=_stop_workers, args=(self.backend, running), name="flowcore-joblib-abort",
+                daemon=True,
             ).start()
 
     def close(self) -> None:
@@ -438,12 +439,13 @@ class _Run:
                 self.backend.shutdown(wait=not self.aborting, cancel_futures=self.aborting)
 
 
-def _stop_workers(running: dict[str, Future[Any]], patience: float = 30.0) -> None:
-    """Kill the worker processes running the batches ``running`` names (by journal tag)
-    until every one of their futures is settled (the pool reports the loss at once)."""
+def _stop_workers(backend: Backend, running: dict[str, Future[Any]], patience: float = 30.0) -> None:
+    """Have the backend stop the workers running the batches ``running`` names (by
+    journal tag) until every one of their futures is settled (the pool reports the
+    loss at once)."""
     deadline = time.monotonic() + patience
     while time.monotonic() < deadline:
-        journal.kill_workers_running(set(running))
+        backend.stop_runs(set(running))
         if all(future.done() for future in running.values()):
             return
         time.sleep(0.01)

@@ -24,14 +24,15 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 # Imported first: its fork hook must run before this module's (see the end of the file).
-from flowcore.lifeline import watch_parent
+from .lifeline import watch_parent
 
 try:
     import fcntl
@@ -168,7 +169,7 @@ def export_to_workers() -> None:
 def open_pool_worker_journal(directory: str) -> None:
     """Initializer of the pool workers this process starts: journal their runs into
     ``directory``, and end each worker when this process dies
-    (:func:`flowcore.lifeline.watch_parent`)."""
+    (:func:`.lifeline.watch_parent`)."""
     watch_parent()
     # Best effort: without its journal a worker still runs tasks (a crash in it is then
     # blamed on every run the pool lost), where a failing initializer breaks the pool.
@@ -191,6 +192,9 @@ def open_journal(directory: str) -> None:
     _map[_ENTRY_SIZE:_FILE_SIZE] = _process_start(os.getpid()).to_bytes(8, "little")
     _slots = memoryview(_map).cast("q")
     _fd = fd
+    from flowcore.engine import RunTracker, install_run_tracker
+
+    install_run_tracker(cast("RunTracker", sys.modules[__name__]))  # this module is the tracker
 
 
 def _stat_fields(pid: int) -> list[bytes] | None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 import time
 
-from flowcore.journal import journal_directory, kill_worker, pid_alive, read_journal_entries
+from .journal import journal_directory, kill_worker, pid_alive, read_journal_entries
 
 POLL_SECONDS = 0.2
 
