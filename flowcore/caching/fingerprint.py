@@ -1,11 +1,19 @@
 """Code fingerprints: what a task's result depends on in the user's own code.
 
-:func:`function_fingerprint` hashes a function's source (``inspect.getsource``;
-the code object's digest when there is no source) together with the source of the
+:func:`function_fingerprint` hashes a function's code together with the code of the
 functions and classes it uses from the user's own modules, transitively, and the
 simple constants (numbers, strings, tuples of them) it reads from module globals.
 Editing a helper that a task calls changes the task's fingerprint; editing nothing
-keeps it stable across interpreter runs.
+keeps it stable across interpreter runs (of one Python version).
+
+"Code" is the compiled code object (:func:`~flowcore.caching._callables.code_digest`:
+bytecode, constants, names, argument layout; not file names or line numbers) and a
+function's default values; a class is its bases, its methods' code and its constant
+attributes. Never source text: a function defined in the user's script (``__main__``)
+reaches a process worker pickled by value (cloudpickle), where its source file may
+be elsewhere or missing and ``inspect`` finds the worker's ``__main__`` instead. The
+fingerprint depends on the code only, so it is the same in the flow's process and in
+every worker. Comments, blank lines and moving a function do not change it.
 
 "Uses" is read from the bytecode: the names loaded by the function and its nested
 code objects (``co_names``), looked up in the function's globals. A module used
@@ -14,9 +22,11 @@ as ``helpers.compute(...)`` contributes the attributes named in the code
 ``getattr`` with a computed name) are not followed.
 
 "The user's own modules": modules with a source file outside the standard library
-and outside site-packages / dist-packages (``sysconfig`` paths), plus ``__main__``;
-never flowcore itself, builtins or extension modules. The walk stops
-``MAX_DEPTH`` references away from the task and after ``MAX_OBJECTS`` objects.
+and outside site-packages / dist-packages (``sysconfig`` paths), plus ``__main__``
+(the user's script; in a worker, whatever its own ``__main__`` is, an object whose
+``__module__`` is ``"__main__"`` came from the script); never flowcore itself,
+builtins or extension modules. The walk stops ``MAX_DEPTH`` references away from the
+task and after ``MAX_OBJECTS`` objects.
 
 Results are cached per code object (weakly), so repeated calls cost one dict
 lookup; globals are read on the first call for a code object in a process.
@@ -51,7 +61,8 @@ def function_fingerprint(fn: Callable[..., Any]) -> str:
 
     Accepts functions, bound methods, ``functools.partial`` objects, classes and
     callable instances (their class's ``__call__``). Never raises for a callable:
-    what cannot be read is represented by its qualified name.
+    what cannot be read is represented by its qualified name. The result does not
+    depend on the process computing it (see the module docstring).
     """
     target = _function_of(fn)
     code = getattr(target, "__code__", None)
@@ -96,11 +107,11 @@ class _Walk:
             return
         self._seen.add(id(obj))
         if isinstance(obj, types.FunctionType):
-            self.parts.append((_qualified(obj), "function", _source(obj)))
+            self.parts.append((_qualified(obj), "function", _function_text(obj)))
             if depth < MAX_DEPTH:
                 self._follow(obj, depth + 1)
         elif isinstance(obj, type):
-            self.parts.append((_qualified(obj), "class", _source(obj)))
+            self.parts.append((_qualified(obj), "class", _class_text(obj)))
             if depth < MAX_DEPTH:
                 for member in _class_functions(obj):
                     self._seen.add(id(member))
@@ -161,23 +172,61 @@ def _qualified(obj: Any) -> str:
     return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', '?')}"
 
 
-def _source(obj: Any) -> str:
-    try:
-        return inspect.getsource(obj)
-    except (OSError, TypeError):
-        pass
-    code = getattr(obj, "__code__", None)
-    if isinstance(code, types.CodeType):
-        return "code:" + code_digest(code).hex()
-    if isinstance(obj, type):
-        digests = sorted(code_digest(fn.__code__).hex() for fn in _class_functions(obj))
-        return "class:" + ",".join(digests)
-    return ""
+def _function_text(fn: types.FunctionType) -> str:
+    """The code digest and default values of ``fn`` (never its source text)."""
+    text = "code:" + code_digest(fn.__code__).hex()
+    defaults = [_value_text(value) for value in fn.__defaults__ or ()]
+    defaults += [
+        f"{name}={_value_text(value)}" for name, value in sorted((fn.__kwdefaults__ or {}).items())
+    ]
+    return text + (" defaults:" + ",".join(defaults) if defaults else "")
+
+
+#: Class attributes that say where a class was defined, not what it does.
+_PLACE_ATTRIBUTES = frozenset(
+    {"__module__", "__qualname__", "__firstlineno__", "__dict__", "__weakref__"}
+)
+
+
+def _class_text(cls: type) -> str:
+    """The bases of ``cls``, the code of its functions and its constant attributes."""
+    parts = ["bases:" + ",".join(_qualified(base) for base in cls.__bases__)]
+    for name, member in sorted(vars(cls).items()):
+        if name in _PLACE_ATTRIBUTES:
+            continue
+        if isinstance(member, (staticmethod, classmethod)):
+            member = member.__func__
+        if isinstance(member, types.FunctionType):
+            parts.append(f"{name}={_function_text(member)}")
+        elif isinstance(member, property):
+            accessors = (member.fget, member.fset, member.fdel)
+            texts = [
+                _function_text(a) if isinstance(a, types.FunctionType) else "-" for a in accessors
+            ]
+            parts.append(f"{name}=property:{','.join(texts)}")
+        elif _is_constant(member):
+            parts.append(f"{name}={content_hash(member)}")
+    return ";".join(parts)
+
+
+def _value_text(value: object) -> str:
+    """A default value: its hash if it is a constant, else its type's name."""
+    if _is_constant(value):
+        return content_hash(value)
+    return "type:" + _qualified(type(value))
 
 
 def is_user_object(obj: Any) -> bool:
-    """True if ``obj`` (a function or class) is defined in one of the user's modules."""
-    module = sys.modules.get(getattr(obj, "__module__", None) or "")
+    """True if ``obj`` (a function or class) is defined in one of the user's modules.
+
+    Anything whose ``__module__`` is ``"__main__"`` is the user's: in a worker, such
+    an object was pickled by value from the script, and the worker's own
+    ``__main__`` module (a pool's bootstrap) says nothing about it.
+    """
+    module_name = getattr(obj, "__module__", None) or ""
+    if module_name == "__main__":
+        return True
+    module = sys.modules.get(module_name)
     return module is not None and is_user_module(module)
 
 
