@@ -229,6 +229,58 @@ def test_unhashable_argument_can_run_uncached_with_one_warning(
     assert len(warnings) == 1 and "describe-lenient" in warnings[0].getMessage()
 
 
+def make_scaler(factor: int, counter: str) -> Any:
+    @task(cache_policy=INPUTS + TASK_SOURCE)
+    def scale(x: int) -> int:
+        w.bump(counter)
+        return x * factor
+
+    return scale
+
+
+def make_keyed_scaler(factor: int) -> Any:
+    @task(cache_key_fn=task_input_hash)
+    def keyed_scale(x: int) -> int:
+        return x * factor
+
+    return keyed_scale
+
+
+def make_guarded(guard: Any, **options: Any) -> Any:
+    @task(cache_policy=INPUTS + TASK_SOURCE, **options)
+    def guarded(x: int) -> int:
+        with guard:
+            return x
+
+    return guarded
+
+
+def test_tasks_made_by_a_factory_key_their_closure_values(cache_dir: Path, tmp_path: Path) -> None:
+    counter = _counter(tmp_path)
+    assert (make_scaler(2, counter)(5), make_scaler(10, counter)(5)) == (10, 50)
+    assert make_scaler(10, counter)(5, return_state=True).name == "Cached"  # same value: a hit
+    assert w.read_count(counter) == 2
+    assert (make_keyed_scaler(2)(5), make_keyed_scaler(10)(5)) == (10, 50)
+
+
+def test_an_unhashable_closure_value_follows_cache_key_errors(
+    cache_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import threading
+
+    state = make_guarded(threading.Lock())(1, return_state=True)
+    assert state.name == "Failed" and isinstance(state.exception, CacheKeyError)
+    message = str(state.exception)
+    assert "closure variable 'guard'" in message and "lock" in message.lower()
+
+    lenient = make_guarded(threading.Lock(), name="guarded-lenient", cache_key_errors="warn")
+    with caplog.at_level(logging.WARNING, logger="flowcore.caching"):
+        assert lenient(1, return_state=True).name == "Completed"
+        assert lenient(1, return_state=True).name == "Completed"
+    warnings = [r for r in caplog.records if "runs uncached" in r.getMessage()]
+    assert len(warnings) == 1 and "guarded-lenient" in warnings[0].getMessage()
+
+
 def test_result_kept_only_in_the_store(tmp_path: Path) -> None:
     store_dir = tmp_path / "store"
     lean = power.with_options(cache_result_in_memory=False, cache_storage=str(store_dir))

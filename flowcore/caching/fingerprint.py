@@ -28,8 +28,16 @@ and outside site-packages / dist-packages (``sysconfig`` paths), plus ``__main__
 builtins or extension modules. The walk stops ``MAX_DEPTH`` references away from the
 task and after ``MAX_OBJECTS`` objects.
 
+Values a function captured from enclosing functions (closure cells) are part of the
+fingerprint: the tasks a factory makes (``make_scaler(2)``, ``make_scaler(10)``)
+differ by them. Captured user code is followed like a global; any other value is
+hashed like an argument, and one that has no deterministic hash raises
+:class:`~flowcore.errors.CacheKeyError` (the task's ``cache_key_errors`` decides what
+the run does).
+
 Results are cached per code object (weakly), so repeated calls cost one dict
-lookup; globals are read on the first call for a code object in a process.
+lookup; globals are read on the first call for a code object in a process. A
+fingerprint that reads closure cells is computed on every call, as arguments are.
 """
 
 from __future__ import annotations
@@ -45,7 +53,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from flowcore.caching._callables import code_digest
-from flowcore.caching.hashing import content_hash
+from flowcore.caching.hashing import content_hash, hash_value
 
 MAX_DEPTH = 8
 MAX_OBJECTS = 512
@@ -63,6 +71,10 @@ def function_fingerprint(fn: Callable[..., Any]) -> str:
     callable instances (their class's ``__call__``). Never raises for a callable:
     what cannot be read is represented by its qualified name. The result does not
     depend on the process computing it (see the module docstring).
+
+    Raises :class:`~flowcore.errors.CacheKeyError` when a value captured in a closure
+    (``x`` in ``def make(x): @task def t(): ... x ...``) has no deterministic hash:
+    closure values are part of the fingerprint, hashed like arguments, on every call.
     """
     target = _function_of(fn)
     code = getattr(target, "__code__", None)
@@ -73,7 +85,7 @@ def function_fingerprint(fn: Callable[..., Any]) -> str:
     walk = _Walk()
     walk.add(target, 0)
     fingerprint = content_hash(sorted(walk.parts))
-    if isinstance(code, types.CodeType):
+    if isinstance(code, types.CodeType) and not walk.read_closures:
         _fingerprints[code] = fingerprint
     return fingerprint
 
@@ -100,6 +112,8 @@ class _Walk:
 
     def __init__(self) -> None:
         self.parts: list[tuple[str, str, str]] = []
+        #: whether a part came from a closure cell (then the result is not cached per code)
+        self.read_closures = False
         self._seen: set[int] = set()
 
     def add(self, obj: Any, depth: int) -> None:
@@ -121,6 +135,7 @@ class _Walk:
             self.parts.append((_qualified(named), "callable", ""))
 
     def _follow(self, fn: types.FunctionType, depth: int) -> None:
+        self._closure(fn, depth)
         names = sorted(_loaded_names(fn.__code__))
         module_name = str(fn.__module__)
         scope = fn.__globals__
@@ -141,6 +156,49 @@ class _Walk:
                             self.add(member, depth)
             elif _is_constant(value):
                 self.parts.append((f"{module_name}.{name}", "constant", content_hash(value)))
+
+    def _closure(self, fn: types.FunctionType, depth: int) -> None:
+        """The values ``fn`` captured from enclosing functions: a factory's tasks differ
+        by them. User code is followed like a global; other values are hashed like
+        arguments (CacheKeyError for one with no deterministic hash)."""
+        owner = _qualified(fn)
+        for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or (), strict=True):
+            if name == "__class__":  # the class of a method using super(): fixed code
+                continue
+            self.read_closures = True
+            where = f"{owner}.<closure {name}>"
+            try:
+                value = cell.cell_contents
+            except ValueError:  # a cell not filled yet
+                self.parts.append((where, "closure", "empty"))
+                continue
+            value = _task_function(value)
+            if isinstance(value, (types.FunctionType, type)) and is_user_object(value):
+                self.parts.append((where, "closure", "code:" + _qualified(value)))
+                self.add(value, depth)
+            elif isinstance(value, (types.FunctionType, type, types.BuiltinFunctionType)):
+                self.parts.append((where, "closure", "library:" + _qualified(value)))
+            else:
+                text = hash_value(
+                    value, path=f"closure variable {name!r} of {owner}", advice=_CLOSURE_ADVICE
+                )
+                self.parts.append((where, "closure", text))
+
+
+_CLOSURE_ADVICE = (
+    "A value a task's code captures from an enclosing function is part of its cache key "
+    "(TASK_SOURCE, task_input_hash). Capture a value that hashes, give its type a "
+    "__flowcore_hash__(self) -> bytes | str method (for a class you do not own: "
+    "flowcore.caching.register_type), pass it as an argument instead, or set "
+    "cache_key_errors='warn' to run the task uncached"
+)
+
+
+def _task_function(value: object) -> object:
+    """The function of a flowcore task (a task captured by another task's code)."""
+    from flowcore.tasks import Task
+
+    return value.fn if isinstance(value, Task) else value
 
 
 def _loaded_names(code: types.CodeType) -> Iterator[str]:

@@ -11,8 +11,9 @@ key changes whenever any part does, and is None as soon as one part is None (a
                     arguments out.
 ``TASK_SOURCE``     the task's code, and the code of the functions and classes it
                     uses from the user's own modules (editing a helper invalidates
-                    the entry; comments and line numbers do not count). The same in
-                    the flow's process and in every worker.
+                    the entry; comments and line numbers do not count), and the
+                    values it captures from enclosing functions (hashed like
+                    arguments). The same in the flow's process and in every worker.
 ``FLOW_PARAMETERS`` the parameters of the flow run the task belongs to
 ``RUN_ID``          the flow run id: results are reused within one flow run only
                     (its retries, repeated calls), never across runs
