@@ -52,6 +52,21 @@ def test_is_a_cache_store(store: FileStore) -> None:
     assert repr(store).startswith("FileStore(")
 
 
+def test_a_store_pickles_by_its_location(store: FileStore) -> None:
+    import pickle
+
+    import cloudpickle
+
+    store.save(KEY, [1, 2], task="t")
+    store.read(KEY)  # the store now holds state (its lock, the files it warned about)
+    for dumps in (pickle.dumps, cloudpickle.dumps):
+        copy = pickle.loads(dumps(store))
+        assert type(copy) is FileStore and copy.directory == store.directory
+        assert copy.load(KEY) == (True, [1, 2])
+        assert copy.save(OTHER, "from the copy", task="t")
+    assert store.load(OTHER) == (True, "from the copy")
+
+
 def test_overwrite_and_delete(store: FileStore) -> None:
     store.save(KEY, 1, task="t")
     store.save(KEY, 2, task="t")

@@ -362,6 +362,53 @@ def test_cached_runs_on_a_process_backend_use_the_same_store(cache_dir: Path, tm
     assert w.read_count(counter) == 3
 
 
+def test_store_objects_and_stored_results_cross_process_boundaries(
+    cache_dir: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("loky")
+    counter = _counter(tmp_path)
+    given_store = power.with_options(
+        name="power-given-store", cache_storage=FileStore(tmp_path / "given")
+    )
+    kept_out = power.with_options(
+        name="power-kept-out", cache_storage=str(tmp_path / "kept"), cache_result_in_memory=False
+    )
+
+    @flow(backend=flowcore.get_backend("loky", max_workers=2))
+    def fan() -> list[State[int]]:
+        return [
+            given_store.submit(counter, 3, return_state=True),
+            given_store.submit(counter, 3, return_state=True),
+            kept_out.submit(counter, 4, return_state=True),
+            kept_out.submit(counter, 4, return_state=True),
+        ]
+
+    states = fan()
+    assert [s.name for s in states] == ["Completed", "Cached", "Completed", "Cached"]
+    assert [s.result() for s in states] == [9, 9, 16, 16]
+    assert w.read_count(counter) == 2
+    assert [e.task for e in FileStore(tmp_path / "given").entries()] == ["power-given-store"]
+    assert [e.task for e in FileStore(tmp_path / "kept").entries()] == ["power-kept-out"]
+
+
+def test_a_store_that_cannot_be_pickled_is_named_not_the_result(tmp_path: Path) -> None:
+    import pickle
+    import threading
+
+    from flowcore.caching.runs import StoredResult
+
+    class LockedStore(DictStore):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lock = threading.Lock()
+
+    kept = StoredResult(FileStore(tmp_path / "kept"), "ab" * 16, "run-1")
+    assert pickle.loads(pickle.dumps(kept)).store.directory == tmp_path / "kept"
+    culprit = r"the cache store .*LockedStore.* run 'run-1'.* by its location"
+    with pytest.raises(TypeError, match=culprit):
+        pickle.dumps(StoredResult(LockedStore(), "ab" * 16, "run-1"))
+
+
 def test_editing_a_helper_invalidates_task_source(tmp_path: Path) -> None:
     module = tmp_path / "pipeline_mod.py"
     source = textwrap.dedent(

@@ -133,7 +133,14 @@ class PruneReport:
 
 class CacheStore(abc.ABC):
     """The store protocol. Implementations must be safe to use from many threads and
-    processes at once, and must keep the contract of the module docstring."""
+    processes at once, and must keep the contract of the module docstring.
+
+    A store must also pickle by its location: process backends send a task's
+    ``cache_storage`` store to their workers, and a run kept only in the store
+    (``cache_result_in_memory=False``) sends the store back with its result. An
+    unpickled store opens the same entries (a path, a URL), never a copy of them,
+    and leaves behind what belongs to one process (locks, connections, handles).
+    """
 
     @abc.abstractmethod
     def read(self, key: str) -> CacheEntry | None:
@@ -182,6 +189,19 @@ class FileStore(CacheStore):
 
     def __repr__(self) -> str:
         return f"FileStore({str(self.directory)!r})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What travels when the store is pickled: its location (and a subclass's own
+        attributes), not its lock or the files it has warned about in this process."""
+        state = self.__dict__.copy()
+        del state["_warned"], state["_warned_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Re-open the store at the pickled location, with this process's own lock."""
+        self.__dict__.update(state)
+        self._warned = set()
+        self._warned_lock = threading.Lock()
 
     def path_of(self, key: str) -> Path:
         """The file of ``key`` (which need not exist)."""
