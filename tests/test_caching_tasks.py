@@ -529,3 +529,53 @@ def test_cache_cli_lists_inspects_clears_and_prunes(
     assert main(["cache", "clear", "--dir", directory, "--task", "other_power"]) == 0
     assert "removed 3 entries of task 'other_power'" in capsys.readouterr().out
     assert list(FileStore(directory).entries()) == []
+
+
+def test_cache_cli_lists_corrupt_entries_with_the_reason(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from flowcore.cli import main
+
+    directory = tmp_path / "cli-cache"
+    counter = _counter(tmp_path)
+    stored = power.with_options(cache_storage=str(directory))
+    for x in range(3):
+        stored(counter, x)
+    store = FileStore(directory)
+    keys = sorted(e.key for e in store.entries())
+    store.path_of(keys[0]).write_bytes(b"not a cache entry, but long enough for a header" * 2)
+    damaged = store.path_of(keys[1])
+    damaged.write_bytes(damaged.read_bytes()[:-1])  # truncated
+
+    assert main(["cache", "ls", "--dir", str(directory)]) == 0
+    listing = capsys.readouterr().out
+    assert "corrupt: not a flowcore cache entry (bad magic)" in listing
+    assert "corrupt: file is" in listing and keys[1][:16] in listing
+    assert "3 entries (2 corrupt" in listing and "flowcore cache prune" in listing
+
+    assert main(["cache", "ls", "--dir", str(directory), "--json"]) == 0
+    entries = {e["key"]: e for e in json.loads(capsys.readouterr().out)}
+    assert entries[keys[0]]["corrupt"] == "not a flowcore cache entry (bad magic)"
+    assert entries[keys[1]]["corrupt"].startswith("file is")
+    assert entries[keys[2]]["corrupt"] is None and entries[keys[2]]["task"] == "power"
+
+    assert main(["cache", "info", "--dir", str(directory), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["entries"] == 3 and info["corrupt"] == 2
+    assert info["tasks"] == {"power": {"entries": 1, "bytes": entries[keys[2]]["size"]}}
+    reasons = {e["key"]: e["reason"] for e in info["corrupt_entries"]}
+    assert reasons == {k: entries[k]["corrupt"] for k in keys[:2]}
+
+    assert main(["cache", "info", "--dir", str(directory)]) == 0
+    text = capsys.readouterr().out
+    assert "2 corrupt" in text and "bad magic" in text and str(store.path_of(keys[0])) in text
+
+    stored(counter, 2)
+    damaged = store.path_of(keys[2])
+    data = bytearray(damaged.read_bytes())
+    data[-1] ^= 0xFF  # payload damage: found only by reading the payload
+    damaged.write_bytes(bytes(data))
+    assert main(["cache", "ls", "--dir", str(directory), "--verify"]) == 0
+    assert "corrupt: checksum mismatch" in capsys.readouterr().out

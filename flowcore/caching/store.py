@@ -107,7 +107,13 @@ class CacheEntry:
 
 @dataclass(frozen=True)
 class EntryInfo:
-    """What :meth:`CacheStore.entries` tells about an entry, without loading its value."""
+    """What :meth:`CacheStore.entries` tells about an entry, without loading its value.
+
+    ``corrupt`` is None for an intact entry, else why it cannot be used (damaged,
+    unreadable, or holding another key's entry): such an entry is a miss, and
+    :meth:`CacheStore.prune` removes it. Its ``task`` is empty, ``expires`` None,
+    ``size`` and ``created`` are its file's size and modification time.
+    """
 
     key: str
     task: str
@@ -116,6 +122,7 @@ class EntryInfo:
     expires: float | None
     expired: bool
     path: str
+    corrupt: str | None = None
 
 
 @dataclass(frozen=True)
@@ -156,7 +163,8 @@ class CacheStore(abc.ABC):
 
     @abc.abstractmethod
     def entries(self) -> Iterator[EntryInfo]:
-        """Every entry (expired ones included), in no particular order."""
+        """Every entry, expired and corrupt ones included (marked), in no particular
+        order. A store may accept ``verify=True`` to check every entry whole."""
 
     @abc.abstractmethod
     def clear(self, task: str | None = None) -> int:
@@ -283,16 +291,33 @@ class FileStore(CacheStore):
 
     # -- listing and maintenance ----------------------------------------------------
 
-    def entries(self) -> Iterator[EntryInfo]:
-        """Every entry whose header and metadata read back (payloads are not read)."""
+    def entries(self, *, verify: bool = False) -> Iterator[EntryInfo]:
+        """Every entry file, expired and corrupt ones included.
+
+        Reads each file's header and metadata; an entry whose header, metadata or
+        length is damaged, that cannot be read, or that holds another key's entry is
+        listed with ``corrupt`` set to the reason. Payloads are not read unless
+        ``verify`` is true: then every entry's checksum is verified too (reading the
+        whole cache), which finds damage inside a payload as well.
+        """
         now = time.time()
         for path, key in self._entry_files():
             try:
                 with open(path, "rb") as handle:
-                    metadata, size = entryfile.read_metadata(handle)
-            except (OSError, CorruptEntryError):
+                    if verify:
+                        metadata, size = entryfile.verify_entry(handle)
+                    else:
+                        metadata, size = entryfile.read_metadata(handle)
+            except FileNotFoundError:  # removed since the directory was listed
+                continue
+            except CorruptEntryError as exc:
+                yield _corrupt_entry(path, key, str(exc))
+                continue
+            except OSError as exc:
+                yield _corrupt_entry(path, key, f"unreadable: {exc.strerror or exc}")
                 continue
             if metadata.key != key:
+                yield _corrupt_entry(path, key, f"the file holds the entry of key {metadata.key}")
                 continue
             expired = metadata.expires is not None and now >= metadata.expires
             yield EntryInfo(
@@ -383,6 +408,16 @@ class FileStore(CacheStore):
             if len(self._warned) < 10_000:
                 self._warned.add(str(path))
         logger.warning("%s", message)
+
+
+def _corrupt_entry(path: Path, key: str, reason: str) -> EntryInfo:
+    """The listing of an entry file that cannot be used, with the reason."""
+    try:
+        status = os.stat(path)
+        size, modified = status.st_size, status.st_mtime
+    except OSError:
+        size, modified = 0, 0.0
+    return EntryInfo(key, "", size, modified, None, False, str(path), corrupt=reason)
 
 
 def _is_shard(entry: os.DirEntry[str]) -> bool:
