@@ -705,10 +705,26 @@ def test_fingerprint_skips_library_code_and_is_cached() -> None:
     assert fingerprint.is_user_module(sys.modules[__name__])
     first = fingerprint.function_fingerprint(add_one)
     assert fingerprint.function_fingerprint(add_one) == first
-    assert fingerprint._fingerprints[add_one.__code__] == first
+    assert fingerprint._fingerprints[add_one] == first
     assert fingerprint.function_fingerprint(functools.partial(add_one, 1)) == first
     assert fingerprint.function_fingerprint(make_adder) != first
     assert len(fingerprint.function_fingerprint(len)) == 32
+
+
+def make_defaulted(k: int) -> Any:
+    def scaled(x: int, k: int = k) -> int:
+        return x * k
+
+    return scaled
+
+
+def test_fingerprint_of_functions_sharing_code_differs_by_their_defaults() -> None:
+    from flowcore.caching import fingerprint
+
+    two, three = make_defaulted(2), make_defaulted(3)
+    assert fingerprint.function_fingerprint(two) != fingerprint.function_fingerprint(three)
+    again = make_defaulted(2)
+    assert fingerprint.function_fingerprint(again) == fingerprint.function_fingerprint(two)
 
 
 def json_module() -> Any:

@@ -35,9 +35,9 @@ hashed like an argument, and one that has no deterministic hash raises
 :class:`~flowcore.errors.CacheKeyError` (the task's ``cache_key_errors`` decides what
 the run does).
 
-Results are cached per code object (weakly), so repeated calls cost one dict
-lookup; globals are read on the first call for a code object in a process. A
-fingerprint that reads closure cells is computed on every call, as arguments are.
+Results are cached per function (weakly), so repeated calls cost one dict lookup;
+globals are read on the first call for a function in a process. A fingerprint
+that reads closure cells is computed on every call, as arguments are.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ from flowcore.caching.hashing import content_hash, hash_value
 MAX_DEPTH = 8
 MAX_OBJECTS = 512
 
-_fingerprints: weakref.WeakKeyDictionary[types.CodeType, str] = weakref.WeakKeyDictionary()
+_fingerprints: weakref.WeakKeyDictionary[types.FunctionType, str] = weakref.WeakKeyDictionary()
 
 #: Global values read by code that count as constants (their value is hashed).
 _CONSTANT_TYPES = (type(None), bool, int, float, complex, str, bytes)
@@ -77,16 +77,17 @@ def function_fingerprint(fn: Callable[..., Any]) -> str:
     closure values are part of the fingerprint, hashed like arguments, on every call.
     """
     target = _function_of(fn)
-    code = getattr(target, "__code__", None)
-    if isinstance(code, types.CodeType):
-        cached = _fingerprints.get(code)
+    # Per function, not per code object: the functions a factory makes share one
+    # code object and differ by their defaults (and closures, never cached).
+    if isinstance(target, types.FunctionType):
+        cached = _fingerprints.get(target)
         if cached is not None:
             return cached
     walk = _Walk()
     walk.add(target, 0)
     fingerprint = content_hash(sorted(walk.parts))
-    if isinstance(code, types.CodeType) and not walk.read_closures:
-        _fingerprints[code] = fingerprint
+    if isinstance(target, types.FunctionType) and not walk.read_closures:
+        _fingerprints[target] = fingerprint
     return fingerprint
 
 
@@ -112,7 +113,7 @@ class _Walk:
 
     def __init__(self) -> None:
         self.parts: list[tuple[str, str, str]] = []
-        #: whether a part came from a closure cell (then the result is not cached per code)
+        #: whether a part came from a closure cell (then the result is not cached)
         self.read_closures = False
         self._seen: set[int] = set()
 
