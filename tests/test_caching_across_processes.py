@@ -55,6 +55,17 @@ SCRIPT = textwrap.dedent(
         return helper(x) * 5
 
 
+    def make_scaler(factor):
+        @task(cache_policy=INPUTS + TASK_SOURCE, name=f"by_{factor}")
+        def scale(x):
+            return helper(x) * factor
+
+        return scale
+
+
+    by_7, by_11 = make_scaler(7), make_scaler(11)
+
+
     def backend(name):
         if name == "loky":
             return flowcore.get_backend("loky", max_workers=2)
@@ -69,7 +80,7 @@ SCRIPT = textwrap.dedent(
         @flow(backend=backend(name))
         def main():
             states = {}
-            for t in (with_source, with_key_fn, with_default):
+            for t in (with_source, with_key_fn, with_default, by_7, by_11):
                 if mode == "here-then-worker":
                     first = t(1, return_state=True)  # in the flow's process
                     second = t.submit(1, return_state=True)  # in a worker
@@ -116,19 +127,21 @@ def test_a_call_in_the_flow_is_a_hit_in_a_worker(
         "with_source": ["Completed", "Cached", 4, 4],
         "with_key_fn": ["Completed", "Cached", 6, 6],
         "with_default": ["Completed", "Cached", 10, 10],
+        "by_7": ["Completed", "Cached", 14, 14],
+        "by_11": ["Completed", "Cached", 22, 22],
     }
 
 
 def test_a_cache_filled_on_threads_serves_loky_workers(script: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     filled = _run(script, cache, "twice", "threads")
-    assert [s[:2] for s in filled.values()] == [["Completed", "Cached"]] * 3
+    assert [s[:2] for s in filled.values()] == [["Completed", "Cached"]] * 5
 
     served = _run(script, cache, "twice", "loky")
-    assert [s[:2] for s in served.values()] == [["Cached", "Cached"]] * 3
-    assert [s[2] for s in served.values()] == [4, 6, 10]
+    assert [s[:2] for s in served.values()] == [["Cached", "Cached"]] * 5
+    assert [s[2] for s in served.values()] == [4, 6, 10, 14, 22]
 
     from flowcore.caching import FileStore
 
     tasks = sorted(entry.task for entry in FileStore(cache).entries())
-    assert tasks == ["with_default", "with_key_fn", "with_source"]  # one entry per call
+    assert tasks == ["by_11", "by_7", "with_default", "with_key_fn", "with_source"]  # one per call
