@@ -36,8 +36,10 @@ hashed like an argument, and one that has no deterministic hash raises
 the run does).
 
 Results are cached per function (weakly), so repeated calls cost one dict lookup;
-globals are read on the first call for a function in a process. A fingerprint
-that reads closure cells is computed on every call, as arguments are.
+globals are read on the first call for a function in a process. A cached result is
+used while the closure cells it read still hold the same objects (constants, code);
+one that read a value that can change in place (a list, an object) is computed on
+every call, as arguments are hashed on every call.
 """
 
 from __future__ import annotations
@@ -58,7 +60,16 @@ from flowcore.caching.hashing import content_hash, hash_value
 MAX_DEPTH = 8
 MAX_OBJECTS = 512
 
-_fingerprints: weakref.WeakKeyDictionary[types.FunctionType, str] = weakref.WeakKeyDictionary()
+#: A closure cell as read by a walk: its function (weakly: a cell may hold the
+#: function itself), its index, and its value (a constant, held) or a weak reference
+#: to it (code), or ``_EMPTY``. A cached fingerprint stays valid while every cell it
+#: read still holds the very same object.
+_CellRead = tuple["weakref.ref[types.FunctionType]", int, object]
+_EMPTY = object()
+
+_fingerprints: weakref.WeakKeyDictionary[types.FunctionType, tuple[str, tuple[_CellRead, ...]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 #: Global values read by code that count as constants (their value is hashed).
 _CONSTANT_TYPES = (type(None), bool, int, float, complex, str, bytes)
@@ -74,21 +85,48 @@ def function_fingerprint(fn: Callable[..., Any]) -> str:
 
     Raises :class:`~flowcore.errors.CacheKeyError` when a value captured in a closure
     (``x`` in ``def make(x): @task def t(): ... x ...``) has no deterministic hash:
-    closure values are part of the fingerprint, hashed like arguments, on every call.
+    closure values are part of the fingerprint, hashed like arguments.
     """
     target = _function_of(fn)
     # Per function, not per code object: the functions a factory makes share one
-    # code object and differ by their defaults (and closures, never cached).
+    # code object and differ by their defaults and closures.
     if isinstance(target, types.FunctionType):
         cached = _fingerprints.get(target)
-        if cached is not None:
-            return cached
+        if cached is not None and _cells_unchanged(cached[1]):
+            return cached[0]
     walk = _Walk()
     walk.add(target, 0)
     fingerprint = content_hash(sorted(walk.parts))
-    if isinstance(target, types.FunctionType) and not walk.read_closures:
-        _fingerprints[target] = fingerprint
+    if isinstance(target, types.FunctionType) and walk.cells is not None:
+        _fingerprints[target] = (fingerprint, tuple(walk.cells))
     return fingerprint
+
+
+def _cells_unchanged(cells: tuple[_CellRead, ...]) -> bool:
+    """True while every cell a walk read holds the same object as then."""
+    for function_ref, index, seen in cells:
+        function = function_ref()
+        if function is None or function.__closure__ is None:
+            return False
+        try:
+            current = function.__closure__[index].cell_contents
+        except ValueError:
+            current = _EMPTY
+        if isinstance(seen, weakref.ref):
+            seen = seen()
+        if current is not seen:
+            return False
+    return True
+
+
+def _cell_read(fn: types.FunctionType, index: int, value: object) -> _CellRead | None:
+    """How a walk remembers cell ``index`` of ``fn``, or None when its value may change
+    in place (a list, an object): then the fingerprint is computed on every call."""
+    if value is _EMPTY or _is_constant(value):
+        return (weakref.ref(fn), index, value)
+    if isinstance(value, (types.FunctionType, type)) or _task_function(value) is not value:
+        return (weakref.ref(fn), index, weakref.ref(value))  # code: its cells are read too
+    return None
 
 
 def _function_of(fn: Any) -> Any:
@@ -113,8 +151,9 @@ class _Walk:
 
     def __init__(self) -> None:
         self.parts: list[tuple[str, str, str]] = []
-        #: whether a part came from a closure cell (then the result is not cached)
-        self.read_closures = False
+        #: the closure cells read, or None once one held a value that can change in
+        #: place (then the result is not cached)
+        self.cells: list[_CellRead] | None = []
         self._seen: set[int] = set()
 
     def add(self, obj: Any, depth: int) -> None:
@@ -163,14 +202,22 @@ class _Walk:
         by them. User code is followed like a global; other values are hashed like
         arguments (CacheKeyError for one with no deterministic hash)."""
         owner = _qualified(fn)
-        for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or (), strict=True):
+        cells = zip(fn.__code__.co_freevars, fn.__closure__ or (), strict=True)
+        for index, (name, cell) in enumerate(cells):
             if name == "__class__":  # the class of a method using super(): fixed code
                 continue
-            self.read_closures = True
             where = f"{owner}.<closure {name}>"
             try:
                 value = cell.cell_contents
             except ValueError:  # a cell not filled yet
+                value = _EMPTY
+            if self.cells is not None:
+                read = _cell_read(fn, index, value)
+                if read is None:
+                    self.cells = None
+                else:
+                    self.cells.append(read)
+            if value is _EMPTY:
                 self.parts.append((where, "closure", "empty"))
                 continue
             value = _task_function(value)
