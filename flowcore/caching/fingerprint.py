@@ -8,8 +8,8 @@ keeps it stable across interpreter runs (of one Python version).
 
 "Code" is the compiled code object (:func:`~flowcore.caching._callables.code_digest`:
 bytecode, constants, names, argument layout; not file names or line numbers) and a
-function's default values; a class is its bases, its methods' code and its constant
-attributes. Never source text: a function defined in the user's script (``__main__``)
+function's default values (constants by value, other objects by their type); a class
+is its bases, its methods' code and its constant attributes. Never source text: a function defined in the user's script (``__main__``)
 reaches a process worker pickled by value (cloudpickle), where its source file may
 be elsewhere or missing and ``inspect`` finds the worker's ``__main__`` instead. The
 fingerprint depends on the code only, so it is the same in the flow's process and in
