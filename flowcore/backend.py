@@ -35,16 +35,13 @@ from flowcore.errors import BackendShutdownError
 T = TypeVar("T")
 
 
-class BackendKind(str, enum.Enum):
+class BackendKind(enum.StrEnum):
     """Where a backend runs work; tests and the core use it to pick behaviour."""
 
     INLINE = "inline"
     THREADS = "threads"
     PROCESSES = "processes"
     CLUSTER = "cluster"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True)

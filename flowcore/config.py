@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import threading
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,10 +104,6 @@ def tool_settings(pyproject: Path) -> dict[str, Any]:
         cached = _cache.get(pyproject)
         if cached is not None and cached[0] == mtime:
             return cached[1]
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover - exercised on 3.10 only
-        import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
     try:
         with pyproject.open("rb") as handle:
             document = tomllib.load(handle)
