@@ -192,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from flowcore.config import check_environment
+
+    check_environment()
     try:
         return int(args.handler(args))
     except FlowcoreError as exc:

@@ -24,6 +24,7 @@ from flowcore import options as opts
 from flowcore import registry, states
 from flowcore.backend import Backend, BackendKind
 from flowcore.calls import FlowRun, new_flow_run_id
+from flowcore.config import check_environment
 from flowcore.context import FlowRunContext, _scope
 from flowcore.errors import TaskTimeoutError
 from flowcore.futures import TaskFuture, collect_futures, resolve_futures
@@ -85,6 +86,8 @@ class Flow(Generic[P, R]):
     # -- the run ------------------------------------------------------------
     def _run(self, args: tuple[Any, ...], kwargs: dict[str, Any], parameters: dict[str, Any]) -> State[Any]:
         parent = _scope.get()
+        if parent is None:
+            check_environment()
         slot = slot_for(self.options.backend, parent)
         run_id = new_flow_run_id()
         run = FlowRun(
