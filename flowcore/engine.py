@@ -95,7 +95,7 @@ def _run_uncached(call: TaskCall) -> State[Any]:
                     journal.record_idle()  # not running while it waits to retry
             if attempt > policy.retries or not _should_retry(call, state):
                 return _with_timing(state, first_start, attempt)
-            policy.wait_before_retry(attempt, state.message, _task_log(call))
+            policy.wait_before_retry(attempt, state.message, task_run_logger(call))
     finally:
         if print_token is not None:
             from flowcore.loggers import restore_prints
@@ -131,7 +131,7 @@ def _should_retry(call: TaskCall, state: State[Any]) -> bool:
     try:
         return bool(condition(call.task, call, state))
     except Exception:
-        _task_log(call).exception(
+        task_run_logger(call).exception(
             "retry_condition_fn of task %r raised; not retrying", call.task.name
         )
         return False
@@ -143,7 +143,8 @@ def _with_timing(state: State[Any], started: float, attempts: int) -> State[Any]
     return replace(state, started_at=started, finished_at=time.time(), attempts=attempts)
 
 
-def _task_log(call: TaskCall) -> logging.LoggerAdapter:  # type: ignore[type-arg]
+def task_run_logger(call: TaskCall) -> logging.LoggerAdapter:  # type: ignore[type-arg]
+    """The run logger of ``call``'s task run (its records carry the run's fields)."""
     from flowcore.loggers import task_logger
 
     return task_logger(TaskRunContext(call.task, call))
@@ -160,15 +161,15 @@ def report_final_state(call: TaskCall, state: State[Any]) -> None:
         try:
             hook(task, call, state)
         except Exception:
-            _task_log(call).exception(
+            task_run_logger(call).exception(
                 "hook %r of task run %r raised; the run's state is unchanged",
                 getattr(hook, "__name__", hook),
                 call.task_run_name,
             )
     if state.type is not StateType.COMPLETED and logger.isEnabledFor(logging.DEBUG):
-        _task_log(call).debug("Finished in state %r", state)
+        task_run_logger(call).debug("Finished in state %r", state)
     if is_observed("flowcore_task_run_finished"):
         notify("flowcore_task_run_finished", task=task, call=call, state=state)
 
 
-__all__ = ["failure_state", "report_final_state", "run_call", "run_call_remote"]
+__all__ = ["failure_state", "report_final_state", "run_call", "run_call_remote", "task_run_logger"]

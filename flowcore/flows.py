@@ -26,6 +26,7 @@ from flowcore.backend import Backend, BackendKind
 from flowcore.calls import FlowRun, new_flow_run_id
 from flowcore.config import check_environment
 from flowcore.context import FlowRunContext, _scope
+from flowcore.engine import task_run_logger
 from flowcore.errors import TaskTimeoutError
 from flowcore.futures import TaskFuture, collect_futures, resolve_futures
 from flowcore.loggers import ensure_console_handler, flow_logger, redirect_prints, restore_prints
@@ -38,7 +39,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 _UNSET: Any = object()
-_MAX_UNOBSERVED_REPORTS = 10
+_MAX_FAILURE_REPORTS = 10  # of each kind, per flow run attempt
 _STOPPABLE = (BackendKind.PROCESSES, BackendKind.CLUSTER)
 
 
@@ -147,7 +148,7 @@ class Flow(Generic[P, R]):
             else:
                 state = _state_from_return(value)
             context.wait_all()
-            _log_unobserved(context)
+            _log_failed_runs(context)
             return state
         except BaseException:
             # Ctrl-C, SystemExit: stop what can be stopped, do not wait for the rest.
@@ -283,29 +284,38 @@ def _stop_outstanding(context: FlowRunContext, *, closing: bool = False) -> None
         kill_workers_running(live)
 
 
-def _log_unobserved(context: FlowRunContext) -> None:
-    unobserved = [
-        f
+def _log_failed_runs(context: FlowRunContext) -> None:
+    """Log each failed task run of the flow run once, at ERROR (Prefect logs every task
+    run's final state): a run nothing looked at with its traceback, since nobody else
+    will show it; a run whose state or result the flow looked at by its final state."""
+    failed = [
+        (f, final)
         for f in context.failed
-        if not f._is_observed()
-        and (final := f._final()) is not None
+        if (final := f._final()) is not None
         and not final.is_completed()
         and not final.is_cancelled()  # stopped on purpose (by the caller, or this run's failure)
     ]
-    if not unobserved:
+    if not failed:
         return
+    unobserved = [(f, state) for f, state in failed if not f._is_observed()]
+    observed = [(f, state) for f, state in failed if f._is_observed()]
+    for future, state in observed[:_MAX_FAILURE_REPORTS]:
+        task_run_logger(future.call).error("Finished in state %r", state)
+    if len(observed) > _MAX_FAILURE_REPORTS:
+        flow_logger(context).error(
+            "... and %d more failed task runs", len(observed) - _MAX_FAILURE_REPORTS
+        )
     logger = flow_logger(context)
-    for future in unobserved[:_MAX_UNOBSERVED_REPORTS]:
-        state = future._final()
-        assert state is not None
+    for future, state in unobserved[:_MAX_FAILURE_REPORTS]:
+        details = (state.traceback or "").rstrip("\n")
         logger.error(
-            "Task run %r ended in state %r and nothing retrieved its result or state\n%s",
+            "Task run %r ended in state %r and nothing retrieved its result or state%s",
             future.name,
             state,
-            state.traceback or "",
+            "\n" + details if details else "",
         )
-    if len(unobserved) > _MAX_UNOBSERVED_REPORTS:
-        logger.error("... and %d more unobserved failed task runs", len(unobserved) - _MAX_UNOBSERVED_REPORTS)
+    if len(unobserved) > _MAX_FAILURE_REPORTS:
+        logger.error("... and %d more unobserved failed task runs", len(unobserved) - _MAX_FAILURE_REPORTS)
 
 
 def _check_backend(value: object, owner: str) -> Any:
