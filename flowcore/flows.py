@@ -79,13 +79,21 @@ class Flow(Generic[P, R]):
         """
         return_state = kwargs.pop("return_state", False) if "return_state" in kwargs else False
         parameters = self.bind(args, kwargs)
-        state = self._run(args, kwargs, parameters)
+        # The caller who takes the state gets no exception (and no traceback): log it.
+        state = self._run(args, kwargs, parameters, log_traceback=return_state)
         if return_state:
             return state
         return state.result()
 
     # -- the run ------------------------------------------------------------
-    def _run(self, args: tuple[Any, ...], kwargs: dict[str, Any], parameters: dict[str, Any]) -> State[Any]:
+    def _run(
+        self,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        parameters: dict[str, Any],
+        *,
+        log_traceback: bool = False,
+    ) -> State[Any]:
         parent = _scope.get()
         if parent is None:
             check_environment()
@@ -119,7 +127,7 @@ class Flow(Generic[P, R]):
             policy.wait_before_retry(attempt, state.message, logger)
         slot.close(wait=state.name != "TimedOut", cancel_futures=state.name == "TimedOut")
         state = replace(state, started_at=run.started_at, finished_at=time.time(), attempts=attempt)
-        self._finish(context, state)
+        self._finish(context, state, log_traceback=log_traceback)
         return state
 
     def _attempt(self, context: FlowRunContext, args: tuple[Any, ...], kwargs: dict[str, Any]) -> State[Any]:
@@ -161,7 +169,9 @@ class Flow(Generic[P, R]):
                 restore_prints(print_token)
             _scope.reset(token)
 
-    def _finish(self, context: FlowRunContext, state: State[Any]) -> None:
+    def _finish(self, context: FlowRunContext, state: State[Any], *, log_traceback: bool = False) -> None:
+        """Hooks, observers and the final log line. ``log_traceback``: a failure's
+        traceback is logged just before it (the caller gets a state, not the exception)."""
         run = context.flow_run
         assert run is not None
         hooks = self.options.on_completion if state.is_completed() else self.options.on_failure
@@ -174,8 +184,12 @@ class Flow(Generic[P, R]):
         registry.notify("flowcore_flow_run_finished", flow=self, run=run, state=state)
         if state.is_completed():
             logger.info("Finished in state %r", state)
-        else:
-            logger.error("Finished in state %r", state)
+            return
+        if log_traceback and state.traceback:
+            # A task's failure raised in the body carries the task's frames (a remote
+            # task's as the RemoteTraceback cause): the one place they are shown.
+            logger.error("Encountered exception during execution:\n%s", state.traceback.rstrip("\n"))
+        logger.error("Finished in state %r", state)
 
     # -- options ------------------------------------------------------------
     def with_options(
