@@ -88,16 +88,11 @@ class UsageError(Exception):
 
 
 def _run(args: argparse.Namespace) -> int:
-    command = "flowcore run"
     flow_obj = load_flow(args.target)
-    try:
-        params = parse_params(args.params, command)
-        params.update(_parse_param_pairs(args.param or []))
-        _check_parameters(flow_obj, params)
-        backend_options = _parse_backend_options(args.backend_options)
-    except UsageError as exc:
-        print(f"{command}: error: {exc}", file=sys.stderr)
-        return 2
+    params = parse_params(args.params, "flowcore run")
+    params.update(_parse_param_pairs(args.param or []))
+    _check_parameters(flow_obj, params)
+    backend_options = _parse_backend_options(args.backend_options)
     if backend_options is None:
         if args.backend:
             flow_obj = flow_obj.with_options(backend=args.backend)
@@ -171,13 +166,13 @@ def _parse_backend_options(raw: str | None) -> dict[str, Any] | None:
 
 
 def parse_params(raw: str | None, command: str) -> dict[str, Any]:
-    """``--params``: a JSON object (SystemExit naming ``command`` otherwise)."""
+    """``--params``: a JSON object (UsageError otherwise; ``command`` is kept for callers)."""
     try:
         params = json.loads(raw) if raw else {}
     except json.JSONDecodeError as exc:
-        raise SystemExit(f"{command}: --params is not valid JSON: {exc}") from None
+        raise UsageError(f"--params is not valid JSON: {exc}") from None
     if not isinstance(params, dict):
-        raise SystemExit(f"{command}: --params must be a JSON object, e.g. '{{\"n\": 10}}'")
+        raise UsageError("--params must be a JSON object, e.g. '{\"n\": 10}'")
     return params
 
 
@@ -282,6 +277,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_environment()
     try:
         return int(args.handler(args))
+    except UsageError as exc:
+        print(f"flowcore {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     except FlowcoreError as exc:
         print(f"flowcore: error: {exc}", file=sys.stderr)
         return 2
