@@ -43,7 +43,7 @@ from flowcore.errors import BackendShutdownError
 T = TypeVar("T")
 
 
-class BackendKind(str, enum.Enum):
+class BackendKind(enum.StrEnum):
     """Where a backend runs work: a label for people (``flowcore backends``) and the
     source of a backend's default :class:`Capabilities`. The core never branches on it."""
 
@@ -51,9 +51,6 @@ class BackendKind(str, enum.Enum):
     THREADS = "threads"
     PROCESSES = "processes"
     CLUSTER = "cluster"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True, slots=True)

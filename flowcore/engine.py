@@ -132,7 +132,7 @@ def _run_uncached(call: TaskCall) -> State[Any]:
                     tracker.record_idle()  # not running while it waits to retry
             if attempt > policy.retries or not _should_retry(call, state):
                 return _with_timing(state, first_start, attempt)
-            policy.wait_before_retry(attempt, state.message, _task_log(call))
+            policy.wait_before_retry(attempt, state.message, task_run_logger(call))
     finally:
         if print_token is not None:
             from flowcore.loggers import restore_prints
@@ -174,7 +174,7 @@ def _should_retry(call: TaskCall, state: State[Any]) -> bool:
     try:
         return bool(condition(call.task, call, state))
     except Exception:
-        _task_log(call).exception(
+        task_run_logger(call).exception(
             "retry_condition_fn of task %r raised; not retrying", call.task.name
         )
         return False
@@ -186,7 +186,8 @@ def _with_timing(state: State[Any], started: float, attempts: int) -> State[Any]
     return replace(state, started_at=started, finished_at=time.time(), attempts=attempts)
 
 
-def _task_log(call: TaskCall) -> logging.LoggerAdapter:  # type: ignore[type-arg]
+def task_run_logger(call: TaskCall) -> logging.LoggerAdapter:  # type: ignore[type-arg]
+    """The run logger of ``call``'s task run (its records carry the run's fields)."""
     from flowcore.loggers import task_logger
 
     return task_logger(TaskRunContext(call.task, call))
@@ -200,4 +201,5 @@ __all__ = [
     "run_call_located",
     "run_call_remote",
     "run_tracker",
+    "task_run_logger",
 ]

@@ -24,7 +24,9 @@ from flowcore import options as opts
 from flowcore import registry, states
 from flowcore.backend import Backend
 from flowcore.calls import FlowRun, new_flow_run_id
+from flowcore.config import check_environment
 from flowcore.context import FlowRunContext, _scope
+from flowcore.engine import task_run_logger
 from flowcore.errors import TaskTimeoutError
 from flowcore.events import EventKind, FlowRunEvent
 from flowcore.futures import TaskFuture, collect_futures, resolve_futures
@@ -38,7 +40,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 _UNSET: Any = object()
-_MAX_UNOBSERVED_REPORTS = 10
+_MAX_FAILURE_REPORTS = 10  # of each kind, per flow run attempt
 
 
 class Flow(Generic[P, R]):
@@ -77,14 +79,24 @@ class Flow(Generic[P, R]):
         """
         return_state = kwargs.pop("return_state", False) if "return_state" in kwargs else False
         parameters = self.bind(args, kwargs)
-        state = self._run(args, kwargs, parameters)
+        # The caller who takes the state gets no exception (and no traceback): log it.
+        state = self._run(args, kwargs, parameters, log_traceback=return_state)
         if return_state:
             return state
         return state.result()
 
     # -- the run ------------------------------------------------------------
-    def _run(self, args: tuple[Any, ...], kwargs: dict[str, Any], parameters: dict[str, Any]) -> State[Any]:
+    def _run(
+        self,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        parameters: dict[str, Any],
+        *,
+        log_traceback: bool = False,
+    ) -> State[Any]:
         parent = _scope.get()
+        if parent is None:
+            check_environment()
         slot = slot_for(self.options.backend, parent)
         run_id = new_flow_run_id()
         run = FlowRun(
@@ -118,7 +130,7 @@ class Flow(Generic[P, R]):
             policy.wait_before_retry(attempt, state.message, logger)
         slot.close(wait=state.name != "TimedOut", cancel_futures=state.name == "TimedOut")
         state = replace(state, started_at=run.started_at, finished_at=time.time(), attempts=attempt)
-        self._finish(context, state)
+        self._finish(context, state, log_traceback=log_traceback)
         return state
 
     def _attempt(self, context: FlowRunContext, args: tuple[Any, ...], kwargs: dict[str, Any]) -> State[Any]:
@@ -147,7 +159,7 @@ class Flow(Generic[P, R]):
             else:
                 state = _state_from_return(value)
             context.wait_all()
-            _log_unobserved(context)
+            _log_failed_runs(context)
             return state
         except BaseException:
             # Ctrl-C, SystemExit: stop what can be stopped, do not wait for the rest.
@@ -160,7 +172,9 @@ class Flow(Generic[P, R]):
                 restore_prints(print_token)
             _scope.reset(token)
 
-    def _finish(self, context: FlowRunContext, state: State[Any]) -> None:
+    def _finish(self, context: FlowRunContext, state: State[Any], *, log_traceback: bool = False) -> None:
+        """Hooks, observers and the final log line. ``log_traceback``: a failure's
+        traceback is logged just before it (the caller gets a state, not the exception)."""
         run = context.flow_run
         assert run is not None
         hooks = self.options.on_completion if state.is_completed() else self.options.on_failure
@@ -176,8 +190,12 @@ class Flow(Generic[P, R]):
             )
         if state.is_completed():
             logger.info("Finished in state %r", state)
-        else:
-            logger.error("Finished in state %r", state)
+            return
+        if log_traceback and state.traceback:
+            # A task's failure raised in the body carries the task's frames (a remote
+            # task's as the RemoteTraceback cause): the one place they are shown.
+            logger.error("Encountered exception during execution:\n%s", state.traceback.rstrip("\n"))
+        logger.error("Finished in state %r", state)
 
     # -- options ------------------------------------------------------------
     def with_options(
@@ -280,29 +298,38 @@ def _stop_outstanding(context: FlowRunContext, *, closing: bool = False) -> None
         backend.stop_runs(live, closing=closing and context.slot.owned)
 
 
-def _log_unobserved(context: FlowRunContext) -> None:
-    unobserved = [
-        f
+def _log_failed_runs(context: FlowRunContext) -> None:
+    """Log each failed task run of the flow run once, at ERROR (Prefect logs every task
+    run's final state): a run nothing looked at with its traceback, since nobody else
+    will show it; a run whose state or result the flow looked at by its final state."""
+    failed = [
+        (f, final)
         for f in context.failed
-        if not f._is_observed()
-        and (final := f._final()) is not None
+        if (final := f._final()) is not None
         and not final.is_completed()
         and not final.is_cancelled()  # stopped on purpose (by the caller, or this run's failure)
     ]
-    if not unobserved:
+    if not failed:
         return
+    unobserved = [(f, state) for f, state in failed if not f._is_observed()]
+    observed = [(f, state) for f, state in failed if f._is_observed()]
+    for future, state in observed[:_MAX_FAILURE_REPORTS]:
+        task_run_logger(future.call).error("Finished in state %r", state)
+    if len(observed) > _MAX_FAILURE_REPORTS:
+        flow_logger(context).error(
+            "... and %d more failed task runs", len(observed) - _MAX_FAILURE_REPORTS
+        )
     logger = flow_logger(context)
-    for future in unobserved[:_MAX_UNOBSERVED_REPORTS]:
-        state = future._final()
-        assert state is not None
+    for future, state in unobserved[:_MAX_FAILURE_REPORTS]:
+        details = (state.traceback or "").rstrip("\n")
         logger.error(
-            "Task run %r ended in state %r and nothing retrieved its result or state\n%s",
+            "Task run %r ended in state %r and nothing retrieved its result or state%s",
             future.name,
             state,
-            state.traceback or "",
+            "\n" + details if details else "",
         )
-    if len(unobserved) > _MAX_UNOBSERVED_REPORTS:
-        logger.error("... and %d more unobserved failed task runs", len(unobserved) - _MAX_UNOBSERVED_REPORTS)
+    if len(unobserved) > _MAX_FAILURE_REPORTS:
+        logger.error("... and %d more unobserved failed task runs", len(unobserved) - _MAX_FAILURE_REPORTS)
 
 
 def _check_backend(value: object, owner: str) -> Any:

@@ -4,8 +4,8 @@
 per-run bookkeeping of a separate call, future and state would cost many times the
 work itself. A :class:`MapBlock` instead holds every run of one map call together:
 
-* the runs take consecutive run numbers (one reservation), so ids, names and the
-  worker journal entries are computed, not stored;
+* the runs take consecutive run numbers and name numbers (one reservation each), so
+  ids, names and the worker journal entries are computed, not stored;
 * a batch travels as slices of the argument columns (:class:`~flowcore.mapping.RowLayout`)
   and comes back as a column of values, a column of finish times and full states only
   for the runs that did not simply complete in one attempt;
@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from flowcore import engine, registry, states
 from flowcore.batching import BatchSizer, _feeder
-from flowcore.calls import TaskCall, reserve_run_numbers, run_id_prefix
+from flowcore.calls import UNSCOPED_RUN_NUMBERS, TaskCall, reserve_run_numbers, run_id_prefix
 from flowcore.context import TaskRunContext, _task_run
 from flowcore.events import EventKind, LazyTaskEvents, TaskRunEvent, Worker
 from flowcore.futures import RunFuture, TaskFuture, _call_back
@@ -93,14 +93,19 @@ class MapBlock:
         self.backend = backend
         self.arguments = arguments
         flow_run = scope.flow_run
-        self.common: tuple[Any, ...] = (
-            (flow_run.run_id, flow_run.name, flow_run.flow_name, log_prints)
-            if flow_run is not None
-            else (None, None, None, log_prints)
-        )
         self.submitted_at = time.time()
         self.prefix = run_id_prefix()
         self.first_number = reserve_run_numbers(count)
+        numbers = flow_run.run_numbers if flow_run is not None else UNSCOPED_RUN_NUMBERS
+        #: run i is named ``f"{task.name}-{first_name_number + i}"``
+        self.first_name_number = numbers.reserve(task.name, count)
+        # The last field maps a run id number to its name number (for the workers).
+        name_offset = self.first_name_number - self.first_number
+        self.common: tuple[Any, ...] = (
+            (flow_run.run_id, flow_run.name, flow_run.flow_name, log_prints, name_offset)
+            if flow_run is not None
+            else (None, None, None, log_prints, name_offset)
+        )
         self.count = count
         self.values: list[Any] = [None] * count
         self.ends: list[float] = [0.0] * count
@@ -127,12 +132,12 @@ class MapBlock:
         return f"{self.prefix}-{self.first_number + index:x}"
 
     def run_name(self, index: int) -> str:
-        return f"{self.task.name}-{self.first_number + index:x}"
+        return f"{self.task.name}-{self.first_name_number + index}"
 
     def call(self, index: int) -> TaskCall:
         """The run's call (built on demand: hooks, recovery, ``future.call``)."""
         (args, kwargs), = self.arguments.layout(index, index + 1).rows()
-        flow_run_id, flow_run_name, flow_name, log_prints = self.common
+        flow_run_id, flow_run_name, flow_name, log_prints, _ = self.common
         return TaskCall(
             self.task, args, kwargs, self.run_id(index), self.run_name(index), flow_run_id,
             flow_run_name, flow_name, self.submitted_at, log_prints,
@@ -510,10 +515,10 @@ class _MapItemContext(TaskRunContext):
 
     def call_at(self, index: int) -> TaskCall:
         number = self._first + index
-        flow_run_id, flow_run_name, flow_name, log_prints = self._batch_call
+        flow_run_id, flow_run_name, flow_name, log_prints, name_offset = self._batch_call
         return TaskCall(
             self.task, self._rows[index], self._kw_rows[index] if self._kw_rows else {},
-            f"{self._prefix}-{number:x}", f"{self.task.name}-{number:x}",
+            f"{self._prefix}-{number:x}", f"{self.task.name}-{number + name_offset}",
             flow_run_id, flow_run_name, flow_name, 0.0, log_prints,
         )
 

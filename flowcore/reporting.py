@@ -14,7 +14,7 @@ from typing import Any
 
 from flowcore import registry
 from flowcore.calls import TaskCall
-from flowcore.context import TaskRunContext
+from flowcore.engine import task_run_logger
 from flowcore.events import Worker, task_events
 from flowcore.states import State, StateType
 
@@ -37,21 +37,15 @@ def report_final_state(
         try:
             hook(task, call, state)
         except Exception:
-            _task_log(call).exception(
+            task_run_logger(call).exception(
                 "hook %r of task run %r raised; the run's state is unchanged",
                 getattr(hook, "__name__", hook),
                 call.task_run_name,
             )
     if state.type is not StateType.COMPLETED and logger.isEnabledFor(logging.DEBUG):
-        _task_log(call).debug("Finished in state %r", state)
+        task_run_logger(call).debug("Finished in state %r", state)
     if observed:
         registry.publish(task_events(call, backend, state, worker))
-
-
-def _task_log(call: TaskCall) -> logging.LoggerAdapter:  # type: ignore[type-arg]
-    from flowcore.loggers import task_logger
-
-    return task_logger(TaskRunContext(call.task, call))
 
 
 __all__ = ["report_final_state"]

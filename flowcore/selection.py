@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from flowcore.backend import Backend
-from flowcore.config import configured_backend
+from flowcore.config import check_environment, configured_backend
 from flowcore.context import BackendSlot, RunScope, _scope, current_scope
 from flowcore.errors import BackendNotFoundError, ConfigurationError
 from flowcore.registry import get_registry
@@ -73,6 +73,8 @@ def use_backend(backend: str | Backend | None = None, **options: Any) -> Iterato
     outside a flow; the block waits for its futures before it ends. Yields the backend
     (started lazily on first submit).
     """
+    if current_scope() is None:
+        check_environment()
     if isinstance(backend, str) or backend is None:
         instance = get_backend(backend, **options)
         owned = True

@@ -22,7 +22,7 @@ from flowcore import mapped as mapped_path
 from flowcore import options as opts
 from flowcore import registry
 from flowcore.batching import MIN_ITEMS_TO_BATCH, BatchDispatcher, should_batch
-from flowcore.calls import RUN_NUMBER_OFFSET, FlowRun, TaskCall, new_task_run_id
+from flowcore.calls import UNSCOPED_RUN_NUMBERS, FlowRun, TaskCall, new_task_run_id
 from flowcore.context import TaskRunContext, _scope, _task_run, current_scope
 from flowcore.errors import MissingContextError
 from flowcore.futures import RunFuture, TaskFuture, collect_futures
@@ -281,7 +281,7 @@ class Task(Generic[P, R]):
         self, args: tuple[Any, ...], kwargs: dict[str, Any], flow_run: FlowRun | None, log_prints: bool
     ) -> TaskCall:
         run_id = new_task_run_id()
-        name = self._run_name(args, kwargs, run_id)
+        name = self._run_name(args, kwargs, flow_run)
         # Positional construction: this runs once per task run, on the hot path.
         if flow_run is None:
             return TaskCall(self, args, kwargs, run_id, name, None, None, None, time.time(), log_prints)
@@ -296,10 +296,11 @@ class Task(Generic[P, R]):
             call.flow_parameters_key = flow_parameters_key(flow_run)
         return call
 
-    def _run_name(self, args: tuple[Any, ...], kwargs: dict[str, Any], run_id: str) -> str:
+    def _run_name(self, args: tuple[Any, ...], kwargs: dict[str, Any], flow_run: FlowRun | None) -> str:
         template = self.options.task_run_name
         if template is None:
-            return f"{self.name}-{run_id[RUN_NUMBER_OFFSET:]}"
+            numbers = flow_run.run_numbers if flow_run is not None else UNSCOPED_RUN_NUMBERS
+            return f"{self.name}-{numbers.reserve(self.name)}"
         if callable(template):
             name = template()
             if not isinstance(name, str):

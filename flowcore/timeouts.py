@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable
 from types import FrameType, TracebackType
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 from flowcore.errors import TaskTimeoutError
 
@@ -121,7 +121,7 @@ class Deadline:
         exc.deadline = self
         return exc
 
-    def __enter__(self) -> Deadline:
+    def __enter__(self) -> Self:
         self.expires_at = time.monotonic() + self.seconds
         self._thread_id = threading.get_ident()
         scopes = _stack.scopes

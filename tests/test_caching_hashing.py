@@ -215,7 +215,7 @@ def test_same_hash_in_a_process_with_another_hash_seed() -> None:
         "names": {"alpha", "beta", "gamma", "delta", "épsilon"},
         "frozen": frozenset({"x", "y", ("z", 1)}),
         "nested": {"k": [1, 2.5, None, {"q": b"bytes"}], 3: "int key"},
-        "when": dt.datetime(2024, 5, 1, 12, 30, tzinfo=dt.timezone.utc),
+        "when": dt.datetime(2024, 5, 1, 12, 30, tzinfo=dt.UTC),
     }
     code = textwrap.dedent(
         """
@@ -283,13 +283,13 @@ def test_enums_hash_by_class_and_value() -> None:
 
 
 def test_standard_value_types() -> None:
-    utc = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
+    utc = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
     paris = dt.datetime(2024, 1, 1, tzinfo=zoneinfo.ZoneInfo("Europe/Paris"))
     naive = dt.datetime(2024, 1, 1)
     assert len({content_hash(utc), content_hash(paris), content_hash(naive)}) == 3
     assert content_hash(dt.date(2024, 1, 1)) != content_hash(naive)
     assert content_hash(dt.timedelta(days=1)) != content_hash(dt.timedelta(seconds=86399))
-    assert content_hash(dt.time(1, 2)) != content_hash(dt.time(1, 2, tzinfo=dt.timezone.utc))
+    assert content_hash(dt.time(1, 2)) != content_hash(dt.time(1, 2, tzinfo=dt.UTC))
     assert content_hash(pathlib.PurePosixPath("/a/b")) != content_hash("/a/b")
     assert content_hash(pathlib.Path("/a/b")) == content_hash(pathlib.Path("/a") / "b")
     assert content_hash(uuid.UUID(int=1)) != content_hash(uuid.UUID(int=2))

@@ -135,6 +135,22 @@ def test_run_names_inside_the_worker_match_the_parent(backend: Backend) -> None:
     assert len(set(outside)) == 500 and all(n.startswith("current_run_name-") for n in outside)
 
 
+def test_mapped_run_names_are_decimal_and_follow_the_index(backend: Backend) -> None:
+    """A map reserves a block of consecutive numbers per task in the flow run: run i of
+    a map that follows one earlier run is ``name-(i + 1)``, in the parent and in the
+    worker alike."""
+
+    def body() -> tuple[list[str], list[str]]:
+        first = current_run_name.submit(-1)
+        futures = current_run_name.map(range(300))
+        return [first.name] + [f.result() for f in futures], [f.name for f in futures]
+
+    inside, outside = run(backend, body)
+    expected = [f"current_run_name-{i}" for i in range(301)]
+    assert inside == expected
+    assert outside == expected[1:]
+
+
 def test_logs_of_each_run_are_replayed_with_its_name(
     backend: Backend, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -41,7 +41,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass, field
 from multiprocessing import TimeoutError as MPTimeoutError
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 from flowcore.backend import Backend, BackendKind
 from flowcore.batching import BatchSizer
@@ -565,7 +565,7 @@ class Parallel:
         """Workers this instance would use (joblib's private helper, kept for parity)."""
         return effective_workers(self._choice, self._n_jobs_given)
 
-    def __enter__(self) -> Parallel:
+    def __enter__(self) -> Self:
         if self._choice.foreign is None:
             self._managed = self._make_backend(self._workers_for_backend())
         return self
