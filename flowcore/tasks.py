@@ -23,7 +23,7 @@ from flowcore import options as opts
 from flowcore import registry
 from flowcore.batching import MIN_ITEMS_TO_BATCH, BatchDispatcher, should_batch
 from flowcore.calls import UNSCOPED_RUN_NUMBERS, FlowRun, TaskCall, new_task_run_id
-from flowcore.context import TaskRunContext, _scope, _task_run, current_scope
+from flowcore.context import TaskRunContext, _scope, _task_run, submission_scope
 from flowcore.errors import MissingContextError
 from flowcore.futures import RunFuture, TaskFuture, collect_futures
 from flowcore.mapping import map_arguments
@@ -153,7 +153,7 @@ class Task(Generic[P, R]):
         """
         wait_for = kwargs.pop("wait_for", None)
         return_state = kwargs.pop("return_state", False)
-        scope = current_scope()
+        scope = submission_scope()
         if scope is None:
             raise MissingContextError(
                 f"{self.name}.submit() needs a flow run or a backend: call it inside a "
@@ -175,7 +175,7 @@ class Task(Generic[P, R]):
         unchanged to every run. ``wait_for`` applies to every run.
         """
         wait_for = _as_futures(kwargs.pop("wait_for", None))
-        scope = current_scope()
+        scope = submission_scope()
         if scope is None:
             raise MissingContextError(
                 f"{self.name}.map() needs a flow run or a backend: call it inside a "

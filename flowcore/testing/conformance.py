@@ -560,6 +560,15 @@ class BackendConformance:
         last_task = max(positions[id(s[-1])] for s in by_run.values())
         assert positions[id(flow_events[0])] < first_task and last_task < positions[id(flow_events[-1])]
 
+    def test_submit_and_map_inside_a_task(self, run: Callable[..., Any]) -> None:
+        """A task may submit and map other tasks in its body, on every backend (they
+        run inline in the task's worker where the flow's backend is out of reach)."""
+
+        def body() -> list[int]:
+            return w.fan_out_inside.submit(3).result()
+
+        assert run(body) == [9, 0, 1, 4, 4]
+
     def test_task_hooks_fire_once_in_the_caller(self, run: Callable[..., Any]) -> None:
         seen: list[tuple[str, str, int]] = []
 

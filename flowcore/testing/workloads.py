@@ -163,3 +163,11 @@ __all__ = [
     "type_error_once",
     "worker_pid",
 ]
+
+
+@task
+def fan_out_inside(n: int) -> list[int]:
+    """Submits and maps other tasks from inside its own body (nested task runs)."""
+    single = square.submit(n).result()
+    mapped = [f.result() for f in square.map(range(n))]
+    return [single, *mapped, add(n, 1)]
