@@ -462,6 +462,28 @@ class DaskBackend(Backend):
             return WorkerLost(culprit=True, message=message)
         return self._uncounted_loss(task_run_id, f"lost with a Dask worker that died: {message}")
 
+    def hard_timeout_journals(self) -> tuple[str, ...]:
+        """Where this backend's workers on this machine journal their runs, for the
+        parent's watch over timeouts (:mod:`flowcore.hard_timeouts`).
+
+        A worker thread's timer stops Python code, not a call blocked in C: a run still
+        on the same attempt a grace period past its ``timeout_seconds`` has its worker
+        process killed, which its nanny restarts. Dask reports the loss
+        (``KilledWorker``), and the run ends ``TimedOut`` (retried if its retries allow).
+        Workers on other machines keep journals that cannot be read from here.
+        """
+        if self._given_client is None and self.address is None:
+            from flowcore.journal import journal_directory
+
+            return (journal_directory(),)  # the local cluster's workers journal there
+        from flowcore.journal import ENV_VAR
+
+        directories = [worker_journal_directory()]
+        inherited = os.environ.get(ENV_VAR, "").rpartition(":")[0]
+        if inherited:
+            directories.append(inherited)
+        return tuple(directories)
+
     def __repr__(self) -> str:
         where = self.address or ("a given client" if self._given_client is not None else "a local cluster")
         return f"<DaskBackend on {where} max_workers={self.max_workers}>"

@@ -411,6 +411,14 @@ class RunFuture(TaskFuture[R]):
         if timeout is not None and backend.kind is BackendKind.PROCESSES:
             self._hard_watched = True
             hard_timeouts.watch(self.call.task_run_id, timeout)
+        elif timeout is not None:
+            # issue 12 (5): a cluster whose workers journal on this machine (Dask)
+            # names their journal directories; the same watch kills an overdue worker.
+            journals = getattr(backend, "hard_timeout_journals", None)
+            directories = journals() if journals is not None else ()
+            if directories:
+                self._hard_watched = True
+                hard_timeouts.watch(self.call.task_run_id, timeout, directories)
 
     def _backend_refused(self, exc: BaseException) -> None:
         """``backend.submit`` raised: the run never started; it ends ``Crashed``."""
