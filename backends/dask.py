@@ -77,6 +77,10 @@ T = TypeVar("T")
 logger = logging.getLogger("flowcore.backends.dask")
 
 DEFAULT_CONNECT_TIMEOUT = 10.0  # seconds
+#: seconds that runs wait on a cluster without a single worker before they end Crashed
+DEFAULT_NO_WORKERS_TIMEOUT = 60.0
+#: how often the backend asks the scheduler how many workers it has, while runs wait
+NO_WORKERS_POLL_SECONDS = 0.5
 DEFAULT_DASHBOARD_ADDRESS = "127.0.0.1:0"  # a free port on loopback: never clashes
 #: A run lost with a worker without being its culprit is resubmitted at most this
 #: many times; then the loss counts as a crash (a run that kills its worker before
@@ -254,11 +258,15 @@ class DaskBackend(Backend):
         require_encryption: bool | None = None,
         dashboard_address: str | None = DEFAULT_DASHBOARD_ADDRESS,
         cluster_options: Mapping[str, Any] | None = None,
+        no_workers_timeout: float = DEFAULT_NO_WORKERS_TIMEOUT,
     ) -> None:
         tls = {"tls_ca_file": tls_ca_file, "tls_client_cert": tls_client_cert, "tls_client_key": tls_client_key}
         _validate(address, client, max_workers, connect_timeout, security, tls, require_encryption, dashboard_address)
+        _validate_seconds("no_workers_timeout", no_workers_timeout)
         self.address = address
         self.connect_timeout = float(connect_timeout)
+        #: seconds that runs may wait while the cluster has no worker at all
+        self.no_workers_timeout = float(no_workers_timeout)
         self.max_workers = max_workers if max_workers is not None else usable_cpu_count()
         self._given_client = client
         self._security_option = security
@@ -284,6 +292,10 @@ class DaskBackend(Backend):
         self._uncounted: dict[str, int] = {}
         #: handles of results kept on the workers, fetched before a client we close goes
         self._handles: weakref.WeakSet[DaskHandle] = weakref.WeakSet()
+        #: the thread that watches for a cluster without workers while runs wait
+        self._workers_watch: threading.Thread | None = None
+        #: since when (monotonic) the scheduler has reported no workers, None while it has some
+        self._no_workers_since: float | None = None
 
     # -- the Executor protocol ----------------------------------------------------------
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> cf.Future[T]:
@@ -318,6 +330,7 @@ class DaskBackend(Backend):
         with self._lock:  # before the callback can run: it removes the future again
             self._pending.add(future)
         dask_future.add_done_callback(lambda done: self._deliver(future, done))
+        self._watch_workers()
         return future
 
     def submit_native(
@@ -361,6 +374,7 @@ class DaskBackend(Backend):
             self._pending.add(future)
             self._handles.add(handle)
         light.add_done_callback(lambda done: self._deliver(future, done))
+        self._watch_workers()
         return future, handle
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -651,6 +665,78 @@ class DaskBackend(Backend):
                 self._failure = (time.monotonic(), message)  # later submits fail at once
             raise BackendConnectionError(message)
 
+    # -- a cluster without workers -------------------------------------------------------------
+    def _watch_workers(self) -> None:
+        """Make sure a thread watches the cluster's worker count while runs wait.
+
+        Dask keeps a task waiting for a worker as long as none exists, so a flow whose
+        workers all died would wait forever, silently. The watch warns at once, and ends
+        the runs still waiting ``Crashed`` after ``no_workers_timeout`` seconds.
+        """
+        with self._lock:
+            if self._workers_watch is not None or self._closed:
+                return
+            thread = self._workers_watch = threading.Thread(
+                target=self._watch_worker_count, name="flowcore-dask-workers", daemon=True
+            )
+        thread.start()
+
+    def _watch_worker_count(self) -> None:
+        while True:
+            with self._lock:
+                client = self._client
+                if self._closed or client is None or not self._pending:
+                    self._workers_watch = None
+                    return
+            workers = self._worker_count_now(client)
+            if workers == 0:
+                self._no_workers(client)
+            elif workers is not None and self._no_workers_since is not None:
+                self._no_workers_since = None
+                logger.info("the Dask scheduler at %s has %d workers again", _where(client), workers)
+            time.sleep(NO_WORKERS_POLL_SECONDS)
+
+    def _worker_count_now(self, client: Any) -> int | None:
+        """How many workers the scheduler has now; None when it cannot tell (a lost
+        connection is reported by the runs themselves)."""
+        if client.status != "running":
+            return None
+        try:
+            return len(client.nthreads(callback_timeout=self.connect_timeout))
+        except Exception:
+            return None
+
+    def _no_workers(self, client: Any) -> None:
+        now = time.monotonic()
+        if self._no_workers_since is None:
+            self._no_workers_since = now
+            logger.warning(
+                "the Dask scheduler at %s has no workers: task runs wait for one, at most "
+                "no_workers_timeout=%g s; start workers ('dask worker %s')",
+                _where(client),
+                self.no_workers_timeout,
+                _where(client),
+            )
+            return
+        if now - self._no_workers_since < self.no_workers_timeout:
+            return
+        message = (
+            f"the Dask scheduler at {_where(client)} has had no workers for the "
+            f"no_workers_timeout of {self.no_workers_timeout:g} s; start workers for it "
+            "('dask worker <scheduler address>') or raise the backend option no_workers_timeout"
+        )
+        with self._lock:
+            waiting = list(self._pending)
+            self._pending.clear()
+        for future in waiting:
+            remotes = [future.dask_future, future.full]
+            future.dask_future = future.full = None
+            for remote in remotes:
+                if remote is not None:
+                    self._cancel_remote(remote)
+            with contextlib.suppress(cf.InvalidStateError):
+                future.set_exception(NoWorkersError(message))
+
     # -- results ------------------------------------------------------------------------------
     def _deliver(self, future: DaskFuture, dask_future: Any) -> None:
         """Dask's callback thread: complete ``future`` from the finished ``dask_future``,
@@ -753,6 +839,18 @@ class DaskBackend(Backend):
 
 class _ConnectionLost(BackendConnectionError):
     """A Dask task dropped because the client lost its scheduler (resubmitted)."""
+
+
+class NoWorkersError(BackendConnectionError):
+    """The Dask cluster had no workers for longer than ``no_workers_timeout``: the runs
+    that waited for one end ``Crashed`` with this error."""
+
+
+def _where(client: Any) -> str:
+    """The scheduler's address, for messages."""
+    with contextlib.suppress(Exception):
+        return str(client.scheduler.address)
+    return "?"
 
 
 def _make_ignore_interrupts() -> type:
@@ -1033,6 +1131,15 @@ def _validate(
         )
 
 
+def _validate_seconds(option: str, value: Any) -> None:
+    import math
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < math.inf):
+        raise ValueError(
+            f"{option} for the dask backend must be a positive number of seconds, got {value!r}"
+        )
+
+
 @hookimpl
 def flowcore_backends() -> list[BackendSpec]:
     return [
@@ -1052,6 +1159,7 @@ __all__ = [
     "DaskCall",
     "DaskFuture",
     "DaskHandle",
+    "NoWorkersError",
     "execute",
     "open_worker_journal",
     "worker_journal_directory",
