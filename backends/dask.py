@@ -580,6 +580,8 @@ class DaskBackend(Backend):
         if security is not None:
             options["security"] = security
         options.update(self._cluster_options)
+        if options.get("processes"):
+            _share_cache_directory(options)
         try:
             cluster = distributed.LocalCluster(**options)
         except Exception as exc:
@@ -844,6 +846,21 @@ class _ConnectionLost(BackendConnectionError):
 class NoWorkersError(BackendConnectionError):
     """The Dask cluster had no workers for longer than ``no_workers_timeout``: the runs
     that waited for one end ``Crashed`` with this error."""
+
+
+def _share_cache_directory(options: dict[str, Any]) -> None:
+    """Have the local cluster's worker processes use this process's cache directory,
+    resolved here (``FLOWCORE_CACHE_DIR``, ``[tool.flowcore] cache_dir`` or the default),
+    so that ``flowcore cache ls`` run here sees the entries they write. An ``env`` in
+    ``cluster_options`` that names ``FLOWCORE_CACHE_DIR`` wins."""
+    from flowcore.caching.store import ENV_CACHE_DIR, default_cache_dir
+    from flowcore.errors import ConfigurationError
+
+    try:
+        directory = str(default_cache_dir().resolve())
+    except (ConfigurationError, OSError):
+        return  # the workers meet the same configuration error when they cache
+    options["env"] = {ENV_CACHE_DIR: directory, **dict(options.get("env") or {})}
 
 
 def _where(client: Any) -> str:
