@@ -292,17 +292,39 @@ def _log_unobserved(context: FlowRunContext) -> None:
     if not unobserved:
         return
     logger = flow_logger(context)
-    for future in unobserved[:_MAX_UNOBSERVED_REPORTS]:
+    # issue 12 (8): runs that crashed with one same error (each run that an unreachable
+    # Dask scheduler refused) are reported in one line, not one line per run.
+    groups: dict[object, list[Any]] = {}
+    for future in unobserved:
+        final = future._final()
+        assert final is not None
+        cause = final.exception.__cause__ if final.is_crashed() and final.exception is not None else None
+        key = (final.name, type(cause).__name__, str(cause)) if cause is not None else id(future)
+        groups.setdefault(key, []).append(future)
+    reports = list(groups.values())
+    for group in reports[:_MAX_UNOBSERVED_REPORTS]:
+        future = group[0]
         state = future._final()
         assert state is not None
+        if len(group) > 1:
+            logger.error(
+                "%d task runs crashed with the same error and nothing retrieved their results "
+                "or states; the first, %r, ended in state %r\n%s",
+                len(group),
+                future.name,
+                state,
+                state.traceback or "",
+            )
+            continue
         logger.error(
             "Task run %r ended in state %r and nothing retrieved its result or state\n%s",
             future.name,
             state,
             state.traceback or "",
         )
-    if len(unobserved) > _MAX_UNOBSERVED_REPORTS:
-        logger.error("... and %d more unobserved failed task runs", len(unobserved) - _MAX_UNOBSERVED_REPORTS)
+    if len(reports) > _MAX_UNOBSERVED_REPORTS:
+        rest = sum(len(group) for group in reports[_MAX_UNOBSERVED_REPORTS:])
+        logger.error("... and %d more unobserved failed task runs", rest)
 
 
 def _check_backend(value: object, owner: str) -> Any:
