@@ -33,6 +33,7 @@ class HardTimeouts:
         #: this process's own journal directory)
         self._watched: dict[str, tuple[float, tuple[str, ...]]] = {}
         self._killed: set[str] = set()
+        self._ended: set[tuple[int, float]] = set()  # (pid, attempt start) of workers killed
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
 
@@ -76,19 +77,22 @@ class HardTimeouts:
             entry = watched.get(run_id)
             if entry is None or not started or now < started + entry[0] + grace_seconds(entry[0]):
                 continue
-            if not pid_alive(pid):
-                continue  # the journal of a worker that is already gone
+            if not pid_alive(pid) or (pid, started) in self._ended:
+                continue  # the journal of a worker that is already gone (or a zombie)
             with self._cond:
                 if run_id not in self._watched:
                     continue  # finished meanwhile
                 self._killed.add(run_id)  # before the pool can report the loss
             # Only if the worker is still on that attempt (checked under the
             # journal's lock): never one that has just finished it.
-            killed = kill_worker(pid, run_id, started, directory)
-            with self._cond:
-                if killed:
-                    self._watched.pop(run_id, None)
-                else:
+            # Still watched after a kill: a Dask scheduler with allowed-failures above 0
+            # re-runs the lost task itself, and that attempt has a deadline too.
+            if kill_worker(pid, run_id, started, directory):
+                if len(self._ended) > 1024:
+                    self._ended.clear()
+                self._ended.add((pid, started))
+            else:
+                with self._cond:
                     self._killed.discard(run_id)
 
 
