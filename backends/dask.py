@@ -46,6 +46,14 @@ here when the worker runs on this machine. On a remote machine the journal canno
 read from here: every run of the lost Dask task is then counted as crashed, and a
 remote scheduler keeps its own ``allowed-failures`` (default 3), so Dask itself
 re-runs a task up to that many times before reporting it.
+
+A cluster left without workers would keep every run waiting, silently: while runs
+wait, the backend asks the scheduler for its workers; with none it logs a WARNING at
+once, and after ``no_workers_timeout`` seconds the waiting runs end ``Crashed``
+(:class:`NoWorkersError`). Timeouts: a worker thread's timer cannot stop a call
+blocked in C, so the parent's watch (:mod:`flowcore.hard_timeouts`) kills a worker
+of this machine whose run is past its deadline and a grace period (see
+:meth:`DaskBackend.hard_timeout_journals`); its nanny restarts it.
 """
 
 from __future__ import annotations
