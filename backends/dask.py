@@ -89,6 +89,8 @@ DEFAULT_CONNECT_TIMEOUT = 10.0  # seconds
 DEFAULT_NO_WORKERS_TIMEOUT = 60.0
 #: how often the backend asks the scheduler how many workers it has, while runs wait
 NO_WORKERS_POLL_SECONDS = 0.5
+#: the local cluster without workers for less than this is only restarting one
+LOCAL_RESTART_SECONDS = 5.0
 DEFAULT_DASHBOARD_ADDRESS = "127.0.0.1:0"  # a free port on loopback: never clashes
 #: A run lost with a worker without being its culprit is resubmitted at most this
 #: many times; then the loss counts as a crash (a run that kills its worker before
@@ -304,6 +306,7 @@ class DaskBackend(Backend):
         self._workers_watch: threading.Thread | None = None
         #: since when (monotonic) the scheduler has reported no workers, None while it has some
         self._no_workers_since: float | None = None
+        self._no_workers_warned = False
 
     # -- the Executor protocol ----------------------------------------------------------
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> cf.Future[T]:
@@ -703,7 +706,8 @@ class DaskBackend(Backend):
                 self._no_workers(client)
             elif workers is not None and self._no_workers_since is not None:
                 self._no_workers_since = None
-                logger.info("the Dask scheduler at %s has %d workers again", _where(client), workers)
+                if self._no_workers_warned:
+                    logger.info("the Dask scheduler at %s has workers again (%d)", _where(client), workers)
             time.sleep(NO_WORKERS_POLL_SECONDS)
 
     def _worker_count_now(self, client: Any) -> int | None:
@@ -720,6 +724,14 @@ class DaskBackend(Backend):
         now = time.monotonic()
         if self._no_workers_since is None:
             self._no_workers_since = now
+            self._no_workers_warned = False
+        if not self._no_workers_warned:
+            # The local cluster's nannies restart a dead worker within seconds (one
+            # killed for a timeout, say): only a longer absence is worth a warning there.
+            restarting = min(LOCAL_RESTART_SECONDS, self.no_workers_timeout / 2)
+            if self._cluster is not None and now - self._no_workers_since < restarting:
+                return
+            self._no_workers_warned = True
             logger.warning(
                 "the Dask scheduler at %s has no workers: task runs wait for one, at most "
                 "no_workers_timeout=%g s; start workers ('dask worker %s')",
@@ -727,7 +739,6 @@ class DaskBackend(Backend):
                 self.no_workers_timeout,
                 _where(client),
             )
-            return
         if now - self._no_workers_since < self.no_workers_timeout:
             return
         message = (
