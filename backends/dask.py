@@ -46,6 +46,14 @@ here when the worker runs on this machine. On a remote machine the journal canno
 read from here: every run of the lost Dask task is then counted as crashed, and a
 remote scheduler keeps its own ``allowed-failures`` (default 3), so Dask itself
 re-runs a task up to that many times before reporting it.
+
+A cluster left without workers would keep every run waiting, silently: while runs
+wait, the backend asks the scheduler for its workers; with none it logs a WARNING at
+once, and after ``no_workers_timeout`` seconds the waiting runs end ``Crashed``
+(:class:`NoWorkersError`). Timeouts: a worker thread's timer cannot stop a call
+blocked in C, so the parent's watch (``flowcore.backends._supervision.hard_timeouts``) kills a worker
+of this machine whose run is past its deadline and a grace period (see
+:meth:`DaskBackend.deadline_journals`); its nanny restarts it.
 """
 
 from __future__ import annotations
@@ -62,7 +70,6 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 from flowcore.backend import (
-    Backend,
     BackendKind,
     BackendSpec,
     Capabilities,
@@ -73,11 +80,19 @@ from flowcore.backend import (
 from flowcore.errors import BackendConnectionError, BackendShutdownError
 from flowcore.hookspecs import hookimpl
 
+from ._supervision.journaled import JournaledWorkers
+
 T = TypeVar("T")
 
 logger = logging.getLogger("flowcore.backends.dask")
 
 DEFAULT_CONNECT_TIMEOUT = 10.0  # seconds
+#: seconds that runs wait on a cluster without a single worker before they end Crashed
+DEFAULT_NO_WORKERS_TIMEOUT = 60.0
+#: how often the backend asks the scheduler how many workers it has, while runs wait
+NO_WORKERS_POLL_SECONDS = 0.5
+#: the local cluster without workers for less than this is only restarting one
+LOCAL_RESTART_SECONDS = 5.0
 DEFAULT_DASHBOARD_ADDRESS = "127.0.0.1:0"  # a free port on loopback: never clashes
 #: A run lost with a worker without being its culprit is resubmitted at most this
 #: many times; then the loss counts as a crash (a run that kills its worker before
@@ -224,7 +239,7 @@ class DaskHandle(NativeHandle):
             raise _explain_gather_error(exc, backend._closed) from exc
 
 
-class DaskBackend(Backend):
+class DaskBackend(JournaledWorkers):
     """Runs tasks on a Dask cluster: a local one it starts, or a running scheduler.
 
     Creating the backend starts and connects nothing; the first :meth:`submit` does.
@@ -238,7 +253,10 @@ class DaskBackend(Backend):
     # Large results stay on the workers; downstream tasks get them as Dask futures
     # (see submit_native and flowcore.native). Runs of a failed flow are stopped by
     # ending their workers through the journal (workers on this machine).
-    capabilities = Capabilities(batching=True, stops_running=True, remote_results=True)
+    # A run blocked in C past its deadline has its worker (on this machine) killed.
+    capabilities = Capabilities(
+        batching=True, stops_running=True, hard_timeouts=True, remote_results=True
+    )
     #: seconds that fetching a result kept on the workers may take
     fetch_timeout: float | None = None
 
@@ -256,11 +274,15 @@ class DaskBackend(Backend):
         require_encryption: bool | None = None,
         dashboard_address: str | None = DEFAULT_DASHBOARD_ADDRESS,
         cluster_options: Mapping[str, Any] | None = None,
+        no_workers_timeout: float = DEFAULT_NO_WORKERS_TIMEOUT,
     ) -> None:
         tls = {"tls_ca_file": tls_ca_file, "tls_client_cert": tls_client_cert, "tls_client_key": tls_client_key}
         _validate(address, client, max_workers, connect_timeout, security, tls, require_encryption, dashboard_address)
+        _validate_seconds("no_workers_timeout", no_workers_timeout)
         self.address = address
         self.connect_timeout = float(connect_timeout)
+        #: seconds that runs may wait while the cluster has no worker at all
+        self.no_workers_timeout = float(no_workers_timeout)
         self.max_workers = max_workers if max_workers is not None else usable_cpu_count()
         self._given_client = client
         self._security_option = security
@@ -286,6 +308,11 @@ class DaskBackend(Backend):
         self._uncounted: dict[str, int] = {}
         #: handles of results kept on the workers, fetched before a client we close goes
         self._handles: weakref.WeakSet[DaskHandle] = weakref.WeakSet()
+        #: the thread that watches for a cluster without workers while runs wait
+        self._workers_watch: threading.Thread | None = None
+        #: since when (monotonic) the scheduler has reported no workers, None while it has some
+        self._no_workers_since: float | None = None
+        self._no_workers_warned = False
 
     # -- the Executor protocol ----------------------------------------------------------
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> cf.Future[T]:
@@ -320,6 +347,7 @@ class DaskBackend(Backend):
         with self._lock:  # before the callback can run: it removes the future again
             self._pending.add(future)
         dask_future.add_done_callback(lambda done: self._deliver(future, done))
+        self._watch_workers()
         return future
 
     def submit_native(
@@ -363,6 +391,7 @@ class DaskBackend(Backend):
             self._pending.add(future)
             self._handles.add(handle)
         light.add_done_callback(lambda done: self._deliver(future, done))
+        self._watch_workers()
         return future, handle
 
     def stop_runs(self, task_run_ids: set[str], *, closing: bool = False) -> None:
@@ -465,6 +494,9 @@ class DaskBackend(Backend):
         resubmission fails fast with BackendConnectionError if it does not come back).
         Anything else is not a lost worker (None).
         """
+        verdict = self.deadline_verdict(task_run_id)
+        if verdict is not None:
+            return verdict
         if isinstance(exc, _ConnectionLost):
             return self._uncounted_loss(task_run_id, str(exc))
         if not isinstance(exc, _distributed().KilledWorker):
@@ -473,6 +505,28 @@ class DaskBackend(Backend):
         if not known or culprit == task_run_id:
             return WorkerLost(culprit=True, message=message)
         return self._uncounted_loss(task_run_id, f"lost with a Dask worker that died: {message}")
+
+    def deadline_journals(self) -> tuple[str, ...]:
+        """Where this backend's workers on this machine journal their runs, for the
+        parent's watch over timeouts (``flowcore.backends._supervision.hard_timeouts``).
+
+        A worker thread's timer stops Python code, not a call blocked in C: a run still
+        on the same attempt a grace period past its ``timeout_seconds`` has its worker
+        process killed, which its nanny restarts. Dask reports the loss
+        (``KilledWorker``), and the run ends ``TimedOut`` (retried if its retries allow).
+        Workers on other machines keep journals that cannot be read from here.
+        """
+        if self._given_client is None and self.address is None:
+            from ._supervision.journal import journal_directory
+
+            return (journal_directory(),)  # the local cluster's workers journal there
+        from ._supervision.journal import ENV_VAR
+
+        directories = [worker_journal_directory()]
+        inherited = os.environ.get(ENV_VAR, "").rpartition(":")[0]
+        if inherited:
+            directories.append(inherited)
+        return tuple(directories)
 
     def __repr__(self) -> str:
         where = self.address or ("a given client" if self._given_client is not None else "a local cluster")
@@ -556,6 +610,8 @@ class DaskBackend(Backend):
         if security is not None:
             options["security"] = security
         options.update(self._cluster_options)
+        if options.get("processes"):
+            _share_cache_directory(options)
         try:
             cluster = distributed.LocalCluster(**options)
         except Exception as exc:
@@ -640,6 +696,86 @@ class DaskBackend(Backend):
             with self._lock:
                 self._failure = (time.monotonic(), message)  # later submits fail at once
             raise BackendConnectionError(message)
+
+    # -- a cluster without workers -------------------------------------------------------------
+    def _watch_workers(self) -> None:
+        """Make sure a thread watches the cluster's worker count while runs wait.
+
+        Dask keeps a task waiting for a worker as long as none exists, so a flow whose
+        workers all died would wait forever, silently. The watch warns at once, and ends
+        the runs still waiting ``Crashed`` after ``no_workers_timeout`` seconds.
+        """
+        with self._lock:
+            if self._workers_watch is not None or self._closed:
+                return
+            thread = self._workers_watch = threading.Thread(
+                target=self._watch_worker_count, name="flowcore-dask-workers", daemon=True
+            )
+        thread.start()
+
+    def _watch_worker_count(self) -> None:
+        while True:
+            with self._lock:
+                client = self._client
+                if self._closed or client is None or not self._pending:
+                    self._workers_watch = None
+                    return
+            workers = self._worker_count_now(client)
+            if workers == 0:
+                self._no_workers(client)
+            elif workers is not None and self._no_workers_since is not None:
+                self._no_workers_since = None
+                if self._no_workers_warned:
+                    logger.info("the Dask scheduler at %s has workers again (%d)", _where(client), workers)
+            time.sleep(NO_WORKERS_POLL_SECONDS)
+
+    def _worker_count_now(self, client: Any) -> int | None:
+        """How many workers the scheduler has now; None when it cannot tell (a lost
+        connection is reported by the runs themselves)."""
+        if client.status != "running":
+            return None
+        try:
+            return len(client.nthreads(callback_timeout=self.connect_timeout))
+        except Exception:
+            return None
+
+    def _no_workers(self, client: Any) -> None:
+        now = time.monotonic()
+        if self._no_workers_since is None:
+            self._no_workers_since = now
+            self._no_workers_warned = False
+        if not self._no_workers_warned:
+            # The local cluster's nannies restart a dead worker within seconds (one
+            # killed for a timeout, say): only a longer absence is worth a warning there.
+            restarting = min(LOCAL_RESTART_SECONDS, self.no_workers_timeout / 2)
+            if self._cluster is not None and now - self._no_workers_since < restarting:
+                return
+            self._no_workers_warned = True
+            logger.warning(
+                "the Dask scheduler at %s has no workers: task runs wait for one, at most "
+                "no_workers_timeout=%g s; start workers ('dask worker %s')",
+                _where(client),
+                self.no_workers_timeout,
+                _where(client),
+            )
+        if now - self._no_workers_since < self.no_workers_timeout:
+            return
+        message = (
+            f"the Dask scheduler at {_where(client)} has had no workers for the "
+            f"no_workers_timeout of {self.no_workers_timeout:g} s; start workers for it "
+            "('dask worker <scheduler address>') or raise the backend option no_workers_timeout"
+        )
+        with self._lock:
+            waiting = list(self._pending)
+            self._pending.clear()
+        for future in waiting:
+            remotes = [future.dask_future, future.full]
+            future.dask_future = future.full = None
+            for remote in remotes:
+                if remote is not None:
+                    self._cancel_remote(remote)
+            with contextlib.suppress(cf.InvalidStateError):
+                future.set_exception(NoWorkersError(message))
 
     # -- results ------------------------------------------------------------------------------
     def _deliver(self, future: DaskFuture, dask_future: Any) -> None:
@@ -743,6 +879,33 @@ class DaskBackend(Backend):
 
 class _ConnectionLost(BackendConnectionError):
     """A Dask task dropped because the client lost its scheduler (resubmitted)."""
+
+
+class NoWorkersError(BackendConnectionError):
+    """The Dask cluster had no workers for longer than ``no_workers_timeout``: the runs
+    that waited for one end ``Crashed`` with this error."""
+
+
+def _share_cache_directory(options: dict[str, Any]) -> None:
+    """Have the local cluster's worker processes use this process's cache directory,
+    resolved here (``FLOWCORE_CACHE_DIR``, ``[tool.flowcore] cache_dir`` or the default),
+    so that ``flowcore cache ls`` run here sees the entries they write. An ``env`` in
+    ``cluster_options`` that names ``FLOWCORE_CACHE_DIR`` wins."""
+    from flowcore.caching.store import ENV_CACHE_DIR, default_cache_dir
+    from flowcore.errors import ConfigurationError
+
+    try:
+        directory = str(default_cache_dir().resolve())
+    except (ConfigurationError, OSError):
+        return  # the workers meet the same configuration error when they cache
+    options["env"] = {ENV_CACHE_DIR: directory, **dict(options.get("env") or {})}
+
+
+def _where(client: Any) -> str:
+    """The scheduler's address, for messages."""
+    with contextlib.suppress(Exception):
+        return str(client.scheduler.address)
+    return "?"
 
 
 def _make_ignore_interrupts() -> type:
@@ -1023,6 +1186,15 @@ def _validate(
         )
 
 
+def _validate_seconds(option: str, value: Any) -> None:
+    import math
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < math.inf):
+        raise ValueError(
+            f"{option} for the dask backend must be a positive number of seconds, got {value!r}"
+        )
+
+
 @hookimpl
 def flowcore_backends() -> list[BackendSpec]:
     return [
@@ -1042,6 +1214,7 @@ __all__ = [
     "DaskCall",
     "DaskFuture",
     "DaskHandle",
+    "NoWorkersError",
     "execute",
     "open_worker_journal",
     "worker_journal_directory",

@@ -67,14 +67,21 @@ def run_tracker() -> RunTracker | None:
 
 def run_call(call: TaskCall) -> State[Any]:
     """Run ``call`` with retries and timeouts; return its final state. Never raises
-    for an exception of the task (``KeyboardInterrupt``/``SystemExit`` propagate)."""
+    for an exception of the task (``KeyboardInterrupt`` propagates; ``SystemExit``
+    ends the run ``Crashed``)."""
     task = call.task
     options = task.options
-    if options.cache is not None:
-        from flowcore.caching.runs import run_cached
+    try:
+        if options.cache is not None:
+            from flowcore.caching.runs import run_cached
 
-        return run_cached(call, options.cache, _run_uncached)
-    return _run_uncached(call)
+            return run_cached(call, options.cache, _run_uncached)
+        return _run_uncached(call)
+    except SystemExit as exc:
+        # issue 12 (3), minimal and Dask-driven: SystemExit escaping here killed the
+        # Dask worker (restarted by its nanny, the task re-run by the scheduler). The
+        # run ends Crashed, never retried; the worker and the flow go on.
+        return _exit_state(call, exc)
 
 
 def _run_uncached(call: TaskCall) -> State[Any]:
@@ -155,6 +162,19 @@ def run_call_located(call: TaskCall) -> tuple[State[Any], list[dict[str, Any]], 
     """:func:`run_call` in a thread of this process, saying where it ran (its log
     records are already here): the shape of :func:`run_call_remote`."""
     return run_call(call), [], current_worker()
+
+
+def _exit_state(call: TaskCall, exc: SystemExit) -> State[Any]:
+    """``Crashed`` for a task body that called ``sys.exit``."""
+    code = "" if exc.code is None else repr(exc.code)
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return states.Crashed(
+        f"task run {call.task_run_name!r} crashed: the task called sys.exit({code}); raise an "
+        "exception to fail a task run",
+        traceback=text,
+        finished_at=time.time(),
+        attempts=call.attempts_used + 1,
+    )
 
 
 def failure_state(exc: Exception, timed_out: bool) -> State[Any]:

@@ -320,16 +320,36 @@ def _log_failed_runs(context: FlowRunContext) -> None:
             "... and %d more failed task runs", len(observed) - _MAX_FAILURE_REPORTS
         )
     logger = flow_logger(context)
-    for future, state in unobserved[:_MAX_FAILURE_REPORTS]:
+    # Runs that crashed with one same error (each run that an unreachable Dask
+    # scheduler refused) are reported in one line, not one line per run.
+    groups: dict[object, list[tuple[Any, State[Any]]]] = {}
+    for future, state in unobserved:
+        cause = state.exception.__cause__ if state.is_crashed() and state.exception is not None else None
+        key = (state.name, type(cause).__name__, str(cause)) if cause is not None else id(future)
+        groups.setdefault(key, []).append((future, state))
+    reports = list(groups.values())
+    for group in reports[:_MAX_FAILURE_REPORTS]:
+        future, state = group[0]
         details = (state.traceback or "").rstrip("\n")
+        if len(group) > 1:
+            logger.error(
+                "%d task runs crashed with the same error and nothing retrieved their results "
+                "or states; the first, %r, ended in state %r%s",
+                len(group),
+                future.name,
+                state,
+                "\n" + details if details else "",
+            )
+            continue
         logger.error(
             "Task run %r ended in state %r and nothing retrieved its result or state%s",
             future.name,
             state,
             "\n" + details if details else "",
         )
-    if len(unobserved) > _MAX_FAILURE_REPORTS:
-        logger.error("... and %d more unobserved failed task runs", len(unobserved) - _MAX_FAILURE_REPORTS)
+    if len(reports) > _MAX_FAILURE_REPORTS:
+        rest = sum(len(group) for group in reports[_MAX_FAILURE_REPORTS:])
+        logger.error("... and %d more unobserved failed task runs", rest)
 
 
 def _check_backend(value: object, owner: str) -> Any:

@@ -29,14 +29,20 @@ class HardTimeouts:
     """The parent's watch over runs with a timeout on journaled worker processes."""
 
     def __init__(self) -> None:
-        self._watched: dict[str, float] = {}  # task run id -> timeout seconds
+        #: task run id -> (timeout seconds, the journal directories of its workers; empty:
+        #: this process's own journal directory)
+        self._watched: dict[str, tuple[float, tuple[str, ...]]] = {}
         self._killed: dict[str, float] = {}  # task run id -> the timeout it outlived
+        self._ended: set[tuple[int, float]] = set()  # (pid, attempt start) of workers killed
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
 
-    def watch(self, task_run_id: str, timeout: float) -> None:
+    def watch(self, task_run_id: str, timeout: float, directories: tuple[str, ...] = ()) -> None:
+        """Kill the worker running ``task_run_id`` once an attempt is past ``timeout``
+        and the grace period. Its worker journals in one of ``directories`` (default:
+        this process's journal directory, where pool workers journal)."""
         with self._cond:
-            self._watched[task_run_id] = timeout
+            self._watched[task_run_id] = (timeout, directories)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="flowcore-hard-timeouts", daemon=True)
                 self._thread.start()
@@ -58,26 +64,34 @@ class HardTimeouts:
                 while not self._watched:
                     self._cond.wait()
                 watched = dict(self._watched)
-            now = time.time()
-            for pid, (run_id, started) in read_journal_entries(journal_directory()).items():
-                timeout = watched.get(run_id)
-                if timeout is None or not started or now < started + timeout + grace_seconds(timeout):
-                    continue
-                if not pid_alive(pid):
-                    continue  # the journal of a worker that is already gone
-                with self._cond:
-                    if run_id not in self._watched:
-                        continue  # finished meanwhile
-                    self._killed[run_id] = timeout  # before the pool can report the loss
-                # Only if the worker is still on that attempt (checked under the
-                # journal's lock): never one that has just finished it.
-                killed = kill_worker(pid, run_id, started)
-                with self._cond:
-                    if killed:
-                        self._watched.pop(run_id, None)
-                    else:
-                        self._killed.pop(run_id, None)
+            directories = {d for _, named in watched.values() for d in named or (journal_directory(),)}
+            for directory in directories:
+                self._kill_overdue(directory, watched)
             time.sleep(POLL_SECONDS)
+
+    def _kill_overdue(self, directory: str, watched: dict[str, tuple[float, tuple[str, ...]]]) -> None:
+        now = time.time()
+        for pid, (run_id, started) in read_journal_entries(directory).items():
+            entry = watched.get(run_id)
+            if entry is None or not started or now < started + entry[0] + grace_seconds(entry[0]):
+                continue
+            if not pid_alive(pid) or (pid, started) in self._ended:
+                continue  # the journal of a worker that is already gone (or a zombie)
+            with self._cond:
+                if run_id not in self._watched:
+                    continue  # finished meanwhile
+                self._killed[run_id] = entry[0]  # before the pool can report the loss
+            # Only if the worker is still on that attempt (checked under the
+            # journal's lock): never one that has just finished it.
+            # Still watched after a kill: a Dask scheduler with allowed-failures above 0
+            # re-runs the lost task itself, and that attempt has a deadline too.
+            if kill_worker(pid, run_id, started, directory):
+                if len(self._ended) > 1024:
+                    self._ended.clear()
+                self._ended.add((pid, started))
+            else:
+                with self._cond:
+                    self._killed.pop(run_id, None)
 
 
 hard_timeouts = HardTimeouts()

@@ -291,15 +291,19 @@ def kill_workers_running(task_run_ids: set[str]) -> int:
     return killed
 
 
-def kill_worker(pid: int, task_run_id: str, attempt_started: float | None = None) -> bool:
+def kill_worker(
+    pid: int, task_run_id: str, attempt_started: float | None = None, directory: str | None = None
+) -> bool:
     """SIGKILL worker ``pid`` if its journal still names ``task_run_id`` (and, given
-    ``attempt_started``, that attempt); True if it was killed.
+    ``attempt_started``, that attempt); True if it was killed. The journal is in
+    ``directory`` (default: this process's journal directory; a Dask worker reached by
+    address journals elsewhere).
 
     The check and the kill happen under the journal's lock, held until the worker is
     dead: a worker that has just finished the run is never killed while it sends its
     result back.
     """
-    path = os.path.join(journal_directory(), str(pid))
+    path = os.path.join(directory or journal_directory(), str(pid))
     return _kill_while_running(path, pid, {task_run_id}, attempt_started)
 
 

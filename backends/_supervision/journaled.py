@@ -26,10 +26,15 @@ class JournaledWorkers(Backend):
 
         kill_workers_running(task_run_ids)
 
+    def deadline_journals(self) -> tuple[str, ...]:
+        """The journal directories of the workers whose deadlines are watched (empty:
+        this process's own, where the pool workers it starts journal)."""
+        return ()
+
     def watch_deadline(self, task_run_id: str, timeout: float) -> None:
         from .hard_timeouts import hard_timeouts
 
-        hard_timeouts.watch(task_run_id, timeout)
+        hard_timeouts.watch(task_run_id, timeout, self.deadline_journals())
 
     def unwatch_deadline(self, task_run_id: str) -> None:
         from .hard_timeouts import hard_timeouts

@@ -445,6 +445,23 @@ class BackendConformance:
         assert state.name == "TimedOut"
         assert time.monotonic() - started < 15
 
+    def test_timed_out_blocking_call_is_retried_at_its_deadline(
+        self, run: Callable[..., Any], caps: frozenset[str]
+    ) -> None:
+        """Each attempt ends at its deadline (plus a grace period), not when the blocked
+        call returns; the retry does not wait for the first attempt's call either."""
+        if "real_timeouts" not in caps:
+            pytest.skip("backend interrupts Python code only; blocking C calls end when they return")
+        limited = w.sleep_for.with_options(timeout_seconds=0.5, retries=1, retry_delay_seconds=0)
+
+        def body() -> tuple[State[Any]]:
+            return (limited.submit(60.0, return_state=True),)
+
+        started = time.monotonic()
+        (state,) = run(body)
+        assert state.name == "TimedOut" and state.attempts == 2
+        assert time.monotonic() - started < 30  # not the 2 x 60 s of the blocked calls
+
     def test_timed_out_task_is_retried(self, run: Callable[..., Any]) -> None:
         limited = w.sleep_in_steps.with_options(timeout_seconds=0.2, retries=1)
 
