@@ -255,7 +255,8 @@ class DaskBackend(JournaledWorkers):
     # ending their workers through the journal (workers on this machine).
     # A run blocked in C past its deadline has its worker (on this machine) killed.
     capabilities = Capabilities(
-        batching=True, stops_running=True, hard_timeouts=True, remote_results=True
+        batching=True, stops_running=True, hard_timeouts=True, remote_results=True,
+        interrupts_blocking=True,
     )
     #: seconds that fetching a result kept on the workers may take
     fetch_timeout: float | None = None

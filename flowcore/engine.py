@@ -13,7 +13,9 @@ process once a run has ended (hooks, the run-event stream) is
 
 from __future__ import annotations
 
+import contextvars
 import logging
+import threading
 import time
 import traceback
 from typing import Any, Protocol
@@ -24,7 +26,7 @@ from flowcore.context import TaskRunContext, _task_run
 from flowcore.errors import TaskTimeoutError
 from flowcore.events import Worker, current_worker
 from flowcore.states import State, completed_run
-from flowcore.timeouts import call_with_timeout
+from flowcore.timeouts import call_with_timeout, interrupts_blocking_calls
 
 logger = logging.getLogger("flowcore.task_runs")
 
@@ -127,9 +129,12 @@ def _run_uncached(call: TaskCall) -> State[Any]:
                     own_timeout = TaskTimeoutError(
                         f"task run {call.task_run_name!r} exceeded its timeout of {seconds:g} s"
                     )
-                    value = call_with_timeout(
-                        seconds, "", fn, call.args, call.kwargs, error=own_timeout
-                    )
+                    if tracker is None and not interrupts_blocking_calls():
+                        value = _call_abandoning(call, seconds, own_timeout, attempt)
+                    else:
+                        value = call_with_timeout(
+                            seconds, "", fn, call.args, call.kwargs, error=own_timeout
+                        )
             except Exception as exc:
                 state = failure_state(exc, exc is own_timeout)
             else:
@@ -146,6 +151,49 @@ def _run_uncached(call: TaskCall) -> State[Any]:
 
             restore_prints(print_token)
         _task_run.reset(token)
+
+
+def _call_abandoning(call: TaskCall, seconds: float, error: TaskTimeoutError, attempt: int) -> Any:
+    """One attempt of a timed run in a thread whose timer cannot interrupt blocking calls
+    (a thread of the flow's own process): the body runs in a helper thread (whose timer
+    still stops Python code), and this thread waits at most ``seconds``. A body still
+    blocked then is abandoned -- it runs on until its call returns, and what it returns
+    is discarded -- so the run ends ``TimedOut`` at its deadline and neither its retry
+    nor the end of the flow waits for it. (In a worker process the backend ends the
+    worker instead: see ``Backend.watch_deadline``.)"""
+    context = contextvars.copy_context()  # the run's context: its logger, print capture
+    finished = threading.Event()
+    outcome: list[tuple[bool, Any]] = []
+
+    def attempt_body() -> None:
+        try:
+            value = context.run(
+                call_with_timeout, seconds, "", call.task.fn, call.args, call.kwargs, error=error
+            )
+            outcome.append((True, value))
+        except BaseException as exc:  # handed to the waiting thread
+            outcome.append((False, exc))
+        finally:
+            finished.set()
+
+    helper = threading.Thread(
+        target=attempt_body, name=f"flowcore-timed-{call.task_run_name}", daemon=True
+    )
+    helper.start()
+    if not finished.wait(seconds):
+        task_run_logger(call).warning(
+            "attempt %d exceeded its timeout of %g s inside a call that cannot be interrupted "
+            "in a thread (%s); it is abandoned: it runs on until that call returns, and its "
+            "result will be discarded",
+            attempt,
+            seconds,
+            helper.name,
+        )
+        raise error
+    ok, payload = outcome[0]
+    if ok:
+        return payload
+    raise payload
 
 
 def run_call_remote(call: TaskCall) -> tuple[State[Any], list[dict[str, Any]], Worker]:

@@ -37,7 +37,6 @@ from flowcore.registry import get_registry
 from flowcore.selection import get_backend
 from flowcore.states import State
 from flowcore.testing import workloads as w
-from flowcore.timeouts import interrupts_blocking_calls
 
 
 def conformance_switches(backend: Backend) -> frozenset[str]:
@@ -50,8 +49,8 @@ def conformance_switches(backend: Backend) -> frozenset[str]:
         caps.add("processes")
     if not declared.inline and backend.max_workers >= 2:
         caps.add("parallel")
-    if declared.interrupts_blocking and (not declared.in_process or interrupts_blocking_calls()):
-        caps.add("real_timeouts")  # in process: only where the timer signal is ours
+    if declared.interrupts_blocking:
+        caps.add("real_timeouts")
     return frozenset(caps)
 
 
