@@ -135,7 +135,12 @@ def test_unpicklable_result_is_reported() -> None:
 
     (state,) = on_loky(body)
     assert state.is_failed() and isinstance(state.exception, SerializationError)
-    assert "result" in state.message and "returns_a_lock" in state.message
+    # One line, naming the run and the result's type; no loky traceback.
+    message = state.message
+    assert "\n" not in message and "\\n" not in message and "Traceback" not in message
+    assert "the result of task run 'returns_a_lock-" in message
+    assert "(a _thread.lock) cannot be pickled to send it back: " in message
+    assert message.endswith("; return plain data or use persist_result")
 
 
 def test_pool_is_reused_across_flow_runs() -> None:
