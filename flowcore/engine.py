@@ -30,7 +30,8 @@ logger = logging.getLogger("flowcore.task_runs")
 
 def run_call(call: TaskCall) -> State[Any]:
     """Run ``call`` with retries and timeouts; return its final state. Never raises
-    for an exception of the task (``KeyboardInterrupt``/``SystemExit`` propagate)."""
+    for an exception of the task; ``sys.exit()`` in the body ends the run ``Crashed``
+    (see :func:`exit_state`); ``KeyboardInterrupt`` propagates."""
     task = call.task
     options = task.options
     if options.cache is not None:
@@ -56,6 +57,8 @@ def _run_uncached(call: TaskCall) -> State[Any]:
             value = fn(*call.args, **call.kwargs)
         except Exception as exc:
             return _with_timing(failure_state(exc, False), started, 1)
+        except SystemExit as exc:  # ends this run only (issue 12.3); KeyboardInterrupt propagates
+            return _with_timing(exit_state(exc), started, 1)
         finally:
             _task_run.reset(token)
             if journaled:
@@ -88,6 +91,9 @@ def _run_uncached(call: TaskCall) -> State[Any]:
                     )
             except Exception as exc:
                 state = failure_state(exc, exc is own_timeout)
+            except SystemExit as exc:
+                # sys.exit() asks to stop, not to try again: Crashed, never retried.
+                return _with_timing(exit_state(exc), first_start, attempt)
             else:
                 return completed_run(value, first_start, time.time(), attempt)
             finally:
@@ -122,6 +128,24 @@ def failure_state(exc: Exception, timed_out: bool) -> State[Any]:
             states.StateType.FAILED, "TimedOut", str(exc), exception=exc, traceback=text
         )
     return states.Failed(exc, traceback=text)
+
+
+def exit_message(exc: SystemExit) -> str:
+    """How a task's ``sys.exit()`` is reported: "the task called sys.exit(3)"."""
+    code = "" if exc.code is None else repr(exc.code)
+    return (
+        f"the task called sys.exit({code}); a task cannot end the process it runs in: "
+        "raise an exception to fail the run"
+    )
+
+
+def exit_state(exc: SystemExit) -> State[Any]:
+    """The state of a run whose body called ``sys.exit()``: Crashed, on every backend.
+
+    Caught where the body runs (here, and in :mod:`flowcore.mapped`), so the flow and
+    the process go on, and a worker process or thread is not lost with it."""
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return states.Crashed(exit_message(exc), traceback=text)
 
 
 def _should_retry(call: TaskCall, state: State[Any]) -> bool:
@@ -171,4 +195,4 @@ def report_final_state(call: TaskCall, state: State[Any]) -> None:
         notify("flowcore_task_run_finished", task=task, call=call, state=state)
 
 
-__all__ = ["failure_state", "report_final_state", "run_call", "run_call_remote"]
+__all__ = ["exit_message", "exit_state", "failure_state", "report_final_state", "run_call", "run_call_remote"]

@@ -513,7 +513,7 @@ def _run_rows(
     layout: RowLayout,
     skip: frozenset[int],
 ) -> tuple[list[Any], list[float], float, dict[int, State[Any]]]:
-    from flowcore.engine import failure_state, run_call
+    from flowcore.engine import exit_state, failure_state, run_call
 
     rows = layout.arg_rows()
     kw_rows = layout.kwarg_rows()
@@ -558,6 +558,9 @@ def _run_rows(
                     append(None)
                     state = failure_state(exc, False)
                     exact[index] = _timed(state, ends[-1] if ends else started, now())
+                except SystemExit as exc:  # this run ends Crashed, as in the engine
+                    append(None)
+                    exact[index] = _timed(exit_state(exc), ends[-1] if ends else started, now())
             finished(now())
     finally:
         _task_run.reset(token)

@@ -24,7 +24,7 @@ from flowcore import registry
 from flowcore.batching import MIN_ITEMS_TO_BATCH, BatchDispatcher, should_batch
 from flowcore.calls import RUN_NUMBER_OFFSET, FlowRun, TaskCall, new_task_run_id
 from flowcore.context import TaskRunContext, _scope, _task_run, current_scope
-from flowcore.errors import MissingContextError
+from flowcore.errors import CrashedError, MissingContextError
 from flowcore.futures import RunFuture, TaskFuture, collect_futures
 from flowcore.mapping import map_arguments
 from flowcore.options import TaskOptions, exponential_backoff
@@ -111,6 +111,12 @@ class Task(Generic[P, R]):
                 # after the task) from a TypeError raised inside the body.
                 self.check_arguments(args, kwargs)
                 raise
+            except SystemExit as exc:
+                # As on the engine's path (flowcore.engine.exit_state): the run crashes,
+                # the flow and the process go on.
+                from flowcore.engine import exit_message
+
+                raise CrashedError(f"task {self.name!r}: {exit_message(exc)}") from exc
             finally:
                 _task_run.reset(token)
         self.check_arguments(args, kwargs)  # before any attempt, retry or hook
