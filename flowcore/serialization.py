@@ -72,7 +72,7 @@ def explain_pickling_failure(
         _dumps(call.task)
     except Exception as error:
         return SerializationError(
-            f"{where}: the task itself (its function, hooks or options) cannot be pickled "
+            f"{where}: the task itself (its function or options) cannot be pickled "
             f"to send it to the {backend_name!r} workers: {error}"
         )
     root = _root_cause(exc)
