@@ -27,6 +27,7 @@ from flowcore.hard_timeouts import hard_timeouts
 from flowcore.log_relay import replay as replay_logs
 from flowcore.serialization import explain_pickling_failure
 from flowcore.states import State
+from flowcore.timeouts import wake_for_deadlines
 
 if TYPE_CHECKING:
     from flowcore.backend import Backend, NativeHandle
@@ -242,7 +243,12 @@ class RunFuture(TaskFuture[R]):
             if done is None:
                 done = self._done = threading.Lock()
                 done.acquire()
-        if done.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
+
+        def acquire(seconds: float | None) -> bool:
+            return done.acquire(timeout=-1 if seconds is None else max(seconds, 0.0))
+
+        # Woken for a deadline of this thread (a flow's timeout_seconds), issue 12.20.
+        if wake_for_deadlines(acquire, timeout):
             done.release()
         return self._state is not None
 
@@ -698,12 +704,29 @@ def as_completed(
             if remaining is not None and remaining <= 0:
                 yield finished.get_nowait()
             else:
-                yield finished.get(timeout=remaining)
+                yield _get_woken_for_deadlines(finished, remaining)
         except queue.Empty:
             raise WaitTimeoutError(
                 f"{len(unique) - yielded} of {len(unique)} futures were not done within "
                 f"{timeout} s"
             ) from None
+
+
+def _get_woken_for_deadlines(source: queue.SimpleQueue[T], timeout: float | None) -> T:
+    """``source.get(timeout=timeout)``, woken for this thread's deadlines (see
+    :func:`flowcore.timeouts.wake_for_deadlines`)."""
+    got: list[T] = []
+
+    def get(seconds: float | None) -> bool:
+        try:
+            got.append(source.get(timeout=seconds))
+        except queue.Empty:
+            return False
+        return True
+
+    if not wake_for_deadlines(get, timeout):
+        raise queue.Empty
+    return got[0]
 
 
 __all__ = [

@@ -39,6 +39,7 @@ from flowcore.context import TaskRunContext, _task_run
 from flowcore.futures import RunFuture, TaskFuture, _call_back
 from flowcore.log_relay import replay as replay_logs
 from flowcore.states import State, StateType, completed_run
+from flowcore.timeouts import wake_for_deadlines
 
 if TYPE_CHECKING:
     import logging
@@ -290,8 +291,8 @@ class MapBlock:
         return self.remaining == 0
 
     def wait(self, timeout: float | None = None) -> None:
-        with self.lock:
-            self.changed.wait_for(lambda: self.remaining == 0, timeout)
+        with self.lock:  # woken for a deadline of this thread (issue 12.20)
+            wake_for_deadlines(lambda seconds: self.changed.wait_for(lambda: self.remaining == 0, seconds), timeout)
 
     def cancel(self) -> bool:
         """Cancel every run not yet sent; runs out in batches end ``Cancelled`` if
@@ -335,8 +336,10 @@ class MapBlock:
     def wait_for(self, index: int, timeout: float | None) -> bool:
         if self.status[index]:
             return True
-        with self.lock:
-            return self.changed.wait_for(lambda: self.status[index] != _PENDING, timeout)
+        with self.lock:  # woken for a deadline of this thread (issue 12.20)
+            return wake_for_deadlines(
+                lambda seconds: self.changed.wait_for(lambda: self.status[index] != _PENDING, seconds), timeout
+            )
 
     def add_callback(self, index: int, fn: Callable[[TaskFuture[Any]], Any]) -> None:
         with self.lock:
