@@ -189,10 +189,18 @@ def _configured_n_jobs() -> int | None:
 
 
 def _run_pickled(payload: bytes) -> Any:
-    """Run a call sent as one pickle (see :meth:`JoblibBackend.submit`)."""
+    """Run a call sent as one pickle (see :meth:`JoblibBackend.submit`). Its value
+    travels back as a :class:`~flowcore.serialization.SentBack`; a call that cannot
+    be unpickled here fails its run, not the worker."""
     import pickle
 
-    return pickle.loads(payload)()
+    from flowcore.serialization import CallNotLoaded, SentBack, one_line
+
+    try:
+        call = pickle.loads(payload)
+    except Exception as error:
+        raise CallNotLoaded(f"the call could not be unpickled in the worker: {one_line(error)}") from None
+    return SentBack(call())
 
 
 def create(backend: str | None = None, n_jobs: int | None = None, **backend_options: Any) -> JoblibBackend:

@@ -25,7 +25,7 @@ from flowcore.engine import report_final_state, run_call, run_call_remote
 from flowcore.errors import WaitTimeoutError
 from flowcore.hard_timeouts import hard_timeouts
 from flowcore.log_relay import replay as replay_logs
-from flowcore.serialization import explain_pickling_failure
+from flowcore.serialization import explain_pickling_failure, raise_if_unsendable
 from flowcore.states import State
 from flowcore.timeouts import wake_for_deadlines
 
@@ -41,6 +41,10 @@ T = TypeVar("T")
 # Guards every future's final state, waiter lock and callbacks: held for a few
 # instructions at a time, and cheaper than two locks per future.
 _STATE_LOCK = threading.Lock()
+
+#: How many times in a row a run may be resubmitted after being lost with a pool that
+#: another run broke, before it ends Crashed.
+MAX_POOL_LOSSES = 5
 
 # Backends that run tasks in this process: their log records are already here.
 _IN_PROCESS = (BackendKind.INLINE, BackendKind.THREADS)
@@ -167,6 +171,7 @@ class RunFuture(TaskFuture[R]):
         "_in_batch",
         "_native",
         "_observed",
+        "_pool_losses",
         "_refs",
         "_scope",
         "_state",
@@ -187,6 +192,7 @@ class RunFuture(TaskFuture[R]):
         self._backend_future: cf.Future[Any] | None = None
         self._backend: Backend | None = None
         self._observed = False
+        self._pool_losses = 0  # resubmissions in a row after losses that were not its own
         self._finishing = False
         self._hard_watched = False
         self._cancel_requested = False
@@ -462,7 +468,8 @@ class RunFuture(TaskFuture[R]):
 
     def _settle(self, backend_future: cf.Future[Any]) -> None:
         try:
-            state = backend_future.result()
+            # A value that could not make the trip from the worker raises here (issue 12.15).
+            state = raise_if_unsendable(backend_future.result())
         except cf.CancelledError:
             if self._stolen:
                 return  # the waiting thread runs it (see _steal)
@@ -518,7 +525,25 @@ class RunFuture(TaskFuture[R]):
             self._crashed(exc)
             return None
         if not lost.culprit:
-            return 0.0  # only lost along with the pool: send it again, no attempt counted
+            # Only lost along with the pool: send it again, no attempt counted. Bounded
+            # whatever the cause (issue 12.15): a run whose own value keeps breaking the
+            # pool unrecognised must not rebuild pools forever.
+            self._pool_losses += 1
+            if self._pool_losses > MAX_POOL_LOSSES:
+                crashed = states.Crashed(
+                    f"task run {call.task_run_name!r} was lost {MAX_POOL_LOSSES + 1} times in a row "
+                    f"with its worker pool, although its own worker never died "
+                    f"(last: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                    "giving up. If its arguments or result do not survive pickling, pass or "
+                    "return plain data",
+                    attempts=call.attempts_used,
+                )
+                if crashed.exception is not None:
+                    crashed.exception.__cause__ = exc
+                self._finish(crashed)
+                return None
+            return min(0.1 * (self._pool_losses - 1), 1.0)  # a short, growing pause
+        self._pool_losses = 0
         return self._lost_attempt(exc, f"task run {call.task_run_name!r}: {lost.message}", timed_out=False)
 
     def _lost_attempt(self, exc: BaseException, message: str, *, timed_out: bool) -> float | None:

@@ -38,6 +38,7 @@ from flowcore.calls import TaskCall, reserve_run_numbers, run_id_prefix
 from flowcore.context import TaskRunContext, _task_run
 from flowcore.futures import RunFuture, TaskFuture, _call_back
 from flowcore.log_relay import replay as replay_logs
+from flowcore.serialization import raise_if_unsendable
 from flowcore.states import State, StateType, completed_run
 from flowcore.timeouts import wake_for_deadlines
 
@@ -177,7 +178,8 @@ class MapBlock:
     def _on_done(self, start: int, stop: int, backend_future: Future[BatchResult]) -> None:
         try:
             try:
-                outcome = backend_future.result()
+                # A batch whose value could not make the trip raises: its runs are lost.
+                outcome = raise_if_unsendable(backend_future.result())
             except BaseException as exc:
                 self._lost(start, stop, exc, refused=False)
             else:

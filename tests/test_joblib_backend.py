@@ -118,7 +118,7 @@ def returns_a_lock() -> Any:
 def test_unpicklable_result_is_one_line_naming_run_and_type() -> None:
     backend = flowcore.get_backend("joblib", backend="loky", n_jobs=2)
     try:
-        state = flow(backend=backend)(lambda: returns_a_lock.submit(return_state=True))(return_state=True)
+        (state,) = flow(backend=backend)(lambda: (returns_a_lock.submit(return_state=True),))()
     finally:
         backend.shutdown()
     message = state.message
@@ -126,7 +126,7 @@ def test_unpicklable_result_is_one_line_naming_run_and_type() -> None:
     assert "the result of task run 'returns_a_lock-" in message
     assert "(a dict) cannot be pickled to send it back: " in message
     assert "_thread.lock" in message
-    assert message.endswith("; return plain data or use persist_result")
+    assert message.endswith("; return plain data instead")
 
 
 def test_worker_death_in_joblib_pool_is_pinned_on_its_task() -> None:
