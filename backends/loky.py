@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 from flowcore.backend import BackendKind, BackendSpec, Capabilities, WorkerLost
 from flowcore.errors import BackendShutdownError
 from flowcore.hookspecs import hookimpl
+from flowcore.serialization import send_back
 
 from ._supervision.journaled import JournaledWorkers
 
@@ -67,11 +68,14 @@ def shared_pool(max_workers: int, idle_timeout: float) -> Any:
 
 
 def discard_pool(pool: Any) -> None:
-    """Forget a broken pool, so that the next request builds a fresh one."""
+    """Forget a broken pool, so that the next request builds a fresh one, and shut it
+    down: its threads, queues and semaphores are released, not left to leak."""
     with _pools_lock:
         for size, known in list(_pools.items()):
             if known is pool:
                 del _pools[size]
+    with contextlib.suppress(Exception):
+        pool.shutdown(wait=False)
 
 
 def _kill_all_pools() -> None:
@@ -123,13 +127,15 @@ class LokyBackend(JournaledWorkers):
                     "flowcore.get_backend('loky')"
                 )
         pool = shared_pool(self.max_workers, self.idle_timeout)
+        # The value comes back through send_back: one that does not pickle in the
+        # worker, or not unpickle here, fails its own run instead of breaking the pool.
         try:
-            future: Future[T] = pool.submit(fn, *args, **kwargs)
+            future: Future[T] = pool.submit(send_back, fn, *args, **kwargs)
         except (BrokenProcessPool, RuntimeError):
             # A worker died (or the pool was shut down) since the last submit.
             discard_pool(pool)
             pool = shared_pool(self.max_workers, self.idle_timeout)
-            future = pool.submit(fn, *args, **kwargs)
+            future = pool.submit(send_back, fn, *args, **kwargs)
         self._executor = pool
         self._pending.add(future)
         future.add_done_callback(lambda done: self._settled(done, pool))

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from flowcore.engine import run_call
 from flowcore.log_relay import replay as replay_logs
-from flowcore.serialization import is_pickling_error
+from flowcore.serialization import is_pickling_error, raise_if_unsendable
 from flowcore.states import State, completed_run
 
 if TYPE_CHECKING:
@@ -206,7 +206,8 @@ class BatchDispatcher:
         self, batch: list[RunFuture[Any]], backend_future: Future[Any], handle: NativeHandle | None = None
     ) -> None:
         try:
-            outcomes, records, worker = backend_future.result()
+            # A batch whose value could not make the trip raises: recovered item by item.
+            outcomes, records, worker = raise_if_unsendable(backend_future.result())
             results = [decode_outcome(o) for o in outcomes]
             if handle is not None:  # a light copy: large values stayed on the workers
                 from flowcore.native import adopt

@@ -18,6 +18,7 @@ import logging
 import threading
 import time
 import traceback
+from dataclasses import replace
 from typing import Any, Protocol
 
 from flowcore import states
@@ -69,8 +70,8 @@ def run_tracker() -> RunTracker | None:
 
 def run_call(call: TaskCall) -> State[Any]:
     """Run ``call`` with retries and timeouts; return its final state. Never raises
-    for an exception of the task (``KeyboardInterrupt`` propagates; ``SystemExit``
-    ends the run ``Crashed``)."""
+    for an exception of the task; ``sys.exit()`` in the body ends the run ``Crashed``
+    (see :func:`exit_state`); ``KeyboardInterrupt`` propagates."""
     task = call.task
     options = task.options
     try:
@@ -80,10 +81,9 @@ def run_call(call: TaskCall) -> State[Any]:
             return run_cached(call, options.cache, _run_uncached)
         return _run_uncached(call)
     except SystemExit as exc:
-        # issue 12 (3), minimal and Dask-driven: SystemExit escaping here killed the
-        # Dask worker (restarted by its nanny, the task re-run by the scheduler). The
-        # run ends Crashed, never retried; the worker and the flow go on.
-        return _exit_state(call, exc)
+        # Raised outside the body (a cache store's code): still this run's end only.
+        # Escaping here would kill a Dask worker (restarted, the task re-run).
+        return replace(exit_state(exc), finished_at=time.time(), attempts=call.attempts_used + 1)
 
 
 def _run_uncached(call: TaskCall) -> State[Any]:
@@ -102,6 +102,8 @@ def _run_uncached(call: TaskCall) -> State[Any]:
             value = fn(*call.args, **call.kwargs)
         except Exception as exc:
             return _with_timing(failure_state(exc, False), started, 1)
+        except SystemExit as exc:  # ends this run only (issue 12.3); KeyboardInterrupt propagates
+            return _with_timing(exit_state(exc), started, 1)
         finally:
             _task_run.reset(token)
             if tracker is not None:
@@ -137,6 +139,9 @@ def _run_uncached(call: TaskCall) -> State[Any]:
                         )
             except Exception as exc:
                 state = failure_state(exc, exc is own_timeout)
+            except SystemExit as exc:
+                # sys.exit() asks to stop, not to try again: Crashed, never retried.
+                return _with_timing(exit_state(exc), first_start, attempt)
             else:
                 return completed_run(value, first_start, time.time(), attempt)
             finally:
@@ -212,19 +217,6 @@ def run_call_located(call: TaskCall) -> tuple[State[Any], list[dict[str, Any]], 
     return run_call(call), [], current_worker()
 
 
-def _exit_state(call: TaskCall, exc: SystemExit) -> State[Any]:
-    """``Crashed`` for a task body that called ``sys.exit``."""
-    code = "" if exc.code is None else repr(exc.code)
-    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return states.Crashed(
-        f"task run {call.task_run_name!r} crashed: the task called sys.exit({code}); raise an "
-        "exception to fail a task run",
-        traceback=text,
-        finished_at=time.time(),
-        attempts=call.attempts_used + 1,
-    )
-
-
 def failure_state(exc: Exception, timed_out: bool) -> State[Any]:
     """Failed, or TimedOut when ``exc`` is this run's own timeout (not a nested task's)."""
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
@@ -233,6 +225,24 @@ def failure_state(exc: Exception, timed_out: bool) -> State[Any]:
             states.StateType.FAILED, "TimedOut", str(exc), exception=exc, traceback=text
         )
     return states.Failed(exc, traceback=text)
+
+
+def exit_message(exc: SystemExit) -> str:
+    """How a task's ``sys.exit()`` is reported: "the task called sys.exit(3)"."""
+    code = "" if exc.code is None else repr(exc.code)
+    return (
+        f"the task called sys.exit({code}); a task cannot end the process it runs in: "
+        "raise an exception to fail the run"
+    )
+
+
+def exit_state(exc: SystemExit) -> State[Any]:
+    """The state of a run whose body called ``sys.exit()``: Crashed, on every backend.
+
+    Caught where the body runs (here, and in :mod:`flowcore.mapped`), so the flow and
+    the process go on, and a worker process or thread is not lost with it."""
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return states.Crashed(exit_message(exc), traceback=text)
 
 
 def _should_retry(call: TaskCall, state: State[Any]) -> bool:
@@ -263,6 +273,8 @@ def task_run_logger(call: TaskCall) -> logging.LoggerAdapter:  # type: ignore[ty
 
 __all__ = [
     "RunTracker",
+    "exit_message",
+    "exit_state",
     "failure_state",
     "install_run_tracker",
     "run_call",

@@ -38,7 +38,9 @@ from flowcore.context import TaskRunContext, _task_run
 from flowcore.events import EventKind, LazyTaskEvents, TaskRunEvent, Worker
 from flowcore.futures import RunFuture, TaskFuture, _call_back
 from flowcore.log_relay import replay as replay_logs
+from flowcore.serialization import raise_if_unsendable
 from flowcore.states import State, StateType, completed_run
+from flowcore.timeouts import wake_for_deadlines
 
 if TYPE_CHECKING:
     import logging
@@ -185,7 +187,8 @@ class MapBlock:
     def _on_done(self, start: int, stop: int, backend_future: Future[BatchResult]) -> None:
         try:
             try:
-                outcome = backend_future.result()
+                # A batch whose value could not make the trip raises: its runs are lost.
+                outcome = raise_if_unsendable(backend_future.result())
             except BaseException as exc:
                 self._lost(start, stop, exc, refused=False)
             else:
@@ -338,8 +341,8 @@ class MapBlock:
         return self.remaining == 0
 
     def wait(self, timeout: float | None = None) -> None:
-        with self.lock:
-            self.changed.wait_for(lambda: self.remaining == 0, timeout)
+        with self.lock:  # woken for a deadline of this thread (issue 12.20)
+            wake_for_deadlines(lambda seconds: self.changed.wait_for(lambda: self.remaining == 0, seconds), timeout)
 
     def cancel(self) -> bool:
         """Cancel every run not yet sent; runs out in batches end ``Cancelled`` if
@@ -385,8 +388,10 @@ class MapBlock:
     def wait_for(self, index: int, timeout: float | None) -> bool:
         if self.status[index]:
             return True
-        with self.lock:
-            return self.changed.wait_for(lambda: self.status[index] != _PENDING, timeout)
+        with self.lock:  # woken for a deadline of this thread (issue 12.20)
+            return wake_for_deadlines(
+                lambda seconds: self.changed.wait_for(lambda: self.status[index] != _PENDING, seconds), timeout
+            )
 
     def add_callback(self, index: int, fn: Callable[[TaskFuture[Any]], Any]) -> None:
         with self.lock:
@@ -567,7 +572,7 @@ def _run_rows(
     layout: RowLayout,
     skip: frozenset[int],
 ) -> tuple[list[Any], list[float], float, dict[int, State[Any]]]:
-    from flowcore.engine import failure_state, run_call
+    from flowcore.engine import exit_state, failure_state, run_call
 
     rows = layout.arg_rows()
     kw_rows = layout.kwarg_rows()
@@ -613,6 +618,9 @@ def _run_rows(
                     append(None)
                     state = failure_state(exc, False)
                     exact[index] = _timed(state, ends[-1] if ends else started, now())
+                except SystemExit as exc:  # this run ends Crashed, as in the engine
+                    append(None)
+                    exact[index] = _timed(exit_state(exc), ends[-1] if ends else started, now())
             finished(now())
     finally:
         _task_run.reset(token)

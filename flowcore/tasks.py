@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import os
@@ -24,7 +25,7 @@ from flowcore import registry
 from flowcore.batching import MIN_ITEMS_TO_BATCH, BatchDispatcher, should_batch
 from flowcore.calls import UNSCOPED_RUN_NUMBERS, FlowRun, TaskCall, new_task_run_id
 from flowcore.context import TaskRunContext, _scope, _task_run, submission_scope
-from flowcore.errors import MissingContextError
+from flowcore.errors import CrashedError, MissingContextError
 from flowcore.futures import RunFuture, TaskFuture, collect_futures
 from flowcore.mapping import map_arguments
 from flowcore.options import TaskOptions, exponential_backoff
@@ -111,6 +112,12 @@ class Task(Generic[P, R]):
                 # after the task) from a TypeError raised inside the body.
                 self.check_arguments(args, kwargs)
                 raise
+            except SystemExit as exc:
+                # As on the engine's path (flowcore.engine.exit_state): the run crashes,
+                # the flow and the process go on.
+                from flowcore.engine import exit_message
+
+                raise CrashedError(f"task {self.name!r}: {exit_message(exc)}") from exc
             finally:
                 _task_run.reset(token)
         self.check_arguments(args, kwargs)  # before any attempt, retry or hook
@@ -363,6 +370,10 @@ class Task(Generic[P, R]):
         # the task by reference instead: itself, or the module-level task it was
         # derived from (with_options) plus these options. Otherwise (closures,
         # lambdas) fall back to the function by value, which needs cloudpickle.
+        #
+        # Hooks stay home: on_completion/on_failure run only in the submitting process
+        # (engine.report_final_state, with the parent's own Task), so the pickled form
+        # leaves them out; a hook holding a lock or a connection must not fail the run.
         module = getattr(self.fn, "__module__", None)
         qualname = getattr(self.fn, "__qualname__", "")
         # __main__ differs in a worker process: such tasks travel by value.
@@ -374,11 +385,18 @@ class Task(Generic[P, R]):
             if found is self:
                 return (_load_task, (module, qualname))
             if isinstance(found, Task) and found.fn is self.fn:
-                return (_load_task, (module, qualname, self.options))
-        return (Task, (self.fn, self.options))
+                return (_load_task, (module, qualname, _without_hooks(self.options)))
+        return (Task, (self.fn, _without_hooks(self.options)))
 
     def __repr__(self) -> str:
         return f"Task(name={self.name!r}, fn={getattr(self.fn, '__qualname__', self.fn)!r})"
+
+
+def _without_hooks(options: TaskOptions) -> TaskOptions:
+    """``options`` as they travel to a worker: without the hooks, which run at home."""
+    if not options.on_completion and not options.on_failure:
+        return options
+    return dataclasses.replace(options, on_completion=(), on_failure=())
 
 
 def _load_task(module: str, qualname: str, options: TaskOptions | None = None) -> Task[..., Any]:

@@ -254,6 +254,37 @@ def test_flow_timeout_in_a_worker_thread() -> None:
     assert outcome and outcome[0].name == "TimedOut"
 
 
+@pytest.mark.parametrize("how", ["submit", "map"])
+def test_flow_timeout_in_a_worker_thread_while_waiting_on_a_future(how: str) -> None:
+    """The flow's deadline fires while its (non-main) thread is blocked waiting on a
+    future: the wait wakes for it instead of holding the flow until the task ends."""
+    release = threading.Event()
+
+    @task
+    def stuck(_: int = 0) -> None:
+        end = time.monotonic() + NO_HANG * 2  # small steps: done at once if stolen to the waiter
+        while not release.is_set() and time.monotonic() < end:
+            time.sleep(0.01)
+
+    @flow(timeout_seconds=0.3, backend="threads")
+    def pipeline() -> None:
+        if how == "submit":
+            stuck.submit().result()
+        else:
+            [f.result() for f in stuck.map(range(2))]
+
+    outcome: list[State[Any]] = []
+    worker = threading.Thread(target=lambda: outcome.append(pipeline(return_state=True)))
+    worker.start()
+    try:
+        worker.join(NO_HANG)
+        assert not worker.is_alive(), "the flow's timeout did not interrupt its wait on the future"
+    finally:
+        release.set()
+        worker.join(NO_HANG)
+    assert outcome and outcome[0].name == "TimedOut"
+
+
 def test_task_timeout_raised_in_the_body_fails_the_flow_like_any_error() -> None:
     """A task's TaskTimeoutError raised in the body is not the flow timing out: the flow
     (without timeout_seconds) is Failed, like after any other exception of its body."""

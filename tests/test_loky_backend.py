@@ -17,6 +17,8 @@ import pytest
 
 pytest.importorskip("loky")
 
+from flowcore.backends.loky import LokyBackend
+
 import flowcore
 from flowcore import flow, task
 from flowcore.errors import CrashedError, SerializationError
@@ -135,7 +137,12 @@ def test_unpicklable_result_is_reported() -> None:
 
     (state,) = on_loky(body)
     assert state.is_failed() and isinstance(state.exception, SerializationError)
-    assert "result" in state.message and "returns_a_lock" in state.message
+    # One line, naming the run and the result's type; no loky traceback.
+    message = state.message
+    assert "\n" not in message and "\\n" not in message and "Traceback" not in message
+    assert "the result of task run 'returns_a_lock-" in message
+    assert "(a _thread.lock) cannot be pickled to send it back: " in message
+    assert message.endswith("; return plain data instead")
 
 
 def test_pool_is_reused_across_flow_runs() -> None:
@@ -604,3 +611,58 @@ def test_parent_watch_ends_only_orphans(tmp_path: Path) -> None:
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(journaled, signal.SIGKILL)
+
+
+# -- a pool broken again and again by one run (issue 12.15) -------------------------
+
+
+def _unguarded(fn: Any, *args: Any) -> Any:
+    return fn(*args)
+
+
+class UnguardedLoky(LokyBackend):
+    """A loky backend without flowcore's way-back guard (``send_back``), as a third-party
+    process backend may be: a result that cannot be unpickled breaks the real pool on
+    every round ("A result has failed to un-serialize"), and no worker died for it."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=1)
+        self.pools: list[Any] = []
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        from concurrent.futures.process import BrokenProcessPool
+
+        from flowcore.backends.loky import discard_pool, shared_pool
+
+        pool = shared_pool(self.max_workers, self.idle_timeout)
+        try:
+            future = pool.submit(_unguarded, fn, *args)
+        except (BrokenProcessPool, RuntimeError):
+            discard_pool(pool)
+            pool = shared_pool(self.max_workers, self.idle_timeout)
+            future = pool.submit(_unguarded, fn, *args)
+        if not self.pools or self.pools[-1] is not pool:
+            self.pools.append(pool)
+        self._executor = pool
+        future.add_done_callback(lambda done: self._settled(done, pool))
+        return future
+
+
+@pytest.mark.timeout(60)
+def test_resubmission_after_pool_losses_is_bounded_and_pools_are_shut_down() -> None:
+    from flowcore.futures import MAX_POOL_LOSSES
+    from flowcore.testing import workloads as w
+
+    backend = UnguardedLoky()
+    try:
+        (state,) = flow(backend=backend)(lambda: (w.return_unloadable.submit(return_state=True),))()
+    finally:
+        backend.shutdown()
+    assert state.name == "Crashed"
+    assert f"was lost {MAX_POOL_LOSSES + 1} times in a row with its worker pool" in state.message
+    assert "\n" not in state.message
+    # A fresh pool per round, no more: the first trip (in a batch, recovered by sending
+    # the run alone) and the run's own MAX_POOL_LOSSES + 1.
+    assert len(backend.pools) <= MAX_POOL_LOSSES + 2
+    for discarded in backend.pools[:-1]:  # shut down, not just forgotten
+        assert discarded._executor_manager_thread is None

@@ -55,6 +55,7 @@ from flowcore.compat._config import (
     threads_choice,
 )
 from flowcore.errors import RemoteTraceback
+from flowcore.serialization import raise_if_unsendable
 
 T = TypeVar("T")
 
@@ -282,7 +283,9 @@ class _Run:
     # -- outcomes (any thread) ---------------------------------------------------
     def _on_done(self, batch: _Batch, future: Future[Any]) -> None:
         try:
-            outcome = future.result()
+            # A batch's values that could not make the trip from the worker (see
+            # flowcore.serialization.SentBack) raise here, as a pickling error would.
+            outcome = raise_if_unsendable(future.result())
         except BaseException as exc:  # cancelled, a dead worker, a pickling error
             outcome = exc
         with self.lock:

@@ -15,6 +15,9 @@ switched on by ``capabilities`` (derived from the backend's kind unless set):
 * ``processes``: tasks run in other processes than the caller.
 * ``real_timeouts``: a task blocked in a C call (``time.sleep``) is stopped at its
   timeout, not when the call returns.
+
+Tests that guard against a hang carry a ``pytest.mark.timeout``: they fail instead of
+blocking the suite.
 """
 
 from __future__ import annotations
@@ -30,7 +33,13 @@ import pytest
 
 from flowcore import as_completed, flow, hookimpl, wait
 from flowcore.backend import Backend, BackendKind, Capabilities
-from flowcore.errors import TaskTimeoutError, UpstreamFailedError, WaitTimeoutError
+from flowcore.errors import (
+    CrashedError,
+    SerializationError,
+    TaskTimeoutError,
+    UpstreamFailedError,
+    WaitTimeoutError,
+)
 from flowcore.events import EventKind, FlowRunEvent, RunEvent, TaskRunEvent
 from flowcore.futures import TaskFuture
 from flowcore.registry import get_registry
@@ -156,6 +165,27 @@ class BackendConformance:
             registry.unregister(observer)
 
     # -- the protocol --------------------------------------------------------
+    def test_default_options_match_the_advertised_kind(self) -> None:
+        """Created with no options at all (``FLOWCORE_BACKEND=<name>``), a backend runs
+        tasks the way its registration advertises (``flowcore backends`` shows it):
+        a backend listed as ``processes`` really runs them in worker processes."""
+        if self.backend_name is None:
+            pytest.skip("the class builds its backend itself: no registered defaults to check")
+        spec = get_registry().backends()[self.backend_name].spec
+        instance = get_backend(self.backend_name)
+        try:
+            assert instance.kind is spec.kind, (
+                f"backend {self.backend_name!r} is registered as {spec.kind} but its "
+                f"default instance is {instance.kind} ({instance!r})"
+            )
+            if spec.kind is BackendKind.PROCESSES:
+                pid = flow(backend=instance, name="conformance-defaults")(
+                    lambda: w.worker_pid.submit().result()
+                )()
+                assert pid != os.getpid()
+        finally:
+            instance.shutdown(wait=True)
+
     def test_backend_describes_itself(self, backend: Backend) -> None:
         assert isinstance(backend.name, str) and backend.name
         assert isinstance(backend.kind, BackendKind)
@@ -243,6 +273,82 @@ class BackendConformance:
 
         with pytest.raises(w.ConformanceError, match="raised"):
             run(failing)
+
+    def test_sys_exit_in_a_task_crashes_only_that_run(self, run: Callable[..., Any]) -> None:
+        """``sys.exit()`` in a task ends that run Crashed; the flow, the process and
+        the other runs go on (submitted, mapped or called directly)."""
+
+        def body() -> tuple[State[Any], list[State[Any]], str, int]:
+            exiting = w.exit_with.submit(3, return_state=True)
+            futures = w.exit_if_odd.map(range(4))
+            wait(futures)
+            with pytest.raises(CrashedError) as direct:
+                w.exit_with(5)
+            return exiting, [f.state for f in futures], str(direct.value), w.add.submit(1, 2).result()
+
+        exiting, mapped, direct, after = run(body)
+        assert exiting.name == "Crashed" and exiting.is_crashed()
+        assert "the task called sys.exit(3)" in exiting.message
+        assert [s.name for s in mapped] == ["Completed", "Crashed", "Completed", "Crashed"]
+        assert "the task called sys.exit(1)" in mapped[1].message
+        assert mapped[2].result() == 2
+        assert "the task called sys.exit(5)" in direct
+        assert after == 3
+
+    # -- values that cannot make the trip back -------------------------------
+    @pytest.mark.timeout(60)
+    def test_unpicklable_exception_fails_its_run(self, run: Callable[..., Any], caps: frozenset[str]) -> None:
+        """An exception that pickles but cannot be unpickled (``__init__`` with two
+        arguments) fails its own run at once; no hang, no endless resubmission."""
+
+        def body() -> tuple[State[Any], list[State[Any]], int]:
+            bad = w.raise_unpicklable.submit("a", "b", return_state=True)
+            futures = w.raise_unpicklable_if_odd.map(range(4))
+            wait(futures)
+            return bad, [f.state for f in futures], w.add.submit(1, 2).result()
+
+        bad, mapped, after = run(body)
+        assert after == 3
+        assert bad.name == "Failed"
+        assert [s.name for s in mapped] == ["Completed", "Failed", "Completed", "Failed"]
+        assert [mapped[0].result(), mapped[2].result()] == [0, 2]
+        if "processes" in caps:
+            assert isinstance(bad.exception, SerializationError)
+            assert "raise_unpicklable" in bad.message and "UnpicklableError" in bad.message
+            assert isinstance(mapped[1].exception, SerializationError)
+        else:
+            assert isinstance(bad.exception, w.UnpicklableError)
+
+    @pytest.mark.timeout(60)
+    def test_result_that_cannot_be_unpickled_fails_its_run(
+        self, run: Callable[..., Any], caps: frozenset[str]
+    ) -> None:
+        def body() -> tuple[State[Any], int]:
+            return w.return_unloadable.submit(return_state=True), w.add.submit(1, 2).result()
+
+        state, after = run(body)
+        assert after == 3
+        if "processes" in caps:
+            assert state.name == "Failed" and isinstance(state.exception, SerializationError)
+            assert "return_unloadable" in state.message and "FailsWhenLoaded" in state.message
+        else:
+            assert state.is_completed() and isinstance(state.result(), w.FailsWhenLoaded)
+
+    @pytest.mark.timeout(60)
+    def test_argument_that_cannot_be_unpickled_fails_its_run(
+        self, run: Callable[..., Any], caps: frozenset[str]
+    ) -> None:
+        def body() -> tuple[State[Any], int]:
+            return w.identity.submit(w.FailsWhenLoaded(), return_state=True), w.add.submit(1, 2).result()
+
+        state, after = run(body)
+        assert after == 3
+        if "processes" in caps:
+            assert state.name == "Failed" and isinstance(state.exception, SerializationError)
+            assert "identity" in state.message and "argument 'x'" in state.message
+            assert "FailsWhenLoaded" in state.message
+        else:
+            assert state.is_completed()
 
     # -- futures as arguments, NotRun ------------------------------------------
     def test_futures_as_arguments(self, run: Callable[..., Any]) -> None:
@@ -601,9 +707,43 @@ class BackendConformance:
         run(body)
         assert sorted(seen) == [("add", "Completed", os.getpid()), ("raise_value_error", "Failed", os.getpid())]
 
+    def test_hooks_stay_in_the_caller(self, run: Callable[..., Any]) -> None:
+        """Hooks run only in the submitting process, so they are never sent to workers:
+        a hook holding a lock (unpicklable) works on every backend."""
+        hook = LockedHook()
+        ok = w.add.with_options(on_completion=[hook], on_failure=[hook])
+        bad = w.raise_value_error.with_options(on_failure=[hook])
+
+        def body() -> list[int]:
+            values = [ok.submit(1, 2).result()]
+            values += [f.result() for f in ok.map(range(3), 10)]
+            bad.submit("x").wait()
+            return values
+
+        assert run(body) == [3, 10, 11, 12]
+        assert sorted(hook.seen) == ["Completed"] * 4 + ["Failed"]
+
+
+class LockedHook:
+    """A task hook that holds a lock, as real hooks often do (so it cannot be pickled)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.seen: list[str] = []
+
+    def __call__(self, task: Any, call: Any, state: State[Any]) -> None:
+        with self.lock:
+            self.seen.append(state.name)
+
 
 def retry_only_value_errors(task: Any, call: Any, state: State[Any]) -> bool:
     return isinstance(state.exception, ValueError)
 
 
-__all__ = ["BackendConformance", "EventRecorder", "LifecycleRecorder", "conformance_switches"]
+__all__ = [
+    "BackendConformance",
+    "EventRecorder",
+    "LifecycleRecorder",
+    "LockedHook",
+    "conformance_switches",
+]

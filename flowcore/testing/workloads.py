@@ -8,6 +8,7 @@ counters, rendezvous) goes through files, which every backend on one machine sha
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -144,17 +145,69 @@ def worker_pid() -> int:
     return os.getpid()
 
 
+@task
+def exit_with(code: int) -> None:
+    """Calls ``sys.exit(code)`` inside the task body."""
+    sys.exit(code)
+
+
+@task
+def exit_if_odd(x: int) -> int:
+    if x % 2:
+        sys.exit(x)
+    return x
+
+
+class UnpicklableError(Exception):
+    """The classic pitfall: ``__init__`` takes two arguments but ``Exception`` pickles
+    only the message, so the instance pickles but fails to unpickle."""
+
+    def __init__(self, a: str, b: str) -> None:
+        super().__init__(f"{a} and {b}")
+
+
+class FailsWhenLoaded:
+    """Pickles fine; unpickling it raises (its ``__reduce__`` rebuilds with bad arguments)."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (UnpicklableError, ("only one argument",))
+
+
+@task
+def raise_unpicklable(a: str, b: str) -> None:
+    raise UnpicklableError(a, b)
+
+
+@task
+def raise_unpicklable_if_odd(x: int) -> int:
+    if x % 2:
+        raise UnpicklableError(str(x), "odd")
+    return x
+
+
+@task
+def return_unloadable() -> FailsWhenLoaded:
+    return FailsWhenLoaded()
+
+
 __all__ = [
     "ConformanceError",
+    "FailsWhenLoaded",
+    "UnpicklableError",
     "add",
     "bump",
     "echo_bytes",
+    "exit_if_odd",
+    "exit_with",
     "fail_until",
     "identity",
     "length",
+    "raise_unpicklable",
+    "raise_unpicklable_if_odd",
     "raise_value_error",
     "read_count",
     "rendezvous",
+    "return_unloadable",
     "sleep_for",
     "sleep_in_steps",
     "square",
