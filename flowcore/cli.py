@@ -92,6 +92,12 @@ def _run(args: argparse.Namespace) -> int:
     params = parse_params(args.params, "flowcore run")
     params.update(_parse_param_pairs(args.param or []))
     _check_parameters(flow_obj, params)
+    if args.progress:
+        import os
+
+        from flowcore.progress import ENV_VAR
+
+        os.environ[ENV_VAR] = "1"  # still only on a terminal
     backend_options = _parse_backend_options(args.backend_options)
     if backend_options is None:
         if args.backend:
@@ -243,6 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--param", action="append", metavar="NAME=VALUE",
         help="one flow parameter (repeatable; VALUE is parsed as JSON when it parses, else a string; overrides --params)",
+    )
+    run.add_argument(
+        "--progress", action="store_true",
+        help="show the live progress display on a terminal even if FLOWCORE_PROGRESS=0 (never in a pipe or file)",
     )
     run.set_defaults(handler=_run)
     bench = commands.add_parser(

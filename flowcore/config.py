@@ -51,6 +51,7 @@ ENVIRONMENT_VARIABLES: dict[str, str] = {
     "FLOWCORE_CACHE_STORE": "the default cache store's name",
     "FLOWCORE_CACHE_STORE_OPTIONS": "the default cache store's options (JSON object)",
     "FLOWCORE_LOGGING_LEVEL": "the level of flowcore's console handler",
+    "FLOWCORE_PROGRESS": "0 turns the live progress display of flow runs on a terminal off",
     "FLOWCORE_DISABLE_PLUGIN_AUTOLOAD": "skip the 'flowcore' entry points",
     "FLOWCORE_WORKER_JOURNAL": "internal: the worker journal, passed from a flow's process to its workers",
 }

@@ -112,6 +112,27 @@ class Flow(Generic[P, R]):
         if log_prints is None:
             log_prints = parent.log_prints if parent is not None else False
         ensure_console_handler()
+        display = None
+        if parent is None:  # a top-level run on a terminal shows its progress
+            from flowcore.progress import start_for
+
+            display = start_for(run)
+        try:
+            return self._run_attempts(run, slot, parent, log_prints, args, kwargs, log_traceback)
+        finally:
+            if display is not None:
+                display.stop()
+
+    def _run_attempts(
+        self,
+        run: FlowRun,
+        slot: Any,
+        parent: Any,
+        log_prints: bool,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        log_traceback: bool,
+    ) -> State[Any]:
         policy = self.options.retry_policy
         attempt = 0
         while True:

@@ -1,0 +1,135 @@
+"""The live progress display: on a terminal only, off with FLOWCORE_PROGRESS=0.
+
+The flows run in child processes whose standard error is a real pseudo-terminal
+(``pty``) or a pipe, as a user's would be.
+"""
+
+from __future__ import annotations
+
+import os
+import pty
+import select
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("rich")
+
+SCRIPT = textwrap.dedent(
+    """
+    import time
+    from flowcore import flow, task
+
+    @task
+    def square(x):
+        time.sleep(0.002)
+        return x * x
+
+    @task
+    def explode(x):
+        raise ValueError(x)
+
+    @flow(backend="threads")
+    def squares(n):
+        ok = square.map(range(n))
+        bad = [explode.submit(i) for i in range(3)]
+        time.sleep(0.6)  # long enough for a few refreshes
+        return sum(f.result() for f in ok), sum(1 for f in bad if f.state.is_failed())
+
+    if __name__ == "__main__":
+        print("result", squares(300))
+    """
+)
+
+
+def _plain(text: str) -> str:
+    """``text`` without terminal escape sequences."""
+    import re
+
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
+
+
+def _run_on_terminal(script: Path, env: dict[str, str]) -> str:
+    """Run ``script`` with stdout and stderr on a pseudo-terminal; all it printed."""
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, str(script)], stdin=subprocess.DEVNULL, stdout=follower, stderr=follower,
+        env=env, close_fds=True,
+    )
+    os.close(follower)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([leader], [], [], 0.5)
+            if ready:
+                try:
+                    data = os.read(leader, 65536)
+                except OSError:  # the child closed the terminal
+                    break
+                if not data:
+                    break
+                chunks.append(data)
+            elif process.poll() is not None:
+                break
+    finally:
+        os.close(leader)
+        process.wait(timeout=60)
+    assert process.returncode == 0, b"".join(chunks).decode(errors="replace")
+    return b"".join(chunks).decode(errors="replace")
+
+
+@pytest.fixture
+def script(tmp_path: Path) -> Path:
+    path = tmp_path / "squares.py"
+    path.write_text(SCRIPT)
+    return path
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "FLOWCORE_PROGRESS"}
+    env.update(extra, COLUMNS="120", TERM="xterm")
+    return env
+
+
+def test_a_terminal_shows_the_progress_table(script: Path) -> None:
+    out = _run_on_terminal(script, _env())
+    assert "result (8955050, 3)" in out
+    for header in ("task", "done", "failed", "active", "total", "rate"):
+        assert header in out, out
+    final = _plain(out[out.rindex("flow run 'squares-") :])  # the last drawing of the table
+    square_row = next(line for line in final.splitlines() if " square " in line)
+    cells = [cell.strip() for cell in square_row.split("│")[1:-1]]
+    assert cells[:5] == ["square", "300", "0", "0", "300"], square_row  # task done failed active total
+    explode_row = next(line for line in final.splitlines() if " explode " in line)
+    cells = [cell.strip() for cell in explode_row.split("│")[1:-1]]
+    assert cells[:5] == ["explode", "0", "3", "0", "3"], explode_row
+    assert "Beginning flow run" in out  # log lines still printed
+
+
+def test_progress_is_off_with_the_variable(script: Path) -> None:
+    out = _run_on_terminal(script, _env(FLOWCORE_PROGRESS="0"))
+    assert "result (8955050, 3)" in out
+    assert "active" not in out and "flow run 'squares-" not in out
+
+
+def test_no_progress_when_not_a_terminal(script: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=_env(), timeout=120, check=True
+    )
+    assert "result (8955050, 3)" in done.stdout
+    assert "active" not in done.stderr and "\x1b[" not in done.stderr
+
+
+def test_flowcore_run_progress_flag_turns_it_on_despite_the_variable(script: Path) -> None:
+    launcher = script.parent / "launch.py"
+    launcher.write_text(
+        "import sys\nfrom flowcore.cli import main\n"
+        f"sys.exit(main(['run', {str(script) + ':squares'!r}, '--param', 'n=50', '--progress']))\n"
+    )
+    out = _run_on_terminal(launcher, _env(FLOWCORE_PROGRESS="0"))
+    assert "active" in out and "flow run 'squares-" in out
