@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import threading
-import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -17,14 +16,14 @@ if TYPE_CHECKING:
 
 # Task run ids are cheap: a random per-process prefix and a counter (a uuid4 costs
 # more than the whole direct-call fast path).
-_PREFIX = uuid.uuid4().hex[:12]
+_PREFIX = os.urandom(6).hex()
 _next_number = 1
 _number_lock = threading.Lock()
 
 
 def _reseed_after_fork() -> None:
     global _PREFIX
-    _PREFIX = uuid.uuid4().hex[:12]  # a forked child must not repeat the parent's ids
+    _PREFIX = os.urandom(6).hex()  # a forked child must not repeat the parent's ids
 
 
 if hasattr(os, "register_at_fork"):
@@ -78,7 +77,7 @@ UNSCOPED_RUN_NUMBERS = RunNumbers()
 
 
 def new_flow_run_id() -> str:
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()
 
 
 @dataclass(slots=True)

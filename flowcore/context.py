@@ -13,12 +13,12 @@ import contextvars
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from flowcore.backend import Backend
 from flowcore.calls import FlowRun, TaskCall
 
 if TYPE_CHECKING:
     import logging
 
+    from flowcore.backend import Backend
     from flowcore.flows import Flow
     from flowcore.futures import TaskFuture
 

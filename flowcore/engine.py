@@ -17,17 +17,18 @@ import contextvars
 import logging
 import threading
 import time
-import traceback
 from dataclasses import replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from flowcore import states
 from flowcore.calls import TaskCall
 from flowcore.context import TaskRunContext, _task_run
 from flowcore.errors import TaskTimeoutError
-from flowcore.events import Worker, current_worker
 from flowcore.states import State, completed_run
 from flowcore.timeouts import call_with_timeout, interrupts_blocking_calls
+
+if TYPE_CHECKING:
+    from flowcore.events import Worker
 
 logger = logging.getLogger("flowcore.task_runs")
 
@@ -208,17 +209,23 @@ def run_call_remote(call: TaskCall) -> tuple[State[Any], list[dict[str, Any]], W
 
     with capture() as records:
         state = run_call(call)
+    from flowcore.events import current_worker
+
     return state, records, current_worker()
 
 
 def run_call_located(call: TaskCall) -> tuple[State[Any], list[dict[str, Any]], Worker]:
     """:func:`run_call` in a thread of this process, saying where it ran (its log
     records are already here): the shape of :func:`run_call_remote`."""
+    from flowcore.events import current_worker
+
     return run_call(call), [], current_worker()
 
 
 def failure_state(exc: Exception, timed_out: bool) -> State[Any]:
     """Failed, or TimedOut when ``exc`` is this run's own timeout (not a nested task's)."""
+    import traceback
+
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     if timed_out:
         return State(
@@ -241,6 +248,8 @@ def exit_state(exc: SystemExit) -> State[Any]:
 
     Caught where the body runs (here, and in :mod:`flowcore.mapped`), so the flow and
     the process go on, and a worker process or thread is not lost with it."""
+    import traceback
+
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     return states.Crashed(exit_message(exc), traceback=text)
 

@@ -15,26 +15,25 @@ from __future__ import annotations
 import functools
 import inspect
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, overload
 
 from flowcore import options as opts
 from flowcore import registry, states
-from flowcore.backend import Backend
 from flowcore.calls import FlowRun, new_flow_run_id
-from flowcore.config import check_environment
 from flowcore.context import FlowRunContext, _scope
 from flowcore.engine import task_run_logger
 from flowcore.errors import TaskTimeoutError
-from flowcore.events import EventKind, FlowRunEvent
 from flowcore.futures import TaskFuture, collect_futures, resolve_futures
 from flowcore.loggers import ensure_console_handler, flow_logger, redirect_prints, restore_prints
 from flowcore.options import FlowOptions
 from flowcore.selection import slot_for
 from flowcore.states import State, StateType
 from flowcore.timeouts import call_with_timeout
+
+if TYPE_CHECKING:
+    from flowcore.backend import Backend
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -96,6 +95,8 @@ class Flow(Generic[P, R]):
     ) -> State[Any]:
         parent = _scope.get()
         if parent is None:
+            from flowcore.config import check_environment
+
             check_environment()
         slot = slot_for(self.options.backend, parent)
         run_id = new_flow_run_id()
@@ -142,6 +143,8 @@ class Flow(Generic[P, R]):
             if attempt == 1:
                 logger.info("Beginning flow run for flow %r on backend %r", self.name, slot.name)
             if registry.observes_events():
+                from flowcore.events import EventKind, FlowRunEvent
+
                 registry.publish(
                     [FlowRunEvent(EventKind.STARTED, run, time.time(), attempt, flow=self)]
                 )
@@ -206,6 +209,8 @@ class Flow(Generic[P, R]):
             except Exception:
                 logger.exception("hook %r of flow %r raised; the run's state is unchanged", getattr(hook, "__name__", hook), self.name)
         if registry.observes_events():
+            from flowcore.events import EventKind, FlowRunEvent
+
             registry.publish(
                 [FlowRunEvent(EventKind.FINISHED, run, time.time(), state.attempts, state, self)]
             )
@@ -257,6 +262,8 @@ class Flow(Generic[P, R]):
 
 
 def _format(exc: BaseException) -> str:
+    import traceback
+
     return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
 
 

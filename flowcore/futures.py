@@ -23,7 +23,6 @@ from flowcore import registry, states
 from flowcore.backend import WorkerLost
 from flowcore.engine import run_call, run_call_located, run_call_remote
 from flowcore.errors import WaitTimeoutError
-from flowcore.events import Worker, current_worker
 from flowcore.log_relay import replay as replay_logs
 from flowcore.reporting import report_final_state
 from flowcore.serialization import explain_pickling_failure, raise_if_unsendable
@@ -34,6 +33,7 @@ if TYPE_CHECKING:
     from flowcore.backend import Backend, NativeHandle
     from flowcore.calls import TaskCall
     from flowcore.context import RunScope
+    from flowcore.events import Worker
     from flowcore.tasks import Task
 
 R = TypeVar("R")
@@ -468,6 +468,8 @@ class RunFuture(TaskFuture[R]):
         except BaseException:
             self._finish(states.Cancelled("interrupted while running in the waiting thread"))
             raise
+        from flowcore.events import current_worker
+
         self._finish(state, current_worker())
 
     def _on_backend_done(self, backend_future: cf.Future[Any]) -> None:

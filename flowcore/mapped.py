@@ -35,7 +35,6 @@ from flowcore import engine, registry, states
 from flowcore.batching import BatchSizer, _feeder
 from flowcore.calls import UNSCOPED_RUN_NUMBERS, TaskCall, reserve_run_numbers, run_id_prefix
 from flowcore.context import TaskRunContext, _task_run
-from flowcore.events import EventKind, LazyTaskEvents, TaskRunEvent, Worker
 from flowcore.futures import RunFuture, TaskFuture, _call_back
 from flowcore.log_relay import replay as replay_logs
 from flowcore.serialization import raise_if_unsendable
@@ -47,18 +46,18 @@ if TYPE_CHECKING:
 
     from flowcore.backend import Backend
     from flowcore.context import RunScope
+    from flowcore.events import EventKind, TaskRunEvent, Worker
     from flowcore.mapping import MapArguments, RowLayout
     from flowcore.tasks import Task
 
 R = TypeVar("R")
 
 _PENDING, _COMPLETED, _ENDED = 0, 1, 2  # per-run status; _ENDED: any other final state
-_RAN = (EventKind.STARTED, EventKind.FINISHED)  # the events of a run that ran, in order
 
 #: What one batch sends back: values, finish times, when the batch started, the full
 #: states of runs that did not complete in one attempt (by position), log records,
 #: and where the batch ran.
-BatchResult = tuple[list[Any], list[float], float, dict[int, State[Any]], list[dict[str, Any]], Worker]
+BatchResult = tuple[list[Any], list[float], float, dict[int, State[Any]], list[dict[str, Any]], "Worker"]
 
 
 def eligible(task: Task[..., Any]) -> bool:
@@ -152,6 +151,8 @@ class MapBlock:
     def start(self) -> None:
         self.scope.track(self)
         if registry.observes_events():
+            from flowcore.events import EventKind
+
             self._report(range(self.count), EventKind.SUBMITTED)
         self._fill()
 
@@ -237,15 +238,21 @@ class MapBlock:
     def _report(self, indexes: Sequence[int], kind: EventKind | None, worker: Worker | None = None) -> None:
         """Publish one event per run in ``indexes`` (``kind`` None: STARTED and FINISHED
         of each, for runs that ran), made only if an observer reads them."""
+        from flowcore.events import EventKind, LazyTaskEvents
+
         if kind is None:
+            ran = (EventKind.STARTED, EventKind.FINISHED)  # the events of a run that ran, in order
+
             def make(position: int) -> TaskRunEvent:
-                return self._event(indexes[position // 2], _RAN[position % 2], worker)
+                return self._event(indexes[position // 2], ran[position % 2], worker)
 
             registry.publish(LazyTaskEvents(2 * len(indexes), make))
         else:
             registry.publish(LazyTaskEvents(len(indexes), lambda p: self._event(indexes[p], kind, worker)))
 
     def _event(self, index: int, kind: EventKind, worker: Worker | None) -> TaskRunEvent:
+        from flowcore.events import EventKind, TaskRunEvent
+
         state = None if kind is EventKind.SUBMITTED else self.final_state(index)
         if state is None:
             timestamp = self.submitted_at
@@ -334,6 +341,8 @@ class MapBlock:
         for index in ended:
             self._end(index, state)
         if ended and registry.observes_events():
+            from flowcore.events import EventKind
+
             self._report(ended, EventKind.FINISHED)
 
     # -- what a scope asks of a tracked item ------------------------------------
@@ -357,6 +366,8 @@ class MapBlock:
             callbacks = self._take_callbacks(start, self.count)
             self._count_finished(len(indexes))
         if indexes and registry.observes_events():
+            from flowcore.events import EventKind
+
             self._report(indexes, EventKind.FINISHED)
         self._call_back(callbacks)
         return bool(indexes)
@@ -410,6 +421,8 @@ class MapBlock:
             callbacks = self._take_callbacks(index, index + 1)
             self._count_finished(1)
         if registry.observes_events():
+            from flowcore.events import EventKind
+
             self._report([index], EventKind.FINISHED)
         self._call_back(callbacks)
         return True

@@ -8,7 +8,6 @@ names the option, never later inside a worker.
 from __future__ import annotations
 
 import math
-import random
 import string
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -39,6 +38,8 @@ class RetryPolicy:
         base = self.delays[min(retry_index, len(self.delays) - 1)]
         if self.jitter_factor:
             low = max(0.0, base * (1.0 - self.jitter_factor))
+            import random
+
             return random.uniform(low, base * (1.0 + self.jitter_factor))
         return base
 

@@ -15,9 +15,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import pluggy
-
-from flowcore import hookspecs
 from flowcore.backend import Backend, BackendKind, BackendSpec
 from flowcore.errors import BackendNotFoundError, BackendRegistrationError
 
@@ -61,6 +58,10 @@ class Registry:
         import importlib
 
         self._lock = threading.RLock()
+        import pluggy
+
+        from flowcore import hookspecs
+
         self.pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
         self.pm.add_hookspecs(hookspecs)
         for module_name in BUILTIN_PLUGINS:

@@ -10,13 +10,15 @@ tasks have no hooks, and their events travel as one lazy sequence per batch.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flowcore import registry
 from flowcore.calls import TaskCall
 from flowcore.engine import task_run_logger
-from flowcore.events import Worker, task_events
 from flowcore.states import State, StateType
+
+if TYPE_CHECKING:
+    from flowcore.events import Worker
 
 logger = logging.getLogger("flowcore.task_runs")
 
@@ -45,6 +47,8 @@ def report_final_state(
     if state.type is not StateType.COMPLETED and logger.isEnabledFor(logging.DEBUG):
         task_run_logger(call).debug("Finished in state %r", state)
     if observed:
+        from flowcore.events import task_events
+
         registry.publish(task_events(call, backend, state, worker))
 
 

@@ -16,7 +16,6 @@ import inspect
 import os
 import time
 from collections.abc import Callable, Iterable
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, overload
 
 from flowcore import mapped as mapped_path
@@ -32,6 +31,8 @@ from flowcore.options import TaskOptions, exponential_backoff
 from flowcore.states import State
 
 if TYPE_CHECKING:
+    from datetime import timedelta
+
     from flowcore.caching.policies import CacheContext, CachePolicy
     from flowcore.caching.store import CacheStore
 
