@@ -15,9 +15,9 @@ from __future__ import annotations
 import functools
 import inspect
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, Unpack, overload
 
 from flowcore import options as opts
 from flowcore import registry, states
@@ -27,18 +27,17 @@ from flowcore.engine import task_run_logger
 from flowcore.errors import TaskTimeoutError
 from flowcore.futures import TaskFuture, collect_futures, resolve_futures
 from flowcore.loggers import ensure_console_handler, flow_logger, redirect_prints, restore_prints
-from flowcore.options import FlowOptions
+from flowcore.options import FlowOptionInputs, FlowOptions
 from flowcore.selection import slot_for
 from flowcore.states import State, StateType
 from flowcore.timeouts import call_with_timeout
 
 if TYPE_CHECKING:
-    from flowcore.backend import Backend
+    pass
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-_UNSET: Any = object()
 _MAX_FAILURE_REPORTS = 10  # of each kind, per flow run attempt
 
 
@@ -224,35 +223,10 @@ class Flow(Generic[P, R]):
         logger.error("Finished in state %r", state)
 
     # -- options ------------------------------------------------------------
-    def with_options(
-        self,
-        *,
-        name: str = _UNSET,
-        description: str | None = _UNSET,
-        backend: str | Backend | None = _UNSET,
-        retries: int = _UNSET,
-        retry_delay_seconds: opts.RetryDelay | None = _UNSET,
-        timeout_seconds: float | None = _UNSET,
-        log_prints: bool | None = _UNSET,
-        on_completion: list[Callable[..., Any]] | None = _UNSET,
-        on_failure: list[Callable[..., Any]] | None = _UNSET,
-    ) -> Flow[P, R]:
-        """A copy of this flow with some options changed (the rest kept)."""
-        o = self.options
-        given = {k: v for k, v in locals().items() if k not in ("self", "o") and v is not _UNSET}
-        current: dict[str, Any] = {
-            "name": o.name,
-            "description": o.description,
-            "backend": o.backend,
-            "retries": o.retries,
-            "retry_delay_seconds": o.retry_delay_seconds,
-            "timeout_seconds": o.timeout_seconds,
-            "log_prints": o.log_prints,
-            "on_completion": list(o.on_completion),
-            "on_failure": list(o.on_failure),
-        }
-        current.update(given)
-        return Flow(self.fn, _flow_options(self.fn, **current))
+    def with_options(self, **options: Unpack[FlowOptionInputs]) -> Flow[P, R]:
+        """A copy of this flow with some options changed (the rest kept); validated as
+        ``@flow`` validates them."""
+        return Flow(self.fn, _flow_options(self.fn, options, base=self.options))
 
     def __repr__(self) -> str:
         return f"Flow(name={self.name!r}, fn={getattr(self.fn, '__qualname__', self.fn)!r})"
@@ -392,40 +366,9 @@ def _check_backend(value: object, owner: str) -> Any:
 
 
 def _flow_options(
-    fn: Callable[..., Any],
-    *,
-    name: str | None = None,
-    description: str | None = None,
-    backend: str | Backend | None = None,
-    retries: int = 0,
-    retry_delay_seconds: opts.RetryDelay | None = None,
-    timeout_seconds: float | None = None,
-    log_prints: bool | None = None,
-    on_completion: list[Callable[..., Any]] | None = None,
-    on_failure: list[Callable[..., Any]] | None = None,
+    fn: Callable[..., Any], given: Mapping[str, Any], *, base: FlowOptions | None = None
 ) -> FlowOptions:
-    if not callable(fn):
-        raise TypeError(f"@flow must decorate a function, got {type(fn).__name__} {fn!r}")
-    if inspect.iscoroutinefunction(fn):
-        raise TypeError(f"@flow: {getattr(fn, '__qualname__', fn)!r} is an async function; flowcore runs synchronous flows")
-    flow_name = name if name is not None else getattr(fn, "__name__", type(fn).__name__)
-    owner = f"@flow {flow_name!r}"
-    opts.check_name(flow_name, owner)
-    retries = opts.check_retries(retries, owner)
-    if description is None:
-        description = inspect.getdoc(fn)
-    return FlowOptions(
-        name=flow_name,
-        description=description,
-        backend=_check_backend(backend, owner),
-        retries=retries,
-        retry_delay_seconds=retry_delay_seconds,
-        timeout_seconds=opts.check_timeout(timeout_seconds, owner),
-        log_prints=opts.check_log_prints(log_prints, owner),
-        on_completion=opts.check_hooks(on_completion, "on_completion", owner),
-        on_failure=opts.check_hooks(on_failure, "on_failure", owner),
-        retry_policy=opts.retry_policy(retries, retry_delay_seconds, None, owner),
-    )
+    return opts.flow_options(fn, given, base=base, check_backend=_check_backend)
 
 
 @overload
@@ -434,32 +377,12 @@ def flow(__fn: Callable[P, R]) -> Flow[P, R]: ...
 
 @overload
 def flow(
-    __fn: None = None,
-    *,
-    name: str | None = None,
-    description: str | None = None,
-    backend: str | Backend | None = None,
-    retries: int = 0,
-    retry_delay_seconds: opts.RetryDelay | None = None,
-    timeout_seconds: float | None = None,
-    log_prints: bool | None = None,
-    on_completion: list[Callable[..., Any]] | None = None,
-    on_failure: list[Callable[..., Any]] | None = None,
+    __fn: None = None, **options: Unpack[FlowOptionInputs]
 ) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
 
 
 def flow(
-    __fn: Callable[P, R] | None = None,
-    *,
-    name: str | None = None,
-    description: str | None = None,
-    backend: str | Backend | None = None,
-    retries: int = 0,
-    retry_delay_seconds: opts.RetryDelay | None = None,
-    timeout_seconds: float | None = None,
-    log_prints: bool | None = None,
-    on_completion: list[Callable[..., Any]] | None = None,
-    on_failure: list[Callable[..., Any]] | None = None,
+    __fn: Callable[P, R] | None = None, **options: Unpack[FlowOptionInputs]
 ) -> Flow[P, R] | Callable[[Callable[P, R]], Flow[P, R]]:
     """Make a function a flow, bare (``@flow``) or with options (``@flow(backend="threads")``).
 
@@ -473,26 +396,20 @@ def flow(
         log_prints: send ``print()`` in the flow and its tasks to the run loggers.
         on_completion / on_failure: lists of ``hook(flow, flow_run, state)``.
     """
-    settings: dict[str, Any] = dict(
-        name=name,
-        description=description,
-        backend=backend,
-        retries=retries,
-        retry_delay_seconds=retry_delay_seconds,
-        timeout_seconds=timeout_seconds,
-        log_prints=log_prints,
-        on_completion=on_completion,
-        on_failure=on_failure,
-    )
     if __fn is not None:
-        return Flow(__fn, _flow_options(__fn, **settings))
+        return Flow(__fn, _flow_options(__fn, options))
+    # What does not depend on the function fails at the decorator line already.
+    opts.check_option_names(options, FlowOptions, "@flow")
+    name = options.get("name")
     owner = f"@flow {name!r}" if name else "@flow"
-    opts.retry_policy(opts.check_retries(retries, owner), retry_delay_seconds, None, owner)
-    opts.check_timeout(timeout_seconds, owner)
-    _check_backend(backend, owner)
+    opts.retry_policy(
+        opts.check_retries(options.get("retries", 0), owner), options.get("retry_delay_seconds"), None, owner
+    )
+    opts.check_timeout(options.get("timeout_seconds"), owner)
+    _check_backend(options.get("backend"), owner)
 
     def decorate(fn: Callable[P, R]) -> Flow[P, R]:
-        return Flow(fn, _flow_options(fn, **settings))
+        return Flow(fn, _flow_options(fn, options))
 
     return decorate
 
