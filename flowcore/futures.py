@@ -221,6 +221,10 @@ class RunFuture(TaskFuture[R]):
         backend_future = self._backend_future
         if backend_future is not None and backend_future.running():
             return states.Running()
+        if self._in_batch or self._stolen:
+            # Out in a batch (as a column map's runs are reported), or executing in the
+            # thread that waits for it.
+            return states.Running()
         return states.Pending()
 
     def done(self) -> bool:

@@ -168,3 +168,28 @@ def test_a_lone_task_is_sent_at_once() -> None:
         return trips_right_after_submit, future.result()
 
     assert run_on(backend, body) == (1, 0.5)
+
+
+@task
+def touch_then_sleep(path: str, seconds: float) -> str:
+    Path(path).touch()
+    time.sleep(seconds)
+    return path
+
+
+def test_a_run_sent_in_a_batch_shows_running_while_it_executes(tmp_path: Path) -> None:
+    """A run on a process backend travels in a batch (a lone submit too): its state is
+    Running while the batch is out, not Pending (issue 11, point 5)."""
+    marker = tmp_path / "started"
+
+    @flow(backend="loky")
+    def body() -> tuple[str, str]:
+        future = touch_then_sleep.submit(str(marker), 2.0)
+        deadline = time.monotonic() + 60
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        seen = future.state.name
+        future.wait()
+        return seen, future.state.name
+
+    assert body() == ("Running", "Completed")
