@@ -67,10 +67,7 @@ def eligible(task: Task[..., Any]) -> bool:
     o = task.options
     return not (
         o.timeout_seconds is not None  # watched per run by the parent
-        or o.on_completion
-        or o.on_failure
         or o.task_run_name is not None
-        or o.cache is not None  # keys may need the flow's parameters; results may be stored
     )
 
 
@@ -100,12 +97,19 @@ class MapBlock:
         numbers = flow_run.run_numbers if flow_run is not None else UNSCOPED_RUN_NUMBERS
         #: run i is named ``f"{task.name}-{first_name_number + i}"``
         self.first_name_number = numbers.reserve(task.name, count)
-        # The last field maps a run id number to its name number (for the workers).
+        # name_offset maps a run id number to its name number (for the workers); the
+        # flow parameters' hash is there for cache policies that use it.
         name_offset = self.first_name_number - self.first_number
+        parameters_key = None
+        cache = task.options.cache
+        if cache is not None and flow_run is not None and cache.policy.needs_flow_parameters:
+            from flowcore.caching.keys import flow_parameters_key
+
+            parameters_key = flow_parameters_key(flow_run)
         self.common: tuple[Any, ...] = (
-            (flow_run.run_id, flow_run.name, flow_run.flow_name, log_prints, name_offset)
+            (flow_run.run_id, flow_run.name, flow_run.flow_name, log_prints, name_offset, parameters_key)
             if flow_run is not None
-            else (None, None, None, log_prints, name_offset)
+            else (None, None, None, log_prints, name_offset, None)
         )
         self.count = count
         self.values: list[Any] = [None] * count
@@ -125,6 +129,8 @@ class MapBlock:
         self.sizer = BatchSizer(backend.max_workers)
         #: runs execute in this process: no log capture, no journal
         self.in_process = backend.capabilities.in_process
+        #: the task has hooks: they run here for every run, before its state is seen
+        self.hooked = bool(task.options.on_completion or task.options.on_failure)
         self.lock = threading.Lock()
         self.changed = threading.Condition(self.lock)
 
@@ -138,10 +144,10 @@ class MapBlock:
     def call(self, index: int) -> TaskCall:
         """The run's call (built on demand: hooks, recovery, ``future.call``)."""
         (args, kwargs), = self.arguments.layout(index, index + 1).rows()
-        flow_run_id, flow_run_name, flow_name, log_prints, _ = self.common
+        flow_run_id, flow_run_name, flow_name, log_prints, _, parameters_key = self.common
         return TaskCall(
             self.task, args, kwargs, self.run_id(index), self.run_name(index), flow_run_id,
-            flow_run_name, flow_name, self.submitted_at, log_prints,
+            flow_run_name, flow_name, self.submitted_at, log_prints, 0, parameters_key,
         )
 
     def futures(self) -> list[TaskFuture[Any]]:
@@ -203,6 +209,8 @@ class MapBlock:
         values, ends, started, exact, records, worker = outcome
         if records:
             replay_logs(records)
+        if self.hooked:  # before the states are visible, as for a run on its own
+            self._fire_hooks(start, stop, values, ends, started, exact)
         size = stop - start
         observed = registry.observes_events()
         with self.lock:
@@ -233,6 +241,37 @@ class MapBlock:
         if observed:
             self._report(ran, None, worker)
         self._call_back(callbacks)
+
+    # -- task hooks ----------------------------------------------------------------
+    def _fire_hooks(
+        self, start: int, stop: int, values: list[Any], ends: list[float], started: float,
+        exact: dict[int, State[Any]],
+    ) -> None:
+        """The task's hooks for the runs of a batch that came back (not those cancelled
+        before it was sent), in order, in this process."""
+        from flowcore.reporting import run_task_hooks
+
+        previous_end = started
+        for offset in range(stop - start):
+            index = start + offset
+            if self.status[index]:
+                previous_end = ends[offset]
+                continue  # cancelled before the batch left: its hooks ran then
+            state = exact.get(offset)
+            if state is None:
+                state = completed_run(values[offset], previous_end, ends[offset], 1)
+            previous_end = ends[offset]
+            run_task_hooks(self.call(index), state)
+
+    def _hooks_for_ended(self, indexes: Sequence[int]) -> None:
+        """The task's hooks for runs ended here without running (cancelled, or a batch
+        whose handling failed)."""
+        from flowcore.reporting import run_task_hooks
+
+        for index in indexes:
+            state = self.final_state(index)
+            if state is not None:
+                run_task_hooks(self.call(index), state)
 
     # -- the run-event stream -----------------------------------------------------
     def _report(self, indexes: Sequence[int], kind: EventKind | None, worker: Worker | None = None) -> None:
@@ -344,6 +383,8 @@ class MapBlock:
             from flowcore.events import EventKind
 
             self._report(ended, EventKind.FINISHED)
+        if ended and self.hooked:
+            self._hooks_for_ended(ended)
 
     # -- what a scope asks of a tracked item ------------------------------------
     def done(self) -> bool:
@@ -369,6 +410,8 @@ class MapBlock:
             from flowcore.events import EventKind
 
             self._report(indexes, EventKind.FINISHED)
+        if indexes and self.hooked:
+            self._hooks_for_ended(indexes)
         self._call_back(callbacks)
         return bool(indexes)
 
@@ -424,6 +467,8 @@ class MapBlock:
             from flowcore.events import EventKind
 
             self._report([index], EventKind.FINISHED)
+        if self.hooked:
+            self._hooks_for_ended([index])
         self._call_back(callbacks)
         return True
 
@@ -533,11 +578,11 @@ class _MapItemContext(TaskRunContext):
 
     def call_at(self, index: int) -> TaskCall:
         number = self._first + index
-        flow_run_id, flow_run_name, flow_name, log_prints, name_offset = self._batch_call
+        flow_run_id, flow_run_name, flow_name, log_prints, name_offset, parameters_key = self._batch_call
         return TaskCall(
             self.task, self._rows[index], self._kw_rows[index] if self._kw_rows else {},
             f"{self._prefix}-{number:x}", f"{self.task.name}-{number + name_offset}",
-            flow_run_id, flow_run_name, flow_name, 0.0, log_prints,
+            flow_run_id, flow_run_name, flow_name, 0.0, log_prints, 0, parameters_key,
         )
 
     @property

@@ -23,18 +23,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger("flowcore.task_runs")
 
 
-def report_final_state(
-    call: TaskCall, state: State[Any], backend: str | None, worker: Worker | None = None
-) -> None:
-    """Fire the task's ``on_completion``/``on_failure`` hooks, then publish the run's
-    STARTED (if it started) and FINISHED events. ``backend``: the name of the backend
-    that ran it (None for a direct call); ``worker``: where it ran, when known."""
+def run_task_hooks(call: TaskCall, state: State[Any]) -> None:
+    """Call the task's ``on_completion`` (or, for any other final state, ``on_failure``)
+    hooks with ``(task, call, state)``; a hook's exception is logged, never raised."""
     task = call.task
     options = task.options
     hooks = options.on_completion if state.type is StateType.COMPLETED else options.on_failure
-    observed = registry.observes_events()
-    if not hooks and state.type is StateType.COMPLETED and not observed:
-        return  # the common case: nothing to call
     for hook in hooks:
         try:
             hook(task, call, state)
@@ -46,10 +40,24 @@ def report_final_state(
             )
     if state.type is not StateType.COMPLETED and logger.isEnabledFor(logging.DEBUG):
         task_run_logger(call).debug("Finished in state %r", state)
+
+
+def report_final_state(
+    call: TaskCall, state: State[Any], backend: str | None, worker: Worker | None = None
+) -> None:
+    """Fire the task's ``on_completion``/``on_failure`` hooks, then publish the run's
+    STARTED (if it started) and FINISHED events. ``backend``: the name of the backend
+    that ran it (None for a direct call); ``worker``: where it ran, when known."""
+    options = call.task.options
+    hooks = options.on_completion if state.type is StateType.COMPLETED else options.on_failure
+    observed = registry.observes_events()
+    if not hooks and state.type is StateType.COMPLETED and not observed:
+        return  # the common case: nothing to call
+    run_task_hooks(call, state)
     if observed:
         from flowcore.events import task_events
 
         registry.publish(task_events(call, backend, state, worker))
 
 
-__all__ = ["report_final_state"]
+__all__ = ["report_final_state", "run_task_hooks"]

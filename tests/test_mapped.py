@@ -323,3 +323,61 @@ def test_a_journal_entry_never_kills_a_process_that_reused_its_pid(monkeypatch: 
     (tmp_path / str(os.getpid())).write_bytes(text + bytes(8) + stale_start.to_bytes(8, "little"))
     assert journal.read_journal_entries(tmp_path)[os.getpid()][0] == "abc123-1"
     assert journal.kill_workers_running({"abc123-1"}) == 0  # and this process is still here
+
+
+@pytest.mark.parametrize("backend", ["threads", "loky"])
+def test_a_cached_task_maps_in_columns_and_hits_its_cache(backend: str, tmp_path: Path) -> None:
+    """A cache policy no longer pushes a map off the column path (issue 11, point 5):
+    the first map misses and runs every body, the second hits every entry."""
+    from flowcore.caching import INPUTS
+
+    counter = str(tmp_path / "bodies")
+    cached = w.counted_square.with_options(cache_policy=INPUTS, cache_storage=str(tmp_path / "cache"))
+
+    @flow(backend=backend)
+    def body() -> tuple[list[int], list[str], bool]:
+        futures = cached.map(unmapped(counter), range(30))
+        columns = all(isinstance(f, MappedFuture) for f in futures)
+        return [f.result() for f in futures], sorted({f.state.name for f in futures}), columns
+
+    first = body()
+    assert first == ([i * i for i in range(30)], ["Completed"], True)
+    assert w.read_count(counter) == 30
+    second = body()
+    assert second == ([i * i for i in range(30)], ["Cached"], True)
+    assert w.read_count(counter) == 30  # no body ran again
+
+
+@pytest.mark.parametrize("backend", ["threads", "loky", "sequential"])
+def test_hooks_of_a_mapped_task_fire_once_per_run_in_columns(backend: str) -> None:
+    """Hooks no longer push a map off the column path (issue 11, point 5): each run's
+    hook fires once, in this process, before its future is done."""
+    seen: list[tuple[str, str, int]] = []
+    seen_before_done: list[bool] = []
+    lock = threading.Lock()
+
+    def record(task: Any, call: Any, state: Any) -> None:
+        with lock:
+            seen.append((call.task_run_name, state.name, os.getpid()))
+
+    hooked = w.fail_on_three.with_options(on_completion=[record], on_failure=[record])
+
+    @flow(backend=backend)
+    def body() -> tuple[bool, list[str]]:
+        futures = hooked.map(range(12))
+        columns = all(isinstance(f, MappedFuture) for f in futures)
+        names = []
+        for f in futures:
+            f.wait()
+            with lock:
+                seen_before_done.append(any(name == f.name for name, _, _ in seen))
+            names.append(f.state.name)
+        return columns, names
+
+    columns, names = body()
+    assert columns
+    assert names == ["Failed" if i == 3 else "Completed" for i in range(12)]
+    assert len(seen) == 12 and len({name for name, _, _ in seen}) == 12
+    assert {pid for _, _, pid in seen} == {os.getpid()}
+    assert sorted(state for _, state, _ in seen) == ["Completed"] * 11 + ["Failed"]
+    assert all(seen_before_done)

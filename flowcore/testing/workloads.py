@@ -224,3 +224,11 @@ def fan_out_inside(n: int) -> list[int]:
     single = square.submit(n).result()
     mapped = [f.result() for f in square.map(range(n))]
     return [single, *mapped, add(n, 1)]
+
+
+@task
+def fail_on_three(x: int) -> int:
+    """``x``, except that 3 raises ValueError."""
+    if x == 3:
+        raise ValueError("three")
+    return x
