@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -58,7 +59,8 @@ def shared_pool(max_workers: int, idle_timeout: float) -> Any:
                 max_workers=max_workers,
                 timeout=idle_timeout,
                 initializer=open_pool_worker_journal,
-                initargs=(journal_directory(),),
+                # This pid: a worker that starts after this process died ends (12.19).
+                initargs=(journal_directory(), os.getpid()),
             )
             _pools[max_workers] = pool
             if not _exit_hook_installed:

@@ -65,11 +65,33 @@ def open_journal_from_environment() -> None:
     value = os.environ.get(ENV_VAR, "")
     directory, _, parent = value.rpartition(":")
     if directory and parent.isdigit() and int(parent) != os.getpid() and _fd is None:
-        if os.getppid() == int(parent) and _in_a_pool_worker():
-            watch_parent()  # a pool worker of that process: it ends with it
+        if _in_a_pool_worker():
+            if os.getppid() == int(parent):
+                watch_parent()  # a pool worker of that process: it ends with it
+            elif _died_before_us(int(parent)):
+                # Started by that process, which died before this worker got here: its
+                # PPid is 1 now, and it must not live on as an orphan (issue 12.19). (A
+                # grandchild, whose parent is a worker of that live process, is spared.)
+                watch_parent(expected_parent=int(parent))
         # Without a journal, a crash is blamed on every run that was in the pool.
         with contextlib.suppress(OSError):
             open_journal(directory)
+
+
+def _died_before_us(pid: int) -> bool:
+    """Whether process ``pid``, which started this one's lineage, is gone: no such
+    process, a zombie, or the pid now names a process younger than this one (pids
+    wrap; see :func:`_process_start`)."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        return not pid_alive(pid)
+    if fields[0] in (b"Z", b"X"):
+        return True
+    mine = _process_start(os.getpid())
+    try:
+        return bool(mine) and int(fields[19]) > mine
+    except (ValueError, IndexError):
+        return False
 
 
 def _in_a_pool_worker() -> bool:
@@ -166,11 +188,13 @@ def export_to_workers() -> None:
     os.environ[ENV_VAR] = f"{journal_directory()}:{os.getpid()}"
 
 
-def open_pool_worker_journal(directory: str) -> None:
+def open_pool_worker_journal(directory: str, parent: int | None = None) -> None:
     """Initializer of the pool workers this process starts: journal their runs into
     ``directory``, and end each worker when this process dies
-    (:func:`.lifeline.watch_parent`)."""
-    watch_parent()
+    (:func:`.lifeline.watch_parent`). ``parent`` is the pid of the process that starts
+    the pool (``os.getpid()`` there): a worker that starts after it died ends at once
+    instead of living on as an orphan (issue 12.19)."""
+    watch_parent(expected_parent=parent)
     # Best effort: without its journal a worker still runs tasks (a crash in it is then
     # blamed on every run the pool lost), where a failing initializer breaks the pool.
     with contextlib.suppress(OSError):
