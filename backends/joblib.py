@@ -76,7 +76,8 @@ class JoblibBackend(JournaledWorkers):
         from ._supervision.journal import CrashExplainer
 
         self._crashes = CrashExplainer()
-        self._failed_processes: tuple[BaseException, dict[int, Any]] | None = None
+        #: (error, the pool's worker exit codes when it failed): see deliver in submit
+        self._failed_processes: tuple[BaseException, dict[int, int | None]] | None = None
 
     def _backend(self) -> Any:
         with self._lock:
@@ -129,10 +130,16 @@ class JoblibBackend(JournaledWorkers):
             try:
                 result = backend.retrieve_result_callback(out)
             except BaseException as exc:
-                # In the pool's thread, before it kills the survivors: note its workers
-                # now, so the crash is pinned on the pool it happened in.
-                workers = getattr(backend, "_workers", None)
-                self._failed_processes = (exc, dict(getattr(workers, "_processes", None) or {}))
+                # In the pool's thread, before it kills the survivors: read its workers'
+                # exit codes now, once per error, while only the dead ones have one
+                # (issue 12.16), so the crash is pinned on the pool it happened in.
+                failed = self._failed_processes
+                if failed is None or failed[0] is not exc:
+                    from ._supervision.journal import worker_exit_codes
+
+                    workers = getattr(backend, "_workers", None)
+                    codes = worker_exit_codes(getattr(workers, "_processes", None) or {})
+                    self._failed_processes = (exc, codes)
                 future.set_exception(exc)
             else:
                 future.set_result(result)
@@ -174,14 +181,16 @@ class JoblibBackend(JournaledWorkers):
         self._parallel._backend.terminate()
 
     def explain_failure(self, task_run_id: str, exc: BaseException) -> WorkerLost | None:
-        def processes() -> Any:
+        def exit_codes() -> dict[int, int | None]:
+            from ._supervision.journal import worker_exit_codes
+
             failed = self._failed_processes
             if failed is not None and failed[0] is exc:
                 return failed[1]
             workers = getattr(self._parallel._backend, "_workers", None)
-            return getattr(workers, "_processes", None) or {}
+            return worker_exit_codes(getattr(workers, "_processes", None) or {})
 
-        lost = self._crashes.explain(task_run_id, exc, processes)
+        lost = self._crashes.explain(task_run_id, exc, exit_codes)
         return self.deadline_verdict(task_run_id) or lost
 
     def __repr__(self) -> str:

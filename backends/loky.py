@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -58,7 +59,8 @@ def shared_pool(max_workers: int, idle_timeout: float) -> Any:
                 max_workers=max_workers,
                 timeout=idle_timeout,
                 initializer=open_pool_worker_journal,
-                initargs=(journal_directory(),),
+                # This pid: a worker that starts after this process died ends (12.19).
+                initargs=(journal_directory(), os.getpid()),
             )
             _pools[max_workers] = pool
             if not _exit_hook_installed:
@@ -115,7 +117,8 @@ class LokyBackend(JournaledWorkers):
         from ._supervision.journal import CrashExplainer
 
         self._crashes = CrashExplainer()
-        self._failed_pool: tuple[BaseException | None, Any] | None = None
+        #: (error, pool, its workers' exit codes when it failed): see _settled
+        self._failed_pool: tuple[BaseException | None, Any, dict[int, int | None]] | None = None
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         from concurrent.futures.process import BrokenProcessPool  # imports multiprocessing
@@ -144,9 +147,17 @@ class LokyBackend(JournaledWorkers):
     def _settled(self, future: Future[Any], pool: Any) -> None:
         # Runs before the core's callback: remember which pool a failure came from, so
         # explain_failure reads that pool even if another thread built a new one since.
+        # Its workers' exit codes are read here, once per error, in the pool's thread
+        # before it kills the survivors: then only the dead workers have one (12.16).
         self._pending.discard(future)
         if not future.cancelled() and future.exception() is not None:
-            self._failed_pool = (future.exception(), pool)
+            exc = future.exception()
+            failed = self._failed_pool
+            if failed is None or failed[0] is not exc:
+                from ._supervision.journal import worker_exit_codes
+
+                codes = worker_exit_codes(getattr(pool, "_processes", None) or {})
+                self._failed_pool = (exc, pool, codes)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting work; with ``cancel_futures``, cancel this backend's queued
@@ -162,11 +173,17 @@ class LokyBackend(JournaledWorkers):
             futures_wait(pending)
 
     def explain_failure(self, task_run_id: str, exc: BaseException) -> WorkerLost | None:
+        from ._supervision.journal import worker_exit_codes
+
         failed = self._failed_pool
-        pool = failed[1] if failed is not None and failed[0] is exc else self._executor
-        lost = self._crashes.explain(
-            task_run_id, exc, lambda: getattr(pool, "_processes", None) or {}
-        )
+        if failed is not None and failed[0] is exc:
+            codes = failed[2]
+            lost = self._crashes.explain(task_run_id, exc, lambda: codes)
+        else:
+            pool = self._executor
+            lost = self._crashes.explain(
+                task_run_id, exc, lambda: worker_exit_codes(getattr(pool, "_processes", None) or {})
+            )
         return self.deadline_verdict(task_run_id) or lost
 
 

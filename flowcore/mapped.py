@@ -37,7 +37,7 @@ from flowcore.calls import UNSCOPED_RUN_NUMBERS, TaskCall, reserve_run_numbers, 
 from flowcore.context import TaskRunContext, _task_run
 from flowcore.futures import RunFuture, TaskFuture, _call_back
 from flowcore.log_relay import replay as replay_logs
-from flowcore.serialization import raise_if_unsendable
+from flowcore.serialization import Repairable, pickling_error, raise_if_unsendable
 from flowcore.states import State, StateType, completed_run
 from flowcore.timeouts import wake_for_deadlines
 
@@ -620,7 +620,37 @@ def run_map_batch(
 
     with capture() as records:
         values, ends, started, exact = _run_rows(task, batch_call, first_run_id, layout, skip)
-    return values, ends, started, exact, records, current_worker()
+    worker = current_worker()
+
+    def repair() -> tuple[Any, ...]:  # issue 12.22: only the culprits fail, nothing reruns
+        return _sendable_rows(task, batch_call, first_run_id, (values, ends, started, exact, records, worker))
+
+    return Repairable((values, ends, started, exact, records, worker), repair)
+
+
+def _sendable_rows(
+    task: Task[..., Any], batch_call: tuple[Any, ...], first_run_id: str, outcome: BatchResult
+) -> BatchResult:
+    """A batch's outcome (in the worker, when it failed to pickle) in which each run
+    whose value or state does not pickle has a ``Failed`` state naming it and the type
+    at fault instead (its value: None); every other run's result is kept (issue 12.22)."""
+    from flowcore.batching import sendable_outcome
+
+    values, ends, started, exact, records, worker = outcome
+    values, exact = list(values), dict(exact)
+    first, name_offset = int(first_run_id.rpartition("-")[2], 16), batch_call[4]
+    for index, value in enumerate(values):
+        state = exact.get(index)
+        if state is None and pickling_error(value) is None:
+            continue
+        if state is not None and pickling_error((value, state)) is None:
+            continue
+        name = f"{task.name}-{first + index + name_offset}"
+        began = ends[index - 1] if index else started
+        kept = state if state is not None else (value, began, ends[index], 1)
+        values[index] = None
+        exact[index] = sendable_outcome(kept, name)
+    return values, ends, started, exact, records, worker
 
 
 def _run_rows(

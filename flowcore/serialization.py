@@ -17,6 +17,10 @@ fails its own run instead of breaking the pool (issue 12, items 9 and 15):
   would declare the whole pool broken ("A result has failed to un-serialize") and
   lose every run in it.
 
+A batch of runs (:class:`Repairable`) is repaired in the worker when it fails to
+pickle: each run whose value does not pickle gets a ``Failed`` state naming it, and the
+other runs' results still travel home (issue 12.22).
+
 The core passes every result through :func:`raise_if_unsendable` before reading it,
 which turns an :class:`Unsendable` into an error that :func:`explain_pickling_failure`
 explains in one line.
@@ -169,12 +173,57 @@ def _culprit(value: Any, depth: int = 3) -> Any:
     return value
 
 
+class Repairable(tuple[Any, ...]):
+    """The outcome of several runs (a batch) as a worker returns it: a plain tuple, that
+    can also make itself sendable when some run's value cannot be pickled (issue 12.22).
+
+    ``repair()`` returns the same outcome as a plain tuple in which every run whose
+    value (or exception) does not pickle has a ``Failed`` state instead, carrying the
+    :class:`~flowcore.errors.SerializationError` that names the run and the type: the
+    other runs' results still travel home, so the parent never runs them again.
+    :class:`SentBack` calls it only when the outcome as a whole failed to pickle (one
+    pickling on the normal path). Pickled, it is the plain tuple: ``repair`` stays in
+    the worker.
+    """
+
+    repair: Callable[[], tuple[Any, ...]]
+
+    def __new__(cls, items: tuple[Any, ...], repair: Callable[[], tuple[Any, ...]]) -> Repairable:
+        outcome = super().__new__(cls, items)
+        outcome.repair = repair
+        return outcome
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (tuple, (tuple(self),))
+
+
+def pickling_error(value: Any) -> Exception | None:
+    """The error pickling ``value`` raises (as a worker sends it back), or None if it
+    pickles. Costs a full pickling: for the failure path."""
+    try:
+        _dumps(value)
+    except Exception as error:
+        return error
+    return None
+
+
+def unsendable_error(
+    task_run_name: str, value: Any, error: BaseException, *, exception: bool = False
+) -> SerializationError:
+    """The one-line error of a run whose result (``exception``: whose raised exception)
+    ``value`` could not be pickled in its worker: names the run, the type, the cause and
+    the fix, as for a run sent alone."""
+    record = Unsendable("pickled", "exception" if exception else "result", type_name(value), one_line(error), None)
+    return _explain_way_back(f"task run {task_run_name!r}", record)
+
+
 class SentBack:
     """A worker's return value on its way home (see the module docstring).
 
     Pickled in the worker by itself, into bytes that :func:`_received` unpickles in
     the parent: the value is pickled once either way, and a failure at either end is
-    reported for this value alone.
+    reported for this value alone. A :class:`Repairable` value that fails to pickle is
+    repaired (its unsendable runs fail alone) before it is given up.
     """
 
     __slots__ = ("value",)
@@ -188,6 +237,14 @@ class SentBack:
         try:
             payload = cloudpickle.dumps(self.value, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as error:
+            if isinstance(self.value, Repairable):
+                try:
+                    repaired = self.value.repair()
+                    payload = cloudpickle.dumps(repaired, protocol=pickle.HIGHEST_PROTOCOL)
+                except Exception:  # not a run's value at fault: the whole outcome fails
+                    pass
+                else:
+                    return (_received, (payload, None, type_name(repaired), None))
             kind, what, traceback = _describe(self.value, find_culprit=True)
             return (Unsendable, ("pickled", kind, what, one_line(error), traceback))
         kind, what, traceback = _describe(self.value)
@@ -304,13 +361,16 @@ def _explain_way_back(where: str, record: Unsendable) -> SerializationError:
 
 __all__ = [
     "CallNotLoaded",
+    "Repairable",
     "ResultNotSent",
     "SentBack",
     "Unsendable",
     "explain_pickling_failure",
     "is_pickling_error",
     "one_line",
+    "pickling_error",
     "raise_if_unsendable",
     "send_back",
     "type_name",
+    "unsendable_error",
 ]

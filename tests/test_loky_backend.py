@@ -666,3 +666,97 @@ def test_resubmission_after_pool_losses_is_bounded_and_pools_are_shut_down() -> 
     assert len(backend.pools) <= MAX_POOL_LOSSES + 2
     for discarded in backend.pools[:-1]:  # shut down, not just forgotten
         assert discarded._executor_manager_thread is None
+
+
+# -- a parent killed while its pool starts (issue 12.19) -----------------------------
+
+
+def _start_time(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot), None if there is none."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+        return int(stat[stat.rindex(b")") + 2 :].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _descendants_with(token: str, since: int) -> dict[int, int]:
+    """``{pid: start time}`` of the live processes whose environment carries ``token``
+    (inherited from one ancestor), whose command line mentions loky and that started no
+    earlier than ``since`` (pids wrap here: a pid alone names no process for long)."""
+    found: dict[int, int] = {}
+    needle = token.encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        try:
+            if needle not in (entry / "environ").read_bytes():
+                continue
+            if b"loky" not in (entry / "cmdline").read_bytes():
+                continue
+        except OSError:
+            continue
+        started = _start_time(pid)
+        if started is not None and started >= since and _alive(pid):
+            found[pid] = started
+    return found
+
+
+@pytest.mark.timeout(300)
+def test_workers_end_when_their_parent_is_killed_while_the_pool_starts(tmp_path: Path) -> None:
+    """A parent SIGKILLed 0.05-0.15 s after its first submit, while its workers are still
+    starting: a worker that first sees its parent after the death has PPid 1 and must
+    not conclude it was always an orphan. No loky process it started survives (issue
+    12.19). Not the joblib backend: a joblib worker that never received a task has not
+    imported flowcore, and nothing of flowcore runs at its start."""
+    import uuid
+
+    backend, options = "loky", "max_workers=2"
+    script = tmp_path / "script.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import os, signal, sys, time
+            import flowcore
+            from flowcore import flow, task
+
+            @task
+            def nap(x):
+                time.sleep(1.0)
+                return x
+
+            @flow(backend=flowcore.get_backend({backend!r}, {options}))
+            def main():
+                nap.submit(1)
+                time.sleep(float(sys.argv[1]))
+                os.kill(os.getpid(), signal.SIGKILL)
+
+            main()
+            """
+        )
+    )
+    survivors: dict[int, int] = {}
+    try:
+        for delay in (0.05, 0.1, 0.15):
+            token = f"flowcore-test-{uuid.uuid4().hex}"
+            env = {**os.environ, "FLOWCORE_TEST_LINEAGE": token}
+            # Output to files, not pipes: orphaned workers would hold a pipe open.
+            with open(tmp_path / "out", "w") as out:
+                parent = subprocess.Popen(
+                    [sys.executable, str(script), str(delay)], stdout=out, stderr=out, cwd=tmp_path, env=env
+                )
+                since = _start_time(parent.pid) or 0
+                assert parent.wait(timeout=120) == -signal.SIGKILL, (tmp_path / "out").read_text()
+            deadline = time.monotonic() + 30  # generous: the watch ends a worker within 1 s
+            left = _descendants_with(token, since)
+            while left and time.monotonic() < deadline:
+                time.sleep(0.2)
+                left = _descendants_with(token, since)
+            survivors.update(left)
+            assert not left, f"killed {delay} s after its first submit, the parent left {sorted(left)} running"
+    finally:
+        for pid, started in survivors.items():
+            if _start_time(pid) == started:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)

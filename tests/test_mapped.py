@@ -381,3 +381,34 @@ def test_hooks_of_a_mapped_task_fire_once_per_run_in_columns(backend: str) -> No
     assert {pid for _, _, pid in seen} == {os.getpid()}
     assert sorted(state for _, state, _ in seen) == ["Completed"] * 11 + ["Failed"]
     assert all(seen_before_done)
+
+
+@task
+def counted_item(i: int, directory: str, culprit: int) -> Any:
+    """Counts its executions in a file per item; item ``culprit`` returns a lock."""
+    with open(os.path.join(directory, str(i)), "a") as counter:
+        counter.write("x")
+    return threading.Lock() if i == culprit else i
+
+
+def test_an_unpicklable_result_fails_alone_and_no_finished_run_runs_again(tmp_path: Path) -> None:
+    """Issue 12.22: one run returning a value that cannot be pickled fails alone; the
+    other runs of its batch are not run a second time (their side effects happen once)."""
+    backend = flowcore.get_backend("loky", max_workers=2)
+    holder: list[list[TaskFuture[Any]]] = []
+
+    def body() -> None:
+        holder.append(counted_item.map(range(40), str(tmp_path), 23))
+        flowcore.wait(holder[0])
+
+    try:
+        run(backend, body)
+    finally:
+        backend.shutdown()
+    (futures,) = holder
+    runs = {i: len((tmp_path / str(i)).read_text()) for i in range(40)}
+    assert {i: n for i, n in runs.items() if n != 1} == {}, "runs executed more than once"
+    culprit = futures[23].state
+    assert culprit.name == "Failed" and isinstance(culprit.exception, SerializationError)
+    assert "counted_item-23" in culprit.message and "_thread.lock" in culprit.message
+    assert [f.result() for i, f in enumerate(futures) if i != 23] == [i for i in range(40) if i != 23]

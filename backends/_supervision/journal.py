@@ -65,11 +65,33 @@ def open_journal_from_environment() -> None:
     value = os.environ.get(ENV_VAR, "")
     directory, _, parent = value.rpartition(":")
     if directory and parent.isdigit() and int(parent) != os.getpid() and _fd is None:
-        if os.getppid() == int(parent) and _in_a_pool_worker():
-            watch_parent()  # a pool worker of that process: it ends with it
+        if _in_a_pool_worker():
+            if os.getppid() == int(parent):
+                watch_parent()  # a pool worker of that process: it ends with it
+            elif _died_before_us(int(parent)):
+                # Started by that process, which died before this worker got here: its
+                # PPid is 1 now, and it must not live on as an orphan (issue 12.19). (A
+                # grandchild, whose parent is a worker of that live process, is spared.)
+                watch_parent(expected_parent=int(parent))
         # Without a journal, a crash is blamed on every run that was in the pool.
         with contextlib.suppress(OSError):
             open_journal(directory)
+
+
+def _died_before_us(pid: int) -> bool:
+    """Whether process ``pid``, which started this one's lineage, is gone: no such
+    process, a zombie, or the pid now names a process younger than this one (pids
+    wrap; see :func:`_process_start`)."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        return not pid_alive(pid)
+    if fields[0] in (b"Z", b"X"):
+        return True
+    mine = _process_start(os.getpid())
+    try:
+        return bool(mine) and int(fields[19]) > mine
+    except (ValueError, IndexError):
+        return False
 
 
 def _in_a_pool_worker() -> bool:
@@ -166,11 +188,13 @@ def export_to_workers() -> None:
     os.environ[ENV_VAR] = f"{journal_directory()}:{os.getpid()}"
 
 
-def open_pool_worker_journal(directory: str) -> None:
+def open_pool_worker_journal(directory: str, parent: int | None = None) -> None:
     """Initializer of the pool workers this process starts: journal their runs into
     ``directory``, and end each worker when this process dies
-    (:func:`.lifeline.watch_parent`)."""
-    watch_parent()
+    (:func:`.lifeline.watch_parent`). ``parent`` is the pid of the process that starts
+    the pool (``os.getpid()`` there): a worker that starts after it died ends at once
+    instead of living on as an orphan (issue 12.19)."""
+    watch_parent(expected_parent=parent)
     # Best effort: without its journal a worker still runs tasks (a crash in it is then
     # blamed on every run the pool lost), where a failing initializer breaks the pool.
     with contextlib.suppress(OSError):
@@ -436,35 +460,60 @@ def describe_exit(code: int) -> str:
     return f"exit code {code}"
 
 
-def pin_crash(directory: str, processes: Mapping[int, Any], reason: str) -> dict[str, str]:
+def worker_exit_codes(processes: Mapping[int, Any]) -> dict[int, int | None]:
+    """``{pid: exit code}`` of a pool's worker processes (objects with an ``exitcode``,
+    as loky's and multiprocessing's), None for a worker that is still running.
+
+    Read it at the moment the pool reports a crash (in the callback of a future it
+    fails): pools fail their futures before they kill the surviving workers, so then
+    only the dead workers have an exit code. Read later, every worker has one.
+    """
+    return {pid: getattr(process, "exitcode", None) for pid, process in list(processes.items())}
+
+
+def _gone(pid: int, process_start: int) -> bool:
+    """Whether the process that journaled as ``pid`` (started at ``process_start``) has
+    died: no such process, a zombie, or the pid now names a later process."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        return not os.path.isdir("/proc/self") and not pid_alive(pid)
+    if fields[0] in (b"Z", b"X"):
+        return True
+    return bool(process_start) and fields[19:20] != [str(process_start).encode()]
+
+
+def pin_crash(directory: str, exit_codes: Mapping[int, int | None], reason: str = "") -> dict[str, str]:
     """``{task run id: what happened}`` for the runs whose worker process died.
 
-    ``processes`` maps the pool's worker pids to process objects with an ``exitcode``.
-    Call it as soon as the pool reports the crash: pools fail their futures before
-    killing the surviving workers, so then only the dead workers have an exit code.
-    If no dead worker is found, every run executing in the pool is blamed.
+    ``exit_codes`` is :func:`worker_exit_codes` of the pool, read when it reported the
+    crash: the workers with an exit code are the dead ones. A worker of the pool that
+    has no exit code there but whose journaled process is gone (see :func:`_gone`)
+    is dead too. Only a dead worker whose journal names a run blames that run (issue
+    12.16): a worker that died idle (its journal blank, or none) blames nobody, and a
+    run executing in a live worker is never a culprit -- it was only lost with the
+    pool, and the caller sends it again without counting an attempt. ``reason`` (the
+    pool's error) is kept for the message when the exit code is unknown.
     """
-    journal = read_journal(directory)
     culprits: dict[str, str] = {}
-    for pid, run_id in journal.items():
-        process = processes.get(pid)
-        code = getattr(process, "exitcode", None) if process is not None else None
+    for pid, (run_id, _, process_start) in _journal_records(directory).items():
+        if pid not in exit_codes:
+            continue  # not a worker of this pool (another pool's, or a stale file)
+        code = exit_codes[pid]
         if code is not None:
             culprits[run_id] = f"worker process {pid} died with {describe_exit(code)} while running it"
-    if not culprits:
-        for pid, run_id in journal.items():
-            if pid in processes:
-                culprits[run_id] = f"worker process {pid} died while running it ({reason})"
+        elif _gone(pid, process_start):
+            detail = f" ({reason.splitlines()[0]})" if reason.strip() else ""
+            culprits[run_id] = f"worker process {pid} died while running it{detail}"
     return culprits
 
 
 class CrashExplainer:
     """What a process backend's ``explain_failure`` needs: pins each crash once.
 
-    ``explain(task_run_id, exc, processes)`` answers for every future the broken pool
-    failed; the journal is read at the first of them (``processes`` gives the pool's
-    ``{pid: process}``), while the dead workers are still the only ones with an exit
-    code. Runs executing in a dead worker are culprits; the rest were lost with it.
+    ``explain(task_run_id, exc, exit_codes)`` answers for every future the broken pool
+    failed; the journal is read at the first of them (``exit_codes`` gives the pool's
+    :func:`worker_exit_codes`, read when the pool reported the crash). Runs executing
+    in a dead worker are culprits; the rest were lost with it.
     """
 
     def __init__(self) -> None:
@@ -474,7 +523,7 @@ class CrashExplainer:
         self._last: tuple[BaseException, dict[str, str]] | None = None
 
     def explain(
-        self, task_run_id: str, exc: BaseException, processes: Callable[[], Mapping[int, Any]]
+        self, task_run_id: str, exc: BaseException, exit_codes: Callable[[], Mapping[int, int | None]]
     ) -> WorkerLost | None:
         from concurrent.futures.process import BrokenProcessPool
 
@@ -484,7 +533,7 @@ class CrashExplainer:
             return None
         with self._lock:
             if self._last is None or self._last[0] is not exc:
-                self._last = (exc, pin_crash(journal_directory(), dict(processes()), str(exc)))
+                self._last = (exc, pin_crash(journal_directory(), exit_codes(), str(exc)))
             culprits = self._last[1]
         message = culprits.get(task_run_id)
         if message is not None:
@@ -512,6 +561,7 @@ __all__ = [
     "record_idle",
     "record_range",
     "record_start",
+    "worker_exit_codes",
 ]
 
 # A worker process imports this module when it unpickles its first task run; a

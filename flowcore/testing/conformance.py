@@ -63,6 +63,22 @@ def conformance_switches(backend: Backend) -> frozenset[str]:
     return frozenset(caps)
 
 
+def _descends_from(pid: int, ancestor: int) -> bool:
+    """Whether process ``pid`` is a live descendant of ``ancestor`` on this machine
+    (follows PPid in /proc; False where there is no /proc)."""
+    seen: set[int] = set()
+    while pid > 1 and pid not in seen:
+        seen.add(pid)
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_bytes()
+            pid = int(stat[stat.rindex(b")") + 2 :].split()[1])
+        except (OSError, ValueError, IndexError):
+            return False
+        if pid == ancestor:
+            return True
+    return False
+
+
 class LifecycleRecorder:
     """An observer plugin that records every lifecycle hook call (thread-safe)."""
 
@@ -586,6 +602,47 @@ class BackendConformance:
             assert pid != os.getpid()
         else:
             assert pid == os.getpid()
+
+    @pytest.mark.timeout(120)
+    def test_an_idle_workers_death_spares_a_running_task(
+        self, run: Callable[..., Any], caps: frozenset[str], tmp_path: Path
+    ) -> None:
+        """Issue 12.16: only the run a dead worker was executing is its culprit. A worker
+        killed while idle must not end a run executing in another worker ``Crashed``:
+        that run is at most lost with the pool and sent again, using no attempt."""
+        import signal
+
+        if not {"processes", "parallel"} <= caps:
+            pytest.skip("needs tasks in two or more worker processes")
+        started, release = tmp_path / "started", tmp_path / "release"
+
+        def body() -> tuple[State[Any], int | None]:
+            held = w.hold_until.submit(str(started), str(release))
+            deadline = time.monotonic() + 60
+            while not (started.exists() and started.read_text().strip()) and time.monotonic() < deadline:
+                time.sleep(0.01)  # until the pid is written, not just the file created
+            busy = int(started.read_text())
+            idle: int | None = None
+            for _ in range(10):  # find a worker other than the busy one, now idle
+                pids = {f.result() for f in [w.worker_pid.submit() for _ in range(8)]} - {busy}
+                # Only a process started from here: a remote worker's pid names some
+                # other process on this machine.
+                pids = {pid for pid in pids if _descends_from(pid, os.getpid())}
+                if pids:
+                    idle = min(pids)
+                    break
+            if idle is not None:
+                os.kill(idle, signal.SIGKILL)
+                time.sleep(0.5)  # the pool notices the death while the held run executes
+            release.write_text("go")
+            wait([held])
+            return held.state, idle
+
+        state, idle = run(body)
+        if idle is None:
+            pytest.skip("no idle worker process started from here to kill")
+        assert state.name == "Completed", state.message
+        assert state.attempts == 1  # lost with the pool at most: no attempt used
 
     def test_tasks_run_concurrently(self, run: Callable[..., Any], caps: frozenset[str], tmp_path: Path) -> None:
         if "parallel" not in caps:

@@ -146,6 +146,17 @@ def worker_pid() -> int:
 
 
 @task
+def hold_until(started: str, release: str, timeout: float = 30.0) -> int:
+    """Write this worker's pid to ``started``, then wait until ``release`` exists (at
+    most ``timeout`` seconds); returns the pid. Keeps one worker busy on demand."""
+    Path(started).write_text(str(os.getpid()))
+    deadline = time.monotonic() + timeout
+    while not Path(release).exists() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return os.getpid()
+
+
+@task
 def exit_with(code: int) -> None:
     """Calls ``sys.exit(code)`` inside the task body."""
     sys.exit(code)
