@@ -123,17 +123,27 @@ class DaskCall:
     pickle (in :meth:`DaskBackend.submit`, which hands it to the core).
     """
 
-    __slots__ = ("payload",)
+    __slots__ = ("buffers", "payload")
 
     def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        import pickle
-
         import cloudpickle
 
-        self.payload = cloudpickle.dumps((fn, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
+        # Protocol 5 with out-of-band buffers: Dask sends the buffers of large arrays
+        # as frames of their own, without copying them into the payload.
+        self.buffers: list[Any] = []
+        self.payload = cloudpickle.dumps((fn, args, kwargs), protocol=5, buffer_callback=self.buffers.append)
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        if isinstance(protocol, int) and protocol >= 5:
+            return (_call_from_payload, (self.payload, self.buffers))
+        # Dask's scheduler pickles with protocol 4, which cannot hold a PickleBuffer:
+        # copies, writeable where the original was (a bytearray)
+        views = [memoryview(buffer) for buffer in self.buffers]
+        copies = [view.tobytes() if view.readonly else bytearray(view) for view in views]
+        return (_call_from_payload, (self.payload, copies))
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_call_from_payload, (self.payload,))
+        return self.__reduce_ex__(None)
 
     def load(self) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
         """``(fn, args, kwargs)``, unpickled in the worker; raises CallNotLoaded."""
@@ -142,7 +152,7 @@ class DaskCall:
         from flowcore.serialization import CallNotLoaded, one_line
 
         try:
-            fn, args, kwargs = pickle.loads(self.payload)
+            fn, args, kwargs = pickle.loads(self.payload, buffers=self.buffers)
         except Exception as error:
             raise CallNotLoaded(
                 f"the call could not be unpickled in the Dask worker: {one_line(error)}"
@@ -150,9 +160,14 @@ class DaskCall:
         return fn, args, kwargs
 
 
-def _call_from_payload(payload: bytes) -> DaskCall:
+def _call_from_payload(payload: bytes, buffers: list[Any]) -> DaskCall:
+    import pickle
+
     call = DaskCall.__new__(DaskCall)
     call.payload = payload
+    # Unpickled as memoryviews: as PickleBuffers again, a call that the scheduler
+    # passes on to a worker keeps them out of band (and writeable).
+    call.buffers = [pickle.PickleBuffer(buffer) for buffer in buffers]
     return call
 
 

@@ -126,6 +126,11 @@ def noted_unloadable_if_odd(path: str, x: int) -> Any:
 
 
 @task
+def describe_array(array: Any) -> tuple[bool, float]:
+    return bool(array.flags.writeable), float(array.sum())
+
+
+@task
 def exits(code: int) -> None:
     sys.exit(code)
 
@@ -399,6 +404,18 @@ def test_values_that_do_not_unpickle_fail_their_runs_and_restart_no_worker(
     assert sorted(set(runs)) == ["0", "1", "2", "3"]
     assert all(runs.count(x) <= 2 for x in set(runs)), runs  # no resubmission loop
     assert worker_pids(cluster.address) == before  # no worker died or was restarted
+
+
+def test_an_array_argument_arrives_whole_and_writeable(cluster: DaskCluster) -> None:
+    """The call travels as bytes with the array's buffer beside them (out of band);
+    the task gets it as Dask would give it: equal, and writeable like the original."""
+    np = pytest.importorskip("numpy")
+    array = np.arange(1 << 17, dtype=np.float64)  # 1 MiB
+
+    def body() -> tuple[bool, float]:
+        return describe_array.submit(array).result()
+
+    assert on_dask(body, address=cluster.address) == (True, float(array.sum()))
 
 
 def test_sys_exit_in_a_task_crashes_its_run_and_restarts_no_worker(cluster: DaskCluster) -> None:
