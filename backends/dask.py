@@ -18,14 +18,18 @@ The backend only executes callables, like every backend: retries, timeouts, stat
 and batching of tiny tasks are flowcore's (the core batches for ``CLUSTER``
 backends). Each call travels as one Dask task submitted with ``pure=False`` (Dask
 would otherwise deduplicate a retry or an impure call) and is pickled with
-cloudpickle, so closures and functions from ``__main__`` work.
+cloudpickle, so closures and functions from ``__main__`` work. As on the other process
+backends, a value that cannot make the trip fails its own run with a
+SerializationError (issue 12.15): the call travels as bytes that the worker unpickles
+(:class:`DaskCall`), values come back as :class:`~flowcore.serialization.SentBack`.
 
 Native futures (capability ``remote_results``): a result stays on the worker that
 computed it; a second, tiny Dask task sends back its light copy (the state, logs and
 small values -- at most :data:`flowcore.native.INLINE_LIMIT` bytes pickled -- come
 back at once). A downstream task that takes the future as an argument gets the
 upstream's Dask future in its task graph, so the data moves between workers only;
-``future.result()`` fetches a kept value on first use (once per batch). A worker that
+``future.result()`` fetches a kept value on first use (once per batch); one that does not
+unpickle here raises a SerializationError naming the run and its type. A worker that
 dies while holding a kept result makes Dask recompute it from its lineage (its task
 runs again) when it is needed. Before closing a client it made, the backend brings
 home every kept result that a future still refers to. Maps (``task.map``) still bring
@@ -105,34 +109,111 @@ _TLS_OPTIONS = ("tls_ca_file", "tls_client_cert", "tls_client_key")
 
 
 class DaskCall:
-    """One backend call as it travels to a Dask worker: ``fn(*args, **kwargs)``.
+    """One backend call as it travels to a Dask worker: ``fn(*args, **kwargs)``,
+    pickled here (with cloudpickle) into bytes that the worker unpickles itself.
 
-    An opaque object on purpose: Dask scans lists, tuples and dicts among task
-    arguments for futures and keys, which a large batch of arguments would pay for,
-    and keyword names such as ``key`` or ``pure`` would clash with ``Client.submit``.
+    Opaque bytes on purpose: Dask scans lists, tuples and dicts among task arguments
+    for futures and keys, which a large batch of arguments would pay for; keyword
+    names such as ``key`` or ``pure`` would clash with ``Client.submit``; and the
+    scheduler unpickles the task graph, where an argument that pickles but fails to
+    unpickle (issue 12.15) would be rejected with Dask's "Error during
+    deserialization of the task graph" instead of failing its own run. Here it fails
+    on the worker with :class:`~flowcore.serialization.CallNotLoaded`, which the core
+    explains, naming the argument. Raises the pickling error when the call does not
+    pickle (in :meth:`DaskBackend.submit`, which hands it to the core).
     """
 
-    __slots__ = ("args", "fn", "kwargs")
+    __slots__ = ("buffers", "payload")
 
     def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        self.fn = fn
-        self.args = args
-        self.kwargs = kwargs
+        import cloudpickle
+
+        # Protocol 5 with out-of-band buffers: Dask sends the buffers of large arrays
+        # as frames of their own, without copying them into the payload.
+        self.buffers: list[Any] = []
+        self.payload = cloudpickle.dumps((fn, args, kwargs), protocol=5, buffer_callback=self.buffers.append)
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        if isinstance(protocol, int) and protocol >= 5:
+            return (_call_from_payload, (self.payload, self.buffers))
+        # Dask's scheduler pickles with protocol 4, which cannot hold a PickleBuffer:
+        # copies, writeable where the original was (a bytearray)
+        views = [memoryview(buffer) for buffer in self.buffers]
+        copies = [view.tobytes() if view.readonly else bytearray(view) for view in views]
+        return (_call_from_payload, (self.payload, copies))
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (DaskCall, (self.fn, self.args, self.kwargs))
+        return self.__reduce_ex__(None)
+
+    def load(self) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+        """``(fn, args, kwargs)``, unpickled in the worker; raises CallNotLoaded."""
+        import pickle
+
+        from flowcore.serialization import CallNotLoaded, one_line
+
+        try:
+            fn, args, kwargs = pickle.loads(self.payload, buffers=self.buffers)
+        except Exception as error:
+            raise CallNotLoaded(
+                f"the call could not be unpickled in the Dask worker: {one_line(error)}"
+            ) from None  # the traceback would only show this function
+        return fn, args, kwargs
+
+
+def _call_from_payload(payload: bytes, buffers: list[Any]) -> DaskCall:
+    import pickle
+
+    call = DaskCall.__new__(DaskCall)
+    call.payload = payload
+    # Unpickled as memoryviews: as PickleBuffers again, a call that the scheduler
+    # passes on to a worker keeps them out of band (and writeable).
+    call.buffers = [pickle.PickleBuffer(buffer) for buffer in buffers]
+    return call
 
 
 def execute(call: DaskCall, journal_directory: str | None = None, refs: dict[str, Any] | None = None) -> Any:
     """Run ``call`` in a Dask worker, journaling which task run this process executes
     (into ``journal_directory``, or the per-user directory of this machine). With
     ``refs`` (upstream results, resolved by Dask on this worker from the futures the
-    parent passed), the function is called with them as keyword ``refs``."""
+    parent passed), the function is called with them as keyword ``refs``. Returns the
+    value as it is: for a result that stays on the workers."""
     if not _journal_opened:
         open_worker_journal(journal_directory)
+    fn, args, kwargs = call.load()
     if refs is not None:
-        return call.fn(*call.args, refs=refs, **call.kwargs)
-    return call.fn(*call.args, **call.kwargs)
+        return fn(*args, refs=refs, **kwargs)
+    return fn(*args, **kwargs)
+
+
+def execute_and_send_back(call: DaskCall, journal_directory: str | None = None) -> Any:
+    """:func:`execute`, for a value that travels to the flow's process: it goes as a
+    :class:`~flowcore.serialization.SentBack`, so that a value that does not pickle
+    here, or does not unpickle there, fails its own run instead of raising Dask's own
+    deserialization error in the client (issue 12.15)."""
+    from flowcore.serialization import SentBack
+
+    return SentBack(execute(call, journal_directory))
+
+
+def light_copy_sent_back(full: Any) -> Any:
+    """The light copy of a result kept on this worker (:func:`flowcore.native.light_copy`),
+    on its way to the flow's process as a :class:`~flowcore.serialization.SentBack`."""
+    from flowcore.native import light_copy
+    from flowcore.serialization import SentBack
+
+    return SentBack(light_copy(full))
+
+
+def kept_values_sent_back(full: Any) -> list[Any]:
+    """The value of each run of a kept result (of ``run_call_remote`` or ``run_batch``),
+    each as a :class:`~flowcore.serialization.SentBack`: only when fetching the kept
+    result failed, to find the value that does not unpickle in the flow's process."""
+    from flowcore.serialization import SentBack
+    from flowcore.states import State
+
+    first = full[0]
+    outcomes = [first] if isinstance(first, State) else list(first)
+    return [SentBack(outcome[0] if type(outcome) is tuple else outcome.data) for outcome in outcomes]
 
 
 _journal_opened = False
@@ -236,7 +317,7 @@ class DaskHandle(NativeHandle):
         try:
             return native.result(timeout=backend.fetch_timeout)
         except Exception as exc:
-            raise _explain_gather_error(exc, backend._closed) from exc
+            raise backend._fetch_failure(native, exc) from exc
 
 
 class DaskBackend(JournaledWorkers):
@@ -331,7 +412,7 @@ class DaskBackend(JournaledWorkers):
         try:
             with _quiet_serialization_errors():
                 dask_future = client.submit(
-                    execute,
+                    execute_and_send_back,
                     DaskCall(fn, args, kwargs),
                     self._journal_directory,
                     key=_task_key(fn, args),
@@ -367,8 +448,6 @@ class DaskBackend(JournaledWorkers):
         data between workers (or not at all) and never through this process. Raises
         like :meth:`submit`.
         """
-        from flowcore.native import light_copy
-
         client = self._connected_client()
         future = DaskFuture(self)
         key = _task_key(fn, args)
@@ -377,7 +456,7 @@ class DaskBackend(JournaledWorkers):
         try:
             with _quiet_serialization_errors():
                 full = client.submit(execute, DaskCall(fn, args, kwargs), self._journal_directory, natives, key=key, pure=False)
-            light = client.submit(light_copy, full, key=f"{key}-light", pure=False)
+            light = client.submit(light_copy_sent_back, full, key=f"{key}-light", pure=False)
         except Exception as exc:
             from flowcore.serialization import is_pickling_error
 
@@ -473,10 +552,36 @@ class DaskBackend(JournaledWorkers):
                 try:
                     handle._keep(handle.native.result(timeout=self.connect_timeout))
                 except Exception as exc:
-                    handle._lose(_explain_gather_error(exc, closed=False))
+                    handle._lose(self._fetch_failure(handle.native, exc, closing=True))
             return
         for handle, result in zip(handles, results, strict=True):
             handle._keep(result)
+
+    def _fetch_failure(self, native: Any, exc: Exception, *, closing: bool = False) -> BaseException:
+        """What to raise for a kept result (Dask future ``native``) that could not be
+        fetched: a lost connection or a closed backend as such; otherwise, when one of
+        its values does not unpickle here, :class:`~flowcore.serialization.ResultNotSent`
+        naming its type (Dask raises the unpickler's own error, a TypeError say, which
+        says nothing of the run). Found by a second, tiny task that sends each value
+        of the kept result back on its own (this path only)."""
+        error = _explain_gather_error(exc, self._closed and not closing)
+        if isinstance(error, (BackendShutdownError, _ConnectionLost)) or native is None:
+            return error
+        from flowcore.serialization import ResultNotSent, Unsendable
+
+        try:
+            client = native.client
+            with _quiet_serialization_errors():
+                probe = client.submit(
+                    kept_values_sent_back, native, key=f"{native.key}-probe-{uuid.uuid4().hex}", pure=False
+                )
+            values = probe.result(timeout=self.fetch_timeout or self.connect_timeout)
+        except Exception:  # the cluster cannot tell: the original error stands
+            return error
+        for value in values:
+            if isinstance(value, Unsendable):
+                return ResultNotSent(value)
+        return error
 
     def _quiet_workers(self, client: Any) -> None:
         """Before closing the local cluster: its worker processes (which share this
@@ -994,9 +1099,14 @@ def _explain_gather_error(exc: Exception, closed: bool) -> BaseException:
 
     if closed:
         return BackendShutdownError("backend 'dask' was shut down while the result was fetched")
+    from flowcore.serialization import is_pickling_error, one_line
+
     text = str(exc)
-    if isinstance(exc, TypeError) and ("serializ" in text or "pickl" in text):
-        error = pickle.PicklingError(f"cannot pickle the result on the Dask worker: {text}")
+    # By the exception's type and pickle's own words, not by the word "pickle" in any
+    # text: a value of a class named UnpicklableSomething that fails to load with a
+    # TypeError is not a result that could not be pickled on the worker (issue 12.15).
+    if is_pickling_error(exc):
+        error = pickle.PicklingError(f"cannot pickle the result on the Dask worker: {one_line(exc)}")
         error.__cause__ = exc
         return error
     if isinstance(exc, OSError) or type(exc).__name__ in ("CommClosedError", "FutureCancelledError"):

@@ -54,13 +54,33 @@ _CALL_NOT_LOADED = "task has failed to un-serialize"
 _RESULT_NOT_LOADED = "result has failed to un-serialize"
 
 
+# The beginnings of the messages that pickle itself (CPython's pickle, copyreg and
+# object.__reduce_ex__), cloudpickle and distributed's serializer give to a TypeError or
+# AttributeError when a value cannot be pickled or unpickled. Matched at the start of
+# the message, case-sensitively: any text that merely contains "pickle" (a class named
+# ``UnpicklableError`` in an unrelated TypeError, say) is not a pickling failure.
+_PICKLE_MESSAGES = (
+    "cannot pickle ",  # TypeError: cannot pickle '_thread.lock' object
+    "can't pickle ",  # the same before Python 3.8
+    "Can't pickle ",  # AttributeError: Can't pickle local object 'f.<locals>.g'
+    "Can't get attribute ",  # AttributeError on loading: the class is missing here
+    "Can't get local object ",
+    "Could not serialize object",  # distributed.protocol.serialize
+)
+
+
 def is_pickling_error(exc: BaseException) -> bool:
     """True when ``exc`` (or an exception it chains to) is a failure to pickle or
-    unpickle a call or its result."""
+    unpickle a call or its result.
+
+    Decided by the exception's type (pickle's errors, flowcore's SerializationError)
+    or, for the TypeError and AttributeError that pickle raises, by the start of
+    pickle's own message -- never by the word "pickle" anywhere in the text (issue 12.15).
+    """
     for error in _chain(exc):
-        if isinstance(error, (pickle.PicklingError, pickle.UnpicklingError, ResultNotSent)):
+        if isinstance(error, (pickle.PicklingError, pickle.UnpicklingError, SerializationError)):
             return True
-        if isinstance(error, (TypeError, AttributeError)) and "pickle" in str(error).lower():
+        if isinstance(error, (TypeError, AttributeError)) and str(error).startswith(_PICKLE_MESSAGES):
             return True
         if _CALL_NOT_LOADED in str(error) or _RESULT_NOT_LOADED in str(error):
             return True
@@ -332,6 +352,16 @@ def explain_pickling_failure(
     )
 
 
+def explain_unsendable(task_run_name: str, exc: BaseException) -> SerializationError | None:
+    """The error naming task run ``task_run_name`` for a value of it that could not make
+    the trip (a :class:`ResultNotSent` that ``exc`` is or chains to), else None. For
+    values fetched after their run ended (results kept on the workers)."""
+    for error in _chain(exc):
+        if isinstance(error, ResultNotSent):
+            return _explain_way_back(f"task run {task_run_name!r}", error.record)
+    return None
+
+
 def _explain_way_back(where: str, record: Unsendable) -> SerializationError:
     if record.direction == "pickled":
         if record.kind == "exception":
@@ -366,6 +396,7 @@ __all__ = [
     "SentBack",
     "Unsendable",
     "explain_pickling_failure",
+    "explain_unsendable",
     "is_pickling_error",
     "one_line",
     "pickling_error",

@@ -116,6 +116,21 @@ def returns_a_lock() -> Any:
 
 
 @task
+def noted_unloadable_if_odd(path: str, x: int) -> Any:
+    """Notes each run in ``path``; returns a value that does not unpickle for odd ``x``."""
+    from flowcore.testing.workloads import FailsWhenLoaded
+
+    with open(path, "a") as notes:
+        notes.write(f"{x}\n")
+    return FailsWhenLoaded() if x % 2 else x
+
+
+@task
+def describe_array(array: Any) -> tuple[bool, float]:
+    return bool(array.flags.writeable), float(array.sum())
+
+
+@task
 def exits(code: int) -> None:
     sys.exit(code)
 
@@ -350,6 +365,57 @@ def test_unpicklable_argument_and_result_fail_with_serialization_errors(cluster:
     assert isinstance(bad_result.exception, SerializationError)
     assert "result" in bad_result.message and "returns_a_lock" in bad_result.message
     assert good == "int"
+
+
+def test_values_that_do_not_unpickle_fail_their_runs_and_restart_no_worker(
+    cluster: DaskCluster, tmp_path: Path
+) -> None:
+    """issue 12.15 on a scheduler by address: an argument that does not unpickle on the
+    worker (the scheduler used to reject the whole graph) or a result that does not
+    unpickle here (Dask raised its own deserialization error) fails its own run, also
+    inside a batched map; the others complete, each run is sent at most once more
+    (alone, to find the one at fault) and no worker dies."""
+    from flowcore.testing.workloads import FailsWhenLoaded
+
+    before = worker_pids(cluster.address)
+    notes = tmp_path / "runs.txt"
+
+    def body() -> tuple[list[State[Any]], list[State[Any]], int]:
+        arguments = takes_anything.map([FailsWhenLoaded(), 1, FailsWhenLoaded(), "x"])
+        results = noted_unloadable_if_odd.map(str(notes), range(4))
+        flowcore.wait(arguments + results)
+        return [f.state for f in arguments], [f.state for f in results], inc.submit(1).result()
+
+    arguments, results, after = on_dask(body, address=cluster.address)
+    assert after == 2
+    assert [s.name for s in arguments] == ["Failed", "Completed", "Failed", "Completed"]
+    assert [arguments[1].result(), arguments[3].result()] == ["int", "str"]
+    for state in (arguments[0], arguments[2]):
+        assert isinstance(state.exception, SerializationError), state.message
+        assert "takes_anything" in state.message and "argument 'value'" in state.message
+        assert "FailsWhenLoaded" in state.message
+    assert [s.name for s in results] == ["Completed", "Failed", "Completed", "Failed"]
+    assert [results[0].result(), results[2].result()] == [0, 2]
+    for state in (results[1], results[3]):
+        assert isinstance(state.exception, SerializationError), state.message
+        assert "noted_unloadable_if_odd" in state.message and "FailsWhenLoaded" in state.message
+        assert state.attempts == 1
+    runs = notes.read_text().split()
+    assert sorted(set(runs)) == ["0", "1", "2", "3"]
+    assert all(runs.count(x) <= 2 for x in set(runs)), runs  # no resubmission loop
+    assert worker_pids(cluster.address) == before  # no worker died or was restarted
+
+
+def test_an_array_argument_arrives_whole_and_writeable(cluster: DaskCluster) -> None:
+    """The call travels as bytes with the array's buffer beside them (out of band);
+    the task gets it as Dask would give it: equal, and writeable like the original."""
+    np = pytest.importorskip("numpy")
+    array = np.arange(1 << 17, dtype=np.float64)  # 1 MiB
+
+    def body() -> tuple[bool, float]:
+        return describe_array.submit(array).result()
+
+    assert on_dask(body, address=cluster.address) == (True, float(array.sum()))
 
 
 def test_sys_exit_in_a_task_crashes_its_run_and_restarts_no_worker(cluster: DaskCluster) -> None:

@@ -52,16 +52,3 @@ class TestDaskConformance(BackendConformance):
             yield instance
         finally:
             instance.shutdown(wait=True)
-
-    # Issue 12.15 on dask (worked on separately): such runs end at once, but not yet as
-    # a SerializationError naming the value (dask reports its own deserialization
-    # errors). strict: remove these overrides when dask meets the contract.
-    _NOT_YET = "dask: a result or argument that fails to unpickle is not yet explained (issue 12.15)"
-
-    @pytest.mark.xfail(reason=_NOT_YET, strict=True)
-    def test_result_that_cannot_be_unpickled_fails_its_run(self, run: Any, caps: frozenset[str]) -> None:
-        super().test_result_that_cannot_be_unpickled_fails_its_run(run, caps)
-
-    @pytest.mark.xfail(reason=_NOT_YET, strict=True)
-    def test_argument_that_cannot_be_unpickled_fails_its_run(self, run: Any, caps: frozenset[str]) -> None:
-        super().test_argument_that_cannot_be_unpickled_fails_its_run(run, caps)
