@@ -195,6 +195,7 @@ def test_a_run_sent_in_a_batch_shows_running_while_it_executes(tmp_path: Path) -
     assert body() == ("Running", "Completed")
 
 
+@task
 def counted_item(i: int, directory: str, culprit: int) -> Any:
     """Counts its executions in a file per item; item ``culprit`` returns a lock."""
     with open(os.path.join(directory, str(i)), "a") as counter:
