@@ -200,6 +200,23 @@ def _owner_name(fn: Callable[..., Any], name: object) -> str:
     return name if isinstance(name, str) else getattr(fn, "__name__", type(fn).__name__)
 
 
+def _merged(
+    fn: Callable[..., Any],
+    given: Mapping[str, Any],
+    options: type[TaskOptions] | type[FlowOptions],
+    base: TaskOptions | FlowOptions | None,
+    decorator: str,
+) -> tuple[dict[str, Any], str, str, int]:
+    """``given`` over ``base``'s options (or the defaults), with the name and retries
+    checked: ``(values, name, owner for messages, retries)``."""
+    check_option_names(given, options, decorator)
+    values = base.inputs() if base is not None else _defaults(options)
+    values.update(given)
+    name = check_name(_owner_name(fn, values["name"]), decorator)
+    owner = f"{decorator} {name!r}"
+    return values, name, owner, check_retries(values["retries"], owner)
+
+
 def task_options(fn: Callable[..., Any], given: Mapping[str, Any], *, base: TaskOptions | None = None) -> TaskOptions:
     """Validate the options ``given`` for the task function ``fn`` (over ``base``'s, or
     the defaults) into :class:`TaskOptions`. Raises TypeError/ValueError naming the
@@ -213,12 +230,7 @@ def task_options(fn: Callable[..., Any], given: Mapping[str, Any], *, base: Task
             f"@task: {getattr(fn, '__qualname__', fn)!r} is an async function; flowcore runs "
             "synchronous functions (wrap it: lambda *a: asyncio.run(fn(*a)))"
         )
-    check_option_names(given, TaskOptions, "@task")
-    values = base.inputs() if base is not None else _defaults(TaskOptions)
-    values.update(given)
-    name = check_name(_owner_name(fn, values["name"]), "@task")
-    owner = f"@task {name!r}"
-    retries = check_retries(values["retries"], owner)
+    values, name, owner, retries = _merged(fn, given, TaskOptions, base, "@task")
     signature = inspect.signature(fn)
     var_kw = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
     validated = dict(
@@ -280,12 +292,7 @@ def flow_options(
         raise TypeError(f"@flow must decorate a function, got {type(fn).__name__} {fn!r}")
     if inspect.iscoroutinefunction(fn):
         raise TypeError(f"@flow: {getattr(fn, '__qualname__', fn)!r} is an async function; flowcore runs synchronous flows")
-    check_option_names(given, FlowOptions, "@flow")
-    values = base.inputs() if base is not None else _defaults(FlowOptions)
-    values.update(given)
-    name = check_name(_owner_name(fn, values["name"]), "@flow")
-    owner = f"@flow {name!r}"
-    retries = check_retries(values["retries"], owner)
+    values, name, owner, retries = _merged(fn, given, FlowOptions, base, "@flow")
     description = values["description"]
     if description is None:
         description = inspect.getdoc(fn)
