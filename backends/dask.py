@@ -18,14 +18,18 @@ The backend only executes callables, like every backend: retries, timeouts, stat
 and batching of tiny tasks are flowcore's (the core batches for ``CLUSTER``
 backends). Each call travels as one Dask task submitted with ``pure=False`` (Dask
 would otherwise deduplicate a retry or an impure call) and is pickled with
-cloudpickle, so closures and functions from ``__main__`` work.
+cloudpickle, so closures and functions from ``__main__`` work. As on the other process
+backends, a value that cannot make the trip fails its own run with a
+SerializationError (issue 12.15): the call travels as bytes that the worker unpickles
+(:class:`DaskCall`), values come back as :class:`~flowcore.serialization.SentBack`.
 
 Native futures (capability ``remote_results``): a result stays on the worker that
 computed it; a second, tiny Dask task sends back its light copy (the state, logs and
 small values -- at most :data:`flowcore.native.INLINE_LIMIT` bytes pickled -- come
 back at once). A downstream task that takes the future as an argument gets the
 upstream's Dask future in its task graph, so the data moves between workers only;
-``future.result()`` fetches a kept value on first use (once per batch). A worker that
+``future.result()`` fetches a kept value on first use (once per batch); one that does not
+unpickle here raises a SerializationError naming the run and its type. A worker that
 dies while holding a kept result makes Dask recompute it from its lineage (its task
 runs again) when it is needed. Before closing a client it made, the backend brings
 home every kept result that a future still refers to. Maps (``task.map``) still bring
@@ -38,7 +42,7 @@ policy alone decides: the run that was executing in the dead worker ends
 ``Crashed`` for that attempt (retried if its retries allow); runs that were only
 queued on it, or batched with the culprit, are resubmitted without counting an
 attempt. Which run was executing is read from the worker journal
-(:mod:`flowcore.journal`) that each worker process keeps: the workers of the local
+(``flowcore.backends._supervision.journal``) that each worker process keeps: the workers of the local
 cluster journal into this process's journal directory (so a flow whose body fails
 stops its running tasks by killing just their workers, as on the other process
 backends), other workers into a per-user directory under their temp dir, read from
@@ -46,6 +50,14 @@ here when the worker runs on this machine. On a remote machine the journal canno
 read from here: every run of the lost Dask task is then counted as crashed, and a
 remote scheduler keeps its own ``allowed-failures`` (default 3), so Dask itself
 re-runs a task up to that many times before reporting it.
+
+A cluster left without workers would keep every run waiting, silently: while runs
+wait, the backend asks the scheduler for its workers; with none it logs a WARNING at
+once, and after ``no_workers_timeout`` seconds the waiting runs end ``Crashed``
+(:class:`NoWorkersError`). Timeouts: a worker thread's timer cannot stop a call
+blocked in C, so the parent's watch (``flowcore.backends._supervision.hard_timeouts``) kills a worker
+of this machine whose run is past its deadline and a grace period (see
+:meth:`DaskBackend.deadline_journals`); its nanny restarts it.
 """
 
 from __future__ import annotations
@@ -62,7 +74,6 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 from flowcore.backend import (
-    Backend,
     BackendKind,
     BackendSpec,
     Capabilities,
@@ -73,11 +84,19 @@ from flowcore.backend import (
 from flowcore.errors import BackendConnectionError, BackendShutdownError
 from flowcore.hookspecs import hookimpl
 
+from ._supervision.journaled import JournaledWorkers
+
 T = TypeVar("T")
 
 logger = logging.getLogger("flowcore.backends.dask")
 
 DEFAULT_CONNECT_TIMEOUT = 10.0  # seconds
+#: seconds that runs wait on a cluster without a single worker before they end Crashed
+DEFAULT_NO_WORKERS_TIMEOUT = 60.0
+#: how often the backend asks the scheduler how many workers it has, while runs wait
+NO_WORKERS_POLL_SECONDS = 0.5
+#: the local cluster without workers for less than this is only restarting one
+LOCAL_RESTART_SECONDS = 5.0
 DEFAULT_DASHBOARD_ADDRESS = "127.0.0.1:0"  # a free port on loopback: never clashes
 #: A run lost with a worker without being its culprit is resubmitted at most this
 #: many times; then the loss counts as a crash (a run that kills its worker before
@@ -90,34 +109,111 @@ _TLS_OPTIONS = ("tls_ca_file", "tls_client_cert", "tls_client_key")
 
 
 class DaskCall:
-    """One backend call as it travels to a Dask worker: ``fn(*args, **kwargs)``.
+    """One backend call as it travels to a Dask worker: ``fn(*args, **kwargs)``,
+    pickled here (with cloudpickle) into bytes that the worker unpickles itself.
 
-    An opaque object on purpose: Dask scans lists, tuples and dicts among task
-    arguments for futures and keys, which a large batch of arguments would pay for,
-    and keyword names such as ``key`` or ``pure`` would clash with ``Client.submit``.
+    Opaque bytes on purpose: Dask scans lists, tuples and dicts among task arguments
+    for futures and keys, which a large batch of arguments would pay for; keyword
+    names such as ``key`` or ``pure`` would clash with ``Client.submit``; and the
+    scheduler unpickles the task graph, where an argument that pickles but fails to
+    unpickle (issue 12.15) would be rejected with Dask's "Error during
+    deserialization of the task graph" instead of failing its own run. Here it fails
+    on the worker with :class:`~flowcore.serialization.CallNotLoaded`, which the core
+    explains, naming the argument. Raises the pickling error when the call does not
+    pickle (in :meth:`DaskBackend.submit`, which hands it to the core).
     """
 
-    __slots__ = ("args", "fn", "kwargs")
+    __slots__ = ("buffers", "payload")
 
     def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        self.fn = fn
-        self.args = args
-        self.kwargs = kwargs
+        import cloudpickle
+
+        # Protocol 5 with out-of-band buffers: Dask sends the buffers of large arrays
+        # as frames of their own, without copying them into the payload.
+        self.buffers: list[Any] = []
+        self.payload = cloudpickle.dumps((fn, args, kwargs), protocol=5, buffer_callback=self.buffers.append)
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        if isinstance(protocol, int) and protocol >= 5:
+            return (_call_from_payload, (self.payload, self.buffers))
+        # Dask's scheduler pickles with protocol 4, which cannot hold a PickleBuffer:
+        # copies, writeable where the original was (a bytearray)
+        views = [memoryview(buffer) for buffer in self.buffers]
+        copies = [view.tobytes() if view.readonly else bytearray(view) for view in views]
+        return (_call_from_payload, (self.payload, copies))
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (DaskCall, (self.fn, self.args, self.kwargs))
+        return self.__reduce_ex__(None)
+
+    def load(self) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+        """``(fn, args, kwargs)``, unpickled in the worker; raises CallNotLoaded."""
+        import pickle
+
+        from flowcore.serialization import CallNotLoaded, one_line
+
+        try:
+            fn, args, kwargs = pickle.loads(self.payload, buffers=self.buffers)
+        except Exception as error:
+            raise CallNotLoaded(
+                f"the call could not be unpickled in the Dask worker: {one_line(error)}"
+            ) from None  # the traceback would only show this function
+        return fn, args, kwargs
+
+
+def _call_from_payload(payload: bytes, buffers: list[Any]) -> DaskCall:
+    import pickle
+
+    call = DaskCall.__new__(DaskCall)
+    call.payload = payload
+    # Unpickled as memoryviews: as PickleBuffers again, a call that the scheduler
+    # passes on to a worker keeps them out of band (and writeable).
+    call.buffers = [pickle.PickleBuffer(buffer) for buffer in buffers]
+    return call
 
 
 def execute(call: DaskCall, journal_directory: str | None = None, refs: dict[str, Any] | None = None) -> Any:
     """Run ``call`` in a Dask worker, journaling which task run this process executes
     (into ``journal_directory``, or the per-user directory of this machine). With
     ``refs`` (upstream results, resolved by Dask on this worker from the futures the
-    parent passed), the function is called with them as keyword ``refs``."""
+    parent passed), the function is called with them as keyword ``refs``. Returns the
+    value as it is: for a result that stays on the workers."""
     if not _journal_opened:
         open_worker_journal(journal_directory)
+    fn, args, kwargs = call.load()
     if refs is not None:
-        return call.fn(*call.args, refs=refs, **call.kwargs)
-    return call.fn(*call.args, **call.kwargs)
+        return fn(*args, refs=refs, **kwargs)
+    return fn(*args, **kwargs)
+
+
+def execute_and_send_back(call: DaskCall, journal_directory: str | None = None) -> Any:
+    """:func:`execute`, for a value that travels to the flow's process: it goes as a
+    :class:`~flowcore.serialization.SentBack`, so that a value that does not pickle
+    here, or does not unpickle there, fails its own run instead of raising Dask's own
+    deserialization error in the client (issue 12.15)."""
+    from flowcore.serialization import SentBack
+
+    return SentBack(execute(call, journal_directory))
+
+
+def light_copy_sent_back(full: Any) -> Any:
+    """The light copy of a result kept on this worker (:func:`flowcore.native.light_copy`),
+    on its way to the flow's process as a :class:`~flowcore.serialization.SentBack`."""
+    from flowcore.native import light_copy
+    from flowcore.serialization import SentBack
+
+    return SentBack(light_copy(full))
+
+
+def kept_values_sent_back(full: Any) -> list[Any]:
+    """The value of each run of a kept result (of ``run_call_remote`` or ``run_batch``),
+    each as a :class:`~flowcore.serialization.SentBack`: only when fetching the kept
+    result failed, to find the value that does not unpickle in the flow's process."""
+    from flowcore.serialization import SentBack
+    from flowcore.states import State
+
+    first = full[0]
+    outcomes = [first] if isinstance(first, State) else list(first)
+    return [SentBack(outcome[0] if type(outcome) is tuple else outcome.data) for outcome in outcomes]
 
 
 _journal_opened = False
@@ -143,7 +239,7 @@ def open_worker_journal(directory: str | None = None) -> None:
     keeps that journal. Journals of processes that died long ago are removed on the way.
     """
     global _journal_opened
-    from flowcore import journal
+    from ._supervision import journal
 
     with _journal_lock:
         if _journal_opened:
@@ -162,7 +258,7 @@ def open_worker_journal(directory: str | None = None) -> None:
 
 
 def _remove_stale_journals(directory: str) -> None:
-    from flowcore.journal import pid_alive
+    from ._supervision.journal import pid_alive
 
     now = time.time()
     with os.scandir(directory) as entries:
@@ -221,10 +317,10 @@ class DaskHandle(NativeHandle):
         try:
             return native.result(timeout=backend.fetch_timeout)
         except Exception as exc:
-            raise _explain_gather_error(exc, backend._closed) from exc
+            raise backend._fetch_failure(native, exc) from exc
 
 
-class DaskBackend(Backend):
+class DaskBackend(JournaledWorkers):
     """Runs tasks on a Dask cluster: a local one it starts, or a running scheduler.
 
     Creating the backend starts and connects nothing; the first :meth:`submit` does.
@@ -238,7 +334,11 @@ class DaskBackend(Backend):
     # Large results stay on the workers; downstream tasks get them as Dask futures
     # (see submit_native and flowcore.native). Runs of a failed flow are stopped by
     # ending their workers through the journal (workers on this machine).
-    capabilities = Capabilities(batching=True, stops_running=True, remote_results=True)
+    # A run blocked in C past its deadline has its worker (on this machine) killed.
+    capabilities = Capabilities(
+        batching=True, stops_running=True, hard_timeouts=True, remote_results=True,
+        interrupts_blocking=True,
+    )
     #: seconds that fetching a result kept on the workers may take
     fetch_timeout: float | None = None
 
@@ -256,11 +356,15 @@ class DaskBackend(Backend):
         require_encryption: bool | None = None,
         dashboard_address: str | None = DEFAULT_DASHBOARD_ADDRESS,
         cluster_options: Mapping[str, Any] | None = None,
+        no_workers_timeout: float = DEFAULT_NO_WORKERS_TIMEOUT,
     ) -> None:
         tls = {"tls_ca_file": tls_ca_file, "tls_client_cert": tls_client_cert, "tls_client_key": tls_client_key}
         _validate(address, client, max_workers, connect_timeout, security, tls, require_encryption, dashboard_address)
+        _validate_seconds("no_workers_timeout", no_workers_timeout)
         self.address = address
         self.connect_timeout = float(connect_timeout)
+        #: seconds that runs may wait while the cluster has no worker at all
+        self.no_workers_timeout = float(no_workers_timeout)
         self.max_workers = max_workers if max_workers is not None else usable_cpu_count()
         self._given_client = client
         self._security_option = security
@@ -286,6 +390,11 @@ class DaskBackend(Backend):
         self._uncounted: dict[str, int] = {}
         #: handles of results kept on the workers, fetched before a client we close goes
         self._handles: weakref.WeakSet[DaskHandle] = weakref.WeakSet()
+        #: the thread that watches for a cluster without workers while runs wait
+        self._workers_watch: threading.Thread | None = None
+        #: since when (monotonic) the scheduler has reported no workers, None while it has some
+        self._no_workers_since: float | None = None
+        self._no_workers_warned = False
 
     # -- the Executor protocol ----------------------------------------------------------
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> cf.Future[T]:
@@ -303,7 +412,7 @@ class DaskBackend(Backend):
         try:
             with _quiet_serialization_errors():
                 dask_future = client.submit(
-                    execute,
+                    execute_and_send_back,
                     DaskCall(fn, args, kwargs),
                     self._journal_directory,
                     key=_task_key(fn, args),
@@ -320,6 +429,7 @@ class DaskBackend(Backend):
         with self._lock:  # before the callback can run: it removes the future again
             self._pending.add(future)
         dask_future.add_done_callback(lambda done: self._deliver(future, done))
+        self._watch_workers()
         return future
 
     def submit_native(
@@ -338,8 +448,6 @@ class DaskBackend(Backend):
         data between workers (or not at all) and never through this process. Raises
         like :meth:`submit`.
         """
-        from flowcore.native import light_copy
-
         client = self._connected_client()
         future = DaskFuture(self)
         key = _task_key(fn, args)
@@ -348,7 +456,7 @@ class DaskBackend(Backend):
         try:
             with _quiet_serialization_errors():
                 full = client.submit(execute, DaskCall(fn, args, kwargs), self._journal_directory, natives, key=key, pure=False)
-            light = client.submit(light_copy, full, key=f"{key}-light", pure=False)
+            light = client.submit(light_copy_sent_back, full, key=f"{key}-light", pure=False)
         except Exception as exc:
             from flowcore.serialization import is_pickling_error
 
@@ -363,6 +471,7 @@ class DaskBackend(Backend):
             self._pending.add(future)
             self._handles.add(handle)
         light.add_done_callback(lambda done: self._deliver(future, done))
+        self._watch_workers()
         return future, handle
 
     def stop_runs(self, task_run_ids: set[str], *, closing: bool = False) -> None:
@@ -371,7 +480,7 @@ class DaskBackend(Backend):
         would restart workers killed one by one, and say so while it closes)."""
         if closing:
             return
-        from flowcore.journal import kill_workers_running
+        from ._supervision.journal import kill_workers_running
 
         kill_workers_running(task_run_ids)
 
@@ -443,10 +552,36 @@ class DaskBackend(Backend):
                 try:
                     handle._keep(handle.native.result(timeout=self.connect_timeout))
                 except Exception as exc:
-                    handle._lose(_explain_gather_error(exc, closed=False))
+                    handle._lose(self._fetch_failure(handle.native, exc, closing=True))
             return
         for handle, result in zip(handles, results, strict=True):
             handle._keep(result)
+
+    def _fetch_failure(self, native: Any, exc: Exception, *, closing: bool = False) -> BaseException:
+        """What to raise for a kept result (Dask future ``native``) that could not be
+        fetched: a lost connection or a closed backend as such; otherwise, when one of
+        its values does not unpickle here, :class:`~flowcore.serialization.ResultNotSent`
+        naming its type (Dask raises the unpickler's own error, a TypeError say, which
+        says nothing of the run). Found by a second, tiny task that sends each value
+        of the kept result back on its own (this path only)."""
+        error = _explain_gather_error(exc, self._closed and not closing)
+        if isinstance(error, (BackendShutdownError, _ConnectionLost)) or native is None:
+            return error
+        from flowcore.serialization import ResultNotSent, Unsendable
+
+        try:
+            client = native.client
+            with _quiet_serialization_errors():
+                probe = client.submit(
+                    kept_values_sent_back, native, key=f"{native.key}-probe-{uuid.uuid4().hex}", pure=False
+                )
+            values = probe.result(timeout=self.fetch_timeout or self.connect_timeout)
+        except Exception:  # the cluster cannot tell: the original error stands
+            return error
+        for value in values:
+            if isinstance(value, Unsendable):
+                return ResultNotSent(value)
+        return error
 
     def _quiet_workers(self, client: Any) -> None:
         """Before closing the local cluster: its worker processes (which share this
@@ -465,6 +600,9 @@ class DaskBackend(Backend):
         resubmission fails fast with BackendConnectionError if it does not come back).
         Anything else is not a lost worker (None).
         """
+        verdict = self.deadline_verdict(task_run_id)
+        if verdict is not None:
+            return verdict
         if isinstance(exc, _ConnectionLost):
             return self._uncounted_loss(task_run_id, str(exc))
         if not isinstance(exc, _distributed().KilledWorker):
@@ -473,6 +611,28 @@ class DaskBackend(Backend):
         if not known or culprit == task_run_id:
             return WorkerLost(culprit=True, message=message)
         return self._uncounted_loss(task_run_id, f"lost with a Dask worker that died: {message}")
+
+    def deadline_journals(self) -> tuple[str, ...]:
+        """Where this backend's workers on this machine journal their runs, for the
+        parent's watch over timeouts (``flowcore.backends._supervision.hard_timeouts``).
+
+        A worker thread's timer stops Python code, not a call blocked in C: a run still
+        on the same attempt a grace period past its ``timeout_seconds`` has its worker
+        process killed, which its nanny restarts. Dask reports the loss
+        (``KilledWorker``), and the run ends ``TimedOut`` (retried if its retries allow).
+        Workers on other machines keep journals that cannot be read from here.
+        """
+        if self._given_client is None and self.address is None:
+            from ._supervision.journal import journal_directory
+
+            return (journal_directory(),)  # the local cluster's workers journal there
+        from ._supervision.journal import ENV_VAR
+
+        directories = [worker_journal_directory()]
+        inherited = os.environ.get(ENV_VAR, "").rpartition(":")[0]
+        if inherited:
+            directories.append(inherited)
+        return tuple(directories)
 
     def __repr__(self) -> str:
         where = self.address or ("a given client" if self._given_client is not None else "a local cluster")
@@ -556,6 +716,8 @@ class DaskBackend(Backend):
         if security is not None:
             options["security"] = security
         options.update(self._cluster_options)
+        if options.get("processes"):
+            _share_cache_directory(options)
         try:
             cluster = distributed.LocalCluster(**options)
         except Exception as exc:
@@ -579,7 +741,7 @@ class DaskBackend(Backend):
         with contextlib.suppress(Exception):  # best effort: only Ctrl-C output is at stake
             plugin = _plugin_class()()
             client.register_plugin(plugin, name=plugin.plugin_name)
-        from flowcore.journal import journal_directory
+        from ._supervision.journal import journal_directory
 
         self._journal_directory = journal_directory()
         self._cluster = cluster
@@ -640,6 +802,86 @@ class DaskBackend(Backend):
             with self._lock:
                 self._failure = (time.monotonic(), message)  # later submits fail at once
             raise BackendConnectionError(message)
+
+    # -- a cluster without workers -------------------------------------------------------------
+    def _watch_workers(self) -> None:
+        """Make sure a thread watches the cluster's worker count while runs wait.
+
+        Dask keeps a task waiting for a worker as long as none exists, so a flow whose
+        workers all died would wait forever, silently. The watch warns at once, and ends
+        the runs still waiting ``Crashed`` after ``no_workers_timeout`` seconds.
+        """
+        with self._lock:
+            if self._workers_watch is not None or self._closed:
+                return
+            thread = self._workers_watch = threading.Thread(
+                target=self._watch_worker_count, name="flowcore-dask-workers", daemon=True
+            )
+        thread.start()
+
+    def _watch_worker_count(self) -> None:
+        while True:
+            with self._lock:
+                client = self._client
+                if self._closed or client is None or not self._pending:
+                    self._workers_watch = None
+                    return
+            workers = self._worker_count_now(client)
+            if workers == 0:
+                self._no_workers(client)
+            elif workers is not None and self._no_workers_since is not None:
+                self._no_workers_since = None
+                if self._no_workers_warned:
+                    logger.info("the Dask scheduler at %s has workers again (%d)", _where(client), workers)
+            time.sleep(NO_WORKERS_POLL_SECONDS)
+
+    def _worker_count_now(self, client: Any) -> int | None:
+        """How many workers the scheduler has now; None when it cannot tell (a lost
+        connection is reported by the runs themselves)."""
+        if client.status != "running":
+            return None
+        try:
+            return len(client.nthreads(callback_timeout=self.connect_timeout))
+        except Exception:
+            return None
+
+    def _no_workers(self, client: Any) -> None:
+        now = time.monotonic()
+        if self._no_workers_since is None:
+            self._no_workers_since = now
+            self._no_workers_warned = False
+        if not self._no_workers_warned:
+            # The local cluster's nannies restart a dead worker within seconds (one
+            # killed for a timeout, say): only a longer absence is worth a warning there.
+            restarting = min(LOCAL_RESTART_SECONDS, self.no_workers_timeout / 2)
+            if self._cluster is not None and now - self._no_workers_since < restarting:
+                return
+            self._no_workers_warned = True
+            logger.warning(
+                "the Dask scheduler at %s has no workers: task runs wait for one, at most "
+                "no_workers_timeout=%g s; start workers ('dask worker %s')",
+                _where(client),
+                self.no_workers_timeout,
+                _where(client),
+            )
+        if now - self._no_workers_since < self.no_workers_timeout:
+            return
+        message = (
+            f"the Dask scheduler at {_where(client)} has had no workers for the "
+            f"no_workers_timeout of {self.no_workers_timeout:g} s; start workers for it "
+            "('dask worker <scheduler address>') or raise the backend option no_workers_timeout"
+        )
+        with self._lock:
+            waiting = list(self._pending)
+            self._pending.clear()
+        for future in waiting:
+            remotes = [future.dask_future, future.full]
+            future.dask_future = future.full = None
+            for remote in remotes:
+                if remote is not None:
+                    self._cancel_remote(remote)
+            with contextlib.suppress(cf.InvalidStateError):
+                future.set_exception(NoWorkersError(message))
 
     # -- results ------------------------------------------------------------------------------
     def _deliver(self, future: DaskFuture, dask_future: Any) -> None:
@@ -745,6 +987,33 @@ class _ConnectionLost(BackendConnectionError):
     """A Dask task dropped because the client lost its scheduler (resubmitted)."""
 
 
+class NoWorkersError(BackendConnectionError):
+    """The Dask cluster had no workers for longer than ``no_workers_timeout``: the runs
+    that waited for one end ``Crashed`` with this error."""
+
+
+def _share_cache_directory(options: dict[str, Any]) -> None:
+    """Have the local cluster's worker processes use this process's cache directory,
+    resolved here (``FLOWCORE_CACHE_DIR``, ``[tool.flowcore] cache_dir`` or the default),
+    so that ``flowcore cache ls`` run here sees the entries they write. An ``env`` in
+    ``cluster_options`` that names ``FLOWCORE_CACHE_DIR`` wins."""
+    from flowcore.caching.store import ENV_CACHE_DIR, default_cache_dir
+    from flowcore.errors import ConfigurationError
+
+    try:
+        directory = str(default_cache_dir().resolve())
+    except (ConfigurationError, OSError):
+        return  # the workers meet the same configuration error when they cache
+    options["env"] = {ENV_CACHE_DIR: directory, **dict(options.get("env") or {})}
+
+
+def _where(client: Any) -> str:
+    """The scheduler's address, for messages."""
+    with contextlib.suppress(Exception):
+        return str(client.scheduler.address)
+    return "?"
+
+
 def _make_ignore_interrupts() -> type:
     from distributed.diagnostics.plugin import WorkerPlugin
 
@@ -830,9 +1099,14 @@ def _explain_gather_error(exc: Exception, closed: bool) -> BaseException:
 
     if closed:
         return BackendShutdownError("backend 'dask' was shut down while the result was fetched")
+    from flowcore.serialization import is_pickling_error, one_line
+
     text = str(exc)
-    if isinstance(exc, TypeError) and ("serializ" in text or "pickl" in text):
-        error = pickle.PicklingError(f"cannot pickle the result on the Dask worker: {text}")
+    # By the exception's type and pickle's own words, not by the word "pickle" in any
+    # text: a value of a class named UnpicklableSomething that fails to load with a
+    # TypeError is not a result that could not be pickled on the worker (issue 12.15).
+    if is_pickling_error(exc):
+        error = pickle.PicklingError(f"cannot pickle the result on the Dask worker: {one_line(exc)}")
         error.__cause__ = exc
         return error
     if isinstance(exc, OSError) or type(exc).__name__ in ("CommClosedError", "FutureCancelledError"):
@@ -847,7 +1121,7 @@ def _read_local_journal(address: str, pid: Any, directory: str | None) -> str | 
     this machine (in ``directory``, else the per-user one): the run id, ``""`` when it
     was executing none, None when unknown (the worker ran elsewhere, or kept no
     journal here)."""
-    from flowcore.journal import ENV_VAR, read_journal_entries
+    from ._supervision.journal import ENV_VAR, read_journal_entries
 
     if not isinstance(pid, int) or pid <= 0 or not _is_this_machine(address) or not _process_gone(pid):
         return None
@@ -869,7 +1143,7 @@ def _read_local_journal(address: str, pid: Any, directory: str | None) -> str | 
 def _process_gone(pid: int) -> bool:
     """True when process ``pid`` of this machine has died: gone, or a zombie that its
     parent (the worker's nanny) has not reaped yet."""
-    from flowcore.journal import pid_alive
+    from ._supervision.journal import pid_alive
 
     if not pid_alive(pid):
         return True
@@ -1023,6 +1297,15 @@ def _validate(
         )
 
 
+def _validate_seconds(option: str, value: Any) -> None:
+    import math
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < math.inf):
+        raise ValueError(
+            f"{option} for the dask backend must be a positive number of seconds, got {value!r}"
+        )
+
+
 @hookimpl
 def flowcore_backends() -> list[BackendSpec]:
     return [
@@ -1042,6 +1325,7 @@ __all__ = [
     "DaskCall",
     "DaskFuture",
     "DaskHandle",
+    "NoWorkersError",
     "execute",
     "open_worker_journal",
     "worker_journal_directory",

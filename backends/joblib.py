@@ -5,8 +5,10 @@ Whatever joblib would use here is what runs the tasks: the backend active in
 created, or the one named by the ``backend`` option -- ``loky``, ``threading``,
 ``multiprocessing``, ``sequential`` or any backend registered with
 ``joblib.register_parallel_backend`` (Ray, Spark, Dask's joblib backend ...).
-``n_jobs`` follows joblib's rules (None: the configured value, else 1; negative:
-counted from the CPU count).
+``n_jobs``: an explicit value, else the one ``joblib.parallel_config`` sets, else every
+core (-1). joblib's own default (one job, in the caller's process) is not used: a user
+who picks a process backend expects parallel workers. Negative values count from the
+CPU count, as in joblib. The worker count is logged (INFO) when the pool starts.
 
 The pool is started on the first submit. Futures, states, retries and timeouts are
 flowcore's, as on every backend. A worker that dies is pinned on its run through the
@@ -16,6 +18,7 @@ worker journal when joblib's pool is loky-based (the default).
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -24,11 +27,12 @@ from typing import Any, TypeVar
 from flowcore.backend import BackendKind, BackendSpec, Capabilities, WorkerLost
 from flowcore.errors import BackendShutdownError
 from flowcore.hookspecs import hookimpl
-from flowcore.journal import CrashExplainer, export_to_workers
 
-from ._journaled import JournaledWorkers
+from ._supervision.journaled import JournaledWorkers
 
 T = TypeVar("T")
+
+logger = logging.getLogger("flowcore.backends.joblib")
 
 _KINDS = {
     "SequentialBackend": BackendKind.INLINE,
@@ -50,6 +54,8 @@ class JoblibBackend(JournaledWorkers):
             raise ValueError(
                 f"n_jobs for the joblib backend must be a non-zero int or None, got {n_jobs!r}"
             )
+        if n_jobs is None and _configured_n_jobs() is None:
+            n_jobs = -1  # not joblib's default of 1: every core (issue 12.2)
         # Parallel resolves the backend exactly as joblib would here (parallel_config
         # included); flowcore drives that backend object directly.
         self._parallel = Parallel(n_jobs=n_jobs, backend=backend, **backend_options)
@@ -67,8 +73,11 @@ class JoblibBackend(JournaledWorkers):
         self._lock = threading.Lock()
         self._started = False
         self._closed = False
+        from ._supervision.journal import CrashExplainer
+
         self._crashes = CrashExplainer()
-        self._failed_processes: tuple[BaseException, dict[int, Any]] | None = None
+        #: (error, the pool's worker exit codes when it failed): see deliver in submit
+        self._failed_processes: tuple[BaseException, dict[int, int | None]] | None = None
 
     def _backend(self) -> Any:
         with self._lock:
@@ -79,9 +88,18 @@ class JoblibBackend(JournaledWorkers):
                 )
             if not self._started:
                 if self.kind is BackendKind.PROCESSES:
+                    from ._supervision.journal import export_to_workers
+
                     export_to_workers()  # the pool's workers journal their runs
                 self._parallel._initialize_backend()
                 self._started = True
+                logger.info(
+                    "backend 'joblib' started joblib's %s with %d worker%s (%s)",
+                    self.joblib_backend_name,
+                    self.max_workers,
+                    "" if self.max_workers == 1 else "s",
+                    self.kind,
+                )
             return self._parallel._backend
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
@@ -112,10 +130,16 @@ class JoblibBackend(JournaledWorkers):
             try:
                 result = backend.retrieve_result_callback(out)
             except BaseException as exc:
-                # In the pool's thread, before it kills the survivors: note its workers
-                # now, so the crash is pinned on the pool it happened in.
-                workers = getattr(backend, "_workers", None)
-                self._failed_processes = (exc, dict(getattr(workers, "_processes", None) or {}))
+                # In the pool's thread, before it kills the survivors: read its workers'
+                # exit codes now, once per error, while only the dead ones have one
+                # (issue 12.16), so the crash is pinned on the pool it happened in.
+                failed = self._failed_processes
+                if failed is None or failed[0] is not exc:
+                    from ._supervision.journal import worker_exit_codes
+
+                    workers = getattr(backend, "_workers", None)
+                    codes = worker_exit_codes(getattr(workers, "_processes", None) or {})
+                    self._failed_processes = (exc, codes)
                 future.set_exception(exc)
             else:
                 future.set_result(result)
@@ -157,14 +181,16 @@ class JoblibBackend(JournaledWorkers):
         self._parallel._backend.terminate()
 
     def explain_failure(self, task_run_id: str, exc: BaseException) -> WorkerLost | None:
-        def processes() -> Any:
+        def exit_codes() -> dict[int, int | None]:
+            from ._supervision.journal import worker_exit_codes
+
             failed = self._failed_processes
             if failed is not None and failed[0] is exc:
                 return failed[1]
             workers = getattr(self._parallel._backend, "_workers", None)
-            return getattr(workers, "_processes", None) or {}
+            return worker_exit_codes(getattr(workers, "_processes", None) or {})
 
-        lost = self._crashes.explain(task_run_id, exc, processes)
+        lost = self._crashes.explain(task_run_id, exc, exit_codes)
         return self.deadline_verdict(task_run_id) or lost
 
     def __repr__(self) -> str:
@@ -174,15 +200,36 @@ class JoblibBackend(JournaledWorkers):
         )
 
 
+def _configured_n_jobs() -> int | None:
+    """The ``n_jobs`` an enclosing ``joblib.parallel_config``/``parallel_backend`` sets,
+    or None when none does."""
+    from joblib.parallel import get_active_backend
+
+    return get_active_backend()[1]  # type: ignore[no-any-return]
+
+
 def _run_pickled(payload: bytes) -> Any:
-    """Run a call sent as one pickle (see :meth:`JoblibBackend.submit`)."""
+    """Run a call sent as one pickle (see :meth:`JoblibBackend.submit`), in a worker of
+    joblib's pool. Importing the journal opens it (from the variable the parent
+    exported) before the run starts, so a crash is pinned on this run. Its value
+    travels back as a :class:`~flowcore.serialization.SentBack`; a call that cannot
+    be unpickled here fails its run, not the worker."""
     import pickle
 
-    return pickle.loads(payload)()
+    from flowcore.serialization import CallNotLoaded, SentBack, one_line
+
+    from ._supervision import journal  # noqa: F401  (opens this worker's journal)
+
+    try:
+        call = pickle.loads(payload)
+    except Exception as error:
+        raise CallNotLoaded(f"the call could not be unpickled in the worker: {one_line(error)}") from None
+    return SentBack(call())
 
 
 def create(backend: str | None = None, n_jobs: int | None = None, **backend_options: Any) -> JoblibBackend:
-    """Factory: ``joblib`` takes joblib's ``backend`` name, ``n_jobs`` and backend options."""
+    """Factory: ``joblib`` takes joblib's ``backend`` name, ``n_jobs`` (default: the
+    configured value, else every core) and backend options."""
     return JoblibBackend(backend=backend, n_jobs=n_jobs, **backend_options)
 
 

@@ -7,7 +7,7 @@ seconds), killed at interpreter exit, never outliving the parent. Callables and 
 functions from ``__main__``, closures and lambdas work.
 
 Worker deaths are pinned on their task: every worker journals the run it executes
-(:mod:`flowcore.journal`), so when loky reports a broken pool, the run whose worker
+(``flowcore.backends._supervision.journal``), so when loky reports a broken pool, the run whose worker
 died ends ``Crashed`` for that attempt (with the exit code or signal) and is retried
 if its retries allow; the runs that were only lost with the pool are resubmitted to
 a fresh one. Timeouts stop the run inside its worker with a timer signal, which also
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -27,9 +28,9 @@ from typing import Any, TypeVar
 from flowcore.backend import BackendKind, BackendSpec, Capabilities, WorkerLost
 from flowcore.errors import BackendShutdownError
 from flowcore.hookspecs import hookimpl
-from flowcore.journal import CrashExplainer, journal_directory, open_pool_worker_journal
+from flowcore.serialization import send_back
 
-from ._journaled import JournaledWorkers
+from ._supervision.journaled import JournaledWorkers
 
 T = TypeVar("T")
 
@@ -52,11 +53,14 @@ def shared_pool(max_workers: int, idle_timeout: float) -> Any:
         if pool is None:
             from loky import ProcessPoolExecutor
 
+            from ._supervision.journal import journal_directory, open_pool_worker_journal
+
             pool = ProcessPoolExecutor(
                 max_workers=max_workers,
                 timeout=idle_timeout,
                 initializer=open_pool_worker_journal,
-                initargs=(journal_directory(),),
+                # This pid: a worker that starts after this process died ends (12.19).
+                initargs=(journal_directory(), os.getpid()),
             )
             _pools[max_workers] = pool
             if not _exit_hook_installed:
@@ -66,11 +70,14 @@ def shared_pool(max_workers: int, idle_timeout: float) -> Any:
 
 
 def discard_pool(pool: Any) -> None:
-    """Forget a broken pool, so that the next request builds a fresh one."""
+    """Forget a broken pool, so that the next request builds a fresh one, and shut it
+    down: its threads, queues and semaphores are released, not left to leak."""
     with _pools_lock:
         for size, known in list(_pools.items()):
             if known is pool:
                 del _pools[size]
+    with contextlib.suppress(Exception):
+        pool.shutdown(wait=False)
 
 
 def _kill_all_pools() -> None:
@@ -107,8 +114,11 @@ class LokyBackend(JournaledWorkers):
         self._closed = False
         self._executor: Any = None
         self._pending: set[Future[Any]] = set()
+        from ._supervision.journal import CrashExplainer
+
         self._crashes = CrashExplainer()
-        self._failed_pool: tuple[BaseException | None, Any] | None = None
+        #: (error, pool, its workers' exit codes when it failed): see _settled
+        self._failed_pool: tuple[BaseException | None, Any, dict[int, int | None]] | None = None
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         from concurrent.futures.process import BrokenProcessPool  # imports multiprocessing
@@ -120,13 +130,15 @@ class LokyBackend(JournaledWorkers):
                     "flowcore.get_backend('loky')"
                 )
         pool = shared_pool(self.max_workers, self.idle_timeout)
+        # The value comes back through send_back: one that does not pickle in the
+        # worker, or not unpickle here, fails its own run instead of breaking the pool.
         try:
-            future: Future[T] = pool.submit(fn, *args, **kwargs)
+            future: Future[T] = pool.submit(send_back, fn, *args, **kwargs)
         except (BrokenProcessPool, RuntimeError):
             # A worker died (or the pool was shut down) since the last submit.
             discard_pool(pool)
             pool = shared_pool(self.max_workers, self.idle_timeout)
-            future = pool.submit(fn, *args, **kwargs)
+            future = pool.submit(send_back, fn, *args, **kwargs)
         self._executor = pool
         self._pending.add(future)
         future.add_done_callback(lambda done: self._settled(done, pool))
@@ -135,14 +147,22 @@ class LokyBackend(JournaledWorkers):
     def _settled(self, future: Future[Any], pool: Any) -> None:
         # Runs before the core's callback: remember which pool a failure came from, so
         # explain_failure reads that pool even if another thread built a new one since.
+        # Its workers' exit codes are read here, once per error, in the pool's thread
+        # before it kills the survivors: then only the dead workers have one (12.16).
         self._pending.discard(future)
         if not future.cancelled() and future.exception() is not None:
-            self._failed_pool = (future.exception(), pool)
+            exc = future.exception()
+            failed = self._failed_pool
+            if failed is None or failed[0] is not exc:
+                from ._supervision.journal import worker_exit_codes
+
+                codes = worker_exit_codes(getattr(pool, "_processes", None) or {})
+                self._failed_pool = (exc, pool, codes)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting work; with ``cancel_futures``, cancel this backend's queued
         runs. The shared pool stays up for the other users of it: the core stops runs
-        that are executing by killing just their workers (see ``flowcore.journal``)."""
+        that are executing by killing just their workers (see ``flowcore.backends._supervision``)."""
         with self._lock:
             self._closed = True
             pending = list(self._pending)
@@ -153,11 +173,17 @@ class LokyBackend(JournaledWorkers):
             futures_wait(pending)
 
     def explain_failure(self, task_run_id: str, exc: BaseException) -> WorkerLost | None:
+        from ._supervision.journal import worker_exit_codes
+
         failed = self._failed_pool
-        pool = failed[1] if failed is not None and failed[0] is exc else self._executor
-        lost = self._crashes.explain(
-            task_run_id, exc, lambda: getattr(pool, "_processes", None) or {}
-        )
+        if failed is not None and failed[0] is exc:
+            codes = failed[2]
+            lost = self._crashes.explain(task_run_id, exc, lambda: codes)
+        else:
+            pool = self._executor
+            lost = self._crashes.explain(
+                task_run_id, exc, lambda: worker_exit_codes(getattr(pool, "_processes", None) or {})
+            )
         return self.deadline_verdict(task_run_id) or lost
 
 

@@ -105,3 +105,64 @@ def test_cache_miss(benchmark: BenchmarkFixture, quick: bool, directory: Path) -
             figure("flowcore / joblib.Memory per miss", paired.subject_min / paired.anchor_min, "x", None),
         ],
     )
+
+
+# -- a map with a cache policy, next to the same map without one -----------------------
+
+
+def square_plus(x: int, offset: int) -> int:
+    return x * x + offset
+
+
+MAP_RATIO_GOAL = None  # reported only: a miss writes one entry per run
+
+
+def _map_flows(directory: Path) -> tuple[Any, Any]:
+    plain = task(square_plus, name="square_plus")
+    cached = task(square_plus, name="square_plus_cached", cache_policy=INPUTS, cache_storage=str(directory / "map"))
+
+    @flow(name="bench-map-plain", backend="threads")
+    def plain_map(n: int, offset: int) -> int:
+        return sum(f.result() for f in plain.map(range(n), offset))
+
+    @flow(name="bench-map-cached", backend="threads")
+    def cached_map(n: int, offset: int) -> int:
+        return sum(f.result() for f in cached.map(range(n), offset))
+
+    return plain_map, cached_map
+
+
+@pytest.mark.parametrize("outcome", ["misses", "hits"])
+def test_map_with_a_cache_policy_vs_plain_map(
+    benchmark: BenchmarkFixture, quick: bool, directory: Path, outcome: str
+) -> None:
+    """``t.map`` of N runs of a task with a cache policy (every run a miss: new
+    arguments each round; or every run a hit) against the same map of the task without
+    one, in the same run. Both take the column path."""
+    n = 2_000 if quick else 200_000
+    rounds = 1  # a round of 200k misses writes 200k entries
+    plain_map, cached_map = _map_flows(directory)
+    expected = sum(x * x for x in range(n))
+    offsets = itertools.count(1)
+    if outcome == "hits":
+        assert cached_map(n, 0) == expected  # fill every entry first
+
+        def subject() -> int:
+            return cached_map(n, 0) - 0
+    else:
+        def subject() -> int:
+            offset = next(offsets)
+            return cached_map(n, offset) - offset * n
+
+    paired = run_paired(benchmark, subject=subject, anchor=lambda: plain_map(n, 0), rounds=rounds)
+    assert paired.subject_result == expected and paired.anchor_result == expected
+    record(
+        benchmark,
+        paired,
+        anchor="the same map without a cache policy (threads)",
+        n=n,
+        figures=[
+            figure(f"cached map ({outcome}) / plain map", paired.subject_min / paired.anchor_min, "x", MAP_RATIO_GOAL),
+            figure(f"per run ({outcome})", paired.subject_min / n * 1e6, "µs", None),
+        ],
+    )

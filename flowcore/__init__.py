@@ -6,16 +6,29 @@ advertised. Importing flowcore loads no backend dependency (dask, joblib, loky, 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from flowcore.flows import Flow, flow
 from flowcore.futures import TaskFuture, as_completed, wait
-from flowcore.hookspecs import hookimpl
 from flowcore.loggers import get_run_logger
 from flowcore.mapping import unmapped
 from flowcore.selection import get_backend, use_backend
 from flowcore.states import State
 from flowcore.tasks import Task, task
 
+if TYPE_CHECKING:
+    from flowcore.hookspecs import hookimpl
+
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # hookimpl needs pluggy, which import flowcore does not load until it is used.
+    if name == "hookimpl":
+        from flowcore.hookspecs import hookimpl
+
+        return hookimpl
+    raise AttributeError(f"module 'flowcore' has no attribute {name!r}")
 
 __all__ = [
     "Flow",

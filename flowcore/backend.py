@@ -43,7 +43,7 @@ from flowcore.errors import BackendShutdownError
 T = TypeVar("T")
 
 
-class BackendKind(str, enum.Enum):
+class BackendKind(enum.StrEnum):
     """Where a backend runs work: a label for people (``flowcore backends``) and the
     source of a backend's default :class:`Capabilities`. The core never branches on it."""
 
@@ -51,9 +51,6 @@ class BackendKind(str, enum.Enum):
     THREADS = "threads"
     PROCESSES = "processes"
     CLUSTER = "cluster"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,8 +70,10 @@ class Capabilities:
             :attr:`WorkerLost.timed_out`).
         remote_results: :meth:`Backend.submit_native` keeps results on the workers and
             passes them to downstream runs there.
-        interrupts_blocking: a task's timeout interrupts blocking calls (a timer
-            signal in the thread that runs it), so a timed-out run stops at once.
+        interrupts_blocking: a timed-out run ends at its deadline even inside a call
+            that blocks in C: a timer signal interrupts it (the main thread of a
+            worker process), the engine abandons it (a thread of this process), or
+            the backend ends its worker (``hard_timeouts``).
     """
 
     in_process: bool = False
@@ -92,7 +91,7 @@ class Capabilities:
         if kind is BackendKind.INLINE:
             return cls(in_process=True, inline=True, interrupts_blocking=True)
         if kind is BackendKind.THREADS:
-            return cls(in_process=True)
+            return cls(in_process=True, interrupts_blocking=True)
         if kind is BackendKind.PROCESSES:
             return cls(batching=True, interrupts_blocking=True)
         return cls(batching=True)

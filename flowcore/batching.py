@@ -18,7 +18,9 @@ are kept in flight.
 When a batch is lost with a dead worker, its items are handled one by one: the item
 that was running is pinned by the worker journal (``Crashed``, retried if allowed),
 the others -- including those that had finished in the lost batch -- are dispatched
-again.
+again. A run whose value cannot be pickled does not lose its batch: the worker sends
+the batch home with that run ``Failed`` (:class:`~flowcore.serialization.Repairable`),
+so no finished run executes twice (issue 12.22).
 """
 
 from __future__ import annotations
@@ -34,8 +36,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from flowcore.engine import run_call
 from flowcore.log_relay import replay as replay_logs
-from flowcore.serialization import is_pickling_error
-from flowcore.states import State, completed_run
+from flowcore.serialization import (
+    Repairable,
+    is_pickling_error,
+    pickling_error,
+    raise_if_unsendable,
+    unsendable_error,
+)
+from flowcore.states import Failed, State, completed_run
 
 if TYPE_CHECKING:
     from flowcore.backend import Backend, NativeHandle
@@ -73,7 +81,13 @@ def run_batch(
 
     with capture() as records:
         outcomes = _run_items(task, common, items)
-    return outcomes, records, current_worker()
+    worker = current_worker()
+
+    def repair() -> tuple[Any, ...]:  # issue 12.22: only the culprits fail, nothing reruns
+        names = [item[3] for item in items]
+        return [sendable_outcome(o, name) for o, name in zip(outcomes, names, strict=True)], records, worker
+
+    return Repairable((outcomes, records, worker), repair)
 
 
 def _run_items(task: Any, common: tuple[Any, ...], items: list[BatchItem]) -> list[Outcome]:
@@ -92,6 +106,30 @@ def _run_items(task: Any, common: tuple[Any, ...], items: list[BatchItem]) -> li
         else:
             outcomes.append(state)
     return outcomes
+
+
+def sendable_outcome(outcome: Outcome, task_run_name: str) -> Outcome:
+    """``outcome`` of run ``task_run_name`` if it pickles; else a ``Failed`` state with
+    the :class:`~flowcore.errors.SerializationError` that names the run and the type of
+    the value (or raised exception) at fault. In the worker, on the failure path only:
+    a batch whose outcome does not pickle still sends its other runs' results home."""
+    error = pickling_error(outcome)
+    if error is None:
+        return outcome
+    if type(outcome) is tuple:  # a plain success: (value, started, finished, attempts)
+        value, started_at, finished_at, attempts = outcome
+        return Failed(
+            unsendable_error(task_run_name, value, error),
+            started_at=started_at, finished_at=finished_at, attempts=attempts,
+        )
+    state: State[Any] = outcome
+    raised = state.exception is not None and pickling_error(state.exception) is not None
+    culprit = state.exception if raised else state.data
+    return Failed(
+        unsendable_error(task_run_name, culprit, error, exception=raised),
+        traceback=state.traceback if raised else None,
+        started_at=state.started_at, finished_at=state.finished_at, attempts=state.attempts,
+    )
 
 
 def decode_outcome(outcome: Outcome) -> State[Any]:
@@ -206,7 +244,8 @@ class BatchDispatcher:
         self, batch: list[RunFuture[Any]], backend_future: Future[Any], handle: NativeHandle | None = None
     ) -> None:
         try:
-            outcomes, records, worker = backend_future.result()
+            # A batch whose value could not make the trip raises: recovered item by item.
+            outcomes, records, worker = raise_if_unsendable(backend_future.result())
             results = [decode_outcome(o) for o in outcomes]
             if handle is not None:  # a light copy: large values stayed on the workers
                 from flowcore.native import adopt

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import threading
-import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -17,15 +16,14 @@ if TYPE_CHECKING:
 
 # Task run ids are cheap: a random per-process prefix and a counter (a uuid4 costs
 # more than the whole direct-call fast path).
-_PREFIX = uuid.uuid4().hex[:12]
+_PREFIX = os.urandom(6).hex()
 _next_number = 1
 _number_lock = threading.Lock()
-RUN_NUMBER_OFFSET = len(_PREFIX) + 1  # task_run_id[RUN_NUMBER_OFFSET:] is the counter
 
 
 def _reseed_after_fork() -> None:
     global _PREFIX
-    _PREFIX = uuid.uuid4().hex[:12]  # a forked child must not repeat the parent's ids
+    _PREFIX = os.urandom(6).hex()  # a forked child must not repeat the parent's ids
 
 
 if hasattr(os, "register_at_fork"):
@@ -52,8 +50,34 @@ def run_id_prefix() -> str:
     return _PREFIX
 
 
+class RunNumbers:
+    """Task run name numbers of one flow run: per task name, counting from 0 in
+    submission order (``fetch-0``, ``fetch-1``, ...). Thread-safe; a map reserves a
+    consecutive block so that its run ``i`` is ``first + i``."""
+
+    __slots__ = ("_lock", "_next")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._next: dict[str, int] = {}
+
+    def reserve(self, task_name: str, count: int = 1) -> int:
+        """Reserve ``count`` consecutive numbers for ``task_name``; returns the first."""
+        with self._lock:
+            first = self._next.get(task_name, 0)
+            self._next[task_name] = first + count
+        return first
+
+    def __reduce__(self) -> tuple[type[RunNumbers], tuple[()]]:
+        return RunNumbers, ()  # numbers are handed out where the flow runs, never elsewhere
+
+
+#: Numbers of task runs outside any flow run (``use_backend`` blocks, direct calls).
+UNSCOPED_RUN_NUMBERS = RunNumbers()
+
+
 def new_flow_run_id() -> str:
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()
 
 
 @dataclass(slots=True)
@@ -102,10 +126,14 @@ class FlowRun:
     backend: str = ""
     parent_run_id: str | None = None
     started_at: float = 0.0
+    #: the numbers in its task run names (``double-0``, ``double-1``, ...)
+    run_numbers: RunNumbers = field(default_factory=RunNumbers, compare=False, repr=False)
 
 
 __all__ = [
+    "UNSCOPED_RUN_NUMBERS",
     "FlowRun",
+    "RunNumbers",
     "TaskCall",
     "new_flow_run_id",
     "new_task_run_id",

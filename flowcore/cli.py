@@ -1,7 +1,9 @@
 """The ``flowcore`` command line.
 
 * ``flowcore backends``: registered backends with kind, plugin and description.
-* ``flowcore run PATH_OR_MODULE:FLOW [--backend NAME] [--params JSON]``: run a flow.
+* ``flowcore run PATH_OR_MODULE:FLOW [--backend NAME] [--backend-options JSON]
+  [--params JSON] [--param NAME=VALUE ...]``: run a flow; a failure's traceback is
+  logged once, before the final state.
 * ``flowcore bench PATH_OR_MODULE:FLOW [--backends a,b] [--params JSON] [--repeat N]
   [--json PATH] [--plot PATH]``: compare backends on a flow (see :mod:`flowcore.bench`).
 * ``flowcore cache ls | info | clear [--task NAME] | prune``: the task cache.
@@ -13,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import importlib.util
 import json
@@ -82,16 +85,33 @@ def _load_attribute(target: str, command: str) -> Any:
         raise SystemExit(f"{command}: {location!r} has no attribute {attribute!r}") from None
 
 
+class UsageError(Exception):
+    """Bad command-line input: printed as ``flowcore run: error: ...``, exit status 2."""
+
+
 def _run(args: argparse.Namespace) -> int:
+    flow_obj = load_flow(args.target)
+    params = parse_params(args.params, "flowcore run")
+    params.update(_parse_param_pairs(args.param or []))
+    _check_parameters(flow_obj, params)
     if args.progress:
         import os
 
-        os.environ["FLOWCORE_PROGRESS"] = "1"  # read when the plugins load, at the first run
-    flow_obj = load_flow(args.target)
-    params = parse_params(args.params, "flowcore run")
-    if args.backend:
-        flow_obj = flow_obj.with_options(backend=args.backend)
-    state = flow_obj(**params, return_state=True)
+        from flowcore.progress import ENV_VAR
+
+        os.environ[ENV_VAR] = "1"  # still only on a terminal
+    backend_options = _parse_backend_options(args.backend_options)
+    if backend_options is None:
+        if args.backend:
+            flow_obj = flow_obj.with_options(backend=args.backend)
+        state = flow_obj(**params, return_state=True)
+    else:
+        from flowcore.selection import get_backend
+
+        # The options go to a backend made here (the configured one without --backend),
+        # which this command owns and shuts down.
+        with get_backend(args.backend or None, **backend_options) as backend:
+            state = flow_obj.with_options(backend=backend)(**params, return_state=True)
     if state.is_completed():
         if state.data is not None:
             print(repr(state.data))
@@ -99,14 +119,68 @@ def _run(args: argparse.Namespace) -> int:
     return 1
 
 
+def _parse_param_pairs(pairs: list[str]) -> dict[str, Any]:
+    """``--param NAME=VALUE`` (repeatable): VALUE as JSON when it parses, else a string."""
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, raw = pair.partition("=")
+        if not sep or not name.strip():
+            raise UsageError(f"--param expects NAME=VALUE, got {pair!r} (e.g. --param n=10)")
+        try:
+            value: Any = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        params[name.strip()] = value
+    return params
+
+
+def _check_parameters(flow_obj: Any, params: dict[str, Any]) -> None:
+    """UsageError naming an unknown or missing parameter and showing the signature."""
+    signature = flow_obj.signature
+    shown = f"{flow_obj.fn.__name__}{signature}"
+    parameters = signature.parameters
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+    for name in params:
+        if name not in parameters and not takes_any:
+            close = difflib.get_close_matches(name, list(parameters), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise UsageError(f"flow {flow_obj.name!r} has no parameter {name!r}{hint}; its signature is {shown}")
+    try:
+        signature.bind(**params)
+    except TypeError as exc:
+        missing = [
+            n for n, p in parameters.items()
+            if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n not in params
+        ]
+        if missing:
+            needed = ", ".join(repr(n) for n in missing)
+            raise UsageError(
+                f"flow {flow_obj.name!r} needs parameter {needed} (pass --param {missing[0]}=VALUE); "
+                f"its signature is {shown}"
+            ) from None
+        raise UsageError(f"flow {flow_obj.name!r}: {exc}; its signature is {shown}") from None
+
+
+def _parse_backend_options(raw: str | None) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    try:
+        options = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"--backend-options is not valid JSON: {exc}") from None
+    if not isinstance(options, dict):
+        raise UsageError("--backend-options must be a JSON object, e.g. '{\"max_workers\": 4}'")
+    return options
+
+
 def parse_params(raw: str | None, command: str) -> dict[str, Any]:
-    """``--params``: a JSON object (SystemExit naming ``command`` otherwise)."""
+    """``--params``: a JSON object (UsageError otherwise; ``command`` is kept for callers)."""
     try:
         params = json.loads(raw) if raw else {}
     except json.JSONDecodeError as exc:
-        raise SystemExit(f"{command}: --params is not valid JSON: {exc}") from None
+        raise UsageError(f"--params is not valid JSON: {exc}") from None
     if not isinstance(params, dict):
-        raise SystemExit(f"{command}: --params must be a JSON object, e.g. '{{\"n\": 10}}'")
+        raise UsageError("--params must be a JSON object, e.g. '{\"n\": 10}'")
     return params
 
 
@@ -169,10 +243,18 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run a flow: PATH.py:FLOW or MODULE:FLOW")
     run.add_argument("target")
     run.add_argument("--backend", help="backend name (overrides configuration)")
-    run.add_argument("--params", help="flow parameters as a JSON object")
+    run.add_argument(
+        "--backend-options", metavar="JSON",
+        help="backend options as a JSON object, e.g. '{\"max_workers\": 4}' (for --backend, else the configured backend)",
+    )
+    run.add_argument("--params", metavar="JSON", help="flow parameters as a JSON object")
+    run.add_argument(
+        "--param", action="append", metavar="NAME=VALUE",
+        help="one flow parameter (repeatable; VALUE is parsed as JSON when it parses, else a string; overrides --params)",
+    )
     run.add_argument(
         "--progress", action="store_true",
-        help="show a live progress display even when stderr is not a terminal (needs rich)",
+        help="show the live progress display on a terminal even if FLOWCORE_PROGRESS=0 (never in a pipe or file)",
     )
     run.set_defaults(handler=_run)
     bench = commands.add_parser(
@@ -205,8 +287,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from flowcore.config import check_environment
+
+    check_environment()
     try:
         return int(args.handler(args))
+    except UsageError as exc:
+        print(f"flowcore {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     except FlowcoreError as exc:
         print(f"flowcore: error: {exc}", file=sys.stderr)
         return 2

@@ -6,23 +6,96 @@ Precedence, highest first (code-level choices are handled by the caller):
 2. ``[tool.flowcore]`` ``backend`` / ``backend_options`` in the nearest
    ``pyproject.toml`` at or above the working directory;
 3. ``threads`` with no options.
+
+This module also holds the one list of settings flowcore knows: the keys of
+``[tool.flowcore]`` (:data:`PYPROJECT_KEYS`; an unknown key is a ConfigurationError)
+and the ``FLOWCORE_*`` environment variables (:data:`ENVIRONMENT_VARIABLES`; an
+unknown one is a :class:`~flowcore.errors.ConfigurationWarning`), so that a typo such
+as ``backends = "loky"`` fails loudly instead of running on threads.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
-import sys
 import threading
+import tomllib
+import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flowcore.errors import ConfigurationError
+from flowcore.errors import ConfigurationError, ConfigurationWarning
 
 DEFAULT_BACKEND = "threads"
 ENV_BACKEND = "FLOWCORE_BACKEND"
 ENV_BACKEND_OPTIONS = "FLOWCORE_BACKEND_OPTIONS"
+
+#: Every key ``[tool.flowcore]`` may hold, with what it sets.
+PYPROJECT_KEYS: dict[str, str] = {
+    "backend": "the default backend's name",
+    "backend_options": "the default backend's options (a table)",
+    "cache_dir": "the file cache store's directory",
+    "cache_store": "the default cache store's name",
+    "cache_store_options": "the default cache store's options (a table)",
+    "home": "flowcore's home directory (the run history lives there)",
+    "history": "false turns the run history off",
+    "history_retention": "how long the run history keeps runs (e.g. \"30d\")",
+    "history_store": "the run history store's name",
+    "history_store_options": "the run history store's options (a table)",
+}
+
+#: Every ``FLOWCORE_*`` environment variable flowcore reads, with what it sets. The
+#: one list: a test checks that each variable named in the code base is here.
+ENVIRONMENT_VARIABLES: dict[str, str] = {
+    ENV_BACKEND: "the default backend's name",
+    ENV_BACKEND_OPTIONS: "the default backend's options (JSON object)",
+    "FLOWCORE_CACHE_DIR": "the file cache store's directory",
+    "FLOWCORE_CACHE_STORE": "the default cache store's name",
+    "FLOWCORE_CACHE_STORE_OPTIONS": "the default cache store's options (JSON object)",
+    "FLOWCORE_LOGGING_LEVEL": "the level of flowcore's console handler",
+    "FLOWCORE_HOME": "flowcore's home directory (the run history lives there)",
+    "FLOWCORE_HISTORY": "0 turns the run history off",
+    "FLOWCORE_HISTORY_RETENTION": "how long the run history keeps runs (e.g. 30d)",
+    "FLOWCORE_HISTORY_STORE": "the run history store's name",
+    "FLOWCORE_HISTORY_STORE_OPTIONS": "the run history store's options (JSON object)",
+    "FLOWCORE_PROGRESS": "0 turns the live progress display of flow runs on a terminal off",
+    "FLOWCORE_DISABLE_PLUGIN_AUTOLOAD": "skip the 'flowcore' entry points",
+    "FLOWCORE_WORKER_JOURNAL": "internal: the worker journal, passed from a flow's process to its workers",
+}
+
+_PREFIX = "FLOWCORE_"
+_warned_variables: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def _did_you_mean(name: str, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f"did you mean {close[0]!r}?" if close else "known: " + ", ".join(sorted(known))
+
+
+def check_environment() -> None:
+    """Warn (ConfigurationWarning, once per variable and process) about ``FLOWCORE_*``
+    environment variables flowcore does not know, naming the nearest known one.
+    Called when a top-level flow run or ``use_backend`` block starts."""
+    unknown = [
+        name for name in os.environ
+        if name.startswith(_PREFIX) and name not in ENVIRONMENT_VARIABLES and name not in _warned_variables
+    ]
+    if not unknown:
+        return
+    with _warned_lock:
+        unknown = [name for name in unknown if name not in _warned_variables]
+        _warned_variables.update(unknown)
+    for name in sorted(unknown):
+        warnings.warn(
+            f"unknown environment variable {name!r} is ignored; {_did_you_mean(name, ENVIRONMENT_VARIABLES)} "
+            "(unset it or fix its name)",
+            ConfigurationWarning,
+            stacklevel=2,
+        )
 
 
 @dataclass(frozen=True)
@@ -104,10 +177,6 @@ def tool_settings(pyproject: Path) -> dict[str, Any]:
         cached = _cache.get(pyproject)
         if cached is not None and cached[0] == mtime:
             return cached[1]
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover - exercised on 3.10 only
-        import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
     try:
         with pyproject.open("rb") as handle:
             document = tomllib.load(handle)
@@ -116,9 +185,23 @@ def tool_settings(pyproject: Path) -> dict[str, Any]:
     settings = document.get("tool", {}).get("flowcore", {})
     if not isinstance(settings, dict):
         raise ConfigurationError(f"{pyproject}: [tool.flowcore] must be a table")
+    for key in settings:
+        if key not in PYPROJECT_KEYS:
+            raise ConfigurationError(
+                f"[tool.flowcore] in {pyproject}: unknown key {key!r}; "
+                f"{_did_you_mean(key, PYPROJECT_KEYS)} (known keys: {', '.join(PYPROJECT_KEYS)})"
+            )
     with _cache_lock:
         _cache[pyproject] = (mtime, settings)
     return settings
 
 
-__all__ = ["DEFAULT_BACKEND", "BackendChoice", "configured_backend", "find_pyproject"]
+__all__ = [
+    "DEFAULT_BACKEND",
+    "ENVIRONMENT_VARIABLES",
+    "PYPROJECT_KEYS",
+    "BackendChoice",
+    "check_environment",
+    "configured_backend",
+    "find_pyproject",
+]

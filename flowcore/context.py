@@ -13,12 +13,12 @@ import contextvars
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from flowcore.backend import Backend
 from flowcore.calls import FlowRun, TaskCall
 
 if TYPE_CHECKING:
     import logging
 
+    from flowcore.backend import Backend
     from flowcore.flows import Flow
     from flowcore.futures import TaskFuture
 
@@ -132,7 +132,7 @@ class TaskRunContext:
     """Set while a task body runs. ``call`` is None on the direct-call fast path,
     where the run id is made only if something asks for it."""
 
-    __slots__ = ("_call", "args", "flow_run", "kwargs", "logger", "task")
+    __slots__ = ("_call", "_nested", "args", "flow_run", "kwargs", "logger", "task")
 
     def __init__(
         self,
@@ -148,6 +148,25 @@ class TaskRunContext:
         self.kwargs = kwargs
         self.flow_run = flow_run
         self.logger: logging.LoggerAdapter[logging.Logger] | None = None
+        self._nested: RunScope | None = None
+
+    def nested_scope(self) -> RunScope:
+        """The scope of task runs submitted from this run's body where its flow's scope
+        is out of reach (a pool thread, a worker process): they run inline, here, one
+        after the other. Made on first use."""
+        scope = self._nested
+        if scope is None:
+            from flowcore.selection import get_backend
+
+            scope = RunScope(BackendSlot(get_backend("sequential"), owned=True))
+            flow_run = self.flow_run
+            call = self.call
+            if flow_run is None and call.flow_run_id is not None:
+                flow_run = FlowRun(call.flow_name or "", call.flow_run_id, call.flow_run_name or "")
+            scope.flow_run = flow_run
+            scope.log_prints = call.log_prints
+            self._nested = scope
+        return scope
 
     def cached_logger(self) -> logging.LoggerAdapter[logging.Logger] | None:
         """The run logger made for this run so far, if any."""
@@ -173,6 +192,17 @@ def current_scope() -> RunScope | None:
     return _scope.get()
 
 
+def submission_scope() -> RunScope | None:
+    """Where ``.submit`` and ``.map`` send runs: the innermost scope; inside a task body
+    that cannot see one (it runs on a pool thread or in a worker process), that task
+    run's inline :meth:`~TaskRunContext.nested_scope`; else None."""
+    scope = _scope.get()
+    if scope is not None:
+        return scope
+    task_run = _task_run.get()
+    return task_run.nested_scope() if task_run is not None else None
+
+
 def current_flow_run() -> FlowRunContext | None:
     """The innermost flow run context, or None outside flows."""
     scope = _scope.get()
@@ -193,4 +223,5 @@ __all__ = [
     "current_flow_run",
     "current_scope",
     "current_task_run",
+    "submission_scope",
 ]

@@ -18,6 +18,10 @@ class ConfigurationError(FlowcoreError, ValueError):
     """A setting (environment variable, pyproject.toml, backend options) is invalid."""
 
 
+class ConfigurationWarning(UserWarning):
+    """A setting looks wrong but cannot stop the run (an unknown ``FLOWCORE_*`` variable)."""
+
+
 class BackendNotFoundError(FlowcoreError, LookupError):
     """The requested backend name is not registered, or its dependencies are missing."""
 
@@ -133,6 +137,7 @@ __all__ = [
     "CacheKeyError",
     "CancelledError",
     "ConfigurationError",
+    "ConfigurationWarning",
     "CrashedError",
     "FlowcoreError",
     "MissingContextError",

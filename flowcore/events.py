@@ -36,15 +36,12 @@ if TYPE_CHECKING:
     from flowcore.states import State
 
 
-class EventKind(str, enum.Enum):
+class EventKind(enum.StrEnum):
     """Which step of a run an event reports."""
 
     SUBMITTED = "submitted"
     STARTED = "started"
     FINISHED = "finished"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,30 +15,30 @@ from __future__ import annotations
 import functools
 import inspect
 import time
-import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, Unpack, overload
 
 from flowcore import options as opts
 from flowcore import registry, states
-from flowcore.backend import Backend
 from flowcore.calls import FlowRun, new_flow_run_id
 from flowcore.context import FlowRunContext, _scope
+from flowcore.engine import task_run_logger
 from flowcore.errors import TaskTimeoutError
-from flowcore.events import EventKind, FlowRunEvent
 from flowcore.futures import TaskFuture, collect_futures, resolve_futures
 from flowcore.loggers import ensure_console_handler, flow_logger, redirect_prints, restore_prints
-from flowcore.options import FlowOptions
+from flowcore.options import FlowOptionInputs, FlowOptions
 from flowcore.selection import slot_for
 from flowcore.states import State, StateType
 from flowcore.timeouts import call_with_timeout
 
+if TYPE_CHECKING:
+    pass
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
-_UNSET: Any = object()
-_MAX_UNOBSERVED_REPORTS = 10
+_MAX_FAILURE_REPORTS = 10  # of each kind, per flow run attempt
 
 
 class Flow(Generic[P, R]):
@@ -77,14 +77,26 @@ class Flow(Generic[P, R]):
         """
         return_state = kwargs.pop("return_state", False) if "return_state" in kwargs else False
         parameters = self.bind(args, kwargs)
-        state = self._run(args, kwargs, parameters)
+        # The caller who takes the state gets no exception (and no traceback): log it.
+        state = self._run(args, kwargs, parameters, log_traceback=return_state)
         if return_state:
             return state
         return state.result()
 
     # -- the run ------------------------------------------------------------
-    def _run(self, args: tuple[Any, ...], kwargs: dict[str, Any], parameters: dict[str, Any]) -> State[Any]:
+    def _run(
+        self,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        parameters: dict[str, Any],
+        *,
+        log_traceback: bool = False,
+    ) -> State[Any]:
         parent = _scope.get()
+        if parent is None:
+            from flowcore.config import check_environment
+
+            check_environment()
         slot = slot_for(self.options.backend, parent)
         run_id = new_flow_run_id()
         run = FlowRun(
@@ -100,6 +112,27 @@ class Flow(Generic[P, R]):
         if log_prints is None:
             log_prints = parent.log_prints if parent is not None else False
         ensure_console_handler()
+        display = None
+        if parent is None:  # a top-level run on a terminal shows its progress
+            from flowcore.progress import start_for
+
+            display = start_for(run)
+        try:
+            return self._run_attempts(run, slot, parent, log_prints, args, kwargs, log_traceback)
+        finally:
+            if display is not None:
+                display.stop()
+
+    def _run_attempts(
+        self,
+        run: FlowRun,
+        slot: Any,
+        parent: Any,
+        log_prints: bool,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        log_traceback: bool,
+    ) -> State[Any]:
         policy = self.options.retry_policy
         attempt = 0
         while True:
@@ -109,6 +142,8 @@ class Flow(Generic[P, R]):
             if attempt == 1:
                 logger.info("Beginning flow run for flow %r on backend %r", self.name, slot.name)
             if registry.observes_events():
+                from flowcore.events import EventKind, FlowRunEvent
+
                 registry.publish(
                     [FlowRunEvent(EventKind.STARTED, run, time.time(), attempt, flow=self)]
                 )
@@ -118,7 +153,7 @@ class Flow(Generic[P, R]):
             policy.wait_before_retry(attempt, state.message, logger)
         slot.close(wait=state.name != "TimedOut", cancel_futures=state.name == "TimedOut")
         state = replace(state, started_at=run.started_at, finished_at=time.time(), attempts=attempt)
-        self._finish(context, state)
+        self._finish(context, state, log_traceback=log_traceback)
         return state
 
     def _attempt(self, context: FlowRunContext, args: tuple[Any, ...], kwargs: dict[str, Any]) -> State[Any]:
@@ -147,7 +182,7 @@ class Flow(Generic[P, R]):
             else:
                 state = _state_from_return(value)
             context.wait_all()
-            _log_unobserved(context)
+            _log_failed_runs(context)
             return state
         except BaseException:
             # Ctrl-C, SystemExit: stop what can be stopped, do not wait for the rest.
@@ -160,7 +195,9 @@ class Flow(Generic[P, R]):
                 restore_prints(print_token)
             _scope.reset(token)
 
-    def _finish(self, context: FlowRunContext, state: State[Any]) -> None:
+    def _finish(self, context: FlowRunContext, state: State[Any], *, log_traceback: bool = False) -> None:
+        """Hooks, observers and the final log line. ``log_traceback``: a failure's
+        traceback is logged just before it (the caller gets a state, not the exception)."""
         run = context.flow_run
         assert run is not None
         hooks = self.options.on_completion if state.is_completed() else self.options.on_failure
@@ -171,44 +208,25 @@ class Flow(Generic[P, R]):
             except Exception:
                 logger.exception("hook %r of flow %r raised; the run's state is unchanged", getattr(hook, "__name__", hook), self.name)
         if registry.observes_events():
+            from flowcore.events import EventKind, FlowRunEvent
+
             registry.publish(
                 [FlowRunEvent(EventKind.FINISHED, run, time.time(), state.attempts, state, self)]
             )
         if state.is_completed():
             logger.info("Finished in state %r", state)
-        else:
-            logger.error("Finished in state %r", state)
+            return
+        if log_traceback and state.traceback:
+            # A task's failure raised in the body carries the task's frames (a remote
+            # task's as the RemoteTraceback cause): the one place they are shown.
+            logger.error("Encountered exception during execution:\n%s", state.traceback.rstrip("\n"))
+        logger.error("Finished in state %r", state)
 
     # -- options ------------------------------------------------------------
-    def with_options(
-        self,
-        *,
-        name: str = _UNSET,
-        description: str | None = _UNSET,
-        backend: str | Backend | None = _UNSET,
-        retries: int = _UNSET,
-        retry_delay_seconds: opts.RetryDelay | None = _UNSET,
-        timeout_seconds: float | None = _UNSET,
-        log_prints: bool | None = _UNSET,
-        on_completion: list[Callable[..., Any]] | None = _UNSET,
-        on_failure: list[Callable[..., Any]] | None = _UNSET,
-    ) -> Flow[P, R]:
-        """A copy of this flow with some options changed (the rest kept)."""
-        o = self.options
-        given = {k: v for k, v in locals().items() if k not in ("self", "o") and v is not _UNSET}
-        current: dict[str, Any] = {
-            "name": o.name,
-            "description": o.description,
-            "backend": o.backend,
-            "retries": o.retries,
-            "retry_delay_seconds": o.retry_delay_seconds,
-            "timeout_seconds": o.timeout_seconds,
-            "log_prints": o.log_prints,
-            "on_completion": list(o.on_completion),
-            "on_failure": list(o.on_failure),
-        }
-        current.update(given)
-        return Flow(self.fn, _flow_options(self.fn, **current))
+    def with_options(self, **options: Unpack[FlowOptionInputs]) -> Flow[P, R]:
+        """A copy of this flow with some options changed (the rest kept); validated as
+        ``@flow`` validates them."""
+        return Flow(self.fn, _flow_options(self.fn, options, base=self.options))
 
     def __repr__(self) -> str:
         return f"Flow(name={self.name!r}, fn={getattr(self.fn, '__qualname__', self.fn)!r})"
@@ -218,6 +236,8 @@ class Flow(Generic[P, R]):
 
 
 def _format(exc: BaseException) -> str:
+    import traceback
+
     return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
 
 
@@ -280,29 +300,58 @@ def _stop_outstanding(context: FlowRunContext, *, closing: bool = False) -> None
         backend.stop_runs(live, closing=closing and context.slot.owned)
 
 
-def _log_unobserved(context: FlowRunContext) -> None:
-    unobserved = [
-        f
+def _log_failed_runs(context: FlowRunContext) -> None:
+    """Log each failed task run of the flow run once, at ERROR (Prefect logs every task
+    run's final state): a run nothing looked at with its traceback, since nobody else
+    will show it; a run whose state or result the flow looked at by its final state."""
+    failed = [
+        (f, final)
         for f in context.failed
-        if not f._is_observed()
-        and (final := f._final()) is not None
+        if (final := f._final()) is not None
         and not final.is_completed()
         and not final.is_cancelled()  # stopped on purpose (by the caller, or this run's failure)
     ]
-    if not unobserved:
+    if not failed:
         return
+    unobserved = [(f, state) for f, state in failed if not f._is_observed()]
+    observed = [(f, state) for f, state in failed if f._is_observed()]
+    for future, state in observed[:_MAX_FAILURE_REPORTS]:
+        task_run_logger(future.call).error("Finished in state %r", state)
+    if len(observed) > _MAX_FAILURE_REPORTS:
+        flow_logger(context).error(
+            "... and %d more failed task runs", len(observed) - _MAX_FAILURE_REPORTS
+        )
     logger = flow_logger(context)
-    for future in unobserved[:_MAX_UNOBSERVED_REPORTS]:
-        state = future._final()
-        assert state is not None
+    # Runs that crashed with one same error (each run that an unreachable Dask
+    # scheduler refused) are reported in one line, not one line per run.
+    groups: dict[object, list[tuple[Any, State[Any]]]] = {}
+    for future, state in unobserved:
+        cause = state.exception.__cause__ if state.is_crashed() and state.exception is not None else None
+        key = (state.name, type(cause).__name__, str(cause)) if cause is not None else id(future)
+        groups.setdefault(key, []).append((future, state))
+    reports = list(groups.values())
+    for group in reports[:_MAX_FAILURE_REPORTS]:
+        future, state = group[0]
+        details = (state.traceback or "").rstrip("\n")
+        if len(group) > 1:
+            logger.error(
+                "%d task runs crashed with the same error and nothing retrieved their results "
+                "or states; the first, %r, ended in state %r%s",
+                len(group),
+                future.name,
+                state,
+                "\n" + details if details else "",
+            )
+            continue
         logger.error(
-            "Task run %r ended in state %r and nothing retrieved its result or state\n%s",
+            "Task run %r ended in state %r and nothing retrieved its result or state%s",
             future.name,
             state,
-            state.traceback or "",
+            "\n" + details if details else "",
         )
-    if len(unobserved) > _MAX_UNOBSERVED_REPORTS:
-        logger.error("... and %d more unobserved failed task runs", len(unobserved) - _MAX_UNOBSERVED_REPORTS)
+    if len(reports) > _MAX_FAILURE_REPORTS:
+        rest = sum(len(group) for group in reports[_MAX_FAILURE_REPORTS:])
+        logger.error("... and %d more unobserved failed task runs", rest)
 
 
 def _check_backend(value: object, owner: str) -> Any:
@@ -317,40 +366,9 @@ def _check_backend(value: object, owner: str) -> Any:
 
 
 def _flow_options(
-    fn: Callable[..., Any],
-    *,
-    name: str | None = None,
-    description: str | None = None,
-    backend: str | Backend | None = None,
-    retries: int = 0,
-    retry_delay_seconds: opts.RetryDelay | None = None,
-    timeout_seconds: float | None = None,
-    log_prints: bool | None = None,
-    on_completion: list[Callable[..., Any]] | None = None,
-    on_failure: list[Callable[..., Any]] | None = None,
+    fn: Callable[..., Any], given: Mapping[str, Any], *, base: FlowOptions | None = None
 ) -> FlowOptions:
-    if not callable(fn):
-        raise TypeError(f"@flow must decorate a function, got {type(fn).__name__} {fn!r}")
-    if inspect.iscoroutinefunction(fn):
-        raise TypeError(f"@flow: {getattr(fn, '__qualname__', fn)!r} is an async function; flowcore runs synchronous flows")
-    flow_name = name if name is not None else getattr(fn, "__name__", type(fn).__name__)
-    owner = f"@flow {flow_name!r}"
-    opts.check_name(flow_name, owner)
-    retries = opts.check_retries(retries, owner)
-    if description is None:
-        description = inspect.getdoc(fn)
-    return FlowOptions(
-        name=flow_name,
-        description=description,
-        backend=_check_backend(backend, owner),
-        retries=retries,
-        retry_delay_seconds=retry_delay_seconds,
-        timeout_seconds=opts.check_timeout(timeout_seconds, owner),
-        log_prints=opts.check_log_prints(log_prints, owner),
-        on_completion=opts.check_hooks(on_completion, "on_completion", owner),
-        on_failure=opts.check_hooks(on_failure, "on_failure", owner),
-        retry_policy=opts.retry_policy(retries, retry_delay_seconds, None, owner),
-    )
+    return opts.flow_options(fn, given, base=base, check_backend=_check_backend)
 
 
 @overload
@@ -359,32 +377,12 @@ def flow(__fn: Callable[P, R]) -> Flow[P, R]: ...
 
 @overload
 def flow(
-    __fn: None = None,
-    *,
-    name: str | None = None,
-    description: str | None = None,
-    backend: str | Backend | None = None,
-    retries: int = 0,
-    retry_delay_seconds: opts.RetryDelay | None = None,
-    timeout_seconds: float | None = None,
-    log_prints: bool | None = None,
-    on_completion: list[Callable[..., Any]] | None = None,
-    on_failure: list[Callable[..., Any]] | None = None,
+    __fn: None = None, **options: Unpack[FlowOptionInputs]
 ) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
 
 
 def flow(
-    __fn: Callable[P, R] | None = None,
-    *,
-    name: str | None = None,
-    description: str | None = None,
-    backend: str | Backend | None = None,
-    retries: int = 0,
-    retry_delay_seconds: opts.RetryDelay | None = None,
-    timeout_seconds: float | None = None,
-    log_prints: bool | None = None,
-    on_completion: list[Callable[..., Any]] | None = None,
-    on_failure: list[Callable[..., Any]] | None = None,
+    __fn: Callable[P, R] | None = None, **options: Unpack[FlowOptionInputs]
 ) -> Flow[P, R] | Callable[[Callable[P, R]], Flow[P, R]]:
     """Make a function a flow, bare (``@flow``) or with options (``@flow(backend="threads")``).
 
@@ -398,26 +396,20 @@ def flow(
         log_prints: send ``print()`` in the flow and its tasks to the run loggers.
         on_completion / on_failure: lists of ``hook(flow, flow_run, state)``.
     """
-    settings: dict[str, Any] = dict(
-        name=name,
-        description=description,
-        backend=backend,
-        retries=retries,
-        retry_delay_seconds=retry_delay_seconds,
-        timeout_seconds=timeout_seconds,
-        log_prints=log_prints,
-        on_completion=on_completion,
-        on_failure=on_failure,
-    )
     if __fn is not None:
-        return Flow(__fn, _flow_options(__fn, **settings))
+        return Flow(__fn, _flow_options(__fn, options))
+    # What does not depend on the function fails at the decorator line already.
+    opts.check_option_names(options, FlowOptions, "@flow")
+    name = options.get("name")
     owner = f"@flow {name!r}" if name else "@flow"
-    opts.retry_policy(opts.check_retries(retries, owner), retry_delay_seconds, None, owner)
-    opts.check_timeout(timeout_seconds, owner)
-    _check_backend(backend, owner)
+    opts.retry_policy(
+        opts.check_retries(options.get("retries", 0), owner), options.get("retry_delay_seconds"), None, owner
+    )
+    opts.check_timeout(options.get("timeout_seconds"), owner)
+    _check_backend(options.get("backend"), owner)
 
     def decorate(fn: Callable[P, R]) -> Flow[P, R]:
-        return Flow(fn, _flow_options(fn, **settings))
+        return Flow(fn, _flow_options(fn, options))
 
     return decorate
 

@@ -23,16 +23,17 @@ from flowcore import registry, states
 from flowcore.backend import WorkerLost
 from flowcore.engine import run_call, run_call_located, run_call_remote
 from flowcore.errors import WaitTimeoutError
-from flowcore.events import Worker, current_worker
 from flowcore.log_relay import replay as replay_logs
 from flowcore.reporting import report_final_state
-from flowcore.serialization import explain_pickling_failure
+from flowcore.serialization import explain_pickling_failure, raise_if_unsendable
 from flowcore.states import State
+from flowcore.timeouts import wake_for_deadlines
 
 if TYPE_CHECKING:
     from flowcore.backend import Backend, NativeHandle
     from flowcore.calls import TaskCall
     from flowcore.context import RunScope
+    from flowcore.events import Worker
     from flowcore.tasks import Task
 
 R = TypeVar("R")
@@ -41,6 +42,10 @@ T = TypeVar("T")
 # Guards every future's final state, waiter lock and callbacks: held for a few
 # instructions at a time, and cheaper than two locks per future.
 _STATE_LOCK = threading.Lock()
+
+#: How many times in a row a run may be resubmitted after being lost with a pool that
+#: another run broke, before it ends Crashed.
+MAX_POOL_LOSSES = 5
 
 logger = logging.getLogger("flowcore.futures")
 
@@ -164,6 +169,7 @@ class RunFuture(TaskFuture[R]):
         "_in_batch",
         "_native",
         "_observed",
+        "_pool_losses",
         "_refs",
         "_scope",
         "_state",
@@ -184,6 +190,7 @@ class RunFuture(TaskFuture[R]):
         self._backend_future: cf.Future[Any] | None = None
         self._backend: Backend | None = None
         self._observed = False
+        self._pool_losses = 0  # resubmissions in a row after losses that were not its own
         self._finishing = False
         self._hard_watched = False
         self._cancel_requested = False
@@ -214,6 +221,10 @@ class RunFuture(TaskFuture[R]):
         backend_future = self._backend_future
         if backend_future is not None and backend_future.running():
             return states.Running()
+        if self._in_batch or self._stolen:
+            # Out in a batch (as a column map's runs are reported), or executing in the
+            # thread that waits for it.
+            return states.Running()
         return states.Pending()
 
     def done(self) -> bool:
@@ -240,7 +251,12 @@ class RunFuture(TaskFuture[R]):
             if done is None:
                 done = self._done = threading.Lock()
                 done.acquire()
-        if done.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
+
+        def acquire(seconds: float | None) -> bool:
+            return done.acquire(timeout=-1 if seconds is None else max(seconds, 0.0))
+
+        # Woken for a deadline of this thread (a flow's timeout_seconds), issue 12.20.
+        if wake_for_deadlines(acquire, timeout):
             done.release()
         return self._state is not None
 
@@ -456,6 +472,8 @@ class RunFuture(TaskFuture[R]):
         except BaseException:
             self._finish(states.Cancelled("interrupted while running in the waiting thread"))
             raise
+        from flowcore.events import current_worker
+
         self._finish(state, current_worker())
 
     def _on_backend_done(self, backend_future: cf.Future[Any]) -> None:
@@ -467,7 +485,8 @@ class RunFuture(TaskFuture[R]):
 
     def _settle(self, backend_future: cf.Future[Any]) -> None:
         try:
-            state = backend_future.result()
+            # A value that could not make the trip from the worker raises here (issue 12.15).
+            state = raise_if_unsendable(backend_future.result())
         except cf.CancelledError:
             if self._stolen:
                 return  # the waiting thread runs it (see _steal)
@@ -516,7 +535,25 @@ class RunFuture(TaskFuture[R]):
             self._crashed(exc)
             return None
         if not lost.culprit:
-            return 0.0  # only lost along with the pool: send it again, no attempt counted
+            # Only lost along with the pool: send it again, no attempt counted. Bounded
+            # whatever the cause (issue 12.15): a run whose own value keeps breaking the
+            # pool unrecognised must not rebuild pools forever.
+            self._pool_losses += 1
+            if self._pool_losses > MAX_POOL_LOSSES:
+                crashed = states.Crashed(
+                    f"task run {call.task_run_name!r} was lost {MAX_POOL_LOSSES + 1} times in a row "
+                    f"with its worker pool, although its own worker never died "
+                    f"(last: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                    "giving up. If its arguments or result do not survive pickling, pass or "
+                    "return plain data",
+                    attempts=call.attempts_used,
+                )
+                if crashed.exception is not None:
+                    crashed.exception.__cause__ = exc
+                self._finish(crashed)
+                return None
+            return min(0.1 * (self._pool_losses - 1), 1.0)  # a short, growing pause
+        self._pool_losses = 0
         return self._lost_attempt(
             exc, f"task run {call.task_run_name!r}: {lost.message}", timed_out=lost.timed_out
         )
@@ -704,12 +741,29 @@ def as_completed(
             if remaining is not None and remaining <= 0:
                 yield finished.get_nowait()
             else:
-                yield finished.get(timeout=remaining)
+                yield _get_woken_for_deadlines(finished, remaining)
         except queue.Empty:
             raise WaitTimeoutError(
                 f"{len(unique) - yielded} of {len(unique)} futures were not done within "
                 f"{timeout} s"
             ) from None
+
+
+def _get_woken_for_deadlines(source: queue.SimpleQueue[T], timeout: float | None) -> T:
+    """``source.get(timeout=timeout)``, woken for this thread's deadlines (see
+    :func:`flowcore.timeouts.wake_for_deadlines`)."""
+    got: list[T] = []
+
+    def get(seconds: float | None) -> bool:
+        try:
+            got.append(source.get(timeout=seconds))
+        except queue.Empty:
+            return False
+        return True
+
+    if not wake_for_deadlines(get, timeout):
+        raise queue.Empty
+    return got[0]
 
 
 __all__ = [

@@ -4,8 +4,8 @@
 per-run bookkeeping of a separate call, future and state would cost many times the
 work itself. A :class:`MapBlock` instead holds every run of one map call together:
 
-* the runs take consecutive run numbers (one reservation), so ids, names and the
-  worker journal entries are computed, not stored;
+* the runs take consecutive run numbers and name numbers (one reservation each), so
+  ids, names and the worker journal entries are computed, not stored;
 * a batch travels as slices of the argument columns (:class:`~flowcore.mapping.RowLayout`)
   and comes back as a column of values, a column of finish times and full states only
   for the runs that did not simply complete in one attempt;
@@ -31,32 +31,33 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from flowcore import journal, registry, states
+from flowcore import engine, registry, states
 from flowcore.batching import BatchSizer, _feeder
-from flowcore.calls import TaskCall, reserve_run_numbers, run_id_prefix
+from flowcore.calls import UNSCOPED_RUN_NUMBERS, TaskCall, reserve_run_numbers, run_id_prefix
 from flowcore.context import TaskRunContext, _task_run
-from flowcore.events import EventKind, LazyTaskEvents, RunColumns, TaskRunEvent, Worker
 from flowcore.futures import RunFuture, TaskFuture, _call_back
 from flowcore.log_relay import replay as replay_logs
+from flowcore.serialization import Repairable, pickling_error, raise_if_unsendable
 from flowcore.states import State, StateType, completed_run
+from flowcore.timeouts import wake_for_deadlines
 
 if TYPE_CHECKING:
     import logging
 
     from flowcore.backend import Backend
     from flowcore.context import RunScope
+    from flowcore.events import EventKind, TaskRunEvent, Worker
     from flowcore.mapping import MapArguments, RowLayout
     from flowcore.tasks import Task
 
 R = TypeVar("R")
 
 _PENDING, _COMPLETED, _ENDED = 0, 1, 2  # per-run status; _ENDED: any other final state
-_RAN = (EventKind.STARTED, EventKind.FINISHED)  # the events of a run that ran, in order
 
 #: What one batch sends back: values, finish times, when the batch started, the full
 #: states of runs that did not complete in one attempt (by position), log records,
 #: and where the batch ran.
-BatchResult = tuple[list[Any], list[float], float, dict[int, State[Any]], list[dict[str, Any]], Worker]
+BatchResult = tuple[list[Any], list[float], float, dict[int, State[Any]], list[dict[str, Any]], "Worker"]
 
 
 def eligible(task: Task[..., Any]) -> bool:
@@ -66,10 +67,7 @@ def eligible(task: Task[..., Any]) -> bool:
     o = task.options
     return not (
         o.timeout_seconds is not None  # watched per run by the parent
-        or o.on_completion
-        or o.on_failure
         or o.task_run_name is not None
-        or o.cache is not None  # keys may need the flow's parameters; results may be stored
     )
 
 
@@ -93,14 +91,26 @@ class MapBlock:
         self.backend = backend
         self.arguments = arguments
         flow_run = scope.flow_run
-        self.common: tuple[Any, ...] = (
-            (flow_run.run_id, flow_run.name, flow_run.flow_name, log_prints)
-            if flow_run is not None
-            else (None, None, None, log_prints)
-        )
         self.submitted_at = time.time()
         self.prefix = run_id_prefix()
         self.first_number = reserve_run_numbers(count)
+        numbers = flow_run.run_numbers if flow_run is not None else UNSCOPED_RUN_NUMBERS
+        #: run i is named ``f"{task.name}-{first_name_number + i}"``
+        self.first_name_number = numbers.reserve(task.name, count)
+        # name_offset maps a run id number to its name number (for the workers); the
+        # flow parameters' hash is there for cache policies that use it.
+        name_offset = self.first_name_number - self.first_number
+        parameters_key = None
+        cache = task.options.cache
+        if cache is not None and flow_run is not None and cache.policy.needs_flow_parameters:
+            from flowcore.caching.keys import flow_parameters_key
+
+            parameters_key = flow_parameters_key(flow_run)
+        self.common: tuple[Any, ...] = (
+            (flow_run.run_id, flow_run.name, flow_run.flow_name, log_prints, name_offset, parameters_key)
+            if flow_run is not None
+            else (None, None, None, log_prints, name_offset, None)
+        )
         self.count = count
         self.values: list[Any] = [None] * count
         self.ends: list[float] = [0.0] * count
@@ -119,6 +129,8 @@ class MapBlock:
         self.sizer = BatchSizer(backend.max_workers)
         #: runs execute in this process: no log capture, no journal
         self.in_process = backend.capabilities.in_process
+        #: the task has hooks: they run here for every run, before its state is seen
+        self.hooked = bool(task.options.on_completion or task.options.on_failure)
         self.lock = threading.Lock()
         self.changed = threading.Condition(self.lock)
 
@@ -127,15 +139,15 @@ class MapBlock:
         return f"{self.prefix}-{self.first_number + index:x}"
 
     def run_name(self, index: int) -> str:
-        return f"{self.task.name}-{self.first_number + index:x}"
+        return f"{self.task.name}-{self.first_name_number + index}"
 
     def call(self, index: int) -> TaskCall:
         """The run's call (built on demand: hooks, recovery, ``future.call``)."""
         (args, kwargs), = self.arguments.layout(index, index + 1).rows()
-        flow_run_id, flow_run_name, flow_name, log_prints = self.common
+        flow_run_id, flow_run_name, flow_name, log_prints, _, parameters_key = self.common
         return TaskCall(
             self.task, args, kwargs, self.run_id(index), self.run_name(index), flow_run_id,
-            flow_run_name, flow_name, self.submitted_at, log_prints,
+            flow_run_name, flow_name, self.submitted_at, log_prints, 0, parameters_key,
         )
 
     def futures(self) -> list[TaskFuture[Any]]:
@@ -145,6 +157,8 @@ class MapBlock:
     def start(self) -> None:
         self.scope.track(self)
         if registry.observes_events():
+            from flowcore.events import EventKind
+
             self._report(range(self.count), EventKind.SUBMITTED)
         self._fill()
 
@@ -180,7 +194,8 @@ class MapBlock:
     def _on_done(self, start: int, stop: int, backend_future: Future[BatchResult]) -> None:
         try:
             try:
-                outcome = backend_future.result()
+                # A batch whose value could not make the trip raises: its runs are lost.
+                outcome = raise_if_unsendable(backend_future.result())
             except BaseException as exc:
                 self._lost(start, stop, exc, refused=False)
             else:
@@ -194,6 +209,8 @@ class MapBlock:
         values, ends, started, exact, records, worker = outcome
         if records:
             replay_logs(records)
+        if self.hooked:  # before the states are visible, as for a run on its own
+            self._fire_hooks(start, stop, values, ends, started, exact)
         size = stop - start
         observed = registry.observes_events()
         with self.lock:
@@ -225,51 +242,56 @@ class MapBlock:
             self._report(ran, None, worker)
         self._call_back(callbacks)
 
+    # -- task hooks ----------------------------------------------------------------
+    def _fire_hooks(
+        self, start: int, stop: int, values: list[Any], ends: list[float], started: float,
+        exact: dict[int, State[Any]],
+    ) -> None:
+        """The task's hooks for the runs of a batch that came back (not those cancelled
+        before it was sent), in order, in this process."""
+        from flowcore.reporting import run_task_hooks
+
+        previous_end = started
+        for offset in range(stop - start):
+            index = start + offset
+            if self.status[index]:
+                previous_end = ends[offset]
+                continue  # cancelled before the batch left: its hooks ran then
+            state = exact.get(offset)
+            if state is None:
+                state = completed_run(values[offset], previous_end, ends[offset], 1)
+            previous_end = ends[offset]
+            run_task_hooks(self.call(index), state)
+
+    def _hooks_for_ended(self, indexes: Sequence[int]) -> None:
+        """The task's hooks for runs ended here without running (cancelled, or a batch
+        whose handling failed)."""
+        from flowcore.reporting import run_task_hooks
+
+        for index in indexes:
+            state = self.final_state(index)
+            if state is not None:
+                run_task_hooks(self.call(index), state)
+
     # -- the run-event stream -----------------------------------------------------
     def _report(self, indexes: Sequence[int], kind: EventKind | None, worker: Worker | None = None) -> None:
         """Publish one event per run in ``indexes`` (``kind`` None: STARTED and FINISHED
         of each, for runs that ran), made only if an observer reads them."""
+        from flowcore.events import EventKind, LazyTaskEvents
+
         if kind is None:
+            ran = (EventKind.STARTED, EventKind.FINISHED)  # the events of a run that ran, in order
+
             def make(position: int) -> TaskRunEvent:
-                return self._event(indexes[position // 2], _RAN[position % 2], worker)
+                return self._event(indexes[position // 2], ran[position % 2], worker)
 
-            columns = functools.partial(self._columns, indexes, _RAN, worker)
-            registry.publish(LazyTaskEvents(2 * len(indexes), make, columns))
+            registry.publish(LazyTaskEvents(2 * len(indexes), make))
         else:
-            columns = functools.partial(self._columns, indexes, (kind,), worker)
-            registry.publish(
-                LazyTaskEvents(len(indexes), lambda p: self._event(indexes[p], kind, worker), columns)
-            )
-
-    def _columns(self, indexes: Sequence[int], kinds: tuple[EventKind, ...], worker: Worker | None) -> RunColumns:
-        """The runs in ``indexes`` as one :class:`~flowcore.events.RunColumns` record."""
-        prefix, first, name = self.prefix, self.first_number, self.task.name
-        run_ids = [f"{prefix}-{first + i:x}" for i in indexes]
-        run_names = [f"{name}-{first + i:x}" for i in indexes]
-        starts: list[float] = []
-        ends: list[float] = []
-        exceptional: dict[int, State[Any]] = {}
-        if EventKind.FINISHED in kinds:
-            status, stored, all_ends, batch_starts = self.status, self.states, self.ends, self.batch_starts
-            for position, index in enumerate(indexes):
-                state = stored.get(index)
-                if state is None and status[index] == _COMPLETED:
-                    started = batch_starts.get(index)
-                    starts.append(all_ends[index - 1] if started is None else started)
-                    ends.append(all_ends[index])
-                    continue
-                final = state if state is not None else self.final_state(index)
-                if final is None:  # not final: never reported as FINISHED
-                    final = states.Crashed("no final state when its events were read")
-                exceptional[position] = final
-                starts.append(final.started_at or final.timestamp)
-                ends.append(final.finished_at or final.timestamp)
-        return RunColumns(
-            kinds, self.task, name, self.common[0], self.backend.name, worker, self.submitted_at,
-            run_ids, run_names, starts, ends, exceptional,
-        )
+            registry.publish(LazyTaskEvents(len(indexes), lambda p: self._event(indexes[p], kind, worker)))
 
     def _event(self, index: int, kind: EventKind, worker: Worker | None) -> TaskRunEvent:
+        from flowcore.events import EventKind, TaskRunEvent
+
         state = None if kind is EventKind.SUBMITTED else self.final_state(index)
         if state is None:
             timestamp = self.submitted_at
@@ -358,15 +380,19 @@ class MapBlock:
         for index in ended:
             self._end(index, state)
         if ended and registry.observes_events():
+            from flowcore.events import EventKind
+
             self._report(ended, EventKind.FINISHED)
+        if ended and self.hooked:
+            self._hooks_for_ended(ended)
 
     # -- what a scope asks of a tracked item ------------------------------------
     def done(self) -> bool:
         return self.remaining == 0
 
     def wait(self, timeout: float | None = None) -> None:
-        with self.lock:
-            self.changed.wait_for(lambda: self.remaining == 0, timeout)
+        with self.lock:  # woken for a deadline of this thread (issue 12.20)
+            wake_for_deadlines(lambda seconds: self.changed.wait_for(lambda: self.remaining == 0, seconds), timeout)
 
     def cancel(self) -> bool:
         """Cancel every run not yet sent; runs out in batches end ``Cancelled`` if
@@ -381,7 +407,11 @@ class MapBlock:
             callbacks = self._take_callbacks(start, self.count)
             self._count_finished(len(indexes))
         if indexes and registry.observes_events():
+            from flowcore.events import EventKind
+
             self._report(indexes, EventKind.FINISHED)
+        if indexes and self.hooked:
+            self._hooks_for_ended(indexes)
         self._call_back(callbacks)
         return bool(indexes)
 
@@ -412,8 +442,10 @@ class MapBlock:
     def wait_for(self, index: int, timeout: float | None) -> bool:
         if self.status[index]:
             return True
-        with self.lock:
-            return self.changed.wait_for(lambda: self.status[index] != _PENDING, timeout)
+        with self.lock:  # woken for a deadline of this thread (issue 12.20)
+            return wake_for_deadlines(
+                lambda seconds: self.changed.wait_for(lambda: self.status[index] != _PENDING, seconds), timeout
+            )
 
     def add_callback(self, index: int, fn: Callable[[TaskFuture[Any]], Any]) -> None:
         with self.lock:
@@ -432,7 +464,11 @@ class MapBlock:
             callbacks = self._take_callbacks(index, index + 1)
             self._count_finished(1)
         if registry.observes_events():
+            from flowcore.events import EventKind
+
             self._report([index], EventKind.FINISHED)
+        if self.hooked:
+            self._hooks_for_ended([index])
         self._call_back(callbacks)
         return True
 
@@ -542,11 +578,11 @@ class _MapItemContext(TaskRunContext):
 
     def call_at(self, index: int) -> TaskCall:
         number = self._first + index
-        flow_run_id, flow_run_name, flow_name, log_prints = self._batch_call
+        flow_run_id, flow_run_name, flow_name, log_prints, name_offset, parameters_key = self._batch_call
         return TaskCall(
             self.task, self._rows[index], self._kw_rows[index] if self._kw_rows else {},
-            f"{self._prefix}-{number:x}", f"{self.task.name}-{number:x}",
-            flow_run_id, flow_run_name, flow_name, 0.0, log_prints,
+            f"{self._prefix}-{number:x}", f"{self.task.name}-{number + name_offset}",
+            flow_run_id, flow_run_name, flow_name, 0.0, log_prints, 0, parameters_key,
         )
 
     @property
@@ -584,7 +620,37 @@ def run_map_batch(
 
     with capture() as records:
         values, ends, started, exact = _run_rows(task, batch_call, first_run_id, layout, skip)
-    return values, ends, started, exact, records, current_worker()
+    worker = current_worker()
+
+    def repair() -> tuple[Any, ...]:  # issue 12.22: only the culprits fail, nothing reruns
+        return _sendable_rows(task, batch_call, first_run_id, (values, ends, started, exact, records, worker))
+
+    return Repairable((values, ends, started, exact, records, worker), repair)
+
+
+def _sendable_rows(
+    task: Task[..., Any], batch_call: tuple[Any, ...], first_run_id: str, outcome: BatchResult
+) -> BatchResult:
+    """A batch's outcome (in the worker, when it failed to pickle) in which each run
+    whose value or state does not pickle has a ``Failed`` state naming it and the type
+    at fault instead (its value: None); every other run's result is kept (issue 12.22)."""
+    from flowcore.batching import sendable_outcome
+
+    values, ends, started, exact, records, worker = outcome
+    values, exact = list(values), dict(exact)
+    first, name_offset = int(first_run_id.rpartition("-")[2], 16), batch_call[4]
+    for index, value in enumerate(values):
+        state = exact.get(index)
+        if state is None and pickling_error(value) is None:
+            continue
+        if state is not None and pickling_error((value, state)) is None:
+            continue
+        name = f"{task.name}-{first + index + name_offset}"
+        began = ends[index - 1] if index else started
+        kept = state if state is not None else (value, began, ends[index], 1)
+        values[index] = None
+        exact[index] = sendable_outcome(kept, name)
+    return values, ends, started, exact, records, worker
 
 
 def _run_rows(
@@ -594,7 +660,7 @@ def _run_rows(
     layout: RowLayout,
     skip: frozenset[int],
 ) -> tuple[list[Any], list[float], float, dict[int, State[Any]]]:
-    from flowcore.engine import failure_state, run_call
+    from flowcore.engine import exit_state, failure_state, run_call
 
     rows = layout.arg_rows()
     kw_rows = layout.kwarg_rows()
@@ -620,11 +686,12 @@ def _run_rows(
                 exact[index] = state
         return values, ends, started, exact
     fn = task.fn
-    slots = journal.position_slots()
-    position = journal.POSITION_SLOT
+    tracker = engine.run_tracker()
+    slots = tracker.position_slots() if tracker is not None else None
+    position = tracker.POSITION_SLOT if tracker is not None else 0
     token = _task_run.set(context)
-    if slots is not None:
-        journal.record_range(first_run_id)
+    if tracker is not None:
+        tracker.record_range(first_run_id)
     try:
         for index, args in enumerate(rows):
             context.index = index
@@ -639,11 +706,14 @@ def _run_rows(
                     append(None)
                     state = failure_state(exc, False)
                     exact[index] = _timed(state, ends[-1] if ends else started, now())
+                except SystemExit as exc:  # this run ends Crashed, as in the engine
+                    append(None)
+                    exact[index] = _timed(exit_state(exc), ends[-1] if ends else started, now())
             finished(now())
     finally:
         _task_run.reset(token)
-        if slots is not None:
-            journal.record_idle()
+        if tracker is not None:
+            tracker.record_idle()
     return values, ends, started, exact
 
 

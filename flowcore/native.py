@@ -85,6 +85,13 @@ class NativeValue(DeferredResult):
         try:
             result = self.handle.fetch()
         except Exception as exc:
+            # A value that does not unpickle here fails as it would have on its way back
+            # with its run: a SerializationError naming the run (issue 12.15).
+            from flowcore.serialization import explain_unsendable
+
+            unsendable = explain_unsendable(self.run_name, exc)
+            if unsendable is not None:
+                raise unsendable from exc
             raise CrashedError(
                 f"the result of task run {self.run_name!r} could not be fetched from the "
                 f"{self.handle.backend.name!r} workers that kept it: {type(exc).__name__}: {exc}"

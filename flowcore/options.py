@@ -8,12 +8,20 @@ names the option, never later inside a worker.
 from __future__ import annotations
 
 import math
-import random
 import string
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Union
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import MISSING, dataclass, field, fields
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, Union
+
+if TYPE_CHECKING:
+    import inspect
+    import os
+    from datetime import timedelta
+
+    from flowcore.backend import Backend
+    from flowcore.caching.policies import CacheContext, CachePolicy
+    from flowcore.caching.store import CacheStore
 
 RetryDelay = Union[float, int, Sequence[Union[float, int]], Callable[[int], Sequence[float]]]  # noqa: UP007 - a runtime alias must work on 3.10
 Hook = Callable[..., Any]
@@ -39,6 +47,8 @@ class RetryPolicy:
         base = self.delays[min(retry_index, len(self.delays) - 1)]
         if self.jitter_factor:
             low = max(0.0, base * (1.0 - self.jitter_factor))
+            import random
+
             return random.uniform(low, base * (1.0 + self.jitter_factor))
         return base
 
@@ -52,9 +62,41 @@ class RetryPolicy:
             time.sleep(delay)
 
 
+class TaskOptionInputs(TypedDict, total=False):
+    """The keyword arguments of ``@task(...)`` and ``Task.with_options(...)``: the input
+    fields of :class:`TaskOptions`, typed for editors and mypy (a test keeps the two
+    lists equal). What each means: the docstring of :func:`flowcore.task`."""
+
+    name: str | None
+    retries: int
+    retry_delay_seconds: RetryDelay | None
+    retry_jitter_factor: float | None
+    retry_condition_fn: Callable[..., bool] | None
+    timeout_seconds: float | None
+    tags: Iterable[str] | None
+    task_run_name: str | Callable[[], str] | None
+    log_prints: bool | None
+    on_completion: Sequence[Hook] | None
+    on_failure: Sequence[Hook] | None
+    cache_policy: CachePolicy | None
+    cache_key_fn: Callable[[CacheContext, dict[str, Any]], str | None] | None
+    cache_expiration: timedelta | float | None
+    refresh_cache: bool
+    cache_result_in_memory: bool
+    cache_storage: str | os.PathLike[str] | CacheStore | None
+    cache_key_errors: Literal["raise", "warn"]
+
+
+_DERIVED = {"derived": True}  # field metadata: computed by the builder, not an input
+
+
 @dataclass(frozen=True)
 class TaskOptions:
-    """The options of a :class:`flowcore.Task`, validated."""
+    """The options of a :class:`flowcore.Task`, validated: the one declaration of them.
+
+    Build with :func:`task_options` (what ``@task`` and ``with_options`` do); every
+    field but the derived ones at the end is an option of that name.
+    """
 
     name: str
     retries: int = 0
@@ -67,7 +109,6 @@ class TaskOptions:
     log_prints: bool | None = None
     on_completion: tuple[Hook, ...] = ()
     on_failure: tuple[Hook, ...] = ()
-    retry_policy: RetryPolicy = field(default_factory=RetryPolicy)
     # caching, as given (see flowcore.caching.settings for what they mean) ...
     cache_policy: Any = None
     cache_key_fn: Callable[..., str | None] | None = None
@@ -76,13 +117,34 @@ class TaskOptions:
     cache_result_in_memory: bool = True
     cache_storage: Any = None
     cache_key_errors: str = "raise"
-    #: ... and validated: None when the task's runs are not cached
-    cache: Any = None
+    # -- derived -----------------------------------------------------------------
+    retry_policy: RetryPolicy = field(default_factory=RetryPolicy, metadata=_DERIVED)
+    #: validated caching settings: None when the task's runs are not cached
+    cache: Any = field(default=None, metadata=_DERIVED)
+
+    def inputs(self) -> dict[str, Any]:
+        """The options as ``@task`` takes them (to change some: ``with_options``)."""
+        return {name: getattr(self, name) for name in input_names(TaskOptions)}
+
+
+class FlowOptionInputs(TypedDict, total=False):
+    """The keyword arguments of ``@flow(...)`` and ``Flow.with_options(...)``: the input
+    fields of :class:`FlowOptions`, typed (a test keeps the two lists equal)."""
+
+    name: str | None
+    description: str | None
+    backend: str | Backend | None
+    retries: int
+    retry_delay_seconds: RetryDelay | None
+    timeout_seconds: float | None
+    log_prints: bool | None
+    on_completion: Sequence[Hook] | None
+    on_failure: Sequence[Hook] | None
 
 
 @dataclass(frozen=True)
 class FlowOptions:
-    """The options of a :class:`flowcore.Flow`, validated."""
+    """The options of a :class:`flowcore.Flow`, validated (build with :func:`flow_options`)."""
 
     name: str
     description: str | None = None
@@ -93,7 +155,161 @@ class FlowOptions:
     log_prints: bool | None = None
     on_completion: tuple[Hook, ...] = ()
     on_failure: tuple[Hook, ...] = ()
-    retry_policy: RetryPolicy = field(default_factory=RetryPolicy)
+    # -- derived -----------------------------------------------------------------
+    retry_policy: RetryPolicy = field(default_factory=RetryPolicy, metadata=_DERIVED)
+
+    def inputs(self) -> dict[str, Any]:
+        """The options as ``@flow`` takes them (to change some: ``with_options``)."""
+        return {name: getattr(self, name) for name in input_names(FlowOptions)}
+
+
+def input_names(options: type[TaskOptions] | type[FlowOptions]) -> tuple[str, ...]:
+    """The option names of ``TaskOptions`` or ``FlowOptions``, in declaration order."""
+    return tuple(f.name for f in fields(options) if not f.metadata.get("derived"))
+
+
+def _defaults(options: type[TaskOptions] | type[FlowOptions]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for f in fields(options):
+        if f.metadata.get("derived"):
+            continue
+        if f.default is not MISSING:
+            values[f.name] = f.default
+        elif f.default_factory is not MISSING:
+            values[f.name] = f.default_factory()
+        else:
+            values[f.name] = None  # the name: the function's own by default
+    return values
+
+
+def check_option_names(
+    given: Mapping[str, Any], options: type[TaskOptions] | type[FlowOptions], owner: str
+) -> None:
+    """TypeError naming an unknown option and the nearest known one."""
+    known = input_names(options)
+    for name in given:
+        if name not in known:
+            import difflib
+
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise TypeError(f"{owner}: unknown option {name!r}; {hint}options are: {', '.join(known)}")
+
+
+def _owner_name(fn: Callable[..., Any], name: object) -> str:
+    return name if isinstance(name, str) else getattr(fn, "__name__", type(fn).__name__)
+
+
+def _merged(
+    fn: Callable[..., Any],
+    given: Mapping[str, Any],
+    options: type[TaskOptions] | type[FlowOptions],
+    base: TaskOptions | FlowOptions | None,
+    decorator: str,
+) -> tuple[dict[str, Any], str, str, int]:
+    """``given`` over ``base``'s options (or the defaults), with the name and retries
+    checked: ``(values, name, owner for messages, retries)``."""
+    check_option_names(given, options, decorator)
+    values = base.inputs() if base is not None else _defaults(options)
+    values.update(given)
+    name = check_name(_owner_name(fn, values["name"]), decorator)
+    owner = f"{decorator} {name!r}"
+    return values, name, owner, check_retries(values["retries"], owner)
+
+
+def task_options(fn: Callable[..., Any], given: Mapping[str, Any], *, base: TaskOptions | None = None) -> TaskOptions:
+    """Validate the options ``given`` for the task function ``fn`` (over ``base``'s, or
+    the defaults) into :class:`TaskOptions`. Raises TypeError/ValueError naming the
+    option; runs at decoration time."""
+    import inspect
+
+    if not callable(fn):
+        raise TypeError(f"@task must decorate a function, got {type(fn).__name__} {fn!r}")
+    if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+        raise TypeError(
+            f"@task: {getattr(fn, '__qualname__', fn)!r} is an async function; flowcore runs "
+            "synchronous functions (wrap it: lambda *a: asyncio.run(fn(*a)))"
+        )
+    values, name, owner, retries = _merged(fn, given, TaskOptions, base, "@task")
+    signature = inspect.signature(fn)
+    var_kw = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
+    validated = dict(
+        values,
+        name=name,
+        retries=retries,
+        retry_condition_fn=check_callable(values["retry_condition_fn"], "retry_condition_fn", owner),
+        timeout_seconds=check_timeout(values["timeout_seconds"], owner),
+        tags=check_tags(values["tags"], owner),
+        task_run_name=check_run_name(values["task_run_name"], signature.parameters, var_kw, owner),
+        log_prints=check_log_prints(values["log_prints"], owner),
+        on_completion=check_hooks(values["on_completion"], "on_completion", owner),
+        on_failure=check_hooks(values["on_failure"], "on_failure", owner),
+    )
+    policy = retry_policy(retries, values["retry_delay_seconds"], values["retry_jitter_factor"], owner)
+    return TaskOptions(**validated, retry_policy=policy, cache=_cache_settings(name, signature, values))
+
+
+_CACHE_OPTIONS = (
+    "cache_policy", "cache_key_fn", "cache_expiration", "refresh_cache",
+    "cache_result_in_memory", "cache_storage", "cache_key_errors",
+)
+
+
+def _cache_settings(task_name: str, signature: inspect.Signature, values: Mapping[str, Any]) -> Any:
+    """Validated caching settings, or None when every caching option has its default;
+    flowcore.caching is imported only when one is given."""
+    defaults = _defaults(TaskOptions)
+    given = {name: values[name] for name in _CACHE_OPTIONS}
+    if all(given[k] is defaults[k] or given[k] == defaults[k] for k in _CACHE_OPTIONS):
+        return None
+    from flowcore.caching.settings import cache_settings
+
+    return cache_settings(task_name, list(signature.parameters), **given)
+
+
+def precheck_task_options(given: Mapping[str, Any]) -> None:
+    """What ``@task(...)`` can check before it has the function: unknown names, the
+    name, retries and their delays, the timeout (so a mistake fails at that line)."""
+    check_option_names(given, TaskOptions, "@task")
+    name = given.get("name")
+    if name is not None:
+        check_name(name, "@task")
+    owner = f"@task {name!r}" if name else "@task"
+    retries = check_retries(given.get("retries", 0), owner)
+    retry_policy(retries, given.get("retry_delay_seconds"), given.get("retry_jitter_factor"), owner)
+    check_timeout(given.get("timeout_seconds"), owner)
+
+
+def flow_options(
+    fn: Callable[..., Any], given: Mapping[str, Any], *, base: FlowOptions | None = None,
+    check_backend: Callable[[object, str], Any],
+) -> FlowOptions:
+    """Validate the options ``given`` for the flow function ``fn`` (over ``base``'s, or
+    the defaults) into :class:`FlowOptions`."""
+    import inspect
+
+    if not callable(fn):
+        raise TypeError(f"@flow must decorate a function, got {type(fn).__name__} {fn!r}")
+    if inspect.iscoroutinefunction(fn):
+        raise TypeError(f"@flow: {getattr(fn, '__qualname__', fn)!r} is an async function; flowcore runs synchronous flows")
+    values, name, owner, retries = _merged(fn, given, FlowOptions, base, "@flow")
+    description = values["description"]
+    if description is None:
+        description = inspect.getdoc(fn)
+    return FlowOptions(
+        **dict(
+            values,
+            name=name,
+            description=description,
+            backend=check_backend(values["backend"], owner),
+            retries=retries,
+            timeout_seconds=check_timeout(values["timeout_seconds"], owner),
+            log_prints=check_log_prints(values["log_prints"], owner),
+            on_completion=check_hooks(values["on_completion"], "on_completion", owner),
+            on_failure=check_hooks(values["on_failure"], "on_failure", owner),
+        ),
+        retry_policy=retry_policy(retries, values["retry_delay_seconds"], None, owner),
+    )
 
 
 # -- validators ----------------------------------------------------------------

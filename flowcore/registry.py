@@ -15,9 +15,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import pluggy
-
-from flowcore import hookspecs
 from flowcore.backend import Backend, BackendKind, BackendSpec
 from flowcore.errors import BackendNotFoundError, BackendRegistrationError
 
@@ -34,7 +31,6 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "flowcore.backends.dask",
     "flowcore.plugins.file_store",
     "flowcore.plugins.history",
-    "flowcore.plugins.progress",
 )
 ENTRY_POINT_GROUP = "flowcore"
 AUTOLOAD_ENV = "FLOWCORE_DISABLE_PLUGIN_AUTOLOAD"
@@ -63,6 +59,10 @@ class Registry:
         import importlib
 
         self._lock = threading.RLock()
+        import pluggy
+
+        from flowcore import hookspecs
+
         self.pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
         self.pm.add_hookspecs(hookspecs)
         for module_name in BUILTIN_PLUGINS:

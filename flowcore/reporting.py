@@ -10,15 +10,36 @@ tasks have no hooks, and their events travel as one lazy sequence per batch.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flowcore import registry
 from flowcore.calls import TaskCall
-from flowcore.context import TaskRunContext
-from flowcore.events import Worker, task_events
+from flowcore.engine import task_run_logger
 from flowcore.states import State, StateType
 
+if TYPE_CHECKING:
+    from flowcore.events import Worker
+
 logger = logging.getLogger("flowcore.task_runs")
+
+
+def run_task_hooks(call: TaskCall, state: State[Any]) -> None:
+    """Call the task's ``on_completion`` (or, for any other final state, ``on_failure``)
+    hooks with ``(task, call, state)``; a hook's exception is logged, never raised."""
+    task = call.task
+    options = task.options
+    hooks = options.on_completion if state.type is StateType.COMPLETED else options.on_failure
+    for hook in hooks:
+        try:
+            hook(task, call, state)
+        except Exception:
+            task_run_logger(call).exception(
+                "hook %r of task run %r raised; the run's state is unchanged",
+                getattr(hook, "__name__", hook),
+                call.task_run_name,
+            )
+    if state.type is not StateType.COMPLETED and logger.isEnabledFor(logging.DEBUG):
+        task_run_logger(call).debug("Finished in state %r", state)
 
 
 def report_final_state(
@@ -27,31 +48,16 @@ def report_final_state(
     """Fire the task's ``on_completion``/``on_failure`` hooks, then publish the run's
     STARTED (if it started) and FINISHED events. ``backend``: the name of the backend
     that ran it (None for a direct call); ``worker``: where it ran, when known."""
-    task = call.task
-    options = task.options
+    options = call.task.options
     hooks = options.on_completion if state.type is StateType.COMPLETED else options.on_failure
     observed = registry.observes_events()
     if not hooks and state.type is StateType.COMPLETED and not observed:
         return  # the common case: nothing to call
-    for hook in hooks:
-        try:
-            hook(task, call, state)
-        except Exception:
-            _task_log(call).exception(
-                "hook %r of task run %r raised; the run's state is unchanged",
-                getattr(hook, "__name__", hook),
-                call.task_run_name,
-            )
-    if state.type is not StateType.COMPLETED and logger.isEnabledFor(logging.DEBUG):
-        _task_log(call).debug("Finished in state %r", state)
+    run_task_hooks(call, state)
     if observed:
+        from flowcore.events import task_events
+
         registry.publish(task_events(call, backend, state, worker))
 
 
-def _task_log(call: TaskCall) -> logging.LoggerAdapter:  # type: ignore[type-arg]
-    from flowcore.loggers import task_logger
-
-    return task_logger(TaskRunContext(call.task, call))
-
-
-__all__ = ["report_final_state"]
+__all__ = ["report_final_state", "run_task_hooks"]

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flowcore.backend import Backend
-from flowcore.config import configured_backend
 from flowcore.context import BackendSlot, RunScope, _scope, current_scope
 from flowcore.errors import BackendNotFoundError, ConfigurationError
 from flowcore.registry import get_registry
+
+if TYPE_CHECKING:
+    from flowcore.backend import Backend
 
 
 def get_backend(name: str | None = None, **options: Any) -> Backend:
@@ -33,6 +34,8 @@ def get_backend(name: str | None = None, **options: Any) -> Backend:
 
 def _create_configured(extra_options: dict[str, Any]) -> Backend:
     """The configured backend; errors name where the configuration came from."""
+    from flowcore.config import configured_backend
+
     choice = configured_backend()
     try:
         return get_registry().create(choice.name, **{**choice.options, **extra_options})
@@ -73,6 +76,10 @@ def use_backend(backend: str | Backend | None = None, **options: Any) -> Iterato
     outside a flow; the block waits for its futures before it ends. Yields the backend
     (started lazily on first submit).
     """
+    if current_scope() is None:
+        from flowcore.config import check_environment
+
+        check_environment()
     if isinstance(backend, str) or backend is None:
         instance = get_backend(backend, **options)
         owned = True

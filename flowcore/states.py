@@ -36,7 +36,7 @@ from flowcore.errors import (
 R = TypeVar("R")
 
 
-class StateType(str, enum.Enum):
+class StateType(enum.StrEnum):
     """The coarse outcome of a run; several state names map to one type."""
 
     PENDING = "PENDING"
@@ -45,9 +45,6 @@ class StateType(str, enum.Enum):
     FAILED = "FAILED"
     CRASHED = "CRASHED"
     CANCELLED = "CANCELLED"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 _FINAL_TYPES = frozenset(

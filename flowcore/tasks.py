@@ -10,34 +10,32 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
-import os
 import time
 from collections.abc import Callable, Iterable
-from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, Unpack, overload
 
 from flowcore import mapped as mapped_path
 from flowcore import options as opts
 from flowcore import registry
 from flowcore.batching import MIN_ITEMS_TO_BATCH, BatchDispatcher, should_batch
-from flowcore.calls import RUN_NUMBER_OFFSET, FlowRun, TaskCall, new_task_run_id
-from flowcore.context import TaskRunContext, _scope, _task_run, current_scope
-from flowcore.errors import MissingContextError
+from flowcore.calls import UNSCOPED_RUN_NUMBERS, FlowRun, TaskCall, new_task_run_id
+from flowcore.context import TaskRunContext, _scope, _task_run, submission_scope
+from flowcore.errors import CrashedError, MissingContextError
 from flowcore.futures import RunFuture, TaskFuture, collect_futures
 from flowcore.mapping import map_arguments
-from flowcore.options import TaskOptions, exponential_backoff
+from flowcore.options import TaskOptionInputs, TaskOptions, exponential_backoff
 from flowcore.states import State
 
 if TYPE_CHECKING:
-    from flowcore.caching.policies import CacheContext, CachePolicy
-    from flowcore.caching.store import CacheStore
+
+    from flowcore.caching.policies import CacheContext
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-_UNSET: Any = object()
 
 
 class Task(Generic[P, R]):
@@ -111,6 +109,12 @@ class Task(Generic[P, R]):
                 # after the task) from a TypeError raised inside the body.
                 self.check_arguments(args, kwargs)
                 raise
+            except SystemExit as exc:
+                # As on the engine's path (flowcore.engine.exit_state): the run crashes,
+                # the flow and the process go on.
+                from flowcore.engine import exit_message
+
+                raise CrashedError(f"task {self.name!r}: {exit_message(exc)}") from exc
             finally:
                 _task_run.reset(token)
         self.check_arguments(args, kwargs)  # before any attempt, retry or hook
@@ -153,7 +157,7 @@ class Task(Generic[P, R]):
         """
         wait_for = kwargs.pop("wait_for", None)
         return_state = kwargs.pop("return_state", False)
-        scope = current_scope()
+        scope = submission_scope()
         if scope is None:
             raise MissingContextError(
                 f"{self.name}.submit() needs a flow run or a backend: call it inside a "
@@ -175,7 +179,7 @@ class Task(Generic[P, R]):
         unchanged to every run. ``wait_for`` applies to every run.
         """
         wait_for = _as_futures(kwargs.pop("wait_for", None))
-        scope = current_scope()
+        scope = submission_scope()
         if scope is None:
             raise MissingContextError(
                 f"{self.name}.map() needs a flow run or a backend: call it inside a "
@@ -281,7 +285,7 @@ class Task(Generic[P, R]):
         self, args: tuple[Any, ...], kwargs: dict[str, Any], flow_run: FlowRun | None, log_prints: bool
     ) -> TaskCall:
         run_id = new_task_run_id()
-        name = self._run_name(args, kwargs, run_id)
+        name = self._run_name(args, kwargs, flow_run)
         # Positional construction: this runs once per task run, on the hot path.
         if flow_run is None:
             return TaskCall(self, args, kwargs, run_id, name, None, None, None, time.time(), log_prints)
@@ -296,10 +300,11 @@ class Task(Generic[P, R]):
             call.flow_parameters_key = flow_parameters_key(flow_run)
         return call
 
-    def _run_name(self, args: tuple[Any, ...], kwargs: dict[str, Any], run_id: str) -> str:
+    def _run_name(self, args: tuple[Any, ...], kwargs: dict[str, Any], flow_run: FlowRun | None) -> str:
         template = self.options.task_run_name
         if template is None:
-            return f"{self.name}-{run_id[RUN_NUMBER_OFFSET:]}"
+            numbers = flow_run.run_numbers if flow_run is not None else UNSCOPED_RUN_NUMBERS
+            return f"{self.name}-{numbers.reserve(self.name)}"
         if callable(template):
             name = template()
             if not isinstance(name, str):
@@ -307,53 +312,10 @@ class Task(Generic[P, R]):
             return name
         return template.format(**self.bind(args, kwargs))
 
-    def with_options(
-        self,
-        *,
-        name: str = _UNSET,
-        retries: int = _UNSET,
-        retry_delay_seconds: opts.RetryDelay | None = _UNSET,
-        retry_jitter_factor: float | None = _UNSET,
-        retry_condition_fn: Callable[..., bool] | None = _UNSET,
-        timeout_seconds: float | None = _UNSET,
-        tags: Iterable[str] | None = _UNSET,
-        task_run_name: str | Callable[[], str] | None = _UNSET,
-        log_prints: bool | None = _UNSET,
-        on_completion: list[Callable[..., Any]] | None = _UNSET,
-        on_failure: list[Callable[..., Any]] | None = _UNSET,
-        cache_policy: CachePolicy | None = _UNSET,
-        cache_key_fn: Callable[[CacheContext, dict[str, Any]], str | None] | None = _UNSET,
-        cache_expiration: timedelta | float | None = _UNSET,
-        refresh_cache: bool = _UNSET,
-        cache_result_in_memory: bool = _UNSET,
-        cache_storage: str | os.PathLike[str] | CacheStore | None = _UNSET,
-        cache_key_errors: Literal["raise", "warn"] = _UNSET,
-    ) -> Task[P, R]:
-        """A copy of this task with some options changed (the rest kept)."""
-        o = self.options
-        given = {k: v for k, v in locals().items() if k not in ("self", "o") and v is not _UNSET}
-        current: dict[str, Any] = {
-            "name": o.name,
-            "retries": o.retries,
-            "retry_delay_seconds": o.retry_delay_seconds,
-            "retry_jitter_factor": o.retry_jitter_factor,
-            "retry_condition_fn": o.retry_condition_fn,
-            "timeout_seconds": o.timeout_seconds,
-            "tags": o.tags,
-            "task_run_name": o.task_run_name,
-            "log_prints": o.log_prints,
-            "on_completion": list(o.on_completion),
-            "on_failure": list(o.on_failure),
-            "cache_policy": o.cache_policy,
-            "cache_key_fn": o.cache_key_fn,
-            "cache_expiration": o.cache_expiration,
-            "refresh_cache": o.refresh_cache,
-            "cache_result_in_memory": o.cache_result_in_memory,
-            "cache_storage": o.cache_storage,
-            "cache_key_errors": o.cache_key_errors,
-        }
-        current.update(given)
-        return Task(self.fn, _task_options(self.fn, **current))
+    def with_options(self, **options: Unpack[TaskOptionInputs]) -> Task[P, R]:
+        """A copy of this task with some options changed (the rest kept); validated as
+        ``@task`` validates them."""
+        return Task(self.fn, opts.task_options(self.fn, options, base=self.options))
 
     # -- pickling: by reference when importable, else by value --------------
     def __reduce__(self) -> tuple[Any, ...]:
@@ -362,6 +324,10 @@ class Task(Generic[P, R]):
         # the task by reference instead: itself, or the module-level task it was
         # derived from (with_options) plus these options. Otherwise (closures,
         # lambdas) fall back to the function by value, which needs cloudpickle.
+        #
+        # Hooks stay home: on_completion/on_failure run only in the submitting process
+        # (engine.report_final_state, with the parent's own Task), so the pickled form
+        # leaves them out; a hook holding a lock or a connection must not fail the run.
         module = getattr(self.fn, "__module__", None)
         qualname = getattr(self.fn, "__qualname__", "")
         # __main__ differs in a worker process: such tasks travel by value.
@@ -373,11 +339,18 @@ class Task(Generic[P, R]):
             if found is self:
                 return (_load_task, (module, qualname))
             if isinstance(found, Task) and found.fn is self.fn:
-                return (_load_task, (module, qualname, self.options))
-        return (Task, (self.fn, self.options))
+                return (_load_task, (module, qualname, _without_hooks(self.options)))
+        return (Task, (self.fn, _without_hooks(self.options)))
 
     def __repr__(self) -> str:
         return f"Task(name={self.name!r}, fn={getattr(self.fn, '__qualname__', self.fn)!r})"
+
+
+def _without_hooks(options: TaskOptions) -> TaskOptions:
+    """``options`` as they travel to a worker: without the hooks, which run at home."""
+    if not options.on_completion and not options.on_failure:
+        return options
+    return dataclasses.replace(options, on_completion=(), on_failure=())
 
 
 def _load_task(module: str, qualname: str, options: TaskOptions | None = None) -> Task[..., Any]:
@@ -423,145 +396,18 @@ def _as_futures(wait_for: Any) -> list[TaskFuture[Any]]:
     return items
 
 
-def _task_options(
-    fn: Callable[..., Any],
-    *,
-    name: str | None = None,
-    retries: int = 0,
-    retry_delay_seconds: opts.RetryDelay | None = None,
-    retry_jitter_factor: float | None = None,
-    retry_condition_fn: Callable[..., bool] | None = None,
-    timeout_seconds: float | None = None,
-    tags: Iterable[str] | None = None,
-    task_run_name: str | Callable[[], str] | None = None,
-    log_prints: bool | None = None,
-    on_completion: list[Callable[..., Any]] | None = None,
-    on_failure: list[Callable[..., Any]] | None = None,
-    cache_policy: CachePolicy | None = None,
-    cache_key_fn: Callable[[CacheContext, dict[str, Any]], str | None] | None = None,
-    cache_expiration: timedelta | float | None = None,
-    refresh_cache: bool = False,
-    cache_result_in_memory: bool = True,
-    cache_storage: str | os.PathLike[str] | CacheStore | None = None,
-    cache_key_errors: Literal["raise", "warn"] = "raise",
-) -> TaskOptions:
-    if not callable(fn):
-        raise TypeError(f"@task must decorate a function, got {type(fn).__name__} {fn!r}")
-    if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
-        raise TypeError(
-            f"@task: {getattr(fn, '__qualname__', fn)!r} is an async function; flowcore runs "
-            "synchronous functions (wrap it: lambda *a: asyncio.run(fn(*a)))"
-        )
-    task_name = name if name is not None else getattr(fn, "__name__", type(fn).__name__)
-    owner = f"@task {task_name!r}"
-    opts.check_name(task_name, owner)
-    retries = opts.check_retries(retries, owner)
-    policy = opts.retry_policy(retries, retry_delay_seconds, retry_jitter_factor, owner)
-    signature = inspect.signature(fn)
-    var_kw = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
-    return TaskOptions(
-        name=task_name,
-        retries=retries,
-        retry_delay_seconds=retry_delay_seconds,
-        retry_jitter_factor=retry_jitter_factor,
-        retry_condition_fn=opts.check_callable(retry_condition_fn, "retry_condition_fn", owner),
-        timeout_seconds=opts.check_timeout(timeout_seconds, owner),
-        tags=opts.check_tags(tags, owner),
-        task_run_name=opts.check_run_name(task_run_name, signature.parameters, var_kw, owner),
-        log_prints=opts.check_log_prints(log_prints, owner),
-        on_completion=opts.check_hooks(on_completion, "on_completion", owner),
-        on_failure=opts.check_hooks(on_failure, "on_failure", owner),
-        retry_policy=policy,
-        cache_policy=cache_policy,
-        cache_key_fn=cache_key_fn,
-        cache_expiration=cache_expiration,
-        refresh_cache=refresh_cache,
-        cache_result_in_memory=cache_result_in_memory,
-        cache_storage=cache_storage,
-        cache_key_errors=cache_key_errors,
-        cache=_cache_settings(
-            task_name,
-            signature,
-            cache_policy=cache_policy,
-            cache_key_fn=cache_key_fn,
-            cache_expiration=cache_expiration,
-            refresh_cache=refresh_cache,
-            cache_result_in_memory=cache_result_in_memory,
-            cache_storage=cache_storage,
-            cache_key_errors=cache_key_errors,
-        ),
-    )
-
-
-def _cache_settings(task_name: str, signature: inspect.Signature, **given: Any) -> Any:
-    """Validated caching settings, or None; flowcore.caching is imported only when a
-    cache option is given."""
-    defaults = {
-        "cache_policy": None,
-        "cache_key_fn": None,
-        "cache_expiration": None,
-        "refresh_cache": False,
-        "cache_result_in_memory": True,
-        "cache_storage": None,
-        "cache_key_errors": "raise",
-    }
-    if all(given[k] is v or given[k] == v for k, v in defaults.items()):
-        return None
-    from flowcore.caching.settings import cache_settings
-
-    return cache_settings(task_name, list(signature.parameters), **given)
-
-
 @overload
 def task(__fn: Callable[P, R]) -> Task[P, R]: ...
 
 
 @overload
 def task(
-    __fn: None = None,
-    *,
-    name: str | None = None,
-    retries: int = 0,
-    retry_delay_seconds: opts.RetryDelay | None = None,
-    retry_jitter_factor: float | None = None,
-    retry_condition_fn: Callable[..., bool] | None = None,
-    timeout_seconds: float | None = None,
-    tags: Iterable[str] | None = None,
-    task_run_name: str | Callable[[], str] | None = None,
-    log_prints: bool | None = None,
-    on_completion: list[Callable[..., Any]] | None = None,
-    on_failure: list[Callable[..., Any]] | None = None,
-    cache_policy: CachePolicy | None = None,
-    cache_key_fn: Callable[[CacheContext, dict[str, Any]], str | None] | None = None,
-    cache_expiration: timedelta | float | None = None,
-    refresh_cache: bool = False,
-    cache_result_in_memory: bool = True,
-    cache_storage: str | os.PathLike[str] | CacheStore | None = None,
-    cache_key_errors: Literal["raise", "warn"] = "raise",
+    __fn: None = None, **options: Unpack[TaskOptionInputs]
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
 
 def task(
-    __fn: Callable[P, R] | None = None,
-    *,
-    name: str | None = None,
-    retries: int = 0,
-    retry_delay_seconds: opts.RetryDelay | None = None,
-    retry_jitter_factor: float | None = None,
-    retry_condition_fn: Callable[..., bool] | None = None,
-    timeout_seconds: float | None = None,
-    tags: Iterable[str] | None = None,
-    task_run_name: str | Callable[[], str] | None = None,
-    log_prints: bool | None = None,
-    on_completion: list[Callable[..., Any]] | None = None,
-    on_failure: list[Callable[..., Any]] | None = None,
-    cache_policy: CachePolicy | None = None,
-    cache_key_fn: Callable[[CacheContext, dict[str, Any]], str | None] | None = None,
-    cache_expiration: timedelta | float | None = None,
-    refresh_cache: bool = False,
-    cache_result_in_memory: bool = True,
-    cache_storage: str | os.PathLike[str] | CacheStore | None = None,
-    cache_key_errors: Literal["raise", "warn"] = "raise",
+    __fn: Callable[P, R] | None = None, **options: Unpack[TaskOptionInputs]
 ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
     """Make a function a task, bare (``@task``) or with options (``@task(retries=2)``).
 
@@ -597,39 +443,13 @@ def task(
             the run with ``CacheKeyError``; ``"warn"``: the run goes uncached, with
             one warning per task.
     """
-    settings: dict[str, Any] = dict(
-        name=name,
-        retries=retries,
-        retry_delay_seconds=retry_delay_seconds,
-        retry_jitter_factor=retry_jitter_factor,
-        retry_condition_fn=retry_condition_fn,
-        timeout_seconds=timeout_seconds,
-        tags=tags,
-        task_run_name=task_run_name,
-        log_prints=log_prints,
-        on_completion=on_completion,
-        on_failure=on_failure,
-        cache_policy=cache_policy,
-        cache_key_fn=cache_key_fn,
-        cache_expiration=cache_expiration,
-        refresh_cache=refresh_cache,
-        cache_result_in_memory=cache_result_in_memory,
-        cache_storage=cache_storage,
-        cache_key_errors=cache_key_errors,
-    )
     if __fn is not None:
-        return Task(__fn, _task_options(__fn, **settings))
-
-    if name is not None:
-        opts.check_name(name, "@task")
-    # Validate what does not depend on the function now, so @task(retries=-1) fails
-    # at the decorator line even before it is applied.
-    owner = f"@task {name!r}" if name else "@task"
-    opts.retry_policy(opts.check_retries(retries, owner), retry_delay_seconds, retry_jitter_factor, owner)
-    opts.check_timeout(timeout_seconds, owner)
+        return Task(__fn, opts.task_options(__fn, options))
+    # What does not depend on the function fails at the decorator line already.
+    opts.precheck_task_options(options)
 
     def decorate(fn: Callable[P, R]) -> Task[P, R]:
-        return Task(fn, _task_options(fn, **settings))
+        return Task(fn, opts.task_options(fn, options))
 
     return decorate
 

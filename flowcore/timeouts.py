@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable
 from types import FrameType, TracebackType
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 from flowcore.errors import TaskTimeoutError
 
@@ -121,7 +121,7 @@ class Deadline:
         exc.deadline = self
         return exc
 
-    def __enter__(self) -> Deadline:
+    def __enter__(self) -> Self:
         self.expires_at = time.monotonic() + self.seconds
         self._thread_id = threading.get_ident()
         scopes = _stack.scopes
@@ -161,6 +161,51 @@ class Deadline:
             _arm_signal_timer()
         if pending:
             raise self._exception()
+
+
+# -- waiting under a deadline -----------------------------------------------------
+
+#: How often a wait re-checks once a watchdog deadline has fired but its exception has
+#: not been delivered yet (it is delivered when the thread next runs Python code).
+_DELIVERY_POLL = 0.01
+
+
+def wake_for_deadlines(wait: Callable[[float | None], bool], timeout: float | None) -> bool:
+    """``wait(timeout)``, but woken for this thread's deadlines.
+
+    ``wait(seconds)`` blocks up to ``seconds`` (None: no limit) and returns True once
+    what it waits for has happened: a lock acquire, a condition's ``wait_for``. Such
+    a call blocks in C, where a watchdog deadline's exception cannot surface until it
+    returns, so a flow timing out in a non-main thread while it waits on a future
+    would wait for the task. With watchdog deadlines open in this thread, the wait is
+    cut into slices that end at the nearest one: its exception is then raised here, on
+    time. Without (the common case, and the main thread, where the timer signal
+    interrupts the wait) this is just ``wait(timeout)``.
+    """
+    if not _stack.scopes:
+        return wait(timeout)
+    end = None if timeout is None else time.monotonic() + timeout
+    while True:
+        now = time.monotonic()
+        step = _until_next_deadline(now)
+        remaining = None if end is None else max(0.0, end - now)
+        if step is None:
+            return wait(remaining)
+        if wait(step if remaining is None else min(step, remaining)):
+            return True
+        if end is not None and time.monotonic() >= end:
+            return False
+
+
+def _until_next_deadline(now: float) -> float | None:
+    """Seconds until the nearest watchdog deadline of this thread fires (a short poll
+    once it has fired), or None when it has none."""
+    live = [s for s in _stack.scopes if not s._signal_mode and not s.done]
+    if not live:
+        return None
+    if any(s.fired for s in live):
+        return _DELIVERY_POLL
+    return max(min(s.expires_at for s in live) - now, 0.0) + _DELIVERY_POLL / 10
 
 
 # -- signal mode (main thread) --------------------------------------------------
@@ -270,4 +315,10 @@ def _watchdog() -> _Watchdog:
         return _watchdog_instance
 
 
-__all__ = ["Deadline", "DeadlineExceeded", "call_with_timeout", "interrupts_blocking_calls"]
+__all__ = [
+    "Deadline",
+    "DeadlineExceeded",
+    "call_with_timeout",
+    "interrupts_blocking_calls",
+    "wake_for_deadlines",
+]

@@ -168,3 +168,57 @@ def test_a_lone_task_is_sent_at_once() -> None:
         return trips_right_after_submit, future.result()
 
     assert run_on(backend, body) == (1, 0.5)
+
+
+@task
+def touch_then_sleep(path: str, seconds: float) -> str:
+    Path(path).touch()
+    time.sleep(seconds)
+    return path
+
+
+def test_a_run_sent_in_a_batch_shows_running_while_it_executes(tmp_path: Path) -> None:
+    """A run on a process backend travels in a batch (a lone submit too): its state is
+    Running while the batch is out, not Pending (issue 11, point 5)."""
+    marker = tmp_path / "started"
+
+    @flow(backend="loky")
+    def body() -> tuple[str, str]:
+        future = touch_then_sleep.submit(str(marker), 2.0)
+        deadline = time.monotonic() + 60
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        seen = future.state.name
+        future.wait()
+        return seen, future.state.name
+
+    assert body() == ("Running", "Completed")
+
+
+@task
+def counted_item(i: int, directory: str, culprit: int) -> Any:
+    """Counts its executions in a file per item; item ``culprit`` returns a lock."""
+    with open(os.path.join(directory, str(i)), "a") as counter:
+        counter.write("x")
+    time.sleep(0.002)
+    return threading.Lock() if i == culprit else i
+
+
+def test_an_unpicklable_result_in_a_coalesced_batch_fails_alone_and_nothing_runs_twice(tmp_path: Path) -> None:
+    """Issue 12.22 for coalesced ``.submit`` batches: the run whose result cannot be
+    pickled fails alone; no run of its batch executes a second time."""
+    backend = CountingBackend()
+
+    def body() -> list[Any]:
+        futures = [counted_item.submit(i, str(tmp_path), 23) for i in range(40)]
+        flowcore.wait(futures)
+        return [f.state for f in futures]
+
+    states = run_on(backend, body)
+    assert backend.trips < 40  # the submits were coalesced into batches
+    runs = {i: len((tmp_path / str(i)).read_text()) for i in range(40)}
+    assert {i: n for i, n in runs.items() if n != 1} == {}, "runs executed more than once"
+    culprit = states[23]
+    assert culprit.name == "Failed" and isinstance(culprit.exception, SerializationError)
+    assert "counted_item-23" in culprit.message and "_thread.lock" in culprit.message
+    assert [s.result() for i, s in enumerate(states) if i != 23] == [i for i in range(40) if i != 23]

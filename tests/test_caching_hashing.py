@@ -215,7 +215,7 @@ def test_same_hash_in_a_process_with_another_hash_seed() -> None:
         "names": {"alpha", "beta", "gamma", "delta", "épsilon"},
         "frozen": frozenset({"x", "y", ("z", 1)}),
         "nested": {"k": [1, 2.5, None, {"q": b"bytes"}], 3: "int key"},
-        "when": dt.datetime(2024, 5, 1, 12, 30, tzinfo=dt.timezone.utc),
+        "when": dt.datetime(2024, 5, 1, 12, 30, tzinfo=dt.UTC),
     }
     code = textwrap.dedent(
         """
@@ -283,13 +283,13 @@ def test_enums_hash_by_class_and_value() -> None:
 
 
 def test_standard_value_types() -> None:
-    utc = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
+    utc = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
     paris = dt.datetime(2024, 1, 1, tzinfo=zoneinfo.ZoneInfo("Europe/Paris"))
     naive = dt.datetime(2024, 1, 1)
     assert len({content_hash(utc), content_hash(paris), content_hash(naive)}) == 3
     assert content_hash(dt.date(2024, 1, 1)) != content_hash(naive)
     assert content_hash(dt.timedelta(days=1)) != content_hash(dt.timedelta(seconds=86399))
-    assert content_hash(dt.time(1, 2)) != content_hash(dt.time(1, 2, tzinfo=dt.timezone.utc))
+    assert content_hash(dt.time(1, 2)) != content_hash(dt.time(1, 2, tzinfo=dt.UTC))
     assert content_hash(pathlib.PurePosixPath("/a/b")) != content_hash("/a/b")
     assert content_hash(pathlib.Path("/a/b")) == content_hash(pathlib.Path("/a") / "b")
     assert content_hash(uuid.UUID(int=1)) != content_hash(uuid.UUID(int=2))
@@ -705,10 +705,87 @@ def test_fingerprint_skips_library_code_and_is_cached() -> None:
     assert fingerprint.is_user_module(sys.modules[__name__])
     first = fingerprint.function_fingerprint(add_one)
     assert fingerprint.function_fingerprint(add_one) == first
-    assert fingerprint._fingerprints[add_one.__code__] == first
+    assert fingerprint._fingerprints[add_one][0] == first
     assert fingerprint.function_fingerprint(functools.partial(add_one, 1)) == first
     assert fingerprint.function_fingerprint(make_adder) != first
     assert len(fingerprint.function_fingerprint(len)) == 32
+
+
+def make_defaulted(k: int) -> Any:
+    def scaled(x: int, k: int = k) -> int:
+        return x * k
+
+    return scaled
+
+
+def test_fingerprint_of_functions_sharing_code_differs_by_their_defaults() -> None:
+    from flowcore.caching import fingerprint
+
+    two, three = make_defaulted(2), make_defaulted(3)
+    assert fingerprint.function_fingerprint(two) != fingerprint.function_fingerprint(three)
+    again = make_defaulted(2)
+    assert fingerprint.function_fingerprint(again) == fingerprint.function_fingerprint(two)
+
+
+def make_stepper() -> tuple[Any, Any]:
+    step = 1
+
+    def stepped(x: int) -> int:
+        return x + step
+
+    def bump() -> None:
+        nonlocal step
+        step += 1
+
+    return stepped, bump
+
+
+def test_fingerprint_follows_closure_values_that_change() -> None:
+    from flowcore.caching import fingerprint
+
+    stepped, bump = make_stepper()
+    first = fingerprint.function_fingerprint(stepped)
+    assert fingerprint.function_fingerprint(stepped) == first
+    assert stepped in fingerprint._fingerprints  # constant cells: cached while they stay
+    bump()
+    assert fingerprint.function_fingerprint(stepped) != first
+
+    values = [1]
+    summed = make_summer(values)
+    before = fingerprint.function_fingerprint(summed)
+    values.append(2)  # changed in place: never cached
+    assert fingerprint.function_fingerprint(summed) != before
+    values.pop()
+    assert fingerprint.function_fingerprint(summed) == before
+
+
+def make_countdown() -> Any:
+    def countdown(n: int) -> int:
+        return 0 if n == 0 else countdown(n - 1)  # holds itself in its closure
+
+    return countdown
+
+
+def test_the_fingerprint_cache_does_not_keep_functions_alive() -> None:
+    import gc
+    import weakref
+
+    from flowcore.caching import fingerprint
+
+    countdown = make_countdown()
+    fingerprint.function_fingerprint(countdown)
+    assert countdown in fingerprint._fingerprints
+    alive = weakref.ref(countdown)
+    del countdown
+    gc.collect()
+    assert alive() is None
+
+
+def make_summer(values: list[int]) -> Any:
+    def summed(x: int) -> int:
+        return x + sum(values)
+
+    return summed
 
 
 def json_module() -> Any:

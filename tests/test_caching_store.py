@@ -52,6 +52,21 @@ def test_is_a_cache_store(store: FileStore) -> None:
     assert repr(store).startswith("FileStore(")
 
 
+def test_a_store_pickles_by_its_location(store: FileStore) -> None:
+    import pickle
+
+    import cloudpickle
+
+    store.save(KEY, [1, 2], task="t")
+    store.read(KEY)  # the store now holds state (its lock, the files it warned about)
+    for dumps in (pickle.dumps, cloudpickle.dumps):
+        copy = pickle.loads(dumps(store))
+        assert type(copy) is FileStore and copy.directory == store.directory
+        assert copy.load(KEY) == (True, [1, 2])
+        assert copy.save(OTHER, "from the copy", task="t")
+    assert store.load(OTHER) == (True, "from the copy")
+
+
 def test_overwrite_and_delete(store: FileStore) -> None:
     store.save(KEY, 1, task="t")
     store.save(KEY, 2, task="t")
@@ -138,16 +153,43 @@ def test_corrupt_entry_is_a_miss_with_one_warning(
     assert store.load(KEY) == (True, "rewritten")
 
 
-def test_corrupt_entries_are_not_listed_and_are_pruned(store: FileStore) -> None:
+def test_corrupt_entries_are_listed_with_the_reason_and_pruned(store: FileStore) -> None:
+    third = content_hash("third")
     store.save(KEY, 1, task="t")
     store.save(OTHER, 2, task="t")
+    store.save(third, 3, task="t")
     _damage(store.path_of(KEY), "flipped")  # payload damage: header and metadata still read
     _damage(store.path_of(OTHER), "garbage")
-    assert {info.key for info in store.entries()} == {KEY}
+    listed = {info.key: info for info in store.entries()}
+    assert set(listed) == {KEY, OTHER, third}
+    assert listed[OTHER].corrupt == "truncated header (19 of 40 bytes)"
+    assert listed[OTHER].size == store.path_of(OTHER).stat().st_size
+    assert listed[KEY].corrupt is None and listed[third].corrupt is None  # payload not read
+    verified = {info.key: info.corrupt for info in store.entries(verify=True)}
+    assert verified == {KEY: "checksum mismatch", OTHER: listed[OTHER].corrupt, third: None}
     report = store.prune()
     assert report.corrupt == 2
-    assert list(store.entries()) == []
+    assert [info.key for info in store.entries(verify=True)] == [third]
     assert not store.path_of(KEY).exists()
+
+
+@pytest.mark.parametrize(
+    "how", ["truncated", "header-only", "flipped", "garbage", "extended", "empty"]
+)
+def test_every_kind_of_damage_is_listed_when_verifying(store: FileStore, how: str) -> None:
+    store.save(KEY, list(range(100)), task="t")
+    _damage(store.path_of(KEY), how)
+    (info,) = store.entries(verify=True)
+    assert info.key == KEY and info.corrupt
+
+
+def test_an_entry_under_the_wrong_name_is_listed_as_corrupt(store: FileStore) -> None:
+    store.save(KEY, 1, task="t")
+    moved = store.path_of(OTHER)
+    moved.parent.mkdir(mode=0o700, exist_ok=True)
+    store.path_of(KEY).rename(moved)
+    (info,) = store.entries()
+    assert info.key == OTHER and info.corrupt == f"the file holds the entry of key {KEY}"
 
 
 def test_checksum_is_verified_before_unpickling(store: FileStore, tmp_path: Path) -> None:

@@ -229,6 +229,58 @@ def test_unhashable_argument_can_run_uncached_with_one_warning(
     assert len(warnings) == 1 and "describe-lenient" in warnings[0].getMessage()
 
 
+def make_scaler(factor: int, counter: str) -> Any:
+    @task(cache_policy=INPUTS + TASK_SOURCE)
+    def scale(x: int) -> int:
+        w.bump(counter)
+        return x * factor
+
+    return scale
+
+
+def make_keyed_scaler(factor: int) -> Any:
+    @task(cache_key_fn=task_input_hash)
+    def keyed_scale(x: int) -> int:
+        return x * factor
+
+    return keyed_scale
+
+
+def make_guarded(guard: Any, **options: Any) -> Any:
+    @task(cache_policy=INPUTS + TASK_SOURCE, **options)
+    def guarded(x: int) -> int:
+        with guard:
+            return x
+
+    return guarded
+
+
+def test_tasks_made_by_a_factory_key_their_closure_values(cache_dir: Path, tmp_path: Path) -> None:
+    counter = _counter(tmp_path)
+    assert (make_scaler(2, counter)(5), make_scaler(10, counter)(5)) == (10, 50)
+    assert make_scaler(10, counter)(5, return_state=True).name == "Cached"  # same value: a hit
+    assert w.read_count(counter) == 2
+    assert (make_keyed_scaler(2)(5), make_keyed_scaler(10)(5)) == (10, 50)
+
+
+def test_an_unhashable_closure_value_follows_cache_key_errors(
+    cache_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import threading
+
+    state = make_guarded(threading.Lock())(1, return_state=True)
+    assert state.name == "Failed" and isinstance(state.exception, CacheKeyError)
+    message = str(state.exception)
+    assert "closure variable 'guard'" in message and "lock" in message.lower()
+
+    lenient = make_guarded(threading.Lock(), name="guarded-lenient", cache_key_errors="warn")
+    with caplog.at_level(logging.WARNING, logger="flowcore.caching"):
+        assert lenient(1, return_state=True).name == "Completed"
+        assert lenient(1, return_state=True).name == "Completed"
+    warnings = [r for r in caplog.records if "runs uncached" in r.getMessage()]
+    assert len(warnings) == 1 and "guarded-lenient" in warnings[0].getMessage()
+
+
 def test_result_kept_only_in_the_store(tmp_path: Path) -> None:
     store_dir = tmp_path / "store"
     lean = power.with_options(cache_result_in_memory=False, cache_storage=str(store_dir))
@@ -308,6 +360,53 @@ def test_cached_runs_on_a_process_backend_use_the_same_store(cache_dir: Path, tm
     states = fan()
     assert sorted(s.name for s in states) == ["Cached"] * 3 + ["Completed"] * 3
     assert w.read_count(counter) == 3
+
+
+def test_store_objects_and_stored_results_cross_process_boundaries(
+    cache_dir: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("loky")
+    counter = _counter(tmp_path)
+    given_store = power.with_options(
+        name="power-given-store", cache_storage=FileStore(tmp_path / "given")
+    )
+    kept_out = power.with_options(
+        name="power-kept-out", cache_storage=str(tmp_path / "kept"), cache_result_in_memory=False
+    )
+
+    @flow(backend=flowcore.get_backend("loky", max_workers=2))
+    def fan() -> list[State[int]]:
+        return [
+            given_store.submit(counter, 3, return_state=True),
+            given_store.submit(counter, 3, return_state=True),
+            kept_out.submit(counter, 4, return_state=True),
+            kept_out.submit(counter, 4, return_state=True),
+        ]
+
+    states = fan()
+    assert [s.name for s in states] == ["Completed", "Cached", "Completed", "Cached"]
+    assert [s.result() for s in states] == [9, 9, 16, 16]
+    assert w.read_count(counter) == 2
+    assert [e.task for e in FileStore(tmp_path / "given").entries()] == ["power-given-store"]
+    assert [e.task for e in FileStore(tmp_path / "kept").entries()] == ["power-kept-out"]
+
+
+def test_a_store_that_cannot_be_pickled_is_named_not_the_result(tmp_path: Path) -> None:
+    import pickle
+    import threading
+
+    from flowcore.caching.runs import StoredResult
+
+    class LockedStore(DictStore):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lock = threading.Lock()
+
+    kept = StoredResult(FileStore(tmp_path / "kept"), "ab" * 16, "run-1")
+    assert pickle.loads(pickle.dumps(kept)).store.directory == tmp_path / "kept"
+    culprit = r"the cache store .*LockedStore.* run 'run-1'.* by its location"
+    with pytest.raises(TypeError, match=culprit):
+        pickle.dumps(StoredResult(LockedStore(), "ab" * 16, "run-1"))
 
 
 def test_editing_a_helper_invalidates_task_source(tmp_path: Path) -> None:
@@ -430,3 +529,53 @@ def test_cache_cli_lists_inspects_clears_and_prunes(
     assert main(["cache", "clear", "--dir", directory, "--task", "other_power"]) == 0
     assert "removed 3 entries of task 'other_power'" in capsys.readouterr().out
     assert list(FileStore(directory).entries()) == []
+
+
+def test_cache_cli_lists_corrupt_entries_with_the_reason(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from flowcore.cli import main
+
+    directory = tmp_path / "cli-cache"
+    counter = _counter(tmp_path)
+    stored = power.with_options(cache_storage=str(directory))
+    for x in range(3):
+        stored(counter, x)
+    store = FileStore(directory)
+    keys = sorted(e.key for e in store.entries())
+    store.path_of(keys[0]).write_bytes(b"not a cache entry, but long enough for a header" * 2)
+    damaged = store.path_of(keys[1])
+    damaged.write_bytes(damaged.read_bytes()[:-1])  # truncated
+
+    assert main(["cache", "ls", "--dir", str(directory)]) == 0
+    listing = capsys.readouterr().out
+    assert "corrupt: not a flowcore cache entry (bad magic)" in listing
+    assert "corrupt: file is" in listing and keys[1][:16] in listing
+    assert "3 entries (2 corrupt" in listing and "flowcore cache prune" in listing
+
+    assert main(["cache", "ls", "--dir", str(directory), "--json"]) == 0
+    entries = {e["key"]: e for e in json.loads(capsys.readouterr().out)}
+    assert entries[keys[0]]["corrupt"] == "not a flowcore cache entry (bad magic)"
+    assert entries[keys[1]]["corrupt"].startswith("file is")
+    assert entries[keys[2]]["corrupt"] is None and entries[keys[2]]["task"] == "power"
+
+    assert main(["cache", "info", "--dir", str(directory), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["entries"] == 3 and info["corrupt"] == 2
+    assert info["tasks"] == {"power": {"entries": 1, "bytes": entries[keys[2]]["size"]}}
+    reasons = {e["key"]: e["reason"] for e in info["corrupt_entries"]}
+    assert reasons == {k: entries[k]["corrupt"] for k in keys[:2]}
+
+    assert main(["cache", "info", "--dir", str(directory)]) == 0
+    text = capsys.readouterr().out
+    assert "2 corrupt" in text and "bad magic" in text and str(store.path_of(keys[0])) in text
+
+    stored(counter, 2)
+    damaged = store.path_of(keys[2])
+    data = bytearray(damaged.read_bytes())
+    data[-1] ^= 0xFF  # payload damage: found only by reading the payload
+    damaged.write_bytes(bytes(data))
+    assert main(["cache", "ls", "--dir", str(directory), "--verify"]) == 0
+    assert "corrupt: checksum mismatch" in capsys.readouterr().out

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -71,3 +73,107 @@ def test_failed_flow_exits_nonzero(tmp_path: Path) -> None:
 def test_version() -> None:
     result = flowcore_cli("version")
     assert result.returncode == 0 and result.stdout.startswith("flowcore ")
+
+
+FAILING_FLOW = '''
+from flowcore import flow, task
+
+
+def explode(x):
+    raise ValueError(f"boom {x}")
+
+
+@task
+def bad(x: int) -> int:
+    return explode(x)
+
+
+@flow
+def main(n: int) -> int:
+    return bad.submit(n).result()
+'''
+
+
+@pytest.mark.parametrize("backend", ["threads", "loky"])
+def test_failed_flow_shows_the_task_traceback_once_then_the_final_state(
+    tmp_path: Path, backend: str
+) -> None:
+    script = tmp_path / "failing.py"
+    script.write_text(FAILING_FLOW)
+    result = flowcore_cli("run", f"{script}:main", "--backend", backend, "--params", '{"n": 7}')
+    assert result.returncode == 1
+    err = result.stderr
+    # The task's own frames (a remote task's as the RemoteTraceback cause), shown once.
+    assert err.count(", in explode") == 1, err
+    assert err.count("Encountered exception during execution") == 1, err
+    last = err.rstrip().splitlines()[-1]
+    assert "Flow run" in last and "Finished in state Failed('ValueError: boom 7')" in last, err
+    assert err.index("in explode") < err.index(last)
+
+
+SIGNATURES = '''
+from flowcore import flow
+
+
+@flow
+def main(n: int, label: str = "x") -> str:
+    return f"{n}-{label}"
+
+
+@flow
+def echo(a, b=None, c=None):
+    return (a, b, c)
+
+
+@flow
+def workers() -> tuple[str, int]:
+    from flowcore.context import current_scope
+
+    backend = current_scope().backend()
+    return backend.name, backend.max_workers
+'''
+
+
+def _signatures(tmp_path: Path) -> Path:
+    script = tmp_path / "signatures.py"
+    script.write_text(SIGNATURES)
+    return script
+
+
+@pytest.mark.parametrize(
+    ("params", "named"),
+    [('{"m": 3}', "'m'"), ('{"label": "y"}', "'n'")],
+    ids=["unknown", "missing"],
+)
+def test_a_bad_parameter_is_a_one_line_usage_error(tmp_path: Path, params: str, named: str) -> None:
+    script = _signatures(tmp_path)
+    result = flowcore_cli("run", f"{script}:main", "--params", params)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("flowcore run: error: ")
+    assert named in line and "main(n: int, label: str = 'x')" in line
+
+
+def test_param_options_are_repeatable_and_parsed_as_json_when_they_parse(tmp_path: Path) -> None:
+    script = _signatures(tmp_path)
+    result = flowcore_cli(
+        "run", f"{script}:echo", "--backend", "sequential", "--params", '{"a": 0, "b": 0}',
+        "--param", "a=3", "--param", "b=hello world", "--param", "c=[1, 2]",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "(3, 'hello world', [1, 2])"
+    bad = flowcore_cli("run", f"{script}:echo", "--param", "a")
+    assert bad.returncode == 2
+    assert "flowcore run: error: --param expects NAME=VALUE" in bad.stderr
+
+
+def test_backend_options_on_the_command_line(tmp_path: Path) -> None:
+    script = _signatures(tmp_path)
+    result = flowcore_cli(
+        "run", f"{script}:workers", "--backend", "threads", "--backend-options", '{"max_workers": 3}'
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "('threads', 3)"
+    bad = flowcore_cli("run", f"{script}:workers", "--backend-options", "{nope")
+    assert bad.returncode == 2 and "flowcore run: error: --backend-options" in bad.stderr

@@ -15,7 +15,7 @@ import pytest
 import flowcore
 from flowcore import flow, task
 from flowcore.context import current_scope
-from flowcore.errors import BackendNotFoundError, ConfigurationError
+from flowcore.errors import BackendNotFoundError, ConfigurationError, ConfigurationWarning
 
 ENV_VARS = ("FLOWCORE_BACKEND", "FLOWCORE_BACKEND_OPTIONS")
 
@@ -374,3 +374,111 @@ def test_unknown_backend_message_lists_the_names_once(monkeypatch: pytest.Monkey
         "unknown backend 'nope' (backend chosen by environment variable FLOWCORE_BACKEND); "
         "registered: dask, joblib, loky, sequential, threads"
     )
+
+
+# -- misspelled settings -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "key", "suggestion"),
+    [
+        ('backends = "loky"\n', "backends", "backend"),
+        ('backend = "threads"\nbackend_option = {max_workers = 2}\n', "backend_option", "backend_options"),
+        ('cache_dri = ".cache"\n', "cache_dri", "cache_dir"),
+    ],
+    ids=["backends", "backend_option", "cache_dri"],
+)
+def test_unknown_pyproject_keys_are_an_error_naming_the_nearest_known_one(
+    clean_config: Path, body: str, key: str, suggestion: str
+) -> None:
+    _write_pyproject(clean_config, "[tool.flowcore]\n" + body)
+    with pytest.raises(ConfigurationError) as caught:
+        which_backend()
+    message = str(caught.value)
+    assert f"unknown key {key!r}" in message
+    assert f"did you mean {suggestion!r}" in message
+    assert "pyproject.toml" in message
+
+
+def test_an_unknown_pyproject_key_fails_the_flow_run_before_its_body(clean_config: Path) -> None:
+    _write_pyproject(clean_config, '[tool.flowcore]\nbackends = "sequential"\n')
+    ran: list[int] = []
+
+    @flow
+    def body() -> None:
+        ran.append(1)
+
+    with pytest.raises(ConfigurationError, match="backends"):
+        body()
+    assert ran == []
+
+
+def test_unknown_pyproject_keys_are_an_error_for_the_cache_too(clean_config: Path) -> None:
+    from flowcore.caching.store import default_cache_dir
+
+    _write_pyproject(clean_config, '[tool.flowcore]\ncache_dri = ".cache"\n')
+    with pytest.raises(ConfigurationError, match="cache_dri"):
+        default_cache_dir()
+
+
+def test_every_documented_pyproject_key_is_accepted(clean_config: Path) -> None:
+    from flowcore.caching.storage import configured_store
+    from flowcore.caching.store import default_cache_dir
+
+    _write_pyproject(
+        clean_config,
+        '[tool.flowcore]\nbackend = "sequential"\ncache_dir = ".c"\ncache_store = "file"\n'
+        "[tool.flowcore.backend_options]\n[tool.flowcore.cache_store_options]\n",
+    )
+    assert which_backend()[0] == "sequential"
+    assert default_cache_dir() == clean_config / ".c"
+    assert configured_store().name == "file"
+
+
+def test_unknown_flowcore_environment_variables_warn_with_a_suggestion(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FLOWCORE_BACKNED", "loky")
+    with pytest.warns(ConfigurationWarning) as caught:
+        assert which_backend()[0] == "threads"
+    messages = [str(w.message) for w in caught if issubclass(w.category, ConfigurationWarning)]
+    assert len(messages) == 1
+    assert "FLOWCORE_BACKNED" in messages[0]
+    assert "did you mean 'FLOWCORE_BACKEND'" in messages[0]
+
+
+def test_known_flowcore_environment_variables_do_not_warn(
+    monkeypatch: pytest.MonkeyPatch, recwarn: pytest.WarningsRecorder
+) -> None:
+    from flowcore.config import ENVIRONMENT_VARIABLES
+
+    for name in ENVIRONMENT_VARIABLES:
+        monkeypatch.setenv(name, os.environ.get(name, ""))
+    monkeypatch.setenv("FLOWCORE_BACKEND", "sequential")
+    assert which_backend()[0] == "sequential"
+    assert not [w for w in recwarn if issubclass(w.category, ConfigurationWarning)]
+
+
+SOURCE_DIRECTORIES = ("flowcore", "backends", "plugins")
+
+
+def test_every_flowcore_variable_the_code_reads_is_in_the_one_list() -> None:
+    """ENVIRONMENT_VARIABLES is authoritative: a variable read anywhere in the code base
+    (internal ones passed to workers included) must be listed, or users get a false
+    'unknown variable' warning."""
+    import re
+
+    from flowcore.config import ENVIRONMENT_VARIABLES
+
+    root = Path(__file__).resolve().parent.parent
+    used: dict[str, str] = {}
+    for directory in SOURCE_DIRECTORIES:
+        for path in (root / directory).rglob("*.py"):
+            for name in re.findall(r"\bFLOWCORE_[A-Z][A-Z0-9_]*\b", path.read_text()):
+                used.setdefault(name, str(path.relative_to(root)))
+    assert "FLOWCORE_DISABLE_PLUGIN_AUTOLOAD" in used and "FLOWCORE_WORKER_JOURNAL" in used
+    missing = {name: where for name, where in used.items() if name not in ENVIRONMENT_VARIABLES}
+    assert not missing, f"FLOWCORE_* variables used but not listed in flowcore.config: {missing}"
+    documented = (root / "README.md").read_text()
+    public = {n for n, purpose in ENVIRONMENT_VARIABLES.items() if not purpose.startswith("internal")}
+    assert all(name in documented for name in public)

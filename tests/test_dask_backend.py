@@ -8,6 +8,7 @@ tests that stop a scheduler start their own. No Dask object is mocked.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -114,6 +115,32 @@ def returns_a_lock() -> Any:
     return threading.Lock()
 
 
+@task
+def noted_unloadable_if_odd(path: str, x: int) -> Any:
+    """Notes each run in ``path``; returns a value that does not unpickle for odd ``x``."""
+    from flowcore.testing.workloads import FailsWhenLoaded
+
+    with open(path, "a") as notes:
+        notes.write(f"{x}\n")
+    return FailsWhenLoaded() if x % 2 else x
+
+
+@task
+def describe_array(array: Any) -> tuple[bool, float]:
+    return bool(array.flags.writeable), float(array.sum())
+
+
+@task
+def exits(code: int) -> None:
+    sys.exit(code)
+
+
+@task
+def blocked(seconds: float) -> float:
+    time.sleep(seconds)  # one C call: a timer in the worker thread cannot stop it
+    return seconds
+
+
 # -- a real cluster on 127.0.0.1 ----------------------------------------------------------
 
 
@@ -177,6 +204,21 @@ class DaskCluster:
     def stop(self) -> None:
         _kill_group(self.workers)
         _kill_group(self.scheduler)
+
+
+def worker_pids(address: str) -> dict[str, int]:
+    """``{worker address: pid}`` as the scheduler at ``address`` reports them."""
+    from distributed import Client
+
+    with Client(address, timeout=60, set_as_default=False) as client:  # type: ignore[no-untyped-call]
+        return {str(worker): int(pid) for worker, pid in client.run(os.getpid).items()}
+
+
+def wait_for_no_workers(address: str, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while worker_pids(address) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert worker_pids(address) == {}, "the scheduler still lists workers"
 
 
 def _kill_group(process: subprocess.Popen[bytes]) -> None:
@@ -325,6 +367,123 @@ def test_unpicklable_argument_and_result_fail_with_serialization_errors(cluster:
     assert good == "int"
 
 
+def test_values_that_do_not_unpickle_fail_their_runs_and_restart_no_worker(
+    cluster: DaskCluster, tmp_path: Path
+) -> None:
+    """issue 12.15 on a scheduler by address: an argument that does not unpickle on the
+    worker (the scheduler used to reject the whole graph) or a result that does not
+    unpickle here (Dask raised its own deserialization error) fails its own run, also
+    inside a batched map; the others complete, each run is sent at most once more
+    (alone, to find the one at fault) and no worker dies."""
+    from flowcore.testing.workloads import FailsWhenLoaded
+
+    before = worker_pids(cluster.address)
+    notes = tmp_path / "runs.txt"
+
+    def body() -> tuple[list[State[Any]], list[State[Any]], int]:
+        arguments = takes_anything.map([FailsWhenLoaded(), 1, FailsWhenLoaded(), "x"])
+        results = noted_unloadable_if_odd.map(str(notes), range(4))
+        flowcore.wait(arguments + results)
+        return [f.state for f in arguments], [f.state for f in results], inc.submit(1).result()
+
+    arguments, results, after = on_dask(body, address=cluster.address)
+    assert after == 2
+    assert [s.name for s in arguments] == ["Failed", "Completed", "Failed", "Completed"]
+    assert [arguments[1].result(), arguments[3].result()] == ["int", "str"]
+    for state in (arguments[0], arguments[2]):
+        assert isinstance(state.exception, SerializationError), state.message
+        assert "takes_anything" in state.message and "argument 'value'" in state.message
+        assert "FailsWhenLoaded" in state.message
+    assert [s.name for s in results] == ["Completed", "Failed", "Completed", "Failed"]
+    assert [results[0].result(), results[2].result()] == [0, 2]
+    for state in (results[1], results[3]):
+        assert isinstance(state.exception, SerializationError), state.message
+        assert "noted_unloadable_if_odd" in state.message and "FailsWhenLoaded" in state.message
+        assert state.attempts == 1
+    runs = notes.read_text().split()
+    assert sorted(set(runs)) == ["0", "1", "2", "3"]
+    assert all(runs.count(x) <= 2 for x in set(runs)), runs  # no resubmission loop
+    assert worker_pids(cluster.address) == before  # no worker died or was restarted
+
+
+def test_an_array_argument_arrives_whole_and_writeable(cluster: DaskCluster) -> None:
+    """The call travels as bytes with the array's buffer beside them (out of band);
+    the task gets it as Dask would give it: equal, and writeable like the original."""
+    np = pytest.importorskip("numpy")
+    array = np.arange(1 << 17, dtype=np.float64)  # 1 MiB
+
+    def body() -> tuple[bool, float]:
+        return describe_array.submit(array).result()
+
+    assert on_dask(body, address=cluster.address) == (True, float(array.sum()))
+
+
+def test_sys_exit_in_a_task_crashes_its_run_and_restarts_no_worker(cluster: DaskCluster) -> None:
+    """issue 12 (3): SystemExit used to kill the worker, which its nanny restarted four
+    times (a remote scheduler's allowed-failures), printing ~240 lines of tracebacks."""
+    before = worker_pids(cluster.address)
+    exiting = exits.with_options(retries=2, retry_delay_seconds=0)
+
+    def body() -> tuple[State[Any], int]:
+        return exiting.submit(3, return_state=True), inc.submit(1).result()
+
+    state, after = on_dask(body, address=cluster.address)
+    assert state.is_crashed() and "the task called sys.exit(3)" in state.message, state.message
+    assert state.attempts == 1  # a crash of the task's own making is not retried
+    assert after == 2  # the flow went on
+    assert worker_pids(cluster.address) == before  # no worker died or was restarted
+
+
+@pytest.mark.slow
+def test_a_timeout_ends_a_blocked_task_and_its_retry(cluster: DaskCluster) -> None:
+    """issue 12 (5): a 1 s timeout on a 60 s sleep held a Dask flow 77 s; the worker of
+    a run past its deadline (plus the grace period) is now restarted."""
+    limited = blocked.with_options(timeout_seconds=1, retries=1, retry_delay_seconds=0)
+
+    def body() -> tuple[State[Any], int]:
+        return limited.submit(60, return_state=True), inc.submit(1).result()
+
+    started = time.monotonic()
+    state, after = on_dask(body, address=cluster.address)
+    elapsed = time.monotonic() - started
+    assert state.name == "TimedOut" and state.is_failed(), state
+    assert state.attempts == 2 and "timeout of 1 s" in state.message
+    assert after == 2
+    assert elapsed < 30  # not the 2 x 60 s of the sleeps
+    cluster.wait_for_workers(2)  # the nanny restarted the killed workers
+
+
+@pytest.mark.slow
+def test_no_workers_warns_at_once_then_crashes_the_waiting_runs(caplog: pytest.LogCaptureFixture) -> None:
+    """issue 12 (4): with every worker dead, a flow used to wait for one forever."""
+    own = DaskCluster(workers=1)
+    backend = flowcore.get_backend("dask", address=own.address, no_workers_timeout=2)
+    try:
+
+        def body() -> tuple[State[Any], State[Any]]:
+            assert inc.submit(1).result() == 2
+            _kill_group(own.workers)  # the nanny too: nobody restarts the worker
+            wait_for_no_workers(own.address)
+            waiting = [inc.submit(2), inc.submit(3)]
+            flowcore.wait(waiting, timeout=120)
+            return waiting[0].state, waiting[1].state
+
+        started = time.monotonic()
+        with caplog.at_level(logging.WARNING, logger="flowcore.backends.dask"):
+            states = flow(backend=backend)(body)()
+        elapsed = time.monotonic() - started
+    finally:
+        backend.shutdown()
+        own.stop()
+    for state in states:
+        assert state.is_crashed(), state
+        assert own.address in state.message and "no_workers_timeout" in state.message, state.message
+        assert "2 s" in state.message
+    assert elapsed < 60
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "no workers" in r.getMessage()]
+    assert len(warnings) == 1 and own.address in warnings[0].getMessage()
+
+
 # -- unreachable schedulers ---------------------------------------------------------------
 
 
@@ -384,6 +543,45 @@ def test_unreachable_scheduler_leaves_no_noise_at_exit(tmp_path: Path) -> None:
     assert f"cannot connect to the Dask scheduler at {address}" in result.stdout
     assert "Exception ignored" not in result.stderr
     assert noise(result.stderr) == [], result.stderr
+
+
+def test_unreachable_scheduler_is_logged_once(tmp_path: Path) -> None:
+    """issue 12 (8): 200 runs refused by an unreachable scheduler gave 12 ERROR lines,
+    each repeating the 300-character connection error."""
+    address = f"tcp://127.0.0.1:{free_port()}"
+    result = _run_script(
+        tmp_path,
+        f"""
+        import flowcore
+        from flowcore import flow, task
+
+        @task
+        def one(x):
+            return x
+
+        if __name__ == "__main__":
+            backend = flowcore.get_backend("dask", address={address!r}, connect_timeout=1)
+            def body():
+                first = one.submit(0, return_state=True)
+                flowcore.wait(one.map(range(200)), timeout=120)
+                return first.name
+            try:
+                print(flow(backend=backend)(body)())
+            finally:
+                backend.shutdown()
+        """,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "Crashed"
+    errors = [line for line in result.stderr.splitlines() if "ERROR" in line]
+    # The run the flow looked at is logged on its own (each failed task run is logged
+    # once); the 200 nothing looked at share one line.
+    looked_at = [line for line in errors if "Task run 'one-0' - Finished in state Crashed" in line]
+    assert len(looked_at) == 1, result.stderr
+    others = [line for line in errors if line not in looked_at]
+    assert len(others) == 1, result.stderr
+    assert f"cannot connect to the Dask scheduler at {address}" in others[0]
+    assert "200" in others[0]  # how many runs it ended
 
 
 def test_stopped_scheduler_crashes_running_tasks_and_fails_the_next_flow() -> None:
@@ -461,6 +659,9 @@ def test_invalid_options_fail_when_the_backend_is_created(tmp_path: Path) -> Non
         flowcore.get_backend("dask", max_workers=0)
     with pytest.raises(ValueError, match="connect_timeout"):
         flowcore.get_backend("dask", connect_timeout=-1)
+    for bad in (0, -1, True, "60", float("nan")):
+        with pytest.raises(ValueError, match="no_workers_timeout"):
+            flowcore.get_backend("dask", no_workers_timeout=bad)
     with pytest.raises(ValueError, match="tls_ca_file"):
         flowcore.get_backend("dask", address="tls://127.0.0.1:8786", tls_ca_file=str(tmp_path / "missing.pem"))
     with pytest.raises(TypeError, match="invalid options for backend 'dask'"):
@@ -592,6 +793,41 @@ def test_local_cluster_runs_main_functions_closures_and_exits_cleanly(tmp_path: 
     assert noise(result.stderr, expected=("distributed.nanny - WARNING - Restarting worker",)) == [], result.stderr
     assert os.getpid() not in out["pids"]
     assert _wait_gone(out["pids"]) == []
+
+
+@pytest.mark.slow
+def test_local_cluster_workers_use_the_parents_cache_directory(tmp_path: Path) -> None:
+    """issue 12 (11): the workers of the local cluster get the parent's resolved cache
+    directory, so that ``flowcore cache ls`` there sees the entries they write."""
+    (tmp_path / "pyproject.toml").write_text('[tool.flowcore]\ncache_dir = "shared-cache"\n')
+    result = _run_script(
+        tmp_path,
+        """
+        import json, os
+        from flowcore import flow, task
+        from flowcore.caching import INPUTS
+
+        @task(cache_policy=INPUTS)
+        def where(x):
+            return os.environ.get("FLOWCORE_CACHE_DIR"), x
+
+        @flow(backend="dask")
+        def main():
+            return where.submit(1).result()
+
+        if __name__ == "__main__":
+            print(json.dumps(main()))
+        """,
+    )
+    assert result.returncode == 0, result.stderr
+    worker_directory, _ = json.loads(result.stdout.strip().splitlines()[-1])
+    assert worker_directory == str((tmp_path / "shared-cache").resolve())
+    listed = subprocess.run(
+        [sys.executable, "-m", "flowcore", "cache", "ls"], capture_output=True, text=True, timeout=60,
+        cwd=tmp_path,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert "where" in listed.stdout, listed.stdout
 
 
 @pytest.mark.slow

@@ -39,9 +39,11 @@ def local_cluster() -> Iterator[Any]:
 
 class TestDaskConformance(BackendConformance):
     """Tasks run in Dask worker threads: a timeout stops Python code at its next
-    instruction, not a call blocked in C (no ``real_timeouts``)."""
+    instruction; a call blocked in C ends with its worker, which the backend has
+    restarted once the run is past its deadline and a grace period (``real_timeouts``:
+    the workers run on this machine, where the backend reads their journals)."""
 
-    capabilities = frozenset({"parallel", "processes"})
+    capabilities = frozenset({"parallel", "processes", "real_timeouts"})
 
     @pytest.fixture
     def backend(self, local_cluster: Any) -> Iterator[Backend]:

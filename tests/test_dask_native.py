@@ -97,6 +97,38 @@ def worker_pid(_: Any = None) -> int:
     return os.getpid()
 
 
+#: True in the flow's process while a test wants UnpicklableHere values refused here
+#: (the workers import this module afresh: there it stays False)
+REFUSE_HERE = [False]
+
+
+def _rebuild_unless_here(array: Any) -> UnpicklableHere:
+    if REFUSE_HERE[0]:
+        # Not pickle's own words, but a class whose name holds "pickle" (issue 12.15)
+        raise TypeError("UnpicklableHere cannot be rebuilt in the flow's process")
+    return UnpicklableHere(array)
+
+
+class UnpicklableHere:
+    """A large value that unpickles on the workers but not in the flow's process."""
+
+    def __init__(self, array: Any) -> None:
+        self.array = array
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_unless_here, (self.array,))
+
+
+@task
+def refused_here(megabytes: float) -> UnpicklableHere:
+    return UnpicklableHere(np.ones(int(megabytes * MB) // 8))
+
+
+@task
+def size_of(value: UnpicklableHere) -> int:
+    return int(value.array.size)
+
+
 # -- fixtures ----------------------------------------------------------------------------
 
 
@@ -263,3 +295,48 @@ def test_a_value_that_cannot_be_fetched_any_more_raises_crashed_naming_the_run(l
         client.close()  # a client passed in is the caller's: its results go with it
     with pytest.raises(CrashedError, match=kept[0].name):
         kept[0].result()
+
+
+@pytest.fixture
+def refuse_here() -> Iterator[None]:
+    REFUSE_HERE[0] = True
+    try:
+        yield
+    finally:
+        REFUSE_HERE[0] = False
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.usefixtures("refuse_here")
+def test_a_kept_value_that_does_not_unpickle_here_fails_its_fetch_naming_the_run(backend: Backend) -> None:
+    """The run completed (its value stays on the workers, which load it for downstream
+    tasks); fetching it here fails with a SerializationError naming the run and the
+    type, during the flow and after it (the backend tried to bring it home before
+    closing its client), not Dask's raw error or a Crashed run."""
+    from flowcore.errors import SerializationError
+
+    kept: list[TaskFuture[Any]] = []  # outside the flow's return value, which resolves futures
+
+    def body() -> tuple[int, BaseException | None, int]:
+        kept.append(refused_here.submit(1))
+        downstream = size_of.submit(as_value(kept[0]))
+        error: BaseException | None = None
+        try:
+            kept[0].result()
+        except BaseException as exc:  # the test inspects whatever came
+            error = exc
+        from flowcore.testing import workloads
+
+        return downstream.result(), error, workloads.add.submit(1, 2).result()
+
+    size, during, after = flow(backend=backend)(body)()
+    assert size == MB // 8  # the workers unpickled it for the downstream task
+    assert after == 3
+    assert kept[0].state.is_completed()
+    with pytest.raises(SerializationError) as after_flow:
+        kept[0].result()
+    for error in (during, after_flow.value):
+        assert isinstance(error, SerializationError), repr(error)
+        message = str(error)
+        assert kept[0].name in message and "UnpicklableHere" in message, message
+        assert "cannot be unpickled in the flow's process" in message, message

@@ -254,6 +254,37 @@ def test_flow_timeout_in_a_worker_thread() -> None:
     assert outcome and outcome[0].name == "TimedOut"
 
 
+@pytest.mark.parametrize("how", ["submit", "map"])
+def test_flow_timeout_in_a_worker_thread_while_waiting_on_a_future(how: str) -> None:
+    """The flow's deadline fires while its (non-main) thread is blocked waiting on a
+    future: the wait wakes for it instead of holding the flow until the task ends."""
+    release = threading.Event()
+
+    @task
+    def stuck(_: int = 0) -> None:
+        end = time.monotonic() + NO_HANG * 2  # small steps: done at once if stolen to the waiter
+        while not release.is_set() and time.monotonic() < end:
+            time.sleep(0.01)
+
+    @flow(timeout_seconds=0.3, backend="threads")
+    def pipeline() -> None:
+        if how == "submit":
+            stuck.submit().result()
+        else:
+            [f.result() for f in stuck.map(range(2))]
+
+    outcome: list[State[Any]] = []
+    worker = threading.Thread(target=lambda: outcome.append(pipeline(return_state=True)))
+    worker.start()
+    try:
+        worker.join(NO_HANG)
+        assert not worker.is_alive(), "the flow's timeout did not interrupt its wait on the future"
+    finally:
+        release.set()
+        worker.join(NO_HANG)
+    assert outcome and outcome[0].name == "TimedOut"
+
+
 def test_task_timeout_raised_in_the_body_fails_the_flow_like_any_error() -> None:
     """A task's TaskTimeoutError raised in the body is not the flow timing out: the flow
     (without timeout_seconds) is Failed, like after any other exception of its body."""
@@ -523,8 +554,22 @@ def test_unobserved_failed_futures_are_logged_at_flow_exit(caplog: pytest.LogCap
     assert "nobody looked" in reports[0].getMessage()
 
 
+def test_unobserved_failure_reports_end_without_a_blank_line(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="flowcore")
+
+    @flow
+    def pipeline() -> None:
+        failing.submit("nobody looked")
+
+    pipeline()
+    (report,) = [r for r in caplog.records if "nothing retrieved" in r.getMessage()]
+    message = report.getMessage()
+    assert "Traceback" in message and "nobody looked" in message
+    assert not message.endswith("\n") and "\n\n" not in message
+
+
 @pytest.mark.parametrize("observe", ["result", "state", "wait_for_state"])
-def test_observed_failed_futures_are_not_logged(caplog: pytest.LogCaptureFixture, observe: str) -> None:
+def test_observed_failed_futures_are_not_reported_as_unobserved(caplog: pytest.LogCaptureFixture, observe: str) -> None:
     caplog.set_level(logging.INFO, logger="flowcore")
     names: list[str] = []
 
@@ -576,3 +621,44 @@ def test_completed_futures_are_never_reported(caplog: pytest.LogCaptureFixture) 
     pipeline()
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
 
+
+
+def _final_state_reports(caplog: pytest.LogCaptureFixture, run_name: str) -> list[logging.LogRecord]:
+    """ERROR records of a task run's own logger saying how it finished."""
+    return [
+        r
+        for r in caplog.records
+        if r.levelno == logging.ERROR
+        and getattr(r, "task_run_name", None) == run_name
+        and r.getMessage().startswith("Finished in state")
+    ]
+
+
+@pytest.mark.parametrize("backend", ["sequential", "threads"])
+def test_each_failed_task_run_is_logged_once_at_error(
+    caplog: pytest.LogCaptureFixture, backend: str
+) -> None:
+    """Prefect logs every task run's final state: a failure the flow looked at (and
+    handled) is logged too, once; an unobserved one only by its unobserved report."""
+    caplog.set_level(logging.INFO, logger="flowcore")
+    names: dict[str, str] = {}
+
+    @flow(backend=backend)
+    def pipeline() -> str:
+        looked_at = failing.submit("looked at")
+        ignored = failing.submit("ignored")
+        mapped = failing.map(["mapped 0", "mapped 1"])
+        names.update(looked_at=looked_at.name, ignored=ignored.name, mapped=mapped[0].name)
+        looked_at.wait(NO_HANG)
+        assert looked_at.state.is_failed()
+        flowcore.wait(mapped)
+        assert [m.state.is_failed() for m in mapped] == [True, True]
+        return "handled"
+
+    assert pipeline() == "handled"
+    (looked_at,) = _final_state_reports(caplog, names["looked_at"])
+    assert "looked at" in looked_at.getMessage()
+    assert len(_final_state_reports(caplog, names["mapped"])) == 1
+    # The unobserved run is reported once, by the report that says nobody looked.
+    assert _final_state_reports(caplog, names["ignored"]) == []
+    assert len([r for r in caplog.records if names["ignored"] in r.getMessage()]) == 1

@@ -56,12 +56,36 @@ def test_options_select_the_joblib_backend() -> None:
         backend.shutdown()
 
 
-def test_default_n_jobs_follows_joblib_and_runs_inline() -> None:
+def test_no_options_default_to_loky_on_every_core(caplog: pytest.LogCaptureFixture) -> None:
+    """joblib's own n_jobs=None means one job in the caller's process; flowcore's joblib
+    backend defaults to parallel workers, and says how many when its pool starts."""
     backend = flowcore.get_backend("joblib")
     try:
-        assert backend.kind is BackendKind.INLINE and backend.max_workers == 1
+        assert backend.kind is BackendKind.PROCESSES
+        assert backend.max_workers == joblib.cpu_count()
+        with caplog.at_level("INFO", logger="flowcore"):
+            pids = flow(backend=backend)(lambda: {f.result()[0] for f in where.map(range(4))})()
+        assert os.getpid() not in pids
     finally:
         backend.shutdown()
+    started = [r for r in caplog.records if r.name.startswith("flowcore.") and "worker" in r.getMessage()]
+    assert started and f"{joblib.cpu_count()} worker" in started[0].getMessage()
+    assert "LokyBackend" in started[0].getMessage() or "loky" in started[0].getMessage()
+
+
+def test_parallel_config_n_jobs_still_decides() -> None:
+    with joblib.parallel_config(n_jobs=1):
+        inline = flowcore.get_backend("joblib")
+    with joblib.parallel_config(backend="threading"):
+        threads = flowcore.get_backend("joblib")
+    try:
+        assert inline.kind is BackendKind.INLINE and inline.max_workers == 1
+        # A configured backend without n_jobs: every core, as with no configuration.
+        assert threads.kind is BackendKind.THREADS and threads.max_workers == joblib.cpu_count()
+        assert flowcore.get_backend("joblib", n_jobs=1).kind is BackendKind.INLINE
+    finally:
+        inline.shutdown()
+        threads.shutdown()
 
 
 def test_a_registered_joblib_backend_is_reachable() -> None:
@@ -84,6 +108,25 @@ def test_a_registered_joblib_backend_is_reachable() -> None:
         backend.shutdown()
     assert values == [0, 2, 4, 6]
     assert len(submitted) == 4
+
+
+@task
+def returns_a_lock() -> Any:
+    return {"lock": threading.Lock()}
+
+
+def test_unpicklable_result_is_one_line_naming_run_and_type() -> None:
+    backend = flowcore.get_backend("joblib", backend="loky", n_jobs=2)
+    try:
+        (state,) = flow(backend=backend)(lambda: (returns_a_lock.submit(return_state=True),))()
+    finally:
+        backend.shutdown()
+    message = state.message
+    assert "\n" not in message and "\\n" not in message and "Traceback" not in message
+    assert "the result of task run 'returns_a_lock-" in message
+    assert "(a dict) cannot be pickled to send it back: " in message
+    assert "_thread.lock" in message
+    assert message.endswith("; return plain data instead")
 
 
 def test_worker_death_in_joblib_pool_is_pinned_on_its_task() -> None:

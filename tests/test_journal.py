@@ -13,7 +13,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from flowcore import journal
+from flowcore.backends._supervision import journal
 
 
 def _dead_pid() -> int:
@@ -52,7 +52,7 @@ def test_a_killed_parents_journal_directory_is_removed_by_the_next_process(tmp_p
         textwrap.dedent(
             """
             import os, signal
-            from flowcore import journal
+            from flowcore.backends._supervision import journal
 
             print(journal.journal_directory(), flush=True)
             os.kill(os.getpid(), signal.SIGKILL)
@@ -65,7 +65,7 @@ def test_a_killed_parents_journal_directory_is_removed_by_the_next_process(tmp_p
     assert killed.returncode == -signal.SIGKILL
     left = Path((tmp_path / "out").read_text().strip())
     assert left.is_dir() and left.parent == tmp_path
-    code = "from flowcore import journal; print(journal.journal_directory())"
+    code = "from flowcore.backends._supervision import journal; print(journal.journal_directory())"
     fresh = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60, check=True)
     assert not left.exists()
     assert Path(fresh.stdout.strip()).parent == tmp_path
@@ -80,11 +80,11 @@ def test_a_plain_child_that_imports_flowcore_is_not_ended_with_its_parent(tmp_pa
         textwrap.dedent(
             """
             import os, subprocess, sys
-            from flowcore import journal
+            from flowcore.backends._supervision import journal
 
             journal.export_to_workers()  # what the joblib backend does
             child = subprocess.Popen(
-                [sys.executable, "-c", "import flowcore.journal, time; print('in', flush=True); time.sleep(60)"],
+                [sys.executable, "-c", "import flowcore.backends._supervision.journal, time; print('in', flush=True); time.sleep(60)"],
                 stdout=subprocess.PIPE, text=True,
             )
             assert child.stdout.readline().strip() == "in"  # flowcore imported while we live

@@ -17,6 +17,8 @@ import pytest
 
 pytest.importorskip("loky")
 
+from flowcore.backends.loky import LokyBackend
+
 import flowcore
 from flowcore import flow, task
 from flowcore.errors import CrashedError, SerializationError
@@ -135,7 +137,12 @@ def test_unpicklable_result_is_reported() -> None:
 
     (state,) = on_loky(body)
     assert state.is_failed() and isinstance(state.exception, SerializationError)
-    assert "result" in state.message and "returns_a_lock" in state.message
+    # One line, naming the run and the result's type; no loky traceback.
+    message = state.message
+    assert "\n" not in message and "\\n" not in message and "Traceback" not in message
+    assert "the result of task run 'returns_a_lock-" in message
+    assert "(a _thread.lock) cannot be pickled to send it back: " in message
+    assert message.endswith("; return plain data instead")
 
 
 def test_pool_is_reused_across_flow_runs() -> None:
@@ -447,7 +454,7 @@ def test_cancel_of_a_batched_run_that_is_executing_returns_false() -> None:
 def _journaled_big_result(tag: str, size: int) -> bytes:
     """Runs as journaled run ``tag``, then returns ``size`` bytes: the worker spends a
     while writing them back to the parent after its journal says idle."""
-    from flowcore import journal
+    from flowcore.backends._supervision import journal
 
     journal.record_start(tag)
     time.sleep(0.05)
@@ -474,7 +481,7 @@ def test_a_worker_is_never_killed_while_it_writes_its_result_back(monkeypatch: p
     while a kill of its run is under way would be killed mid-write."""
     from concurrent.futures import TimeoutError as FutureTimeout
 
-    from flowcore import journal
+    from flowcore.backends._supervision import journal
 
     real_kill = os.kill
 
@@ -563,8 +570,8 @@ def test_parent_watch_ends_only_orphans(tmp_path: Path) -> None:
     code = textwrap.dedent(
         """
         import os, sys, time
-        from flowcore import journal
-        from flowcore.lifeline import watch_parent
+        from flowcore.backends._supervision import journal
+        from flowcore.backends._supervision.lifeline import watch_parent
 
         if sys.argv[1] == "watched":
             watch_parent(interval=0.05)
@@ -604,3 +611,152 @@ def test_parent_watch_ends_only_orphans(tmp_path: Path) -> None:
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(journaled, signal.SIGKILL)
+
+
+# -- a pool broken again and again by one run (issue 12.15) -------------------------
+
+
+def _unguarded(fn: Any, *args: Any) -> Any:
+    return fn(*args)
+
+
+class UnguardedLoky(LokyBackend):
+    """A loky backend without flowcore's way-back guard (``send_back``), as a third-party
+    process backend may be: a result that cannot be unpickled breaks the real pool on
+    every round ("A result has failed to un-serialize"), and no worker died for it."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=1)
+        self.pools: list[Any] = []
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        from concurrent.futures.process import BrokenProcessPool
+
+        from flowcore.backends.loky import discard_pool, shared_pool
+
+        pool = shared_pool(self.max_workers, self.idle_timeout)
+        try:
+            future = pool.submit(_unguarded, fn, *args)
+        except (BrokenProcessPool, RuntimeError):
+            discard_pool(pool)
+            pool = shared_pool(self.max_workers, self.idle_timeout)
+            future = pool.submit(_unguarded, fn, *args)
+        if not self.pools or self.pools[-1] is not pool:
+            self.pools.append(pool)
+        self._executor = pool
+        future.add_done_callback(lambda done: self._settled(done, pool))
+        return future
+
+
+@pytest.mark.timeout(60)
+def test_resubmission_after_pool_losses_is_bounded_and_pools_are_shut_down() -> None:
+    from flowcore.futures import MAX_POOL_LOSSES
+    from flowcore.testing import workloads as w
+
+    backend = UnguardedLoky()
+    try:
+        (state,) = flow(backend=backend)(lambda: (w.return_unloadable.submit(return_state=True),))()
+    finally:
+        backend.shutdown()
+    assert state.name == "Crashed"
+    assert f"was lost {MAX_POOL_LOSSES + 1} times in a row with its worker pool" in state.message
+    assert "\n" not in state.message
+    # A fresh pool per round, no more: the first trip (in a batch, recovered by sending
+    # the run alone) and the run's own MAX_POOL_LOSSES + 1.
+    assert len(backend.pools) <= MAX_POOL_LOSSES + 2
+    for discarded in backend.pools[:-1]:  # shut down, not just forgotten
+        assert discarded._executor_manager_thread is None
+
+
+# -- a parent killed while its pool starts (issue 12.19) -----------------------------
+
+
+def _start_time(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot), None if there is none."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+        return int(stat[stat.rindex(b")") + 2 :].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _descendants_with(token: str, since: int) -> dict[int, int]:
+    """``{pid: start time}`` of the live processes whose environment carries ``token``
+    (inherited from one ancestor), whose command line mentions loky and that started no
+    earlier than ``since`` (pids wrap here: a pid alone names no process for long)."""
+    found: dict[int, int] = {}
+    needle = token.encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        try:
+            if needle not in (entry / "environ").read_bytes():
+                continue
+            if b"loky" not in (entry / "cmdline").read_bytes():
+                continue
+        except OSError:
+            continue
+        started = _start_time(pid)
+        if started is not None and started >= since and _alive(pid):
+            found[pid] = started
+    return found
+
+
+@pytest.mark.timeout(300)
+def test_workers_end_when_their_parent_is_killed_while_the_pool_starts(tmp_path: Path) -> None:
+    """A parent SIGKILLed 0.05-0.15 s after its first submit, while its workers are still
+    starting: a worker that first sees its parent after the death has PPid 1 and must
+    not conclude it was always an orphan. No loky process it started survives (issue
+    12.19). Not the joblib backend: a joblib worker that never received a task has not
+    imported flowcore, and nothing of flowcore runs at its start."""
+    import uuid
+
+    backend, options = "loky", "max_workers=2"
+    script = tmp_path / "script.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import os, signal, sys, time
+            import flowcore
+            from flowcore import flow, task
+
+            @task
+            def nap(x):
+                time.sleep(1.0)
+                return x
+
+            @flow(backend=flowcore.get_backend({backend!r}, {options}))
+            def main():
+                nap.submit(1)
+                time.sleep(float(sys.argv[1]))
+                os.kill(os.getpid(), signal.SIGKILL)
+
+            main()
+            """
+        )
+    )
+    survivors: dict[int, int] = {}
+    try:
+        for delay in (0.05, 0.1, 0.15):
+            token = f"flowcore-test-{uuid.uuid4().hex}"
+            env = {**os.environ, "FLOWCORE_TEST_LINEAGE": token}
+            # Output to files, not pipes: orphaned workers would hold a pipe open.
+            with open(tmp_path / "out", "w") as out:
+                parent = subprocess.Popen(
+                    [sys.executable, str(script), str(delay)], stdout=out, stderr=out, cwd=tmp_path, env=env
+                )
+                since = _start_time(parent.pid) or 0
+                assert parent.wait(timeout=120) == -signal.SIGKILL, (tmp_path / "out").read_text()
+            deadline = time.monotonic() + 30  # generous: the watch ends a worker within 1 s
+            left = _descendants_with(token, since)
+            while left and time.monotonic() < deadline:
+                time.sleep(0.2)
+                left = _descendants_with(token, since)
+            survivors.update(left)
+            assert not left, f"killed {delay} s after its first submit, the parent left {sorted(left)} running"
+    finally:
+        for pid, started in survivors.items():
+            if _start_time(pid) == started:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)

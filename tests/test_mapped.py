@@ -17,6 +17,7 @@ import pytest
 pytest.importorskip("loky")
 
 import flowcore
+from flowcore.processes import process_start
 from flowcore import flow, get_run_logger, task, unmapped
 from flowcore.backend import Backend
 from flowcore.errors import CrashedError, SerializationError
@@ -133,6 +134,22 @@ def test_run_names_inside_the_worker_match_the_parent(backend: Backend) -> None:
     inside, outside = run(backend, body)
     assert inside == outside
     assert len(set(outside)) == 500 and all(n.startswith("current_run_name-") for n in outside)
+
+
+def test_mapped_run_names_are_decimal_and_follow_the_index(backend: Backend) -> None:
+    """A map reserves a block of consecutive numbers per task in the flow run: run i of
+    a map that follows one earlier run is ``name-(i + 1)``, in the parent and in the
+    worker alike."""
+
+    def body() -> tuple[list[str], list[str]]:
+        first = current_run_name.submit(-1)
+        futures = current_run_name.map(range(300))
+        return [first.name] + [f.result() for f in futures], [f.name for f in futures]
+
+    inside, outside = run(backend, body)
+    expected = [f"current_run_name-{i}" for i in range(301)]
+    assert inside == expected
+    assert outside == expected[1:]
 
 
 def test_logs_of_each_run_are_replayed_with_its_name(
@@ -278,7 +295,7 @@ def test_unobserved_failed_run_is_logged(
 def test_journal_range_names_the_run_at_the_current_position(tmp_path: Path) -> None:
     code = (
         "import sys\n"
-        "from flowcore import journal\n"
+        "from flowcore.backends._supervision import journal\n"
         "journal.open_journal(sys.argv[1])\n"
         "journal.record_range('abc123-ff')\n"
         "journal.position_slots()[journal.POSITION_SLOT] = 3\n"
@@ -287,7 +304,7 @@ def test_journal_range_names_the_run_at_the_current_position(tmp_path: Path) -> 
     import sys
 
     subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, timeout=60)
-    from flowcore import journal
+    from flowcore.backends._supervision import journal
 
     (entry,) = journal.read_journal_entries(tmp_path).values()
     assert entry[0] == "abc123-102"  # 0xff + 3
@@ -299,11 +316,100 @@ def test_a_journal_entry_never_kills_a_process_that_reused_its_pid(monkeypatch: 
     process (here: this one, with another start time), it must not be killed."""
     import time
 
-    from flowcore import journal
+    from flowcore.backends._supervision import journal
 
     monkeypatch.setattr(journal, "_directory", str(tmp_path))
     text = f"abc123-1 {time.time():.3f}".encode().ljust(120)
-    stale_start = journal._process_start(os.getpid()) + 12345
+    stale_start = process_start(os.getpid()) + 12345
     (tmp_path / str(os.getpid())).write_bytes(text + bytes(8) + stale_start.to_bytes(8, "little"))
     assert journal.read_journal_entries(tmp_path)[os.getpid()][0] == "abc123-1"
     assert journal.kill_workers_running({"abc123-1"}) == 0  # and this process is still here
+
+
+@pytest.mark.parametrize("backend", ["threads", "loky"])
+def test_a_cached_task_maps_in_columns_and_hits_its_cache(backend: str, tmp_path: Path) -> None:
+    """A cache policy no longer pushes a map off the column path (issue 11, point 5):
+    the first map misses and runs every body, the second hits every entry."""
+    from flowcore.caching import INPUTS
+
+    counter = str(tmp_path / "bodies")
+    cached = w.counted_square.with_options(cache_policy=INPUTS, cache_storage=str(tmp_path / "cache"))
+
+    @flow(backend=backend)
+    def body() -> tuple[list[int], list[str], bool]:
+        futures = cached.map(unmapped(counter), range(30))
+        columns = all(isinstance(f, MappedFuture) for f in futures)
+        return [f.result() for f in futures], sorted({f.state.name for f in futures}), columns
+
+    first = body()
+    assert first == ([i * i for i in range(30)], ["Completed"], True)
+    assert w.read_count(counter) == 30
+    second = body()
+    assert second == ([i * i for i in range(30)], ["Cached"], True)
+    assert w.read_count(counter) == 30  # no body ran again
+
+
+@pytest.mark.parametrize("backend", ["threads", "loky", "sequential"])
+def test_hooks_of_a_mapped_task_fire_once_per_run_in_columns(backend: str) -> None:
+    """Hooks no longer push a map off the column path (issue 11, point 5): each run's
+    hook fires once, in this process, before its future is done."""
+    seen: list[tuple[str, str, int]] = []
+    seen_before_done: list[bool] = []
+    lock = threading.Lock()
+
+    def record(task: Any, call: Any, state: Any) -> None:
+        with lock:
+            seen.append((call.task_run_name, state.name, os.getpid()))
+
+    hooked = w.fail_on_three.with_options(on_completion=[record], on_failure=[record])
+
+    @flow(backend=backend)
+    def body() -> tuple[bool, list[str]]:
+        futures = hooked.map(range(12))
+        columns = all(isinstance(f, MappedFuture) for f in futures)
+        names = []
+        for f in futures:
+            f.wait()
+            with lock:
+                seen_before_done.append(any(name == f.name for name, _, _ in seen))
+            names.append(f.state.name)
+        return columns, names
+
+    columns, names = body()
+    assert columns
+    assert names == ["Failed" if i == 3 else "Completed" for i in range(12)]
+    assert len(seen) == 12 and len({name for name, _, _ in seen}) == 12
+    assert {pid for _, _, pid in seen} == {os.getpid()}
+    assert sorted(state for _, state, _ in seen) == ["Completed"] * 11 + ["Failed"]
+    assert all(seen_before_done)
+
+
+@task
+def counted_item(i: int, directory: str, culprit: int) -> Any:
+    """Counts its executions in a file per item; item ``culprit`` returns a lock."""
+    with open(os.path.join(directory, str(i)), "a") as counter:
+        counter.write("x")
+    return threading.Lock() if i == culprit else i
+
+
+def test_an_unpicklable_result_fails_alone_and_no_finished_run_runs_again(tmp_path: Path) -> None:
+    """Issue 12.22: one run returning a value that cannot be pickled fails alone; the
+    other runs of its batch are not run a second time (their side effects happen once)."""
+    backend = flowcore.get_backend("loky", max_workers=2)
+    holder: list[list[TaskFuture[Any]]] = []
+
+    def body() -> None:
+        holder.append(counted_item.map(range(40), str(tmp_path), 23))
+        flowcore.wait(holder[0])
+
+    try:
+        run(backend, body)
+    finally:
+        backend.shutdown()
+    (futures,) = holder
+    runs = {i: len((tmp_path / str(i)).read_text()) for i in range(40)}
+    assert {i: n for i, n in runs.items() if n != 1} == {}, "runs executed more than once"
+    culprit = futures[23].state
+    assert culprit.name == "Failed" and isinstance(culprit.exception, SerializationError)
+    assert "counted_item-23" in culprit.message and "_thread.lock" in culprit.message
+    assert [f.result() for i, f in enumerate(futures) if i != 23] == [i for i in range(40) if i != 23]

@@ -245,3 +245,40 @@ def test_option_errors_name_the_task() -> None:
 
     with pytest.raises(ValueError, match=re.escape("my_special_fn")):
         task(task_run_name="{nope}")(my_special_fn)
+
+
+def test_options_are_declared_once() -> None:
+    """The typed keyword arguments of @task/@flow (and with_options) are exactly the
+    input fields of TaskOptions/FlowOptions, in the same order."""
+    from flowcore.options import (
+        FlowOptionInputs,
+        FlowOptions,
+        TaskOptionInputs,
+        TaskOptions,
+        input_names,
+    )
+
+    assert tuple(TaskOptionInputs.__annotations__) == input_names(TaskOptions)
+    assert tuple(FlowOptionInputs.__annotations__) == input_names(FlowOptions)
+    assert len(input_names(TaskOptions)) == 18 and len(input_names(FlowOptions)) == 9
+
+
+def test_an_unknown_option_names_the_nearest_one() -> None:
+    import pytest
+
+    from flowcore import flow, task
+
+    with pytest.raises(TypeError, match="unknown option 'retires'; did you mean 'retries'"):
+        task(retires=2)  # type: ignore[call-overload]
+    with pytest.raises(TypeError, match="unknown option 'timeout'; did you mean 'timeout_seconds'"):
+        flow(timeout=2)  # type: ignore[call-overload]
+
+    @task
+    def double(x: int) -> int:
+        return 2 * x
+
+    with pytest.raises(TypeError, match="unknown option 'retry_delay'"):
+        double.with_options(retry_delay=1)  # type: ignore[call-arg]
+    changed = double.with_options(retries=2, tags=["a"])
+    assert (changed.options.retries, changed.options.tags, changed.name) == (2, frozenset({"a"}), "double")
+    assert changed.with_options(name="twice").options.retries == 2  # the rest kept

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+import tomllib
+from pathlib import Path
+from typing import Any
 
 
 def test_workloads_import_without_pytest() -> None:
@@ -23,3 +27,43 @@ def test_conformance_suite_is_importable_on_demand() -> None:
 
     assert hasattr(BackendConformance, "test_retries_until_success")
     assert hasattr(LifecycleRecorder, "flowcore_task_run_finished")
+
+
+# -- pyproject.toml: supported Pythons and extras ----------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _pyproject() -> dict[str, Any]:
+    with (ROOT / "pyproject.toml").open("rb") as handle:
+        return tomllib.load(handle)
+
+
+def _requirement_names(requirements: list[str]) -> set[str]:
+    return {re.split(r"[\s\[<>=!~;]", r, maxsplit=1)[0].lower() for r in requirements}
+
+
+def test_python_3_11_is_the_oldest_supported_version() -> None:
+    """Python 3.10 reached end of life in October 2026: every tool agrees on 3.11."""
+    document = _pyproject()
+    assert document["project"]["requires-python"] == ">=3.11"
+    assert document["tool"]["ruff"]["target-version"] == "py311"
+    assert document["tool"]["mypy"]["python_version"] == "3.11"
+    # The backports for older Pythons are gone with them.
+    assert not {"tomli", "typing_extensions", "typing-extensions"} & _requirement_names(
+        document["project"]["dependencies"]
+    )
+    readme = (ROOT / "README.md").read_text()
+    assert "Python 3.11+" in readme and "3.10" not in readme
+
+
+def test_dask_extra_brings_the_dashboard() -> None:
+    """LocalCluster advertises a dashboard that needs bokeh."""
+    extras = _pyproject()["project"]["optional-dependencies"]
+    assert "bokeh" in _requirement_names(extras["dask"])
+
+
+def test_dev_extra_brings_every_optional_test_dependency() -> None:
+    """The attrs/pydantic hashing test must run, not skip, after pip install -e .[dev]."""
+    extras = _pyproject()["project"]["optional-dependencies"]
+    assert {"attrs", "pydantic"} <= _requirement_names(extras["dev"])

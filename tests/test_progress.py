@@ -1,107 +1,135 @@
-"""The live progress display: on a terminal by itself, never in a pipe, off with
-FLOWCORE_PROGRESS=0, forced by ``flowcore run --progress``; log lines stay whole.
-Real processes with stderr on a pseudo-terminal."""
+"""The live progress display: on a terminal only, off with FLOWCORE_PROGRESS=0.
+
+The flows run in child processes whose standard error is a real pseudo-terminal
+(``pty``) or a pipe, as a user's would be.
+"""
 
 from __future__ import annotations
 
 import os
-import re
+import pty
+import select
 import subprocess
 import sys
 import textwrap
-import threading
+import time
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("rich")
-pty = pytest.importorskip("pty")
 
-SCRIPT = """
+SCRIPT = textwrap.dedent(
+    """
     import time
-    from flowcore import flow, task, get_run_logger
+    from flowcore import flow, task
 
     @task
-    def slow(x):
-        time.sleep(0.02)
-        if x == 7:
-            raise ValueError("seven")
-        return x
+    def square(x):
+        time.sleep(0.002)
+        return x * x
 
-    @flow
-    def progressing(n: int = 40):
-        get_run_logger().info("starting the map")
-        futures = slow.map(range(n))
-        get_run_logger().info("submitted them all")
-        return sum(f.result() for f in futures if f.wait() or f.state.is_completed())
+    @task
+    def explode(x):
+        raise ValueError(x)
+
+    @flow(backend="threads")
+    def squares(n):
+        ok = square.map(range(n))
+        bad = [explode.submit(i) for i in range(3)]
+        time.sleep(0.6)  # long enough for a few refreshes
+        return sum(f.result() for f in ok), sum(1 for f in bad if f.state.is_failed())
 
     if __name__ == "__main__":
-        progressing(return_state=True)
-"""
+        print("result", squares(300))
+    """
+)
 
-ANSI = re.compile(r"\x1b\[[0-9;?]*[a-zA-Z]")
+
+def _plain(text: str) -> str:
+    """``text`` without terminal escape sequences."""
+    import re
+
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
 
 
-def run_on_terminal(tmp_path: Path, env: dict[str, str]) -> str:
-    """Run the script with stderr on a pseudo-terminal; everything it drew, ANSI removed."""
-    script = tmp_path / "progressing.py"
-    script.write_text(textwrap.dedent(SCRIPT))
-    master, slave = pty.openpty()
+def _run_on_terminal(script: Path, env: dict[str, str]) -> str:
+    """Run ``script`` with stdout and stderr on a pseudo-terminal; all it printed."""
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, str(script)], stdin=subprocess.DEVNULL, stdout=follower, stderr=follower,
+        env=env, close_fds=True,
+    )
+    os.close(follower)
     chunks: list[bytes] = []
-
-    def read() -> None:
-        while True:
-            try:
-                data = os.read(master, 65536)
-            except OSError:
-                return
-            if not data:
-                return
-            chunks.append(data)
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    process = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                               stderr=slave, env=env, cwd=tmp_path)
-    os.close(slave)
-    process.wait(timeout=120)
-    reader.join(10)
-    os.close(master)
-    assert process.returncode == 0
-    return ANSI.sub("", b"".join(chunks).decode(errors="replace")).replace("\r", "\n")
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([leader], [], [], 0.5)
+            if ready:
+                try:
+                    data = os.read(leader, 65536)
+                except OSError:  # the child closed the terminal
+                    break
+                if not data:
+                    break
+                chunks.append(data)
+            elif process.poll() is not None:
+                break
+    finally:
+        os.close(leader)
+        process.wait(timeout=60)
+    assert process.returncode == 0, b"".join(chunks).decode(errors="replace")
+    return b"".join(chunks).decode(errors="replace")
 
 
 @pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("FLOWCORE_")}
-    return {**clean, "FLOWCORE_HOME": str(tmp_path / "home"), "TERM": "xterm"}
+def script(tmp_path: Path) -> Path:
+    path = tmp_path / "squares.py"
+    path.write_text(SCRIPT)
+    return path
 
 
-def test_a_terminal_gets_a_progress_display_and_whole_log_lines(tmp_path: Path, env: dict[str, str]) -> None:
-    drawn = run_on_terminal(tmp_path, env)
-    assert re.search(r"slow .*40/40 1 failed", drawn), drawn
-    lines = drawn.splitlines()
-    for message in ("starting the map", "submitted them all", "Finished in state Completed()"):
-        (line,) = [line for line in lines if message in line]
-        assert re.fullmatch(r"\d\d:\d\d:\d\d\.\d{3} \| INFO +\| Flow run 'progressing-[0-9a-f]{8}' - " + re.escape(message), line.strip()), line
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "FLOWCORE_PROGRESS"}
+    env.update(extra, COLUMNS="120", TERM="xterm")
+    return env
 
 
-def test_flowcore_progress_0_turns_it_off_on_a_terminal(tmp_path: Path, env: dict[str, str]) -> None:
-    drawn = run_on_terminal(tmp_path, {**env, "FLOWCORE_PROGRESS": "0"})
-    assert "40/40" not in drawn and "Finished in state Completed()" in drawn
+def test_a_terminal_shows_the_progress_table(script: Path) -> None:
+    out = _run_on_terminal(script, _env())
+    assert "result (8955050, 3)" in out
+    for header in ("task", "done", "failed", "active", "total", "rate"):
+        assert header in out, out
+    final = _plain(out[out.rindex("flow run 'squares-") :])  # the last drawing of the table
+    square_row = next(line for line in final.splitlines() if " square " in line)
+    cells = [cell.strip() for cell in square_row.split("│")[1:-1]]
+    assert cells[:5] == ["square", "300", "0", "0", "300"], square_row  # task done failed active total
+    explode_row = next(line for line in final.splitlines() if " explode " in line)
+    cells = [cell.strip() for cell in explode_row.split("│")[1:-1]]
+    assert cells[:5] == ["explode", "0", "3", "0", "3"], explode_row
+    assert "Beginning flow run" in out  # log lines still printed
 
 
-def test_never_in_a_pipe_unless_forced(tmp_path: Path, env: dict[str, str]) -> None:
-    script = tmp_path / "progressing.py"
-    script.write_text(textwrap.dedent(SCRIPT))
-    piped = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120,
-                           check=False)
-    assert piped.returncode == 0 and "40/40" not in piped.stderr
-    forced = subprocess.run([sys.executable, "-m", "flowcore", "run", f"{script}:progressing", "--progress"],
-                            capture_output=True, text=True, env=env, timeout=120, check=False)
-    assert forced.returncode == 0, forced.stderr
-    assert re.search(r"slow .*40/40 1 failed", forced.stderr), forced.stderr
-    check = "from flowcore.registry import get_registry; print(get_registry().observes_events)"
-    off = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120, check=False,
-                         env={**env, "FLOWCORE_HISTORY": "0"})
-    assert off.stdout.strip() == "False"  # neither history nor progress observes a pipe's runs
+def test_progress_is_off_with_the_variable(script: Path) -> None:
+    out = _run_on_terminal(script, _env(FLOWCORE_PROGRESS="0"))
+    assert "result (8955050, 3)" in out
+    assert "active" not in out and "flow run 'squares-" not in out
+
+
+def test_no_progress_when_not_a_terminal(script: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=_env(), timeout=120, check=True
+    )
+    assert "result (8955050, 3)" in done.stdout
+    assert "active" not in done.stderr and "\x1b[" not in done.stderr
+
+
+def test_flowcore_run_progress_flag_turns_it_on_despite_the_variable(script: Path) -> None:
+    launcher = script.parent / "launch.py"
+    launcher.write_text(
+        "import sys\nfrom flowcore.cli import main\n"
+        f"sys.exit(main(['run', {str(script) + ':squares'!r}, '--param', 'n=50', '--progress']))\n"
+    )
+    out = _run_on_terminal(launcher, _env(FLOWCORE_PROGRESS="0"))
+    assert "active" in out and "flow run 'squares-" in out

@@ -386,6 +386,43 @@ def test_default_run_names_are_distinct_and_start_with_the_task_name() -> None:
     assert all(name.startswith("double") for name in names)
 
 
+@pytest.mark.parametrize("backend", ["sequential", "threads"])
+def test_default_run_names_count_in_decimal_per_task_in_submission_order(backend: str) -> None:
+    @flow(backend=backend)
+    def numbered() -> list[str]:
+        futures = [double.submit(i) for i in range(3)]
+        futures += [add.submit(1, 2), add.submit(3, 4)]
+        futures += double.map(range(12))
+        futures.append(double.submit(0))
+        return [f.name for f in futures]
+
+    names = numbered()
+    assert names == (
+        ["double-0", "double-1", "double-2", "renamed-add-0", "renamed-add-1"]
+        + [f"double-{i}" for i in range(3, 15)]
+        + ["double-15"]
+    )
+    assert numbered() == names  # each flow run counts from 0
+
+
+def test_run_names_inside_the_task_match_the_future_names() -> None:
+    @task
+    def own_name(i: int) -> str:
+        from flowcore.context import current_task_run
+
+        context = current_task_run()
+        assert context is not None
+        return context.call.task_run_name
+
+    @flow(backend="threads")
+    def names() -> tuple[list[str], list[str]]:
+        futures = [own_name.submit(0), *own_name.map(range(20))]
+        return [f.result() for f in futures], [f.name for f in futures]
+
+    inside, outside = names()
+    assert inside == outside == [f"own_name-{i}" for i in range(21)]
+
+
 # -- with_options ---------------------------------------------------------------------
 
 

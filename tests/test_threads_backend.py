@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import flowcore
 from flowcore import task
@@ -76,3 +77,32 @@ def test_a_running_task_is_waited_for_not_rerun() -> None:
         threading.Timer(0.05, release.set).start()
         assert future.result() == 1
     assert len(counter) == 1 and counter[0].startswith("flowcore-thread")
+
+
+@task(timeout_seconds=1, retries=1)
+def sleeps_past_its_timeout(seconds: float) -> str:
+    import time
+
+    time.sleep(seconds)
+    return "woke"
+
+
+def test_a_blocked_run_times_out_at_its_deadline_and_is_abandoned(caplog: Any) -> None:
+    """issue 12 (5): a thread blocked in a call the timer cannot interrupt (time.sleep)
+    held the run (and its retry) to the end of the call: 10 s for two 5 s sleeps."""
+    import logging
+    import time
+
+    @flowcore.flow(backend="threads")
+    def body() -> tuple[str, int]:
+        state = sleeps_past_its_timeout.submit(30.0, return_state=True)
+        return state.name, state.attempts
+
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING):
+        name, attempts = body()
+    elapsed = time.monotonic() - started
+    assert (name, attempts) == ("TimedOut", 2)
+    assert elapsed < 20  # two 30 s sleeps were not waited for (the flow ended too)
+    abandoned = [r for r in caplog.records if "abandoned" in r.getMessage()]
+    assert len(abandoned) == 2, [r.getMessage() for r in caplog.records]  # once per attempt

@@ -6,7 +6,7 @@
 * :func:`content_hash`, :func:`hash_arguments`: canonical XXH3-128 hashes of values
   (:mod:`flowcore.caching.hashing` says what is equal, what differs, and what cannot
   be hashed); :func:`register_type` teaches it a class you do not own.
-* :func:`function_fingerprint`: a hash of a function's source and of the user code
+* :func:`function_fingerprint`: a hash of a function's code and of the user code
   it uses (:mod:`flowcore.caching.fingerprint`).
 * :class:`CacheStore`, :class:`FileStore`, :class:`CacheEntry`: where results live
   (:mod:`flowcore.caching.store`); stores are plugins (:mod:`flowcore.caching.storage`).

@@ -14,7 +14,8 @@
 
 The checksum is verified before anything is unpickled, and the file must be exactly
 as long as the header says: a truncated, extended or altered file is corrupt.
-Listing reads the header and metadata only, never the payload.
+Listing reads the header and metadata only, never the payload (unless asked to
+verify: then the checksum is computed over the payload read in chunks).
 """
 
 from __future__ import annotations
@@ -112,6 +113,28 @@ def read_metadata(handle: BinaryIO) -> tuple[EntryMetadata, int]:
     meta = handle.read(meta_len)
     if len(meta) != meta_len:
         raise CorruptEntryError("truncated metadata")
+    return _parse_metadata(meta), HEADER.size + meta_len + data_len
+
+
+def verify_entry(handle: BinaryIO, chunk_size: int = 1 << 20) -> tuple[EntryMetadata, int]:
+    """Like :func:`read_metadata`, and also verify the checksum of the whole entry,
+    reading the payload in chunks (it is never held in memory). Raises
+    :class:`CorruptEntryError` for any damage that :func:`read_entry` would find."""
+    meta_len, data_len, checksum = _read_header(handle)
+    meta = handle.read(meta_len)
+    if len(meta) != meta_len:
+        raise CorruptEntryError("truncated metadata")
+    hasher = xxhash.xxh3_128()
+    hasher.update(meta)
+    remaining = data_len
+    while remaining:
+        chunk = handle.read(min(chunk_size, remaining))
+        if not chunk:
+            raise CorruptEntryError("truncated entry")
+        hasher.update(chunk)
+        remaining -= len(chunk)
+    if hasher.digest() != checksum:
+        raise CorruptEntryError("checksum mismatch")
     return _parse_metadata(meta), HEADER.size + meta_len + data_len
 
 

@@ -90,6 +90,19 @@ def content_hash(obj: object, *, path: str = "value") -> str:
     return hasher.hexdigest()
 
 
+def hash_value(obj: object, *, path: str, advice: str) -> str:
+    """:func:`content_hash`, with ``advice`` instead of the advice for arguments in the
+    message of the :class:`~flowcore.errors.CacheKeyError` it raises (for values that
+    are not arguments, such as closure cells)."""
+    try:
+        return content_hash(obj, path=path)
+    except CacheKeyError as exc:
+        message = str(exc)
+        if message.endswith(_ADVICE):
+            message = message[: -len(_ADVICE)] + advice
+        raise CacheKeyError(message) from exc.__cause__
+
+
 def hash_arguments(arguments: Mapping[str, object]) -> str:
     """The content hash of a task's bound arguments, by name.
 

@@ -9,9 +9,11 @@ key changes whenever any part does, and is None as soon as one part is None (a
 ``INPUTS``          the bound arguments, defaults applied: ``f(3)``, ``f(3, 2)`` and
                     ``f(x=3, y=2)`` share an entry. ``INPUTS - "arg"`` leaves
                     arguments out.
-``TASK_SOURCE``     the task's source, and the source of the functions and classes
-                    it uses from the user's own modules (editing a helper invalidates
-                    the entry)
+``TASK_SOURCE``     the task's code, and the code of the functions and classes it
+                    uses from the user's own modules (editing a helper invalidates
+                    the entry; comments and line numbers do not count), and the
+                    values it captures from enclosing functions (hashed like
+                    arguments). The same in the flow's process and in every worker.
 ``FLOW_PARAMETERS`` the parameters of the flow run the task belongs to
 ``RUN_ID``          the flow run id: results are reused within one flow run only
                     (its retries, repeated calls), never across runs
@@ -104,7 +106,8 @@ class Inputs(CachePolicy):
 
 
 class TaskSource(CachePolicy):
-    """The source of the task's function and of the user code it calls."""
+    """The code of the task's function and of the user code it calls
+    (:func:`~flowcore.caching.fingerprint.function_fingerprint`)."""
 
     def compute_key(self, context: CacheContext) -> str | None:
         from flowcore.caching.fingerprint import function_fingerprint

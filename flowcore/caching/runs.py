@@ -111,6 +111,23 @@ class StoredResult(DeferredResult):
             )
         return value
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle with the store (a store pickles by its location); a store that cannot
+        be pickled is named as the culprit, not the task's return value."""
+        import cloudpickle
+
+        try:
+            cloudpickle.dumps(self.store)
+        except Exception as exc:
+            raise TypeError(
+                f"the cache store {self.store!r} that keeps the result of task run "
+                f"{self.run_name!r} (cache_result_in_memory=False) cannot be pickled "
+                f"({type(exc).__name__}: {exc}); a store must pickle by its location: give "
+                "it __getstate__/__setstate__ or __reduce__ (see flowcore.caching.CacheStore), "
+                "or keep results in memory"
+            ) from exc
+        return (StoredResult, (self.store, self.key, self.run_name))
+
     def __repr__(self) -> str:
         return f"StoredResult({self.key[:12]}, store={self.store!r})"
 

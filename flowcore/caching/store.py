@@ -107,7 +107,13 @@ class CacheEntry:
 
 @dataclass(frozen=True)
 class EntryInfo:
-    """What :meth:`CacheStore.entries` tells about an entry, without loading its value."""
+    """What :meth:`CacheStore.entries` tells about an entry, without loading its value.
+
+    ``corrupt`` is None for an intact entry, else why it cannot be used (damaged,
+    unreadable, or holding another key's entry): such an entry is a miss, and
+    :meth:`CacheStore.prune` removes it. Its ``task`` is empty, ``expires`` None,
+    ``size`` and ``created`` are its file's size and modification time.
+    """
 
     key: str
     task: str
@@ -116,6 +122,7 @@ class EntryInfo:
     expires: float | None
     expired: bool
     path: str
+    corrupt: str | None = None
 
 
 @dataclass(frozen=True)
@@ -133,7 +140,14 @@ class PruneReport:
 
 class CacheStore(abc.ABC):
     """The store protocol. Implementations must be safe to use from many threads and
-    processes at once, and must keep the contract of the module docstring."""
+    processes at once, and must keep the contract of the module docstring.
+
+    A store must also pickle by its location: process backends send a task's
+    ``cache_storage`` store to their workers, and a run kept only in the store
+    (``cache_result_in_memory=False``) sends the store back with its result. An
+    unpickled store opens the same entries (a path, a URL), never a copy of them,
+    and leaves behind what belongs to one process (locks, connections, handles).
+    """
 
     @abc.abstractmethod
     def read(self, key: str) -> CacheEntry | None:
@@ -149,7 +163,8 @@ class CacheStore(abc.ABC):
 
     @abc.abstractmethod
     def entries(self) -> Iterator[EntryInfo]:
-        """Every entry (expired ones included), in no particular order."""
+        """Every entry, expired and corrupt ones included (marked), in no particular
+        order. A store may accept ``verify=True`` to check every entry whole."""
 
     @abc.abstractmethod
     def clear(self, task: str | None = None) -> int:
@@ -182,6 +197,19 @@ class FileStore(CacheStore):
 
     def __repr__(self) -> str:
         return f"FileStore({str(self.directory)!r})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What travels when the store is pickled: its location (and a subclass's own
+        attributes), not its lock or the files it has warned about in this process."""
+        state = self.__dict__.copy()
+        del state["_warned"], state["_warned_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Re-open the store at the pickled location, with this process's own lock."""
+        self.__dict__.update(state)
+        self._warned = set()
+        self._warned_lock = threading.Lock()
 
     def path_of(self, key: str) -> Path:
         """The file of ``key`` (which need not exist)."""
@@ -263,16 +291,33 @@ class FileStore(CacheStore):
 
     # -- listing and maintenance ----------------------------------------------------
 
-    def entries(self) -> Iterator[EntryInfo]:
-        """Every entry whose header and metadata read back (payloads are not read)."""
+    def entries(self, *, verify: bool = False) -> Iterator[EntryInfo]:
+        """Every entry file, expired and corrupt ones included.
+
+        Reads each file's header and metadata; an entry whose header, metadata or
+        length is damaged, that cannot be read, or that holds another key's entry is
+        listed with ``corrupt`` set to the reason. Payloads are not read unless
+        ``verify`` is true: then every entry's checksum is verified too (reading the
+        whole cache), which finds damage inside a payload as well.
+        """
         now = time.time()
         for path, key in self._entry_files():
             try:
                 with open(path, "rb") as handle:
-                    metadata, size = entryfile.read_metadata(handle)
-            except (OSError, CorruptEntryError):
+                    if verify:
+                        metadata, size = entryfile.verify_entry(handle)
+                    else:
+                        metadata, size = entryfile.read_metadata(handle)
+            except FileNotFoundError:  # removed since the directory was listed
+                continue
+            except CorruptEntryError as exc:
+                yield _corrupt_entry(path, key, str(exc))
+                continue
+            except OSError as exc:
+                yield _corrupt_entry(path, key, f"unreadable: {exc.strerror or exc}")
                 continue
             if metadata.key != key:
+                yield _corrupt_entry(path, key, f"the file holds the entry of key {metadata.key}")
                 continue
             expired = metadata.expires is not None and now >= metadata.expires
             yield EntryInfo(
@@ -363,6 +408,16 @@ class FileStore(CacheStore):
             if len(self._warned) < 10_000:
                 self._warned.add(str(path))
         logger.warning("%s", message)
+
+
+def _corrupt_entry(path: Path, key: str, reason: str) -> EntryInfo:
+    """The listing of an entry file that cannot be used, with the reason."""
+    try:
+        status = os.stat(path)
+        size, modified = status.st_size, status.st_mtime
+    except OSError:
+        size, modified = 0, 0.0
+    return EntryInfo(key, "", size, modified, None, False, str(path), corrupt=reason)
 
 
 def _is_shard(entry: os.DirEntry[str]) -> bool:

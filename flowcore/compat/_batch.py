@@ -9,7 +9,7 @@ not run, as joblib stops a batch at its first error.
 
 While the batch runs, the shim's configuration in the worker thread says how nested
 ``Parallel`` calls behave there (joblib's rule: threads one level down, sequential
-below that), and a process worker journals the batch (:mod:`flowcore.journal`) so a
+below that), and a process worker journals the batch (``flowcore.backends._supervision.journal``) so a
 crash is pinned on it and an abort can stop just the workers running this call.
 """
 
@@ -20,7 +20,6 @@ import traceback
 from dataclasses import dataclass
 from typing import Any
 
-from flowcore import journal
 from flowcore.compat._config import (
     BackendChoice,
     ParallelConfig,
@@ -28,6 +27,7 @@ from flowcore.compat._config import (
     set_config,
     set_worker,
 )
+from flowcore.engine import run_tracker
 
 #: ``(fn, [args, ...])`` or ``[(fn, args, kwargs), ...]``
 Payload = Any
@@ -66,8 +66,9 @@ def run_batch(payload: Payload, nested: Nested | None, tag: str | None, portable
     ``portable``: the outcome crosses a process boundary, so an exception that cannot
     be pickled is replaced by one that can (naming the original).
     """
-    if tag is not None:
-        journal.record_start(tag)
+    tracker = run_tracker() if tag is not None else None
+    if tracker is not None and tag is not None:
+        tracker.record_start(tag)
     if nested is not None:
         old_config = set_config(
             ParallelConfig(backend=nested.choice, n_jobs=None, nesting_level=nested.level)
@@ -86,8 +87,8 @@ def run_batch(payload: Payload, nested: Nested | None, tag: str | None, portable
         if nested is not None:
             set_config(old_config)
             set_worker(old_worker)
-        if tag is not None:
-            journal.record_idle()
+        if tracker is not None:
+            tracker.record_idle()
     return values, time.perf_counter() - started
 
 

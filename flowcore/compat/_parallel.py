@@ -41,9 +41,8 @@ from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass, field
 from multiprocessing import TimeoutError as MPTimeoutError
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
-from flowcore import journal
 from flowcore.backend import Backend, BackendKind
 from flowcore.batching import BatchSizer
 from flowcore.compat._batch import BatchFailure, Nested, make_payload, run_batch
@@ -56,6 +55,7 @@ from flowcore.compat._config import (
     threads_choice,
 )
 from flowcore.errors import RemoteTraceback
+from flowcore.serialization import raise_if_unsendable
 
 T = TypeVar("T")
 
@@ -160,7 +160,8 @@ class _Run:
         self.backend = backend
         self.owned = owned
         self.workers = workers
-        self.portable = backend.kind in (BackendKind.PROCESSES, BackendKind.CLUSTER)
+        capabilities = backend.capabilities
+        self.portable = not capabilities.in_process
         choice = parallel._choice
         level = choice.nesting_level + 1
         nested_choice = threads_choice(level) if level == 1 else _sequential_choice(level)
@@ -170,9 +171,9 @@ class _Run:
             backend.kind is BackendKind.PROCESSES,
             choice.label == "MultiprocessingBackend",
         )
-        self.tag_prefix = (
-            f"joblib{uuid.uuid4().hex[:12]}" if backend.kind is BackendKind.PROCESSES else None
-        )
+        # A local pool's batches are journaled under a tag, so an abort can stop them.
+        local_pool = backend.kind is BackendKind.PROCESSES and capabilities.stops_running
+        self.tag_prefix = f"joblib{uuid.uuid4().hex[:12]}" if local_pool else None
         self.ordered = parallel.return_as != "generator_unordered"
         self.timeout = parallel.timeout
         self.lock = threading.Lock()
@@ -282,7 +283,9 @@ class _Run:
     # -- outcomes (any thread) ---------------------------------------------------
     def _on_done(self, batch: _Batch, future: Future[Any]) -> None:
         try:
-            outcome = future.result()
+            # A batch's values that could not make the trip from the worker (see
+            # flowcore.serialization.SentBack) raise here, as a pickling error would.
+            outcome = raise_if_unsendable(future.result())
         except BaseException as exc:  # cancelled, a dead worker, a pickling error
             outcome = exc
         with self.lock:
@@ -428,7 +431,8 @@ class _Run:
             # A batch handed to a worker shows in its journal only once it starts:
             # keep stopping the workers that start one of ours until all are settled.
             threading.Thread(
-                target=_stop_workers, args=(running,), name="flowcore-joblib-abort", daemon=True
+                target=_stop_workers, args=(self.backend, running), name="flowcore-joblib-abort",
+                daemon=True,
             ).start()
 
     def close(self) -> None:
@@ -438,12 +442,13 @@ class _Run:
                 self.backend.shutdown(wait=not self.aborting, cancel_futures=self.aborting)
 
 
-def _stop_workers(running: dict[str, Future[Any]], patience: float = 30.0) -> None:
-    """Kill the worker processes running the batches ``running`` names (by journal tag)
-    until every one of their futures is settled (the pool reports the loss at once)."""
+def _stop_workers(backend: Backend, running: dict[str, Future[Any]], patience: float = 30.0) -> None:
+    """Have the backend stop the workers running the batches ``running`` names (by
+    journal tag) until every one of their futures is settled (the pool reports the
+    loss at once)."""
     deadline = time.monotonic() + patience
     while time.monotonic() < deadline:
-        journal.kill_workers_running(set(running))
+        backend.stop_runs(set(running))
         if all(future.done() for future in running.values()):
             return
         time.sleep(0.01)
@@ -563,7 +568,7 @@ class Parallel:
         """Workers this instance would use (joblib's private helper, kept for parity)."""
         return effective_workers(self._choice, self._n_jobs_given)
 
-    def __enter__(self) -> Parallel:
+    def __enter__(self) -> Self:
         if self._choice.foreign is None:
             self._managed = self._make_backend(self._workers_for_backend())
         return self

@@ -39,9 +39,9 @@ def this_host() -> str:
 
 def process_start(pid: int) -> int:
     """When process ``pid`` started (clock ticks since boot), 0 where unknown."""
-    from flowcore.journal import _process_start
+    from flowcore.processes import process_start as start_of
 
-    return _process_start(pid)
+    return start_of(pid)
 
 
 def crash_reason(run: FlowRunRecord, now: float | None = None) -> str | None:
@@ -52,7 +52,7 @@ def crash_reason(run: FlowRunRecord, now: float | None = None) -> str | None:
     last_sign = run.heartbeat if run.heartbeat is not None else run.start
     stale = last_sign is None or current - last_sign > STALE_AFTER_SECONDS
     if run.host == this_host() and run.pid:
-        from flowcore.journal import pid_alive
+        from flowcore.processes import pid_alive
 
         where = f"pid {run.pid} on {run.host}"
         if not pid_alive(run.pid):

@@ -15,6 +15,9 @@ switched on by ``capabilities`` (derived from the backend's kind unless set):
 * ``processes``: tasks run in other processes than the caller.
 * ``real_timeouts``: a task blocked in a C call (``time.sleep``) is stopped at its
   timeout, not when the call returns.
+
+Tests that guard against a hang carry a ``pytest.mark.timeout``: they fail instead of
+blocking the suite.
 """
 
 from __future__ import annotations
@@ -30,14 +33,19 @@ import pytest
 
 from flowcore import as_completed, flow, hookimpl, wait
 from flowcore.backend import Backend, BackendKind, Capabilities
-from flowcore.errors import TaskTimeoutError, UpstreamFailedError, WaitTimeoutError
+from flowcore.errors import (
+    CrashedError,
+    SerializationError,
+    TaskTimeoutError,
+    UpstreamFailedError,
+    WaitTimeoutError,
+)
 from flowcore.events import EventKind, FlowRunEvent, RunEvent, TaskRunEvent
 from flowcore.futures import TaskFuture
 from flowcore.registry import get_registry
 from flowcore.selection import get_backend
 from flowcore.states import State
 from flowcore.testing import workloads as w
-from flowcore.timeouts import interrupts_blocking_calls
 
 
 def conformance_switches(backend: Backend) -> frozenset[str]:
@@ -50,9 +58,25 @@ def conformance_switches(backend: Backend) -> frozenset[str]:
         caps.add("processes")
     if not declared.inline and backend.max_workers >= 2:
         caps.add("parallel")
-    if declared.interrupts_blocking and (not declared.in_process or interrupts_blocking_calls()):
-        caps.add("real_timeouts")  # in process: only where the timer signal is ours
+    if declared.interrupts_blocking:
+        caps.add("real_timeouts")
     return frozenset(caps)
+
+
+def _descends_from(pid: int, ancestor: int) -> bool:
+    """Whether process ``pid`` is a live descendant of ``ancestor`` on this machine
+    (follows PPid in /proc; False where there is no /proc)."""
+    seen: set[int] = set()
+    while pid > 1 and pid not in seen:
+        seen.add(pid)
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_bytes()
+            pid = int(stat[stat.rindex(b")") + 2 :].split()[1])
+        except (OSError, ValueError, IndexError):
+            return False
+        if pid == ancestor:
+            return True
+    return False
 
 
 class LifecycleRecorder:
@@ -157,6 +181,27 @@ class BackendConformance:
             registry.unregister(observer)
 
     # -- the protocol --------------------------------------------------------
+    def test_default_options_match_the_advertised_kind(self) -> None:
+        """Created with no options at all (``FLOWCORE_BACKEND=<name>``), a backend runs
+        tasks the way its registration advertises (``flowcore backends`` shows it):
+        a backend listed as ``processes`` really runs them in worker processes."""
+        if self.backend_name is None:
+            pytest.skip("the class builds its backend itself: no registered defaults to check")
+        spec = get_registry().backends()[self.backend_name].spec
+        instance = get_backend(self.backend_name)
+        try:
+            assert instance.kind is spec.kind, (
+                f"backend {self.backend_name!r} is registered as {spec.kind} but its "
+                f"default instance is {instance.kind} ({instance!r})"
+            )
+            if spec.kind is BackendKind.PROCESSES:
+                pid = flow(backend=instance, name="conformance-defaults")(
+                    lambda: w.worker_pid.submit().result()
+                )()
+                assert pid != os.getpid()
+        finally:
+            instance.shutdown(wait=True)
+
     def test_backend_describes_itself(self, backend: Backend) -> None:
         assert isinstance(backend.name, str) and backend.name
         assert isinstance(backend.kind, BackendKind)
@@ -244,6 +289,82 @@ class BackendConformance:
 
         with pytest.raises(w.ConformanceError, match="raised"):
             run(failing)
+
+    def test_sys_exit_in_a_task_crashes_only_that_run(self, run: Callable[..., Any]) -> None:
+        """``sys.exit()`` in a task ends that run Crashed; the flow, the process and
+        the other runs go on (submitted, mapped or called directly)."""
+
+        def body() -> tuple[State[Any], list[State[Any]], str, int]:
+            exiting = w.exit_with.submit(3, return_state=True)
+            futures = w.exit_if_odd.map(range(4))
+            wait(futures)
+            with pytest.raises(CrashedError) as direct:
+                w.exit_with(5)
+            return exiting, [f.state for f in futures], str(direct.value), w.add.submit(1, 2).result()
+
+        exiting, mapped, direct, after = run(body)
+        assert exiting.name == "Crashed" and exiting.is_crashed()
+        assert "the task called sys.exit(3)" in exiting.message
+        assert [s.name for s in mapped] == ["Completed", "Crashed", "Completed", "Crashed"]
+        assert "the task called sys.exit(1)" in mapped[1].message
+        assert mapped[2].result() == 2
+        assert "the task called sys.exit(5)" in direct
+        assert after == 3
+
+    # -- values that cannot make the trip back -------------------------------
+    @pytest.mark.timeout(60)
+    def test_unpicklable_exception_fails_its_run(self, run: Callable[..., Any], caps: frozenset[str]) -> None:
+        """An exception that pickles but cannot be unpickled (``__init__`` with two
+        arguments) fails its own run at once; no hang, no endless resubmission."""
+
+        def body() -> tuple[State[Any], list[State[Any]], int]:
+            bad = w.raise_unpicklable.submit("a", "b", return_state=True)
+            futures = w.raise_unpicklable_if_odd.map(range(4))
+            wait(futures)
+            return bad, [f.state for f in futures], w.add.submit(1, 2).result()
+
+        bad, mapped, after = run(body)
+        assert after == 3
+        assert bad.name == "Failed"
+        assert [s.name for s in mapped] == ["Completed", "Failed", "Completed", "Failed"]
+        assert [mapped[0].result(), mapped[2].result()] == [0, 2]
+        if "processes" in caps:
+            assert isinstance(bad.exception, SerializationError)
+            assert "raise_unpicklable" in bad.message and "UnpicklableError" in bad.message
+            assert isinstance(mapped[1].exception, SerializationError)
+        else:
+            assert isinstance(bad.exception, w.UnpicklableError)
+
+    @pytest.mark.timeout(60)
+    def test_result_that_cannot_be_unpickled_fails_its_run(
+        self, run: Callable[..., Any], caps: frozenset[str]
+    ) -> None:
+        def body() -> tuple[State[Any], int]:
+            return w.return_unloadable.submit(return_state=True), w.add.submit(1, 2).result()
+
+        state, after = run(body)
+        assert after == 3
+        if "processes" in caps:
+            assert state.name == "Failed" and isinstance(state.exception, SerializationError)
+            assert "return_unloadable" in state.message and "FailsWhenLoaded" in state.message
+        else:
+            assert state.is_completed() and isinstance(state.result(), w.FailsWhenLoaded)
+
+    @pytest.mark.timeout(60)
+    def test_argument_that_cannot_be_unpickled_fails_its_run(
+        self, run: Callable[..., Any], caps: frozenset[str]
+    ) -> None:
+        def body() -> tuple[State[Any], int]:
+            return w.identity.submit(w.FailsWhenLoaded(), return_state=True), w.add.submit(1, 2).result()
+
+        state, after = run(body)
+        assert after == 3
+        if "processes" in caps:
+            assert state.name == "Failed" and isinstance(state.exception, SerializationError)
+            assert "identity" in state.message and "argument 'x'" in state.message
+            assert "FailsWhenLoaded" in state.message
+        else:
+            assert state.is_completed()
 
     # -- futures as arguments, NotRun ------------------------------------------
     def test_futures_as_arguments(self, run: Callable[..., Any]) -> None:
@@ -445,6 +566,23 @@ class BackendConformance:
         assert state.name == "TimedOut"
         assert time.monotonic() - started < 15
 
+    def test_timed_out_blocking_call_is_retried_at_its_deadline(
+        self, run: Callable[..., Any], caps: frozenset[str]
+    ) -> None:
+        """Each attempt ends at its deadline (plus a grace period), not when the blocked
+        call returns; the retry does not wait for the first attempt's call either."""
+        if "real_timeouts" not in caps:
+            pytest.skip("backend interrupts Python code only; blocking C calls end when they return")
+        limited = w.sleep_for.with_options(timeout_seconds=0.5, retries=1, retry_delay_seconds=0)
+
+        def body() -> tuple[State[Any]]:
+            return (limited.submit(60.0, return_state=True),)
+
+        started = time.monotonic()
+        (state,) = run(body)
+        assert state.name == "TimedOut" and state.attempts == 2
+        assert time.monotonic() - started < 30  # not the 2 x 60 s of the blocked calls
+
     def test_timed_out_task_is_retried(self, run: Callable[..., Any]) -> None:
         limited = w.sleep_in_steps.with_options(timeout_seconds=0.2, retries=1)
 
@@ -464,6 +602,47 @@ class BackendConformance:
             assert pid != os.getpid()
         else:
             assert pid == os.getpid()
+
+    @pytest.mark.timeout(120)
+    def test_an_idle_workers_death_spares_a_running_task(
+        self, run: Callable[..., Any], caps: frozenset[str], tmp_path: Path
+    ) -> None:
+        """Issue 12.16: only the run a dead worker was executing is its culprit. A worker
+        killed while idle must not end a run executing in another worker ``Crashed``:
+        that run is at most lost with the pool and sent again, using no attempt."""
+        import signal
+
+        if not {"processes", "parallel"} <= caps:
+            pytest.skip("needs tasks in two or more worker processes")
+        started, release = tmp_path / "started", tmp_path / "release"
+
+        def body() -> tuple[State[Any], int | None]:
+            held = w.hold_until.submit(str(started), str(release))
+            deadline = time.monotonic() + 60
+            while not (started.exists() and started.read_text().strip()) and time.monotonic() < deadline:
+                time.sleep(0.01)  # until the pid is written, not just the file created
+            busy = int(started.read_text())
+            idle: int | None = None
+            for _ in range(10):  # find a worker other than the busy one, now idle
+                pids = {f.result() for f in [w.worker_pid.submit() for _ in range(8)]} - {busy}
+                # Only a process started from here: a remote worker's pid names some
+                # other process on this machine.
+                pids = {pid for pid in pids if _descends_from(pid, os.getpid())}
+                if pids:
+                    idle = min(pids)
+                    break
+            if idle is not None:
+                os.kill(idle, signal.SIGKILL)
+                time.sleep(0.5)  # the pool notices the death while the held run executes
+            release.write_text("go")
+            wait([held])
+            return held.state, idle
+
+        state, idle = run(body)
+        if idle is None:
+            pytest.skip("no idle worker process started from here to kill")
+        assert state.name == "Completed", state.message
+        assert state.attempts == 1  # lost with the pool at most: no attempt used
 
     def test_tasks_run_concurrently(self, run: Callable[..., Any], caps: frozenset[str], tmp_path: Path) -> None:
         if "parallel" not in caps:
@@ -560,6 +739,15 @@ class BackendConformance:
         last_task = max(positions[id(s[-1])] for s in by_run.values())
         assert positions[id(flow_events[0])] < first_task and last_task < positions[id(flow_events[-1])]
 
+    def test_submit_and_map_inside_a_task(self, run: Callable[..., Any]) -> None:
+        """A task may submit and map other tasks in its body, on every backend (they
+        run inline in the task's worker where the flow's backend is out of reach)."""
+
+        def body() -> list[int]:
+            return w.fan_out_inside.submit(3).result()
+
+        assert run(body) == [9, 0, 1, 4, 4]
+
     def test_task_hooks_fire_once_in_the_caller(self, run: Callable[..., Any]) -> None:
         seen: list[tuple[str, str, int]] = []
 
@@ -576,9 +764,43 @@ class BackendConformance:
         run(body)
         assert sorted(seen) == [("add", "Completed", os.getpid()), ("raise_value_error", "Failed", os.getpid())]
 
+    def test_hooks_stay_in_the_caller(self, run: Callable[..., Any]) -> None:
+        """Hooks run only in the submitting process, so they are never sent to workers:
+        a hook holding a lock (unpicklable) works on every backend."""
+        hook = LockedHook()
+        ok = w.add.with_options(on_completion=[hook], on_failure=[hook])
+        bad = w.raise_value_error.with_options(on_failure=[hook])
+
+        def body() -> list[int]:
+            values = [ok.submit(1, 2).result()]
+            values += [f.result() for f in ok.map(range(3), 10)]
+            bad.submit("x").wait()
+            return values
+
+        assert run(body) == [3, 10, 11, 12]
+        assert sorted(hook.seen) == ["Completed"] * 4 + ["Failed"]
+
+
+class LockedHook:
+    """A task hook that holds a lock, as real hooks often do (so it cannot be pickled)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.seen: list[str] = []
+
+    def __call__(self, task: Any, call: Any, state: State[Any]) -> None:
+        with self.lock:
+            self.seen.append(state.name)
+
 
 def retry_only_value_errors(task: Any, call: Any, state: State[Any]) -> bool:
     return isinstance(state.exception, ValueError)
 
 
-__all__ = ["BackendConformance", "EventRecorder", "LifecycleRecorder", "conformance_switches"]
+__all__ = [
+    "BackendConformance",
+    "EventRecorder",
+    "LifecycleRecorder",
+    "LockedHook",
+    "conformance_switches",
+]

@@ -8,6 +8,7 @@ counters, rendezvous) goes through files, which every backend on one machine sha
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -144,17 +145,80 @@ def worker_pid() -> int:
     return os.getpid()
 
 
+@task
+def hold_until(started: str, release: str, timeout: float = 30.0) -> int:
+    """Write this worker's pid to ``started``, then wait until ``release`` exists (at
+    most ``timeout`` seconds); returns the pid. Keeps one worker busy on demand."""
+    Path(started).write_text(str(os.getpid()))
+    deadline = time.monotonic() + timeout
+    while not Path(release).exists() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return os.getpid()
+
+
+@task
+def exit_with(code: int) -> None:
+    """Calls ``sys.exit(code)`` inside the task body."""
+    sys.exit(code)
+
+
+@task
+def exit_if_odd(x: int) -> int:
+    if x % 2:
+        sys.exit(x)
+    return x
+
+
+class UnpicklableError(Exception):
+    """The classic pitfall: ``__init__`` takes two arguments but ``Exception`` pickles
+    only the message, so the instance pickles but fails to unpickle."""
+
+    def __init__(self, a: str, b: str) -> None:
+        super().__init__(f"{a} and {b}")
+
+
+class FailsWhenLoaded:
+    """Pickles fine; unpickling it raises (its ``__reduce__`` rebuilds with bad arguments)."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (UnpicklableError, ("only one argument",))
+
+
+@task
+def raise_unpicklable(a: str, b: str) -> None:
+    raise UnpicklableError(a, b)
+
+
+@task
+def raise_unpicklable_if_odd(x: int) -> int:
+    if x % 2:
+        raise UnpicklableError(str(x), "odd")
+    return x
+
+
+@task
+def return_unloadable() -> FailsWhenLoaded:
+    return FailsWhenLoaded()
+
+
 __all__ = [
     "ConformanceError",
+    "FailsWhenLoaded",
+    "UnpicklableError",
     "add",
     "bump",
     "echo_bytes",
+    "exit_if_odd",
+    "exit_with",
     "fail_until",
     "identity",
     "length",
+    "raise_unpicklable",
+    "raise_unpicklable_if_odd",
     "raise_value_error",
     "read_count",
     "rendezvous",
+    "return_unloadable",
     "sleep_for",
     "sleep_in_steps",
     "square",
@@ -163,3 +227,19 @@ __all__ = [
     "type_error_once",
     "worker_pid",
 ]
+
+
+@task
+def fan_out_inside(n: int) -> list[int]:
+    """Submits and maps other tasks from inside its own body (nested task runs)."""
+    single = square.submit(n).result()
+    mapped = [f.result() for f in square.map(range(n))]
+    return [single, *mapped, add(n, 1)]
+
+
+@task
+def fail_on_three(x: int) -> int:
+    """``x``, except that 3 raises ValueError."""
+    if x == 3:
+        raise ValueError("three")
+    return x

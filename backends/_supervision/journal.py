@@ -24,14 +24,18 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
+
+from flowcore.processes import pid_alive, stat_fields
+from flowcore.processes import process_start as start_of
 
 # Imported first: its fork hook must run before this module's (see the end of the file).
-from flowcore.lifeline import watch_parent
+from .lifeline import watch_parent
 
 try:
     import fcntl
@@ -43,7 +47,7 @@ if TYPE_CHECKING:
     from flowcore.backend import WorkerLost
 
 _ENTRY_SIZE = 128
-#: after the entry: when the journaling process started (see :func:`_process_start`), so
+#: after the entry: when the journaling process started (see :func:`flowcore.processes.process_start`), so
 #: a pid reused by another process after the worker died is never mistaken for it
 _FILE_SIZE = _ENTRY_SIZE + 8
 _TEXT_SIZE = 120  # the entry's text; the last 8 bytes hold the position within a range
@@ -64,11 +68,33 @@ def open_journal_from_environment() -> None:
     value = os.environ.get(ENV_VAR, "")
     directory, _, parent = value.rpartition(":")
     if directory and parent.isdigit() and int(parent) != os.getpid() and _fd is None:
-        if os.getppid() == int(parent) and _in_a_pool_worker():
-            watch_parent()  # a pool worker of that process: it ends with it
+        if _in_a_pool_worker():
+            if os.getppid() == int(parent):
+                watch_parent()  # a pool worker of that process: it ends with it
+            elif _died_before_us(int(parent)):
+                # Started by that process, which died before this worker got here: its
+                # PPid is 1 now, and it must not live on as an orphan (issue 12.19). (A
+                # grandchild, whose parent is a worker of that live process, is spared.)
+                watch_parent(expected_parent=int(parent))
         # Without a journal, a crash is blamed on every run that was in the pool.
         with contextlib.suppress(OSError):
             open_journal(directory)
+
+
+def _died_before_us(pid: int) -> bool:
+    """Whether process ``pid``, which started this one's lineage, is gone: no such
+    process, a zombie, or the pid now names a process younger than this one (pids
+    wrap; see :func:`flowcore.processes.process_start`)."""
+    fields = stat_fields(pid)
+    if fields is None:
+        return not pid_alive(pid)
+    if fields[0] in (b"Z", b"X"):
+        return True
+    mine = start_of(os.getpid())
+    try:
+        return bool(mine) and int(fields[19]) > mine
+    except (ValueError, IndexError):
+        return False
 
 
 def _in_a_pool_worker() -> bool:
@@ -165,11 +191,13 @@ def export_to_workers() -> None:
     os.environ[ENV_VAR] = f"{journal_directory()}:{os.getpid()}"
 
 
-def open_pool_worker_journal(directory: str) -> None:
+def open_pool_worker_journal(directory: str, parent: int | None = None) -> None:
     """Initializer of the pool workers this process starts: journal their runs into
     ``directory``, and end each worker when this process dies
-    (:func:`flowcore.lifeline.watch_parent`)."""
-    watch_parent()
+    (:func:`.lifeline.watch_parent`). ``parent`` is the pid of the process that starts
+    the pool (``os.getpid()`` there): a worker that starts after it died ends at once
+    instead of living on as an orphan (issue 12.19)."""
+    watch_parent(expected_parent=parent)
     # Best effort: without its journal a worker still runs tasks (a crash in it is then
     # blamed on every run the pool lost), where a failing initializer breaks the pool.
     with contextlib.suppress(OSError):
@@ -188,30 +216,12 @@ def open_journal(directory: str) -> None:
     os.ftruncate(fd, _FILE_SIZE)
     _map = mmap.mmap(fd, _FILE_SIZE)  # MAP_SHARED: readers of the file see each store
     _map[:_TEXT_SIZE] = _BLANK
-    _map[_ENTRY_SIZE:_FILE_SIZE] = _process_start(os.getpid()).to_bytes(8, "little")
+    _map[_ENTRY_SIZE:_FILE_SIZE] = start_of(os.getpid()).to_bytes(8, "little")
     _slots = memoryview(_map).cast("q")
     _fd = fd
+    from flowcore.engine import RunTracker, install_run_tracker
 
-
-def _stat_fields(pid: int) -> list[bytes] | None:
-    """The fields of ``/proc/<pid>/stat`` after the command name (the first is the
-    state), or None where there is no such process (or no procfs)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            stat = handle.read()
-        return stat[stat.rindex(b")") + 2 :].split()
-    except (OSError, ValueError):
-        return None
-
-
-def _process_start(pid: int) -> int:
-    """When process ``pid`` started (clock ticks since boot, from /proc), or 0 where
-    that is unknown. With the pid it names one process, even after pid reuse."""
-    fields = _stat_fields(pid)
-    try:
-        return int(fields[19]) if fields is not None else 0
-    except (ValueError, IndexError):
-        return 0
+    install_run_tracker(cast("RunTracker", sys.modules[__name__]))  # this module is the tracker
 
 
 def record_start(task_run_id: str) -> None:
@@ -254,16 +264,6 @@ def record_idle() -> None:
             _map[:_TEXT_SIZE] = _BLANK
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def kill_workers_running(task_run_ids: set[str]) -> int:
     """SIGKILL the worker processes executing any of ``task_run_ids``; returns how many.
 
@@ -280,22 +280,26 @@ def kill_workers_running(task_run_ids: set[str]) -> int:
     for pid, (run_id, started, process_start) in _journal_records(directory).items():
         if run_id not in task_run_ids or not started or not pid_alive(pid):
             continue
-        if process_start and _process_start(pid) != process_start:
+        if process_start and start_of(pid) != process_start:
             continue  # the worker is gone and its pid now names another process
         if _kill_while_running(os.path.join(directory, str(pid)), pid, task_run_ids):
             killed += 1
     return killed
 
 
-def kill_worker(pid: int, task_run_id: str, attempt_started: float | None = None) -> bool:
+def kill_worker(
+    pid: int, task_run_id: str, attempt_started: float | None = None, directory: str | None = None
+) -> bool:
     """SIGKILL worker ``pid`` if its journal still names ``task_run_id`` (and, given
-    ``attempt_started``, that attempt); True if it was killed.
+    ``attempt_started``, that attempt); True if it was killed. The journal is in
+    ``directory`` (default: this process's journal directory; a Dask worker reached by
+    address journals elsewhere).
 
     The check and the kill happen under the journal's lock, held until the worker is
     dead: a worker that has just finished the run is never killed while it sends its
     result back.
     """
-    path = os.path.join(journal_directory(), str(pid))
+    path = os.path.join(directory or journal_directory(), str(pid))
     return _kill_while_running(path, pid, {task_run_id}, attempt_started)
 
 
@@ -320,7 +324,7 @@ def _kill_while_running(
         if attempt_started is not None and record[1] != attempt_started:
             return False  # a later attempt of the run
         process_start = record[2]
-        if process_start and _process_start(pid) != process_start:
+        if process_start and start_of(pid) != process_start:
             return False  # the worker is gone and its pid now names another process
         try:
             os.kill(pid, signal.SIGKILL)
@@ -354,7 +358,7 @@ def _wait_until_dead(pid: int, process_start: int, seconds: float) -> None:
             if not pid_alive(pid):
                 return
         else:
-            fields = _stat_fields(pid)
+            fields = stat_fields(pid)
             if fields is None or fields[0] in (b"Z", b"X"):
                 return  # gone, or dead and not yet reaped
             if process_start and fields[19:20] != [str(process_start).encode()]:
@@ -428,35 +432,60 @@ def describe_exit(code: int) -> str:
     return f"exit code {code}"
 
 
-def pin_crash(directory: str, processes: Mapping[int, Any], reason: str) -> dict[str, str]:
+def worker_exit_codes(processes: Mapping[int, Any]) -> dict[int, int | None]:
+    """``{pid: exit code}`` of a pool's worker processes (objects with an ``exitcode``,
+    as loky's and multiprocessing's), None for a worker that is still running.
+
+    Read it at the moment the pool reports a crash (in the callback of a future it
+    fails): pools fail their futures before they kill the surviving workers, so then
+    only the dead workers have an exit code. Read later, every worker has one.
+    """
+    return {pid: getattr(process, "exitcode", None) for pid, process in list(processes.items())}
+
+
+def _gone(pid: int, process_start: int) -> bool:
+    """Whether the process that journaled as ``pid`` (started at ``process_start``) has
+    died: no such process, a zombie, or the pid now names a later process."""
+    fields = stat_fields(pid)
+    if fields is None:
+        return not os.path.isdir("/proc/self") and not pid_alive(pid)
+    if fields[0] in (b"Z", b"X"):
+        return True
+    return bool(process_start) and fields[19:20] != [str(process_start).encode()]
+
+
+def pin_crash(directory: str, exit_codes: Mapping[int, int | None], reason: str = "") -> dict[str, str]:
     """``{task run id: what happened}`` for the runs whose worker process died.
 
-    ``processes`` maps the pool's worker pids to process objects with an ``exitcode``.
-    Call it as soon as the pool reports the crash: pools fail their futures before
-    killing the surviving workers, so then only the dead workers have an exit code.
-    If no dead worker is found, every run executing in the pool is blamed.
+    ``exit_codes`` is :func:`worker_exit_codes` of the pool, read when it reported the
+    crash: the workers with an exit code are the dead ones. A worker of the pool that
+    has no exit code there but whose journaled process is gone (see :func:`_gone`)
+    is dead too. Only a dead worker whose journal names a run blames that run (issue
+    12.16): a worker that died idle (its journal blank, or none) blames nobody, and a
+    run executing in a live worker is never a culprit -- it was only lost with the
+    pool, and the caller sends it again without counting an attempt. ``reason`` (the
+    pool's error) is kept for the message when the exit code is unknown.
     """
-    journal = read_journal(directory)
     culprits: dict[str, str] = {}
-    for pid, run_id in journal.items():
-        process = processes.get(pid)
-        code = getattr(process, "exitcode", None) if process is not None else None
+    for pid, (run_id, _, process_start) in _journal_records(directory).items():
+        if pid not in exit_codes:
+            continue  # not a worker of this pool (another pool's, or a stale file)
+        code = exit_codes[pid]
         if code is not None:
             culprits[run_id] = f"worker process {pid} died with {describe_exit(code)} while running it"
-    if not culprits:
-        for pid, run_id in journal.items():
-            if pid in processes:
-                culprits[run_id] = f"worker process {pid} died while running it ({reason})"
+        elif _gone(pid, process_start):
+            detail = f" ({reason.splitlines()[0]})" if reason.strip() else ""
+            culprits[run_id] = f"worker process {pid} died while running it{detail}"
     return culprits
 
 
 class CrashExplainer:
     """What a process backend's ``explain_failure`` needs: pins each crash once.
 
-    ``explain(task_run_id, exc, processes)`` answers for every future the broken pool
-    failed; the journal is read at the first of them (``processes`` gives the pool's
-    ``{pid: process}``), while the dead workers are still the only ones with an exit
-    code. Runs executing in a dead worker are culprits; the rest were lost with it.
+    ``explain(task_run_id, exc, exit_codes)`` answers for every future the broken pool
+    failed; the journal is read at the first of them (``exit_codes`` gives the pool's
+    :func:`worker_exit_codes`, read when the pool reported the crash). Runs executing
+    in a dead worker are culprits; the rest were lost with it.
     """
 
     def __init__(self) -> None:
@@ -466,7 +495,7 @@ class CrashExplainer:
         self._last: tuple[BaseException, dict[str, str]] | None = None
 
     def explain(
-        self, task_run_id: str, exc: BaseException, processes: Callable[[], Mapping[int, Any]]
+        self, task_run_id: str, exc: BaseException, exit_codes: Callable[[], Mapping[int, int | None]]
     ) -> WorkerLost | None:
         from concurrent.futures.process import BrokenProcessPool
 
@@ -476,7 +505,7 @@ class CrashExplainer:
             return None
         with self._lock:
             if self._last is None or self._last[0] is not exc:
-                self._last = (exc, pin_crash(journal_directory(), dict(processes()), str(exc)))
+                self._last = (exc, pin_crash(journal_directory(), exit_codes(), str(exc)))
             culprits = self._last[1]
         message = culprits.get(task_run_id)
         if message is not None:
@@ -504,6 +533,7 @@ __all__ = [
     "record_idle",
     "record_range",
     "record_start",
+    "worker_exit_codes",
 ]
 
 # A worker process imports this module when it unpickles its first task run; a

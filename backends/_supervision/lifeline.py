@@ -22,8 +22,14 @@ _watching = False
 _lock = threading.Lock()
 
 
-def watch_parent(interval: float = 1.0) -> None:
+def watch_parent(interval: float = 1.0, expected_parent: int | None = None) -> None:
     """End this process (``os._exit``) within ``interval`` seconds of its parent's death.
+
+    ``expected_parent``: the pid of the process that started this one, as that process
+    passed it (initializer arguments, environment). Given, a parent that has already
+    died ends this process at once: a worker that starts up after its parent was killed
+    sees PPid 1 (or a subreaper) and must not take itself for a daemon that was always
+    an orphan (issue 12.19). Without it, a PPid of 1 is taken as "nothing to watch".
 
     Idempotent; a forked child starts its own watch when it calls this again.
     """
@@ -32,6 +38,8 @@ def watch_parent(interval: float = 1.0) -> None:
         if _watching:
             return
         parent = os.getppid()
+        if expected_parent is not None and parent != expected_parent:
+            os._exit(ORPHAN_EXIT_CODE)  # the process that started us is gone already
         if parent <= 1:  # already an orphan, or a daemon: nothing to watch
             return
         _watching = True

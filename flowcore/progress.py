@@ -1,0 +1,248 @@
+"""A live progress display of a flow run on a terminal, fed by the run-event stream.
+
+One table, refreshed at most :data:`REFRESH_PER_SECOND` times a second: per task name,
+how many runs were submitted, finished, failed and are still active (queued or
+running), with the rate of the last seconds and an estimate of the time left. Log
+lines are printed above it, so they stay readable.
+
+When: automatically for a top-level flow run when standard error is a terminal and
+``rich`` is installed (``pip install "flowcore[progress]"``); never when it is not a
+terminal (a pipe, a file, CI logs). ``FLOWCORE_PROGRESS=0`` turns it off,
+``FLOWCORE_PROGRESS=1`` (what ``flowcore run --progress`` sets) turns it on even where
+that variable said otherwise in a parent environment.
+
+Cost: the observer counts events as they are published (a few attribute reads per
+event, taken in the thread that settled the runs); the runs of a column map arrive as
+one lazy batch, which the display reads in its own refresh thread.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from flowcore.events import EventKind, LazyTaskEvents, TaskRunEvent
+from flowcore.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from flowcore.calls import FlowRun
+    from flowcore.events import RunEvent
+
+ENV_VAR = "FLOWCORE_PROGRESS"
+REFRESH_PER_SECOND = 4  # at most 10, as promised
+RATE_WINDOW_SECONDS = 5.0
+
+
+@dataclass
+class TaskProgress:
+    """The counts of one task name within the displayed flow run."""
+
+    submitted: int = 0
+    finished: int = 0
+    failed: int = 0
+    #: (time, finished) samples of the last seconds, for the rate
+    samples: collections.deque[tuple[float, int]] = field(default_factory=collections.deque)
+
+    @property
+    def active(self) -> int:
+        return max(0, self.submitted - self.finished)
+
+    def rate(self, now: float) -> float | None:
+        """Runs finished per second over the last few seconds (None: too early)."""
+        samples = self.samples
+        samples.append((now, self.finished))
+        while len(samples) > 2 and now - samples[0][0] > RATE_WINDOW_SECONDS:
+            samples.popleft()
+        elapsed = now - samples[0][0]
+        if elapsed < 0.5:
+            return None
+        return (self.finished - samples[0][1]) / elapsed
+
+
+def enabled() -> bool:
+    """Whether a top-level flow run shows a progress display here."""
+    setting = os.environ.get(ENV_VAR, "").strip().lower()
+    if setting in ("0", "false", "no", "off"):
+        return False
+    stream = sys.stderr
+    try:
+        interactive = bool(stream.isatty())
+    except (AttributeError, ValueError):
+        interactive = False
+    if not interactive:
+        return False
+    try:
+        import rich  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class ProgressDisplay:
+    """Observer plugin that draws the progress of one flow run (and its subflows).
+
+    :meth:`start` registers it and opens the live display; :meth:`stop` closes both.
+    Thread-safe: events arrive on whichever thread settled the runs.
+    """
+
+    def __init__(self, run: FlowRun) -> None:
+        self.run = run
+        self.tasks: dict[str, TaskProgress] = {}
+        self.lazy: list[LazyTaskEvents] = []  # column-map batches, read when drawing
+        self.lock = threading.Lock()
+        self.started = time.monotonic()
+        self._live: Any = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._handler_streams: list[tuple[logging.StreamHandler[Any], Any]] = []
+
+    # -- the observer ------------------------------------------------------------
+    @hookimpl
+    def flowcore_run_events(self, events: Sequence[RunEvent]) -> None:
+        if isinstance(events, LazyTaskEvents):
+            with self.lock:
+                self.lazy.append(events)
+            return
+        with self.lock:
+            for event in events:
+                if isinstance(event, TaskRunEvent):
+                    self._count(event)
+
+    def _count(self, event: TaskRunEvent) -> None:
+        progress = self.tasks.get(event.task_name)
+        if progress is None:
+            progress = self.tasks[event.task_name] = TaskProgress()
+        if event.kind is EventKind.SUBMITTED:
+            progress.submitted += 1
+        elif event.kind is EventKind.FINISHED:
+            progress.finished += 1
+            state = event.state
+            if state is not None and not state.is_completed():
+                progress.failed += 1
+
+    def _drain_lazy(self) -> None:
+        with self.lock:
+            batches, self.lazy = self.lazy, []
+        for batch in batches:  # outside the lock: reading a batch builds its events
+            counted = [event for event in batch if event.kind is not EventKind.STARTED]
+            with self.lock:
+                for event in counted:
+                    self._count(event)
+
+    # -- the display ---------------------------------------------------------------
+    def start(self) -> None:
+        from rich.console import Console
+        from rich.live import Live
+
+        from flowcore.registry import get_registry
+
+        console = Console(file=sys.stderr)
+        self._live = Live(
+            self._table(), console=console, refresh_per_second=REFRESH_PER_SECOND,
+            transient=False, redirect_stdout=True, redirect_stderr=True,
+        )
+        self._live.start()
+        # Log handlers that write to the terminal now write through the display, so
+        # their lines appear above it instead of through it.
+        for handler in _terminal_handlers():
+            self._handler_streams.append((handler, handler.setStream(sys.stderr)))
+        get_registry().register(self, name=f"flowcore-progress-{self.run.run_id}")
+        self._thread = threading.Thread(target=self._refresh, name="flowcore-progress", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        from flowcore.registry import get_registry
+
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        get_registry().unregister(self)  # unknown plugins are ignored
+        self._drain_lazy()
+        for handler, stream in self._handler_streams:
+            handler.setStream(stream)
+        if self._live is not None:
+            self._live.update(self._table(), refresh=True)
+            self._live.stop()
+
+    def _refresh(self) -> None:
+        while not self._stop.wait(1.0 / REFRESH_PER_SECOND):
+            try:
+                self._drain_lazy()
+                self._live.update(self._table())
+            except Exception:  # a display failure must never affect the flow
+                logging.getLogger("flowcore.progress").debug("progress refresh failed", exc_info=True)
+                return
+
+    def _table(self) -> Any:
+        from rich.table import Table
+
+        now = time.monotonic()
+        table = Table(
+            title=f"flow run {self.run.name!r} · {now - self.started:.0f} s",
+            title_justify="left", expand=False,
+        )
+        for column in ("task", "done", "failed", "active", "total", "rate", "left"):
+            table.add_column(column, justify="left" if column == "task" else "right")
+        with self.lock:
+            rows = [(name, progress) for name, progress in self.tasks.items()]
+            for name, progress in rows:
+                rate = progress.rate(now)
+                left = "-"
+                if rate and progress.active:
+                    left = _duration(progress.active / rate)
+                table.add_row(
+                    name,
+                    f"[green]{progress.finished - progress.failed}[/]",
+                    f"[red]{progress.failed}[/]" if progress.failed else "0",
+                    str(progress.active),
+                    str(progress.submitted),
+                    f"{rate:.1f}/s" if rate is not None else "-",
+                    left,
+                )
+        return table
+
+
+def _terminal_handlers() -> list[logging.StreamHandler[Any]]:
+    """flowcore's (and the root logger's) handlers that write to this terminal."""
+    found = []
+    for logger in (logging.getLogger("flowcore"), logging.getLogger()):
+        for handler in logger.handlers:
+            if type(handler) is logging.StreamHandler and handler.stream in (sys.__stderr__, sys.stderr):
+                found.append(handler)
+    return found
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def start_for(run: FlowRun) -> ProgressDisplay | None:
+    """Open a progress display for the top-level flow run ``run`` if :func:`enabled`;
+    never raises (a display that cannot start is logged at DEBUG and skipped)."""
+    if not enabled():
+        return None
+    display = ProgressDisplay(run)
+    try:
+        display.start()
+    except Exception:
+        logging.getLogger("flowcore.progress").debug("no progress display", exc_info=True)
+        try:
+            display.stop()
+        except Exception:
+            logging.getLogger("flowcore.progress").debug("closing the display failed", exc_info=True)
+        return None
+    return display
+
+
+__all__ = ["ENV_VAR", "ProgressDisplay", "TaskProgress", "enabled", "start_for"]
