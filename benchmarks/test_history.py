@@ -108,12 +108,12 @@ def test_map_on_loky_with_history_vs_without(
         host = flowcore.flow(backend=backend, name="benchmark-history-map")(map_inc)
         expected = list(range(1, n + 1))
         assert host(100) == expected[:100]  # start the pool
-        before = _history_rows("task_runs")
+        before = _history_rows("task_runs_all")
         paired = run_paired(
             benchmark, subject=lambda: host(n), anchor=lambda: history_plugin(lambda: host(n)), rounds=rounds
         )
         assert paired.subject_result == expected and paired.anchor_result == expected
-        written = _history_rows("task_runs") - before
+        written = _history_rows("task_runs_all") - before
         assert written == n * len(paired.subject) + (n if benchmark.enabled else 0)  # warm-up round too
     finally:
         backend.shutdown()
@@ -308,7 +308,7 @@ def test_four_processes_write_one_history(benchmark: BenchmarkFixture, tmp_path:
         errors = [p.communicate(timeout=300)[1] for p in processes]
         connection = sqlite3.connect(home / "history.db")
         try:
-            rows = int(connection.execute("SELECT count(*) FROM task_runs").fetchone()[0])
+            rows = int(connection.execute("SELECT count(*) FROM task_runs_all").fetchone()[0])
         finally:
             connection.close()
         return rows, errors

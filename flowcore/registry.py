@@ -75,6 +75,7 @@ class Registry:
         self.observed: frozenset[str] = frozenset()
         #: some plugin observes the run-event stream (or a per-run lifecycle hook)
         self.observes_events = False
+        self.batches_direct_runs = False
         #: the ``flowcore_run_events`` implementations, in pluggy's call order, when all
         #: are plain functions of ``events``: publish calls them without pluggy's machinery
         self.run_event_functions: tuple[Any, ...] | None = None
@@ -117,6 +118,8 @@ class Registry:
             hook for hook in LIFECYCLE_HOOKS if getattr(self.pm.hook, hook).get_hookimpls()
         )
         self.observes_events = bool(self.observed)
+        #: only run-event observers: direct calls may report in batches (flowcore.direct_runs)
+        self.batches_direct_runs = self.observed == {"flowcore_run_events"}
         impls = self.pm.hook.flowcore_run_events.get_hookimpls()
         plain = all(
             not (impl.hookwrapper or impl.wrapper) and tuple(impl.argnames) == ("events",) for impl in impls

@@ -242,7 +242,7 @@ def test_history_is_off_with_pyproject(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path,
                             env=env, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
-    assert query(tmp_path / "fchome" / "history.db", "SELECT count(*) FROM task_runs") == [(3,)]
+    assert query(tmp_path / "fchome" / "history.db", "SELECT count(*) FROM task_runs_all") == [(3,)]
 
 
 def test_import_flowcore_does_not_import_sqlite3(tmp_path: Path) -> None:
@@ -298,9 +298,9 @@ def test_four_processes_writing_one_database_lose_nothing(home: Path, tmp_path: 
         assert "done" in out
         assert "locked" not in err.lower() and "history is off" not in err
     db = home / "history.db"
-    assert query(db, "SELECT count(*) FROM task_runs") == [(2000,)]
+    assert query(db, "SELECT count(*) FROM task_runs_all") == [(2000,)]
     assert query(db, "SELECT count(*), count(DISTINCT pid) FROM flow_runs WHERE state = 'Completed'") == [(100, 4)]
-    assert query(db, "SELECT count(*) FROM task_runs WHERE state != 'Completed'") == [(0,)]
+    assert query(db, "SELECT count(*) FROM task_runs_all WHERE state != 'Completed'") == [(0,)]
 
 
 def test_a_corrupt_database_warns_once_and_the_flow_still_runs(home: Path, tmp_path: Path) -> None:
@@ -333,7 +333,7 @@ def test_a_database_locked_for_a_while_is_waited_for(home: Path, tmp_path: Path)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 0, err
     assert "locked" not in err.lower() and "history is off" not in err
-    assert query(home / "history.db", "SELECT count(*) FROM task_runs") == [(3,)]
+    assert query(home / "history.db", "SELECT count(*) FROM task_runs_all") == [(3,)]
     assert query(home / "history.db", "SELECT state FROM flow_runs") == [("Completed",)]
 
 
@@ -501,7 +501,7 @@ def test_listing_filters_counts_and_prefixes(tmp_path: Path) -> None:
         assert [r.id for r in store.list_runs()] == ["def300", "abc200"]
         assert store.delete_older_than(now + 10) == 2
         assert store.list_runs() == []
-        assert query(tmp_path / "history.db", "SELECT count(*) FROM task_runs") == [(0,)]
+        assert query(tmp_path / "history.db", "SELECT count(*) FROM task_runs_all") == [(0,)]
         assert query(tmp_path / "history.db", "SELECT count(*) FROM logs") == [(0,)]
     finally:
         store.close()
@@ -558,7 +558,7 @@ def test_the_retention_setting_is_applied_by_the_writer(home: Path, tmp_path: Pa
     result = run_script(tmp_path, SMALL_FLOW, {"FLOWCORE_HISTORY_RETENTION": "7d"})
     assert result.returncode == 0, result.stderr
     assert query(home / "history.db", "SELECT flow FROM flow_runs") == [("small",)]
-    assert query(home / "history.db", "SELECT count(*) FROM task_runs") == [(3,)]
+    assert query(home / "history.db", "SELECT count(*) FROM task_runs_all") == [(3,)]
 
 
 # -- another store, registered as a plugin ------------------------------------------------------
@@ -578,7 +578,8 @@ class MemoryStore(HistoryStore):
         with self.lock:
             for run in batch.flow_runs:
                 self.runs[run.id] = run
-            for write in [*batch.task_runs, *batch.task_run_updates]:
+            blocks = [write for block in batch.task_run_blocks for write in block.writes()]
+            for write in [*batch.task_runs, *batch.task_run_updates, *blocks]:
                 if write.id in self.tasks:
                     self.tasks[write.id].update(write)
                 else:
@@ -738,7 +739,7 @@ def test_a_forked_child_records_its_own_runs(tmp_path: Path) -> None:
     rows = query(tmp_path / "h" / "history.db", "SELECT parameters, pid FROM flow_runs ORDER BY start_time")
     assert [json.loads(p)["where"] for p, _ in rows] == ["parent", "child", "parent again"]
     assert rows[0][1] == rows[2][1] != rows[1][1]
-    assert query(tmp_path / "h" / "history.db", "SELECT count(*) FROM task_runs WHERE state = 'Completed'") == [(12,)]
+    assert query(tmp_path / "h" / "history.db", "SELECT count(*) FROM task_runs_all WHERE state = 'Completed'") == [(12,)]
 
 
 @task(retries=1)
@@ -767,7 +768,7 @@ class ColumnChecker:
         for position, event in enumerate(events):
             run = position // per_run
             self.compared += 1
-            expected = (columns.kinds[position % per_run], columns.run_ids[run], columns.run_names[run],
+            expected = (columns.kinds[position % per_run], columns.run_id(run), columns.run_name(run),
                         columns.task_name, columns.flow_run_id, columns.backend)
             seen = (event.kind, event.task_run_id, event.task_run_name, event.task_name, event.flow_run_id,
                     event.backend)
@@ -783,7 +784,7 @@ class ColumnChecker:
                 if (event.state.name, event.state.attempts) != (name, attempts) or timing != (columns.starts[run], columns.ends[run]):
                     self.problems.append(f"{event.task_run_id}: {event.state!r} vs columns {name} {attempts} "
                                          f"{timing} vs {(columns.starts[run], columns.ends[run])}")
-            elif event.kind is EventKind.SUBMITTED and event.timestamp != columns.submitted_at:
+            elif event.kind is EventKind.SUBMITTED and event.timestamp != columns.submitted_at(run):
                 self.problems.append("submitted time differs")
 
 
@@ -842,19 +843,28 @@ def test_runs_of_a_running_map_are_recorded_pending_before_they_end(home: Path, 
     db = home / "history.db"
     try:
         deadline = time.monotonic() + 60
-        pending: list[tuple[Any, ...]] = []
-        while len(pending) < 6:
+        waiting: list[tuple[Any, ...]] = []
+        while not waiting:  # a map that outlives the writer's hold is written as one pending row
             assert process.poll() is None and time.monotonic() < deadline, process.communicate()
             time.sleep(0.1)
             if db.exists():
                 with contextlib.suppress(sqlite3.OperationalError):  # the schema is being made
-                    pending = query(db, "SELECT name, state, submitted_time FROM task_runs")
-        assert {state for _, state, _ in pending} == {"Pending"}
-        assert all(submitted is not None for *_, submitted in pending)
+                    waiting = query(db, "SELECT flow_run_id, task, count - done, submitted_time FROM pending_maps")
+        [(flow_run_id, task_name, left, submitted)] = waiting
+        assert (task_name, left) == ("wait_for_go", 6) and submitted is not None
+        store = SQLiteStore(db, readonly=True)
+        try:
+            detail = store.get_run(flow_run_id)
+        finally:
+            store.close()
+        assert sorted(t.name for t in detail.task_runs) == [f"wait_for_go-{i}" for i in range(6)]
+        assert {t.state for t in detail.task_runs} == {"Pending"}
+        assert detail.run.task_counts == {"Pending": 6}
     finally:
         go.touch()
         out, err = process.communicate(timeout=120)
     assert process.returncode == 0, err
     assert out.strip() == "[0, 1, 2, 3, 4, 5]"
-    rows = query(db, "SELECT state, count(*), count(submitted_time), count(worker_pid) FROM task_runs GROUP BY 1")
+    rows = query(db, "SELECT state, count(*), count(submitted_time), count(worker_pid) FROM task_runs_all GROUP BY 1")
     assert rows == [("Completed", 6, 6, 6)]
+    assert query(db, "SELECT count(*) FROM pending_maps") == [(0,)]  # gone once every run finished

@@ -17,12 +17,12 @@ import pytest
 pytest.importorskip("loky")
 
 import flowcore
-from flowcore.processes import process_start
 from flowcore import flow, get_run_logger, task, unmapped
 from flowcore.backend import Backend
 from flowcore.errors import CrashedError, SerializationError
 from flowcore.futures import TaskFuture
 from flowcore.mapped import MappedFuture
+from flowcore.processes import process_start
 from flowcore.testing import workloads as w
 
 

@@ -40,12 +40,14 @@ from typing import Any
 from flowcore.events import EventKind, FlowRunEvent, RunColumns, TaskRunEvent
 from flowcore.history import liveness
 from flowcore.history.records import (
-    FINAL_STATE_TYPES,
     FlowRunWrite,
     HistoryBatch,
     LogWrite,
+    PendingMapWrite,
     StateRecord,
+    TaskRunBlockWrite,
     TaskRunWrite,
+    encode_block,
 )
 from flowcore.history.settings import HistorySettings, current_settings
 
@@ -66,11 +68,6 @@ HOLD_PENDING_S = 1.0
 
 _MESSAGE_LIMIT = 10_000
 _PARAMETER_REPR_LIMIT = 1_000
-
-
-#: runs seen only as SUBMITTED, not written yet: as writes, or as a position in the
-#: columns of a map's batch
-Held = dict[str, "TaskRunWrite | tuple[RunColumns, int]"]
 
 
 class _Flush:
@@ -103,11 +100,8 @@ class Recorder:
         self._stores: dict[HistorySettings, Any] = {}
         self._broken: set[HistorySettings] = set()
         self._running: dict[str, HistorySettings] = {}
-        #: task runs seen only as SUBMITTED, not written yet, and since when some are
-        self._held: dict[HistorySettings, Held] = {}
-        #: task runs written while pending or running: their next write is an update
-        self._open_ids: dict[HistorySettings, set[str]] = {}
-        self._held_since: dict[HistorySettings, float] = {}
+        #: per store: runs seen but not final and not written yet, and the like
+        self._open: dict[HistorySettings, _OpenRuns] = {}
         self._last_beat = 0.0
         self._last_retention: dict[HistorySettings, float] = {}
         self._host = ""
@@ -254,9 +248,7 @@ class Recorder:
         self._inherited = list(self._stores.values())
         self._stores = {}
         self._running = {}
-        self._held = {}
-        self._held_since = {}
-        self._open_ids = {}
+        self._open = {}
 
     # -- the writer thread ----------------------------------------------------------------
     def _run(self) -> None:
@@ -264,7 +256,7 @@ class Recorder:
             # Idle: sleep until woken. While flow runs are running: drain every
             # DRAIN_EVERY_S (their task batches do not wake the writer one by one).
             self._idle = True  # before looking at the queue: see accept()
-            if self._running or self._queue or any(self._held.values()):
+            if self._running or self._queue or any(o.waiting() for o in self._open.values()):
                 self._idle = False
             self._wake.wait(None if self._idle else DRAIN_EVERY_S)
             self._wake.clear()
@@ -280,8 +272,7 @@ class Recorder:
         batches: dict[HistorySettings, _Pending] = {}
         # Items come in long runs of one settings object: look it up once per run.
         last: HistorySettings | None = None
-        pending = _Pending()
-        held: Held = {}
+        pending: _Pending | None = None
         broken = False
         while queue:
             item = queue.popleft()
@@ -291,14 +282,15 @@ class Recorder:
                 item.done.set()
                 continue
             settings, payload = item
-            if settings is not last:
+            if settings is not last or pending is None:
                 last = settings
                 broken = settings in self._broken
-                found = batches.get(settings)
-                if found is None:
-                    found = batches[settings] = _Pending()
-                pending = found
-                held = self._held.setdefault(settings, {})
+                pending = batches.get(settings)
+                if pending is None:
+                    open_runs = self._open.get(settings)
+                    if open_runs is None:
+                        open_runs = self._open[settings] = _OpenRuns()
+                    pending = batches[settings] = _Pending(open_runs)
             if broken:
                 continue
             if isinstance(payload, LogWrite):
@@ -306,7 +298,7 @@ class Recorder:
             elif isinstance(payload, FlowRunEvent):
                 pending.batch.flow_runs.append(self._flow_write(payload, settings))
             else:
-                pending.add_tasks(payload, held)
+                pending.add_tasks(payload)
             if pending.rows() >= MAX_BATCH_ROWS:
                 self._commit({settings: pending}, release=False)
                 del batches[settings]
@@ -314,26 +306,17 @@ class Recorder:
         self._commit(batches, release=False)
 
     def _commit(self, batches: dict[HistorySettings, _Pending], *, release: bool) -> None:
-        """Write each store's batch. Task runs seen only as SUBMITTED are held back
-        for up to HOLD_PENDING_S (most end by then: one row write instead of two);
-        ``release`` writes them now (a flush)."""
+        """Write each store's batch. Runs not final yet are held back for up to
+        HOLD_PENDING_S (most end by then: one write instead of two); ``release``
+        writes them now (a flush)."""
         now = time.monotonic()
-        for settings in [s for s, held in self._held.items() if held and s not in batches]:
-            batches[settings] = _Pending()  # held runs due to be written
+        for settings, open_runs in self._open.items():
+            if settings not in batches and open_runs.waiting():
+                batches[settings] = _Pending(open_runs)  # held runs may be due
         for settings, pending in batches.items():
-            held = self._held.get(settings)
-            if held is not None and (release or now - self._held_since.get(settings, now) >= HOLD_PENDING_S):
-                batch = pending.finish(None)
-                batch.task_runs.extend(_as_write(run_id, value) for run_id, value in held.items())
-                held.clear()
-                self._held_since.pop(settings, None)
-            else:
-                batch = pending.finish(held)
-                if held and settings not in self._held_since:
-                    self._held_since[settings] = now
+            batch = pending.finish(now, release)
             if not batch or settings in self._broken:
                 continue
-            self._split_known(settings, batch)
             store = self._store(settings)
             if store is None:
                 continue
@@ -341,25 +324,6 @@ class Recorder:
                 store.write_events(batch)
             except Exception as exc:
                 self._give_up(settings, exc)
-
-    def _split_known(self, settings: HistorySettings, batch: HistoryBatch) -> None:
-        """Move the task runs this writer has written before (still pending or
-        running then) to ``batch.task_run_updates``: the rest are new rows, which a
-        store may insert without looking for an existing one."""
-        known = self._open_ids.setdefault(settings, set())
-        new: list[TaskRunWrite] = []
-        updates = batch.task_run_updates
-        for write in batch.task_runs:
-            final = write.state_type in FINAL_STATE_TYPES
-            if write.id in known:
-                updates.append(write)
-                if final:
-                    known.discard(write.id)
-            else:
-                new.append(write)
-                if not final:
-                    known.add(write.id)
-        batch.task_runs = new
 
     def _store(self, settings: HistorySettings) -> Any:
         store = self._stores.get(settings)
@@ -376,7 +340,7 @@ class Recorder:
 
     def _give_up(self, settings: HistorySettings, exc: BaseException) -> None:
         self._broken.add(settings)
-        self._held.pop(settings, None)
+        self._open.pop(settings, None)
         for run_id in [r for r, s in self._running.items() if s == settings]:
             del self._running[run_id]
         logger.warning("flowcore: %s; history is off for this run", exc)
@@ -441,98 +405,248 @@ class Recorder:
         )
 
 
-class _Pending:
-    """What the writer gathers for one store before a transaction: task runs folded by
-    id (SUBMITTED, STARTED and FINISHED of one run become one upsert)."""
+class _OpenMap:
+    """A map whose runs are not all finished: its SUBMITTED columns, how many of its
+    runs finished, and whether its pending row is written."""
 
-    __slots__ = ("batch", "tasks")
+    __slots__ = ("columns", "done", "reported", "since", "written")
+
+    def __init__(self, columns: RunColumns, since: float) -> None:
+        self.columns = columns
+        self.done = 0
+        self.reported = 0  # ``done`` as last written
+        self.since = since
+        self.written = False
+
+
+class _OpenRuns:
+    """A store's runs that are not final yet (the writer thread's state)."""
+
+    __slots__ = ("held", "maps", "since", "written")
 
     def __init__(self) -> None:
+        #: not written yet: run id -> (submitted time, latest event)
+        self.held: dict[str, tuple[float | None, TaskRunEvent]] = {}
+        #: since when some of ``held`` wait (monotonic), 0 when none do
+        self.since = 0.0
+        #: written as pending or running rows: their next write is an update
+        self.written: set[str] = set()
+        #: maps with runs not finished, by map id
+        self.maps: dict[str, _OpenMap] = {}
+
+    def waiting(self) -> bool:
+        return bool(self.held) or any(not m.written or m.done != m.reported for m in self.maps.values())
+
+
+#: a block's identity in one transaction: flow run, task, backend, worker, id prefix
+_BlockKey = tuple[str | None, str, str | None, Any, str]
+
+
+class _Block:
+    """Finished runs gathered into one TaskRunBlockWrite."""
+
+    __slots__ = ("ends", "names", "numbers", "starts", "submitted", "task")
+
+    def __init__(self, task: Any) -> None:
+        self.task = task
+        self.numbers: list[int] = []
+        self.names: list[int] = []
+        self.submitted: list[float] = []
+        self.starts: list[float] = []
+        self.ends: list[float] = []
+
+
+class _Pending:
+    """What the writer gathers for one store before a transaction. Finished runs that
+    completed plainly (one attempt, not cached, named ``<task>-<n>``) are gathered
+    into blocks, one row per task and worker; the others become one row each."""
+
+    __slots__ = ("batch", "blocks", "open", "tasks")
+
+    def __init__(self, open_runs: _OpenRuns) -> None:
         self.batch = HistoryBatch()
+        self.open = open_runs
         self.tasks: dict[str, TaskRunWrite] = {}
+        self.blocks: dict[_BlockKey, _Block] = {}
 
     def rows(self) -> int:
-        return len(self.tasks) + self.batch.size()
+        return len(self.tasks) + self.batch.size() + len(self.blocks)
 
-    def add_tasks(self, events: Sequence[TaskRunEvent], held: Held) -> None:
-        """Fold ``events`` into the task runs gathered so far, taking back those held
-        (``held``: runs seen only as SUBMITTED by earlier drains, not written yet).
-        A batch that offers columns (a map's) is read as columns: no object per event."""
+    # -- folding events --------------------------------------------------------------
+    def add_tasks(self, events: Sequence[TaskRunEvent]) -> None:
+        """Fold a batch of task run events (read as columns when it offers them)."""
         columns_of = getattr(events, "columns", None)
         columns = columns_of() if callable(columns_of) else None
-        if columns is not None and self._add_columns(columns, held):
+        if columns is not None:
+            self._add_columns(columns)
             return
-        tasks = self.tasks
+        held = self.open.held
         for event in events:
             run_id = event.task_run_id
-            write = tasks.get(run_id)
+            if event.kind is not EventKind.FINISHED:
+                earlier = held.get(run_id)
+                submitted = earlier[0] if earlier is not None else (
+                    event.timestamp if event.kind is EventKind.SUBMITTED else None
+                )
+                held[run_id] = (submitted, event)
+                continue
+            earlier = held.pop(run_id, None)
+            submitted = earlier[0] if earlier is not None else None
+            state = event.state
+            assert state is not None
+            if (
+                state.name == "Completed" and state.attempts == 1 and run_id not in self.open.written
+                and self._add_plain(event, state, submitted)
+            ):
+                continue
+            write = self.tasks.get(run_id)
             if write is None:
-                kept = held.pop(run_id, None) if held else None
-                if kept is None:
-                    write = TaskRunWrite(
-                        run_id, event.flow_run_id, event.task_name, event.task_run_name, "Pending", "PENDING"
-                    )
-                else:
-                    write = _as_write(run_id, kept)
-                tasks[run_id] = write
+                write = self.tasks[run_id] = _write_from(earlier[1] if earlier is not None else event, submitted)
             _apply(event, write)
 
-    def _add_columns(self, columns: RunColumns, held: Held) -> bool:
-        """Fold a batch given as columns; False when it has a shape read as events."""
-        kinds = columns.kinds
-        run_ids = columns.run_ids
-        tasks = self.tasks
-        if kinds == (EventKind.SUBMITTED,):
-            for position, run_id in enumerate(run_ids):
-                if run_id in tasks:  # never expected: SUBMITTED comes first
-                    return False
-                held[run_id] = (columns, position)
-            return True
-        if EventKind.FINISHED not in kinds:
+    def _add_plain(self, event: TaskRunEvent, state: Any, submitted: float | None) -> bool:
+        """Add a plainly completed run to its block; False if its ids do not fit one."""
+        prefix, _, number = event.task_run_id.rpartition("-")
+        task_name, name = event.task_name, event.task_run_name
+        cut = len(task_name) + 1
+        suffix = name[cut:]
+        if name[:cut] != task_name + "-" or not suffix.isdigit() or not prefix:
             return False
-        worker = columns.worker
-        host, pid, thread, address = (
-            (worker.host, worker.pid, worker.thread, worker.address) if worker is not None else (None, None, None, None)
-        )
-        tags = _tags(columns.task)
-        names, starts, ends, exceptional = columns.run_names, columns.starts, columns.ends, columns.states
-        flow_run_id, task_name, backend, submitted = (
-            columns.flow_run_id, columns.task_name, columns.backend, columns.submitted_at
-        )
-        for position, run_id in enumerate(run_ids):
-            write = TaskRunWrite(
-                run_id, flow_run_id, task_name, names[position], "Completed", "COMPLETED", None, 1,
-                submitted, starts[position], ends[position], backend, host, pid, thread, address,
-                False, None, tags,
-            )
-            state = exceptional.get(position) if exceptional else None
-            if state is not None:
-                _set_final(write, state, ends[position])
-            if held:
-                held.pop(run_id, None)  # its submission is in the columns
-            earlier = tasks.get(run_id)
-            if earlier is not None:  # never expected: a run reports FINISHED once
-                earlier.update(write)
-            else:
-                tasks[run_id] = write
+        key = (event.flow_run_id, task_name, event.backend, event.worker, prefix)
+        block = self.blocks.get(key)
+        if block is None:
+            block = self.blocks[key] = _Block(event.task)
+        start = state.started_at if state.started_at is not None else event.timestamp
+        block.numbers.append(int(number, 16))
+        block.names.append(int(suffix))
+        block.submitted.append(submitted if submitted is not None else start)
+        block.starts.append(start)
+        block.ends.append(state.finished_at or event.timestamp)
         return True
 
-    def finish(self, held: Held | None) -> HistoryBatch:
-        """The batch to write. With ``held``, runs seen only as SUBMITTED are moved
-        there instead: most runs end soon, and one row write per run is cheaper than two."""
+    def _add_columns(self, columns: RunColumns) -> None:
+        kinds = columns.kinds
+        map_id = columns.map_id
+        if EventKind.FINISHED not in kinds:
+            if kinds == (EventKind.SUBMITTED,) and map_id is not None:
+                self.open.maps[map_id] = _OpenMap(columns, time.monotonic())
+                return
+            for position in range(len(columns)):  # not expected: read them one by one
+                self.add_tasks([_column_event(columns, position, kinds[-1])])
+            return
+        exceptional = columns.states
+        positions = [i for i in range(len(columns)) if i not in exceptional] if exceptional else None
+        if positions is None or positions:
+            self.batch.task_run_blocks.append(_block_of(columns, positions))
+        for position, state in exceptional.items():
+            run_id = columns.run_id(position)
+            write = TaskRunWrite(
+                run_id, columns.flow_run_id, columns.task_name, columns.run_name(position), "Pending",
+                "PENDING", submitted=columns.submitted_at(position), backend=columns.backend,
+                tags=_tags(columns.task),
+            )
+            _set_worker(write, columns.worker)
+            _set_final(write, state, columns.ends[position])
+            self.tasks[run_id] = write
+        if map_id is not None:
+            open_map = self.open.maps.get(map_id)
+            if open_map is not None:
+                open_map.done += len(columns)
+
+    # -- the transaction -------------------------------------------------------------
+    def finish(self, now: float, release: bool) -> HistoryBatch:
+        """The batch to write: task runs gathered, blocks encoded, and held runs and
+        maps' pending rows that are due (all of them with ``release``)."""
         batch = self.batch
-        if held is None:
-            batch.task_runs = list(self.tasks.values())
-        else:
-            written: list[TaskRunWrite] = []
-            for run_id, write in self.tasks.items():
-                if write.state_type == "PENDING":
-                    held[run_id] = write
-                else:
-                    written.append(write)
-            batch.task_runs = written
+        open_runs = self.open
+        for key, block in self.blocks.items():
+            batch.task_run_blocks.append(
+                encode_block(
+                    flow_run_id=key[0], task=key[1], id_prefix=key[4], backend=key[2], worker=key[3],
+                    tags=_tags(block.task), numbers=block.numbers, names=block.names,
+                    submitted=block.submitted, starts=block.starts, ends=block.ends,
+                )
+            )
+        self.blocks = {}
+        written = open_runs.written
+        for run_id, write in self.tasks.items():
+            if run_id in written:
+                batch.task_run_updates.append(write)
+                written.discard(run_id)
+            else:
+                batch.task_runs.append(write)
         self.tasks = {}
+        held = open_runs.held
+        if held:
+            if not open_runs.since:
+                open_runs.since = now
+            if release or now - open_runs.since >= HOLD_PENDING_S:
+                for run_id, (submitted, event) in held.items():
+                    write = _write_from(event, submitted)
+                    (batch.task_run_updates if run_id in written else batch.task_runs).append(write)
+                    written.add(run_id)
+                held.clear()
+        if not held:
+            open_runs.since = 0.0
+        for map_id, open_map in list(open_runs.maps.items()):
+            complete = open_map.done >= len(open_map.columns)
+            if complete and not open_map.written:
+                del open_runs.maps[map_id]
+                continue
+            if not open_map.written and not (release or now - open_map.since >= HOLD_PENDING_S):
+                continue
+            if open_map.written and open_map.done == open_map.reported:
+                continue
+            batch.pending_maps.append(_pending_map_write(map_id, open_map))
+            open_map.written, open_map.reported = True, open_map.done
+            if complete:
+                del open_runs.maps[map_id]
         return batch
+
+
+def _block_of(columns: RunColumns, positions: list[int] | None) -> TaskRunBlockWrite:
+    """The runs of ``columns`` at ``positions`` (None: all) as one block."""
+    numbers, names, starts, ends = columns.numbers, columns.name_numbers, columns.starts, columns.ends
+    submitted: Sequence[float] | float = columns.submitted
+    if positions is not None:
+        numbers = [numbers[i] for i in positions]
+        names = [names[i] for i in positions]
+        starts = [starts[i] for i in positions]
+        ends = [ends[i] for i in positions]
+        if not isinstance(submitted, float):
+            submitted = [submitted[i] for i in positions]
+    return encode_block(
+        flow_run_id=columns.flow_run_id, task=columns.task_name, id_prefix=columns.id_prefix,
+        backend=columns.backend, worker=columns.worker, tags=_tags(columns.task), numbers=numbers,
+        names=names, submitted=submitted, starts=starts, ends=ends,
+    )
+
+
+def _pending_map_write(map_id: str, open_map: _OpenMap) -> PendingMapWrite:
+    columns = open_map.columns
+    return PendingMapWrite(
+        map_id, columns.flow_run_id, columns.task_name, columns.id_prefix, columns.numbers[0],
+        columns.name_numbers[0], len(columns), open_map.done, columns.submitted_at(0), columns.backend,
+        _tags(columns.task),
+    )
+
+
+def _column_event(columns: RunColumns, position: int, kind: EventKind) -> TaskRunEvent:
+    return TaskRunEvent(
+        kind, columns.run_id(position), columns.run_name(position), columns.task_name, columns.flow_run_id,
+        columns.submitted_at(position), columns.backend, None, None, columns.task,
+    )
+
+
+def _write_from(event: TaskRunEvent, submitted: float | None) -> TaskRunWrite:
+    """A pending (or running, after a STARTED event) run as a write."""
+    write = TaskRunWrite(
+        event.task_run_id, event.flow_run_id, event.task_name, event.task_run_name, "Pending", "PENDING",
+        submitted=submitted, backend=event.backend, tags=_tags(event.task),
+    )
+    if event.kind is EventKind.STARTED:
+        _apply(event, write)
+    return write
 
 
 _tags_cache: dict[int, tuple[Any, str | None]] = {}
@@ -554,21 +668,23 @@ def _tags(task: Any) -> str | None:
     return text
 
 
-def _apply(event: TaskRunEvent, write: TaskRunWrite) -> None:
-    """Fold one event of a run into its pending write."""
-    kind = event.kind
-    if event.backend is not None:
-        write.backend = event.backend
-    if kind is EventKind.SUBMITTED:
-        write.submitted = event.timestamp
-        write.tags = _tags(event.task)
-        return
-    worker = event.worker
+def _set_worker(write: TaskRunWrite, worker: Any) -> None:
     if worker is not None:
         write.worker_host = worker.host
         write.worker_pid = worker.pid
         write.worker_thread = worker.thread
         write.worker_address = worker.address
+
+
+def _apply(event: TaskRunEvent, write: TaskRunWrite) -> None:
+    """Fold one event of a run into its write."""
+    kind = event.kind
+    if event.backend is not None:
+        write.backend = event.backend
+    if kind is EventKind.SUBMITTED:
+        write.submitted = event.timestamp
+        return
+    _set_worker(write, event.worker)
     if kind is EventKind.STARTED:
         if write.state_type == "PENDING":
             write.state, write.state_type = "Running", "RUNNING"
@@ -593,17 +709,6 @@ def _set_final(write: TaskRunWrite, state: Any, end: float) -> None:
     if state.exception is not None and state.type != "COMPLETED":
         write.error_type, write.error_message = _error(state)
         write.traceback = state.traceback
-
-
-def _as_write(run_id: str, kept: TaskRunWrite | tuple[RunColumns, int]) -> TaskRunWrite:
-    """A held run as a write: held as columns, it is a Pending run submitted then."""
-    if isinstance(kept, TaskRunWrite):
-        return kept
-    columns, position = kept
-    return TaskRunWrite(
-        run_id, columns.flow_run_id, columns.task_name, columns.run_names[position], "Pending", "PENDING",
-        submitted=columns.submitted_at, backend=columns.backend, tags=_tags(columns.task),
-    )
 
 
 def _error(state: Any) -> tuple[str | None, str | None]:

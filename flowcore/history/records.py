@@ -12,7 +12,9 @@ record being written means "unknown here, keep what the store has".
 from __future__ import annotations
 
 import datetime
+import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -277,6 +279,136 @@ class TaskRunWrite:
 
 
 @dataclass(frozen=True, slots=True)
+class TaskRunBlockWrite:
+    """Many task runs of one task in one flow run, stored as one row: every one of them
+    ``Completed`` after one attempt, not from the cache, on one worker, named
+    ``<task>-<number>``. The columns hold what differs from run to run, encoded (see
+    :func:`encode_block`); :meth:`expand` gives the runs back as records."""
+
+    flow_run_id: str | None
+    task: str
+    id_prefix: str
+    backend: str | None
+    worker_host: str | None
+    worker_pid: int | None
+    worker_thread: str | None
+    worker_address: str | None
+    tags: str | None  # JSON text
+    count: int
+    first_number: int
+    #: JSON int array: run i's id number is first_number + numbers[i]; None: + i
+    numbers: str | None
+    name_first: int
+    #: JSON int array: run i's name number is name_first + names[i]; None: + i
+    names: str | None
+    #: the earliest start; offsets below are in microseconds from it
+    time0: float
+    end_time: float
+    #: when every run was submitted (None when they differ: see ``submitted``)
+    submitted_time: float | None
+    #: JSON int array of submission offsets, or None (all at ``submitted_time``)
+    submitted: str | None
+    #: JSON int array of start offsets, or None: back to back (run 0 at ``time0``,
+    #: run i when run i - 1 ended)
+    starts: str | None
+    #: JSON int array of end offsets
+    ends: str
+
+    def expand(self) -> list[TaskRunRecord]:
+        """The runs this row holds, in order."""
+        count, time0 = self.count, self.time0
+        numbers = json.loads(self.numbers) if self.numbers else range(count)
+        names = json.loads(self.names) if self.names else range(count)
+        ends = [time0 + e / 1e6 for e in json.loads(self.ends)]
+        if self.starts:
+            starts = [time0 + s / 1e6 for s in json.loads(self.starts)]
+        else:
+            starts = [time0, *ends[:-1]]
+        if self.submitted:
+            submitted: list[float | None] = [time0 + s / 1e6 for s in json.loads(self.submitted)]
+        else:
+            submitted = [self.submitted_time] * count
+        worker = None
+        if self.worker_host is not None or self.worker_pid is not None:
+            worker = WorkerRecord(self.worker_host, self.worker_pid, self.worker_thread, self.worker_address)
+        tags = json.loads(self.tags) if self.tags else []
+        prefix, first, name_first, task = self.id_prefix, self.first_number, self.name_first, self.task
+        return [
+            TaskRunRecord(
+                f"{prefix}-{first + numbers[i]:x}", self.flow_run_id, task, f"{task}-{name_first + names[i]}",
+                "Completed", "COMPLETED", "", 1, submitted[i], starts[i], ends[i], self.backend, worker,
+                False, None, tags,
+            )
+            for i in range(count)
+        ]
+
+
+    def writes(self) -> list[TaskRunWrite]:
+        """The runs this row holds as one write each (for a store that keeps a row per run)."""
+        return [
+            TaskRunWrite(
+                r.id, r.flow_run_id, r.task, r.name, r.state, r.state_type, "", 1, r.submitted, r.start,
+                r.end, r.backend, self.worker_host, self.worker_pid, self.worker_thread, self.worker_address,
+                False, None, self.tags,
+            )
+            for r in self.expand()
+        ]
+
+
+def encode_block(
+    *,
+    flow_run_id: str | None,
+    task: str,
+    id_prefix: str,
+    backend: str | None,
+    worker: Any,
+    tags: str | None,
+    numbers: Sequence[int],
+    names: Sequence[int],
+    submitted: Sequence[float] | float,
+    starts: Sequence[float],
+    ends: Sequence[float],
+) -> TaskRunBlockWrite:
+    """One :class:`TaskRunBlockWrite` for runs given as columns (``worker``: a
+    :class:`flowcore.events.Worker` or None). Ranges (consecutive numbers, one
+    submission time, runs back to back) are stored as NULL columns."""
+    count = len(ends)
+    time0 = min(starts)
+    first, name_first = numbers[0], names[0]
+    numbers_text = None if _consecutive(numbers) else _ints([n - first for n in numbers])
+    names_text = None if _consecutive(names) else _ints([n - name_first for n in names])
+    if isinstance(submitted, float | int):
+        submitted_time, submitted_text = float(submitted), None
+    elif list(submitted).count(submitted[0]) == count:
+        submitted_time, submitted_text = float(submitted[0]), None
+    else:
+        submitted_time, submitted_text = None, _offsets(submitted, time0)
+    back_to_back = starts[0] == time0 and list(starts[1:]) == list(ends[:-1])
+    return TaskRunBlockWrite(
+        flow_run_id, task, id_prefix, backend,
+        getattr(worker, "host", None), getattr(worker, "pid", None), getattr(worker, "thread", None),
+        getattr(worker, "address", None), tags, count, first, numbers_text, name_first, names_text,
+        time0, max(ends), submitted_time, submitted_text, None if back_to_back else _offsets(starts, time0),
+        _offsets(ends, time0),
+    )
+
+
+def _consecutive(numbers: Sequence[int]) -> bool:
+    if isinstance(numbers, range):
+        return numbers.step == 1
+    first = numbers[0]
+    return numbers[-1] - first == len(numbers) - 1 and list(numbers) == list(range(first, first + len(numbers)))
+
+
+def _ints(values: list[int]) -> str:
+    return "[" + ",".join(map(str, values)) + "]"
+
+
+def _offsets(times: Sequence[float], time0: float) -> str:
+    return _ints([int((t - time0) * 1e6 + 0.5) for t in times])
+
+
+@dataclass(frozen=True, slots=True)
 class LogWrite:
     """A log record to append."""
 
@@ -289,6 +421,26 @@ class LogWrite:
     message: str
     task_name: str | None = None
     task_run_name: str | None = None
+
+
+@dataclass(slots=True)
+class PendingMapWrite:
+    """The runs of one ``.map`` not finished yet, as one row: runs ``first_number`` ..
+    ``first_number + count - 1`` (names from ``name_first``), of which ``done`` are
+    stored elsewhere (finished). Written when a map outlives the writer's hold; ``done``
+    is updated as its runs finish, and the row goes when ``done == count``."""
+
+    key: str  # f"{id_prefix}-{first_number:x}": the row's id
+    flow_run_id: str | None
+    task: str
+    id_prefix: str
+    first_number: int
+    name_first: int
+    count: int
+    done: int
+    submitted_time: float
+    backend: str | None
+    tags: str | None
 
 
 @dataclass(slots=True)
@@ -308,14 +460,22 @@ class HistoryBatch:
     heartbeat: float | None = None
     heartbeat_ids: list[str] = field(default_factory=list)
     task_run_updates: list[TaskRunWrite] = field(default_factory=list)
+    #: runs stored as blocks (see TaskRunBlockWrite)
+    task_run_blocks: list[TaskRunBlockWrite] = field(default_factory=list)
+    #: maps' runs not finished yet: new pending rows, and changes to written ones
+    pending_maps: list[PendingMapWrite] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(
             self.flow_runs or self.task_runs or self.task_run_updates or self.logs or self.heartbeat_ids
+            or self.task_run_blocks or self.pending_maps
         )
 
     def size(self) -> int:
-        return len(self.flow_runs) + len(self.task_runs) + len(self.task_run_updates) + len(self.logs)
+        return (
+            len(self.flow_runs) + len(self.task_runs) + len(self.task_run_updates) + len(self.logs)
+            + sum(block.count for block in self.task_run_blocks)
+        )
 
 
 # -- helpers -------------------------------------------------------------------------
@@ -325,7 +485,7 @@ def iso_time(timestamp: float | None) -> str | None:
     """``timestamp`` as ISO 8601 in UTC (``2026-12-03T00:05:14.123456+00:00``)."""
     if timestamp is None:
         return None
-    return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).isoformat()
+    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).isoformat()
 
 
 def _round(value: float | None) -> float | None:
@@ -341,9 +501,12 @@ __all__ = [
     "HistoryBatch",
     "LogRecord",
     "LogWrite",
+    "PendingMapWrite",
     "StateRecord",
+    "TaskRunBlockWrite",
     "TaskRunRecord",
     "TaskRunWrite",
     "WorkerRecord",
+    "encode_block",
     "iso_time",
 ]

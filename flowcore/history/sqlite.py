@@ -31,6 +31,7 @@ from flowcore.history.records import (
     HistoryBatch,
     LogRecord,
     StateRecord,
+    TaskRunBlockWrite,
     TaskRunRecord,
     TaskRunWrite,
     WorkerRecord,
@@ -107,6 +108,64 @@ CREATE TABLE task_runs (
     traceback      TEXT
 ) WITHOUT ROWID;
 CREATE INDEX task_runs_by_flow_run ON task_runs (flow_run_id, state);
+
+CREATE TABLE task_run_blocks (
+    id             INTEGER PRIMARY KEY,
+    flow_run_id    TEXT,
+    task           TEXT NOT NULL,
+    id_prefix      TEXT NOT NULL,
+    backend        TEXT,
+    worker_host    TEXT,
+    worker_pid     INTEGER,
+    worker_thread  TEXT,
+    worker_address TEXT,
+    tags           TEXT NOT NULL DEFAULT '[]',
+    count          INTEGER NOT NULL,
+    first_number   INTEGER NOT NULL,
+    numbers        TEXT,
+    name_first     INTEGER NOT NULL,
+    names          TEXT,
+    time0          REAL NOT NULL,
+    end_time       REAL NOT NULL,
+    submitted_time REAL,
+    submitted      TEXT,
+    starts         TEXT,
+    ends           TEXT NOT NULL
+);
+CREATE INDEX task_run_blocks_by_flow_run ON task_run_blocks (flow_run_id);
+
+CREATE TABLE pending_maps (
+    id             TEXT PRIMARY KEY,
+    flow_run_id    TEXT,
+    task           TEXT NOT NULL,
+    id_prefix      TEXT NOT NULL,
+    first_number   INTEGER NOT NULL,
+    name_first     INTEGER NOT NULL,
+    count          INTEGER NOT NULL,
+    done           INTEGER NOT NULL DEFAULT 0,
+    submitted_time REAL,
+    backend        TEXT,
+    tags           TEXT NOT NULL DEFAULT '[]'
+);
+CREATE INDEX pending_maps_by_flow_run ON pending_maps (flow_run_id);
+
+CREATE VIEW task_runs_all AS
+SELECT id, flow_run_id, task, name, state, state_type, message, attempts, submitted_time,
+       start_time, end_time, backend, worker_host, worker_pid, worker_thread, worker_address,
+       cache_hit, cache_key, tags, error_type, error_message, traceback
+FROM task_runs
+UNION ALL
+SELECT b.id_prefix || '-' || printf('%x', b.first_number + coalesce(json_extract(b.numbers, '$[' || e.key || ']'), e.key)),
+       b.flow_run_id, b.task,
+       b.task || '-' || (b.name_first + coalesce(json_extract(b.names, '$[' || e.key || ']'), e.key)),
+       'Completed', 'COMPLETED', '', 1,
+       coalesce(b.time0 + json_extract(b.submitted, '$[' || e.key || ']') / 1e6, b.submitted_time),
+       b.time0 + coalesce(json_extract(b.starts, '$[' || e.key || ']'),
+                          CASE WHEN e.key = 0 THEN 0 ELSE json_extract(b.ends, '$[' || (e.key - 1) || ']') END) / 1e6,
+       b.time0 + e.value / 1e6,
+       b.backend, b.worker_host, b.worker_pid, b.worker_thread, b.worker_address, 0, NULL, b.tags,
+       NULL, NULL, NULL
+FROM task_run_blocks AS b, json_each(b.ends) AS e;
 
 CREATE TABLE logs (
     id            INTEGER PRIMARY KEY,
@@ -298,6 +357,36 @@ def _flow_row(w: FlowRunWrite) -> tuple[Any, ...]:
     )
 
 
+_BLOCK_COLUMNS = (
+    "flow_run_id, task, id_prefix, backend, worker_host, worker_pid, worker_thread, worker_address, "
+    "tags, count, first_number, numbers, name_first, names, time0, end_time, submitted_time, "
+    "submitted, starts, ends"
+)
+_INSERT_BLOCK = (
+    f"INSERT INTO task_run_blocks ({_BLOCK_COLUMNS}) VALUES "
+    "(?, ?, ?, ?, ?, ?, ?, ?, coalesce(?, '[]'), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_PENDING_MAP_COLUMNS = (
+    "id, flow_run_id, task, id_prefix, first_number, name_first, count, done, submitted_time, backend, tags"
+)
+_UPSERT_PENDING_MAP = (
+    f"INSERT INTO pending_maps ({_PENDING_MAP_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, coalesce(?, '[]')) "
+    "ON CONFLICT (id) DO UPDATE SET done = excluded.done"
+)
+
+
+def _block_row(w: TaskRunBlockWrite) -> tuple[Any, ...]:
+    return (
+        w.flow_run_id, w.task, w.id_prefix, w.backend, w.worker_host, w.worker_pid, w.worker_thread,
+        w.worker_address, w.tags, w.count, w.first_number, w.numbers, w.name_first, w.names, w.time0,
+        w.end_time, w.submitted_time, w.submitted, w.starts, w.ends,
+    )
+
+
+def _block_record(row: tuple[Any, ...]) -> TaskRunBlockWrite:
+    return TaskRunBlockWrite(*row)
+
+
 def _task_row(w: TaskRunWrite) -> tuple[Any, ...]:
     return (
         w.id, w.flow_run_id, w.task, w.name, w.state, w.state_type, w.message, w.attempts,
@@ -403,6 +492,13 @@ class SQLiteStore(HistoryStore):
             for r in batch.logs
         ]
         beats = [(batch.heartbeat, run_id) for run_id in batch.heartbeat_ids]
+        block_rows = [_block_row(w) for w in batch.task_run_blocks]
+        map_rows = [
+            (m.key, m.flow_run_id, m.task, m.id_prefix, m.first_number, m.name_first, m.count, m.done,
+             m.submitted_time, m.backend, m.tags)
+            for m in batch.pending_maps if m.done < m.count
+        ]
+        finished_maps = [(m.key,) for m in batch.pending_maps if m.done >= m.count]
 
         def work(conn: sqlite3.Connection) -> None:
             if flow_rows:
@@ -421,6 +517,12 @@ class SQLiteStore(HistoryStore):
                 conn.execute("RELEASE new_task_runs")
             if update_rows:
                 conn.executemany(_UPSERT_TASK, update_rows)
+            if block_rows:
+                conn.executemany(_INSERT_BLOCK, block_rows)
+            if map_rows:
+                conn.executemany(_UPSERT_PENDING_MAP, map_rows)
+            if finished_maps:
+                conn.executemany("DELETE FROM pending_maps WHERE id = ?", finished_maps)
             if log_rows:
                 conn.executemany(_INSERT_LOG, log_rows)
             if beats:
@@ -489,6 +591,17 @@ class SQLiteStore(HistoryStore):
             )
             for run_id, state_name, count in rows:
                 by_id[run_id].task_counts[state_name] = count
+            for table, state_name, counted in (
+                ("task_run_blocks", "Completed", "count"), ("pending_maps", "Pending", "count - done")
+            ):
+                for run_id, count in self._read(
+                    f"SELECT flow_run_id, sum({counted}) FROM {table} WHERE flow_run_id IN ({marks}) "
+                    "GROUP BY flow_run_id",
+                    chunk,
+                ):
+                    if count:
+                        counts = by_id[run_id].task_counts
+                        counts[state_name] = counts.get(state_name, 0) + count
         for run in runs:
             if run.state_type == "CRASHED":
                 _crash_open_counts(run.task_counts)
@@ -585,6 +698,8 @@ class SQLiteStore(HistoryStore):
                 (full,),
             )
         ]
+        tasks += self._block_runs(full)
+        tasks.sort(key=_task_order)
         for task in tasks:
             run.task_counts[task.state] = run.task_counts.get(task.state, 0) + 1
         if run.state_type == "CRASHED":
@@ -593,6 +708,28 @@ class SQLiteStore(HistoryStore):
                     task.state, task.state_type, task.message = "Crashed", "CRASHED", "its flow run crashed"
             _crash_open_counts(run.task_counts)
         return RunDetail(run, tasks)
+
+    def _block_runs(self, flow_run_id: str) -> list[TaskRunRecord]:
+        """The runs of ``flow_run_id`` stored in blocks, and its maps' runs that have
+        not finished (``Pending``)."""
+        runs: list[TaskRunRecord] = []
+        for row in self._read(f"SELECT {_BLOCK_COLUMNS} FROM task_run_blocks WHERE flow_run_id = ?", (flow_run_id,)):
+            runs.extend(_block_record(row).expand())
+        maps = self._read(f"SELECT {_PENDING_MAP_COLUMNS} FROM pending_maps WHERE flow_run_id = ?", (flow_run_id,))
+        if maps:
+            known = {r.id for r in runs}
+            known.update(
+                row[0] for row in self._read("SELECT id FROM task_runs WHERE flow_run_id = ?", (flow_run_id,))
+            )
+            for (_, flow_run, task, prefix, first, name_first, count, _done, submitted, backend, tags) in maps:
+                for i in range(count):
+                    run_id = f"{prefix}-{first + i:x}"
+                    if run_id not in known:
+                        runs.append(TaskRunRecord(
+                            run_id, flow_run, task, f"{task}-{name_first + i}", "Pending", "PENDING",
+                            submitted=submitted, backend=backend, tags=_json(tags, []),
+                        ))
+        return runs
 
     def logs(
         self,
@@ -630,6 +767,8 @@ class SQLiteStore(HistoryStore):
             count = int(conn.execute("SELECT count(*) FROM doomed").fetchone()[0])
             if count:
                 conn.execute("DELETE FROM task_runs WHERE flow_run_id IN (SELECT id FROM doomed)")
+                conn.execute("DELETE FROM task_run_blocks WHERE flow_run_id IN (SELECT id FROM doomed)")
+                conn.execute("DELETE FROM pending_maps WHERE flow_run_id IN (SELECT id FROM doomed)")
                 conn.execute("DELETE FROM logs WHERE flow_run_id IN (SELECT id FROM doomed)")
                 conn.execute("DELETE FROM flow_run_states WHERE flow_run_id IN (SELECT id FROM doomed)")
                 conn.execute("DELETE FROM flow_runs WHERE id IN (SELECT id FROM doomed)")
@@ -638,6 +777,7 @@ class SQLiteStore(HistoryStore):
                 "AND state_type NOT IN ('PENDING', 'RUNNING')",
                 (cutoff,),
             )
+            conn.execute("DELETE FROM task_run_blocks WHERE flow_run_id IS NULL AND end_time < ?", (cutoff,))
             conn.execute("DELETE FROM logs WHERE flow_run_id IS NULL AND timestamp < ?", (cutoff,))
             conn.execute("DELETE FROM doomed")
             return count
@@ -665,6 +805,11 @@ def _task_record(row: tuple[Any, ...]) -> TaskRunRecord:
         start, end, backend, worker, None if cache_hit is None else bool(cache_hit), cache_key,
         _json(tags, []), error_type, error_message, traceback,
     )
+
+
+def _task_order(run: TaskRunRecord) -> tuple[float, str]:
+    when = run.start if run.start is not None else run.submitted
+    return (when if when is not None else float("inf"), run.id)
 
 
 def _json(text: str | None, default: Any) -> Any:

@@ -49,7 +49,13 @@ class HistoryStore(abc.ABC):
     def write_events(self, batch: HistoryBatch) -> None:
         """Apply ``batch`` in one transaction (upserts: a field given as ``None``
         keeps the stored value). Blocks while other writers hold the store; raises
-        :class:`~flowcore.errors.HistoryError` when the store cannot be written."""
+        :class:`~flowcore.errors.HistoryError` when the store cannot be written.
+
+        Besides single task runs, a batch carries ``task_run_blocks`` (many plainly
+        completed runs in one record: keep them so, or store
+        :meth:`~flowcore.history.records.TaskRunBlockWrite.writes` one row each) and
+        ``pending_maps`` (a map's runs not finished yet, replaced as they finish; a
+        store may ignore them and show such runs only once they end)."""
 
     @abc.abstractmethod
     def list_runs(
