@@ -24,6 +24,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_flowcore_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The run history of every benchmark goes to a temporary FLOWCORE_HOME, never to
+    the home of whoever runs the suite (subprocesses inherit it); no progress display."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("FLOWCORE_HOME", str(tmp_path_factory.mktemp("flowcore-home")))
+    mp.setenv("FLOWCORE_PROGRESS", "0")  # no live display in measurements (pytest -s on a terminal)
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def quick(request: pytest.FixtureRequest) -> bool:
     """True when the suite runs with ``--quick``."""

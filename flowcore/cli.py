@@ -7,6 +7,8 @@
 * ``flowcore bench PATH_OR_MODULE:FLOW [--backends a,b] [--params JSON] [--repeat N]
   [--json PATH] [--plot PATH]``: compare backends on a flow (see :mod:`flowcore.bench`).
 * ``flowcore cache ls | info | clear [--task NAME] | prune``: the task cache.
+* ``flowcore runs ls | show RUN_ID | logs RUN_ID | rm --older-than AGE``: the run
+  history (see :mod:`flowcore.history.commands`).
 * ``flowcore version``.
 """
 
@@ -275,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     from flowcore.caching.commands import add_commands as add_cache_commands
 
     add_cache_commands(commands)
+    from flowcore.history.commands import add_commands as add_runs_commands
+
+    add_runs_commands(commands)
     version = commands.add_parser("version", help="print the version")
     version.set_defaults(handler=_version)
     return parser

@@ -40,6 +40,11 @@ PYPROJECT_KEYS: dict[str, str] = {
     "cache_dir": "the file cache store's directory",
     "cache_store": "the default cache store's name",
     "cache_store_options": "the default cache store's options (a table)",
+    "home": "flowcore's home directory (the run history lives there)",
+    "history": "false turns the run history off",
+    "history_retention": "how long the run history keeps runs (e.g. \"30d\")",
+    "history_store": "the run history store's name",
+    "history_store_options": "the run history store's options (a table)",
 }
 
 #: Every ``FLOWCORE_*`` environment variable flowcore reads, with what it sets. The
@@ -51,6 +56,11 @@ ENVIRONMENT_VARIABLES: dict[str, str] = {
     "FLOWCORE_CACHE_STORE": "the default cache store's name",
     "FLOWCORE_CACHE_STORE_OPTIONS": "the default cache store's options (JSON object)",
     "FLOWCORE_LOGGING_LEVEL": "the level of flowcore's console handler",
+    "FLOWCORE_HOME": "flowcore's home directory (the run history lives there)",
+    "FLOWCORE_HISTORY": "0 turns the run history off",
+    "FLOWCORE_HISTORY_RETENTION": "how long the run history keeps runs (e.g. 30d)",
+    "FLOWCORE_HISTORY_STORE": "the run history store's name",
+    "FLOWCORE_HISTORY_STORE_OPTIONS": "the run history store's options (JSON object)",
     "FLOWCORE_PROGRESS": "0 turns the live progress display of flow runs on a terminal off",
     "FLOWCORE_DISABLE_PLUGIN_AUTOLOAD": "skip the 'flowcore' entry points",
     "FLOWCORE_WORKER_JOURNAL": "internal: the worker journal, passed from a flow's process to its workers",

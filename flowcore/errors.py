@@ -159,3 +159,17 @@ class TerminatedWorkerError(CrashedError, RuntimeError):
 
 
 __all__ += ["TerminatedWorkerError"]
+
+
+class HistoryError(FlowcoreError):
+    """The run history cannot be used: its store is corrupt, locked for too long, not
+    writable, or from a newer flowcore. The message names the store (for SQLite, the
+    file) and the fix. A flow never fails for this: history is off for that run."""
+
+
+class RunNotFoundError(HistoryError, LookupError):
+    """No recorded flow run matches the given id (or id prefix), or more than one does;
+    the message lists the candidates."""
+
+
+__all__ += ["HistoryError", "RunNotFoundError"]

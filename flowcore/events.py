@@ -156,19 +156,78 @@ def submitted_event(call: TaskCall, backend: str | None) -> TaskRunEvent:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class RunColumns:
+    """Runs of one task in one flow run reported together, as columns: for observers
+    that read many runs (a history, a progress display) without one object per event.
+
+    Every run reports the events in ``kinds``, in that order (the batch's event at
+    position ``p`` is ``kinds[p % len(kinds)]`` of run ``p // len(kinds)``). Run ``i``
+    has the id ``f"{id_prefix}-{numbers[i]:x}"`` and the name
+    ``f"{task_name}-{name_numbers[i]}"``; it was submitted at ``submitted`` (one time
+    for all, or one per run) and, for STARTED and FINISHED, ran on ``worker``. When
+    ``kinds`` has FINISHED, ``starts[i]`` and ``ends[i]`` time its body, and its final
+    state is ``states[i]`` when ``i`` is in ``states``, else ``Completed`` after one
+    attempt (its value is not given here). Made on request, in the reader's thread.
+    """
+
+    kinds: tuple[EventKind, ...]
+    task: Any
+    task_name: str
+    flow_run_id: str | None
+    backend: str | None
+    worker: Worker | None
+    id_prefix: str
+    numbers: Sequence[int]
+    name_numbers: Sequence[int]
+    submitted: Sequence[float] | float
+    starts: Sequence[float] = ()
+    ends: Sequence[float] = ()
+    states: dict[int, State[Any]] = field(default_factory=dict)
+    #: the runs belong to one ``.map`` (every batch of it names the same map, by the id
+    #: of its first run): its SUBMITTED columns cover all of its runs; None otherwise
+    map_id: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.numbers)
+
+    def run_id(self, position: int) -> str:
+        return f"{self.id_prefix}-{self.numbers[position]:x}"
+
+    def run_name(self, position: int) -> str:
+        return f"{self.task_name}-{self.name_numbers[position]}"
+
+    def submitted_at(self, position: int) -> float:
+        submitted = self.submitted
+        return submitted if isinstance(submitted, float) else submitted[position]
+
+
 class LazyTaskEvents(Sequence[TaskRunEvent]):
     """A read-only sequence of task run events made on access.
 
     The runs of a column map report in blocks: an observer that only counts them, or
     ignores them, pays for one object per batch instead of one per run.
     ``make(position)`` builds the event at ``position`` (``0 <= position < length``).
+    ``columns``, when given, makes the same runs as one :class:`RunColumns` record
+    (see :meth:`columns`).
     """
 
-    __slots__ = ("_length", "_make")
+    __slots__ = ("_columns", "_length", "_make")
 
-    def __init__(self, length: int, make: Callable[[int], TaskRunEvent]) -> None:
+    def __init__(
+        self,
+        length: int,
+        make: Callable[[int], TaskRunEvent],
+        columns: Callable[[], RunColumns] | None = None,
+    ) -> None:
         self._length = length
         self._make = make
+        self._columns = columns
+
+    def columns(self) -> RunColumns | None:
+        """The batch as columns (made now), or None when its producer offers none: then
+        read the events one by one."""
+        return self._columns() if self._columns is not None else None
 
     def __len__(self) -> int:
         return self._length
@@ -197,13 +256,43 @@ class LazyTaskEvents(Sequence[TaskRunEvent]):
         return f"<LazyTaskEvents of {self._length} events>"
 
 
+def column_events(columns: RunColumns) -> LazyTaskEvents:
+    """The events of the runs in ``columns``, made on access (and the columns
+    themselves for readers that take them)."""
+    kinds = columns.kinds
+    width = len(kinds)
+
+    def make(position: int) -> TaskRunEvent:
+        index, which = divmod(position, width)
+        kind = kinds[which]
+        state = None
+        worker = None
+        if kind is EventKind.SUBMITTED:
+            timestamp = columns.submitted_at(index)
+        elif kind is EventKind.STARTED:
+            timestamp, worker = columns.starts[index], columns.worker
+        else:
+            from flowcore.states import completed_run
+
+            timestamp, worker = columns.ends[index], columns.worker
+            state = columns.states.get(index) or completed_run(None, columns.starts[index], timestamp, 1)
+        return TaskRunEvent(
+            kind, columns.run_id(index), columns.run_name(index), columns.task_name, columns.flow_run_id,
+            timestamp, columns.backend, state, worker, columns.task,
+        )
+
+    return LazyTaskEvents(width * len(columns), make, lambda: columns)
+
+
 __all__ = [
     "EventKind",
     "FlowRunEvent",
     "LazyTaskEvents",
+    "RunColumns",
     "RunEvent",
     "TaskRunEvent",
     "Worker",
+    "column_events",
     "current_worker",
     "submitted_event",
     "task_events",

@@ -200,6 +200,10 @@ class Flow(Generic[P, R]):
         traceback is logged just before it (the caller gets a state, not the exception)."""
         run = context.flow_run
         assert run is not None
+        if registry.observes_events():
+            from flowcore.direct_runs import flush
+
+            flush(run.run_id)  # its direct calls' runs, reported before its hooks and its end
         hooks = self.options.on_completion if state.is_completed() else self.options.on_failure
         logger = flow_logger(context)
         for hook in hooks:

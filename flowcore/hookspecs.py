@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from flowcore.caching.storage import CacheStoreSpec
     from flowcore.calls import FlowRun, TaskCall
     from flowcore.events import RunEvent
+    from flowcore.history.store import HistoryStoreSpec
     from flowcore.states import State
 
 PROJECT_NAME = "flowcore"
@@ -54,6 +55,21 @@ def flowcore_cache_stores() -> list[CacheStoreSpec]:  # type: ignore[empty-body]
     Select one with ``FLOWCORE_CACHE_STORE`` (options: ``FLOWCORE_CACHE_STORE_OPTIONS``,
     a JSON object) or ``[tool.flowcore] cache_store`` / ``cache_store_options``. Two
     stores with the same name are an error that names both plugins.
+    """
+
+
+@hookspec
+def flowcore_history_stores() -> list[HistoryStoreSpec]:  # type: ignore[empty-body]
+    """Return the run-history stores this plugin provides.
+
+    A list of :class:`flowcore.history.store.HistoryStoreSpec`: a name and a factory
+    ``factory(settings) -> HistoryStore`` (see :mod:`flowcore.history.store` for the
+    protocol). The built-in SQLite store registers as ``sqlite``. Select one with
+    ``FLOWCORE_HISTORY_STORE`` (options: ``FLOWCORE_HISTORY_STORE_OPTIONS``, a JSON
+    object) or ``[tool.flowcore] history_store`` / ``history_store_options``. Called
+    when the plugin manager is first used and after plugins change; import the store's
+    dependencies in its factory, not here. Two stores with the same name are an error
+    that names both plugins.
     """
 
 

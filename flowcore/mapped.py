@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
     from flowcore.backend import Backend
     from flowcore.context import RunScope
-    from flowcore.events import EventKind, TaskRunEvent, Worker
+    from flowcore.events import EventKind, RunColumns, TaskRunEvent, Worker
     from flowcore.mapping import MapArguments, RowLayout
     from flowcore.tasks import Task
 
@@ -285,9 +285,47 @@ class MapBlock:
             def make(position: int) -> TaskRunEvent:
                 return self._event(indexes[position // 2], ran[position % 2], worker)
 
-            registry.publish(LazyTaskEvents(2 * len(indexes), make))
+            columns = functools.partial(self._columns, indexes, ran, worker)
+            registry.publish(LazyTaskEvents(2 * len(indexes), make, columns))
         else:
-            registry.publish(LazyTaskEvents(len(indexes), lambda p: self._event(indexes[p], kind, worker)))
+            columns = functools.partial(self._columns, indexes, (kind,), worker)
+            registry.publish(
+                LazyTaskEvents(len(indexes), lambda p: self._event(indexes[p], kind, worker), columns)
+            )
+
+    def _columns(self, indexes: Sequence[int], kinds: tuple[EventKind, ...], worker: Worker | None) -> RunColumns:
+        """The runs in ``indexes`` as one :class:`~flowcore.events.RunColumns` record."""
+        from flowcore.events import EventKind, RunColumns
+
+        first, name_first = self.first_number, self.first_name_number
+        if isinstance(indexes, range):
+            numbers: Sequence[int] = range(first + indexes.start, first + indexes.stop)
+            names: Sequence[int] = range(name_first + indexes.start, name_first + indexes.stop)
+        else:
+            numbers = [first + i for i in indexes]
+            names = [name_first + i for i in indexes]
+        starts: list[float] = []
+        ends: list[float] = []
+        exceptional: dict[int, State[Any]] = {}
+        if EventKind.FINISHED in kinds:
+            status, stored, all_ends, batch_starts = self.status, self.states, self.ends, self.batch_starts
+            for position, index in enumerate(indexes):
+                state = stored.get(index)
+                if state is None and status[index] == _COMPLETED:
+                    started = batch_starts.get(index)
+                    starts.append(all_ends[index - 1] if started is None else started)
+                    ends.append(all_ends[index])
+                    continue
+                final = state if state is not None else self.final_state(index)
+                if final is None:  # not final: never reported as FINISHED
+                    final = states.Crashed("no final state when its events were read")
+                exceptional[position] = final
+                starts.append(final.started_at or final.timestamp)
+                ends.append(final.finished_at or final.timestamp)
+        return RunColumns(
+            kinds, self.task, self.task.name, self.common[0], self.backend.name, worker, self.prefix,
+            numbers, names, self.submitted_at, starts, ends, exceptional, self.run_id(0),
+        )
 
     def _event(self, index: int, kind: EventKind, worker: Worker | None) -> TaskRunEvent:
         from flowcore.events import EventKind, TaskRunEvent

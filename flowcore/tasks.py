@@ -17,9 +17,9 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, Unpack, overload
 
+from flowcore import direct_runs, registry
 from flowcore import mapped as mapped_path
 from flowcore import options as opts
-from flowcore import registry
 from flowcore.batching import MIN_ITEMS_TO_BATCH, BatchDispatcher, should_batch
 from flowcore.calls import UNSCOPED_RUN_NUMBERS, FlowRun, TaskCall, new_task_run_id
 from flowcore.context import TaskRunContext, _scope, _task_run, submission_scope
@@ -100,7 +100,10 @@ class Task(Generic[P, R]):
         log_prints = self.options.log_prints
         if log_prints is None:
             log_prints = scope.log_prints if scope is not None else False
-        if self._plain and not return_state and not log_prints and not _observed():
+        observation = _observation() if self._plain and not return_state and not log_prints else _FULL
+        if observation == _BATCHED and flow_run is not None:
+            return direct_runs.call(self, args, kwargs, flow_run)
+        if observation == _UNOBSERVED:
             token = _task_run.set(TaskRunContext(self, None, args, kwargs, flow_run))
             try:
                 return self.fn(*args, **kwargs)
@@ -379,6 +382,20 @@ def _observed() -> bool:
     if current is None:
         current = registry.get_registry()
     return current.observes_events
+
+
+_UNOBSERVED, _BATCHED, _FULL = 0, 1, 2
+
+
+def _observation() -> int:
+    """How direct calls are observed: not at all, by run-event observers only (runs
+    may be reported in batches, see flowcore.direct_runs), or by per-run hooks."""
+    current = registry._registry
+    if current is None:
+        current = registry.get_registry()
+    if not current.observes_events:
+        return _UNOBSERVED
+    return _BATCHED if current.batches_direct_runs else _FULL
 
 
 def _as_futures(wait_for: Any) -> list[TaskFuture[Any]]:

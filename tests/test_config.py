@@ -235,7 +235,8 @@ def test_backend_options_the_backend_rejects_fail_instead_of_hanging(tmp_path: P
     """Options from the environment that the backend rejects surface as an error at the
     first submit; the flow must not wait forever for a future that was never dispatched.
     Runs in a subprocess so a regression cannot hang the test session."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWCORE_")}
+    # FLOWCORE_HOME and FLOWCORE_PROGRESS stay: the suite's isolation (tests/conftest.py)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWCORE_") or k in ("FLOWCORE_HOME", "FLOWCORE_PROGRESS")}
     env.update(FLOWCORE_BACKEND="threads", PROBE_SECONDS="5")
     completed = subprocess.run(
         [sys.executable, "-c", HANG_PROBE, '{"max_workers": 0}', '{"no_such_option": 1}'],

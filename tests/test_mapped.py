@@ -22,6 +22,7 @@ from flowcore.backend import Backend
 from flowcore.errors import CrashedError, SerializationError
 from flowcore.futures import TaskFuture
 from flowcore.mapped import MappedFuture
+from flowcore.processes import process_start
 from flowcore.testing import workloads as w
 
 
@@ -319,7 +320,7 @@ def test_a_journal_entry_never_kills_a_process_that_reused_its_pid(monkeypatch: 
 
     monkeypatch.setattr(journal, "_directory", str(tmp_path))
     text = f"abc123-1 {time.time():.3f}".encode().ljust(120)
-    stale_start = journal._process_start(os.getpid()) + 12345
+    stale_start = process_start(os.getpid()) + 12345
     (tmp_path / str(os.getpid())).write_bytes(text + bytes(8) + stale_start.to_bytes(8, "little"))
     assert journal.read_journal_entries(tmp_path)[os.getpid()][0] == "abc123-1"
     assert journal.kill_workers_running({"abc123-1"}) == 0  # and this process is still here

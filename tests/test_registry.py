@@ -295,7 +295,8 @@ PROBE_SCRIPT = textwrap.dedent(
 
 
 def _clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWCORE_")}
+    # FLOWCORE_HOME and FLOWCORE_PROGRESS stay: the suite's isolation (tests/conftest.py)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWCORE_") or k in ("FLOWCORE_HOME", "FLOWCORE_PROGRESS")}
     env.pop("PYTHONPATH", None)
     env.update(extra)
     return env

@@ -31,6 +31,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from flowcore.processes import pid_alive, stat_fields
+from flowcore.processes import process_start as start_of
+
 # Imported first: its fork hook must run before this module's (see the end of the file).
 from .lifeline import watch_parent
 
@@ -44,7 +47,7 @@ if TYPE_CHECKING:
     from flowcore.backend import WorkerLost
 
 _ENTRY_SIZE = 128
-#: after the entry: when the journaling process started (see :func:`_process_start`), so
+#: after the entry: when the journaling process started (see :func:`flowcore.processes.process_start`), so
 #: a pid reused by another process after the worker died is never mistaken for it
 _FILE_SIZE = _ENTRY_SIZE + 8
 _TEXT_SIZE = 120  # the entry's text; the last 8 bytes hold the position within a range
@@ -81,13 +84,13 @@ def open_journal_from_environment() -> None:
 def _died_before_us(pid: int) -> bool:
     """Whether process ``pid``, which started this one's lineage, is gone: no such
     process, a zombie, or the pid now names a process younger than this one (pids
-    wrap; see :func:`_process_start`)."""
-    fields = _stat_fields(pid)
+    wrap; see :func:`flowcore.processes.process_start`)."""
+    fields = stat_fields(pid)
     if fields is None:
         return not pid_alive(pid)
     if fields[0] in (b"Z", b"X"):
         return True
-    mine = _process_start(os.getpid())
+    mine = start_of(os.getpid())
     try:
         return bool(mine) and int(fields[19]) > mine
     except (ValueError, IndexError):
@@ -213,33 +216,12 @@ def open_journal(directory: str) -> None:
     os.ftruncate(fd, _FILE_SIZE)
     _map = mmap.mmap(fd, _FILE_SIZE)  # MAP_SHARED: readers of the file see each store
     _map[:_TEXT_SIZE] = _BLANK
-    _map[_ENTRY_SIZE:_FILE_SIZE] = _process_start(os.getpid()).to_bytes(8, "little")
+    _map[_ENTRY_SIZE:_FILE_SIZE] = start_of(os.getpid()).to_bytes(8, "little")
     _slots = memoryview(_map).cast("q")
     _fd = fd
     from flowcore.engine import RunTracker, install_run_tracker
 
     install_run_tracker(cast("RunTracker", sys.modules[__name__]))  # this module is the tracker
-
-
-def _stat_fields(pid: int) -> list[bytes] | None:
-    """The fields of ``/proc/<pid>/stat`` after the command name (the first is the
-    state), or None where there is no such process (or no procfs)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            stat = handle.read()
-        return stat[stat.rindex(b")") + 2 :].split()
-    except (OSError, ValueError):
-        return None
-
-
-def _process_start(pid: int) -> int:
-    """When process ``pid`` started (clock ticks since boot, from /proc), or 0 where
-    that is unknown. With the pid it names one process, even after pid reuse."""
-    fields = _stat_fields(pid)
-    try:
-        return int(fields[19]) if fields is not None else 0
-    except (ValueError, IndexError):
-        return 0
 
 
 def record_start(task_run_id: str) -> None:
@@ -282,16 +264,6 @@ def record_idle() -> None:
             _map[:_TEXT_SIZE] = _BLANK
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def kill_workers_running(task_run_ids: set[str]) -> int:
     """SIGKILL the worker processes executing any of ``task_run_ids``; returns how many.
 
@@ -308,7 +280,7 @@ def kill_workers_running(task_run_ids: set[str]) -> int:
     for pid, (run_id, started, process_start) in _journal_records(directory).items():
         if run_id not in task_run_ids or not started or not pid_alive(pid):
             continue
-        if process_start and _process_start(pid) != process_start:
+        if process_start and start_of(pid) != process_start:
             continue  # the worker is gone and its pid now names another process
         if _kill_while_running(os.path.join(directory, str(pid)), pid, task_run_ids):
             killed += 1
@@ -352,7 +324,7 @@ def _kill_while_running(
         if attempt_started is not None and record[1] != attempt_started:
             return False  # a later attempt of the run
         process_start = record[2]
-        if process_start and _process_start(pid) != process_start:
+        if process_start and start_of(pid) != process_start:
             return False  # the worker is gone and its pid now names another process
         try:
             os.kill(pid, signal.SIGKILL)
@@ -386,7 +358,7 @@ def _wait_until_dead(pid: int, process_start: int, seconds: float) -> None:
             if not pid_alive(pid):
                 return
         else:
-            fields = _stat_fields(pid)
+            fields = stat_fields(pid)
             if fields is None or fields[0] in (b"Z", b"X"):
                 return  # gone, or dead and not yet reaped
             if process_start and fields[19:20] != [str(process_start).encode()]:
@@ -474,7 +446,7 @@ def worker_exit_codes(processes: Mapping[int, Any]) -> dict[int, int | None]:
 def _gone(pid: int, process_start: int) -> bool:
     """Whether the process that journaled as ``pid`` (started at ``process_start``) has
     died: no such process, a zombie, or the pid now names a later process."""
-    fields = _stat_fields(pid)
+    fields = stat_fields(pid)
     if fields is None:
         return not os.path.isdir("/proc/self") and not pid_alive(pid)
     if fields[0] in (b"Z", b"X"):

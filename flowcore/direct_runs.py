@@ -1,0 +1,195 @@
+"""Direct task calls, observed cheaply: runs recorded as columns, reported in batches.
+
+A plain task (no retries, timeout, cache, hooks or print capture) called directly in a
+flow body, ``t(x)``, costs about a microsecond when nothing observes the run-event
+stream. When only ``flowcore_run_events`` observers are registered (a run history, a
+progress display), such a call still runs on the short path: it takes its run numbers,
+times its body and appends four numbers to a per-thread buffer. The buffer reports its
+runs as one :class:`~flowcore.events.RunColumns` batch (SUBMITTED, STARTED and
+FINISHED of each run; see :func:`flowcore.events.column_events`) when it holds
+:data:`MAX_RUNS` runs, when its oldest run is :data:`MAX_AGE_S` old at the next call,
+and when its flow run ends (:func:`flush`). A call whose body raises leaves the short
+path: the buffer is flushed first, then the run is reported on its own with its
+``Failed`` (or ``Crashed``) state, as the engine reports it.
+
+The FINISHED state of a batched run is ``Completed`` without its value (the value went
+to the caller; the buffer does not keep it alive).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import weakref
+from typing import TYPE_CHECKING, Any
+
+from flowcore import registry
+from flowcore.calls import reserve_run_numbers, run_id_prefix
+from flowcore.context import TaskRunContext, _task_run
+
+if TYPE_CHECKING:
+    from flowcore.calls import FlowRun
+    from flowcore.events import Worker
+
+#: runs a buffer holds before it reports them
+MAX_RUNS = 1024
+#: seconds a buffered run waits at most (checked at the next direct call of its thread)
+MAX_AGE_S = 0.25
+
+
+class _Runs:
+    """The buffered runs of one task in one flow run, in one thread."""
+
+    __slots__ = ("ends", "flow_run_id", "names", "numbers", "starts", "task")
+
+    def __init__(self, task: Any, flow_run_id: str) -> None:
+        self.task = task
+        self.flow_run_id = flow_run_id
+        self.numbers: list[int] = []
+        self.names: list[int] = []
+        self.starts: list[float] = []
+        self.ends: list[float] = []
+
+
+class _Buffer:
+    """One thread's buffered runs, per (task, flow run)."""
+
+    __slots__ = ("__weakref__", "count", "oldest", "runs", "worker")
+
+    def __init__(self, worker: Worker) -> None:
+        self.runs: dict[tuple[int, str], _Runs] = {}
+        self.count = 0
+        self.oldest = 0.0
+        self.worker = worker
+
+
+_local = threading.local()
+_buffers: weakref.WeakSet[_Buffer] = weakref.WeakSet()  # every live thread's, for flush()
+_lock = threading.Lock()
+
+
+def _forget_after_fork() -> None:
+    """A forked child reports its own runs, never its parent's buffered ones."""
+    global _local, _buffers, _lock
+    _local, _buffers, _lock = threading.local(), weakref.WeakSet(), threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+def _buffer() -> _Buffer:
+    buffer: _Buffer | None = getattr(_local, "buffer", None)
+    if buffer is None:
+        from flowcore.events import current_worker
+
+        buffer = _local.buffer = _Buffer(current_worker())
+        with _lock:
+            _buffers.add(buffer)
+    return buffer
+
+
+def call(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], flow_run: FlowRun) -> Any:
+    """Run ``task`` directly in the calling thread and record the run in the buffer.
+    Raises what the body raises, after reporting the failed run."""
+    buffer = _buffer()
+    name_number = flow_run.run_numbers.reserve(task.name)
+    number = reserve_run_numbers(1)
+    token = _task_run.set(TaskRunContext(task, None, args, kwargs, flow_run))
+    start = time.time()
+    try:
+        value = task.fn(*args, **kwargs)
+    except BaseException as exc:
+        _task_run.reset(token)
+        if isinstance(exc, TypeError):
+            task.check_arguments(args, kwargs)  # bad arguments: no run, a clear error
+        _report_failure(task, args, kwargs, flow_run, number, name_number, start, exc)
+        if isinstance(exc, SystemExit):  # as on the engine's path: the run crashes, the flow goes on
+            from flowcore.engine import exit_message
+            from flowcore.errors import CrashedError
+
+            raise CrashedError(f"task {task.name!r}: {exit_message(exc)}") from exc
+        raise
+    end = time.time()
+    _task_run.reset(token)
+    key = (id(task), flow_run.run_id)
+    runs = buffer.runs.get(key)
+    if runs is None:
+        runs = buffer.runs[key] = _Runs(task, flow_run.run_id)
+    runs.numbers.append(number)
+    runs.names.append(name_number)
+    runs.starts.append(start)
+    runs.ends.append(end)
+    if not buffer.count:
+        buffer.oldest = start
+    buffer.count += 1
+    if buffer.count >= MAX_RUNS or end - buffer.oldest >= MAX_AGE_S:
+        _report(buffer)
+    return value
+
+
+def flush(flow_run_id: str | None = None) -> None:
+    """Report the buffered runs (of ``flow_run_id``, or all) of every thread now."""
+    with _lock:
+        buffers = list(_buffers)
+    for buffer in buffers:
+        if buffer.count:
+            _report(buffer, flow_run_id)
+
+
+def _report(buffer: _Buffer, flow_run_id: str | None = None) -> None:
+    from flowcore.events import EventKind, RunColumns, column_events
+
+    kinds = (EventKind.SUBMITTED, EventKind.STARTED, EventKind.FINISHED)
+    prefix = run_id_prefix()
+    batches = []
+    for key, runs in list(buffer.runs.items()):
+        if flow_run_id is not None and runs.flow_run_id != flow_run_id:
+            continue
+        del buffer.runs[key]
+        buffer.count -= len(runs.numbers)
+        batches.append(
+            RunColumns(
+                kinds, runs.task, runs.task.name, runs.flow_run_id, None, buffer.worker, prefix,
+                runs.numbers, runs.names, runs.starts, runs.starts, runs.ends,
+            )
+        )
+    if not buffer.runs:
+        buffer.count = 0
+    for columns in batches:
+        registry.publish(column_events(columns))
+
+
+def _report_failure(
+    task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], flow_run: FlowRun, number: int,
+    name_number: int, start: float, exc: BaseException,
+) -> None:
+    """Report a run whose body raised, as the engine would have (after the runs before
+    it). KeyboardInterrupt and the like are not reported: they end the flow run."""
+    from dataclasses import replace
+
+    from flowcore.calls import TaskCall
+    from flowcore.engine import exit_state, failure_state
+    from flowcore.events import submitted_event
+    from flowcore.reporting import report_final_state
+
+    if isinstance(exc, SystemExit):
+        state = exit_state(exc)
+    elif isinstance(exc, Exception):
+        state = failure_state(exc, False)
+    else:
+        return
+    state = replace(state, started_at=start, finished_at=time.time(), attempts=1)
+    buffer = _buffer()
+    if buffer.count:
+        _report(buffer)
+    call_record = TaskCall(
+        task, args, kwargs, f"{run_id_prefix()}-{number:x}", f"{task.name}-{name_number}", flow_run.run_id,
+        flow_run.name, flow_run.flow_name, start, False,
+    )
+    registry.publish([submitted_event(call_record, None)])
+    report_final_state(call_record, state, None, buffer.worker)
+
+
+__all__ = ["MAX_AGE_S", "MAX_RUNS", "call", "flush"]

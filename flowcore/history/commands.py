@@ -1,0 +1,424 @@
+"""``flowcore runs ls | show | logs | rm``: read the run history from the command line.
+
+Run ids may be given by any unique prefix (or as the run's name). ``--json`` prints
+one JSON document with stable keys (see :meth:`FlowRunRecord.to_json` and
+:meth:`TaskRunRecord.to_json`). Tables use rich when it is installed (``flowcore[progress]``)
+and plain text otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from flowcore.errors import HistoryError
+from flowcore.history.records import FlowRunRecord, LogRecord, TaskRunRecord
+from flowcore.history.settings import HistorySettings, history_settings, parse_age, parse_since
+from flowcore.history.store import HistoryStore, RunDetail
+
+STATE_STYLES = {
+    "COMPLETED": "green",
+    "FAILED": "red",
+    "CRASHED": "bold magenta",
+    "CANCELLED": "yellow",
+    "RUNNING": "cyan",
+    "PENDING": "dim",
+}
+#: task runs listed by ``runs show`` (all of them are in ``--json``)
+SHOW_TASKS = 200
+#: failed task runs whose tracebacks ``runs show`` prints
+SHOW_TRACEBACKS = 5
+TIMELINE_WIDTH = 60
+FOLLOW_POLL_S = 0.5
+#: how long ``--follow`` keeps looking for records once the run is final and quiet
+FOLLOW_GRACE_S = 2.0
+
+
+# -- opening ---------------------------------------------------------------------------
+
+
+def open_for_cli(settings: HistorySettings | None = None) -> HistoryStore:
+    """The configured store; an SQLite file in a directory this user cannot write is
+    opened read-only (crashed runs are then shown, not recorded)."""
+    from flowcore.history.store import open_store
+
+    chosen = settings if settings is not None else history_settings()
+    try:
+        return open_store(chosen)
+    except HistoryError:
+        if chosen.store != "sqlite":
+            raise
+        from flowcore.history.sqlite import FILE_NAME, SQLiteStore
+
+        path = chosen.store_options().get("path") or chosen.home / FILE_NAME
+        try:
+            return SQLiteStore(path, readonly=True)
+        except HistoryError:
+            pass
+        raise
+
+
+# -- formatting -----------------------------------------------------------------------
+
+
+def _local(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def _run_duration(run: FlowRunRecord) -> str:
+    if run.end is None and run.start is not None and not run.is_final():
+        return f"{_duration(time.time() - run.start)}+"
+    return _duration(run.duration_s)
+
+
+def _counts(counts: dict[str, int]) -> str:
+    order = ("Completed", "Cached", "Running", "Pending", "Failed", "TimedOut", "NotRun", "Crashed", "Cancelled")
+    names = sorted(counts, key=lambda n: (order.index(n) if n in order else len(order), n))
+    return ", ".join(f"{counts[n]} {n}" for n in names) or "-"
+
+
+def _rich() -> Any:
+    try:
+        import rich.console
+        import rich.table
+    except ImportError:
+        return None
+    return rich
+
+
+def _print_table(headers: Sequence[str], rows: list[list[str]], styles: list[str | None] | None = None,
+                 state_column: int | None = None, title: str | None = None) -> None:
+    rich = _rich()
+    if rich is not None:
+        from rich.table import Table
+        from rich.text import Text
+
+        table = Table(title=title, box=rich.box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+        for header in headers:
+            table.add_column(header, no_wrap=header != headers[-1], overflow="fold")
+        for index, row in enumerate(rows):
+            cells: list[Any] = list(row)
+            if state_column is not None and styles is not None and styles[index]:
+                cells[state_column] = Text(row[state_column], style=styles[index] or "")
+            table.add_row(*cells)
+        _console().print(table)
+        return
+    if title:
+        print(title)
+    widths = [max(len(str(r[i])) for r in [list(headers), *rows]) for i in range(len(headers))]
+    for row in [list(headers), *rows]:
+        print("  ".join(str(cell).ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+
+
+def _console() -> Any:
+    """A rich console; printing to a pipe, as wide as the table needs (not 80 columns)."""
+    from rich.console import Console
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=240)
+    return console
+
+
+def _style(state_type: str) -> str | None:
+    return STATE_STYLES.get(state_type)
+
+
+# -- ls --------------------------------------------------------------------------------
+
+
+def _ls(args: argparse.Namespace) -> int:
+    since = parse_since(args.since) if args.since else None
+    if args.limit is not None and args.limit < 1:
+        raise SystemExit("flowcore runs ls: --limit must be at least 1")
+    store = open_for_cli()
+    try:
+        runs = store.list_runs(flow=args.flow, state=args.state, since=since, limit=args.limit)
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps([run.to_json() for run in runs], indent=2))
+        return 0
+    if not runs:
+        print(f"no flow runs recorded in {store.location} match", file=sys.stderr)
+        return 0
+    rows = [
+        [run.id[:8], run.flow, run.name, run.state, _local(run.start), _run_duration(run),
+         run.backend or "-", _counts(run.task_counts)]
+        for run in runs
+    ]
+    _print_table(
+        ("ID", "FLOW", "NAME", "STATE", "START", "DURATION", "BACKEND", "TASKS"), rows,
+        [_style(run.state_type) for run in runs], state_column=3,
+    )
+    return 0
+
+
+# -- show ------------------------------------------------------------------------------
+
+
+def detail_to_json(detail: RunDetail) -> dict[str, Any]:
+    """The stable JSON document of ``flowcore runs show --json``."""
+    run = detail.run
+    document = run.to_json()
+    document["parameters"] = run.parameters
+    document["backend_options"] = run.backend_options
+    document["error"] = (
+        {"type": run.error_type, "message": run.error_message, "traceback": run.traceback}
+        if run.error_type or run.error_message else None
+    )
+    document["states"] = [state.to_json() for state in run.states]
+    document["task_runs"] = [task.to_json() for task in detail.task_runs]
+    return document
+
+
+def _show(args: argparse.Namespace) -> int:
+    store = open_for_cli()
+    try:
+        detail = store.get_run(args.run_id)
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(detail_to_json(detail), indent=2))
+        return 0
+    run, tasks = detail.run, detail.task_runs
+    rich = _rich()
+    state_text = run.state + (f" ({run.message})" if run.message else "")
+    if rich is not None:
+        from rich.text import Text
+
+        state_line = Text("state:      ")
+        state_line.append(state_text, style=_style(run.state_type) or "")
+        console = _console()
+        console.print(Text(f"flow run:   {run.name} ({run.id})"), soft_wrap=True)
+        console.print(state_line, soft_wrap=True)
+    else:
+        print(f"flow run:   {run.name} ({run.id})")
+        print(f"state:      {state_text}")
+    print(f"flow:       {run.flow}")
+    print(f"start:      {_local(run.start)}")
+    print(f"end:        {_local(run.end)}")
+    print(f"duration:   {_run_duration(run)}")
+    print(f"backend:    {run.backend or '-'}" + (f" {json.dumps(run.backend_options)}" if run.backend_options else ""))
+    print(f"process:    pid {run.pid} on {run.host}")
+    print(f"attempts:   {run.attempts}")
+    if run.parent_id:
+        print(f"parent run: {run.parent_id}")
+    print(f"tasks:      {_counts(run.task_counts)}")
+    print("parameters:")
+    for name, value in run.parameters.items():
+        print(f"  {name} = {json.dumps(value)}")
+    if run.states:
+        print("states:")
+        for state in run.states:
+            attempt = f" (attempt {state.attempt})" if state.attempt else ""
+            message = f": {state.message}" if state.message else ""
+            print(f"  {_local(state.timestamp)}  {state.name}{attempt}{message}")
+    if tasks:
+        shown = tasks[:SHOW_TASKS]
+        rows = [
+            [t.id, t.name, t.state, str(t.attempts), _duration(t.duration_s), str(t.worker) if t.worker else "-"]
+            for t in shown
+        ]
+        print()
+        _print_table(
+            ("TASK RUN ID", "NAME", "STATE", "ATTEMPTS", "DURATION", "WORKER"), rows,
+            [_style(t.state_type) for t in shown], state_column=2,
+        )
+        if len(tasks) > len(shown):
+            print(f"... and {len(tasks) - len(shown)} more task runs (flowcore runs show {run.id[:8]} --json lists all)")
+        print()
+        for line in timeline(run, tasks):
+            print(line)
+    if run.traceback and run.state_type != "COMPLETED":
+        print()
+        print(f"flow run failed: {run.error_type}: {run.error_message}")
+        print(run.traceback.rstrip())
+    failed = [t for t in tasks if t.state_type in ("FAILED", "CRASHED") and (t.traceback or t.error_message)]
+    for task in failed[:SHOW_TRACEBACKS]:
+        print()
+        print(f"task run {task.name} ({task.id}) {task.state}: {task.error_type}: {task.error_message}")
+        if task.traceback:
+            print(task.traceback.rstrip())
+    if len(failed) > SHOW_TRACEBACKS:
+        print(f"\n... and {len(failed) - SHOW_TRACEBACKS} more failed task runs (see --json)")
+    return 0
+
+
+def timeline(run: FlowRunRecord, tasks: Sequence[TaskRunRecord], width: int = TIMELINE_WIDTH) -> list[str]:
+    """A text timeline: one line per worker, ``#`` where it ran a task run that
+    completed, ``x`` where one failed, over the flow run's span."""
+    timed = [t for t in tasks if t.start is not None and t.end is not None]
+    if not timed:
+        return []
+    begin = min([t.start for t in timed if t.start is not None] + ([run.start] if run.start else []))
+    finish = max([t.end for t in timed if t.end is not None] + ([run.end] if run.end else []))
+    span = max(finish - begin, 1e-6)
+    lanes: dict[str, list[str]] = {}
+    counts: dict[str, int] = {}
+    for task in timed:
+        assert task.start is not None and task.end is not None
+        label = str(task.worker) if task.worker else "(unknown worker)"
+        lane = lanes.setdefault(label, [" "] * width)
+        counts[label] = counts.get(label, 0) + 1
+        first = min(width - 1, int((task.start - begin) / span * width))
+        last = min(width - 1, max(first, int((task.end - begin) / span * width)))
+        mark = "#" if task.state_type == "COMPLETED" else "x"
+        for position in range(first, last + 1):
+            if lane[position] != "x":
+                lane[position] = mark
+    label_width = min(48, max(len(label) for label in lanes))
+    lines = [f"timeline ({_duration(span)} from {_local(begin)}; # ran, x failed):"]
+    for label in sorted(lanes):
+        shown = label if len(label) <= label_width else "..." + label[-(label_width - 3):]
+        lines.append(f"  {shown.ljust(label_width)} |{''.join(lanes[label])}| {counts[label]} runs")
+    return lines
+
+
+# -- logs ------------------------------------------------------------------------------
+
+
+def _level(text: str | None) -> int:
+    if not text:
+        return 0
+    if text.isdigit():
+        return int(text)
+    value = logging.getLevelName(text.upper())
+    if not isinstance(value, int):
+        raise SystemExit(f"flowcore runs logs: unknown level {text!r}; use DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    return value
+
+
+def _format_log(record: LogRecord, run_name: str) -> str:
+    origin = f"Task run {record.task_run_name!r}" if record.task_run_name else f"Flow run {run_name!r}"
+    return f"{_local(record.timestamp)}.{int((record.timestamp % 1) * 1000):03d} | {record.level_name:<7} | {origin} - {record.message}"
+
+
+def _logs(args: argparse.Namespace) -> int:
+    level = _level(args.level)
+    if args.follow and args.json:
+        raise SystemExit("flowcore runs logs: --follow prints lines as they come; drop --json to follow")
+    store = open_for_cli()
+    try:
+        run = store.get_run(args.run_id).run
+        run_id, name = run.id, run.name
+        records = store.logs(run_id, level=level, task=args.task)
+        if args.json:
+            print(json.dumps([r.to_json() for r in records], indent=2))
+            return 0
+        for record in records:
+            print(_format_log(record, name), flush=True)
+        if not args.follow:
+            return 0
+        last = records[-1].id if records else 0
+        quiet_since_final = 0.0
+        try:
+            while True:
+                finished = store.get_run(run_id).run.is_final()
+                more = store.logs(run_id, after_id=last, level=level, task=args.task)
+                for record in more:
+                    print(_format_log(record, name), flush=True)
+                if more:
+                    last = more[-1].id
+                    quiet_since_final = 0.0
+                elif finished:
+                    # A run logs its last lines ("Finished in state ...") just after its
+                    # final state is recorded: wait a moment for them before ending.
+                    if quiet_since_final >= FOLLOW_GRACE_S:
+                        return 0
+                    quiet_since_final += FOLLOW_POLL_S
+                time.sleep(FOLLOW_POLL_S)
+        except KeyboardInterrupt:
+            return 130
+    finally:
+        store.close()
+
+
+# -- rm --------------------------------------------------------------------------------
+
+
+def _rm(args: argparse.Namespace) -> int:
+    seconds = parse_age(args.older_than, "--older-than")
+    store = open_for_cli()
+    try:
+        deleted = store.delete_older_than(time.time() - seconds)
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps({"deleted_flow_runs": deleted, "older_than": args.older_than}))
+    else:
+        print(f"deleted {deleted} flow run{'s' if deleted != 1 else ''} older than {args.older_than} "
+              f"(with their task runs, states and logs) from {store.location}")
+    return 0
+
+
+def _quiet_on_closed_pipe(handler: Any) -> Any:
+    """``flowcore runs ls | head``: stop quietly when the reader goes away."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return int(handler(args))
+        except BrokenPipeError:
+            import os
+
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush must not fail
+            return 0
+
+    return run
+
+
+def add_commands(commands: Any) -> None:
+    """Register ``runs`` and its subcommands on the CLI's subparsers."""
+    runs = commands.add_parser("runs", help="the run history: list runs, show one, its logs, remove old ones")
+    actions = runs.add_subparsers(dest="runs_command", required=True)
+
+    ls = actions.add_parser("ls", help="list flow runs, newest first")
+    ls.add_argument("--flow", help="only runs of this flow name")
+    ls.add_argument("--state", help="only runs in this state (name or type: Completed, Failed, Crashed, Running ...)")
+    ls.add_argument("--since", help="only runs started since: an age (2d, 12h) or a date (2026-12-01)")
+    ls.add_argument("--limit", type=int, default=20, help="at most this many runs (default 20)")
+    ls.add_argument("--json", action="store_true", help="print one JSON list")
+    ls.set_defaults(handler=_quiet_on_closed_pipe(_ls))
+
+    show = actions.add_parser("show", help="one flow run: parameters, states, task runs, timeline, tracebacks")
+    show.add_argument("run_id", metavar="RUN_ID", help="a flow run id, a unique prefix of one, or a run name")
+    show.add_argument("--json", action="store_true", help="print one JSON document")
+    show.set_defaults(handler=_quiet_on_closed_pipe(_show))
+
+    logs = actions.add_parser("logs", help="the log records of a flow run and its task runs")
+    logs.add_argument("run_id", metavar="RUN_ID", help="a flow run id, a unique prefix of one, or a run name")
+    logs.add_argument("--follow", "-f", action="store_true", help="keep printing new records until the run ends")
+    logs.add_argument("--level", help="only records at this level or above (DEBUG, INFO, WARNING, ERROR)")
+    logs.add_argument("--task", help="only records of task runs of this task (or this task run name)")
+    logs.add_argument("--json", action="store_true", help="print one JSON list")
+    logs.set_defaults(handler=_quiet_on_closed_pipe(_logs))
+
+    rm = actions.add_parser("rm", help="delete runs that ended long ago")
+    rm.add_argument("--older-than", required=True, metavar="AGE", help="an age: 30d, 12h, 1w ...")
+    rm.add_argument("--json", action="store_true", help="print JSON")
+    rm.set_defaults(handler=_quiet_on_closed_pipe(_rm))
+
+
+__all__ = ["add_commands", "detail_to_json", "open_for_cli", "timeline"]

@@ -1,0 +1,870 @@
+"""The run history: the SQLite store and its background writer, on real SQLite files
+and real processes (no test writes the real ~/.flowcore: see conftest.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import flowcore
+from flowcore import flow, get_run_logger, task
+from flowcore.errors import BackendRegistrationError, HistoryError, RunNotFoundError
+from flowcore.events import EventKind
+from flowcore.history.records import (
+    FlowRunRecord,
+    FlowRunWrite,
+    HistoryBatch,
+    LogRecord,
+    LogWrite,
+    StateRecord,
+    TaskRunWrite,
+)
+from flowcore.history.sqlite import MIGRATIONS, SCHEMA_VERSION, SQLiteStore, migrate
+from flowcore.history.store import HistoryStore, HistoryStoreSpec, RunDetail
+from flowcore.hookspecs import hookimpl
+from flowcore.registry import get_registry
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    directory = tmp_path / "home"
+    monkeypatch.setenv("FLOWCORE_HOME", str(directory))
+    for name in ("FLOWCORE_HISTORY", "FLOWCORE_HISTORY_RETENTION", "FLOWCORE_HISTORY_STORE", "FLOWCORE_HISTORY_STORE_OPTIONS"):
+        monkeypatch.delenv(name, raising=False)
+    return directory
+
+
+def run_script(directory: Path, code: str, env: dict[str, str] | None = None, timeout: float = 120,
+               **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    script = directory / "script.py"
+    script.write_text(textwrap.dedent(code))
+    return subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, cwd=directory,
+        env={**os.environ, **(env or {})}, timeout=timeout, check=False, **kwargs,
+    )
+
+
+def query(db: Path, sql: str, parameters: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    connection = sqlite3.connect(db)
+    try:
+        return connection.execute(sql, parameters).fetchall()
+    finally:
+        connection.close()
+
+
+# -- recording, in this process ------------------------------------------------------------
+
+
+class Opaque:
+    def __repr__(self) -> str:
+        return "<Opaque thing>"
+
+
+@task
+def square(x: int) -> int:
+    get_run_logger().info("squaring %d", x)
+    return x * x
+
+
+@task(tags={"io", "flaky"})
+def explode(x: int) -> int:
+    raise ValueError(f"exploded on {x}")
+
+
+_attempts: dict[int, int] = {}
+
+
+@task(retries=1)
+def flaky(x: int) -> int:
+    _attempts[x] = _attempts.get(x, 0) + 1
+    if _attempts[x] == 1:
+        raise RuntimeError("first attempt fails")
+    return x
+
+
+@flow(log_prints=True)
+def recorded(n: int, thing: Any = None) -> int:
+    futures = square.map(range(n))
+    bad = explode.submit(7)
+    flaky(1)
+    print("printed from the flow")
+    bad.wait()
+    return sum(f.result() for f in futures)
+
+
+def test_a_flow_run_in_this_process_is_recorded_with_its_task_runs_and_logs(
+    home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="flowcore")  # pytest configured logging: INFO is opt-in
+    state = recorded(6, Opaque(), return_state=True)
+    assert state.is_completed()
+    store = SQLiteStore(home / "history.db")
+    try:
+        runs = store.list_runs(flow="recorded")
+        assert len(runs) == 1
+        run = runs[0]
+        assert run.state == "Completed" and run.backend == "threads"
+        assert run.parameters == {"n": 6, "thing": "<Opaque thing>"}
+        assert run.host == socket.gethostname() and run.pid == os.getpid()
+        assert run.task_counts == {"Completed": 7, "Failed": 1}
+        assert run.start is not None and run.end is not None and run.end >= run.start
+
+        detail = store.get_run(run.id[:10])
+        assert [s.name for s in detail.run.states] == ["Running", "Completed"]
+        by_task: dict[str, list[Any]] = {}
+        for task_run in detail.task_runs:
+            by_task.setdefault(task_run.task, []).append(task_run)
+        assert len(by_task["square"]) == 6
+        for task_run in by_task["square"]:
+            assert task_run.state == "Completed" and task_run.attempts == 1
+            assert task_run.worker is not None and task_run.worker.pid == os.getpid()
+            assert task_run.worker.thread and task_run.backend == "threads"
+            assert task_run.submitted is not None and task_run.start is not None and task_run.end is not None
+        (failed,) = by_task["explode"]
+        assert failed.state == "Failed" and failed.error_type == "ValueError"
+        assert failed.error_message == "exploded on 7"
+        assert failed.traceback is not None and "raise ValueError" in failed.traceback
+        assert failed.tags == ["flaky", "io"]
+        (retried,) = by_task["flaky"]
+        assert retried.state == "Completed" and retried.attempts == 2
+        assert retried.backend is None  # a direct call runs in the caller
+
+        logs = store.logs(run.id)
+        messages = [record.message for record in logs]
+        assert "printed from the flow" in messages
+        squaring = [r for r in logs if r.message.startswith("squaring ")]
+        assert len(squaring) == 6 and all(r.task_name == "square" and r.task_run_id for r in squaring)
+        assert {r.task_run_id for r in squaring} == {t.id for t in by_task["square"]}
+        assert any("Beginning flow run" in m for m in messages)
+        assert [r.message for r in store.logs(run.id, task="square")] == [r.message for r in squaring]
+        assert all(r.level >= 30 for r in store.logs(run.id, level=30))
+    finally:
+        store.close()
+
+
+@flow
+def child(x: int) -> int:
+    return square(x)
+
+
+@flow
+def parent() -> int:
+    return child(2) + child(3)
+
+
+def test_a_subflow_run_names_its_parent(home: Path) -> None:
+    assert parent() == 13
+    store = SQLiteStore(home / "history.db")
+    try:
+        runs = {r.flow: r for r in store.list_runs()} | {}
+        children = [r for r in store.list_runs(flow="child")]
+        assert len(children) == 2
+        assert {c.parent_id for c in children} == {runs["parent"].id}
+        assert all(c.task_counts == {"Completed": 1} for c in children)
+    finally:
+        store.close()
+
+
+def test_runs_of_a_process_backend_and_their_replayed_logs_are_recorded(
+    home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="flowcore")
+    @flow(backend="loky")
+    def on_loky() -> list[int]:
+        return [f.result() for f in square.map(range(4))]
+
+    assert on_loky() == [0, 1, 4, 9]
+    store = SQLiteStore(home / "history.db")
+    try:
+        (run,) = store.list_runs(flow="on_loky")
+        detail = store.get_run(run.id)
+        pids = {t.worker.pid for t in detail.task_runs if t.worker is not None}
+        assert len(detail.task_runs) == 4 and pids and os.getpid() not in pids
+        squaring = [r for r in store.logs(run.id) if r.message.startswith("squaring ")]
+        assert len(squaring) == 4 and all(r.task_run_id for r in squaring)
+    finally:
+        store.close()
+
+
+# -- settings: off, import cost ------------------------------------------------------------
+
+SMALL_FLOW = """
+    import sys
+    from flowcore import flow, task
+
+    @task
+    def inc(x):
+        return x + 1
+
+    @flow
+    def small(n: int = 3):
+        return [f.result() for f in inc.map(range(n))]
+
+    if __name__ == "__main__":
+        print(small())
+        print("sqlite3 imported:", "sqlite3" in sys.modules)
+"""
+
+
+def test_history_is_off_with_the_environment_variable(tmp_path: Path) -> None:
+    result = run_script(tmp_path, SMALL_FLOW, {"FLOWCORE_HOME": str(tmp_path / "h"), "FLOWCORE_HISTORY": "0"})
+    assert result.returncode == 0, result.stderr
+    assert "sqlite3 imported: False" in result.stdout
+    assert not (tmp_path / "h").exists()
+
+
+def test_history_is_off_with_pyproject(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text('[tool.flowcore]\nhistory = false\nhome = "fchome"\n')
+    env = {k: v for k, v in os.environ.items() if k not in ("FLOWCORE_HOME", "FLOWCORE_HISTORY")}
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(SMALL_FLOW))
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path,
+                            env=env, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "fchome").exists()
+    (tmp_path / "pyproject.toml").write_text('[tool.flowcore]\nhome = "fchome"\n')
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path,
+                            env=env, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert query(tmp_path / "fchome" / "history.db", "SELECT count(*) FROM task_runs_all") == [(3,)]
+
+
+def test_import_flowcore_does_not_import_sqlite3(tmp_path: Path) -> None:
+    result = run_script(tmp_path, """
+        import sys
+        import flowcore
+        from flowcore.registry import get_registry
+        get_registry()
+        print("sqlite3" in sys.modules)
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False"]
+
+
+# -- several processes, broken and locked files -----------------------------------------------
+
+WRITER = """
+    import sys, time
+    from pathlib import Path
+    from flowcore import flow, task
+
+    @task
+    def one(x):
+        return x
+
+    @flow
+    def writer(i: int):
+        return len([f.result() for f in one.map(range(20))])
+
+    if __name__ == "__main__":
+        go = Path(sys.argv[1])
+        while not go.exists():
+            time.sleep(0.01)
+        for i in range(25):
+            writer(i)
+        print("done")
+"""
+
+
+def test_four_processes_writing_one_database_lose_nothing(home: Path, tmp_path: Path) -> None:
+    script = tmp_path / "writer.py"
+    script.write_text(textwrap.dedent(WRITER))
+    go = tmp_path / "go"
+    processes = [
+        subprocess.Popen([sys.executable, str(script), str(go)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, cwd=tmp_path)
+        for _ in range(4)
+    ]
+    go.touch()  # all four start writing at once
+    outputs = [p.communicate(timeout=300) for p in processes]
+    for process, (out, err) in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, err
+        assert "done" in out
+        assert "locked" not in err.lower() and "history is off" not in err
+    db = home / "history.db"
+    assert query(db, "SELECT count(*) FROM task_runs_all") == [(2000,)]
+    assert query(db, "SELECT count(*), count(DISTINCT pid) FROM flow_runs WHERE state = 'Completed'") == [(100, 4)]
+    assert query(db, "SELECT count(*) FROM task_runs_all WHERE state != 'Completed'") == [(0,)]
+
+
+def test_a_corrupt_database_warns_once_and_the_flow_still_runs(home: Path, tmp_path: Path) -> None:
+    home.mkdir()
+    db = home / "history.db"
+    db.write_bytes(b"this is not a database, it is a grocery list\n" * 100)
+    result = run_script(tmp_path, SMALL_FLOW)
+    assert result.returncode == 0, result.stderr
+    assert "[1, 2, 3]" in result.stdout
+    warnings = [line for line in result.stderr.splitlines() if "history is off for this run" in line]
+    assert len(warnings) == 1, result.stderr
+    assert str(db) in warnings[0] and "is not a usable SQLite database" in warnings[0]
+    assert f"mv {db} {db}.broken" in warnings[0]
+    assert db.read_bytes().startswith(b"this is not a database")  # left as it was
+
+
+def test_a_database_locked_for_a_while_is_waited_for(home: Path, tmp_path: Path) -> None:
+    SQLiteStore(home / "history.db").close()
+    holder = sqlite3.connect(home / "history.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(SMALL_FLOW))
+    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, cwd=tmp_path)
+    try:
+        time.sleep(2.0)  # hold the lock while the flow runs and its writer waits
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    assert "locked" not in err.lower() and "history is off" not in err
+    assert query(home / "history.db", "SELECT count(*) FROM task_runs_all") == [(3,)]
+    assert query(home / "history.db", "SELECT state FROM flow_runs") == [("Completed",)]
+
+
+def test_a_database_locked_for_too_long_turns_history_off_with_a_clear_warning(home: Path, tmp_path: Path) -> None:
+    SQLiteStore(home / "history.db").close()
+    holder = sqlite3.connect(home / "history.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        result = run_script(tmp_path, SMALL_FLOW, {"FLOWCORE_HISTORY_STORE_OPTIONS": '{"lock_timeout": 0.5}'})
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert result.returncode == 0, result.stderr
+    assert "[1, 2, 3]" in result.stdout
+    (warning,) = [line for line in result.stderr.splitlines() if "history is off for this run" in line]
+    assert str(home / "history.db") in warning and "stayed locked by another process" in warning
+    assert query(home / "history.db", "SELECT count(*) FROM flow_runs") == [(0,)]
+
+
+def _read_only_command(home: Path, command: list[str]) -> list[str]:
+    """``command``, run where ``home`` cannot be written. Root ignores permission bits,
+    so as root the command runs in a private mount namespace where ``home`` is a
+    read-only bind mount (nothing changes outside it); otherwise ``home`` is chmod 555."""
+    if os.geteuid() != 0:
+        os.chmod(home, 0o555)
+        return command
+    unshare = shutil.which("unshare")
+    probe = subprocess.run(
+        [unshare or "unshare", "--mount", "--propagation", "private", "sh", "-c",
+         f"mount --bind {home} {home} && mount -o remount,bind,ro {home} {home} && ! touch {home}/probe"],
+        capture_output=True, check=False,
+    ) if unshare else None
+    if probe is None or probe.returncode != 0:
+        pytest.skip("running as root without a way to make a read-only directory (unshare/mount)")
+    script = f"mount --bind {home} {home} && mount -o remount,bind,ro {home} {home} && exec \"$@\""
+    return [unshare or "unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *command]
+
+
+def test_a_read_only_home_warns_and_the_flow_still_runs(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(SMALL_FLOW))
+    try:
+        result = subprocess.run(
+            _read_only_command(home, [sys.executable, str(script)]), capture_output=True, text=True,
+            cwd=tmp_path, env={**os.environ, "FLOWCORE_HOME": str(home)}, timeout=120, check=False,
+        )
+    finally:
+        os.chmod(home, 0o755)
+    assert result.returncode == 0, result.stderr
+    assert "[1, 2, 3]" in result.stdout
+    (warning,) = [line for line in result.stderr.splitlines() if "history is off for this run" in line]
+    assert str(home / "history.db") in warning and "cannot be written" in warning
+    assert f"make {home} writable" in warning
+    assert not (home / "history.db").exists()
+
+
+# -- schema versions ---------------------------------------------------------------------------
+
+
+def test_a_blank_database_at_version_0_is_migrated(tmp_path: Path) -> None:
+    db = tmp_path / "history.db"
+    connection = sqlite3.connect(db)
+    connection.execute("CREATE TABLE notes (text TEXT)")  # someone else's table stays
+    connection.execute("INSERT INTO notes VALUES ('keep me')")
+    connection.commit()
+    connection.close()
+    assert query(db, "PRAGMA user_version") == [(0,)]
+    store = SQLiteStore(db)
+    store.close()
+    assert query(db, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+    assert query(db, "SELECT text FROM notes") == [("keep me",)]
+    assert query(db, "PRAGMA journal_mode") == [("wal",)]
+
+
+def test_a_new_migration_upgrades_an_older_database_and_keeps_its_rows(tmp_path: Path) -> None:
+    db = tmp_path / "history.db"
+    store = SQLiteStore(db)
+    store.write_events(HistoryBatch(flow_runs=[_flow("aa11", start=100.0)]))
+    store.close()
+
+    def add_notes(connection: sqlite3.Connection) -> None:
+        connection.execute("ALTER TABLE flow_runs ADD COLUMN notes TEXT NOT NULL DEFAULT ''")
+
+    connection = sqlite3.connect(db, isolation_level=None)
+    try:
+        assert migrate(connection, (*MIGRATIONS, add_notes), location=str(db)) == SCHEMA_VERSION
+        assert migrate(connection, (*MIGRATIONS, add_notes), location=str(db)) == SCHEMA_VERSION + 1
+    finally:
+        connection.close()
+    assert query(db, "PRAGMA user_version") == [(SCHEMA_VERSION + 1,)]
+    assert query(db, "SELECT id, notes FROM flow_runs") == [("aa11", "")]
+
+
+def test_a_database_from_a_newer_flowcore_is_refused_clearly(tmp_path: Path) -> None:
+    db = tmp_path / "history.db"
+    SQLiteStore(db).close()
+    connection = sqlite3.connect(db)
+    connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 5}")
+    connection.close()
+    with pytest.raises(HistoryError, match="newer than this flowcore knows") as info:
+        SQLiteStore(db)
+    assert str(db) in str(info.value) and "upgrade flowcore" in str(info.value)
+
+
+# -- the store's queries -------------------------------------------------------------------------
+
+
+def _flow(run_id: str, *, flow_name: str = "etl", state: str = "Completed", state_type: str = "COMPLETED",
+          start: float, end: float | None = None, host: str | None = None, pid: int | None = None,
+          heartbeat: float | None = None, process_start: int | None = None) -> FlowRunWrite:
+    return FlowRunWrite(
+        run_id, flow_name, f"{flow_name}-{run_id[:8]}", state, state_type, start=start,
+        end=end if end is not None or state_type == "RUNNING" else start + 1.0, attempts=1,
+        host=host, pid=pid, heartbeat=heartbeat, process_start=process_start,
+        state_entry=StateRecord(start, state_type, state),
+    )
+
+
+def _tasks(flow_run_id: str, states: list[str], start: float) -> list[TaskRunWrite]:
+    return [
+        TaskRunWrite(f"{flow_run_id}-t{i}", flow_run_id, "step", f"step-{i}", name,
+                     "COMPLETED" if name == "Completed" else "FAILED", attempts=1, submitted=start,
+                     start=start, end=start + 0.5)
+        for i, name in enumerate(states)
+    ]
+
+
+def test_listing_filters_counts_and_prefixes(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "history.db")
+    now = time.time()
+    try:
+        store.write_events(HistoryBatch(
+            flow_runs=[
+                _flow("abc100", start=now - 3 * 86400),
+                _flow("abc200", flow_name="train", state="Failed", state_type="FAILED", start=now - 3600),
+                _flow("def300", start=now - 60),
+            ],
+            task_runs=_tasks("abc200", ["Completed", "Completed", "Failed"], now - 3600) + _tasks("def300", ["Completed"], now),
+            logs=[LogWrite("def300", "def300-t0", now, 20, "INFO", "flowcore.task_runs", "hello", "step", "step-0"),
+                  LogWrite("def300", None, now, 40, "ERROR", "flowcore.flow_runs", "bad")],
+        ))
+        assert [r.id for r in store.list_runs()] == ["def300", "abc200", "abc100"]
+        assert [r.id for r in store.list_runs(limit=1)] == ["def300"]
+        assert [r.id for r in store.list_runs(flow="train")] == ["abc200"]
+        assert [r.id for r in store.list_runs(state="failed")] == ["abc200"]
+        assert [r.id for r in store.list_runs(state="COMPLETED")] == ["def300", "abc100"]
+        assert [r.id for r in store.list_runs(since=now - 86400)] == ["def300", "abc200"]
+        assert store.list_runs(flow="train")[0].task_counts == {"Completed": 2, "Failed": 1}
+        assert store.get_run("def").run.id == "def300"
+        assert store.get_run("etl-def300").run.id == "def300"  # by name
+        with pytest.raises(RunNotFoundError, match="ambiguous") as info:
+            store.get_run("abc")
+        assert "abc100" in str(info.value) and "abc200" in str(info.value)
+        with pytest.raises(RunNotFoundError, match="no flow run"):
+            store.get_run("fff")
+        assert [r.message for r in store.logs("def300")] == ["hello", "bad"]
+        assert [r.message for r in store.logs("def300", level=30)] == ["bad"]
+        assert [r.message for r in store.logs("def300", task="step")] == ["hello"]
+        first = store.logs("def300")[0]
+        assert [r.message for r in store.logs("def300", after_id=first.id)] == ["bad"]
+
+        assert store.delete_older_than(now - 86400) == 1
+        assert [r.id for r in store.list_runs()] == ["def300", "abc200"]
+        assert store.delete_older_than(now + 10) == 2
+        assert store.list_runs() == []
+        assert query(tmp_path / "history.db", "SELECT count(*) FROM task_runs_all") == [(0,)]
+        assert query(tmp_path / "history.db", "SELECT count(*) FROM logs") == [(0,)]
+    finally:
+        store.close()
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_a_running_run_whose_process_is_gone_reads_crashed(tmp_path: Path) -> None:
+    from flowcore.history.liveness import process_start
+
+    store = SQLiteStore(tmp_path / "history.db")
+    now = time.time()
+    here = socket.gethostname()
+    try:
+        store.write_events(HistoryBatch(
+            flow_runs=[
+                _flow("aa0001", state="Running", state_type="RUNNING", start=now, host=here,
+                      pid=_dead_pid(), heartbeat=now),
+                _flow("aa0002", state="Running", state_type="RUNNING", start=now, host=here,
+                      pid=os.getpid(), heartbeat=now - 3600, process_start=process_start(os.getpid())),
+                _flow("aa0003", state="Running", state_type="RUNNING", start=now, host="elsewhere",
+                      pid=1234, heartbeat=now),
+                _flow("aa0004", state="Running", state_type="RUNNING", start=now - 7200, host="elsewhere",
+                      pid=1234, heartbeat=now - 3600),
+                _flow("aa0005", state="Running", state_type="RUNNING", start=now, host=here,
+                      pid=os.getpid(), heartbeat=now, process_start=process_start(os.getpid()) + 1),
+            ],
+            task_runs=[TaskRunWrite("aa0001-t", "aa0001", "step", "step-1", "Running", "RUNNING", start=now)],
+        ))
+        states = {r.id: r.state for r in store.list_runs()}
+        assert states == {"aa0001": "Crashed", "aa0002": "Running", "aa0003": "Running",
+                          "aa0004": "Crashed", "aa0005": "Crashed"}
+        detail = store.get_run("aa0001")
+        assert "ended without recording a final state" in detail.run.message
+        assert [t.state for t in detail.task_runs] == ["Crashed"]
+        assert detail.run.states[-1].name == "Crashed"
+        # The reader recorded what it found: a plain sqlite3 query sees it too.
+        assert query(tmp_path / "history.db", "SELECT id FROM flow_runs WHERE state = 'Crashed' ORDER BY id") == [
+            ("aa0001",), ("aa0004",), ("aa0005",)]
+        assert sorted(r.id for r in store.list_runs(state="crashed")) == ["aa0001", "aa0004", "aa0005"]
+    finally:
+        store.close()
+
+
+def test_the_retention_setting_is_applied_by_the_writer(home: Path, tmp_path: Path) -> None:
+    store = SQLiteStore(home / "history.db")
+    old = time.time() - 10 * 86400
+    store.write_events(HistoryBatch(flow_runs=[_flow("0ld001", start=old)], task_runs=_tasks("0ld001", ["Completed"], old)))
+    store.close()
+    result = run_script(tmp_path, SMALL_FLOW, {"FLOWCORE_HISTORY_RETENTION": "7d"})
+    assert result.returncode == 0, result.stderr
+    assert query(home / "history.db", "SELECT flow FROM flow_runs") == [("small",)]
+    assert query(home / "history.db", "SELECT count(*) FROM task_runs_all") == [(3,)]
+
+
+# -- another store, registered as a plugin ------------------------------------------------------
+
+
+class MemoryStore(HistoryStore):
+    """A whole (small) history store kept in memory: what a plugin provides."""
+
+    def __init__(self) -> None:
+        self.location = "memory"
+        self.runs: dict[str, FlowRunWrite] = {}
+        self.tasks: dict[str, TaskRunWrite] = {}
+        self.log_lines: list[LogWrite] = []
+        self.lock = threading.Lock()
+
+    def write_events(self, batch: HistoryBatch) -> None:
+        with self.lock:
+            for run in batch.flow_runs:
+                self.runs[run.id] = run
+            blocks = [write for block in batch.task_run_blocks for write in block.writes()]
+            for write in [*batch.task_runs, *batch.task_run_updates, *blocks]:
+                if write.id in self.tasks:
+                    self.tasks[write.id].update(write)
+                else:
+                    self.tasks[write.id] = write
+            self.log_lines += batch.logs
+
+    def list_runs(self, *, flow: str | None = None, state: str | None = None, since: float | None = None,
+                  limit: int | None = 20) -> list[FlowRunRecord]:
+        return [FlowRunRecord(r.id, r.flow, r.name, r.state, r.state_type) for r in self.runs.values()][:limit]
+
+    def get_run(self, run_id: str) -> RunDetail:
+        raise RunNotFoundError(run_id)
+
+    def logs(self, flow_run_id: str, *, after_id: int = 0, level: int = 0, task: str | None = None,
+             limit: int | None = None) -> list[LogRecord]:
+        return []
+
+    def delete_older_than(self, cutoff: float) -> int:
+        return 0
+
+
+def test_another_history_store_plugs_in_without_touching_the_core(
+    home: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="flowcore")
+    store = MemoryStore()
+
+    class MemoryPlugin:
+        @hookimpl
+        def flowcore_history_stores(self) -> list[HistoryStoreSpec]:
+            return [HistoryStoreSpec("memory", lambda settings: store, "kept in memory")]
+
+    registry = get_registry()
+    plugin = MemoryPlugin()
+    registry.register(plugin, name="memory-history")
+    try:
+        assert registry.history_stores()["memory"][1] == "memory-history"
+        assert registry.history_stores()["sqlite"][1] == "flowcore.plugins.history"
+        monkeypatch.setenv("FLOWCORE_HISTORY_STORE", "memory")
+
+        @flow
+        def remembered() -> int:
+            return square(4)
+
+        assert remembered() == 16
+        (run,) = store.runs.values()
+        assert run.flow == "remembered" and run.state == "Completed"
+        assert [t.state for t in store.tasks.values()] == ["Completed"]
+        assert any(line.message == "squaring 4" for line in store.log_lines)
+        assert not (home / "history.db").exists()
+    finally:
+        registry.unregister(plugin)
+
+    class Duplicate:
+        @hookimpl
+        def flowcore_history_stores(self) -> list[HistoryStoreSpec]:
+            return [HistoryStoreSpec("sqlite", lambda settings: store)]
+
+    with pytest.raises(BackendRegistrationError, match="history store name 'sqlite' is registered twice"):
+        registry.register(Duplicate(), name="duplicate-history")
+    assert "duplicate-history" not in [name for name, _ in registry.pm.list_name_plugin()]
+
+
+def test_json_keys_of_records_are_stable() -> None:
+    run = FlowRunRecord("id1", "f", "f-id1", "Completed", "COMPLETED", start=1.0, end=3.5)
+    document = run.to_json()
+    assert {"id", "flow", "name", "state", "start", "end", "duration_s", "backend", "task_counts"} <= set(document)
+    assert document["duration_s"] == 2.5 and document["start"] == "1970-01-01T00:00:01+00:00"
+    json.dumps(document)
+    assert flowcore.__version__
+
+
+# -- the run-event stream as the history uses it --------------------------------------------------
+
+
+def test_an_observer_that_raises_does_not_keep_the_history_from_its_events(home: Path) -> None:
+    class Broken:
+        @hookimpl
+        def flowcore_run_events(self, events: Any) -> None:
+            raise RuntimeError("a broken observer")
+
+    registry = get_registry()
+    broken = Broken()
+    registry.register(broken, name="broken-observer")
+    try:
+        assert registry.run_event_functions is not None and len(registry.run_event_functions) == 2
+
+        @flow
+        def observed_twice() -> int:
+            return square(3)
+
+        assert observed_twice() == 9
+    finally:
+        registry.unregister(broken)
+    (run,) = SQLiteStore(home / "history.db").list_runs(flow="observed_twice")
+    assert run.task_counts == {"Completed": 1}
+
+
+def test_history_off_at_load_leaves_the_event_stream_unobserved(tmp_path: Path) -> None:
+    code = "from flowcore.registry import get_registry; print(get_registry().observes_events)"
+    for value, expected in (("0", "False"), ("1", "True")):
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                                env={**os.environ, "FLOWCORE_HISTORY": value}, check=False)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == expected
+
+
+def test_a_new_task_run_row_that_exists_already_is_updated_not_refused(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "history.db")
+    try:
+        pending = TaskRunWrite("x-1", None, "step", "step-1", "Pending", "PENDING", submitted=1.0)
+        store.write_events(HistoryBatch(task_runs=[pending]))
+        done = TaskRunWrite("x-1", None, "step", "step-1", "Completed", "COMPLETED", attempts=1, start=2.0, end=3.0)
+        other = TaskRunWrite("x-2", None, "step", "step-2", "Completed", "COMPLETED", attempts=1, start=2.0, end=3.0)
+        store.write_events(HistoryBatch(task_runs=[done, other]))  # "new", but x-1 is there
+    finally:
+        store.close()
+    assert query(tmp_path / "history.db", "SELECT id, state, submitted_time, end_time FROM task_runs ORDER BY id") == [
+        ("x-1", "Completed", 1.0, 3.0), ("x-2", "Completed", None, 3.0)]
+
+
+def test_a_bad_history_setting_is_named_and_the_flow_still_runs(tmp_path: Path) -> None:
+    result = run_script(tmp_path, SMALL_FLOW, {"FLOWCORE_HOME": str(tmp_path / "h"), "FLOWCORE_HISTORY": "maybe"})
+    assert result.returncode == 0, result.stderr
+    assert "[1, 2, 3]" in result.stdout
+    (warning,) = [line for line in result.stderr.splitlines() if "run history is off" in line]
+    assert "FLOWCORE_HISTORY='maybe' is not understood" in warning and "use 0" in warning
+    assert not (tmp_path / "h").exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_records_its_own_runs(tmp_path: Path) -> None:
+    result = run_script(tmp_path, """
+        import os, sys
+        from flowcore import flow, task
+
+        @task
+        def inc(x):
+            return x + 1
+
+        @flow
+        def forking(where: str):
+            return [f.result() for f in inc.map(range(4))]
+
+        if __name__ == "__main__":
+            forking("parent")
+            pid = os.fork()
+            if pid == 0:
+                forking("child")
+                sys.exit(0)  # atexit flushes the child's writer
+            _, status = os.waitpid(pid, 0)
+            forking("parent again")
+            print("child exit", os.waitstatus_to_exitcode(status))
+    """, {"FLOWCORE_HOME": str(tmp_path / "h")})
+    assert result.returncode == 0, result.stderr
+    assert "child exit 0" in result.stdout
+    rows = query(tmp_path / "h" / "history.db", "SELECT parameters, pid FROM flow_runs ORDER BY start_time")
+    assert [json.loads(p)["where"] for p, _ in rows] == ["parent", "child", "parent again"]
+    assert rows[0][1] == rows[2][1] != rows[1][1]
+    assert query(tmp_path / "h" / "history.db", "SELECT count(*) FROM task_runs_all WHERE state = 'Completed'") == [(12,)]
+
+
+@task(retries=1)
+def odd_fails(x: int) -> int:
+    if x % 2:
+        raise ValueError(f"odd {x}")
+    return x
+
+
+class ColumnChecker:
+    """Reads every batch that offers columns both ways and keeps what it saw."""
+
+    def __init__(self) -> None:
+        self.compared = 0
+        self.problems: list[str] = []
+
+    @hookimpl
+    def flowcore_run_events(self, events: Any) -> None:
+        columns_of = getattr(events, "columns", None)
+        columns = columns_of() if columns_of is not None else None
+        if columns is None:
+            return
+        per_run = len(columns.kinds)
+        if len(events) != per_run * len(columns):
+            self.problems.append(f"{len(events)} events for {len(columns)} runs of {columns.kinds}")
+        for position, event in enumerate(events):
+            run = position // per_run
+            self.compared += 1
+            expected = (columns.kinds[position % per_run], columns.run_id(run), columns.run_name(run),
+                        columns.task_name, columns.flow_run_id, columns.backend)
+            seen = (event.kind, event.task_run_id, event.task_run_name, event.task_name, event.flow_run_id,
+                    event.backend)
+            if seen != expected:
+                self.problems.append(f"{seen} != {expected}")
+            if event.kind is not EventKind.SUBMITTED and event.worker != columns.worker:
+                self.problems.append(f"worker {event.worker} != {columns.worker}")
+            if event.kind is EventKind.FINISHED:
+                assert event.state is not None
+                state = columns.states.get(run)
+                name, attempts = (state.name, state.attempts) if state is not None else ("Completed", 1)
+                timing = (event.state.started_at, event.timestamp)
+                if (event.state.name, event.state.attempts) != (name, attempts) or timing != (columns.starts[run], columns.ends[run]):
+                    self.problems.append(f"{event.task_run_id}: {event.state!r} vs columns {name} {attempts} "
+                                         f"{timing} vs {(columns.starts[run], columns.ends[run])}")
+            elif event.kind is EventKind.SUBMITTED and event.timestamp != columns.submitted_at(run):
+                self.problems.append("submitted time differs")
+
+
+def test_a_maps_batches_read_as_columns_agree_with_their_events(home: Path) -> None:
+    checker = ColumnChecker()
+    registry = get_registry()
+    registry.register(checker, name="column-checker")
+    try:
+        @flow(backend="loky")
+        def mixed() -> list[int]:
+            futures = odd_fails.map(range(40))
+            flowcore.wait(futures)
+            return [f.result() for f in futures if f.state.is_completed()]
+
+        assert mixed() == list(range(0, 40, 2))
+    finally:
+        registry.unregister(checker)
+    assert checker.compared >= 120 and checker.problems == []
+    store = SQLiteStore(home / "history.db")
+    try:
+        (run,) = store.list_runs(flow="mixed")
+        assert run.task_counts == {"Completed": 20, "Failed": 20}
+        tasks = store.get_run(run.id).task_runs
+        failed = [t for t in tasks if t.state == "Failed"]
+        assert all(t.attempts == 2 and t.error_type == "ValueError" and t.traceback for t in failed)
+        assert all(t.attempts == 1 and t.error_type is None for t in tasks if t.state == "Completed")
+        assert all(t.worker is not None and t.worker.pid != os.getpid() and t.submitted is not None
+                   and t.start is not None and t.end is not None and t.end >= t.start for t in tasks)
+    finally:
+        store.close()
+
+
+def test_runs_of_a_running_map_are_recorded_pending_before_they_end(home: Path, tmp_path: Path) -> None:
+    script = tmp_path / "waiting.py"
+    script.write_text(textwrap.dedent("""
+        import sys, time
+        from pathlib import Path
+        from flowcore import flow, task
+
+        @task
+        def wait_for_go(x, go):
+            while not Path(go).exists():
+                time.sleep(0.05)
+            return x
+
+        @flow(backend="loky")
+        def waiting(go: str):
+            return [f.result() for f in wait_for_go.map(range(6), go=go)]
+
+        if __name__ == "__main__":
+            print(waiting(sys.argv[1]))
+    """))
+    go = tmp_path / "go"
+    process = subprocess.Popen([sys.executable, str(script), str(go)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    db = home / "history.db"
+    try:
+        deadline = time.monotonic() + 60
+        waiting: list[tuple[Any, ...]] = []
+        while not waiting:  # a map that outlives the writer's hold is written as one pending row
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.1)
+            if db.exists():
+                with contextlib.suppress(sqlite3.OperationalError):  # the schema is being made
+                    waiting = query(db, "SELECT flow_run_id, task, count - done, submitted_time FROM pending_maps")
+        [(flow_run_id, task_name, left, submitted)] = waiting
+        assert (task_name, left) == ("wait_for_go", 6) and submitted is not None
+        store = SQLiteStore(db, readonly=True)
+        try:
+            detail = store.get_run(flow_run_id)
+        finally:
+            store.close()
+        assert sorted(t.name for t in detail.task_runs) == [f"wait_for_go-{i}" for i in range(6)]
+        assert {t.state for t in detail.task_runs} == {"Pending"}
+        assert detail.run.task_counts == {"Pending": 6}
+    finally:
+        go.touch()
+        out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    assert out.strip() == "[0, 1, 2, 3, 4, 5]"
+    rows = query(db, "SELECT state, count(*), count(submitted_time), count(worker_pid) FROM task_runs_all GROUP BY 1")
+    assert rows == [("Completed", 6, 6, 6)]
+    assert query(db, "SELECT count(*) FROM pending_maps") == [(0,)]  # gone once every run finished

@@ -1,0 +1,316 @@
+"""``flowcore runs ...`` as real subprocesses against runs recorded by other real
+processes (each test has its own FLOWCORE_HOME)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flowcore.history.records import FlowRunWrite, HistoryBatch, StateRecord, TaskRunWrite
+from flowcore.history.sqlite import SQLiteStore
+
+SCRIPT = """
+    import sys
+    from flowcore import flow, task, get_run_logger
+
+    @task
+    def double(x):
+        get_run_logger().info("doubling %d", x)
+        return 2 * x
+
+    @task
+    def fail(x):
+        get_run_logger().warning("about to fail on %d", x)
+        raise KeyError(f"no key {x}")
+
+    @flow
+    def report(n: int = 4, label: str = "demo"):
+        values = double.map(range(n))
+        bad = fail.submit(99)
+        bad.wait()
+        return sum(v.result() for v in values)
+
+    if __name__ == "__main__":
+        print(report(int(sys.argv[1]) if len(sys.argv) > 1 else 4))
+"""
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("FLOWCORE_")}
+    return {**clean, "FLOWCORE_HOME": str(tmp_path / "home")}
+
+
+def cli(env: dict[str, str], *args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "flowcore", *args], capture_output=True, text=True, env=env,
+        timeout=120, check=False, **kwargs,
+    )
+
+
+def script(tmp_path: Path, env: dict[str, str], *args: str, code: str = SCRIPT) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / "flow_script.py"
+    path.write_text(textwrap.dedent(code))
+    return subprocess.run([sys.executable, str(path), *args], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=120, check=False)
+
+
+def ls(env: dict[str, str], *args: str) -> list[dict[str, Any]]:
+    result = cli(env, "runs", "ls", "--json", *args)
+    assert result.returncode == 0, result.stderr
+    runs: list[dict[str, Any]] = json.loads(result.stdout)
+    return runs
+
+
+def test_runs_ls_in_another_process_sees_a_script_run_right_after_it(tmp_path: Path, env: dict[str, str]) -> None:
+    ran = script(tmp_path, env, "5")
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip() == "20"
+    (run,) = ls(env)
+    assert {"id", "flow", "name", "state", "start", "end", "duration_s", "backend", "task_counts"} <= set(run)
+    assert run["flow"] == "report" and run["state"] == "Completed" and run["backend"] == "threads"
+    assert run["task_counts"] == {"Completed": 5, "Failed": 1}
+    assert run["duration_s"] is not None and run["duration_s"] >= 0
+    assert run["name"].startswith("report-")
+
+    table = cli(env, "runs", "ls")
+    assert table.returncode == 0, table.stderr
+    assert run["id"][:8] in table.stdout and "Completed" in table.stdout and "5 Completed, 1 Failed" in table.stdout
+
+
+def test_runs_show_json_and_text(tmp_path: Path, env: dict[str, str]) -> None:
+    assert script(tmp_path, env).returncode == 0
+    (run,) = ls(env)
+    shown = cli(env, "runs", "show", run["id"][:6], "--json")
+    assert shown.returncode == 0, shown.stderr
+    document = json.loads(shown.stdout)
+    assert document["id"] == run["id"] and document["parameters"] == {"n": 4, "label": "demo"}
+    assert [s["name"] for s in document["states"]] == ["Running", "Completed"]
+    tasks = document["task_runs"]
+    assert len(tasks) == 5
+    for entry in tasks:
+        assert {"id", "task", "state", "attempts", "start", "end", "worker", "error"} <= set(entry)
+        assert entry["worker"]["pid"] > 0 and entry["attempts"] == 1
+    (failed,) = [t for t in tasks if t["state"] == "Failed"]
+    assert failed["task"] == "fail" and failed["error"]["type"] == "KeyError"
+    assert "no key 99" in failed["error"]["message"] and "raise KeyError" in failed["error"]["traceback"]
+    assert all(t["error"] is None for t in tasks if t["state"] == "Completed")
+
+    text = cli(env, "runs", "show", run["id"])
+    assert text.returncode == 0, text.stderr
+    assert "timeline" in text.stdout and "# ran, x failed" in text.stdout
+    assert "raise KeyError" in text.stdout  # the failed task's traceback
+    assert "n = 4" in text.stdout and 'label = "demo"' in text.stdout
+
+
+def test_runs_logs_filters_by_level_and_task(tmp_path: Path, env: dict[str, str]) -> None:
+    assert script(tmp_path, env).returncode == 0
+    (run,) = ls(env)
+    every = cli(env, "runs", "logs", run["id"][:8])
+    assert every.returncode == 0, every.stderr
+    assert "doubling 3" in every.stdout and "about to fail on 99" in every.stdout
+    assert "Beginning flow run" in every.stdout
+    warnings = cli(env, "runs", "logs", run["id"][:8], "--level", "warning")
+    assert "about to fail on 99" in warnings.stdout and "doubling" not in warnings.stdout
+    doubling = cli(env, "runs", "logs", run["id"][:8], "--task", "double", "--json")
+    assert doubling.returncode == 0, doubling.stderr
+    messages = sorted(r["message"] for r in json.loads(doubling.stdout))
+    assert messages == [f"doubling {i}" for i in range(4)]
+
+
+FOLLOWED = """
+    import sys, time
+    from pathlib import Path
+    from flowcore import flow, get_run_logger
+
+    @flow
+    def ticking():
+        logger = get_run_logger()
+        logger.info("tick 0")
+        Path(sys.argv[1]).touch()
+        while not Path(sys.argv[2]).exists():
+            time.sleep(0.05)
+        for i in range(1, 4):
+            logger.info("tick %d", i)
+            time.sleep(0.3)
+        logger.info("last tick")
+
+    if __name__ == "__main__":
+        ticking()
+"""
+
+
+def test_runs_logs_follow_prints_records_until_the_run_ends(tmp_path: Path, env: dict[str, str]) -> None:
+    path = tmp_path / "ticking.py"
+    path.write_text(textwrap.dedent(FOLLOWED))
+    started, proceed = tmp_path / "started", tmp_path / "proceed"
+    flow_process = subprocess.Popen([sys.executable, str(path), str(started), str(proceed)], env=env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(lambda: started.exists() and bool(ls(env)), flow_process)
+        (run,) = ls(env)
+        assert run["state"] == "Running"
+        follower = subprocess.Popen([sys.executable, "-m", "flowcore", "runs", "logs", run["id"][:8], "--follow"],
+                                    env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proceed.touch()
+        out, err = follower.communicate(timeout=120)
+    finally:
+        flow_process.communicate(timeout=120)
+    assert follower.returncode == 0, err
+    messages = [line.rsplit(" - ", 1)[1] for line in out.splitlines()]
+    ticks = [m for m in messages if m.startswith("tick ") or m == "last tick"]
+    assert ticks == ["tick 0", "tick 1", "tick 2", "tick 3", "last tick"]
+    assert "Finished in state Completed" in out
+
+
+def _wait_for(condition: Any, process: subprocess.Popen[str], deadline_s: float = 60.0) -> None:
+    deadline = time.monotonic() + deadline_s
+    while not condition():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the flow process did not get going"
+        time.sleep(0.05)
+
+
+HANGING = """
+    import sys, time
+    from pathlib import Path
+    from flowcore import flow, task
+
+    @task
+    def hang():
+        Path(sys.argv[1]).touch()
+        time.sleep(600)
+
+    @flow
+    def doomed():
+        return hang.submit().result()
+
+    if __name__ == "__main__":
+        doomed()
+"""
+
+
+def test_a_flow_process_killed_with_sigkill_is_listed_crashed(tmp_path: Path, env: dict[str, str]) -> None:
+    path = tmp_path / "doomed.py"
+    path.write_text(textwrap.dedent(HANGING))
+    ready = tmp_path / "ready"
+    process = subprocess.Popen([sys.executable, str(path), str(ready)], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def task_recorded() -> bool:
+        runs = ls(env)
+        if not runs:
+            return False
+        shown = json.loads(cli(env, "runs", "show", runs[0]["id"], "--json").stdout)
+        return bool(shown["task_runs"])  # a run seen only as submitted is written within a second
+
+    try:
+        _wait_for(lambda: ready.exists() and task_recorded(), process)
+        (running,) = ls(env)
+        assert running["state"] == "Running" and running["end"] is None
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+    (run,) = ls(env)
+    assert run["state"] == "Crashed" and run["end"] is not None
+    assert ls(env, "--state", "crashed") == [run]
+    shown = json.loads(cli(env, "runs", "show", run["id"], "--json").stdout)
+    assert f"pid {process.pid}" in shown["message"]
+    assert [t["state"] for t in shown["task_runs"]] == ["Crashed"]
+
+
+def _synthetic(home: Path, runs: list[FlowRunWrite], tasks: list[TaskRunWrite] | None = None) -> None:
+    store = SQLiteStore(home / "history.db")
+    try:
+        store.write_events(HistoryBatch(flow_runs=runs, task_runs=tasks or []))
+    finally:
+        store.close()
+
+
+def _run(run_id: str, start: float, flow_name: str = "etl", state: str = "Completed") -> FlowRunWrite:
+    state_type = state.upper() if state in ("Completed", "Failed") else "COMPLETED"
+    return FlowRunWrite(run_id, flow_name, f"{flow_name}-{run_id[:8]}", state, state_type, start=start,
+                        end=start + 2.0, attempts=1, state_entry=StateRecord(start + 2.0, state_type, state))
+
+
+def test_an_ambiguous_prefix_lists_the_candidates(tmp_path: Path, env: dict[str, str]) -> None:
+    now = time.time()
+    _synthetic(tmp_path / "home", [_run("abcd1111", now), _run("abcd2222", now - 5), _run("ffff0000", now - 9)])
+    result = cli(env, "runs", "show", "abcd")
+    assert result.returncode == 2
+    assert "ambiguous" in result.stderr and "abcd1111" in result.stderr and "abcd2222" in result.stderr
+    assert json.loads(cli(env, "runs", "show", "abcd2", "--json").stdout)["id"] == "abcd2222"
+    missing = cli(env, "runs", "show", "0123")
+    assert missing.returncode == 2 and "no flow run with an id starting with '0123'" in missing.stderr
+
+
+def test_ls_filters_and_rm_older_than(tmp_path: Path, env: dict[str, str]) -> None:
+    now = time.time()
+    day = 86400.0
+    _synthetic(
+        tmp_path / "home",
+        [_run("a0000001", now - 40 * day), _run("a0000002", now - 3 * day, "train", "Failed"),
+         _run("a0000003", now - 60), _run("a0000004", now - 30, "train")],
+        [TaskRunWrite("a0000001-1", "a0000001", "t", "t-1", "Completed", "COMPLETED", submitted=now - 40 * day)],
+    )
+    assert [r["id"] for r in ls(env)] == ["a0000004", "a0000003", "a0000002", "a0000001"]
+    assert [r["id"] for r in ls(env, "--flow", "train")] == ["a0000004", "a0000002"]
+    assert [r["id"] for r in ls(env, "--state", "Failed")] == ["a0000002"]
+    assert [r["id"] for r in ls(env, "--since", "2d")] == ["a0000004", "a0000003"]
+    assert [r["id"] for r in ls(env, "--limit", "1")] == ["a0000004"]
+    bad = cli(env, "runs", "ls", "--since", "yesterday")
+    assert bad.returncode == 2 and "neither an age" in bad.stderr
+
+    removed = cli(env, "runs", "rm", "--older-than", "30d")
+    assert removed.returncode == 0, removed.stderr
+    assert "deleted 1 flow run older than 30d" in removed.stdout
+    assert [r["id"] for r in ls(env)] == ["a0000004", "a0000003", "a0000002"]
+    bad_age = cli(env, "runs", "rm", "--older-than", "a while")
+    assert bad_age.returncode == 2 and "is not an age" in bad_age.stderr
+
+
+def test_a_corrupt_database_is_named_with_the_fix(tmp_path: Path, env: dict[str, str]) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "history.db").write_bytes(b"\x00garbage" * 1000)
+    result = cli(env, "runs", "ls")
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert str(home / "history.db") in line and "is not a usable SQLite database" in line and "mv " in line
+
+
+def test_plain_text_without_rich(tmp_path: Path, env: dict[str, str]) -> None:
+    assert script(tmp_path, env).returncode == 0
+    code = "import sys; sys.modules['rich'] = None; from flowcore.cli import main; sys.exit(main(sys.argv[1:]))"
+    result = subprocess.run([sys.executable, "-c", code, "runs", "ls"], capture_output=True, text=True, env=env,
+                            timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    header, row = result.stdout.splitlines()
+    assert header.split() == ["ID", "FLOW", "NAME", "STATE", "START", "DURATION", "BACKEND", "TASKS"]
+    assert "report" in row and "Completed" in row and "4 Completed, 1 Failed" in row
+
+
+def test_flowcore_run_records_like_any_run_and_ls_survives_a_closed_pipe(tmp_path: Path, env: dict[str, str]) -> None:
+    path = tmp_path / "flow_script.py"
+    path.write_text(textwrap.dedent(SCRIPT))
+    ran = cli(env, "run", f"{path}:report", "--params", '{"n": 3}', "--backend", "sequential")
+    assert ran.returncode == 0, ran.stderr
+    (run,) = ls(env)
+    assert run["flow"] == "report" and run["backend"] == "sequential"
+    assert run["task_counts"] == {"Completed": 3, "Failed": 1}
+    many = [TaskRunWrite(f"bbbb-{i}", "bbbb0000", "t", f"t-{i}", "Completed", "COMPLETED", submitted=1.0)
+            for i in range(3000)]
+    _synthetic(tmp_path / "home", [_run("bbbb0000", time.time() - 99)], many)
+    piped = subprocess.run(f"{sys.executable} -m flowcore runs show bbbb --json | head -1", shell=True,
+                           capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert piped.stdout == "{\n" and piped.stderr == ""  # 1 MB of JSON into a pipe closed after a line
