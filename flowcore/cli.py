@@ -7,6 +7,9 @@
 * ``flowcore bench PATH_OR_MODULE:FLOW [--backends a,b] [--params JSON] [--repeat N]
   [--json PATH] [--plot PATH]``: compare backends on a flow (see :mod:`flowcore.bench`).
 * ``flowcore cache ls | info | clear [--task NAME] | prune``: the task cache.
+* ``flowcore schedule preview "CRON" | --interval 1h | --rrule RULE [--tz ZONE]
+  [--start ISO] [-n N] [--json]``: the next fire times of a schedule, DST effects
+  flagged (see :mod:`flowcore.schedules.commands`).
 * ``flowcore version``.
 """
 
@@ -275,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     from flowcore.caching.commands import add_commands as add_cache_commands
 
     add_cache_commands(commands)
+    from flowcore.schedules.commands import add_commands as add_schedule_commands
+
+    add_schedule_commands(commands)
     version = commands.add_parser("version", help="print the version")
     version.set_defaults(handler=_version)
     return parser
