@@ -594,3 +594,17 @@ def test_imports_stay_light() -> None:
     import json
 
     assert json.loads(result.stdout) == {"flowcore": [], "package": [], "cron": ["cronsim"]}
+
+
+def test_schedules_end_with_the_calendar() -> None:
+    """Past year 9999 there are no datetimes: the stream ends instead of raising."""
+    end = utc(9999, 12, 30)
+    for schedule in (
+        CronSchedule("0 0 * * *"),
+        CronSchedule("0 * * * *", timezone="Europe/Berlin"),
+        IntervalSchedule(DAY),
+        IntervalSchedule(HOUR, timezone="Asia/Kolkata"),
+        RRuleSchedule("FREQ=DAILY"),
+    ):
+        times = schedule.next(100, after=end)
+        assert 1 <= len(times) < 100 and times[-1].year == 9999

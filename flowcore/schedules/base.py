@@ -156,11 +156,16 @@ class Schedule(abc.ABC):
     def _stream(self, after: datetime) -> Iterator[FireTime]:
         zone = self.zone
         last = after
-        for at, nominal in self._fires_after(after):
-            if at <= last:
-                continue  # before `after`, or a second name for an instant already given
+        fires = self._fires_after(after)
+        while True:
+            try:
+                at, nominal = next(fires)
+                if at <= last:
+                    continue  # before `after`, or a second name for an instant already given
+                local = at.astimezone(zone)
+            except (StopIteration, OverflowError):  # the schedule, or the calendar (year 9999), ends
+                return
             last = at
-            local = at.astimezone(zone)
             wall = local.replace(tzinfo=None, fold=0)
             yield FireTime(
                 at=at,

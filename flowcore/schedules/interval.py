@@ -100,24 +100,22 @@ class IntervalSchedule(Schedule):
 
     def _fires_after(self, after: datetime) -> Iterator[tuple[datetime, datetime]]:
         period, zone = self._period, self._zone
-        try:
-            if not self.keeps_wall_clock:
-                k = (after - self._anchor_at) // period + 1
-                while True:
-                    at = self._anchor_at + k * period
-                    yield at, at.astimezone(zone).replace(tzinfo=None)
-                    k += 1
-            # Wall-clock steps: the local reading of `after` is off from the wall
-            # clock's own count by at most one DST shift, far less than a period, so
-            # starting one step early and letting the caller drop the early one is enough.
-            wall_after = after.astimezone(zone).replace(tzinfo=None)
-            k = (wall_after - self._anchor_wall) // period - 1
+        if not self.keeps_wall_clock:
+            k = (after - self._anchor_at) // period + 1
             while True:
-                wall = self._anchor_wall + k * period
-                yield resolve(wall, zone), wall
+                at = self._anchor_at + k * period
+                yield at, at.astimezone(zone).replace(tzinfo=None)
                 k += 1
-        except OverflowError:  # past year 9999
-            return
+        # Wall-clock steps: the local reading of `after` is off from the wall clock's
+        # own count by at most one DST shift, far less than a period, so starting one
+        # step early and letting the caller drop the early one is enough. (Past year
+        # 9999 the arithmetic overflows; the caller ends the stream there.)
+        wall_after = after.astimezone(zone).replace(tzinfo=None)
+        k = (wall_after - self._anchor_wall) // period - 1
+        while True:
+            wall = self._anchor_wall + k * period
+            yield resolve(wall, zone), wall
+            k += 1
 
     def to_dict(self) -> dict[str, Any]:
         return {
