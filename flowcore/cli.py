@@ -9,6 +9,9 @@
 * ``flowcore cache ls | info | clear [--task NAME] | prune``: the task cache.
 * ``flowcore runs ls | show RUN_ID | logs RUN_ID | rm --older-than AGE``: the run
   history (see :mod:`flowcore.history.commands`).
+* ``flowcore schedule preview "CRON" | --interval 1h | --rrule RULE [--tz ZONE]
+  [--start ISO] [-n N] [--json]``: the next fire times of a schedule, DST effects
+  flagged (see :mod:`flowcore.schedules.commands`).
 * ``flowcore version``.
 """
 
@@ -280,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     from flowcore.history.commands import add_commands as add_runs_commands
 
     add_runs_commands(commands)
+    from flowcore.schedules.commands import add_commands as add_schedule_commands
+
+    add_schedule_commands(commands)
     version = commands.add_parser("version", help="print the version")
     version.set_defaults(handler=_version)
     return parser

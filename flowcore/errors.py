@@ -18,6 +18,16 @@ class ConfigurationError(FlowcoreError, ValueError):
     """A setting (environment variable, pyproject.toml, backend options) is invalid."""
 
 
+class ScheduleError(ConfigurationError):
+    """A schedule (cron, interval, rrule) or a question put to one is invalid.
+
+    Raised when a :mod:`flowcore.schedules` schedule is constructed from a bad cron
+    field, a zero or negative interval, an unknown time zone, an unreadable or
+    unreasonable rrule, or when a naive datetime is passed where an instant is needed.
+    The message names the problem and the fix.
+    """
+
+
 class ConfigurationWarning(UserWarning):
     """A setting looks wrong but cannot stop the run (an unknown ``FLOWCORE_*`` variable)."""
 
@@ -142,6 +152,7 @@ __all__ = [
     "FlowcoreError",
     "MissingContextError",
     "RemoteTraceback",
+    "ScheduleError",
     "SerializationError",
     "TaskTimeoutError",
     "UpstreamFailedError",

@@ -67,3 +67,23 @@ def test_dev_extra_brings_every_optional_test_dependency() -> None:
     """The attrs/pydantic hashing test must run, not skip, after pip install -e .[dev]."""
     extras = _pyproject()["project"]["optional-dependencies"]
     assert {"attrs", "pydantic"} <= _requirement_names(extras["dev"])
+
+
+def test_every_package_is_in_the_explicit_package_list() -> None:
+    """A package missing from the list works in an editable install and fails from the wheel."""
+    listed = set(_pyproject()["tool"]["setuptools"]["packages"])
+    roots = {"flowcore": ROOT / "flowcore", "flowcore.backends": ROOT / "backends", "flowcore.plugins": ROOT / "plugins"}
+    found = set()
+    for prefix, folder in roots.items():
+        for init in folder.rglob("__init__.py"):
+            parts = init.parent.relative_to(folder).parts
+            if "__pycache__" not in parts:
+                found.add(".".join((prefix, *parts)))
+    assert found - listed == set()
+    assert {"flowcore.schedules", "flowcore.server", "flowcore.server.schemas"} <= listed
+
+
+def test_schedules_dependencies_are_core() -> None:
+    """Schedules need a cron engine, dateutil for rrule, and zone data where the OS has none."""
+    names = _requirement_names(_pyproject()["project"]["dependencies"])
+    assert {"cronsim", "python-dateutil", "tzdata"} <= names

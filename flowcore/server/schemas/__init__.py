@@ -1,0 +1,1 @@
+"""Mirrors ``prefect.server.schemas``: see :mod:`flowcore.server.schemas.schedules`."""
