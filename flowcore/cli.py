@@ -9,6 +9,8 @@
 * ``flowcore cache ls | info | clear [--task NAME] | prune``: the task cache.
 * ``flowcore runs ls | show RUN_ID | logs RUN_ID | rm --older-than AGE``: the run
   history (see :mod:`flowcore.history.commands`).
+* ``flowcore dashboard [--host 127.0.0.1] [--port 4300] [--open]``: a web dashboard
+  over the run history (see :mod:`flowcore.dashboard`; needs ``flowcore[ui]``).
 * ``flowcore version``.
 """
 
@@ -280,6 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     from flowcore.history.commands import add_commands as add_runs_commands
 
     add_runs_commands(commands)
+    from flowcore.dashboard.command import add_command as add_dashboard_command
+
+    add_dashboard_command(commands)
     version = commands.add_parser("version", help="print the version")
     version.set_defaults(handler=_version)
     return parser
