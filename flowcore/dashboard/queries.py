@@ -368,7 +368,7 @@ class HistoryQueries:
     """
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+        self.path = Path(path).absolute()
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
@@ -700,7 +700,7 @@ class ChangeWatcher:
     on one connection). For one server-sent event stream; ``close()`` when it ends."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+        self.path = Path(path).absolute()
         self._connection: sqlite3.Connection | None = None
         self._last: int | None = None
 
