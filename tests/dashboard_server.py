@@ -21,10 +21,10 @@ import pytest
 pytest.importorskip("starlette", reason='the dashboard needs flowcore[ui]: pip install -e ".[ui]"')
 pytest.importorskip("uvicorn", reason='the dashboard needs flowcore[ui]: pip install -e ".[ui]"')
 
-import uvicorn  # noqa: E402
+import uvicorn
 
-from flowcore.dashboard.app import create_app  # noqa: E402
-from flowcore.history.sqlite import SQLiteStore  # noqa: E402
+from flowcore.dashboard.app import create_app
+from flowcore.history.sqlite import SQLiteStore
 
 
 def free_port() -> int:
@@ -82,6 +82,7 @@ def serve_dashboard(history: Path, *, poll_s: float = 0.2) -> Iterator[Served]:
     try:
         yield Served(f"http://127.0.0.1:{port}", store)
     finally:
+        app.state.dashboard.closed = True  # open event streams end within poll_s
         server.should_exit = True
         thread.join(timeout=15)
         store.close()

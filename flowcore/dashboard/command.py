@@ -97,7 +97,14 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, open_browser: b
             threading.Timer(0.8, webbrowser.open, args=(url,)).start()
         config = uvicorn.Config(app, host=host.strip("[]"), port=port, log_level="warning",
                                 timeout_graceful_shutdown=2, access_log=False)
-        uvicorn.Server(config).run()
+        board = app.state.dashboard
+
+        class Server(uvicorn.Server):
+            def handle_exit(self, sig: int, frame: Any) -> None:
+                board.closed = True  # end the event streams, so shutdown needs no timeout
+                super().handle_exit(sig, frame)
+
+        Server(config).run()
     finally:
         store.close()
     return 0
