@@ -31,10 +31,10 @@ pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from dashboard_server import Served, serve_dashboard  # noqa: E402
+from dashboard_server import Served, serve_dashboard
 
-from flowcore.history.records import FlowRunWrite, HistoryBatch, StateRecord, TaskRunWrite  # noqa: E402
-from flowcore.history.sqlite import SQLiteStore  # noqa: E402
+from flowcore.history.records import FlowRunWrite, HistoryBatch, StateRecord, TaskRunWrite
+from flowcore.history.sqlite import SQLiteStore
 
 if TYPE_CHECKING:
     from pytest_benchmark.fixture import BenchmarkFixture
