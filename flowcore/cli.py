@@ -12,6 +12,8 @@
 * ``flowcore schedule preview "CRON" | --interval 1h | --rrule RULE [--tz ZONE]
   [--start ISO] [-n N] [--json]``: the next fire times of a schedule, DST effects
   flagged (see :mod:`flowcore.schedules.commands`).
+* ``flowcore dashboard [--host 127.0.0.1] [--port 4300] [--open]``: a web dashboard
+  over the run history (see :mod:`flowcore.dashboard`; needs ``flowcore[ui]``).
 * ``flowcore version``.
 """
 
@@ -286,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     from flowcore.schedules.commands import add_commands as add_schedule_commands
 
     add_schedule_commands(commands)
+    from flowcore.dashboard.command import add_command as add_dashboard_command
+
+    add_dashboard_command(commands)
     version = commands.add_parser("version", help="print the version")
     version.set_defaults(handler=_version)
     return parser

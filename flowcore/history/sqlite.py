@@ -579,32 +579,7 @@ class SQLiteStore(HistoryStore):
         return runs
 
     def _count_tasks(self, runs: list[FlowRunRecord]) -> None:
-        by_id = {run.id: run for run in runs}
-        ids = list(by_id)
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            marks = ", ".join("?" * len(chunk))
-            rows = self._read(
-                f"SELECT flow_run_id, state, count(*) FROM task_runs WHERE flow_run_id IN ({marks}) "
-                "GROUP BY flow_run_id, state",
-                chunk,
-            )
-            for run_id, state_name, count in rows:
-                by_id[run_id].task_counts[state_name] = count
-            for table, state_name, counted in (
-                ("task_run_blocks", "Completed", "count"), ("pending_maps", "Pending", "count - done")
-            ):
-                for run_id, count in self._read(
-                    f"SELECT flow_run_id, sum({counted}) FROM {table} WHERE flow_run_id IN ({marks}) "
-                    "GROUP BY flow_run_id",
-                    chunk,
-                ):
-                    if count:
-                        counts = by_id[run_id].task_counts
-                        counts[state_name] = counts.get(state_name, 0) + count
-        for run in runs:
-            if run.state_type == "CRASHED":
-                _crash_open_counts(run.task_counts)
+        fill_task_counts(self._read, runs)
 
     def _flow_record(self, row: tuple[Any, ...]) -> FlowRunRecord:
         (run_id, flow, name, state, state_type, message, parameters, backend, backend_options, tags,
@@ -786,6 +761,35 @@ class SQLiteStore(HistoryStore):
         return count
 
 
+def fill_task_counts(
+    read: Callable[[str, Sequence[Any]], Iterable[tuple[Any, ...]]], runs: list[FlowRunRecord]
+) -> None:
+    """Fill ``task_counts`` (state name -> count) of ``runs`` with ``read(sql, args)``:
+    rows of ``task_runs``, runs in ``task_run_blocks`` (Completed) and maps' runs not
+    finished (Pending); a crashed run's unfinished runs count as Crashed."""
+    by_id = {run.id: run for run in runs}
+    ids = list(by_id)
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        marks = ", ".join("?" * len(chunk))
+        for table, state_column, counted in (
+            ("task_runs", "state", "count(*)"),
+            ("task_run_blocks", "'Completed'", "sum(count)"),
+            ("pending_maps", "'Pending'", "sum(count - done)"),
+        ):
+            for run_id, state_name, count in read(
+                f"SELECT flow_run_id, {state_column}, {counted} FROM {table} WHERE flow_run_id IN ({marks}) "
+                "GROUP BY 1, 2",
+                chunk,
+            ):
+                if count:
+                    counts = by_id[run_id].task_counts
+                    counts[state_name] = counts.get(state_name, 0) + int(count)
+    for run in runs:
+        if run.state_type == "CRASHED":
+            _crash_open_counts(run.task_counts)
+
+
 def _crash_open_counts(counts: dict[str, int]) -> None:
     """Task counts of a crashed run: its runs left pending or running crashed with it."""
     moved = counts.pop("Pending", 0) + counts.pop("Running", 0)
@@ -832,4 +836,4 @@ def open_sqlite_store(settings: Any) -> SQLiteStore:
     return SQLiteStore(Path(path).expanduser() if path else Path(settings.home) / FILE_NAME, lock_timeout=float(lock_timeout))
 
 
-__all__ = ["FILE_NAME", "MIGRATIONS", "SCHEMA_VERSION", "SQLiteStore", "migrate", "open_sqlite_store"]
+__all__ = ["FILE_NAME", "MIGRATIONS", "SCHEMA_VERSION", "SQLiteStore", "fill_task_counts", "migrate", "open_sqlite_store"]
