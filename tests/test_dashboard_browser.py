@@ -5,7 +5,7 @@ Install the browser with ``apt-get install chromium`` (or ``chromium-headless-sh
 Without it these tests skip, saying so; with ``FLOWCORE_REQUIRE_BROWSER=1`` (CI sets
 it) a missing browser fails them instead. ``FLOWCORE_CHROMIUM`` names another binary.
 
-The README's screenshots are made here: ``FLOWCORE_SCREENSHOTS=docs/images
+The README's screenshots are made here: ``FLOWCORE_SCREENSHOTS=examples/screenshots
 .venv/bin/pytest tests/test_dashboard_browser.py -k screenshots`` rewrites them.
 """
 
