@@ -161,7 +161,7 @@ SELECT b.id_prefix || '-' || printf('%x', b.first_number + coalesce(json_extract
        'Completed', 'COMPLETED', '', 1,
        coalesce(b.time0 + json_extract(b.submitted, '$[' || e.key || ']') / 1e6, b.submitted_time),
        b.time0 + coalesce(json_extract(b.starts, '$[' || e.key || ']'),
-                          CASE WHEN e.key = 0 THEN 0 ELSE json_extract(b.ends, '$[' || (e.key - 1) || ']') END) / 1e6,
+                          lag(e.value, 1, 0) OVER (PARTITION BY b.id ORDER BY e.key)) / 1e6,
        b.time0 + e.value / 1e6,
        b.backend, b.worker_host, b.worker_pid, b.worker_thread, b.worker_address, 0, NULL, b.tags,
        NULL, NULL, NULL
