@@ -24,11 +24,12 @@ from typing import Any
 import pytest
 from dashboard_server import Served, free_port, serve_dashboard
 
+import flowcore
 from flowcore import flow, get_run_logger, task
 from flowcore.caching import INPUTS
 from flowcore.dashboard.app import DOM_BAR_LIMIT
 from flowcore.dashboard.command import exposure_warning, is_loopback
-from flowcore.dashboard.queries import TASK_RUNS, HistoryQueries, RunFilter, percentile
+from flowcore.dashboard.queries import HistoryQueries, RunFilter, percentile
 from flowcore.history import liveness
 from flowcore.history.records import FlowRunWrite, HistoryBatch, LogWrite, StateRecord, TaskRunWrite
 from flowcore.history.sqlite import SQLiteStore
@@ -525,13 +526,57 @@ def test_the_cli_declares_the_command_without_loading_the_web_stack() -> None:
     assert result.stdout.strip() == "[]"
 
 
-def test_every_task_level_statement_reads_the_task_runs_relation() -> None:
-    import flowcore.dashboard.queries as queries
+@task
+def halve(x: int) -> float:
+    if x == 3:
+        raise ValueError("three")
+    return x / 2
 
-    source = Path(queries.__file__).read_text()
-    assert TASK_RUNS == "task_runs_all"
-    assert not re.search(r"(FROM|JOIN)\s+task_runs\b", source), "use {TASK_RUNS}, not the table name"
-    assert source.count("{TASK_RUNS}") >= 2
+
+@task
+def plain_step(x: int) -> int:
+    return x + 1
+
+
+def test_summaries_and_workers_count_the_runs_stored_in_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plainly completed runs are stored many to a row (task_run_blocks): the task
+    summary and the workers view must count them as the store does."""
+    monkeypatch.setenv("FLOWCORE_HOME", str(tmp_path / "h"))
+
+    @flow(backend="threads", name="blocks-flow")
+    def blocks_flow() -> int:
+        futures = halve.map(range(60))
+        total = sum(plain_step(i) for i in range(25))  # direct calls: batched, stored as blocks too
+        flowcore.wait(futures)
+        return total + sum(1 for f in futures if f.state.is_completed())
+
+    assert blocks_flow() == sum(range(1, 26)) + 59
+    db = tmp_path / "h" / "history.db"
+    assert sqlite3.connect(db).execute("SELECT count(*) FROM task_run_blocks").fetchone()[0] >= 2
+    store = SQLiteStore(db)
+    try:
+        (run,) = store.list_runs(flow="blocks-flow")
+        detail = store.get_run(run.id)
+    finally:
+        store.close()
+    queries = HistoryQueries(db)
+    try:
+        summaries = {s.task: s for s in queries.task_summaries(flow="blocks-flow")}
+        workers = queries.workers(run)
+    finally:
+        queries.close()
+    for name in ("halve", "plain_step"):
+        mine = [t for t in detail.task_runs if t.task == name]
+        expected: dict[str, int] = {}
+        for t in mine:
+            expected[t.state] = expected.get(t.state, 0) + 1
+        assert summaries[name].counts == expected
+        assert len(summaries[name].durations) == len(mine)
+        assert sum(summaries[name].durations) == pytest.approx(sum(t.duration_s or 0.0 for t in mine), abs=1e-3)
+    assert summaries["halve"].counts == {"Completed": 59, "Failed": 1}
+    assert sum(w.finished for w in workers.workers) == 85
+    assert sum(w.failed for w in workers.workers) == 1
+    assert workers.pending == 0
 
 
 def test_percentile_interpolates() -> None:

@@ -8,10 +8,13 @@ Contract:
   exactly as ``flowcore runs ls`` shows it.
 - A history that does not exist yet, or whose tables are not there yet (the file is
   being created or migrated), reads as empty: pages load, they show no runs.
-- Task runs are read through the view named :data:`TASK_RUNS` (``task_runs_all``: the
-  rows of ``task_runs`` and the runs stored in ``task_run_blocks``, one row each);
-  counts per flow run are read as the store reads them
-  (:func:`flowcore.history.sqlite.fill_task_counts`), without expanding blocks.
+- Task runs live in three tables (see the README's schema): ``task_runs`` (one row per
+  run that did not complete plainly, or is unfinished), ``task_run_blocks`` (many
+  plainly completed runs per row) and ``pending_maps`` (a running map's unfinished
+  runs). Every query here reads all three: counts as the store counts them
+  (:func:`flowcore.history.sqlite.fill_task_counts`), aggregates per block without
+  expanding it, durations by decoding a block's times. Run detail reads
+  ``store.get_run``.
 - Paginated and index-backed: the runs page reads one page of ``flow_runs`` through
   ``flow_runs_by_start`` / ``flow_runs_by_flow`` and counts it through the same index;
   the histogram is a scan of the covering index ``flow_runs_by_state`` (state,
@@ -35,11 +38,21 @@ from typing import Any
 
 from flowcore.errors import ConfigurationError, QueryError
 from flowcore.history import liveness
-from flowcore.history.records import FlowRunRecord, LogRecord, TaskRunRecord, WorkerRecord
-from flowcore.history.sqlite import fill_task_counts
+from flowcore.history.records import (
+    FlowRunRecord,
+    LogRecord,
+    TaskRunBlockWrite,
+    TaskRunRecord,
+    WorkerRecord,
+)
+from flowcore.history.sqlite import BLOCK_COLUMNS, fill_task_counts
 
 #: the relation every task-level statement reads (see the module docstring)
-TASK_RUNS = "task_runs_all"
+TASK_RUNS = "task_runs"
+#: task runs that completed plainly, many to a row (see flowcore.history.records.TaskRunBlockWrite)
+TASK_RUN_BLOCKS = "task_run_blocks"
+#: maps' runs not finished yet
+PENDING_MAPS = "pending_maps"
 
 #: flow-run states by name, and the state type each one has
 FLOW_STATES: dict[str, str] = {
@@ -557,9 +570,10 @@ class HistoryQueries:
         ``[since, until)`` (of flow ``flow`` when given)."""
         where = RunFilter(flow=flow, since=since, until=until)
         condition, parameters = where.where()
+        runs = f"SELECT id FROM flow_runs WHERE {condition}"
         rows = self.rows(
             f"SELECT t.task, t.state, t.start_time, t.end_time, t.cache_hit, t.attempts "
-            f"FROM {TASK_RUNS} AS t WHERE t.flow_run_id IN (SELECT id FROM flow_runs WHERE {condition})",
+            f"FROM {TASK_RUNS} AS t WHERE t.flow_run_id IN ({runs})",
             parameters,
         )
         table: dict[str, TaskSummary] = {}
@@ -568,6 +582,15 @@ class HistoryQueries:
             if summary is None:
                 summary = table[task] = TaskSummary(str(task))
             _add_task(summary, state, start, end, cache_hit, attempts)
+        # runs stored as blocks: all completed in one attempt, not cached; durations decoded here
+        for row in self.rows(f"SELECT {BLOCK_COLUMNS} FROM {TASK_RUN_BLOCKS} WHERE flow_run_id IN ({runs})", parameters):
+            block = TaskRunBlockWrite(*row)
+            summary = table.get(block.task)
+            if summary is None:
+                summary = table[block.task] = TaskSummary(block.task)
+            summary.counts["Completed"] = summary.counts.get("Completed", 0) + block.count
+            starts, ends = block.times()
+            summary.durations.extend(max(0.0, end - start) for start, end in zip(starts, ends, strict=True))
         return [table[name] for name in sorted(table)]
 
     def workers(self, run: FlowRunRecord) -> WorkersView:
@@ -580,6 +603,19 @@ class HistoryQueries:
             "GROUP BY worker_host, worker_pid, worker_thread, worker_address, state_type",
             (run.id,),
         )
+        rows += [
+            (host, pid, thread, address, "COMPLETED", count, last, None)
+            for host, pid, thread, address, count, last in self.rows(
+                "SELECT worker_host, worker_pid, worker_thread, worker_address, sum(count), max(end_time) "
+                f"FROM {TASK_RUN_BLOCKS} WHERE flow_run_id = ? GROUP BY 1, 2, 3, 4",
+                (run.id,),
+            )
+        ]
+        rows += [
+            (None, None, None, None, "PENDING", left, None, None)
+            for (left,) in self.rows(f"SELECT sum(count - done) FROM {PENDING_MAPS} WHERE flow_run_id = ?", (run.id,))
+            if left
+        ]
         table: dict[str, WorkerStatus] = {}
         pending = unplaced = 0
         for host, pid, thread, address, state_type, count, last, running in rows:

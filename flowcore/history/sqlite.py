@@ -362,6 +362,8 @@ _BLOCK_COLUMNS = (
     "tags, count, first_number, numbers, name_first, names, time0, end_time, submitted_time, "
     "submitted, starts, ends"
 )
+#: the columns of ``task_run_blocks`` in the order of TaskRunBlockWrite's fields
+BLOCK_COLUMNS = _BLOCK_COLUMNS
 _INSERT_BLOCK = (
     f"INSERT INTO task_run_blocks ({_BLOCK_COLUMNS}) VALUES "
     "(?, ?, ?, ?, ?, ?, ?, ?, coalesce(?, '[]'), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -836,4 +838,4 @@ def open_sqlite_store(settings: Any) -> SQLiteStore:
     return SQLiteStore(Path(path).expanduser() if path else Path(settings.home) / FILE_NAME, lock_timeout=float(lock_timeout))
 
 
-__all__ = ["FILE_NAME", "MIGRATIONS", "SCHEMA_VERSION", "SQLiteStore", "fill_task_counts", "migrate", "open_sqlite_store"]
+__all__ = ["BLOCK_COLUMNS", "FILE_NAME", "MIGRATIONS", "SCHEMA_VERSION", "SQLiteStore", "fill_task_counts", "migrate", "open_sqlite_store"]
