@@ -67,8 +67,18 @@ def eligible(task: Task[..., Any]) -> bool:
     o = task.options
     return not (
         o.timeout_seconds is not None  # watched per run by the parent
-        or o.task_run_name is not None
+        or callable(o.task_run_name)  # called at submission, in the submitter's context
     )
+
+
+def run_name_of(task: Task[..., Any], number: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    """The name of a map's run: ``<task>-<number>``, or the task's ``task_run_name``
+    template filled with the run's arguments (the same in the parent and the worker)."""
+    template = task.options.task_run_name
+    if template is None:
+        return f"{task.name}-{number}"
+    assert isinstance(template, str)  # callables never reach a column map (see eligible)
+    return template.format(**task.bind(args, kwargs))
 
 
 class MapBlock:
@@ -133,13 +143,20 @@ class MapBlock:
         self.hooked = bool(task.options.on_completion or task.options.on_failure)
         self.lock = threading.Lock()
         self.changed = threading.Condition(self.lock)
+        #: runs are named ``<task>-<n>`` (else by the task's template: no RunColumns)
+        self.named_by_number = task.options.task_run_name is None
+        if not self.named_by_number and count:
+            self.run_name(0)  # a template that does not fit the arguments fails the map now
 
     # -- ids and calls --------------------------------------------------------
     def run_id(self, index: int) -> str:
         return f"{self.prefix}-{self.first_number + index:x}"
 
     def run_name(self, index: int) -> str:
-        return f"{self.task.name}-{self.first_name_number + index}"
+        if self.task.options.task_run_name is None:
+            return f"{self.task.name}-{self.first_name_number + index}"
+        (args, kwargs), = self.arguments.layout(index, index + 1).rows()
+        return run_name_of(self.task, self.first_name_number + index, args, kwargs)
 
     def call(self, index: int) -> TaskCall:
         """The run's call (built on demand: hooks, recovery, ``future.call``)."""
@@ -285,10 +302,10 @@ class MapBlock:
             def make(position: int) -> TaskRunEvent:
                 return self._event(indexes[position // 2], ran[position % 2], worker)
 
-            columns = functools.partial(self._columns, indexes, ran, worker)
+            columns = functools.partial(self._columns, indexes, ran, worker) if self.named_by_number else None
             registry.publish(LazyTaskEvents(2 * len(indexes), make, columns))
         else:
-            columns = functools.partial(self._columns, indexes, (kind,), worker)
+            columns = functools.partial(self._columns, indexes, (kind,), worker) if self.named_by_number else None
             registry.publish(
                 LazyTaskEvents(len(indexes), lambda p: self._event(indexes[p], kind, worker), columns)
             )
@@ -628,9 +645,10 @@ class _MapItemContext(TaskRunContext):
     def call_at(self, index: int) -> TaskCall:
         number = self._first + index
         flow_run_id, flow_run_name, flow_name, log_prints, name_offset, parameters_key = self._batch_call
+        args, kwargs = self._rows[index], self._kw_rows[index] if self._kw_rows else {}
         return TaskCall(
-            self.task, self._rows[index], self._kw_rows[index] if self._kw_rows else {},
-            f"{self._prefix}-{number:x}", f"{self.task.name}-{number + name_offset}",
+            self.task, args, kwargs, f"{self._prefix}-{number:x}",
+            run_name_of(self.task, number + name_offset, args, kwargs),
             flow_run_id, flow_run_name, flow_name, 0.0, log_prints, 0, parameters_key,
         )
 
@@ -672,13 +690,16 @@ def run_map_batch(
     worker = current_worker()
 
     def repair() -> tuple[Any, ...]:  # issue 12.22: only the culprits fail, nothing reruns
-        return _sendable_rows(task, batch_call, first_run_id, (values, ends, started, exact, records, worker))
+        return _sendable_rows(
+            task, batch_call, first_run_id, (values, ends, started, exact, records, worker), layout
+        )
 
     return Repairable((values, ends, started, exact, records, worker), repair)
 
 
 def _sendable_rows(
-    task: Task[..., Any], batch_call: tuple[Any, ...], first_run_id: str, outcome: BatchResult
+    task: Task[..., Any], batch_call: tuple[Any, ...], first_run_id: str, outcome: BatchResult,
+    layout: RowLayout,
 ) -> BatchResult:
     """A batch's outcome (in the worker, when it failed to pickle) in which each run
     whose value or state does not pickle has a ``Failed`` state naming it and the type
@@ -694,7 +715,10 @@ def _sendable_rows(
             continue
         if state is not None and pickling_error((value, state)) is None:
             continue
-        name = f"{task.name}-{first + index + name_offset}"
+        kw_rows = layout.kwarg_rows()
+        name = run_name_of(
+            task, first + index + name_offset, layout.arg_rows()[index], kw_rows[index] if kw_rows else {}
+        )
         began = ends[index - 1] if index else started
         kept = state if state is not None else (value, began, ends[index], 1)
         values[index] = None

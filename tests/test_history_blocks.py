@@ -211,3 +211,24 @@ def test_retention_removes_blocks_and_pending_maps_with_their_flow_run(tmp_path:
             assert rows(tmp_path / "history.db", f"SELECT count(*) FROM {table}") == [(0,)], table
     finally:
         store.close()
+
+
+@task(task_run_name="day-{x}")
+def by_day(x: int) -> int:
+    return x
+
+
+def test_a_map_named_by_a_template_is_recorded_with_those_names(home: Path) -> None:
+    @flow(backend="loky")
+    def templated() -> list[int]:
+        return [f.result() for f in by_day.map(range(30))]
+
+    assert templated() == list(range(30))
+    store = SQLiteStore(home / "history.db")
+    try:
+        (run,) = store.list_runs(flow="templated")
+        detail = store.get_run(run.id)
+    finally:
+        store.close()
+    assert sorted(t.name for t in detail.task_runs) == sorted(f"day-{i}" for i in range(30))
+    assert {t.state for t in detail.task_runs} == {"Completed"} and run.task_counts == {"Completed": 30}

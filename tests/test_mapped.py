@@ -64,6 +64,14 @@ def current_run_name(i: int) -> str:
     return context.call.task_run_name
 
 
+@task(task_run_name="named-{i}-of-{label}")
+def named_by_template(i: int, label: str) -> str:
+    context = flowcore.context.current_task_run()
+    assert context is not None
+    get_run_logger().info("templated %d", i)
+    return context.call.task_run_name
+
+
 @pytest.fixture()
 def backend() -> Iterator[Backend]:
     backend = flowcore.get_backend("loky", max_workers=2)
@@ -150,6 +158,32 @@ def test_mapped_run_names_are_decimal_and_follow_the_index(backend: Backend) -> 
     expected = [f"current_run_name-{i}" for i in range(301)]
     assert inside == expected
     assert outside == expected[1:]
+
+
+def test_a_task_run_name_template_keeps_the_column_path(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Names from a template are the same in the worker, the futures and the logs, and
+    the map stays in columns (its futures are a MapBlock's views)."""
+
+    def body() -> tuple[list[str], list[str], set[str]]:
+        futures = named_by_template.map(range(40), label="x")
+        flowcore.wait(futures)
+        return [f.result() for f in futures], [f.name for f in futures], {type(f).__name__ for f in futures}
+
+    with caplog.at_level(logging.INFO, logger="flowcore"):
+        inside, outside, kinds = run(backend, body)
+    expected = [f"named-{i}-of-x" for i in range(40)]
+    assert inside == outside == expected
+    assert kinds == {"MappedFuture"}
+    logged = {r.getMessage(): getattr(r, "task_run_name", None) for r in caplog.records if r.getMessage().startswith("templated ")}
+    assert logged == {f"templated {i}": expected[i] for i in range(40)}
+
+
+def test_a_template_that_does_not_fit_the_arguments_fails_the_map_at_once(backend: Backend) -> None:
+    bad = named_by_template.with_options(task_run_name="run-{label:d}")  # label is a str
+    with pytest.raises(ValueError, match="format code"):
+        run(backend, lambda: bad.map(range(40), label="x"))
 
 
 def test_logs_of_each_run_are_replayed_with_its_name(
