@@ -63,12 +63,10 @@ BatchResult = tuple[list[Any], list[float], float, dict[int, State[Any]], list[d
 def eligible(task: Task[..., Any]) -> bool:
     """Whether the runs of ``task`` can be kept in columns: nothing in the parent needs
     to see a run on its own before it is final. Observers do not count: the block
-    reports its runs' events in batches (:class:`~flowcore.events.LazyTaskEvents`)."""
-    o = task.options
-    return not (
-        o.timeout_seconds is not None  # watched per run by the parent
-        or callable(o.task_run_name)  # called at submission, in the submitter's context
-    )
+    reports its runs' events in batches (:class:`~flowcore.events.LazyTaskEvents`);
+    nor do timeouts: each run's attempts are timed in the worker, and on a backend
+    with ``hard_timeouts`` the parent watches every run of a batch while it is out."""
+    return not callable(task.options.task_run_name)  # called at submission, in the submitter's context
 
 
 def run_name_of(task: Task[..., Any], number: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
@@ -143,6 +141,10 @@ class MapBlock:
         self.hooked = bool(task.options.on_completion or task.options.on_failure)
         self.lock = threading.Lock()
         self.changed = threading.Condition(self.lock)
+        #: each run's timeout, watched by the backend while its batch is out (None: not)
+        self.deadline = (
+            task.options.timeout_seconds if backend.capabilities.hard_timeouts else None
+        )
         #: runs are named ``<task>-<n>`` (else by the task's template: no RunColumns)
         self.named_by_number = task.options.task_run_name is None
         if not self.named_by_number and count:
@@ -198,6 +200,10 @@ class MapBlock:
             self._send(start, stop, skip)
 
     def _send(self, start: int, stop: int, skip: set[int]) -> None:
+        if self.deadline is not None:  # a run blocked in C past its deadline ends with its worker
+            for index in range(start, stop):
+                if index - start not in skip:
+                    self.backend.watch_deadline(self.run_id(index), self.deadline)
         try:
             backend_future = self.backend.submit(
                 run_map_batch, self.task, self.common, self.run_id(start),
@@ -209,6 +215,9 @@ class MapBlock:
         backend_future.add_done_callback(functools.partial(self._on_done, start, stop))
 
     def _on_done(self, start: int, stop: int, backend_future: Future[BatchResult]) -> None:
+        if self.deadline is not None:  # a lost run is watched again when it is sent again
+            for index in range(start, stop):
+                self.backend.unwatch_deadline(self.run_id(index))
         try:
             try:
                 # A batch whose value could not make the trip raises: its runs are lost.

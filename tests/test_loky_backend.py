@@ -304,6 +304,8 @@ def test_timeout_kills_a_worker_that_ignores_the_timer_signal(batched: bool) -> 
     def body() -> tuple[list[str], list[str], int]:
         victim = slow_square.submit(5, 0.2)
         futures = c_level_loop.map(range(2)) if batched else [c_level_loop.submit()]
+        if batched:  # the map stays in columns: its batch's runs are watched while it is out
+            assert {type(f).__name__ for f in futures} == {"MappedFuture"}
         flowcore.wait(futures)
         return [f.state.name for f in futures], [f.state.message for f in futures], victim.result()
 

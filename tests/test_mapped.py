@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -184,6 +185,32 @@ def test_a_template_that_does_not_fit_the_arguments_fails_the_map_at_once(backen
     bad = named_by_template.with_options(task_run_name="run-{label:d}")  # label is a str
     with pytest.raises(ValueError, match="format code"):
         run(backend, lambda: bad.map(range(40), label="x"))
+
+
+@task(timeout_seconds=0.5)
+def naps(seconds: float) -> float:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:  # Python code: the run's timer can stop it
+        time.sleep(0.01)
+    return seconds
+
+
+@pytest.mark.parametrize("backend_name", ["threads", "loky"])
+def test_a_map_with_a_timeout_stays_in_columns_and_times_out_run_by_run(backend_name: str) -> None:
+    backend = flowcore.get_backend(backend_name, max_workers=2)
+    try:
+        def body() -> tuple[set[str], list[str]]:
+            futures = naps.map([0.0, 0.0, 30.0, 0.0, 0.0, 30.0, 0.0])
+            flowcore.wait(futures)
+            return {type(f).__name__ for f in futures}, [f.state.name for f in futures]
+
+        started = time.monotonic()
+        kinds, names = run(backend, body)
+    finally:
+        backend.shutdown()
+    assert kinds == {"MappedFuture"}
+    assert names == ["Completed", "Completed", "TimedOut", "Completed", "Completed", "TimedOut", "Completed"]
+    assert time.monotonic() - started < 20  # not the 30 s naps
 
 
 def test_logs_of_each_run_are_replayed_with_its_name(
