@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flowcore.errors import DeploymentError
 from flowcore.deployments.triggers import DeploymentTrigger, FileTrigger, Trigger
+from flowcore.errors import DeploymentError
 
 if TYPE_CHECKING:
     from flowcore.deployments.store import DeploymentStore

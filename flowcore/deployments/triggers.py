@@ -88,7 +88,8 @@ class DeploymentTrigger:
                 f"DeploymentTrigger(after=...) names the upstream deployment as 'flow-name/deployment-name', "
                 f"got {self.after!r}"
             )
-        states = (self.states,) if isinstance(self.states, str) else tuple(self.states)
+        raw: Any = self.states
+        states = (raw,) if isinstance(raw, str) else tuple(raw)
         by_lower = {s.lower(): s for s in FINAL_STATES}
         fixed: list[str] = []
         for state in states:

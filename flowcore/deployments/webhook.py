@@ -111,7 +111,7 @@ def deployment_routes(
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), expected.encode())
 
-    def guarded(handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
+    def guarded(handler: Callable[[Request, bytes], Any]) -> Callable[[Request], Any]:
         async def endpoint(request: Request) -> Any:
             if not authorized(request):
                 return error(401, "missing or wrong API token: send 'Authorization: Bearer <token>' "

@@ -41,7 +41,7 @@ from typing import IO, Any
 from flowcore.deployments import scheduler
 from flowcore.deployments.child import ENV_BACKEND, ENV_RUN_ID, ENV_STORE, ENV_WORKER_PID
 from flowcore.deployments.store import DeploymentRun, DeploymentStore, store_path
-from flowcore.deployments.triggers import FileWatcher, trigger_from_dict
+from flowcore.deployments.triggers import FileTrigger, FileWatcher, trigger_from_dict
 
 #: seconds between heartbeats, dead-worker checks and deployment refreshes
 HEARTBEAT_S = 5.0
@@ -152,8 +152,8 @@ class Worker:
 
         previous: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                previous[signum] = signal.signal(signum, self._on_signal)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                previous[sig] = signal.signal(sig, self._on_signal)
         pid = os.getpid()
         self.store.register_worker(self.id, self.options.pool or "*", liveness.this_host(), pid,
                                    liveness.process_start(pid), self.clock())
@@ -329,6 +329,8 @@ class Worker:
                 if data.get("type") != "file":
                     continue
                 trigger = trigger_from_dict(data)
+                if not isinstance(trigger, FileTrigger):
+                    continue
                 group = found.setdefault(record.id, _Watchers(record.id))
                 old = self._watchers.get(record.id)
                 kept = next((w for w, _ in (old.watchers if old else []) if w.trigger == trigger), None)
