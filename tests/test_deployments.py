@@ -17,8 +17,7 @@ from typing import Any
 
 import pytest
 
-from flowcore.deployments import Deployment, DeploymentTrigger, FileTrigger
-from flowcore.deployments import scheduler
+from flowcore.deployments import Deployment, DeploymentTrigger, FileTrigger, scheduler
 from flowcore.deployments.store import DeploymentStore
 from flowcore.errors import DeploymentError, DeploymentNotFoundError
 from flowcore.schedules import CronSchedule, IntervalSchedule
@@ -133,7 +132,7 @@ def test_build_errors_name_the_problem_and_the_fix(flows: ModuleType) -> None:
     def local() -> None:
         pass
 
-    with pytest.raises(DeploymentError, match="not a module-level name.*define it at the top level"):
+    with pytest.raises(DeploymentError, match=r"not a module-level name.*define it at the top level"):
         Deployment.build_from_flow(local, "x")
 
 
@@ -253,7 +252,7 @@ def test_a_restart_neither_loses_nor_repeats_a_fire_time(store: DeploymentStore,
     other.close()
     times = sorted(r.scheduled_time for r in store.runs(dep, limit=None))
     assert times == [start + 60 * k for k in range(1, len(times) + 1)]
-    assert len(times) == int(120 * 17 // 60)
+    assert len(times) == (120 * 17 // 60)
 
 
 def test_paused_deployments_create_nothing_and_resume_does_not_backfill(store: DeploymentStore,

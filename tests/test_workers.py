@@ -4,6 +4,7 @@ webhook, file triggers across restarts, ``deployment run --watch`` and ``serve``
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -172,8 +173,8 @@ def test_kill_9_of_a_worker_mid_run_then_restart_loses_and_repeats_nothing(env: 
     first.kill()
     first.wait()
     killed_at = time.time()
-    children = [r[0] for r in env.query("SELECT pid FROM deployment_runs WHERE id IN (%s)" % ",".join(
-        "?" * len(running)), tuple(running))]
+    children = [r[0] for r in env.query("SELECT pid FROM deployment_runs WHERE id IN ({})".format(",".join(
+        "?" * len(running))), tuple(running))]
     env.wait("the killed worker's children to die with it", lambda: all(not _alive(pid) for pid in children), 10)
     time.sleep(3)  # down for a while: fire times pass with no worker
     restarted_at = time.time()
@@ -193,7 +194,7 @@ def test_kill_9_of_a_worker_mid_run_then_restart_loses_and_repeats_nothing(env: 
     times = sorted(t for (t,) in env.query(
         "SELECT scheduled_time FROM deployment_runs WHERE deployment_id = ? AND kind = 'schedule'", (dep,)))
     assert len(times) == len(set(times)) >= 4
-    assert all(abs(b - a - 2.0) < 1e-6 for a, b in zip(times, times[1:], strict=False))  # none lost
+    assert all(abs(b - a - 2.0) < 1e-6 for a, b in itertools.pairwise(times))  # none lost
     assert any(killed_at < t < restarted_at for t in times)  # fired while no worker ran (catchup='all')
     assert env.query("SELECT count(*) FROM flow_runs WHERE state = 'Running'") == [(0,)]
 
@@ -290,7 +291,7 @@ def test_a_generated_token_is_printed_once_and_kept_private(env: Env) -> None:
     assert env.log().count(token) == 1
     worker = env.start_worker("--webhook-port", str(port))
     env.wait("the webhook again", lambda: env.log().count("webhook: POST") == 2)
-    status, body = _post(f"http://127.0.0.1:{port}/api/deployments/quick/hooked/runs", {}, token=token)
+    status, _body = _post(f"http://127.0.0.1:{port}/api/deployments/quick/hooked/runs", {}, token=token)
     env.stop(worker)
     assert status == 201 and env.log().count(token) == 1
 
