@@ -136,6 +136,7 @@ def test_a_one_second_interval_runs_at_least_three_times_in_five_seconds(env: En
                           (dep,))[0][0]
     assert env.stop(worker) == 0
     assert completed >= 3
+    print(f"{completed} runs of a 1 s interval completed in 5 s")
     rows = env.query("SELECT r.state, f.state FROM deployment_runs r JOIN flow_runs f ON f.id = r.flow_run_id "
                      "WHERE r.state = 'Completed'")
     assert rows and all(f == "Completed" for _, f in rows)  # each linked to its recorded flow run
