@@ -15,6 +15,8 @@
 * ``flowcore deployment ls | inspect NAME | run NAME [--param k=v] [--watch] | pause |
   resume | rm | feed`` and ``flowcore worker start [--pool P] [--limit N] [--backend B]
   [--grace S] [--webhook-port PORT]`` (see :mod:`flowcore.deployments.commands`).
+* ``flowcore dashboard [--host 127.0.0.1] [--port 4300] [--open]``: a web dashboard
+  over the run history (see :mod:`flowcore.dashboard`; needs ``flowcore[ui]``).
 * ``flowcore version``.
 """
 
@@ -292,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     from flowcore.deployments.commands import add_commands as add_deployment_commands
 
     add_deployment_commands(commands)
+    from flowcore.dashboard.command import add_command as add_dashboard_command
+
+    add_dashboard_command(commands)
     version = commands.add_parser("version", help="print the version")
     version.set_defaults(handler=_version)
     return parser

@@ -62,6 +62,7 @@ ENVIRONMENT_VARIABLES: dict[str, str] = {
     "FLOWCORE_HISTORY_STORE": "the run history store's name",
     "FLOWCORE_HISTORY_STORE_OPTIONS": "the run history store's options (JSON object)",
     "FLOWCORE_PROGRESS": "0 turns the live progress display of flow runs on a terminal off",
+    "FLOWCORE_REQUIRE_BROWSER": "tests only: 1 makes a missing Chromium fail the dashboard's browser tests",
     "FLOWCORE_DISABLE_PLUGIN_AUTOLOAD": "skip the 'flowcore' entry points",
     "FLOWCORE_WORKER_JOURNAL": "internal: the worker journal, passed from a flow's process to its workers",
     "FLOWCORE_API_TOKEN": "the bearer token of the deployment webhook API (default: $FLOWCORE_HOME/api-token)",

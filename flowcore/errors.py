@@ -199,3 +199,17 @@ class DeploymentNotFoundError(DeploymentError, LookupError):
 
 
 __all__ += ["DeploymentError", "DeploymentNotFoundError"]
+
+
+class DashboardError(FlowcoreError):
+    """``flowcore dashboard`` cannot start: its dependencies are missing (the message
+    names the extra to install), the port is taken, or the history store is not one
+    the dashboard can read."""
+
+
+class QueryError(DashboardError, ValueError):
+    """A dashboard page or API call got a malformed query parameter; the message names
+    the parameter and what it accepts (answered as HTTP 400)."""
+
+
+__all__ += ["DashboardError", "QueryError"]

@@ -82,9 +82,11 @@ def current_worker() -> Worker:
     return worker
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TaskRunEvent:
-    """One step of one task run.
+    """One step of one task run (read-only by contract: an observer must not change it;
+    not frozen, because a frozen dataclass costs about five times as much to make, on
+    the path of every observed run).
 
     ``backend`` is the name of the backend that ran it, or None for a direct call
     (``t(x)``), which runs in the caller. ``state`` is the final state on FINISHED
@@ -115,7 +117,7 @@ class TaskRunEvent:
         return source()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class FlowRunEvent:
     """One step of one flow run: STARTED before each attempt of its body, FINISHED
     once with its final state. ``flow`` is the :class:`~flowcore.Flow`."""

@@ -309,6 +309,17 @@ class MapBlock:
         exceptional: dict[int, State[Any]] = {}
         if EventKind.FINISHED in kinds:
             status, stored, all_ends, batch_starts = self.status, self.states, self.ends, self.batch_starts
+            if (
+                isinstance(indexes, range) and indexes and indexes.start in batch_starts
+                and status.count(_COMPLETED, indexes.start, indexes.stop) == len(indexes)
+                and (not stored or not any(i in stored for i in indexes))
+            ):  # a whole batch that completed plainly, back to back: slices, no loop
+                ends = all_ends[indexes.start : indexes.stop]
+                starts = [batch_starts[indexes.start], *ends[:-1]]
+                return RunColumns(
+                    kinds, self.task, self.task.name, self.common[0], self.backend.name, worker, self.prefix,
+                    numbers, names, self.submitted_at, starts, ends, {}, self.run_id(0),
+                )
             for position, index in enumerate(indexes):
                 state = stored.get(index)
                 if state is None and status[index] == _COMPLETED:

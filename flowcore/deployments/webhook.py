@@ -24,7 +24,7 @@ Every route needs ``Authorization: Bearer <token>`` (401 otherwise): the token i
 ``{"error": "..."}``: 400 bad body, 404 unknown deployment, 422 parameters that do
 not fit the flow, 409 for a paused deployment (pausing stops triggers).
 
-starlette and uvicorn are imported only here (``pip install "flowcore[deploy]"``).
+starlette and uvicorn are imported only here (``pip install "flowcore[ui]"``).
 """
 
 from __future__ import annotations
@@ -209,7 +209,7 @@ class WebhookServer:
             from starlette.applications import Starlette
         except ImportError as exc:
             raise DeploymentError(
-                f"--webhook-port needs starlette and uvicorn ({exc}); pip install \"flowcore[deploy]\""
+                f"--webhook-port needs starlette and uvicorn ({exc}); pip install \"flowcore[ui]\""
             ) from None
         token, generated = api_token(self.path.parent)
         if generated:

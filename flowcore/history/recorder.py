@@ -63,6 +63,8 @@ RETENTION_EVERY_S = 3600.0
 DRAIN_EVERY_S = 0.5
 #: log records kept from before this process reported any run event
 EARLY_LOGS = 100
+#: the writer looks at a transaction's size after about this many queued items
+_ROWS_CHECK_EVERY = 1024
 #: a task run seen only as SUBMITTED is written after this long (or at a flush)
 HOLD_PENDING_S = 1.0
 
@@ -274,6 +276,7 @@ class Recorder:
         last: HistorySettings | None = None
         pending: _Pending | None = None
         broken = False
+        since_check = 0  # items since the batch's size was last looked at
         while queue:
             item = queue.popleft()
             if isinstance(item, _Flush):
@@ -299,10 +302,14 @@ class Recorder:
                 pending.batch.flow_runs.append(self._flow_write(payload, settings))
             else:
                 pending.add_tasks(payload)
-            if pending.rows() >= MAX_BATCH_ROWS:
+                since_check += len(payload)
+            since_check += 1
+            if since_check >= _ROWS_CHECK_EVERY and pending.rows() >= MAX_BATCH_ROWS:
                 self._commit({settings: pending}, release=False)
                 del batches[settings]
                 last = None
+            if since_check >= _ROWS_CHECK_EVERY:
+                since_check = 0
         self._commit(batches, release=False)
 
     def _commit(self, batches: dict[HistorySettings, _Pending], *, release: bool) -> None:
@@ -475,15 +482,17 @@ class _Pending:
     # -- folding events --------------------------------------------------------------
     def add_tasks(self, events: Sequence[TaskRunEvent]) -> None:
         """Fold a batch of task run events (read as columns when it offers them)."""
-        columns_of = getattr(events, "columns", None)
-        columns = columns_of() if callable(columns_of) else None
-        if columns is not None:
-            self._add_columns(columns)
-            return
+        if type(events) is not list:  # a lazy batch may offer columns
+            columns_of = getattr(events, "columns", None)
+            columns = columns_of() if callable(columns_of) else None
+            if columns is not None:
+                self._add_columns(columns)
+                return
         held = self.open.held
+        finished = EventKind.FINISHED
         for event in events:
             run_id = event.task_run_id
-            if event.kind is not EventKind.FINISHED:
+            if event.kind is not finished:
                 earlier = held.get(run_id)
                 submitted = earlier[0] if earlier is not None else (
                     event.timestamp if event.kind is EventKind.SUBMITTED else None
@@ -508,9 +517,8 @@ class _Pending:
         """Add a plainly completed run to its block; False if its ids do not fit one."""
         prefix, _, number = event.task_run_id.rpartition("-")
         task_name, name = event.task_name, event.task_run_name
-        cut = len(task_name) + 1
-        suffix = name[cut:]
-        if name[:cut] != task_name + "-" or not suffix.isdigit() or not prefix:
+        named, _, suffix = name.rpartition("-")
+        if named != task_name or not suffix.isdigit() or not prefix:
             return False
         key = (event.flow_run_id, task_name, event.backend, event.worker, prefix)
         block = self.blocks.get(key)

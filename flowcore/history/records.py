@@ -314,16 +314,22 @@ class TaskRunBlockWrite:
     #: JSON int array of end offsets
     ends: str
 
-    def expand(self) -> list[TaskRunRecord]:
-        """The runs this row holds, in order."""
-        count, time0 = self.count, self.time0
-        numbers = json.loads(self.numbers) if self.numbers else range(count)
-        names = json.loads(self.names) if self.names else range(count)
+    def times(self) -> tuple[list[float], list[float]]:
+        """When each run this row holds started and ended (seconds since the epoch)."""
+        time0 = self.time0
         ends = [time0 + e / 1e6 for e in json.loads(self.ends)]
         if self.starts:
             starts = [time0 + s / 1e6 for s in json.loads(self.starts)]
         else:
             starts = [time0, *ends[:-1]]
+        return starts, ends
+
+    def expand(self) -> list[TaskRunRecord]:
+        """The runs this row holds, in order."""
+        count, time0 = self.count, self.time0
+        numbers = json.loads(self.numbers) if self.numbers else range(count)
+        names = json.loads(self.names) if self.names else range(count)
+        starts, ends = self.times()
         if self.submitted:
             submitted: list[float | None] = [time0 + s / 1e6 for s in json.loads(self.submitted)]
         else:

@@ -162,7 +162,7 @@ SELECT b.id_prefix || '-' || printf('%x', b.first_number + coalesce(json_extract
        'Completed', 'COMPLETED', '', 1,
        coalesce(b.time0 + json_extract(b.submitted, '$[' || e.key || ']') / 1e6, b.submitted_time),
        b.time0 + coalesce(json_extract(b.starts, '$[' || e.key || ']'),
-                          CASE WHEN e.key = 0 THEN 0 ELSE json_extract(b.ends, '$[' || (e.key - 1) || ']') END) / 1e6,
+                          lag(e.value, 1, 0) OVER (PARTITION BY b.id ORDER BY e.key)) / 1e6,
        b.time0 + e.value / 1e6,
        b.backend, b.worker_host, b.worker_pid, b.worker_thread, b.worker_address, 0, NULL, b.tags,
        NULL, NULL, NULL
@@ -363,6 +363,8 @@ _BLOCK_COLUMNS = (
     "tags, count, first_number, numbers, name_first, names, time0, end_time, submitted_time, "
     "submitted, starts, ends"
 )
+#: the columns of ``task_run_blocks`` in the order of TaskRunBlockWrite's fields
+BLOCK_COLUMNS = _BLOCK_COLUMNS
 _INSERT_BLOCK = (
     f"INSERT INTO task_run_blocks ({_BLOCK_COLUMNS}) VALUES "
     "(?, ?, ?, ?, ?, ?, ?, ?, coalesce(?, '[]'), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -580,32 +582,7 @@ class SQLiteStore(HistoryStore):
         return runs
 
     def _count_tasks(self, runs: list[FlowRunRecord]) -> None:
-        by_id = {run.id: run for run in runs}
-        ids = list(by_id)
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            marks = ", ".join("?" * len(chunk))
-            rows = self._read(
-                f"SELECT flow_run_id, state, count(*) FROM task_runs WHERE flow_run_id IN ({marks}) "
-                "GROUP BY flow_run_id, state",
-                chunk,
-            )
-            for run_id, state_name, count in rows:
-                by_id[run_id].task_counts[state_name] = count
-            for table, state_name, counted in (
-                ("task_run_blocks", "Completed", "count"), ("pending_maps", "Pending", "count - done")
-            ):
-                for run_id, count in self._read(
-                    f"SELECT flow_run_id, sum({counted}) FROM {table} WHERE flow_run_id IN ({marks}) "
-                    "GROUP BY flow_run_id",
-                    chunk,
-                ):
-                    if count:
-                        counts = by_id[run_id].task_counts
-                        counts[state_name] = counts.get(state_name, 0) + count
-        for run in runs:
-            if run.state_type == "CRASHED":
-                _crash_open_counts(run.task_counts)
+        fill_task_counts(self._read, runs)
 
     def _flow_record(self, row: tuple[Any, ...]) -> FlowRunRecord:
         (run_id, flow, name, state, state_type, message, parameters, backend, backend_options, tags,
@@ -787,6 +764,35 @@ class SQLiteStore(HistoryStore):
         return count
 
 
+def fill_task_counts(
+    read: Callable[[str, Sequence[Any]], Iterable[tuple[Any, ...]]], runs: list[FlowRunRecord]
+) -> None:
+    """Fill ``task_counts`` (state name -> count) of ``runs`` with ``read(sql, args)``:
+    rows of ``task_runs``, runs in ``task_run_blocks`` (Completed) and maps' runs not
+    finished (Pending); a crashed run's unfinished runs count as Crashed."""
+    by_id = {run.id: run for run in runs}
+    ids = list(by_id)
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        marks = ", ".join("?" * len(chunk))
+        for table, state_column, counted in (
+            ("task_runs", "state", "count(*)"),
+            ("task_run_blocks", "'Completed'", "sum(count)"),
+            ("pending_maps", "'Pending'", "sum(count - done)"),
+        ):
+            for run_id, state_name, count in read(
+                f"SELECT flow_run_id, {state_column}, {counted} FROM {table} WHERE flow_run_id IN ({marks}) "
+                "GROUP BY 1, 2",
+                chunk,
+            ):
+                if count:
+                    counts = by_id[run_id].task_counts
+                    counts[state_name] = counts.get(state_name, 0) + int(count)
+    for run in runs:
+        if run.state_type == "CRASHED":
+            _crash_open_counts(run.task_counts)
+
+
 def _crash_open_counts(counts: dict[str, int]) -> None:
     """Task counts of a crashed run: its runs left pending or running crashed with it."""
     moved = counts.pop("Pending", 0) + counts.pop("Running", 0)
@@ -833,4 +839,4 @@ def open_sqlite_store(settings: Any) -> SQLiteStore:
     return SQLiteStore(Path(path).expanduser() if path else Path(settings.home) / FILE_NAME, lock_timeout=float(lock_timeout))
 
 
-__all__ = ["FILE_NAME", "MIGRATIONS", "SCHEMA_VERSION", "SQLiteStore", "migrate", "open_sqlite_store"]
+__all__ = ["BLOCK_COLUMNS", "FILE_NAME", "MIGRATIONS", "SCHEMA_VERSION", "SQLiteStore", "fill_task_counts", "migrate", "open_sqlite_store"]

@@ -1,0 +1,88 @@
+"""Helpers of the dashboard tests (not a test module): a real uvicorn server on a free
+loopback port, serving the dashboard over a history file, in a thread of the test
+process; plain ``urllib`` to ask it things."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("starlette", reason='the dashboard needs flowcore[ui]: pip install -e ".[ui]"')
+pytest.importorskip("uvicorn", reason='the dashboard needs flowcore[ui]: pip install -e ".[ui]"')
+
+import uvicorn
+
+from flowcore.dashboard.app import create_app
+from flowcore.history.sqlite import SQLiteStore
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    @property
+    def text(self) -> str:
+        return self.body.decode()
+
+
+@dataclass
+class Served:
+    """A running dashboard: its base URL and the store it reads."""
+
+    url: str
+    store: SQLiteStore
+
+    def get(self, path: str, timeout: float = 30.0) -> Answer:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=timeout) as response:
+                return Answer(response.status, dict(response.headers), response.read())
+        except urllib.error.HTTPError as exc:
+            return Answer(exc.code, dict(exc.headers), exc.read())
+
+
+@contextmanager
+def serve_dashboard(history: Path, *, poll_s: float = 0.2) -> Iterator[Served]:
+    """The dashboard over ``history`` (an SQLite file, created if missing) on a free
+    port, stopped (and its store closed) on exit."""
+    store = SQLiteStore(history)
+    app = create_app(store, poll_s=poll_s)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=1, access_log=False,
+    ))
+    thread = threading.Thread(target=server.run, name="dashboard-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the dashboard server did not start")
+        time.sleep(0.02)
+    try:
+        yield Served(f"http://127.0.0.1:{port}", store)
+    finally:
+        app.state.dashboard.closed = True  # open event streams end within poll_s
+        server.should_exit = True
+        thread.join(timeout=15)
+        store.close()

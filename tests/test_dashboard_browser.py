@@ -1,0 +1,317 @@
+"""The dashboard in a real headless browser: Playwright for Python driving Debian's
+Chromium (nothing is downloaded: ``playwright install`` is never run).
+
+Install the browser with ``apt-get install chromium`` (or ``chromium-headless-shell``).
+Without it these tests skip, saying so; with ``FLOWCORE_REQUIRE_BROWSER=1`` (CI sets
+it) a missing browser fails them instead. ``FLOWCORE_CHROMIUM`` names another binary.
+
+The README's screenshots are made here: ``FLOWCORE_SCREENSHOTS=examples/screenshots
+.venv/bin/pytest tests/test_dashboard_browser.py -k screenshots`` rewrites them.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from dashboard_server import serve_dashboard
+
+from flowcore.history.records import FlowRunWrite, HistoryBatch, StateRecord, TaskRunWrite
+from flowcore.history.sqlite import SQLiteStore
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page
+
+CANDIDATES = ("/usr/bin/chromium", "/usr/lib/chromium/chromium-headless-shell", "/usr/bin/chromium-headless-shell")
+INSTALL = "apt-get install chromium (Debian), or set FLOWCORE_CHROMIUM to a Chromium binary"
+ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("FLOWCORE_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"{reason} (FLOWCORE_REQUIRE_BROWSER=1 makes this a failure); {INSTALL}")
+    pytest.skip(f"{reason}; to run the browser tests: {INSTALL}")
+
+
+def _chromium() -> str | None:
+    chosen = os.environ.get("FLOWCORE_CHROMIUM")
+    if chosen:
+        return chosen if Path(chosen).exists() else None
+    return next((path for path in CANDIDATES if Path(path).exists()), None)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _unavailable('playwright for Python is not installed (pip install -e ".[dev]")')
+    executable = _chromium()
+    if executable is None:
+        _unavailable("no Chromium binary found (looked at " + ", ".join(CANDIDATES) + ")")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=executable, args=ARGS)
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1300, "height": 900})
+    opened = context.new_page()
+    errors: list[str] = []
+    opened.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        yield opened
+    finally:
+        context.close()
+    assert not errors, f"the page raised JavaScript errors: {errors}"
+
+
+FLOW_SCRIPT = """
+    import time
+    from flowcore import flow, task, get_backend, get_run_logger
+
+    _tries = {}
+
+    @task(retries=1)
+    def fetch(source: str) -> str:
+        _tries[source] = _tries.get(source, 0) + 1
+        get_run_logger().info("fetching %s, attempt %d", source, _tries[source])
+        time.sleep(0.4)
+        if _tries[source] == 1:
+            raise ConnectionError(f"{source} did not answer")
+        return source
+
+    @task
+    def transform(i: int) -> int:
+        get_run_logger().info("transforming item %d", i)
+        time.sleep(0.5)
+        if i == 5:
+            raise ValueError(f"item {i} is malformed")
+        return i * 10
+
+    @flow(name="browser-etl", backend=get_backend("threads", max_workers=2))
+    def browser_etl(n: int = 10) -> int:
+        time.sleep(1.5)  # time for the test to watch the run appear
+        fetch("warehouse")
+        results = transform.map(range(n))
+        return sum(f.result() for f in results if f.state.is_completed())
+
+    if __name__ == "__main__":
+        print(browser_etl())
+"""
+
+
+def _worker_label(worker: dict[str, Any] | None) -> str:
+    if worker is None:
+        return "(worker not reported)"
+    where = f"{worker['host']}:{worker['pid']}" + (f"/{worker['thread']}" if worker["thread"] else "")
+    return f"{worker['address']} ({where})" if worker["address"] else where
+
+
+def test_a_running_flow_appears_live_with_its_gantt_traceback_and_log_tail(page: Page, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    with serve_dashboard(home / "history.db") as served:
+        page.goto(served.url + "/runs")
+        page.get_by_test_id("live-status").filter(has_text="live").wait_for(timeout=10_000)
+        assert page.get_by_test_id("run-row").count() == 0
+        marker = page.evaluate("() => (window.__notReloaded = 1)")
+        assert marker == 1
+
+        script = tmp_path / "browser_flow.py"
+        script.write_text(textwrap.dedent(FLOW_SCRIPT))
+        env = {**os.environ, "FLOWCORE_HOME": str(home), "FLOWCORE_HISTORY": "1"}
+        process = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            # 1. The run appears in the open runs page, without a reload, while running.
+            row = page.locator('[data-testid="run-row"]')
+            deadline = time.monotonic() + 30
+            while row.count() == 0:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"the run never appeared; the flow script said: {process.communicate()}")
+                page.wait_for_timeout(100)
+            assert page.evaluate("() => window.__notReloaded") == 1
+            run_id = row.first.get_attribute("data-run-id")
+            assert run_id is not None
+            assert row.first.get_attribute("data-state") == "Running"
+
+            # 2. Its logs tail: lines arrive in the open logs page.
+            logs = page.context.new_page()
+            logs.goto(f"{served.url}/runs/{run_id}/logs")
+            logs.get_by_test_id("live-status").filter(has_text="live").wait_for(timeout=10_000)
+            seen_first = logs.get_by_test_id("log-line").count()
+            logs.locator('[data-testid="log-line"]', has_text="transforming item 9").wait_for(timeout=60_000)
+            assert logs.get_by_test_id("log-line").count() > seen_first
+            assert logs.locator('[data-testid="log-line"]', has_text="fetching warehouse, attempt 2").count() == 1
+
+            # The row turns final in the runs page, still without a reload.
+            page.locator(f'[data-testid="run-row"][data-run-id="{run_id}"][data-state="Completed"]').wait_for(timeout=60_000)
+            assert page.evaluate("() => window.__notReloaded") == 1
+        finally:
+            _out, err = process.communicate(timeout=120)
+        assert process.returncode == 0, err
+
+        # 3. The Gantt: one bar per task run, each on its worker's lane; the retry shows.
+        page.goto(f"{served.url}/runs/{run_id}")
+        task_runs = served.get(f"/api/runs/{run_id}/task-runs").json()["task_runs"]
+        assert len(task_runs) == 11  # fetch + 10 transforms
+        bars = page.get_by_test_id("task-bar")
+        assert bars.count() == len(task_runs)
+        expected = {t["id"]: _worker_label(t["worker"]) for t in task_runs}
+        for i in range(bars.count()):
+            bar = bars.nth(i)
+            run = bar.get_attribute("data-task-run-id")
+            assert run in expected
+            assert bar.get_attribute("data-worker") == expected[run]
+            lane = bar.locator("xpath=ancestor::*[@data-testid='gantt-lane']")
+            assert lane.get_attribute("data-worker") == expected[run]
+            assert bar.is_visible()
+        transform_lanes = {expected[t["id"]] for t in task_runs if t["task"] == "transform"}
+        assert len(transform_lanes) == 2  # max_workers=2
+        assert page.locator('[data-testid="task-bar"][data-attempts="2"]').count() == 1
+
+        # 4. The failed task's traceback is on the page.
+        traceback = page.get_by_test_id("traceback")
+        assert traceback.count() == 1 and traceback.is_visible()
+        text = traceback.inner_text()
+        assert "Traceback (most recent call last)" in text and "ValueError: item 5 is malformed" in text
+
+
+def _big_history(db: Path, n: int) -> str:
+    store = SQLiteStore(db)
+    run_id = "d" * 32
+    start = time.time() - 600
+    flow_run = FlowRunWrite(run_id, "huge", "huge-dddddddd", "Completed", "COMPLETED", parameters=f'{{"n": {n}}}',
+                            backend="loky", start=start, end=start + 500,
+                            state_entry=StateRecord(start + 500, "COMPLETED", "Completed"))
+    tasks = [
+        TaskRunWrite(f"{i:032x}", run_id, "step", f"step-{i}", "Failed" if i % 997 == 0 else "Completed",
+                     "FAILED" if i % 997 == 0 else "COMPLETED", attempts=2 if i % 500 == 0 else 1, submitted=start,
+                     start=start + i * 0.02, end=start + i * 0.02 + 0.05, backend="loky", worker_host="node",
+                     worker_pid=2000 + i % 8, error_type="ValueError" if i % 997 == 0 else None,
+                     error_message="bad" if i % 997 == 0 else None,
+                     traceback="Traceback (most recent call last):\nValueError: bad" if i % 997 == 0 else None)
+        for i in range(n)
+    ]
+    store.write_events(HistoryBatch(flow_runs=[flow_run], task_runs=tasks))
+    store.close()
+    return run_id
+
+
+def test_a_20000_task_run_renders_on_a_canvas_without_freezing(page: Page, tmp_path: Path) -> None:
+    db = tmp_path / "history.db"
+    run_id = _big_history(db, 20_000)
+    with serve_dashboard(db) as served:
+        started = time.monotonic()
+        page.goto(f"{served.url}/runs/{run_id}")
+        page.get_by_test_id("gantt-canvas-note").wait_for()
+        page.wait_for_function("() => { const c = document.querySelector('canvas'); return c && c._timeline; }",
+                               timeout=30_000)
+        loaded = time.monotonic() - started
+        assert page.get_by_test_id("task-bar").count() == 0
+        elements = page.evaluate("() => document.querySelectorAll('*').length")
+        assert elements < 3000, elements
+        painted = page.evaluate(
+            "() => { const c = document.querySelector('canvas'); const g = c.getContext('2d');"
+            " const d = g.getImageData(0, 0, c.width, c.height).data; let n = 0;"
+            " for (let i = 0; i < d.length; i += 4) if (d[i + 3] && (d[i] !== d[i + 1] || d[i + 1] !== d[i + 2])) n++;"
+            " return n; }"
+        )
+        assert painted > 1000  # coloured bars were drawn
+        # The page answers at once afterwards: the main thread is not stuck.
+        tick = time.monotonic()
+        assert page.evaluate("() => 1 + 1") == 2
+        assert time.monotonic() - tick < 2.0
+        assert loaded < 30
+
+
+def _demo_history(home: Path) -> None:
+    """A few real runs for the screenshots: ETL runs with a failure, a retry, a subflow."""
+    script = home.parent / "demo_flows.py"
+    script.write_text(textwrap.dedent("""
+        import time
+        from flowcore import flow, task, get_backend, get_run_logger
+
+        _tries = {}
+
+        @task(retries=1)
+        def fetch(source: str) -> str:
+            _tries[source] = _tries.get(source, 0) + 1
+            time.sleep(0.05)
+            if _tries[source] == 1:
+                raise ConnectionError(f"{source} did not answer")
+            return source
+
+        @task
+        def transform(i: int) -> int:
+            get_run_logger().info("transforming item %d", i)
+            time.sleep(0.02 + (i % 4) * 0.03)
+            if i == 7:
+                raise ValueError(f"item {i} is malformed")
+            return i
+
+        @flow
+        def publish(n: int) -> int:
+            return sum(f.result() for f in transform.map(range(n)) if f.state.is_completed())
+
+        @flow(name="nightly-etl", backend=get_backend("threads", max_workers=3))
+        def nightly_etl(n: int = 16) -> int:
+            fetch("warehouse")
+            results = transform.map(range(n))
+            publish(4)
+            return sum(f.result() for f in results if f.state.is_completed())
+
+        @flow(name="report")
+        def report(fail: bool = False) -> str:
+            if fail:
+                raise RuntimeError("the report template is missing")
+            return "ok"
+
+        if __name__ == "__main__":
+            for i in range(3):
+                nightly_etl(12 + i * 4)
+                try:
+                    report(fail=i == 1)
+                except RuntimeError:
+                    pass
+    """))
+    env = {**os.environ, "FLOWCORE_HOME": str(home), "FLOWCORE_HISTORY": "1"}
+    subprocess.run([sys.executable, str(script)], cwd=home.parent, env=env, check=True, capture_output=True,
+                   timeout=120)
+
+
+def test_screenshots_of_the_runs_page_and_a_run_detail(page: Page, tmp_path: Path) -> None:
+    target = Path(os.environ.get("FLOWCORE_SCREENSHOTS") or tmp_path)
+    if not target.is_absolute():
+        target = REPO / target
+    target.mkdir(parents=True, exist_ok=True)
+    home = tmp_path / "home"
+    home.mkdir()
+    _demo_history(home)
+    with serve_dashboard(home / "history.db") as served:
+        runs = served.get("/api/runs?flow=nightly-etl").json()["runs"]
+        page.goto(served.url + "/runs")
+        page.get_by_test_id("run-row").first.wait_for()
+        page.screenshot(path=str(target / "dashboard-runs.png"), full_page=True)
+        page.goto(f"{served.url}/runs/{runs[0]['id']}")
+        page.get_by_test_id("task-bar").first.wait_for()
+        page.screenshot(path=str(target / "dashboard-run.png"), full_page=True)
+    for name in ("dashboard-runs.png", "dashboard-run.png"):
+        data = (target / name).read_bytes()
+        assert data.startswith(b"\x89PNG") and len(data) > 10_000
+
