@@ -12,14 +12,10 @@ import argparse
 import json
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flowcore.deployments.store import (
-    DeploymentRecord,
-    DeploymentRun,
-    DeploymentStore,
-    open_deployment_store,
-)
+if TYPE_CHECKING:
+    from flowcore.deployments.store import DeploymentRecord, DeploymentStore
 
 #: seconds between looks at a watched run
 WATCH_POLL_S = 0.5
@@ -38,6 +34,7 @@ def _table(headers: list[str], rows: list[list[str]]) -> None:
 
 
 def _ls(args: argparse.Namespace) -> int:
+    from flowcore.deployments.store import open_deployment_store
     from flowcore.deployments.views import describe_schedule, next_runs, summary
 
     with open_deployment_store() as store:
@@ -66,6 +63,7 @@ def _ls(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
+    from flowcore.deployments.store import open_deployment_store
     from flowcore.deployments.views import summary
 
     with open_deployment_store() as store:
@@ -102,6 +100,9 @@ def _inspect(args: argparse.Namespace) -> int:
     elif record.paused:
         print("next runs: none (paused)")
     print()
+
+    from flowcore.deployments.store import DeploymentRun
+
     runs = [DeploymentRun(**r) for r in data["last_runs"]]
     if runs:
         rows = [[r.id[:8], r.state, r.kind, _local(r.scheduled_time), _local(r.start_time), _local(r.end_time),
@@ -124,6 +125,8 @@ def _run(args: argparse.Namespace) -> int:
 
     parameters = parse_params(args.params, "flowcore deployment run")
     parameters.update(_parse_param_pairs(args.param or []))
+    from flowcore.deployments.store import open_deployment_store
+
     with open_deployment_store() as store:
         record = store.find(args.name)
         key = f"manual:{args.idempotency_key}" if args.idempotency_key else None
@@ -170,6 +173,8 @@ def _watch(store: DeploymentStore, record: DeploymentRecord, run_id: str, timeou
 
 def _pause(args: argparse.Namespace) -> int:
     paused = args.deployment_command == "pause"
+    from flowcore.deployments.store import open_deployment_store
+
     with open_deployment_store() as store:
         record = store.find(args.name)
         store.set_paused(record.id, paused)
@@ -180,6 +185,8 @@ def _pause(args: argparse.Namespace) -> int:
 
 
 def _rm(args: argparse.Namespace) -> int:
+    from flowcore.deployments.store import open_deployment_store
+
     with open_deployment_store() as store:
         record = store.find(args.name)
         cancelled = store.delete(record.id)
@@ -188,6 +195,8 @@ def _rm(args: argparse.Namespace) -> int:
 
 
 def _feed(args: argparse.Namespace) -> int:
+    from flowcore.deployments.store import open_deployment_store
+
     with open_deployment_store() as store:
         dep_id = store.find(args.name).id if args.name else None
         entries = store.feed(dep_id, limit=args.limit)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -38,6 +37,8 @@ from flowcore.deployments import scheduler
 from flowcore.errors import DeploymentError, DeploymentNotFoundError
 
 if TYPE_CHECKING:
+    import sqlite3
+
     from flowcore.deployments.deployment import Deployment
     from flowcore.history.settings import HistorySettings
     from flowcore.schedules import Schedule
