@@ -241,6 +241,51 @@ def test_sigterm_lets_runs_finish_within_the_grace_then_ends_them_crashed(env: E
     assert "no new runs; waiting up to 3 s" in env.log()
 
 
+def test_worker_limit_and_overlap_cancel_running_in_a_real_worker(env: Env) -> None:
+    limited = env.deploy("limited", flow="sleepy", parameters="{'seconds': 1.5}")
+    replace = env.deploy("replace", flow="sleepy", parameters="{'seconds': 60.0}", overlap="'cancel_running'")
+    env.python(f"""
+        from flowcore.deployments.store import open_deployment_store
+        with open_deployment_store() as s:
+            for _ in range(3):
+                s.request_run({limited!r})
+    """)
+    worker = env.start_worker("--limit", "1")
+    peak = 0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        running = env.query("SELECT count(*) FROM deployment_runs WHERE state = 'Running'")
+        peak = max(peak, running[0][0] if running else 0)
+        if env.query("SELECT count(*) FROM deployment_runs WHERE state = 'Completed'") == [(3,)]:
+            break
+        time.sleep(0.05)
+    assert peak == 1  # --limit 1: one flow run at a time in this worker
+    env.stop(worker)
+    worker = env.start_worker(log="worker2.log")
+    request = f"""
+        from flowcore.deployments.store import open_deployment_store
+        with open_deployment_store() as s:
+            print(s.request_run({replace!r})[0])
+    """
+    first = env.python(request).strip()
+    env.wait("the first run to start", lambda: env.query(
+        "SELECT flow_run_id IS NOT NULL FROM deployment_runs WHERE id = ?", (first,)) == [(1,)])
+    second = env.python(request).strip()
+    env.wait("the first run to be cancelled", lambda: env.query(
+        "SELECT state FROM deployment_runs WHERE id = ?", (first,)) == [("Cancelled",)], timeout=30)
+    env.wait("the second run to run", lambda: env.query(
+        "SELECT state FROM deployment_runs WHERE id = ?", (second,)) == [("Running",)])
+    message, flow_state = env.query("SELECT r.message, f.state FROM deployment_runs r JOIN flow_runs f "
+                                    "ON f.id = r.flow_run_id WHERE r.id = ?", (first,))[0]
+    assert f"superseded by run {second[:8]}" in message and flow_state == "Cancelled"
+    worker.send_signal(signal.SIGTERM)
+    env.wait("the first signal", lambda: "no new runs" in env.log("worker2.log"))
+    worker.send_signal(signal.SIGTERM)  # a second signal: no grace
+    assert worker.wait(30) == 0
+    assert env.query("SELECT state, message FROM deployment_runs WHERE id = ?", (second,)) == [
+        ("Crashed", "the worker was stopped (SIGTERM); stopped at once (a second signal, no grace period)")]
+
+
 def _post(url: str, body: Any = None, token: str | None = None, key: str | None = None) -> tuple[int, Any]:
     headers = {"Content-Type": "application/json"}
     if token is not None:

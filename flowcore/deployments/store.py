@@ -692,7 +692,7 @@ class DeploymentStore:
                 if live and overlap == "queue":
                     continue
                 if live and overlap == "cancel_running":
-                    reason = f"cancelled: superseded by run {run.id[:8]} (overlap='cancel_running')"
+                    reason = f"superseded by run {run.id[:8]} (overlap='cancel_running')"
                     for other in live:
                         conn.execute("UPDATE deployment_runs SET cancel_requested = ? WHERE id = ? AND "
                                      "cancel_requested IS NULL", (reason, other))

@@ -116,6 +116,7 @@ class Worker:
         self._wake = threading.Event()
         self._stop_reason: str | None = None
         self._stop_deadline: float | None = None
+        self._grace_cut = False
         self._last_beat = float("-inf")
         self._last_files = float("-inf")
         self._watchers: dict[str, _Watchers] = {}
@@ -133,6 +134,7 @@ class Worker:
         or on a second call). Thread-safe and signal-safe."""
         if self._stop_reason is not None or immediate:
             self._stop_deadline = time.monotonic()
+            self._grace_cut = True
         else:
             self._stop_deadline = time.monotonic() + self.options.grace
         if self._stop_reason is None:
@@ -226,8 +228,11 @@ class Worker:
         if monotonic >= deadline:
             for child in self._children.values():
                 if child.stop_state is None:
-                    reason = (f"{self._stop_reason} and the run did not finish within the "
-                              f"{self.options.grace:g} s grace period")
+                    if self._grace_cut:
+                        reason = f"{self._stop_reason}; stopped at once (a second signal, no grace period)"
+                    else:
+                        reason = (f"{self._stop_reason} and the run did not finish within the "
+                                  f"{self.options.grace:g} s grace period")
                     self._terminate(child, "Crashed", reason, monotonic)
         for child in self._children.values():
             if child.kill_at is not None and monotonic >= child.kill_at:
