@@ -17,6 +17,7 @@ from flowcore.states import State
 from flowcore.tasks import Task, task
 
 if TYPE_CHECKING:
+    from flowcore.deployments import serve
     from flowcore.hookspecs import hookimpl
 
 __version__ = "0.1.0"
@@ -28,6 +29,10 @@ def __getattr__(name: str) -> Any:
         from flowcore.hookspecs import hookimpl
 
         return hookimpl
+    if name == "serve":  # deployments load on first use
+        from flowcore.deployments import serve
+
+        return serve
     raise AttributeError(f"module 'flowcore' has no attribute {name!r}")
 
 __all__ = [
@@ -41,6 +46,7 @@ __all__ = [
     "get_backend",
     "get_run_logger",
     "hookimpl",
+    "serve",
     "task",
     "unmapped",
     "use_backend",

@@ -12,6 +12,9 @@
 * ``flowcore schedule preview "CRON" | --interval 1h | --rrule RULE [--tz ZONE]
   [--start ISO] [-n N] [--json]``: the next fire times of a schedule, DST effects
   flagged (see :mod:`flowcore.schedules.commands`).
+* ``flowcore deployment ls | inspect NAME | run NAME [--param k=v] [--watch] | pause |
+  resume | rm | feed`` and ``flowcore worker start [--pool P] [--limit N] [--backend B]
+  [--grace S] [--webhook-port PORT]`` (see :mod:`flowcore.deployments.commands`).
 * ``flowcore dashboard [--host 127.0.0.1] [--port 4300] [--open]``: a web dashboard
   over the run history (see :mod:`flowcore.dashboard`; needs ``flowcore[ui]``).
 * ``flowcore version``.
@@ -288,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     from flowcore.schedules.commands import add_commands as add_schedule_commands
 
     add_schedule_commands(commands)
+    from flowcore.deployments.commands import add_commands as add_deployment_commands
+
+    add_deployment_commands(commands)
     from flowcore.dashboard.command import add_command as add_dashboard_command
 
     add_dashboard_command(commands)

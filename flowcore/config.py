@@ -65,6 +65,11 @@ ENVIRONMENT_VARIABLES: dict[str, str] = {
     "FLOWCORE_REQUIRE_BROWSER": "tests only: 1 makes a missing Chromium fail the dashboard's browser tests",
     "FLOWCORE_DISABLE_PLUGIN_AUTOLOAD": "skip the 'flowcore' entry points",
     "FLOWCORE_WORKER_JOURNAL": "internal: the worker journal, passed from a flow's process to its workers",
+    "FLOWCORE_API_TOKEN": "the bearer token of the deployment webhook API (default: $FLOWCORE_HOME/api-token)",
+    "FLOWCORE_DEPLOYMENT_RUN_ID": "internal: the deployment run a worker's child process executes",
+    "FLOWCORE_DEPLOYMENT_STORE": "internal: the store file, passed from a worker to its child processes",
+    "FLOWCORE_WORKER_PID": "internal: the worker's pid, watched by its child processes",
+    "FLOWCORE_WORKER_BACKEND": "internal: a worker's --backend, passed to its child processes",
 }
 
 _PREFIX = "FLOWCORE_"

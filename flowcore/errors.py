@@ -186,6 +186,21 @@ class RunNotFoundError(HistoryError, LookupError):
 __all__ += ["HistoryError", "RunNotFoundError"]
 
 
+class DeploymentError(ConfigurationError):
+    """A deployment cannot be built, stored or run as asked: the flow cannot be
+    imported by a worker, an option has a bad value (``catchup``, ``overlap``,
+    ``concurrency_limit``, a trigger), or parameters do not fit the flow. The message
+    names the problem and the fix."""
+
+
+class DeploymentNotFoundError(DeploymentError, LookupError):
+    """No stored deployment matches the given name (``flow/deployment`` or the
+    deployment's own name), or several do; the message lists the candidates."""
+
+
+__all__ += ["DeploymentError", "DeploymentNotFoundError"]
+
+
 class DashboardError(FlowcoreError):
     """``flowcore dashboard`` cannot start: its dependencies are missing (the message
     names the extra to install), the port is taken, or the history store is not one

@@ -33,7 +33,7 @@ from flowcore.states import State, StateType
 from flowcore.timeouts import call_with_timeout
 
 if TYPE_CHECKING:
-    pass
+    from flowcore.deployments import Deployment
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -231,6 +231,37 @@ class Flow(Generic[P, R]):
         """A copy of this flow with some options changed (the rest kept); validated as
         ``@flow`` validates them."""
         return Flow(self.fn, _flow_options(self.fn, options, base=self.options))
+
+    # -- deployments (flowcore.deployments, loaded on use) ------------------
+    def to_deployment(self, name: str, *, cron: str | None = None, interval: Any = None,
+                      rrule: str | None = None, **options: Any) -> Deployment:
+        """A :class:`~flowcore.deployments.Deployment` of this flow, built and
+        validated but not stored. ``cron``/``interval`` (a timedelta or seconds)/``rrule``
+        are shorthands for one schedule each; ``options`` are those of
+        ``Deployment.build_from_flow`` (``schedule``, ``parameters``, ``catchup`` ...).
+        Raises DeploymentError as ``build_from_flow`` does."""
+        from flowcore.deployments import Deployment
+        from flowcore.schedules import CronSchedule, IntervalSchedule, RRuleSchedule
+
+        schedules = list(options.pop("schedules", None) or [])
+        if cron is not None:
+            schedules.append(CronSchedule(cron=cron))
+        if interval is not None:
+            schedules.append(IntervalSchedule(interval=interval))
+        if rrule is not None:
+            schedules.append(RRuleSchedule(rrule=rrule))
+        return Deployment.build_from_flow(self, name, schedules=schedules, **options)
+
+    def serve(self, name: str, *, cron: str | None = None, interval: Any = None, rrule: str | None = None,
+              limit: int | None = None, grace: float = 30.0, webhook_port: int | None = None,
+              **options: Any) -> None:
+        """Deploy this flow as ``name`` and run it in this process until stopped
+        (Ctrl-C or SIGTERM); see :func:`flowcore.serve`. Each flow run executes in its
+        own child process; ``limit`` caps how many at once."""
+        from flowcore.deployments import serve
+
+        serve(self.to_deployment(name, cron=cron, interval=interval, rrule=rrule, **options),
+              limit=limit, grace=grace, webhook_port=webhook_port)
 
     def __repr__(self) -> str:
         return f"Flow(name={self.name!r}, fn={getattr(self.fn, '__qualname__', self.fn)!r})"

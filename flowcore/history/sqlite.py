@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from flowcore.deployments.schema import DEPLOYMENTS_SQL
 from flowcore.errors import HistoryError, RunNotFoundError
 from flowcore.history import liveness
 from flowcore.history.records import (
@@ -198,7 +199,7 @@ def _script(sql: str) -> Migration:
 
 #: ``MIGRATIONS[i]`` upgrades a database at ``user_version`` i to i + 1. Append only:
 #: a released step never changes.
-MIGRATIONS: tuple[Migration, ...] = (_script(_V1),)
+MIGRATIONS: tuple[Migration, ...] = (_script(_V1), _script(DEPLOYMENTS_SQL))
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
