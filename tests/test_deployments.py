@@ -102,6 +102,7 @@ def test_the_seed_snippet_applies_and_reapplying_keeps_the_id(flows: ModuleType,
     (item,) = json.loads(listing.stdout)
     assert item["full_name"] == "etl workflow/daily-etl"
     assert item["next_runs"][0]["time"] % 86400 == 2 * 3600
+    assert item["next_runs"][0]["wall_clock"].endswith(" 02:00 UTC")  # the schedule's own clock
 
 
 def test_build_errors_name_the_problem_and_the_fix(flows: ModuleType) -> None:

@@ -24,7 +24,7 @@ WATCH_POLL_S = 0.5
 def _local(timestamp: float | None) -> str:
     if timestamp is None:
         return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
+    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(timestamp))
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> None:
@@ -96,7 +96,7 @@ def _inspect(args: argparse.Namespace) -> int:
     if data["next_runs"]:
         print("next runs:")
         for item in data["next_runs"]:
-            print(f"  {_local(item['time'])}  {item['schedule']}")
+            print(f"  {_local(item['time'])}  ({item['wall_clock']} on the schedule's clock)  {item['schedule']}")
     elif record.paused:
         print("next runs: none (paused)")
     print()

@@ -46,6 +46,14 @@ def next_runs(record: DeploymentRecord, n: int = 10, now: float | None = None) -
     return found[:n]
 
 
+def _wall_clock(at: float, state: ScheduleState) -> str:
+    """``at`` on the wall clock of its schedule's zone: ``2026-12-03 02:00 EST``."""
+    import datetime
+
+    local = datetime.datetime.fromtimestamp(at, tz=state.load().zone)
+    return local.strftime("%Y-%m-%d %H:%M %Z")
+
+
 def summary(store: DeploymentStore, record: DeploymentRecord, *, now: float | None = None,
             next_n: int = 10, last_n: int = 10, feed_n: int = 20) -> dict[str, Any]:
     """The deployment with its schedules (described), next fire times, last runs and
@@ -54,7 +62,8 @@ def summary(store: DeploymentStore, record: DeploymentRecord, *, now: float | No
     for item, state in zip(data["schedules"], record.schedules, strict=True):
         item["description"] = describe_schedule(state.schedule)
     data["next_runs"] = [
-        {"time": at, "schedule": describe_schedule(state.schedule)} for at, state in next_runs(record, next_n, now)
+        {"time": at, "schedule": describe_schedule(state.schedule), "wall_clock": _wall_clock(at, state)}
+        for at, state in next_runs(record, next_n, now)
     ]
     data["last_runs"] = [run.to_json() for run in store.runs(record.id, limit=last_n)]
     data["feed"] = [entry.to_json() for entry in store.feed(record.id, limit=feed_n)]
