@@ -267,10 +267,10 @@ class DeploymentStore:
         self.close()
 
     def _write(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
-        return self.history._write(work)
+        return self.history.transaction(work)
 
     def _read(self, sql: str, parameters: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
-        return self.history._read(sql, parameters)
+        return self.history.query(sql, parameters)
 
     # -- deployments ----------------------------------------------------------------------
     def upsert(self, deployment: Deployment, now: float | None = None) -> str:

@@ -533,6 +533,16 @@ class SQLiteStore(HistoryStore):
 
         self._write(work)
 
+    def transaction(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run ``work(connection)`` in one write transaction (``BEGIN IMMEDIATE``,
+        retried while other processes hold the file) and return what it returns: for
+        tables that live beside the history in this file (deployments)."""
+        return self._write(work)
+
+    def query(self, sql: str, parameters: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+        """The rows of one read statement (HistoryError if the file is unusable)."""
+        return self._read(sql, parameters)
+
     def _write(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
         if self.readonly:
             raise HistoryError(f"the run history database {self.location} was opened read-only")
