@@ -4,16 +4,21 @@ process; plain ``urllib`` to ask it things."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import socket
+import sys
+import textwrap
 import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -111,3 +116,27 @@ def serve_dashboard(history: Path, *, poll_s: float = 0.2, **app_options: Any) -
         server.should_exit = True
         thread.join(timeout=15)
         store.close()
+
+
+DEPLOYMENT_FLOWS = '''
+from flowcore import flow
+
+@flow(name="etl workflow")
+def etl_workflow(n: int = 3, label: str = "nightly") -> int:
+    return n
+
+@flow
+def reports(region: str = "eu") -> str:
+    return region
+'''
+
+
+def deployment_flows(directory: Path) -> ModuleType:
+    """A module of flows, importable by name (as a worker's child would import it)."""
+    name = f"dashdep_{uuid.uuid4().hex[:8]}"
+    (directory / f"{name}.py").write_text(textwrap.dedent(DEPLOYMENT_FLOWS))
+    sys.path.insert(0, str(directory))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(directory))

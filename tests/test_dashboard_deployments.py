@@ -5,21 +5,16 @@ dashboard. A real store file with deployments applied by ``Deployment.build_from
 
 from __future__ import annotations
 
-import importlib
 import re
-import sys
-import textwrap
 import threading
 import time
 import urllib.parse
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import pytest
-from dashboard_server import Served, serve_dashboard
+from dashboard_server import Served, deployment_flows, serve_dashboard
 
 from flowcore.deployments import Deployment
 from flowcore.deployments.store import DeploymentStore
@@ -27,30 +22,6 @@ from flowcore.deployments.views import summary
 from flowcore.schedules import CronSchedule, IntervalSchedule
 
 TOKEN = "test-api-token-0123456789"
-
-FLOWS = '''
-from flowcore import flow
-
-@flow(name="etl workflow")
-def etl_workflow(n: int = 3, label: str = "nightly") -> int:
-    return n
-
-@flow
-def reports(region: str = "eu") -> str:
-    return region
-'''
-
-
-def load_flows(directory: Path) -> ModuleType:
-    """A module of flows, importable by name (as a worker's child would import it)."""
-    name = f"dashdep_{uuid.uuid4().hex[:8]}"
-    (directory / f"{name}.py").write_text(textwrap.dedent(FLOWS))
-    sys.path.insert(0, str(directory))
-    try:
-        return importlib.import_module(name)
-    finally:
-        sys.path.remove(str(directory))
-
 
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
@@ -62,7 +33,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def deployed(home: Path, tmp_path: Path) -> dict[str, str]:
     """Two deployments in ``home/history.db``: a daily Berlin cron and a paused interval."""
-    flows = load_flows(tmp_path)
+    flows = deployment_flows(tmp_path)
     nightly = Deployment.build_from_flow(
         flow=flows.etl_workflow, name="nightly", schedule=CronSchedule(cron="0 2 * * *", timezone="Europe/Berlin"),
         parameters={"n": 4}, concurrency_limit=2, overlap="skip", catchup="all",
