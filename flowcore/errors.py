@@ -212,4 +212,10 @@ class QueryError(DashboardError, ValueError):
     the parameter and what it accepts (answered as HTTP 400)."""
 
 
-__all__ += ["DashboardError", "QueryError"]
+class ActionRefusedError(DashboardError, PermissionError):
+    """A state-changing dashboard request (pause, resume, run now) was refused: it
+    came from another origin, without the page's action token, or from another
+    machine; the message says which (answered as HTTP 403)."""
+
+
+__all__ += ["ActionRefusedError", "DashboardError", "QueryError"]

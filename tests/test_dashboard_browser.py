@@ -315,3 +315,57 @@ def test_screenshots_of_the_runs_page_and_a_run_detail(page: Page, tmp_path: Pat
         data = (target / name).read_bytes()
         assert data.startswith(b"\x89PNG") and len(data) > 10_000
 
+
+
+def test_the_deployments_page_pauses_and_runs_now_without_a_reload(page: Page, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from dashboard_server import deployment_flows
+
+    from flowcore.deployments import Deployment
+    from flowcore.deployments.store import DeploymentStore
+    from flowcore.schedules import CronSchedule
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("FLOWCORE_HOME", str(home))
+    flows = deployment_flows(tmp_path)
+    dep_id = Deployment.build_from_flow(
+        flows.etl_workflow, "nightly", schedule=CronSchedule("0 2 * * *", timezone="Europe/Berlin"),
+    ).apply()
+    with serve_dashboard(home / "history.db", api_token="browser-test-token") as served:
+        page.goto(served.url + "/runs")
+        page.get_by_test_id("nav-deployments").click()
+        page.get_by_test_id("live-status").filter(has_text="live").wait_for(timeout=10_000)
+        row = page.locator('[data-testid="deployment-row"][data-deployment="etl workflow/nightly"]')
+        assert row.get_attribute("data-paused") == "false"
+        assert row.get_by_test_id("next-run").count() == 3
+        assert "daily at 02:00 (Europe/Berlin)" in row.inner_text()
+        page.evaluate("window.__sameDocument = true")  # gone if the page reloads
+
+        row.get_by_test_id("pause-button").click()
+        page.locator('[data-testid="deployment-row"][data-deployment="etl workflow/nightly"][data-paused="true"]'
+                     ).wait_for(timeout=10_000)
+        assert row.get_by_test_id("paused-badge").is_visible() and row.get_by_test_id("resume-button").is_visible()
+        assert row.get_by_test_id("next-run").count() == 0
+        page.get_by_test_id("trigger-event").filter(has_text="paused").wait_for(timeout=10_000)
+        assert page.evaluate("window.__sameDocument") is True
+
+        row.get_by_role("link", name="etl workflow/nightly").click()
+        page.get_by_test_id("run-now-button").wait_for()
+        assert page.get_by_test_id("next-run").count() == 0  # paused
+        page.get_by_test_id("resume-button").click()
+        page.locator('[data-testid="next-run"]').nth(9).wait_for(timeout=10_000)  # the next 10, live
+        page.evaluate("window.__sameDocument = true")
+        page.get_by_test_id("run-now-parameters").fill('{"n": 9, "label": "from the browser"}')
+        page.get_by_test_id("run-now-button").click()
+        page.get_by_test_id("action-result").filter(has_text="queued run").wait_for(timeout=10_000)
+        queued = page.locator('[data-testid="deployment-run"][data-state="Scheduled"]')
+        queued.wait_for(timeout=10_000)
+        assert page.evaluate("window.__sameDocument") is True
+        with DeploymentStore(home / "history.db") as store:
+            (run,) = store.runs(dep_id)
+        assert run.kind == "manual" and run.parameters == {"n": 9, "label": "from the browser"}
+        assert queued.get_attribute("data-run-id") == run.id
+
+        page.get_by_test_id("run-now-parameters").fill("{not json")
+        page.get_by_test_id("run-now-button").click()
+        page.get_by_test_id("action-result").filter(has_text="not JSON").wait_for(timeout=10_000)

@@ -9,11 +9,20 @@ Pages (Jinja2 templates in ``templates/``; every asset in ``static/``, no CDN):
     /tasks                      per task name: counts by state, mean/p95 duration, cache hits
     /flows                      per flow: success rate and durations of its last N runs
     /workers                    running flow runs: busy/idle workers, queue depth
+    /deployments[/{flow}/{name}] deployments: schedules, next and last runs, trigger feed,
+                                pause/resume and "run now" (:mod:`.deployments`)
 
 A page asked with ``?fragment=NAME`` answers only that part (what the page's script
 swaps in when the history changes). The API under ``/api/`` answers JSON for the same
 data; ``/api/events`` is a server-sent event stream with one ``change`` event each
 time another process commits to the history.
+
+The deployment webhook (:func:`flowcore.deployments.webhook.deployment_routes`:
+``POST /api/deployments/{flow}/{name}/runs|pause|resume`` and
+``GET /api/deployment-runs/{id}``, with ``Authorization: Bearer <token>``) is mounted
+too, so ``flowcore dashboard`` serves it on its own port. The dashboard's own
+deployment actions are POSTs guarded against cross-site requests instead (see
+:mod:`flowcore.dashboard.deployments`).
 
 Errors: a malformed query parameter answers 400 with the reason, an unknown run 404,
 a history that cannot be read 503; pages in HTML, the API in JSON (``{"error": ...}``).
@@ -52,6 +61,7 @@ from starlette.responses import (
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from flowcore.dashboard.deployments import DeploymentPages, wants_json
 from flowcore.dashboard.queries import (
     ChangeWatcher,
     HistoryQueries,
@@ -63,7 +73,15 @@ from flowcore.dashboard.queries import (
     summarise_tasks,
     worker_label,
 )
-from flowcore.errors import DashboardError, HistoryError, QueryError, RunNotFoundError
+from flowcore.errors import (
+    ActionRefusedError,
+    DashboardError,
+    DeploymentError,
+    DeploymentNotFoundError,
+    HistoryError,
+    QueryError,
+    RunNotFoundError,
+)
 from flowcore.history.records import FlowRunRecord, TaskRunRecord, iso_time
 from flowcore.history.store import HistoryStore, RunDetail
 
@@ -485,12 +503,19 @@ def _level(text: str | None) -> tuple[str | None, int]:
 
 
 def create_app(store: HistoryStore, *, history_path: Path | None = None,
-               allowed_hosts: Sequence[str] | None = None, poll_s: float = POLL_S) -> Starlette:
+               allowed_hosts: Sequence[str] | None = None, poll_s: float = POLL_S,
+               api_token: str | None = None, webhook: bool = True) -> Starlette:
     """The dashboard over ``store`` (SQLite; ``history_path`` is its file when the store
     has no ``path``). ``allowed_hosts``: Host header names accepted (a guard against
     DNS rebinding when bound to loopback); None accepts any. The caller keeps
-    ownership of ``store``; the app closes its own read connections on shutdown."""
+    ownership of ``store``; the app closes its own read connections on shutdown.
+
+    ``webhook``: also serve the deployment webhook routes, which need
+    ``Authorization: Bearer <api_token>``; ``api_token`` defaults to
+    ``FLOWCORE_API_TOKEN`` or the token file next to the history (created on first
+    use, as ``flowcore worker start`` does)."""
     board = Dashboard(store, history_path, poll_s=poll_s)
+    deployments = DeploymentPages(board)
 
     def page(method: Callable[[Request], Response]) -> Callable[[Request], Any]:
         async def endpoint(request: Request) -> Response:
@@ -513,7 +538,7 @@ def create_app(store: HistoryStore, *, history_path: Path | None = None,
         return RedirectResponse("/runs", status_code=307)
 
     def is_api(request: Request) -> bool:
-        return request.url.path.startswith("/api/")
+        return request.url.path.startswith("/api/") or wants_json(request)
 
     def error(request: Request, status: int, message: str) -> Response:
         if is_api(request):
@@ -527,6 +552,12 @@ def create_app(store: HistoryStore, *, history_path: Path | None = None,
 
     async def on_not_found(request: Request, exc: Exception) -> Response:
         return error(request, 404, str(exc))
+
+    async def on_refused(request: Request, exc: Exception) -> Response:
+        return error(request, 403, str(exc))
+
+    async def on_deployment_error(request: Request, exc: Exception) -> Response:
+        return error(request, 422, str(exc))
 
     async def on_history_error(request: Request, exc: Exception) -> Response:
         return error(request, 503, f"the run history cannot be read: {exc}")
@@ -554,14 +585,29 @@ def create_app(store: HistoryStore, *, history_path: Path | None = None,
         Route("/api/flows", page(board.api_flows)),
         Route("/api/histogram", page(board.api_histogram)),
         Route("/api/events", events),
+        Route("/deployments", page(deployments.list_page)),
+        Route("/deployments/{flow}/{name}", page(deployments.detail_page)),
+        Route("/deployments/{flow}/{name}/{action}", deployments.action, methods=["POST"]),
+        Route("/api/deployments", page(deployments.api_list), methods=["GET"]),
+        Route("/api/deployments/{flow}/{name}", page(deployments.api_detail), methods=["GET"]),
+        Route("/api/trigger-feed", page(deployments.api_feed)),
         Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
     ]
+    if webhook:
+        # After the dashboard's own routes: its unauthenticated GET /api/deployments[/...]
+        # answer reads (same documents); the webhook's POSTs need the bearer token.
+        from flowcore.deployments.webhook import api_token as resolve_token
+        from flowcore.deployments.webhook import deployment_routes
+
+        token = api_token if api_token is not None else resolve_token(board.path.parent)[0]
+        routes += deployment_routes(board.path, token=token)
     middleware = []
     if allowed_hosts is not None:
         middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts)))
 
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
+        deployments.close()
         board.close()
 
     from contextlib import asynccontextmanager
@@ -571,9 +617,12 @@ def create_app(store: HistoryStore, *, history_path: Path | None = None,
         exception_handlers={
             QueryError: on_query_error, RunNotFoundError: on_not_found,
             HistoryError: on_history_error, HTTPException: on_http,
+            DeploymentNotFoundError: on_not_found, DeploymentError: on_deployment_error,
+            ActionRefusedError: on_refused,
         },
     )
     app.state.dashboard = board
+    app.state.deployments = deployments
     return app
 
 

@@ -6,6 +6,11 @@ prints a warning (the dashboard has no authentication and shows parameters, logs
 tracebacks). While bound to loopback, requests whose Host header is not a loopback
 name are refused (a guard against DNS rebinding).
 
+The deployment webhook (``POST /api/deployments/{flow}/{name}/runs`` and friends) is
+served too, with the rules of ``flowcore worker start --webhook-port``: every call
+needs ``Authorization: Bearer <token>`` (``FLOWCORE_API_TOKEN``, or the token in
+``$FLOWCORE_HOME/api-token``, generated on first start and printed once).
+
 Raises :class:`~flowcore.errors.DashboardError` when starlette, uvicorn or Jinja2 are
 missing (the message says ``pip install "flowcore[ui]"``) or the port is taken.
 """
@@ -17,6 +22,7 @@ import ipaddress
 import socket
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 from flowcore.errors import DashboardError
@@ -87,10 +93,21 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, open_browser: b
     store = open_for_cli()
     try:
         allowed = list(LOOPBACK_NAMES) if is_loopback(host) else None
-        app = create_app(store, allowed_hosts=allowed)
+        token: str | None = None
+        history_path = getattr(store, "path", None)
+        if isinstance(history_path, Path):
+            from flowcore.deployments.webhook import TOKEN_FILE, api_token
+
+            token, generated = api_token(history_path.parent)
+            if generated:
+                print(f"generated the API token for the deployment webhook (shown once; kept in "
+                      f"{history_path.parent / TOKEN_FILE}): {token}", flush=True)
+        app = create_app(store, allowed_hosts=allowed, api_token=token)
         shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
         url = f"http://{shown}:{port}/"
         print(f"flowcore dashboard on {url} (history: {store.location}); Ctrl-C to stop", flush=True)
+        print(f"webhook: POST {url}api/deployments/<flow>/<deployment>/runs (Authorization: Bearer <token>)",
+              flush=True)
         if open_browser:
             import webbrowser
 

@@ -25,6 +25,53 @@ def describe_schedule(data: dict[str, Any]) -> str:
     return str(data)
 
 
+_DAYS = ("Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday")
+
+
+def _cron_in_words(expression: str) -> str | None:
+    """Common five-field cron expressions in words (``daily at 02:00``); None for the rest."""
+    fields = expression.split()
+    if len(fields) != 5:
+        return None
+    minute, hour, dom, month, dow = fields
+    if month != "*":
+        return None
+    if (minute, hour, dom, dow) == ("*", "*", "*", "*"):
+        return "every minute"
+    if minute.startswith("*/") and minute[2:].isdigit() and (hour, dom, dow) == ("*", "*", "*"):
+        return f"every {int(minute[2:])} minutes"
+    if not minute.isdigit() or int(minute) > 59:
+        return None
+    if (hour, dom, dow) == ("*", "*", "*"):
+        return f"hourly at minute {int(minute)}"
+    if hour.startswith("*/") and hour[2:].isdigit() and (dom, dow) == ("*", "*"):
+        return f"every {int(hour[2:])} hours at minute {int(minute)}"
+    if not hour.isdigit() or int(hour) > 23:
+        return None
+    clock = f"{int(hour):02d}:{int(minute):02d}"
+    if (dom, dow) == ("*", "*"):
+        return f"daily at {clock}"
+    if dom == "*" and dow in ("1-5", "MON-FRI", "mon-fri"):
+        return f"weekdays at {clock}"
+    if dom == "*" and dow.isdigit() and int(dow) <= 7:
+        return f"{_DAYS[int(dow) % 7]}s at {clock}"
+    if dow == "*" and dom.isdigit():
+        return f"monthly on day {int(dom)} at {clock}"
+    return None
+
+
+def schedule_in_words(data: dict[str, Any]) -> str:
+    """A schedule as a person says it, with its time zone: ``daily at 02:00
+    (Europe/Berlin)``, ``every 1h (UTC)``; cron expressions without a plain reading
+    and rrules fall back to :func:`describe_schedule`."""
+    zone = data.get("timezone") or "UTC"
+    if data.get("type") == "cron":
+        words = _cron_in_words(str(data.get("cron", "")))
+        if words is not None:
+            return f"{words} ({zone})"
+    return describe_schedule(data)
+
+
 def _span(seconds: float) -> str:
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size and seconds % size == 0:
@@ -56,11 +103,13 @@ def _wall_clock(at: float, state: ScheduleState) -> str:
 
 def summary(store: DeploymentStore, record: DeploymentRecord, *, now: float | None = None,
             next_n: int = 10, last_n: int = 10, feed_n: int = 20) -> dict[str, Any]:
-    """The deployment with its schedules (described), next fire times, last runs and
-    trigger feed."""
+    """The deployment with its schedules (``description`` and ``words``), next fire
+    times (``{time, schedule}``, epoch seconds), last runs (newest first) and trigger
+    feed (newest first). ``next_n``/``last_n``/``feed_n`` bound the lists."""
     data = record.to_json()
     for item, state in zip(data["schedules"], record.schedules, strict=True):
         item["description"] = describe_schedule(state.schedule)
+        item["words"] = schedule_in_words(state.schedule)
     data["next_runs"] = [
         {"time": at, "schedule": describe_schedule(state.schedule), "wall_clock": _wall_clock(at, state)}
         for at, state in next_runs(record, next_n, now)
@@ -70,4 +119,4 @@ def summary(store: DeploymentStore, record: DeploymentRecord, *, now: float | No
     return data
 
 
-__all__ = ["describe_schedule", "next_runs", "summary"]
+__all__ = ["describe_schedule", "next_runs", "schedule_in_words", "summary"]

@@ -134,6 +134,51 @@
       (b.end[found] - b.start[found]).toFixed(3) + " s" + (b.attempts[found] > 1 ? " · " + b.attempts[found] + " attempts" : "");
   }
 
+  // Deployment actions (pause, resume, run now): forms marked data-action are posted
+  // with the page's action token and answered in JSON; the live parts then refresh.
+  // Without this script the same forms post normally and the server redirects back.
+  function newRequestId() {
+    var bytes = new Uint8Array(16);
+    (window.crypto || window.msCrypto).getRandomValues(bytes);
+    return Array.prototype.map.call(bytes, function (b) { return ("0" + b.toString(16)).slice(-2); }).join("");
+  }
+
+  function act(ev) {
+    var form = ev.target;
+    if (!form || form.tagName !== "FORM" || !form.hasAttribute("data-action")) return;
+    ev.preventDefault();
+    var meta = document.querySelector('meta[name="flowcore-csrf"]');
+    var result = form.querySelector("[data-action-result]");
+    var buttons = form.querySelectorAll("button");
+    Array.prototype.forEach.call(buttons, function (b) { b.disabled = true; });
+    fetch(form.getAttribute("action"), {
+      method: "POST", credentials: "same-origin",
+      headers: { "Accept": "application/json", "Content-Type": "application/x-www-form-urlencoded",
+                 "X-Flowcore-CSRF": meta ? meta.getAttribute("content") : "" },
+      body: new URLSearchParams(new FormData(form)).toString()
+    }).then(function (r) {
+      return r.json().catch(function () { return { error: "HTTP " + r.status }; }).then(function (body) {
+        if (result) {
+          result.className = "action-result " + (r.ok ? "ok" : "err");
+          result.textContent = r.ok ? (body.id ? "queued run " + body.id.slice(0, 8) + (body.created ? "" : " (already queued)")
+                                              : (body.paused ? "paused" : "resumed"))
+                                    : (body.error || "HTTP " + r.status);
+        }
+        if (r.ok) {
+          var rid = form.querySelector("[data-request-id]");
+          if (rid) rid.value = newRequestId();
+        }
+      });
+    }).catch(function (e) {
+      if (result) { result.className = "action-result err"; result.textContent = String(e); }
+    }).then(function () {
+      Array.prototype.forEach.call(buttons, function (b) { b.disabled = false; });
+      lastRefresh = 0;
+      refresh();
+    });
+  }
+  document.addEventListener("submit", act);
+
   document.addEventListener("DOMContentLoaded", function () {
     drawCanvases(false);
     Array.prototype.forEach.call(document.querySelectorAll("canvas[data-timeline-src]"), function (c) {
