@@ -184,7 +184,8 @@ def test_fan_out_fan_in_never_brings_the_large_values_here(backend: Backend) -> 
 
 
 def test_an_upstream_value_is_fetched_when_asked_once_per_batch(backend: Backend) -> None:
-    named = source.with_options(task_run_name="big-{fill}")  # batched runs, not a map block
+    # a callable run name is called at submission: batched single runs, not a map block
+    named = source.with_options(task_run_name=lambda: "big")
 
     def body() -> tuple[list[Any], list[State[Any]], int, int]:
         futures = named.map(0.5, fill=list(range(40)))
