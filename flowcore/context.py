@@ -132,7 +132,7 @@ class TaskRunContext:
     """Set while a task body runs. ``call`` is None on the direct-call fast path,
     where the run id is made only if something asks for it."""
 
-    __slots__ = ("_call", "_nested", "args", "flow_run", "kwargs", "logger", "task")
+    __slots__ = ("_call", "_nested", "args", "attempt", "flow_run", "kwargs", "logger", "task")
 
     def __init__(
         self,
@@ -149,6 +149,8 @@ class TaskRunContext:
         self.flow_run = flow_run
         self.logger: logging.LoggerAdapter[logging.Logger] | None = None
         self._nested: RunScope | None = None
+        #: the attempt running now (1 for the first; retries count on)
+        self.attempt = 1
 
     def nested_scope(self) -> RunScope:
         """The scope of task runs submitted from this run's body where its flow's scope

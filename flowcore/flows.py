@@ -17,7 +17,7 @@ import inspect
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, Unpack, overload
+from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, ParamSpec, TypeVar, Unpack, overload
 
 from flowcore import options as opts
 from flowcore import registry, states
@@ -25,7 +25,8 @@ from flowcore.calls import FlowRun, new_flow_run_id
 from flowcore.context import FlowRunContext, _scope
 from flowcore.engine import task_run_logger
 from flowcore.errors import TaskTimeoutError
-from flowcore.futures import TaskFuture, collect_futures, resolve_futures
+from flowcore.coroutines import in_async_context, run_sync
+from flowcore.futures import TaskFuture, collect_futures, resolve_futures, wait_async
 from flowcore.loggers import ensure_console_handler, flow_logger, redirect_prints, restore_prints
 from flowcore.options import FlowOptionInputs, FlowOptions
 from flowcore.selection import slot_for
@@ -41,12 +42,24 @@ R = TypeVar("R")
 _MAX_FAILURE_REPORTS = 10  # of each kind, per flow run attempt
 
 
+class _OpenRun(NamedTuple):
+    """A flow run that has begun: what its attempts share."""
+
+    run: FlowRun
+    slot: Any
+    parent: Any
+    log_prints: bool
+    display: Any
+
+
 class Flow(Generic[P, R]):
     """A function whose calls are flow runs. Create with :func:`flow`."""
 
     def __init__(self, fn: Callable[P, R], options: FlowOptions) -> None:
         self.fn = fn
         self.options = options
+        #: the function is a coroutine function: its body runs on an event loop
+        self.isasync = inspect.iscoroutinefunction(fn)
         self.signature = inspect.signature(fn)
         functools.update_wrapper(self, fn)
 
@@ -74,9 +87,20 @@ class Flow(Generic[P, R]):
 
         ``return_state=True`` returns the final :class:`~flowcore.states.State` instead
         (and never raises for a failed run).
+
+        An ``async def`` flow called where the caller awaits (inside a coroutine, or
+        the body of an async flow or task) returns a coroutine to await; called from
+        synchronous code, it runs to completion on a new event loop (as
+        ``asyncio.run`` would) and returns the value. Arguments that do not fit the
+        signature raise TypeError at the call either way.
         """
         return_state = kwargs.pop("return_state", False) if "return_state" in kwargs else False
         parameters = self.bind(args, kwargs)
+        if self.isasync:
+            coroutine = self._call_async(args, kwargs, parameters, return_state)
+            if in_async_context():
+                return coroutine
+            return run_sync(coroutine, fresh_loop=True)
         # The caller who takes the state gets no exception (and no traceback): log it.
         state = self._run(args, kwargs, parameters, log_traceback=return_state)
         if return_state:
@@ -84,14 +108,8 @@ class Flow(Generic[P, R]):
         return state.result()
 
     # -- the run ------------------------------------------------------------
-    def _run(
-        self,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        parameters: dict[str, Any],
-        *,
-        log_traceback: bool = False,
-    ) -> State[Any]:
+    def _open_run(self, parameters: dict[str, Any]) -> _OpenRun:
+        """The flow run record, its backend slot, its parent scope and its display."""
         parent = _scope.get()
         if parent is None:
             from flowcore.config import check_environment
@@ -117,44 +135,141 @@ class Flow(Generic[P, R]):
             from flowcore.progress import start_for
 
             display = start_for(run)
-        try:
-            return self._run_attempts(run, slot, parent, log_prints, args, kwargs, log_traceback)
-        finally:
-            if display is not None:
-                display.stop()
+        return _OpenRun(run, slot, parent, log_prints, display)
 
-    def _run_attempts(
+    def _run(
         self,
-        run: FlowRun,
-        slot: Any,
-        parent: Any,
-        log_prints: bool,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        log_traceback: bool,
+        parameters: dict[str, Any],
+        *,
+        log_traceback: bool = False,
+    ) -> State[Any]:
+        opened = self._open_run(parameters)
+        try:
+            return self._run_attempts(opened, args, kwargs, log_traceback)
+        finally:
+            if opened.display is not None:
+                opened.display.stop()
+
+    def _begin_attempt(self, opened: _OpenRun, attempt: int) -> FlowRunContext:
+        """The scope of attempt number ``attempt``; announced in the log and the
+        run-event stream."""
+        run = opened.run
+        context = FlowRunContext(self, run, opened.slot, log_prints=opened.log_prints, parent=opened.parent)
+        if attempt == 1:
+            flow_logger(context).info(
+                "Beginning flow run for flow %r on backend %r", self.name, opened.slot.name
+            )
+        if registry.observes_events():
+            from flowcore.events import EventKind, FlowRunEvent
+
+            registry.publish([FlowRunEvent(EventKind.STARTED, run, time.time(), attempt, flow=self)])
+        return context
+
+    def _run_attempts(
+        self, opened: _OpenRun, args: tuple[Any, ...], kwargs: dict[str, Any], log_traceback: bool
     ) -> State[Any]:
         policy = self.options.retry_policy
         attempt = 0
         while True:
             attempt += 1
-            context = FlowRunContext(self, run, slot, log_prints=log_prints, parent=parent)
-            logger = flow_logger(context)
-            if attempt == 1:
-                logger.info("Beginning flow run for flow %r on backend %r", self.name, slot.name)
-            if registry.observes_events():
-                from flowcore.events import EventKind, FlowRunEvent
-
-                registry.publish(
-                    [FlowRunEvent(EventKind.STARTED, run, time.time(), attempt, flow=self)]
-                )
+            context = self._begin_attempt(opened, attempt)
             state = self._attempt(context, args, kwargs)
             if state.is_completed() or attempt > policy.retries:
                 break
-            policy.wait_before_retry(attempt, state.message, logger)
-        slot.close(wait=state.name != "TimedOut", cancel_futures=state.name == "TimedOut")
-        state = replace(state, started_at=run.started_at, finished_at=time.time(), attempts=attempt)
+            policy.wait_before_retry(attempt, state.message, flow_logger(context))
+        opened.slot.close(wait=state.name != "TimedOut", cancel_futures=state.name == "TimedOut")
+        return self._end_run(context, opened, state, attempt, log_traceback)
+
+    def _end_run(
+        self, context: FlowRunContext, opened: _OpenRun, state: State[Any], attempts: int,
+        log_traceback: bool,
+    ) -> State[Any]:
+        state = replace(state, started_at=opened.run.started_at, finished_at=time.time(), attempts=attempts)
         self._finish(context, state, log_traceback=log_traceback)
         return state
+
+    # -- the run of an async flow -------------------------------------------------
+    async def _call_async(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], parameters: dict[str, Any],
+        return_state: bool,
+    ) -> Any:
+        opened = self._open_run(parameters)
+        try:
+            state = await self._run_attempts_async(opened, args, kwargs, return_state)
+        finally:
+            if opened.display is not None:
+                opened.display.stop()
+        if return_state:
+            return state
+        return state.result()
+
+    async def _run_attempts_async(
+        self, opened: _OpenRun, args: tuple[Any, ...], kwargs: dict[str, Any], log_traceback: bool
+    ) -> State[Any]:
+        policy = self.options.retry_policy
+        attempt = 0
+        while True:
+            attempt += 1
+            context = self._begin_attempt(opened, attempt)
+            state = await self._attempt_async(context, args, kwargs)
+            if state.is_completed() or attempt > policy.retries:
+                break
+            await policy.wait_before_retry_async(attempt, state.message, flow_logger(context))
+        import asyncio
+
+        if opened.slot.owned:  # a shutdown waits for workers: not on the event loop
+            timed_out = state.name == "TimedOut"
+            await asyncio.to_thread(opened.slot.close, wait=not timed_out, cancel_futures=timed_out)
+        return self._end_run(context, opened, state, attempt, log_traceback)
+
+    async def _attempt_async(
+        self, context: FlowRunContext, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> State[Any]:
+        """One attempt of an async flow's body, awaited on the running loop.
+        ``timeout_seconds`` cancels the body (``asyncio.timeout``): a body blocked in
+        synchronous code is stopped only when it next awaits."""
+        import asyncio
+
+        token = _scope.set(context)
+        print_token = redirect_prints(flow_logger(context)) if context.log_prints else None
+        seconds = self.options.timeout_seconds
+        timer = None
+        try:
+            try:
+                if seconds is None:
+                    value = await self.fn(*args, **kwargs)  # type: ignore[misc]
+                else:
+                    timer = asyncio.timeout(seconds)
+                    async with timer:
+                        value = await self.fn(*args, **kwargs)  # type: ignore[misc]
+            except Exception as exc:
+                if timer is not None and timer.expired() and isinstance(exc, TimeoutError):
+                    _stop_outstanding(context)
+                    message = f"flow run of {self.name!r} exceeded its timeout of {seconds:g} s"
+                    return State(StateType.FAILED, "TimedOut", message, exception=TaskTimeoutError(message))
+                state: State[Any] = states.Failed(exc, traceback=_format(exc))
+                _stop_outstanding(context)
+            else:
+                returned = collect_futures(value)
+                if returned:
+                    await wait_async(returned)
+                state = _state_from_return(value)
+            if context.outstanding():
+                await asyncio.to_thread(context.wait_all)
+            _log_failed_runs(context)
+            return state
+        except BaseException:
+            # Cancelled (by the caller, a timeout around the call), Ctrl-C, SystemExit.
+            _stop_outstanding(context, closing=True)
+            context.slot.close(wait=False, cancel_futures=True)
+            self._finish(context, states.Cancelled("interrupted: the flow run was stopped"))
+            raise
+        finally:
+            if print_token is not None:
+                restore_prints(print_token)
+            _scope.reset(token)
 
     def _attempt(self, context: FlowRunContext, args: tuple[Any, ...], kwargs: dict[str, Any]) -> State[Any]:
         token = _scope.set(context)

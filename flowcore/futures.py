@@ -16,7 +16,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 from flowcore import registry, states
@@ -128,6 +128,16 @@ class TaskFuture(Generic[R]):
         worker is stopped as well: then it ends ``Cancelled``, not ``Crashed``.
         """
         raise NotImplementedError
+
+    def __await__(self) -> Generator[Any, None, R]:
+        """``await future``: the task's value (or its exception), as :meth:`result`
+        gives it, without blocking the event loop while the run goes on."""
+        return self._result_async().__await__()
+
+    async def _result_async(self) -> R:
+        if self._final() is None:
+            await wait_async([self])
+        return self.result()
 
     def __repr__(self) -> str:
         return f"TaskFuture({self.name!r}, state={self.state!r})"
@@ -749,6 +759,29 @@ def as_completed(
             ) from None
 
 
+async def wait_async(futures: Iterable[TaskFuture[Any]]) -> None:
+    """Wait, in a coroutine, until every future in ``futures`` is done; the event loop
+    runs on meanwhile (each future wakes it from whichever thread finishes it)."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    for future in futures:
+        if future.done():
+            continue
+        woken: asyncio.Future[None] = loop.create_future()
+
+        def wake(_: TaskFuture[Any], woken: asyncio.Future[None] = woken) -> None:
+            loop.call_soon_threadsafe(_set_once, woken)
+
+        future.add_done_callback(wake)
+        await woken
+
+
+def _set_once(woken: Any) -> None:
+    if not woken.done():  # cancelled meanwhile: the waiter has gone
+        woken.set_result(None)
+
+
 def _get_woken_for_deadlines(source: queue.SimpleQueue[T], timeout: float | None) -> T:
     """``source.get(timeout=timeout)``, woken for this thread's deadlines (see
     :func:`flowcore.timeouts.wake_for_deadlines`)."""
@@ -775,4 +808,5 @@ __all__ = [
     "resolve_futures",
     "substitute",
     "wait",
+    "wait_async",
 ]

@@ -710,8 +710,8 @@ def _run_rows(
     finished = ends.append
     now = time.time
     started = now()
-    if not task._single_attempt or batch_call[3]:
-        # Retries or print capture: each run goes through the engine.
+    if not task._single_attempt or batch_call[3] or task.isasync:
+        # Retries, print capture or a coroutine body: each run goes through the engine.
         for index in range(len(rows)):
             if index in skip:
                 append(None)

@@ -54,12 +54,24 @@ class RetryPolicy:
 
     def wait_before_retry(self, attempt: int, reason: str, logger: Any) -> None:
         """Log that attempt number ``attempt`` failed, then sleep the retry's delay."""
+        delay = self._announce_retry(attempt, reason, logger)
+        if delay > 0:
+            time.sleep(delay)
+
+    async def wait_before_retry_async(self, attempt: int, reason: str, logger: Any) -> None:
+        """:meth:`wait_before_retry` for a coroutine: the event loop runs on meanwhile."""
+        delay = self._announce_retry(attempt, reason, logger)
+        if delay > 0:
+            import asyncio
+
+            await asyncio.sleep(delay)
+
+    def _announce_retry(self, attempt: int, reason: str, logger: Any) -> float:
         delay = self.delay(attempt - 1)
         logger.warning(
             "Failed (%s); retry %d/%d in %.3g s", reason, attempt, self.retries, delay
         )
-        if delay > 0:
-            time.sleep(delay)
+        return delay
 
 
 class TaskOptionInputs(TypedDict, total=False):
@@ -225,11 +237,7 @@ def task_options(fn: Callable[..., Any], given: Mapping[str, Any], *, base: Task
 
     if not callable(fn):
         raise TypeError(f"@task must decorate a function, got {type(fn).__name__} {fn!r}")
-    if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
-        raise TypeError(
-            f"@task: {getattr(fn, '__qualname__', fn)!r} is an async function; flowcore runs "
-            "synchronous functions (wrap it: lambda *a: asyncio.run(fn(*a)))"
-        )
+    _refuse_generators(fn, "@task")
     values, name, owner, retries = _merged(fn, given, TaskOptions, base, "@task")
     signature = inspect.signature(fn)
     var_kw = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
@@ -290,8 +298,7 @@ def flow_options(
 
     if not callable(fn):
         raise TypeError(f"@flow must decorate a function, got {type(fn).__name__} {fn!r}")
-    if inspect.iscoroutinefunction(fn):
-        raise TypeError(f"@flow: {getattr(fn, '__qualname__', fn)!r} is an async function; flowcore runs synchronous flows")
+    _refuse_generators(fn, "@flow")
     values, name, owner, retries = _merged(fn, given, FlowOptions, base, "@flow")
     description = values["description"]
     if description is None:
@@ -313,6 +320,18 @@ def flow_options(
 
 
 # -- validators ----------------------------------------------------------------
+
+
+def _refuse_generators(fn: Callable[..., Any], decorator: str) -> None:
+    """TypeError for an async generator function: its runs would have no one value
+    (``async def`` functions are taken: they run on an event loop)."""
+    import inspect
+
+    if inspect.isasyncgenfunction(fn):
+        raise TypeError(
+            f"{decorator}: {getattr(fn, '__qualname__', fn)!r} is an async generator function; "
+            "a run must return one value: collect the items and return a list"
+        )
 
 
 def check_name(value: object, owner: str) -> str:

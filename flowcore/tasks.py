@@ -23,6 +23,7 @@ from flowcore import options as opts
 from flowcore.batching import MIN_ITEMS_TO_BATCH, BatchDispatcher, should_batch
 from flowcore.calls import UNSCOPED_RUN_NUMBERS, FlowRun, TaskCall, new_task_run_id
 from flowcore.context import TaskRunContext, _scope, _task_run, submission_scope
+from flowcore.coroutines import in_async_context, run_sync
 from flowcore.errors import CrashedError, MissingContextError
 from flowcore.futures import RunFuture, TaskFuture, collect_futures
 from flowcore.mapping import map_arguments
@@ -46,9 +47,18 @@ class Task(Generic[P, R]):
         options: the validated :class:`~flowcore.options.TaskOptions`.
     """
 
+    def __new__(cls, fn: Callable[P, R], options: TaskOptions) -> Task[P, R]:
+        # An ``async def`` function makes an AsyncTask (its own __call__), so that the
+        # direct-call fast path of synchronous tasks pays nothing for async support.
+        if cls is Task and inspect.iscoroutinefunction(fn):
+            return object.__new__(AsyncTask)
+        return object.__new__(cls)
+
     def __init__(self, fn: Callable[P, R], options: TaskOptions) -> None:
         self.fn = fn
         self.options = options
+        #: the function is a coroutine function: its runs are awaited on an event loop
+        self.isasync = inspect.iscoroutinefunction(fn)
         self.signature = inspect.signature(fn)
         functools.update_wrapper(self, fn)
         # Positional-only calls of a plain signature are checked by counting, which is
@@ -349,6 +359,64 @@ class Task(Generic[P, R]):
         return f"Task(name={self.name!r}, fn={getattr(self.fn, '__qualname__', self.fn)!r})"
 
 
+class AsyncTask(Task[P, R]):
+    """A task whose function is an ``async def`` (``@task`` makes one by itself).
+
+    Calling it where the caller awaits (an async flow or task body, or any coroutine
+    with no run around it, see :func:`flowcore.coroutines.in_async_context`) returns a
+    coroutine: ``await t(x)``, ``asyncio.gather(t(1), t(2))``. Elsewhere (a synchronous
+    flow, task or script) the call runs the task to completion on an event loop and
+    returns its value, as a synchronous task's call does. ``submit`` and ``map`` are
+    those of every task: the backend's worker runs the coroutine on its own event
+    loop, and the futures they return are awaitable too.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """``await``-able run where the caller awaits, else the value (see the class);
+        ``return_state=True``: the final State instead. Bad arguments raise TypeError
+        here, before any coroutine is made."""
+        return_state = kwargs.pop("return_state", False) if "return_state" in kwargs else False
+        self.check_arguments(args, kwargs)
+        coroutine = self._call_async(args, kwargs, return_state)
+        if in_async_context():
+            return coroutine
+        return run_sync(coroutine)
+
+    async def _call_async(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], return_state: bool
+    ) -> Any:
+        scope = _scope.get()
+        flow_run = scope.flow_run if scope is not None else None
+        log_prints = self.options.log_prints
+        if log_prints is None:
+            log_prints = scope.log_prints if scope is not None else False
+        observation = _observation() if self._plain and not return_state and not log_prints else _FULL
+        if observation == _BATCHED and flow_run is not None:
+            return await direct_runs.call_async(self, args, kwargs, flow_run)
+        if observation == _UNOBSERVED:
+            token = _task_run.set(TaskRunContext(self, None, args, kwargs, flow_run))
+            try:
+                return await self.fn(*args, **kwargs)  # type: ignore[misc]
+            except SystemExit as exc:
+                from flowcore.engine import exit_message
+
+                raise CrashedError(f"task {self.name!r}: {exit_message(exc)}") from exc
+            finally:
+                _task_run.reset(token)
+        call = self._make_call(args, kwargs, flow_run, log_prints)
+        from flowcore.engine import run_call_async
+        from flowcore.events import current_worker, submitted_event
+        from flowcore.reporting import report_final_state
+
+        if registry.observes_events():
+            registry.publish([submitted_event(call, None)])
+        state = await run_call_async(call)
+        report_final_state(call, state, None, current_worker())
+        if return_state:
+            return state
+        return state.result()
+
+
 def _without_hooks(options: TaskOptions) -> TaskOptions:
     """``options`` as they travel to a worker: without the hooks, which run at home."""
     if not options.on_completion and not options.on_failure:
@@ -471,4 +539,4 @@ def task(
     return decorate
 
 
-__all__ = ["Task", "exponential_backoff", "task", "task_input_hash"]
+__all__ = ["AsyncTask", "Task", "exponential_backoff", "task", "task_input_hash"]
