@@ -24,6 +24,7 @@ no loop can run in a process that has not imported it.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import sys
 import threading
@@ -49,10 +50,9 @@ class _ThreadRunner:
         self.runner = asyncio.Runner()
 
     def __del__(self) -> None:
-        try:
+        # Fails when another loop runs in the collecting thread, at interpreter exit ...
+        with contextlib.suppress(Exception):
             self.runner.close()
-        except Exception:  # another thread's loop is running, interpreter shutdown ...
-            pass
 
 
 def running_loop() -> asyncio.AbstractEventLoop | None:

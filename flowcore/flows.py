@@ -17,15 +17,25 @@ import inspect
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, ParamSpec, TypeVar, Unpack, overload
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Generic,
+    Literal,
+    NamedTuple,
+    ParamSpec,
+    TypeVar,
+    Unpack,
+    overload,
+)
 
 from flowcore import options as opts
 from flowcore import registry, states
 from flowcore.calls import FlowRun, new_flow_run_id
 from flowcore.context import FlowRunContext, _scope
+from flowcore.coroutines import in_async_context, run_sync
 from flowcore.engine import task_run_logger
 from flowcore.errors import TaskTimeoutError
-from flowcore.coroutines import in_async_context, run_sync
 from flowcore.futures import TaskFuture, collect_futures, resolve_futures, wait_async
 from flowcore.loggers import ensure_console_handler, flow_logger, redirect_prints, restore_prints
 from flowcore.options import FlowOptionInputs, FlowOptions

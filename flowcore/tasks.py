@@ -14,7 +14,7 @@ import dataclasses
 import functools
 import inspect
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, Unpack, overload
 
 from flowcore import direct_runs, registry
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 
 
@@ -96,8 +97,15 @@ class Task(Generic[P, R]):
     # Typing: the ParamSpec overload checks arguments against the function; the
     # return_state / wait_for variants keep the return type (extra keywords cannot be
     # combined with P.kwargs in one signature).
+    # An async task's R is a coroutine type: its futures and states hold what the
+    # coroutine returns (T), and awaiting its call gives T (the self-typed overloads).
     @overload
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R: ...
+
+    @overload
+    def __call__(
+        self: Task[P, Coroutine[Any, Any, T]], *args: Any, return_state: Literal[True], **kwargs: Any
+    ) -> Coroutine[Any, Any, State[T]]: ...
 
     @overload
     def __call__(self, *args: Any, return_state: Literal[True], **kwargs: Any) -> State[R]: ...
@@ -145,10 +153,29 @@ class Task(Generic[P, R]):
         return state.result()
 
     @overload
+    def submit(  # type: ignore[overload-overlap]
+        self: Task[P, Coroutine[Any, Any, T]], *args: P.args, **kwargs: P.kwargs
+    ) -> TaskFuture[T]: ...
+
+    @overload
     def submit(self, *args: P.args, **kwargs: P.kwargs) -> TaskFuture[R]: ...
 
     @overload
+    def submit(
+        self: Task[P, Coroutine[Any, Any, T]], *args: Any, return_state: Literal[True], **kwargs: Any
+    ) -> State[T]: ...
+
+    @overload
     def submit(self, *args: Any, return_state: Literal[True], **kwargs: Any) -> State[R]: ...
+
+    @overload
+    def submit(
+        self: Task[P, Coroutine[Any, Any, T]],
+        *args: Any,
+        wait_for: Iterable[TaskFuture[Any]],
+        return_state: Literal[False] = False,
+        **kwargs: Any,
+    ) -> TaskFuture[T]: ...
 
     @overload
     def submit(
@@ -184,7 +211,13 @@ class Task(Generic[P, R]):
             return future.state
         return future
 
-    def map(self, *args: Any, **kwargs: Any) -> list[TaskFuture[R]]:
+    @overload
+    def map(self: Task[P, Coroutine[Any, Any, T]], *args: Any, **kwargs: Any) -> list[TaskFuture[T]]: ...
+
+    @overload
+    def map(self, *args: Any, **kwargs: Any) -> list[TaskFuture[R]]: ...
+
+    def map(self, *args: Any, **kwargs: Any) -> list[TaskFuture[Any]]:
         """Submit one run per element of the iterable arguments; returns their futures.
 
         Iterable arguments (lists, tuples, ranges, generators ...) must have equal

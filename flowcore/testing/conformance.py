@@ -780,6 +780,129 @@ class BackendConformance:
         assert run(body) == [3, 10, 11, 12]
         assert sorted(hook.seen) == ["Completed"] * 4 + ["Failed"]
 
+    # -- async tasks and flows ----------------------------------------------------
+    def test_async_task_in_a_sync_flow(self, run: Callable[..., Any], caps: frozenset[str]) -> None:
+        """A synchronous flow gets an async task's value from a direct call, a future
+        and a map, and the coroutine runs on an event loop where the backend runs
+        tasks (a worker process on a process backend)."""
+
+        def body() -> tuple[int, int, list[int], tuple[int, bool]]:
+            direct: Any = w.async_add(1, 2)  # a value here: no loop runs in this thread
+            submitted = w.async_add.submit(2, 3).result()
+            mapped = [f.result() for f in w.async_add.map(range(4), 10)]
+            return direct, submitted, mapped, w.async_where.submit().result()
+
+        direct, submitted, mapped, (pid, on_a_loop) = run(body)
+        assert (direct, submitted, mapped) == (3, 5, [10, 11, 12, 13])
+        assert on_a_loop
+        if "processes" in caps:
+            assert pid != os.getpid()
+        else:
+            assert pid == os.getpid()
+
+    def test_async_flow_awaits_submits_and_gathers(self, run: Callable[..., Any]) -> None:
+        """An async flow awaits task calls, awaits futures (of async and sync tasks)
+        and gathers both."""
+        import asyncio
+
+        async def body() -> list[Any]:
+            awaited = await w.async_add(1, 2)
+            future = w.async_add.submit(awaited, 1)
+            from_future = await future
+            gathered = await asyncio.gather(*(w.async_add(i, i) for i in range(5)))
+            mapped = await asyncio.gather(*w.async_add.map(range(3), 1))
+            sync_future = await w.add.submit(2, 2)
+            sync_direct = w.add(1, 1)
+            return [awaited, from_future, list(gathered), list(mapped), sync_future, sync_direct, future.state.name]
+
+        assert run(body) == [3, 4, [0, 2, 4, 6, 8], [1, 2, 3], 4, 2, "Completed"]
+
+    def test_async_failure_keeps_its_type(self, run: Callable[..., Any], tmp_path: Path) -> None:
+        counter = str(tmp_path / "count")
+
+        async def body() -> tuple[State[Any], str]:
+            future = w.async_fail_until.submit(counter, 99)
+            with pytest.raises(w.ConformanceError, match="attempt 1 fails") as raised:
+                await future
+            return future.state, str(raised.value)
+
+        state, message = run(body)
+        assert state.name == "Failed" and isinstance(state.exception, w.ConformanceError)
+        assert state.traceback is not None and "async_fail_until" in state.traceback
+        assert message == "attempt 1 fails"
+
+    def test_async_timeout_cancels_the_coroutine(self, run: Callable[..., Any], tmp_path: Path) -> None:
+        """``timeout_seconds`` cancels an async task's coroutine at its deadline (its
+        ``finally`` and ``except CancelledError`` run), submitted or awaited."""
+        limited = w.async_sleep_marking.with_options(timeout_seconds=0.3)
+        submitted, awaited = str(tmp_path / "submitted"), str(tmp_path / "awaited")
+
+        async def body() -> tuple[State[Any], State[Any]]:
+            state = limited.submit(30.0, submitted, return_state=True)
+            return state, await limited(30.0, awaited, return_state=True)
+
+        started = time.monotonic()
+        states = run(body)
+        assert time.monotonic() - started < 15
+        for state in states:
+            assert state.name == "TimedOut" and isinstance(state.exception, TaskTimeoutError)
+        assert Path(submitted).read_text() == "cancelled"
+        assert Path(awaited).read_text() == "cancelled"
+
+    def test_async_retries_and_cache(self, run: Callable[..., Any], tmp_path: Path) -> None:
+        from flowcore.caching import INPUTS
+
+        counter, squares = str(tmp_path / "count"), str(tmp_path / "squares")
+        retrying = w.async_fail_until.with_options(retries=3, retry_delay_seconds=0)
+        cached = w.async_counted_square.with_options(
+            cache_policy=INPUTS, cache_storage=str(tmp_path / "cache")
+        )
+
+        async def body() -> tuple[State[Any], ...]:
+            retried = retrying.submit(counter, 3, return_state=True)
+            first = cached.submit(squares, 4, return_state=True)
+            again = cached.submit(squares, 4, return_state=True)
+            awaited = await cached(squares, 4, return_state=True)
+            return retried, first, again, awaited
+
+        retried, first, again, awaited = run(body)
+        assert retried.is_completed() and retried.attempts == 3 and w.read_count(counter) == 3
+        assert [s.name for s in (first, again, awaited)] == ["Completed", "Cached", "Cached"]
+        assert awaited.result() == 16 and w.read_count(squares) == 1
+
+    def test_async_runs_report_like_sync_runs(
+        self, run: Callable[..., Any], events: EventRecorder, caps: frozenset[str]
+    ) -> None:
+        """Async task runs, awaited, submitted or mapped, report SUBMITTED, STARTED and
+        FINISHED once each, and their hooks fire once, in the caller."""
+        import asyncio
+
+        seen: list[str] = []
+
+        def on_done(task: Any, call: Any, state: State[Any]) -> None:
+            seen.append(f"{state.name}:{os.getpid()}")
+
+        hooked = w.async_add.with_options(on_completion=[on_done])
+
+        async def body() -> list[int]:
+            values = [await w.async_add(1, 1), await hooked(1, 2), await hooked.submit(2, 2)]
+            values += await asyncio.gather(*w.async_add.map(range(3), 0))
+            return values
+
+        assert run(body) == [2, 3, 4, 0, 1, 2]
+        assert seen == [f"Completed:{os.getpid()}"] * 2
+        by_run: dict[str, list[TaskRunEvent]] = {}
+        for event in events.events:
+            if isinstance(event, TaskRunEvent):
+                by_run.setdefault(event.task_run_id, []).append(event)
+        assert len(by_run) == 6
+        for stream in by_run.values():
+            assert [e.kind for e in stream] == [EventKind.SUBMITTED, EventKind.STARTED, EventKind.FINISHED]
+            final = stream[-1].state
+            assert final is not None and final.name == "Completed"
+        flow_events = [e for e in events.events if isinstance(e, FlowRunEvent)]
+        assert [e.kind for e in flow_events] == [EventKind.STARTED, EventKind.FINISHED]
+
 
 class LockedHook:
     """A task hook that holds a lock, as real hooks often do (so it cannot be pickled)."""

@@ -7,6 +7,7 @@ counters, rendezvous) goes through files, which every backend on one machine sha
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import time
@@ -206,6 +207,11 @@ __all__ = [
     "FailsWhenLoaded",
     "UnpicklableError",
     "add",
+    "async_add",
+    "async_counted_square",
+    "async_fail_until",
+    "async_sleep_marking",
+    "async_where",
     "bump",
     "echo_bytes",
     "exit_if_odd",
@@ -243,3 +249,48 @@ def fail_on_three(x: int) -> int:
     if x == 3:
         raise ValueError("three")
     return x
+
+
+# -- async tasks -----------------------------------------------------------------
+
+
+@task
+async def async_add(a: int, b: int) -> int:
+    await asyncio.sleep(0)
+    return a + b
+
+
+@task
+async def async_where() -> tuple[int, bool]:
+    """Where the coroutine ran: the process id, and whether an event loop ran it."""
+    await asyncio.sleep(0)
+    return os.getpid(), asyncio.get_running_loop().is_running()
+
+
+@task
+async def async_fail_until(counter: str, succeed_on: int) -> int:
+    """Fails (ConformanceError) until its ``succeed_on``-th execution, counted in a file."""
+    await asyncio.sleep(0)
+    attempt = bump(counter)
+    if attempt < succeed_on:
+        raise ConformanceError(f"attempt {attempt} fails")
+    return attempt
+
+
+@task
+async def async_counted_square(counter: str, x: int) -> int:
+    """``x * x``, counting its executions in the file ``counter`` (for cache tests)."""
+    await asyncio.sleep(0)
+    bump(counter)
+    return x * x
+
+
+@task
+async def async_sleep_marking(seconds: float, marker: str) -> float:
+    """Awaits ``seconds``; writes ``marker`` if the coroutine is cancelled meanwhile."""
+    try:
+        await asyncio.sleep(seconds)
+    except asyncio.CancelledError:
+        Path(marker).write_text("cancelled")
+        raise
+    return seconds
