@@ -31,6 +31,8 @@ import threading
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from flowcore.context import FlowRunContext, _scope, _task_run
+
 if TYPE_CHECKING:
     import asyncio
 
@@ -55,12 +57,18 @@ class _ThreadRunner:
             self.runner.close()
 
 
+_get_running_loop: Any = None  # asyncio's, once asyncio has been imported
+
+
 def running_loop() -> asyncio.AbstractEventLoop | None:
     """The event loop running in this thread, or None (never raises, imports nothing)."""
-    module = sys.modules.get("asyncio")
-    if module is None:
-        return None
-    return module._get_running_loop()  # type: ignore[no-any-return]
+    global _get_running_loop
+    if _get_running_loop is None:
+        module = sys.modules.get("asyncio")
+        if module is None:
+            return None
+        _get_running_loop = module._get_running_loop
+    return _get_running_loop()  # type: ignore[no-any-return]
 
 
 def in_async_context() -> bool:
@@ -71,16 +79,13 @@ def in_async_context() -> bool:
     """
     if running_loop() is None:
         return False
-    from flowcore.context import _scope, _task_run
-
     task_run = _task_run.get()
     if task_run is not None:
-        return bool(getattr(task_run.task, "isasync", False))
+        return bool(task_run.task.isasync)
     scope = _scope.get()
     while scope is not None:
-        flow = getattr(scope, "flow", None)
-        if flow is not None:
-            return bool(flow.isasync)
+        if isinstance(scope, FlowRunContext):
+            return bool(scope.flow.isasync)
         scope = scope.parent
     return True
 

@@ -103,8 +103,9 @@ def call(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], flow_run: Flo
         _task_run.reset(token)
         _failed(task, args, kwargs, flow_run, number, name_number, start, exc)
         raise
+    end = time.time()
     _task_run.reset(token)
-    _record(task, flow_run, number, name_number, start, time.time())
+    _record(task, flow_run, number, name_number, start, end)
     return value
 
 
@@ -157,7 +158,10 @@ def _record(task: Any, flow_run: FlowRun, number: int, name_number: int, start: 
     runs.starts.append(start)
     runs.ends.append(end)
     if not buffer.count:
-        buffer.oldest = start
+        # The age of a buffer is that of its oldest record: the end of its first run
+        # (the same as its start for a quick call; runs awaited together can each take
+        # long, and must not make every later record flush the buffer at once).
+        buffer.oldest = end
     buffer.count += 1
     if buffer.count >= MAX_RUNS or end - buffer.oldest >= MAX_AGE_S:
         _report(buffer)

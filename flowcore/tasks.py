@@ -410,14 +410,15 @@ class AsyncTask(Task[P, R]):
         here, before any coroutine is made."""
         return_state = kwargs.pop("return_state", False) if "return_state" in kwargs else False
         self.check_arguments(args, kwargs)
-        coroutine = self._call_async(args, kwargs, return_state)
         if in_async_context():
-            return coroutine
-        return run_sync(coroutine)
+            return self._run_coroutine(args, kwargs, return_state)
+        return run_sync(self._run_coroutine(args, kwargs, return_state))
 
-    async def _call_async(
+    def _run_coroutine(
         self, args: tuple[Any, ...], kwargs: dict[str, Any], return_state: bool
-    ) -> Any:
+    ) -> Coroutine[Any, Any, Any]:
+        """The coroutine of one direct run, on the path its observation needs (chosen
+        here, so that an awaited run costs one coroutine around the body's)."""
         scope = _scope.get()
         flow_run = scope.flow_run if scope is not None else None
         log_prints = self.options.log_prints
@@ -425,17 +426,28 @@ class AsyncTask(Task[P, R]):
             log_prints = scope.log_prints if scope is not None else False
         observation = _observation() if self._plain and not return_state and not log_prints else _FULL
         if observation == _BATCHED and flow_run is not None:
-            return await direct_runs.call_async(self, args, kwargs, flow_run)
+            return direct_runs.call_async(self, args, kwargs, flow_run)
         if observation == _UNOBSERVED:
-            token = _task_run.set(TaskRunContext(self, None, args, kwargs, flow_run))
-            try:
-                return await self.fn(*args, **kwargs)  # type: ignore[misc]
-            except SystemExit as exc:
-                from flowcore.engine import exit_message
+            return self._unobserved(args, kwargs, flow_run)
+        return self._observed(args, kwargs, flow_run, log_prints, return_state)
 
-                raise CrashedError(f"task {self.name!r}: {exit_message(exc)}") from exc
-            finally:
-                _task_run.reset(token)
+    async def _unobserved(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], flow_run: FlowRun | None
+    ) -> Any:
+        token = _task_run.set(TaskRunContext(self, None, args, kwargs, flow_run))
+        try:
+            return await self.fn(*args, **kwargs)  # type: ignore[misc]
+        except SystemExit as exc:
+            from flowcore.engine import exit_message
+
+            raise CrashedError(f"task {self.name!r}: {exit_message(exc)}") from exc
+        finally:
+            _task_run.reset(token)
+
+    async def _observed(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], flow_run: FlowRun | None,
+        log_prints: bool, return_state: bool,
+    ) -> Any:
         call = self._make_call(args, kwargs, flow_run, log_prints)
         from flowcore.engine import run_call_async
         from flowcore.events import current_worker, submitted_event
