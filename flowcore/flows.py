@@ -71,6 +71,9 @@ class Flow(Generic[P, R]):
         #: the function is a coroutine function: its body runs on an event loop
         self.isasync = inspect.iscoroutinefunction(fn)
         self.signature = inspect.signature(fn)
+        # pydantic is loaded only when a flow with annotated parameters is first called.
+        self._annotated = any(p.annotation is not p.empty for p in self.signature.parameters.values())
+        self._validator: Any = None  # flowcore.parameters.ParameterValidator, made on first use
         functools.update_wrapper(self, fn)
 
     @property
@@ -105,17 +108,44 @@ class Flow(Generic[P, R]):
         signature raise TypeError at the call either way.
         """
         return_state = kwargs.pop("return_state", False) if "return_state" in kwargs else False
-        parameters = self.bind(args, kwargs)
+        args, kwargs, parameters, invalid = self._checked_arguments(args, kwargs)
         if self.isasync:
-            coroutine = self._call_async(args, kwargs, parameters, return_state)
+            coroutine = self._call_async(args, kwargs, parameters, return_state, invalid)
             if in_async_context():
                 return coroutine
             return run_sync(coroutine, fresh_loop=True)
         # The caller who takes the state gets no exception (and no traceback): log it.
-        state = self._run(args, kwargs, parameters, log_traceback=return_state)
+        state = self._run(args, kwargs, parameters, log_traceback=return_state, invalid=invalid)
         if return_state:
             return state
         return state.result()
+
+    def _checked_arguments(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any], dict[str, Any], Exception | None]:
+        """Bind the arguments (TypeError naming the flow if they do not fit) and, with
+        ``validate_parameters``, validate and coerce the given ones against the type
+        hints. Returns ``(args, kwargs, parameters with defaults, error)``: ``error`` is
+        the ParameterTypeError that fails the run before its body, else None."""
+        try:
+            bound = self.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"flow {self.name!r}: {exc} (signature: {self.name}{self.signature})") from None
+        invalid: Exception | None = None
+        if self._annotated and self.options.validate_parameters and bound.arguments:
+            from flowcore.errors import ParameterTypeError
+            from flowcore.parameters import validator_for
+
+            validator = validator_for(self)
+            if validator:
+                try:
+                    bound.arguments.update(validator.validate(bound.arguments))
+                except ParameterTypeError as exc:
+                    invalid = exc
+                else:
+                    args, kwargs = bound.args, bound.kwargs
+        bound.apply_defaults()
+        return args, kwargs, dict(bound.arguments), invalid
 
     # -- the run ------------------------------------------------------------
     def _open_run(self, parameters: dict[str, Any]) -> _OpenRun:
@@ -154,9 +184,12 @@ class Flow(Generic[P, R]):
         parameters: dict[str, Any],
         *,
         log_traceback: bool = False,
+        invalid: Exception | None = None,
     ) -> State[Any]:
         opened = self._open_run(parameters)
         try:
+            if invalid is not None:
+                return self._refuse(opened, invalid, log_traceback)
             return self._run_attempts(opened, args, kwargs, log_traceback)
         finally:
             if opened.display is not None:
@@ -192,6 +225,13 @@ class Flow(Generic[P, R]):
         opened.slot.close(wait=state.name != "TimedOut", cancel_futures=state.name == "TimedOut")
         return self._end_run(context, opened, state, attempt, log_traceback)
 
+    def _refuse(self, opened: _OpenRun, error: Exception, log_traceback: bool) -> State[Any]:
+        """End the run ``Failed`` with ``error`` (its arguments were refused) without
+        running the body: hooks and run events as for any failed run, no retries."""
+        context = self._begin_attempt(opened, 1)
+        opened.slot.close(wait=False)
+        return self._end_run(context, opened, states.Failed(error), 1, log_traceback)
+
     def _end_run(
         self, context: FlowRunContext, opened: _OpenRun, state: State[Any], attempts: int,
         log_traceback: bool,
@@ -204,10 +244,14 @@ class Flow(Generic[P, R]):
     async def _call_async(
         self, args: tuple[Any, ...], kwargs: dict[str, Any], parameters: dict[str, Any],
         return_state: bool,
+        invalid: Exception | None = None,
     ) -> Any:
         opened = self._open_run(parameters)
         try:
-            state = await self._run_attempts_async(opened, args, kwargs, return_state)
+            if invalid is not None:
+                state = self._refuse(opened, invalid, return_state)
+            else:
+                state = await self._run_attempts_async(opened, args, kwargs, return_state)
         finally:
             if opened.display is not None:
                 opened.display.stop()

@@ -152,6 +152,7 @@ class FlowOptionInputs(TypedDict, total=False):
     log_prints: bool | None
     on_completion: Sequence[Hook] | None
     on_failure: Sequence[Hook] | None
+    validate_parameters: bool
 
 
 @dataclass(frozen=True)
@@ -167,6 +168,8 @@ class FlowOptions:
     log_prints: bool | None = None
     on_completion: tuple[Hook, ...] = ()
     on_failure: tuple[Hook, ...] = ()
+    #: check and coerce arguments against the function's type hints (pydantic)
+    validate_parameters: bool = True
     # -- derived -----------------------------------------------------------------
     retry_policy: RetryPolicy = field(default_factory=RetryPolicy, metadata=_DERIVED)
 
@@ -314,6 +317,7 @@ def flow_options(
             log_prints=check_log_prints(values["log_prints"], owner),
             on_completion=check_hooks(values["on_completion"], "on_completion", owner),
             on_failure=check_hooks(values["on_failure"], "on_failure", owner),
+            validate_parameters=check_flag(values["validate_parameters"], "validate_parameters", owner),
         ),
         retry_policy=retry_policy(retries, values["retry_delay_seconds"], None, owner),
     )
@@ -433,6 +437,12 @@ def check_tags(value: object, owner: str) -> frozenset[str]:
     if bad:
         raise TypeError(f"{owner}: 'tags' must contain only strings, got {bad[0]!r}")
     return tags
+
+
+def check_flag(value: object, option: str, owner: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{owner}: {option!r} must be True or False, got {value!r}")
+    return value
 
 
 def check_log_prints(value: object, owner: str) -> bool | None:
