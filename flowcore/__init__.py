@@ -12,6 +12,7 @@ from flowcore.flows import Flow, flow
 from flowcore.futures import TaskFuture, as_completed, wait
 from flowcore.loggers import get_run_logger
 from flowcore.mapping import unmapped
+from flowcore.run_context import get_run_context
 from flowcore.selection import get_backend, use_backend
 from flowcore.states import State
 from flowcore.tasks import Task, task
@@ -39,6 +40,7 @@ __all__ = [
     "as_completed",
     "flow",
     "get_backend",
+    "get_run_context",
     "get_run_logger",
     "hookimpl",
     "task",

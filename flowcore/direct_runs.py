@@ -95,7 +95,7 @@ def call(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], flow_run: Flo
     Raises what the body raises, after reporting the failed run."""
     name_number = flow_run.run_numbers.reserve(task.name)
     number = reserve_run_numbers(1)
-    token = _task_run.set(TaskRunContext(task, None, args, kwargs, flow_run))
+    token = _task_run.set(TaskRunContext(task, None, args, kwargs, flow_run, (number, name_number)))
     start = time.time()
     try:
         value = task.fn(*args, **kwargs)
@@ -117,7 +117,7 @@ async def call_async(
     (one event loop runs them all in this thread)."""
     name_number = flow_run.run_numbers.reserve(task.name)
     number = reserve_run_numbers(1)
-    token = _task_run.set(TaskRunContext(task, None, args, kwargs, flow_run))
+    token = _task_run.set(TaskRunContext(task, None, args, kwargs, flow_run, (number, name_number)))
     start = time.time()
     try:
         value = await task.fn(*args, **kwargs)

@@ -200,6 +200,7 @@ class Flow(Generic[P, R]):
         run-event stream."""
         run = opened.run
         context = FlowRunContext(self, run, opened.slot, log_prints=opened.log_prints, parent=opened.parent)
+        context.attempt = attempt
         if attempt == 1:
             flow_logger(context).info(
                 "Beginning flow run for flow %r on backend %r", self.name, opened.slot.name

@@ -107,9 +107,10 @@ class MapBlock:
 
             parameters_key = flow_parameters_key(flow_run)
         self.common: tuple[Any, ...] = (
-            (flow_run.run_id, flow_run.name, flow_run.flow_name, log_prints, name_offset, parameters_key)
+            (flow_run.run_id, flow_run.name, flow_run.flow_name, log_prints, name_offset, parameters_key,
+             flow_run, backend.name)
             if flow_run is not None
-            else (None, None, None, log_prints, name_offset, None)
+            else (None, None, None, log_prints, name_offset, None, None, backend.name)
         )
         self.count = count
         self.values: list[Any] = [None] * count
@@ -144,10 +145,10 @@ class MapBlock:
     def call(self, index: int) -> TaskCall:
         """The run's call (built on demand: hooks, recovery, ``future.call``)."""
         (args, kwargs), = self.arguments.layout(index, index + 1).rows()
-        flow_run_id, flow_run_name, flow_name, log_prints, _, parameters_key = self.common
+        flow_run_id, flow_run_name, flow_name, log_prints, _, parameters_key, flow_run, backend = self.common
         return TaskCall(
             self.task, args, kwargs, self.run_id(index), self.run_name(index), flow_run_id,
-            flow_run_name, flow_name, self.submitted_at, log_prints, 0, parameters_key,
+            flow_run_name, flow_name, self.submitted_at, log_prints, 0, parameters_key, flow_run, backend,
         )
 
     def futures(self) -> list[TaskFuture[Any]]:
@@ -616,11 +617,12 @@ class _MapItemContext(TaskRunContext):
 
     def call_at(self, index: int) -> TaskCall:
         number = self._first + index
-        flow_run_id, flow_run_name, flow_name, log_prints, name_offset, parameters_key = self._batch_call
+        (flow_run_id, flow_run_name, flow_name, log_prints, name_offset, parameters_key, flow_run,
+         backend) = self._batch_call
         return TaskCall(
             self.task, self._rows[index], self._kw_rows[index] if self._kw_rows else {},
             f"{self._prefix}-{number:x}", f"{self.task.name}-{number + name_offset}",
-            flow_run_id, flow_run_name, flow_name, 0.0, log_prints, 0, parameters_key,
+            flow_run_id, flow_run_name, flow_name, 0.0, log_prints, 0, parameters_key, flow_run, backend,
         )
 
     @property

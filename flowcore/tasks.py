@@ -264,6 +264,7 @@ class Task(Generic[P, R]):
         if log_prints is None:
             log_prints = scope.log_prints
         call = self._make_call(args, kwargs, scope.flow_run, log_prints)
+        call.backend = scope.slot.name
         future: RunFuture[R] = RunFuture(self, call)
         future._scope = scope
         scope.track(future)
@@ -337,7 +338,7 @@ class Task(Generic[P, R]):
             return TaskCall(self, args, kwargs, run_id, name, None, None, None, time.time(), log_prints)
         call = TaskCall(
             self, args, kwargs, run_id, name, flow_run.run_id, flow_run.name, flow_run.flow_name,
-            time.time(), log_prints,
+            time.time(), log_prints, 0, None, flow_run,
         )
         cache = self.options.cache
         if cache is not None and cache.policy.needs_flow_parameters:

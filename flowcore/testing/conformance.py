@@ -903,6 +903,52 @@ class BackendConformance:
         flow_events = [e for e in events.events if isinstance(e, FlowRunEvent)]
         assert [e.kind for e in flow_events] == [EventKind.STARTED, EventKind.FINISHED]
 
+    # -- run context ---------------------------------------------------------------
+    def test_run_context_in_flows_and_tasks(
+        self, run: Callable[..., Any], backend: Backend, tmp_path: Path
+    ) -> None:
+        """``get_run_context()`` in a flow body and in task bodies wherever they run:
+        the task run (id, name, parameters, attempt, backend) and its flow run."""
+        from flowcore.run_context import get_run_context
+
+        counter = str(tmp_path / "count")
+
+        def body(n: int) -> dict[str, Any]:
+            submitted = w.run_context_of.submit(2)
+            return {
+                "flow": get_run_context(),
+                "direct": w.run_context_of(1),
+                "submitted": submitted.result(),
+                "submitted_id": submitted.task_run_id,
+                "mapped": [f.result() for f in w.run_context_of.map([3, 4])],
+                "async": w.async_run_context_of.submit(5).result(),
+                "retried": w.run_context_after_a_failure.submit(counter).result(),
+            }
+
+        seen = run(body, 7)
+        flow_ctx = seen["flow"]
+        assert flow_ctx.task_run is None
+        flow_run = flow_ctx.flow_run
+        assert flow_run.parameters == {"n": 7} and flow_run.attempt == 1
+        assert flow_run.backend == backend.name and flow_run.flow_name == "conformance-body"
+        direct = seen["direct"]
+        assert direct.task_run.backend is None and direct.task_run.parameters == {"x": 1}
+        tasks = [seen["submitted"], *seen["mapped"], seen["async"], seen["retried"]]
+        for ctx in [direct, *tasks]:
+            assert ctx.flow_run.id == flow_run.id and ctx.flow_run.parameters == {"n": 7}
+            assert ctx.flow_run.attempt is None
+            assert ctx.task_run.flow_run_id == flow_run.id
+        for ctx in tasks:
+            assert ctx.task_run.backend == backend.name
+        assert seen["submitted"].task_run.id == seen["submitted_id"]
+        assert seen["submitted"].task_run.name == "run_context_of-0"  # submitted first
+        assert direct.task_run.name == "run_context_of-1"
+        assert [c.task_run.parameters for c in seen["mapped"]] == [{"x": 3}, {"x": 4}]
+        assert [c.task_run.name for c in seen["mapped"]] == ["run_context_of-2", "run_context_of-3"]
+        assert seen["async"].task_run.parameters == {"x": 5}
+        retried = seen["retried"].task_run
+        assert retried.attempt == 2 and retried.task_name == "run_context_after_a_failure"
+
 
 class LockedHook:
     """A task hook that holds a lock, as real hooks often do (so it cannot be pickled)."""

@@ -210,6 +210,7 @@ __all__ = [
     "async_add",
     "async_counted_square",
     "async_fail_until",
+    "async_run_context_of",
     "async_sleep_marking",
     "async_where",
     "bump",
@@ -225,6 +226,8 @@ __all__ = [
     "read_count",
     "rendezvous",
     "return_unloadable",
+    "run_context_after_a_failure",
+    "run_context_of",
     "sleep_for",
     "sleep_in_steps",
     "square",
@@ -294,3 +297,32 @@ async def async_sleep_marking(seconds: float, marker: str) -> float:
         Path(marker).write_text("cancelled")
         raise
     return seconds
+
+
+# -- run context -------------------------------------------------------------------
+
+
+@task
+def run_context_of(x: int) -> Any:
+    """The :func:`flowcore.get_run_context` snapshot seen by this run's body."""
+    from flowcore.run_context import get_run_context
+
+    return get_run_context()
+
+
+@task
+async def async_run_context_of(x: int) -> Any:
+    from flowcore.run_context import get_run_context
+
+    await asyncio.sleep(0)
+    return get_run_context()
+
+
+@task(retries=1, retry_delay_seconds=0)
+def run_context_after_a_failure(counter: str) -> Any:
+    """Fails its first attempt; returns the run context of the second."""
+    from flowcore.run_context import get_run_context
+
+    if bump(counter) < 2:
+        raise ConformanceError("first attempt fails")
+    return get_run_context()
