@@ -195,9 +195,10 @@ class Flow(Generic[P, R]):
             if opened.display is not None:
                 opened.display.stop()
 
-    def _begin_attempt(self, opened: _OpenRun, attempt: int) -> FlowRunContext:
+    def _begin_attempt(self, opened: _OpenRun, attempt: int, *, body_runs: bool = True) -> FlowRunContext:
         """The scope of attempt number ``attempt``; announced in the log and the
-        run-event stream."""
+        run-event stream, and to the ``on_running`` hooks (the first attempt of a run
+        whose body runs)."""
         run = opened.run
         context = FlowRunContext(self, run, opened.slot, log_prints=opened.log_prints, parent=opened.parent)
         context.attempt = attempt
@@ -209,7 +210,20 @@ class Flow(Generic[P, R]):
             from flowcore.events import EventKind, FlowRunEvent
 
             registry.publish([FlowRunEvent(EventKind.STARTED, run, time.time(), attempt, flow=self)])
+        if attempt == 1 and body_runs and self.options.on_running:
+            self._call_hooks(context, self.options.on_running, states.Running())
         return context
+
+    def _call_hooks(self, context: FlowRunContext, hooks: tuple[Any, ...], state: State[Any]) -> None:
+        """``hook(flow, flow_run, state)`` for each hook; one that raises is logged."""
+        for hook in hooks:
+            try:
+                hook(self, context.flow_run, state)
+            except Exception:
+                flow_logger(context).exception(
+                    "hook %r of flow %r raised; the run's state is unchanged",
+                    getattr(hook, "__name__", hook), self.name,
+                )
 
     def _run_attempts(
         self, opened: _OpenRun, args: tuple[Any, ...], kwargs: dict[str, Any], log_traceback: bool
@@ -229,7 +243,7 @@ class Flow(Generic[P, R]):
     def _refuse(self, opened: _OpenRun, error: Exception, log_traceback: bool) -> State[Any]:
         """End the run ``Failed`` with ``error`` (its arguments were refused) without
         running the body: hooks and run events as for any failed run, no retries."""
-        context = self._begin_attempt(opened, 1)
+        context = self._begin_attempt(opened, 1, body_runs=False)
         opened.slot.close(wait=False)
         return self._end_run(context, opened, states.Failed(error), 1, log_traceback)
 
@@ -315,11 +329,11 @@ class Flow(Generic[P, R]):
                 await asyncio.to_thread(context.wait_all)
             _log_failed_runs(context)
             return state
-        except BaseException:
+        except BaseException as exc:
             # Cancelled (by the caller, a timeout around the call), Ctrl-C, SystemExit.
             _stop_outstanding(context, closing=True)
             context.slot.close(wait=False, cancel_futures=True)
-            self._finish(context, states.Cancelled("interrupted: the flow run was stopped"))
+            self._finish(context, _interrupted_state(exc))
             raise
         finally:
             if print_token is not None:
@@ -354,11 +368,11 @@ class Flow(Generic[P, R]):
             context.wait_all()
             _log_failed_runs(context)
             return state
-        except BaseException:
+        except BaseException as exc:
             # Ctrl-C, SystemExit: stop what can be stopped, do not wait for the rest.
             _stop_outstanding(context, closing=True)
             context.slot.close(wait=False, cancel_futures=True)
-            self._finish(context, states.Cancelled("interrupted: the flow run was stopped"))
+            self._finish(context, _interrupted_state(exc))
             raise
         finally:
             if print_token is not None:
@@ -374,13 +388,8 @@ class Flow(Generic[P, R]):
             from flowcore.direct_runs import flush
 
             flush(run.run_id)  # its direct calls' runs, reported before its hooks and its end
-        hooks = self.options.on_completion if state.is_completed() else self.options.on_failure
+        self._call_hooks(context, self._final_hooks(state), state)
         logger = flow_logger(context)
-        for hook in hooks:
-            try:
-                hook(self, run, state)
-            except Exception:
-                logger.exception("hook %r of flow %r raised; the run's state is unchanged", getattr(hook, "__name__", hook), self.name)
         if registry.observes_events():
             from flowcore.events import EventKind, FlowRunEvent
 
@@ -395,6 +404,18 @@ class Flow(Generic[P, R]):
             # task's as the RemoteTraceback cause): the one place they are shown.
             logger.error("Encountered exception during execution:\n%s", state.traceback.rstrip("\n"))
         logger.error("Finished in state %r", state)
+
+    def _final_hooks(self, state: State[Any]) -> tuple[Any, ...]:
+        """The hooks a run that ended in ``state`` calls: ``on_completion``,
+        ``on_crashed``, ``on_cancellation``, else (Failed, TimedOut) ``on_failure``."""
+        options = self.options
+        if state.is_completed():
+            return options.on_completion
+        if state.is_crashed():
+            return options.on_crashed
+        if state.is_cancelled():
+            return options.on_cancellation
+        return options.on_failure
 
     # -- options ------------------------------------------------------------
     def with_options(self, **options: Unpack[FlowOptionInputs]) -> Flow[P, R]:
@@ -413,6 +434,25 @@ def _format(exc: BaseException) -> str:
     import traceback
 
     return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+def _interrupted_state(exc: BaseException) -> State[Any]:
+    """The state of a flow run whose body was stopped by ``exc`` (not an Exception):
+    ``Cancelled`` when its coroutine was cancelled (``asyncio.CancelledError``: by the
+    caller, or a timeout around the call), ``Crashed`` for Ctrl-C, ``sys.exit()`` and
+    the like -- the run did not end on its own terms (as in Prefect)."""
+    import sys
+
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is not None and isinstance(exc, asyncio.CancelledError):
+        return states.Cancelled("the flow run was cancelled while it ran")
+    if isinstance(exc, KeyboardInterrupt):
+        reason = "an interrupt signal (KeyboardInterrupt)"
+    elif isinstance(exc, SystemExit):
+        reason = f"a system exit call (sys.exit({'' if exc.code is None else repr(exc.code)}))"
+    else:
+        reason = f"{type(exc).__name__}"
+    return states.Crashed(f"the flow run was aborted by {reason}")
 
 
 def _state_from_return(value: Any) -> State[Any]:
@@ -568,7 +608,14 @@ def flow(
         retries / retry_delay_seconds: rerun the whole body when the run fails.
         timeout_seconds: stop the body after this long (state ``TimedOut``).
         log_prints: send ``print()`` in the flow and its tasks to the run loggers.
-        on_completion / on_failure: lists of ``hook(flow, flow_run, state)``.
+        on_completion / on_failure / on_crashed / on_cancellation: lists of
+            ``hook(flow, flow_run, state)`` called once when the run ends in that kind of
+            state (on_failure: Failed and TimedOut; on_crashed: aborted by Ctrl-C or
+            ``sys.exit()``; on_cancellation: an async flow cancelled while it ran).
+        on_running: list of ``hook(flow, flow_run, state)`` called once when the run
+            starts (before its body; not again for its retries).
+        validate_parameters: check and coerce arguments against the type hints
+            (pydantic) before the body starts (default True).
     """
     if __fn is not None:
         return Flow(__fn, _flow_options(__fn, options))

@@ -131,7 +131,7 @@ class MapBlock:
         #: runs execute in this process: no log capture, no journal
         self.in_process = backend.capabilities.in_process
         #: the task has hooks: they run here for every run, before its state is seen
-        self.hooked = bool(task.options.on_completion or task.options.on_failure)
+        self.hooked = bool(task.options.on_completion or task.options.on_failure or task.options.on_running)
         self.lock = threading.Lock()
         self.changed = threading.Condition(self.lock)
 

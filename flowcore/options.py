@@ -90,6 +90,7 @@ class TaskOptionInputs(TypedDict, total=False):
     log_prints: bool | None
     on_completion: Sequence[Hook] | None
     on_failure: Sequence[Hook] | None
+    on_running: Sequence[Hook] | None
     cache_policy: CachePolicy | None
     cache_key_fn: Callable[[CacheContext, dict[str, Any]], str | None] | None
     cache_expiration: timedelta | float | None
@@ -121,6 +122,7 @@ class TaskOptions:
     log_prints: bool | None = None
     on_completion: tuple[Hook, ...] = ()
     on_failure: tuple[Hook, ...] = ()
+    on_running: tuple[Hook, ...] = ()
     # caching, as given (see flowcore.caching.settings for what they mean) ...
     cache_policy: Any = None
     cache_key_fn: Callable[..., str | None] | None = None
@@ -152,6 +154,9 @@ class FlowOptionInputs(TypedDict, total=False):
     log_prints: bool | None
     on_completion: Sequence[Hook] | None
     on_failure: Sequence[Hook] | None
+    on_running: Sequence[Hook] | None
+    on_crashed: Sequence[Hook] | None
+    on_cancellation: Sequence[Hook] | None
     validate_parameters: bool
 
 
@@ -168,6 +173,9 @@ class FlowOptions:
     log_prints: bool | None = None
     on_completion: tuple[Hook, ...] = ()
     on_failure: tuple[Hook, ...] = ()
+    on_running: tuple[Hook, ...] = ()
+    on_crashed: tuple[Hook, ...] = ()
+    on_cancellation: tuple[Hook, ...] = ()
     #: check and coerce arguments against the function's type hints (pydantic)
     validate_parameters: bool = True
     # -- derived -----------------------------------------------------------------
@@ -255,6 +263,7 @@ def task_options(fn: Callable[..., Any], given: Mapping[str, Any], *, base: Task
         log_prints=check_log_prints(values["log_prints"], owner),
         on_completion=check_hooks(values["on_completion"], "on_completion", owner),
         on_failure=check_hooks(values["on_failure"], "on_failure", owner),
+        on_running=check_hooks(values["on_running"], "on_running", owner),
     )
     policy = retry_policy(retries, values["retry_delay_seconds"], values["retry_jitter_factor"], owner)
     return TaskOptions(**validated, retry_policy=policy, cache=_cache_settings(name, signature, values))
@@ -317,6 +326,9 @@ def flow_options(
             log_prints=check_log_prints(values["log_prints"], owner),
             on_completion=check_hooks(values["on_completion"], "on_completion", owner),
             on_failure=check_hooks(values["on_failure"], "on_failure", owner),
+            on_running=check_hooks(values["on_running"], "on_running", owner),
+            on_crashed=check_hooks(values["on_crashed"], "on_crashed", owner),
+            on_cancellation=check_hooks(values["on_cancellation"], "on_cancellation", owner),
             validate_parameters=check_flag(values["validate_parameters"], "validate_parameters", owner),
         ),
         retry_policy=retry_policy(retries, values["retry_delay_seconds"], None, owner),

@@ -83,6 +83,7 @@ class Task(Generic[P, R]):
             and not o.log_prints
             and not o.on_completion
             and not o.on_failure
+            and not o.on_running
         )
 
     @property
@@ -465,9 +466,9 @@ class AsyncTask(Task[P, R]):
 
 def _without_hooks(options: TaskOptions) -> TaskOptions:
     """``options`` as they travel to a worker: without the hooks, which run at home."""
-    if not options.on_completion and not options.on_failure:
+    if not options.on_completion and not options.on_failure and not options.on_running:
         return options
-    return dataclasses.replace(options, on_completion=(), on_failure=())
+    return dataclasses.replace(options, on_completion=(), on_failure=(), on_running=())
 
 
 def _load_task(module: str, qualname: str, options: TaskOptions | None = None) -> Task[..., Any]:
@@ -557,6 +558,9 @@ def task(
         log_prints: send ``print()`` in the task to its run logger (None: as the flow).
         on_completion / on_failure: lists of ``hook(task, call, state)``, called once
             per run with its final state, in the process that submitted it.
+        on_running: list of ``hook(task, call, state)`` called once per run whose body
+            started, with its ``Running`` state, in the submitting process, when the
+            run's outcome reaches it (just before ``on_completion``/``on_failure``).
         cache_policy: what a run's cache key is made of (``flowcore.caching.INPUTS``,
             ``TASK_SOURCE``, ``FLOW_PARAMETERS``, ``RUN_ID``, ``NONE``, combined with
             ``+``; ``INPUTS - "arg"`` leaves an argument out). Runs are cached only

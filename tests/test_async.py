@@ -184,7 +184,10 @@ def test_async_flow_timeout_cancels_the_body() -> None:
 def test_cancelling_an_async_flow_from_outside() -> None:
     seen: list[str] = []
 
-    @flow(on_failure=[lambda flow, run, state: seen.append(state.name)])
+    @flow(
+        on_cancellation=[lambda flow, run, state: seen.append(f"on_cancellation:{state.name}")],
+        on_failure=[lambda flow, run, state: seen.append(f"on_failure:{state.name}")],
+    )
     async def forever() -> None:
         await asyncio.sleep(30)
 
@@ -193,7 +196,7 @@ def test_cancelling_an_async_flow_from_outside() -> None:
             await asyncio.wait_for(forever(), 0.2)
 
     asyncio.run(main())
-    assert seen == ["Cancelled"]
+    assert seen == ["on_cancellation:Cancelled"]
 
 
 def test_many_runs_wait_at_once_on_one_thread() -> None:

@@ -949,6 +949,105 @@ class BackendConformance:
         retried = seen["retried"].task_run
         assert retried.attempt == 2 and retried.task_name == "run_context_after_a_failure"
 
+    # -- run hooks -------------------------------------------------------------------
+    def test_running_hooks_fire_once_in_the_caller(self, run: Callable[..., Any], tmp_path: Path) -> None:
+        """A task's ``on_running`` fires once per run whose body started (submitted,
+        mapped, called directly, async; not a cache hit, not a run that never started),
+        before its final hook, in the submitting process."""
+        from flowcore.caching import INPUTS
+
+        lock = threading.Lock()
+        seen: list[tuple[str, str, str, int]] = []
+
+        def recorder(kind: str) -> Callable[..., None]:
+            def hook(owner: Any, run_record: Any, state: State[Any]) -> None:
+                name = getattr(run_record, "task_run_name", None) or run_record.name
+                with lock:
+                    seen.append((kind, name, state.name, os.getpid()))
+
+            return hook
+
+        hooks = {"on_running": [recorder("running")], "on_completion": [recorder("completed")],
+                 "on_failure": [recorder("failed")]}
+        ok = w.add.with_options(**hooks)  # type: ignore[arg-type]
+        bad = w.raise_value_error.with_options(**hooks)  # type: ignore[arg-type]
+        cached = w.counted_square.with_options(
+            cache_policy=INPUTS, cache_storage=str(tmp_path / "cache"), **hooks  # type: ignore[arg-type]
+        )
+        async_ok = w.async_add.with_options(**hooks)  # type: ignore[arg-type]
+        counter = str(tmp_path / "count")
+
+        def body() -> None:
+            ok.submit(1, 2).wait()
+            wait(ok.map(range(3), 1))
+            ok(5, 5)
+            failed = bad.submit("x")
+            failed.wait()
+            ok.submit(cast(int, failed), 1).wait()  # NotRun: never starts
+            cached.submit(counter, 3).wait()
+            cached.submit(counter, 3).wait()  # a hit: the body does not run
+            async_ok.submit(1, 1).wait()
+
+        run(body)
+        pid = os.getpid()
+        assert {p for *_, p in seen} == {pid}
+        kinds: dict[str, list[str]] = {}
+        for kind, name, state_name, _ in seen:
+            kinds.setdefault(name, []).append(f"{kind}:{state_name}")
+        ran = [events for name, events in kinds.items() if events[0] == "running:Running"]
+        assert len(ran) == 8  # 1 + 3 mapped + direct + failed + first cached + async
+        for events in ran:
+            assert len(events) == 2 and events[1] in ("completed:Completed", "failed:Failed")
+        never_ran = [events for events in kinds.values() if events[0] != "running:Running"]
+        assert sorted(e for events in never_ran for e in events) == ["completed:Cached", "failed:NotRun"]
+
+    def test_flow_hooks_when_a_task_fails_or_its_worker_dies(
+        self, backend: Backend, caps: frozenset[str]
+    ) -> None:
+        """A flow's ``on_running`` fires once before its body (not again on a retry);
+        a task whose worker dies ends ``Crashed``, and a flow that raises its error is
+        ``Failed``: ``on_failure`` fires, once, in this process."""
+        seen: list[str] = []
+
+        def hook(kind: str) -> Callable[..., None]:
+            return lambda flow_, run_record, state: seen.append(f"{kind}:{state.name}:{os.getpid()}")
+
+        options: dict[str, Any] = {
+            "backend": backend,
+            "on_running": [hook("running")],
+            "on_completion": [hook("completed")],
+            "on_failure": [hook("failed")],
+            "on_crashed": [hook("crashed")],
+            "on_cancellation": [hook("cancelled")],
+        }
+        attempts: list[int] = []
+
+        @flow(name="conformance-retried", retries=1, **options)
+        def retried() -> int:
+            attempts.append(1)
+            if len(attempts) == 1:
+                w.raise_value_error.submit("first attempt").result()
+            return w.add.submit(1, 1).result()
+
+        assert retried() == 2
+        pid = os.getpid()
+        assert seen == [f"running:Running:{pid}", f"completed:Completed:{pid}"]
+        if "processes" not in caps:
+            return
+        seen.clear()
+
+        @flow(name="conformance-worker-dies", **options)
+        def dies() -> State[Any]:
+            doomed = w.kill_own_worker.submit()
+            doomed.wait()
+            task_state = doomed.state
+            doomed.result()  # raises CrashedError: the flow fails
+            return task_state
+
+        state = dies(return_state=True)
+        assert state.name == "Failed" and isinstance(state.exception, CrashedError)
+        assert seen == [f"running:Running:{pid}", f"failed:Failed:{pid}"]
+
 
 class LockedHook:
     """A task hook that holds a lock, as real hooks often do (so it cannot be pickled)."""

@@ -219,6 +219,7 @@ __all__ = [
     "exit_with",
     "fail_until",
     "identity",
+    "kill_own_worker",
     "length",
     "raise_unpicklable",
     "raise_unpicklable_if_odd",
@@ -326,3 +327,9 @@ def run_context_after_a_failure(counter: str) -> Any:
     if bump(counter) < 2:
         raise ConformanceError("first attempt fails")
     return get_run_context()
+
+
+@task
+def kill_own_worker() -> None:
+    """Ends the worker process at once (``os._exit``): only for process backends."""
+    os._exit(13)
