@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from flowcore.annotations import allow_failure, quote
 from flowcore.flows import Flow, flow
 from flowcore.futures import TaskFuture, as_completed, wait
 from flowcore.loggers import get_run_logger
@@ -37,12 +38,14 @@ __all__ = [
     "Task",
     "TaskFuture",
     "__version__",
+    "allow_failure",
     "as_completed",
     "flow",
     "get_backend",
     "get_run_context",
     "get_run_logger",
     "hookimpl",
+    "quote",
     "task",
     "unmapped",
     "use_backend",

@@ -31,6 +31,7 @@ from typing import (
 
 from flowcore import options as opts
 from flowcore import registry, states
+from flowcore.annotations import quote
 from flowcore.calls import FlowRun, new_flow_run_id
 from flowcore.context import FlowRunContext, _scope
 from flowcore.coroutines import in_async_context, run_sync
@@ -321,7 +322,7 @@ class Flow(Generic[P, R]):
                 state: State[Any] = states.Failed(exc, traceback=_format(exc))
                 _stop_outstanding(context)
             else:
-                returned = collect_futures(value)
+                returned = [] if isinstance(value, quote) else collect_futures(value)
                 if returned:
                     await wait_async(returned)
                 state = _state_from_return(value)
@@ -456,7 +457,10 @@ def _interrupted_state(exc: BaseException) -> State[Any]:
 
 
 def _state_from_return(value: Any) -> State[Any]:
-    """The flow's state from what its body returned (futures are waited for)."""
+    """The flow's state from what its body returned (futures are waited for;
+    ``quote(x)``: ``x`` as it is)."""
+    if isinstance(value, quote):
+        return states.Completed(value.value)
     if isinstance(value, State):
         return _wrap_returned_state(value, "a state")
     if isinstance(value, TaskFuture):

@@ -20,6 +20,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 from flowcore import registry, states
+from flowcore.annotations import BaseAnnotation, quote
 from flowcore.backend import WorkerLost
 from flowcore.engine import run_call, run_call_located, run_call_remote
 from flowcore.errors import WaitTimeoutError
@@ -186,6 +187,7 @@ class RunFuture(TaskFuture[R]):
         "_stealable",
         "_stolen",
         "_task",
+        "_tolerated",
         "_upstream",
     )
 
@@ -210,6 +212,9 @@ class RunFuture(TaskFuture[R]):
         self._native: NativeHandle | None = None
         self._refs: dict[str, NativeHandle] | None = None
         self._upstream: list[TaskFuture[Any]] = []
+        #: None: the arguments hold no allow_failure/quote; else the upstream futures
+        #: that may fail (from allow_failure), possibly none
+        self._tolerated: list[TaskFuture[Any]] | None = None
         self._scope: RunScope | None = None
         self._stealable = False
         self._stolen = False
@@ -370,11 +375,12 @@ class RunFuture(TaskFuture[R]):
             if self._state is None:
                 self._finish(states.Cancelled("cancelled before it was dispatched"))
             return
+        tolerated = self._tolerated
         for upstream in self._upstream:
             upstream._mark_observed()
             up_state = upstream._final()
             assert up_state is not None
-            if not up_state.is_completed():
+            if not up_state.is_completed() and not (tolerated and any(upstream is t for t in tolerated)):
                 self._finish(
                     states.NotRun(
                         f"upstream task run {upstream.name!r} ({upstream.task_run_id}) ended in "
@@ -385,7 +391,11 @@ class RunFuture(TaskFuture[R]):
                 return
         call = self.call
         capabilities = backend.capabilities
-        if self._upstream:
+        if tolerated is not None:  # allow_failure / quote among the arguments
+            call.args = resolve_inputs(call.args)
+            call.kwargs = resolve_inputs(call.kwargs)
+            self._upstream = self._tolerated = []
+        elif self._upstream:
             if capabilities.remote_results and self._keeps_results_remote():
                 self._refs = self._refer_to_upstreams(backend)
             else:
@@ -621,6 +631,7 @@ def _call_back(fn: Callable[[Any], Any], future: TaskFuture[Any]) -> None:
 # -- futures inside arguments --------------------------------------------------
 
 _CONTAINERS = (list, tuple, dict, set, frozenset)
+_INPUTS = (TaskFuture, BaseAnnotation)
 
 
 def collect_futures(obj: Any, found: list[TaskFuture[Any]] | None = None) -> list[TaskFuture[Any]]:
@@ -631,7 +642,7 @@ def collect_futures(obj: Any, found: list[TaskFuture[Any]] | None = None) -> lis
     return found
 
 
-def _collect(obj: Any, kind: type, found: list[Any]) -> None:
+def _collect(obj: Any, kind: type | tuple[type, ...], found: list[Any]) -> None:
     if isinstance(obj, kind):
         found.append(obj)
     elif isinstance(obj, dict):
@@ -675,6 +686,43 @@ def substitute(obj: Any, kind: type[T], replace: Callable[[T], Any]) -> Any:
 
 def _result_of(future: TaskFuture[Any]) -> Any:
     return future.result()
+
+
+def collect_inputs(obj: Any, found: list[Any]) -> None:
+    """Append to ``found`` every TaskFuture and every :mod:`~flowcore.annotations`
+    wrapper in ``obj`` (looking inside containers as :func:`collect_futures` does, never
+    inside a wrapper)."""
+    _collect(obj, _INPUTS, found)
+
+
+def holds_inputs(obj: Any) -> bool:
+    """Whether ``obj`` holds a TaskFuture or an annotation wrapper."""
+    if isinstance(obj, _INPUTS):
+        return True
+    if not isinstance(obj, _CONTAINERS):
+        return False
+    found: list[Any] = []
+    _collect(obj, _INPUTS, found)
+    return bool(found)
+
+
+def resolve_inputs(obj: Any) -> Any:
+    """``obj`` with its (finished) futures replaced by their results, ``quote(x)`` by
+    ``x`` and ``allow_failure(x)`` by ``x`` with its futures replaced by their results,
+    or by their exceptions where they did not complete."""
+    return substitute(obj, _INPUTS, _resolve_input)  # type: ignore[arg-type]
+
+
+def _resolve_input(item: Any) -> Any:
+    if isinstance(item, TaskFuture):
+        return item.result()
+    if isinstance(item, quote):
+        return item.value
+    return substitute(item.value, TaskFuture, _outcome_of)
+
+
+def _outcome_of(future: TaskFuture[Any]) -> Any:
+    return future.result(raise_on_failure=False)
 
 
 def _substitute_in(obj: Any, kind: type, replace: Callable[[Any], Any]) -> Any:
@@ -805,7 +853,10 @@ __all__ = [
     "TaskFuture",
     "as_completed",
     "collect_futures",
+    "collect_inputs",
+    "holds_inputs",
     "resolve_futures",
+    "resolve_inputs",
     "substitute",
     "wait",
     "wait_async",

@@ -20,12 +20,13 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, Unp
 from flowcore import direct_runs, registry
 from flowcore import mapped as mapped_path
 from flowcore import options as opts
+from flowcore.annotations import allow_failure
 from flowcore.batching import MIN_ITEMS_TO_BATCH, BatchDispatcher, should_batch
 from flowcore.calls import UNSCOPED_RUN_NUMBERS, FlowRun, TaskCall, new_task_run_id
 from flowcore.context import TaskRunContext, _scope, _task_run, submission_scope
 from flowcore.coroutines import in_async_context, run_sync
 from flowcore.errors import CrashedError, MissingContextError
-from flowcore.futures import RunFuture, TaskFuture, collect_futures
+from flowcore.futures import RunFuture, TaskFuture, collect_futures, collect_inputs
 from flowcore.mapping import map_arguments
 from flowcore.options import TaskOptionInputs, TaskOptions, exponential_backoff
 from flowcore.states import State
@@ -173,7 +174,7 @@ class Task(Generic[P, R]):
     def submit(
         self: Task[P, Coroutine[Any, Any, T]],
         *args: Any,
-        wait_for: Iterable[TaskFuture[Any]],
+        wait_for: Iterable[TaskFuture[Any] | allow_failure[Any]],
         return_state: Literal[False] = False,
         **kwargs: Any,
     ) -> TaskFuture[T]: ...
@@ -182,7 +183,7 @@ class Task(Generic[P, R]):
     def submit(
         self,
         *args: Any,
-        wait_for: Iterable[TaskFuture[Any]],
+        wait_for: Iterable[TaskFuture[Any] | allow_failure[Any]],
         return_state: Literal[False] = False,
         **kwargs: Any,
     ) -> TaskFuture[R]: ...
@@ -280,7 +281,7 @@ class Task(Generic[P, R]):
         scope: Any,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        wait_for: list[TaskFuture[Any]],
+        wait_for: list[Any],
         *,
         scan: bool = True,
     ) -> TaskFuture[R]:
@@ -288,15 +289,25 @@ class Task(Generic[P, R]):
         the arguments hold no futures (map scans its inputs once)."""
         backend = scope.backend()  # may fail (bad options): before anything is tracked
         future = self._new_future(scope, args, kwargs)
-        upstream: list[TaskFuture[Any]] = collect_futures(args) if scan else []
-        if kwargs and scan:
-            collect_futures(kwargs, upstream)
+        upstream: list[TaskFuture[Any]] = []
+        tolerated: list[TaskFuture[Any]] | None = None
+        if scan:
+            items: list[Any] = []
+            collect_inputs(args, items)
+            if kwargs:
+                collect_inputs(kwargs, items)
+            if items:
+                tolerated = _sort_inputs(items, upstream)
         if wait_for:
-            upstream.extend(wait_for)
-        if not upstream and should_batch(backend, MIN_ITEMS_TO_BATCH):
+            waited = _sort_inputs(wait_for, upstream)
+            if waited is not None:
+                tolerated = waited if tolerated is None else [*tolerated, *waited]
+        if tolerated is not None:
+            future._tolerated = tolerated  # resolved at dispatch (flowcore.annotations)
+        elif not upstream and should_batch(backend, MIN_ITEMS_TO_BATCH):
             self._dispatcher(scope, backend).add([future])  # coalesced with rapid submits
-        else:
-            future._dispatch(backend, upstream)
+            return future
+        future._dispatch(backend, upstream)
         return future
 
     def _dispatcher(self, scope: Any, backend: Any) -> BatchDispatcher:
@@ -513,19 +524,41 @@ def _observation() -> int:
     return _BATCHED if current.batches_direct_runs else _FULL
 
 
-def _as_futures(wait_for: Any) -> list[TaskFuture[Any]]:
+def _as_futures(wait_for: Any) -> list[Any]:
+    """``wait_for`` as a list of TaskFuture and ``allow_failure(TaskFuture)`` items."""
     if wait_for is None:
         return []
-    if isinstance(wait_for, TaskFuture):
-        return [wait_for]
+    if isinstance(wait_for, (TaskFuture, allow_failure)):
+        wait_for = [wait_for]
     try:
         items = list(wait_for)
     except TypeError:
         raise TypeError(f"wait_for must be a list of TaskFuture, got {wait_for!r}") from None
     for item in items:
-        if not isinstance(item, TaskFuture):
-            raise TypeError(f"wait_for must contain only TaskFuture objects, got {item!r}")
+        inner = item.value if isinstance(item, allow_failure) else item
+        if not isinstance(inner, TaskFuture):
+            raise TypeError(
+                f"wait_for must contain only TaskFuture objects (or allow_failure(future)), got {item!r}"
+            )
     return items
+
+
+def _sort_inputs(items: list[Any], upstream: list[TaskFuture[Any]]) -> list[TaskFuture[Any]] | None:
+    """Add the futures among ``items`` (futures and annotation wrappers, see
+    :func:`flowcore.futures.collect_inputs`) to ``upstream``. Returns None when there is
+    no wrapper among them, else the futures that may fail (those in allow_failure)."""
+    tolerated: list[TaskFuture[Any]] | None = None
+    for item in items:
+        if isinstance(item, TaskFuture):
+            upstream.append(item)
+            continue
+        if tolerated is None:
+            tolerated = []
+        if isinstance(item, allow_failure):
+            inner = collect_futures(item.value)
+            upstream.extend(inner)
+            tolerated.extend(inner)
+    return tolerated
 
 
 @overload

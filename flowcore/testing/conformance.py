@@ -1048,6 +1048,31 @@ class BackendConformance:
         assert state.name == "Failed" and isinstance(state.exception, CrashedError)
         assert seen == [f"running:Running:{pid}", f"failed:Failed:{pid}"]
 
+    # -- allow_failure and quote ---------------------------------------------------
+    def test_allow_failure_and_quote(self, run: Callable[..., Any]) -> None:
+        """``allow_failure(future)`` runs the downstream task despite a failed upstream
+        and hands it the upstream's exception (as an argument, in ``wait_for``, in a
+        map); ``quote(x)`` passes ``x`` unscanned; without them the run is NotRun."""
+        from flowcore import allow_failure, quote
+
+        def body() -> dict[str, Any]:
+            failed = w.raise_value_error.submit("upstream broke")
+            good = w.add.submit(1, 2)
+            return {
+                "argument": w.describe.submit(allow_failure(failed), good).result(),
+                "wait_for": w.describe.submit(5, wait_for=[allow_failure(failed), good]).result(),
+                "mapped": [f.result() for f in w.describe.map([allow_failure(failed), good])],
+                "quoted": w.describe.submit(quote((1, [2]))).result(),
+                "plain": w.describe.submit(failed).state.name,
+            }
+
+        seen = run(body)
+        assert seen["argument"] == ["ConformanceError:upstream broke", "int:3"]
+        assert seen["wait_for"] == ["int:5"]
+        assert seen["mapped"] == [["ConformanceError:upstream broke"], ["int:3"]]
+        assert seen["quoted"] == ["tuple:(1, [2])"]
+        assert seen["plain"] == "NotRun"
+
 
 class LockedHook:
     """A task hook that holds a lock, as real hooks often do (so it cannot be pickled)."""

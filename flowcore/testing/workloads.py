@@ -214,6 +214,7 @@ __all__ = [
     "async_sleep_marking",
     "async_where",
     "bump",
+    "describe",
     "echo_bytes",
     "exit_if_odd",
     "exit_with",
@@ -333,3 +334,9 @@ def run_context_after_a_failure(counter: str) -> Any:
 def kill_own_worker() -> None:
     """Ends the worker process at once (``os._exit``): only for process backends."""
     os._exit(13)
+
+
+@task
+def describe(*values: Any) -> list[str]:
+    """Each value as ``type:value`` (exceptions as ``ExceptionType:message``)."""
+    return [f"{type(v).__name__}:{v}" for v in values]
