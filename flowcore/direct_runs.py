@@ -139,8 +139,23 @@ async def call_async(
         _task_run.reset(token)
         _failed(task, args, kwargs, flow_run, number, name_number, start, exc)
         raise
+    end = time.time()
     _task_run.reset(token)
-    _record(task, flow_run, number, name_number, start, time.time())
+    # _record, inlined (as in call): paid once per awaited run
+    buffer = _buffer()
+    key = (id(task), flow_run.run_id)
+    runs = buffer.runs.get(key)
+    if runs is None:
+        runs = buffer.runs[key] = _Runs(task, flow_run.run_id)
+    runs.numbers.append(number)
+    runs.names.append(name_number)
+    runs.starts.append(start)
+    runs.ends.append(end)
+    if not buffer.count:
+        buffer.oldest = end
+    buffer.count += 1
+    if buffer.count >= MAX_RUNS or end - buffer.oldest >= MAX_AGE_S:
+        _report(buffer)
     return value
 
 
@@ -158,27 +173,6 @@ def _failed(
         from flowcore.errors import CrashedError
 
         raise CrashedError(f"task {task.name!r}: {exit_message(exc)}") from exc
-
-
-def _record(task: Any, flow_run: FlowRun, number: int, name_number: int, start: float, end: float) -> None:
-    """Buffer a completed run; report the buffer when it is full or old."""
-    buffer = _buffer()
-    key = (id(task), flow_run.run_id)
-    runs = buffer.runs.get(key)
-    if runs is None:
-        runs = buffer.runs[key] = _Runs(task, flow_run.run_id)
-    runs.numbers.append(number)
-    runs.names.append(name_number)
-    runs.starts.append(start)
-    runs.ends.append(end)
-    if not buffer.count:
-        # The age of a buffer is that of its oldest record: the end of its first run
-        # (the same as its start for a quick call; runs awaited together can each take
-        # long, and must not make every later record flush the buffer at once).
-        buffer.oldest = end
-    buffer.count += 1
-    if buffer.count >= MAX_RUNS or end - buffer.oldest >= MAX_AGE_S:
-        _report(buffer)
 
 
 def flush(flow_run_id: str | None = None) -> None:

@@ -52,6 +52,9 @@ if TYPE_CHECKING:
 
 R = TypeVar("R")
 
+#: the most runs of an async task that one batch awaits at once in a worker thread
+_MAX_AWAITED_BATCH = 1024
+
 _PENDING, _COMPLETED, _ENDED = 0, 1, 2  # per-run status; _ENDED: any other final state
 
 #: What one batch sends back: values, finish times, when the batch started, the full
@@ -130,6 +133,10 @@ class MapBlock:
         self.sizer = BatchSizer(backend.max_workers)
         #: runs execute in this process: no log capture, no journal
         self.in_process = backend.capabilities.in_process
+        #: the runs of a batch await together on a worker thread's loop (see _await_rows):
+        #: a batch takes as long as its slowest run, so it is sized by fair share, not
+        #: by the time per run
+        self.awaits_together = task.isasync and self.in_process
         #: the task has hooks: they run here for every run, before its state is seen
         self.hooked = bool(task.options.on_completion or task.options.on_failure or task.options.on_running)
         self.lock = threading.Lock()
@@ -171,7 +178,11 @@ class MapBlock:
                 if self.next_index >= self.count or not self.sizer.has_room():
                     return
                 start = self.next_index
-                size = self.sizer.next_size(self.count - start)
+                waiting = self.count - start
+                if self.awaits_together:
+                    size = min(_MAX_AWAITED_BATCH, -(-waiting // self.sizer.workers))
+                else:
+                    size = self.sizer.next_size(waiting)
                 stop = min(self.count, start + size)
                 self.next_index = stop
                 skip = {i - start for i in self.cancelled if start <= i < stop}
@@ -712,6 +723,10 @@ def _run_rows(
     finished = ends.append
     now = time.time
     started = now()
+    if task.isasync and engine.run_tracker() is None:
+        # Coroutine bodies wait together on this thread's loop. Not in a journaled
+        # worker process: there a crash is pinned on the one run executing.
+        return _await_rows(context, len(rows), skip, started)
     if not task._single_attempt or batch_call[3] or task.isasync:
         # Retries, print capture or a coroutine body: each run goes through the engine.
         for index in range(len(rows)):
@@ -755,6 +770,33 @@ def _run_rows(
         if tracker is not None:
             tracker.record_idle()
     return values, ends, started, exact
+
+
+def _await_rows(
+    context: _MapItemContext, count: int, skip: Any, started: float
+) -> tuple[list[Any], list[float], float, dict[int, State[Any]]]:
+    """The runs of a batch of an async task, awaited at once (``asyncio.gather`` of
+    :func:`flowcore.engine.run_call_async`) on this thread's event loop: a batch of
+    I/O-bound runs takes about as long as its slowest run."""
+    from flowcore.coroutines import run_sync
+
+    indexes = [index for index in range(count) if not (skip and index in skip)]
+    states = run_sync(_gather_runs([context.call_at(index) for index in indexes]))
+    values: list[Any] = [None] * count
+    ends: list[float] = [started] * count
+    exact: dict[int, State[Any]] = {}
+    for index, state in zip(indexes, states, strict=True):
+        values[index] = state.data
+        ends[index] = state.finished_at or time.time()
+        if state.name != "Completed" or state.attempts != 1:
+            exact[index] = state
+    return values, ends, started, exact
+
+
+async def _gather_runs(calls: list[TaskCall]) -> list[State[Any]]:
+    import asyncio
+
+    return list(await asyncio.gather(*(engine.run_call_async(call) for call in calls)))
 
 
 def _timed(state: State[Any], started: float, finished: float) -> State[Any]:

@@ -23,8 +23,8 @@ from flowcore import options as opts
 from flowcore.annotations import allow_failure
 from flowcore.batching import MIN_ITEMS_TO_BATCH, BatchDispatcher, should_batch
 from flowcore.calls import UNSCOPED_RUN_NUMBERS, FlowRun, TaskCall, new_task_run_id
-from flowcore.context import TaskRunContext, _scope, _task_run, submission_scope
-from flowcore.coroutines import in_async_context, run_sync
+from flowcore.context import FlowRunContext, TaskRunContext, _scope, _task_run, submission_scope
+from flowcore.coroutines import in_async_context, run_sync, running_loop
 from flowcore.errors import CrashedError, MissingContextError
 from flowcore.futures import RunFuture, TaskFuture, collect_futures, collect_inputs
 from flowcore.mapping import map_arguments
@@ -422,17 +422,25 @@ class AsyncTask(Task[P, R]):
         ``return_state=True``: the final State instead. Bad arguments raise TypeError
         here, before any coroutine is made."""
         return_state = kwargs.pop("return_state", False) if "return_state" in kwargs else False
-        self.check_arguments(args, kwargs)
-        if in_async_context():
-            return self._run_coroutine(args, kwargs, return_state)
-        return run_sync(self._run_coroutine(args, kwargs, return_state))
+        if kwargs or not self._min_args <= len(args) <= self._max_args:
+            self.bind(args, kwargs)
+        scope = _scope.get()
+        # in_async_context(), inlined for the common case: a loop runs here, in the
+        # body of an async flow (this is paid once per awaited run)
+        if (
+            running_loop() is not None
+            and _task_run.get() is None
+            and isinstance(scope, FlowRunContext)
+            and scope.flow.isasync
+        ) or in_async_context():
+            return self._run_coroutine(args, kwargs, return_state, scope)
+        return run_sync(self._run_coroutine(args, kwargs, return_state, scope))
 
     def _run_coroutine(
-        self, args: tuple[Any, ...], kwargs: dict[str, Any], return_state: bool
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], return_state: bool, scope: Any
     ) -> Coroutine[Any, Any, Any]:
         """The coroutine of one direct run, on the path its observation needs (chosen
         here, so that an awaited run costs one coroutine around the body's)."""
-        scope = _scope.get()
         flow_run = scope.flow_run if scope is not None else None
         log_prints = self.options.log_prints
         if log_prints is None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from flowcore import flow, get_run_logger, task
+from flowcore import flow, get_backend, get_run_logger, task
 from flowcore.errors import CrashedError, TaskTimeoutError
 from flowcore.states import State
 from flowcore.tasks import AsyncTask, Task
@@ -260,3 +260,30 @@ def test_import_flowcore_does_not_load_asyncio() -> None:
     code = "import sys, flowcore; print('asyncio' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+_active = [0, 0]  # runs awaiting now, the most seen at once
+
+
+@task
+async def counted_wait(i: int) -> int:
+    _active[0] += 1
+    _active[1] = max(_active[1], _active[0])
+    await asyncio.sleep(0.05)
+    _active[0] -= 1
+    return i
+
+
+def test_a_map_of_async_runs_waits_together_in_a_worker_thread() -> None:
+    """On an in-process pool, the runs of a map's batch wait together on the worker
+    thread's event loop: with one worker, more than one run is awaiting at a time."""
+    _active[:] = [0, 0]
+
+    with get_backend("threads", max_workers=1) as one_thread:
+
+        @flow(backend=one_thread)
+        async def body() -> list[int]:
+            return list(await asyncio.gather(*counted_wait.map(range(40))))
+
+        assert body() == list(range(40))
+    assert _active[1] > 1
