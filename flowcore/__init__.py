@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from flowcore.annotations import allow_failure, quote
 from flowcore.flows import Flow, flow
 from flowcore.futures import TaskFuture, as_completed, wait
 from flowcore.loggers import get_run_logger
 from flowcore.mapping import unmapped
+from flowcore.run_context import get_run_context
 from flowcore.selection import get_backend, use_backend
 from flowcore.states import State
 from flowcore.tasks import Task, task
@@ -41,11 +43,14 @@ __all__ = [
     "Task",
     "TaskFuture",
     "__version__",
+    "allow_failure",
     "as_completed",
     "flow",
     "get_backend",
+    "get_run_context",
     "get_run_logger",
     "hookimpl",
+    "quote",
     "serve",
     "task",
     "unmapped",

@@ -65,7 +65,7 @@ def encode_batch(calls: list[TaskCall]) -> tuple[Any, tuple[Any, ...], list[Batc
     first = calls[0]
     common = (
         first.flow_run_id, first.flow_run_name, first.flow_name, first.log_prints,
-        first.flow_parameters_key,
+        first.flow_parameters_key, first.flow_run, first.backend,
     )
     items = [(c.args, c.kwargs, c.task_run_id, c.task_run_name, c.attempts_used) for c in calls]
     return first.task, common, items
@@ -93,12 +93,12 @@ def run_batch(
 def _run_items(task: Any, common: tuple[Any, ...], items: list[BatchItem]) -> list[Outcome]:
     from flowcore.calls import TaskCall
 
-    flow_run_id, flow_run_name, flow_name, log_prints, flow_parameters_key = common
+    flow_run_id, flow_run_name, flow_name, log_prints, flow_parameters_key, flow_run, backend = common
     outcomes: list[Outcome] = []
     for args, kwargs, run_id, run_name, attempts_used in items:
         call = TaskCall(
             task, args, kwargs, run_id, run_name, flow_run_id, flow_run_name, flow_name, 0.0,
-            log_prints, attempts_used, flow_parameters_key,
+            log_prints, attempts_used, flow_parameters_key, flow_run, backend,
         )
         state = run_call(call)
         if state.name == "Completed":

@@ -105,6 +105,10 @@ class TaskCall:
     attempts_used: int = 0
     #: hash of the flow run's parameters, for cache policies that use them (else None)
     flow_parameters_key: str | None = None
+    #: the flow run it belongs to (for ``get_run_context``; pickles lightly, see FlowRun)
+    flow_run: FlowRun | None = None
+    #: the name of the backend it was submitted to; None for a direct call (run inline)
+    backend: str | None = None
 
     @property
     def parameters(self) -> dict[str, Any]:
@@ -128,9 +132,55 @@ class FlowRun:
     started_at: float = 0.0
     #: the numbers in its task run names (``double-0``, ``double-1``, ...)
     run_numbers: RunNumbers = field(default_factory=RunNumbers, compare=False, repr=False)
+    #: False in a copy that was pickled without its parameters (see ``__reduce__``)
+    has_parameters: bool = field(default=True, compare=False, repr=False)
+    _portable: Any = field(default=None, compare=False, repr=False)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle (a copy travels with each task call to a worker) with the parameters
+        only when they pickle to at most :data:`PORTABLE_PARAMETERS_LIMIT` bytes: a
+        flow given a large array or an open connection must not send it with every
+        task run, nor fail its runs. The copy has ``has_parameters`` False then, and
+        empty parameters. The decision is taken once per flow run."""
+        portable = self._portable
+        if portable is None:
+            portable = (self.parameters,) if _pickles_small(self.parameters) else ()
+            object.__setattr__(self, "_portable", portable)
+        parameters = portable[0] if portable else {}
+        return (
+            _restore_flow_run,
+            (self.flow_name, self.run_id, self.name, parameters, self.backend, self.parent_run_id,
+             self.started_at, bool(portable)),
+        )
+
+
+#: the largest pickled size of a flow run's parameters sent to workers with its calls
+PORTABLE_PARAMETERS_LIMIT = 64 * 1024
+
+
+def _pickles_small(parameters: dict[str, Any]) -> bool:
+    if not parameters:
+        return True
+    try:
+        import cloudpickle
+
+        return len(cloudpickle.dumps(parameters)) <= PORTABLE_PARAMETERS_LIMIT
+    except Exception:  # unpicklable: stays home
+        return False
+
+
+def _restore_flow_run(
+    flow_name: str, run_id: str, name: str, parameters: dict[str, Any], backend: str,
+    parent_run_id: str | None, started_at: float, has_parameters: bool,
+) -> FlowRun:
+    return FlowRun(
+        flow_name, run_id, name, parameters, backend, parent_run_id, started_at,
+        has_parameters=has_parameters,
+    )
 
 
 __all__ = [
+    "PORTABLE_PARAMETERS_LIMIT",
     "UNSCOPED_RUN_NUMBERS",
     "FlowRun",
     "RunNumbers",

@@ -100,7 +100,7 @@ class UsageError(Exception):
 def _run(args: argparse.Namespace) -> int:
     flow_obj = load_flow(args.target)
     params = parse_params(args.params, "flowcore run")
-    params.update(_parse_param_pairs(args.param or []))
+    params.update(_parse_param_pairs(args.param or [], flow_obj))
     _check_parameters(flow_obj, params)
     if args.progress:
         import os
@@ -127,18 +127,37 @@ def _run(args: argparse.Namespace) -> int:
     return 1
 
 
-def _parse_param_pairs(pairs: list[str]) -> dict[str, Any]:
-    """``--param NAME=VALUE`` (repeatable): VALUE as JSON when it parses, else a string."""
+def _parse_param_pairs(pairs: list[str], flow_obj: Any = None) -> dict[str, Any]:
+    """``--param NAME=VALUE`` (repeatable). For a parameter with a type hint (on a flow
+    that validates its parameters), VALUE is coerced as the flow coerces arguments:
+    JSON of that type when it fits, else the text itself (``n=3`` is an int for
+    ``n: int``, ``s=3`` the string "3" for ``s: str``); a value that fits neither is
+    a UsageError naming the parameter and the type. Otherwise VALUE is JSON when it
+    parses, else a string."""
     params: dict[str, Any] = {}
+    validator = None
+    if flow_obj is not None and flow_obj.options.validate_parameters and flow_obj._annotated:
+        from flowcore.parameters import validator_for
+
+        validator = validator_for(flow_obj)
     for pair in pairs:
         name, sep, raw = pair.partition("=")
-        if not sep or not name.strip():
+        name = name.strip()
+        if not sep or not name:
             raise UsageError(f"--param expects NAME=VALUE, got {pair!r} (e.g. --param n=10)")
+        if validator is not None:
+            from flowcore.errors import ParameterTypeError
+
+            try:
+                params[name] = validator.coerce_text(name, raw)
+            except ParameterTypeError as exc:
+                raise UsageError(f"--param {name}={raw}: {exc}") from None
+            continue
         try:
             value: Any = json.loads(raw)
         except json.JSONDecodeError:
             value = raw
-        params[name.strip()] = value
+        params[name] = value
     return params
 
 

@@ -125,6 +125,8 @@ class FlowRunContext(RunScope):
         self.flow = flow
         self.flow_run = run
         self.log_prints = log_prints
+        #: the attempt of the flow run this scope belongs to (1 for the first)
+        self.attempt = 1
         self.logger: logging.LoggerAdapter[logging.Logger] | None = None
 
 
@@ -132,7 +134,7 @@ class TaskRunContext:
     """Set while a task body runs. ``call`` is None on the direct-call fast path,
     where the run id is made only if something asks for it."""
 
-    __slots__ = ("_call", "_nested", "args", "flow_run", "kwargs", "logger", "task")
+    __slots__ = ("_call", "_nested", "_numbers", "args", "attempt", "flow_run", "kwargs", "logger", "task")
 
     def __init__(
         self,
@@ -141,14 +143,19 @@ class TaskRunContext:
         args: tuple[Any, ...] = (),
         kwargs: dict[str, Any] | None = None,
         flow_run: FlowRun | None = None,
+        numbers: tuple[int, int] | None = None,
     ) -> None:
         self.task = task
         self._call = call
         self.args = args
         self.kwargs = kwargs
         self.flow_run = flow_run
+        #: (run number, name number) already reserved for this run (batched direct calls)
+        self._numbers = numbers
         self.logger: logging.LoggerAdapter[logging.Logger] | None = None
         self._nested: RunScope | None = None
+        #: the attempt running now (1 for the first; retries count on)
+        self.attempt = 1
 
     def nested_scope(self) -> RunScope:
         """The scope of task runs submitted from this run's body where its flow's scope
@@ -159,8 +166,8 @@ class TaskRunContext:
             from flowcore.selection import get_backend
 
             scope = RunScope(BackendSlot(get_backend("sequential"), owned=True))
-            flow_run = self.flow_run
             call = self.call
+            flow_run = self.flow_run or call.flow_run
             if flow_run is None and call.flow_run_id is not None:
                 flow_run = FlowRun(call.flow_name or "", call.flow_run_id, call.flow_run_name or "")
             scope.flow_run = flow_run
@@ -175,7 +182,24 @@ class TaskRunContext:
     @property
     def call(self) -> TaskCall:
         if self._call is None:
-            self._call = self.task._make_call(self.args, self.kwargs or {}, self.flow_run, False)
+            numbers = self._numbers
+            if numbers is None:
+                self._call = self.task._make_call(self.args, self.kwargs or {}, self.flow_run, False)
+            else:  # the ids its run is reported under (flowcore.direct_runs)
+                from flowcore.calls import run_id_prefix
+
+                flow_run = self.flow_run
+                task = self.task
+                if task.options.task_run_name is None:
+                    name = f"{task.name}-{numbers[1]}"
+                else:
+                    name = task._run_name(self.args, self.kwargs or {}, flow_run)
+                self._call = TaskCall(
+                    task, self.args, self.kwargs or {}, f"{run_id_prefix()}-{numbers[0]:x}",
+                    name, flow_run.run_id if flow_run else None,
+                    flow_run.name if flow_run else None, flow_run.flow_name if flow_run else None,
+                    0.0, False, 0, None, flow_run,
+                )
         return self._call
 
 

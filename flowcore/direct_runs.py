@@ -93,26 +93,20 @@ def _buffer() -> _Buffer:
 def call(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], flow_run: FlowRun) -> Any:
     """Run ``task`` directly in the calling thread and record the run in the buffer.
     Raises what the body raises, after reporting the failed run."""
-    buffer = _buffer()
     name_number = flow_run.run_numbers.reserve(task.name)
     number = reserve_run_numbers(1)
-    token = _task_run.set(TaskRunContext(task, None, args, kwargs, flow_run))
+    token = _task_run.set(TaskRunContext(task, None, args, kwargs, flow_run, (number, name_number)))
     start = time.time()
     try:
         value = task.fn(*args, **kwargs)
     except BaseException as exc:
         _task_run.reset(token)
-        if isinstance(exc, TypeError):
-            task.check_arguments(args, kwargs)  # bad arguments: no run, a clear error
-        _report_failure(task, args, kwargs, flow_run, number, name_number, start, exc)
-        if isinstance(exc, SystemExit):  # as on the engine's path: the run crashes, the flow goes on
-            from flowcore.engine import exit_message
-            from flowcore.errors import CrashedError
-
-            raise CrashedError(f"task {task.name!r}: {exit_message(exc)}") from exc
+        _failed(task, args, kwargs, flow_run, number, name_number, start, exc)
         raise
     end = time.time()
     _task_run.reset(token)
+    # _record, inlined: this is the hot path of observed direct calls
+    buffer = _buffer()
     key = (id(task), flow_run.run_id)
     runs = buffer.runs.get(key)
     if runs is None:
@@ -122,11 +116,63 @@ def call(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], flow_run: Flo
     runs.starts.append(start)
     runs.ends.append(end)
     if not buffer.count:
-        buffer.oldest = start
+        buffer.oldest = end
     buffer.count += 1
     if buffer.count >= MAX_RUNS or end - buffer.oldest >= MAX_AGE_S:
         _report(buffer)
     return value
+
+
+async def call_async(
+    task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], flow_run: FlowRun
+) -> Any:
+    """:func:`call` for a coroutine task: its body is awaited here. Runs awaited at
+    once (``asyncio.gather``) are each recorded when they end, in this thread's buffer
+    (one event loop runs them all in this thread)."""
+    name_number = flow_run.run_numbers.reserve(task.name)
+    number = reserve_run_numbers(1)
+    token = _task_run.set(TaskRunContext(task, None, args, kwargs, flow_run, (number, name_number)))
+    start = time.time()
+    try:
+        value = await task.fn(*args, **kwargs)
+    except BaseException as exc:
+        _task_run.reset(token)
+        _failed(task, args, kwargs, flow_run, number, name_number, start, exc)
+        raise
+    end = time.time()
+    _task_run.reset(token)
+    # _record, inlined (as in call): paid once per awaited run
+    buffer = _buffer()
+    key = (id(task), flow_run.run_id)
+    runs = buffer.runs.get(key)
+    if runs is None:
+        runs = buffer.runs[key] = _Runs(task, flow_run.run_id)
+    runs.numbers.append(number)
+    runs.names.append(name_number)
+    runs.starts.append(start)
+    runs.ends.append(end)
+    if not buffer.count:
+        buffer.oldest = end
+    buffer.count += 1
+    if buffer.count >= MAX_RUNS or end - buffer.oldest >= MAX_AGE_S:
+        _report(buffer)
+    return value
+
+
+def _failed(
+    task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], flow_run: FlowRun, number: int,
+    name_number: int, start: float, exc: BaseException,
+) -> None:
+    """A direct call's body raised ``exc``: report the run; raise CrashedError for
+    ``sys.exit()`` (the caller re-raises anything else)."""
+    if isinstance(exc, TypeError):
+        task.check_arguments(args, kwargs)  # bad arguments: no run, a clear error
+    _report_failure(task, args, kwargs, flow_run, number, name_number, start, exc)
+    if isinstance(exc, SystemExit):  # as on the engine's path: the run crashes, the flow goes on
+        from flowcore.engine import exit_message
+        from flowcore.errors import CrashedError
+
+        raise CrashedError(f"task {task.name!r}: {exit_message(exc)}") from exc
 
 
 def flush(flow_run_id: str | None = None) -> None:
@@ -192,4 +238,4 @@ def _report_failure(
     report_final_state(call_record, state, None, buffer.worker)
 
 
-__all__ = ["MAX_AGE_S", "MAX_RUNS", "call", "flush"]
+__all__ = ["MAX_AGE_S", "MAX_RUNS", "call", "call_async", "flush"]

@@ -75,6 +75,10 @@ def run_call(call: TaskCall) -> State[Any]:
     (see :func:`exit_state`); ``KeyboardInterrupt`` propagates."""
     task = call.task
     options = task.options
+    if task.isasync:
+        from flowcore.coroutines import run_sync
+
+        return run_sync(run_call_async(call))
     try:
         if options.cache is not None:
             from flowcore.caching.runs import run_cached
@@ -122,6 +126,7 @@ def _run_uncached(call: TaskCall) -> State[Any]:
     try:
         while True:
             attempt += 1
+            context.attempt = attempt
             if tracker is not None:
                 tracker.record_start(call.task_run_id)
             try:
@@ -151,6 +156,83 @@ def _run_uncached(call: TaskCall) -> State[Any]:
             if attempt > policy.retries or not _should_retry(call, state):
                 return _with_timing(state, first_start, attempt)
             policy.wait_before_retry(attempt, state.message, task_run_logger(call))
+    finally:
+        if print_token is not None:
+            from flowcore.loggers import restore_prints
+
+            restore_prints(print_token)
+        _task_run.reset(token)
+
+
+async def run_call_async(call: TaskCall) -> State[Any]:
+    """:func:`run_call` for a task whose body is a coroutine function, awaited on the
+    running event loop: the same cache, retries, states and timings. A timeout cancels
+    the attempt's coroutine (``asyncio.timeout``) and ends it ``TimedOut``; a body that
+    blocks the loop without awaiting is stopped only when it next awaits (on a process
+    backend its worker is ended at the deadline, as for a synchronous body). Never
+    raises for an exception of the task; cancellation of the awaiting task propagates."""
+    options = call.task.options
+    try:
+        if options.cache is not None:
+            from flowcore.caching.runs import run_cached_async
+
+            return await run_cached_async(call, options.cache, _run_uncached_async)
+        return await _run_uncached_async(call)
+    except SystemExit as exc:
+        return replace(exit_state(exc), finished_at=time.time(), attempts=call.attempts_used + 1)
+
+
+async def _run_uncached_async(call: TaskCall) -> State[Any]:
+    import asyncio
+
+    task = call.task
+    options = task.options
+    fn = task.fn
+    context = TaskRunContext(task, call)
+    token = _task_run.set(context)
+    tracker = _tracker
+    policy = options.retry_policy
+    seconds = options.timeout_seconds
+    print_token = None
+    if call.log_prints:
+        from flowcore.loggers import redirect_prints, task_logger
+
+        print_token = redirect_prints(task_logger(context))
+    first_start = time.time()
+    attempt = call.attempts_used
+    try:
+        while True:
+            attempt += 1
+            context.attempt = attempt
+            if tracker is not None:
+                tracker.record_start(call.task_run_id)
+            timer = None
+            try:
+                if seconds is None:
+                    value = await fn(*call.args, **call.kwargs)
+                else:
+                    timer = asyncio.timeout(seconds)
+                    async with timer:
+                        value = await fn(*call.args, **call.kwargs)
+            except Exception as exc:
+                if timer is not None and timer.expired() and isinstance(exc, TimeoutError):
+                    own = TaskTimeoutError(
+                        f"task run {call.task_run_name!r} exceeded its timeout of {seconds:g} s"
+                    )
+                    own.__traceback__ = exc.__traceback__
+                    state = failure_state(own, True)
+                else:
+                    state = failure_state(exc, False)
+            except SystemExit as exc:
+                return _with_timing(exit_state(exc), first_start, attempt)
+            else:
+                return completed_run(value, first_start, time.time(), attempt)
+            finally:
+                if tracker is not None:
+                    tracker.record_idle()
+            if attempt > policy.retries or not _should_retry(call, state):
+                return _with_timing(state, first_start, attempt)
+            await policy.wait_before_retry_async(attempt, state.message, task_run_logger(call))
     finally:
         if print_token is not None:
             from flowcore.loggers import restore_prints
@@ -287,6 +369,7 @@ __all__ = [
     "failure_state",
     "install_run_tracker",
     "run_call",
+    "run_call_async",
     "run_call_located",
     "run_call_remote",
     "run_tracker",

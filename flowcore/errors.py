@@ -80,6 +80,14 @@ class TaskTimeoutError(FlowcoreError, TimeoutError):
     """
 
 
+class ParameterTypeError(FlowcoreError, TypeError):
+    """A flow argument does not fit the type hint of its parameter (and could not be
+    coerced to it): the run fails before its body starts.
+
+    The message names the flow, the parameter, the expected type and the value.
+    """
+
+
 class SerializationError(FlowcoreError, TypeError):
     """An argument or result of a task cannot be pickled to cross a process boundary.
 

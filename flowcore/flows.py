@@ -17,15 +17,27 @@ import inspect
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, Unpack, overload
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Generic,
+    Literal,
+    NamedTuple,
+    ParamSpec,
+    TypeVar,
+    Unpack,
+    overload,
+)
 
 from flowcore import options as opts
 from flowcore import registry, states
+from flowcore.annotations import quote
 from flowcore.calls import FlowRun, new_flow_run_id
 from flowcore.context import FlowRunContext, _scope
+from flowcore.coroutines import in_async_context, run_sync
 from flowcore.engine import task_run_logger
 from flowcore.errors import TaskTimeoutError
-from flowcore.futures import TaskFuture, collect_futures, resolve_futures
+from flowcore.futures import TaskFuture, collect_futures, resolve_futures, wait_async
 from flowcore.loggers import ensure_console_handler, flow_logger, redirect_prints, restore_prints
 from flowcore.options import FlowOptionInputs, FlowOptions
 from flowcore.selection import slot_for
@@ -41,13 +53,28 @@ R = TypeVar("R")
 _MAX_FAILURE_REPORTS = 10  # of each kind, per flow run attempt
 
 
+class _OpenRun(NamedTuple):
+    """A flow run that has begun: what its attempts share."""
+
+    run: FlowRun
+    slot: Any
+    parent: Any
+    log_prints: bool
+    display: Any
+
+
 class Flow(Generic[P, R]):
     """A function whose calls are flow runs. Create with :func:`flow`."""
 
     def __init__(self, fn: Callable[P, R], options: FlowOptions) -> None:
         self.fn = fn
         self.options = options
+        #: the function is a coroutine function: its body runs on an event loop
+        self.isasync = inspect.iscoroutinefunction(fn)
         self.signature = inspect.signature(fn)
+        # pydantic is loaded only when a flow with annotated parameters is first called.
+        self._annotated = any(p.annotation is not p.empty for p in self.signature.parameters.values())
+        self._validator: Any = None  # flowcore.parameters.ParameterValidator, made on first use
         functools.update_wrapper(self, fn)
 
     @property
@@ -74,24 +101,56 @@ class Flow(Generic[P, R]):
 
         ``return_state=True`` returns the final :class:`~flowcore.states.State` instead
         (and never raises for a failed run).
+
+        An ``async def`` flow called where the caller awaits (inside a coroutine, or
+        the body of an async flow or task) returns a coroutine to await; called from
+        synchronous code, it runs to completion on a new event loop (as
+        ``asyncio.run`` would) and returns the value. Arguments that do not fit the
+        signature raise TypeError at the call either way.
         """
         return_state = kwargs.pop("return_state", False) if "return_state" in kwargs else False
-        parameters = self.bind(args, kwargs)
+        args, kwargs, parameters, invalid = self._checked_arguments(args, kwargs)
+        if self.isasync:
+            coroutine = self._call_async(args, kwargs, parameters, return_state, invalid)
+            if in_async_context():
+                return coroutine
+            return run_sync(coroutine, fresh_loop=True)
         # The caller who takes the state gets no exception (and no traceback): log it.
-        state = self._run(args, kwargs, parameters, log_traceback=return_state)
+        state = self._run(args, kwargs, parameters, log_traceback=return_state, invalid=invalid)
         if return_state:
             return state
         return state.result()
 
+    def _checked_arguments(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any], dict[str, Any], Exception | None]:
+        """Bind the arguments (TypeError naming the flow if they do not fit) and, with
+        ``validate_parameters``, validate and coerce the given ones against the type
+        hints. Returns ``(args, kwargs, parameters with defaults, error)``: ``error`` is
+        the ParameterTypeError that fails the run before its body, else None."""
+        try:
+            bound = self.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"flow {self.name!r}: {exc} (signature: {self.name}{self.signature})") from None
+        invalid: Exception | None = None
+        if self._annotated and self.options.validate_parameters and bound.arguments:
+            from flowcore.errors import ParameterTypeError
+            from flowcore.parameters import validator_for
+
+            validator = validator_for(self)
+            if validator:
+                try:
+                    bound.arguments.update(validator.validate(bound.arguments))
+                except ParameterTypeError as exc:
+                    invalid = exc
+                else:
+                    args, kwargs = bound.args, bound.kwargs
+        bound.apply_defaults()
+        return args, kwargs, dict(bound.arguments), invalid
+
     # -- the run ------------------------------------------------------------
-    def _run(
-        self,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        parameters: dict[str, Any],
-        *,
-        log_traceback: bool = False,
-    ) -> State[Any]:
+    def _open_run(self, parameters: dict[str, Any]) -> _OpenRun:
+        """The flow run record, its backend slot, its parent scope and its display."""
         parent = _scope.get()
         if parent is None:
             from flowcore.config import check_environment
@@ -117,44 +176,170 @@ class Flow(Generic[P, R]):
             from flowcore.progress import start_for
 
             display = start_for(run)
-        try:
-            return self._run_attempts(run, slot, parent, log_prints, args, kwargs, log_traceback)
-        finally:
-            if display is not None:
-                display.stop()
+        return _OpenRun(run, slot, parent, log_prints, display)
 
-    def _run_attempts(
+    def _run(
         self,
-        run: FlowRun,
-        slot: Any,
-        parent: Any,
-        log_prints: bool,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        log_traceback: bool,
+        parameters: dict[str, Any],
+        *,
+        log_traceback: bool = False,
+        invalid: Exception | None = None,
+    ) -> State[Any]:
+        opened = self._open_run(parameters)
+        try:
+            if invalid is not None:
+                return self._refuse(opened, invalid, log_traceback)
+            return self._run_attempts(opened, args, kwargs, log_traceback)
+        finally:
+            if opened.display is not None:
+                opened.display.stop()
+
+    def _begin_attempt(self, opened: _OpenRun, attempt: int, *, body_runs: bool = True) -> FlowRunContext:
+        """The scope of attempt number ``attempt``; announced in the log and the
+        run-event stream, and to the ``on_running`` hooks (the first attempt of a run
+        whose body runs)."""
+        run = opened.run
+        context = FlowRunContext(self, run, opened.slot, log_prints=opened.log_prints, parent=opened.parent)
+        context.attempt = attempt
+        if attempt == 1:
+            flow_logger(context).info(
+                "Beginning flow run for flow %r on backend %r", self.name, opened.slot.name
+            )
+        if registry.observes_events():
+            from flowcore.events import EventKind, FlowRunEvent
+
+            registry.publish([FlowRunEvent(EventKind.STARTED, run, time.time(), attempt, flow=self)])
+        if attempt == 1 and body_runs and self.options.on_running:
+            self._call_hooks(context, self.options.on_running, states.Running())
+        return context
+
+    def _call_hooks(self, context: FlowRunContext, hooks: tuple[Any, ...], state: State[Any]) -> None:
+        """``hook(flow, flow_run, state)`` for each hook; one that raises is logged."""
+        for hook in hooks:
+            try:
+                hook(self, context.flow_run, state)
+            except Exception:
+                flow_logger(context).exception(
+                    "hook %r of flow %r raised; the run's state is unchanged",
+                    getattr(hook, "__name__", hook), self.name,
+                )
+
+    def _run_attempts(
+        self, opened: _OpenRun, args: tuple[Any, ...], kwargs: dict[str, Any], log_traceback: bool
     ) -> State[Any]:
         policy = self.options.retry_policy
         attempt = 0
         while True:
             attempt += 1
-            context = FlowRunContext(self, run, slot, log_prints=log_prints, parent=parent)
-            logger = flow_logger(context)
-            if attempt == 1:
-                logger.info("Beginning flow run for flow %r on backend %r", self.name, slot.name)
-            if registry.observes_events():
-                from flowcore.events import EventKind, FlowRunEvent
-
-                registry.publish(
-                    [FlowRunEvent(EventKind.STARTED, run, time.time(), attempt, flow=self)]
-                )
+            context = self._begin_attempt(opened, attempt)
             state = self._attempt(context, args, kwargs)
             if state.is_completed() or attempt > policy.retries:
                 break
-            policy.wait_before_retry(attempt, state.message, logger)
-        slot.close(wait=state.name != "TimedOut", cancel_futures=state.name == "TimedOut")
-        state = replace(state, started_at=run.started_at, finished_at=time.time(), attempts=attempt)
+            policy.wait_before_retry(attempt, state.message, flow_logger(context))
+        opened.slot.close(wait=state.name != "TimedOut", cancel_futures=state.name == "TimedOut")
+        return self._end_run(context, opened, state, attempt, log_traceback)
+
+    def _refuse(self, opened: _OpenRun, error: Exception, log_traceback: bool) -> State[Any]:
+        """End the run ``Failed`` with ``error`` (its arguments were refused) without
+        running the body: hooks and run events as for any failed run, no retries."""
+        context = self._begin_attempt(opened, 1, body_runs=False)
+        opened.slot.close(wait=False)
+        return self._end_run(context, opened, states.Failed(error), 1, log_traceback)
+
+    def _end_run(
+        self, context: FlowRunContext, opened: _OpenRun, state: State[Any], attempts: int,
+        log_traceback: bool,
+    ) -> State[Any]:
+        state = replace(state, started_at=opened.run.started_at, finished_at=time.time(), attempts=attempts)
         self._finish(context, state, log_traceback=log_traceback)
         return state
+
+    # -- the run of an async flow -------------------------------------------------
+    async def _call_async(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], parameters: dict[str, Any],
+        return_state: bool,
+        invalid: Exception | None = None,
+    ) -> Any:
+        opened = self._open_run(parameters)
+        try:
+            if invalid is not None:
+                state = self._refuse(opened, invalid, return_state)
+            else:
+                state = await self._run_attempts_async(opened, args, kwargs, return_state)
+        finally:
+            if opened.display is not None:
+                opened.display.stop()
+        if return_state:
+            return state
+        return state.result()
+
+    async def _run_attempts_async(
+        self, opened: _OpenRun, args: tuple[Any, ...], kwargs: dict[str, Any], log_traceback: bool
+    ) -> State[Any]:
+        policy = self.options.retry_policy
+        attempt = 0
+        while True:
+            attempt += 1
+            context = self._begin_attempt(opened, attempt)
+            state = await self._attempt_async(context, args, kwargs)
+            if state.is_completed() or attempt > policy.retries:
+                break
+            await policy.wait_before_retry_async(attempt, state.message, flow_logger(context))
+        import asyncio
+
+        if opened.slot.owned:  # a shutdown waits for workers: not on the event loop
+            timed_out = state.name == "TimedOut"
+            await asyncio.to_thread(opened.slot.close, wait=not timed_out, cancel_futures=timed_out)
+        return self._end_run(context, opened, state, attempt, log_traceback)
+
+    async def _attempt_async(
+        self, context: FlowRunContext, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> State[Any]:
+        """One attempt of an async flow's body, awaited on the running loop.
+        ``timeout_seconds`` cancels the body (``asyncio.timeout``): a body blocked in
+        synchronous code is stopped only when it next awaits."""
+        import asyncio
+
+        token = _scope.set(context)
+        print_token = redirect_prints(flow_logger(context)) if context.log_prints else None
+        seconds = self.options.timeout_seconds
+        timer = None
+        try:
+            try:
+                if seconds is None:
+                    value = await self.fn(*args, **kwargs)  # type: ignore[misc]
+                else:
+                    timer = asyncio.timeout(seconds)
+                    async with timer:
+                        value = await self.fn(*args, **kwargs)  # type: ignore[misc]
+            except Exception as exc:
+                if timer is not None and timer.expired() and isinstance(exc, TimeoutError):
+                    _stop_outstanding(context)
+                    message = f"flow run of {self.name!r} exceeded its timeout of {seconds:g} s"
+                    return State(StateType.FAILED, "TimedOut", message, exception=TaskTimeoutError(message))
+                state: State[Any] = states.Failed(exc, traceback=_format(exc))
+                _stop_outstanding(context)
+            else:
+                returned = [] if isinstance(value, quote) else collect_futures(value)
+                if returned:
+                    await wait_async(returned)
+                state = _state_from_return(value)
+            if context.outstanding():
+                await asyncio.to_thread(context.wait_all)
+            _log_failed_runs(context)
+            return state
+        except BaseException as exc:
+            # Cancelled (by the caller, a timeout around the call), Ctrl-C, SystemExit.
+            _stop_outstanding(context, closing=True)
+            context.slot.close(wait=False, cancel_futures=True)
+            self._finish(context, _interrupted_state(exc))
+            raise
+        finally:
+            if print_token is not None:
+                restore_prints(print_token)
+            _scope.reset(token)
 
     def _attempt(self, context: FlowRunContext, args: tuple[Any, ...], kwargs: dict[str, Any]) -> State[Any]:
         token = _scope.set(context)
@@ -184,11 +369,11 @@ class Flow(Generic[P, R]):
             context.wait_all()
             _log_failed_runs(context)
             return state
-        except BaseException:
+        except BaseException as exc:
             # Ctrl-C, SystemExit: stop what can be stopped, do not wait for the rest.
             _stop_outstanding(context, closing=True)
             context.slot.close(wait=False, cancel_futures=True)
-            self._finish(context, states.Cancelled("interrupted: the flow run was stopped"))
+            self._finish(context, _interrupted_state(exc))
             raise
         finally:
             if print_token is not None:
@@ -204,13 +389,8 @@ class Flow(Generic[P, R]):
             from flowcore.direct_runs import flush
 
             flush(run.run_id)  # its direct calls' runs, reported before its hooks and its end
-        hooks = self.options.on_completion if state.is_completed() else self.options.on_failure
+        self._call_hooks(context, self._final_hooks(state), state)
         logger = flow_logger(context)
-        for hook in hooks:
-            try:
-                hook(self, run, state)
-            except Exception:
-                logger.exception("hook %r of flow %r raised; the run's state is unchanged", getattr(hook, "__name__", hook), self.name)
         if registry.observes_events():
             from flowcore.events import EventKind, FlowRunEvent
 
@@ -225,6 +405,18 @@ class Flow(Generic[P, R]):
             # task's as the RemoteTraceback cause): the one place they are shown.
             logger.error("Encountered exception during execution:\n%s", state.traceback.rstrip("\n"))
         logger.error("Finished in state %r", state)
+
+    def _final_hooks(self, state: State[Any]) -> tuple[Any, ...]:
+        """The hooks a run that ended in ``state`` calls: ``on_completion``,
+        ``on_crashed``, ``on_cancellation``, else (Failed, TimedOut) ``on_failure``."""
+        options = self.options
+        if state.is_completed():
+            return options.on_completion
+        if state.is_crashed():
+            return options.on_crashed
+        if state.is_cancelled():
+            return options.on_cancellation
+        return options.on_failure
 
     # -- options ------------------------------------------------------------
     def with_options(self, **options: Unpack[FlowOptionInputs]) -> Flow[P, R]:
@@ -276,8 +468,30 @@ def _format(exc: BaseException) -> str:
     return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
 
 
+def _interrupted_state(exc: BaseException) -> State[Any]:
+    """The state of a flow run whose body was stopped by ``exc`` (not an Exception):
+    ``Cancelled`` when its coroutine was cancelled (``asyncio.CancelledError``: by the
+    caller, or a timeout around the call), ``Crashed`` for Ctrl-C, ``sys.exit()`` and
+    the like -- the run did not end on its own terms (as in Prefect)."""
+    import sys
+
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is not None and isinstance(exc, asyncio.CancelledError):
+        return states.Cancelled("the flow run was cancelled while it ran")
+    if isinstance(exc, KeyboardInterrupt):
+        reason = "an interrupt signal (KeyboardInterrupt)"
+    elif isinstance(exc, SystemExit):
+        reason = f"a system exit call (sys.exit({'' if exc.code is None else repr(exc.code)}))"
+    else:
+        reason = f"{type(exc).__name__}"
+    return states.Crashed(f"the flow run was aborted by {reason}")
+
+
 def _state_from_return(value: Any) -> State[Any]:
-    """The flow's state from what its body returned (futures are waited for)."""
+    """The flow's state from what its body returned (futures are waited for;
+    ``quote(x)``: ``x`` as it is)."""
+    if isinstance(value, quote):
+        return states.Completed(value.value)
     if isinstance(value, State):
         return _wrap_returned_state(value, "a state")
     if isinstance(value, TaskFuture):
@@ -429,7 +643,14 @@ def flow(
         retries / retry_delay_seconds: rerun the whole body when the run fails.
         timeout_seconds: stop the body after this long (state ``TimedOut``).
         log_prints: send ``print()`` in the flow and its tasks to the run loggers.
-        on_completion / on_failure: lists of ``hook(flow, flow_run, state)``.
+        on_completion / on_failure / on_crashed / on_cancellation: lists of
+            ``hook(flow, flow_run, state)`` called once when the run ends in that kind of
+            state (on_failure: Failed and TimedOut; on_crashed: aborted by Ctrl-C or
+            ``sys.exit()``; on_cancellation: an async flow cancelled while it ran).
+        on_running: list of ``hook(flow, flow_run, state)`` called once when the run
+            starts (before its body; not again for its retries).
+        validate_parameters: check and coerce arguments against the type hints
+            (pydantic) before the body starts (default True).
     """
     if __fn is not None:
         return Flow(__fn, _flow_options(__fn, options))

@@ -16,10 +16,11 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 from flowcore import registry, states
+from flowcore.annotations import BaseAnnotation, quote
 from flowcore.backend import WorkerLost
 from flowcore.engine import run_call, run_call_located, run_call_remote
 from flowcore.errors import WaitTimeoutError
@@ -129,6 +130,16 @@ class TaskFuture(Generic[R]):
         """
         raise NotImplementedError
 
+    def __await__(self) -> Generator[Any, None, R]:
+        """``await future``: the task's value (or its exception), as :meth:`result`
+        gives it, without blocking the event loop while the run goes on."""
+        return self._result_async().__await__()
+
+    async def _result_async(self) -> R:
+        if self._final() is None:
+            await wait_async([self])
+        return self.result()
+
     def __repr__(self) -> str:
         return f"TaskFuture({self.name!r}, state={self.state!r})"
 
@@ -176,6 +187,7 @@ class RunFuture(TaskFuture[R]):
         "_stealable",
         "_stolen",
         "_task",
+        "_tolerated",
         "_upstream",
     )
 
@@ -200,6 +212,9 @@ class RunFuture(TaskFuture[R]):
         self._native: NativeHandle | None = None
         self._refs: dict[str, NativeHandle] | None = None
         self._upstream: list[TaskFuture[Any]] = []
+        #: None: the arguments hold no allow_failure/quote; else the upstream futures
+        #: that may fail (from allow_failure), possibly none
+        self._tolerated: list[TaskFuture[Any]] | None = None
         self._scope: RunScope | None = None
         self._stealable = False
         self._stolen = False
@@ -360,11 +375,12 @@ class RunFuture(TaskFuture[R]):
             if self._state is None:
                 self._finish(states.Cancelled("cancelled before it was dispatched"))
             return
+        tolerated = self._tolerated
         for upstream in self._upstream:
             upstream._mark_observed()
             up_state = upstream._final()
             assert up_state is not None
-            if not up_state.is_completed():
+            if not up_state.is_completed() and not (tolerated and any(upstream is t for t in tolerated)):
                 self._finish(
                     states.NotRun(
                         f"upstream task run {upstream.name!r} ({upstream.task_run_id}) ended in "
@@ -375,7 +391,11 @@ class RunFuture(TaskFuture[R]):
                 return
         call = self.call
         capabilities = backend.capabilities
-        if self._upstream:
+        if tolerated is not None:  # allow_failure / quote among the arguments
+            call.args = resolve_inputs(call.args)
+            call.kwargs = resolve_inputs(call.kwargs)
+            self._upstream = self._tolerated = []
+        elif self._upstream:
             if capabilities.remote_results and self._keeps_results_remote():
                 self._refs = self._refer_to_upstreams(backend)
             else:
@@ -611,6 +631,7 @@ def _call_back(fn: Callable[[Any], Any], future: TaskFuture[Any]) -> None:
 # -- futures inside arguments --------------------------------------------------
 
 _CONTAINERS = (list, tuple, dict, set, frozenset)
+_INPUTS = (TaskFuture, BaseAnnotation)
 
 
 def collect_futures(obj: Any, found: list[TaskFuture[Any]] | None = None) -> list[TaskFuture[Any]]:
@@ -621,7 +642,7 @@ def collect_futures(obj: Any, found: list[TaskFuture[Any]] | None = None) -> lis
     return found
 
 
-def _collect(obj: Any, kind: type, found: list[Any]) -> None:
+def _collect(obj: Any, kind: type | tuple[type, ...], found: list[Any]) -> None:
     if isinstance(obj, kind):
         found.append(obj)
     elif isinstance(obj, dict):
@@ -665,6 +686,43 @@ def substitute(obj: Any, kind: type[T], replace: Callable[[T], Any]) -> Any:
 
 def _result_of(future: TaskFuture[Any]) -> Any:
     return future.result()
+
+
+def collect_inputs(obj: Any, found: list[Any]) -> None:
+    """Append to ``found`` every TaskFuture and every :mod:`~flowcore.annotations`
+    wrapper in ``obj`` (looking inside containers as :func:`collect_futures` does, never
+    inside a wrapper)."""
+    _collect(obj, _INPUTS, found)
+
+
+def holds_inputs(obj: Any) -> bool:
+    """Whether ``obj`` holds a TaskFuture or an annotation wrapper."""
+    if isinstance(obj, _INPUTS):
+        return True
+    if not isinstance(obj, _CONTAINERS):
+        return False
+    found: list[Any] = []
+    _collect(obj, _INPUTS, found)
+    return bool(found)
+
+
+def resolve_inputs(obj: Any) -> Any:
+    """``obj`` with its (finished) futures replaced by their results, ``quote(x)`` by
+    ``x`` and ``allow_failure(x)`` by ``x`` with its futures replaced by their results,
+    or by their exceptions where they did not complete."""
+    return substitute(obj, _INPUTS, _resolve_input)  # type: ignore[arg-type]
+
+
+def _resolve_input(item: Any) -> Any:
+    if isinstance(item, TaskFuture):
+        return item.result()
+    if isinstance(item, quote):
+        return item.value
+    return substitute(item.value, TaskFuture, _outcome_of)
+
+
+def _outcome_of(future: TaskFuture[Any]) -> Any:
+    return future.result(raise_on_failure=False)
 
 
 def _substitute_in(obj: Any, kind: type, replace: Callable[[Any], Any]) -> Any:
@@ -749,6 +807,29 @@ def as_completed(
             ) from None
 
 
+async def wait_async(futures: Iterable[TaskFuture[Any]]) -> None:
+    """Wait, in a coroutine, until every future in ``futures`` is done; the event loop
+    runs on meanwhile (each future wakes it from whichever thread finishes it)."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    for future in futures:
+        if future.done():
+            continue
+        woken: asyncio.Future[None] = loop.create_future()
+
+        def wake(_: TaskFuture[Any], woken: asyncio.Future[None] = woken) -> None:
+            loop.call_soon_threadsafe(_set_once, woken)
+
+        future.add_done_callback(wake)
+        await woken
+
+
+def _set_once(woken: Any) -> None:
+    if not woken.done():  # cancelled meanwhile: the waiter has gone
+        woken.set_result(None)
+
+
 def _get_woken_for_deadlines(source: queue.SimpleQueue[T], timeout: float | None) -> T:
     """``source.get(timeout=timeout)``, woken for this thread's deadlines (see
     :func:`flowcore.timeouts.wake_for_deadlines`)."""
@@ -772,7 +853,11 @@ __all__ = [
     "TaskFuture",
     "as_completed",
     "collect_futures",
+    "collect_inputs",
+    "holds_inputs",
     "resolve_futures",
+    "resolve_inputs",
     "substitute",
     "wait",
+    "wait_async",
 ]

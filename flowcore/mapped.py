@@ -52,6 +52,9 @@ if TYPE_CHECKING:
 
 R = TypeVar("R")
 
+#: the most runs of an async task that one batch awaits at once in a worker thread
+_MAX_AWAITED_BATCH = 1024
+
 _PENDING, _COMPLETED, _ENDED = 0, 1, 2  # per-run status; _ENDED: any other final state
 
 #: What one batch sends back: values, finish times, when the batch started, the full
@@ -115,9 +118,10 @@ class MapBlock:
 
             parameters_key = flow_parameters_key(flow_run)
         self.common: tuple[Any, ...] = (
-            (flow_run.run_id, flow_run.name, flow_run.flow_name, log_prints, name_offset, parameters_key)
+            (flow_run.run_id, flow_run.name, flow_run.flow_name, log_prints, name_offset, parameters_key,
+             flow_run, backend.name)
             if flow_run is not None
-            else (None, None, None, log_prints, name_offset, None)
+            else (None, None, None, log_prints, name_offset, None, None, backend.name)
         )
         self.count = count
         self.values: list[Any] = [None] * count
@@ -137,8 +141,12 @@ class MapBlock:
         self.sizer = BatchSizer(backend.max_workers)
         #: runs execute in this process: no log capture, no journal
         self.in_process = backend.capabilities.in_process
+        #: the runs of a batch await together on a worker thread's loop (see _await_rows):
+        #: a batch takes as long as its slowest run, so it is sized by fair share, not
+        #: by the time per run
+        self.awaits_together = task.isasync and self.in_process
         #: the task has hooks: they run here for every run, before its state is seen
-        self.hooked = bool(task.options.on_completion or task.options.on_failure)
+        self.hooked = bool(task.options.on_completion or task.options.on_failure or task.options.on_running)
         self.lock = threading.Lock()
         self.changed = threading.Condition(self.lock)
         #: each run's timeout, watched by the backend while its batch is out (None: not)
@@ -163,10 +171,10 @@ class MapBlock:
     def call(self, index: int) -> TaskCall:
         """The run's call (built on demand: hooks, recovery, ``future.call``)."""
         (args, kwargs), = self.arguments.layout(index, index + 1).rows()
-        flow_run_id, flow_run_name, flow_name, log_prints, _, parameters_key = self.common
+        flow_run_id, flow_run_name, flow_name, log_prints, _, parameters_key, flow_run, backend = self.common
         return TaskCall(
             self.task, args, kwargs, self.run_id(index), self.run_name(index), flow_run_id,
-            flow_run_name, flow_name, self.submitted_at, log_prints, 0, parameters_key,
+            flow_run_name, flow_name, self.submitted_at, log_prints, 0, parameters_key, flow_run, backend,
         )
 
     def futures(self) -> list[TaskFuture[Any]]:
@@ -189,7 +197,11 @@ class MapBlock:
                 if self.next_index >= self.count or not self.sizer.has_room():
                     return
                 start = self.next_index
-                size = self.sizer.next_size(self.count - start)
+                waiting = self.count - start
+                if self.awaits_together:
+                    size = min(_MAX_AWAITED_BATCH, -(-waiting // self.sizer.workers))
+                else:
+                    size = self.sizer.next_size(waiting)
                 stop = min(self.count, start + size)
                 self.next_index = stop
                 skip = {i - start for i in self.cancelled if start <= i < stop}
@@ -653,12 +665,13 @@ class _MapItemContext(TaskRunContext):
 
     def call_at(self, index: int) -> TaskCall:
         number = self._first + index
-        flow_run_id, flow_run_name, flow_name, log_prints, name_offset, parameters_key = self._batch_call
+        (flow_run_id, flow_run_name, flow_name, log_prints, name_offset, parameters_key, flow_run,
+         backend) = self._batch_call
         args, kwargs = self._rows[index], self._kw_rows[index] if self._kw_rows else {}
         return TaskCall(
             self.task, args, kwargs, f"{self._prefix}-{number:x}",
             run_name_of(self.task, number + name_offset, args, kwargs),
-            flow_run_id, flow_run_name, flow_name, 0.0, log_prints, 0, parameters_key,
+            flow_run_id, flow_run_name, flow_name, 0.0, log_prints, 0, parameters_key, flow_run, backend,
         )
 
     @property
@@ -754,8 +767,12 @@ def _run_rows(
     finished = ends.append
     now = time.time
     started = now()
-    if not task._single_attempt or batch_call[3]:
-        # Retries or print capture: each run goes through the engine.
+    if task.isasync and engine.run_tracker() is None:
+        # Coroutine bodies wait together on this thread's loop. Not in a journaled
+        # worker process: there a crash is pinned on the one run executing.
+        return _await_rows(context, len(rows), skip, started)
+    if not task._single_attempt or batch_call[3] or task.isasync:
+        # Retries, print capture or a coroutine body: each run goes through the engine.
         for index in range(len(rows)):
             if index in skip:
                 append(None)
@@ -797,6 +814,33 @@ def _run_rows(
         if tracker is not None:
             tracker.record_idle()
     return values, ends, started, exact
+
+
+def _await_rows(
+    context: _MapItemContext, count: int, skip: Any, started: float
+) -> tuple[list[Any], list[float], float, dict[int, State[Any]]]:
+    """The runs of a batch of an async task, awaited at once (``asyncio.gather`` of
+    :func:`flowcore.engine.run_call_async`) on this thread's event loop: a batch of
+    I/O-bound runs takes about as long as its slowest run."""
+    from flowcore.coroutines import run_sync
+
+    indexes = [index for index in range(count) if not (skip and index in skip)]
+    states = run_sync(_gather_runs([context.call_at(index) for index in indexes]))
+    values: list[Any] = [None] * count
+    ends: list[float] = [started] * count
+    exact: dict[int, State[Any]] = {}
+    for index, state in zip(indexes, states, strict=True):
+        values[index] = state.data
+        ends[index] = state.finished_at or time.time()
+        if state.name != "Completed" or state.attempts != 1:
+            exact[index] = state
+    return values, ends, started, exact
+
+
+async def _gather_runs(calls: list[TaskCall]) -> list[State[Any]]:
+    import asyncio
+
+    return list(await asyncio.gather(*(engine.run_call_async(call) for call in calls)))
 
 
 def _timed(state: State[Any], started: float, finished: float) -> State[Any]:

@@ -143,18 +143,20 @@ def _any_future(
     mapped_args: dict[int, list[Any]],
     mapped_kwargs: dict[str, list[Any]],
 ) -> bool:
-    from flowcore.futures import TaskFuture, collect_futures
+    from flowcore.annotations import BaseAnnotation
+    from flowcore.futures import TaskFuture, holds_inputs
 
-    scan = (TaskFuture, list, tuple, dict, set, frozenset)
+    # Annotations (allow_failure, quote) count as futures: such runs take the per-run path.
+    scan = (TaskFuture, BaseAnnotation, list, tuple, dict, set, frozenset)
     columns = [*mapped_args.values(), *mapped_kwargs.values()]
     static = [_unwrap(a) for i, a in enumerate(args) if i not in mapped_args]
     static += [_unwrap(v) for k, v in kwargs.items() if k not in mapped_kwargs]
     for value in static:
-        if isinstance(value, scan) and collect_futures(value):
+        if isinstance(value, scan) and holds_inputs(value):
             return True
     for column in columns:
         for value in column:
-            if isinstance(value, scan) and collect_futures(value):
+            if isinstance(value, scan) and holds_inputs(value):
                 return True
     return False
 

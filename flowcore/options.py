@@ -54,12 +54,24 @@ class RetryPolicy:
 
     def wait_before_retry(self, attempt: int, reason: str, logger: Any) -> None:
         """Log that attempt number ``attempt`` failed, then sleep the retry's delay."""
+        delay = self._announce_retry(attempt, reason, logger)
+        if delay > 0:
+            time.sleep(delay)
+
+    async def wait_before_retry_async(self, attempt: int, reason: str, logger: Any) -> None:
+        """:meth:`wait_before_retry` for a coroutine: the event loop runs on meanwhile."""
+        delay = self._announce_retry(attempt, reason, logger)
+        if delay > 0:
+            import asyncio
+
+            await asyncio.sleep(delay)
+
+    def _announce_retry(self, attempt: int, reason: str, logger: Any) -> float:
         delay = self.delay(attempt - 1)
         logger.warning(
             "Failed (%s); retry %d/%d in %.3g s", reason, attempt, self.retries, delay
         )
-        if delay > 0:
-            time.sleep(delay)
+        return delay
 
 
 class TaskOptionInputs(TypedDict, total=False):
@@ -78,6 +90,7 @@ class TaskOptionInputs(TypedDict, total=False):
     log_prints: bool | None
     on_completion: Sequence[Hook] | None
     on_failure: Sequence[Hook] | None
+    on_running: Sequence[Hook] | None
     cache_policy: CachePolicy | None
     cache_key_fn: Callable[[CacheContext, dict[str, Any]], str | None] | None
     cache_expiration: timedelta | float | None
@@ -109,6 +122,7 @@ class TaskOptions:
     log_prints: bool | None = None
     on_completion: tuple[Hook, ...] = ()
     on_failure: tuple[Hook, ...] = ()
+    on_running: tuple[Hook, ...] = ()
     # caching, as given (see flowcore.caching.settings for what they mean) ...
     cache_policy: Any = None
     cache_key_fn: Callable[..., str | None] | None = None
@@ -140,6 +154,10 @@ class FlowOptionInputs(TypedDict, total=False):
     log_prints: bool | None
     on_completion: Sequence[Hook] | None
     on_failure: Sequence[Hook] | None
+    on_running: Sequence[Hook] | None
+    on_crashed: Sequence[Hook] | None
+    on_cancellation: Sequence[Hook] | None
+    validate_parameters: bool
 
 
 @dataclass(frozen=True)
@@ -155,6 +173,11 @@ class FlowOptions:
     log_prints: bool | None = None
     on_completion: tuple[Hook, ...] = ()
     on_failure: tuple[Hook, ...] = ()
+    on_running: tuple[Hook, ...] = ()
+    on_crashed: tuple[Hook, ...] = ()
+    on_cancellation: tuple[Hook, ...] = ()
+    #: check and coerce arguments against the function's type hints (pydantic)
+    validate_parameters: bool = True
     # -- derived -----------------------------------------------------------------
     retry_policy: RetryPolicy = field(default_factory=RetryPolicy, metadata=_DERIVED)
 
@@ -225,11 +248,7 @@ def task_options(fn: Callable[..., Any], given: Mapping[str, Any], *, base: Task
 
     if not callable(fn):
         raise TypeError(f"@task must decorate a function, got {type(fn).__name__} {fn!r}")
-    if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
-        raise TypeError(
-            f"@task: {getattr(fn, '__qualname__', fn)!r} is an async function; flowcore runs "
-            "synchronous functions (wrap it: lambda *a: asyncio.run(fn(*a)))"
-        )
+    _refuse_generators(fn, "@task")
     values, name, owner, retries = _merged(fn, given, TaskOptions, base, "@task")
     signature = inspect.signature(fn)
     var_kw = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
@@ -244,6 +263,7 @@ def task_options(fn: Callable[..., Any], given: Mapping[str, Any], *, base: Task
         log_prints=check_log_prints(values["log_prints"], owner),
         on_completion=check_hooks(values["on_completion"], "on_completion", owner),
         on_failure=check_hooks(values["on_failure"], "on_failure", owner),
+        on_running=check_hooks(values["on_running"], "on_running", owner),
     )
     policy = retry_policy(retries, values["retry_delay_seconds"], values["retry_jitter_factor"], owner)
     return TaskOptions(**validated, retry_policy=policy, cache=_cache_settings(name, signature, values))
@@ -290,8 +310,7 @@ def flow_options(
 
     if not callable(fn):
         raise TypeError(f"@flow must decorate a function, got {type(fn).__name__} {fn!r}")
-    if inspect.iscoroutinefunction(fn):
-        raise TypeError(f"@flow: {getattr(fn, '__qualname__', fn)!r} is an async function; flowcore runs synchronous flows")
+    _refuse_generators(fn, "@flow")
     values, name, owner, retries = _merged(fn, given, FlowOptions, base, "@flow")
     description = values["description"]
     if description is None:
@@ -307,12 +326,28 @@ def flow_options(
             log_prints=check_log_prints(values["log_prints"], owner),
             on_completion=check_hooks(values["on_completion"], "on_completion", owner),
             on_failure=check_hooks(values["on_failure"], "on_failure", owner),
+            on_running=check_hooks(values["on_running"], "on_running", owner),
+            on_crashed=check_hooks(values["on_crashed"], "on_crashed", owner),
+            on_cancellation=check_hooks(values["on_cancellation"], "on_cancellation", owner),
+            validate_parameters=check_flag(values["validate_parameters"], "validate_parameters", owner),
         ),
         retry_policy=retry_policy(retries, values["retry_delay_seconds"], None, owner),
     )
 
 
 # -- validators ----------------------------------------------------------------
+
+
+def _refuse_generators(fn: Callable[..., Any], decorator: str) -> None:
+    """TypeError for an async generator function: its runs would have no one value
+    (``async def`` functions are taken: they run on an event loop)."""
+    import inspect
+
+    if inspect.isasyncgenfunction(fn):
+        raise TypeError(
+            f"{decorator}: {getattr(fn, '__qualname__', fn)!r} is an async generator function; "
+            "a run must return one value: collect the items and return a list"
+        )
 
 
 def check_name(value: object, owner: str) -> str:
@@ -414,6 +449,12 @@ def check_tags(value: object, owner: str) -> frozenset[str]:
     if bad:
         raise TypeError(f"{owner}: 'tags' must contain only strings, got {bad[0]!r}")
     return tags
+
+
+def check_flag(value: object, option: str, owner: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{owner}: {option!r} must be True or False, got {value!r}")
+    return value
 
 
 def check_log_prints(value: object, owner: str) -> bool | None:

@@ -10,6 +10,7 @@ tasks have no hooks, and their events travel as one lazy sequence per batch.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from flowcore import registry
@@ -24,14 +25,27 @@ logger = logging.getLogger("flowcore.task_runs")
 
 
 def run_task_hooks(call: TaskCall, state: State[Any]) -> None:
-    """Call the task's ``on_completion`` (or, for any other final state, ``on_failure``)
-    hooks with ``(task, call, state)``; a hook's exception is logged, never raised."""
+    """Call the task's hooks for a run that has ended in ``state``: first its
+    ``on_running`` hooks with a ``Running`` state (dated when the body started) if the
+    body ran at least once (``state.attempts``: not for a cache hit, nor for a run
+    that never started), then ``on_completion`` (or, for any other final state,
+    ``on_failure``), each with ``(task, call, state)``. Called once per run, in the
+    submitting process, when the run's outcome arrives there. A hook's exception is
+    logged, never raised."""
     task = call.task
     options = task.options
-    hooks = options.on_completion if state.type is StateType.COMPLETED else options.on_failure
-    for hook in hooks:
+    final_hooks = options.on_completion if state.type is StateType.COMPLETED else options.on_failure
+    calls: list[tuple[Callable[..., Any], State[Any]]] = []
+    if options.on_running and state.attempts >= 1:
+        running: State[Any] = State(
+            StateType.RUNNING, "Running", timestamp=state.started_at or state.timestamp,
+            started_at=state.started_at,
+        )
+        calls.extend((hook, running) for hook in options.on_running)
+    calls.extend((hook, state) for hook in final_hooks)
+    for hook, given in calls:
         try:
-            hook(task, call, state)
+            hook(task, call, given)
         except Exception:
             task_run_logger(call).exception(
                 "hook %r of task run %r raised; the run's state is unchanged",
@@ -45,13 +59,13 @@ def run_task_hooks(call: TaskCall, state: State[Any]) -> None:
 def report_final_state(
     call: TaskCall, state: State[Any], backend: str | None, worker: Worker | None = None
 ) -> None:
-    """Fire the task's ``on_completion``/``on_failure`` hooks, then publish the run's
+    """Fire the task's hooks (see :func:`run_task_hooks`), then publish the run's
     STARTED (if it started) and FINISHED events. ``backend``: the name of the backend
     that ran it (None for a direct call); ``worker``: where it ran, when known."""
     options = call.task.options
     hooks = options.on_completion if state.type is StateType.COMPLETED else options.on_failure
     observed = registry.observes_events()
-    if not hooks and state.type is StateType.COMPLETED and not observed:
+    if not hooks and not options.on_running and state.type is StateType.COMPLETED and not observed:
         return  # the common case: nothing to call
     run_task_hooks(call, state)
     if observed:

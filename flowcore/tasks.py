@@ -14,17 +14,19 @@ import dataclasses
 import functools
 import inspect
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, Unpack, overload
 
 from flowcore import direct_runs, registry
 from flowcore import mapped as mapped_path
 from flowcore import options as opts
+from flowcore.annotations import allow_failure
 from flowcore.batching import MIN_ITEMS_TO_BATCH, BatchDispatcher, should_batch
 from flowcore.calls import UNSCOPED_RUN_NUMBERS, FlowRun, TaskCall, new_task_run_id
-from flowcore.context import TaskRunContext, _scope, _task_run, submission_scope
+from flowcore.context import FlowRunContext, TaskRunContext, _scope, _task_run, submission_scope
+from flowcore.coroutines import in_async_context, run_sync, running_loop
 from flowcore.errors import CrashedError, MissingContextError
-from flowcore.futures import RunFuture, TaskFuture, collect_futures
+from flowcore.futures import RunFuture, TaskFuture, collect_futures, collect_inputs
 from flowcore.mapping import map_arguments
 from flowcore.options import TaskOptionInputs, TaskOptions, exponential_backoff
 from flowcore.states import State
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 
 
@@ -46,9 +49,18 @@ class Task(Generic[P, R]):
         options: the validated :class:`~flowcore.options.TaskOptions`.
     """
 
+    def __new__(cls, fn: Callable[P, R], options: TaskOptions) -> Task[P, R]:
+        # An ``async def`` function makes an AsyncTask (its own __call__), so that the
+        # direct-call fast path of synchronous tasks pays nothing for async support.
+        if cls is Task and inspect.iscoroutinefunction(fn):
+            return object.__new__(AsyncTask)
+        return object.__new__(cls)
+
     def __init__(self, fn: Callable[P, R], options: TaskOptions) -> None:
         self.fn = fn
         self.options = options
+        #: the function is a coroutine function: its runs are awaited on an event loop
+        self.isasync = inspect.iscoroutinefunction(fn)
         self.signature = inspect.signature(fn)
         functools.update_wrapper(self, fn)
         # Positional-only calls of a plain signature are checked by counting, which is
@@ -72,6 +84,7 @@ class Task(Generic[P, R]):
             and not o.log_prints
             and not o.on_completion
             and not o.on_failure
+            and not o.on_running
         )
 
     @property
@@ -86,8 +99,15 @@ class Task(Generic[P, R]):
     # Typing: the ParamSpec overload checks arguments against the function; the
     # return_state / wait_for variants keep the return type (extra keywords cannot be
     # combined with P.kwargs in one signature).
+    # An async task's R is a coroutine type: its futures and states hold what the
+    # coroutine returns (T), and awaiting its call gives T (the self-typed overloads).
     @overload
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R: ...
+
+    @overload
+    def __call__(
+        self: Task[P, Coroutine[Any, Any, T]], *args: Any, return_state: Literal[True], **kwargs: Any
+    ) -> Coroutine[Any, Any, State[T]]: ...
 
     @overload
     def __call__(self, *args: Any, return_state: Literal[True], **kwargs: Any) -> State[R]: ...
@@ -135,16 +155,35 @@ class Task(Generic[P, R]):
         return state.result()
 
     @overload
+    def submit(  # type: ignore[overload-overlap]
+        self: Task[P, Coroutine[Any, Any, T]], *args: P.args, **kwargs: P.kwargs
+    ) -> TaskFuture[T]: ...
+
+    @overload
     def submit(self, *args: P.args, **kwargs: P.kwargs) -> TaskFuture[R]: ...
+
+    @overload
+    def submit(
+        self: Task[P, Coroutine[Any, Any, T]], *args: Any, return_state: Literal[True], **kwargs: Any
+    ) -> State[T]: ...
 
     @overload
     def submit(self, *args: Any, return_state: Literal[True], **kwargs: Any) -> State[R]: ...
 
     @overload
     def submit(
+        self: Task[P, Coroutine[Any, Any, T]],
+        *args: Any,
+        wait_for: Iterable[TaskFuture[Any] | allow_failure[Any]],
+        return_state: Literal[False] = False,
+        **kwargs: Any,
+    ) -> TaskFuture[T]: ...
+
+    @overload
+    def submit(
         self,
         *args: Any,
-        wait_for: Iterable[TaskFuture[Any]],
+        wait_for: Iterable[TaskFuture[Any] | allow_failure[Any]],
         return_state: Literal[False] = False,
         **kwargs: Any,
     ) -> TaskFuture[R]: ...
@@ -174,7 +213,13 @@ class Task(Generic[P, R]):
             return future.state
         return future
 
-    def map(self, *args: Any, **kwargs: Any) -> list[TaskFuture[R]]:
+    @overload
+    def map(self: Task[P, Coroutine[Any, Any, T]], *args: Any, **kwargs: Any) -> list[TaskFuture[T]]: ...
+
+    @overload
+    def map(self, *args: Any, **kwargs: Any) -> list[TaskFuture[R]]: ...
+
+    def map(self, *args: Any, **kwargs: Any) -> list[TaskFuture[Any]]:
         """Submit one run per element of the iterable arguments; returns their futures.
 
         Iterable arguments (lists, tuples, ranges, generators ...) must have equal
@@ -221,6 +266,7 @@ class Task(Generic[P, R]):
         if log_prints is None:
             log_prints = scope.log_prints
         call = self._make_call(args, kwargs, scope.flow_run, log_prints)
+        call.backend = scope.slot.name
         future: RunFuture[R] = RunFuture(self, call)
         future._scope = scope
         scope.track(future)
@@ -235,7 +281,7 @@ class Task(Generic[P, R]):
         scope: Any,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        wait_for: list[TaskFuture[Any]],
+        wait_for: list[Any],
         *,
         scan: bool = True,
     ) -> TaskFuture[R]:
@@ -243,15 +289,25 @@ class Task(Generic[P, R]):
         the arguments hold no futures (map scans its inputs once)."""
         backend = scope.backend()  # may fail (bad options): before anything is tracked
         future = self._new_future(scope, args, kwargs)
-        upstream: list[TaskFuture[Any]] = collect_futures(args) if scan else []
-        if kwargs and scan:
-            collect_futures(kwargs, upstream)
+        upstream: list[TaskFuture[Any]] = []
+        tolerated: list[TaskFuture[Any]] | None = None
+        if scan:
+            items: list[Any] = []
+            collect_inputs(args, items)
+            if kwargs:
+                collect_inputs(kwargs, items)
+            if items:
+                tolerated = _sort_inputs(items, upstream)
         if wait_for:
-            upstream.extend(wait_for)
-        if not upstream and should_batch(backend, MIN_ITEMS_TO_BATCH):
+            waited = _sort_inputs(wait_for, upstream)
+            if waited is not None:
+                tolerated = waited if tolerated is None else [*tolerated, *waited]
+        if tolerated is not None:
+            future._tolerated = tolerated  # resolved at dispatch (flowcore.annotations)
+        elif not upstream and should_batch(backend, MIN_ITEMS_TO_BATCH):
             self._dispatcher(scope, backend).add([future])  # coalesced with rapid submits
-        else:
-            future._dispatch(backend, upstream)
+            return future
+        future._dispatch(backend, upstream)
         return future
 
     def _dispatcher(self, scope: Any, backend: Any) -> BatchDispatcher:
@@ -294,7 +350,7 @@ class Task(Generic[P, R]):
             return TaskCall(self, args, kwargs, run_id, name, None, None, None, time.time(), log_prints)
         call = TaskCall(
             self, args, kwargs, run_id, name, flow_run.run_id, flow_run.name, flow_run.flow_name,
-            time.time(), log_prints,
+            time.time(), log_prints, 0, None, flow_run,
         )
         cache = self.options.cache
         if cache is not None and cache.policy.needs_flow_parameters:
@@ -349,11 +405,89 @@ class Task(Generic[P, R]):
         return f"Task(name={self.name!r}, fn={getattr(self.fn, '__qualname__', self.fn)!r})"
 
 
+class AsyncTask(Task[P, R]):
+    """A task whose function is an ``async def`` (``@task`` makes one by itself).
+
+    Calling it where the caller awaits (an async flow or task body, or any coroutine
+    with no run around it, see :func:`flowcore.coroutines.in_async_context`) returns a
+    coroutine: ``await t(x)``, ``asyncio.gather(t(1), t(2))``. Elsewhere (a synchronous
+    flow, task or script) the call runs the task to completion on an event loop and
+    returns its value, as a synchronous task's call does. ``submit`` and ``map`` are
+    those of every task: the backend's worker runs the coroutine on its own event
+    loop, and the futures they return are awaitable too.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """``await``-able run where the caller awaits, else the value (see the class);
+        ``return_state=True``: the final State instead. Bad arguments raise TypeError
+        here, before any coroutine is made."""
+        return_state = kwargs.pop("return_state", False) if "return_state" in kwargs else False
+        if kwargs or not self._min_args <= len(args) <= self._max_args:
+            self.bind(args, kwargs)
+        scope = _scope.get()
+        # in_async_context(), inlined for the common case: a loop runs here, in the
+        # body of an async flow (this is paid once per awaited run)
+        if (
+            running_loop() is not None
+            and _task_run.get() is None
+            and isinstance(scope, FlowRunContext)
+            and scope.flow.isasync
+        ) or in_async_context():
+            return self._run_coroutine(args, kwargs, return_state, scope)
+        return run_sync(self._run_coroutine(args, kwargs, return_state, scope))
+
+    def _run_coroutine(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], return_state: bool, scope: Any
+    ) -> Coroutine[Any, Any, Any]:
+        """The coroutine of one direct run, on the path its observation needs (chosen
+        here, so that an awaited run costs one coroutine around the body's)."""
+        flow_run = scope.flow_run if scope is not None else None
+        log_prints = self.options.log_prints
+        if log_prints is None:
+            log_prints = scope.log_prints if scope is not None else False
+        observation = _observation() if self._plain and not return_state and not log_prints else _FULL
+        if observation == _BATCHED and flow_run is not None:
+            return direct_runs.call_async(self, args, kwargs, flow_run)
+        if observation == _UNOBSERVED:
+            return self._unobserved(args, kwargs, flow_run)
+        return self._observed(args, kwargs, flow_run, log_prints, return_state)
+
+    async def _unobserved(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], flow_run: FlowRun | None
+    ) -> Any:
+        token = _task_run.set(TaskRunContext(self, None, args, kwargs, flow_run))
+        try:
+            return await self.fn(*args, **kwargs)  # type: ignore[misc]
+        except SystemExit as exc:
+            from flowcore.engine import exit_message
+
+            raise CrashedError(f"task {self.name!r}: {exit_message(exc)}") from exc
+        finally:
+            _task_run.reset(token)
+
+    async def _observed(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], flow_run: FlowRun | None,
+        log_prints: bool, return_state: bool,
+    ) -> Any:
+        call = self._make_call(args, kwargs, flow_run, log_prints)
+        from flowcore.engine import run_call_async
+        from flowcore.events import current_worker, submitted_event
+        from flowcore.reporting import report_final_state
+
+        if registry.observes_events():
+            registry.publish([submitted_event(call, None)])
+        state = await run_call_async(call)
+        report_final_state(call, state, None, current_worker())
+        if return_state:
+            return state
+        return state.result()
+
+
 def _without_hooks(options: TaskOptions) -> TaskOptions:
     """``options`` as they travel to a worker: without the hooks, which run at home."""
-    if not options.on_completion and not options.on_failure:
+    if not options.on_completion and not options.on_failure and not options.on_running:
         return options
-    return dataclasses.replace(options, on_completion=(), on_failure=())
+    return dataclasses.replace(options, on_completion=(), on_failure=(), on_running=())
 
 
 def _load_task(module: str, qualname: str, options: TaskOptions | None = None) -> Task[..., Any]:
@@ -398,19 +532,41 @@ def _observation() -> int:
     return _BATCHED if current.batches_direct_runs else _FULL
 
 
-def _as_futures(wait_for: Any) -> list[TaskFuture[Any]]:
+def _as_futures(wait_for: Any) -> list[Any]:
+    """``wait_for`` as a list of TaskFuture and ``allow_failure(TaskFuture)`` items."""
     if wait_for is None:
         return []
-    if isinstance(wait_for, TaskFuture):
-        return [wait_for]
+    if isinstance(wait_for, (TaskFuture, allow_failure)):
+        wait_for = [wait_for]
     try:
         items = list(wait_for)
     except TypeError:
         raise TypeError(f"wait_for must be a list of TaskFuture, got {wait_for!r}") from None
     for item in items:
-        if not isinstance(item, TaskFuture):
-            raise TypeError(f"wait_for must contain only TaskFuture objects, got {item!r}")
+        inner = item.value if isinstance(item, allow_failure) else item
+        if not isinstance(inner, TaskFuture):
+            raise TypeError(
+                f"wait_for must contain only TaskFuture objects (or allow_failure(future)), got {item!r}"
+            )
     return items
+
+
+def _sort_inputs(items: list[Any], upstream: list[TaskFuture[Any]]) -> list[TaskFuture[Any]] | None:
+    """Add the futures among ``items`` (futures and annotation wrappers, see
+    :func:`flowcore.futures.collect_inputs`) to ``upstream``. Returns None when there is
+    no wrapper among them, else the futures that may fail (those in allow_failure)."""
+    tolerated: list[TaskFuture[Any]] | None = None
+    for item in items:
+        if isinstance(item, TaskFuture):
+            upstream.append(item)
+            continue
+        if tolerated is None:
+            tolerated = []
+        if isinstance(item, allow_failure):
+            inner = collect_futures(item.value)
+            upstream.extend(inner)
+            tolerated.extend(inner)
+    return tolerated
 
 
 @overload
@@ -443,6 +599,9 @@ def task(
         log_prints: send ``print()`` in the task to its run logger (None: as the flow).
         on_completion / on_failure: lists of ``hook(task, call, state)``, called once
             per run with its final state, in the process that submitted it.
+        on_running: list of ``hook(task, call, state)`` called once per run whose body
+            started, with its ``Running`` state, in the submitting process, when the
+            run's outcome reaches it (just before ``on_completion``/``on_failure``).
         cache_policy: what a run's cache key is made of (``flowcore.caching.INPUTS``,
             ``TASK_SOURCE``, ``FLOW_PARAMETERS``, ``RUN_ID``, ``NONE``, combined with
             ``+``; ``INPUTS - "arg"`` leaves an argument out). Runs are cached only
@@ -471,4 +630,4 @@ def task(
     return decorate
 
 
-__all__ = ["Task", "exponential_backoff", "task", "task_input_hash"]
+__all__ = ["AsyncTask", "Task", "exponential_backoff", "task", "task_input_hash"]

@@ -94,12 +94,18 @@ def test_task_run_name_may_use_var_keyword_and_real_parameters() -> None:
     assert decorated.options.task_run_name == "load-{path}-{anything}"
 
 
-def test_task_rejects_async_functions() -> None:
+def test_task_takes_async_functions_but_not_async_generators() -> None:
     async def coro() -> None:
         return None
 
-    with pytest.raises(TypeError, match="async"):
-        task(coro)
+    async def agen() -> Any:
+        yield 1
+
+    assert task(coro).isasync
+    with pytest.raises(TypeError, match="async generator"):
+        task(agen)
+    with pytest.raises(TypeError, match="async generator"):
+        flow(agen)
 
 
 def test_task_with_options_validates_too() -> None:
@@ -260,7 +266,7 @@ def test_options_are_declared_once() -> None:
 
     assert tuple(TaskOptionInputs.__annotations__) == input_names(TaskOptions)
     assert tuple(FlowOptionInputs.__annotations__) == input_names(FlowOptions)
-    assert len(input_names(TaskOptions)) == 18 and len(input_names(FlowOptions)) == 9
+    assert len(input_names(TaskOptions)) == 19 and len(input_names(FlowOptions)) == 13
 
 
 def test_an_unknown_option_names_the_nearest_one() -> None:

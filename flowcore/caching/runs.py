@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from flowcore import states
@@ -32,6 +32,30 @@ _warned_lock = threading.Lock()
 
 def run_cached(call: TaskCall, settings: CacheSettings, run: Callable[[TaskCall], State[Any]]) -> State[Any]:
     """Run ``call`` through the cache; ``run`` executes it uncached (with retries)."""
+    ended, key, store = _look_up(call, settings)
+    if ended is not None:
+        return ended
+    state = run(call)
+    return state if key is None or store is None else _save(call, settings, key, store, state)
+
+
+async def run_cached_async(
+    call: TaskCall, settings: CacheSettings, run: Callable[[TaskCall], Awaitable[State[Any]]]
+) -> State[Any]:
+    """:func:`run_cached` for a coroutine task: ``run`` is awaited on a miss."""
+    ended, key, store = _look_up(call, settings)
+    if ended is not None:
+        return ended
+    state = await run(call)
+    return state if key is None or store is None else _save(call, settings, key, store, state)
+
+
+def _look_up(
+    call: TaskCall, settings: CacheSettings
+) -> tuple[State[Any] | None, str | None, CacheStore | None]:
+    """What the cache says about ``call``: ``(final state, None, None)`` when the run
+    ends here (a hit, or no key and ``cache_key_errors="raise"``), ``(None, None,
+    None)`` to run it uncached, ``(None, key, store)`` to run it and store the result."""
     from flowcore.caching.keys import run_key
     from flowcore.caching.storage import resolve_store
 
@@ -41,24 +65,31 @@ def run_cached(call: TaskCall, settings: CacheSettings, run: Callable[[TaskCall]
     except CacheKeyError as exc:
         named = CacheKeyError(f"task {call.task.name!r}: {exc}")
         named.__cause__ = exc.__cause__
-        return _uncacheable(call, settings, named, started, run)
+        return _uncacheable(call, settings, named, started), None, None
     except Exception as exc:  # a user's cache_key_fn failed
-        return _uncacheable(call, settings, exc, started, run)
+        return _uncacheable(call, settings, exc, started), None, None
     if key is None:
-        return run(call)
+        return None, None, None
     store = resolve_store(settings.storage)
     if not settings.refresh:
         found, value = store.load(key)
         if found:
             data = value if settings.in_memory else StoredResult(store, key, call.task_run_name)
-            return states.Cached(
+            hit = states.Cached(
                 data,
                 message=f"cache hit {key[:12]}",
                 started_at=started,
                 finished_at=time.time(),
                 attempts=0,
             )
-    state = run(call)
+            return hit, None, None
+    return None, key, store
+
+
+def _save(
+    call: TaskCall, settings: CacheSettings, key: str, store: CacheStore, state: State[Any]
+) -> State[Any]:
+    """Store a completed run's value under ``key``; returns the state to report."""
     if state.type is StateType.COMPLETED:
         expires = None if settings.expiration is None else time.time() + settings.expiration
         stored = store.save(key, state.data, task=call.task.name, expires=expires)
@@ -70,16 +101,13 @@ def run_cached(call: TaskCall, settings: CacheSettings, run: Callable[[TaskCall]
 
 
 def _uncacheable(
-    call: TaskCall,
-    settings: CacheSettings,
-    exc: Exception,
-    started: float,
-    run: Callable[[TaskCall], State[Any]],
-) -> State[Any]:
-    """No key for this run: fail it with the reason, or run it uncached (``"warn"``)."""
+    call: TaskCall, settings: CacheSettings, exc: Exception, started: float
+) -> State[Any] | None:
+    """No key for this run: its failed state with the reason, or None to run it
+    uncached (``"warn"``)."""
     if settings.key_errors == "warn":
         _warn_once(call, exc)
-        return run(call)
+        return None
     return states.Failed(
         exc,
         traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
@@ -145,4 +173,4 @@ def _warn_once(call: TaskCall, exc: Exception) -> None:
     )
 
 
-__all__ = ["StoredResult", "run_cached"]
+__all__ = ["StoredResult", "run_cached", "run_cached_async"]

@@ -780,6 +780,299 @@ class BackendConformance:
         assert run(body) == [3, 10, 11, 12]
         assert sorted(hook.seen) == ["Completed"] * 4 + ["Failed"]
 
+    # -- async tasks and flows ----------------------------------------------------
+    def test_async_task_in_a_sync_flow(self, run: Callable[..., Any], caps: frozenset[str]) -> None:
+        """A synchronous flow gets an async task's value from a direct call, a future
+        and a map, and the coroutine runs on an event loop where the backend runs
+        tasks (a worker process on a process backend)."""
+
+        def body() -> tuple[int, int, list[int], tuple[int, bool]]:
+            direct: Any = w.async_add(1, 2)  # a value here: no loop runs in this thread
+            submitted = w.async_add.submit(2, 3).result()
+            mapped = [f.result() for f in w.async_add.map(range(4), 10)]
+            return direct, submitted, mapped, w.async_where.submit().result()
+
+        direct, submitted, mapped, (pid, on_a_loop) = run(body)
+        assert (direct, submitted, mapped) == (3, 5, [10, 11, 12, 13])
+        assert on_a_loop
+        if "processes" in caps:
+            assert pid != os.getpid()
+        else:
+            assert pid == os.getpid()
+
+    def test_async_flow_awaits_submits_and_gathers(self, run: Callable[..., Any]) -> None:
+        """An async flow awaits task calls, awaits futures (of async and sync tasks)
+        and gathers both."""
+        import asyncio
+
+        async def body() -> list[Any]:
+            awaited = await w.async_add(1, 2)
+            future = w.async_add.submit(awaited, 1)
+            from_future = await future
+            gathered = await asyncio.gather(*(w.async_add(i, i) for i in range(5)))
+            mapped = await asyncio.gather(*w.async_add.map(range(3), 1))
+            sync_future = await w.add.submit(2, 2)
+            sync_direct = w.add(1, 1)
+            return [awaited, from_future, list(gathered), list(mapped), sync_future, sync_direct, future.state.name]
+
+        assert run(body) == [3, 4, [0, 2, 4, 6, 8], [1, 2, 3], 4, 2, "Completed"]
+
+    def test_async_failure_keeps_its_type(self, run: Callable[..., Any], tmp_path: Path) -> None:
+        counter = str(tmp_path / "count")
+
+        async def body() -> tuple[State[Any], str]:
+            future = w.async_fail_until.submit(counter, 99)
+            with pytest.raises(w.ConformanceError, match="attempt 1 fails") as raised:
+                await future
+            return future.state, str(raised.value)
+
+        state, message = run(body)
+        assert state.name == "Failed" and isinstance(state.exception, w.ConformanceError)
+        assert state.traceback is not None and "async_fail_until" in state.traceback
+        assert message == "attempt 1 fails"
+
+    def test_async_timeout_cancels_the_coroutine(self, run: Callable[..., Any], tmp_path: Path) -> None:
+        """``timeout_seconds`` cancels an async task's coroutine at its deadline (its
+        ``finally`` and ``except CancelledError`` run), submitted or awaited."""
+        limited = w.async_sleep_marking.with_options(timeout_seconds=0.3)
+        submitted, awaited = str(tmp_path / "submitted"), str(tmp_path / "awaited")
+
+        async def body() -> tuple[State[Any], State[Any]]:
+            state = limited.submit(30.0, submitted, return_state=True)
+            return state, await limited(30.0, awaited, return_state=True)
+
+        started = time.monotonic()
+        states = run(body)
+        assert time.monotonic() - started < 15
+        for state in states:
+            assert state.name == "TimedOut" and isinstance(state.exception, TaskTimeoutError)
+        assert Path(submitted).read_text() == "cancelled"
+        assert Path(awaited).read_text() == "cancelled"
+
+    def test_async_retries_and_cache(self, run: Callable[..., Any], tmp_path: Path) -> None:
+        from flowcore.caching import INPUTS
+
+        counter, squares = str(tmp_path / "count"), str(tmp_path / "squares")
+        retrying = w.async_fail_until.with_options(retries=3, retry_delay_seconds=0)
+        cached = w.async_counted_square.with_options(
+            cache_policy=INPUTS, cache_storage=str(tmp_path / "cache")
+        )
+
+        async def body() -> tuple[State[Any], ...]:
+            retried = retrying.submit(counter, 3, return_state=True)
+            first = cached.submit(squares, 4, return_state=True)
+            again = cached.submit(squares, 4, return_state=True)
+            awaited = await cached(squares, 4, return_state=True)
+            return retried, first, again, awaited
+
+        retried, first, again, awaited = run(body)
+        assert retried.is_completed() and retried.attempts == 3 and w.read_count(counter) == 3
+        assert [s.name for s in (first, again, awaited)] == ["Completed", "Cached", "Cached"]
+        assert awaited.result() == 16 and w.read_count(squares) == 1
+
+    def test_async_runs_report_like_sync_runs(
+        self, run: Callable[..., Any], events: EventRecorder, caps: frozenset[str]
+    ) -> None:
+        """Async task runs, awaited, submitted or mapped, report SUBMITTED, STARTED and
+        FINISHED once each, and their hooks fire once, in the caller."""
+        import asyncio
+
+        seen: list[str] = []
+
+        def on_done(task: Any, call: Any, state: State[Any]) -> None:
+            seen.append(f"{state.name}:{os.getpid()}")
+
+        hooked = w.async_add.with_options(on_completion=[on_done])
+
+        async def body() -> list[int]:
+            values = [await w.async_add(1, 1), await hooked(1, 2), await hooked.submit(2, 2)]
+            values += await asyncio.gather(*w.async_add.map(range(3), 0))
+            return values
+
+        assert run(body) == [2, 3, 4, 0, 1, 2]
+        assert seen == [f"Completed:{os.getpid()}"] * 2
+        by_run: dict[str, list[TaskRunEvent]] = {}
+        for event in events.events:
+            if isinstance(event, TaskRunEvent):
+                by_run.setdefault(event.task_run_id, []).append(event)
+        assert len(by_run) == 6
+        for stream in by_run.values():
+            assert [e.kind for e in stream] == [EventKind.SUBMITTED, EventKind.STARTED, EventKind.FINISHED]
+            final = stream[-1].state
+            assert final is not None and final.name == "Completed"
+        flow_events = [e for e in events.events if isinstance(e, FlowRunEvent)]
+        assert [e.kind for e in flow_events] == [EventKind.STARTED, EventKind.FINISHED]
+
+    # -- run context ---------------------------------------------------------------
+    def test_run_context_in_flows_and_tasks(
+        self, run: Callable[..., Any], backend: Backend, tmp_path: Path
+    ) -> None:
+        """``get_run_context()`` in a flow body and in task bodies wherever they run:
+        the task run (id, name, parameters, attempt, backend) and its flow run."""
+        from flowcore.run_context import get_run_context
+
+        counter = str(tmp_path / "count")
+
+        def body(n: int) -> dict[str, Any]:
+            submitted = w.run_context_of.submit(2)
+            return {
+                "flow": get_run_context(),
+                "direct": w.run_context_of(1),
+                "submitted": submitted.result(),
+                "submitted_id": submitted.task_run_id,
+                "mapped": [f.result() for f in w.run_context_of.map([3, 4])],
+                "async": w.async_run_context_of.submit(5).result(),
+                "retried": w.run_context_after_a_failure.submit(counter).result(),
+            }
+
+        seen = run(body, 7)
+        flow_ctx = seen["flow"]
+        assert flow_ctx.task_run is None
+        flow_run = flow_ctx.flow_run
+        assert flow_run.parameters == {"n": 7} and flow_run.attempt == 1
+        assert flow_run.backend == backend.name and flow_run.flow_name == "conformance-body"
+        direct = seen["direct"]
+        assert direct.task_run.backend is None and direct.task_run.parameters == {"x": 1}
+        tasks = [seen["submitted"], *seen["mapped"], seen["async"], seen["retried"]]
+        for ctx in [direct, *tasks]:
+            assert ctx.flow_run.id == flow_run.id and ctx.flow_run.parameters == {"n": 7}
+            assert ctx.flow_run.attempt is None
+            assert ctx.task_run.flow_run_id == flow_run.id
+        for ctx in tasks:
+            assert ctx.task_run.backend == backend.name
+        assert seen["submitted"].task_run.id == seen["submitted_id"]
+        assert seen["submitted"].task_run.name == "run_context_of-0"  # submitted first
+        assert direct.task_run.name == "run_context_of-1"
+        assert [c.task_run.parameters for c in seen["mapped"]] == [{"x": 3}, {"x": 4}]
+        assert [c.task_run.name for c in seen["mapped"]] == ["run_context_of-2", "run_context_of-3"]
+        assert seen["async"].task_run.parameters == {"x": 5}
+        retried = seen["retried"].task_run
+        assert retried.attempt == 2 and retried.task_name == "run_context_after_a_failure"
+
+    # -- run hooks -------------------------------------------------------------------
+    def test_running_hooks_fire_once_in_the_caller(self, run: Callable[..., Any], tmp_path: Path) -> None:
+        """A task's ``on_running`` fires once per run whose body started (submitted,
+        mapped, called directly, async; not a cache hit, not a run that never started),
+        before its final hook, in the submitting process."""
+        from flowcore.caching import INPUTS
+
+        lock = threading.Lock()
+        seen: list[tuple[str, str, str, int]] = []
+
+        def recorder(kind: str) -> Callable[..., None]:
+            def hook(owner: Any, run_record: Any, state: State[Any]) -> None:
+                name = getattr(run_record, "task_run_name", None) or run_record.name
+                with lock:
+                    seen.append((kind, name, state.name, os.getpid()))
+
+            return hook
+
+        hooks = {"on_running": [recorder("running")], "on_completion": [recorder("completed")],
+                 "on_failure": [recorder("failed")]}
+        ok = w.add.with_options(**hooks)  # type: ignore[arg-type]
+        bad = w.raise_value_error.with_options(**hooks)  # type: ignore[arg-type]
+        cached = w.counted_square.with_options(
+            cache_policy=INPUTS, cache_storage=str(tmp_path / "cache"), **hooks  # type: ignore[arg-type]
+        )
+        async_ok = w.async_add.with_options(**hooks)  # type: ignore[arg-type]
+        counter = str(tmp_path / "count")
+
+        def body() -> None:
+            ok.submit(1, 2).wait()
+            wait(ok.map(range(3), 1))
+            ok(5, 5)
+            failed = bad.submit("x")
+            failed.wait()
+            ok.submit(cast(int, failed), 1).wait()  # NotRun: never starts
+            cached.submit(counter, 3).wait()
+            cached.submit(counter, 3).wait()  # a hit: the body does not run
+            async_ok.submit(1, 1).wait()
+
+        run(body)
+        pid = os.getpid()
+        assert {p for *_, p in seen} == {pid}
+        kinds: dict[str, list[str]] = {}
+        for kind, name, state_name, _ in seen:
+            kinds.setdefault(name, []).append(f"{kind}:{state_name}")
+        ran = [events for name, events in kinds.items() if events[0] == "running:Running"]
+        assert len(ran) == 8  # 1 + 3 mapped + direct + failed + first cached + async
+        for events in ran:
+            assert len(events) == 2 and events[1] in ("completed:Completed", "failed:Failed")
+        never_ran = [events for events in kinds.values() if events[0] != "running:Running"]
+        assert sorted(e for events in never_ran for e in events) == ["completed:Cached", "failed:NotRun"]
+
+    def test_flow_hooks_when_a_task_fails_or_its_worker_dies(
+        self, backend: Backend, caps: frozenset[str]
+    ) -> None:
+        """A flow's ``on_running`` fires once before its body (not again on a retry);
+        a task whose worker dies ends ``Crashed``, and a flow that raises its error is
+        ``Failed``: ``on_failure`` fires, once, in this process."""
+        seen: list[str] = []
+
+        def hook(kind: str) -> Callable[..., None]:
+            return lambda flow_, run_record, state: seen.append(f"{kind}:{state.name}:{os.getpid()}")
+
+        options: dict[str, Any] = {
+            "backend": backend,
+            "on_running": [hook("running")],
+            "on_completion": [hook("completed")],
+            "on_failure": [hook("failed")],
+            "on_crashed": [hook("crashed")],
+            "on_cancellation": [hook("cancelled")],
+        }
+        attempts: list[int] = []
+
+        @flow(name="conformance-retried", retries=1, **options)
+        def retried() -> int:
+            attempts.append(1)
+            if len(attempts) == 1:
+                w.raise_value_error.submit("first attempt").result()
+            return w.add.submit(1, 1).result()
+
+        assert retried() == 2
+        pid = os.getpid()
+        assert seen == [f"running:Running:{pid}", f"completed:Completed:{pid}"]
+        if "processes" not in caps:
+            return
+        seen.clear()
+
+        @flow(name="conformance-worker-dies", **options)
+        def dies() -> State[Any]:
+            doomed = w.kill_own_worker.submit()
+            doomed.wait()
+            task_state = doomed.state
+            doomed.result()  # raises CrashedError: the flow fails
+            return task_state
+
+        state = dies(return_state=True)
+        assert state.name == "Failed" and isinstance(state.exception, CrashedError)
+        assert seen == [f"running:Running:{pid}", f"failed:Failed:{pid}"]
+
+    # -- allow_failure and quote ---------------------------------------------------
+    def test_allow_failure_and_quote(self, run: Callable[..., Any]) -> None:
+        """``allow_failure(future)`` runs the downstream task despite a failed upstream
+        and hands it the upstream's exception (as an argument, in ``wait_for``, in a
+        map); ``quote(x)`` passes ``x`` unscanned; without them the run is NotRun."""
+        from flowcore import allow_failure, quote
+
+        def body() -> dict[str, Any]:
+            failed = w.raise_value_error.submit("upstream broke")
+            good = w.add.submit(1, 2)
+            return {
+                "argument": w.describe.submit(allow_failure(failed), good).result(),
+                "wait_for": w.describe.submit(5, wait_for=[allow_failure(failed), good]).result(),
+                "mapped": [f.result() for f in w.describe.map([allow_failure(failed), good])],
+                "quoted": w.describe.submit(quote((1, [2]))).result(),
+                "plain": w.describe.submit(failed).state.name,
+            }
+
+        seen = run(body)
+        assert seen["argument"] == ["ConformanceError:upstream broke", "int:3"]
+        assert seen["wait_for"] == ["int:5"]
+        assert seen["mapped"] == [["ConformanceError:upstream broke"], ["int:3"]]
+        assert seen["quoted"] == ["tuple:(1, [2])"]
+        assert seen["plain"] == "NotRun"
+
 
 class LockedHook:
     """A task hook that holds a lock, as real hooks often do (so it cannot be pickled)."""

@@ -7,6 +7,7 @@ counters, rendezvous) goes through files, which every backend on one machine sha
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import time
@@ -206,12 +207,20 @@ __all__ = [
     "FailsWhenLoaded",
     "UnpicklableError",
     "add",
+    "async_add",
+    "async_counted_square",
+    "async_fail_until",
+    "async_run_context_of",
+    "async_sleep_marking",
+    "async_where",
     "bump",
+    "describe",
     "echo_bytes",
     "exit_if_odd",
     "exit_with",
     "fail_until",
     "identity",
+    "kill_own_worker",
     "length",
     "raise_unpicklable",
     "raise_unpicklable_if_odd",
@@ -219,6 +228,8 @@ __all__ = [
     "read_count",
     "rendezvous",
     "return_unloadable",
+    "run_context_after_a_failure",
+    "run_context_of",
     "sleep_for",
     "sleep_in_steps",
     "square",
@@ -243,3 +254,89 @@ def fail_on_three(x: int) -> int:
     if x == 3:
         raise ValueError("three")
     return x
+
+
+# -- async tasks -----------------------------------------------------------------
+
+
+@task
+async def async_add(a: int, b: int) -> int:
+    await asyncio.sleep(0)
+    return a + b
+
+
+@task
+async def async_where() -> tuple[int, bool]:
+    """Where the coroutine ran: the process id, and whether an event loop ran it."""
+    await asyncio.sleep(0)
+    return os.getpid(), asyncio.get_running_loop().is_running()
+
+
+@task
+async def async_fail_until(counter: str, succeed_on: int) -> int:
+    """Fails (ConformanceError) until its ``succeed_on``-th execution, counted in a file."""
+    await asyncio.sleep(0)
+    attempt = bump(counter)
+    if attempt < succeed_on:
+        raise ConformanceError(f"attempt {attempt} fails")
+    return attempt
+
+
+@task
+async def async_counted_square(counter: str, x: int) -> int:
+    """``x * x``, counting its executions in the file ``counter`` (for cache tests)."""
+    await asyncio.sleep(0)
+    bump(counter)
+    return x * x
+
+
+@task
+async def async_sleep_marking(seconds: float, marker: str) -> float:
+    """Awaits ``seconds``; writes ``marker`` if the coroutine is cancelled meanwhile."""
+    try:
+        await asyncio.sleep(seconds)
+    except asyncio.CancelledError:
+        Path(marker).write_text("cancelled")
+        raise
+    return seconds
+
+
+# -- run context -------------------------------------------------------------------
+
+
+@task
+def run_context_of(x: int) -> Any:
+    """The :func:`flowcore.get_run_context` snapshot seen by this run's body."""
+    from flowcore.run_context import get_run_context
+
+    return get_run_context()
+
+
+@task
+async def async_run_context_of(x: int) -> Any:
+    from flowcore.run_context import get_run_context
+
+    await asyncio.sleep(0)
+    return get_run_context()
+
+
+@task(retries=1, retry_delay_seconds=0)
+def run_context_after_a_failure(counter: str) -> Any:
+    """Fails its first attempt; returns the run context of the second."""
+    from flowcore.run_context import get_run_context
+
+    if bump(counter) < 2:
+        raise ConformanceError("first attempt fails")
+    return get_run_context()
+
+
+@task
+def kill_own_worker() -> None:
+    """Ends the worker process at once (``os._exit``): only for process backends."""
+    os._exit(13)
+
+
+@task
+def describe(*values: Any) -> list[str]:
+    """Each value as ``type:value`` (exceptions as ``ExceptionType:message``)."""
+    return [f"{type(v).__name__}:{v}" for v in values]

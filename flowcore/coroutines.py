@@ -1,0 +1,137 @@
+"""Coroutines from synchronous code, and whether a call site is asynchronous.
+
+flowcore runs ``async def`` tasks and flows wherever it runs synchronous ones. Two
+questions come up on every call of one:
+
+* **Does the caller await?** :func:`in_async_context` answers it. A call returns a
+  coroutine (to be awaited) only when an event loop runs in this thread *and* the
+  innermost run around the call -- a task run, else a flow run -- is itself async (no
+  run at all: the running loop decides, as in Prefect). A synchronous task or flow
+  body that calls an async task gets its value, even when some outer async flow's
+  loop runs in this thread.
+* **How does synchronous code run one to completion?** :func:`run_sync`. Each thread
+  keeps one event loop (an :class:`asyncio.Runner`) for the async task bodies it runs
+  -- a pool thread or a process worker runs many, and a fresh loop per run would cost
+  more than a small run -- and runs each coroutine in a copy of the caller's context
+  (so the run sees its flow, its backend, its logger). When a loop already runs in
+  this thread (a synchronous task called from an async flow's body, or the sequential
+  backend inside an async flow), the coroutine runs on a helper thread's loop and
+  this thread blocks until it is done, as a synchronous call would.
+
+asyncio itself is imported on first use: ``import flowcore`` does not load it, and
+no loop can run in a process that has not imported it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import sys
+import threading
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from flowcore.context import FlowRunContext, _scope, _task_run
+
+if TYPE_CHECKING:
+    import asyncio
+
+T = TypeVar("T")
+
+_local = threading.local()
+
+
+class _ThreadRunner:
+    """The event loop of one thread, closed when the thread's locals are dropped."""
+
+    __slots__ = ("runner",)
+
+    def __init__(self) -> None:
+        import asyncio
+
+        self.runner = asyncio.Runner()
+
+    def __del__(self) -> None:
+        # Fails when another loop runs in the collecting thread, at interpreter exit ...
+        with contextlib.suppress(Exception):
+            self.runner.close()
+
+
+_get_running_loop: Any = None  # asyncio's, once asyncio has been imported
+
+
+def running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running in this thread, or None (never raises, imports nothing)."""
+    global _get_running_loop
+    if _get_running_loop is None:
+        module = sys.modules.get("asyncio")
+        if module is None:
+            return None
+        _get_running_loop = module._get_running_loop
+    return _get_running_loop()  # type: ignore[no-any-return]
+
+
+def in_async_context() -> bool:
+    """Whether a call made here should return a coroutine for the caller to await.
+
+    True when a loop runs in this thread and the innermost task run or flow run
+    around the call is async (or there is none): see the module docstring.
+    """
+    if running_loop() is None:
+        return False
+    task_run = _task_run.get()
+    if task_run is not None:
+        return bool(task_run.task.isasync)
+    scope = _scope.get()
+    while scope is not None:
+        if isinstance(scope, FlowRunContext):
+            return bool(scope.flow.isasync)
+        scope = scope.parent
+    return True
+
+
+def run_sync(coroutine: Coroutine[Any, Any, T], *, fresh_loop: bool = False) -> T:
+    """Run ``coroutine`` to completion from synchronous code and return its value (or
+    raise its exception). Blocks the calling thread.
+
+    The coroutine runs in a copy of the caller's context, on this thread's own loop
+    (``fresh_loop=True``: on a new loop, closed after, as ``asyncio.run`` does; a flow
+    called from a script uses this), or, when a loop already runs in this thread, on a
+    helper thread's new loop.
+    """
+    import asyncio
+
+    context = contextvars.copy_context()
+    if asyncio._get_running_loop() is not None:
+        return _run_in_helper_thread(coroutine, context)
+    if fresh_loop:
+        with asyncio.Runner() as runner:
+            return runner.run(coroutine, context=context)
+    holder: _ThreadRunner | None = getattr(_local, "runner", None)
+    if holder is None:
+        holder = _local.runner = _ThreadRunner()
+    return holder.runner.run(coroutine, context=context)
+
+
+def _run_in_helper_thread(coroutine: Coroutine[Any, Any, T], context: contextvars.Context) -> T:
+    import asyncio
+
+    outcome: list[tuple[bool, Any]] = []
+
+    def body() -> None:
+        try:
+            with asyncio.Runner() as runner:
+                outcome.append((True, runner.run(coroutine, context=context)))
+        except BaseException as exc:  # handed to the blocked caller
+            outcome.append((False, exc))
+
+    helper = threading.Thread(target=body, name="flowcore-coroutine", daemon=True)
+    helper.start()
+    helper.join()
+    ok, payload = outcome[0]
+    if ok:
+        return payload  # type: ignore[no-any-return]
+    raise payload
+
+
+__all__ = ["in_async_context", "run_sync", "running_loop"]

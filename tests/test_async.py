@@ -1,0 +1,289 @@
+"""Async tasks and flows: who gets a coroutine and who gets a value, flow timeouts,
+retries and cancellation, many concurrent runs on one thread, and what ``import
+flowcore`` loads. (Backend-facing behaviour is in the conformance suite: every backend
+runs the ``test_async_*`` tests of ``flowcore.testing.conformance``.)"""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from flowcore import flow, get_backend, get_run_logger, task
+from flowcore.errors import CrashedError, TaskTimeoutError
+from flowcore.states import State
+from flowcore.tasks import AsyncTask, Task
+
+NO_HANG = 15.0
+
+
+class Boom(Exception):
+    pass
+
+
+@task
+async def add(a: int, b: int) -> int:
+    await asyncio.sleep(0)
+    return a + b
+
+
+@task
+def sync_calls_async(x: int) -> Any:
+    """A synchronous task whose body calls an async task: it gets the value."""
+    return add(x, 1)
+
+
+@task
+async def async_calls_async(x: int) -> int:
+    return await add(x, 1)
+
+
+@task
+async def logs_and_returns(x: int) -> int:
+    get_run_logger().info("async task logging %d", x)
+    return x
+
+
+def test_an_async_function_makes_an_async_task() -> None:
+    assert isinstance(add, AsyncTask) and isinstance(add, Task) and add.isasync
+    assert isinstance(add.with_options(retries=1), AsyncTask)
+    copy = pickle.loads(pickle.dumps(add))
+    assert copy is add
+    assert not sync_calls_async.isasync and type(sync_calls_async) is Task
+
+
+def test_called_from_sync_code_it_returns_the_value() -> None:
+    assert add(1, 2) == 3
+    state = add(1, 2, return_state=True)
+    assert isinstance(state, State) and state.result() == 3
+
+
+def test_called_in_a_coroutine_it_returns_a_coroutine() -> None:
+    async def main() -> tuple[int, list[int]]:
+        call = add(1, 2)
+        assert asyncio.iscoroutine(call)
+        return await call, list(await asyncio.gather(add(1, 1), add(2, 2)))
+
+    assert asyncio.run(main()) == (3, [2, 4])
+
+
+def test_bad_arguments_raise_at_the_call() -> None:
+    async def main() -> None:
+        with pytest.raises(TypeError, match="task 'add'"):
+            add(1, 2, 3)
+
+    asyncio.run(main())
+    with pytest.raises(TypeError, match="task 'add'"):
+        add(1)
+
+
+def test_a_sync_body_inside_an_async_flow_gets_values() -> None:
+    """A loop runs in the thread, but the innermost run (a sync task, a sync subflow)
+    is synchronous: an async call there runs to completion and returns the value."""
+
+    @flow
+    def sync_subflow(x: int) -> Any:
+        return add(x, 10)
+
+    @flow
+    async def outer(x: int) -> tuple[Any, Any, int]:
+        return sync_calls_async(x), sync_subflow(x), await async_calls_async(x)
+
+    assert outer(1) == (2, 11, 2)
+
+
+def test_async_flow_called_from_sync_code_and_from_a_loop() -> None:
+    @flow
+    async def doubled(x: int) -> int:
+        return await add(x, x)
+
+    assert doubled(2) == 4  # from sync code: run to completion
+    state = doubled(3, return_state=True)
+    assert state.is_completed() and state.result() == 6
+
+    async def main() -> int:
+        coroutine = doubled(4)
+        assert asyncio.iscoroutine(coroutine)
+        return await coroutine
+
+    assert asyncio.run(main()) == 8
+
+    @flow
+    def sync_parent() -> int:
+        return doubled(5)  # a sync flow calling an async subflow gets its value
+
+    assert sync_parent() == 10
+
+
+def test_async_subflows_run_concurrently() -> None:
+    @flow
+    async def child(event: asyncio.Event, sets: bool) -> bool:
+        if sets:
+            event.set()
+        await asyncio.wait_for(event.wait(), NO_HANG)
+        return True
+
+    @flow
+    async def parent() -> list[bool]:
+        event = asyncio.Event()
+        return list(await asyncio.gather(child(event, False), child(event, True)))
+
+    assert parent() == [True, True]
+
+
+def test_async_flow_failure_and_state() -> None:
+    @flow
+    async def fails() -> None:
+        await asyncio.sleep(0)
+        raise Boom("no")
+
+    with pytest.raises(Boom, match="no"):
+        fails()
+    state = fails(return_state=True)
+    assert state.is_failed() and isinstance(state.exception, Boom)
+
+
+def test_async_flow_retries() -> None:
+    attempts: list[int] = []
+
+    @flow(retries=2)
+    async def flaky() -> int:
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise Boom("again")
+        return len(attempts)
+
+    state = flaky(return_state=True)
+    assert state.result() == 3 and state.attempts == 3
+
+
+def test_async_flow_timeout_cancels_the_body() -> None:
+    cancelled = threading.Event()
+
+    @flow(timeout_seconds=0.3)
+    async def slow() -> None:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    started = time.monotonic()
+    state = slow(return_state=True)
+    assert time.monotonic() - started < NO_HANG
+    assert state.name == "TimedOut" and isinstance(state.exception, TaskTimeoutError)
+    assert cancelled.is_set()
+
+
+def test_cancelling_an_async_flow_from_outside() -> None:
+    seen: list[str] = []
+
+    @flow(
+        on_cancellation=[lambda flow, run, state: seen.append(f"on_cancellation:{state.name}")],
+        on_failure=[lambda flow, run, state: seen.append(f"on_failure:{state.name}")],
+    )
+    async def forever() -> None:
+        await asyncio.sleep(30)
+
+    async def main() -> None:
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(forever(), 0.2)
+
+    asyncio.run(main())
+    assert seen == ["on_cancellation:Cancelled"]
+
+
+def test_many_runs_wait_at_once_on_one_thread() -> None:
+    """1 000 awaited runs all wait together: each waits until every run has started
+    (impossible if they ran one after the other), on the flow's thread."""
+    n = 1000
+
+    @task
+    async def arrive(i: int, arrived: list[int], everyone: asyncio.Event) -> int:
+        arrived.append(threading.get_ident())
+        if len(arrived) == n:
+            everyone.set()
+        await asyncio.wait_for(everyone.wait(), NO_HANG)
+        return i
+
+    @flow
+    async def crowd() -> tuple[int, set[int]]:
+        arrived: list[int] = []
+        everyone = asyncio.Event()
+        values = await asyncio.gather(*(arrive(i, arrived, everyone) for i in range(n)))
+        return sum(values), set(arrived)
+
+    total, threads = crowd()
+    assert total == n * (n - 1) // 2
+    assert threads == {threading.get_ident()}
+
+
+def test_run_logger_and_sys_exit_in_async_tasks(caplog: pytest.LogCaptureFixture) -> None:
+    @task
+    async def exits() -> None:
+        sys.exit(3)
+
+    @flow
+    async def body() -> tuple[int, State[Any]]:
+        with pytest.raises(CrashedError, match=r"sys.exit\(3\)"):
+            await exits()
+        return await logs_and_returns(7), await exits(return_state=True)
+
+    with caplog.at_level("INFO"):
+        value, crashed = body()
+    assert value == 7 and crashed.name == "Crashed"
+    assert any("async task logging 7" in r.getMessage() for r in caplog.records)
+
+
+def test_await_a_future_and_a_failed_future() -> None:
+    @task
+    async def boom() -> None:
+        raise Boom("from a future")
+
+    @flow(backend="threads")
+    async def body() -> tuple[int, str]:
+        ok = await add.submit(1, 2)
+        with pytest.raises(Boom) as raised:
+            await boom.submit()
+        return ok, str(raised.value)
+
+    assert body() == (3, "from a future")
+
+
+def test_import_flowcore_does_not_load_asyncio() -> None:
+    code = "import sys, flowcore; print('asyncio' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+_active = [0, 0]  # runs awaiting now, the most seen at once
+
+
+@task
+async def counted_wait(i: int) -> int:
+    _active[0] += 1
+    _active[1] = max(_active[1], _active[0])
+    await asyncio.sleep(0.05)
+    _active[0] -= 1
+    return i
+
+
+def test_a_map_of_async_runs_waits_together_in_a_worker_thread() -> None:
+    """On an in-process pool, the runs of a map's batch wait together on the worker
+    thread's event loop: with one worker, more than one run is awaiting at a time."""
+    _active[:] = [0, 0]
+
+    with get_backend("threads", max_workers=1) as one_thread:
+
+        @flow(backend=one_thread)
+        async def body() -> list[int]:
+            return list(await asyncio.gather(*counted_wait.map(range(40))))
+
+        assert body() == list(range(40))
+    assert _active[1] > 1

@@ -1,0 +1,160 @@
+"""Run hooks beyond on_completion/on_failure: a flow's on_running, on_crashed and
+on_cancellation, a task's on_running. (Every backend runs the hook tests of the
+conformance suite: once each, in the submitting process.)"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from flowcore import flow, task
+from flowcore.states import State
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def __call__(self, kind: str) -> list[Any]:
+        def hook(owner: Any, run: Any, state: State[Any]) -> None:
+            self.seen.append(f"{kind}:{state.name}")
+
+        return [hook]
+
+    def flow_options(self) -> dict[str, Any]:
+        return {
+            kind: self(kind)
+            for kind in ("on_running", "on_completion", "on_failure", "on_crashed", "on_cancellation")
+        }
+
+
+@pytest.mark.parametrize(
+    ("raised", "message"),
+    [(KeyboardInterrupt, "interrupt signal"), (SystemExit, "sys.exit(3)")],
+    ids=["ctrl-c", "sys-exit"],
+)
+def test_an_interrupted_flow_is_crashed_and_calls_on_crashed(raised: type[BaseException], message: str) -> None:
+    hooks = Recorder()
+    states: list[State[Any]] = []
+
+    @flow(**hooks.flow_options())
+    def interrupted() -> None:
+        raise raised(3) if raised is SystemExit else raised()
+
+    from flowcore.hookspecs import hookimpl
+    from flowcore.registry import get_registry
+
+    class Finished:
+        @hookimpl
+        def flowcore_flow_run_finished(self, flow: Any, run: Any, state: State[Any]) -> None:
+            states.append(state)
+
+    observer = Finished()
+    get_registry().register(observer, name="test-hooks-finished")
+    try:
+        with pytest.raises(raised):
+            interrupted()
+    finally:
+        get_registry().unregister(observer)
+    assert hooks.seen == ["on_running:Running", "on_crashed:Crashed"]
+    assert states[-1].name == "Crashed" and message in states[-1].message
+
+
+def test_a_cancelled_async_flow_calls_on_cancellation() -> None:
+    hooks = Recorder()
+
+    @flow(**hooks.flow_options())
+    async def slow() -> None:
+        await asyncio.sleep(30)
+
+    async def main() -> None:
+        task_ = asyncio.ensure_future(slow())
+        await asyncio.sleep(0.1)
+        task_.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task_
+
+    asyncio.run(main())
+    assert hooks.seen == ["on_running:Running", "on_cancellation:Cancelled"]
+
+
+def test_on_running_fires_before_the_body_once_per_run() -> None:
+    order: list[str] = []
+
+    @flow(retries=2, on_running=[lambda f, r, s: order.append(f"running:{s.name}")])
+    def flaky() -> None:
+        order.append("body")
+        if order.count("body") < 3:
+            raise ValueError("again")
+
+    flaky()
+    assert order == ["running:Running", "body", "body", "body"]
+
+
+def test_a_refused_call_does_not_call_on_running() -> None:
+    hooks = Recorder()
+
+    @flow(**hooks.flow_options())
+    def typed(n: int) -> int:
+        return n
+
+    typed("x", return_state=True)
+    assert hooks.seen == ["on_failure:Failed"]
+
+
+def test_failed_and_timed_out_flows_call_on_failure() -> None:
+    hooks = Recorder()
+
+    @flow(timeout_seconds=0.2, **hooks.flow_options())
+    def slow() -> None:
+        import time
+
+        time.sleep(5)
+
+    slow(return_state=True)
+    assert hooks.seen == ["on_running:Running", "on_failure:TimedOut"]
+
+
+def test_a_raising_hook_is_logged_and_the_state_kept(caplog: pytest.LogCaptureFixture) -> None:
+    def bad(*_: Any) -> None:
+        raise RuntimeError("hook broke")
+
+    @flow(on_running=[bad])
+    def fine() -> int:
+        return 1
+
+    @task(on_running=[bad])
+    def t() -> int:
+        return 2
+
+    assert fine() == 1 and t() == 2
+    assert sum("hook 'bad'" in r.getMessage() for r in caplog.records) == 2
+
+
+def test_task_on_running_gets_a_running_state_dated_at_the_start() -> None:
+    got: list[State[Any]] = []
+    final: list[State[Any]] = []
+
+    @task(on_running=[lambda t, c, s: got.append(s)], on_completion=[lambda t, c, s: final.append(s)])
+    def work() -> int:
+        return 1
+
+    @flow
+    def body() -> int:
+        return work.submit().result() + work()
+
+    assert body() == 2
+    assert [s.name for s in got] == ["Running", "Running"]
+    for running, done in zip(got, final, strict=True):
+        assert running.is_running() and running.timestamp == done.started_at
+
+
+def test_hook_options_are_validated() -> None:
+    with pytest.raises(TypeError, match="on_running"):
+        task(on_running=lambda *a: None)(lambda: None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="on_crashed"):
+        flow(on_crashed=[1])(lambda: None)  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="on_cancellation"):
+        flow(on_cancellation="x")(lambda: None)  # type: ignore[arg-type]
