@@ -105,21 +105,7 @@ def call(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], flow_run: Flo
         raise
     end = time.time()
     _task_run.reset(token)
-    # _record, inlined: this is the hot path of observed direct calls
-    buffer = _buffer()
-    key = (id(task), flow_run.run_id)
-    runs = buffer.runs.get(key)
-    if runs is None:
-        runs = buffer.runs[key] = _Runs(task, flow_run.run_id)
-    runs.numbers.append(number)
-    runs.names.append(name_number)
-    runs.starts.append(start)
-    runs.ends.append(end)
-    if not buffer.count:
-        buffer.oldest = end
-    buffer.count += 1
-    if buffer.count >= MAX_RUNS or end - buffer.oldest >= MAX_AGE_S:
-        _report(buffer)
+    _record(task, flow_run, number, name_number, start, end)
     return value
 
 
@@ -141,7 +127,12 @@ async def call_async(
         raise
     end = time.time()
     _task_run.reset(token)
-    # _record, inlined (as in call): paid once per awaited run
+    _record(task, flow_run, number, name_number, start, end)
+    return value
+
+
+def _record(task: Any, flow_run: FlowRun, number: int, name_number: int, start: float, end: float) -> None:
+    """Add a run that completed to this thread's buffer; report the buffer when full or old."""
     buffer = _buffer()
     key = (id(task), flow_run.run_id)
     runs = buffer.runs.get(key)
@@ -156,7 +147,6 @@ async def call_async(
     buffer.count += 1
     if buffer.count >= MAX_RUNS or end - buffer.oldest >= MAX_AGE_S:
         _report(buffer)
-    return value
 
 
 def _failed(

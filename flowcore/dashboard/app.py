@@ -82,6 +82,7 @@ from flowcore.errors import (
     QueryError,
     RunNotFoundError,
 )
+from flowcore.history.formatting import duration, local_time, run_duration
 from flowcore.history.records import FlowRunRecord, TaskRunRecord, iso_time
 from flowcore.history.store import HistoryStore, RunDetail
 
@@ -145,7 +146,7 @@ class Gantt:
     def ticks(self, count: int = 5) -> list[tuple[float, str]]:
         """(percent, label) marks of the time axis, from the run's start."""
         span = self.end - self.start
-        return [(100.0 * i / count, _duration(span * i / count)) for i in range(count + 1)]
+        return [(100.0 * i / count, duration(span * i / count, " ")) for i in range(count + 1)]
 
 
 def _bar(task: TaskRunRecord | FlowRunRecord, start: float, span: float, now: float, worker: str,
@@ -218,30 +219,7 @@ def timeline_json(detail: RunDetail, now: float | None = None) -> dict[str, Any]
 # -- formatting --------------------------------------------------------------------------
 
 
-def _local(timestamp: float | None) -> str:
-    if timestamp is None:
-        return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
 
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 1:
-        return f"{seconds * 1000:.0f} ms"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, secs = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
-
-
-def _run_duration(run: FlowRunRecord) -> str:
-    if run.end is None and run.start is not None and not run.is_final():
-        return _duration(time.time() - run.start) + "+"
-    return _duration(run.duration_s)
 
 
 def _percent(value: float | None) -> str:
@@ -265,7 +243,8 @@ def _environment() -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
     )
     env.filters.update(
-        local=_local, duration=_duration, run_duration=_run_duration, percent=_percent,
+        local=local_time, duration=lambda seconds: duration(seconds, " "),
+        run_duration=lambda run: run_duration(run, " "), percent=_percent,
         counts=_ordered_counts, state_type=state_type_of, worker=worker_label,
         pretty=lambda value: json.dumps(value, indent=2, sort_keys=True, default=repr),
     )

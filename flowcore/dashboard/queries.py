@@ -26,7 +26,6 @@ Malformed inputs (an unknown state, a bad time) raise
 
 from __future__ import annotations
 
-import json
 import math
 import sqlite3
 import threading
@@ -38,6 +37,7 @@ from typing import Any
 
 from flowcore.errors import ConfigurationError, QueryError
 from flowcore.history import liveness
+from flowcore.history.formatting import json_or
 from flowcore.history.records import (
     FlowRunRecord,
     LogRecord,
@@ -442,8 +442,8 @@ class HistoryQueries:
          tags, parent_id, start, end, attempts, host, pid, process_start, heartbeat, error_type,
          error_message, traceback) = row
         record = FlowRunRecord(
-            run_id, flow, name, state, state_type, message or "", _json(parameters, {}), backend,
-            _json(backend_options, {}), _json(tags, []), parent_id, start, end, attempts or 0,
+            run_id, flow, name, state, state_type, message or "", json_or(parameters, {}), backend,
+            json_or(backend_options, {}), json_or(tags, []), parent_id, start, end, attempts or 0,
             host, pid, process_start or 0, heartbeat, error_type, error_message, traceback,
         )
         if not record.is_final():
@@ -672,14 +672,6 @@ class HistoryQueries:
         )
         return [str(r[0]) for r in rows]
 
-
-def _json(text: str | None, default: Any) -> Any:
-    if not text:
-        return default
-    try:
-        return json.loads(text)
-    except ValueError:
-        return default
 
 
 def _round(value: float | None) -> float | None:

@@ -14,17 +14,14 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+from flowcore.history.formatting import local_time
+
 if TYPE_CHECKING:
     from flowcore.deployments.store import DeploymentRecord, DeploymentStore
 
 #: seconds between looks at a watched run
 WATCH_POLL_S = 0.5
 
-
-def _local(timestamp: float | None) -> str:
-    if timestamp is None:
-        return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(timestamp))
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> None:
@@ -55,8 +52,8 @@ def _ls(args: argparse.Namespace) -> int:
             triggers = ", ".join(t.get("type", "?") for t in record.triggers) or "-"
             rows.append([
                 record.full_name, record.work_pool, "paused" if record.paused else "active", schedules,
-                _local(upcoming[0][0]) if upcoming else "-",
-                f"{last[0].state} {_local(last[0].scheduled_time)}" if last else "-", triggers,
+                local_time(upcoming[0][0], zone=True) if upcoming else "-",
+                f"{last[0].state} {local_time(last[0].scheduled_time, zone=True)}" if last else "-", triggers,
             ])
         _table(["DEPLOYMENT", "POOL", "STATUS", "SCHEDULE", "NEXT RUN", "LAST RUN", "TRIGGERS"], rows)
     return 0
@@ -96,7 +93,7 @@ def _inspect(args: argparse.Namespace) -> int:
     if data["next_runs"]:
         print("next runs:")
         for item in data["next_runs"]:
-            print(f"  {_local(item['time'])}  ({item['wall_clock']} on the schedule's clock)  {item['schedule']}")
+            print(f"  {local_time(item['time'], zone=True)}  ({item['wall_clock']} on the schedule's clock)  {item['schedule']}")
     elif record.paused:
         print("next runs: none (paused)")
     print()
@@ -105,7 +102,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
     runs = [DeploymentRun(**r) for r in data["last_runs"]]
     if runs:
-        rows = [[r.id[:8], r.state, r.kind, _local(r.scheduled_time), _local(r.start_time), _local(r.end_time),
+        rows = [[r.id[:8], r.state, r.kind, local_time(r.scheduled_time, zone=True), local_time(r.start_time, zone=True), local_time(r.end_time, zone=True),
                  (r.flow_run_id or "-")[:8], r.message[:80]] for r in runs]
         _table(["RUN", "STATE", "KIND", "SCHEDULED", "STARTED", "ENDED", "FLOW RUN", "MESSAGE"], rows)
     else:
@@ -116,7 +113,7 @@ def _inspect(args: argparse.Namespace) -> int:
         for entry in data["feed"][:10]:
             run = f" -> run {entry['run_id'][:8]}" if entry["run_id"] else ""
             reason = f": {entry['reason']}" if entry["reason"] else ""
-            print(f"  {_local(entry['timestamp'])}  {entry['kind']:<8} {entry['outcome']}{run}{reason}")
+            print(f"  {local_time(entry['timestamp'], zone=True)}  {entry['kind']:<8} {entry['outcome']}{run}{reason}")
     return 0
 
 
@@ -158,11 +155,11 @@ def _watch(store: DeploymentStore, record: DeploymentRecord, run_id: str, timeou
         if run.state != seen_state:
             seen_state = run.state
             extra = f": {run.message}" if run.message else ""
-            print(f"{_local(time.time())}  {run.state}{extra}", flush=True)
+            print(f"{local_time(time.time(), zone=True)}  {run.state}{extra}", flush=True)
         if run.flow_run_id:
             for log in store.history.logs(run.flow_run_id, after_id=after_log):
                 after_log = log.id
-                print(f"{_local(log.timestamp)}  {log.level_name:<7} {log.message}", flush=True)
+                print(f"{local_time(log.timestamp, zone=True)}  {log.level_name:<7} {log.message}", flush=True)
         if run.is_final():
             return 0 if run.state == "Completed" else 1
         if deadline is not None and time.monotonic() > deadline:
@@ -204,7 +201,7 @@ def _feed(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([e.to_json() for e in entries], indent=2))
         return 0
-    rows = [[_local(e.timestamp), names.get(e.deployment_id or "", (e.deployment_id or "-")[:8]), e.kind,
+    rows = [[local_time(e.timestamp, zone=True), names.get(e.deployment_id or "", (e.deployment_id or "-")[:8]), e.kind,
              e.outcome, (e.run_id or "-")[:8], e.source[:60], e.reason[:100]] for e in entries]
     _table(["TIME", "DEPLOYMENT", "KIND", "OUTCOME", "RUN", "SOURCE", "REASON"], rows)
     return 0

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from flowcore.deployments import scheduler
 from flowcore.errors import DeploymentError, DeploymentNotFoundError
+from flowcore.history.formatting import json_or
 
 if TYPE_CHECKING:
     import sqlite3
@@ -190,22 +191,14 @@ _INSERT_FEED = (
 )
 
 
-def _json(text: str | None, default: Any) -> Any:
-    if not text:
-        return default
-    try:
-        return json.loads(text)
-    except ValueError:
-        return default
-
 
 def _deployment(row: tuple[Any, ...]) -> DeploymentRecord:
     (id_, flow, name, entrypoint, import_path, working_dir, parameters, signature, pool, tags, description,
      paused, paused_since, limit, catchup, overlap, triggers, backend, backend_options, created, updated) = row
     return DeploymentRecord(
-        id_, flow, name, entrypoint, import_path, working_dir, _json(parameters, {}), _json(signature, {}),
-        pool, _json(tags, []), description, bool(paused), paused_since, limit, catchup, overlap,
-        _json(triggers, []), backend, _json(backend_options, {}), created, updated,
+        id_, flow, name, entrypoint, import_path, working_dir, json_or(parameters, {}), json_or(signature, {}),
+        pool, json_or(tags, []), description, bool(paused), paused_since, limit, catchup, overlap,
+        json_or(triggers, []), backend, json_or(backend_options, {}), created, updated,
     )
 
 
@@ -213,7 +206,7 @@ def _run(row: tuple[Any, ...]) -> DeploymentRun:
     (id_, deployment_id, key, kind, pool, state, message, parameters, scheduled, created, late, worker_id,
      claimed, start, end, pid, cancel, flow_run_id) = row
     return DeploymentRun(
-        id_, deployment_id, key, kind, pool, state, message, _json(parameters, {}), scheduled, created,
+        id_, deployment_id, key, kind, pool, state, message, json_or(parameters, {}), scheduled, created,
         bool(late), worker_id, claimed, start, end, pid, cancel, flow_run_id,
     )
 
@@ -357,7 +350,7 @@ class DeploymentStore:
             ):
                 record = by_id.get(dep_id)
                 if record is not None:
-                    record.schedules.append(ScheduleState(key, position, _json(schedule, {}), last_fire))
+                    record.schedules.append(ScheduleState(key, position, json_or(schedule, {}), last_fire))
         return records
 
     def deployment(self, dep_id: str) -> DeploymentRecord:
@@ -462,7 +455,7 @@ class DeploymentStore:
 
     def _schedules_in(self, conn: sqlite3.Connection, dep_id: str) -> list[ScheduleState]:
         return [
-            ScheduleState(key, position, _json(schedule, {}), last_fire)
+            ScheduleState(key, position, json_or(schedule, {}), last_fire)
             for key, position, schedule, last_fire in conn.execute(
                 "SELECT key, position, schedule, last_fire FROM deployment_schedules WHERE deployment_id = ? "
                 "ORDER BY position", (dep_id,))

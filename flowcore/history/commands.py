@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from flowcore.errors import HistoryError
+from flowcore.history.formatting import duration, local_time, run_duration
 from flowcore.history.records import FlowRunRecord, LogRecord, TaskRunRecord
 from flowcore.history.settings import HistorySettings, history_settings, parse_age, parse_since
 from flowcore.history.store import HistoryStore, RunDetail
@@ -66,30 +67,7 @@ def open_for_cli(settings: HistorySettings | None = None) -> HistoryStore:
 # -- formatting -----------------------------------------------------------------------
 
 
-def _local(timestamp: float | None) -> str:
-    if timestamp is None:
-        return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
 
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 1:
-        return f"{seconds * 1000:.0f}ms"
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
-
-
-def _run_duration(run: FlowRunRecord) -> str:
-    if run.end is None and run.start is not None and not run.is_final():
-        return f"{_duration(time.time() - run.start)}+"
-    return _duration(run.duration_s)
 
 
 def _counts(counts: dict[str, int]) -> str:
@@ -164,7 +142,7 @@ def _ls(args: argparse.Namespace) -> int:
         print(f"no flow runs recorded in {store.location} match", file=sys.stderr)
         return 0
     rows = [
-        [run.id[:8], run.flow, run.name, run.state, _local(run.start), _run_duration(run),
+        [run.id[:8], run.flow, run.name, run.state, local_time(run.start), run_duration(run),
          run.backend or "-", _counts(run.task_counts)]
         for run in runs
     ]
@@ -217,9 +195,9 @@ def _show(args: argparse.Namespace) -> int:
         print(f"flow run:   {run.name} ({run.id})")
         print(f"state:      {state_text}")
     print(f"flow:       {run.flow}")
-    print(f"start:      {_local(run.start)}")
-    print(f"end:        {_local(run.end)}")
-    print(f"duration:   {_run_duration(run)}")
+    print(f"start:      {local_time(run.start)}")
+    print(f"end:        {local_time(run.end)}")
+    print(f"duration:   {run_duration(run)}")
     print(f"backend:    {run.backend or '-'}" + (f" {json.dumps(run.backend_options)}" if run.backend_options else ""))
     print(f"process:    pid {run.pid} on {run.host}")
     print(f"attempts:   {run.attempts}")
@@ -234,11 +212,11 @@ def _show(args: argparse.Namespace) -> int:
         for state in run.states:
             attempt = f" (attempt {state.attempt})" if state.attempt else ""
             message = f": {state.message}" if state.message else ""
-            print(f"  {_local(state.timestamp)}  {state.name}{attempt}{message}")
+            print(f"  {local_time(state.timestamp)}  {state.name}{attempt}{message}")
     if tasks:
         shown = tasks[:SHOW_TASKS]
         rows = [
-            [t.id, t.name, t.state, str(t.attempts), _duration(t.duration_s), str(t.worker) if t.worker else "-"]
+            [t.id, t.name, t.state, str(t.attempts), duration(t.duration_s), str(t.worker) if t.worker else "-"]
             for t in shown
         ]
         print()
@@ -289,7 +267,7 @@ def timeline(run: FlowRunRecord, tasks: Sequence[TaskRunRecord], width: int = TI
             if lane[position] != "x":
                 lane[position] = mark
     label_width = min(48, max(len(label) for label in lanes))
-    lines = [f"timeline ({_duration(span)} from {_local(begin)}; # ran, x failed):"]
+    lines = [f"timeline ({duration(span)} from {local_time(begin)}; # ran, x failed):"]
     for label in sorted(lanes):
         shown = label if len(label) <= label_width else "..." + label[-(label_width - 3):]
         lines.append(f"  {shown.ljust(label_width)} |{''.join(lanes[label])}| {counts[label]} runs")
@@ -312,7 +290,7 @@ def _level(text: str | None) -> int:
 
 def _format_log(record: LogRecord, run_name: str) -> str:
     origin = f"Task run {record.task_run_name!r}" if record.task_run_name else f"Flow run {run_name!r}"
-    return f"{_local(record.timestamp)}.{int((record.timestamp % 1) * 1000):03d} | {record.level_name:<7} | {origin} - {record.message}"
+    return f"{local_time(record.timestamp)}.{int((record.timestamp % 1) * 1000):03d} | {record.level_name:<7} | {origin} - {record.message}"
 
 
 def _logs(args: argparse.Namespace) -> int:

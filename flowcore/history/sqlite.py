@@ -14,7 +14,6 @@ event arrives, never at ``import flowcore``.
 from __future__ import annotations
 
 import contextlib
-import json
 import random
 import sqlite3
 import threading
@@ -26,6 +25,7 @@ from typing import Any
 from flowcore.deployments.schema import DEPLOYMENTS_SQL
 from flowcore.errors import HistoryError, RunNotFoundError
 from flowcore.history import liveness
+from flowcore.history.formatting import json_or
 from flowcore.history.records import (
     FlowRunRecord,
     FlowRunWrite,
@@ -320,11 +320,12 @@ ON CONFLICT (id) DO UPDATE SET
     traceback = coalesce(?21, traceback)
 """
 
-_UPSERT_TASK = f"""
+_INSERT_TASK = f"""
 INSERT INTO task_runs ({_TASK_COLUMNS}) VALUES (
     ?, ?, ?, ?, ?, ?, coalesce(?, ''), coalesce(?, 0), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,
     coalesce(?, '[]'), ?, ?, ?)
-ON CONFLICT (id) DO UPDATE SET
+"""
+_UPSERT_TASK = _INSERT_TASK + """ON CONFLICT (id) DO UPDATE SET
     flow_run_id = coalesce(?2, flow_run_id), state = excluded.state,
     state_type = excluded.state_type, message = coalesce(?7, message),
     attempts = coalesce(?8, attempts), submitted_time = coalesce(?9, submitted_time),
@@ -337,11 +338,6 @@ ON CONFLICT (id) DO UPDATE SET
     traceback = coalesce(?22, traceback)
 """
 
-_INSERT_TASK = f"""
-INSERT INTO task_runs ({_TASK_COLUMNS}) VALUES (
-    ?, ?, ?, ?, ?, ?, coalesce(?, ''), coalesce(?, 0), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,
-    coalesce(?, '[]'), ?, ?, ?)
-"""
 _INSERT_STATE = "INSERT INTO flow_run_states (flow_run_id, timestamp, type, name, message, attempt) VALUES (?, ?, ?, ?, ?, ?)"
 _INSERT_LOG = (
     "INSERT INTO logs (flow_run_id, task_run_id, timestamp, level, level_name, logger, message, "
@@ -599,8 +595,8 @@ class SQLiteStore(HistoryStore):
          parent_id, start, end, attempts, host, pid, process_start, heartbeat, error_type,
          error_message, traceback) = row
         record = FlowRunRecord(
-            run_id, flow, name, state, state_type, message or "", _json(parameters, {}), backend,
-            _json(backend_options, {}), _json(tags, []), parent_id, start, end, attempts or 0,
+            run_id, flow, name, state, state_type, message or "", json_or(parameters, {}), backend,
+            json_or(backend_options, {}), json_or(tags, []), parent_id, start, end, attempts or 0,
             host, pid, process_start or 0, heartbeat, error_type, error_message, traceback,
         )
         reason = liveness.crash_reason(record)
@@ -715,7 +711,7 @@ class SQLiteStore(HistoryStore):
                     if run_id not in known:
                         runs.append(TaskRunRecord(
                             run_id, flow_run, task, f"{task}-{name_first + i}", "Pending", "PENDING",
-                            submitted=submitted, backend=backend, tags=_json(tags, []),
+                            submitted=submitted, backend=backend, tags=json_or(tags, []),
                         ))
         return runs
 
@@ -820,7 +816,7 @@ def _task_record(row: tuple[Any, ...]) -> TaskRunRecord:
     return TaskRunRecord(
         run_id, flow_run_id, task, name, state, state_type, message or "", attempts or 0, submitted,
         start, end, backend, worker, None if cache_hit is None else bool(cache_hit), cache_key,
-        _json(tags, []), error_type, error_message, traceback,
+        json_or(tags, []), error_type, error_message, traceback,
     )
 
 
@@ -828,14 +824,6 @@ def _task_order(run: TaskRunRecord) -> tuple[float, str]:
     when = run.start if run.start is not None else run.submitted
     return (when if when is not None else float("inf"), run.id)
 
-
-def _json(text: str | None, default: Any) -> Any:
-    if not text:
-        return default
-    try:
-        return json.loads(text)
-    except ValueError:
-        return default
 
 
 def open_sqlite_store(settings: Any) -> SQLiteStore:
