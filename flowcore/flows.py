@@ -332,9 +332,7 @@ class Flow(Generic[P, R]):
             return state
         except BaseException as exc:
             # Cancelled (by the caller, a timeout around the call), Ctrl-C, SystemExit.
-            _stop_outstanding(context, closing=True)
-            context.slot.close(wait=False, cancel_futures=True)
-            self._finish(context, _interrupted_state(exc))
+            self._interrupted(context, exc)
             raise
         finally:
             if print_token is not None:
@@ -371,14 +369,19 @@ class Flow(Generic[P, R]):
             return state
         except BaseException as exc:
             # Ctrl-C, SystemExit: stop what can be stopped, do not wait for the rest.
-            _stop_outstanding(context, closing=True)
-            context.slot.close(wait=False, cancel_futures=True)
-            self._finish(context, _interrupted_state(exc))
+            self._interrupted(context, exc)
             raise
         finally:
             if print_token is not None:
                 restore_prints(print_token)
             _scope.reset(token)
+
+    def _interrupted(self, context: FlowRunContext, exc: BaseException) -> None:
+        """The body was interrupted (Ctrl-C, SystemExit, cancellation): stop what can be
+        stopped, do not wait for the rest, and end the run in the matching state."""
+        _stop_outstanding(context, closing=True)
+        context.slot.close(wait=False, cancel_futures=True)
+        self._finish(context, _interrupted_state(exc))
 
     def _finish(self, context: FlowRunContext, state: State[Any], *, log_traceback: bool = False) -> None:
         """Hooks, observers and the final log line. ``log_traceback``: a failure's
