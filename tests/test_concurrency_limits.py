@@ -21,7 +21,11 @@ import pytest
 
 from flowcore import concurrency, flow, limits, task
 from flowcore.cli import main
-from flowcore.errors import ConcurrencyLimitError, ConcurrencyLimitNotFoundError, ConcurrencySlotTimeoutError
+from flowcore.errors import (
+    ConcurrencyLimitError,
+    ConcurrencyLimitNotFoundError,
+    ConcurrencySlotTimeoutError,
+)
 from flowcore.limits import slots
 from flowcore.limits.store import LimitStore, stamp_path, store_path
 
@@ -132,9 +136,9 @@ def test_threads_respect_a_limit_of_two(store: LimitStore) -> None:
 def test_a_limit_of_zero_blocks_and_says_why(store: LimitStore, monkeypatch: pytest.MonkeyPatch,
                                              caplog: pytest.LogCaptureFixture) -> None:
     store.set_limit("db", 0)
-    with pytest.raises(ConcurrencySlotTimeoutError, match="limit of tag 'db' is 0"):
-        with concurrency("db", timeout_seconds=0.3):
-            pass
+    with pytest.raises(ConcurrencySlotTimeoutError, match="limit of tag 'db' is 0"), \
+            concurrency("db", timeout_seconds=0.3):
+        pass
     monkeypatch.setattr(slots, "WAIT_LOG_FIRST_S", 0.2)
     caplog.set_level(logging.INFO, logger="flowcore")
     raise_later = threading.Timer(1.0, lambda: store.set_limit("db", 1))
@@ -264,9 +268,9 @@ def test_a_holder_killed_with_sigkill_releases_its_slot(store: LimitStore, tmp_p
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         (held,) = store.get("db").holders
         assert held.pid == holder.pid
-        with pytest.raises(ConcurrencySlotTimeoutError, match="all 1 slots of tag 'db' are taken"):
-            with concurrency("db", timeout_seconds=0.3):
-                pass
+        with pytest.raises(ConcurrencySlotTimeoutError, match="all 1 slots of tag 'db' are taken"), \
+                concurrency("db", timeout_seconds=0.3):
+            pass
         os.kill(holder.pid, signal.SIGKILL)
         holder.wait(timeout=30)
         began = time.monotonic()

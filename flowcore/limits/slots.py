@@ -155,8 +155,8 @@ def _semaphore(tag: str, leases: int, logger: Any) -> Any:
     if found is not None:
         return found
     try:
-        semaphore = Semaphore(max_leases=leases, name=name)
-        semaphore.get_value()  # registers it: a different max_leases raises here
+        semaphore = Semaphore(max_leases=leases, name=name)  # type: ignore[no-untyped-call]
+        semaphore.get_value()  # type: ignore[no-untyped-call]  # registers it: another max_leases raises
     except ValueError:
         # The scheduler knows this tag with another limit (changed since it started):
         # a semaphore of the new size, under a name of its own.
@@ -164,7 +164,7 @@ def _semaphore(tag: str, leases: int, logger: Any) -> Any:
             "the Dask scheduler holds semaphore %r with another size than the limit %d; using %r "
             "(restart the cluster to drop the old one)", name, leases, f"{name}-{leases}",
         )
-        semaphore = Semaphore(max_leases=leases, name=f"{name}-{leases}")
+        semaphore = Semaphore(max_leases=leases, name=f"{name}-{leases}")  # type: ignore[no-untyped-call]
     _semaphores[key] = semaphore
     return semaphore
 

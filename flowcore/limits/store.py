@@ -188,7 +188,10 @@ class LimitStore:
                     f"SELECT tag, slots, created, updated FROM concurrency_limits WHERE tag IN ({marks}) ORDER BY tag",
                     wanted,
                 ).fetchall()
-            return [ConcurrencyLimit(*row, holders=tuple(_live_holders(conn, row[0]))) for row in rows]
+            return [
+                ConcurrencyLimit(tag, slots, created, updated, holders=tuple(_live_holders(conn, tag)))
+                for tag, slots, created, updated in rows
+            ]
 
         result: list[ConcurrencyLimit] = self.history.transaction(work)
         return result

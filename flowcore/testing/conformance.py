@@ -22,6 +22,7 @@ blocking the suite.
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import time
@@ -679,7 +680,7 @@ class BackendConformance:
             store.remove(w.LIMITED_TAG)
             store.close()
         assert len(intervals) == 6
-        for (_, end), (start, _) in zip(intervals, intervals[1:], strict=False):
+        for (_, end), (start, _) in itertools.pairwise(intervals):
             assert start >= end - 0.005, f"two runs of a tag limited to 1 overlapped: {intervals}"
 
     # -- hooks -------------------------------------------------------------------

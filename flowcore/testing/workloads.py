@@ -204,7 +204,6 @@ def return_unloadable() -> FailsWhenLoaded:
 
 __all__ = [
     "LIMITED_TAG",
-    "limited_interval",
     "ConformanceError",
     "FailsWhenLoaded",
     "UnpicklableError",
@@ -224,6 +223,7 @@ __all__ = [
     "identity",
     "kill_own_worker",
     "length",
+    "limited_interval",
     "raise_unpicklable",
     "raise_unpicklable_if_odd",
     "raise_value_error",
