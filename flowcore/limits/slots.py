@@ -174,6 +174,7 @@ def _acquire_on_dask(
 ) -> Lease:
     store = process_store()
     started = time.monotonic()
+    log_at = started + WAIT_LOG_FIRST_S
     held: list[Any] = []
 
     def release() -> None:
@@ -203,8 +204,10 @@ def _acquire_on_dask(
                     break
                 reason = Blocked(tag, limit, 0, occupy).reason()
                 _check_deadline(label, tag, started, timeout, reason)
-                logger.info("%s waits for a concurrency slot: %s", label, reason)
-                time.sleep(min(WAIT_LOG_EVERY_S, 1.0))
+                if time.monotonic() >= log_at:
+                    logger.info("%s waits for a concurrency slot: %s", label, reason)
+                    log_at = time.monotonic() + WAIT_LOG_EVERY_S
+                time.sleep(POLL_MAX_S)  # the limit is read again: raised, or removed
     except BaseException:
         release()
         raise
