@@ -124,21 +124,22 @@ class concurrency:
         self.tags = names
         self.occupy = occupy
         self.timeout_seconds = timeout_seconds
-        self._lease: Lease | None = None
+        self._leases: list[Lease | None] = []  # one per block entered (nested, or per thread)
 
     def _acquire(self) -> None:
         limited = limited_tags(self.tags)
-        if not limited:
-            return
-        from flowcore.limits.slots import acquire, default_logger
+        lease = None
+        if limited:
+            from flowcore.limits.slots import acquire, default_logger
 
-        self._lease = acquire(
-            limited, self.occupy, label=f"concurrency({', '.join(sorted(self.tags))})",
-            logger=default_logger(), timeout=self.timeout_seconds,
-        )
+            lease = acquire(
+                limited, self.occupy, label=f"concurrency({', '.join(sorted(self.tags))})",
+                logger=default_logger(), timeout=self.timeout_seconds,
+            )
+        self._leases.append(lease)
 
     def _release(self) -> None:
-        lease, self._lease = self._lease, None
+        lease = self._leases.pop() if self._leases else None
         if lease is not None:
             lease.release()
 
