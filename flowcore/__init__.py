@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from flowcore.annotations import allow_failure, quote
 from flowcore.flows import Flow, flow
 from flowcore.futures import TaskFuture, as_completed, wait
+from flowcore.limits import concurrency
 from flowcore.loggers import get_run_logger
 from flowcore.mapping import unmapped
 from flowcore.run_context import get_run_context
@@ -45,6 +46,7 @@ __all__ = [
     "__version__",
     "allow_failure",
     "as_completed",
+    "concurrency",
     "flow",
     "get_backend",
     "get_run_context",

@@ -15,6 +15,8 @@
 * ``flowcore deployment ls | inspect NAME | run NAME [--param k=v] [--watch] | pause |
   resume | rm | feed`` and ``flowcore worker start [--pool P] [--limit N] [--backend B]
   [--grace S] [--webhook-port PORT]`` (see :mod:`flowcore.deployments.commands`).
+* ``flowcore concurrency-limit create TAG N | ls [--json] | inspect TAG [--json] | rm TAG``:
+  tag concurrency limits (see :mod:`flowcore.limits`).
 * ``flowcore dashboard [--host 127.0.0.1] [--port 4300] [--open]``: a web dashboard
   over the run history (see :mod:`flowcore.dashboard`; needs ``flowcore[ui]``).
 * ``flowcore version``.
@@ -313,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     from flowcore.deployments.commands import add_commands as add_deployment_commands
 
     add_deployment_commands(commands)
+    from flowcore.limits.commands import add_commands as add_limit_commands
+
+    add_limit_commands(commands)
     from flowcore.dashboard.command import add_command as add_dashboard_command
 
     add_dashboard_command(commands)

@@ -24,6 +24,7 @@ from flowcore import states
 from flowcore.calls import TaskCall
 from flowcore.context import TaskRunContext, _task_run
 from flowcore.errors import TaskTimeoutError
+from flowcore.limits import limited_tags, task_slots
 from flowcore.states import State, completed_run
 from flowcore.timeouts import call_with_timeout, interrupts_blocking_calls
 
@@ -98,7 +99,8 @@ def _run_uncached(call: TaskCall) -> State[Any]:
     context = TaskRunContext(task, call)
     token = _task_run.set(context)
     tracker = _tracker  # in a journaled process worker: crashes are traced to runs
-    if task._single_attempt and not call.log_prints and not call.attempts_used:
+    limited = limited_tags(options.tags) if options.tags else None
+    if task._single_attempt and not call.log_prints and not call.attempts_used and not limited:
         if tracker is not None:
             tracker.record_start(call.task_run_id)
         # The common case (no retries, no timeout, no print capture), kept short.
@@ -127,6 +129,9 @@ def _run_uncached(call: TaskCall) -> State[Any]:
         while True:
             attempt += 1
             context.attempt = attempt
+            # Slots are taken before the attempt counts as running (its deadline, the
+            # journal) and given back before a retry's delay.
+            lease = task_slots(limited, call.task_run_name, task_run_logger(call)) if limited else None
             if tracker is not None:
                 tracker.record_start(call.task_run_id)
             try:
@@ -151,6 +156,8 @@ def _run_uncached(call: TaskCall) -> State[Any]:
             else:
                 return completed_run(value, first_start, time.time(), attempt)
             finally:
+                if lease is not None:
+                    lease.release()
                 if tracker is not None:
                     tracker.record_idle()  # not running while it waits to retry
             if attempt > policy.retries or not _should_retry(call, state):
@@ -200,10 +207,16 @@ async def _run_uncached_async(call: TaskCall) -> State[Any]:
         print_token = redirect_prints(task_logger(context))
     first_start = time.time()
     attempt = call.attempts_used
+    limited = limited_tags(options.tags) if options.tags else None
     try:
         while True:
             attempt += 1
             context.attempt = attempt
+            lease = None
+            if limited:  # waiting for slots happens in a thread: the loop runs on
+                lease = await asyncio.to_thread(
+                    task_slots, limited, call.task_run_name, task_run_logger(call)
+                )
             if tracker is not None:
                 tracker.record_start(call.task_run_id)
             timer = None
@@ -228,6 +241,8 @@ async def _run_uncached_async(call: TaskCall) -> State[Any]:
             else:
                 return completed_run(value, first_start, time.time(), attempt)
             finally:
+                if lease is not None:
+                    lease.release()
                 if tracker is not None:
                     tracker.record_idle()
             if attempt > policy.retries or not _should_retry(call, state):

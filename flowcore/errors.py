@@ -227,3 +227,21 @@ class ActionRefusedError(DashboardError, PermissionError):
 
 
 __all__ += ["ActionRefusedError", "DashboardError", "QueryError"]
+
+
+class ConcurrencyLimitError(ConfigurationError):
+    """A tag concurrency limit cannot be created, read or used as asked (a bad tag or
+    number, a history store that is not the built-in SQLite one); the message says
+    what to do."""
+
+
+class ConcurrencyLimitNotFoundError(ConcurrencyLimitError, LookupError):
+    """No concurrency limit exists for the given tag; the message lists the limits."""
+
+
+class ConcurrencySlotTimeoutError(FlowcoreError, TimeoutError):
+    """``concurrency(..., timeout_seconds=...)`` ran out of time waiting for slots;
+    the message names the tag and why it was full."""
+
+
+__all__ += ["ConcurrencyLimitError", "ConcurrencyLimitNotFoundError", "ConcurrencySlotTimeoutError"]

@@ -170,6 +170,8 @@ class Flow(Generic[P, R]):
         log_prints = self.options.log_prints
         if log_prints is None:
             log_prints = parent.log_prints if parent is not None else False
+        if self.options.flow_run_name is not None:
+            run = replace(run, name=self._run_name(run, slot, log_prints, parent))
         ensure_console_handler()
         display = None
         if parent is None:  # a top-level run on a terminal shows its progress
@@ -177,6 +179,40 @@ class Flow(Generic[P, R]):
 
             display = start_for(run)
         return _OpenRun(run, slot, parent, log_prints, display)
+
+    def _run_name(self, run: FlowRun, slot: Any, log_prints: bool, parent: Any) -> str:
+        """The name ``flow_run_name`` gives ``run``: the template formatted with the
+        run's parameters (defaults applied), or what the callable returns. The callable
+        is called with no arguments inside the run's scope, so ``get_run_context()``
+        there sees the flow run (its id and parameters; its name is the default one).
+        Raises TypeError naming the flow when the result is not a non-empty str, or
+        the template cannot be formatted with these parameters."""
+        template = self.options.flow_run_name
+        if callable(template):
+            context = FlowRunContext(self, run, slot, log_prints=log_prints, parent=parent)
+            token = _scope.set(context)
+            try:
+                name = template()
+            finally:
+                _scope.reset(token)
+            what = f"flow_run_name callable {getattr(template, '__name__', template)!r}"
+        else:
+            assert template is not None
+            fields = dict(run.parameters)
+            for parameter in self.signature.parameters.values():
+                if parameter.kind is parameter.VAR_KEYWORD:  # **options: its items are fields
+                    fields.update(fields.pop(parameter.name, None) or {})
+            try:
+                name = template.format(**fields)
+            except (AttributeError, IndexError, KeyError, ValueError) as exc:
+                raise TypeError(
+                    f"flow {self.name!r}: flow_run_name {template!r} cannot be formatted with the "
+                    f"parameters {sorted(fields)}: {type(exc).__name__}: {exc}"
+                ) from None
+            what = f"flow_run_name {template!r}"
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"flow {self.name!r}: {what} gave {name!r}; it must give a non-empty str")
+        return name
 
     def _run(
         self,
@@ -654,6 +690,11 @@ def flow(
             starts (before its body; not again for its retries).
         validate_parameters: check and coerce arguments against the type hints
             (pydantic) before the body starts (default True).
+        flow_run_name: the name of each run (logs, run events, the history, ``flowcore
+            runs ls``): a ``str.format`` template over the flow's parameters, e.g.
+            ``"etl-{day}"`` (an unknown field fails here), or a callable taking no
+            arguments that returns a str (``get_run_context()`` works inside it).
+            Default: ``<flow>-<first 8 characters of the run id>``.
     """
     if __fn is not None:
         return Flow(__fn, _flow_options(__fn, options))

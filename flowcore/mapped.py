@@ -36,6 +36,7 @@ from flowcore.batching import BatchSizer, _feeder
 from flowcore.calls import UNSCOPED_RUN_NUMBERS, TaskCall, reserve_run_numbers, run_id_prefix
 from flowcore.context import TaskRunContext, _task_run
 from flowcore.futures import RunFuture, TaskFuture, _call_back
+from flowcore.limits import limited_tags
 from flowcore.log_relay import replay as replay_logs
 from flowcore.serialization import Repairable, pickling_error, raise_if_unsendable
 from flowcore.states import State, StateType, completed_run
@@ -771,7 +772,7 @@ def _run_rows(
         # Coroutine bodies wait together on this thread's loop. Not in a journaled
         # worker process: there a crash is pinned on the one run executing.
         return _await_rows(context, len(rows), skip, started)
-    if not task._single_attempt or batch_call[3] or task.isasync:
+    if not task._single_attempt or batch_call[3] or task.isasync or limited_tags(task.options.tags):
         # Retries, print capture or a coroutine body: each run goes through the engine.
         for index in range(len(rows)):
             if index in skip:

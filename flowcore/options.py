@@ -158,6 +158,7 @@ class FlowOptionInputs(TypedDict, total=False):
     on_crashed: Sequence[Hook] | None
     on_cancellation: Sequence[Hook] | None
     validate_parameters: bool
+    flow_run_name: str | Callable[[], str] | None
 
 
 @dataclass(frozen=True)
@@ -178,6 +179,9 @@ class FlowOptions:
     on_cancellation: tuple[Hook, ...] = ()
     #: check and coerce arguments against the function's type hints (pydantic)
     validate_parameters: bool = True
+    #: the run's name: a ``str.format`` template over the parameters, or a callable
+    #: returning a str (None: ``<flow>-<id prefix>``)
+    flow_run_name: str | Callable[[], str] | None = None
     # -- derived -----------------------------------------------------------------
     retry_policy: RetryPolicy = field(default_factory=RetryPolicy, metadata=_DERIVED)
 
@@ -315,6 +319,8 @@ def flow_options(
     description = values["description"]
     if description is None:
         description = inspect.getdoc(fn)
+    signature = inspect.signature(fn)
+    var_kw = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
     return FlowOptions(
         **dict(
             values,
@@ -330,6 +336,9 @@ def flow_options(
             on_crashed=check_hooks(values["on_crashed"], "on_crashed", owner),
             on_cancellation=check_hooks(values["on_cancellation"], "on_cancellation", owner),
             validate_parameters=check_flag(values["validate_parameters"], "validate_parameters", owner),
+            flow_run_name=check_run_name(
+                values["flow_run_name"], signature.parameters, var_kw, owner, option="flow_run_name"
+            ),
         ),
         retry_policy=retry_policy(retries, values["retry_delay_seconds"], None, owner),
     )
@@ -464,28 +473,30 @@ def check_log_prints(value: object, owner: str) -> bool | None:
 
 
 def check_run_name(
-    value: object, parameters: Iterable[str], has_var_keyword: bool, owner: str
+    value: object, parameters: Iterable[str], has_var_keyword: bool, owner: str,
+    *, option: str = "task_run_name",
 ) -> str | Callable[[], str] | None:
-    """A ``str.format`` template over the call's parameters, or a callable returning a str."""
+    """A ``str.format`` template over the call's parameters, or a callable returning a
+    str (``option``: ``task_run_name`` or ``flow_run_name``, for the messages)."""
     if value is None or callable(value):
         return value
     if not isinstance(value, str):
-        raise TypeError(f"{owner}: 'task_run_name' must be a string template or a callable, got {value!r}")
+        raise TypeError(f"{owner}: {option!r} must be a string template or a callable, got {value!r}")
     known = set(parameters)
     try:
         fields = [f for _, f, _, _ in string.Formatter().parse(value) if f is not None]
     except ValueError as exc:
-        raise ValueError(f"{owner}: 'task_run_name' {value!r} is not a valid template: {exc}") from None
+        raise ValueError(f"{owner}: {option!r} {value!r} is not a valid template: {exc}") from None
     for name in fields:
         root = name.split(".", 1)[0].split("[", 1)[0]
         if root == "" or root.isdigit():
             raise ValueError(
-                f"{owner}: 'task_run_name' {value!r} uses a positional field; name the parameter, "
+                f"{owner}: {option!r} {value!r} uses a positional field; name the parameter, "
                 "e.g. 'load-{path}'"
             )
         if root not in known and not has_var_keyword:
             raise ValueError(
-                f"{owner}: 'task_run_name' {value!r} refers to {root!r}, which is not a "
+                f"{owner}: {option!r} {value!r} refers to {root!r}, which is not a "
                 f"parameter; parameters are: {', '.join(sorted(known)) or '(none)'}"
             )
     return value

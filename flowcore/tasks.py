@@ -27,6 +27,7 @@ from flowcore.context import FlowRunContext, TaskRunContext, _scope, _task_run, 
 from flowcore.coroutines import in_async_context, run_sync, running_loop
 from flowcore.errors import CrashedError, MissingContextError
 from flowcore.futures import RunFuture, TaskFuture, collect_futures, collect_inputs
+from flowcore.limits import limited_tags
 from flowcore.mapping import map_arguments
 from flowcore.options import TaskOptionInputs, TaskOptions, exponential_backoff
 from flowcore.states import State
@@ -78,14 +79,17 @@ class Task(Generic[P, R]):
         o = options
         #: the engine may call the function once, directly: no retries, timeout or cache
         self._single_attempt = o.retries == 0 and o.timeout_seconds is None and o.cache is None
-        # Direct calls skip the engine entirely when nothing needs it.
-        self._plain = (
+        # Direct calls skip the engine entirely when nothing needs it. A tagged task
+        # does so while none of its tags has a concurrency limit (looked up per call).
+        plain = (
             self._single_attempt
             and not o.log_prints
             and not o.on_completion
             and not o.on_failure
             and not o.on_running
         )
+        self._plain = plain and not o.tags
+        self._plain_if_unlimited = plain and bool(o.tags)
 
     @property
     def name(self) -> str:
@@ -120,7 +124,12 @@ class Task(Generic[P, R]):
         log_prints = self.options.log_prints
         if log_prints is None:
             log_prints = scope.log_prints if scope is not None else False
-        observation = _observation() if self._plain and not return_state and not log_prints else _FULL
+        observation = (
+            _observation()
+            if (self._plain or (self._plain_if_unlimited and not limited_tags(self.options.tags)))
+            and not return_state and not log_prints
+            else _FULL
+        )
         if observation == _BATCHED and flow_run is not None:
             return direct_runs.call(self, args, kwargs, flow_run)
         if observation == _UNOBSERVED:
@@ -445,7 +454,12 @@ class AsyncTask(Task[P, R]):
         log_prints = self.options.log_prints
         if log_prints is None:
             log_prints = scope.log_prints if scope is not None else False
-        observation = _observation() if self._plain and not return_state and not log_prints else _FULL
+        observation = (
+            _observation()
+            if (self._plain or (self._plain_if_unlimited and not limited_tags(self.options.tags)))
+            and not return_state and not log_prints
+            else _FULL
+        )
         if observation == _BATCHED and flow_run is not None:
             return direct_runs.call_async(self, args, kwargs, flow_run)
         if observation == _UNOBSERVED:

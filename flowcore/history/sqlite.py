@@ -38,6 +38,7 @@ from flowcore.history.records import (
     WorkerRecord,
 )
 from flowcore.history.store import HistoryStore, RunDetail
+from flowcore.limits.schema import LIMITS_SQL
 
 FILE_NAME = "history.db"
 #: seconds SQLite itself waits for a lock before a statement reports busy
@@ -199,7 +200,7 @@ def _script(sql: str) -> Migration:
 
 #: ``MIGRATIONS[i]`` upgrades a database at ``user_version`` i to i + 1. Append only:
 #: a released step never changes.
-MIGRATIONS: tuple[Migration, ...] = (_script(_V1), _script(DEPLOYMENTS_SQL))
+MIGRATIONS: tuple[Migration, ...] = (_script(_V1), _script(DEPLOYMENTS_SQL), _script(LIMITS_SQL))
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

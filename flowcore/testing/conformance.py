@@ -22,6 +22,7 @@ blocking the suite.
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import time
@@ -655,6 +656,32 @@ class BackendConformance:
             return [first.result(), second.result()]
 
         assert run(body) == [True, True]
+
+    @pytest.mark.timeout(120)
+    def test_a_tag_concurrency_limit_bounds_running_tasks(self, run: Callable[..., Any]) -> None:
+        """With a limit of 1 on a task's tag, its runs never overlap (submitted, mapped
+        or called directly), whatever the backend's parallelism. The limit is created in
+        the history file of the current ``FLOWCORE_HOME`` (where the workers look too)
+        and removed after."""
+        from flowcore.limits.store import LimitStore, store_path
+
+        store = LimitStore(store_path())
+        store.set_limit(w.LIMITED_TAG, 1)
+        try:
+
+            def body() -> list[tuple[float, float]]:
+                submitted = [w.limited_interval.submit(0.15) for _ in range(3)]
+                mapped = w.limited_interval.map([0.15, 0.15])
+                direct = w.limited_interval(0.05)
+                return [f.result() for f in [*submitted, *mapped]] + [direct]
+
+            intervals = sorted(run(body))
+        finally:
+            store.remove(w.LIMITED_TAG)
+            store.close()
+        assert len(intervals) == 6
+        for (_, end), (start, _) in itertools.pairwise(intervals):
+            assert start >= end - 0.005, f"two runs of a tag limited to 1 overlapped: {intervals}"
 
     # -- hooks -------------------------------------------------------------------
     def test_lifecycle_hooks_fire_once_per_run(self, run: Callable[..., Any], recorder: LifecycleRecorder) -> None:

@@ -203,6 +203,7 @@ def return_unloadable() -> FailsWhenLoaded:
 
 
 __all__ = [
+    "LIMITED_TAG",
     "ConformanceError",
     "FailsWhenLoaded",
     "UnpicklableError",
@@ -222,6 +223,7 @@ __all__ = [
     "identity",
     "kill_own_worker",
     "length",
+    "limited_interval",
     "raise_unpicklable",
     "raise_unpicklable_if_odd",
     "raise_value_error",
@@ -340,3 +342,15 @@ def kill_own_worker() -> None:
 def describe(*values: Any) -> list[str]:
     """Each value as ``type:value`` (exceptions as ``ExceptionType:message``)."""
     return [f"{type(v).__name__}:{v}" for v in values]
+
+
+#: the tag of :func:`limited_interval` (the conformance suite gives it a limit)
+LIMITED_TAG = "flowcore-conformance-limited"
+
+
+@task(tags=[LIMITED_TAG])
+def limited_interval(seconds: float) -> tuple[float, float]:
+    """Sleep ``seconds``; return when the body started and ended (epoch seconds)."""
+    started = time.time()
+    time.sleep(seconds)
+    return started, time.time()
