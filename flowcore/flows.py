@@ -40,6 +40,7 @@ from flowcore.errors import TaskTimeoutError
 from flowcore.futures import TaskFuture, collect_futures, resolve_futures, wait_async
 from flowcore.loggers import ensure_console_handler, flow_logger, redirect_prints, restore_prints
 from flowcore.options import FlowOptionInputs, FlowOptions
+from flowcore.results import resuming
 from flowcore.selection import slot_for
 from flowcore.states import State, StateType
 from flowcore.timeouts import call_with_timeout
@@ -167,6 +168,14 @@ class Flow(Generic[P, R]):
             parent_run_id=parent.flow_run.run_id if parent is not None and parent.flow_run else None,
             started_at=time.time(),
         )
+        options = self.options
+        if options.persist_result is not None or options.result_storage is not None or (
+            parent is not None and parent.flow_run is not None and parent.flow_run.results is not None
+        ) or (parent is None and resuming()):
+            from flowcore.results import plan_for_flow
+
+            parent_plan = parent.flow_run.results if parent is not None and parent.flow_run else None
+            run = replace(run, results=plan_for_flow(options, parent_plan))
         log_prints = self.options.log_prints
         if log_prints is None:
             log_prints = parent.log_prints if parent is not None else False

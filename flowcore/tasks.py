@@ -88,6 +88,11 @@ class Task(Generic[P, R]):
             and not o.on_failure
             and not o.on_running
         )
+        #: the task's own options keep its results (flowcore.results): never a fast path
+        self._keeps_results = o.persist_result is True or (
+            o.result_storage is not None and o.persist_result is not False
+        )
+        plain = plain and not self._keeps_results
         self._plain = plain and not o.tags
         self._plain_if_unlimited = plain and bool(o.tags)
 
@@ -127,7 +132,7 @@ class Task(Generic[P, R]):
         observation = (
             _observation()
             if (self._plain or (self._plain_if_unlimited and not limited_tags(self.options.tags)))
-            and not return_state and not log_prints
+            and not return_state and not log_prints and (flow_run is None or flow_run.results is None)
             else _FULL
         )
         if observation == _BATCHED and flow_run is not None:
@@ -457,7 +462,7 @@ class AsyncTask(Task[P, R]):
         observation = (
             _observation()
             if (self._plain or (self._plain_if_unlimited and not limited_tags(self.options.tags)))
-            and not return_state and not log_prints
+            and not return_state and not log_prints and (flow_run is None or flow_run.results is None)
             else _FULL
         )
         if observation == _BATCHED and flow_run is not None:
