@@ -322,7 +322,11 @@ def load_result(task_run_id: str, *, store: Any = None) -> Any:
     kept no result or its entry is gone. Entries are pickles: load only from storage
     you trust."""
     history = store if store is not None else _history_store()
-    location = history.result_location(task_run_id)
+    try:
+        location = history.result_location(task_run_id)
+    finally:
+        if store is None:
+            history.close()
     if location is None:
         raise ResultNotFoundError(
             f"task run {task_run_id!r} kept no result (it ran without persist_result=True, "
@@ -340,18 +344,31 @@ def load_location(location: tuple[str, str]) -> Any:
 
 
 def _history_store() -> Any:
-    from flowcore.history.settings import current_settings
-    from flowcore.history.store import open_store
+    from flowcore.history import open_history
 
-    return open_store(current_settings())
+    return open_history()
 
 
 def resumable_results(run_id: str, *, store: Any = None) -> tuple[str, dict[tuple[str, str], tuple[str, str]]]:
     """``(full run id, {(task, run name): (storage, key)})`` of the completed task runs
     of flow run ``run_id`` (any unique prefix) that kept their results."""
     history = store if store is not None else _history_store()
-    full = history.resolve_run_id(run_id)
-    return full, history.kept_results(full)
+    try:
+        full = history.get_run(run_id).run.id
+        return full, history.kept_results(full)
+    finally:
+        if store is None:
+            history.close()
+
+
+def recorded_parameters(run_id: str) -> dict[str, Any]:
+    """The parameters recorded for flow run ``run_id`` (any unique prefix): the values
+    JSON could hold as they were, the others as their ``repr()`` (pass those again)."""
+    history = _history_store()
+    try:
+        return dict(history.get_run(run_id).run.parameters or {})
+    finally:
+        history.close()
 
 
 def resume(flow: Flow[..., Any], run_id: str, /, **parameters: Any) -> Any:
@@ -361,8 +378,12 @@ def resume(flow: Flow[..., Any], run_id: str, /, **parameters: Any) -> Any:
     module docstring for how runs are matched). Returns what calling the flow returns
     (pass ``return_state=True`` for the state)."""
     history = _history_store()
-    full, kept = resumable_results(run_id, store=history)
-    recorded = history.get_run(full).run
+    try:
+        recorded = history.get_run(run_id).run
+        full = recorded.id
+        kept = history.kept_results(full)
+    finally:
+        history.close()
     if recorded.flow != flow.name:
         from flowcore.errors import ConfigurationError
 
@@ -384,6 +405,7 @@ __all__ = [
     "keep",
     "load_location",
     "load_result",
+    "recorded_parameters",
     "result_key",
     "resumable_results",
     "resume",

@@ -186,6 +186,7 @@ class TaskRunRecord:
             "cache_key": self.cache_key,
             "tags": list(self.tags),
             "error": error,
+            "result": dict(self.result) if self.result is not None else None,
         }
 
 
