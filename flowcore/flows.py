@@ -704,6 +704,11 @@ def flow(
             ``"etl-{day}"`` (an unknown field fails here), or a callable taking no
             arguments that returns a str (``get_run_context()`` works inside it).
             Default: ``<flow>-<first 8 characters of the run id>``.
+        persist_result: the default of the task option for the flow's task runs
+            (and its subflows' without their own); see :mod:`flowcore.results`.
+        result_storage: the default ``result_storage`` of its task runs (a directory,
+            a registered cache store's name or a store object); giving it turns
+            ``persist_result`` on unless that is False.
     """
     if __fn is not None:
         return Flow(__fn, _flow_options(__fn, options))

@@ -637,6 +637,15 @@ def task(
         cache_key_errors: ``"raise"``: an argument with no deterministic hash fails
             the run with ``CacheKeyError``; ``"warn"``: the run goes uncached, with
             one warning per task.
+        persist_result: True: keep each completed run's result in ``result_storage``
+            after the run (``flowcore runs show --results``, ``--resume``); False:
+            never, whatever the flow says; None: as the flow says (see
+            :mod:`flowcore.results`). Such runs take the engine's path, not the
+            direct-call or column-map shortcuts.
+        result_storage: where kept results go: a directory, a registered cache store's
+            name or a cache store object (default: the flow's, else
+            ``FLOWCORE_RESULTS_DIR`` or ``~/.flowcore/results``); giving it turns
+            ``persist_result`` on unless that is False.
     """
     if __fn is not None:
         return Task(__fn, opts.task_options(__fn, options))
