@@ -229,3 +229,18 @@ def test_resume_refuses_a_run_of_another_flow(home: Path) -> None:
     assert resume(first, run.id[:8]) == 2
     _, tasks = _last_run_tasks()
     assert [t.state for t in tasks] == ["Resumed"]
+
+
+def test_results_kept_on_dask(home: Path) -> None:
+    pytest.importorskip("distributed")
+    import flowcore
+
+    @flow(persist_result=True)
+    def pipeline() -> list[int]:
+        return [kept_inc.submit(1).result()] + [f.result() for f in plain_double.map(range(3))]
+
+    with flowcore.get_backend("dask", max_workers=2) as backend:
+        assert pipeline.with_options(backend=backend)() == [2, 0, 2, 4]
+    _, tasks = _last_run_tasks()
+    assert len(tasks) == 4 and all(t.result is not None for t in tasks)
+    assert sorted(load_result(t.id) for t in tasks) == [0, 2, 2, 4]
