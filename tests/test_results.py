@@ -244,3 +244,23 @@ def test_results_kept_on_dask(home: Path) -> None:
     _, tasks = _last_run_tasks()
     assert len(tasks) == 4 and all(t.result is not None for t in tasks)
     assert sorted(load_result(t.id) for t in tasks) == [0, 2, 2, 4]
+
+
+def test_a_version_3_history_file_gets_the_results_table(tmp_path: Path) -> None:
+    import sqlite3
+
+    from flowcore.history.sqlite import MIGRATIONS, SCHEMA_VERSION, SQLiteStore, migrate
+
+    db = tmp_path / "history.db"
+    connection = sqlite3.connect(db)
+    migrate(connection, MIGRATIONS[:3], location=str(db))
+    assert connection.execute("PRAGMA user_version").fetchone()[0] == 3
+    connection.close()
+    store = SQLiteStore(db)
+    try:
+        assert SCHEMA_VERSION == 4
+        assert store.query("PRAGMA user_version") == [(4,)]
+        assert store.query("SELECT count(*) FROM task_run_results") == [(0,)]
+        assert store.result_location("nope") is None and store.kept_results("nope") == {}
+    finally:
+        store.close()
