@@ -101,7 +101,7 @@ def _run_items(task: Any, common: tuple[Any, ...], items: list[BatchItem]) -> li
             log_prints, attempts_used, flow_parameters_key, flow_run, backend,
         )
         state = run_call(call)
-        if state.name == "Completed":
+        if state.name == "Completed" and state.result_location is None:
             outcomes.append((state.data, state.started_at, state.finished_at, state.attempts))
         else:
             outcomes.append(state)

@@ -135,6 +135,9 @@ class FlowRun:
     #: False in a copy that was pickled without its parameters (see ``__reduce__``)
     has_parameters: bool = field(default=True, compare=False, repr=False)
     _portable: Any = field(default=None, compare=False, repr=False)
+    #: what the flow run asks about its task runs' results (``flowcore.results.ResultPlan``):
+    #: None unless it keeps results or resumes a run; travels with its calls
+    results: Any = field(default=None, compare=False, repr=False)
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickle (a copy travels with each task call to a worker) with the parameters
@@ -150,7 +153,7 @@ class FlowRun:
         return (
             _restore_flow_run,
             (self.flow_name, self.run_id, self.name, parameters, self.backend, self.parent_run_id,
-             self.started_at, bool(portable)),
+             self.started_at, bool(portable), self.results),
         )
 
 
@@ -171,11 +174,11 @@ def _pickles_small(parameters: dict[str, Any]) -> bool:
 
 def _restore_flow_run(
     flow_name: str, run_id: str, name: str, parameters: dict[str, Any], backend: str,
-    parent_run_id: str | None, started_at: float, has_parameters: bool,
+    parent_run_id: str | None, started_at: float, has_parameters: bool, results: Any = None,
 ) -> FlowRun:
     return FlowRun(
         flow_name, run_id, name, parameters, backend, parent_run_id, started_at,
-        has_parameters=has_parameters,
+        has_parameters=has_parameters, results=results,
     )
 
 

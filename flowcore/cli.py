@@ -2,8 +2,9 @@
 
 * ``flowcore backends``: registered backends with kind, plugin and description.
 * ``flowcore run PATH_OR_MODULE:FLOW [--backend NAME] [--backend-options JSON]
-  [--params JSON] [--param NAME=VALUE ...]``: run a flow; a failure's traceback is
-  logged once, before the final state.
+  [--params JSON] [--param NAME=VALUE ...] [--resume RUN_ID]``: run a flow; a failure's
+  traceback is logged once, before the final state. ``--resume`` continues an earlier
+  run (see :mod:`flowcore.results`).
 * ``flowcore bench PATH_OR_MODULE:FLOW [--backends a,b] [--params JSON] [--repeat N]
   [--json PATH] [--plot PATH]``: compare backends on a flow (see :mod:`flowcore.bench`).
 * ``flowcore cache ls | info | clear [--task NAME] | prune``: the task cache.
@@ -103,6 +104,10 @@ def _run(args: argparse.Namespace) -> int:
     flow_obj = load_flow(args.target)
     params = parse_params(args.params, "flowcore run")
     params.update(_parse_param_pairs(args.param or [], flow_obj))
+    if args.resume:
+        from flowcore.results import recorded_parameters
+
+        params = {**recorded_parameters(args.resume), **params}
     _check_parameters(flow_obj, params)
     if args.progress:
         import os
@@ -111,7 +116,15 @@ def _run(args: argparse.Namespace) -> int:
 
         os.environ[ENV_VAR] = "1"  # still only on a terminal
     backend_options = _parse_backend_options(args.backend_options)
-    if backend_options is None:
+    if args.resume:
+        from flowcore.results import resume
+
+        if backend_options is not None:
+            raise UsageError("--resume and --backend-options cannot be combined; configure the backend instead")
+        if args.backend:
+            flow_obj = flow_obj.with_options(backend=args.backend)
+        state = resume(flow_obj, args.resume, **params, return_state=True)
+    elif backend_options is None:
         if args.backend:
             flow_obj = flow_obj.with_options(backend=args.backend)
         state = flow_obj(**params, return_state=True)
@@ -280,6 +293,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--param", action="append", metavar="NAME=VALUE",
         help="one flow parameter (repeatable; VALUE is parsed as JSON when it parses, else a string; overrides --params)",
+    )
+    run.add_argument(
+        "--resume", metavar="RUN_ID",
+        help="continue an earlier run of this flow: its parameters (unless given), and each task run "
+        "that completed with a kept result (persist_result=True) returns that result instead of running",
     )
     run.add_argument(
         "--progress", action="store_true",

@@ -75,11 +75,19 @@ def run_call(call: TaskCall) -> State[Any]:
     for an exception of the task; ``sys.exit()`` in the body ends the run ``Crashed``
     (see :func:`exit_state`); ``KeyboardInterrupt`` propagates."""
     task = call.task
-    options = task.options
     if task.isasync:
         from flowcore.coroutines import run_sync
 
         return run_sync(run_call_async(call))
+    if task._keeps_results or (call.flow_run is not None and call.flow_run.results is not None):
+        from flowcore.results import run_with_results
+
+        return run_with_results(call, _run_call_sync)
+    return _run_call_sync(call)
+
+
+def _run_call_sync(call: TaskCall) -> State[Any]:
+    options = call.task.options
     try:
         if options.cache is not None:
             from flowcore.caching.runs import run_cached
@@ -178,6 +186,15 @@ async def run_call_async(call: TaskCall) -> State[Any]:
     blocks the loop without awaiting is stopped only when it next awaits (on a process
     backend its worker is ended at the deadline, as for a synchronous body). Never
     raises for an exception of the task; cancellation of the awaiting task propagates."""
+    task = call.task
+    if task._keeps_results or (call.flow_run is not None and call.flow_run.results is not None):
+        from flowcore.results import run_with_results_async
+
+        return await run_with_results_async(call, _run_call_async_body)
+    return await _run_call_async_body(call)
+
+
+async def _run_call_async_body(call: TaskCall) -> State[Any]:
     options = call.task.options
     try:
         if options.cache is not None:

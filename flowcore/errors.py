@@ -245,3 +245,17 @@ class ConcurrencySlotTimeoutError(FlowcoreError, TimeoutError):
 
 
 __all__ += ["ConcurrencyLimitError", "ConcurrencyLimitNotFoundError", "ConcurrencySlotTimeoutError"]
+
+
+class ResultPersistenceError(FlowcoreError):
+    """A run with ``persist_result`` could not keep its result: the value does not
+    pickle, or its storage cannot be written. The run ends ``Failed`` with this error,
+    whose message names the task, the run and the fix."""
+
+
+class ResultNotFoundError(FlowcoreError, LookupError):
+    """No kept result for this task run: it ran without ``persist_result``, it did not
+    complete, or its stored entry is gone (the message says which)."""
+
+
+__all__ += ["ResultNotFoundError", "ResultPersistenceError"]

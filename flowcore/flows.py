@@ -40,6 +40,7 @@ from flowcore.errors import TaskTimeoutError
 from flowcore.futures import TaskFuture, collect_futures, resolve_futures, wait_async
 from flowcore.loggers import ensure_console_handler, flow_logger, redirect_prints, restore_prints
 from flowcore.options import FlowOptionInputs, FlowOptions
+from flowcore.results import resuming
 from flowcore.selection import slot_for
 from flowcore.states import State, StateType
 from flowcore.timeouts import call_with_timeout
@@ -167,6 +168,14 @@ class Flow(Generic[P, R]):
             parent_run_id=parent.flow_run.run_id if parent is not None and parent.flow_run else None,
             started_at=time.time(),
         )
+        options = self.options
+        if options.persist_result is not None or options.result_storage is not None or (
+            parent is not None and parent.flow_run is not None and parent.flow_run.results is not None
+        ) or (parent is None and resuming()):
+            from flowcore.results import plan_for_flow
+
+            parent_plan = parent.flow_run.results if parent is not None and parent.flow_run else None
+            run = replace(run, results=plan_for_flow(options, parent_plan))
         log_prints = self.options.log_prints
         if log_prints is None:
             log_prints = parent.log_prints if parent is not None else False
@@ -695,6 +704,11 @@ def flow(
             ``"etl-{day}"`` (an unknown field fails here), or a callable taking no
             arguments that returns a str (``get_run_context()`` works inside it).
             Default: ``<flow>-<first 8 characters of the run id>``.
+        persist_result: the default of the task option for the flow's task runs
+            (and its subflows' without their own); see :mod:`flowcore.results`.
+        result_storage: the default ``result_storage`` of its task runs (a directory,
+            a registered cache store's name or a store object); giving it turns
+            ``persist_result`` on unless that is False.
     """
     if __fn is not None:
         return Flow(__fn, _flow_options(__fn, options))

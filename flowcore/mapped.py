@@ -768,12 +768,15 @@ def _run_rows(
     finished = ends.append
     now = time.time
     started = now()
+    flow_run = batch_call[6]
+    kept = task._keeps_results or (flow_run is not None and flow_run.results is not None)
     if task.isasync and engine.run_tracker() is None:
         # Coroutine bodies wait together on this thread's loop. Not in a journaled
         # worker process: there a crash is pinned on the one run executing.
         return _await_rows(context, len(rows), skip, started)
-    if not task._single_attempt or batch_call[3] or task.isasync or limited_tags(task.options.tags):
-        # Retries, print capture or a coroutine body: each run goes through the engine.
+    if kept or not task._single_attempt or batch_call[3] or task.isasync or limited_tags(task.options.tags):
+        # Retries, print capture, a coroutine body or results kept (or resumed): each
+        # run goes through the engine; a run with a kept result is reported exactly.
         for index in range(len(rows)):
             if index in skip:
                 append(None)
@@ -782,7 +785,7 @@ def _run_rows(
             state = run_call(context.call_at(index))
             append(state.data)
             finished(now())
-            if state.name != "Completed" or state.attempts != 1:
+            if state.name != "Completed" or state.attempts != 1 or state.result_location is not None:
                 exact[index] = state
         return values, ends, started, exact
     fn = task.fn
@@ -833,7 +836,7 @@ def _await_rows(
     for index, state in zip(indexes, states, strict=True):
         values[index] = state.data
         ends[index] = state.finished_at or time.time()
-        if state.name != "Completed" or state.attempts != 1:
+        if state.name != "Completed" or state.attempts != 1 or state.result_location is not None:
             exact[index] = state
     return values, ends, started, exact
 

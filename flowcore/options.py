@@ -98,6 +98,8 @@ class TaskOptionInputs(TypedDict, total=False):
     cache_result_in_memory: bool
     cache_storage: str | os.PathLike[str] | CacheStore | None
     cache_key_errors: Literal["raise", "warn"]
+    persist_result: bool | None
+    result_storage: str | os.PathLike[str] | CacheStore | None
 
 
 _DERIVED = {"derived": True}  # field metadata: computed by the builder, not an input
@@ -131,6 +133,12 @@ class TaskOptions:
     cache_result_in_memory: bool = True
     cache_storage: Any = None
     cache_key_errors: str = "raise"
+    #: keep each completed run's result in ``result_storage`` (None: as the flow says;
+    #: see :mod:`flowcore.results`)
+    persist_result: bool | None = None
+    #: where kept results go: a directory, a registered cache store's name, or a
+    #: ``FileStore`` (None: the flow's, else the default results directory)
+    result_storage: Any = None
     # -- derived -----------------------------------------------------------------
     retry_policy: RetryPolicy = field(default_factory=RetryPolicy, metadata=_DERIVED)
     #: validated caching settings: None when the task's runs are not cached
@@ -159,6 +167,8 @@ class FlowOptionInputs(TypedDict, total=False):
     on_cancellation: Sequence[Hook] | None
     validate_parameters: bool
     flow_run_name: str | Callable[[], str] | None
+    persist_result: bool | None
+    result_storage: str | os.PathLike[str] | CacheStore | None
 
 
 @dataclass(frozen=True)
@@ -182,6 +192,10 @@ class FlowOptions:
     #: the run's name: a ``str.format`` template over the parameters, or a callable
     #: returning a str (None: ``<flow>-<id prefix>``)
     flow_run_name: str | Callable[[], str] | None = None
+    #: the default of ``persist_result`` for the flow's task runs (None: off)
+    persist_result: bool | None = None
+    #: the default of ``result_storage`` for the flow's task runs
+    result_storage: Any = None
     # -- derived -----------------------------------------------------------------
     retry_policy: RetryPolicy = field(default_factory=RetryPolicy, metadata=_DERIVED)
 
@@ -268,6 +282,8 @@ def task_options(fn: Callable[..., Any], given: Mapping[str, Any], *, base: Task
         on_completion=check_hooks(values["on_completion"], "on_completion", owner),
         on_failure=check_hooks(values["on_failure"], "on_failure", owner),
         on_running=check_hooks(values["on_running"], "on_running", owner),
+        persist_result=check_optional_flag(values["persist_result"], "persist_result", owner),
+        result_storage=check_result_storage(values["result_storage"], owner),
     )
     policy = retry_policy(retries, values["retry_delay_seconds"], values["retry_jitter_factor"], owner)
     return TaskOptions(**validated, retry_policy=policy, cache=_cache_settings(name, signature, values))
@@ -339,6 +355,8 @@ def flow_options(
             flow_run_name=check_run_name(
                 values["flow_run_name"], signature.parameters, var_kw, owner, option="flow_run_name"
             ),
+            persist_result=check_optional_flag(values["persist_result"], "persist_result", owner),
+            result_storage=check_result_storage(values["result_storage"], owner),
         ),
         retry_policy=retry_policy(retries, values["retry_delay_seconds"], None, owner),
     )
@@ -464,6 +482,29 @@ def check_flag(value: object, option: str, owner: str) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{owner}: {option!r} must be True or False, got {value!r}")
     return value
+
+
+def check_optional_flag(value: object, option: str, owner: str) -> bool | None:
+    if value is not None and not isinstance(value, bool):
+        raise TypeError(f"{owner}: {option!r} must be True, False or None, got {value!r}")
+    return value
+
+
+def check_result_storage(value: object, owner: str) -> Any:
+    """``result_storage``: None, a directory (str or path), a registered cache store's
+    name (checked when a run first uses it), or a cache store object."""
+    import os
+
+    if value is None or isinstance(value, (str, os.PathLike)):
+        if isinstance(value, str) and not value.strip():
+            raise ValueError(f"{owner}: 'result_storage' must not be empty")
+        return value
+    if callable(getattr(value, "read", None)) and callable(getattr(value, "write", None)):
+        return value
+    raise TypeError(
+        f"{owner}: 'result_storage' must be a directory, a registered cache store's name "
+        f"or a cache store object, got {type(value).__name__} {value!r}"
+    )
 
 
 def check_log_prints(value: object, owner: str) -> bool | None:

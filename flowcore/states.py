@@ -79,6 +79,8 @@ class State(Generic[R]):
         timestamp: when the run entered this state (seconds since the epoch).
         started_at / finished_at: when the body started and the run finished, if known.
         attempts: how many times the body was started (1 + retries used).
+        result_location: ``(storage, key)`` where the run's result was kept
+            (``persist_result``; see :mod:`flowcore.results`), else None.
     """
 
     type: StateType
@@ -91,6 +93,7 @@ class State(Generic[R]):
     started_at: float | None = None
     finished_at: float | None = None
     attempts: int = 0
+    result_location: tuple[str, str] | None = None
 
     # -- predicates ---------------------------------------------------------
     def is_pending(self) -> bool:

@@ -88,6 +88,11 @@ class Task(Generic[P, R]):
             and not o.on_failure
             and not o.on_running
         )
+        #: the task's own options keep its results (flowcore.results): never a fast path
+        self._keeps_results = o.persist_result is True or (
+            o.result_storage is not None and o.persist_result is not False
+        )
+        plain = plain and not self._keeps_results
         self._plain = plain and not o.tags
         self._plain_if_unlimited = plain and bool(o.tags)
 
@@ -127,7 +132,7 @@ class Task(Generic[P, R]):
         observation = (
             _observation()
             if (self._plain or (self._plain_if_unlimited and not limited_tags(self.options.tags)))
-            and not return_state and not log_prints
+            and not return_state and not log_prints and (flow_run is None or flow_run.results is None)
             else _FULL
         )
         if observation == _BATCHED and flow_run is not None:
@@ -457,7 +462,7 @@ class AsyncTask(Task[P, R]):
         observation = (
             _observation()
             if (self._plain or (self._plain_if_unlimited and not limited_tags(self.options.tags)))
-            and not return_state and not log_prints
+            and not return_state and not log_prints and (flow_run is None or flow_run.results is None)
             else _FULL
         )
         if observation == _BATCHED and flow_run is not None:
@@ -632,6 +637,15 @@ def task(
         cache_key_errors: ``"raise"``: an argument with no deterministic hash fails
             the run with ``CacheKeyError``; ``"warn"``: the run goes uncached, with
             one warning per task.
+        persist_result: True: keep each completed run's result in ``result_storage``
+            after the run (``flowcore runs show --results``, ``--resume``); False:
+            never, whatever the flow says; None: as the flow says (see
+            :mod:`flowcore.results`). Such runs take the engine's path, not the
+            direct-call or column-map shortcuts.
+        result_storage: where kept results go: a directory, a registered cache store's
+            name or a cache store object (default: the flow's, else
+            ``FLOWCORE_RESULTS_DIR`` or ``~/.flowcore/results``); giving it turns
+            ``persist_result`` on unless that is False.
     """
     if __fn is not None:
         return Task(__fn, opts.task_options(__fn, options))

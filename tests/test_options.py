@@ -266,7 +266,7 @@ def test_options_are_declared_once() -> None:
 
     assert tuple(TaskOptionInputs.__annotations__) == input_names(TaskOptions)
     assert tuple(FlowOptionInputs.__annotations__) == input_names(FlowOptions)
-    assert len(input_names(TaskOptions)) == 19 and len(input_names(FlowOptions)) == 14
+    assert len(input_names(TaskOptions)) == 21 and len(input_names(FlowOptions)) == 16
 
 
 def test_an_unknown_option_names_the_nearest_one() -> None:

@@ -171,6 +171,23 @@ def detail_to_json(detail: RunDetail) -> dict[str, Any]:
     return document
 
 
+#: characters of a kept result's repr shown by ``runs show --results``
+RESULT_REPR_LIMIT = 200
+
+
+def _result_repr(location: dict[str, str]) -> str:
+    """The repr of a kept result (truncated), or why it cannot be read."""
+    from flowcore.results import load_location
+
+    try:
+        text = repr(load_location((location["storage"], location["key"])))
+    except Exception as exc:
+        return f"<not readable: {type(exc).__name__}: {exc}>"
+    if len(text) > RESULT_REPR_LIMIT:
+        text = text[: RESULT_REPR_LIMIT - 3] + "..."
+    return text
+
+
 def _show(args: argparse.Namespace) -> int:
     store = open_for_cli()
     try:
@@ -178,7 +195,12 @@ def _show(args: argparse.Namespace) -> int:
     finally:
         store.close()
     if args.json:
-        print(json.dumps(detail_to_json(detail), indent=2))
+        document = detail_to_json(detail)
+        if args.results:
+            for task_json, task in zip(document["task_runs"], detail.task_runs, strict=True):
+                if task.result is not None:
+                    task_json["result"]["repr"] = _result_repr(task.result)
+        print(json.dumps(document, indent=2))
         return 0
     run, tasks = detail.run, detail.task_runs
     rich = _rich()
@@ -229,6 +251,16 @@ def _show(args: argparse.Namespace) -> int:
         print()
         for line in timeline(run, tasks):
             print(line)
+    if args.results:
+        kept = [t for t in tasks if t.result is not None]
+        print()
+        if not kept:
+            print("results:    none kept (run tasks with persist_result=True to keep them)")
+        else:
+            print("results:")
+            for task in kept:
+                assert task.result is not None
+                print(f"  {task.name} ({task.id}): {_result_repr(task.result)}")
     if run.traceback and run.state_type != "COMPLETED":
         print()
         print(f"flow run failed: {run.error_type}: {run.error_message}")
@@ -383,6 +415,10 @@ def add_commands(commands: Any) -> None:
     show = actions.add_parser("show", help="one flow run: parameters, states, task runs, timeline, tracebacks")
     show.add_argument("run_id", metavar="RUN_ID", help="a flow run id, a unique prefix of one, or a run name")
     show.add_argument("--json", action="store_true", help="print one JSON document")
+    show.add_argument(
+        "--results", action="store_true",
+        help="load and print each kept result (persist_result=True), its repr truncated to 200 characters",
+    )
     show.set_defaults(handler=_quiet_on_closed_pipe(_show))
 
     logs = actions.add_parser("logs", help="the log records of a flow run and its task runs")

@@ -505,7 +505,7 @@ class _Pending:
             assert state is not None
             if (
                 state.name == "Completed" and state.attempts == 1 and run_id not in self.open.written
-                and self._add_plain(event, state, submitted)
+                and getattr(state, "result_location", None) is None and self._add_plain(event, state, submitted)
             ):
                 continue
             write = self.tasks.get(run_id)
@@ -717,6 +717,9 @@ def _set_final(write: TaskRunWrite, state: Any, end: float) -> None:
     if state.exception is not None and state.type != "COMPLETED":
         write.error_type, write.error_message = _error(state)
         write.traceback = state.traceback
+    location = getattr(state, "result_location", None)
+    if location is not None:
+        write.result_storage, write.result_key = location
 
 
 def _error(state: Any) -> tuple[str | None, str | None]:

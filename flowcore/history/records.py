@@ -151,6 +151,8 @@ class TaskRunRecord:
     error_type: str | None = None
     error_message: str | None = None
     traceback: str | None = None
+    #: ``{"storage": ..., "key": ...}`` when the run kept its result, else None
+    result: dict[str, str] | None = None
 
     @property
     def duration_s(self) -> float | None:
@@ -184,6 +186,7 @@ class TaskRunRecord:
             "cache_key": self.cache_key,
             "tags": list(self.tags),
             "error": error,
+            "result": dict(self.result) if self.result is not None else None,
         }
 
 
@@ -269,6 +272,9 @@ class TaskRunWrite:
     error_type: str | None = None
     error_message: str | None = None
     traceback: str | None = None
+    #: where the run's result was kept (``persist_result``): storage label and key
+    result_storage: str | None = None
+    result_key: str | None = None
 
     def update(self, later: TaskRunWrite) -> None:
         """Fold a later write of the same run into this one (its known fields win)."""

@@ -200,7 +200,23 @@ def _script(sql: str) -> Migration:
 
 #: ``MIGRATIONS[i]`` upgrades a database at ``user_version`` i to i + 1. Append only:
 #: a released step never changes.
-MIGRATIONS: tuple[Migration, ...] = (_script(_V1), _script(DEPLOYMENTS_SQL), _script(LIMITS_SQL))
+#: step 4: where task runs kept their results (``persist_result``; flowcore.results)
+RESULTS_SQL = """
+CREATE TABLE task_run_results (
+    task_run_id TEXT PRIMARY KEY,
+    flow_run_id TEXT,
+    task        TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    storage     TEXT NOT NULL,
+    key         TEXT NOT NULL,
+    written_at  REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX task_run_results_by_flow_run ON task_run_results (flow_run_id)
+"""
+
+MIGRATIONS: tuple[Migration, ...] = (
+    _script(_V1), _script(DEPLOYMENTS_SQL), _script(LIMITS_SQL), _script(RESULTS_SQL),
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -486,6 +502,11 @@ class SQLiteStore(HistoryStore):
         ]
         task_rows = [_task_row(w) for w in batch.task_runs]
         update_rows = [_task_row(w) for w in batch.task_run_updates]
+        result_rows = [
+            (w.id, w.flow_run_id, w.task, w.name, w.result_storage, w.result_key, w.end or time.time())
+            for w in (*batch.task_runs, *batch.task_run_updates)
+            if w.result_key is not None and w.result_storage is not None
+        ]
         log_rows = [
             (r.flow_run_id, r.task_run_id, r.timestamp, r.level, r.level_name, r.logger,
              r.message, r.task_name, r.task_run_name)
@@ -519,6 +540,12 @@ class SQLiteStore(HistoryStore):
                 conn.executemany(_UPSERT_TASK, update_rows)
             if block_rows:
                 conn.executemany(_INSERT_BLOCK, block_rows)
+            if result_rows:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO task_run_results (task_run_id, flow_run_id, task, name, "
+                    "storage, key, written_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    result_rows,
+                )
             if map_rows:
                 conn.executemany(_UPSERT_PENDING_MAP, map_rows)
             if finished_maps:
@@ -685,6 +712,15 @@ class SQLiteStore(HistoryStore):
         ]
         tasks += self._block_runs(full)
         tasks.sort(key=_task_order)
+        kept = {
+            task_run_id: {"storage": storage, "key": key}
+            for task_run_id, storage, key in self._read(
+                "SELECT task_run_id, storage, key FROM task_run_results WHERE flow_run_id = ?", (full,)
+            )
+        }
+        if kept:
+            for task in tasks:
+                task.result = kept.get(task.id)
         for task in tasks:
             run.task_counts[task.state] = run.task_counts.get(task.state, 0) + 1
         if run.state_type == "CRASHED":
@@ -739,6 +775,19 @@ class SQLiteStore(HistoryStore):
             parameters.append(limit)
         return [LogRecord(*row) for row in self._read(sql, parameters)]
 
+    def result_location(self, task_run_id: str) -> tuple[str, str] | None:
+        rows = self._read("SELECT storage, key FROM task_run_results WHERE task_run_id = ?", (task_run_id,))
+        return (str(rows[0][0]), str(rows[0][1])) if rows else None
+
+    def kept_results(self, flow_run_id: str) -> dict[tuple[str, str], tuple[str, str]]:
+        rows = self._read(
+            "SELECT r.task, r.name, r.storage, r.key FROM task_run_results r "
+            "JOIN task_runs t ON t.id = r.task_run_id "
+            "WHERE r.flow_run_id = ? AND t.state_type = 'COMPLETED'",
+            (flow_run_id,),
+        )
+        return {(task, name): (storage, key) for task, name, storage, key in rows}
+
     def delete_older_than(self, cutoff: float) -> int:
         def work(conn: sqlite3.Connection) -> int:
             conn.execute("CREATE TEMP TABLE IF NOT EXISTS doomed (id TEXT PRIMARY KEY)")
@@ -753,6 +802,7 @@ class SQLiteStore(HistoryStore):
             if count:
                 conn.execute("DELETE FROM task_runs WHERE flow_run_id IN (SELECT id FROM doomed)")
                 conn.execute("DELETE FROM task_run_blocks WHERE flow_run_id IN (SELECT id FROM doomed)")
+                conn.execute("DELETE FROM task_run_results WHERE flow_run_id IN (SELECT id FROM doomed)")
                 conn.execute("DELETE FROM pending_maps WHERE flow_run_id IN (SELECT id FROM doomed)")
                 conn.execute("DELETE FROM logs WHERE flow_run_id IN (SELECT id FROM doomed)")
                 conn.execute("DELETE FROM flow_run_states WHERE flow_run_id IN (SELECT id FROM doomed)")

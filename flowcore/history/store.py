@@ -97,6 +97,17 @@ class HistoryStore(abc.ABC):
         ``cutoff``, and task runs and logs outside flow runs older than it. Runs still
         alive are kept. Returns how many flow runs were deleted."""
 
+    def result_location(self, task_run_id: str) -> tuple[str, str] | None:
+        """``(storage, key)`` of the result the task run ``task_run_id`` kept
+        (``persist_result``), or None. A store that does not record kept results
+        raises NotImplementedError (the built-in one does)."""
+        raise NotImplementedError(f"history store {type(self).__name__} does not record kept results")
+
+    def kept_results(self, flow_run_id: str) -> dict[tuple[str, str], tuple[str, str]]:
+        """``{(task, run name): (storage, key)}`` of the task runs of the flow run
+        ``flow_run_id`` (a full id) that completed with a kept result."""
+        raise NotImplementedError(f"history store {type(self).__name__} does not record kept results")
+
     def close(self) -> None:  # noqa: B027 - optional for stores without resources
         """Release connections; the store is not used afterwards."""
 
