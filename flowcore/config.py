@@ -61,6 +61,7 @@ ENVIRONMENT_VARIABLES: dict[str, str] = {
     "FLOWCORE_HISTORY_RETENTION": "how long the run history keeps runs (e.g. 30d)",
     "FLOWCORE_HISTORY_STORE": "the run history store's name",
     "FLOWCORE_HISTORY_STORE_OPTIONS": "the run history store's options (JSON object)",
+    "FLOWCORE_RESULTS_DIR": "where persist_result keeps task results by default (else FLOWCORE_HOME/results)",
     "FLOWCORE_PROGRESS": "0 turns the live progress display of flow runs on a terminal off",
     "FLOWCORE_REQUIRE_BROWSER": "tests only: 1 makes a missing Chromium fail the dashboard's browser tests",
     "FLOWCORE_DISABLE_PLUGIN_AUTOLOAD": "skip the 'flowcore' entry points",

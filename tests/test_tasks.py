@@ -525,6 +525,20 @@ def test_result_of_a_non_final_state_is_an_error() -> None:
         st.Running().result()
 
 
+@pytest.fixture
+def plain_exception_pickling(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Exceptions pickle without their tracebacks, as the standard library does: undo
+    tblib's reducers, which ``import distributed`` installs process-wide (an earlier
+    test in this process may have imported it)."""
+    import copyreg
+    import types
+
+    for kind in list(copyreg.dispatch_table):
+        if kind is types.TracebackType or (isinstance(kind, type) and issubclass(kind, BaseException)):
+            monkeypatch.delitem(copyreg.dispatch_table, kind)
+
+
+@pytest.mark.usefixtures("plain_exception_pickling")
 def test_pickled_failed_state_reraises_with_the_remote_traceback() -> None:
     def deep_helper_that_raises() -> None:
         raise Boom("from far away")
@@ -545,6 +559,7 @@ def test_pickled_failed_state_reraises_with_the_remote_traceback() -> None:
     assert "from far away" in str(cause)
 
 
+@pytest.mark.usefixtures("plain_exception_pickling")
 def test_pickled_state_of_a_submitted_task_keeps_its_traceback() -> None:
     with flowcore.use_backend("threads"):
         future = explode.submit("over there")
