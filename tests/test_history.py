@@ -832,7 +832,8 @@ def test_runs_of_a_running_map_are_recorded_pending_before_they_end(home: Path, 
 
         @task
         def wait_for_go(x, go):
-            while not Path(go).exists():
+            deadline = time.monotonic() + 120  # never outlive a test killed before it says go
+            while not Path(go).exists() and time.monotonic() < deadline:
                 time.sleep(0.05)
             return x
 
