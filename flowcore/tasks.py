@@ -105,6 +105,21 @@ class Task(Generic[P, R]):
         return self.options.tags
 
     # -- calling ------------------------------------------------------------
+    def _direct_path(self, scope: Any, return_state: bool) -> tuple[FlowRun | None, bool, int]:
+        """For a direct call in ``scope``: its flow run, whether prints are captured, and
+        how it is observed (_UNOBSERVED / _BATCHED may take the short path; _FULL: the engine)."""
+        flow_run = scope.flow_run if scope is not None else None
+        log_prints = self.options.log_prints
+        if log_prints is None:
+            log_prints = scope.log_prints if scope is not None else False
+        observation = (
+            _observation()
+            if (self._plain or (self._plain_if_unlimited and not limited_tags(self.options.tags)))
+            and not return_state and not log_prints and (flow_run is None or flow_run.results is None)
+            else _FULL
+        )
+        return flow_run, bool(log_prints), observation
+
     # Typing: the ParamSpec overload checks arguments against the function; the
     # return_state / wait_for variants keep the return type (extra keywords cannot be
     # combined with P.kwargs in one signature).
@@ -125,16 +140,7 @@ class Task(Generic[P, R]):
         """Run inline and return the value (``return_state=True``: the final State)."""
         return_state = kwargs.pop("return_state", False) if "return_state" in kwargs else False
         scope = _scope.get()
-        flow_run = scope.flow_run if scope is not None else None
-        log_prints = self.options.log_prints
-        if log_prints is None:
-            log_prints = scope.log_prints if scope is not None else False
-        observation = (
-            _observation()
-            if (self._plain or (self._plain_if_unlimited and not limited_tags(self.options.tags)))
-            and not return_state and not log_prints and (flow_run is None or flow_run.results is None)
-            else _FULL
-        )
+        flow_run, log_prints, observation = self._direct_path(scope, return_state)
         if observation == _BATCHED and flow_run is not None:
             return direct_runs.call(self, args, kwargs, flow_run)
         if observation == _UNOBSERVED:
@@ -455,16 +461,7 @@ class AsyncTask(Task[P, R]):
     ) -> Coroutine[Any, Any, Any]:
         """The coroutine of one direct run, on the path its observation needs (chosen
         here, so that an awaited run costs one coroutine around the body's)."""
-        flow_run = scope.flow_run if scope is not None else None
-        log_prints = self.options.log_prints
-        if log_prints is None:
-            log_prints = scope.log_prints if scope is not None else False
-        observation = (
-            _observation()
-            if (self._plain or (self._plain_if_unlimited and not limited_tags(self.options.tags)))
-            and not return_state and not log_prints and (flow_run is None or flow_run.results is None)
-            else _FULL
-        )
+        flow_run, log_prints, observation = self._direct_path(scope, return_state)
         if observation == _BATCHED and flow_run is not None:
             return direct_runs.call_async(self, args, kwargs, flow_run)
         if observation == _UNOBSERVED:

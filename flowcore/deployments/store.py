@@ -219,16 +219,9 @@ def store_path(settings: HistorySettings | None = None) -> Path:
     """The history file deployments live in. DeploymentError when the configured
     history store is not the built-in SQLite one."""
     from flowcore.history.settings import history_settings
-    from flowcore.history.sqlite import FILE_NAME
+    from flowcore.history.sqlite import history_file
 
-    chosen = settings if settings is not None else history_settings()
-    if chosen.store != "sqlite":
-        raise DeploymentError(
-            f"deployments are kept in the built-in sqlite history store; the configured store is "
-            f"{chosen.store!r} (unset FLOWCORE_HISTORY_STORE or set it to sqlite)"
-        )
-    path = chosen.store_options().get("path")
-    return Path(path).expanduser() if path else Path(chosen.home) / FILE_NAME
+    return history_file(settings if settings is not None else history_settings(), "deployments", DeploymentError)
 
 
 def open_deployment_store(settings: HistorySettings | None = None) -> DeploymentStore:

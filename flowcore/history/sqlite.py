@@ -877,6 +877,19 @@ def _task_order(run: TaskRunRecord) -> tuple[float, str]:
 
 
 
+def history_file(settings: Any, feature: str, error: type[Exception]) -> Path:
+    """The SQLite file of the history ``settings`` name, for a ``feature`` whose tables
+    live in it (deployments, concurrency limits). ``error`` (naming the feature and the
+    fix) when the configured history store is not the built-in SQLite one."""
+    if settings.store != "sqlite":
+        raise error(
+            f"{feature} are kept in the built-in sqlite history store; the configured store is "
+            f"{settings.store!r} (unset FLOWCORE_HISTORY_STORE or set it to sqlite)"
+        )
+    path = settings.store_options().get("path")
+    return Path(path).expanduser() if path else Path(settings.home) / FILE_NAME
+
+
 def open_sqlite_store(settings: Any) -> SQLiteStore:
     """The factory of the ``sqlite`` store: ``history.db`` in the home directory, or the
     file named by the store option ``path``."""
@@ -888,4 +901,4 @@ def open_sqlite_store(settings: Any) -> SQLiteStore:
     return SQLiteStore(Path(path).expanduser() if path else Path(settings.home) / FILE_NAME, lock_timeout=float(lock_timeout))
 
 
-__all__ = ["BLOCK_COLUMNS", "FILE_NAME", "MIGRATIONS", "SCHEMA_VERSION", "SQLiteStore", "fill_task_counts", "migrate", "open_sqlite_store"]
+__all__ = ["BLOCK_COLUMNS", "FILE_NAME", "MIGRATIONS", "SCHEMA_VERSION", "SQLiteStore", "fill_task_counts", "history_file", "migrate", "open_sqlite_store"]

@@ -91,16 +91,9 @@ def store_path(settings: HistorySettings | None = None) -> Path:
     """The history file the limits live in. ConfigurationError when the configured
     history store is not the built-in SQLite one."""
     from flowcore.history.settings import current_settings
-    from flowcore.history.sqlite import FILE_NAME
+    from flowcore.history.sqlite import history_file
 
-    chosen = settings if settings is not None else current_settings()
-    if chosen.store != "sqlite":
-        raise ConcurrencyLimitError(
-            f"concurrency limits are kept in the built-in sqlite history store; the configured store "
-            f"is {chosen.store!r} (unset FLOWCORE_HISTORY_STORE or set it to sqlite)"
-        )
-    path = chosen.store_options().get("path")
-    return Path(path).expanduser() if path else Path(chosen.home) / FILE_NAME
+    return history_file(settings if settings is not None else current_settings(), "concurrency limits", ConcurrencyLimitError)
 
 
 def stamp_path(database: Path) -> Path:
