@@ -1,31 +1,180 @@
-"""The ``threads`` backend (the default): a lazily started ThreadPoolExecutor.
+"""The ``threads`` backend (the default): a lazily started pool of threads.
 
 Good for I/O-bound tasks and for code that releases the GIL (NumPy, pandas, most
 C extensions). Option ``max_workers`` defaults to ``min(32, usable CPUs + 4)``, the
 standard library's default.
 
+The pool (:class:`WorkerThreads`) is an Executor, and also takes work items without a
+Future each (capability ``queues_items``): a single ``.submit`` of a task costs one
+queue put and one small object instead of a ``concurrent.futures.Future`` with its
+condition variable. Threads start on demand, as ``ThreadPoolExecutor``'s do: a new
+one only when no worker is idle, up to ``max_workers``.
+
 A thread that blocks on ``future.result()`` (no timeout) for a task no worker has
 started yet runs that task itself: the caller would only wait for a hand-off, and a
-pool saturated by blocked tasks cannot deadlock it (see ``TaskFuture._steal``).
+pool saturated by blocked tasks cannot deadlock it (see ``flowcore.dispatch``).
 """
 
 from __future__ import annotations
 
-from concurrent.futures import Executor, ThreadPoolExecutor
+import atexit
+import queue
+import threading
+import weakref
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+from typing import Any, TypeVar
 
-from flowcore.backend import BackendKind, BackendSpec, ExecutorBackend, usable_cpu_count
+from flowcore.backend import (
+    BackendKind,
+    BackendSpec,
+    Capabilities,
+    ExecutorBackend,
+    WorkItem,
+    usable_cpu_count,
+)
+from flowcore.errors import BackendShutdownError
 from flowcore.hookspecs import hookimpl
+
+T = TypeVar("T")
+
+CAPABILITIES = Capabilities(in_process=True, interrupts_blocking=True, queues_items=True)
 
 
 def default_max_workers() -> int:
     return min(32, usable_cpu_count() + 4)
 
 
+class _Call:
+    """An Executor submission as a work item: runs ``fn`` into its Future."""
+
+    __slots__ = ("args", "fn", "future", "kwargs")
+
+    def __init__(self, future: Future[Any], fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self.future = future
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+
+    def run(self) -> None:
+        if not self.future.set_running_or_notify_cancel():
+            return
+        try:
+            result = self.fn(*self.args, **self.kwargs)
+        except BaseException as exc:
+            self.future.set_exception(exc)
+        else:
+            self.future.set_result(result)
+
+    def drop(self) -> None:
+        self.future.cancel()
+
+
+_STOP = None  # put once per thread by shutdown
+
+_live_pools: weakref.WeakSet[WorkerThreads] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all() -> None:
+    """At interpreter exit: let every pool's threads finish their queued work and end."""
+    for pool in list(_live_pools):
+        pool.shutdown(wait=True)
+
+
+class WorkerThreads(Executor):
+    """A FIFO pool of daemon threads that runs work items (and Executor submissions).
+
+    Thread-safe. ``shutdown(wait=True)`` lets the queued items run, then joins the
+    threads; ``cancel_futures=True`` drops the items no thread has taken (their
+    ``drop()`` is called). Pools still open at interpreter exit are shut down then.
+    """
+
+    def __init__(self, max_workers: int, name_prefix: str = "flowcore-thread") -> None:
+        self.max_workers = max_workers
+        self._prefix = name_prefix
+        self._queue: queue.SimpleQueue[WorkItem | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._idle = 0  # threads waiting for an item, not yet claimed by a put
+        self._closed = False
+        _live_pools.add(self)
+
+    def enqueue(self, item: WorkItem) -> None:
+        """Have a thread call ``item.run()``."""
+        if self._closed:
+            raise BackendShutdownError("the thread pool has been shut down")
+        self._queue.put(item)
+        with self._lock:
+            if self._idle:
+                self._idle -= 1  # that thread will take it
+                return
+            if len(self._threads) >= self.max_workers:
+                return
+            thread = threading.Thread(
+                target=self._work, name=f"{self._prefix}_{len(self._threads)}", daemon=True
+            )
+            self._threads.append(thread)
+        thread.start()
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        future: Future[T] = Future()
+        self.enqueue(_Call(future, fn, args, kwargs))
+        return future
+
+    def _work(self) -> None:
+        get = self._queue.get
+        lock = self._lock
+        while True:
+            item = get()
+            if item is _STOP:
+                return
+            item.run()
+            del item  # let its objects go while this thread waits
+            with lock:
+                self._idle += 1
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            already = self._closed
+            self._closed = True
+            threads = list(self._threads)
+        if cancel_futures:
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not _STOP:
+                    item.drop()
+        if not already:
+            for _ in threads:
+                self._queue.put(_STOP)
+        if wait:
+            current = threading.current_thread()
+            for thread in threads:
+                if thread is not current:
+                    thread.join()
+
+
+class ThreadsBackend(ExecutorBackend):
+    """The ``threads`` backend: an ExecutorBackend over :class:`WorkerThreads` that
+    also queues work items (capability ``queues_items``)."""
+
+    def __init__(self, max_workers: int) -> None:
+        super().__init__("threads", BackendKind.THREADS, max_workers, _thread_pool, CAPABILITIES)
+
+    def enqueue(self, item: WorkItem) -> None:
+        pool = self._get_executor()
+        assert isinstance(pool, WorkerThreads)
+        pool.enqueue(item)
+
+
 def _thread_pool(max_workers: int) -> Executor:
-    return ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="flowcore-thread")
+    return WorkerThreads(max_workers)
 
 
-def create(max_workers: int | None = None) -> ExecutorBackend:
+def create(max_workers: int | None = None) -> ThreadsBackend:
     """Factory: ``threads`` takes ``max_workers`` (a positive int, or None for the default)."""
     if max_workers is None:
         max_workers = default_max_workers()
@@ -33,7 +182,7 @@ def create(max_workers: int | None = None) -> ExecutorBackend:
         raise ValueError(
             f"max_workers for the threads backend must be a positive int, got {max_workers!r}"
         )
-    return ExecutorBackend("threads", BackendKind.THREADS, max_workers, _thread_pool)
+    return ThreadsBackend(max_workers)
 
 
 @hookimpl
@@ -48,4 +197,4 @@ def flowcore_backends() -> list[BackendSpec]:
     ]
 
 
-__all__ = ["create", "default_max_workers"]
+__all__ = ["ThreadsBackend", "WorkerThreads", "create", "default_max_workers"]

@@ -36,7 +36,7 @@ import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from flowcore.errors import BackendShutdownError
 
@@ -74,6 +74,9 @@ class Capabilities:
             that blocks in C: a timer signal interrupts it (the main thread of a
             worker process), the engine abandons it (a thread of this process), or
             the backend ends its worker (``hard_timeouts``).
+        queues_items: :meth:`Backend.enqueue` runs :class:`WorkItem` objects on its
+            workers without a Future each (an in-process pool; the cheapest way to
+            send a single run).
     """
 
     in_process: bool = False
@@ -83,6 +86,7 @@ class Capabilities:
     hard_timeouts: bool = False
     remote_results: bool = False
     interrupts_blocking: bool = False
+    queues_items: bool = False
 
     @classmethod
     def for_kind(cls, kind: BackendKind) -> Capabilities:
@@ -113,6 +117,17 @@ class WorkerLost:
     culprit: bool
     message: str
     timed_out: bool = False
+
+
+class WorkItem(Protocol):
+    """Work for :meth:`Backend.enqueue`: it settles its own outcome."""
+
+    def run(self) -> None:
+        """Execute on a worker. Never raises (the item records its own outcome)."""
+
+    def drop(self) -> None:
+        """Called instead of :meth:`run` when the backend shuts down with
+        ``cancel_futures=True`` before a worker took the item."""
 
 
 class Backend(Executor):
@@ -173,6 +188,13 @@ class Backend(Executor):
         through this process. Failures are reported like :meth:`submit`'s.
         """
         raise NotImplementedError(f"backend {self.name!r} does not support native futures")
+
+    def enqueue(self, item: WorkItem) -> None:
+        """Have a worker call ``item.run()`` (capability ``queues_items``): no Future,
+        no result; FIFO. Raises :class:`~flowcore.errors.BackendShutdownError` after
+        ``shutdown``; a shutdown with ``cancel_futures=True`` calls ``item.drop()``
+        for the items no worker has taken."""
+        raise NotImplementedError(f"backend {self.name!r} does not queue work items")
 
     def worker_count(self) -> int:
         """How many tasks the backend runs at once, connecting to it first where only
@@ -390,6 +412,7 @@ __all__ = [
     "Capabilities",
     "ExecutorBackend",
     "NativeHandle",
+    "WorkItem",
     "WorkerLost",
     "usable_cpu_count",
 ]

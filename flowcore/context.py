@@ -74,8 +74,8 @@ class RunScope:
         self.slot = slot
         self.parent = parent
         self._pending: set[Tracked] = set()
-        #: batch dispatchers by task (flowcore.batching), created on first use
-        self.dispatchers: dict[Any, Any] = {}
+        #: the scope's :class:`flowcore.dispatch.Dispatcher`, made on first submit
+        self.dispatcher: Any = None
         self.failed: list[TaskFuture[Any]] = []
         # A use_backend block inside a flow still belongs to that flow run.
         self.flow_run: FlowRun | None = parent.flow_run if parent is not None else None

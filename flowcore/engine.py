@@ -336,6 +336,26 @@ def run_call_located(call: TaskCall) -> tuple[State[Any], list[dict[str, Any]], 
     return run_call(call), [], current_worker()
 
 
+def lost_attempt(
+    call: TaskCall, cause: BaseException, message: str, *, timed_out: bool
+) -> State[Any] | float:
+    """An attempt of ``call`` died with its worker (or its worker was ended at the
+    run's deadline): count it against the task's retry policy, as the attempts that
+    fail in :func:`run_call` are. Returns the run's final state (``TimedOut`` or
+    ``Crashed``, caused by ``cause``) when no retry is left, else the delay in seconds
+    before the run is sent again (``call.attempts_used`` then counts the lost one)."""
+    call.attempts_used += 1
+    policy = call.task.options.retry_policy
+    if call.attempts_used > policy.retries:
+        final = (states.TimedOut if timed_out else states.Crashed)(message, attempts=call.attempts_used)
+        if final.exception is not None:
+            final.exception.__cause__ = cause
+        return final
+    delay = policy.delay(call.attempts_used - 1)
+    logger.warning("%s; retry %d/%d in %.3g s", message, call.attempts_used, policy.retries, delay)
+    return delay
+
+
 def failure_state(exc: Exception, timed_out: bool) -> State[Any]:
     """Failed, or TimedOut when ``exc`` is this run's own timeout (not a nested task's)."""
     import traceback

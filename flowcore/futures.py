@@ -10,7 +10,6 @@ if one of them did not complete, the task is not run and ends ``NotRun``.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import contextvars
 import copy
 import logging
 import queue
@@ -19,19 +18,15 @@ import time
 from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
-from flowcore import registry, states
+from flowcore import states
 from flowcore.annotations import BaseAnnotation, quote
-from flowcore.backend import WorkerLost
-from flowcore.engine import run_call, run_call_located, run_call_remote
 from flowcore.errors import WaitTimeoutError
-from flowcore.log_relay import replay as replay_logs
 from flowcore.reporting import report_final_state
-from flowcore.serialization import explain_pickling_failure, raise_if_unsendable
 from flowcore.states import State
 from flowcore.timeouts import wake_for_deadlines
 
 if TYPE_CHECKING:
-    from flowcore.backend import Backend, NativeHandle
+    from flowcore.backend import Backend
     from flowcore.calls import TaskCall
     from flowcore.context import RunScope
     from flowcore.events import Worker
@@ -43,10 +38,6 @@ T = TypeVar("T")
 # Guards every future's final state, waiter lock and callbacks: held for a few
 # instructions at a time, and cheaper than two locks per future.
 _STATE_LOCK = threading.Lock()
-
-#: How many times in a row a run may be resubmitted after being lost with a pool that
-#: another run broke, before it ends Crashed.
-MAX_POOL_LOSSES = 5
 
 logger = logging.getLogger("flowcore.futures")
 
@@ -166,7 +157,23 @@ class TaskFuture(Generic[R]):
 
 
 class RunFuture(TaskFuture[R]):
-    """The future of one run dispatched on its own (or in a batch of calls)."""
+    """The future of one run dispatched on its own (or in a batch of calls).
+
+    The dispatcher that sends the run (:mod:`flowcore.dispatch`) moves it through its
+    states with the *transition API* below, and nothing else changes a RunFuture's
+    state -- as ``concurrent.futures.Future.set_running_or_notify_cancel`` /
+    ``set_result`` are for Executor implementations:
+
+    * :meth:`set_sent` -- handed to a backend (on its own, with the backend's future,
+      or inside a batch); a cancel request is answered from here on;
+    * :meth:`claim` / :meth:`unclaim` -- the waiting thread takes a queued run to run
+      it itself (thread backends);
+    * :meth:`set_final` -- the final state, exactly once: hooks and the run-event
+      stream, then waiters wake and done-callbacks run.
+
+    :attr:`dispatch` holds the sending dispatcher's own record of the run (upstreams,
+    native handles, losses); no one else reads it.
+    """
 
     __slots__ = (
         "_backend",
@@ -174,26 +181,23 @@ class RunFuture(TaskFuture[R]):
         "_call",
         "_callbacks",
         "_cancel_requested",
+        "_claimed",
         "_done",
         "_finishing",
-        "_hard_watched",
         "_in_batch",
-        "_native",
         "_observed",
-        "_pool_losses",
-        "_refs",
+        "_on_block",
         "_scope",
         "_state",
-        "_stealable",
-        "_stolen",
         "_task",
-        "_tolerated",
-        "_upstream",
+        "dispatch",
     )
 
-    def __init__(self, task: Task[..., R], call: TaskCall) -> None:
+    def __init__(self, task: Task[..., R], call: TaskCall, scope: RunScope | None = None) -> None:
         self._task = task
         self._call = call
+        #: the scope that tracks the run (None: a stand-in that belongs to no scope)
+        self._scope = scope
         self._state: State[R] | None = None
         # Made by the first waiter and held until the final state is set; most futures
         # of a big map are finished before anyone waits, and never need one.
@@ -202,22 +206,14 @@ class RunFuture(TaskFuture[R]):
         self._backend_future: cf.Future[Any] | None = None
         self._backend: Backend | None = None
         self._observed = False
-        self._pool_losses = 0  # resubmissions in a row after losses that were not its own
         self._finishing = False
-        self._hard_watched = False
         self._cancel_requested = False
         self._in_batch = False  # sent inside a batch (no backend future of its own)
-        #: on a backend with native futures: the handle of this run's full result
-        #: while it is in flight, and the upstream handles its arguments refer to
-        self._native: NativeHandle | None = None
-        self._refs: dict[str, NativeHandle] | None = None
-        self._upstream: list[TaskFuture[Any]] = []
-        #: None: the arguments hold no allow_failure/quote; else the upstream futures
-        #: that may fail (from allow_failure), possibly none
-        self._tolerated: list[TaskFuture[Any]] | None = None
-        self._scope: RunScope | None = None
-        self._stealable = False
-        self._stolen = False
+        self._claimed = False  # executing in the thread that waits for it
+        #: called by a thread about to block on this run (see set_sent)
+        self._on_block: Callable[[RunFuture[R]], None] | None = None
+        #: the dispatcher's record of this run (opaque to everything else)
+        self.dispatch: Any = None
 
     @property
     def task(self) -> Task[..., R]:
@@ -228,6 +224,34 @@ class RunFuture(TaskFuture[R]):
         return self._call
 
     @property
+    def scope(self) -> RunScope | None:
+        """The scope that tracks this run; None for a stand-in of a map's lost run."""
+        return self._scope
+
+    @property
+    def backend(self) -> Backend | None:
+        """The backend the run was handed to (None before it was sent)."""
+        return self._backend
+
+    @property
+    def backend_name(self) -> str | None:
+        """The name of the backend that runs it (its scope's, before it is sent)."""
+        backend = self._backend
+        if backend is not None:
+            return backend.name
+        return self._scope.slot.name if self._scope is not None else None
+
+    @property
+    def backend_future(self) -> cf.Future[Any] | None:
+        """The backend's future of a run sent on its own, until it is final."""
+        return self._backend_future
+
+    @property
+    def cancel_requested(self) -> bool:
+        """True once :meth:`cancel` was asked for (or :meth:`request_cancel`)."""
+        return self._cancel_requested
+
+    @property
     def state(self) -> State[R]:
         final = self._state
         if final is not None:
@@ -236,7 +260,7 @@ class RunFuture(TaskFuture[R]):
         backend_future = self._backend_future
         if backend_future is not None and backend_future.running():
             return states.Running()
-        if self._in_batch or self._stolen:
+        if self._in_batch or self._claimed:
             # Out in a batch (as a column map's runs are reported), or executing in the
             # thread that waits for it.
             return states.Running()
@@ -257,8 +281,9 @@ class RunFuture(TaskFuture[R]):
     def _wait(self, timeout: float | None) -> bool:
         if self._state is not None:
             return True
-        if timeout is None and self._stealable:
-            self._steal()
+        on_block = self._on_block
+        if timeout is None and on_block is not None:
+            on_block(self)
         with _STATE_LOCK:
             if self.done():  # set meanwhile (a method call: mypy would narrow the attribute)
                 return True
@@ -289,339 +314,101 @@ class RunFuture(TaskFuture[R]):
                     self._callbacks = []
                 self._callbacks.append(fn)
                 return
-        _call_back(fn, self)
+        call_back(fn, self)
 
     def cancel(self) -> bool:
         with _STATE_LOCK:
-            if self._stolen or self._finishing or self._state is not None:
+            if self._claimed or self._finishing or self._state is not None:
                 return False
             self._cancel_requested = True
         backend_future = self._backend_future
         if backend_future is None:
             if self._in_batch:
                 return False  # executing in a batch: stopped only with its worker
-            return self._finish(states.Cancelled("cancelled before it was dispatched"))
-        return backend_future.cancel()  # the done-callback records Cancelled
+            return self.set_final(states.Cancelled("cancelled before it was dispatched"))
+        return backend_future.cancel()  # the dispatcher's done-callback records Cancelled
 
-    # -- internals ----------------------------------------------------------
-    def _finish(self, state: State[Any], worker: Worker | None = None) -> bool:
+    # -- the transition API (for dispatchers) ------------------------------------
+    def set_sent(
+        self,
+        backend: Backend,
+        backend_future: cf.Future[Any] | None = None,
+        on_block: Callable[[RunFuture[R]], None] | None = None,
+        *,
+        queued: bool = False,
+    ) -> None:
+        r"""The run was handed to ``backend``: with ``backend_future`` when it travels
+        on its own (its cancellation then cancels the run; the future is ``Running``
+        once that one runs); ``queued``: as a work item that a worker (or a waiting
+        thread) :meth:`claim`\ s -- cancellable until then; else inside a batch
+        (``Running`` from now on, cancelled only with its worker). ``on_block(self)``
+        is called by a thread about to wait for the run without a timeout (a thread
+        backend runs a queued run there)."""
+        self._backend = backend
+        self._backend_future = backend_future
+        self._in_batch = backend_future is None and not queued
+        self._on_block = on_block
+
+    def unsend(self) -> None:
+        """The run came back without a final state and will be sent again."""
+        self._backend_future = None
+        self._in_batch = False
+        self._on_block = None
+
+    def request_cancel(self) -> None:
+        """Record a cancel request without acting on it (a stand-in inherits it)."""
+        self._cancel_requested = True
+
+    def claim(self) -> bool:
+        """Take the run to execute it in the calling thread: False if it was cancelled,
+        finished, or taken already. The caller must then cancel its backend future and
+        :meth:`unclaim` if that fails."""
+        with _STATE_LOCK:  # one thief at most, and never a cancelled run
+            if self._claimed or self._cancel_requested or self._state is not None:
+                return False
+            self._claimed = True
+            return True
+
+    def unclaim(self) -> None:
+        """A worker started the run first: the claiming thread waits as usual."""
+        self._claimed = False
+
+    @property
+    def claimed(self) -> bool:
+        """Whether the waiting thread runs (or ran) this run itself."""
+        return self._claimed
+
+    def set_final(self, state: State[Any], worker: Worker | None = None) -> bool:
         """Set the final state once: run hooks and observers, wake waiters, callbacks.
-        ``worker``: where the run executed, when known."""
+        ``worker``: where the run executed, when known. False if it was set already."""
         with _STATE_LOCK:
             if self._state is not None or self._finishing:
                 return False
             self._finishing = True
         try:
-            report_final_state(self.call, state, self._backend_name(), worker)
+            report_final_state(self.call, state, self.backend_name, worker)
         finally:  # even if a hook is interrupted (Ctrl-C, a deadline), never leave waiters hanging
             self._publish(state)
         return True
 
-    def _backend_name(self) -> str | None:
-        backend = self._backend
-        if backend is not None:
-            return backend.name
-        return self._scope.slot.name if self._scope is not None else None
-
     def _publish(self, state: State[Any]) -> None:
-        if self._hard_watched and self._backend is not None:
-            self._backend.unwatch_deadline(self.call.task_run_id)
         with _STATE_LOCK:
             self._state = state
             callbacks, self._callbacks = self._callbacks, None
             done = self._done
+        self._on_block = None
+        self._backend_future = None  # no cycle through its callback: results may be large
         if self._scope is not None:  # before waking waiters: wait_all() then sees it
             self._scope.finished(self, () if state.type is states.StateType.COMPLETED else (self,))
         if done is not None:
             done.release()
         if callbacks:
             for fn in callbacks:
-                _call_back(fn, self)
-
-    def _dispatch(self, backend: Backend, waits_on: list[TaskFuture[Any]]) -> None:
-        """Send the call to ``backend`` once every future in ``waits_on`` is done."""
-        self._upstream = waits_on
-        pending = [f for f in waits_on if not f.done()]
-        if not pending:
-            self._run_on(backend)
-            return
-        remaining = [len(pending)]
-        lock = threading.Lock()
-
-        def upstream_done(_: TaskFuture[Any]) -> None:
-            with lock:
-                remaining[0] -= 1
-                last = remaining[0] == 0
-            if last:
-                self._run_on(backend)
-
-        for upstream in pending:
-            upstream.add_done_callback(upstream_done)
-
-    def _run_on(self, backend: Backend) -> None:
-        """Dispatch now (upstreams are done). Runs in callbacks: any failure here ends
-        the run ``Crashed`` instead of leaving it pending."""
-        try:
-            self._send_to(backend)
-        except BaseException as exc:
-            if not self.done():
-                self._backend = backend
-                self._backend_refused(exc)
-            if not isinstance(exc, Exception):
-                raise
-
-    def _send_to(self, backend: Backend) -> None:
-        if self._state is not None or self._cancel_requested:  # cancelled meanwhile
-            if self._state is None:
-                self._finish(states.Cancelled("cancelled before it was dispatched"))
-            return
-        tolerated = self._tolerated
-        for upstream in self._upstream:
-            upstream._mark_observed()
-            up_state = upstream._final()
-            assert up_state is not None
-            if not up_state.is_completed() and not (tolerated and any(upstream is t for t in tolerated)):
-                self._finish(
-                    states.NotRun(
-                        f"upstream task run {upstream.name!r} ({upstream.task_run_id}) ended in "
-                        f"state {up_state.name}: {up_state.message}",
-                        timestamp=time.time(),
-                    )
-                )
-                return
-        call = self.call
-        capabilities = backend.capabilities
-        if tolerated is not None:  # allow_failure / quote among the arguments
-            call.args = resolve_inputs(call.args)
-            call.kwargs = resolve_inputs(call.kwargs)
-            self._upstream = self._tolerated = []
-        elif self._upstream:
-            if capabilities.remote_results and self._keeps_results_remote():
-                self._refs = self._refer_to_upstreams(backend)
-            else:
-                call.args = resolve_futures(call.args)
-                call.kwargs = resolve_futures(call.kwargs)
-            self._upstream = []  # do not keep a chain of finished futures alive
-        try:
-            if self._refs is not None:
-                from flowcore.native import run_call_native
-
-                backend_future, self._native = backend.submit_native(run_call_native, call, refs=self._refs)
-            else:
-                if not capabilities.in_process:
-                    runner: Callable[[TaskCall], Any] = run_call_remote
-                elif registry.observes_events():
-                    runner = run_call_located  # observers are told which thread ran it
-                else:
-                    runner = run_call
-                backend_future = backend.submit(runner, call)
-        except Exception as exc:
-            self._backend = backend
-            self._backend_refused(exc)
-            return
-        self._stealable = capabilities.in_process and not capabilities.inline
-        self._backend = backend
-        self._watch_timeout(backend)
-        self._backend_future = backend_future
-        backend_future.add_done_callback(self._on_backend_done)
-
-    def _keeps_results_remote(self) -> bool:
-        """Whether this run's result may stay on a native backend's workers: not for
-        the stand-ins that a map's lost batch settles one by one (they belong to no
-        scope; the map reads their values from their states)."""
-        return self._scope is not None
-
-    def _refer_to_upstreams(self, backend: Backend) -> dict[str, NativeHandle]:
-        """Replace each upstream future in the call's arguments by a
-        :class:`~flowcore.native.NativeRef` when its value is kept by ``backend``'s
-        workers, else by its result; return the handles the refs name."""
-        from flowcore.native import NativeValue
-
-        refs: dict[str, NativeHandle] = {}
-
-        def swap(upstream: TaskFuture[Any]) -> Any:
-            final = upstream._final()
-            data = final.data if final is not None else None
-            if isinstance(data, NativeValue) and data.handle.backend is backend and data.handle.native is not None:
-                refs[data.handle.key] = data.handle
-                return data.ref()
-            return upstream.result()
-
-        call = self.call
-        call.args = substitute(call.args, TaskFuture, swap)
-        call.kwargs = substitute(call.kwargs, TaskFuture, swap)
-        return refs
-
-    def _watch_timeout(self, backend: Backend) -> None:
-        """Have the backend end the worker if a timed run ignores its timer signal."""
-        timeout = self.call.task.options.timeout_seconds
-        if timeout is not None and backend.capabilities.hard_timeouts:
-            self._hard_watched = True
-            backend.watch_deadline(self.call.task_run_id, timeout)
-
-    def _backend_refused(self, exc: BaseException) -> None:
-        """``backend.submit`` raised: the run never started; it ends ``Crashed``."""
-        crashed = states.Crashed(
-            f"backend {getattr(self._backend, 'name', '?')!r} did not accept task run "
-            f"{self.call.task_run_name!r}: {type(exc).__name__}: {exc}"
-        )
-        if crashed.exception is not None:
-            crashed.exception.__cause__ = exc
-        self._finish(crashed)
-
-    def _steal(self) -> None:
-        """Run a queued task in the thread that waits for it (thread backends only).
-
-        A caller blocked on a task that no worker has picked up yet would only wait
-        for a hand-off; running it here saves two thread switches and cannot
-        deadlock on a full pool. Tasks already running are waited for as usual.
-        """
-        backend_future = self._backend_future
-        if backend_future is None or backend_future.done():
-            return
-        with _STATE_LOCK:  # one thief at most, and never a cancelled run
-            if self._stolen or self._cancel_requested or self._state is not None:
-                return
-            self._stolen = True
-        if not backend_future.cancel():  # a worker has started it
-            self._stolen = False
-            return
-        try:
-            # A fresh context, as on a pool thread: the waiter's flow is not the task's.
-            state = contextvars.Context().run(run_call, self.call)
-        except BaseException:
-            self._finish(states.Cancelled("interrupted while running in the waiting thread"))
-            raise
-        from flowcore.events import current_worker
-
-        self._finish(state, current_worker())
-
-    def _on_backend_done(self, backend_future: cf.Future[Any]) -> None:
-        try:
-            self._settle(backend_future)
-        except Exception as exc:  # never leave the run pending over a bug in handling
-            if not self.done():
-                self._crashed(exc)
-
-    def _settle(self, backend_future: cf.Future[Any]) -> None:
-        try:
-            # A value that could not make the trip from the worker raises here (issue 12.15).
-            state = raise_if_unsendable(backend_future.result())
-        except cf.CancelledError:
-            if self._stolen:
-                return  # the waiting thread runs it (see _steal)
-            self._finish(states.Cancelled("cancelled before it started"))
-            return
-        except BaseException as exc:  # the machinery failed, not the task: the engine never raises
-            delay = self._failed_in_backend(exc)
-            if delay is not None:
-                self._resubmit(delay)
-            elif self._native is not None:
-                self._native = self._refs = None  # ended: let the upstream data go
-            return
-        worker = None
-        if type(state) is tuple:  # (state, log records, worker): see run_call_remote
-            state, records, worker = state
-            if records:
-                replay_logs(records)
-        handle = self._native
-        if handle is not None:  # a light copy: large values stayed on the workers
-            from flowcore.native import adopt
-
-            self._native = self._refs = None
-            self._finish(adopt(state, handle, None, self.call.task_run_name), worker)
-            self._backend_future = None  # no cycle through its callback: the data goes with us
-            return
-        self._finish(state, worker)
-
-    def _failed_in_backend(self, exc: BaseException) -> float | None:
-        """The backend lost the run: explain a pickling failure, count a crash (or a
-        timeout enforced by killing the worker) against the retries, or end the run.
-        Returns the delay before the run must be dispatched again, or None when the
-        run has ended."""
-        call = self.call
-        backend = self._backend
-        if self._cancel_requested:
-            self._finish(states.Cancelled("cancelled: its worker was stopped while it ran"))
-            return None
-        serialization = explain_pickling_failure(call, exc, getattr(backend, "name", "?"))
-        if serialization is not None:
-            serialization.__cause__ = exc
-            self._finish(states.Failed(serialization, attempts=call.attempts_used + 1))
-            return None
-        explain = getattr(backend, "explain_failure", None)
-        lost: WorkerLost | None = explain(call.task_run_id, exc) if explain is not None else None
-        if lost is None:
-            self._crashed(exc)
-            return None
-        if not lost.culprit:
-            # Only lost along with the pool: send it again, no attempt counted. Bounded
-            # whatever the cause (issue 12.15): a run whose own value keeps breaking the
-            # pool unrecognised must not rebuild pools forever.
-            self._pool_losses += 1
-            if self._pool_losses > MAX_POOL_LOSSES:
-                crashed = states.Crashed(
-                    f"task run {call.task_run_name!r} was lost {MAX_POOL_LOSSES + 1} times in a row "
-                    f"with its worker pool, although its own worker never died "
-                    f"(last: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-                    "giving up. If its arguments or result do not survive pickling, pass or "
-                    "return plain data",
-                    attempts=call.attempts_used,
-                )
-                if crashed.exception is not None:
-                    crashed.exception.__cause__ = exc
-                self._finish(crashed)
-                return None
-            return min(0.1 * (self._pool_losses - 1), 1.0)  # a short, growing pause
-        self._pool_losses = 0
-        return self._lost_attempt(
-            exc, f"task run {call.task_run_name!r}: {lost.message}", timed_out=lost.timed_out
-        )
-
-    def _lost_attempt(self, exc: BaseException, message: str, *, timed_out: bool) -> float | None:
-        """Count an attempt that died with its worker; end the run or return the retry delay."""
-        call = self.call
-        call.attempts_used += 1
-        policy = call.task.options.retry_policy
-        if call.attempts_used > policy.retries:
-            if timed_out:
-                final = states.TimedOut(message, attempts=call.attempts_used)
-            else:
-                final = states.Crashed(message, attempts=call.attempts_used)
-            if final.exception is not None:
-                final.exception.__cause__ = exc
-            self._finish(final)
-            return None
-        delay = policy.delay(call.attempts_used - 1)
-        logger.warning(
-            "%s; retry %d/%d in %.3g s", message, call.attempts_used, policy.retries, delay
-        )
-        return delay
-
-    def _resubmit(self, delay: float) -> None:
-        """Dispatch the run again, from a fresh thread: the backend's own thread that
-        reported the loss may be busy tearing the old pool down."""
-        backend = self._backend
-        assert backend is not None
-
-        def again() -> None:
-            if delay > 0:
-                time.sleep(delay)
-            self._backend_future = None
-            self._run_on(backend)  # ends Cancelled if cancel() came during the delay
-
-        threading.Thread(target=again, name="flowcore-resubmit", daemon=True).start()
-
-    def _crashed(self, exc: BaseException) -> None:
-        crashed = states.Crashed(
-            f"task run {self.call.task_run_name!r} crashed: {type(exc).__name__}: {exc}"
-        )
-        if crashed.exception is not None:
-            crashed.exception.__cause__ = exc
-        self._finish(crashed)
+                call_back(fn, self)
 
 
-def _call_back(fn: Callable[[Any], Any], future: TaskFuture[Any]) -> None:
+def call_back(fn: Callable[[Any], Any], future: TaskFuture[Any]) -> None:
+    """Call a done-callback: its exception is logged, never raised."""
     try:
         fn(future)
     except Exception:

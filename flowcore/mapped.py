@@ -32,10 +32,10 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from flowcore import engine, registry, states
-from flowcore.batching import BatchSizer, _feeder
 from flowcore.calls import UNSCOPED_RUN_NUMBERS, TaskCall, reserve_run_numbers, run_id_prefix
 from flowcore.context import TaskRunContext, _task_run
-from flowcore.futures import RunFuture, TaskFuture, _call_back
+from flowcore.dispatch import BatchSizer, dispatcher_of, feeder, refused
+from flowcore.futures import RunFuture, TaskFuture, call_back
 from flowcore.limits import limited_tags
 from flowcore.log_relay import replay as replay_logs
 from flowcore.serialization import Repairable, pickling_error, raise_if_unsendable
@@ -188,9 +188,10 @@ class MapBlock:
             from flowcore.events import EventKind
 
             self._report(range(self.count), EventKind.SUBMITTED)
-        self._fill()
+        self.fill()
 
-    def _fill(self) -> None:
+    def fill(self) -> None:
+        """Send batches while the backend has room for them (see dispatch.Fillable)."""
         while True:
             with self.lock:
                 # Read each time: a cluster's worker count is known once connected.
@@ -223,7 +224,7 @@ class MapBlock:
                 self.arguments.layout(start, stop), frozenset(skip), not self.in_process,
             )
         except Exception as exc:
-            self._lost(start, stop, exc, refused=True)
+            self._lost(start, stop, exc, was_refused=True)
             return
         backend_future.add_done_callback(functools.partial(self._on_done, start, stop))
 
@@ -236,13 +237,13 @@ class MapBlock:
                 # A batch whose value could not make the trip raises: its runs are lost.
                 outcome = raise_if_unsendable(backend_future.result())
             except BaseException as exc:
-                self._lost(start, stop, exc, refused=False)
+                self._lost(start, stop, exc, was_refused=False)
             else:
                 self._settle(start, stop, outcome)
         except Exception as exc:  # never leave runs pending over a bug in handling
             self._end_remaining(start, stop, states.Crashed(f"handling a batch failed: {exc!r}"))
         if not self.backend.capabilities.inline:  # inline: the caller's loop sends on
-            _feeder.kick(self)  # not from here: this is the pool's own result thread
+            feeder.kick(self)  # not from here: this is the pool's own result thread
 
     def _settle(self, start: int, stop: int, outcome: BatchResult) -> None:
         values, ends, started, exact, records, worker = outcome
@@ -403,7 +404,7 @@ class MapBlock:
         for index, fns in callbacks:
             view: MappedFuture[Any] = MappedFuture(self, index)
             for fn in fns:
-                _call_back(fn, view)
+                call_back(fn, view)
 
     def _count_finished(self, finished: int) -> None:
         """Under the lock: ``finished`` more runs are final; wake waiters and, when all
@@ -414,7 +415,7 @@ class MapBlock:
         self.changed.notify_all()
 
     # -- a lost batch -----------------------------------------------------------
-    def _lost(self, start: int, stop: int, exc: BaseException, *, refused: bool) -> None:
+    def _lost(self, start: int, stop: int, exc: BaseException, *, was_refused: bool) -> None:
         """The batch never came back (a dead worker, an argument or result that does not
         pickle, a refused submit): settle its runs one by one as ordinary runs."""
         with self.lock:
@@ -424,27 +425,22 @@ class MapBlock:
             cancel = self.cancel_requested
         proxies: list[RunFuture[Any]] = []
         for index in indexes:
+            # A stand-in that belongs to no scope: the block tracks the run.
             proxy: RunFuture[Any] = RunFuture(self.task, self.call(index))
-            proxy._backend = self.backend
-            proxy._in_batch = True
-            proxy._cancel_requested = cancel
+            proxy.set_sent(self.backend)
+            if cancel:
+                proxy.request_cancel()
             proxy.add_done_callback(functools.partial(self._adopt, index))
             proxies.append(proxy)
-        if refused:
+        if was_refused:
             for proxy in proxies:
-                proxy._backend_refused(exc)
+                refused(proxy, self.backend, exc)
             return
-        from flowcore.batching import BatchDispatcher
-
-        dispatchers: dict[Any, BatchDispatcher] = self.scope.dispatchers
-        dispatcher = dispatchers.setdefault(self.task, BatchDispatcher(self.backend))
-        dispatcher._recover(proxies, exc)
+        dispatcher_of(self.scope).recover(proxies, exc)
 
     def _adopt(self, index: int, proxy: TaskFuture[Any]) -> None:
         """A run of a lost batch, settled on its own, brings its final state home."""
-        state = proxy._final()
-        assert state is not None
-        self._end(index, state)
+        self._end(index, proxy.state)  # final: this is its done-callback
 
     def _end(self, index: int, state: State[Any]) -> None:
         with self.lock:
@@ -540,7 +536,7 @@ class MapBlock:
             if not self.status[index]:
                 self.callbacks.setdefault(index, []).append(fn)
                 return
-        _call_back(fn, MappedFuture(self, index))
+        call_back(fn, MappedFuture(self, index))
 
     def cancel_one(self, index: int) -> bool:
         with self.lock:

@@ -21,10 +21,10 @@ from flowcore import direct_runs, registry
 from flowcore import mapped as mapped_path
 from flowcore import options as opts
 from flowcore.annotations import allow_failure
-from flowcore.batching import MIN_ITEMS_TO_BATCH, BatchDispatcher, should_batch
 from flowcore.calls import UNSCOPED_RUN_NUMBERS, FlowRun, TaskCall, new_task_run_id
 from flowcore.context import FlowRunContext, TaskRunContext, _scope, _task_run, submission_scope
 from flowcore.coroutines import in_async_context, run_sync, running_loop
+from flowcore.dispatch import dispatcher_of, should_batch
 from flowcore.errors import CrashedError, MissingContextError
 from flowcore.futures import RunFuture, TaskFuture, collect_futures, collect_inputs
 from flowcore.limits import limited_tags
@@ -262,14 +262,10 @@ class Task(Generic[P, R]):
         batched = plain and should_batch(backend, mapped.count)
         if plain and mapped_path.columnar(backend, mapped.count) and mapped_path.eligible(self):
             log_prints = self.options.log_prints
-            block = mapped_path.MapBlock(
-                self, scope, backend, mapped, scope.log_prints if log_prints is None else log_prints
-            )
-            block.start()  # workers start while the futures are made
-            return block.futures()
+            return dispatcher_of(scope).map(self, mapped, scope.log_prints if log_prints is None else log_prints)
         calls = mapped.rows()
         if batched:
-            dispatcher = self._dispatcher(scope, backend)
+            dispatcher = dispatcher_of(scope)
             futures: list[TaskFuture[R]] = []
             # Hand over in chunks, so workers start while later futures are made.
             for start in range(0, len(calls), _MAP_CHUNK):
@@ -287,8 +283,7 @@ class Task(Generic[P, R]):
             log_prints = scope.log_prints
         call = self._make_call(args, kwargs, scope.flow_run, log_prints)
         call.backend = scope.slot.name
-        future: RunFuture[R] = RunFuture(self, call)
-        future._scope = scope
+        future: RunFuture[R] = RunFuture(self, call, scope)
         scope.track(future)
         if _observed():
             from flowcore.events import submitted_event
@@ -307,7 +302,7 @@ class Task(Generic[P, R]):
     ) -> TaskFuture[R]:
         """Create, track and dispatch one run. ``scan=False``: the caller knows that
         the arguments hold no futures (map scans its inputs once)."""
-        backend = scope.backend()  # may fail (bad options): before anything is tracked
+        dispatcher = dispatcher_of(scope)  # may fail (bad options): before anything is tracked
         future = self._new_future(scope, args, kwargs)
         upstream: list[TaskFuture[Any]] = []
         tolerated: list[TaskFuture[Any]] | None = None
@@ -322,21 +317,9 @@ class Task(Generic[P, R]):
             waited = _sort_inputs(wait_for, upstream)
             if waited is not None:
                 tolerated = waited if tolerated is None else [*tolerated, *waited]
-        if tolerated is not None:
-            future._tolerated = tolerated  # resolved at dispatch (flowcore.annotations)
-        elif not upstream and should_batch(backend, MIN_ITEMS_TO_BATCH):
-            self._dispatcher(scope, backend).add([future])  # coalesced with rapid submits
-            return future
-        future._dispatch(backend, upstream)
+        # allow_failure / quote (``tolerated``) are resolved when the run is sent
+        dispatcher.submit(future, upstream, tolerated)
         return future
-
-    def _dispatcher(self, scope: Any, backend: Any) -> BatchDispatcher:
-        """The batch dispatcher of this task in ``scope`` (one per task and scope)."""
-        dispatchers: dict[Task[Any, Any], BatchDispatcher] = scope.dispatchers
-        dispatcher = dispatchers.get(self)
-        if dispatcher is None:
-            dispatcher = dispatchers.setdefault(self, BatchDispatcher(backend))
-        return dispatcher
 
     # -- helpers ------------------------------------------------------------
     def check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:

@@ -652,7 +652,7 @@ class UnguardedLoky(LokyBackend):
 
 @pytest.mark.timeout(60)
 def test_resubmission_after_pool_losses_is_bounded_and_pools_are_shut_down() -> None:
-    from flowcore.futures import MAX_POOL_LOSSES
+    from flowcore.dispatch import MAX_POOL_LOSSES
     from flowcore.testing import workloads as w
 
     backend = UnguardedLoky()

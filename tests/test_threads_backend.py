@@ -106,3 +106,90 @@ def test_a_blocked_run_times_out_at_its_deadline_and_is_abandoned(caplog: Any) -
     assert elapsed < 20  # two 30 s sleeps were not waited for (the flow ended too)
     abandoned = [r for r in caplog.records if "abandoned" in r.getMessage()]
     assert len(abandoned) == 2, [r.getMessage() for r in caplog.records]  # once per attempt
+
+
+# -- the pool: work items without a Future each ---------------------------------------
+
+
+def test_a_queued_run_is_pending_until_a_thread_takes_it_and_can_be_cancelled() -> None:
+    """A run queued behind a busy worker is Pending and cancellable; the worker that
+    later reaches it skips it (it ran once: never)."""
+    release.clear()
+    ran: list[int] = []
+
+    @task
+    def record(i: int) -> int:
+        ran.append(i)
+        return i
+
+    with flowcore.use_backend("threads", max_workers=1):
+        busy = block_until_released.submit()
+        queued = record.submit(1)
+        kept = record.submit(2)
+        assert queued.state.name == "Pending"
+        assert queued.cancel() is True
+        assert queued.state.name == "Cancelled"
+        release.set()
+        assert kept.result(timeout=30) == 2
+        busy.result(timeout=30)
+    assert ran == [2]
+
+
+def test_a_run_being_executed_shows_running_and_cannot_be_cancelled() -> None:
+    started = threading.Event()
+    go = threading.Event()
+
+    @task
+    def wait_for_go() -> str:
+        started.set()
+        go.wait(30)
+        return "done"
+
+    with flowcore.use_backend("threads", max_workers=1):
+        future = wait_for_go.submit()
+        assert started.wait(30)
+        assert future.state.name == "Running"
+        assert future.cancel() is False
+        go.set()
+        assert future.result(timeout=30) == "done"
+
+
+def test_shutdown_with_cancel_futures_cancels_the_runs_no_thread_took() -> None:
+    release.clear()
+    backend = flowcore.get_backend("threads", max_workers=1)
+    with flowcore.use_backend(backend):
+        busy = block_until_released.submit()
+        queued = [thread_name.submit() for _ in range(3)]
+        backend.shutdown(wait=False, cancel_futures=True)
+        release.set()
+        assert busy.result(timeout=30).startswith("flowcore-thread")
+        for future in queued:
+            future.wait(30)
+            assert future.state.name == "Cancelled", future.state
+            assert "shut down" in (future.state.message or "")
+
+
+def test_the_pool_is_an_executor_that_starts_threads_on_demand() -> None:
+    from backends.threads import WorkerThreads
+
+    pool = WorkerThreads(3)
+    try:
+        assert pool.submit(pow, 2, 5).result(timeout=30) == 32
+        assert pool.submit(pow, 2, 6).result(timeout=30) == 64
+        gate = threading.Barrier(4)  # three threads busy at once: the pool grows to its limit
+        busy = [pool.submit(gate.wait, 30) for _ in range(3)]
+        gate.wait(30)
+        assert len({f.result(timeout=30) for f in busy}) == 3
+        # and never beyond it
+        names = {pool.submit(lambda: threading.current_thread().name).result(timeout=30) for _ in range(50)}
+        assert len(names) <= 3 and all(n.startswith("flowcore-thread") for n in names)
+        failing = pool.submit(int, "x")
+        assert isinstance(failing.exception(timeout=30), ValueError)
+    finally:
+        pool.shutdown(wait=True)
+    import pytest
+
+    from flowcore.errors import BackendShutdownError
+
+    with pytest.raises(BackendShutdownError):
+        pool.submit(pow, 2, 2)

@@ -12,7 +12,7 @@ record outcomes and wake it. So the input iterator is only ever touched by the c
 back, exactly joblib's lazy consumption.
 
 Batch sizes: a fixed ``batch_size``, or (``'auto'``) flowcore's
-:class:`~flowcore.batching.BatchSizer`: single items until the workers have timed one,
+:class:`~flowcore.dispatch.BatchSizer`: single items until the workers have timed one,
 then batches of about 50 ms of work, never so large that a worker idles.
 
 Failures: the first failing call of the earliest failing batch (submission order)
@@ -44,7 +44,6 @@ from multiprocessing import TimeoutError as MPTimeoutError
 from typing import Any, Self, TypeVar
 
 from flowcore.backend import Backend, BackendKind
-from flowcore.batching import BatchSizer
 from flowcore.compat._batch import BatchFailure, Nested, make_payload, run_batch
 from flowcore.compat._config import (
     UNSET,
@@ -54,6 +53,7 @@ from flowcore.compat._config import (
     resolve,
     threads_choice,
 )
+from flowcore.dispatch import BatchSizer
 from flowcore.errors import RemoteTraceback
 from flowcore.serialization import raise_if_unsendable
 

@@ -1,0 +1,725 @@
+"""The parent-side dispatcher: how task runs reach a backend and how they come home.
+
+One :class:`Dispatcher` per run scope (a flow run, a ``use_backend`` block) sends its
+runs in one of three modes and settles what comes back:
+
+* **single run** (:meth:`Dispatcher.submit` on an in-process backend, or a run whose
+  arguments hold futures): one ``backend.submit`` of the engine's one-run entry
+  point; a run waiting on upstream futures is sent from a callback when the last of
+  them is done, so ``.submit`` never blocks; if one of them did not complete, the run
+  ends ``NotRun``;
+* **coalesced batch** (process and cluster backends, capability ``batching``): rapid
+  submits and maps of one task are queued in a :class:`_Lane` and leave in
+  adaptively sized batches (:class:`BatchSizer`); a run is sent at once whenever
+  fewer batches than the limit are in flight, so a lone task is never delayed;
+* **column map** (:meth:`Dispatcher.map`): a map's runs kept in columns by a
+  :class:`~flowcore.mapped.MapBlock`, which sizes its batches with the same sizer,
+  hands over to the same :data:`feeder`, and gives the runs of a lost batch to
+  :meth:`Dispatcher.recover` like any other.
+
+Everything that can go wrong on the way is handled here, once: a refused submit, a
+value that does not pickle (named, and only its run fails), a worker that died (the
+attempt is counted against the retries by :func:`flowcore.engine.lost_attempt`, or
+the run is sent again when it was only lost along with the pool), a cancel request.
+Futures change state only through :class:`~flowcore.futures.RunFuture`'s transition
+API (``set_sent`` / ``claim`` / ``set_final``).
+
+Batch sizing follows the idea behind joblib's ``batch_size='auto'``: the first
+batches hold one item each; from the durations that workers measure, later batches
+are sized to last about :data:`TARGET_BATCH_SECONDS`, never so large that a worker
+would go idle. About two batches per worker are kept in flight.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextvars
+import functools
+import logging
+import math
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import CancelledError, Future
+from typing import TYPE_CHECKING, Any, Protocol
+
+from flowcore import registry, states
+from flowcore.batching import decode_outcome, encode_batch, run_batch
+from flowcore.engine import lost_attempt, run_call, run_call_located, run_call_remote
+from flowcore.events import current_worker
+from flowcore.futures import RunFuture, TaskFuture, resolve_futures, resolve_inputs, substitute
+from flowcore.log_relay import replay as replay_logs
+from flowcore.serialization import explain_pickling_failure, is_pickling_error, raise_if_unsendable
+
+if TYPE_CHECKING:
+    from flowcore.backend import Backend, NativeHandle
+    from flowcore.calls import TaskCall
+    from flowcore.context import RunScope
+    from flowcore.events import Worker
+    from flowcore.mapping import MapArguments
+    from flowcore.states import State
+    from flowcore.tasks import Task
+
+TARGET_BATCH_SECONDS = 0.05
+MIN_ITEMS_TO_BATCH = 2
+
+#: How many times in a row a run may be resubmitted after being lost with a pool that
+#: another run broke, before it ends Crashed.
+MAX_POOL_LOSSES = 5
+
+logger = logging.getLogger("flowcore.dispatch")
+
+
+def should_batch(backend: Backend, count: int) -> bool:
+    """Batch only where a trip to a worker is expensive (capability ``batching``)."""
+    return count >= MIN_ITEMS_TO_BATCH and backend.capabilities.batching
+
+
+def dispatcher_of(scope: RunScope) -> Dispatcher:
+    """The dispatcher of ``scope`` (made on first use)."""
+    dispatcher: Dispatcher | None = scope.dispatcher
+    if dispatcher is None:
+        with _MAKING:
+            dispatcher = scope.dispatcher
+            if dispatcher is None:
+                dispatcher = scope.dispatcher = Dispatcher(scope)
+    return dispatcher
+
+
+_MAKING = threading.Lock()
+
+
+class Dispatcher:
+    """Sends the runs of one scope to its backend (see the module docstring)."""
+
+    def __init__(self, scope: RunScope) -> None:
+        self.scope = scope
+        self.backend = scope.backend()
+        self.lanes: dict[Any, _Lane] = {}
+
+    def lane(self, task: Task[..., Any]) -> _Lane:
+        """The coalescing queue of ``task`` (one per task and scope)."""
+        lane = self.lanes.get(task)
+        if lane is None:
+            lane = self.lanes.setdefault(task, _Lane(self.backend))
+        return lane
+
+    def submit(
+        self,
+        future: RunFuture[Any],
+        upstream: list[TaskFuture[Any]],
+        tolerated: list[TaskFuture[Any]] | None,
+    ) -> None:
+        """Send one tracked run: coalesced with rapid submits where the backend batches
+        and nothing must be resolved first, else on its own once every future in
+        ``upstream`` is done. ``tolerated``: None when the arguments hold no
+        ``allow_failure``/``quote``; else the upstreams that may fail (possibly none)."""
+        if tolerated is None and not upstream and should_batch(self.backend, MIN_ITEMS_TO_BATCH):
+            self.lane(future.task).add([future])
+        else:
+            send_when_ready(future, self.backend, upstream, tolerated)
+
+    def add(self, futures: list[RunFuture[Any]]) -> None:
+        """Queue tracked runs of one task for coalesced batches."""
+        self.lane(futures[0].task).add(futures)
+
+    def map(self, task: Task[..., Any], arguments: MapArguments, log_prints: bool) -> list[TaskFuture[Any]]:
+        """Start a column map of ``task`` over ``arguments``; return its futures."""
+        from flowcore.mapped import MapBlock
+
+        block = MapBlock(task, self.scope, self.backend, arguments, log_prints)
+        block.start()  # workers start while the futures are made
+        return block.futures()
+
+    def recover(self, futures: list[RunFuture[Any]], exc: BaseException) -> None:
+        """Settle runs lost with a batch (stand-ins of a map's runs included) one by one."""
+        if futures:
+            self.lane(futures[0].task).recover(futures, exc)
+
+
+# -- one run on its own ---------------------------------------------------------------
+
+
+class _Record:
+    """What the dispatcher keeps about a run while it is out (``RunFuture.dispatch``)."""
+
+    __slots__ = ("native", "pool_losses", "refs", "tolerated", "upstream", "watched")
+
+    def __init__(self) -> None:
+        self.upstream: list[TaskFuture[Any]] = []
+        #: None: no allow_failure/quote among the arguments; else the tolerated upstreams
+        self.tolerated: list[TaskFuture[Any]] | None = None
+        #: on a backend with native futures: the handle of this run's full result while
+        #: it is in flight, and the upstream handles its arguments refer to
+        self.native: NativeHandle | None = None
+        self.refs: dict[str, NativeHandle] | None = None
+        self.pool_losses = 0  # resubmissions in a row after losses that were not its own
+        self.watched = False  # the backend watches its deadline
+
+
+def _record(future: RunFuture[Any]) -> _Record:
+    record: _Record | None = future.dispatch
+    if record is None:
+        record = future.dispatch = _Record()
+    return record
+
+
+def send_when_ready(
+    future: RunFuture[Any],
+    backend: Backend,
+    upstream: list[TaskFuture[Any]],
+    tolerated: list[TaskFuture[Any]] | None = None,
+) -> None:
+    """Send ``future``'s run to ``backend`` once every future in ``upstream`` is done."""
+    if upstream or tolerated is not None:
+        record = _record(future)
+        record.upstream = upstream
+        record.tolerated = tolerated
+    pending = [f for f in upstream if not f.done()]
+    if not pending:
+        send(future, backend)
+        return
+    remaining = [len(pending)]
+    lock = threading.Lock()
+
+    def upstream_done(_: TaskFuture[Any]) -> None:
+        with lock:
+            remaining[0] -= 1
+            last = remaining[0] == 0
+        if last:
+            send(future, backend)
+
+    for up in pending:
+        up.add_done_callback(upstream_done)
+
+
+def send(future: RunFuture[Any], backend: Backend) -> None:
+    """Send the run now (its upstreams are done). Runs in callbacks: any failure here
+    ends the run ``Crashed`` instead of leaving it pending."""
+    try:
+        _send(future, backend)
+    except BaseException as exc:
+        if not future.done():
+            refused(future, backend, exc)
+        if not isinstance(exc, Exception):
+            raise
+
+
+def _send(future: RunFuture[Any], backend: Backend) -> None:
+    if future.done() or future.cancel_requested:  # cancelled meanwhile
+        if not future.done():
+            future.set_final(states.Cancelled("cancelled before it was dispatched"))
+        return
+    call = future.call
+    capabilities = backend.capabilities
+    record: _Record | None = future.dispatch
+    if record is not None and (record.upstream or record.tolerated is not None):
+        if _upstream_failed(future, record):
+            return
+        if record.tolerated is not None:  # allow_failure / quote among the arguments
+            call.args = resolve_inputs(call.args)
+            call.kwargs = resolve_inputs(call.kwargs)
+        elif capabilities.remote_results and future.scope is not None:
+            record.refs = _refer_to_upstreams(call, backend)
+        else:
+            call.args = resolve_futures(call.args)
+            call.kwargs = resolve_futures(call.kwargs)
+        record.upstream = []  # do not keep a chain of finished futures alive
+        record.tolerated = None
+    if capabilities.queues_items and (record is None or record.refs is None):
+        # A work item instead of a Future: whoever claims it first (a pool thread, or
+        # a thread that waits for it) runs it and settles the future.
+        future.set_sent(backend, None, _run_here, queued=True)
+        try:
+            backend.enqueue(_QueuedRun(future))
+        except Exception as exc:
+            refused(future, backend, exc)
+        return
+    try:
+        if record is not None and record.refs is not None:
+            from flowcore.native import run_call_native
+
+            backend_future, record.native = backend.submit_native(run_call_native, call, refs=record.refs)
+        else:
+            if not capabilities.in_process:
+                runner: Callable[[TaskCall], Any] = run_call_remote
+            elif registry.observes_events():
+                runner = run_call_located  # observers are told which thread ran it
+            else:
+                runner = run_call
+            backend_future = backend.submit(runner, call)
+    except Exception as exc:
+        refused(future, backend, exc)
+        return
+    stealable = capabilities.in_process and not capabilities.inline
+    future.set_sent(backend, backend_future, _steal if stealable else None)
+    watch_timeout(future, backend)
+    backend_future.add_done_callback(functools.partial(_on_done, future))
+
+
+def _upstream_failed(future: RunFuture[Any], record: _Record) -> bool:
+    """End the run ``NotRun`` if an upstream that is not tolerated did not complete."""
+    tolerated = record.tolerated
+    for upstream in record.upstream:
+        upstream._mark_observed()
+        up_state = upstream._final()
+        assert up_state is not None
+        if not up_state.is_completed() and not (tolerated and any(upstream is t for t in tolerated)):
+            future.set_final(
+                states.NotRun(
+                    f"upstream task run {upstream.name!r} ({upstream.task_run_id}) ended in "
+                    f"state {up_state.name}: {up_state.message}",
+                    timestamp=time.time(),
+                )
+            )
+            return True
+    return False
+
+
+def _refer_to_upstreams(call: TaskCall, backend: Backend) -> dict[str, NativeHandle]:
+    """Replace each upstream future in the call's arguments by a
+    :class:`~flowcore.native.NativeRef` when its value is kept by ``backend``'s
+    workers, else by its result; return the handles the refs name."""
+    from flowcore.native import NativeValue
+
+    refs: dict[str, NativeHandle] = {}
+
+    def swap(upstream: TaskFuture[Any]) -> Any:
+        final = upstream._final()
+        data = final.data if final is not None else None
+        if isinstance(data, NativeValue) and data.handle.backend is backend and data.handle.native is not None:
+            refs[data.handle.key] = data.handle
+            return data.ref()
+        return upstream.result()
+
+    call.args = substitute(call.args, TaskFuture, swap)
+    call.kwargs = substitute(call.kwargs, TaskFuture, swap)
+    return refs
+
+
+def watch_timeout(future: RunFuture[Any], backend: Backend) -> None:
+    """Have the backend end the worker if a timed run ignores its timer signal."""
+    timeout = future.call.task.options.timeout_seconds
+    if timeout is not None and backend.capabilities.hard_timeouts:
+        _record(future).watched = True
+        backend.watch_deadline(future.call.task_run_id, timeout)
+
+
+def finish(future: RunFuture[Any], state: State[Any], worker: Worker | None = None) -> bool:
+    """Give the run its final state (the backend stops watching its deadline first)."""
+    record: _Record | None = future.dispatch
+    if record is not None:
+        if record.watched:
+            record.watched = False
+            backend = future.backend
+            if backend is not None:
+                backend.unwatch_deadline(future.call.task_run_id)
+        record.native = record.refs = None  # ended: let the upstream data go
+    return future.set_final(state, worker)
+
+
+def refused(future: RunFuture[Any], backend: Backend, exc: BaseException) -> None:
+    """``backend.submit`` raised: the run never started; it ends ``Crashed``."""
+    crashed = states.Crashed(
+        f"backend {getattr(backend, 'name', '?')!r} did not accept task run "
+        f"{future.call.task_run_name!r}: {type(exc).__name__}: {exc}"
+    )
+    if crashed.exception is not None:
+        crashed.exception.__cause__ = exc
+    finish(future, crashed)
+
+
+def crashed(future: RunFuture[Any], exc: BaseException) -> None:
+    """Handling the run failed (a bug, or the machinery): it ends ``Crashed``."""
+    state = states.Crashed(f"task run {future.call.task_run_name!r} crashed: {type(exc).__name__}: {exc}")
+    if state.exception is not None:
+        state.exception.__cause__ = exc
+    finish(future, state)
+
+
+class _QueuedRun:
+    """A run queued on a backend with ``queues_items`` (see :func:`_send`)."""
+
+    __slots__ = ("future",)
+
+    def __init__(self, future: RunFuture[Any]) -> None:
+        self.future = future
+
+    def run(self) -> None:
+        future = self.future
+        if not future.claim():  # cancelled, or taken by the thread that waits for it
+            return
+        try:
+            state = run_call(future.call)
+        except BaseException as exc:  # run_call raises only for an interrupt
+            crashed(future, exc)
+            return
+        finish(future, state, current_worker() if registry.observes_events() else None)
+
+    def drop(self) -> None:
+        future = self.future
+        if future.claim():
+            finish(future, states.Cancelled("cancelled before it started: its backend was shut down"))
+
+
+def _run_here(future: RunFuture[Any]) -> None:
+    """Run a queued run in the thread that is about to wait for it, unless a worker
+    has taken it (see :func:`_steal`)."""
+    if not future.claim():
+        return
+    try:
+        # A fresh context, as on a pool thread: the waiter's flow is not the task's.
+        state = contextvars.Context().run(run_call, future.call)
+    except BaseException:
+        future.set_final(states.Cancelled("interrupted while running in the waiting thread"))
+        raise
+    future.set_final(state, current_worker())
+
+
+def _steal(future: RunFuture[Any]) -> None:
+    """Run a queued run in the thread that waits for it (thread backends only).
+
+    A caller blocked on a task that no worker has picked up yet would only wait for a
+    hand-off; running it here saves two thread switches and cannot deadlock on a full
+    pool. Runs already executing are waited for as usual.
+    """
+    backend_future = future.backend_future
+    if backend_future is None or backend_future.done() or not future.claim():
+        return
+    if not backend_future.cancel():  # a worker has started it
+        future.unclaim()
+        return
+    try:
+        # A fresh context, as on a pool thread: the waiter's flow is not the task's.
+        state = contextvars.Context().run(run_call, future.call)
+    except BaseException:
+        future.set_final(states.Cancelled("interrupted while running in the waiting thread"))
+        raise
+    future.set_final(state, current_worker())
+
+
+def _on_done(future: RunFuture[Any], backend_future: Future[Any]) -> None:
+    try:
+        _settle(future, backend_future)
+    except Exception as exc:  # never leave the run pending over a bug in handling
+        if not future.done():
+            crashed(future, exc)
+
+
+def _settle(future: RunFuture[Any], backend_future: Future[Any]) -> None:
+    try:
+        # A value that could not make the trip from the worker raises here (issue 12.15).
+        state = raise_if_unsendable(backend_future.result())
+    except CancelledError:
+        if future.claimed:
+            return  # the waiting thread runs it (see _steal)
+        finish(future, states.Cancelled("cancelled before it started"))
+        return
+    except BaseException as exc:  # the machinery failed, not the task: the engine never raises
+        delay = lost(future, exc)
+        if delay is not None:
+            resubmit(future, delay)
+        return
+    worker = None
+    if type(state) is tuple:  # (state, log records, worker): see run_call_remote
+        state, records, worker = state
+        if records:
+            replay_logs(records)
+    record: _Record | None = future.dispatch
+    handle = record.native if record is not None else None
+    if handle is not None:  # a light copy: large values stayed on the workers
+        from flowcore.native import adopt
+
+        state = adopt(state, handle, None, future.call.task_run_name)
+    finish(future, state, worker)
+
+
+def lost(future: RunFuture[Any], exc: BaseException) -> float | None:
+    """The backend lost the run: explain a pickling failure, count a crash (or a
+    timeout enforced by killing the worker) against the retries, or end the run.
+    Returns the delay before the run must be sent again, or None when it has ended."""
+    call = future.call
+    backend = future.backend
+    if future.cancel_requested:
+        finish(future, states.Cancelled("cancelled: its worker was stopped while it ran"))
+        return None
+    serialization = explain_pickling_failure(call, exc, getattr(backend, "name", "?"))
+    if serialization is not None:
+        serialization.__cause__ = exc
+        finish(future, states.Failed(serialization, attempts=call.attempts_used + 1))
+        return None
+    explain = getattr(backend, "explain_failure", None)
+    worker_lost = explain(call.task_run_id, exc) if explain is not None else None
+    if worker_lost is None:
+        crashed(future, exc)
+        return None
+    record = _record(future)
+    if not worker_lost.culprit:
+        # Only lost along with the pool: send it again, no attempt counted. Bounded
+        # whatever the cause (issue 12.15): a run whose own value keeps breaking the
+        # pool unrecognised must not rebuild pools forever.
+        record.pool_losses += 1
+        if record.pool_losses > MAX_POOL_LOSSES:
+            first_line = str(exc).splitlines()[0] if str(exc) else ""
+            state = states.Crashed(
+                f"task run {call.task_run_name!r} was lost {MAX_POOL_LOSSES + 1} times in a row "
+                f"with its worker pool, although its own worker never died "
+                f"(last: {type(exc).__name__}: {first_line}); "
+                "giving up. If its arguments or result do not survive pickling, pass or "
+                "return plain data",
+                attempts=call.attempts_used,
+            )
+            if state.exception is not None:
+                state.exception.__cause__ = exc
+            finish(future, state)
+            return None
+        return min(0.1 * (record.pool_losses - 1), 1.0)  # a short, growing pause
+    record.pool_losses = 0
+    outcome = lost_attempt(
+        call, exc, f"task run {call.task_run_name!r}: {worker_lost.message}", timed_out=worker_lost.timed_out
+    )
+    if isinstance(outcome, float):
+        return outcome
+    finish(future, outcome)
+    return None
+
+
+def resubmit(future: RunFuture[Any], delay: float) -> None:
+    """Send the run again, from a fresh thread: the backend's own thread that reported
+    the loss may be busy tearing the old pool down."""
+    backend = future.backend
+    assert backend is not None
+
+    def again() -> None:
+        if delay > 0:
+            time.sleep(delay)
+        future.unsend()
+        send(future, backend)  # ends Cancelled if cancel() came during the delay
+
+    threading.Thread(target=again, name="flowcore-resubmit", daemon=True).start()
+
+
+# -- coalesced batches ------------------------------------------------------------------
+
+
+class BatchSizer:
+    """How many runs the next batch holds, and whether another may leave now.
+
+    Not thread-safe on its own: callers hold their lock around every method.
+    """
+
+    def __init__(self, max_workers: int) -> None:
+        self.workers = max(1, max_workers)
+        self.in_flight = 0
+        self.max_in_flight = max(2, 2 * max_workers)
+        self.item_seconds: float | None = None
+
+    def resize(self, max_workers: int) -> None:
+        """Follow the backend's worker count, which may change (a cluster is connected,
+        or scales)."""
+        if max_workers != self.workers:
+            self.workers = max(1, max_workers)
+            self.max_in_flight = max(2, 2 * max_workers)
+
+    def has_room(self) -> bool:
+        return self.in_flight < self.max_in_flight
+
+    def next_size(self, waiting: int) -> int:
+        """The size of the next batch when ``waiting`` runs wait to be sent."""
+        if self.item_seconds is None:
+            return 1  # probe: learn how long an item takes
+        by_duration = TARGET_BATCH_SECONDS / max(self.item_seconds, 1e-7)
+        fair_share = math.ceil(waiting / self.workers)
+        return max(1, min(int(by_duration), fair_share))
+
+    def observe(self, busy_seconds: float, items: int) -> None:
+        """A batch came back: ``items`` runs kept a worker busy ``busy_seconds``."""
+        per_item = busy_seconds / max(1, items)
+        if self.item_seconds is None:
+            self.item_seconds = per_item
+        else:  # smooth, but follow a change in task durations quickly
+            self.item_seconds = 0.5 * self.item_seconds + 0.5 * per_item
+
+
+class _Lane:
+    """The queued runs of one task in one scope (its maps and its individual
+    submits), fed to the backend in adaptively sized batches.
+
+    When a batch is lost with a dead worker, its runs are handled one by one: the run
+    that was executing is pinned by the worker journal (``Crashed``, retried if
+    allowed), the others -- including those that had finished in the lost batch --
+    are queued again. A run whose value cannot be pickled does not lose its batch:
+    the worker sends the batch home with that run ``Failed``
+    (:class:`~flowcore.serialization.Repairable`), so no finished run executes twice.
+    """
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.pending: collections.deque[RunFuture[Any]] = collections.deque()
+        self.sizer = BatchSizer(backend.max_workers)
+        self.lock = threading.Lock()
+
+    def add(self, futures: list[RunFuture[Any]]) -> None:
+        """Queue runs (tracked, not yet sent) and send what capacity allows now."""
+        with self.lock:
+            self.pending.extend(futures)
+        self.fill()
+
+    def fill(self) -> None:
+        """Send batches while the backend has room for them."""
+        while True:
+            with self.lock:
+                # Read each time: a cluster's worker count is known once connected.
+                self.sizer.resize(self.backend.max_workers)
+                if not self.pending or not self.sizer.has_room():
+                    return
+                size = self.sizer.next_size(len(self.pending))
+                batch = [self.pending.popleft() for _ in range(min(size, len(self.pending)))]
+                batch = [f for f in batch if not f.done()]  # cancelled meanwhile
+                if not batch:
+                    continue
+                self.sizer.in_flight += 1
+            self._send(batch)
+
+    def _send(self, batch: list[RunFuture[Any]]) -> None:
+        backend = self.backend
+        for future in batch:
+            future.set_sent(backend)
+            watch_timeout(future, backend)
+        handle: NativeHandle | None = None
+        try:
+            if backend.capabilities.remote_results and all(f.scope is not None for f in batch):
+                # Results stay on the workers; one handle serves the batch's runs.
+                backend_future, handle = backend.submit_native(run_batch, *encode_batch([f.call for f in batch]))
+            else:
+                backend_future = backend.submit(run_batch, *encode_batch([f.call for f in batch]))
+        except Exception as exc:
+            with self.lock:
+                self.sizer.in_flight -= 1
+            for future in batch:
+                refused(future, backend, exc)
+            return
+        backend_future.add_done_callback(lambda done: self._on_done(batch, done, handle))
+
+    def _on_done(self, batch: list[RunFuture[Any]], backend_future: Future[Any], handle: NativeHandle | None) -> None:
+        try:
+            self._settle(batch, backend_future, handle)
+        except Exception as exc:  # never leave runs pending over a bug in handling
+            for future in batch:
+                if not future.done():
+                    crashed(future, exc)
+            feeder.kick(self)
+
+    def _settle(self, batch: list[RunFuture[Any]], backend_future: Future[Any], handle: NativeHandle | None) -> None:
+        try:
+            # A batch whose value could not make the trip raises: recovered item by item.
+            outcomes, records, worker = raise_if_unsendable(backend_future.result())
+            results = [decode_outcome(o) for o in outcomes]
+            if handle is not None:  # a light copy: large values stayed on the workers
+                from flowcore.native import adopt
+
+                results = [
+                    adopt(state, handle, index, future.call.task_run_name)
+                    for index, (future, state) in enumerate(zip(batch, results, strict=True))
+                ]
+        except BaseException as exc:
+            with self.lock:
+                self.sizer.in_flight -= 1
+            self.recover(batch, exc)
+            return
+        busy = sum((s.duration or 0.0) for s in results)
+        with self.lock:
+            self.sizer.in_flight -= 1
+            self.sizer.observe(busy, len(results))
+        replay_logs(records)
+        for future, state in zip(batch, results, strict=True):
+            finish(future, state, worker)
+        feeder.kick(self)  # not from here: this is the pool's own result thread
+
+    def recover(self, batch: list[RunFuture[Any]], exc: BaseException) -> None:
+        """A lost batch: settle each run on its own (see the class docstring)."""
+        if is_pickling_error(exc):
+            # Find the run at fault (and name its argument) by sending each alone.
+            again = [f for f in batch if not f.done()]
+
+            def one_by_one() -> None:
+                for future in again:
+                    send(future, self.backend)
+
+            threading.Thread(target=one_by_one, name="flowcore-batch-recovery", daemon=True).start()
+            feeder.kick(self)
+            return
+        redo: list[RunFuture[Any]] = []
+        for future in batch:
+            if future.done():
+                continue
+            delay = lost(future, exc)
+            if delay is None:
+                continue
+            if delay > 0:
+                resubmit(future, delay)
+            else:
+                redo.append(future)
+        if redo:
+            with self.lock:
+                self.pending.extendleft(reversed(redo))
+        feeder.kick(self)  # not from the pool's own thread: it may be tearing down
+
+
+class Fillable(Protocol):
+    """Something the feeder can ask to send what its capacity allows."""
+
+    def fill(self) -> None: ...
+
+
+class _Feeder:
+    """One daemon thread that sends the next batches after a batch completes.
+
+    Completion callbacks run on the backend's own threads; submitting from there can
+    stall a pool (loky's manager thread would be waking itself), so they hand over.
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[Fillable] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def kick(self, sender: Fillable) -> None:
+        """Have the feeder thread call ``sender.fill()`` soon."""
+        self._queue.put(sender)
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="flowcore-batch-feeder", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            sender = self._queue.get()
+            try:
+                sender.fill()
+            except Exception:  # a sender's failure must not stop the others
+                logger.exception("sending a batch failed")
+
+
+#: the one feeder thread of this process
+feeder = _Feeder()
+
+
+__all__ = [
+    "MAX_POOL_LOSSES",
+    "MIN_ITEMS_TO_BATCH",
+    "TARGET_BATCH_SECONDS",
+    "BatchSizer",
+    "Dispatcher",
+    "Fillable",
+    "dispatcher_of",
+    "feeder",
+    "finish",
+    "lost",
+    "refused",
+    "resubmit",
+    "send",
+    "send_when_ready",
+    "should_batch",
+]
