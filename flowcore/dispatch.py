@@ -40,13 +40,12 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import CancelledError, Future
 from typing import TYPE_CHECKING, Any, Protocol
 
 from flowcore import registry, states
 from flowcore.batching import decode_outcome, encode_batch, run_batch
-from flowcore.engine import lost_attempt, run_call, run_call_located, run_call_remote
+from flowcore.engine import lost_attempt, run_call, run_call_remote
 from flowcore.events import current_worker
 from flowcore.futures import RunFuture, TaskFuture, resolve_futures, resolve_inputs, substitute
 from flowcore.log_relay import replay as replay_logs
@@ -243,12 +242,11 @@ def _send(future: RunFuture[Any], backend: Backend) -> None:
             backend_future, record.native = backend.submit_native(run_call_native, call, refs=record.refs)
         else:
             if not capabilities.in_process:
-                runner: Callable[[TaskCall], Any] = run_call_remote
-            elif registry.observes_events():
-                runner = run_call_located  # observers are told which thread ran it
+                backend_future = backend.submit(run_call_remote, call)
+            elif registry.observes_events():  # observers are told which thread ran it
+                backend_future = backend.submit(run_call_remote, call, False)
             else:
-                runner = run_call
-            backend_future = backend.submit(runner, call)
+                backend_future = backend.submit(run_call, call)
     except Exception as exc:
         refused(future, backend, exc)
         return

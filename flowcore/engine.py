@@ -316,24 +316,22 @@ def _call_abandoning(call: TaskCall, seconds: float, error: TaskTimeoutError, at
     raise payload
 
 
-def run_call_remote(call: TaskCall) -> tuple[State[Any], list[dict[str, Any]], Worker]:
-    """:func:`run_call` in a worker process: also returns the run's log records, which
-    the parent replays (see :mod:`flowcore.log_relay`), and where it ran."""
+def run_call_remote(
+    call: TaskCall, collect_logs: bool = True
+) -> tuple[State[Any], list[dict[str, Any]], Worker]:
+    """The one-run entry point that backends execute: :func:`run_call`, plus the run's
+    log records (collected for the parent to replay, see :mod:`flowcore.log_relay`;
+    with ``collect_logs=False``, in a thread of the submitting process, they are
+    emitted as the run makes them and none are returned) and where it ran."""
+    from flowcore.events import current_worker
+
+    if not collect_logs:
+        return run_call(call), [], current_worker()
     from flowcore.log_relay import capture
 
     with capture() as records:
         state = run_call(call)
-    from flowcore.events import current_worker
-
     return state, records, current_worker()
-
-
-def run_call_located(call: TaskCall) -> tuple[State[Any], list[dict[str, Any]], Worker]:
-    """:func:`run_call` in a thread of this process, saying where it ran (its log
-    records are already here): the shape of :func:`run_call_remote`."""
-    from flowcore.events import current_worker
-
-    return run_call(call), [], current_worker()
 
 
 def lost_attempt(
@@ -422,7 +420,6 @@ __all__ = [
     "install_run_tracker",
     "run_call",
     "run_call_async",
-    "run_call_located",
     "run_call_remote",
     "run_tracker",
     "task_run_logger",
