@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 from flowcore import registry, states
 from flowcore.annotations import BaseAnnotation, quote
-from flowcore.backend import WorkerLost
 from flowcore.engine import run_call, run_call_located, run_call_remote
 from flowcore.errors import WaitTimeoutError
 from flowcore.log_relay import replay as replay_logs
@@ -31,7 +30,7 @@ from flowcore.states import State
 from flowcore.timeouts import wake_for_deadlines
 
 if TYPE_CHECKING:
-    from flowcore.backend import Backend, NativeHandle
+    from flowcore.backend import Backend, NativeHandle, WorkerLost
     from flowcore.calls import TaskCall
     from flowcore.context import RunScope
     from flowcore.events import Worker
