@@ -17,6 +17,7 @@ tests do assert that the code under measurement computed the right thing.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
@@ -42,6 +43,8 @@ HEAVY_MODULES = ("dask", "distributed", "joblib", "loky", "numpy", "pandas")
 DIRECT_CALL_GOAL_US = 5.0
 SUBMIT_RATIO_GOAL = 1.3
 IMPORT_GOAL_MS = 60.0
+#: ``import flowcore`` over ``import joblib``, both -X importtime cumulative, same run.
+IMPORT_JOBLIB_RATIO_GOAL = 0.25
 
 
 # -- what is measured ----------------------------------------------------------------
@@ -231,12 +234,17 @@ def neutral_cwd(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_import_time(benchmark: BenchmarkFixture, quick: bool, neutral_cwd: Path) -> None:
-    """Cold-process ``import flowcore``: -X importtime, and wall time over ``python -c pass``."""
+    """Cold-process ``import flowcore``: -X importtime, its ratio to ``import joblib``
+    (measured alternately in the same run), and wall time over ``python -c pass``."""
     repeats = 2 if quick else 7
+    has_joblib = importlib.util.find_spec("joblib") is not None
     # Warm-up: writes the bytecode that later runs (and users) load.
     _run_python("import flowcore", neutral_cwd)
+    if has_joblib:
+        _run_python("import joblib", neutral_cwd)
 
     samples: list[int] = []
+    joblib_samples: list[int] = []
     slowest: list[tuple[str, int]] = []
     for _ in range(repeats):
         stderr = _run_python("import flowcore", neutral_cwd, "-X", "importtime").stderr
@@ -246,6 +254,10 @@ def test_import_time(benchmark: BenchmarkFixture, quick: bool, neutral_cwd: Path
             lines = [(name, self_us) for name, self_us, _, _ in parse_importtime(stderr)]
             slowest = sorted(lines, key=lambda item: item[1], reverse=True)[:8]
         samples.append(cumulative)
+        if has_joblib:
+            # The anchor, each time right after flowcore: both see the same load.
+            joblib_stderr = _run_python("import joblib", neutral_cwd, "-X", "importtime").stderr
+            joblib_samples.append(top_level_import_us(joblib_stderr, "joblib"))
     importtime_ms = min(samples) / 1e3
 
     paired = run_paired(
@@ -256,21 +268,32 @@ def test_import_time(benchmark: BenchmarkFixture, quick: bool, neutral_cwd: Path
     )
     assert paired.subject_result == 0
     wall_ms = (paired.subject_min - paired.anchor_min) * 1e3
+    figures = [
+        figure("import flowcore (-X importtime, cumulative)", importtime_ms, "ms", IMPORT_GOAL_MS),
+        figure("import flowcore (wall, over python -c pass)", wall_ms, "ms", IMPORT_GOAL_MS),
+    ]
+    extra: dict[str, object] = {}
+    if joblib_samples:
+        ratio = min(samples) / min(joblib_samples)
+        figures.append(
+            figure("import flowcore / import joblib (-X importtime)", ratio, "x", IMPORT_JOBLIB_RATIO_GOAL)
+        )
+        extra = {
+            "joblib_importtime_ms": round(min(joblib_samples) / 1e3, 3),
+            "joblib_importtime_samples_us": joblib_samples,
+            "joblib_ratio": round(ratio, 4),
+        }
     record(
         benchmark,
         paired,
         anchor="python -c pass",
         n=1,
-        figures=[
-            figure(
-                "import flowcore (-X importtime, cumulative)", importtime_ms, "ms", IMPORT_GOAL_MS
-            ),
-            figure("import flowcore (wall, over python -c pass)", wall_ms, "ms", IMPORT_GOAL_MS),
-        ],
+        figures=figures,
         importtime_ms=round(importtime_ms, 3),
         importtime_samples_us=samples,
         import_wall_ms=round(wall_ms, 3),
         slowest_modules_self_us=[f"{name}: {us}" for name, us in slowest],
+        **extra,
     )
 
 

@@ -14,7 +14,6 @@ from flowcore.futures import TaskFuture, as_completed, wait
 from flowcore.limits import concurrency
 from flowcore.loggers import get_run_logger
 from flowcore.mapping import unmapped
-from flowcore.run_context import get_run_context
 from flowcore.selection import get_backend, use_backend
 from flowcore.states import State
 from flowcore.tasks import Task, task
@@ -22,13 +21,15 @@ from flowcore.tasks import Task, task
 if TYPE_CHECKING:
     from flowcore.deployments import serve
     from flowcore.hookspecs import hookimpl
+    from flowcore.run_context import get_run_context
 
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
-    # hookimpl needs pluggy, which import flowcore does not load until it is used.
-    if name == "hookimpl":
+    # Names whose modules import flowcore does not load until they are used (PEP 562);
+    # ``from flowcore import X`` comes here too. Type checkers see the imports above.
+    if name == "hookimpl":  # needs pluggy
         from flowcore.hookspecs import hookimpl
 
         return hookimpl
@@ -36,7 +37,16 @@ def __getattr__(name: str) -> Any:
         from flowcore.deployments import serve
 
         return serve
+    if name == "get_run_context":  # its snapshot classes: about 2 ms to build
+        from flowcore.run_context import get_run_context
+
+        globals()[name] = get_run_context  # later lookups are plain attribute reads
+        return get_run_context
     raise AttributeError(f"module 'flowcore' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
 
 __all__ = [
     "Flow",

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from flowcore.backend import Backend
     from flowcore.flows import Flow
     from flowcore.futures import TaskFuture
+    from flowcore.results import _Resume
 
 
 class BackendSlot:
@@ -211,6 +212,19 @@ _task_run: contextvars.ContextVar[TaskRunContext | None] = contextvars.ContextVa
 )
 
 
+#: set by :func:`flowcore.results.resume` around a flow call: the next top-level flow
+#: run resumes that run. Kept here, not in flowcore.results, so that a flow run asks
+#: :func:`resuming` without loading the results machinery.
+_resuming: contextvars.ContextVar[_Resume | None] = contextvars.ContextVar(
+    "flowcore_resuming", default=None
+)
+
+
+def resuming() -> bool:
+    """Whether the next top-level flow run started here resumes an earlier run."""
+    return _resuming.get() is not None
+
+
 def current_scope() -> RunScope | None:
     """The innermost flow run or ``use_backend`` block, or None."""
     return _scope.get()
@@ -247,5 +261,6 @@ __all__ = [
     "current_flow_run",
     "current_scope",
     "current_task_run",
+    "resuming",
     "submission_scope",
 ]

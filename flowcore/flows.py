@@ -33,20 +33,20 @@ from flowcore import options as opts
 from flowcore import registry, states
 from flowcore.annotations import quote
 from flowcore.calls import FlowRun, new_flow_run_id
-from flowcore.context import FlowRunContext, _scope
+from flowcore.context import FlowRunContext, _scope, resuming
 from flowcore.coroutines import in_async_context, run_sync
 from flowcore.engine import task_run_logger
 from flowcore.errors import TaskTimeoutError
 from flowcore.futures import TaskFuture, collect_futures, resolve_futures, wait_async
 from flowcore.loggers import ensure_console_handler, flow_logger, redirect_prints, restore_prints
-from flowcore.options import FlowOptionInputs, FlowOptions
-from flowcore.results import resuming
+from flowcore.options import FlowOptions
 from flowcore.selection import slot_for
 from flowcore.states import State, StateType
 from flowcore.timeouts import call_with_timeout
 
 if TYPE_CHECKING:
     from flowcore.deployments import Deployment
+    from flowcore.option_inputs import FlowOptionInputs
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -12,16 +12,27 @@ import string
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
-from typing import TYPE_CHECKING, Any, Literal, TypedDict, Union
+from typing import TYPE_CHECKING, Any, Union
 
 if TYPE_CHECKING:
     import inspect
-    import os
-    from datetime import timedelta
 
-    from flowcore.backend import Backend
-    from flowcore.caching.policies import CacheContext, CachePolicy
-    from flowcore.caching.store import CacheStore
+    # re-exported: flowcore.options has offered both names since they were declared here
+    from flowcore.option_inputs import FlowOptionInputs as FlowOptionInputs
+    from flowcore.option_inputs import TaskOptionInputs as TaskOptionInputs
+else:
+
+    def __getattr__(name: str) -> Any:
+        # The keyword-argument TypedDicts live in flowcore.option_inputs: building them
+        # costs about a millisecond (typing compiles every annotation), which only code
+        # that inspects them at run time pays. Type checkers see the import above.
+        if name in ("TaskOptionInputs", "FlowOptionInputs"):
+            from flowcore import option_inputs
+
+            value = getattr(option_inputs, name)
+            globals()[name] = value
+            return value
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 RetryDelay = Union[float, int, Sequence[Union[float, int]], Callable[[int], Sequence[float]]]  # noqa: UP007 - a runtime alias must work on 3.10
 Hook = Callable[..., Any]
@@ -74,34 +85,6 @@ class RetryPolicy:
         return delay
 
 
-class TaskOptionInputs(TypedDict, total=False):
-    """The keyword arguments of ``@task(...)`` and ``Task.with_options(...)``: the input
-    fields of :class:`TaskOptions`, typed for editors and mypy (a test keeps the two
-    lists equal). What each means: the docstring of :func:`flowcore.task`."""
-
-    name: str | None
-    retries: int
-    retry_delay_seconds: RetryDelay | None
-    retry_jitter_factor: float | None
-    retry_condition_fn: Callable[..., bool] | None
-    timeout_seconds: float | None
-    tags: Iterable[str] | None
-    task_run_name: str | Callable[[], str] | None
-    log_prints: bool | None
-    on_completion: Sequence[Hook] | None
-    on_failure: Sequence[Hook] | None
-    on_running: Sequence[Hook] | None
-    cache_policy: CachePolicy | None
-    cache_key_fn: Callable[[CacheContext, dict[str, Any]], str | None] | None
-    cache_expiration: timedelta | float | None
-    refresh_cache: bool
-    cache_result_in_memory: bool
-    cache_storage: str | os.PathLike[str] | CacheStore | None
-    cache_key_errors: Literal["raise", "warn"]
-    persist_result: bool | None
-    result_storage: str | os.PathLike[str] | CacheStore | None
-
-
 _DERIVED = {"derived": True}  # field metadata: computed by the builder, not an input
 
 
@@ -147,28 +130,6 @@ class TaskOptions:
     def inputs(self) -> dict[str, Any]:
         """The options as ``@task`` takes them (to change some: ``with_options``)."""
         return {name: getattr(self, name) for name in input_names(TaskOptions)}
-
-
-class FlowOptionInputs(TypedDict, total=False):
-    """The keyword arguments of ``@flow(...)`` and ``Flow.with_options(...)``: the input
-    fields of :class:`FlowOptions`, typed (a test keeps the two lists equal)."""
-
-    name: str | None
-    description: str | None
-    backend: str | Backend | None
-    retries: int
-    retry_delay_seconds: RetryDelay | None
-    timeout_seconds: float | None
-    log_prints: bool | None
-    on_completion: Sequence[Hook] | None
-    on_failure: Sequence[Hook] | None
-    on_running: Sequence[Hook] | None
-    on_crashed: Sequence[Hook] | None
-    on_cancellation: Sequence[Hook] | None
-    validate_parameters: bool
-    flow_run_name: str | Callable[[], str] | None
-    persist_result: bool | None
-    result_storage: str | os.PathLike[str] | CacheStore | None
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from flowcore.backend import Backend, BackendKind, BackendSpec
 from flowcore.errors import BackendNotFoundError, BackendRegistrationError
 
 if TYPE_CHECKING:
+    # flowcore.backend loads with the first backend table (``Registry.backends``), not
+    # with ``import flowcore``: every module on the run paths imports this one.
+    from flowcore.backend import Backend, BackendSpec
     from flowcore.events import RunEvent
 
 logger = logging.getLogger("flowcore.plugins")
@@ -241,6 +243,8 @@ class Registry:
 
 
 def _validate_spec(spec: object, plugin_name: str) -> None:
+    from flowcore.backend import BackendKind, BackendSpec  # once per table build
+
     if not isinstance(spec, BackendSpec):
         raise BackendRegistrationError(
             f"plugin {plugin_name!r} returned {spec!r} from flowcore_backends; "

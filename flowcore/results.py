@@ -30,8 +30,6 @@ This module imports only the standard library; the stores load on first use.
 
 from __future__ import annotations
 
-import contextvars
-import hashlib
 import os
 import threading
 import time
@@ -39,6 +37,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from flowcore.context import _resuming, resuming
 from flowcore.errors import ResultNotFoundError, ResultPersistenceError
 
 if TYPE_CHECKING:
@@ -68,15 +67,6 @@ class ResultPlan:
 class _Resume:
     run_id: str
     resumed: Mapping[tuple[str, str], tuple[str, str]]
-
-
-#: set by :func:`resume` around a flow call: the next top-level flow run resumes it
-_resuming: contextvars.ContextVar[_Resume | None] = contextvars.ContextVar("flowcore_resuming", default=None)
-
-
-def resuming() -> bool:
-    """Whether the next top-level flow run started here resumes an earlier run."""
-    return _resuming.get() is not None
 
 
 def plan_for_flow(options: Any, parent_plan: ResultPlan | None) -> ResultPlan | None:
@@ -168,7 +158,9 @@ def store_for(label: str) -> Any:
 
 def result_key(task_run_id: str) -> str:
     """The store key of a task run's kept result: 32 hex digits of BLAKE2b(id)."""
-    return hashlib.blake2b(task_run_id.encode(), digest_size=16).hexdigest()
+    from hashlib import blake2b  # not at import flowcore: hashlib loads OpenSSL (~3 ms)
+
+    return blake2b(task_run_id.encode(), digest_size=16).hexdigest()
 
 
 # -- in the engine ---------------------------------------------------------------------

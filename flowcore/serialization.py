@@ -28,7 +28,6 @@ explains in one line.
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -77,6 +76,8 @@ def is_pickling_error(exc: BaseException) -> bool:
     or, for the TypeError and AttributeError that pickle raises, by the start of
     pickle's own message -- never by the word "pickle" anywhere in the text (issue 12.15).
     """
+    import pickle  # a failure path; see the note above SentBack
+
     for error in _chain(exc):
         if isinstance(error, (pickle.PicklingError, pickle.UnpicklingError, SerializationError)):
             return True
@@ -237,6 +238,11 @@ def unsendable_error(
     return _explain_way_back(f"task run {task_run_name!r}", record)
 
 
+# pickle is imported where it is used, not at module level: ``import flowcore`` loads
+# this module, and only process and cluster backends (which have loaded pickle long
+# before) or failure paths ever pickle here.
+
+
 class SentBack:
     """A worker's return value on its way home (see the module docstring).
 
@@ -252,6 +258,8 @@ class SentBack:
         self.value = value
 
     def __reduce__(self) -> tuple[Any, ...]:
+        import pickle
+
         import cloudpickle
 
         try:
@@ -274,6 +282,8 @@ class SentBack:
 def _received(payload: bytes, kind: str | None, what: str, traceback: str | None) -> Any:
     """Unpickle a :class:`SentBack` value in the parent; never raises (it runs in the
     pool's result thread, where an error would break the pool)."""
+    import pickle  # loaded already: this runs while the pool unpickles a result
+
     try:
         return pickle.loads(payload)
     except Exception as error:

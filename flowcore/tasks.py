@@ -29,12 +29,13 @@ from flowcore.errors import CrashedError, MissingContextError
 from flowcore.futures import RunFuture, TaskFuture, collect_futures, collect_inputs
 from flowcore.limits import limited_tags
 from flowcore.mapping import map_arguments
-from flowcore.options import TaskOptionInputs, TaskOptions, exponential_backoff
+from flowcore.options import TaskOptions, exponential_backoff
 from flowcore.states import State
 
 if TYPE_CHECKING:
 
     from flowcore.caching.policies import CacheContext
+    from flowcore.option_inputs import TaskOptionInputs
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -87,3 +87,74 @@ def test_schedules_dependencies_are_core() -> None:
     """Schedules need a cron engine, dateutil for rrule, and zone data where the OS has none."""
     names = _requirement_names(_pyproject()["project"]["dependencies"])
     assert {"cronsim", "python-dateutil", "tzdata"} <= names
+
+
+# -- what import flowcore leaves unloaded (issue 11: import time) ------------------------
+
+#: Modules ``import flowcore`` must not load: each is loaded where it is first needed.
+#: pathlib and urllib: configuration and stores only; pickle: process backends and
+#: failure paths; hashlib (OpenSSL): kept results and cache keys; pluggy and
+#: flowcore.hookspecs, flowcore.backend: the first backend table; flowcore.results,
+#: flowcore.run_context, flowcore.option_inputs: persist_result, get_run_context(),
+#: type checkers. The rest would be a regression of the same kind.
+NOT_LOADED_BY_IMPORT = (
+    "pathlib",
+    "urllib",
+    "pickle",
+    "hashlib",
+    "_hashlib",
+    "pluggy",
+    "asyncio",
+    "subprocess",
+    "json",
+    "sqlite3",
+    "tomllib",
+    "pydantic",
+    "flowcore.backend",
+    "flowcore.hookspecs",
+    "flowcore.config",
+    "flowcore.results",
+    "flowcore.run_context",
+    "flowcore.option_inputs",
+    "flowcore.backends",
+)
+
+
+def test_import_flowcore_leaves_lazy_modules_unloaded() -> None:
+    """Checked in a fresh interpreter. Whatever the interpreter loaded before flowcore
+    (an editable install's path finder loads pathlib at startup) is dropped from
+    ``sys.modules`` first, so that an import of it by flowcore shows."""
+    code = (
+        "import sys\n"
+        f"names = {NOT_LOADED_BY_IMPORT!r}\n"
+        "def listed(module):\n"
+        "    return any(module == n or module.startswith(n + '.') for n in names)\n"
+        "for module in [m for m in sys.modules if listed(m)]:\n"
+        "    del sys.modules[module]\n"
+        "import flowcore\n"
+        "print(' '.join(sorted(m for m in sys.modules if listed(m))))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.split() == [], f"import flowcore loaded {result.stdout.split()}"
+
+
+def test_every_public_name_is_importable_and_listed() -> None:
+    """Lazily loaded names (PEP 562 ``__getattr__``) work as ``from flowcore import X``
+    and appear in ``dir(flowcore)``."""
+    code = (
+        "import flowcore\n"
+        "missing = [n for n in flowcore.__all__ if n not in dir(flowcore)]\n"
+        "for name in flowcore.__all__:\n"
+        "    exec(f'from flowcore import {name}')\n"
+        "from flowcore import get_run_context\n"
+        "from flowcore.run_context import get_run_context as original\n"
+        "from flowcore.options import FlowOptionInputs, TaskOptionInputs\n"
+        "print(missing, get_run_context is original is flowcore.get_run_context,\n"
+        "      sorted(TaskOptionInputs.__annotations__)[:1], sorted(FlowOptionInputs.__annotations__)[:1])\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "[] True ['cache_expiration'] ['backend']"
