@@ -95,6 +95,8 @@ class Dispatcher:
     def __init__(self, scope: RunScope) -> None:
         self.scope = scope
         self.backend = scope.backend()
+        #: runs are coalesced into batches (capability ``batching``)
+        self.batches = should_batch(self.backend, MIN_ITEMS_TO_BATCH)
         self.lanes: dict[Any, _Lane] = {}
 
     def lane(self, task: Task[..., Any]) -> _Lane:
@@ -114,8 +116,11 @@ class Dispatcher:
         and nothing must be resolved first, else on its own once every future in
         ``upstream`` is done. ``tolerated``: None when the arguments hold no
         ``allow_failure``/``quote``; else the upstreams that may fail (possibly none)."""
-        if tolerated is None and not upstream and should_batch(self.backend, MIN_ITEMS_TO_BATCH):
-            self.lane(future.task).add([future])
+        if tolerated is None and not upstream:
+            if self.batches:
+                self.lane(future.task).add([future])
+            else:
+                send(future, self.backend)
         else:
             send_when_ready(future, self.backend, upstream, tolerated)
 
