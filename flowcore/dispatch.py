@@ -47,7 +47,15 @@ from flowcore import registry, states
 from flowcore.batching import decode_outcome, encode_batch, run_batch
 from flowcore.engine import lost_attempt, run_call, run_call_remote
 from flowcore.events import current_worker
-from flowcore.futures import RunFuture, TaskFuture, resolve_futures, resolve_inputs, substitute
+from flowcore.futures import (
+    RunFuture,
+    TaskFuture,
+    final_state,
+    mark_observed,
+    resolve_futures,
+    resolve_inputs,
+    substitute,
+)
 from flowcore.log_relay import replay as replay_logs
 from flowcore.serialization import explain_pickling_failure, is_pickling_error, raise_if_unsendable
 
@@ -265,8 +273,8 @@ def _upstream_failed(future: RunFuture[Any], record: _Record) -> bool:
     """End the run ``NotRun`` if an upstream that is not tolerated did not complete."""
     tolerated = record.tolerated
     for upstream in record.upstream:
-        upstream._mark_observed()
-        up_state = upstream._final()
+        mark_observed(upstream)
+        up_state = final_state(upstream)
         assert up_state is not None
         if not up_state.is_completed() and not (tolerated and any(upstream is t for t in tolerated)):
             future.set_final(
@@ -289,7 +297,7 @@ def _refer_to_upstreams(call: TaskCall, backend: Backend) -> dict[str, NativeHan
     refs: dict[str, NativeHandle] = {}
 
     def swap(upstream: TaskFuture[Any]) -> Any:
-        final = upstream._final()
+        final = final_state(upstream)
         data = final.data if final is not None else None
         if isinstance(data, NativeValue) and data.handle.backend is backend and data.handle.native is not None:
             refs[data.handle.key] = data.handle

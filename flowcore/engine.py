@@ -79,7 +79,7 @@ def run_call(call: TaskCall) -> State[Any]:
         from flowcore.coroutines import run_sync
 
         return run_sync(run_call_async(call))
-    if task._keeps_results or (call.flow_run is not None and call.flow_run.results is not None):
+    if task.keeps_results or (call.flow_run is not None and call.flow_run.results is not None):
         from flowcore.results import run_with_results
 
         return run_with_results(call, _run_call_sync)
@@ -108,7 +108,7 @@ def _run_uncached(call: TaskCall) -> State[Any]:
     token = _task_run.set(context)
     tracker = _tracker  # in a journaled process worker: crashes are traced to runs
     limited = limited_tags(options.tags) if options.tags else None
-    if task._single_attempt and not call.log_prints and not call.attempts_used and not limited:
+    if task.single_attempt and not call.log_prints and not call.attempts_used and not limited:
         if tracker is not None:
             tracker.record_start(call.task_run_id)
         # The common case (no retries, no timeout, no print capture), kept short.
@@ -187,7 +187,7 @@ async def run_call_async(call: TaskCall) -> State[Any]:
     backend its worker is ended at the deadline, as for a synchronous body). Never
     raises for an exception of the task; cancellation of the awaiting task propagates."""
     task = call.task
-    if task._keeps_results or (call.flow_run is not None and call.flow_run.results is not None):
+    if task.keeps_results or (call.flow_run is not None and call.flow_run.results is not None):
         from flowcore.results import run_with_results_async
 
         return await run_with_results_async(call, _run_call_async_body)

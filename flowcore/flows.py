@@ -37,7 +37,14 @@ from flowcore.context import FlowRunContext, _scope, resuming
 from flowcore.coroutines import in_async_context, run_sync
 from flowcore.engine import task_run_logger
 from flowcore.errors import TaskTimeoutError
-from flowcore.futures import TaskFuture, collect_futures, resolve_futures, wait_async
+from flowcore.futures import (
+    TaskFuture,
+    collect_futures,
+    final_state,
+    is_observed,
+    resolve_futures,
+    wait_async,
+)
 from flowcore.loggers import ensure_console_handler, flow_logger, redirect_prints, restore_prints
 from flowcore.options import FlowOptions
 from flowcore.selection import slot_for
@@ -593,7 +600,7 @@ def _stop_outstanding(context: FlowRunContext, *, closing: bool = False) -> None
     if backend.capabilities.stops_running:
         live: set[str] = set()
         for future in outstanding:
-            live |= future._live_run_ids()
+            live |= future.live_run_ids()
         backend.stop_runs(live, closing=closing and context.slot.owned)
 
 
@@ -604,14 +611,14 @@ def _log_failed_runs(context: FlowRunContext) -> None:
     failed = [
         (f, final)
         for f in context.failed
-        if (final := f._final()) is not None
+        if (final := final_state(f)) is not None
         and not final.is_completed()
         and not final.is_cancelled()  # stopped on purpose (by the caller, or this run's failure)
     ]
     if not failed:
         return
-    unobserved = [(f, state) for f, state in failed if not f._is_observed()]
-    observed = [(f, state) for f, state in failed if f._is_observed()]
+    unobserved = [(f, state) for f, state in failed if not is_observed(f)]
+    observed = [(f, state) for f, state in failed if is_observed(f)]
     for future, state in observed[:_MAX_FAILURE_REPORTS]:
         task_run_logger(future.call).error("Finished in state %r", state)
     if len(observed) > _MAX_FAILURE_REPORTS:

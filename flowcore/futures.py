@@ -151,7 +151,7 @@ class TaskFuture(Generic[R]):
     def _is_observed(self) -> bool:
         raise NotImplementedError
 
-    def _live_run_ids(self) -> set[str]:
+    def live_run_ids(self) -> set[str]:
         """The ids of this future's runs that may be executing in a worker now."""
         return set() if self.done() else {self.task_run_id}
 
@@ -407,6 +407,23 @@ class RunFuture(TaskFuture[R]):
                 call_back(fn, self)
 
 
+def final_state(future: TaskFuture[R]) -> State[R] | None:
+    """``future``'s final state, or None while it runs; for the runtime: unlike
+    ``future.state`` it does not count as looking at the outcome."""
+    return future._final()
+
+
+def mark_observed(future: TaskFuture[Any]) -> None:
+    """Someone looked at ``future``'s outcome (its failure is then not reported as one
+    that nobody saw)."""
+    future._mark_observed()
+
+
+def is_observed(future: TaskFuture[Any]) -> bool:
+    """Whether anyone looked at ``future``'s outcome (state, result, a downstream run)."""
+    return future._is_observed()
+
+
 def call_back(fn: Callable[[Any], Any], future: TaskFuture[Any]) -> None:
     """Call a done-callback: its exception is logged, never raised."""
     try:
@@ -639,9 +656,13 @@ __all__ = [
     "RunFuture",
     "TaskFuture",
     "as_completed",
+    "call_back",
     "collect_futures",
     "collect_inputs",
+    "final_state",
     "holds_inputs",
+    "is_observed",
+    "mark_observed",
     "resolve_futures",
     "resolve_inputs",
     "substitute",

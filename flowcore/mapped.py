@@ -499,7 +499,7 @@ class MapBlock:
         self._call_back(callbacks)
         return bool(indexes)
 
-    def _live_run_ids(self) -> set[str]:
+    def live_run_ids(self) -> set[str]:
         with self.lock:
             ranges = list(self.in_flight.items())
             return {
@@ -765,12 +765,12 @@ def _run_rows(
     now = time.time
     started = now()
     flow_run = batch_call[6]
-    kept = task._keeps_results or (flow_run is not None and flow_run.results is not None)
+    kept = task.keeps_results or (flow_run is not None and flow_run.results is not None)
     if task.isasync and engine.run_tracker() is None:
         # Coroutine bodies wait together on this thread's loop. Not in a journaled
         # worker process: there a crash is pinned on the one run executing.
         return _await_rows(context, len(rows), skip, started)
-    if kept or not task._single_attempt or batch_call[3] or task.isasync or limited_tags(task.options.tags):
+    if kept or not task.single_attempt or batch_call[3] or task.isasync or limited_tags(task.options.tags):
         # Retries, print capture, a coroutine body or results kept (or resumed): each
         # run goes through the engine; a run with a kept result is reported exactly.
         for index in range(len(rows)):

@@ -168,7 +168,7 @@ def result_key(task_run_id: str) -> str:
 
 def involved(call: TaskCall) -> bool:
     """Whether results concern ``call`` (cheap: run by the engine on every run)."""
-    if call.task._keeps_results:
+    if call.task.keeps_results:
         return True
     flow_run = call.flow_run
     return flow_run is not None and flow_run.results is not None

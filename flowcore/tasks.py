@@ -79,21 +79,21 @@ class Task(Generic[P, R]):
         self._defaults = {p.name: p.default for p in parameters if p.default is not p.empty}
         o = options
         #: the engine may call the function once, directly: no retries, timeout or cache
-        self._single_attempt = o.retries == 0 and o.timeout_seconds is None and o.cache is None
+        self.single_attempt = o.retries == 0 and o.timeout_seconds is None and o.cache is None
         # Direct calls skip the engine entirely when nothing needs it. A tagged task
         # does so while none of its tags has a concurrency limit (looked up per call).
         plain = (
-            self._single_attempt
+            self.single_attempt
             and not o.log_prints
             and not o.on_completion
             and not o.on_failure
             and not o.on_running
         )
         #: the task's own options keep its results (flowcore.results): never a fast path
-        self._keeps_results = o.persist_result is True or (
+        self.keeps_results = o.persist_result is True or (
             o.result_storage is not None and o.persist_result is not False
         )
-        plain = plain and not self._keeps_results
+        plain = plain and not self.keeps_results
         self._plain = plain and not o.tags
         self._plain_if_unlimited = plain and bool(o.tags)
 
@@ -511,11 +511,7 @@ def task_input_hash(context: CacheContext, arguments: dict[str, Any]) -> str | N
 
 
 _MAP_CHUNK = 2048
-def _observed() -> bool:
-    current = registry._registry
-    if current is None:
-        current = registry.get_registry()
-    return current.observes_events
+_observed = registry.observes_events
 
 
 _UNOBSERVED, _BATCHED, _FULL = 0, 1, 2
@@ -524,9 +520,7 @@ _UNOBSERVED, _BATCHED, _FULL = 0, 1, 2
 def _observation() -> int:
     """How direct calls are observed: not at all, by run-event observers only (runs
     may be reported in batches, see flowcore.direct_runs), or by per-run hooks."""
-    current = registry._registry
-    if current is None:
-        current = registry.get_registry()
+    current = registry.get_registry()
     if not current.observes_events:
         return _UNOBSERVED
     return _BATCHED if current.batches_direct_runs else _FULL

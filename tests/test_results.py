@@ -103,9 +103,9 @@ def test_task_option_with_a_directory_of_its_own(home: Path, tmp_path: Path) -> 
 
 
 def test_persist_off_writes_nothing_and_keeps_the_fast_path(home: Path) -> None:
-    assert plain_double._plain and not plain_double._keeps_results
-    assert not kept_inc._plain and kept_inc._keeps_results
-    assert not plain_double.with_options(persist_result=False, result_storage="x")._keeps_results
+    assert plain_double._plain and not plain_double.keeps_results
+    assert not kept_inc._plain and kept_inc.keeps_results
+    assert not plain_double.with_options(persist_result=False, result_storage="x").keeps_results
 
     @flow(backend="threads")
     def pipeline() -> int:
