@@ -151,7 +151,7 @@ def _parse_param_pairs(pairs: list[str], flow_obj: Any = None) -> dict[str, Any]
     parses, else a string."""
     params: dict[str, Any] = {}
     validator = None
-    if flow_obj is not None and flow_obj.options.validate_parameters and flow_obj._annotated:
+    if flow_obj is not None and flow_obj.options.validate_parameters and flow_obj.annotated:
         from flowcore.parameters import validator_for
 
         validator = validator_for(flow_obj)

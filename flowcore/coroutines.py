@@ -67,6 +67,7 @@ def running_loop() -> asyncio.AbstractEventLoop | None:
         module = sys.modules.get("asyncio")
         if module is None:
             return None
+        # asyncio's documented low-level getter (returns None instead of raising)
         _get_running_loop = module._get_running_loop
     return _get_running_loop()  # type: ignore[no-any-return]
 
@@ -102,7 +103,7 @@ def run_sync(coroutine: Coroutine[Any, Any, T], *, fresh_loop: bool = False) -> 
     import asyncio
 
     context = contextvars.copy_context()
-    if asyncio._get_running_loop() is not None:
+    if asyncio._get_running_loop() is not None:  # the documented low-level getter
         return _run_in_helper_thread(coroutine, context)
     if fresh_loop:
         with asyncio.Runner() as runner:

@@ -81,8 +81,8 @@ class Flow(Generic[P, R]):
         self.isasync = inspect.iscoroutinefunction(fn)
         self.signature = inspect.signature(fn)
         # pydantic is loaded only when a flow with annotated parameters is first called.
-        self._annotated = any(p.annotation is not p.empty for p in self.signature.parameters.values())
-        self._validator: Any = None  # flowcore.parameters.ParameterValidator, made on first use
+        #: some parameter has a type hint: calls are validated (``validate_parameters``)
+        self.annotated = any(p.annotation is not p.empty for p in self.signature.parameters.values())
         functools.update_wrapper(self, fn)
 
     @property
@@ -141,7 +141,7 @@ class Flow(Generic[P, R]):
         except TypeError as exc:
             raise TypeError(f"flow {self.name!r}: {exc} (signature: {self.name}{self.signature})") from None
         invalid: Exception | None = None
-        if self._annotated and self.options.validate_parameters and bound.arguments:
+        if self.annotated and self.options.validate_parameters and bound.arguments:
             from flowcore.errors import ParameterTypeError
             from flowcore.parameters import validator_for
 

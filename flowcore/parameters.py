@@ -19,6 +19,7 @@ import inspect
 import sys
 import threading
 import typing
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -162,16 +163,17 @@ def _reason(exc: pydantic.ValidationError) -> str:
 
 
 _lock = threading.Lock()
+_validators: weakref.WeakKeyDictionary[Any, ParameterValidator] = weakref.WeakKeyDictionary()
 
 
 def validator_for(flow: Any) -> ParameterValidator:
-    """The validator of ``flow`` (a Flow), built on first use and kept on it."""
-    found: ParameterValidator | None = flow._validator
+    """The validator of ``flow`` (a Flow), built on first use and kept while it lives."""
+    found = _validators.get(flow)
     if found is None:
         with _lock:
-            found = flow._validator
+            found = _validators.get(flow)
             if found is None:
-                found = flow._validator = ParameterValidator(flow.name, flow.fn, flow.signature)
+                found = _validators[flow] = ParameterValidator(flow.name, flow.fn, flow.signature)
     return found
 
 
