@@ -17,7 +17,7 @@ Semantics are those of every other run: results, exceptions, retries and log rec
 per run; ``Running`` while a batch holding the run is out; a worker crash is pinned on
 the run it was executing (the journal records the batch as a range of run ids) and the
 runs of a lost batch are settled one by one by the ordinary recovery of
-:mod:`flowcore.batching`. Maps whose runs need the parent while they run (hooks,
+:mod:`flowcore.dispatch`. Maps whose runs need the parent while they run (hooks,
 observers, per-run timeouts, run-name templates) or whose arguments hold futures take
 the per-run path instead.
 """
