@@ -1116,6 +1116,10 @@ def _explain_gather_error(exc: Exception, closed: bool) -> BaseException:
     return exc
 
 
+#: seconds a dead worker's process may take to exit before its journal is read
+PROCESS_EXIT_GRACE = 2.0
+
+
 def _read_local_journal(address: str, pid: Any, directory: str | None) -> str | None:
     """The task run the dead worker process ``pid`` was executing, from its journal on
     this machine (in ``directory``, else the per-user one): the run id, ``""`` when it
@@ -1123,8 +1127,15 @@ def _read_local_journal(address: str, pid: Any, directory: str | None) -> str | 
     journal here)."""
     from ._supervision.journal import ENV_VAR, read_journal_entries
 
-    if not isinstance(pid, int) or pid <= 0 or not _is_this_machine(address) or not _process_gone(pid):
+    if not isinstance(pid, int) or pid <= 0 or not _is_this_machine(address):
         return None
+    # The scheduler may learn of the death (a closed connection) while the process is
+    # still exiting: give it a moment before its journal counts as unknown.
+    deadline = time.monotonic() + PROCESS_EXIT_GRACE
+    while not _process_gone(pid):
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.02)
     directories = [directory or worker_journal_directory()]
     inherited = os.environ.get(ENV_VAR, "").rpartition(":")[0]
     if inherited:
