@@ -25,7 +25,7 @@ SerializationError (issue 12.15): the call travels as bytes that the worker unpi
 
 Native futures (capability ``remote_results``): a result stays on the worker that
 computed it; a second, tiny Dask task sends back its light copy (the state, logs and
-small values -- at most :data:`flowcore.native.INLINE_LIMIT` bytes pickled -- come
+small values -- at most :data:`flowcore.backends._native.INLINE_LIMIT` bytes pickled -- come
 back at once). A downstream task that takes the future as an argument gets the
 upstream's Dask future in its task graph, so the data moves between workers only;
 ``future.result()`` fetches a kept value on first use (once per batch); one that does not
@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import functools
 import logging
 import os
 import threading
@@ -77,13 +78,14 @@ from flowcore.backend import (
     BackendKind,
     BackendSpec,
     Capabilities,
-    NativeHandle,
     WorkerLost,
     usable_cpu_count,
 )
 from flowcore.errors import BackendConnectionError, BackendShutdownError
 from flowcore.hookspecs import hookimpl
+from flowcore.serialization import raise_if_unsendable
 
+from ._native import NativeHandle, adopt_result, refer_to_kept, run_call_native
 from ._supervision.journaled import JournaledWorkers
 
 T = TypeVar("T")
@@ -196,10 +198,11 @@ def execute_and_send_back(call: DaskCall, journal_directory: str | None = None) 
 
 
 def light_copy_sent_back(full: Any) -> Any:
-    """The light copy of a result kept on this worker (:func:`flowcore.native.light_copy`),
+    """The light copy of a result kept on this worker (:func:`flowcore.backends._native.light_copy`),
     on its way to the flow's process as a :class:`~flowcore.serialization.SentBack`."""
-    from flowcore.native import light_copy
     from flowcore.serialization import SentBack
+
+    from ._native import light_copy
 
     return SentBack(light_copy(full))
 
@@ -288,9 +291,12 @@ class DaskFuture(cf.Future[Any]):
         super().__init__()
         self._backend = backend
         self.dask_future: Any = None
-        #: for :meth:`DaskBackend.submit_native`: the task whose result stays on the
+        #: for :meth:`DaskBackend.submit_kept`: the task whose result stays on the
         #: workers (``dask_future`` is then the task that makes its light copy)
         self.full: Any = None
+        #: for :meth:`DaskBackend.submit_kept`: makes the light copy what the core
+        #: receives (its markers replaced by NativeValues)
+        self.adopt: Any = None
 
     def cancel(self) -> bool:
         if not super().cancel():
@@ -332,7 +338,7 @@ class DaskBackend(JournaledWorkers):
     name = "dask"
     kind = BackendKind.CLUSTER
     # Large results stay on the workers; downstream tasks get them as Dask futures
-    # (see submit_native and flowcore.native). Runs of a failed flow are stopped by
+    # (see submit_kept and backends/_native.py). Runs of a failed flow are stopped by
     # ending their workers through the journal (workers on this machine).
     # A run blocked in C past its deadline has its worker (on this machine) killed.
     capabilities = Capabilities(
@@ -432,17 +438,37 @@ class DaskBackend(JournaledWorkers):
         self._watch_workers()
         return future
 
-    def submit_native(
+    def submit_kept(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
+        """Run the engine's one-run entry point, or a batch of calls, keeping large
+        results on the workers (see :meth:`Backend.submit_kept
+        <flowcore.backend.Backend.submit_kept>`): values this backend keeps among a
+        call's arguments travel as references to their Dask futures."""
+        from flowcore.batching import run_batch
+        from flowcore.engine import run_call_remote
+
+        names: str | list[str]
+        refs: dict[str, NativeHandle] | None = None
+        if fn is run_call_remote:
+            call, refs = refer_to_kept(args[0], self)
+            names = call.task_run_name
+            fn, args = run_call_native, (call, *args[1:])
+        elif fn is run_batch:
+            names = [item[3] for item in args[2]]
+        else:
+            raise TypeError(f"submit_kept runs flowcore's entry points only, not {fn!r}")
+        return self._submit_native(fn, args, kwargs, refs, names)
+
+    def _submit_native(
         self,
         fn: Callable[..., Any],
-        /,
-        *args: Any,
-        refs: Mapping[str, NativeHandle] | None = None,
-        **kwargs: Any,
-    ) -> tuple[cf.Future[Any], NativeHandle]:
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        refs: Mapping[str, NativeHandle] | None,
+        run_names: str | list[str],
+    ) -> DaskFuture:
         """Run ``fn(*args, **kwargs)`` as one Dask task whose result stays on the workers,
-        and a second, tiny task next to it that returns its light copy (see
-        :meth:`Backend.submit_native <flowcore.backend.Backend.submit_native>`).
+        and a second, tiny task next to it that returns its light copy; the handle
+        fetches the full result on demand.
 
         ``refs``' Dask futures are passed in the task's arguments, so Dask moves their
         data between workers (or not at all) and never through this process. Raises
@@ -452,6 +478,7 @@ class DaskBackend(JournaledWorkers):
         future = DaskFuture(self)
         key = _task_key(fn, args)
         handle = DaskHandle(self, None, key)
+        future.adopt = functools.partial(adopt_result, handle=handle, run_names=run_names)
         natives = {name: ref.native for name, ref in refs.items()} if refs else None
         try:
             with _quiet_serialization_errors():
@@ -463,7 +490,7 @@ class DaskBackend(JournaledWorkers):
             if not is_pickling_error(exc):
                 raise
             future.set_exception(exc)  # the core explains which argument did not pickle
-            return future, handle
+            return future
         handle._native = full
         future.dask_future = light
         future.full = full
@@ -472,7 +499,7 @@ class DaskBackend(JournaledWorkers):
             self._handles.add(handle)
         light.add_done_callback(lambda done: self._deliver(future, done))
         self._watch_workers()
-        return future, handle
+        return future
 
     def stop_runs(self, task_run_ids: set[str], *, closing: bool = False) -> None:
         """End the workers (on this machine) running these runs, found through the
@@ -904,6 +931,11 @@ class DaskBackend(JournaledWorkers):
                 error = self._lost_connection(dask_future)
         except Exception as exc:
             error = _explain_gather_error(exc, self._closed)
+        if error is None and future.adopt is not None:
+            try:
+                value = future.adopt(raise_if_unsendable(value))
+            except Exception as exc:  # a value that did not make the trip
+                error = exc
         with contextlib.suppress(cf.InvalidStateError):
             if error is None:
                 future.set_result(value)

@@ -17,14 +17,14 @@ Contract for implementers:
 * Start lazily: creating a backend must not start a pool; the first ``submit`` does.
 * Optional methods, called only when the matching capability is declared:
   :meth:`Backend.stop_runs` (``stops_running``), :meth:`Backend.watch_deadline` and
-  :meth:`Backend.unwatch_deadline` (``hard_timeouts``), :meth:`Backend.submit_native`
+  :meth:`Backend.unwatch_deadline` (``hard_timeouts``), :meth:`Backend.submit_kept`
   (``remote_results``). :meth:`Backend.explain_failure` is always optional.
 
-A backend that can pass its own futures to later tasks (Dask) declares
-``remote_results`` and implements :meth:`Backend.submit_native`,
-which returns a :class:`NativeHandle` next to the future: the run's full result stays
-on the backend's workers, and the core hands that handle (not the value) to
-downstream runs. See :mod:`flowcore.native`.
+A backend that can keep results on its workers and pass them to later tasks there
+(Dask) declares ``remote_results`` and implements :meth:`Backend.submit_kept`: the
+core then receives :class:`~flowcore.states.DeferredResult` values in place of large
+results, and hands them back unresolved in the arguments of downstream runs; how they
+are kept and referred to is the backend's own business (``backends/_native.py``).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import enum
 import functools
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -68,7 +68,7 @@ class Capabilities:
         hard_timeouts: :meth:`Backend.watch_deadline` ends a worker whose run ignores
             its timer signal; the run then ends ``TimedOut`` (see
             :attr:`WorkerLost.timed_out`).
-        remote_results: :meth:`Backend.submit_native` keeps results on the workers and
+        remote_results: :meth:`Backend.submit_kept` keeps results on the workers and
             passes them to downstream runs there.
         interrupts_blocking: a timed-out run ends at its deadline even inside a call
             that blocks in C: a timer signal interrupts it (the main thread of a
@@ -168,26 +168,20 @@ class Backend(Executor):
     def unwatch_deadline(self, task_run_id: str) -> None:
         """Stop watching a run (it finished). Default: nothing."""
 
-    def submit_native(
-        self,
-        fn: Callable[..., Any],
-        /,
-        *args: Any,
-        refs: Mapping[str, NativeHandle] | None = None,
-        **kwargs: Any,
-    ) -> tuple[Future[Any], NativeHandle]:
-        """Schedule ``fn(*args, **kwargs)`` and keep its full result on the workers.
+    def submit_kept(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        """Schedule ``fn(*args, **kwargs)`` -- the engine's one-run entry point
+        (:func:`flowcore.engine.run_call_remote`) or a batch of calls
+        (:func:`flowcore.batching.run_batch`) -- keeping large results on the workers.
 
-        Only called when ``capabilities.remote_results`` is true. ``fn`` returns what
-        :func:`flowcore.engine.run_call_remote` or :func:`flowcore.batching.run_batch`
-        return. The returned future resolves with :func:`flowcore.native.light_copy`
-        of that result (computed on the worker: large values replaced by a marker);
-        the handle fetches the full result on demand. ``refs`` maps names to handles
-        that this backend returned earlier: on the worker, ``fn`` is then called as
-        ``fn(*args, refs={name: full result}, **kwargs)``, the results never passing
-        through this process. Failures are reported like :meth:`submit`'s.
+        Only called when ``capabilities.remote_results`` is true. The future resolves
+        with what ``fn`` returns, except that each value kept on the workers is a
+        :class:`~flowcore.states.DeferredResult` that loads it on demand. A run's
+        arguments may hold such deferred values of upstream runs (the core passes them
+        unresolved to this backend): the backend resolves its own where the run
+        executes, without moving the data through this process, and loads any other.
+        Failures are reported like :meth:`submit`'s.
         """
-        raise NotImplementedError(f"backend {self.name!r} does not support native futures")
+        raise NotImplementedError(f"backend {self.name!r} does not keep results on its workers")
 
     def enqueue(self, item: WorkItem) -> None:
         """Have a worker call ``item.run()`` (capability ``queues_items``): no Future,
@@ -213,92 +207,6 @@ class Backend(Executor):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} name={self.name!r} kind={self.kind} max_workers={self.max_workers}>"
-
-
-class NativeHandle:
-    """The full result of one unit of work (a run or a batch of runs) that a backend
-    with native futures keeps on its workers.
-
-    :meth:`fetch` brings it here once (thread-safe; later calls return the same
-    object), so the runs of one batch share a fetch. The backend's own future stays in
-    :attr:`native` -- keeping the result alive on the workers -- until
-    :meth:`materialize` (called by the backend before it shuts down) replaces it with
-    the fetched value. Subclasses implement :meth:`_fetch_native`.
-    """
-
-    __slots__ = ("__weakref__", "_error", "_fetched", "_lock", "_native", "_result", "backend", "key")
-
-    def __init__(self, backend: Backend, native: Any, key: str) -> None:
-        self.backend = backend
-        self.key = key
-        self._native = native
-        self._lock = threading.Lock()
-        self._fetched = False
-        self._result: Any = None
-        self._error: BaseException | None = None
-
-    @property
-    def native(self) -> Any:
-        """The backend's future of the full result, or None once materialized."""
-        return self._native
-
-    @property
-    def fetched(self) -> bool:
-        """True once the full result is in this process."""
-        return self._fetched
-
-    def fetch(self) -> Any:
-        """The full result, fetched from the workers on the first call.
-
-        Raises what the backend raised while fetching (a later call tries again),
-        or, after :meth:`materialize` failed to fetch, that failure every time.
-        """
-        if self._fetched:
-            return self._result
-        with self._lock:
-            if not self._fetched:
-                if self._error is not None:
-                    raise self._error
-                self._result = self._fetch_native(self._native)
-                self._fetched = True
-            return self._result
-
-    def materialize(self) -> None:
-        """Fetch the result (or keep the failure to fetch it) and drop the backend's
-        future, so that the handle no longer needs the backend. Idempotent."""
-        with self._lock:
-            native = self._native
-            if self._fetched or native is None:
-                self._native = None
-                return
-            try:
-                self._result = self._fetch_native(native)
-                self._fetched = True
-            except Exception as exc:
-                self._error = exc
-            self._native = None
-
-    def _keep(self, result: Any) -> None:
-        """Store a result the backend fetched itself (for many handles at once) and
-        drop the backend's future."""
-        with self._lock:
-            if not self._fetched:
-                self._result, self._fetched = result, True
-            self._native = None
-
-    def _lose(self, error: BaseException) -> None:
-        """The result can no longer be fetched: :meth:`fetch` raises ``error``."""
-        with self._lock:
-            if not self._fetched:
-                self._error = error
-            self._native = None
-
-    def _fetch_native(self, native: Any) -> Any:
-        raise NotImplementedError
-
-    def __repr__(self) -> str:
-        where = "fetched" if self._fetched else ("on the workers" if self._native is not None else "lost")
-        return f"<{type(self).__name__} {self.key} {where}>"
 
 
 class ExecutorBackend(Backend):
@@ -411,7 +319,6 @@ __all__ = [
     "BackendSpec",
     "Capabilities",
     "ExecutorBackend",
-    "NativeHandle",
     "WorkItem",
     "WorkerLost",
     "usable_cpu_count",

@@ -86,9 +86,10 @@ class TaskCall:
 
     ``args``/``kwargs`` hold plain values by the time the task body runs: futures are
     replaced by their results before dispatch, or, on a backend that keeps results on
-    its workers (capability ``remote_results``), by ``flowcore.native.NativeRef``
-    placeholders that the worker fills in (hooks in the parent then see the
-    placeholders). ``log_prints`` is resolved (task option, else the flow's).
+    its workers (capability ``remote_results``), by the
+    :class:`~flowcore.states.DeferredResult` values that stand for them, which the
+    backend resolves on the worker (hooks in the parent then see those). ``log_prints``
+    is resolved (task option, else the flow's).
     """
 
     task: Task[..., Any]

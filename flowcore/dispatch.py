@@ -58,14 +58,13 @@ from flowcore.futures import (
 )
 from flowcore.log_relay import replay as replay_logs
 from flowcore.serialization import explain_pickling_failure, is_pickling_error, raise_if_unsendable
+from flowcore.states import DeferredResult, State
 
 if TYPE_CHECKING:
-    from flowcore.backend import Backend, NativeHandle
-    from flowcore.calls import TaskCall
+    from flowcore.backend import Backend
     from flowcore.context import RunScope
     from flowcore.events import Worker
     from flowcore.mapping import MapArguments
-    from flowcore.states import State
     from flowcore.tasks import Task
 
 TARGET_BATCH_SECONDS = 0.05
@@ -156,16 +155,14 @@ class Dispatcher:
 class _Record:
     """What the dispatcher keeps about a run while it is out (``RunFuture.dispatch``)."""
 
-    __slots__ = ("native", "pool_losses", "refs", "tolerated", "upstream", "watched")
+    __slots__ = ("kept", "pool_losses", "tolerated", "upstream", "watched")
 
     def __init__(self) -> None:
         self.upstream: list[TaskFuture[Any]] = []
         #: None: no allow_failure/quote among the arguments; else the tolerated upstreams
         self.tolerated: list[TaskFuture[Any]] | None = None
-        #: on a backend with native futures: the handle of this run's full result while
-        #: it is in flight, and the upstream handles its arguments refer to
-        self.native: NativeHandle | None = None
-        self.refs: dict[str, NativeHandle] | None = None
+        #: sent with Backend.submit_kept: its upstreams' kept values passed unresolved
+        self.kept = False
         self.pool_losses = 0  # resubmissions in a row after losses that were not its own
         self.watched = False  # the backend watches its deadline
 
@@ -233,13 +230,16 @@ def _send(future: RunFuture[Any], backend: Backend) -> None:
             call.args = resolve_inputs(call.args)
             call.kwargs = resolve_inputs(call.kwargs)
         elif capabilities.remote_results and future.scope is not None:
-            record.refs = _refer_to_upstreams(call, backend)
+            # Kept values stay where they are: the backend resolves them on its workers.
+            call.args = substitute(call.args, TaskFuture, _kept_or_result)
+            call.kwargs = substitute(call.kwargs, TaskFuture, _kept_or_result)
+            record.kept = True
         else:
             call.args = resolve_futures(call.args)
             call.kwargs = resolve_futures(call.kwargs)
         record.upstream = []  # do not keep a chain of finished futures alive
         record.tolerated = None
-    if capabilities.queues_items and (record is None or record.refs is None):
+    if capabilities.queues_items and (record is None or not record.kept):
         # A work item instead of a Future: whoever claims it first (a pool thread, or
         # a thread that waits for it) runs it and settles the future.
         future.set_sent(backend, None, _run_here, queued=True)
@@ -249,10 +249,8 @@ def _send(future: RunFuture[Any], backend: Backend) -> None:
             refused(future, backend, exc)
         return
     try:
-        if record is not None and record.refs is not None:
-            from flowcore.native import run_call_native
-
-            backend_future, record.native = backend.submit_native(run_call_native, call, refs=record.refs)
+        if record is not None and record.kept:
+            backend_future = backend.submit_kept(run_call_remote, call)
         else:
             if not capabilities.in_process:
                 backend_future = backend.submit(run_call_remote, call)
@@ -288,25 +286,14 @@ def _upstream_failed(future: RunFuture[Any], record: _Record) -> bool:
     return False
 
 
-def _refer_to_upstreams(call: TaskCall, backend: Backend) -> dict[str, NativeHandle]:
-    """Replace each upstream future in the call's arguments by a
-    :class:`~flowcore.native.NativeRef` when its value is kept by ``backend``'s
-    workers, else by its result; return the handles the refs name."""
-    from flowcore.native import NativeValue
-
-    refs: dict[str, NativeHandle] = {}
-
-    def swap(upstream: TaskFuture[Any]) -> Any:
-        final = final_state(upstream)
-        data = final.data if final is not None else None
-        if isinstance(data, NativeValue) and data.handle.backend is backend and data.handle.native is not None:
-            refs[data.handle.key] = data.handle
-            return data.ref()
-        return upstream.result()
-
-    call.args = substitute(call.args, TaskFuture, swap)
-    call.kwargs = substitute(call.kwargs, TaskFuture, swap)
-    return refs
+def _kept_or_result(upstream: TaskFuture[Any]) -> Any:
+    """What stands for a finished upstream in a call sent with ``submit_kept``: its
+    value, or the :class:`~flowcore.states.DeferredResult` a backend keeps it as."""
+    final = final_state(upstream)
+    if final is not None and final.is_completed() and isinstance(final.data, DeferredResult):
+        mark_observed(upstream)
+        return final.data
+    return upstream.result()
 
 
 def watch_timeout(future: RunFuture[Any], backend: Backend) -> None:
@@ -326,8 +313,16 @@ def finish(future: RunFuture[Any], state: State[Any], worker: Worker | None = No
             backend = future.backend
             if backend is not None:
                 backend.unwatch_deadline(future.call.task_run_id)
-        record.native = record.refs = None  # ended: let the upstream data go
+        if record.kept:  # upstream values kept on the workers are not held by this call
+            record.kept = False
+            call = future.call
+            call.args = substitute(call.args, DeferredResult, _placeholder)
+            call.kwargs = substitute(call.kwargs, DeferredResult, _placeholder)
     return future.set_final(state, worker)
+
+
+def _placeholder(value: DeferredResult) -> Any:
+    return value.placeholder()
 
 
 def refused(future: RunFuture[Any], backend: Backend, exc: BaseException) -> None:
@@ -437,12 +432,6 @@ def _settle(future: RunFuture[Any], backend_future: Future[Any]) -> None:
         state, records, worker = state
         if records:
             replay_logs(records)
-    record: _Record | None = future.dispatch
-    handle = record.native if record is not None else None
-    if handle is not None:  # a light copy: large values stayed on the workers
-        from flowcore.native import adopt
-
-        state = adopt(state, handle, None, future.call.task_run_name)
     finish(future, state, worker)
 
 
@@ -598,11 +587,10 @@ class _Lane:
         for future in batch:
             future.set_sent(backend)
             watch_timeout(future, backend)
-        handle: NativeHandle | None = None
         try:
             if backend.capabilities.remote_results and all(f.scope is not None for f in batch):
-                # Results stay on the workers; one handle serves the batch's runs.
-                backend_future, handle = backend.submit_native(run_batch, *encode_batch([f.call for f in batch]))
+                # Large results stay on the workers (the runs' values come as deferred ones).
+                backend_future = backend.submit_kept(run_batch, *encode_batch([f.call for f in batch]))
             else:
                 backend_future = backend.submit(run_batch, *encode_batch([f.call for f in batch]))
         except Exception as exc:
@@ -611,29 +599,22 @@ class _Lane:
             for future in batch:
                 refused(future, backend, exc)
             return
-        backend_future.add_done_callback(lambda done: self._on_done(batch, done, handle))
+        backend_future.add_done_callback(functools.partial(self._on_done, batch))
 
-    def _on_done(self, batch: list[RunFuture[Any]], backend_future: Future[Any], handle: NativeHandle | None) -> None:
+    def _on_done(self, batch: list[RunFuture[Any]], backend_future: Future[Any]) -> None:
         try:
-            self._settle(batch, backend_future, handle)
+            self._settle(batch, backend_future)
         except Exception as exc:  # never leave runs pending over a bug in handling
             for future in batch:
                 if not future.done():
                     crashed(future, exc)
             feeder.kick(self)
 
-    def _settle(self, batch: list[RunFuture[Any]], backend_future: Future[Any], handle: NativeHandle | None) -> None:
+    def _settle(self, batch: list[RunFuture[Any]], backend_future: Future[Any]) -> None:
         try:
             # A batch whose value could not make the trip raises: recovered item by item.
             outcomes, records, worker = raise_if_unsendable(backend_future.result())
             results = [decode_outcome(o) for o in outcomes]
-            if handle is not None:  # a light copy: large values stayed on the workers
-                from flowcore.native import adopt
-
-                results = [
-                    adopt(state, handle, index, future.call.task_run_name)
-                    for index, (future, state) in enumerate(zip(batch, results, strict=True))
-                ]
         except BaseException as exc:
             with self.lock:
                 self.sizer.in_flight -= 1

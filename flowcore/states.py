@@ -61,6 +61,12 @@ class DeferredResult:
     def load(self) -> Any:
         raise NotImplementedError
 
+    def placeholder(self) -> Any:
+        """What stays in the arguments of a downstream call that took this value once
+        that run has ended (a light stand-in that need not keep the value alive).
+        Default: the value itself."""
+        return self
+
 
 @dataclass(frozen=True)
 class State(Generic[R]):

@@ -23,13 +23,13 @@ pytest.importorskip("distributed")
 pytest.importorskip("numpy")
 
 import numpy as np
+from flowcore.backends._native import NativeValue
 
 import flowcore
 from flowcore import flow, task
 from flowcore.backend import Backend
 from flowcore.errors import UpstreamFailedError
 from flowcore.futures import TaskFuture
-from flowcore.native import NativeValue
 from flowcore.states import State
 
 #: how many Big values were unpickled in this process (per process: workers count their own)

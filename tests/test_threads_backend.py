@@ -170,7 +170,7 @@ def test_shutdown_with_cancel_futures_cancels_the_runs_no_thread_took() -> None:
 
 
 def test_the_pool_is_an_executor_that_starts_threads_on_demand() -> None:
-    from backends.threads import WorkerThreads
+    from flowcore.backends.threads import WorkerThreads
 
     pool = WorkerThreads(3)
     try:

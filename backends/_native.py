@@ -1,7 +1,7 @@
-"""Native futures: results that stay on a backend's workers (Dask).
+"""Native futures of the Dask backend: results that stay on its workers.
 
-On a backend with the capability ``remote_results``, a run's full result stays where it was
-computed; only a *light copy* comes back (:func:`light_copy`, run on the worker): the
+The Dask backend (capability ``remote_results``, :meth:`DaskBackend.submit_kept`) keeps
+a run's full result where it was computed; only a *light copy* comes back (:func:`light_copy`, run on the worker): the
 state and log records, with every large value replaced by a marker. In the parent the
 run's ``State.data`` becomes a :class:`NativeValue`, which ``State.result()`` (and so
 ``future.result()``) fetches on first use -- once per dispatched unit, shared by the
@@ -19,14 +19,15 @@ from __future__ import annotations
 
 import copy
 import pickle
+import threading
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from flowcore.errors import CrashedError
-from flowcore.states import DeferredResult, State, StateType
+from flowcore.states import DeferredResult, State, StateType, completed_run
 
 if TYPE_CHECKING:
-    from flowcore.backend import NativeHandle
+    from flowcore.backend import Backend
     from flowcore.calls import TaskCall
     from flowcore.events import Worker
 
@@ -50,6 +51,93 @@ class _Stripped:
 
 
 STRIPPED = _Stripped()
+
+
+class NativeHandle:
+    """The full result of one unit of work (a run or a batch of runs) that a backend
+    with native futures keeps on its workers.
+
+    :meth:`fetch` brings it here once (thread-safe; later calls return the same
+    object), so the runs of one batch share a fetch. The backend's own future stays in
+    :attr:`native` -- keeping the result alive on the workers -- until
+    :meth:`materialize` (called by the backend before it shuts down) replaces it with
+    the fetched value. Subclasses implement :meth:`_fetch_native`.
+    """
+
+    __slots__ = ("__weakref__", "_error", "_fetched", "_lock", "_native", "_result", "backend", "key")
+
+    def __init__(self, backend: Backend, native: Any, key: str) -> None:
+        self.backend = backend
+        self.key = key
+        self._native = native
+        self._lock = threading.Lock()
+        self._fetched = False
+        self._result: Any = None
+        self._error: BaseException | None = None
+
+    @property
+    def native(self) -> Any:
+        """The backend's future of the full result, or None once materialized."""
+        return self._native
+
+    @property
+    def fetched(self) -> bool:
+        """True once the full result is in this process."""
+        return self._fetched
+
+    def fetch(self) -> Any:
+        """The full result, fetched from the workers on the first call.
+
+        Raises what the backend raised while fetching (a later call tries again),
+        or, after :meth:`materialize` failed to fetch, that failure every time.
+        """
+        if self._fetched:
+            return self._result
+        with self._lock:
+            if not self._fetched:
+                if self._error is not None:
+                    raise self._error
+                self._result = self._fetch_native(self._native)
+                self._fetched = True
+            return self._result
+
+    def materialize(self) -> None:
+        """Fetch the result (or keep the failure to fetch it) and drop the backend's
+        future, so that the handle no longer needs the backend. Idempotent."""
+        with self._lock:
+            native = self._native
+            if self._fetched or native is None:
+                self._native = None
+                return
+            try:
+                self._result = self._fetch_native(native)
+                self._fetched = True
+            except Exception as exc:
+                self._error = exc
+            self._native = None
+
+    def _keep(self, result: Any) -> None:
+        """Store a result the backend fetched itself (for many handles at once) and
+        drop the backend's future."""
+        with self._lock:
+            if not self._fetched:
+                self._result, self._fetched = result, True
+            self._native = None
+
+    def _lose(self, error: BaseException) -> None:
+        """The result can no longer be fetched: :meth:`fetch` raises ``error``."""
+        with self._lock:
+            if not self._fetched:
+                self._error = error
+            self._native = None
+
+    def _fetch_native(self, native: Any) -> Any:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        where = "fetched" if self._fetched else ("on the workers" if self._native is not None else "lost")
+        return f"<{type(self).__name__} {self.key} {where}>"
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +188,11 @@ class NativeValue(DeferredResult):
 
     def ref(self) -> NativeRef:
         return NativeRef(self.handle.key, self.index)
+
+    def placeholder(self) -> NativeRef:
+        """Its reference: a downstream call that has ended no longer keeps the value
+        on the workers (nor fetches it when the backend closes)."""
+        return self.ref()
 
     def __repr__(self) -> str:
         return f"NativeValue({self.run_name!r}, {self.handle!r})"
@@ -200,13 +293,59 @@ def adopt(state: State[Any], handle: NativeHandle, index: int | None, run_name: 
     return state
 
 
+def adopt_result(light: Any, handle: NativeHandle, run_names: list[str] | str) -> Any:
+    """A light copy (of ``run_call_remote``'s or ``run_batch``'s result) as the core
+    receives it from :meth:`DaskBackend.submit_kept`: each marker replaced by a
+    :class:`NativeValue` of ``handle``. ``run_names``: the run's name, or the names of
+    the batch's runs in order (for the errors of a failed fetch)."""
+    first, records, worker = light
+    if isinstance(run_names, str):
+        return adopt(first, handle, None, run_names), records, worker
+    outcomes: list[Any] = []
+    for index, outcome in enumerate(first):
+        if type(outcome) is tuple:
+            if outcome[0] is STRIPPED:
+                outcome = completed_run(NativeValue(handle, index, run_names[index]), *outcome[1:])
+        else:
+            outcome = adopt(outcome, handle, index, run_names[index])
+        outcomes.append(outcome)
+    return outcomes, records, worker
+
+
+def refer_to_kept(call: TaskCall, backend: Backend) -> tuple[TaskCall, dict[str, NativeHandle]]:
+    """``call`` with each :class:`NativeValue` among its arguments that ``backend``
+    keeps replaced by a :class:`NativeRef` (the worker puts the value back, see
+    :func:`run_call_native`), any other deferred value loaded here; and the handles
+    the refs name. The call is copied when anything changes."""
+    from flowcore.futures import substitute
+
+    refs: dict[str, NativeHandle] = {}
+
+    def swap(value: DeferredResult) -> Any:
+        if isinstance(value, NativeValue) and value.handle.backend is backend and value.handle.native is not None:
+            refs[value.handle.key] = value.handle
+            return value.ref()
+        return value.load()
+
+    args = substitute(call.args, DeferredResult, swap)
+    kwargs = substitute(call.kwargs, DeferredResult, swap)
+    if args is call.args and kwargs is call.kwargs:
+        return call, refs
+    call = copy.copy(call)
+    call.args, call.kwargs = args, kwargs
+    return call, refs
+
+
 __all__ = [
     "INLINE_LIMIT",
     "STRIPPED",
+    "NativeHandle",
     "NativeRef",
     "NativeValue",
     "adopt",
+    "adopt_result",
     "light_copy",
+    "refer_to_kept",
     "run_call_native",
     "value_at",
 ]
