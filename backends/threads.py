@@ -18,6 +18,7 @@ pool saturated by blocked tasks cannot deadlock it (see ``flowcore.dispatch``).
 from __future__ import annotations
 
 import atexit
+import os
 import queue
 import threading
 import weakref
@@ -73,6 +74,16 @@ class _Call:
 _STOP = None  # put once per thread by shutdown
 
 _live_pools: weakref.WeakSet[WorkerThreads] = weakref.WeakSet()
+
+
+def _forget_threads_after_fork() -> None:
+    """In a forked child only the forking thread exists: every pool starts afresh."""
+    for pool in list(_live_pools):
+        pool._reset_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_threads_after_fork)
 
 
 @atexit.register
@@ -133,6 +144,23 @@ class WorkerThreads(Executor):
             del item  # let its objects go while this thread waits
             with lock:
                 self._idle += 1
+
+    def _reset_after_fork(self) -> None:
+        """The parent's threads do not exist here: start new ones on demand, and run
+        the items queued before the fork (this process has its own copy of them)."""
+        self._lock = threading.Lock()
+        self._threads = []
+        self._idle = 0
+        pending: list[WorkItem | None] = []
+        while True:
+            try:
+                pending.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        self._queue = queue.SimpleQueue()
+        for item in pending:
+            if item is not _STOP and not self._closed:
+                self.enqueue(item)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._lock:

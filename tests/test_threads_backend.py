@@ -193,3 +193,26 @@ def test_the_pool_is_an_executor_that_starts_threads_on_demand() -> None:
 
     with pytest.raises(BackendShutdownError):
         pool.submit(pow, 2, 2)
+
+
+def test_a_forked_child_gets_threads_of_its_own() -> None:
+    """After os.fork only the forking thread exists in the child: a pool used before
+    the fork starts new threads there instead of waiting for its parent's."""
+    import os
+
+    from flowcore.backends.threads import WorkerThreads
+
+    pool = WorkerThreads(2)
+    try:
+        assert pool.submit(pow, 2, 3).result(timeout=30) == 8  # threads started, one idle
+        pid = os.fork()
+        if pid == 0:  # the child: exit 0 only if the pool still runs work
+            code = 1
+            try:
+                code = 0 if pool.submit(pow, 2, 4).result(timeout=20) == 16 else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        pool.shutdown()
