@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from flowcore.errors import CrashedError
-from flowcore.states import DeferredResult, State, StateType, completed_run
+from flowcore.states import DeferredResult, State, StateType
 
 if TYPE_CHECKING:
     from flowcore.backend import Backend
@@ -200,47 +200,37 @@ class NativeValue(DeferredResult):
 
 def value_at(result: Any, index: int | None) -> Any:
     """The value of run ``index`` (None: the only run) in a full result, as returned by
-    ``run_call_remote`` (``(state, records, worker)``) or ``run_batch`` (``(outcomes,
-    records, worker)``)."""
-    first = result[0]
+    ``run_call_remote`` (``(state, records, worker)``) or ``run_rows`` (``(values,
+    ends, started, exact states, records, worker)``)."""
     if index is None:
-        state = first
-    else:
-        outcome = first[index]
-        if type(outcome) is tuple:
-            return outcome[0]
-        state = outcome
-    return state.result()
+        return result[0].result()
+    values, exact = result[0], result[3]
+    state = exact.get(index)
+    return values[index] if state is None else state.result()
 
 
 # -- on the worker ---------------------------------------------------------------------
 
 
 def light_copy(result: Any) -> Any:
-    """``result`` (of ``run_call_remote`` or ``run_batch``) with every large completed
+    """``result`` (of ``run_call_remote`` or ``run_rows``) with every large completed
     value replaced by a marker. Runs on the worker, next to the full result.
 
     Raises :class:`pickle.PicklingError` when a value cannot be pickled, so that the
     run fails as it would if its result had been sent back.
     """
-    first, records, worker = result
-    if isinstance(first, State):
-        return _light_state(first), records, worker
-    return [_light_outcome(outcome) for outcome in first], records, worker
+    if len(result) == 3:  # one run
+        state, records, worker = result
+        return _light_state(state), records, worker
+    values, ends, started, exact, records, worker = result
+    light = [None if i in exact else (STRIPPED if _is_large(v) else v) for i, v in enumerate(values)]
+    return light, ends, started, {i: _light_state(s) for i, s in exact.items()}, records, worker
 
 
 def _light_state(state: State[Any]) -> State[Any]:
     if state.type is StateType.COMPLETED and not isinstance(state.data, DeferredResult) and _is_large(state.data):
         return replace(state, data=STRIPPED)
     return state
-
-
-def _light_outcome(outcome: Any) -> Any:
-    if type(outcome) is tuple:
-        if _is_large(outcome[0]):
-            return (STRIPPED, *outcome[1:])
-        return outcome
-    return _light_state(outcome)
 
 
 def _is_large(value: Any) -> bool:
@@ -294,22 +284,17 @@ def adopt(state: State[Any], handle: NativeHandle, index: int | None, run_name: 
 
 
 def adopt_result(light: Any, handle: NativeHandle, run_names: list[str] | str) -> Any:
-    """A light copy (of ``run_call_remote``'s or ``run_batch``'s result) as the core
+    """A light copy (of ``run_call_remote``'s or ``run_rows``' result) as the core
     receives it from :meth:`DaskBackend.submit_kept`: each marker replaced by a
     :class:`NativeValue` of ``handle``. ``run_names``: the run's name, or the names of
     the batch's runs in order (for the errors of a failed fetch)."""
-    first, records, worker = light
     if isinstance(run_names, str):
-        return adopt(first, handle, None, run_names), records, worker
-    outcomes: list[Any] = []
-    for index, outcome in enumerate(first):
-        if type(outcome) is tuple:
-            if outcome[0] is STRIPPED:
-                outcome = completed_run(NativeValue(handle, index, run_names[index]), *outcome[1:])
-        else:
-            outcome = adopt(outcome, handle, index, run_names[index])
-        outcomes.append(outcome)
-    return outcomes, records, worker
+        state, records, worker = light
+        return adopt(state, handle, None, run_names), records, worker
+    values, ends, started, exact, records, worker = light
+    values = [NativeValue(handle, i, run_names[i]) if v is STRIPPED else v for i, v in enumerate(values)]
+    exact = {i: adopt(s, handle, i, run_names[i]) for i, s in exact.items()}
+    return values, ends, started, exact, records, worker
 
 
 def refer_to_kept(call: TaskCall, backend: Backend) -> tuple[TaskCall, dict[str, NativeHandle]]:

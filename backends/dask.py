@@ -208,15 +208,15 @@ def light_copy_sent_back(full: Any) -> Any:
 
 
 def kept_values_sent_back(full: Any) -> list[Any]:
-    """The value of each run of a kept result (of ``run_call_remote`` or ``run_batch``),
+    """The value of each run of a kept result (of ``run_call_remote`` or ``run_rows``),
     each as a :class:`~flowcore.serialization.SentBack`: only when fetching the kept
     result failed, to find the value that does not unpickle in the flow's process."""
     from flowcore.serialization import SentBack
-    from flowcore.states import State
 
-    first = full[0]
-    outcomes = [first] if isinstance(first, State) else list(first)
-    return [SentBack(outcome[0] if type(outcome) is tuple else outcome.data) for outcome in outcomes]
+    if len(full) == 3:  # one run
+        return [SentBack(full[0].data)]
+    values, exact = full[0], full[3]
+    return [SentBack(exact[i].data if i in exact else value) for i, value in enumerate(values)]
 
 
 _journal_opened = False
@@ -443,8 +443,7 @@ class DaskBackend(JournaledWorkers):
         results on the workers (see :meth:`Backend.submit_kept
         <flowcore.backend.Backend.submit_kept>`): values this backend keeps among a
         call's arguments travel as references to their Dask futures."""
-        from flowcore.batching import run_batch
-        from flowcore.engine import run_call_remote
+        from flowcore.engine import SubmittedRuns, run_call_remote, run_rows
 
         names: str | list[str]
         refs: dict[str, NativeHandle] | None = None
@@ -452,8 +451,8 @@ class DaskBackend(JournaledWorkers):
             call, refs = refer_to_kept(args[0], self)
             names = call.task_run_name
             fn, args = run_call_native, (call, *args[1:])
-        elif fn is run_batch:
-            names = [item[3] for item in args[2]]
+        elif fn is run_rows and isinstance(args[3], SubmittedRuns):
+            names = args[3].names
         else:
             raise TypeError(f"submit_kept runs flowcore's entry points only, not {fn!r}")
         return self._submit_native(fn, args, kwargs, refs, names)

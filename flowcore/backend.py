@@ -171,7 +171,7 @@ class Backend(Executor):
     def submit_kept(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         """Schedule ``fn(*args, **kwargs)`` -- the engine's one-run entry point
         (:func:`flowcore.engine.run_call_remote`) or a batch of calls
-        (:func:`flowcore.batching.run_batch`) -- keeping large results on the workers.
+        (:func:`flowcore.engine.run_rows`) -- keeping large results on the workers.
 
         Only called when ``capabilities.remote_results`` is true. The future resolves
         with what ``fn`` returns, except that each value kept on the workers is a

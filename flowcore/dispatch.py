@@ -44,8 +44,14 @@ from concurrent.futures import CancelledError, Future
 from typing import TYPE_CHECKING, Any, Protocol
 
 from flowcore import registry, states
-from flowcore.batching import decode_outcome, encode_batch, run_batch
-from flowcore.engine import lost_attempt, run_call, run_call_remote
+from flowcore.engine import (
+    SubmittedRuns,
+    lost_attempt,
+    rows_state,
+    run_call,
+    run_call_remote,
+    run_rows,
+)
 from flowcore.events import current_worker
 from flowcore.futures import (
     RunFuture,
@@ -588,11 +594,12 @@ class _Lane:
             future.set_sent(backend)
             watch_timeout(future, backend)
         try:
+            task, batch_call, runs = SubmittedRuns.of([f.call for f in batch])
             if backend.capabilities.remote_results and all(f.scope is not None for f in batch):
                 # Large results stay on the workers (the runs' values come as deferred ones).
-                backend_future = backend.submit_kept(run_batch, *encode_batch([f.call for f in batch]))
+                backend_future = backend.submit_kept(run_rows, task, batch_call, None, runs)
             else:
-                backend_future = backend.submit(run_batch, *encode_batch([f.call for f in batch]))
+                backend_future = backend.submit(run_rows, task, batch_call, None, runs)
         except Exception as exc:
             with self.lock:
                 self.sizer.in_flight -= 1
@@ -613,17 +620,16 @@ class _Lane:
     def _settle(self, batch: list[RunFuture[Any]], backend_future: Future[Any]) -> None:
         try:
             # A batch whose value could not make the trip raises: recovered item by item.
-            outcomes, records, worker = raise_if_unsendable(backend_future.result())
-            results = [decode_outcome(o) for o in outcomes]
+            values, ends, started, exact, records, worker = raise_if_unsendable(backend_future.result())
+            results = [rows_state(values, ends, started, exact, i) for i in range(len(batch))]
         except BaseException as exc:
             with self.lock:
                 self.sizer.in_flight -= 1
             self.recover(batch, exc)
             return
-        busy = sum((s.duration or 0.0) for s in results)
         with self.lock:
             self.sizer.in_flight -= 1
-            self.sizer.observe(busy, len(results))
+            self.sizer.observe(ends[-1] - started if ends else 0.0, len(results))
         replay_logs(records)
         for future, state in zip(batch, results, strict=True):
             finish(future, state, worker)

@@ -17,7 +17,7 @@ import contextvars
 import logging
 import threading
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from flowcore import states
@@ -412,15 +412,324 @@ def task_run_logger(call: TaskCall) -> logging.LoggerAdapter:  # type: ignore[ty
     return task_logger(TaskRunContext(call.task, call))
 
 
+# -- many runs in one trip: the rows entry point -----------------------------------------
+
+#: What a batch of rows sends back: values, finish times, when the batch started, the
+#: full states of runs that did not simply complete in one attempt (by position), log
+#: records, and where the batch ran.
+BatchResult = tuple[list[Any], list[float], float, dict[int, State[Any]], list[dict[str, Any]], "Worker"]
+
+
+def run_name_of(task: Any, number: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    """The name of a map's run: ``<task>-<number>``, or the task's ``task_run_name``
+    template filled with the run's arguments (the same in the parent and the worker)."""
+    template = task.options.task_run_name
+    if template is None:
+        return f"{task.name}-{number}"
+    assert isinstance(template, str)  # callables never reach a column map
+    return template.format(**task.bind(args, kwargs))
+
+
+class Rows(Protocol):
+    """The arguments of a batch's runs, one row per run."""
+
+    @property
+    def count(self) -> int: ...
+
+    def arg_rows(self) -> list[tuple[Any, ...]]: ...
+
+    def kwarg_rows(self) -> list[dict[str, Any]] | None: ...
+
+
+@dataclass(slots=True)
+class SubmittedRuns:
+    """The rows of runs submitted one by one and sent together (a coalesced batch):
+    arguments, run ids, names and the attempts each has used so far, in order."""
+
+    args: list[tuple[Any, ...]]
+    kwargs: list[dict[str, Any]]
+    run_ids: list[str]
+    names: list[str]
+    attempts: list[int]
+
+    @property
+    def count(self) -> int:
+        return len(self.args)
+
+    def arg_rows(self) -> list[tuple[Any, ...]]:
+        return self.args
+
+    def kwarg_rows(self) -> list[dict[str, Any]] | None:
+        return self.kwargs if any(self.kwargs) else None
+
+    @classmethod
+    def of(cls, calls: list[TaskCall]) -> tuple[Any, tuple[Any, ...], SubmittedRuns]:
+        """``(task, batch_call, runs)`` for :func:`run_rows` from calls of one task in
+        one flow run."""
+        first = calls[0]
+        batch_call = (
+            first.flow_run_id, first.flow_run_name, first.flow_name, first.log_prints, 0,
+            first.flow_parameters_key, first.flow_run, first.backend,
+        )
+        runs = cls(
+            [c.args for c in calls], [c.kwargs for c in calls], [c.task_run_id for c in calls],
+            [c.task_run_name for c in calls], [c.attempts_used for c in calls],
+        )
+        return first.task, batch_call, runs
+
+
+class _RowContext(TaskRunContext):
+    """The task run context of the runs of one batch: the loop moves ``index``; the
+    call and the logger of the current run are made only if the task asks."""
+
+    __slots__ = ("_batch_call", "_call_index", "_first", "_kw_rows", "_prefix", "_rows", "_submitted", "index")
+
+    def __init__(
+        self,
+        task: Any,
+        batch_call: tuple[Any, ...],
+        first_run_id: str | None,
+        rows: Rows,
+    ) -> None:
+        super().__init__(task, None)
+        if first_run_id is None:
+            assert isinstance(rows, SubmittedRuns)
+            self._submitted: SubmittedRuns | None = rows
+            self._prefix, self._first = "", 0
+        else:
+            self._submitted = None
+            prefix, _, number = first_run_id.rpartition("-")
+            self._prefix, self._first = prefix, int(number, 16)
+        self._batch_call = batch_call
+        self._rows = rows.arg_rows()
+        self._kw_rows = rows.kwarg_rows()
+        self._call_index = -1
+        self.index = 0
+
+    def run_name(self, index: int) -> str:
+        if self._submitted is not None:
+            return self._submitted.names[index]
+        args, kwargs = self._rows[index], self._kw_rows[index] if self._kw_rows else {}
+        return run_name_of(self.task, self._first + index + self._batch_call[4], args, kwargs)
+
+    def call_at(self, index: int) -> TaskCall:
+        (flow_run_id, flow_run_name, flow_name, log_prints, _, parameters_key, flow_run,
+         backend) = self._batch_call
+        args, kwargs = self._rows[index], self._kw_rows[index] if self._kw_rows else {}
+        submitted = self._submitted
+        if submitted is not None:
+            run_id, attempts = submitted.run_ids[index], submitted.attempts[index]
+        else:
+            run_id, attempts = f"{self._prefix}-{self._first + index:x}", 0
+        return TaskCall(
+            self.task, args, kwargs, run_id, self.run_name(index), flow_run_id, flow_run_name,
+            flow_name, 0.0, log_prints, attempts, parameters_key, flow_run, backend,
+        )
+
+    @property
+    def call(self) -> TaskCall:
+        call = self._call
+        if call is None or self._call_index != self.index:
+            call = self._call = self.call_at(self.index)
+            self._call_index = self.index
+            self.logger = None
+        return call
+
+    def cached_logger(self) -> logging.LoggerAdapter[logging.Logger] | None:
+        return self.logger if self._call_index == self.index else None
+
+
+def run_rows(
+    task: Any,
+    batch_call: tuple[Any, ...],
+    first_run_id: str | None,
+    rows: Rows,
+    skip: frozenset[int] = frozenset(),
+    collect_logs: bool = True,
+) -> BatchResult:
+    """The many-runs entry point that backends execute: run a batch's rows one after
+    the other (the runs of an async task awaited together) where the backend put it.
+
+    ``batch_call``: what the runs share (flow run id, name, flow name, log_prints, the
+    offset from a run's id number to its name number, the flow parameters' key, the
+    flow run, the backend's name). ``first_run_id``: the id of the first run of a
+    map's consecutive runs (ids and names are computed), or None when ``rows`` is a
+    :class:`SubmittedRuns` that names them. Runs whose position is in ``skip`` are not
+    run (cancelled before the batch left). In a worker process the run loggers'
+    records are collected and returned for the parent to replay; on an in-process
+    backend (``collect_logs=False``) they are emitted here, as the runs make them.
+    """
+    from flowcore.events import current_worker
+
+    context = _RowContext(task, batch_call, first_run_id, rows)
+    if not collect_logs:
+        return (*_run_rows(context, first_run_id, skip), [], current_worker())
+    from flowcore.log_relay import capture
+    from flowcore.serialization import Repairable
+
+    with capture() as records:
+        values, ends, started, exact = _run_rows(context, first_run_id, skip)
+    worker = current_worker()
+
+    def repair() -> tuple[Any, ...]:  # issue 12.22: only the culprits fail, nothing reruns
+        return _sendable_rows(context, (values, ends, started, exact, records, worker))
+
+    return Repairable((values, ends, started, exact, records, worker), repair)
+
+
+def _sendable_rows(context: _RowContext, outcome: BatchResult) -> BatchResult:
+    """A batch's outcome (in the worker, when it failed to pickle) in which each run
+    whose value or state does not pickle has a ``Failed`` state naming it and the type
+    at fault instead (its value: None); every other run's result is kept (issue 12.22)."""
+    from flowcore.serialization import pickling_error, unsendable_error
+
+    values, ends, started, exact, records, worker = outcome
+    values, exact = list(values), dict(exact)
+    for index, value in enumerate(values):
+        state = exact.get(index)
+        error = pickling_error(value if state is None else (value, state))
+        if error is None:
+            continue
+        name = context.run_name(index)
+        began = ends[index - 1] if index else started
+        values[index] = None
+        if state is None:
+            exact[index] = states.Failed(
+                unsendable_error(name, value, error), started_at=began, finished_at=ends[index], attempts=1
+            )
+            continue
+        raised = state.exception is not None and pickling_error(state.exception) is not None
+        exact[index] = states.Failed(
+            unsendable_error(name, state.exception if raised else state.data, error, exception=raised),
+            traceback=state.traceback if raised else None,
+            started_at=state.started_at, finished_at=state.finished_at, attempts=state.attempts,
+        )
+    return values, ends, started, exact, records, worker
+
+
+def _run_rows(
+    context: _RowContext, first_run_id: str | None, skip: frozenset[int]
+) -> tuple[list[Any], list[float], float, dict[int, State[Any]]]:
+    task = context.task
+    rows = context._rows
+    kw_rows = context._kw_rows
+    values: list[Any] = []
+    ends: list[float] = []
+    exact: dict[int, State[Any]] = {}
+    append = values.append
+    finished = ends.append
+    now = time.time
+    started = now()
+    flow_run = context._batch_call[6]
+    kept = task.keeps_results or (flow_run is not None and flow_run.results is not None)
+    if task.isasync and _tracker is None:
+        # Coroutine bodies wait together on this thread's loop. Not in a journaled
+        # worker process: there a crash is pinned on the one run executing.
+        return _await_rows(context, len(rows), skip, started)
+    if (
+        first_run_id is None or kept or not task.single_attempt or context._batch_call[3]
+        or task.isasync or limited_tags(task.options.tags)
+    ):
+        # Runs submitted one by one, retries, print capture, a coroutine body or results
+        # kept (or resumed): each run goes through the engine; a run with a kept result
+        # is reported exactly.
+        for index in range(len(rows)):
+            if index in skip:
+                append(None)
+                finished(now())
+                continue
+            state = run_call(context.call_at(index))
+            append(state.data)
+            finished(now())
+            if state.name != "Completed" or state.attempts != 1 or state.result_location is not None:
+                exact[index] = state
+        return values, ends, started, exact
+    fn = task.fn
+    tracker = _tracker
+    slots = tracker.position_slots() if tracker is not None else None
+    position = tracker.POSITION_SLOT if tracker is not None else 0
+    token = _task_run.set(context)
+    if tracker is not None:
+        tracker.record_range(first_run_id)
+    try:
+        for index, args in enumerate(rows):
+            context.index = index
+            if slots is not None:
+                slots[position] = index
+            if skip and index in skip:
+                append(None)
+            else:
+                try:
+                    append(fn(*args, **kw_rows[index]) if kw_rows else fn(*args))
+                except Exception as exc:
+                    append(None)
+                    exact[index] = _timed(failure_state(exc, False), ends[-1] if ends else started, now())
+                except SystemExit as exc:  # this run ends Crashed, as in the engine
+                    append(None)
+                    exact[index] = _timed(exit_state(exc), ends[-1] if ends else started, now())
+            finished(now())
+    finally:
+        _task_run.reset(token)
+        if tracker is not None:
+            tracker.record_idle()
+    return values, ends, started, exact
+
+
+def _await_rows(
+    context: _RowContext, count: int, skip: frozenset[int], started: float
+) -> tuple[list[Any], list[float], float, dict[int, State[Any]]]:
+    """The runs of a batch of an async task, awaited at once (``asyncio.gather`` of
+    :func:`run_call_async`) on this thread's event loop: a batch of I/O-bound runs
+    takes about as long as its slowest run."""
+    from flowcore.coroutines import run_sync
+
+    indexes = [index for index in range(count) if not (skip and index in skip)]
+    ended = run_sync(_gather_runs([context.call_at(index) for index in indexes]))
+    values: list[Any] = [None] * count
+    ends: list[float] = [started] * count
+    exact: dict[int, State[Any]] = {}
+    for index, state in zip(indexes, ended, strict=True):
+        values[index] = state.data
+        ends[index] = state.finished_at or time.time()
+        if state.name != "Completed" or state.attempts != 1 or state.result_location is not None:
+            exact[index] = state
+    return values, ends, started, exact
+
+
+async def _gather_runs(calls: list[TaskCall]) -> list[State[Any]]:
+    import asyncio
+
+    return list(await asyncio.gather(*(run_call_async(call) for call in calls)))
+
+
+def _timed(state: State[Any], started: float, finished: float) -> State[Any]:
+    return replace(state, started_at=started, finished_at=finished, attempts=1)
+
+
+def rows_state(values: list[Any], ends: list[float], started: float, exact: dict[int, State[Any]], index: int) -> State[Any]:
+    """The final state of run ``index`` of a batch's outcome (see :data:`BatchResult`):
+    its exact state, or a completed one that began when the run before it ended."""
+    state = exact.get(index)
+    if state is not None:
+        return state
+    return completed_run(values[index], ends[index - 1] if index else started, ends[index], 1)
+
+
 __all__ = [
+    "BatchResult",
+    "Rows",
     "RunTracker",
+    "SubmittedRuns",
     "exit_message",
     "exit_state",
     "failure_state",
     "install_run_tracker",
+    "rows_state",
     "run_call",
     "run_call_async",
     "run_call_remote",
+    "run_name_of",
+    "run_rows",
     "run_tracker",
     "task_run_logger",
 ]

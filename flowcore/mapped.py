@@ -17,9 +17,10 @@ Semantics are those of every other run: results, exceptions, retries and log rec
 per run; ``Running`` while a batch holding the run is out; a worker crash is pinned on
 the run it was executing (the journal records the batch as a range of run ids) and the
 runs of a lost batch are settled one by one by the ordinary recovery of
-:mod:`flowcore.dispatch`. Maps whose runs need the parent while they run (hooks,
-observers, per-run timeouts, run-name templates) or whose arguments hold futures take
-the per-run path instead.
+:mod:`flowcore.dispatch`. A batch travels to the engine's rows entry point
+(:func:`flowcore.engine.run_rows`). Hooks, observers, per-run timeouts and run-name
+templates work inside blocks; a task that names its runs with a callable, or a map
+whose arguments hold futures, takes the per-run path instead.
 """
 
 from __future__ import annotations
@@ -31,24 +32,22 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from flowcore import engine, registry, states
+from flowcore import registry, states
 from flowcore.calls import UNSCOPED_RUN_NUMBERS, TaskCall, reserve_run_numbers, run_id_prefix
-from flowcore.context import TaskRunContext, _task_run
 from flowcore.dispatch import BatchSizer, dispatcher_of, feeder, refused
+from flowcore.engine import BatchResult, run_name_of, run_rows
 from flowcore.futures import RunFuture, TaskFuture, call_back
-from flowcore.limits import limited_tags
 from flowcore.log_relay import replay as replay_logs
-from flowcore.serialization import Repairable, pickling_error, raise_if_unsendable
+from flowcore.serialization import raise_if_unsendable
 from flowcore.states import State, StateType, completed_run
 from flowcore.timeouts import wake_for_deadlines
 
 if TYPE_CHECKING:
-    import logging
 
     from flowcore.backend import Backend
     from flowcore.context import RunScope
     from flowcore.events import EventKind, RunColumns, TaskRunEvent, Worker
-    from flowcore.mapping import MapArguments, RowLayout
+    from flowcore.mapping import MapArguments
     from flowcore.tasks import Task
 
 R = TypeVar("R")
@@ -58,12 +57,6 @@ _MAX_AWAITED_BATCH = 1024
 
 _PENDING, _COMPLETED, _ENDED = 0, 1, 2  # per-run status; _ENDED: any other final state
 
-#: What one batch sends back: values, finish times, when the batch started, the full
-#: states of runs that did not complete in one attempt (by position), log records,
-#: and where the batch ran.
-BatchResult = tuple[list[Any], list[float], float, dict[int, State[Any]], list[dict[str, Any]], "Worker"]
-
-
 def eligible(task: Task[..., Any]) -> bool:
     """Whether the runs of ``task`` can be kept in columns: nothing in the parent needs
     to see a run on its own before it is final. Observers do not count: the block
@@ -71,16 +64,6 @@ def eligible(task: Task[..., Any]) -> bool:
     nor do timeouts: each run's attempts are timed in the worker, and on a backend
     with ``hard_timeouts`` the parent watches every run of a batch while it is out."""
     return not callable(task.options.task_run_name)  # called at submission, in the submitter's context
-
-
-def run_name_of(task: Task[..., Any], number: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-    """The name of a map's run: ``<task>-<number>``, or the task's ``task_run_name``
-    template filled with the run's arguments (the same in the parent and the worker)."""
-    template = task.options.task_run_name
-    if template is None:
-        return f"{task.name}-{number}"
-    assert isinstance(template, str)  # callables never reach a column map (see eligible)
-    return template.format(**task.bind(args, kwargs))
 
 
 class MapBlock:
@@ -220,7 +203,7 @@ class MapBlock:
                     self.backend.watch_deadline(self.run_id(index), self.deadline)
         try:
             backend_future = self.backend.submit(
-                run_map_batch, self.task, self.common, self.run_id(start),
+                run_rows, self.task, self.common, self.run_id(start),
                 self.arguments.layout(start, stop), frozenset(skip), not self.in_process,
             )
         except Exception as exc:
@@ -633,222 +616,6 @@ class MappedFuture(TaskFuture[R]):
         return hash((id(self._block), self._index))
 
 
-# -- in the worker --------------------------------------------------------------------
-
-
-class _MapItemContext(TaskRunContext):
-    """The task run context of the runs of one batch: the loop moves ``index``; the
-    call and the logger of the current run are made only if the task asks."""
-
-    __slots__ = ("_batch_call", "_call_index", "_first", "_kw_rows", "_prefix", "_rows", "index")
-
-    def __init__(
-        self,
-        task: Any,
-        batch_call: tuple[Any, ...],
-        first_run_id: str,
-        rows: list[tuple[Any, ...]],
-        kw_rows: list[dict[str, Any]] | None,
-    ) -> None:
-        super().__init__(task, None)
-        prefix, _, number = first_run_id.rpartition("-")
-        self._prefix = prefix
-        self._first = int(number, 16)
-        self._batch_call = batch_call
-        self._rows = rows
-        self._kw_rows = kw_rows
-        self._call_index = -1
-        self.index = 0
-
-    def call_at(self, index: int) -> TaskCall:
-        number = self._first + index
-        (flow_run_id, flow_run_name, flow_name, log_prints, name_offset, parameters_key, flow_run,
-         backend) = self._batch_call
-        args, kwargs = self._rows[index], self._kw_rows[index] if self._kw_rows else {}
-        return TaskCall(
-            self.task, args, kwargs, f"{self._prefix}-{number:x}",
-            run_name_of(self.task, number + name_offset, args, kwargs),
-            flow_run_id, flow_run_name, flow_name, 0.0, log_prints, 0, parameters_key, flow_run, backend,
-        )
-
-    @property
-    def call(self) -> TaskCall:
-        call = self._call
-        if call is None or self._call_index != self.index:
-            call = self._call = self.call_at(self.index)
-            self._call_index = self.index
-            self.logger = None
-        return call
-
-    def cached_logger(self) -> logging.LoggerAdapter[logging.Logger] | None:
-        return self.logger if self._call_index == self.index else None
-
-
-def run_map_batch(
-    task: Task[..., Any],
-    batch_call: tuple[Any, ...],
-    first_run_id: str,
-    layout: RowLayout,
-    skip: frozenset[int],
-    collect_logs: bool = True,
-) -> BatchResult:
-    """Run a batch of a map's runs where the backend put it (see the module docstring).
-
-    In a worker process the run loggers' records are collected and returned for the
-    parent to replay; on an in-process backend (``collect_logs=False``) they are
-    emitted here, as the runs make them.
-    """
-    from flowcore.events import current_worker
-
-    if not collect_logs:
-        return (*_run_rows(task, batch_call, first_run_id, layout, skip), [], current_worker())
-    from flowcore.log_relay import capture
-
-    with capture() as records:
-        values, ends, started, exact = _run_rows(task, batch_call, first_run_id, layout, skip)
-    worker = current_worker()
-
-    def repair() -> tuple[Any, ...]:  # issue 12.22: only the culprits fail, nothing reruns
-        return _sendable_rows(
-            task, batch_call, first_run_id, (values, ends, started, exact, records, worker), layout
-        )
-
-    return Repairable((values, ends, started, exact, records, worker), repair)
-
-
-def _sendable_rows(
-    task: Task[..., Any], batch_call: tuple[Any, ...], first_run_id: str, outcome: BatchResult,
-    layout: RowLayout,
-) -> BatchResult:
-    """A batch's outcome (in the worker, when it failed to pickle) in which each run
-    whose value or state does not pickle has a ``Failed`` state naming it and the type
-    at fault instead (its value: None); every other run's result is kept (issue 12.22)."""
-    from flowcore.batching import sendable_outcome
-
-    values, ends, started, exact, records, worker = outcome
-    values, exact = list(values), dict(exact)
-    first, name_offset = int(first_run_id.rpartition("-")[2], 16), batch_call[4]
-    for index, value in enumerate(values):
-        state = exact.get(index)
-        if state is None and pickling_error(value) is None:
-            continue
-        if state is not None and pickling_error((value, state)) is None:
-            continue
-        kw_rows = layout.kwarg_rows()
-        name = run_name_of(
-            task, first + index + name_offset, layout.arg_rows()[index], kw_rows[index] if kw_rows else {}
-        )
-        began = ends[index - 1] if index else started
-        kept = state if state is not None else (value, began, ends[index], 1)
-        values[index] = None
-        exact[index] = sendable_outcome(kept, name)
-    return values, ends, started, exact, records, worker
-
-
-def _run_rows(
-    task: Task[..., Any],
-    batch_call: tuple[Any, ...],
-    first_run_id: str,
-    layout: RowLayout,
-    skip: frozenset[int],
-) -> tuple[list[Any], list[float], float, dict[int, State[Any]]]:
-    from flowcore.engine import exit_state, failure_state, run_call
-
-    rows = layout.arg_rows()
-    kw_rows = layout.kwarg_rows()
-    context = _MapItemContext(task, batch_call, first_run_id, rows, kw_rows)
-    values: list[Any] = []
-    ends: list[float] = []
-    exact: dict[int, State[Any]] = {}
-    append = values.append
-    finished = ends.append
-    now = time.time
-    started = now()
-    flow_run = batch_call[6]
-    kept = task.keeps_results or (flow_run is not None and flow_run.results is not None)
-    if task.isasync and engine.run_tracker() is None:
-        # Coroutine bodies wait together on this thread's loop. Not in a journaled
-        # worker process: there a crash is pinned on the one run executing.
-        return _await_rows(context, len(rows), skip, started)
-    if kept or not task.single_attempt or batch_call[3] or task.isasync or limited_tags(task.options.tags):
-        # Retries, print capture, a coroutine body or results kept (or resumed): each
-        # run goes through the engine; a run with a kept result is reported exactly.
-        for index in range(len(rows)):
-            if index in skip:
-                append(None)
-                finished(now())
-                continue
-            state = run_call(context.call_at(index))
-            append(state.data)
-            finished(now())
-            if state.name != "Completed" or state.attempts != 1 or state.result_location is not None:
-                exact[index] = state
-        return values, ends, started, exact
-    fn = task.fn
-    tracker = engine.run_tracker()
-    slots = tracker.position_slots() if tracker is not None else None
-    position = tracker.POSITION_SLOT if tracker is not None else 0
-    token = _task_run.set(context)
-    if tracker is not None:
-        tracker.record_range(first_run_id)
-    try:
-        for index, args in enumerate(rows):
-            context.index = index
-            if slots is not None:
-                slots[position] = index
-            if skip and index in skip:
-                append(None)
-            else:
-                try:
-                    append(fn(*args, **kw_rows[index]) if kw_rows else fn(*args))
-                except Exception as exc:
-                    append(None)
-                    state = failure_state(exc, False)
-                    exact[index] = _timed(state, ends[-1] if ends else started, now())
-                except SystemExit as exc:  # this run ends Crashed, as in the engine
-                    append(None)
-                    exact[index] = _timed(exit_state(exc), ends[-1] if ends else started, now())
-            finished(now())
-    finally:
-        _task_run.reset(token)
-        if tracker is not None:
-            tracker.record_idle()
-    return values, ends, started, exact
-
-
-def _await_rows(
-    context: _MapItemContext, count: int, skip: Any, started: float
-) -> tuple[list[Any], list[float], float, dict[int, State[Any]]]:
-    """The runs of a batch of an async task, awaited at once (``asyncio.gather`` of
-    :func:`flowcore.engine.run_call_async`) on this thread's event loop: a batch of
-    I/O-bound runs takes about as long as its slowest run."""
-    from flowcore.coroutines import run_sync
-
-    indexes = [index for index in range(count) if not (skip and index in skip)]
-    states = run_sync(_gather_runs([context.call_at(index) for index in indexes]))
-    values: list[Any] = [None] * count
-    ends: list[float] = [started] * count
-    exact: dict[int, State[Any]] = {}
-    for index, state in zip(indexes, states, strict=True):
-        values[index] = state.data
-        ends[index] = state.finished_at or time.time()
-        if state.name != "Completed" or state.attempts != 1 or state.result_location is not None:
-            exact[index] = state
-    return values, ends, started, exact
-
-
-async def _gather_runs(calls: list[TaskCall]) -> list[State[Any]]:
-    import asyncio
-
-    return list(await asyncio.gather(*(engine.run_call_async(call) for call in calls)))
-
-
-def _timed(state: State[Any], started: float, finished: float) -> State[Any]:
-    from dataclasses import replace
-
-    return replace(state, started_at=started, finished_at=finished, attempts=1)
-
-
 def columnar(backend: Backend, count: int) -> bool:
     """Whether a map of ``count`` runs on ``backend`` is kept in columns: on every
     backend. In-process backends gain as much as process ones (a run record, future
@@ -858,4 +625,4 @@ def columnar(backend: Backend, count: int) -> bool:
     return count >= 2
 
 
-__all__ = ["MapBlock", "MappedFuture", "columnar", "eligible", "run_map_batch"]
+__all__ = ["MapBlock", "MappedFuture", "columnar", "eligible"]
