@@ -41,7 +41,7 @@ import queue
 import threading
 import time
 from concurrent.futures import CancelledError, Future
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from flowcore import registry, states
 from flowcore.engine import (
@@ -79,6 +79,8 @@ MIN_ITEMS_TO_BATCH = 2
 #: How many times in a row a run may be resubmitted after being lost with a pool that
 #: another run broke, before it ends Crashed.
 MAX_POOL_LOSSES = 5
+
+U = TypeVar("U")
 
 logger = logging.getLogger("flowcore.dispatch")
 
@@ -548,7 +550,99 @@ class BatchSizer:
             self.item_seconds = 0.5 * self.item_seconds + 0.5 * per_item
 
 
-class _Lane:
+class BatchSender(Generic[U]):
+    """The one send loop of the batched modes (coalesced lanes and column maps).
+
+    While the backend has room (:class:`BatchSizer`), :meth:`take` the next unit of
+    work, :meth:`submit` it (to the engine's rows entry point); when it comes back,
+    :meth:`settle` its outcome (a :data:`~flowcore.engine.BatchResult`), or
+    :meth:`settle_lost` its runs if it never arrived (a dead worker, a value that did
+    not make the trip), :meth:`settle_refused` if the backend did not take it. The next batches then
+    leave from the :data:`feeder` thread, never from the backend's own callback thread.
+    Subclasses implement the hooks; every hook but :meth:`take` runs without
+    :attr:`lock` held.
+    """
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.sizer = BatchSizer(backend.max_workers)
+        self.lock = threading.Lock()
+
+    def fill(self) -> None:
+        """Send units while the backend has room for them (see :class:`Fillable`)."""
+        while True:
+            with self.lock:
+                # Read each time: a cluster's worker count is known once connected.
+                self.sizer.resize(self.backend.max_workers)
+                if not self.sizer.has_room():
+                    return
+                unit = self.take()
+                if unit is None:
+                    return
+                self.sizer.in_flight += 1
+            self._send(unit)
+
+    def _send(self, unit: U) -> None:
+        try:
+            backend_future = self.submit(unit)
+        except Exception as exc:
+            with self.lock:
+                self.sizer.in_flight -= 1
+            self.settle_refused(unit, exc)
+            return
+        backend_future.add_done_callback(functools.partial(self._on_done, unit))
+
+    def _on_done(self, unit: U, backend_future: Future[Any]) -> None:
+        try:
+            self.returned(unit)
+            try:
+                # A batch whose value could not make the trip raises: its runs are lost.
+                outcome = raise_if_unsendable(backend_future.result())
+            except BaseException as exc:
+                with self.lock:
+                    self.sizer.in_flight -= 1
+                self.settle_lost(unit, exc)
+            else:
+                ends, started = outcome[1], outcome[2]
+                with self.lock:
+                    self.sizer.in_flight -= 1
+                    self.sizer.observe(ends[-1] - started if ends else 0.0, len(ends))
+                self.settle(unit, outcome)
+        except Exception as exc:  # never leave runs pending over a bug in handling
+            self.settle_failed(unit, exc)
+        if not self.backend.capabilities.inline:  # inline: the caller's loop sends on
+            feeder.kick(self)  # not from here: this is the pool's own result thread
+
+    # -- what a mode defines ----------------------------------------------------------
+    def take(self) -> U | None:
+        """Under :attr:`lock`: the next unit to send (sized by :attr:`sizer`), or None."""
+        raise NotImplementedError
+
+    def submit(self, unit: U) -> Future[Any]:
+        """Hand ``unit`` to the backend; may raise (then :meth:`settle_refused`)."""
+        raise NotImplementedError
+
+    def returned(self, unit: U) -> None:
+        """``unit`` is back from the backend, whatever its outcome. Default: nothing."""
+
+    def settle(self, unit: U, outcome: Any) -> None:
+        """Give ``unit``'s runs their final states from ``outcome``."""
+        raise NotImplementedError
+
+    def settle_lost(self, unit: U, exc: BaseException) -> None:
+        """``unit`` never came back (``exc``): settle its runs one by one."""
+        raise NotImplementedError
+
+    def settle_refused(self, unit: U, exc: BaseException) -> None:
+        """The backend did not take ``unit``: its runs end ``Crashed``."""
+        raise NotImplementedError
+
+    def settle_failed(self, unit: U, exc: BaseException) -> None:
+        """Handling ``unit``'s outcome raised (a bug): end its runs ``Crashed``."""
+        raise NotImplementedError
+
+
+class _Lane(BatchSender[list[RunFuture[Any]]]):
     """The queued runs of one task in one scope (its maps and its individual
     submits), fed to the backend in adaptively sized batches.
 
@@ -561,10 +655,8 @@ class _Lane:
     """
 
     def __init__(self, backend: Backend) -> None:
-        self.backend = backend
+        super().__init__(backend)
         self.pending: collections.deque[RunFuture[Any]] = collections.deque()
-        self.sizer = BatchSizer(backend.max_workers)
-        self.lock = threading.Lock()
 
     def add(self, futures: list[RunFuture[Any]]) -> None:
         """Queue runs (tracked, not yet sent) and send what capacity allows now."""
@@ -572,68 +664,45 @@ class _Lane:
             self.pending.extend(futures)
         self.fill()
 
-    def fill(self) -> None:
-        """Send batches while the backend has room for them."""
-        while True:
-            with self.lock:
-                # Read each time: a cluster's worker count is known once connected.
-                self.sizer.resize(self.backend.max_workers)
-                if not self.pending or not self.sizer.has_room():
-                    return
-                size = self.sizer.next_size(len(self.pending))
-                batch = [self.pending.popleft() for _ in range(min(size, len(self.pending)))]
-                batch = [f for f in batch if not f.done()]  # cancelled meanwhile
-                if not batch:
-                    continue
-                self.sizer.in_flight += 1
-            self._send(batch)
+    def take(self) -> list[RunFuture[Any]] | None:
+        pending = self.pending
+        while pending:
+            size = self.sizer.next_size(len(pending))
+            batch = [pending.popleft() for _ in range(min(size, len(pending)))]
+            batch = [f for f in batch if not f.done()]  # cancelled meanwhile
+            if batch:
+                return batch
+        return None
 
-    def _send(self, batch: list[RunFuture[Any]]) -> None:
+    def submit(self, unit: list[RunFuture[Any]]) -> Future[Any]:
         backend = self.backend
-        for future in batch:
+        for future in unit:
             future.set_sent(backend)
             watch_timeout(future, backend)
-        try:
-            task, batch_call, runs = SubmittedRuns.of([f.call for f in batch])
-            if backend.capabilities.remote_results and all(f.scope is not None for f in batch):
-                # Large results stay on the workers (the runs' values come as deferred ones).
-                backend_future = backend.submit_kept(run_rows, task, batch_call, None, runs)
-            else:
-                backend_future = backend.submit(run_rows, task, batch_call, None, runs)
-        except Exception as exc:
-            with self.lock:
-                self.sizer.in_flight -= 1
-            for future in batch:
-                refused(future, backend, exc)
-            return
-        backend_future.add_done_callback(functools.partial(self._on_done, batch))
+        task, batch_call, runs = SubmittedRuns.of([f.call for f in unit])
+        if backend.capabilities.remote_results and all(f.scope is not None for f in unit):
+            # Large results stay on the workers (the runs' values come as deferred ones).
+            return backend.submit_kept(run_rows, task, batch_call, None, runs)
+        return backend.submit(run_rows, task, batch_call, None, runs)
 
-    def _on_done(self, batch: list[RunFuture[Any]], backend_future: Future[Any]) -> None:
-        try:
-            self._settle(batch, backend_future)
-        except Exception as exc:  # never leave runs pending over a bug in handling
-            for future in batch:
-                if not future.done():
-                    crashed(future, exc)
-            feeder.kick(self)
-
-    def _settle(self, batch: list[RunFuture[Any]], backend_future: Future[Any]) -> None:
-        try:
-            # A batch whose value could not make the trip raises: recovered item by item.
-            values, ends, started, exact, records, worker = raise_if_unsendable(backend_future.result())
-            results = [rows_state(values, ends, started, exact, i) for i in range(len(batch))]
-        except BaseException as exc:
-            with self.lock:
-                self.sizer.in_flight -= 1
-            self.recover(batch, exc)
-            return
-        with self.lock:
-            self.sizer.in_flight -= 1
-            self.sizer.observe(ends[-1] - started if ends else 0.0, len(results))
+    def settle(self, unit: list[RunFuture[Any]], outcome: Any) -> None:
+        values, ends, started, exact, records, worker = outcome
+        results = [rows_state(values, ends, started, exact, i) for i in range(len(unit))]
         replay_logs(records)
-        for future, state in zip(batch, results, strict=True):
+        for future, state in zip(unit, results, strict=True):
             finish(future, state, worker)
-        feeder.kick(self)  # not from here: this is the pool's own result thread
+
+    def settle_lost(self, unit: list[RunFuture[Any]], exc: BaseException) -> None:
+        self.recover(unit, exc)
+
+    def settle_refused(self, unit: list[RunFuture[Any]], exc: BaseException) -> None:
+        for future in unit:
+            refused(future, self.backend, exc)
+
+    def settle_failed(self, unit: list[RunFuture[Any]], exc: BaseException) -> None:
+        for future in unit:
+            if not future.done():
+                crashed(future, exc)
 
     def recover(self, batch: list[RunFuture[Any]], exc: BaseException) -> None:
         """A lost batch: settle each run on its own (see the class docstring)."""
@@ -708,6 +777,7 @@ __all__ = [
     "MAX_POOL_LOSSES",
     "MIN_ITEMS_TO_BATCH",
     "TARGET_BATCH_SECONDS",
+    "BatchSender",
     "BatchSizer",
     "Dispatcher",
     "Fillable",

@@ -34,11 +34,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from flowcore import registry, states
 from flowcore.calls import UNSCOPED_RUN_NUMBERS, TaskCall, reserve_run_numbers, run_id_prefix
-from flowcore.dispatch import BatchSizer, dispatcher_of, feeder, refused
+from flowcore.dispatch import BatchSender, dispatcher_of, refused
 from flowcore.engine import BatchResult, run_name_of, run_rows
 from flowcore.futures import RunFuture, TaskFuture, call_back
 from flowcore.log_relay import replay as replay_logs
-from flowcore.serialization import raise_if_unsendable
 from flowcore.states import State, StateType, completed_run
 from flowcore.timeouts import wake_for_deadlines
 
@@ -66,10 +65,12 @@ def eligible(task: Task[..., Any]) -> bool:
     return not callable(task.options.task_run_name)  # called at submission, in the submitter's context
 
 
-class MapBlock:
+class MapBlock(BatchSender[tuple[int, int, frozenset[int]]]):
     """All runs of one ``map`` call on a process or cluster backend (thread-safe).
 
-    Tracked by its scope as one item until every run has its final state.
+    Tracked by its scope as one item until every run has its final state. It is the
+    dispatcher's column-map mode: a :class:`~flowcore.dispatch.BatchSender` whose units
+    are slices ``(start, stop, skipped positions)`` of its runs.
     """
 
     def __init__(
@@ -80,6 +81,7 @@ class MapBlock:
         arguments: MapArguments,
         log_prints: bool,
     ) -> None:
+        super().__init__(backend)
         count = arguments.count
         self.task = task
         self.scope = scope
@@ -122,7 +124,6 @@ class MapBlock:
         self.cancelled: set[int] = set()  # cancelled one by one before being sent
         self.cancel_requested = False
         self.in_flight: dict[int, int] = {}  # start -> stop of each batch out
-        self.sizer = BatchSizer(backend.max_workers)
         #: runs execute in this process: no log capture, no journal
         self.in_process = backend.capabilities.in_process
         #: the runs of a batch await together on a worker thread's loop (see _await_rows):
@@ -131,7 +132,6 @@ class MapBlock:
         self.awaits_together = task.isasync and self.in_process
         #: the task has hooks: they run here for every run, before its state is seen
         self.hooked = bool(task.options.on_completion or task.options.on_failure or task.options.on_running)
-        self.lock = threading.Lock()
         self.changed = threading.Condition(self.lock)
         #: each run's timeout, watched by the backend while its batch is out (None: not)
         self.deadline = (
@@ -173,60 +173,49 @@ class MapBlock:
             self._report(range(self.count), EventKind.SUBMITTED)
         self.fill()
 
-    def fill(self) -> None:
-        """Send batches while the backend has room for them (see dispatch.Fillable)."""
-        while True:
-            with self.lock:
-                # Read each time: a cluster's worker count is known once connected.
-                self.sizer.resize(self.backend.max_workers)
-                if self.next_index >= self.count or not self.sizer.has_room():
-                    return
-                start = self.next_index
-                waiting = self.count - start
-                if self.awaits_together:
-                    size = min(_MAX_AWAITED_BATCH, -(-waiting // self.sizer.workers))
-                else:
-                    size = self.sizer.next_size(waiting)
-                stop = min(self.count, start + size)
-                self.next_index = stop
-                skip = {i - start for i in self.cancelled if start <= i < stop}
-                if len(skip) == stop - start:
-                    continue
-                self.sizer.in_flight += 1
+    def take(self) -> tuple[int, int, frozenset[int]] | None:
+        while self.next_index < self.count:
+            start = self.next_index
+            waiting = self.count - start
+            if self.awaits_together:
+                size = min(_MAX_AWAITED_BATCH, -(-waiting // self.sizer.workers))
+            else:
+                size = self.sizer.next_size(waiting)
+            stop = min(self.count, start + size)
+            self.next_index = stop
+            skip = frozenset(i - start for i in self.cancelled if start <= i < stop)
+            if len(skip) < stop - start:
                 self.in_flight[start] = stop
-            self._send(start, stop, skip)
+                return start, stop, skip
+        return None
 
-    def _send(self, start: int, stop: int, skip: set[int]) -> None:
+    def submit(self, unit: tuple[int, int, frozenset[int]]) -> Future[Any]:
+        start, stop, skip = unit
         if self.deadline is not None:  # a run blocked in C past its deadline ends with its worker
             for index in range(start, stop):
                 if index - start not in skip:
                     self.backend.watch_deadline(self.run_id(index), self.deadline)
-        try:
-            backend_future = self.backend.submit(
-                run_rows, self.task, self.common, self.run_id(start),
-                self.arguments.layout(start, stop), frozenset(skip), not self.in_process,
-            )
-        except Exception as exc:
-            self._lost(start, stop, exc, was_refused=True)
-            return
-        backend_future.add_done_callback(functools.partial(self._on_done, start, stop))
+        return self.backend.submit(
+            run_rows, self.task, self.common, self.run_id(start), self.arguments.layout(start, stop),
+            skip, not self.in_process,
+        )
 
-    def _on_done(self, start: int, stop: int, backend_future: Future[BatchResult]) -> None:
+    def returned(self, unit: tuple[int, int, frozenset[int]]) -> None:
         if self.deadline is not None:  # a lost run is watched again when it is sent again
-            for index in range(start, stop):
+            for index in range(unit[0], unit[1]):
                 self.backend.unwatch_deadline(self.run_id(index))
-        try:
-            try:
-                # A batch whose value could not make the trip raises: its runs are lost.
-                outcome = raise_if_unsendable(backend_future.result())
-            except BaseException as exc:
-                self._lost(start, stop, exc, was_refused=False)
-            else:
-                self._settle(start, stop, outcome)
-        except Exception as exc:  # never leave runs pending over a bug in handling
-            self._end_remaining(start, stop, states.Crashed(f"handling a batch failed: {exc!r}"))
-        if not self.backend.capabilities.inline:  # inline: the caller's loop sends on
-            feeder.kick(self)  # not from here: this is the pool's own result thread
+
+    def settle(self, unit: tuple[int, int, frozenset[int]], outcome: Any) -> None:
+        self._settle(unit[0], unit[1], outcome)
+
+    def settle_lost(self, unit: tuple[int, int, frozenset[int]], exc: BaseException) -> None:
+        self._lost(unit[0], unit[1], exc, was_refused=False)
+
+    def settle_refused(self, unit: tuple[int, int, frozenset[int]], exc: BaseException) -> None:
+        self._lost(unit[0], unit[1], exc, was_refused=True)
+
+    def settle_failed(self, unit: tuple[int, int, frozenset[int]], exc: BaseException) -> None:
+        self._end_remaining(unit[0], unit[1], states.Crashed(f"handling a batch failed: {exc!r}"))
 
     def _settle(self, start: int, stop: int, outcome: BatchResult) -> None:
         values, ends, started, exact, records, worker = outcome
@@ -257,8 +246,6 @@ class MapBlock:
                     status[index] = _ENDED
                     self.failed.append(index)
             del self.in_flight[start]
-            self.sizer.in_flight -= 1
-            self.sizer.observe(ends[-1] - started if ends else 0.0, size)
             callbacks = self._take_callbacks(start, stop)
             self._count_finished(finished)
         if observed:
@@ -403,7 +390,6 @@ class MapBlock:
         pickle, a refused submit): settle its runs one by one as ordinary runs."""
         with self.lock:
             self.in_flight.pop(start, None)
-            self.sizer.in_flight -= 1
             indexes = [i for i in range(start, stop) if not self.status[i]]
             cancel = self.cancel_requested
         proxies: list[RunFuture[Any]] = []
