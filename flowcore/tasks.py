@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, Unpack, overload
 
-from flowcore import direct_runs, registry
+from flowcore import deferred_runs, direct_runs, registry
 from flowcore import mapped as mapped_path
 from flowcore import options as opts
 from flowcore.annotations import allow_failure
@@ -290,7 +290,12 @@ class Task(Generic[P, R]):
         future: RunFuture[R] = RunFuture(self, call)
         future._scope = scope
         scope.track(future)
-        if _observed():
+        current = registry._registry
+        if current is None:
+            current = registry.get_registry()
+        if current.defers_runs and call.flow_run_id is not None:
+            deferred_runs.note(call)  # SUBMITTED reported with its end, or at a flush
+        elif current.observes_events:
             from flowcore.events import submitted_event
 
             registry.publish([submitted_event(call, scope.slot.name)])

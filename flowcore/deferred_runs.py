@@ -1,0 +1,242 @@
+"""Runs sent to a backend, reported late and in bulk to observers that accept it.
+
+Every run of ``Task.submit`` (and of a coalesced batch) reports SUBMITTED, STARTED and
+FINISHED through the run-event stream. Published one run at a time, that costs more
+than a tiny run on the threads backend. When every ``flowcore_run_events`` observer is
+marked with :func:`accepts_deferred_runs` (the run history is) and no per-run hook is
+implemented (``Registry.defers_runs``), such a run is reported this way instead:
+
+* at submission its call is only noted (:func:`note`: one dict store, no event);
+* when it ends plainly (``Completed`` after one attempt, with a start time, not from
+  the cache, no kept result, named ``<task>-<number>``) it is appended to the settling
+  thread's buffer (:func:`ended`), and reported with the buffer as one
+  :class:`~flowcore.events.RunColumns` batch per task, flow run, backend and worker:
+  SUBMITTED, STARTED and FINISHED of each run (STARTED and FINISHED when its
+  SUBMITTED was reported before);
+* a run that ends otherwise reports its events at once, as on the plain path (its
+  SUBMITTED first, if it was still only noted).
+
+A buffer reports its runs when it holds :data:`MAX_RUNS` runs, when its oldest run is
+:data:`MAX_AGE_S` old as another run ends in that thread, and at :func:`flush`.
+:func:`flush` reports every thread's buffered runs and the SUBMITTED of runs noted at
+least ``min_age`` seconds ago (all of them, or those of one flow run). A flow run calls
+it before it reports its own end; an accepting observer promises to call it now and
+then (the history writer does at each of its drains, every half second while flow runs
+are running), so that a run that waits or runs long is seen as submitted before it
+ends, and a run that ended on an idle thread is reported soon.
+
+What an accepting observer gets: each run's events once and in order (SUBMITTED,
+STARTED, FINISHED), a flow run's FINISHED after its runs' FINISHED, but a run's
+SUBMITTED may come as late as its FINISHED, FINISHED of plain runs comes up to a
+flush later, and the FINISHED state of a batched run is ``Completed`` without its value.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from flowcore import registry
+
+if TYPE_CHECKING:
+    from flowcore.calls import TaskCall
+    from flowcore.events import Worker
+    from flowcore.states import State
+
+#: runs a thread's buffer holds before it reports them
+MAX_RUNS = 1024
+#: seconds a buffered run waits at most when its thread settles another run
+MAX_AGE_S = 0.25
+#: the attribute :func:`accepts_deferred_runs` sets on an observer's function
+MARKER = "flowcore_accepts_deferred_runs"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def accepts_deferred_runs(function: F) -> F:
+    """Mark a ``flowcore_run_events`` implementation as accepting deferred reports (see
+    the module docstring): its plugin calls :func:`flush` at least about once a second
+    while runs are in flight."""
+    setattr(function, MARKER, True)
+    return function
+
+
+#: run id -> call of runs noted at submission whose SUBMITTED is not reported yet
+_noted: dict[str, TaskCall] = {}
+#: held while :func:`flush` reports noted runs: a run that ends meanwhile waits for it
+_announcing = threading.Lock()
+
+
+#: a run that ended plainly: its call, final state, worker, backend name, and whether
+#: its SUBMITTED was reported already
+_Ended = tuple["TaskCall", "State[Any]", "Worker | None", "str | None", bool]
+
+
+class _Buffer:
+    """One thread's ended runs: ``(call, state, worker, backend, announced)``. The
+    owner appends; any thread may take them (``popleft``: safe across threads)."""
+
+    __slots__ = ("__weakref__", "oldest", "runs")
+
+    def __init__(self) -> None:
+        self.runs: collections.deque[_Ended] = collections.deque()
+        self.oldest = 0.0
+
+
+_local = threading.local()
+_buffers: weakref.WeakSet[_Buffer] = weakref.WeakSet()  # every live thread's, for flush()
+_buffers_lock = threading.Lock()
+
+
+def _forget_after_fork() -> None:
+    """A forked child reports its own runs, never its parent's."""
+    global _local, _buffers, _buffers_lock, _noted, _announcing
+    _local, _buffers, _buffers_lock = threading.local(), weakref.WeakSet(), threading.Lock()
+    _noted, _announcing = {}, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+def note(call: TaskCall) -> None:
+    """A run was submitted: report its SUBMITTED later (with its end, or at a flush)."""
+    _noted[call.task_run_id] = call
+
+
+def pending() -> bool:
+    """Whether some noted run's SUBMITTED is not reported yet, or a flush is reporting
+    some (then :func:`take_noted` must be asked)."""
+    return bool(_noted) or _announcing.locked()
+
+
+def take_noted(call: TaskCall) -> bool:
+    """The run ends: True if its SUBMITTED is still to be reported (it was noted and
+    not flushed; the caller reports it now), else False once any flush that is
+    reporting it has finished (so that its later events come after)."""
+    if not _noted:
+        if _announcing.locked():
+            with _announcing:
+                pass
+        return False
+    if _noted.pop(call.task_run_id, None) is not None:
+        return True
+    if _announcing.locked():
+        with _announcing:
+            pass
+    return False
+
+
+def ended(call: TaskCall, state: State[Any], worker: Worker | None, backend: str | None) -> bool:
+    """Buffer the events of a run that just ended, if it ended plainly (see the module
+    docstring); False when it did not (the caller publishes its events itself, after
+    calling :func:`take_noted`)."""
+    if (
+        call.flow_run_id is None or state.attempts != 1 or state.started_at is None or state.name != "Completed"
+        or getattr(state, "result_location", None) is not None
+    ):
+        return False
+    task_name = call.task.name
+    name = call.task_run_name
+    cut = len(task_name) + 1
+    if name[cut - 1 : cut] != "-" or not name.startswith(task_name) or not name[cut:].isdigit():
+        return False
+    announced = not take_noted(call)
+    buffer: _Buffer | None = getattr(_local, "buffer", None)
+    if buffer is None:
+        buffer = _local.buffer = _Buffer()
+        with _buffers_lock:
+            _buffers.add(buffer)
+    runs = buffer.runs
+    end = state.finished_at or state.timestamp
+    if not runs:
+        buffer.oldest = end
+    runs.append((call, state, worker, backend, announced))
+    if len(runs) >= MAX_RUNS or end - buffer.oldest >= MAX_AGE_S:
+        _report(buffer)
+    return True
+
+
+def flush(flow_run_id: str | None = None, min_age: float = 0.0) -> None:
+    """Report every thread's buffered runs, then the SUBMITTED of noted runs (those of
+    ``flow_run_id``, or all) submitted at least ``min_age`` seconds ago."""
+    with _buffers_lock:
+        buffers = list(_buffers)
+    for buffer in buffers:
+        if buffer.runs:
+            _report(buffer)
+    if _noted:
+        _announce(flow_run_id, min_age)
+
+
+def _announce(flow_run_id: str | None, min_age: float) -> None:
+    from flowcore.events import submitted_event
+
+    latest = time.time() - min_age
+    with _announcing:
+        due: list[TaskCall] = []
+        for call in list(_noted.values()):  # submission order: the oldest first
+            if call.submitted_at > latest:
+                if flow_run_id is None:
+                    break
+                continue
+            if flow_run_id is not None and call.flow_run_id != flow_run_id:
+                continue
+            if _noted.pop(call.task_run_id, None) is not None:  # not ended meanwhile
+                due.append(call)
+        if due:
+            registry.publish([submitted_event(call, call.backend) for call in due])
+
+
+def _report(buffer: _Buffer) -> None:
+    """Publish the runs in ``buffer``: one RunColumns batch per task, flow run,
+    backend, worker and id prefix (runs with ids of another form one by one)."""
+    runs = buffer.runs
+    taken: list[_Ended] = []
+    try:
+        while True:
+            taken.append(runs.popleft())
+    except IndexError:
+        pass
+    if not taken:
+        return
+    from flowcore.events import EventKind, RunColumns, column_events
+
+    full = (EventKind.SUBMITTED, EventKind.STARTED, EventKind.FINISHED)
+    ran = (EventKind.STARTED, EventKind.FINISHED)
+    groups: dict[tuple[Any, ...], tuple[list[int], list[int], list[float], list[float], list[float]]] = {}
+    others: list[_Ended] = []
+    for item in taken:
+        call, state, worker, backend, announced = item
+        task = call.task
+        prefix, _, number = call.task_run_id.rpartition("-")
+        try:
+            value = int(number, 16)
+        except ValueError:
+            others.append(item)
+            continue
+        key = (task, call.flow_run_id, backend, worker, announced, prefix)
+        group = groups.get(key)
+        if group is None:
+            group = groups[key] = ([], [], [], [], [])
+        group[0].append(value)
+        group[1].append(int(call.task_run_name[len(task.name) + 1 :]))
+        group[2].append(call.submitted_at)
+        group[3].append(state.started_at)  # type: ignore[arg-type]  # not None: see ended()
+        group[4].append(state.finished_at or state.timestamp)
+    for (task, flow_run_id, backend, worker, announced, prefix), columns in groups.items():
+        numbers, names, submitted, starts, ends = columns
+        registry.publish(column_events(RunColumns(
+            ran if announced else full, task, task.name, flow_run_id, backend, worker, prefix,
+            numbers, names, submitted, starts, ends,
+        )))
+    for call, state, worker, backend, announced in others:
+        from flowcore.events import submitted_event, task_events
+
+        events = task_events(call, backend, state, worker)
+        registry.publish(events if announced else [submitted_event(call, backend), *events])
