@@ -137,16 +137,15 @@ def ended(call: TaskCall, state: State[Any], worker: Worker | None, backend: str
     docstring); False when it did not (the caller publishes its events itself, after
     calling :func:`take_noted`)."""
     if (
-        call.flow_run_id is None or state.attempts != 1 or state.started_at is None or state.name != "Completed"
-        or getattr(state, "result_location", None) is not None
+        call.flow_run_id is None or state.attempts != 1 or state.started_at is None
+        or state.name != "Completed" or state.result_location is not None
     ):
         return False
-    task_name = call.task.name
-    name = call.task_run_name
-    cut = len(task_name) + 1
-    if name[cut - 1 : cut] != "-" or not name.startswith(task_name) or not name[cut:].isdigit():
-        return False
-    announced = not take_noted(call)
+    # take_noted(call), inlined: this runs once per run
+    announced = not _noted or _noted.pop(call.task_run_id, None) is None
+    if announced and _announcing.locked():
+        with _announcing:
+            pass
     buffer: _Buffer | None = getattr(_local, "buffer", None)
     if buffer is None:
         buffer = _local.buffer = _Buffer()
@@ -193,9 +192,26 @@ def _announce(flow_run_id: str | None, min_age: float) -> None:
             registry.publish([submitted_event(call, call.backend) for call in due])
 
 
+class _Group:
+    """The runs of one RunColumns batch being gathered."""
+
+    __slots__ = ("announced", "backend", "ends", "flow_run_id", "names", "numbers", "starts", "submitted",
+                 "task", "worker")
+
+    def __init__(self, task: Any, flow_run_id: str, backend: str | None, worker: Worker | None,
+                 announced: bool) -> None:
+        self.task, self.flow_run_id, self.backend, self.worker = task, flow_run_id, backend, worker
+        self.announced = announced
+        self.numbers: list[int] = []
+        self.names: list[int] = []
+        self.submitted: list[float] = []
+        self.starts: list[float] = []
+        self.ends: list[float] = []
+
+
 def _report(buffer: _Buffer) -> None:
     """Publish the runs in ``buffer``: one RunColumns batch per task, flow run,
-    backend, worker and id prefix (runs with ids of another form one by one)."""
+    backend and worker (a run whose id or name has another form on its own)."""
     runs = buffer.runs
     taken: list[_Ended] = []
     try:
@@ -205,37 +221,56 @@ def _report(buffer: _Buffer) -> None:
         pass
     if not taken:
         return
+    from flowcore.calls import run_id_prefix
     from flowcore.events import EventKind, RunColumns, column_events
 
-    full = (EventKind.SUBMITTED, EventKind.STARTED, EventKind.FINISHED)
-    ran = (EventKind.STARTED, EventKind.FINISHED)
-    groups: dict[tuple[Any, ...], tuple[list[int], list[int], list[float], list[float], list[float]]] = {}
+    id_cut = len(run_id_prefix()) + 1
+    own_ids = run_id_prefix() + "-"
+    groups: dict[tuple[int, str, int, str | None, bool], _Group] = {}
     others: list[_Ended] = []
+    group: _Group | None = None
+    task: Any = None
+    name_cut = 0
+    named = ""
     for item in taken:
         call, state, worker, backend, announced = item
-        task = call.task
-        prefix, _, number = call.task_run_id.rpartition("-")
-        try:
-            value = int(number, 16)
-        except ValueError:
+        if (
+            group is None or call.task is not task or call.flow_run_id is not group.flow_run_id
+            or worker is not group.worker or backend is not group.backend or announced is not group.announced
+        ):  # another group than the last run's (rare: runs come in long stretches)
+            task = call.task
+            flow_run_id = call.flow_run_id
+            assert flow_run_id is not None  # see ended()
+            key = (id(task), flow_run_id, id(worker), backend, announced)
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = _Group(task, flow_run_id, backend, worker, announced)
+            named = task.name + "-"
+            name_cut = len(named)
+        run_id, name = call.task_run_id, call.task_run_name
+        suffix = name[name_cut:]
+        if (
+            run_id[:id_cut] != own_ids or name[:name_cut] != named or not suffix.isdigit()
+            or (suffix[0] == "0" and suffix != "0")
+        ):
             others.append(item)
             continue
-        key = (task, call.flow_run_id, backend, worker, announced, prefix)
-        group = groups.get(key)
-        if group is None:
-            group = groups[key] = ([], [], [], [], [])
-        group[0].append(value)
-        group[1].append(int(call.task_run_name[len(task.name) + 1 :]))
-        group[2].append(call.submitted_at)
-        group[3].append(state.started_at)  # type: ignore[arg-type]  # not None: see ended()
-        group[4].append(state.finished_at or state.timestamp)
-    for (task, flow_run_id, backend, worker, announced, prefix), columns in groups.items():
-        numbers, names, submitted, starts, ends = columns
-        registry.publish(column_events(RunColumns(
-            ran if announced else full, task, task.name, flow_run_id, backend, worker, prefix,
-            numbers, names, submitted, starts, ends,
-        )))
-    for call, state, worker, backend, announced in others:
+        group.numbers.append(int(run_id[id_cut:], 16))
+        group.names.append(int(suffix))
+        group.submitted.append(call.submitted_at)
+        group.starts.append(state.started_at)  # type: ignore[arg-type]  # not None: see ended()
+        group.ends.append(state.finished_at or state.timestamp)
+    full = (EventKind.SUBMITTED, EventKind.STARTED, EventKind.FINISHED)
+    ran = (EventKind.STARTED, EventKind.FINISHED)
+    prefix = run_id_prefix()
+    for gathered in groups.values():
+        if gathered.numbers:
+            registry.publish(column_events(RunColumns(
+                ran if gathered.announced else full, gathered.task, gathered.task.name, gathered.flow_run_id,
+                gathered.backend, gathered.worker, prefix, gathered.numbers, gathered.names,
+                gathered.submitted, gathered.starts, gathered.ends,
+            )))
+    for call, state, worker, backend, announced in others:  # ids or names of another form
         from flowcore.events import submitted_event, task_events
 
         events = task_events(call, backend, state, worker)
