@@ -224,14 +224,12 @@ def _report(buffer: _Buffer) -> None:
     from flowcore.calls import run_id_prefix
     from flowcore.events import EventKind, RunColumns, column_events
 
-    id_cut = len(run_id_prefix()) + 1
-    own_ids = run_id_prefix() + "-"
+    prefix = run_id_prefix()
+    own = prefix + "-"
     groups: dict[tuple[int, str, int, str | None, bool], _Group] = {}
     others: list[_Ended] = []
     group: _Group | None = None
     task: Any = None
-    name_cut = 0
-    named = ""
     for item in taken:
         call, state, worker, backend, announced = item
         if (
@@ -245,24 +243,17 @@ def _report(buffer: _Buffer) -> None:
             group = groups.get(key)
             if group is None:
                 group = groups[key] = _Group(task, flow_run_id, backend, worker, announced)
-            named = task.name + "-"
-            name_cut = len(named)
-        run_id, name = call.task_run_id, call.task_run_name
-        suffix = name[name_cut:]
-        if (
-            run_id[:id_cut] != own_ids or name[:name_cut] != named or not suffix.isdigit()
-            or (suffix[0] == "0" and suffix != "0")
-        ):
-            others.append(item)
+        name_number = call.name_number
+        if name_number < 0 or call.number < 0 or not call.task_run_id.startswith(own):
+            others.append(item)  # named by a template, or made elsewhere
             continue
-        group.numbers.append(int(run_id[id_cut:], 16))
-        group.names.append(int(suffix))
+        group.numbers.append(call.number)
+        group.names.append(name_number)
         group.submitted.append(call.submitted_at)
         group.starts.append(state.started_at)  # type: ignore[arg-type]  # not None: see ended()
         group.ends.append(state.finished_at or state.timestamp)
     full = (EventKind.SUBMITTED, EventKind.STARTED, EventKind.FINISHED)
     ran = (EventKind.STARTED, EventKind.FINISHED)
-    prefix = run_id_prefix()
     for gathered in groups.values():
         if gathered.numbers:
             registry.publish(column_events(RunColumns(
@@ -270,7 +261,7 @@ def _report(buffer: _Buffer) -> None:
                 gathered.backend, gathered.worker, prefix, gathered.numbers, gathered.names,
                 gathered.submitted, gathered.starts, gathered.ends,
             )))
-    for call, state, worker, backend, announced in others:  # ids or names of another form
+    for call, state, worker, backend, announced in others:  # one by one
         from flowcore.events import submitted_event, task_events
 
         events = task_events(call, backend, state, worker)
