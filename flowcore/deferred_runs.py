@@ -72,31 +72,52 @@ _noted: dict[str, TaskCall] = {}
 _announcing = threading.Lock()
 
 
-#: a run that ended plainly: its call, final state, worker, backend name, and whether
-#: its SUBMITTED was reported already
-_Ended = tuple["TaskCall", "State[Any]", "Worker | None", "str | None", bool]
+#: a run that ended: its call, final state, worker and backend name
+_Ended = tuple["TaskCall", "State[Any]", "Worker | None", "str | None"]
 
 
 class _Buffer:
-    """One thread's ended runs: ``(call, state, worker, backend, announced)``. The
-    owner appends; any thread may take them (``popleft``: safe across threads)."""
+    """One thread's ended runs. The owner appends (no lock: a deque); any thread may
+    report them, holding ``reporting`` from taking them to publishing them, so that a
+    flush returns only once runs taken by another thread are published too."""
 
-    __slots__ = ("__weakref__", "oldest", "runs")
+    __slots__ = ("owner", "reporting", "runs")
 
     def __init__(self) -> None:
         self.runs: collections.deque[_Ended] = collections.deque()
-        self.oldest = 0.0
+        self.reporting = threading.Lock()
+        #: the thread that appends (a pool's threads end with their pool: the buffer
+        #: outlives its thread until a flush has reported it)
+        self.owner = weakref.ref(threading.current_thread())
+
+
+class _Group:
+    """Taken runs of one task in one flow run, on one backend and worker, whose
+    SUBMITTED was (``announced``) or was not reported yet: one RunColumns batch."""
+
+    __slots__ = ("announced", "backend", "ends", "flow_run_id", "names", "numbers", "starts", "submitted",
+                 "task", "worker")
+
+    def __init__(self, task: Any, flow_run_id: str, backend: str | None, worker: Worker | None,
+                 announced: bool) -> None:
+        self.task, self.flow_run_id, self.backend, self.worker = task, flow_run_id, backend, worker
+        self.announced = announced
+        self.numbers: list[int] = []
+        self.names: list[int] = []
+        self.submitted: list[float] = []
+        self.starts: list[float] = []
+        self.ends: list[float] = []
 
 
 _local = threading.local()
-_buffers: weakref.WeakSet[_Buffer] = weakref.WeakSet()  # every live thread's, for flush()
+_buffers: set[_Buffer] = set()  # every thread's, for flush(); a dead thread's goes there
 _buffers_lock = threading.Lock()
 
 
 def _forget_after_fork() -> None:
     """A forked child reports its own runs, never its parent's."""
     global _local, _buffers, _buffers_lock, _noted, _announcing
-    _local, _buffers, _buffers_lock = threading.local(), weakref.WeakSet(), threading.Lock()
+    _local, _buffers, _buffers_lock = threading.local(), set(), threading.Lock()
     _noted, _announcing = {}, threading.Lock()
 
 
@@ -132,33 +153,19 @@ def take_noted(call: TaskCall) -> bool:
     return False
 
 
-def ended(call: TaskCall, state: State[Any], worker: Worker | None, backend: str | None) -> bool:
-    """Buffer the events of a run that just ended, if it ended plainly (see the module
-    docstring); False when it did not (the caller publishes its events itself, after
-    calling :func:`take_noted`)."""
-    if (
-        call.flow_run_id is None or state.attempts != 1 or state.started_at is None
-        or state.name != "Completed" or state.result_location is not None
-    ):
-        return False
-    # take_noted(call), inlined: this runs once per run
-    announced = not _noted or _noted.pop(call.task_run_id, None) is None
-    if announced and _announcing.locked():
-        with _announcing:
-            pass
+def ended(call: TaskCall, state: State[Any], worker: Worker | None, backend: str | None) -> None:
+    """Buffer a run of a flow run that just ended (its hooks were called): its events
+    are published with the buffer (see the module docstring). Kept to a few steps:
+    on the threads backend this runs for every run, in the thread that ran it."""
     buffer: _Buffer | None = getattr(_local, "buffer", None)
     if buffer is None:
         buffer = _local.buffer = _Buffer()
         with _buffers_lock:
             _buffers.add(buffer)
     runs = buffer.runs
-    end = state.finished_at or state.timestamp
-    if not runs:
-        buffer.oldest = end
-    runs.append((call, state, worker, backend, announced))
-    if len(runs) >= MAX_RUNS or end - buffer.oldest >= MAX_AGE_S:
+    runs.append((call, state, worker, backend))
+    if len(runs) >= MAX_RUNS:
         _report(buffer)
-    return True
 
 
 def flush(flow_run_id: str | None = None, min_age: float = 0.0) -> None:
@@ -167,8 +174,14 @@ def flush(flow_run_id: str | None = None, min_age: float = 0.0) -> None:
     with _buffers_lock:
         buffers = list(_buffers)
     for buffer in buffers:
-        if buffer.runs:
+        if buffer.runs or buffer.reporting.locked():  # taken by another thread: wait for it
             _report(buffer)
+        owner = buffer.owner()
+        if owner is None or not owner.is_alive():  # reported: nobody appends any more
+            with _buffers_lock:
+                _buffers.discard(buffer)
+            if buffer.runs:  # appended just before its thread ended
+                _report(buffer)
     if _noted:
         _announce(flow_run_id, min_age)
 
@@ -192,27 +205,14 @@ def _announce(flow_run_id: str | None, min_age: float) -> None:
             registry.publish([submitted_event(call, call.backend) for call in due])
 
 
-class _Group:
-    """The runs of one RunColumns batch being gathered."""
-
-    __slots__ = ("announced", "backend", "ends", "flow_run_id", "names", "numbers", "starts", "submitted",
-                 "task", "worker")
-
-    def __init__(self, task: Any, flow_run_id: str, backend: str | None, worker: Worker | None,
-                 announced: bool) -> None:
-        self.task, self.flow_run_id, self.backend, self.worker = task, flow_run_id, backend, worker
-        self.announced = announced
-        self.numbers: list[int] = []
-        self.names: list[int] = []
-        self.submitted: list[float] = []
-        self.starts: list[float] = []
-        self.ends: list[float] = []
-
-
 def _report(buffer: _Buffer) -> None:
-    """Publish the runs in ``buffer``: one RunColumns batch per task, flow run,
-    backend and worker (a run whose id or name has another form on its own)."""
-    runs = buffer.runs
+    """Publish the runs in ``buffer``: those that ended plainly as one RunColumns batch
+    per group, the others one by one (their SUBMITTED first, when not reported yet)."""
+    with buffer.reporting:
+        _publish_taken(buffer.runs)
+
+
+def _publish_taken(runs: collections.deque[_Ended]) -> None:
     taken: list[_Ended] = []
     try:
         while True:
@@ -224,45 +224,52 @@ def _report(buffer: _Buffer) -> None:
     from flowcore.calls import run_id_prefix
     from flowcore.events import EventKind, RunColumns, column_events
 
-    prefix = run_id_prefix()
-    own = prefix + "-"
+    noted = _noted
     groups: dict[tuple[int, str, int, str | None, bool], _Group] = {}
-    others: list[_Ended] = []
+    others: list[tuple[_Ended, bool]] = []
     group: _Group | None = None
-    task: Any = None
     for item in taken:
-        call, state, worker, backend, announced = item
+        call, state, worker, backend = item
+        # take_noted(call), inlined: this runs once per run
+        announced = not noted or noted.pop(call.task_run_id, None) is None
+        if announced and _announcing.locked():
+            with _announcing:
+                pass
+        number, name_number, flow_run_id = call.number, call.name_number, call.flow_run_id
         if (
-            group is None or call.task is not task or call.flow_run_id is not group.flow_run_id
-            or worker is not group.worker or backend is not group.backend or announced is not group.announced
+            number < 0 or name_number < 0 or flow_run_id is None or state.attempts != 1
+            or state.started_at is None or state.name != "Completed" or state.result_location is not None
+        ):  # not plain; or numbers < 0: not made by Task._make_call, or named by a template
+            others.append((item, announced))
+            continue
+        task = call.task
+        if (
+            group is None or group.task is not task or group.flow_run_id is not flow_run_id
+            or group.worker is not worker or group.backend is not backend or group.announced is not announced
         ):  # another group than the last run's (rare: runs come in long stretches)
-            task = call.task
-            flow_run_id = call.flow_run_id
-            assert flow_run_id is not None  # see ended()
             key = (id(task), flow_run_id, id(worker), backend, announced)
             group = groups.get(key)
             if group is None:
                 group = groups[key] = _Group(task, flow_run_id, backend, worker, announced)
-        name_number = call.name_number
-        if name_number < 0 or call.number < 0 or not call.task_run_id.startswith(own):
-            others.append(item)  # named by a template, or made elsewhere
-            continue
-        group.numbers.append(call.number)
-        group.names.append(name_number)
-        group.submitted.append(call.submitted_at)
-        group.starts.append(state.started_at)  # type: ignore[arg-type]  # not None: see ended()
-        group.ends.append(state.finished_at or state.timestamp)
+            add_number, add_name, add_submitted = group.numbers.append, group.names.append, group.submitted.append
+            add_start, add_end = group.starts.append, group.ends.append
+        add_number(number)
+        add_name(name_number)
+        add_submitted(call.submitted_at)
+        add_start(state.started_at)
+        add_end(state.finished_at or state.timestamp)
+    prefix = run_id_prefix()
     full = (EventKind.SUBMITTED, EventKind.STARTED, EventKind.FINISHED)
     ran = (EventKind.STARTED, EventKind.FINISHED)
     for gathered in groups.values():
-        if gathered.numbers:
-            registry.publish(column_events(RunColumns(
-                ran if gathered.announced else full, gathered.task, gathered.task.name, gathered.flow_run_id,
-                gathered.backend, gathered.worker, prefix, gathered.numbers, gathered.names,
-                gathered.submitted, gathered.starts, gathered.ends,
-            )))
-    for call, state, worker, backend, announced in others:  # one by one
+        registry.publish(column_events(RunColumns(
+            ran if gathered.announced else full, gathered.task, gathered.task.name, gathered.flow_run_id,
+            gathered.backend, gathered.worker, prefix, gathered.numbers, gathered.names, gathered.submitted,
+            gathered.starts, gathered.ends,
+        )))
+    if others:
         from flowcore.events import submitted_event, task_events
 
-        events = task_events(call, backend, state, worker)
-        registry.publish(events if announced else [submitted_event(call, backend), *events])
+        for (call, state, worker, backend), announced in others:
+            events = task_events(call, backend, state, worker)
+            registry.publish(events if announced else [submitted_event(call, backend), *events])

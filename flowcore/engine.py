@@ -24,6 +24,7 @@ from flowcore import states
 from flowcore.calls import TaskCall
 from flowcore.context import TaskRunContext, _task_run
 from flowcore.errors import TaskTimeoutError
+from flowcore.events import current_worker
 from flowcore.limits import limited_tags, task_slots
 from flowcore.states import State, completed_run
 from flowcore.timeouts import call_with_timeout, interrupts_blocking_calls
@@ -323,17 +324,14 @@ def run_call_remote(call: TaskCall) -> tuple[State[Any], list[dict[str, Any]], W
 
     with capture() as records:
         state = run_call(call)
-    from flowcore.events import current_worker
-
     return state, records, current_worker()
 
 
-def run_call_located(call: TaskCall) -> tuple[State[Any], list[dict[str, Any]], Worker]:
+def run_call_located(call: TaskCall) -> tuple[State[Any], tuple[()], Worker]:
     """:func:`run_call` in a thread of this process, saying where it ran (its log
-    records are already here): the shape of :func:`run_call_remote`."""
-    from flowcore.events import current_worker
-
-    return run_call(call), [], current_worker()
+    records are already here: none to replay): the shape of :func:`run_call_remote`.
+    The result lives as long as the run's future: no list of its own."""
+    return run_call(call), (), current_worker()
 
 
 def failure_state(exc: Exception, timed_out: bool) -> State[Any]:

@@ -73,11 +73,11 @@ def report_final_state(
         current = registry.get_registry()
     if hooks or options.on_running or state.type is not StateType.COMPLETED:
         run_task_hooks(call, state)
-    if current.defers_runs:
-        if deferred_runs.ended(call, state, worker, backend):
-            return
-    elif not current.observes_events:
-        if deferred_runs.pending():
+    if current.defers_runs and call.flow_run_id is not None:
+        deferred_runs.ended(call, state, worker, backend)
+        return
+    if not current.observes_events:
+        if deferred_runs._noted:
             deferred_runs.take_noted(call)  # noted while observed: forget it
         return
     from flowcore.events import submitted_event, task_events

@@ -300,7 +300,7 @@ class Task(Generic[P, R]):
         if current is None:
             current = registry.get_registry()
         if current.defers_runs and call.flow_run_id is not None:
-            deferred_runs.note(call)  # SUBMITTED reported with its end, or at a flush
+            deferred_runs._noted[call.task_run_id] = call  # deferred_runs.note, inlined: reported later
         elif current.observes_events:
             from flowcore.events import submitted_event
 

@@ -228,3 +228,20 @@ def test_the_history_records_deferred_runs_like_any_others(home: Path) -> None:
     finally:
         connection.close()
     assert rows == [("Completed", 300, 300, 300, 1, 1, 300, 300, 300, 300, 300), ("Failed", 1, 1, 1, 1, 1, 1, 1, 1, 1, 1)]
+
+
+def test_runs_buffered_by_pool_threads_that_ended_are_still_reported(recording: Recording) -> None:
+    @flow  # the default backend: a pool of its own, shut down before the flow run ends
+    def short() -> list[int]:
+        futures = [add.submit(i, 1) for i in range(20)]
+        bad = fail.submit(3)
+        bad.wait()
+        return [f.result() for f in futures]
+
+    for _ in range(3):
+        assert short() == list(range(1, 21))
+    streams = recording.by_run()
+    assert len(streams) == 63
+    for stream in streams.values():
+        assert [e.kind for e in stream] == [EventKind.SUBMITTED, EventKind.STARTED, EventKind.FINISHED]
+    assert sum(1 for s in streams.values() if s[-1].state is not None and s[-1].state.name == "Failed") == 3
