@@ -1,34 +1,40 @@
-"""Runs sent to a backend, reported late and in bulk to observers that accept it.
+"""Task runs of a flow run, reported late and in bulk to observers that accept it.
 
 Every run of ``Task.submit`` (and of a coalesced batch) reports SUBMITTED, STARTED and
-FINISHED through the run-event stream. Published one run at a time, that costs more
-than a tiny run on the threads backend. When every ``flowcore_run_events`` observer is
-marked with :func:`accepts_deferred_runs` (the run history is) and no per-run hook is
-implemented (``Registry.defers_runs``), such a run is reported this way instead:
+FINISHED through the run-event stream. Made and published one by one, those events
+cost more than a tiny run on the threads backend, in the thread that ran it. When
+every ``flowcore_run_events`` observer is marked with :func:`accepts_deferred_runs`
+(the run history is) and no per-run hook is implemented (``Registry.defers_runs``),
+a run that belongs to a flow run is reported this way instead:
 
-* at submission its call is only noted (:func:`note`: one dict store, no event);
-* when it ends plainly (``Completed`` after one attempt, with a start time, not from
-  the cache, no kept result, named ``<task>-<number>``) it is appended to the settling
-  thread's buffer (:func:`ended`), and reported with the buffer as one
-  :class:`~flowcore.events.RunColumns` batch per task, flow run, backend and worker:
-  SUBMITTED, STARTED and FINISHED of each run (STARTED and FINISHED when its
-  SUBMITTED was reported before);
-* a run that ends otherwise reports its events at once, as on the plain path (its
-  SUBMITTED first, if it was still only noted).
+* at submission its call is only noted (``Task._new_future`` stores it in a dict; no
+  event);
+* when it ends (its hooks have run), ``report_final_state`` appends ``(call, state,
+  worker, backend)`` to the ending thread's buffer (:func:`ended`) and publishes
+  nothing;
+* when the buffer is reported, each run that ended plainly (``Completed`` after one
+  attempt, with a start time, no kept result, named ``<task>-<n>`` by
+  ``Task._make_call``) goes into one :class:`~flowcore.events.RunColumns` batch per
+  task, flow run, backend and worker: SUBMITTED, STARTED and FINISHED of each run, or
+  STARTED and FINISHED when its SUBMITTED was reported earlier. Every other run
+  (failed, retried, cached, named by a template) is published on its own, its
+  SUBMITTED first if it was still only noted.
 
-A buffer reports its runs when it holds :data:`MAX_RUNS` runs, when its oldest run is
-:data:`MAX_AGE_S` old as another run ends in that thread, and at :func:`flush`.
-:func:`flush` reports every thread's buffered runs and the SUBMITTED of runs noted at
-least ``min_age`` seconds ago (all of them, or those of one flow run). A flow run calls
-it before it reports its own end; an accepting observer promises to call it now and
-then (the history writer does at each of its drains, every half second while flow runs
-are running), so that a run that waits or runs long is seen as submitted before it
-ends, and a run that ended on an idle thread is reported soon.
+A buffer is reported when it holds :data:`MAX_RUNS` runs and at :func:`flush`, which
+reports every thread's buffer (and waits for a report another thread is making), then
+the SUBMITTED of runs noted at least ``min_age`` seconds ago (all of them, or those of
+one flow run). A flow run calls it before it reports its own end; an accepting
+observer promises to call it about every second while flow runs are running (the
+history writer does at each of its drains, every half second), so that a run that
+waits or runs long is seen as submitted before it ends, and runs that ended on a
+thread that went idle are reported soon. A buffer outlives its thread (a flow run's
+own pool ends before the flow run reports) until a flush has emptied it.
 
 What an accepting observer gets: each run's events once and in order (SUBMITTED,
-STARTED, FINISHED), a flow run's FINISHED after its runs' FINISHED, but a run's
-SUBMITTED may come as late as its FINISHED, FINISHED of plain runs comes up to a
-flush later, and the FINISHED state of a batched run is ``Completed`` without its value.
+STARTED, FINISHED), a flow run's STARTED before and FINISHED after its runs' events;
+but a run's SUBMITTED may come as late as its FINISHED, FINISHED comes up to a flush
+after the run ended, and the FINISHED state of a plainly completed run is
+``Completed`` without its value. A run outside any flow run is reported as usual.
 """
 
 from __future__ import annotations
@@ -50,8 +56,6 @@ if TYPE_CHECKING:
 
 #: runs a thread's buffer holds before it reports them
 MAX_RUNS = 1024
-#: seconds a buffered run waits at most when its thread settles another run
-MAX_AGE_S = 0.25
 #: the attribute :func:`accepts_deferred_runs` sets on an observer's function
 MARKER = "flowcore_accepts_deferred_runs"
 

@@ -63,9 +63,10 @@ def report_final_state(
     STARTED (if it started) and FINISHED events. ``backend``: the name of the backend
     that ran it (None for a direct call); ``worker``: where it ran, when known.
 
-    A run whose SUBMITTED was deferred (:mod:`flowcore.deferred_runs`) reports it here
-    first; a run that ended plainly while only observers that accept deferred reports
-    watch goes to this thread's buffer instead of being published now."""
+    While only observers that accept deferred reports watch, a run of a flow run goes
+    to this thread's buffer instead (:mod:`flowcore.deferred_runs`: its events are
+    published with the buffer); otherwise a run whose SUBMITTED was deferred and not
+    reported yet reports it here first."""
     options = call.task.options
     hooks = options.on_completion if state.type is StateType.COMPLETED else options.on_failure
     current = registry._registry
