@@ -17,6 +17,7 @@ import contextvars
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -24,6 +25,7 @@ from flowcore import states
 from flowcore.calls import TaskCall
 from flowcore.context import TaskRunContext, _task_run
 from flowcore.errors import TaskTimeoutError
+from flowcore.events import current_worker
 from flowcore.limits import limited_tags, task_slots
 from flowcore.states import State, completed_run
 from flowcore.timeouts import call_with_timeout, interrupts_blocking_calls
@@ -318,15 +320,13 @@ def _call_abandoning(call: TaskCall, seconds: float, error: TaskTimeoutError, at
 
 def run_call_remote(
     call: TaskCall, collect_logs: bool = True
-) -> tuple[State[Any], list[dict[str, Any]], Worker]:
+) -> tuple[State[Any], Sequence[dict[str, Any]], Worker]:
     """The one-run entry point that backends execute: :func:`run_call`, plus the run's
     log records (collected for the parent to replay, see :mod:`flowcore.log_relay`;
     with ``collect_logs=False``, in a thread of the submitting process, they are
     emitted as the run makes them and none are returned) and where it ran."""
-    from flowcore.events import current_worker
-
     if not collect_logs:
-        return run_call(call), [], current_worker()
+        return run_call(call), (), current_worker()
     from flowcore.log_relay import capture
 
     with capture() as records:
@@ -559,8 +559,6 @@ def run_rows(
     records are collected and returned for the parent to replay; on an in-process
     backend (``collect_logs=False``) they are emitted here, as the runs make them.
     """
-    from flowcore.events import current_worker
-
     context = _RowContext(task, batch_call, first_run_id, rows)
     if not collect_logs:
         return (*_run_rows(context, first_run_id, skip), [], current_worker())

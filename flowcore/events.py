@@ -62,13 +62,24 @@ class Worker:
 _local = threading.local()
 
 
+def _forget_after_fork() -> None:
+    """A forked child describes itself anew (its pid differs): no record is inherited."""
+    global _local
+    _local = threading.local()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
+
+
 def current_worker() -> Worker:
-    """The :class:`Worker` record of the calling thread (made once per thread)."""
+    """The :class:`Worker` record of the calling thread (made once per thread and
+    process: a forked child makes its own, without asking each call for the pid)."""
     worker: Worker | None = getattr(_local, "worker", None)
-    pid = os.getpid()
-    if worker is None or worker.pid != pid:  # a forked child must not inherit it
+    if worker is None:
         import socket
 
+        pid = os.getpid()
         address = None
         if "distributed" in sys.modules:  # only a Dask worker has imported it already
             try:

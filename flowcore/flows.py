@@ -441,9 +441,10 @@ class Flow(Generic[P, R]):
         run = context.flow_run
         assert run is not None
         if registry.observes_events():
-            from flowcore.direct_runs import flush
+            from flowcore import deferred_runs, direct_runs
 
-            flush(run.run_id)  # its direct calls' runs, reported before its hooks and its end
+            direct_runs.flush(run.run_id)  # its direct calls' runs, reported before its hooks and its end
+            deferred_runs.flush(run.run_id)  # and its submitted runs' (ended, or left running)
         self._call_hooks(context, self._final_hooks(state), state)
         logger = flow_logger(context)
         if registry.observes_events():

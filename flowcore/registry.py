@@ -78,6 +78,8 @@ class Registry:
         #: some plugin observes the run-event stream (or a per-run lifecycle hook)
         self.observes_events = False
         self.batches_direct_runs = False
+        #: only run-event observers, each accepting deferred reports (flowcore.deferred_runs)
+        self.defers_runs = False
         #: the ``flowcore_run_events`` implementations, in pluggy's call order, when all
         #: are plain functions of ``events``: publish calls them without pluggy's machinery
         self.run_event_functions: tuple[Any, ...] | None = None
@@ -127,6 +129,9 @@ class Registry:
             not (impl.hookwrapper or impl.wrapper) and tuple(impl.argnames) == ("events",) for impl in impls
         )
         self.run_event_functions = tuple(impl.function for impl in reversed(impls)) if plain else None
+        from flowcore.deferred_runs import MARKER
+
+        self.defers_runs = self.batches_direct_runs and all(getattr(impl.function, MARKER, False) for impl in impls)
 
     # -- backends -----------------------------------------------------------
     def backends(self) -> dict[str, RegisteredBackend]:

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from flowcore import registry
+from flowcore import deferred_runs, registry
 from flowcore.calls import TaskCall
 from flowcore.engine import task_run_logger
 from flowcore.states import State, StateType
@@ -61,17 +61,32 @@ def report_final_state(
 ) -> None:
     """Fire the task's hooks (see :func:`run_task_hooks`), then publish the run's
     STARTED (if it started) and FINISHED events. ``backend``: the name of the backend
-    that ran it (None for a direct call); ``worker``: where it ran, when known."""
+    that ran it (None for a direct call); ``worker``: where it ran, when known.
+
+    While only observers that accept deferred reports watch, a run of a flow run goes
+    to this thread's buffer instead (:mod:`flowcore.deferred_runs`: its events are
+    published with the buffer); otherwise a run whose SUBMITTED was deferred and not
+    reported yet reports it here first."""
     options = call.task.options
     hooks = options.on_completion if state.type is StateType.COMPLETED else options.on_failure
-    observed = registry.observes_events()
-    if not hooks and not options.on_running and state.type is StateType.COMPLETED and not observed:
-        return  # the common case: nothing to call
-    run_task_hooks(call, state)
-    if observed:
-        from flowcore.events import task_events
+    current = registry._registry
+    if current is None:
+        current = registry.get_registry()
+    if hooks or options.on_running or state.type is not StateType.COMPLETED:
+        run_task_hooks(call, state)
+    if current.defers_runs and call.flow_run_id is not None:
+        deferred_runs.ended(call, state, worker, backend)
+        return
+    if not current.observes_events:
+        if deferred_runs._noted:
+            deferred_runs.take_noted(call)  # noted while observed: forget it
+        return
+    from flowcore.events import submitted_event, task_events
 
-        registry.publish(task_events(call, backend, state, worker))
+    events = task_events(call, backend, state, worker)
+    if deferred_runs.pending() and deferred_runs.take_noted(call):
+        events.insert(0, submitted_event(call, backend))
+    registry.publish(events)
 
 
 __all__ = ["report_final_state", "run_task_hooks"]

@@ -17,11 +17,17 @@ import time
 from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, Unpack, overload
 
-from flowcore import direct_runs, registry
+from flowcore import deferred_runs, direct_runs, registry
 from flowcore import mapped as mapped_path
 from flowcore import options as opts
 from flowcore.annotations import allow_failure
-from flowcore.calls import UNSCOPED_RUN_NUMBERS, FlowRun, TaskCall, new_task_run_id
+from flowcore.calls import (
+    UNSCOPED_RUN_NUMBERS,
+    FlowRun,
+    TaskCall,
+    reserve_run_numbers,
+    run_id_prefix,
+)
 from flowcore.context import FlowRunContext, TaskRunContext, _scope, _task_run, submission_scope
 from flowcore.coroutines import in_async_context, run_sync, running_loop
 from flowcore.dispatch import dispatcher_of, should_batch
@@ -286,7 +292,10 @@ class Task(Generic[P, R]):
         call.backend = scope.slot.name
         future: RunFuture[R] = RunFuture(self, call, scope)
         scope.track(future)
-        if _observed():
+        current = registry.get_registry()
+        if current.defers_runs and call.flow_run_id is not None:
+            deferred_runs._noted[call.task_run_id] = call  # deferred_runs.note, inlined: reported later
+        elif current.observes_events:
             from flowcore.events import submitted_event
 
             registry.publish([submitted_event(call, scope.slot.name)])
@@ -347,14 +356,24 @@ class Task(Generic[P, R]):
     def _make_call(
         self, args: tuple[Any, ...], kwargs: dict[str, Any], flow_run: FlowRun | None, log_prints: bool
     ) -> TaskCall:
-        run_id = new_task_run_id()
-        name = self._run_name(args, kwargs, flow_run)
+        number = reserve_run_numbers(1)
+        run_id = f"{run_id_prefix()}-{number:x}"
+        if self.options.task_run_name is None:
+            numbers = flow_run.run_numbers if flow_run is not None else UNSCOPED_RUN_NUMBERS
+            name_number = numbers.reserve(self.name)
+            name = f"{self.name}-{name_number}"
+        else:
+            name_number = -1
+            name = self._run_name(args, kwargs, flow_run)
         # Positional construction: this runs once per task run, on the hot path.
         if flow_run is None:
-            return TaskCall(self, args, kwargs, run_id, name, None, None, None, time.time(), log_prints)
+            return TaskCall(
+                self, args, kwargs, run_id, name, None, None, None, time.time(), log_prints, 0, None, None,
+                None, number, name_number,
+            )
         call = TaskCall(
             self, args, kwargs, run_id, name, flow_run.run_id, flow_run.name, flow_run.flow_name,
-            time.time(), log_prints, 0, None, flow_run,
+            time.time(), log_prints, 0, None, flow_run, None, number, name_number,
         )
         cache = self.options.cache
         if cache is not None and cache.policy.needs_flow_parameters:

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from flowcore.deferred_runs import accepts_deferred_runs
 from flowcore.history.recorder import recorder
 from flowcore.hookspecs import hookimpl
 
@@ -41,6 +42,7 @@ if _history_on():
     recorder.install_log_handler()
 
     @hookimpl
+    @accepts_deferred_runs  # the writer flushes them at each drain (flowcore.deferred_runs)
     def flowcore_run_events(events: Sequence[RunEvent]) -> None:
         _accept(events)
 

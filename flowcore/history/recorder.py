@@ -37,7 +37,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from flowcore.events import EventKind, FlowRunEvent, RunColumns, TaskRunEvent
+from flowcore import deferred_runs
+from flowcore.events import EventKind, FlowRunEvent, RunColumns, TaskRunEvent, column_events
 from flowcore.history import liveness
 from flowcore.history.records import (
     FlowRunWrite,
@@ -67,6 +68,8 @@ EARLY_LOGS = 100
 _ROWS_CHECK_EVERY = 1024
 #: a task run seen only as SUBMITTED is written after this long (or at a flush)
 HOLD_PENDING_S = 1.0
+#: the writer asks for the SUBMITTED of deferred runs (flowcore.deferred_runs) this old
+ANNOUNCE_AFTER_S = 0.5
 
 _MESSAGE_LIMIT = 10_000
 _PARAMETER_REPR_LIMIT = 1_000
@@ -233,6 +236,10 @@ class Recorder:
     def _at_exit(self) -> None:
         if self._thread is None:
             return
+        try:
+            deferred_runs.flush()
+        except Exception:  # pragma: no cover - a bug must not hide the flush below
+            logger.exception("flowcore: reporting deferred runs at exit failed")
         if not self.flush(EXIT_FLUSH_TIMEOUT_S):
             logger.warning(
                 "flowcore: the run history writer did not finish within %.0f s at exit; "
@@ -264,6 +271,9 @@ class Recorder:
             self._wake.clear()
             self._idle = False
             try:
+                # Runs reported late (flowcore.deferred_runs): those that ended on idle
+                # threads, and the SUBMITTED of runs that wait or run long.
+                deferred_runs.flush(min_age=ANNOUNCE_AFTER_S)
                 self._drain()
                 self._beat()
             except Exception:  # a bug must not stop the writer: log it, keep going
@@ -541,6 +551,11 @@ class _Pending:
                 return
             for position in range(len(columns)):  # not expected: read them one by one
                 self.add_tasks([_column_event(columns, position, kinds[-1])])
+            return
+        if EventKind.SUBMITTED not in kinds and map_id is None:
+            # Deferred runs whose SUBMITTED came earlier (flowcore.deferred_runs): they
+            # may be held or written as pending rows, so they are folded one by one.
+            self.add_tasks(list(column_events(columns)))
             return
         exceptional = columns.states
         positions = [i for i in range(len(columns)) if i not in exceptional] if exceptional else None

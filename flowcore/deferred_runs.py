@@ -1,0 +1,279 @@
+"""Task runs of a flow run, reported late and in bulk to observers that accept it.
+
+Every run of ``Task.submit`` (and of a coalesced batch) reports SUBMITTED, STARTED and
+FINISHED through the run-event stream. Made and published one by one, those events
+cost more than a tiny run on the threads backend, in the thread that ran it. When
+every ``flowcore_run_events`` observer is marked with :func:`accepts_deferred_runs`
+(the run history is) and no per-run hook is implemented (``Registry.defers_runs``),
+a run that belongs to a flow run is reported this way instead:
+
+* at submission its call is only noted (``Task._new_future`` stores it in a dict; no
+  event);
+* when it ends (its hooks have run), ``report_final_state`` appends ``(call, state,
+  worker, backend)`` to the ending thread's buffer (:func:`ended`) and publishes
+  nothing;
+* when the buffer is reported, each run that ended plainly (``Completed`` after one
+  attempt, with a start time, no kept result, named ``<task>-<n>`` by
+  ``Task._make_call``) goes into one :class:`~flowcore.events.RunColumns` batch per
+  task, flow run, backend and worker: SUBMITTED, STARTED and FINISHED of each run, or
+  STARTED and FINISHED when its SUBMITTED was reported earlier. Every other run
+  (failed, retried, cached, named by a template) is published on its own, its
+  SUBMITTED first if it was still only noted.
+
+A buffer is reported when it holds :data:`MAX_RUNS` runs and at :func:`flush`, which
+reports every thread's buffer (and waits for a report another thread is making), then
+the SUBMITTED of runs noted at least ``min_age`` seconds ago (all of them, or those of
+one flow run). A flow run calls it before it reports its own end; an accepting
+observer promises to call it about every second while flow runs are running (the
+history writer does at each of its drains, every half second), so that a run that
+waits or runs long is seen as submitted before it ends, and runs that ended on a
+thread that went idle are reported soon. A buffer outlives its thread (a flow run's
+own pool ends before the flow run reports) until a flush has emptied it.
+
+What an accepting observer gets: each run's events once and in order (SUBMITTED,
+STARTED, FINISHED), a flow run's STARTED before and FINISHED after its runs' events;
+but a run's SUBMITTED may come as late as its FINISHED, FINISHED comes up to a flush
+after the run ended, and the FINISHED state of a plainly completed run is
+``Completed`` without its value. A run outside any flow run is reported as usual.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from flowcore import registry
+
+if TYPE_CHECKING:
+    from flowcore.calls import TaskCall
+    from flowcore.events import Worker
+    from flowcore.states import State
+
+#: runs a thread's buffer holds before it reports them
+MAX_RUNS = 1024
+#: the attribute :func:`accepts_deferred_runs` sets on an observer's function
+MARKER = "flowcore_accepts_deferred_runs"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def accepts_deferred_runs(function: F) -> F:
+    """Mark a ``flowcore_run_events`` implementation as accepting deferred reports (see
+    the module docstring): its plugin calls :func:`flush` at least about once a second
+    while runs are in flight."""
+    setattr(function, MARKER, True)
+    return function
+
+
+#: run id -> call of runs noted at submission whose SUBMITTED is not reported yet
+_noted: dict[str, TaskCall] = {}
+#: held while :func:`flush` reports noted runs: a run that ends meanwhile waits for it
+_announcing = threading.Lock()
+
+
+#: a run that ended: its call, final state, worker and backend name
+_Ended = tuple["TaskCall", "State[Any]", "Worker | None", "str | None"]
+
+
+class _Buffer:
+    """One thread's ended runs. The owner appends (no lock: a deque); any thread may
+    report them, holding ``reporting`` from taking them to publishing them, so that a
+    flush returns only once runs taken by another thread are published too."""
+
+    __slots__ = ("owner", "reporting", "runs")
+
+    def __init__(self) -> None:
+        self.runs: collections.deque[_Ended] = collections.deque()
+        self.reporting = threading.Lock()
+        #: the thread that appends (a pool's threads end with their pool: the buffer
+        #: outlives its thread until a flush has reported it)
+        self.owner = weakref.ref(threading.current_thread())
+
+
+class _Group:
+    """Taken runs of one task in one flow run, on one backend and worker, whose
+    SUBMITTED was (``announced``) or was not reported yet: one RunColumns batch."""
+
+    __slots__ = ("announced", "backend", "ends", "flow_run_id", "names", "numbers", "starts", "submitted",
+                 "task", "worker")
+
+    def __init__(self, task: Any, flow_run_id: str, backend: str | None, worker: Worker | None,
+                 announced: bool) -> None:
+        self.task, self.flow_run_id, self.backend, self.worker = task, flow_run_id, backend, worker
+        self.announced = announced
+        self.numbers: list[int] = []
+        self.names: list[int] = []
+        self.submitted: list[float] = []
+        self.starts: list[float] = []
+        self.ends: list[float] = []
+
+
+_local = threading.local()
+_buffers: set[_Buffer] = set()  # every thread's, for flush(); a dead thread's goes there
+_buffers_lock = threading.Lock()
+
+
+def _forget_after_fork() -> None:
+    """A forked child reports its own runs, never its parent's."""
+    global _local, _buffers, _buffers_lock, _noted, _announcing
+    _local, _buffers, _buffers_lock = threading.local(), set(), threading.Lock()
+    _noted, _announcing = {}, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+def note(call: TaskCall) -> None:
+    """A run was submitted: report its SUBMITTED later (with its end, or at a flush)."""
+    _noted[call.task_run_id] = call
+
+
+def pending() -> bool:
+    """Whether some noted run's SUBMITTED is not reported yet, or a flush is reporting
+    some (then :func:`take_noted` must be asked)."""
+    return bool(_noted) or _announcing.locked()
+
+
+def take_noted(call: TaskCall) -> bool:
+    """The run ends: True if its SUBMITTED is still to be reported (it was noted and
+    not flushed; the caller reports it now), else False once any flush that is
+    reporting it has finished (so that its later events come after)."""
+    if not _noted:
+        if _announcing.locked():
+            with _announcing:
+                pass
+        return False
+    if _noted.pop(call.task_run_id, None) is not None:
+        return True
+    if _announcing.locked():
+        with _announcing:
+            pass
+    return False
+
+
+def ended(call: TaskCall, state: State[Any], worker: Worker | None, backend: str | None) -> None:
+    """Buffer a run of a flow run that just ended (its hooks were called): its events
+    are published with the buffer (see the module docstring). Kept to a few steps:
+    on the threads backend this runs for every run, in the thread that ran it."""
+    buffer: _Buffer | None = getattr(_local, "buffer", None)
+    if buffer is None:
+        buffer = _local.buffer = _Buffer()
+        with _buffers_lock:
+            _buffers.add(buffer)
+    runs = buffer.runs
+    runs.append((call, state, worker, backend))
+    if len(runs) >= MAX_RUNS:
+        _report(buffer)
+
+
+def flush(flow_run_id: str | None = None, min_age: float = 0.0) -> None:
+    """Report every thread's buffered runs, then the SUBMITTED of noted runs (those of
+    ``flow_run_id``, or all) submitted at least ``min_age`` seconds ago."""
+    with _buffers_lock:
+        buffers = list(_buffers)
+    for buffer in buffers:
+        if buffer.runs or buffer.reporting.locked():  # taken by another thread: wait for it
+            _report(buffer)
+        owner = buffer.owner()
+        if owner is None or not owner.is_alive():  # reported: nobody appends any more
+            with _buffers_lock:
+                _buffers.discard(buffer)
+            if buffer.runs:  # appended just before its thread ended
+                _report(buffer)
+    if _noted:
+        _announce(flow_run_id, min_age)
+
+
+def _announce(flow_run_id: str | None, min_age: float) -> None:
+    from flowcore.events import submitted_event
+
+    latest = time.time() - min_age
+    with _announcing:
+        due: list[TaskCall] = []
+        for call in list(_noted.values()):  # submission order: the oldest first
+            if call.submitted_at > latest:
+                if flow_run_id is None:
+                    break
+                continue
+            if flow_run_id is not None and call.flow_run_id != flow_run_id:
+                continue
+            if _noted.pop(call.task_run_id, None) is not None:  # not ended meanwhile
+                due.append(call)
+        if due:
+            registry.publish([submitted_event(call, call.backend) for call in due])
+
+
+def _report(buffer: _Buffer) -> None:
+    """Publish the runs in ``buffer``: those that ended plainly as one RunColumns batch
+    per group, the others one by one (their SUBMITTED first, when not reported yet)."""
+    with buffer.reporting:
+        _publish_taken(buffer.runs)
+
+
+def _publish_taken(runs: collections.deque[_Ended]) -> None:
+    taken: list[_Ended] = []
+    try:
+        while True:
+            taken.append(runs.popleft())
+    except IndexError:
+        pass
+    if not taken:
+        return
+    from flowcore.calls import run_id_prefix
+    from flowcore.events import EventKind, RunColumns, column_events
+
+    noted = _noted
+    groups: dict[tuple[int, str, int, str | None, bool], _Group] = {}
+    others: list[tuple[_Ended, bool]] = []
+    group: _Group | None = None
+    for item in taken:
+        call, state, worker, backend = item
+        # take_noted(call), inlined: this runs once per run
+        announced = not noted or noted.pop(call.task_run_id, None) is None
+        if announced and _announcing.locked():
+            with _announcing:
+                pass
+        number, name_number, flow_run_id = call.number, call.name_number, call.flow_run_id
+        if (
+            number < 0 or name_number < 0 or flow_run_id is None or state.attempts != 1
+            or state.started_at is None or state.name != "Completed" or state.result_location is not None
+        ):  # not plain; or numbers < 0: not made by Task._make_call, or named by a template
+            others.append((item, announced))
+            continue
+        task = call.task
+        if (
+            group is None or group.task is not task or group.flow_run_id is not flow_run_id
+            or group.worker is not worker or group.backend is not backend or group.announced is not announced
+        ):  # another group than the last run's (rare: runs come in long stretches)
+            key = (id(task), flow_run_id, id(worker), backend, announced)
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = _Group(task, flow_run_id, backend, worker, announced)
+            add_number, add_name, add_submitted = group.numbers.append, group.names.append, group.submitted.append
+            add_start, add_end = group.starts.append, group.ends.append
+        add_number(number)
+        add_name(name_number)
+        add_submitted(call.submitted_at)
+        add_start(state.started_at)
+        add_end(state.finished_at or state.timestamp)
+    prefix = run_id_prefix()
+    full = (EventKind.SUBMITTED, EventKind.STARTED, EventKind.FINISHED)
+    ran = (EventKind.STARTED, EventKind.FINISHED)
+    for gathered in groups.values():
+        registry.publish(column_events(RunColumns(
+            ran if gathered.announced else full, gathered.task, gathered.task.name, gathered.flow_run_id,
+            gathered.backend, gathered.worker, prefix, gathered.numbers, gathered.names, gathered.submitted,
+            gathered.starts, gathered.ends,
+        )))
+    if others:
+        from flowcore.events import submitted_event, task_events
+
+        for (call, state, worker, backend), announced in others:
+            events = task_events(call, backend, state, worker)
+            registry.publish(events if announced else [submitted_event(call, backend), *events])

@@ -1,0 +1,247 @@
+"""Submitted runs reported late and in bulk (flowcore.deferred_runs): when every
+run-event observer accepts it, each run's events still arrive once and in order, the
+flow run brackets them, and the history records every run as on the plain path."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+import flowcore
+from flowcore import deferred_runs, flow, task
+from flowcore.events import EventKind, FlowRunEvent, RunEvent, TaskRunEvent
+from flowcore.history.recorder import recorder
+from flowcore.hookspecs import hookimpl
+from flowcore.registry import get_registry
+
+
+class Recording:
+    """An observer that accepts deferred reports and keeps every event, made as read."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.events: list[RunEvent] = []
+
+    @hookimpl
+    @deferred_runs.accepts_deferred_runs
+    def flowcore_run_events(self, events: Sequence[RunEvent]) -> None:
+        made = list(events)
+        with self.lock:
+            self.events.extend(made)
+
+    def by_run(self) -> dict[str, list[TaskRunEvent]]:
+        runs: dict[str, list[TaskRunEvent]] = {}
+        for event in self.events:
+            if isinstance(event, TaskRunEvent):
+                runs.setdefault(event.task_run_id, []).append(event)
+        return runs
+
+
+class Plain:
+    """An observer that does not accept deferred reports."""
+
+    @hookimpl
+    def flowcore_run_events(self, events: Sequence[RunEvent]) -> None:
+        pass
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    directory = tmp_path / "home"
+    monkeypatch.setenv("FLOWCORE_HOME", str(directory))
+    for name in ("FLOWCORE_HISTORY", "FLOWCORE_HISTORY_STORE", "FLOWCORE_HISTORY_STORE_OPTIONS"):
+        monkeypatch.delenv(name, raising=False)
+    return directory
+
+
+@pytest.fixture
+def recording(home: Path) -> Iterator[Recording]:
+    registry = get_registry()
+    observer = Recording()
+    registry.register(observer, name="deferred-recording")
+    try:
+        if registry.pm.get_plugin("flowcore.plugins.history") is None or not hasattr(
+            registry.pm.get_plugin("flowcore.plugins.history"), "flowcore_run_events"
+        ):
+            pytest.skip("the history plugin does not observe runs here")
+        assert registry.defers_runs
+        yield observer
+    finally:
+        registry.unregister(observer)
+
+
+def test_only_observers_that_accept_it_get_deferred_reports(home: Path) -> None:
+    registry = get_registry()
+    history_observes = hasattr(registry.pm.get_plugin("flowcore.plugins.history"), "flowcore_run_events")
+    assert registry.defers_runs == history_observes
+    plain = Plain()
+    registry.register(plain, name="plain-observer")
+    try:
+        assert not registry.defers_runs and registry.observes_events
+    finally:
+        registry.unregister(plain)
+    assert registry.defers_runs == history_observes
+
+
+@task
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+@task
+def fail(x: int) -> int:
+    raise ValueError(f"failed on {x}")
+
+
+@task(task_run_name="named-{x}")
+def named(x: int) -> int:
+    return x
+
+
+_flaky_attempts: dict[int, int] = {}
+
+
+@task(retries=1)
+def flaky(x: int) -> int:
+    _flaky_attempts[x] = _flaky_attempts.get(x, 0) + 1
+    if _flaky_attempts[x] == 1:
+        raise RuntimeError("first attempt fails")
+    return x
+
+
+def test_every_run_reports_its_events_once_in_order_inside_its_flow_run(recording: Recording) -> None:
+    backend = flowcore.get_backend("threads", max_workers=2)
+
+    @flow(backend=backend)
+    def mixed() -> dict[str, list[str]]:
+        plain = [add.submit(i, 1) for i in range(50)]
+        chained = add.submit(plain[0], 1)  # waits on an upstream
+        bad = fail.submit(1)
+        skipped = add.submit(bad, 1)  # NotRun: never starts
+        custom = named.submit(3)
+        retried = flaky.submit(1)
+        flowcore.wait([*plain, chained, bad, skipped, custom, retried])
+        assert [f.result() for f in plain] == list(range(1, 51)) and chained.result() == 2
+        return {
+            "ran": [f.task_run_id for f in [*plain, chained, bad, custom, retried]],
+            "not_run": [skipped.task_run_id],
+        }
+
+    try:
+        ids = mixed()
+    finally:
+        backend.shutdown()
+    events = recording.events
+    flow_events = [e for e in events if isinstance(e, FlowRunEvent)]
+    assert [e.kind for e in flow_events] == [EventKind.STARTED, EventKind.FINISHED]
+    by_run = recording.by_run()
+    assert len(by_run) == 55
+    positions = {id(e): i for i, e in enumerate(events)}
+    started_at, finished_at = positions[id(flow_events[0])], positions[id(flow_events[1])]
+    for run_id in ids["ran"]:
+        stream = by_run[run_id]
+        assert [e.kind for e in stream] == [EventKind.SUBMITTED, EventKind.STARTED, EventKind.FINISHED], stream
+        submitted, started, finished = stream
+        assert {e.backend for e in stream} == {"threads"}
+        assert finished.worker is not None and finished.worker.pid == os.getpid() and started.worker == finished.worker
+        assert submitted.timestamp <= started.timestamp <= finished.timestamp
+        assert started_at < positions[id(submitted)] and positions[id(finished)] < finished_at
+    (not_run,) = ids["not_run"]
+    assert [e.kind for e in by_run[not_run]] == [EventKind.SUBMITTED, EventKind.FINISHED]
+    finals = sorted(s[-1].state.name for s in by_run.values() if s[-1].state is not None)
+    assert finals.count("Completed") == 53 and finals.count("Failed") == 1 and finals.count("NotRun") == 1
+    retried = by_run[ids["ran"][-1]][-1].state
+    assert retried is not None and retried.attempts == 2
+
+
+def test_a_run_that_runs_long_is_announced_at_a_flush_before_it_ends(recording: Recording, home: Path) -> None:
+    go = threading.Event()
+    running = threading.Event()
+
+    @task
+    def slow() -> int:
+        running.set()
+        assert go.wait(30)
+        return 7
+
+    backend = flowcore.get_backend("threads", max_workers=2)
+    seen_before_end: list[list[EventKind]] = []
+
+    @flow(backend=backend)
+    def waiting() -> int:
+        future = slow.submit()
+        assert running.wait(30)
+        deferred_runs.flush()  # what the history writer does every half second
+        assert recorder.flush(10)  # written as a pending row now (a flush releases held runs)
+        seen_before_end.append([e.kind for e in recording.by_run()[future.task_run_id]])
+        go.set()
+        return future.result()
+
+    try:
+        assert waiting() == 7
+    finally:
+        backend.shutdown()
+    assert seen_before_end == [[EventKind.SUBMITTED]]
+    stream = next(s for s in recording.by_run().values() if s[0].task_name == "slow")
+    assert [e.kind for e in stream] == [EventKind.SUBMITTED, EventKind.STARTED, EventKind.FINISHED]
+    connection = sqlite3.connect(home / "history.db")
+    try:
+        rows = connection.execute(
+            "SELECT state, attempts, submitted_time IS NOT NULL, start_time IS NOT NULL, end_time IS NOT NULL, "
+            "worker_pid FROM task_runs_all WHERE task = 'slow'"
+        ).fetchall()
+    finally:
+        connection.close()
+    assert rows == [("Completed", 1, 1, 1, 1, os.getpid())]  # the pending row, updated: one row
+
+
+def test_the_history_records_deferred_runs_like_any_others(home: Path) -> None:
+    registry = get_registry()
+    if not registry.defers_runs:
+        pytest.skip("the history plugin does not observe runs here")
+    backend = flowcore.get_backend("threads", max_workers=2)
+
+    @flow(backend=backend)
+    def many() -> int:
+        futures = [add.submit(i, 0) for i in range(300)]
+        bad = fail.submit(2)
+        bad.wait()
+        return sum(f.result() for f in futures)
+
+    try:
+        assert many() == sum(range(300))
+    finally:
+        backend.shutdown()
+    connection = sqlite3.connect(home / "history.db")
+    try:
+        rows = connection.execute(
+            "SELECT state, count(*), count(DISTINCT id), count(DISTINCT name), min(attempts), max(attempts), "
+            "count(submitted_time), count(start_time), count(end_time), count(worker_thread), "
+            "sum(submitted_time <= start_time AND start_time <= end_time) "
+            "FROM task_runs_all GROUP BY state ORDER BY state"
+        ).fetchall()
+    finally:
+        connection.close()
+    assert rows == [("Completed", 300, 300, 300, 1, 1, 300, 300, 300, 300, 300), ("Failed", 1, 1, 1, 1, 1, 1, 1, 1, 1, 1)]
+
+
+def test_runs_buffered_by_pool_threads_that_ended_are_still_reported(recording: Recording) -> None:
+    @flow  # the default backend: a pool of its own, shut down before the flow run ends
+    def short() -> list[int]:
+        futures = [add.submit(i, 1) for i in range(20)]
+        bad = fail.submit(3)
+        bad.wait()
+        return [f.result() for f in futures]
+
+    for _ in range(3):
+        assert short() == list(range(1, 21))
+    streams = recording.by_run()
+    assert len(streams) == 63
+    for stream in streams.values():
+        assert [e.kind for e in stream] == [EventKind.SUBMITTED, EventKind.STARTED, EventKind.FINISHED]
+    assert sum(1 for s in streams.values() if s[-1].state is not None and s[-1].state.name == "Failed") == 3
