@@ -380,8 +380,12 @@ class _QueuedRun:
 def _run_here(future: RunFuture[Any]) -> None:
     """Run a queued run in the thread that is about to wait for it, unless a worker
     has taken it (see :func:`_steal`)."""
-    if not future.claim():
-        return
+    if future.claim():
+        _run_claimed(future)
+
+
+def _run_claimed(future: RunFuture[Any]) -> None:
+    """Run a claimed run in the waiting thread and settle it."""
     try:
         # A fresh context, as on a pool thread: the waiter's flow is not the task's.
         state = contextvars.Context().run(run_call, future.call)
@@ -404,13 +408,7 @@ def _steal(future: RunFuture[Any]) -> None:
     if not backend_future.cancel():  # a worker has started it
         future.unclaim()
         return
-    try:
-        # A fresh context, as on a pool thread: the waiter's flow is not the task's.
-        state = contextvars.Context().run(run_call, future.call)
-    except BaseException:
-        future.set_final(states.Cancelled("interrupted while running in the waiting thread"))
-        raise
-    future.set_final(state, current_worker())
+    _run_claimed(future)
 
 
 def _on_done(future: RunFuture[Any], backend_future: Future[Any]) -> None:
