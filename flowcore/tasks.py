@@ -460,26 +460,15 @@ class AsyncTask(Task[P, R]):
         self, args: tuple[Any, ...], kwargs: dict[str, Any], return_state: bool, scope: Any
     ) -> Coroutine[Any, Any, Any]:
         """The coroutine of one direct run, on the path its observation needs (chosen
-        here, so that an awaited run costs one coroutine around the body's)."""
+        here). On the short paths it is a :class:`~flowcore.direct_runs.AwaitedRun`:
+        the body's steps run inline in the awaiting task, with no coroutine, asyncio
+        Task or context token of flowcore's own per run."""
         flow_run, log_prints, observation = self._direct_path(scope, return_state)
         if observation == _BATCHED and flow_run is not None:
-            return direct_runs.call_async(self, args, kwargs, flow_run)
+            return direct_runs.AwaitedRun(self, args, kwargs, flow_run, True)
         if observation == _UNOBSERVED:
-            return self._unobserved(args, kwargs, flow_run)
+            return direct_runs.AwaitedRun(self, args, kwargs, flow_run, False)
         return self._observed(args, kwargs, flow_run, log_prints, return_state)
-
-    async def _unobserved(
-        self, args: tuple[Any, ...], kwargs: dict[str, Any], flow_run: FlowRun | None
-    ) -> Any:
-        token = _task_run.set(TaskRunContext(self, None, args, kwargs, flow_run))
-        try:
-            return await self.fn(*args, **kwargs)  # type: ignore[misc]
-        except SystemExit as exc:
-            from flowcore.engine import exit_message
-
-            raise CrashedError(f"task {self.name!r}: {exit_message(exc)}") from exc
-        finally:
-            _task_run.reset(token)
 
     async def _observed(
         self, args: tuple[Any, ...], kwargs: dict[str, Any], flow_run: FlowRun | None,
