@@ -22,7 +22,6 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Coroutine, Generator
 from typing import TYPE_CHECKING, Any
 
 from flowcore import registry
@@ -56,10 +55,12 @@ class _Runs:
 class _Buffer:
     """One thread's buffered runs, per (task, flow run)."""
 
-    __slots__ = ("__weakref__", "count", "oldest", "runs", "worker")
+    __slots__ = ("__weakref__", "count", "last", "oldest", "runs", "worker")
 
     def __init__(self, worker: Worker) -> None:
         self.runs: dict[tuple[int, str], _Runs] = {}
+        #: the runs ``_record`` added to last (while still in ``runs``), else None
+        self.last: _Runs | None = None
         self.count = 0
         self.oldest = 0.0
         self.worker = worker
@@ -110,151 +111,76 @@ def call(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], flow_run: Flo
     return value
 
 
-class AwaitedRun(TaskRunContext, Coroutine[Any, Any, Any]):
-    """One direct run of a coroutine task where the caller awaits (``await t(x)``,
-    ``asyncio.gather(t(1), t(2))``): the coroutine the call returns, and the run's
-    task run context, in one object.
+async def call_async(
+    task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], flow_run: FlowRun
+) -> Any:
+    """:func:`call` for a coroutine task, where the caller awaits: its body is awaited
+    here, inline in the awaiting asyncio task (no task of its own). Runs awaited at
+    once (``asyncio.gather``) are each recorded when they end, in this thread's buffer
+    (one event loop runs them all in this thread).
 
-    It adds neither an asyncio Task nor a coroutine frame of its own: the body's
-    steps run inline, in the steps of whoever awaits it. From its first step to its
-    end the run is the task run of the awaiting context (``get_run_context()``,
-    ``get_run_logger()``, nested calls, callbacks and tasks created in the body), as
-    with a coroutine that sets it around ``await body``; when it ends the previous
-    value is set again. With thousands of runs awaited at once each costs the body's
-    coroutine, its argument tuple, this object and its entry in the context.
-
-    ``recorded``: the run is reported through this thread's buffer (see the module
-    docstring): its numbers are reserved and its start timed when its first step
-    begins, and it is recorded when its body returns, or reported ``Failed`` /
-    ``Crashed`` when it raises (``sys.exit()`` becomes :class:`CrashedError`, as on
-    every path). Otherwise (nothing observes runs) only ``sys.exit()`` is translated.
-    A run thrown into or closed before its first step never started: nothing is
-    reported; a run closed while suspended is not reported either. The body's
-    coroutine is made at the call, so one never awaited warns under its own name.
-    """
-
-    __slots__ = ("_body", "_previous", "_recorded", "_start")
-
-    def __init__(
-        self, task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], flow_run: FlowRun | None,
-        recorded: bool,
-    ) -> None:
-        TaskRunContext.__init__(self, task, None, args, kwargs, flow_run)
-        self._body: Coroutine[Any, Any, Any] = task.fn(*args, **kwargs)
-        self._recorded = recorded
-        #: 0.0: not started; the body's start time while it runs; -1.0: ended
-        self._start = 0.0
-        #: the task run set before this one's first step, set again when it ends
-        self._previous: TaskRunContext | None = None
-
-    def __await__(self) -> Generator[Any, None, Any]:
-        return self  # type: ignore[return-value]  # an iterator with send/throw/close
-
-    def send(self, value: Any = None) -> Any:
-        """One step of the body (``value``: what its pending await receives)."""
-        if self._start <= 0.0 and self._begin():
-            return self._body.send(value)  # ended: the body says it cannot be resumed
-        try:
-            return self._body.send(value)
-        except StopIteration:  # returned: the value travels in the StopIteration
-            self._end()
-            raise
-        except BaseException as exc:
-            self._fail(exc)
-            raise
-
-    __next__ = send
-
-    def throw(self, typ: Any, val: Any = None, tb: Any = None, /) -> Any:
-        """Raise an exception in the body at its pending await (cancellation, a timeout)."""
-        body = self._body
-        if self._start <= 0.0:  # not started (the body raises at once) or ended
-            self._start = -1.0
-            return body.throw(typ) if val is None and tb is None else body.throw(typ, val, tb)
-        try:
-            return body.throw(typ) if val is None and tb is None else body.throw(typ, val, tb)
-        except StopIteration:
-            self._end()
-            raise
-        except BaseException as exc:
-            self._fail(exc)
-            raise
-
-    def close(self) -> None:
-        """Close the body (its ``finally`` blocks run as the run's); not reported."""
-        running = self._start > 0.0
-        self._start = -1.0
-        try:
-            self._body.close()
-        finally:
-            if running:
-                _task_run.set(self._previous)
-
-    def _begin(self) -> bool:
-        """Start the run at its first step (True: it has ended already)."""
-        if self._start < 0.0:
-            return True
-        self._previous = _task_run.get()
-        _task_run.set(self)
-        if self._recorded:
-            flow_run = self.flow_run
-            assert flow_run is not None
-            self._name_number = flow_run.run_numbers.reserve(self.task.name)
-            self._number = reserve_run_numbers(1)
-        self._start = time.time()
-        return False
-
-    def _end(self) -> None:
-        end = time.time()
-        start = self._start
-        self._start = -1.0
-        _task_run.set(self._previous)
-        if self._recorded:
-            flow_run = self.flow_run
-            assert flow_run is not None
-            _record(self.task, flow_run, self._number, self._name_number, start, end)
-
-    def _fail(self, exc: BaseException) -> None:
-        start = self._start
-        self._start = -1.0
-        _task_run.set(self._previous)
-        if self._recorded:
-            flow_run = self.flow_run
-            assert flow_run is not None
-            _failed(
-                self.task, self.args, self.kwargs or {}, flow_run, self._number, self._name_number,
-                start, exc,
-            )
-        elif isinstance(exc, SystemExit):
-            from flowcore.engine import exit_message
-            from flowcore.errors import CrashedError
-
-            raise CrashedError(f"task {self.task.name!r}: {exit_message(exc)}") from exc
+    The run is the task run of the awaiting context from its first step to its end
+    (the body, and the tasks and callbacks it creates, see it); then the value before
+    it is set again. No context token is kept: each of thousands of runs in flight
+    costs this coroutine, its task run context and its entry in the context, besides
+    the body's own coroutine (every live object makes the cyclic GC work more)."""
+    previous = _task_run.get()
+    name_number = flow_run.run_numbers.reserve(task.options.name)
+    number = reserve_run_numbers(1)
+    _task_run.set(TaskRunContext(task, None, args, kwargs, flow_run, number, name_number))
+    start = time.time()
+    try:
+        value = await task.fn(*args, **kwargs)
+    except BaseException as exc:
+        _task_run.set(previous)
+        _failed(task, args, kwargs, flow_run, number, name_number, start, exc)
+        raise
+    end = time.time()
+    _task_run.set(previous)
+    _record(task, flow_run, number, name_number, start, end)
+    return value
 
 
-def call_async(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], flow_run: FlowRun) -> AwaitedRun:
-    """:func:`call` for a coroutine task, where the caller awaits: the run as an
-    awaitable (see :class:`AwaitedRun`). Runs awaited at once (``asyncio.gather``) are
-    each recorded when they end, in this thread's buffer (one event loop runs them all
-    in this thread)."""
-    return AwaitedRun(task, args, kwargs, flow_run, True)
+async def await_unobserved(
+    task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], flow_run: FlowRun | None
+) -> Any:
+    """:func:`call_async` when nothing observes runs: nothing is recorded; a body's
+    ``sys.exit()`` ends the run as :class:`~flowcore.errors.CrashedError`."""
+    previous = _task_run.get()
+    _task_run.set(TaskRunContext(task, None, args, kwargs, flow_run))
+    try:
+        return await task.fn(*args, **kwargs)
+    except SystemExit as exc:
+        from flowcore.engine import exit_message
+        from flowcore.errors import CrashedError
+
+        raise CrashedError(f"task {task.name!r}: {exit_message(exc)}") from exc
+    finally:
+        _task_run.set(previous)
 
 
 def _record(task: Any, flow_run: FlowRun, number: int, name_number: int, start: float, end: float) -> None:
     """Add a run that completed to this thread's buffer; report the buffer when full or old."""
-    buffer = _buffer()
-    key = (id(task), flow_run.run_id)
-    runs = buffer.runs.get(key)
-    if runs is None:
-        runs = buffer.runs[key] = _Runs(task, flow_run.run_id)
+    buffer: _Buffer | None = getattr(_local, "buffer", None)
+    if buffer is None:
+        buffer = _buffer()
+    runs = buffer.last
+    run_id = flow_run.run_id
+    if runs is None or runs.task is not task or runs.flow_run_id != run_id:
+        key = (id(task), run_id)
+        runs = buffer.runs.get(key)
+        if runs is None:
+            runs = buffer.runs[key] = _Runs(task, run_id)
+        buffer.last = runs
     runs.numbers.append(number)
     runs.names.append(name_number)
     runs.starts.append(start)
     runs.ends.append(end)
-    if not buffer.count:
+    count = buffer.count
+    if not count:
         buffer.oldest = end
-    buffer.count += 1
-    if buffer.count >= MAX_RUNS or end - buffer.oldest >= MAX_AGE_S:
+    buffer.count = count + 1
+    if count + 1 >= MAX_RUNS or end - buffer.oldest >= MAX_AGE_S:
         _report(buffer)
 
 
@@ -293,6 +219,8 @@ def _report(buffer: _Buffer, flow_run_id: str | None = None) -> None:
         if flow_run_id is not None and runs.flow_run_id != flow_run_id:
             continue
         del buffer.runs[key]
+        if buffer.last is runs:
+            buffer.last = None
         buffer.count -= len(runs.numbers)
         batches.append(
             RunColumns(
@@ -337,4 +265,4 @@ def _report_failure(
     report_final_state(call_record, state, None, buffer.worker)
 
 
-__all__ = ["MAX_AGE_S", "MAX_RUNS", "AwaitedRun", "call", "call_async", "flush"]
+__all__ = ["MAX_AGE_S", "MAX_RUNS", "await_unobserved", "call", "call_async", "flush"]

@@ -441,18 +441,31 @@ class AsyncTask(Task[P, R]):
         """``await``-able run where the caller awaits, else the value (see the class);
         ``return_state=True``: the final State instead. Bad arguments raise TypeError
         here, before any coroutine is made."""
-        return_state = kwargs.pop("return_state", False) if "return_state" in kwargs else False
-        if kwargs or not self._min_args <= len(args) <= self._max_args:
-            self.bind(args, kwargs)
+        if kwargs:
+            return_state = kwargs.pop("return_state", False)
+            if kwargs or not self._min_args <= len(args) <= self._max_args:
+                self.bind(args, kwargs)
+        else:
+            return_state = False
+            if not self._min_args <= len(args) <= self._max_args:
+                self.bind(args, kwargs)
         scope = _scope.get()
-        # in_async_context(), inlined for the common case: a loop runs here, in the
-        # body of an async flow (this is paid once per awaited run)
+        # in_async_context(), inlined for the common case: in the body of an async flow
+        # where its loop runs (this is paid once per awaited run); then the coroutine
+        # of _run_coroutine, inlined for its short paths
         if (
-            running_loop() is not None
-            and _task_run.get() is None
+            _task_run.get() is None
             and isinstance(scope, FlowRunContext)
             and scope.flow.isasync
-        ) or in_async_context():
+            and running_loop() is not None
+        ):
+            flow_run, log_prints, observation = self._direct_path(scope, return_state)
+            if observation == _BATCHED and flow_run is not None:
+                return direct_runs.call_async(self, args, kwargs, flow_run)
+            if observation == _UNOBSERVED:
+                return direct_runs.await_unobserved(self, args, kwargs, flow_run)
+            return self._observed(args, kwargs, flow_run, log_prints, return_state)
+        if in_async_context():
             return self._run_coroutine(args, kwargs, return_state, scope)
         return run_sync(self._run_coroutine(args, kwargs, return_state, scope))
 
@@ -460,14 +473,12 @@ class AsyncTask(Task[P, R]):
         self, args: tuple[Any, ...], kwargs: dict[str, Any], return_state: bool, scope: Any
     ) -> Coroutine[Any, Any, Any]:
         """The coroutine of one direct run, on the path its observation needs (chosen
-        here). On the short paths it is a :class:`~flowcore.direct_runs.AwaitedRun`:
-        the body's steps run inline in the awaiting task, with no coroutine, asyncio
-        Task or context token of flowcore's own per run."""
+        here, so that an awaited run costs one coroutine around the body's)."""
         flow_run, log_prints, observation = self._direct_path(scope, return_state)
         if observation == _BATCHED and flow_run is not None:
-            return direct_runs.AwaitedRun(self, args, kwargs, flow_run, True)
+            return direct_runs.call_async(self, args, kwargs, flow_run)
         if observation == _UNOBSERVED:
-            return direct_runs.AwaitedRun(self, args, kwargs, flow_run, False)
+            return direct_runs.await_unobserved(self, args, kwargs, flow_run)
         return self._observed(args, kwargs, flow_run, log_prints, return_state)
 
     async def _observed(

@@ -289,7 +289,7 @@ def test_a_map_of_async_runs_waits_together_in_a_worker_thread() -> None:
     assert _active[1] > 1
 
 
-# -- awaited direct runs (flowcore.direct_runs.AwaitedRun) --------------------------------
+# -- awaited direct runs (flowcore.direct_runs.call_async, await_unobserved) ---------------
 
 HISTORY_PLUGIN = "flowcore.plugins.history"
 
@@ -399,14 +399,3 @@ def test_awaited_runs_unobserved() -> None:
         if plugin is not None:
             registry.register(plugin, name=HISTORY_PLUGIN)
 
-
-def test_an_awaited_run_never_awaited_warns_under_the_task_function_name() -> None:
-    @flow
-    async def forgets() -> None:
-        introspects(0)  # no await
-
-    with pytest.warns(RuntimeWarning, match="coroutine 'introspects' was never awaited"):
-        forgets()
-        import gc
-
-        gc.collect()
