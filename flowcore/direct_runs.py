@@ -112,28 +112,29 @@ def call(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], flow_run: Flo
 
 
 async def call_async(
-    task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], flow_run: FlowRun
+    task: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None, flow_run: FlowRun
 ) -> Any:
     """:func:`call` for a coroutine task, where the caller awaits: its body is awaited
     here, inline in the awaiting asyncio task (no task of its own). Runs awaited at
     once (``asyncio.gather``) are each recorded when they end, in this thread's buffer
-    (one event loop runs them all in this thread).
+    (one event loop runs them all in this thread). ``kwargs``: None for none.
 
     The run is the task run of the awaiting context from its first step to its end
     (the body, and the tasks and callbacks it creates, see it); then the value before
-    it is set again. No context token is kept: each of thousands of runs in flight
-    costs this coroutine, its task run context and its entry in the context, besides
-    the body's own coroutine (every live object makes the cyclic GC work more)."""
+    it is set again. No context token is kept, nor an empty keyword dict: each of
+    thousands of runs in flight costs this coroutine, its task run context, its
+    argument tuple and its entry in the context, besides the body's own coroutine
+    (every live object makes the cyclic GC run more often and take longer)."""
     previous = _task_run.get()
     name_number = flow_run.run_numbers.reserve(task.options.name)
     number = reserve_run_numbers(1)
     _task_run.set(TaskRunContext(task, None, args, kwargs, flow_run, number, name_number))
     start = time.time()
     try:
-        value = await task.fn(*args, **kwargs)
+        value = await (task.fn(*args, **kwargs) if kwargs else task.fn(*args))
     except BaseException as exc:
         _task_run.set(previous)
-        _failed(task, args, kwargs, flow_run, number, name_number, start, exc)
+        _failed(task, args, kwargs or {}, flow_run, number, name_number, start, exc)
         raise
     end = time.time()
     _task_run.set(previous)
@@ -142,14 +143,14 @@ async def call_async(
 
 
 async def await_unobserved(
-    task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], flow_run: FlowRun | None
+    task: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None, flow_run: FlowRun | None
 ) -> Any:
     """:func:`call_async` when nothing observes runs: nothing is recorded; a body's
     ``sys.exit()`` ends the run as :class:`~flowcore.errors.CrashedError`."""
     previous = _task_run.get()
     _task_run.set(TaskRunContext(task, None, args, kwargs, flow_run))
     try:
-        return await task.fn(*args, **kwargs)
+        return await (task.fn(*args, **kwargs) if kwargs else task.fn(*args))
     except SystemExit as exc:
         from flowcore.engine import exit_message
         from flowcore.errors import CrashedError

@@ -460,10 +460,11 @@ class AsyncTask(Task[P, R]):
             and running_loop() is not None
         ):
             flow_run, log_prints, observation = self._direct_path(scope, return_state)
+            # (no keyword arguments: no dict kept alive while the run is in flight)
             if observation == _BATCHED and flow_run is not None:
-                return direct_runs.call_async(self, args, kwargs, flow_run)
+                return direct_runs.call_async(self, args, kwargs or None, flow_run)
             if observation == _UNOBSERVED:
-                return direct_runs.await_unobserved(self, args, kwargs, flow_run)
+                return direct_runs.await_unobserved(self, args, kwargs or None, flow_run)
             return self._observed(args, kwargs, flow_run, log_prints, return_state)
         if in_async_context():
             return self._run_coroutine(args, kwargs, return_state, scope)
@@ -476,9 +477,9 @@ class AsyncTask(Task[P, R]):
         here, so that an awaited run costs one coroutine around the body's)."""
         flow_run, log_prints, observation = self._direct_path(scope, return_state)
         if observation == _BATCHED and flow_run is not None:
-            return direct_runs.call_async(self, args, kwargs, flow_run)
+            return direct_runs.call_async(self, args, kwargs or None, flow_run)
         if observation == _UNOBSERVED:
-            return direct_runs.await_unobserved(self, args, kwargs, flow_run)
+            return direct_runs.await_unobserved(self, args, kwargs or None, flow_run)
         return self._observed(args, kwargs, flow_run, log_prints, return_state)
 
     async def _observed(
