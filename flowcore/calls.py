@@ -39,9 +39,13 @@ def reserve_run_numbers(count: int) -> int:
     """Reserve ``count`` consecutive run numbers; returns the first. A map's runs take
     one block, so their ids are known without making them one by one."""
     global _next_number
-    with _number_lock:
+    # acquire/release rather than ``with``: no bound methods made, once per task run
+    _number_lock.acquire()
+    try:
         first = _next_number
         _next_number = first + count
+    finally:
+        _number_lock.release()
     return first
 
 
@@ -63,9 +67,13 @@ class RunNumbers:
 
     def reserve(self, task_name: str, count: int = 1) -> int:
         """Reserve ``count`` consecutive numbers for ``task_name``; returns the first."""
-        with self._lock:
+        lock = self._lock
+        lock.acquire()  # not ``with``: see reserve_run_numbers
+        try:
             first = self._next.get(task_name, 0)
             self._next[task_name] = first + count
+        finally:
+            lock.release()
         return first
 
     def __reduce__(self) -> tuple[type[RunNumbers], tuple[()]]:

@@ -135,7 +135,9 @@ class TaskRunContext:
     """Set while a task body runs. ``call`` is None on the direct-call fast path,
     where the run id is made only if something asks for it."""
 
-    __slots__ = ("_call", "_nested", "_numbers", "args", "attempt", "flow_run", "kwargs", "logger", "task")
+    __slots__ = (
+        "_call", "_name_number", "_nested", "_number", "args", "attempt", "flow_run", "kwargs", "logger", "task",
+    )
 
     def __init__(
         self,
@@ -144,15 +146,19 @@ class TaskRunContext:
         args: tuple[Any, ...] = (),
         kwargs: dict[str, Any] | None = None,
         flow_run: FlowRun | None = None,
-        numbers: tuple[int, int] | None = None,
+        number: int = -1,
+        name_number: int = -1,
     ) -> None:
         self.task = task
         self._call = call
         self.args = args
         self.kwargs = kwargs
         self.flow_run = flow_run
-        #: (run number, name number) already reserved for this run (batched direct calls)
-        self._numbers = numbers
+        #: the run number and name number already reserved for this run (batched
+        #: direct calls, see flowcore.direct_runs), -1 when none is: two ints rather
+        #: than a tuple, one object less per awaited run in flight
+        self._number = number
+        self._name_number = name_number
         self.logger: logging.LoggerAdapter[logging.Logger] | None = None
         self._nested: RunScope | None = None
         #: the attempt running now (1 for the first; retries count on)
@@ -183,8 +189,7 @@ class TaskRunContext:
     @property
     def call(self) -> TaskCall:
         if self._call is None:
-            numbers = self._numbers
-            if numbers is None:
+            if self._number < 0:
                 self._call = self.task._make_call(self.args, self.kwargs or {}, self.flow_run, False)
             else:  # the ids its run is reported under (flowcore.direct_runs)
                 from flowcore.calls import run_id_prefix
@@ -192,11 +197,11 @@ class TaskRunContext:
                 flow_run = self.flow_run
                 task = self.task
                 if task.options.task_run_name is None:
-                    name = f"{task.name}-{numbers[1]}"
+                    name = f"{task.name}-{self._name_number}"
                 else:
                     name = task._run_name(self.args, self.kwargs or {}, flow_run)
                 self._call = TaskCall(
-                    task, self.args, self.kwargs or {}, f"{run_id_prefix()}-{numbers[0]:x}",
+                    task, self.args, self.kwargs or {}, f"{run_id_prefix()}-{self._number:x}",
                     name, flow_run.run_id if flow_run else None,
                     flow_run.name if flow_run else None, flow_run.flow_name if flow_run else None,
                     0.0, False, 0, None, flow_run,

@@ -55,10 +55,12 @@ class _Runs:
 class _Buffer:
     """One thread's buffered runs, per (task, flow run)."""
 
-    __slots__ = ("__weakref__", "count", "oldest", "runs", "worker")
+    __slots__ = ("__weakref__", "count", "last", "oldest", "runs", "worker")
 
     def __init__(self, worker: Worker) -> None:
         self.runs: dict[tuple[int, str], _Runs] = {}
+        #: the runs ``_record`` added to last (while still in ``runs``), else None
+        self.last: _Runs | None = None
         self.count = 0
         self.oldest = 0.0
         self.worker = worker
@@ -95,7 +97,7 @@ def call(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], flow_run: Flo
     Raises what the body raises, after reporting the failed run."""
     name_number = flow_run.run_numbers.reserve(task.name)
     number = reserve_run_numbers(1)
-    token = _task_run.set(TaskRunContext(task, None, args, kwargs, flow_run, (number, name_number)))
+    token = _task_run.set(TaskRunContext(task, None, args, kwargs, flow_run, number, name_number))
     start = time.time()
     try:
         value = task.fn(*args, **kwargs)
@@ -110,42 +112,76 @@ def call(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], flow_run: Flo
 
 
 async def call_async(
-    task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], flow_run: FlowRun
+    task: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None, flow_run: FlowRun
 ) -> Any:
-    """:func:`call` for a coroutine task: its body is awaited here. Runs awaited at
+    """:func:`call` for a coroutine task, where the caller awaits: its body is awaited
+    here, inline in the awaiting asyncio task (no task of its own). Runs awaited at
     once (``asyncio.gather``) are each recorded when they end, in this thread's buffer
-    (one event loop runs them all in this thread)."""
-    name_number = flow_run.run_numbers.reserve(task.name)
+    (one event loop runs them all in this thread). ``kwargs``: None for none.
+
+    The run is the task run of the awaiting context from its first step to its end
+    (the body, and the tasks and callbacks it creates, see it); then the value before
+    it is set again. No context token is kept, nor an empty keyword dict: each of
+    thousands of runs in flight costs this coroutine, its task run context, its
+    argument tuple and its entry in the context, besides the body's own coroutine
+    (every live object makes the cyclic GC run more often and take longer)."""
+    previous = _task_run.get()
+    name_number = flow_run.run_numbers.reserve(task.options.name)
     number = reserve_run_numbers(1)
-    token = _task_run.set(TaskRunContext(task, None, args, kwargs, flow_run, (number, name_number)))
+    _task_run.set(TaskRunContext(task, None, args, kwargs, flow_run, number, name_number))
     start = time.time()
     try:
-        value = await task.fn(*args, **kwargs)
+        value = await (task.fn(*args, **kwargs) if kwargs else task.fn(*args))
     except BaseException as exc:
-        _task_run.reset(token)
-        _failed(task, args, kwargs, flow_run, number, name_number, start, exc)
+        _task_run.set(previous)
+        _failed(task, args, kwargs or {}, flow_run, number, name_number, start, exc)
         raise
     end = time.time()
-    _task_run.reset(token)
+    _task_run.set(previous)
     _record(task, flow_run, number, name_number, start, end)
     return value
 
 
+async def await_unobserved(
+    task: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None, flow_run: FlowRun | None
+) -> Any:
+    """:func:`call_async` when nothing observes runs: nothing is recorded; a body's
+    ``sys.exit()`` ends the run as :class:`~flowcore.errors.CrashedError`."""
+    previous = _task_run.get()
+    _task_run.set(TaskRunContext(task, None, args, kwargs, flow_run))
+    try:
+        return await (task.fn(*args, **kwargs) if kwargs else task.fn(*args))
+    except SystemExit as exc:
+        from flowcore.engine import exit_message
+        from flowcore.errors import CrashedError
+
+        raise CrashedError(f"task {task.name!r}: {exit_message(exc)}") from exc
+    finally:
+        _task_run.set(previous)
+
+
 def _record(task: Any, flow_run: FlowRun, number: int, name_number: int, start: float, end: float) -> None:
     """Add a run that completed to this thread's buffer; report the buffer when full or old."""
-    buffer = _buffer()
-    key = (id(task), flow_run.run_id)
-    runs = buffer.runs.get(key)
-    if runs is None:
-        runs = buffer.runs[key] = _Runs(task, flow_run.run_id)
+    buffer: _Buffer | None = getattr(_local, "buffer", None)
+    if buffer is None:
+        buffer = _buffer()
+    runs = buffer.last
+    run_id = flow_run.run_id
+    if runs is None or runs.task is not task or runs.flow_run_id != run_id:
+        key = (id(task), run_id)
+        runs = buffer.runs.get(key)
+        if runs is None:
+            runs = buffer.runs[key] = _Runs(task, run_id)
+        buffer.last = runs
     runs.numbers.append(number)
     runs.names.append(name_number)
     runs.starts.append(start)
     runs.ends.append(end)
-    if not buffer.count:
+    count = buffer.count
+    if not count:
         buffer.oldest = end
-    buffer.count += 1
-    if buffer.count >= MAX_RUNS or end - buffer.oldest >= MAX_AGE_S:
+    buffer.count = count + 1
+    if count + 1 >= MAX_RUNS or end - buffer.oldest >= MAX_AGE_S:
         _report(buffer)
 
 
@@ -184,6 +220,8 @@ def _report(buffer: _Buffer, flow_run_id: str | None = None) -> None:
         if flow_run_id is not None and runs.flow_run_id != flow_run_id:
             continue
         del buffer.runs[key]
+        if buffer.last is runs:
+            buffer.last = None
         buffer.count -= len(runs.numbers)
         batches.append(
             RunColumns(
@@ -228,4 +266,4 @@ def _report_failure(
     report_final_state(call_record, state, None, buffer.worker)
 
 
-__all__ = ["MAX_AGE_S", "MAX_RUNS", "call", "call_async", "flush"]
+__all__ = ["MAX_AGE_S", "MAX_RUNS", "await_unobserved", "call", "call_async", "flush"]

@@ -444,18 +444,32 @@ class AsyncTask(Task[P, R]):
         """``await``-able run where the caller awaits, else the value (see the class);
         ``return_state=True``: the final State instead. Bad arguments raise TypeError
         here, before any coroutine is made."""
-        return_state = kwargs.pop("return_state", False) if "return_state" in kwargs else False
-        if kwargs or not self._min_args <= len(args) <= self._max_args:
-            self.bind(args, kwargs)
+        if kwargs:
+            return_state = kwargs.pop("return_state", False)
+            if kwargs or not self._min_args <= len(args) <= self._max_args:
+                self.bind(args, kwargs)
+        else:
+            return_state = False
+            if not self._min_args <= len(args) <= self._max_args:
+                self.bind(args, kwargs)
         scope = _scope.get()
-        # in_async_context(), inlined for the common case: a loop runs here, in the
-        # body of an async flow (this is paid once per awaited run)
+        # in_async_context(), inlined for the common case: in the body of an async flow
+        # where its loop runs (this is paid once per awaited run); then the coroutine
+        # of _run_coroutine, inlined for its short paths
         if (
-            running_loop() is not None
-            and _task_run.get() is None
+            _task_run.get() is None
             and isinstance(scope, FlowRunContext)
             and scope.flow.isasync
-        ) or in_async_context():
+            and running_loop() is not None
+        ):
+            flow_run, log_prints, observation = self._direct_path(scope, return_state)
+            # (no keyword arguments: no dict kept alive while the run is in flight)
+            if observation == _BATCHED and flow_run is not None:
+                return direct_runs.call_async(self, args, kwargs or None, flow_run)
+            if observation == _UNOBSERVED:
+                return direct_runs.await_unobserved(self, args, kwargs or None, flow_run)
+            return self._observed(args, kwargs, flow_run, log_prints, return_state)
+        if in_async_context():
             return self._run_coroutine(args, kwargs, return_state, scope)
         return run_sync(self._run_coroutine(args, kwargs, return_state, scope))
 
@@ -466,23 +480,10 @@ class AsyncTask(Task[P, R]):
         here, so that an awaited run costs one coroutine around the body's)."""
         flow_run, log_prints, observation = self._direct_path(scope, return_state)
         if observation == _BATCHED and flow_run is not None:
-            return direct_runs.call_async(self, args, kwargs, flow_run)
+            return direct_runs.call_async(self, args, kwargs or None, flow_run)
         if observation == _UNOBSERVED:
-            return self._unobserved(args, kwargs, flow_run)
+            return direct_runs.await_unobserved(self, args, kwargs or None, flow_run)
         return self._observed(args, kwargs, flow_run, log_prints, return_state)
-
-    async def _unobserved(
-        self, args: tuple[Any, ...], kwargs: dict[str, Any], flow_run: FlowRun | None
-    ) -> Any:
-        token = _task_run.set(TaskRunContext(self, None, args, kwargs, flow_run))
-        try:
-            return await self.fn(*args, **kwargs)  # type: ignore[misc]
-        except SystemExit as exc:
-            from flowcore.engine import exit_message
-
-            raise CrashedError(f"task {self.name!r}: {exit_message(exc)}") from exc
-        finally:
-            _task_run.reset(token)
 
     async def _observed(
         self, args: tuple[Any, ...], kwargs: dict[str, Any], flow_run: FlowRun | None,

@@ -287,3 +287,115 @@ def test_a_map_of_async_runs_waits_together_in_a_worker_thread() -> None:
 
         assert body() == list(range(40))
     assert _active[1] > 1
+
+
+# -- awaited direct runs (flowcore.direct_runs.call_async, await_unobserved) ---------------
+
+HISTORY_PLUGIN = "flowcore.plugins.history"
+
+
+@task
+async def introspects(i: int, fail: bool = False) -> tuple[str, str, str]:
+    """Its run's name as seen in the body, by a task the body creates and by a
+    callback it schedules (both copy the body's context), after one suspension."""
+    from flowcore import get_run_context
+
+    def name() -> str:
+        return get_run_context().task_run.name  # type: ignore[union-attr]
+
+    await asyncio.sleep(0)
+    own = name()
+
+    async def child() -> str:
+        return name()
+
+    in_child = await asyncio.create_task(child())
+    seen: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    asyncio.get_running_loop().call_soon(lambda: seen.set_result(name()))
+    in_callback = await seen
+    if fail:
+        raise Boom(f"run {i}")
+    return own, in_child, in_callback
+
+
+def _flow_of_awaited_runs(n: int) -> Any:
+    @flow
+    async def awaited(n: int) -> tuple[Any, ...]:
+        from flowcore import get_run_context
+
+        call = introspects(0)
+        assert asyncio.iscoroutine(call)
+        first = await call  # awaited inline, in the flow's own task
+        after_first = get_run_context().task_run
+        gathered = await asyncio.gather(*(introspects(i) for i in range(1, n)))
+        with pytest.raises(Boom, match=f"run {n}"):
+            await introspects(n, fail=True)
+        cancelled = asyncio.ensure_future(introspects(n + 1))
+        cancelled.cancel()  # before its first step: it never starts
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        return first, after_first, gathered, get_run_context().task_run
+
+    return awaited(n)
+
+
+def _check_awaited_runs(n: int, result: tuple[Any, ...]) -> None:
+    first, after_first, gathered, after_all = result
+    assert first == ("introspects-0",) * 3
+    assert list(gathered) == [(f"introspects-{i}",) * 3 for i in range(1, n)]
+    assert after_first is None and after_all is None  # the flow body is no task run
+
+
+def test_awaited_runs_are_their_own_task_runs_and_recorded(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the run history on (batched direct runs): each awaited run, inline or
+    gathered, is the task run of its body, of the tasks it creates and the callbacks it
+    schedules; every run that started is recorded (names, states, times); a run
+    cancelled before its first step is not."""
+    import sqlite3
+
+    monkeypatch.setenv("FLOWCORE_HOME", str(tmp_path))
+    monkeypatch.delenv("FLOWCORE_HISTORY", raising=False)
+    n = 50
+    _check_awaited_runs(n, _flow_of_awaited_runs(n))
+    connection = sqlite3.connect(tmp_path / "history.db")
+    try:
+        stored = connection.execute(
+            "SELECT name, state, start_time, end_time FROM task_runs_all WHERE task = 'introspects'"
+        ).fetchall()
+    finally:
+        connection.close()
+    by_name = {name: (state, start, end) for name, state, start, end in stored}
+    assert set(by_name) == {f"introspects-{i}" for i in range(n + 1)}
+    assert by_name[f"introspects-{n}"][0] == "Failed"
+    assert all(by_name[f"introspects-{i}"][0] == "Completed" for i in range(n))
+    assert all(start <= end for _, start, end in by_name.values())
+
+
+def test_awaited_runs_unobserved() -> None:
+    """With nothing observing runs the same calls behave the same (not recorded), and
+    sys.exit() in an awaited body still ends that run only, as CrashedError."""
+    from flowcore.registry import get_registry
+
+    @task
+    async def exits() -> None:
+        await asyncio.sleep(0)
+        sys.exit(2)
+
+    @flow
+    async def crashes() -> str:
+        with pytest.raises(CrashedError, match=r"sys.exit\(2\)"):
+            await exits()
+        return "went on"
+
+    registry = get_registry()
+    plugin = registry.pm.get_plugin(HISTORY_PLUGIN)
+    if plugin is not None:
+        registry.unregister(plugin)
+    try:
+        assert not registry.observes_events
+        _check_awaited_runs(5, _flow_of_awaited_runs(5))
+        assert crashes() == "went on"
+    finally:
+        if plugin is not None:
+            registry.register(plugin, name=HISTORY_PLUGIN)
+
