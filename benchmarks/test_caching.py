@@ -132,6 +132,7 @@ def _map_flows(directory: Path) -> tuple[Any, Any]:
     return plain_map, cached_map
 
 
+@pytest.mark.timeout(900)  # 200k misses write 200k entries (minutes on a shared disk)
 @pytest.mark.parametrize("outcome", ["misses", "hits"])
 def test_map_with_a_cache_policy_vs_plain_map(
     benchmark: BenchmarkFixture, quick: bool, directory: Path, outcome: str
