@@ -120,7 +120,7 @@ class TaskCall:
     backend: str | None = None
     #: the run's number (its id is ``f"{run_id_prefix()}-{number:x}"`` where it was
     #: made) and, for a run named ``<task>-<n>``, ``n``; -1 where not known (calls made
-    #: elsewhere than ``Task._make_call``, names from a ``task_run_name`` template)
+    #: elsewhere than ``Task.make_call``, names from a ``task_run_name`` template)
     number: int = -1
     name_number: int = -1
 

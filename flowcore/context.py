@@ -190,7 +190,7 @@ class TaskRunContext:
     def call(self) -> TaskCall:
         if self._call is None:
             if self._number < 0:
-                self._call = self.task._make_call(self.args, self.kwargs or {}, self.flow_run, False)
+                self._call = self.task.make_call(self.args, self.kwargs or {}, self.flow_run, False)
             else:  # the ids its run is reported under (flowcore.direct_runs)
                 from flowcore.calls import run_id_prefix
 
@@ -199,7 +199,7 @@ class TaskRunContext:
                 if task.options.task_run_name is None:
                     name = f"{task.name}-{self._name_number}"
                 else:
-                    name = task._run_name(self.args, self.kwargs or {}, flow_run)
+                    name = task.run_name_for(self.args, self.kwargs or {}, flow_run)
                 self._call = TaskCall(
                     task, self.args, self.kwargs or {}, f"{run_id_prefix()}-{self._number:x}",
                     name, flow_run.run_id if flow_run else None,

@@ -14,7 +14,7 @@ a run that belongs to a flow run is reported this way instead:
   nothing;
 * when the buffer is reported, each run that ended plainly (``Completed`` after one
   attempt, with a start time, no kept result, named ``<task>-<n>`` by
-  ``Task._make_call``) goes into one :class:`~flowcore.events.RunColumns` batch per
+  ``Task.make_call``) goes into one :class:`~flowcore.events.RunColumns` batch per
   task, flow run, backend and worker: SUBMITTED, STARTED and FINISHED of each run, or
   STARTED and FINISHED when its SUBMITTED was reported earlier. Every other run
   (failed, retried, cached, named by a template) is published on its own, its
@@ -243,7 +243,7 @@ def _publish_taken(runs: collections.deque[_Ended]) -> None:
         if (
             number < 0 or name_number < 0 or flow_run_id is None or state.attempts != 1
             or state.started_at is None or state.name != "Completed" or state.result_location is not None
-        ):  # not plain; or numbers < 0: not made by Task._make_call, or named by a template
+        ):  # not plain; or numbers < 0: not made by Task.make_call, or named by a template
             others.append((item, announced))
             continue
         task = call.task

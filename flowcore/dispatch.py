@@ -46,13 +46,13 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 from flowcore import registry, states
 from flowcore.engine import (
     SubmittedRuns,
+    current_worker,
     lost_attempt,
     rows_state,
     run_call,
     run_call_remote,
     run_rows,
 )
-from flowcore.events import current_worker
 from flowcore.futures import (
     RunFuture,
     TaskFuture,

@@ -17,7 +17,7 @@ import contextvars
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -25,7 +25,6 @@ from flowcore import states
 from flowcore.calls import TaskCall
 from flowcore.context import TaskRunContext, _task_run
 from flowcore.errors import TaskTimeoutError
-from flowcore.events import current_worker
 from flowcore.limits import limited_tags, task_slots
 from flowcore.states import State, completed_run
 from flowcore.timeouts import call_with_timeout, interrupts_blocking_calls
@@ -58,6 +57,20 @@ class RunTracker(Protocol):
 
 #: installed in a worker process by its backend's supervision; None elsewhere
 _tracker: RunTracker | None = None
+
+
+_current_worker: Callable[[], Worker] | None = None
+
+
+def current_worker() -> Worker:
+    """:func:`flowcore.events.current_worker`, imported on first use (``import
+    flowcore`` does not load the event records)."""
+    global _current_worker
+    if _current_worker is None:
+        from flowcore.events import current_worker as found
+
+        _current_worker = found
+    return _current_worker()
 
 
 def install_run_tracker(tracker: RunTracker) -> None:

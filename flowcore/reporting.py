@@ -69,16 +69,14 @@ def report_final_state(
     reported yet reports it here first."""
     options = call.task.options
     hooks = options.on_completion if state.type is StateType.COMPLETED else options.on_failure
-    current = registry._registry
-    if current is None:
-        current = registry.get_registry()
+    current = registry.get_registry()
     if hooks or options.on_running or state.type is not StateType.COMPLETED:
         run_task_hooks(call, state)
     if current.defers_runs and call.flow_run_id is not None:
         deferred_runs.ended(call, state, worker, backend)
         return
     if not current.observes_events:
-        if deferred_runs._noted:
+        if deferred_runs.pending():
             deferred_runs.take_noted(call)  # noted while observed: forget it
         return
     from flowcore.events import submitted_event, task_events

@@ -168,7 +168,7 @@ class Task(Generic[P, R]):
             finally:
                 _task_run.reset(token)
         self.check_arguments(args, kwargs)  # before any attempt, retry or hook
-        call = self._make_call(args, kwargs, flow_run, log_prints)
+        call = self.make_call(args, kwargs, flow_run, log_prints)
         from flowcore.engine import run_call
         from flowcore.events import current_worker, submitted_event
         from flowcore.reporting import report_final_state
@@ -288,13 +288,13 @@ class Task(Generic[P, R]):
         log_prints = self.options.log_prints
         if log_prints is None:
             log_prints = scope.log_prints
-        call = self._make_call(args, kwargs, scope.flow_run, log_prints)
+        call = self.make_call(args, kwargs, scope.flow_run, log_prints)
         call.backend = scope.slot.name
         future: RunFuture[R] = RunFuture(self, call, scope)
         scope.track(future)
         current = registry.get_registry()
         if current.defers_runs and call.flow_run_id is not None:
-            deferred_runs._noted[call.task_run_id] = call  # deferred_runs.note, inlined: reported later
+            deferred_runs.note(call)  # reported later
         elif current.observes_events:
             from flowcore.events import submitted_event
 
@@ -353,9 +353,11 @@ class Task(Generic[P, R]):
         bound.apply_defaults()
         return dict(bound.arguments)
 
-    def _make_call(
+    def make_call(
         self, args: tuple[Any, ...], kwargs: dict[str, Any], flow_run: FlowRun | None, log_prints: bool
     ) -> TaskCall:
+        """The :class:`~flowcore.calls.TaskCall` of a new run of this task (its run id
+        and name reserved); for the runtime (submissions, direct calls, contexts)."""
         number = reserve_run_numbers(1)
         run_id = f"{run_id_prefix()}-{number:x}"
         if self.options.task_run_name is None:
@@ -364,7 +366,7 @@ class Task(Generic[P, R]):
             name = f"{self.name}-{name_number}"
         else:
             name_number = -1
-            name = self._run_name(args, kwargs, flow_run)
+            name = self.run_name_for(args, kwargs, flow_run)
         # Positional construction: this runs once per task run, on the hot path.
         if flow_run is None:
             return TaskCall(
@@ -382,7 +384,8 @@ class Task(Generic[P, R]):
             call.flow_parameters_key = flow_parameters_key(flow_run)
         return call
 
-    def _run_name(self, args: tuple[Any, ...], kwargs: dict[str, Any], flow_run: FlowRun | None) -> str:
+    def run_name_for(self, args: tuple[Any, ...], kwargs: dict[str, Any], flow_run: FlowRun | None) -> str:
+        """The name of a new run of this task with these arguments (its number is reserved)."""
         template = self.options.task_run_name
         if template is None:
             numbers = flow_run.run_numbers if flow_run is not None else UNSCOPED_RUN_NUMBERS
@@ -489,7 +492,7 @@ class AsyncTask(Task[P, R]):
         self, args: tuple[Any, ...], kwargs: dict[str, Any], flow_run: FlowRun | None,
         log_prints: bool, return_state: bool,
     ) -> Any:
-        call = self._make_call(args, kwargs, flow_run, log_prints)
+        call = self.make_call(args, kwargs, flow_run, log_prints)
         from flowcore.engine import run_call_async
         from flowcore.events import current_worker, submitted_event
         from flowcore.reporting import report_final_state
