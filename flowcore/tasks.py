@@ -457,21 +457,14 @@ class AsyncTask(Task[P, R]):
                 self.bind(args, kwargs)
         scope = _scope.get()
         # in_async_context(), inlined for the common case: in the body of an async flow
-        # where its loop runs (this is paid once per awaited run); then the coroutine
-        # of _run_coroutine, inlined for its short paths
+        # where its loop runs (this is paid once per awaited run)
         if (
             _task_run.get() is None
             and isinstance(scope, FlowRunContext)
             and scope.flow.isasync
             and running_loop() is not None
         ):
-            flow_run, log_prints, observation = self._direct_path(scope, return_state)
-            # (no keyword arguments: no dict kept alive while the run is in flight)
-            if observation == _BATCHED and flow_run is not None:
-                return direct_runs.call_async(self, args, kwargs or None, flow_run)
-            if observation == _UNOBSERVED:
-                return direct_runs.await_unobserved(self, args, kwargs or None, flow_run)
-            return self._observed(args, kwargs, flow_run, log_prints, return_state)
+            return self._run_coroutine(args, kwargs, return_state, scope)
         if in_async_context():
             return self._run_coroutine(args, kwargs, return_state, scope)
         return run_sync(self._run_coroutine(args, kwargs, return_state, scope))
@@ -482,6 +475,7 @@ class AsyncTask(Task[P, R]):
         """The coroutine of one direct run, on the path its observation needs (chosen
         here, so that an awaited run costs one coroutine around the body's)."""
         flow_run, log_prints, observation = self._direct_path(scope, return_state)
+        # (no keyword arguments: no dict kept alive while the run is in flight)
         if observation == _BATCHED and flow_run is not None:
             return direct_runs.call_async(self, args, kwargs or None, flow_run)
         if observation == _UNOBSERVED:

@@ -11,6 +11,7 @@ started by tests inherit both (helpers that strip ``FLOWCORE_*`` keep them).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -24,3 +25,14 @@ def _isolated_flowcore_home(tmp_path_factory: pytest.TempPathFactory) -> Iterato
     patch.setenv("FLOWCORE_PROGRESS", "0")
     yield
     patch.undo()
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh FLOWCORE_HOME with the run history on and the default store (test
+    modules that need more of the environment define their own ``home``)."""
+    directory = tmp_path / "home"
+    monkeypatch.setenv("FLOWCORE_HOME", str(directory))
+    for name in ("FLOWCORE_HISTORY", "FLOWCORE_HISTORY_STORE", "FLOWCORE_HISTORY_STORE_OPTIONS"):
+        monkeypatch.delenv(name, raising=False)
+    return directory

@@ -51,15 +51,6 @@ class Plain:
 
 
 @pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    directory = tmp_path / "home"
-    monkeypatch.setenv("FLOWCORE_HOME", str(directory))
-    for name in ("FLOWCORE_HISTORY", "FLOWCORE_HISTORY_STORE", "FLOWCORE_HISTORY_STORE_OPTIONS"):
-        monkeypatch.delenv(name, raising=False)
-    return directory
-
-
-@pytest.fixture
 def recording(home: Path) -> Iterator[Recording]:
     registry = get_registry()
     observer = Recording()

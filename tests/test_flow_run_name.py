@@ -20,15 +20,6 @@ from flowcore.hookspecs import hookimpl
 from flowcore.registry import get_registry
 
 
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    directory = tmp_path / "home"
-    monkeypatch.setenv("FLOWCORE_HOME", str(directory))
-    for name in ("FLOWCORE_HISTORY", "FLOWCORE_HISTORY_STORE", "FLOWCORE_HISTORY_STORE_OPTIONS"):
-        monkeypatch.delenv(name, raising=False)
-    return directory
-
-
 @task
 def report() -> str:
     return get_run_context().flow_run.name  # type: ignore[union-attr]
