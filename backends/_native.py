@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import pickle
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -255,7 +256,7 @@ def _is_large(value: Any) -> bool:
     return len(in_band) + sum(sizes) > INLINE_LIMIT
 
 
-def run_call_native(call: TaskCall, *, refs: dict[str, Any] | None = None) -> tuple[State[Any], list[dict[str, Any]], Worker]:
+def run_call_native(call: TaskCall, *, refs: dict[str, Any] | None = None) -> tuple[State[Any], Sequence[dict[str, Any]], Worker]:
     """:func:`~flowcore.engine.run_call_remote` for a call whose arguments hold
     :class:`NativeRef` placeholders; ``refs`` maps their keys to the full results
     (resolved by the backend on this worker)."""
