@@ -16,9 +16,7 @@ def test_workloads_import_without_pytest() -> None:
         "import sys; import flowcore.testing.workloads as w; "
         "print('pytest' in sys.modules, w.add(1, 2))"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-    )
+    result = _python(code)
     assert result.stdout.split() == ["False", "3"]
 
 
@@ -134,9 +132,7 @@ def test_import_flowcore_leaves_lazy_modules_unloaded() -> None:
         "import flowcore\n"
         "print(' '.join(sorted(m for m in sys.modules if listed(m))))\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-    )
+    result = _python(code)
     assert result.stdout.split() == [], f"import flowcore loaded {result.stdout.split()}"
 
 
@@ -154,7 +150,10 @@ def test_every_public_name_is_importable_and_listed() -> None:
         "print(missing, get_run_context is original is flowcore.get_run_context,\n"
         "      sorted(TaskOptionInputs.__annotations__)[:1], sorted(FlowOptionInputs.__annotations__)[:1])\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-    )
+    result = _python(code)
     assert result.stdout.strip() == "[] True ['cache_expiration'] ['backend']"
+
+
+def _python(code: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter; its output, checked for success."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
