@@ -81,6 +81,11 @@ class NativeHandle:
         """The backend's future of the full result, or None once materialized."""
         return self._native
 
+    def attach(self, native: Any) -> None:
+        """For the backend: ``native`` is the future of the full result (a handle may be
+        made before the backend has submitted the work it stands for)."""
+        self._native = native
+
     @property
     def fetched(self) -> bool:
         """True once the full result is in this process."""
@@ -117,16 +122,16 @@ class NativeHandle:
                 self._error = exc
             self._native = None
 
-    def _keep(self, result: Any) -> None:
-        """Store a result the backend fetched itself (for many handles at once) and
+    def keep(self, result: Any) -> None:
+        """For the backend: store a result it fetched itself (for many handles at once) and
         drop the backend's future."""
         with self._lock:
             if not self._fetched:
                 self._result, self._fetched = result, True
             self._native = None
 
-    def _lose(self, error: BaseException) -> None:
-        """The result can no longer be fetched: :meth:`fetch` raises ``error``."""
+    def lose(self, error: BaseException) -> None:
+        """For the backend: the result can no longer be fetched: :meth:`fetch` raises ``error``."""
         with self._lock:
             if not self._fetched:
                 self._error = error

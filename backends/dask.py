@@ -490,7 +490,7 @@ class DaskBackend(JournaledWorkers):
                 raise
             future.set_exception(exc)  # the core explains which argument did not pickle
             return future
-        handle._native = full
+        handle.attach(full)
         future.dask_future = light
         future.full = full
         with self._lock:  # before the callback can run: it removes the future again
@@ -566,7 +566,7 @@ class DaskBackend(JournaledWorkers):
         with self._lock:
             self._handles = weakref.WeakSet()
         for handle in [handle for handle in handles if handle.fetched]:
-            handle._keep(None)  # already here: only drop the Dask future
+            handle.keep(None)  # already here: only drop the Dask future
             handles.remove(handle)
         if not handles:
             return
@@ -576,12 +576,12 @@ class DaskBackend(JournaledWorkers):
         except Exception:  # one by one: a failure stays with its own handle
             for handle in handles:
                 try:
-                    handle._keep(handle.native.result(timeout=self.connect_timeout))
+                    handle.keep(handle.native.result(timeout=self.connect_timeout))
                 except Exception as exc:
-                    handle._lose(self._fetch_failure(handle.native, exc, closing=True))
+                    handle.lose(self._fetch_failure(handle.native, exc, closing=True))
             return
         for handle, result in zip(handles, results, strict=True):
-            handle._keep(result)
+            handle.keep(result)
 
     def _fetch_failure(self, native: Any, exc: Exception, *, closing: bool = False) -> BaseException:
         """What to raise for a kept result (Dask future ``native``) that could not be

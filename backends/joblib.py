@@ -57,7 +57,9 @@ class JoblibBackend(JournaledWorkers):
         if n_jobs is None and _configured_n_jobs() is None:
             n_jobs = -1  # not joblib's default of 1: every core (issue 12.2)
         # Parallel resolves the backend exactly as joblib would here (parallel_config
-        # included); flowcore drives that backend object directly.
+        # included); flowcore drives that backend object directly, through Parallel's
+        # private _backend, _effective_n_jobs and _initialize_backend: joblib has no
+        # public API for a backend object driven from outside a Parallel call.
         self._parallel = Parallel(n_jobs=n_jobs, backend=backend, **backend_options)
         joblib_backend = self._parallel._backend
         self.joblib_backend_name = type(joblib_backend).__name__
