@@ -69,20 +69,7 @@ class Task(Generic[P, R]):
         self.options = options
         #: the function is a coroutine function: its runs are awaited on an event loop
         self.isasync = inspect.iscoroutinefunction(fn)
-        self.signature = inspect.signature(fn)
         functools.update_wrapper(self, fn)
-        # Positional-only calls of a plain signature are checked by counting, which is
-        # much cheaper than Signature.bind on the submit hot path.
-        parameters = list(self.signature.parameters.values())
-        plain_signature = all(
-            p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in parameters
-        )
-        self._max_args = len(parameters) if plain_signature else -1
-        self._min_args = (
-            sum(1 for p in parameters if p.default is p.empty) if plain_signature else -1
-        )
-        self._names = [p.name for p in parameters]
-        self._defaults = {p.name: p.default for p in parameters if p.default is not p.empty}
         o = options
         #: the engine may call the function once, directly: no retries, timeout or cache
         self.single_attempt = o.retries == 0 and o.timeout_seconds is None and o.cache is None
@@ -102,6 +89,38 @@ class Task(Generic[P, R]):
         plain = plain and not self.keeps_results
         self._plain = plain and not o.tags
         self._plain_if_unlimited = plain and bool(o.tags)
+
+    # The signature and what the call paths read from it are computed on first use: a
+    # worker that unpickles a task to run it (each run, for a task that travels by
+    # value) never needs them. Once computed they are plain instance attributes.
+    @functools.cached_property
+    def signature(self) -> inspect.Signature:
+        """The wrapped function's signature."""
+        return inspect.signature(self.fn)
+
+    @functools.cached_property
+    def _max_args(self) -> int:
+        """How many positional arguments a call may pass, or -1 when the signature is
+        not plain (positional-only calls of a plain one are checked by counting, much
+        cheaper than Signature.bind on the submit hot path)."""
+        parameters = self.signature.parameters.values()
+        plain = all(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in parameters)
+        return len(parameters) if plain else -1
+
+    @functools.cached_property
+    def _min_args(self) -> int:
+        """How many positional arguments a call must pass (-1: not a plain signature)."""
+        if self._max_args < 0:
+            return -1
+        return sum(1 for p in self.signature.parameters.values() if p.default is p.empty)
+
+    @functools.cached_property
+    def _names(self) -> list[str]:
+        return list(self.signature.parameters)
+
+    @functools.cached_property
+    def _defaults(self) -> dict[str, Any]:
+        return {n: p.default for n, p in self.signature.parameters.items() if p.default is not p.empty}
 
     @property
     def name(self) -> str:
@@ -416,15 +435,20 @@ class Task(Generic[P, R]):
         module = getattr(self.fn, "__module__", None)
         qualname = getattr(self.fn, "__qualname__", "")
         # __main__ differs in a worker process: such tasks travel by value.
+        # ``inc = task(bare_inc, name="inc")`` is found under its task name instead.
         if module and module != "__main__" and "<locals>" not in qualname:
-            try:
-                found = _load_task(module, qualname)
-            except (ImportError, AttributeError):
-                found = None
-            if found is self:
-                return (_load_task, (module, qualname))
-            if isinstance(found, Task) and found.fn is self.fn:
-                return (_load_task, (module, qualname, _without_hooks(self.options)))
+            candidates = [qualname]
+            if self.name != qualname and self.name.isidentifier():
+                candidates.append(self.name)
+            for where in candidates:
+                try:
+                    found = _load_task(module, where)
+                except (ImportError, AttributeError):
+                    continue
+                if found is self:
+                    return (_load_task, (module, where))
+                if isinstance(found, Task) and found.fn is self.fn:
+                    return (_load_task, (module, where, _without_hooks(self.options)))
         return (Task, (self.fn, _without_hooks(self.options)))
 
     def __repr__(self) -> str:

@@ -22,6 +22,7 @@ from flowcore.errors import (
     UpstreamFailedError,
 )
 from flowcore.states import State
+from flowcore.tasks import Task
 
 # -- module-level tasks (picklable by reference) --------------------------------------
 
@@ -39,6 +40,13 @@ def combine(a: Any, b: Any) -> tuple[Any, Any]:
 @task(name="renamed-add")
 def add(x: int, y: int) -> int:
     return x + y
+
+
+def _plain_triple(x: int) -> int:
+    return x * 3
+
+
+triple = task(_plain_triple, name="triple")  # found under its task name, not the function's
 
 
 @task
@@ -583,6 +591,31 @@ def test_tasks_pickle_by_reference_with_their_options() -> None:
     assert copy is not derived and copy.fn is w.add.fn
     assert copy.name == "add-again" and copy.options.retry_policy.delays == (0.5,)
     assert copy(2, 3) == 5
+
+
+def test_a_task_bound_under_its_own_name_pickles_by_reference() -> None:
+    """``triple = task(_plain_triple, name="triple")``: the module attribute named like
+    the function is the plain function, so the task is found under its task name."""
+    import pickle
+
+    payload = pickle.dumps(triple)
+    assert pickle.loads(payload) is triple
+    assert b"_plain_triple" not in payload  # the reference, not the function by value
+    derived = triple.with_options(retries=1)
+    copy = pickle.loads(pickle.dumps(derived))
+    assert copy is not triple and copy.fn is triple.fn and copy.options.retries == 1
+    assert copy(2) == 6
+
+
+def test_a_task_rebuilt_from_its_function_computes_its_signature_on_first_use() -> None:
+    """A task that travels by value is rebuilt in the worker for every run: it does not
+    inspect its function until something needs the signature."""
+    rebuilt = Task(double.fn, double.options)
+    assert "signature" not in vars(rebuilt)
+    assert rebuilt(4) == 8
+    assert list(rebuilt.signature.parameters) == ["x"]
+    with pytest.raises(TypeError, match="double"):
+        rebuilt(1, 2)
 
 
 def test_engine_fast_path_state_equals_a_regular_completed_state() -> None:
