@@ -446,19 +446,43 @@ def collect_futures(obj: Any, found: list[TaskFuture[Any]] | None = None) -> lis
     return found
 
 
+#: from this many items on, a container's item types are checked first (one pass in C)
+_TYPE_SCAN_FROM = 32
+
+
+def _may_hold(items: Iterable[Any], kind: type | tuple[type, ...]) -> bool:
+    """False when no item of ``items`` is a ``kind`` or a container: one pass over the
+    items' types in C, so that a large column of plain values (a map's inputs, a flow
+    returning 200,000 results) is not inspected item by item in Python."""
+    return any(issubclass(t, kind) or issubclass(t, _CONTAINERS) for t in set(map(type, items)))
+
+
 def _collect(obj: Any, kind: type | tuple[type, ...], found: list[Any]) -> None:
     if isinstance(obj, kind):
         found.append(obj)
     elif isinstance(obj, dict):
+        if len(obj) >= _TYPE_SCAN_FROM and not (_may_hold(obj, kind) or _may_hold(obj.values(), kind)):
+            return
         for key, value in obj.items():
             if isinstance(key, (kind, _CONTAINERS)):
                 _collect(key, kind, found)
             if isinstance(value, (kind, _CONTAINERS)):
                 _collect(value, kind, found)
     elif isinstance(obj, _CONTAINERS):
+        if len(obj) >= _TYPE_SCAN_FROM and not _may_hold(obj, kind):
+            return
         for item in obj:
             if isinstance(item, (kind, _CONTAINERS)):
                 _collect(item, kind, found)
+
+
+def column_holds_inputs(values: Iterable[Any]) -> bool:
+    """Whether any item of ``values`` (a column of a map's arguments) holds a TaskFuture
+    or an annotation wrapper (see :func:`holds_inputs`)."""
+    items = values if isinstance(values, (list, tuple)) else list(values)
+    if not _may_hold(items, _INPUTS):
+        return False
+    return any(holds_inputs(item) for item in items)
 
 
 def resolve_futures(obj: Any) -> Any:

@@ -143,22 +143,13 @@ def _any_future(
     mapped_args: dict[int, list[Any]],
     mapped_kwargs: dict[str, list[Any]],
 ) -> bool:
-    from flowcore.annotations import BaseAnnotation
-    from flowcore.futures import TaskFuture, holds_inputs
+    from flowcore.futures import column_holds_inputs
 
     # Annotations (allow_failure, quote) count as futures: such runs take the per-run path.
-    scan = (TaskFuture, BaseAnnotation, list, tuple, dict, set, frozenset)
-    columns = [*mapped_args.values(), *mapped_kwargs.values()]
     static = [_unwrap(a) for i, a in enumerate(args) if i not in mapped_args]
     static += [_unwrap(v) for k, v in kwargs.items() if k not in mapped_kwargs]
-    for value in static:
-        if isinstance(value, scan) and holds_inputs(value):
-            return True
-    for column in columns:
-        for value in column:
-            if isinstance(value, scan) and holds_inputs(value):
-                return True
-    return False
+    columns = [static, *mapped_args.values(), *mapped_kwargs.values()]
+    return any(column_holds_inputs(column) for column in columns)
 
 
 def _unwrap(value: Any) -> Any:

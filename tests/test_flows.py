@@ -142,6 +142,52 @@ def test_flow_returning_futures_in_containers_returns_their_values() -> None:
     assert nested() == {"a": 2, "b": [4, 5]}
 
 
+def test_futures_deep_in_large_containers_are_found_and_resolved() -> None:
+    """Large containers are checked by their items' types first: a future at the end of
+    a long list, in a value or key of a large dict, or inside a container among many
+    plain values is still found (by the flow's return and by a submitted run's
+    arguments; direct calls do not resolve futures)."""
+
+    @task
+    def total(values: Any) -> int:
+        flat: list[int] = []
+        for value in values:
+            flat.extend(value if isinstance(value, list) else [value])
+        return sum(flat)
+
+    @flow
+    def returns() -> Any:
+        many = list(range(100))
+        return {
+            "tail": [*many, double.submit(1)],
+            "nested": [*many, [double.submit(2)]],
+            "values": {i: (double.submit(3) if i == 99 else i) for i in range(100)},
+            "tuple": (*many, double.submit(4)),
+        }
+
+    @flow
+    def passes() -> int:
+        nested = total.submit([*range(100), [double.submit(5)]])
+        return nested.result() + total.submit([*range(50), double.submit(6)]).result()
+
+    out = returns()
+    assert out["tail"][-1] == 2 and out["tail"][:100] == list(range(100))
+    assert out["nested"][-1] == [4]
+    assert out["values"][99] == 6 and out["values"][98] == 98
+    assert out["tuple"][-1] == 8
+    assert passes() == sum(range(100)) + 10 + sum(range(50)) + 12
+
+
+def test_a_map_over_a_long_column_with_one_future_waits_for_it() -> None:
+    @flow
+    def pipeline() -> list[int]:
+        column: list[Any] = list(range(99))
+        column.append(double.submit(50))
+        return [f.result() for f in double.map(column)]
+
+    assert pipeline() == [2 * i for i in range(99)] + [200]
+
+
 def test_flow_returning_a_list_with_a_failed_future_is_failed() -> None:
     @flow
     def pipeline() -> Any:
