@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from multiprocessing import TimeoutError as MPTimeoutError
 from typing import Any, Self, TypeVar
 
-from flowcore.backend import Backend, BackendKind
+from flowcore.backend import Backend
 from flowcore.compat._batch import BatchFailure, Nested, make_payload, run_batch
 from flowcore.compat._config import (
     UNSET,
@@ -168,11 +168,11 @@ class _Run:
         self.nested = Nested(
             nested_choice,
             level,
-            backend.kind is BackendKind.PROCESSES,
+            capabilities.local_processes,
             choice.label == "MultiprocessingBackend",
         )
         # A local pool's batches are journaled under a tag, so an abort can stop them.
-        local_pool = backend.kind is BackendKind.PROCESSES and capabilities.stops_running
+        local_pool = capabilities.local_processes and capabilities.stops_running
         self.tag_prefix = f"joblib{uuid.uuid4().hex[:12]}" if local_pool else None
         self.ordered = parallel.return_as != "generator_unordered"
         self.timeout = parallel.timeout
@@ -610,7 +610,7 @@ class Parallel:
         workers = self._effective_n_jobs()
         if workers == 0:
             raise RuntimeError(f"{self._choice.label} has no active worker.")
-        if workers == 1 or self._choice.kind is BackendKind.INLINE:
+        if workers == 1 or self._choice.capabilities.inline:
             if self.timeout is not None:
                 warnings.warn(
                     "The backend class 'SequentialBackend' does not support timeout. You have set "
@@ -671,7 +671,7 @@ class Parallel:
         not this machine's CPUs (as joblib's Dask backend does); they are known once
         connected, so this connects. Otherwise ``workers`` unchanged."""
         n = self._n_jobs_given
-        if self._choice.kind is not BackendKind.CLUSTER or n is None or n >= 0:
+        if not self._choice.capabilities.connects_to_cluster or n is None or n >= 0:
             return workers
         try:
             return max(backend.worker_count() + 1 + n, 1)
@@ -683,7 +683,7 @@ class Parallel:
 
     def _workers_for_backend(self) -> int:
         workers = self._effective_n_jobs()
-        if self._choice.kind is BackendKind.CLUSTER and self._n_jobs_given in (None, -1):
+        if self._choice.capabilities.connects_to_cluster and self._n_jobs_given in (None, -1):
             instance = self._choice.instance
             if instance is not None:
                 return instance.max_workers
@@ -698,10 +698,10 @@ class Parallel:
 
         options = dict(choice.options)
         assert choice.name is not None
-        if choice.kind in (BackendKind.THREADS, BackendKind.PROCESSES) and choice.name != "joblib":
-            options.setdefault("max_workers", workers)
-        elif choice.name == "joblib":
+        if choice.name == "joblib":  # joblib's own pool: sized by n_jobs
             options.setdefault("n_jobs", workers)
+        elif choice.sized_by_n_jobs:
+            options.setdefault("max_workers", workers)
         return get_backend(choice.name, **options), True
 
     def _outputs(self, run: _Run) -> Generator[Any, None, None]:
