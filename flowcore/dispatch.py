@@ -17,6 +17,10 @@ runs in one of three modes and settles what comes back:
   hands over to the same :data:`feeder`, and gives the runs of a lost batch to
   :meth:`Dispatcher.recover` like any other.
 
+The joblib shim's calls (``flowcore.compat._parallel``) take the same send loop,
+:class:`BatchSender`, with plain callables instead of task runs, driven by the
+caller's thread instead of the :data:`feeder`.
+
 Everything that can go wrong on the way is handled here, once: a refused submit, a
 value that does not pickle (named, and only its run fails), a worker that died (the
 attempt is counted against the retries by :func:`flowcore.engine.lost_attempt`, or

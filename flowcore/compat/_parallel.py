@@ -6,10 +6,11 @@ future per item) and hands back the values in order (``return_as='list'`` or
 ``'generator'``) or as they complete (``'generator_unordered'``).
 
 The calling thread drives everything: it consumes the input, sends batches while fewer
-than the pre-dispatched number are out, waits, and collects. Backend callbacks only
-record outcomes and wake it. So the input iterator is only ever touched by the caller,
-``pre_dispatch`` items are consumed up front and one more batch each time one comes
-back, exactly joblib's lazy consumption.
+than the pre-dispatched number are out, waits, and collects, through the dispatcher's
+send loop (:class:`~flowcore.dispatch.BatchSender`, here never fed from its feeder
+thread). Backend callbacks only record outcomes and wake it. So the input iterator is
+only ever touched by the caller, ``pre_dispatch`` items are consumed up front and one
+more batch each time one comes back, exactly joblib's lazy consumption.
 
 Batch sizes: a fixed ``batch_size``, or (``'auto'``) flowcore's
 :class:`~flowcore.dispatch.BatchSizer`: single items until the workers have timed one,
