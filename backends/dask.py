@@ -343,7 +343,7 @@ class DaskBackend(JournaledWorkers):
     # A run blocked in C past its deadline has its worker (on this machine) killed.
     capabilities = Capabilities(
         batching=True, stops_running=True, hard_timeouts=True, remote_results=True,
-        interrupts_blocking=True,
+        interrupts_blocking=True, connects_to_cluster=True,
     )
     #: seconds that fetching a result kept on the workers may take
     fetch_timeout: float | None = None
@@ -1358,6 +1358,7 @@ def flowcore_backends() -> list[BackendSpec]:
             kind=BackendKind.CLUSTER,
             requires=("distributed",),
             extra="dask",
+            capabilities=DaskBackend.capabilities,
         )
     ]
 

@@ -41,6 +41,12 @@ _KINDS = {
     "MultiprocessingBackend": BackendKind.PROCESSES,
 }
 
+#: on joblib's process pools (loky, multiprocessing) workers journal their runs
+POOL_CAPABILITIES = Capabilities(
+    batching=True, stops_running=True, hard_timeouts=True, interrupts_blocking=True,
+    local_processes=True,
+)
+
 
 class JoblibBackend(JournaledWorkers):
     """Adapts a joblib parallel backend (and its pool) to flowcore's Executor protocol."""
@@ -69,9 +75,7 @@ class JoblibBackend(JournaledWorkers):
             self.kind = BackendKind.INLINE  # joblib runs n_jobs=1 sequentially
         self.capabilities = Capabilities.for_kind(self.kind)
         if self.kind is BackendKind.PROCESSES:  # pool workers journal their runs
-            self.capabilities = Capabilities(
-                batching=True, stops_running=True, hard_timeouts=True, interrupts_blocking=True
-            )
+            self.capabilities = POOL_CAPABILITIES
         self._lock = threading.Lock()
         self._started = False
         self._closed = False
@@ -245,6 +249,7 @@ def flowcore_backends() -> list[BackendSpec]:
             kind=BackendKind.PROCESSES,
             requires=("joblib",),
             extra="joblib",
+            capabilities=POOL_CAPABILITIES,  # joblib's default: a loky pool
         )
     ]
 

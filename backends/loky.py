@@ -96,7 +96,8 @@ class LokyBackend(JournaledWorkers):
     name = "loky"
     kind = BackendKind.PROCESSES
     capabilities = Capabilities(
-        batching=True, stops_running=True, hard_timeouts=True, interrupts_blocking=True
+        batching=True, stops_running=True, hard_timeouts=True, interrupts_blocking=True,
+        local_processes=True,
     )
 
     def __init__(self, max_workers: int | None = None, idle_timeout: float = DEFAULT_IDLE_TIMEOUT) -> None:
@@ -202,6 +203,7 @@ def flowcore_backends() -> list[BackendSpec]:
             kind=BackendKind.PROCESSES,
             requires=("loky", "cloudpickle"),
             extra="joblib",
+            capabilities=LokyBackend.capabilities,
         )
     ]
 

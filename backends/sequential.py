@@ -67,5 +67,6 @@ def flowcore_backends() -> list[BackendSpec]:
             factory=create,
             description="runs tasks one at a time in the calling thread (deterministic, for debugging)",
             kind=BackendKind.INLINE,
+            capabilities=SequentialBackend.capabilities,
         )
     ]

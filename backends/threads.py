@@ -221,6 +221,7 @@ def flowcore_backends() -> list[BackendSpec]:
             factory=create,
             description="a thread pool in this process (I/O-bound work, GIL-releasing code)",
             kind=BackendKind.THREADS,
+            capabilities=CAPABILITIES,
         )
     ]
 

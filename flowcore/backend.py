@@ -77,6 +77,17 @@ class Capabilities:
         queues_items: :meth:`Backend.enqueue` runs :class:`WorkItem` objects on its
             workers without a Future each (an in-process pool; the cheapest way to
             send a single run).
+        local_processes: runs execute in a pool of worker processes on this machine
+            that the backend starts and sizes itself (``max_workers``), not on a
+            cluster it connects to. The joblib shim then follows joblib's rules for
+            process pools (no process pool nested below threads; a nested call in a
+            worker knows it runs in a pool process) and, with ``stops_running``,
+            tags its batches so that an abort stops just its own workers.
+        connects_to_cluster: the workers belong to a cluster the backend connects to
+            (or starts): how many there are is known only once connected
+            (:meth:`Backend.worker_count`), and connecting is costly, so callers
+            share one instance rather than make one per call, and do not size it
+            from their own worker count.
     """
 
     in_process: bool = False
@@ -87,18 +98,25 @@ class Capabilities:
     remote_results: bool = False
     interrupts_blocking: bool = False
     queues_items: bool = False
+    local_processes: bool = False
+    connects_to_cluster: bool = False
 
     @classmethod
     def for_kind(cls, kind: BackendKind) -> Capabilities:
         """Safe defaults for a backend that declares only its kind: nothing that needs
-        an optional method (stopping runs, hard timeouts, remote results)."""
+        an optional method (stopping runs, hard timeouts, remote results).
+
+        A backend that declares its own :class:`Capabilities` gets False for every
+        field it leaves out: for ``local_processes`` and ``connects_to_cluster`` that
+        means its batches are not tagged for stopping and a caller sizes it from its
+        own worker count, which is always safe."""
         if kind is BackendKind.INLINE:
             return cls(in_process=True, inline=True, interrupts_blocking=True)
         if kind is BackendKind.THREADS:
             return cls(in_process=True, interrupts_blocking=True)
         if kind is BackendKind.PROCESSES:
-            return cls(batching=True, interrupts_blocking=True)
-        return cls(batching=True)
+            return cls(batching=True, interrupts_blocking=True, local_processes=True)
+        return cls(batching=True, connects_to_cluster=True)
 
 
 @dataclass(frozen=True)
@@ -279,6 +297,10 @@ class BackendSpec:
             asking for the backend says which extra to install instead of failing
             inside the factory.
         extra: the ``flowcore[...]`` extra that installs ``requires``.
+        capabilities: what an instance made with the default options can do, known
+            before one is made (the joblib shim decides from it how to make one);
+            None: the defaults of ``kind`` (:meth:`Capabilities.for_kind`). See
+            :meth:`declared_capabilities`.
     """
 
     name: str
@@ -287,6 +309,13 @@ class BackendSpec:
     kind: BackendKind
     requires: tuple[str, ...] = field(default=())
     extra: str | None = None
+    capabilities: Capabilities | None = None
+
+    def declared_capabilities(self) -> Capabilities:
+        """:attr:`capabilities`, else the defaults of :attr:`kind`."""
+        if self.capabilities is not None:
+            return self.capabilities
+        return Capabilities.for_kind(self.kind)
 
     def missing_requirements(self) -> list[str]:
         """The modules in ``requires`` that cannot be imported here."""

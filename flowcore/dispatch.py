@@ -17,6 +17,10 @@ runs in one of three modes and settles what comes back:
   hands over to the same :data:`feeder`, and gives the runs of a lost batch to
   :meth:`Dispatcher.recover` like any other.
 
+The joblib shim's calls (``flowcore.compat._parallel``) take the same send loop,
+:class:`BatchSender`, with plain callables instead of task runs, driven by the
+caller's thread instead of the :data:`feeder`.
+
 Everything that can go wrong on the way is handled here, once: a refused submit, a
 value that does not pickle (named, and only its run fails), a worker that died (the
 attempt is counted against the retries by :func:`flowcore.engine.lost_attempt`, or
@@ -549,79 +553,132 @@ class BatchSizer:
 
 
 class BatchSender(Generic[U]):
-    """The one send loop of the batched modes (coalesced lanes and column maps).
+    """The one send loop of the batched modes: coalesced lanes, column maps
+    (:class:`~flowcore.mapped.MapBlock`) and the joblib shim's calls
+    (``flowcore.compat._parallel._Run``).
 
-    While the backend has room (:class:`BatchSizer`), :meth:`take` the next unit of
-    work, :meth:`submit` it (to the engine's rows entry point); when it comes back,
-    :meth:`settle` its outcome (a :data:`~flowcore.engine.BatchResult`), or
-    :meth:`settle_lost` its runs if it never arrived (a dead worker, a value that did
-    not make the trip), :meth:`settle_refused` if the backend did not take it. The next batches then
-    leave from the :data:`feeder` thread, never from the backend's own callback thread.
-    Subclasses implement the hooks; every hook but :meth:`take` runs without
-    :attr:`lock` held.
+    While there is room (:meth:`next_unit`: by default while the :class:`BatchSizer`
+    has room, :meth:`take` the next unit of work), :meth:`submit` it to the backend;
+    when it comes back, :meth:`observe` the outcome for sizing and :meth:`settle` it
+    (by default the outcome is a :data:`~flowcore.engine.BatchResult` of the engine's
+    rows entry point), or :meth:`settle_lost` if it never arrived (a dead worker, a
+    value that did not make the trip), :meth:`settle_refused` if the backend did not
+    take it. Then :meth:`send_next`: by default the next batches leave from the
+    :data:`feeder` thread, never from the backend's own callback thread; a
+    caller-driven mode (the shim) sends them from its caller's thread instead.
+
+    Every hook but :meth:`take` and :meth:`observe` runs without :attr:`lock` held,
+    except :meth:`settle` and :meth:`settle_lost` when :attr:`settles_under_lock` is
+    set.
     """
 
-    def __init__(self, backend: Backend) -> None:
+    #: Settle a unit under :attr:`lock`, in the same critical section that takes it
+    #: out of flight: for a mode whose caller reads the count in flight and the
+    #: settled units together (the shim: "nothing in flight and nothing left" must
+    #: mean every value is in). False: settle without the lock (runs' callbacks fire).
+    settles_under_lock: bool = False
+
+    def __init__(self, backend: Backend, workers: int | None = None) -> None:
+        """``workers``: what the sizer plans for; default the backend's worker count
+        (then followed as it changes, see :meth:`next_unit`)."""
         self.backend = backend
-        self.sizer = BatchSizer(backend.max_workers)
+        self.sizer = BatchSizer(backend.max_workers if workers is None else workers)
         self.lock = threading.Lock()
 
     def fill(self) -> None:
-        """Send units while the backend has room for them (see :class:`Fillable`)."""
+        """Send units while there is room for them (see :class:`Fillable`)."""
         while True:
-            with self.lock:
-                # Read each time: a cluster's worker count is known once connected.
-                self.sizer.resize(self.backend.max_workers)
-                if not self.sizer.has_room():
-                    return
-                unit = self.take()
-                if unit is None:
-                    return
-                self.sizer.in_flight += 1
+            unit = self.next_unit()
+            if unit is None:
+                return
             self._send(unit)
 
+    def next_unit(self) -> U | None:
+        """The next unit to send, already counted in flight (``sizer.in_flight``), or
+        None when there is no room or nothing to send.
+
+        Default: under :attr:`lock`, while the sizer has room for another batch,
+        :meth:`take`. A mode with its own room policy, or whose units must not be made
+        under the lock (the shim pulls them from its caller's input), overrides this.
+        """
+        with self.lock:
+            # Read each time: a cluster's worker count is known once connected.
+            self.sizer.resize(self.backend.max_workers)
+            if not self.sizer.has_room():
+                return None
+            unit = self.take()
+            if unit is not None:
+                self.sizer.in_flight += 1
+            return unit
+
     def _send(self, unit: U) -> None:
+        """Submit ``unit`` (counted in flight); if the backend refuses it,
+        :meth:`settle_refused` (an interrupt is re-raised after that)."""
         try:
             backend_future = self.submit(unit)
-        except Exception as exc:
+        except BaseException as exc:
             with self.lock:
                 self.sizer.in_flight -= 1
             self.settle_refused(unit, exc)
+            if not isinstance(exc, Exception):
+                raise
             return
         backend_future.add_done_callback(functools.partial(self._on_done, unit))
 
     def _on_done(self, unit: U, backend_future: Future[Any]) -> None:
         try:
             self.returned(unit)
+            lost = False
             try:
                 # A batch whose value could not make the trip raises: its runs are lost.
                 outcome = raise_if_unsendable(backend_future.result())
             except BaseException as exc:
-                with self.lock:
-                    self.sizer.in_flight -= 1
-                self.settle_lost(unit, exc)
-            else:
-                ends, started = outcome[1], outcome[2]
-                with self.lock:
-                    self.sizer.in_flight -= 1
-                    self.sizer.observe(ends[-1] - started if ends else 0.0, len(ends))
-                self.settle(unit, outcome)
+                outcome, lost = exc, True
+            under_lock = self.settles_under_lock
+            with self.lock:
+                self.sizer.in_flight -= 1
+                if not lost:
+                    self.observe(unit, outcome)
+                if under_lock:
+                    self._settle_outcome(unit, outcome, lost)
+            if not under_lock:
+                self._settle_outcome(unit, outcome, lost)
         except Exception as exc:  # never leave runs pending over a bug in handling
             self.settle_failed(unit, exc)
-        if not self.backend.capabilities.inline:  # inline: the caller's loop sends on
-            feeder.kick(self)  # not from here: this is the pool's own result thread
+        self.send_next()
+
+    def _settle_outcome(self, unit: U, outcome: Any, lost: bool) -> None:
+        if lost:
+            self.settle_lost(unit, outcome)
+        else:
+            self.settle(unit, outcome)
+
+    # -- what a mode may override -----------------------------------------------------
+    def observe(self, unit: U, outcome: Any) -> None:
+        """Under :attr:`lock`: size later batches from ``unit``'s ``outcome``.
+        Default: the engine's rows (how long the batch's runs kept the worker busy)."""
+        ends, started = outcome[1], outcome[2]
+        self.sizer.observe(ends[-1] - started if ends else 0.0, len(ends))
+
+    def send_next(self) -> None:
+        """A unit is back and settled: have the next ones sent. Default: by the
+        :data:`feeder` (this runs on the pool's own result thread), except on an inline
+        backend, whose caller's loop sends on."""
+        if not self.backend.capabilities.inline:
+            feeder.kick(self)
+
+    def returned(self, unit: U) -> None:
+        """``unit`` is back from the backend, whatever its outcome. Default: nothing."""
 
     # -- what a mode defines ----------------------------------------------------------
     def take(self) -> U | None:
-        """Under :attr:`lock`: the next unit to send (sized by :attr:`sizer`), or None."""
+        """Under :attr:`lock`: the next unit to send (sized by :attr:`sizer`), or None.
+        Only the default :meth:`next_unit` calls it."""
         raise NotImplementedError
 
     def submit(self, unit: U) -> Future[Any]:
         """Hand ``unit`` to the backend; may raise (then :meth:`settle_refused`)."""
         raise NotImplementedError
-
-    def returned(self, unit: U) -> None:
-        """``unit`` is back from the backend, whatever its outcome. Default: nothing."""
 
     def settle(self, unit: U, outcome: Any) -> None:
         """Give ``unit``'s runs their final states from ``outcome``."""

@@ -248,7 +248,7 @@ class Registry:
 
 
 def _validate_spec(spec: object, plugin_name: str) -> None:
-    from flowcore.backend import BackendKind, BackendSpec  # once per table build
+    from flowcore.backend import BackendKind, BackendSpec, Capabilities  # once per table build
 
     if not isinstance(spec, BackendSpec):
         raise BackendRegistrationError(
@@ -268,6 +268,11 @@ def _validate_spec(spec: object, plugin_name: str) -> None:
         raise BackendRegistrationError(
             f"backend {spec.name!r} from plugin {plugin_name!r} has kind {spec.kind!r}; "
             "use a flowcore.backend.BackendKind"
+        )
+    if spec.capabilities is not None and not isinstance(spec.capabilities, Capabilities):
+        raise BackendRegistrationError(
+            f"backend {spec.name!r} from plugin {plugin_name!r} has capabilities "
+            f"{spec.capabilities!r}; use a flowcore.backend.Capabilities or None"
         )
 
 

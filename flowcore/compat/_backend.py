@@ -26,7 +26,7 @@ from joblib._parallel_backends import (  # noqa: E402 - after the friendly impor
 )
 
 from flowcore import task  # noqa: E402
-from flowcore.backend import Backend, BackendKind  # noqa: E402
+from flowcore.backend import Backend, Capabilities  # noqa: E402
 from flowcore.futures import TaskFuture  # noqa: E402
 
 
@@ -64,7 +64,7 @@ class FlowcoreBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
         )
         self.retries = retries
         self.backend_options = backend_options
-        self._kind = self._probe_kind()
+        self._capabilities = self._probe_capabilities()
         self._backend: Backend | None = None
         self._owned = False
         self._scope: Any = None
@@ -73,16 +73,17 @@ class FlowcoreBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
         self.parallel: Any = None
         self._task = run_joblib_batch.with_options(retries=retries) if retries else run_joblib_batch
 
-    def _probe_kind(self) -> BackendKind:
+    def _probe_capabilities(self) -> Capabilities:
+        """The chosen backend's capabilities: the instance's, or the registered ones."""
         if isinstance(self.flowcore_backend, Backend):
-            return self.flowcore_backend.kind
+            return self.flowcore_backend.capabilities
         from flowcore.registry import get_registry
 
-        return get_registry().spec(self.flowcore_backend).kind
+        return get_registry().spec(self.flowcore_backend).declared_capabilities()
 
     @property
     def uses_threads(self) -> bool:
-        return self._kind in (BackendKind.THREADS, BackendKind.INLINE)
+        return self._capabilities.in_process
 
     @property
     def supports_sharedmem(self) -> bool:
@@ -91,9 +92,9 @@ class FlowcoreBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
     def effective_n_jobs(self, n_jobs: int | None) -> int:
         if n_jobs == 0:
             raise ValueError("n_jobs == 0 in Parallel has no meaning")
-        if n_jobs is None or self._kind is BackendKind.INLINE:
+        if n_jobs is None or self._capabilities.inline:
             return 1
-        if self._kind is BackendKind.PROCESSES and not (
+        if self._capabilities.local_processes and not (
             self.in_main_thread() or self.nesting_level == 0
         ):
             return 1  # no process pools below threads, as joblib's loky backend
@@ -121,10 +122,11 @@ class FlowcoreBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
         if isinstance(self.flowcore_backend, _Backend):
             self._backend, self._owned = self.flowcore_backend, False
         else:
+            from flowcore.compat._config import sized_by_n_jobs
             from flowcore.selection import get_backend
 
             options = dict(self.backend_options)
-            if self._kind in (BackendKind.THREADS, BackendKind.PROCESSES):
+            if sized_by_n_jobs(self._capabilities):
                 options.setdefault("max_workers", n)
             self._backend, self._owned = get_backend(self.flowcore_backend, **options), True
         self._scope = RunScope(BackendSlot(self._backend, owned=False))

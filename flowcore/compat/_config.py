@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from flowcore.backend import Backend, BackendKind, usable_cpu_count
+from flowcore.backend import Backend, Capabilities, usable_cpu_count
 from flowcore.errors import ConfigurationError
 
 
@@ -91,10 +91,14 @@ class BackendChoice:
     (a flowcore backend owned by the caller) or ``foreign`` (a joblib backend object run
     through ``joblib.Parallel``) says what runs the work. ``label`` is the joblib class
     name that messages use (``LokyBackend``), so verbose output reads as joblib's.
+    ``capabilities`` are what the shim asks about the backend before (or without)
+    making one: the instance's own, the registered ones for a name
+    (:meth:`~flowcore.backend.BackendSpec.declared_capabilities`), and for a foreign
+    backend only whether it runs in this process.
     """
 
     label: str
-    kind: BackendKind
+    capabilities: Capabilities
     name: str | None = None
     instance: Backend | None = field(default=None, compare=False)
     foreign: Any = field(default=None, compare=False)
@@ -107,7 +111,7 @@ class BackendChoice:
         """True when work runs in this process (threads or inline)."""
         if self.foreign is not None:
             return bool(getattr(self.foreign, "uses_threads", False))
-        return self.kind in (BackendKind.THREADS, BackendKind.INLINE)
+        return self.capabilities.in_process
 
     @property
     def supports_sharedmem(self) -> bool:
@@ -120,8 +124,14 @@ class BackendChoice:
     def processes(self) -> bool:
         """True for process pools, the backends that must not nest below threads."""
         return self.label in ("LokyBackend", "MultiprocessingBackend") or (
-            self.foreign is None and self.kind is BackendKind.PROCESSES
+            self.foreign is None and self.capabilities.local_processes
         )
+
+    @property
+    def sized_by_n_jobs(self) -> bool:
+        """True when a backend made for this choice takes its worker count from the
+        call (:func:`sized_by_n_jobs`)."""
+        return sized_by_n_jobs(self.capabilities)
 
     def at_level(self, nesting_level: int) -> BackendChoice:
         return replace(self, nesting_level=nesting_level)
@@ -131,6 +141,14 @@ class BackendChoice:
             type(self.foreign).__name__ if self.foreign is not None else repr(self.instance)
         )
         return f"<backend {self.label} ({what}) nesting_level={self.nesting_level}>"
+
+
+def sized_by_n_jobs(capabilities: Capabilities) -> bool:
+    """Whether a backend with ``capabilities`` is a pool sized by its ``max_workers``
+    option -- threads of this process, or worker processes it starts here -- so that a
+    call's ``n_jobs`` sets it. Not an inline backend (one worker, no such option) nor a
+    cluster (its own size)."""
+    return capabilities.local_processes or (capabilities.in_process and not capabilities.inline)
 
 
 @dataclass(frozen=True)
@@ -230,15 +248,15 @@ def _joblib_module() -> Any:
     return joblib.parallel
 
 
-def _flowcore_names() -> dict[str, BackendKind]:
+def _flowcore_names() -> set[str]:
     from flowcore.registry import get_registry
 
-    return {name: entry.spec.kind for name, entry in get_registry().backends().items()}
+    return set(get_registry().backends())
 
 
 def known_names() -> list[str]:
     """Every backend name the shim accepts here."""
-    names = set(JOBLIB_NAMES) | set(_registered) | set(_flowcore_names())
+    names = set(JOBLIB_NAMES) | set(_registered) | _flowcore_names()
     module = _joblib_module()
     if module is not None:
         names |= set(module.BACKENDS) | set(module.EXTERNAL_BACKENDS)
@@ -256,10 +274,10 @@ def _flowcore_choice(
 ) -> BackendChoice:
     from flowcore.registry import get_registry
 
-    kind = get_registry().spec(name).kind  # says what to install when dependencies are missing
+    spec = get_registry().spec(name)  # says what to install when dependencies are missing
     return BackendChoice(
         label=label or _FLOWCORE_LABELS.get(name, f"flowcore {name!r} backend"),
-        kind=kind,
+        capabilities=spec.declared_capabilities(),
         name=name,
         options=dict(options),
         nesting_level=level,
@@ -280,7 +298,7 @@ def choose(
     if isinstance(backend, Backend):
         return BackendChoice(
             label=_FLOWCORE_LABELS.get(backend.name, f"flowcore {backend.name!r} backend"),
-            kind=backend.kind,
+            capabilities=backend.capabilities,
             instance=backend,
             nesting_level=nesting_level,
         )
@@ -344,9 +362,7 @@ def _choose_joblib_object(backend: Any, level: int) -> BackendChoice:
         backend.nesting_level = level
     return BackendChoice(
         label=cls.__name__,
-        kind=BackendKind.THREADS
-        if getattr(backend, "uses_threads", False)
-        else BackendKind.CLUSTER,
+        capabilities=Capabilities(in_process=bool(getattr(backend, "uses_threads", False))),
         foreign=backend,
         nesting_level=backend.nesting_level,
     )
@@ -396,7 +412,7 @@ def effective_workers(choice: BackendChoice, n_jobs: int | None, *, stacklevel: 
         return int(choice.foreign.effective_n_jobs(n_jobs))
     if n_jobs is None:
         return choice.instance.max_workers if choice.instance is not None else 1
-    if choice.kind is BackendKind.INLINE:
+    if choice.capabilities.inline:
         return 1
     if choice.processes:
         single = _nested_process_warning(choice, n_jobs)
@@ -564,7 +580,7 @@ class parallel_config:
                     choice.foreign.inner_max_num_threads = inner_max_num_threads
                 choice = replace(choice, inner_max_num_threads=inner_max_num_threads)
             if (
-                choice.kind is BackendKind.CLUSTER
+                choice.capabilities.connects_to_cluster
                 and choice.name is not None
                 and choice.instance is None
             ):

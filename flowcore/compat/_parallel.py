@@ -6,10 +6,11 @@ future per item) and hands back the values in order (``return_as='list'`` or
 ``'generator'``) or as they complete (``'generator_unordered'``).
 
 The calling thread drives everything: it consumes the input, sends batches while fewer
-than the pre-dispatched number are out, waits, and collects. Backend callbacks only
-record outcomes and wake it. So the input iterator is only ever touched by the caller,
-``pre_dispatch`` items are consumed up front and one more batch each time one comes
-back, exactly joblib's lazy consumption.
+than the pre-dispatched number are out, waits, and collects, through the dispatcher's
+send loop (:class:`~flowcore.dispatch.BatchSender`, here never fed from its feeder
+thread). Backend callbacks only record outcomes and wake it. So the input iterator is
+only ever touched by the caller, ``pre_dispatch`` items are consumed up front and one
+more batch each time one comes back, exactly joblib's lazy consumption.
 
 Batch sizes: a fixed ``batch_size``, or (``'auto'``) flowcore's
 :class:`~flowcore.dispatch.BatchSizer`: single items until the workers have timed one,
@@ -43,7 +44,7 @@ from dataclasses import dataclass, field
 from multiprocessing import TimeoutError as MPTimeoutError
 from typing import Any, Self, TypeVar
 
-from flowcore.backend import Backend, BackendKind
+from flowcore.backend import Backend
 from flowcore.compat._batch import BatchFailure, Nested, make_payload, run_batch
 from flowcore.compat._config import (
     UNSET,
@@ -53,9 +54,8 @@ from flowcore.compat._config import (
     resolve,
     threads_choice,
 )
-from flowcore.dispatch import BatchSizer
+from flowcore.dispatch import BatchSender
 from flowcore.errors import RemoteTraceback
-from flowcore.serialization import raise_if_unsendable
 
 T = TypeVar("T")
 
@@ -145,8 +145,19 @@ class _Batch:
     resends: int = 0
 
 
-class _Run:
-    """The state of one call of a :class:`Parallel` on a flowcore backend."""
+class _Run(BatchSender[_Batch]):
+    """One call of a :class:`Parallel` on a flowcore backend: the dispatcher's send
+    loop (:class:`~flowcore.dispatch.BatchSender`), driven by the caller.
+
+    Units are batches of the caller's items (:class:`_Batch`), run by
+    :func:`~flowcore.compat._batch.run_batch` (plain callables, not task runs). Only
+    the caller's thread sends (:meth:`fill`, from :meth:`batches`): its items are
+    pulled from the input there, lazily, while fewer than ``target`` batches are out.
+    Outcomes are settled under the lock (``settles_under_lock``) and wake the caller;
+    batches lost with a pool are recovered by the caller too.
+    """
+
+    settles_under_lock = True
 
     def __init__(
         self,
@@ -156,8 +167,8 @@ class _Run:
         workers: int,
         iterable: Iterable[Any],
     ) -> None:
+        super().__init__(backend, workers)
         self.parallel = parallel
-        self.backend = backend
         self.owned = owned
         self.workers = workers
         capabilities = backend.capabilities
@@ -168,19 +179,17 @@ class _Run:
         self.nested = Nested(
             nested_choice,
             level,
-            backend.kind is BackendKind.PROCESSES,
+            capabilities.local_processes,
             choice.label == "MultiprocessingBackend",
         )
         # A local pool's batches are journaled under a tag, so an abort can stop them.
-        local_pool = backend.kind is BackendKind.PROCESSES and capabilities.stops_running
+        local_pool = capabilities.local_processes and capabilities.stops_running
         self.tag_prefix = f"joblib{uuid.uuid4().hex[:12]}" if local_pool else None
         self.ordered = parallel.return_as != "generator_unordered"
         self.timeout = parallel.timeout
-        self.lock = threading.Lock()
         self.changed = threading.Condition(self.lock)
         self.pending: collections.deque[_Batch] = collections.deque()  # not yet handed back
         self.completed: collections.deque[_Batch] = collections.deque()  # unordered: by completion
-        self.in_flight = 0
         self.completions = 0
         self.seq = 0
         self.consumed = 0
@@ -188,7 +197,6 @@ class _Run:
         self.lost: list[_Batch] = []
         self.aborting = False
         self.exhausted = False
-        self.sizer = BatchSizer(workers)
         self.fixed = None if parallel.batch_size == "auto" else int(parallel.batch_size)
         amount = _pre_dispatch_amount(parallel.pre_dispatch, workers)
         self.n_tasks = parallel.n_tasks
@@ -234,42 +242,37 @@ class _Run:
             self.ready_chunks.append(ahead[start : start + size])
         return self.ready_chunks.popleft() if self.ready_chunks else []
 
-    def fill(self) -> None:
-        """Send batches while fewer than the target are out and input remains."""
-        while not self.aborting and not self.exhausted and self.in_flight < self.target:
-            try:
-                chunk = self._next_chunk()
-            except BaseException as exc:
-                self._input_failed(exc)
-                return
-            if not chunk:
-                self.exhausted = True
-                return
-            if self.n_tasks is not None and self.consumed + len(chunk) >= self.n_tasks:
-                self.exhausted = True
-            self.consumed += len(chunk)
-            tag = f"{self.tag_prefix}-{self.seq:x}" if self.tag_prefix else None
-            batch = _Batch(self.seq, len(chunk), make_payload(chunk), tag)
-            self.seq += 1
-            with self.lock:
-                self.pending.append(batch)
-                self.in_flight += 1
-            self.parallel.n_dispatched_batches += 1
-            self.parallel.n_dispatched_tasks += len(chunk)
-            self._send(batch)
-
-    def _send(self, batch: _Batch) -> None:
+    def next_unit(self) -> _Batch | None:
+        """Caller thread only: the next batch while fewer than the target are out and
+        input remains, counted in flight. Its items are pulled from the input here,
+        without the lock (the input iterator is the caller's)."""
+        if self.aborting or self.exhausted or self.sizer.in_flight >= self.target:
+            return None
         try:
-            future = self.backend.submit(
-                run_batch, batch.payload, self.nested, batch.tag, self.portable
-            )
+            chunk = self._next_chunk()
         except BaseException as exc:
-            with self.lock:
-                self.in_flight -= 1
-                self._fail(batch, exc)
-            return
-        batch.future = future
-        future.add_done_callback(functools.partial(self._on_done, batch))
+            self._input_failed(exc)
+            return None
+        if not chunk:
+            self.exhausted = True
+            return None
+        if self.n_tasks is not None and self.consumed + len(chunk) >= self.n_tasks:
+            self.exhausted = True
+        self.consumed += len(chunk)
+        tag = f"{self.tag_prefix}-{self.seq:x}" if self.tag_prefix else None
+        batch = _Batch(self.seq, len(chunk), make_payload(chunk), tag)
+        self.seq += 1
+        with self.lock:
+            self.pending.append(batch)
+            self.sizer.in_flight += 1
+        self.parallel.n_dispatched_batches += 1
+        self.parallel.n_dispatched_tasks += len(chunk)
+        return batch
+
+    def submit(self, unit: _Batch) -> Future[Any]:
+        future = self.backend.submit(run_batch, unit.payload, self.nested, unit.tag, self.portable)
+        unit.future = future
+        return future
 
     def _input_failed(self, exc: BaseException) -> None:
         """The input iterator raised: that is the call's error at this position."""
@@ -280,34 +283,46 @@ class _Run:
             self.pending.append(batch)
             self._fail(batch, exc)
 
-    # -- outcomes (any thread) ---------------------------------------------------
-    def _on_done(self, batch: _Batch, future: Future[Any]) -> None:
-        try:
-            # A batch's values that could not make the trip from the worker (see
-            # flowcore.serialization.SentBack) raise here, as a pickling error would.
-            outcome = raise_if_unsendable(future.result())
-        except BaseException as exc:  # cancelled, a dead worker, a pickling error
-            outcome = exc
+    # -- outcomes (any thread; under the lock unless said) ------------------------
+    def observe(self, unit: _Batch, outcome: Any) -> None:
+        if type(outcome) is tuple:  # (values, seconds the worker was busy)
+            self.sizer.observe(outcome[1], unit.size)
+
+    def settle(self, unit: _Batch, outcome: Any) -> None:
+        if type(outcome) is tuple:
+            unit.values = outcome[0]
+            unit.status = _DONE
+            self.completions += 1
+            if not self.ordered:
+                self.completed.append(unit)
+        elif isinstance(outcome, BatchFailure):
+            error = outcome.exception
+            if self.portable or error.__cause__ is None:
+                error.__cause__ = RemoteTraceback(outcome.traceback)
+            self._fail(unit, error)
+        else:
+            self._fail(unit, TypeError(f"a batch came back as {type(outcome).__name__}"))
+        self.changed.notify_all()
+
+    def settle_lost(self, unit: _Batch, exc: BaseException) -> None:
+        """Cancelled, a dead worker, a pickling error: the caller recovers it."""
+        unit.status = _LOST
+        unit.lost = exc
+        self.lost.append(unit)
+        self.changed.notify_all()
+
+    def settle_refused(self, unit: _Batch, exc: BaseException) -> None:
+        """Without the lock (caller thread): the backend did not take the batch."""
         with self.lock:
-            self.in_flight -= 1
-            if type(outcome) is tuple:
-                values, seconds = outcome
-                batch.values = values
-                batch.status = _DONE
-                self.sizer.observe(seconds, batch.size)
-                self.completions += 1
-                if not self.ordered:
-                    self.completed.append(batch)
-            elif isinstance(outcome, BatchFailure):
-                error = outcome.exception
-                if self.portable or error.__cause__ is None:
-                    error.__cause__ = RemoteTraceback(outcome.traceback)
-                self._fail(batch, error)
-            else:
-                batch.status = _LOST
-                batch.lost = outcome
-                self.lost.append(batch)
-            self.changed.notify_all()
+            self._fail(unit, exc)
+
+    def settle_failed(self, unit: _Batch, exc: BaseException) -> None:
+        """Without the lock: handling the batch's outcome raised."""
+        with self.lock:
+            self._fail(unit, exc)
+
+    def send_next(self) -> None:
+        """Nothing: the caller, woken by the settle, sends the next batches."""
 
     def _fail(self, batch: _Batch, error: BaseException) -> None:
         """Under the lock: ``batch`` failed with ``error``; the earliest failure wins."""
@@ -335,7 +350,7 @@ class _Run:
             batch.status = _PENDING
             batch.lost = None
             with self.lock:
-                self.in_flight += 1
+                self.sizer.in_flight += 1
             self._send(batch)
             return
         from concurrent.futures import BrokenExecutor
@@ -382,9 +397,10 @@ class _Run:
                             ready = self.completed.popleft()
                             break
                         key = self.completions
-                    if self.in_flight == 0 and (self.exhausted or self.aborting):
+                    in_flight = self.sizer.in_flight
+                    if in_flight == 0 and (self.exhausted or self.aborting):
                         break
-                    if self.in_flight < self.target and not self.exhausted and not self.aborting:
+                    if in_flight < self.target and not self.exhausted and not self.aborting:
                         break  # go and send more first
                     if self.timeout is not None:
                         now = time.monotonic()
@@ -408,7 +424,7 @@ class _Run:
                 yield values
                 continue
             if (
-                self.in_flight == 0
+                self.sizer.in_flight == 0
                 and self.exhausted
                 and not self.lost
                 and (not self.ordered or not self.pending)
@@ -610,7 +626,7 @@ class Parallel:
         workers = self._effective_n_jobs()
         if workers == 0:
             raise RuntimeError(f"{self._choice.label} has no active worker.")
-        if workers == 1 or self._choice.kind is BackendKind.INLINE:
+        if workers == 1 or self._choice.capabilities.inline:
             if self.timeout is not None:
                 warnings.warn(
                     "The backend class 'SequentialBackend' does not support timeout. You have set "
@@ -671,7 +687,7 @@ class Parallel:
         not this machine's CPUs (as joblib's Dask backend does); they are known once
         connected, so this connects. Otherwise ``workers`` unchanged."""
         n = self._n_jobs_given
-        if self._choice.kind is not BackendKind.CLUSTER or n is None or n >= 0:
+        if not self._choice.capabilities.connects_to_cluster or n is None or n >= 0:
             return workers
         try:
             return max(backend.worker_count() + 1 + n, 1)
@@ -683,7 +699,7 @@ class Parallel:
 
     def _workers_for_backend(self) -> int:
         workers = self._effective_n_jobs()
-        if self._choice.kind is BackendKind.CLUSTER and self._n_jobs_given in (None, -1):
+        if self._choice.capabilities.connects_to_cluster and self._n_jobs_given in (None, -1):
             instance = self._choice.instance
             if instance is not None:
                 return instance.max_workers
@@ -698,10 +714,10 @@ class Parallel:
 
         options = dict(choice.options)
         assert choice.name is not None
-        if choice.kind in (BackendKind.THREADS, BackendKind.PROCESSES) and choice.name != "joblib":
-            options.setdefault("max_workers", workers)
-        elif choice.name == "joblib":
+        if choice.name == "joblib":  # joblib's own pool: sized by n_jobs
             options.setdefault("n_jobs", workers)
+        elif choice.sized_by_n_jobs:
+            options.setdefault("max_workers", workers)
         return get_backend(choice.name, **options), True
 
     def _outputs(self, run: _Run) -> Generator[Any, None, None]:

@@ -200,8 +200,28 @@ class BackendConformance:
                     lambda: w.worker_pid.submit().result()
                 )()
                 assert pid != os.getpid()
+            if spec.capabilities is not None:  # declared before an instance is made
+                assert instance.capabilities == spec.capabilities, (
+                    f"backend {self.backend_name!r} registers capabilities {spec.capabilities} "
+                    f"but its default instance has {instance.capabilities}"
+                )
         finally:
             instance.shutdown(wait=True)
+
+    def test_declared_worker_placement_holds(self, backend: Backend, run: Callable[..., Any]) -> None:
+        """``local_processes``: runs execute in worker processes started from here;
+        ``connects_to_cluster``: the worker count is known once connected. Neither goes
+        with ``in_process``."""
+        declared = backend.capabilities
+        if not (declared.local_processes or declared.connects_to_cluster):
+            pytest.skip("declares neither local_processes nor connects_to_cluster")
+        assert not declared.in_process
+        assert not (declared.local_processes and declared.connects_to_cluster)
+        if declared.connects_to_cluster:
+            assert backend.worker_count() >= 1
+            return
+        pid = run(lambda: w.worker_pid.submit().result())
+        assert pid != os.getpid() and _descends_from(pid, os.getpid()), pid
 
     def test_backend_describes_itself(self, backend: Backend) -> None:
         assert isinstance(backend.name, str) and backend.name
