@@ -40,7 +40,8 @@ T = TypeVar("T")
 #: Modules that must stay out of ``import flowcore`` (backends import them lazily).
 HEAVY_MODULES = ("dask", "distributed", "joblib", "loky", "numpy", "pandas")
 
-DIRECT_CALL_GOAL_US = 5.0
+#: issue 11: "direct call overhead under 2 us" (history on, as by default)
+DIRECT_CALL_GOAL_US = 2.0
 SUBMIT_RATIO_GOAL = 1.3
 IMPORT_GOAL_MS = 60.0
 #: ``import flowcore`` over ``import joblib``, both -X importtime cumulative, same run.
