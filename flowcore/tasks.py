@@ -102,6 +102,8 @@ class Task(Generic[P, R]):
         plain = plain and not self.keeps_results
         self._plain = plain and not o.tags
         self._plain_if_unlimited = plain and bool(o.tags)
+        #: prints are never captured, whatever the flow says (``log_prints=False``)
+        self._prints_off = o.log_prints is False
 
     @property
     def name(self) -> str:
@@ -455,9 +457,29 @@ class AsyncTask(Task[P, R]):
             return_state = False
             if not self._min_args <= len(args) <= self._max_args:
                 self.bind(args, kwargs)
+            elif self._plain:
+                # The common case, inlined (paid once per awaited run): positional
+                # arguments of a plain task in the body of an async flow whose loop runs
+                # here, no prints captured, no kept results; observed by run-event
+                # observers only (the history: runs recorded in bulk) or not at all.
+                # Anything else takes the general path below, which decides the same.
+                scope = _scope.get()
+                if (
+                    isinstance(scope, FlowRunContext)
+                    and _task_run.get() is None
+                    and scope.flow.isasync
+                    and (self._prints_off or not scope.log_prints)
+                ):
+                    flow_run = scope.flow_run
+                    current = registry._registry
+                    if flow_run.results is None and current is not None and running_loop() is not None:
+                        if current.batches_direct_runs:
+                            return direct_runs.call_async(self, args, None, flow_run)
+                        if not current.observes_events:
+                            return direct_runs.await_unobserved(self, args, None, flow_run)
         scope = _scope.get()
         # in_async_context(), inlined for the common case: in the body of an async flow
-        # where its loop runs (this is paid once per awaited run)
+        # where its loop runs
         if (
             _task_run.get() is None
             and isinstance(scope, FlowRunContext)
