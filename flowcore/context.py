@@ -47,6 +47,11 @@ class BackendSlot:
         if self.owned:
             self.instance.shutdown(wait=wait, cancel_futures=cancel_futures)
 
+    def close_may_block(self) -> bool:
+        """Whether :meth:`close` may wait for workers: this slot owns a backend that
+        has started some (one that does not say, ``started``, is taken to have)."""
+        return self.owned and bool(getattr(self.instance, "started", True))
+
     def borrow(self) -> BackendSlot:
         """A slot that uses this one's backend and never shuts it down (for subflows)."""
         return BackendSlot(self.instance, owned=False)
