@@ -172,11 +172,10 @@ class Task(Generic[P, R]):
         self.check_arguments(args, kwargs)  # before any attempt, retry or hook
         call = self.make_call(args, kwargs, flow_run, log_prints)
         from flowcore.engine import run_call
-        from flowcore.events import current_worker, submitted_event
+        from flowcore.events import current_worker
         from flowcore.reporting import report_final_state
 
-        if registry.observes_events():
-            registry.publish([submitted_event(call, None)])
+        _report_submitted(call)
         state = run_call(call)
         report_final_state(call, state, None, current_worker())
         if return_state:
@@ -510,16 +509,28 @@ class AsyncTask(Task[P, R]):
     ) -> Any:
         call = self.make_call(args, kwargs, flow_run, log_prints)
         from flowcore.engine import run_call_async
-        from flowcore.events import current_worker, submitted_event
+        from flowcore.events import current_worker
         from flowcore.reporting import report_final_state
 
-        if registry.observes_events():
-            registry.publish([submitted_event(call, None)])
+        _report_submitted(call)
         state = await run_call_async(call)
         report_final_state(call, state, None, current_worker())
         if return_state:
             return state
         return state.result()
+
+
+def _report_submitted(call: TaskCall) -> None:
+    """A direct call's run starts (on the engine's path): its SUBMITTED is published
+    now, or, while only observers that accept deferred reports watch and the run
+    belongs to a flow run, noted and reported with its end (flowcore.deferred_runs)."""
+    current = registry.get_registry()
+    if current.defers_runs and call.flow_run_id is not None:
+        deferred_runs.note(call)
+    elif current.observes_events:
+        from flowcore.events import submitted_event
+
+        registry.publish([submitted_event(call, None)])
 
 
 def _without_hooks(options: TaskOptions) -> TaskOptions:
