@@ -471,7 +471,10 @@ class AsyncTask(Task[P, R]):
                 ):
                     flow_run = scope.flow_run
                     current = registry._registry
-                    if flow_run.results is None and current is not None and running_loop() is not None:
+                    if (
+                        flow_run is not None and flow_run.results is None and current is not None
+                        and running_loop() is not None
+                    ):
                         if current.batches_direct_runs:
                             return direct_runs.call_async(self, args, None, flow_run)
                         if not current.observes_events:
