@@ -47,6 +47,11 @@ class BackendSlot:
         if self.owned:
             self.instance.shutdown(wait=wait, cancel_futures=cancel_futures)
 
+    def close_may_block(self) -> bool:
+        """Whether :meth:`close` may wait for workers: this slot owns a backend that
+        has started some (one that does not say, ``started``, is taken to have)."""
+        return self.owned and bool(getattr(self.instance, "started", True))
+
     def borrow(self) -> BackendSlot:
         """A slot that uses this one's backend and never shuts it down (for subflows)."""
         return BackendSlot(self.instance, owned=False)
@@ -154,9 +159,11 @@ class TaskRunContext:
         self.args = args
         self.kwargs = kwargs
         self.flow_run = flow_run
-        #: the run number and name number already reserved for this run (batched
-        #: direct calls, see flowcore.direct_runs), -1 when none is: two ints rather
-        #: than a tuple, one object less per awaited run in flight
+        #: the run number and name number of this run (batched direct calls, see
+        #: flowcore.direct_runs), -1 when none is reserved: two ints rather than a
+        #: tuple, one object less per awaited run in flight. A batched run has its
+        #: name number from its start; its run number may be -1 until ``call`` is
+        #: first asked for (then reserved), else its buffer reserves it in bulk.
         self._number = number
         self._name_number = name_number
         self.logger: logging.LoggerAdapter[logging.Logger] | None = None
@@ -189,11 +196,13 @@ class TaskRunContext:
     @property
     def call(self) -> TaskCall:
         if self._call is None:
-            if self._number < 0:
+            if self._name_number < 0:
                 self._call = self.task.make_call(self.args, self.kwargs or {}, self.flow_run, False)
             else:  # the ids its run is reported under (flowcore.direct_runs)
-                from flowcore.calls import run_id_prefix
+                from flowcore.calls import reserve_run_numbers, run_id_prefix
 
+                if self._number < 0:  # taken now, the first time it is asked for
+                    self._number = reserve_run_numbers(1)
                 flow_run = self.flow_run
                 task = self.task
                 if task.options.task_run_name is None:

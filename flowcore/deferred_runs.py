@@ -14,11 +14,12 @@ a run that belongs to a flow run is reported this way instead:
   nothing;
 * when the buffer is reported, each run that ended plainly (``Completed`` after one
   attempt, with a start time, no kept result, named ``<task>-<n>`` by
-  ``Task.make_call``) goes into one :class:`~flowcore.events.RunColumns` batch per
-  task, flow run, backend and worker: SUBMITTED, STARTED and FINISHED of each run, or
+  ``Task.make_call``) or was a cache hit (``Cached``, named so) goes into one
+  :class:`~flowcore.events.RunColumns` batch per task, flow run, backend and worker
+  (a hit's state in its ``states``): SUBMITTED, STARTED and FINISHED of each run, or
   STARTED and FINISHED when its SUBMITTED was reported earlier. Every other run
-  (failed, retried, cached, named by a template) is published on its own, its
-  SUBMITTED first if it was still only noted.
+  (failed, retried, named by a template) is published with the rest of them, in one
+  report, its SUBMITTED first if it was still only noted.
 
 A buffer is reported when it holds :data:`MAX_RUNS` runs and at :func:`flush`, which
 reports every thread's buffer (and waits for a report another thread is making), then
@@ -99,8 +100,8 @@ class _Group:
     """Taken runs of one task in one flow run, on one backend and worker, whose
     SUBMITTED was (``announced``) or was not reported yet: one RunColumns batch."""
 
-    __slots__ = ("announced", "backend", "ends", "flow_run_id", "names", "numbers", "starts", "submitted",
-                 "task", "worker")
+    __slots__ = ("announced", "backend", "ends", "flow_run_id", "names", "numbers", "starts", "states",
+                 "submitted", "task", "worker")
 
     def __init__(self, task: Any, flow_run_id: str, backend: str | None, worker: Worker | None,
                  announced: bool) -> None:
@@ -111,6 +112,8 @@ class _Group:
         self.submitted: list[float] = []
         self.starts: list[float] = []
         self.ends: list[float] = []
+        #: position -> final state of the runs that did not complete plainly (cache hits)
+        self.states: dict[int, State[Any]] = {}
 
 
 _local = threading.local()
@@ -241,9 +244,13 @@ def _publish_taken(runs: collections.deque[_Ended]) -> None:
                 pass
         number, name_number, flow_run_id = call.number, call.name_number, call.flow_run_id
         if (
-            number < 0 or name_number < 0 or flow_run_id is None or state.attempts != 1
-            or state.started_at is None or state.name != "Completed" or state.result_location is not None
-        ):  # not plain; or numbers < 0: not made by Task.make_call, or named by a template
+            number < 0 or name_number < 0 or flow_run_id is None or state.started_at is None
+            or state.result_location is not None
+        ):  # numbers < 0: not made by Task.make_call, or named by a template
+            others.append((item, announced))
+            continue
+        hit = state.name == "Cached"
+        if not hit and (state.attempts != 1 or state.name != "Completed"):  # not plain
             others.append((item, announced))
             continue
         task = call.task
@@ -257,6 +264,8 @@ def _publish_taken(runs: collections.deque[_Ended]) -> None:
                 group = groups[key] = _Group(task, flow_run_id, backend, worker, announced)
             add_number, add_name, add_submitted = group.numbers.append, group.names.append, group.submitted.append
             add_start, add_end = group.starts.append, group.ends.append
+        if hit:  # a cache hit goes with its group's columns, its state beside them
+            group.states[len(group.numbers)] = state
         add_number(number)
         add_name(name_number)
         add_submitted(call.submitted_at)
@@ -269,11 +278,14 @@ def _publish_taken(runs: collections.deque[_Ended]) -> None:
         registry.publish(column_events(RunColumns(
             ran if gathered.announced else full, gathered.task, gathered.task.name, gathered.flow_run_id,
             gathered.backend, gathered.worker, prefix, gathered.numbers, gathered.names, gathered.submitted,
-            gathered.starts, gathered.ends,
+            gathered.starts, gathered.ends, gathered.states,
         )))
     if others:
         from flowcore.events import submitted_event, task_events
 
+        events: list[Any] = []  # one report for all (each run's events in order)
         for (call, state, worker, backend), announced in others:
-            events = task_events(call, backend, state, worker)
-            registry.publish(events if announced else [submitted_event(call, backend), *events])
+            if not announced:
+                events.append(submitted_event(call, backend))
+            events.extend(task_events(call, backend, state, worker))
+        registry.publish(events)

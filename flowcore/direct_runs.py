@@ -3,9 +3,11 @@
 A plain task (no retries, timeout, cache, hooks or print capture) called directly in a
 flow body, ``t(x)``, costs about a microsecond when nothing observes the run-event
 stream. When only ``flowcore_run_events`` observers are registered (a run history, a
-progress display), such a call still runs on the short path: it takes its run numbers,
-times its body and appends four numbers to a per-thread buffer. The buffer reports its
-runs as one :class:`~flowcore.events.RunColumns` batch (SUBMITTED, STARTED and
+progress display), such a call still runs on the short path: it takes its name number
+(``t-0``, ``t-1`` in call order), times its body and appends four numbers to a
+per-thread buffer. Its run number (the counter in its run id) is reserved when its
+body first asks for its run (``get_run_context``), else, with those of the other runs
+of the batch, in one block when the buffer reports. The buffer reports its runs as one :class:`~flowcore.events.RunColumns` batch (SUBMITTED, STARTED and
 FINISHED of each run; see :func:`flowcore.events.column_events`) when it holds
 :data:`MAX_RUNS` runs, when its oldest run is :data:`MAX_AGE_S` old at the next call,
 and when its flow run ends (:func:`flush`). A call whose body raises leaves the short
@@ -36,6 +38,8 @@ if TYPE_CHECKING:
 MAX_RUNS = 1024
 #: seconds a buffered run waits at most (checked at the next direct call of its thread)
 MAX_AGE_S = 0.25
+
+_now = time.time
 
 
 class _Runs:
@@ -96,18 +100,18 @@ def call(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], flow_run: Flo
     """Run ``task`` directly in the calling thread and record the run in the buffer.
     Raises what the body raises, after reporting the failed run."""
     name_number = flow_run.run_numbers.reserve(task.name)
-    number = reserve_run_numbers(1)
-    token = _task_run.set(TaskRunContext(task, None, args, kwargs, flow_run, number, name_number))
-    start = time.time()
+    context = TaskRunContext(task, None, args, kwargs, flow_run, -1, name_number)
+    token = _task_run.set(context)
+    start = _now()
     try:
         value = task.fn(*args, **kwargs)
     except BaseException as exc:
         _task_run.reset(token)
-        _failed(task, args, kwargs, flow_run, number, name_number, start, exc)
+        _failed(task, args, kwargs, flow_run, context._number, name_number, start, exc)
         raise
-    end = time.time()
+    end = _now()
     _task_run.reset(token)
-    _record(task, flow_run, number, name_number, start, end)
+    _record(task, flow_run, context._number, name_number, start, end)
     return value
 
 
@@ -127,18 +131,18 @@ async def call_async(
     (every live object makes the cyclic GC run more often and take longer)."""
     previous = _task_run.get()
     name_number = flow_run.run_numbers.reserve(task.options.name)
-    number = reserve_run_numbers(1)
-    _task_run.set(TaskRunContext(task, None, args, kwargs, flow_run, number, name_number))
-    start = time.time()
+    context = TaskRunContext(task, None, args, kwargs, flow_run, -1, name_number)
+    _task_run.set(context)
+    start = _now()
     try:
         value = await (task.fn(*args, **kwargs) if kwargs else task.fn(*args))
     except BaseException as exc:
         _task_run.set(previous)
-        _failed(task, args, kwargs or {}, flow_run, number, name_number, start, exc)
+        _failed(task, args, kwargs or {}, flow_run, context._number, name_number, start, exc)
         raise
-    end = time.time()
+    end = _now()
     _task_run.set(previous)
-    _record(task, flow_run, number, name_number, start, end)
+    _record(task, flow_run, context._number, name_number, start, end)
     return value
 
 
@@ -161,7 +165,8 @@ async def await_unobserved(
 
 
 def _record(task: Any, flow_run: FlowRun, number: int, name_number: int, start: float, end: float) -> None:
-    """Add a run that completed to this thread's buffer; report the buffer when full or old."""
+    """Add a run that completed to this thread's buffer; report the buffer when full or old.
+    ``number``: -1 when the run has none yet (the report reserves its runs' in one block)."""
     buffer: _Buffer | None = getattr(_local, "buffer", None)
     if buffer is None:
         buffer = _buffer()
@@ -223,6 +228,7 @@ def _report(buffer: _Buffer, flow_run_id: str | None = None) -> None:
         if buffer.last is runs:
             buffer.last = None
         buffer.count -= len(runs.numbers)
+        _number_runs(runs.numbers)
         batches.append(
             RunColumns(
                 kinds, runs.task, runs.task.name, runs.flow_run_id, None, buffer.worker, prefix,
@@ -233,6 +239,22 @@ def _report(buffer: _Buffer, flow_run_id: str | None = None) -> None:
         buffer.count = 0
     for columns in batches:
         registry.publish(column_events(columns))
+
+
+def _number_runs(numbers: list[int]) -> None:
+    """Give the runs of ``numbers`` that have no run number yet (-1) theirs, from one
+    reserved block (consecutive when none asked for its id during its run)."""
+    missing = numbers.count(-1)
+    if not missing:
+        return
+    first = reserve_run_numbers(missing)
+    if missing == len(numbers):
+        numbers[:] = range(first, first + missing)
+        return
+    for position, number in enumerate(numbers):
+        if number < 0:
+            numbers[position] = first
+            first += 1
 
 
 def _report_failure(
@@ -255,6 +277,8 @@ def _report_failure(
     else:
         return
     state = replace(state, started_at=start, finished_at=time.time(), attempts=1)
+    if number < 0:
+        number = reserve_run_numbers(1)
     buffer = _buffer()
     if buffer.count:
         _report(buffer)

@@ -341,9 +341,11 @@ class Flow(Generic[P, R]):
             await policy.wait_before_retry_async(attempt, state.message, flow_logger(context))
         import asyncio
 
-        if opened.slot.owned:  # a shutdown waits for workers: not on the event loop
-            timed_out = state.name == "TimedOut"
+        timed_out = state.name == "TimedOut"
+        if opened.slot.close_may_block():  # a shutdown waits for workers: not on the event loop
             await asyncio.to_thread(opened.slot.close, wait=not timed_out, cancel_futures=timed_out)
+        else:  # no workers to wait for (nothing was submitted): no thread started for it
+            opened.slot.close(wait=not timed_out, cancel_futures=timed_out)
         return self._end_run(context, opened, state, attempt, log_traceback)
 
     async def _attempt_async(

@@ -89,6 +89,8 @@ class Task(Generic[P, R]):
         plain = plain and not self.keeps_results
         self._plain = plain and not o.tags
         self._plain_if_unlimited = plain and bool(o.tags)
+        #: prints are never captured, whatever the flow says (``log_prints=False``)
+        self._prints_off = o.log_prints is False
 
     # The signature and what the call paths read from it are computed on first use: a
     # worker that unpickles a task to run it (each run, for a task that travels by
@@ -189,11 +191,10 @@ class Task(Generic[P, R]):
         self.check_arguments(args, kwargs)  # before any attempt, retry or hook
         call = self.make_call(args, kwargs, flow_run, log_prints)
         from flowcore.engine import run_call
-        from flowcore.events import current_worker, submitted_event
+        from flowcore.events import current_worker
         from flowcore.reporting import report_final_state
 
-        if registry.observes_events():
-            registry.publish([submitted_event(call, None)])
+        _report_submitted(call)
         state = run_call(call)
         report_final_state(call, state, None, current_worker())
         if return_state:
@@ -479,9 +480,32 @@ class AsyncTask(Task[P, R]):
             return_state = False
             if not self._min_args <= len(args) <= self._max_args:
                 self.bind(args, kwargs)
+            elif self._plain:
+                # The common case, inlined (paid once per awaited run): positional
+                # arguments of a plain task in the body of an async flow whose loop runs
+                # here, no prints captured, no kept results; observed by run-event
+                # observers only (the history: runs recorded in bulk) or not at all.
+                # Anything else takes the general path below, which decides the same.
+                scope = _scope.get()
+                if (
+                    isinstance(scope, FlowRunContext)
+                    and _task_run.get() is None
+                    and scope.flow.isasync
+                    and (self._prints_off or not scope.log_prints)
+                ):
+                    flow_run = scope.flow_run
+                    current = registry._registry
+                    if (
+                        flow_run is not None and flow_run.results is None and current is not None
+                        and running_loop() is not None
+                    ):
+                        if current.batches_direct_runs:
+                            return direct_runs.call_async(self, args, None, flow_run)
+                        if not current.observes_events:
+                            return direct_runs.await_unobserved(self, args, None, flow_run)
         scope = _scope.get()
         # in_async_context(), inlined for the common case: in the body of an async flow
-        # where its loop runs (this is paid once per awaited run)
+        # where its loop runs
         if (
             _task_run.get() is None
             and isinstance(scope, FlowRunContext)
@@ -512,16 +536,28 @@ class AsyncTask(Task[P, R]):
     ) -> Any:
         call = self.make_call(args, kwargs, flow_run, log_prints)
         from flowcore.engine import run_call_async
-        from flowcore.events import current_worker, submitted_event
+        from flowcore.events import current_worker
         from flowcore.reporting import report_final_state
 
-        if registry.observes_events():
-            registry.publish([submitted_event(call, None)])
+        _report_submitted(call)
         state = await run_call_async(call)
         report_final_state(call, state, None, current_worker())
         if return_state:
             return state
         return state.result()
+
+
+def _report_submitted(call: TaskCall) -> None:
+    """A direct call's run starts (on the engine's path): its SUBMITTED is published
+    now, or, while only observers that accept deferred reports watch and the run
+    belongs to a flow run, noted and reported with its end (flowcore.deferred_runs)."""
+    current = registry.get_registry()
+    if current.defers_runs and call.flow_run_id is not None:
+        deferred_runs.note(call)
+    elif current.observes_events:
+        from flowcore.events import submitted_event
+
+        registry.publish([submitted_event(call, None)])
 
 
 def _without_hooks(options: TaskOptions) -> TaskOptions:

@@ -399,3 +399,77 @@ def test_awaited_runs_unobserved() -> None:
         if plugin is not None:
             registry.register(plugin, name=HISTORY_PLUGIN)
 
+
+
+@task
+async def tells_its_id(i: int) -> str | None:
+    """Its run id, as its body sees it, for even ``i``; None (never asked) for odd."""
+    from flowcore import get_run_context
+
+    await asyncio.sleep(0)
+    if i % 2:
+        return None
+    return get_run_context().task_run.id  # type: ignore[union-attr]
+
+
+@task
+def tells_its_id_sync(i: int) -> str | None:
+    from flowcore import get_run_context
+
+    return None if i % 2 else get_run_context().task_run.id  # type: ignore[union-attr]
+
+
+def test_a_recorded_direct_run_keeps_the_id_its_body_saw(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batched direct runs take their run numbers late (when their body asks, else in
+    one block when their buffer reports): the history records each run under the id
+    its body saw, and every run under an id of its own."""
+    import sqlite3
+
+    monkeypatch.setenv("FLOWCORE_HOME", str(tmp_path))
+    monkeypatch.delenv("FLOWCORE_HISTORY", raising=False)
+    n = 40
+
+    @flow
+    async def awaited() -> list[str | None]:
+        return list(await asyncio.gather(*(tells_its_id(i) for i in range(n))))
+
+    @flow
+    def called() -> list[str | None]:
+        return [tells_its_id_sync(i) for i in range(n)]
+
+    seen = {"tells_its_id": awaited(), "tells_its_id_sync": called()}
+    connection = sqlite3.connect(tmp_path / "history.db")
+    try:
+        for task_name, ids in seen.items():
+            stored = dict(
+                connection.execute("SELECT name, id FROM task_runs_all WHERE task = ?", (task_name,)).fetchall()
+            )
+            assert len(stored) == n and len(set(stored.values())) == n
+            for i, seen_id in enumerate(ids):
+                assert (seen_id is None) == bool(i % 2)
+                if seen_id is not None:
+                    assert stored[f"{task_name}-{i}"] == seen_id
+    finally:
+        connection.close()
+
+
+def test_an_async_flow_that_submits_nothing_starts_no_thread() -> None:
+    """Its backend never started workers: the flow run closes it on the loop (no
+    ``asyncio.to_thread``, whose executor would start threads for every flow run)."""
+
+    @flow
+    async def nothing_submitted(x: int) -> int:
+        return await add(x, 1)
+
+    assert nothing_submitted(1) == 2  # the history writer (if on) is started by now
+    started: list[str] = []
+
+    def trace(frame: Any, event: str, arg: Any) -> None:
+        started.append(threading.current_thread().name)
+
+    threading.settrace(trace)  # called in each thread started from now on
+    try:
+        assert nothing_submitted(2) == 3
+    finally:
+        threading.settrace(None)  # type: ignore[arg-type]
+    assert started == []

@@ -14,7 +14,8 @@ import pytest
 
 import flowcore
 from flowcore import deferred_runs, flow, task
-from flowcore.events import EventKind, FlowRunEvent, RunEvent, TaskRunEvent
+from flowcore.caching import INPUTS
+from flowcore.events import EventKind, FlowRunEvent, RunColumns, RunEvent, TaskRunEvent
 from flowcore.history.recorder import recorder
 from flowcore.hookspecs import hookimpl
 from flowcore.registry import get_registry
@@ -236,3 +237,58 @@ def test_runs_buffered_by_pool_threads_that_ended_are_still_reported(recording: 
     for stream in streams.values():
         assert [e.kind for e in stream] == [EventKind.SUBMITTED, EventKind.STARTED, EventKind.FINISHED]
     assert sum(1 for s in streams.values() if s[-1].state is not None and s[-1].state.name == "Failed") == 3
+
+
+class Batches:
+    """An observer that accepts deferred reports and keeps each report's columns (a
+    RunColumns batch) or its events as a list."""
+
+    def __init__(self) -> None:
+        self.reports: list[RunColumns | list[RunEvent]] = []
+
+    @hookimpl
+    @deferred_runs.accepts_deferred_runs
+    def flowcore_run_events(self, events: Sequence[RunEvent]) -> None:
+        columns_of = getattr(events, "columns", None)
+        columns = columns_of() if callable(columns_of) else None
+        self.reports.append(columns if columns is not None else list(events))
+
+
+def test_cache_hits_of_direct_calls_are_reported_in_bulk_and_recorded_as_hits(home: Path, tmp_path: Path) -> None:
+    registry = get_registry()
+    if not registry.defers_runs:
+        pytest.skip("the history plugin does not observe runs here")
+    cached = task(_square, name="square", cache_policy=INPUTS, cache_storage=str(tmp_path / "cache"))
+
+    @flow
+    def hits() -> list[int]:
+        return [cached(i % 3) for i in range(30)]  # 3 misses, then 27 hits
+
+    observer = Batches()
+    registry.register(observer, name="deferred-batches")
+    try:
+        assert hits() == [(i % 3) ** 2 for i in range(30)]
+    finally:
+        registry.unregister(observer)
+    columns = [r for r in observer.reports if isinstance(r, RunColumns)]
+    singles = [e for r in observer.reports if isinstance(r, list) for e in r if isinstance(e, TaskRunEvent)]
+    assert singles == []  # no run reported on its own: misses and hits in the same columns
+    assert len(columns) == 1 and len(columns[0]) == 30
+    (batch,) = columns
+    assert batch.kinds == (EventKind.SUBMITTED, EventKind.STARTED, EventKind.FINISHED)
+    assert sorted(batch.states) == list(range(3, 30))
+    assert {s.name for s in batch.states.values()} == {"Cached"}
+    connection = sqlite3.connect(home / "history.db")
+    try:
+        rows = connection.execute(
+            "SELECT state, cache_hit, count(*), count(DISTINCT id), count(DISTINCT name), min(attempts), "
+            "sum(message LIKE 'cache hit %'), sum(submitted_time <= start_time AND start_time <= end_time) "
+            "FROM task_runs_all WHERE task = 'square' GROUP BY state ORDER BY state"
+        ).fetchall()
+    finally:
+        connection.close()
+    assert rows == [("Cached", 1, 27, 27, 27, 0, 27, 27), ("Completed", 0, 3, 3, 3, 1, 0, 3)]
+
+
+def _square(x: int) -> int:
+    return x * x

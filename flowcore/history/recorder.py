@@ -561,12 +561,12 @@ class _Pending:
         positions = [i for i in range(len(columns)) if i not in exceptional] if exceptional else None
         if positions is None or positions:
             self.batch.task_run_blocks.append(_block_of(columns, positions))
+        tags = _tags(columns.task) if exceptional else None  # once for the batch's rows
         for position, state in exceptional.items():
             run_id = columns.run_id(position)
             write = TaskRunWrite(
                 run_id, columns.flow_run_id, columns.task_name, columns.run_name(position), "Pending",
-                "PENDING", submitted=columns.submitted_at(position), backend=columns.backend,
-                tags=_tags(columns.task),
+                "PENDING", submitted=columns.submitted_at(position), backend=columns.backend, tags=tags,
             )
             _set_worker(write, columns.worker)
             _set_final(write, state, columns.ends[position])
