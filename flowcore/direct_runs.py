@@ -99,7 +99,7 @@ def _buffer() -> _Buffer:
 def call(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], flow_run: FlowRun) -> Any:
     """Run ``task`` directly in the calling thread and record the run in the buffer.
     Raises what the body raises, after reporting the failed run."""
-    name_number = flow_run.run_numbers.reserve(task.name)
+    name_number = flow_run.run_numbers.reserve(task.options.name)
     context = TaskRunContext(task, None, args, kwargs, flow_run, -1, name_number)
     token = _task_run.set(context)
     start = _now()

@@ -276,26 +276,28 @@ def _validate_spec(spec: object, plugin_name: str) -> None:
         )
 
 
-_registry: Registry | None = None
+#: the process-wide registry once :func:`get_registry` has built it, else None (hot
+#: paths read it directly: one module attribute instead of a call)
+built: Registry | None = None
 _registry_lock = threading.Lock()
 
 
 def get_registry() -> Registry:
     """The process-wide registry, built on first call."""
-    global _registry
-    registry = _registry
+    global built
+    registry = built
     if registry is not None:
         return registry
     with _registry_lock:
-        if _registry is None:
+        if built is None:
             autoload = os.environ.get(AUTOLOAD_ENV, "").strip().lower() in ("", "0", "false", "no")
-            _registry = Registry(autoload=autoload)
-        return _registry
+            built = Registry(autoload=autoload)
+        return built
 
 
 def observes_events() -> bool:
     """True when some plugin observes the run-event stream (cheap: one attribute)."""
-    registry = _registry if _registry is not None else get_registry()
+    registry = built if built is not None else get_registry()
     return registry.observes_events
 
 
@@ -306,7 +308,7 @@ def publish(events: Sequence[RunEvent]) -> None:
     (``flowcore_task_run_submitted`` ...) are called for each event they describe. An
     observer's exception is logged and never affects the run.
     """
-    registry = _registry if _registry is not None else get_registry()
+    registry = built if built is not None else get_registry()
     observed = registry.observed
     if not observed or not events:
         return
@@ -355,7 +357,7 @@ def _call_per_run_hook(registry: Registry, per_run: frozenset[str], event: RunEv
 
 def notify(hook_name: str, **kwargs: Any) -> None:
     """Call a lifecycle hook if any plugin implements it; observer errors are logged."""
-    registry = _registry if _registry is not None else get_registry()
+    registry = built if built is not None else get_registry()
     if hook_name not in registry.observed:
         return
     try:
@@ -366,7 +368,7 @@ def notify(hook_name: str, **kwargs: Any) -> None:
 
 def is_observed(hook_name: str) -> bool:
     """True when at least one plugin implements ``hook_name``."""
-    registry = _registry if _registry is not None else get_registry()
+    registry = built if built is not None else get_registry()
     return hook_name in registry.observed
 
 
@@ -375,6 +377,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "RegisteredBackend",
     "Registry",
+    "built",
     "get_registry",
     "is_observed",
     "notify",

@@ -166,8 +166,19 @@ class Task(Generic[P, R]):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run inline and return the value (``return_state=True``: the final State)."""
-        return_state = kwargs.pop("return_state", False) if "return_state" in kwargs else False
         scope = _scope.get()
+        # The common case, inlined (it is _direct_path's _BATCHED answer): a plain task
+        # called in a flow body while only run-event observers (the history) watch.
+        if self._plain and scope is not None and "return_state" not in kwargs:
+            flow_run = scope.flow_run
+            if (
+                flow_run is not None
+                and flow_run.results is None
+                and (self._prints_off or not scope.log_prints)
+                and (registry.built or registry.get_registry()).batches_direct_runs
+            ):
+                return direct_runs.call(self, args, kwargs, flow_run)
+        return_state = kwargs.pop("return_state", False) if "return_state" in kwargs else False
         flow_run, log_prints, observation = self._direct_path(scope, return_state)
         if observation == _BATCHED and flow_run is not None:
             return direct_runs.call(self, args, kwargs, flow_run)
@@ -494,7 +505,7 @@ class AsyncTask(Task[P, R]):
                     and (self._prints_off or not scope.log_prints)
                 ):
                     flow_run = scope.flow_run
-                    current = registry._registry
+                    current = registry.built
                     if (
                         flow_run is not None and flow_run.results is None and current is not None
                         and running_loop() is not None
