@@ -13,7 +13,6 @@ from flowcore.flows import Flow, flow
 from flowcore.futures import TaskFuture, as_completed, wait
 from flowcore.limits import concurrency
 from flowcore.loggers import get_run_logger
-from flowcore.mapping import unmapped
 from flowcore.selection import get_backend, use_backend
 from flowcore.states import State
 from flowcore.tasks import Task, task
@@ -21,6 +20,7 @@ from flowcore.tasks import Task, task
 if TYPE_CHECKING:
     from flowcore.deployments import serve
     from flowcore.hookspecs import hookimpl
+    from flowcore.mapping import unmapped
     from flowcore.run_context import get_run_context
 
 __version__ = "0.1.0"
@@ -42,6 +42,11 @@ def __getattr__(name: str) -> Any:
 
         globals()[name] = get_run_context  # later lookups are plain attribute reads
         return get_run_context
+    if name == "unmapped":  # flowcore.mapping (the map path's records) loads with it
+        from flowcore.mapping import unmapped
+
+        globals()[name] = unmapped
+        return unmapped
     raise AttributeError(f"module 'flowcore' has no attribute {name!r}")
 
 

@@ -18,7 +18,6 @@ from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, Unpack, overload
 
 from flowcore import deferred_runs, direct_runs, registry
-from flowcore import mapped as mapped_path
 from flowcore import options as opts
 from flowcore.annotations import allow_failure
 from flowcore.calls import (
@@ -34,7 +33,6 @@ from flowcore.dispatch import dispatcher_of, should_batch
 from flowcore.errors import CrashedError, MissingContextError
 from flowcore.futures import RunFuture, TaskFuture, collect_futures, collect_inputs
 from flowcore.limits import limited_tags
-from flowcore.mapping import map_arguments
 from flowcore.options import TaskOptions, exponential_backoff
 from flowcore.states import State
 
@@ -280,6 +278,10 @@ class Task(Generic[P, R]):
                 f"{self.name}.map() needs a flow run or a backend: call it inside a "
                 f"@flow function, or inside 'with flowcore.use_backend(\"threads\"):'"
             )
+        # The map path's modules load with the first map, not with ``import flowcore``.
+        from flowcore import mapped as mapped_path
+        from flowcore.mapping import map_arguments
+
         mapped = map_arguments(self.name, args, kwargs)
         if not mapped.count:
             return []

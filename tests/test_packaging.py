@@ -94,7 +94,9 @@ def test_schedules_dependencies_are_core() -> None:
 #: failure paths; hashlib (OpenSSL): kept results and cache keys; pluggy and
 #: flowcore.hookspecs, flowcore.backend: the first backend table; flowcore.results,
 #: flowcore.run_context, flowcore.option_inputs: persist_result, get_run_context(),
-#: type checkers. The rest would be a regression of the same kind.
+#: type checkers; signal (its enums): the first deadline; flowcore.mapping and
+#: flowcore.mapped: the first ``.map`` or ``unmapped``. The rest would be a regression
+#: of the same kind.
 NOT_LOADED_BY_IMPORT = (
     "pathlib",
     "urllib",
@@ -108,6 +110,7 @@ NOT_LOADED_BY_IMPORT = (
     "sqlite3",
     "tomllib",
     "pydantic",
+    "signal",
     "flowcore.backend",
     "flowcore.hookspecs",
     "flowcore.config",
@@ -115,6 +118,8 @@ NOT_LOADED_BY_IMPORT = (
     "flowcore.run_context",
     "flowcore.option_inputs",
     "flowcore.backends",
+    "flowcore.mapping",
+    "flowcore.mapped",
 )
 
 
