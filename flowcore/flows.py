@@ -29,7 +29,6 @@ from typing import (
     overload,
 )
 
-from flowcore import options as opts
 from flowcore import registry, states
 from flowcore.annotations import quote
 from flowcore.calls import FlowRun, new_flow_run_id
@@ -46,7 +45,6 @@ from flowcore.futures import (
     wait_async,
 )
 from flowcore.loggers import ensure_console_handler, flow_logger, redirect_prints, restore_prints
-from flowcore.options import FlowOptions
 from flowcore.selection import slot_for
 from flowcore.states import State, StateType
 from flowcore.timeouts import call_with_timeout
@@ -54,6 +52,7 @@ from flowcore.timeouts import call_with_timeout
 if TYPE_CHECKING:
     from flowcore.deployments import Deployment
     from flowcore.option_inputs import FlowOptionInputs
+    from flowcore.options import FlowOptions
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -675,7 +674,9 @@ def _check_backend(value: object, owner: str) -> Any:
 def _flow_options(
     fn: Callable[..., Any], given: Mapping[str, Any], *, base: FlowOptions | None = None
 ) -> FlowOptions:
-    return opts.flow_options(fn, given, base=base, check_backend=_check_backend)
+    from flowcore.options import flow_options  # loads with the first decoration
+
+    return flow_options(fn, given, base=base, check_backend=_check_backend)
 
 
 @overload
@@ -723,7 +724,9 @@ def flow(
     if __fn is not None:
         return Flow(__fn, _flow_options(__fn, options))
     # What does not depend on the function fails at the decorator line already.
-    opts.check_option_names(options, FlowOptions, "@flow")
+    from flowcore import options as opts  # loads with the first decoration
+
+    opts.check_option_names(options, opts.FlowOptions, "@flow")
     name = options.get("name")
     owner = f"@flow {name!r}" if name else "@flow"
     opts.retry_policy(

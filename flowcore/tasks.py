@@ -18,7 +18,6 @@ from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, Unpack, overload
 
 from flowcore import deferred_runs, direct_runs, registry
-from flowcore import options as opts
 from flowcore.annotations import allow_failure
 from flowcore.calls import (
     UNSCOPED_RUN_NUMBERS,
@@ -33,13 +32,26 @@ from flowcore.dispatch import dispatcher_of, should_batch
 from flowcore.errors import CrashedError, MissingContextError
 from flowcore.futures import RunFuture, TaskFuture, collect_futures, collect_inputs
 from flowcore.limits import limited_tags
-from flowcore.options import TaskOptions, exponential_backoff
 from flowcore.states import State
 
 if TYPE_CHECKING:
-
     from flowcore.caching.policies import CacheContext
     from flowcore.option_inputs import TaskOptionInputs
+    from flowcore.options import TaskOptions
+
+    # re-exported, at Prefect's path (``from prefect.tasks import exponential_backoff``)
+    from flowcore.options import exponential_backoff as exponential_backoff
+else:
+
+    def __getattr__(name: str) -> Any:
+        # flowcore.options (the option records and their validation) loads with the
+        # first decoration, not with ``import flowcore``. Type checkers see the import above.
+        if name == "exponential_backoff":
+            from flowcore.options import exponential_backoff
+
+            globals()[name] = exponential_backoff
+            return exponential_backoff
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -422,7 +434,9 @@ class Task(Generic[P, R]):
     def with_options(self, **options: Unpack[TaskOptionInputs]) -> Task[P, R]:
         """A copy of this task with some options changed (the rest kept); validated as
         ``@task`` validates them."""
-        return Task(self.fn, opts.task_options(self.fn, options, base=self.options))
+        from flowcore.options import task_options
+
+        return Task(self.fn, task_options(self.fn, options, base=self.options))
 
     # -- pickling: by reference when importable, else by value --------------
     def __reduce__(self) -> tuple[Any, ...]:
@@ -701,13 +715,16 @@ def task(
             ``FLOWCORE_RESULTS_DIR`` or ``~/.flowcore/results``); giving it turns
             ``persist_result`` on unless that is False.
     """
+    # The option records and their validation load here, with the first decoration.
+    from flowcore.options import precheck_task_options, task_options
+
     if __fn is not None:
-        return Task(__fn, opts.task_options(__fn, options))
+        return Task(__fn, task_options(__fn, options))
     # What does not depend on the function fails at the decorator line already.
-    opts.precheck_task_options(options)
+    precheck_task_options(options)
 
     def decorate(fn: Callable[P, R]) -> Task[P, R]:
-        return Task(fn, opts.task_options(fn, options))
+        return Task(fn, task_options(fn, options))
 
     return decorate
 

@@ -94,9 +94,10 @@ def test_schedules_dependencies_are_core() -> None:
 #: failure paths; hashlib (OpenSSL): kept results and cache keys; pluggy and
 #: flowcore.hookspecs, flowcore.backend: the first backend table; flowcore.results,
 #: flowcore.run_context, flowcore.option_inputs: persist_result, get_run_context(),
-#: type checkers; signal (its enums): the first deadline; flowcore.mapping and
-#: flowcore.mapped: the first ``.map`` or ``unmapped``. The rest would be a regression
-#: of the same kind.
+#: type checkers; flowcore.options (the option records and their validation): the
+#: first ``@task`` / ``@flow``; signal (its enums): the first deadline; flowcore.mapping
+#: and flowcore.mapped: the first ``.map`` or ``unmapped``. The rest would be a
+#: regression of the same kind.
 NOT_LOADED_BY_IMPORT = (
     "pathlib",
     "urllib",
@@ -114,6 +115,7 @@ NOT_LOADED_BY_IMPORT = (
     "flowcore.backend",
     "flowcore.hookspecs",
     "flowcore.config",
+    "flowcore.options",
     "flowcore.results",
     "flowcore.run_context",
     "flowcore.option_inputs",
@@ -157,6 +159,35 @@ def test_every_public_name_is_importable_and_listed() -> None:
     )
     result = _python(code)
     assert result.stdout.strip() == "[] True ['cache_expiration'] ['backend']"
+
+
+def test_first_use_loads_what_import_deferred() -> None:
+    """In a fresh interpreter: the first decoration, ``.map`` with ``unmapped`` and a
+    deadline work, each loading its deferred module then (and not before)."""
+    code = (
+        "import sys, flowcore\n"
+        "def loaded(*names):\n"
+        "    return [n in sys.modules for n in names]\n"
+        "print(loaded('flowcore.options', 'flowcore.mapping', 'signal'))\n"
+        "@flowcore.task(retries=1, timeout_seconds=30)\n"
+        "def add(x: int, y: int) -> int:\n"
+        "    return x + y\n"
+        "print(loaded('flowcore.options', 'flowcore.mapping', 'signal'))\n"
+        "@flowcore.flow(backend='sequential')\n"
+        "def total() -> int:\n"
+        "    return sum(f.result() for f in add.map([1, 2, 3], flowcore.unmapped(10)))\n"
+        "print(total(), add(1, 2))\n"
+        "from flowcore.tasks import exponential_backoff\n"
+        "from flowcore.options import exponential_backoff as defined\n"
+        "print(exponential_backoff is defined, loaded('flowcore.mapping', 'signal'))\n"
+    )
+    lines = _python(code).stdout.splitlines()
+    assert lines == [
+        "[False, False, False]",
+        "[True, False, False]",
+        "36 3",
+        "True [True, True]",
+    ]
 
 
 def _python(code: str) -> subprocess.CompletedProcess[str]:
