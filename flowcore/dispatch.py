@@ -40,7 +40,6 @@ import collections
 import contextvars
 import functools
 import logging
-import math
 import queue
 import threading
 import time
@@ -540,7 +539,7 @@ class BatchSizer:
         if self.item_seconds is None:
             return 1  # probe: learn how long an item takes
         by_duration = TARGET_BATCH_SECONDS / max(self.item_seconds, 1e-7)
-        fair_share = math.ceil(waiting / self.workers)
+        fair_share = -(-waiting // self.workers)  # ceiling division, in integers
         return max(1, min(int(by_duration), fair_share))
 
     def observe(self, busy_seconds: float, items: int) -> None:
