@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, Unpack, overload
 
-from flowcore import deferred_runs, direct_runs, registry
+from flowcore import direct_runs, registry
 from flowcore.annotations import allow_failure
 from flowcore.calls import (
     UNSCOPED_RUN_NUMBERS,
@@ -28,19 +28,18 @@ from flowcore.calls import (
 )
 from flowcore.context import FlowRunContext, TaskRunContext, _scope, _task_run, submission_scope
 from flowcore.coroutines import in_async_context, run_sync, running_loop
-from flowcore.dispatch import dispatcher_of, should_batch
 from flowcore.errors import CrashedError, MissingContextError
-from flowcore.futures import RunFuture, TaskFuture, collect_futures, collect_inputs
 from flowcore.limits import limited_tags
-from flowcore.states import State
 
 if TYPE_CHECKING:
     from flowcore.caching.policies import CacheContext
+    from flowcore.context import RunScope
+    from flowcore.dispatch import Dispatcher
+    from flowcore.futures import TaskFuture
     from flowcore.option_inputs import TaskOptionInputs
     from flowcore.options import TaskOptions
-
-    # re-exported, at Prefect's path (``from prefect.tasks import exponential_backoff``)
-    from flowcore.options import exponential_backoff as exponential_backoff
+    from flowcore.options import exponential_backoff as exponential_backoff  # Prefect's path
+    from flowcore.states import State
 else:
 
     def __getattr__(name: str) -> Any:
@@ -264,7 +263,11 @@ class Task(Generic[P, R]):
                 f"to run the task inline, call it directly: {self.name}(...)"
             )
         self.check_arguments(args, kwargs)
-        future = self._submit_in(scope, args, kwargs, _as_futures(wait_for) if wait_for else [])
+        waits = _as_futures(wait_for) if wait_for else []
+        dispatcher = scope.dispatcher
+        if dispatcher is None:  # the scope's first submit
+            dispatcher = _dispatcher_of(scope)
+        future = dispatcher.submit_run(self, args, kwargs, waits)
         if return_state:
             future.wait()
             return future.state
@@ -292,6 +295,7 @@ class Task(Generic[P, R]):
             )
         # The map path's modules load with the first map, not with ``import flowcore``.
         from flowcore import mapped as mapped_path
+        from flowcore.dispatch import dispatcher_of, new_future, should_batch
         from flowcore.mapping import map_arguments
 
         mapped = map_arguments(self.name, args, kwargs)
@@ -310,60 +314,13 @@ class Task(Generic[P, R]):
             futures: list[TaskFuture[R]] = []
             # Hand over in chunks, so workers start while later futures are made.
             for start in range(0, len(calls), _MAP_CHUNK):
-                chunk = [self._new_future(scope, a, k) for a, k in calls[start : start + _MAP_CHUNK]]
+                chunk = [new_future(self, scope, a, k) for a, k in calls[start : start + _MAP_CHUNK]]
                 dispatcher.add(chunk)
                 futures.extend(chunk)
             return futures
         has_futures = mapped.has_futures
-        return [self._submit_in(scope, a, k, wait_for, scan=has_futures) for a, k in calls]
-
-    def _new_future(self, scope: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> RunFuture[R]:
-        """A tracked future for one run, not yet dispatched."""
-        log_prints = self.options.log_prints
-        if log_prints is None:
-            log_prints = scope.log_prints
-        call = self.make_call(args, kwargs, scope.flow_run, log_prints)
-        call.backend = scope.slot.name
-        future: RunFuture[R] = RunFuture(self, call, scope)
-        scope.track(future)
-        current = registry.get_registry()
-        if current.defers_runs and call.flow_run_id is not None:
-            deferred_runs.note(call)  # reported later
-        elif current.observes_events:
-            from flowcore.events import submitted_event
-
-            registry.publish([submitted_event(call, scope.slot.name)])
-        return future
-
-    def _submit_in(
-        self,
-        scope: Any,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        wait_for: list[Any],
-        *,
-        scan: bool = True,
-    ) -> TaskFuture[R]:
-        """Create, track and dispatch one run. ``scan=False``: the caller knows that
-        the arguments hold no futures (map scans its inputs once)."""
-        dispatcher = dispatcher_of(scope)  # may fail (bad options): before anything is tracked
-        future = self._new_future(scope, args, kwargs)
-        upstream: list[TaskFuture[Any]] = []
-        tolerated: list[TaskFuture[Any]] | None = None
-        if scan:
-            items: list[Any] = []
-            collect_inputs(args, items)
-            if kwargs:
-                collect_inputs(kwargs, items)
-            if items:
-                tolerated = _sort_inputs(items, upstream)
-        if wait_for:
-            waited = _sort_inputs(wait_for, upstream)
-            if waited is not None:
-                tolerated = waited if tolerated is None else [*tolerated, *waited]
-        # allow_failure / quote (``tolerated``) are resolved when the run is sent
-        dispatcher.submit(future, upstream, tolerated)
-        return future
+        dispatcher = dispatcher_of(scope)
+        return [dispatcher.submit_run(self, a, k, wait_for, scan=has_futures) for a, k in calls]
 
     # -- helpers ------------------------------------------------------------
     def check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -619,10 +576,21 @@ def _observation() -> int:
     return _BATCHED if current.batches_direct_runs else _FULL
 
 
+def _dispatcher_of(scope: RunScope) -> Dispatcher:
+    """``scope``'s dispatcher, made on its first submit. The submit path (flowcore.dispatch,
+    the futures, the engine, and with them ``concurrent.futures`` and ``logging``) loads
+    here, not with ``import flowcore``; later submits read ``scope.dispatcher``."""
+    from flowcore.dispatch import dispatcher_of
+
+    return dispatcher_of(scope)
+
+
 def _as_futures(wait_for: Any) -> list[Any]:
     """``wait_for`` as a list of TaskFuture and ``allow_failure(TaskFuture)`` items."""
     if wait_for is None:
         return []
+    from flowcore.futures import TaskFuture
+
     if isinstance(wait_for, (TaskFuture, allow_failure)):
         wait_for = [wait_for]
     try:
@@ -636,24 +604,6 @@ def _as_futures(wait_for: Any) -> list[Any]:
                 f"wait_for must contain only TaskFuture objects (or allow_failure(future)), got {item!r}"
             )
     return items
-
-
-def _sort_inputs(items: list[Any], upstream: list[TaskFuture[Any]]) -> list[TaskFuture[Any]] | None:
-    """Add the futures among ``items`` (futures and annotation wrappers, see
-    :func:`flowcore.futures.collect_inputs`) to ``upstream``. Returns None when there is
-    no wrapper among them, else the futures that may fail (those in allow_failure)."""
-    tolerated: list[TaskFuture[Any]] | None = None
-    for item in items:
-        if isinstance(item, TaskFuture):
-            upstream.append(item)
-            continue
-        if tolerated is None:
-            tolerated = []
-        if isinstance(item, allow_failure):
-            inner = collect_futures(item.value)
-            upstream.extend(inner)
-            tolerated.extend(inner)
-    return tolerated
 
 
 @overload
