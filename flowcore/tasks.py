@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, Unpack, overload
 
-from flowcore import direct_runs, registry
+from flowcore import deferred_runs, direct_runs, registry
 from flowcore.annotations import allow_failure
 from flowcore.calls import (
     UNSCOPED_RUN_NUMBERS,

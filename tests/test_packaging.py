@@ -133,7 +133,6 @@ NOT_LOADED_BY_IMPORT = (
     "flowcore.futures",
     "flowcore.engine",
     "flowcore.reporting",
-    "flowcore.deferred_runs",
     "flowcore.serialization",
     "flowcore.log_relay",
     "flowcore.timeouts",
