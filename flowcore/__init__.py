@@ -10,17 +10,17 @@ from typing import TYPE_CHECKING, Any
 
 from flowcore.annotations import allow_failure, quote
 from flowcore.flows import Flow, flow
-from flowcore.futures import TaskFuture, as_completed, wait
 from flowcore.limits import concurrency
-from flowcore.loggers import get_run_logger
-from flowcore.mapping import unmapped
 from flowcore.selection import get_backend, use_backend
 from flowcore.states import State
 from flowcore.tasks import Task, task
 
 if TYPE_CHECKING:
     from flowcore.deployments import serve
+    from flowcore.futures import TaskFuture, as_completed, wait
     from flowcore.hookspecs import hookimpl
+    from flowcore.loggers import get_run_logger
+    from flowcore.mapping import unmapped
     from flowcore.run_context import get_run_context
 
 __version__ = "0.1.0"
@@ -42,6 +42,22 @@ def __getattr__(name: str) -> Any:
 
         globals()[name] = get_run_context  # later lookups are plain attribute reads
         return get_run_context
+    if name == "unmapped":  # flowcore.mapping (the map path's records) loads with it
+        from flowcore.mapping import unmapped
+
+        globals()[name] = unmapped
+        return unmapped
+    if name in ("TaskFuture", "as_completed", "wait"):  # the submit path loads with them
+        from flowcore import futures
+
+        value = getattr(futures, name)
+        globals()[name] = value
+        return value
+    if name == "get_run_logger":  # the run loggers, and with them logging
+        from flowcore.loggers import get_run_logger
+
+        globals()[name] = get_run_logger
+        return get_run_logger
     raise AttributeError(f"module 'flowcore' has no attribute {name!r}")
 
 

@@ -88,7 +88,7 @@ def new_flow_run_id() -> str:
     return os.urandom(16).hex()
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, repr=False)  # its own __repr__ below: none generated
 class TaskCall:
     """One task run: the task, its (resolved) arguments and where it belongs.
 

@@ -7,7 +7,7 @@ every ``flowcore_run_events`` observer is marked with :func:`accepts_deferred_ru
 (the run history is) and no per-run hook is implemented (``Registry.defers_runs``),
 a run that belongs to a flow run is reported this way instead:
 
-* at submission its call is only noted (``Task._new_future`` stores it in a dict; no
+* at submission its call is only noted (``dispatch.new_future`` stores it in a dict; no
   event);
 * when it ends (its hooks have run), ``report_final_state`` appends ``(call, state,
   worker, backend)`` to the ending thread's buffer (:func:`ended`) and publishes

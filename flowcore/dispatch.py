@@ -40,14 +40,14 @@ import collections
 import contextvars
 import functools
 import logging
-import math
 import queue
 import threading
 import time
 from concurrent.futures import CancelledError, Future
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-from flowcore import registry, states
+from flowcore import deferred_runs, registry, states
+from flowcore.annotations import allow_failure
 from flowcore.engine import (
     SubmittedRuns,
     current_worker,
@@ -60,6 +60,8 @@ from flowcore.engine import (
 from flowcore.futures import (
     RunFuture,
     TaskFuture,
+    collect_futures,
+    collect_inputs,
     final_state,
     mark_observed,
     resolve_futures,
@@ -108,6 +110,44 @@ def dispatcher_of(scope: RunScope) -> Dispatcher:
 _MAKING = threading.Lock()
 
 
+def new_future(task: Task[..., Any], scope: RunScope, args: tuple[Any, ...], kwargs: dict[str, Any]) -> RunFuture[Any]:
+    """A tracked future for one new run of ``task`` in ``scope``, not yet dispatched (its
+    SUBMITTED event published, or noted for a deferred report)."""
+    log_prints = task.options.log_prints
+    if log_prints is None:
+        log_prints = scope.log_prints
+    call = task.make_call(args, kwargs, scope.flow_run, log_prints)
+    call.backend = scope.slot.name
+    future: RunFuture[Any] = RunFuture(task, call, scope)
+    scope.track(future)
+    current = registry.get_registry()
+    if current.defers_runs and call.flow_run_id is not None:
+        deferred_runs.note(call)  # reported later
+    elif current.observes_events:
+        from flowcore.events import submitted_event
+
+        registry.publish([submitted_event(call, scope.slot.name)])
+    return future
+
+
+def _sort_inputs(items: list[Any], upstream: list[TaskFuture[Any]]) -> list[TaskFuture[Any]] | None:
+    """Add the futures among ``items`` (futures and annotation wrappers, see
+    :func:`flowcore.futures.collect_inputs`) to ``upstream``. Returns None when there is
+    no wrapper among them, else the futures that may fail (those in allow_failure)."""
+    tolerated: list[TaskFuture[Any]] | None = None
+    for item in items:
+        if isinstance(item, TaskFuture):
+            upstream.append(item)
+            continue
+        if tolerated is None:
+            tolerated = []
+        if isinstance(item, allow_failure):
+            inner = collect_futures(item.value)
+            upstream.extend(inner)
+            tolerated.extend(inner)
+    return tolerated
+
+
 class Dispatcher:
     """Sends the runs of one scope to its backend (see the module docstring)."""
 
@@ -124,6 +164,37 @@ class Dispatcher:
         if lane is None:
             lane = self.lanes.setdefault(task, _Lane(self.backend))
         return lane
+
+    def submit_run(
+        self,
+        task: Task[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        wait_for: list[Any],
+        *,
+        scan: bool = True,
+    ) -> RunFuture[Any]:
+        """Create, track and send one new run of ``task`` (``Task.submit``; a map's runs
+        that wait on futures). ``wait_for``: futures and ``allow_failure(future)`` items.
+        ``scan=False``: the caller knows that the arguments hold no futures (map scans
+        its inputs once)."""
+        future = new_future(task, self.scope, args, kwargs)
+        upstream: list[TaskFuture[Any]] = []
+        tolerated: list[TaskFuture[Any]] | None = None
+        if scan:
+            items: list[Any] = []
+            collect_inputs(args, items)
+            if kwargs:
+                collect_inputs(kwargs, items)
+            if items:
+                tolerated = _sort_inputs(items, upstream)
+        if wait_for:
+            waited = _sort_inputs(wait_for, upstream)
+            if waited is not None:
+                tolerated = waited if tolerated is None else [*tolerated, *waited]
+        # allow_failure / quote (``tolerated``) are resolved when the run is sent
+        self.submit(future, upstream, tolerated)
+        return future
 
     def submit(
         self,
@@ -540,7 +611,7 @@ class BatchSizer:
         if self.item_seconds is None:
             return 1  # probe: learn how long an item takes
         by_duration = TARGET_BATCH_SECONDS / max(self.item_seconds, 1e-7)
-        fair_share = math.ceil(waiting / self.workers)
+        fair_share = -(-waiting // self.workers)  # ceiling division, in integers
         return max(1, min(int(by_duration), fair_share))
 
     def observe(self, busy_seconds: float, items: int) -> None:
@@ -840,6 +911,7 @@ __all__ = [
     "feeder",
     "finish",
     "lost",
+    "new_future",
     "refused",
     "resubmit",
     "send",

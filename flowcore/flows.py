@@ -29,36 +29,36 @@ from typing import (
     overload,
 )
 
-from flowcore import options as opts
 from flowcore import registry, states
 from flowcore.annotations import quote
 from flowcore.calls import FlowRun, new_flow_run_id
 from flowcore.context import FlowRunContext, _scope, resuming
 from flowcore.coroutines import in_async_context, run_sync
-from flowcore.engine import task_run_logger
 from flowcore.errors import TaskTimeoutError
-from flowcore.futures import (
-    TaskFuture,
-    collect_futures,
-    final_state,
-    is_observed,
-    resolve_futures,
-    wait_async,
-)
-from flowcore.loggers import ensure_console_handler, flow_logger, redirect_prints, restore_prints
-from flowcore.options import FlowOptions
 from flowcore.selection import slot_for
 from flowcore.states import State, StateType
-from flowcore.timeouts import call_with_timeout
 
 if TYPE_CHECKING:
+    import logging
+
     from flowcore.deployments import Deployment
     from flowcore.option_inputs import FlowOptionInputs
+    from flowcore.options import FlowOptions
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 _MAX_FAILURE_REPORTS = 10  # of each kind, per flow run attempt
+
+# What only running a flow needs (the run loggers, the futures, deadlines) is imported
+# where it is used: it loads with the first flow run, not with ``import flowcore``.
+
+
+def _run_logger(context: FlowRunContext) -> logging.LoggerAdapter:  # type: ignore[type-arg]
+    """The logger of the flow run ``context`` (see :func:`flowcore.loggers.flow_logger`)."""
+    from flowcore.loggers import flow_logger
+
+    return flow_logger(context)
 
 
 class _OpenRun(NamedTuple):
@@ -188,6 +188,8 @@ class Flow(Generic[P, R]):
             log_prints = parent.log_prints if parent is not None else False
         if self.options.flow_run_name is not None:
             run = replace(run, name=self._run_name(run, slot, log_prints, parent))
+        from flowcore.loggers import ensure_console_handler
+
         ensure_console_handler()
         display = None
         if parent is None:  # a top-level run on a terminal shows its progress
@@ -256,7 +258,7 @@ class Flow(Generic[P, R]):
         context = FlowRunContext(self, run, opened.slot, log_prints=opened.log_prints, parent=opened.parent)
         context.attempt = attempt
         if attempt == 1:
-            flow_logger(context).info(
+            _run_logger(context).info(
                 "Beginning flow run for flow %r on backend %r", self.name, opened.slot.name
             )
         if registry.observes_events():
@@ -273,7 +275,7 @@ class Flow(Generic[P, R]):
             try:
                 hook(self, context.flow_run, state)
             except Exception:
-                flow_logger(context).exception(
+                _run_logger(context).exception(
                     "hook %r of flow %r raised; the run's state is unchanged",
                     getattr(hook, "__name__", hook), self.name,
                 )
@@ -289,7 +291,7 @@ class Flow(Generic[P, R]):
             state = self._attempt(context, args, kwargs)
             if state.is_completed() or attempt > policy.retries:
                 break
-            policy.wait_before_retry(attempt, state.message, flow_logger(context))
+            policy.wait_before_retry(attempt, state.message, _run_logger(context))
         opened.slot.close(wait=state.name != "TimedOut", cancel_futures=state.name == "TimedOut")
         return self._end_run(context, opened, state, attempt, log_traceback)
 
@@ -338,7 +340,7 @@ class Flow(Generic[P, R]):
             state = await self._attempt_async(context, args, kwargs)
             if state.is_completed() or attempt > policy.retries:
                 break
-            await policy.wait_before_retry_async(attempt, state.message, flow_logger(context))
+            await policy.wait_before_retry_async(attempt, state.message, _run_logger(context))
         import asyncio
 
         timed_out = state.name == "TimedOut"
@@ -356,8 +358,11 @@ class Flow(Generic[P, R]):
         synchronous code is stopped only when it next awaits."""
         import asyncio
 
+        from flowcore.futures import collect_futures, wait_async
+        from flowcore.loggers import redirect_prints, restore_prints
+
         token = _scope.set(context)
-        print_token = redirect_prints(flow_logger(context)) if context.log_prints else None
+        print_token = redirect_prints(_run_logger(context)) if context.log_prints else None
         seconds = self.options.timeout_seconds
         timer = None
         try:
@@ -394,8 +399,11 @@ class Flow(Generic[P, R]):
             _scope.reset(token)
 
     def _attempt(self, context: FlowRunContext, args: tuple[Any, ...], kwargs: dict[str, Any]) -> State[Any]:
+        from flowcore.loggers import redirect_prints, restore_prints
+        from flowcore.timeouts import call_with_timeout
+
         token = _scope.set(context)
-        print_token = redirect_prints(flow_logger(context)) if context.log_prints else None
+        print_token = redirect_prints(_run_logger(context)) if context.log_prints else None
         seconds = self.options.timeout_seconds
         try:
             try:
@@ -448,7 +456,7 @@ class Flow(Generic[P, R]):
             direct_runs.flush(run.run_id)  # its direct calls' runs, reported before its hooks and its end
             deferred_runs.flush(run.run_id)  # and its submitted runs' (ended, or left running)
         self._call_hooks(context, self._final_hooks(state), state)
-        logger = flow_logger(context)
+        logger = _run_logger(context)
         if registry.observes_events():
             from flowcore.events import EventKind, FlowRunEvent
 
@@ -548,6 +556,8 @@ def _interrupted_state(exc: BaseException) -> State[Any]:
 def _state_from_return(value: Any) -> State[Any]:
     """The flow's state from what its body returned (futures are waited for;
     ``quote(x)``: ``x`` as it is)."""
+    from flowcore.futures import TaskFuture, collect_futures, resolve_futures
+
     if isinstance(value, quote):
         return states.Completed(value.value)
     if isinstance(value, State):
@@ -611,6 +621,11 @@ def _log_failed_runs(context: FlowRunContext) -> None:
     """Log each failed task run of the flow run once, at ERROR (Prefect logs every task
     run's final state): a run nothing looked at with its traceback, since nobody else
     will show it; a run whose state or result the flow looked at by its final state."""
+    if not context.failed:
+        return
+    from flowcore.engine import task_run_logger
+    from flowcore.futures import final_state, is_observed
+
     failed = [
         (f, final)
         for f in context.failed
@@ -625,10 +640,10 @@ def _log_failed_runs(context: FlowRunContext) -> None:
     for future, state in observed[:_MAX_FAILURE_REPORTS]:
         task_run_logger(future.call).error("Finished in state %r", state)
     if len(observed) > _MAX_FAILURE_REPORTS:
-        flow_logger(context).error(
+        _run_logger(context).error(
             "... and %d more failed task runs", len(observed) - _MAX_FAILURE_REPORTS
         )
-    logger = flow_logger(context)
+    logger = _run_logger(context)
     # Runs that crashed with one same error (each run that an unreachable Dask
     # scheduler refused) are reported in one line, not one line per run.
     groups: dict[object, list[tuple[Any, State[Any]]]] = {}
@@ -675,7 +690,9 @@ def _check_backend(value: object, owner: str) -> Any:
 def _flow_options(
     fn: Callable[..., Any], given: Mapping[str, Any], *, base: FlowOptions | None = None
 ) -> FlowOptions:
-    return opts.flow_options(fn, given, base=base, check_backend=_check_backend)
+    from flowcore.options import flow_options  # loads with the first decoration
+
+    return flow_options(fn, given, base=base, check_backend=_check_backend)
 
 
 @overload
@@ -723,7 +740,9 @@ def flow(
     if __fn is not None:
         return Flow(__fn, _flow_options(__fn, options))
     # What does not depend on the function fails at the decorator line already.
-    opts.check_option_names(options, FlowOptions, "@flow")
+    from flowcore import options as opts  # loads with the first decoration
+
+    opts.check_option_names(options, opts.FlowOptions, "@flow")
     name = options.get("name")
     owner = f"@flow {name!r}" if name else "@flow"
     opts.retry_policy(

@@ -8,7 +8,6 @@ set. The backend table is rebuilt whenever a plugin is registered or unregistere
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 from collections.abc import Sequence
@@ -23,7 +22,7 @@ if TYPE_CHECKING:
     from flowcore.backend import Backend, BackendSpec
     from flowcore.events import RunEvent
 
-logger = logging.getLogger("flowcore.plugins")
+PLUGIN_LOGGER = "flowcore.plugins"
 
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "flowcore.backends.sequential",
@@ -301,6 +300,16 @@ def observes_events() -> bool:
     return registry.observes_events
 
 
+def _log_plugin_failure(hook_name: str | None) -> None:
+    """Log the exception being handled: a plugin failed in ``hook_name``. (``logging``
+    loads here or with the first run, not with ``import flowcore``.)"""
+    import logging
+
+    logging.getLogger(PLUGIN_LOGGER).exception(
+        "a flowcore plugin failed in %s; the run is not affected", hook_name
+    )
+
+
 def publish(events: Sequence[RunEvent]) -> None:
     """Deliver run events to the observers, in order (see :mod:`flowcore.events`).
 
@@ -320,12 +329,12 @@ def publish(events: Sequence[RunEvent]) -> None:
                 try:
                     function(events)
                 except Exception:
-                    logger.exception("a flowcore plugin failed in flowcore_run_events; the run is not affected")
+                    _log_plugin_failure("flowcore_run_events")
         else:
             try:
                 hook.flowcore_run_events(events=events)
             except Exception:
-                logger.exception("a flowcore plugin failed in flowcore_run_events; the run is not affected")
+                _log_plugin_failure("flowcore_run_events")
     per_run = observed - {"flowcore_run_events"}
     if per_run:
         for event in events:
@@ -352,7 +361,7 @@ def _call_per_run_hook(registry: Registry, per_run: frozenset[str], event: RunEv
             name = "flowcore_task_run_finished"
             hook.flowcore_task_run_finished(task=event.task, call=event.call, state=event.state)
     except Exception:
-        logger.exception("a flowcore plugin failed in %s; the run is not affected", name)
+        _log_plugin_failure(name)
 
 
 def notify(hook_name: str, **kwargs: Any) -> None:
@@ -363,7 +372,7 @@ def notify(hook_name: str, **kwargs: Any) -> None:
     try:
         getattr(registry.pm.hook, hook_name)(**kwargs)
     except Exception:
-        logger.exception("a flowcore plugin failed in %s; the run is not affected", hook_name)
+        _log_plugin_failure(hook_name)
 
 
 def is_observed(hook_name: str) -> bool:

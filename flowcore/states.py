@@ -68,7 +68,7 @@ class DeferredResult:
         return self
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)  # its own __repr__ below: none generated
 class State(Generic[R]):
     """An immutable snapshot of a run's outcome.
 

@@ -18,8 +18,6 @@ from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, Unpack, overload
 
 from flowcore import deferred_runs, direct_runs, registry
-from flowcore import mapped as mapped_path
-from flowcore import options as opts
 from flowcore.annotations import allow_failure
 from flowcore.calls import (
     UNSCOPED_RUN_NUMBERS,
@@ -30,18 +28,29 @@ from flowcore.calls import (
 )
 from flowcore.context import FlowRunContext, TaskRunContext, _scope, _task_run, submission_scope
 from flowcore.coroutines import in_async_context, run_sync, running_loop
-from flowcore.dispatch import dispatcher_of, should_batch
 from flowcore.errors import CrashedError, MissingContextError
-from flowcore.futures import RunFuture, TaskFuture, collect_futures, collect_inputs
 from flowcore.limits import limited_tags
-from flowcore.mapping import map_arguments
-from flowcore.options import TaskOptions, exponential_backoff
-from flowcore.states import State
 
 if TYPE_CHECKING:
-
     from flowcore.caching.policies import CacheContext
+    from flowcore.context import RunScope
+    from flowcore.dispatch import Dispatcher
+    from flowcore.futures import TaskFuture
     from flowcore.option_inputs import TaskOptionInputs
+    from flowcore.options import TaskOptions
+    from flowcore.options import exponential_backoff as exponential_backoff  # Prefect's path
+    from flowcore.states import State
+else:
+
+    def __getattr__(name: str) -> Any:
+        # flowcore.options (the option records and their validation) loads with the
+        # first decoration, not with ``import flowcore``. Type checkers see the import above.
+        if name == "exponential_backoff":
+            from flowcore.options import exponential_backoff
+
+            globals()[name] = exponential_backoff
+            return exponential_backoff
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -265,7 +274,11 @@ class Task(Generic[P, R]):
                 f"to run the task inline, call it directly: {self.name}(...)"
             )
         self.check_arguments(args, kwargs)
-        future = self._submit_in(scope, args, kwargs, _as_futures(wait_for) if wait_for else [])
+        waits = _as_futures(wait_for) if wait_for else []
+        dispatcher = scope.dispatcher
+        if dispatcher is None:  # the scope's first submit
+            dispatcher = _dispatcher_of(scope)
+        future = dispatcher.submit_run(self, args, kwargs, waits)
         if return_state:
             future.wait()
             return future.state
@@ -291,6 +304,11 @@ class Task(Generic[P, R]):
                 f"{self.name}.map() needs a flow run or a backend: call it inside a "
                 f"@flow function, or inside 'with flowcore.use_backend(\"threads\"):'"
             )
+        # The map path's modules load with the first map, not with ``import flowcore``.
+        from flowcore import mapped as mapped_path
+        from flowcore.dispatch import dispatcher_of, new_future, should_batch
+        from flowcore.mapping import map_arguments
+
         mapped = map_arguments(self.name, args, kwargs)
         if not mapped.count:
             return []
@@ -307,60 +325,13 @@ class Task(Generic[P, R]):
             futures: list[TaskFuture[R]] = []
             # Hand over in chunks, so workers start while later futures are made.
             for start in range(0, len(calls), _MAP_CHUNK):
-                chunk = [self._new_future(scope, a, k) for a, k in calls[start : start + _MAP_CHUNK]]
+                chunk = [new_future(self, scope, a, k) for a, k in calls[start : start + _MAP_CHUNK]]
                 dispatcher.add(chunk)
                 futures.extend(chunk)
             return futures
         has_futures = mapped.has_futures
-        return [self._submit_in(scope, a, k, wait_for, scan=has_futures) for a, k in calls]
-
-    def _new_future(self, scope: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> RunFuture[R]:
-        """A tracked future for one run, not yet dispatched."""
-        log_prints = self.options.log_prints
-        if log_prints is None:
-            log_prints = scope.log_prints
-        call = self.make_call(args, kwargs, scope.flow_run, log_prints)
-        call.backend = scope.slot.name
-        future: RunFuture[R] = RunFuture(self, call, scope)
-        scope.track(future)
-        current = registry.get_registry()
-        if current.defers_runs and call.flow_run_id is not None:
-            deferred_runs.note(call)  # reported later
-        elif current.observes_events:
-            from flowcore.events import submitted_event
-
-            registry.publish([submitted_event(call, scope.slot.name)])
-        return future
-
-    def _submit_in(
-        self,
-        scope: Any,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        wait_for: list[Any],
-        *,
-        scan: bool = True,
-    ) -> TaskFuture[R]:
-        """Create, track and dispatch one run. ``scan=False``: the caller knows that
-        the arguments hold no futures (map scans its inputs once)."""
-        dispatcher = dispatcher_of(scope)  # may fail (bad options): before anything is tracked
-        future = self._new_future(scope, args, kwargs)
-        upstream: list[TaskFuture[Any]] = []
-        tolerated: list[TaskFuture[Any]] | None = None
-        if scan:
-            items: list[Any] = []
-            collect_inputs(args, items)
-            if kwargs:
-                collect_inputs(kwargs, items)
-            if items:
-                tolerated = _sort_inputs(items, upstream)
-        if wait_for:
-            waited = _sort_inputs(wait_for, upstream)
-            if waited is not None:
-                tolerated = waited if tolerated is None else [*tolerated, *waited]
-        # allow_failure / quote (``tolerated``) are resolved when the run is sent
-        dispatcher.submit(future, upstream, tolerated)
-        return future
+        dispatcher = dispatcher_of(scope)
+        return [dispatcher.submit_run(self, a, k, wait_for, scan=has_futures) for a, k in calls]
 
     # -- helpers ------------------------------------------------------------
     def check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -431,7 +402,9 @@ class Task(Generic[P, R]):
     def with_options(self, **options: Unpack[TaskOptionInputs]) -> Task[P, R]:
         """A copy of this task with some options changed (the rest kept); validated as
         ``@task`` validates them."""
-        return Task(self.fn, opts.task_options(self.fn, options, base=self.options))
+        from flowcore.options import task_options
+
+        return Task(self.fn, task_options(self.fn, options, base=self.options))
 
     # -- pickling: by reference when importable, else by value --------------
     def __reduce__(self) -> tuple[Any, ...]:
@@ -614,10 +587,21 @@ def _observation() -> int:
     return _BATCHED if current.batches_direct_runs else _FULL
 
 
+def _dispatcher_of(scope: RunScope) -> Dispatcher:
+    """``scope``'s dispatcher, made on its first submit. The submit path (flowcore.dispatch,
+    the futures, the engine, and with them ``concurrent.futures`` and ``logging``) loads
+    here, not with ``import flowcore``; later submits read ``scope.dispatcher``."""
+    from flowcore.dispatch import dispatcher_of
+
+    return dispatcher_of(scope)
+
+
 def _as_futures(wait_for: Any) -> list[Any]:
     """``wait_for`` as a list of TaskFuture and ``allow_failure(TaskFuture)`` items."""
     if wait_for is None:
         return []
+    from flowcore.futures import TaskFuture
+
     if isinstance(wait_for, (TaskFuture, allow_failure)):
         wait_for = [wait_for]
     try:
@@ -631,24 +615,6 @@ def _as_futures(wait_for: Any) -> list[Any]:
                 f"wait_for must contain only TaskFuture objects (or allow_failure(future)), got {item!r}"
             )
     return items
-
-
-def _sort_inputs(items: list[Any], upstream: list[TaskFuture[Any]]) -> list[TaskFuture[Any]] | None:
-    """Add the futures among ``items`` (futures and annotation wrappers, see
-    :func:`flowcore.futures.collect_inputs`) to ``upstream``. Returns None when there is
-    no wrapper among them, else the futures that may fail (those in allow_failure)."""
-    tolerated: list[TaskFuture[Any]] | None = None
-    for item in items:
-        if isinstance(item, TaskFuture):
-            upstream.append(item)
-            continue
-        if tolerated is None:
-            tolerated = []
-        if isinstance(item, allow_failure):
-            inner = collect_futures(item.value)
-            upstream.extend(inner)
-            tolerated.extend(inner)
-    return tolerated
 
 
 @overload
@@ -710,13 +676,16 @@ def task(
             ``FLOWCORE_RESULTS_DIR`` or ``~/.flowcore/results``); giving it turns
             ``persist_result`` on unless that is False.
     """
+    # The option records and their validation load here, with the first decoration.
+    from flowcore.options import precheck_task_options, task_options
+
     if __fn is not None:
-        return Task(__fn, opts.task_options(__fn, options))
+        return Task(__fn, task_options(__fn, options))
     # What does not depend on the function fails at the decorator line already.
-    opts.precheck_task_options(options)
+    precheck_task_options(options)
 
     def decorate(fn: Callable[P, R]) -> Task[P, R]:
-        return Task(fn, opts.task_options(fn, options))
+        return Task(fn, task_options(fn, options))
 
     return decorate
 

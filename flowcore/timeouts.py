@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -210,7 +209,19 @@ def _until_next_deadline(now: float) -> float | None:
 
 # -- signal mode (main thread) --------------------------------------------------
 
-_SIGNAL_AVAILABLE = hasattr(signal, "setitimer") and hasattr(signal, "SIGALRM")
+# ``signal`` (and the enums it builds) is imported by the functions below, on the first
+# deadline: ``import flowcore`` does not need it.
+
+
+def _timer_signal_here() -> bool:
+    """True in the main thread, on a platform with a timer signal (SIGALRM, setitimer)."""
+    import signal
+
+    return (
+        hasattr(signal, "setitimer")
+        and hasattr(signal, "SIGALRM")
+        and threading.current_thread() is threading.main_thread()
+    )
 
 
 def interrupts_blocking_calls() -> bool:
@@ -218,13 +229,17 @@ def interrupts_blocking_calls() -> bool:
 
     That is the main thread, with SIGALRM unused by anyone else.
     """
-    if not _SIGNAL_AVAILABLE or threading.current_thread() is not threading.main_thread():
+    import signal
+
+    if not _timer_signal_here():
         return False
     return signal.getsignal(signal.SIGALRM) in (_on_alarm, signal.SIG_DFL, None)
 
 
 def _signal_timer_available() -> bool:
-    if not _SIGNAL_AVAILABLE or threading.current_thread() is not threading.main_thread():
+    import signal
+
+    if not _timer_signal_here():
         return False
     try:
         current = signal.getsignal(signal.SIGALRM)
@@ -239,6 +254,8 @@ def _signal_timer_available() -> bool:
 
 
 def _arm_signal_timer() -> None:
+    import signal
+
     live = [s for s in _stack.scopes if s._signal_mode and not s.done and not s.fired]
     if not live:
         signal.setitimer(signal.ITIMER_REAL, 0)

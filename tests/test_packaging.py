@@ -94,7 +94,14 @@ def test_schedules_dependencies_are_core() -> None:
 #: failure paths; hashlib (OpenSSL): kept results and cache keys; pluggy and
 #: flowcore.hookspecs, flowcore.backend: the first backend table; flowcore.results,
 #: flowcore.run_context, flowcore.option_inputs: persist_result, get_run_context(),
-#: type checkers. The rest would be a regression of the same kind.
+#: type checkers; flowcore.options (the option records and their validation): the
+#: first ``@task`` / ``@flow``; signal (its enums): the first deadline; flowcore.mapping
+#: and flowcore.mapped: the first ``.map`` or ``unmapped``; math (a shared library):
+#: nothing the core runs needs it; the submit path (flowcore.dispatch, flowcore.futures,
+#: flowcore.engine and the modules only they use, with concurrent.futures) and the run
+#: loggers (flowcore.loggers, logging): a scope's first submit, a flow's first run,
+#: ``TaskFuture``, ``wait``, ``get_run_logger``. The rest would be a regression of the
+#: same kind.
 NOT_LOADED_BY_IMPORT = (
     "pathlib",
     "urllib",
@@ -108,13 +115,28 @@ NOT_LOADED_BY_IMPORT = (
     "sqlite3",
     "tomllib",
     "pydantic",
+    "signal",
+    "math",
     "flowcore.backend",
     "flowcore.hookspecs",
     "flowcore.config",
+    "flowcore.options",
     "flowcore.results",
     "flowcore.run_context",
     "flowcore.option_inputs",
     "flowcore.backends",
+    "flowcore.mapping",
+    "flowcore.mapped",
+    "logging",
+    "concurrent",
+    "flowcore.dispatch",
+    "flowcore.futures",
+    "flowcore.engine",
+    "flowcore.reporting",
+    "flowcore.serialization",
+    "flowcore.log_relay",
+    "flowcore.timeouts",
+    "flowcore.loggers",
 )
 
 
@@ -152,6 +174,44 @@ def test_every_public_name_is_importable_and_listed() -> None:
     )
     result = _python(code)
     assert result.stdout.strip() == "[] True ['cache_expiration'] ['backend']"
+
+
+def test_first_use_loads_what_import_deferred() -> None:
+    """In a fresh interpreter: the first decoration, ``.map`` with ``unmapped``, a
+    deadline, submits, ``wait`` and ``get_run_logger`` work, each loading its deferred
+    modules then (and not before)."""
+    code = (
+        "import sys, flowcore\n"
+        "def loaded(*names):\n"
+        "    return [n in sys.modules for n in names]\n"
+        "print(loaded('flowcore.options', 'flowcore.mapping', 'signal', 'flowcore.dispatch', 'logging'))\n"
+        "@flowcore.task(retries=1, timeout_seconds=30)\n"
+        "def add(x: int, y: int) -> int:\n"
+        "    return x + y\n"
+        "print(loaded('flowcore.options', 'flowcore.mapping', 'signal', 'flowcore.dispatch', 'logging'))\n"
+        "@flowcore.flow(backend='sequential')\n"
+        "def total() -> int:\n"
+        "    return sum(f.result() for f in add.map([1, 2, 3], flowcore.unmapped(10)))\n"
+        "print(total(), add(1, 2))\n"
+        "from flowcore.tasks import exponential_backoff\n"
+        "from flowcore.options import exponential_backoff as defined\n"
+        "print(exponential_backoff is defined, loaded('flowcore.mapping', 'signal'))\n"
+        "@flowcore.flow(backend='threads')\n"
+        "def submits() -> int:\n"
+        "    flowcore.get_run_logger().info('submitting')\n"
+        "    futures = [add.submit(i, 1) for i in range(3)]\n"
+        "    done, _ = flowcore.wait(futures)\n"
+        "    return sum(f.result() for f in done if isinstance(f, flowcore.TaskFuture))\n"
+        "print(submits(), loaded('flowcore.dispatch', 'logging'))\n"
+    )
+    lines = _python(code).stdout.splitlines()
+    assert lines == [
+        "[False, False, False, False, False]",
+        "[True, False, False, False, False]",
+        "36 3",
+        "True [True, True]",
+        "6 [True, True]",
+    ]
 
 
 def _python(code: str) -> subprocess.CompletedProcess[str]:
