@@ -5,7 +5,8 @@ FINISHED through the run-event stream. Made and published one by one, those even
 cost more than a tiny run on the threads backend, in the thread that ran it. When
 every ``flowcore_run_events`` observer is marked with :func:`accepts_deferred_runs`
 (the run history is) and no per-run hook is implemented (``Registry.defers_runs``),
-a run that belongs to a flow run is reported this way instead:
+a submitted run (of a flow run, or of a ``use_backend`` block) is reported this way
+instead:
 
 * at submission its call is only noted (``dispatch.new_future`` stores it in a dict; no
   event);
@@ -15,8 +16,8 @@ a run that belongs to a flow run is reported this way instead:
 * when the buffer is reported, each run that ended plainly (``Completed`` after one
   attempt, with a start time, no kept result, named ``<task>-<n>`` by
   ``Task.make_call``) or was a cache hit (``Cached``, named so) goes into one
-  :class:`~flowcore.events.RunColumns` batch per task, flow run, backend and worker
-  (a hit's state in its ``states``): SUBMITTED, STARTED and FINISHED of each run, or
+  :class:`~flowcore.events.RunColumns` batch per task, flow run (or none), backend and
+  worker (a hit's state in its ``states``): SUBMITTED, STARTED and FINISHED of each run, or
   STARTED and FINISHED when its SUBMITTED was reported earlier. Every other run
   (failed, retried, named by a template) is published with the rest of them, in one
   report, its SUBMITTED first if it was still only noted.
@@ -25,17 +26,22 @@ A buffer is reported when it holds :data:`MAX_RUNS` runs and at :func:`flush`, w
 reports every thread's buffer (and waits for a report another thread is making), then
 the SUBMITTED of runs noted at least ``min_age`` seconds ago (all of them, or those of
 one flow run). A flow run calls it before it reports its own end; an accepting
-observer promises to call it about every second while flow runs are running (the
-history writer does at each of its drains, every half second), so that a run that
-waits or runs long is seen as submitted before it ends, and runs that ended on a
-thread that went idle are reported soon. A buffer outlives its thread (a flow run's
-own pool ends before the flow run reports) until a flush has emptied it.
+observer promises to call it about every second while flow runs are running or runs
+are deferred (:func:`outstanding`; the history writer does at each of its drains,
+every half second), so that a run that waits or runs long is seen as submitted before
+it ends, and runs that ended on a thread that went idle are reported soon. Its plugin
+may :func:`set_waker`: called when runs become outstanding (the first run noted, or
+the first run in a thread's empty buffer), so that an observer that sleeps while no
+flow run runs wakes for the runs of a ``use_backend`` block. A buffer outlives its
+thread (a flow run's own pool ends before the flow run reports) until a flush has
+emptied it.
 
 What an accepting observer gets: each run's events once and in order (SUBMITTED,
 STARTED, FINISHED), a flow run's STARTED before and FINISHED after its runs' events;
 but a run's SUBMITTED may come as late as its FINISHED, FINISHED comes up to a flush
 after the run ended, and the FINISHED state of a plainly completed run is
-``Completed`` without its value. A run outside any flow run is reported as usual.
+``Completed`` without its value. A run outside any flow run (a ``use_backend``
+block) is deferred the same way: reported at a flush, by the observer's next drain.
 """
 
 from __future__ import annotations
@@ -73,6 +79,8 @@ def accepts_deferred_runs(function: F) -> F:
 
 #: run id -> call of runs noted at submission whose SUBMITTED is not reported yet
 _noted: dict[str, TaskCall] = {}
+#: called when runs become outstanding (see set_waker)
+_waker: Callable[[], None] | None = None
 #: held while :func:`flush` reports noted runs: a run that ends meanwhile waits for it
 _announcing = threading.Lock()
 
@@ -97,13 +105,13 @@ class _Buffer:
 
 
 class _Group:
-    """Taken runs of one task in one flow run, on one backend and worker, whose
+    """Taken runs of one task in one flow run (or none), on one backend and worker, whose
     SUBMITTED was (``announced``) or was not reported yet: one RunColumns batch."""
 
     __slots__ = ("announced", "backend", "ends", "flow_run_id", "names", "numbers", "starts", "states",
                  "submitted", "task", "worker")
 
-    def __init__(self, task: Any, flow_run_id: str, backend: str | None, worker: Worker | None,
+    def __init__(self, task: Any, flow_run_id: str | None, backend: str | None, worker: Worker | None,
                  announced: bool) -> None:
         self.task, self.flow_run_id, self.backend, self.worker = task, flow_run_id, backend, worker
         self.announced = announced
@@ -132,8 +140,31 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_after_fork)
 
 
+def set_waker(waker: Callable[[], None] | None) -> None:
+    """Have ``waker()`` called (in the thread that defers a run, so it must be quick
+    and never raise) when runs become outstanding while none were: the first run
+    noted, or the first run in a thread's empty buffer. An accepting observer that
+    sleeps while no flow run runs sets it to wake up and :func:`flush` until
+    :func:`outstanding` is False. None: no waker."""
+    global _waker
+    _waker = waker
+
+
+def outstanding() -> bool:
+    """Whether some run is deferred and not reported yet: noted, or in a buffer."""
+    if _noted or _announcing.locked():
+        return True
+    with _buffers_lock:
+        buffers = list(_buffers)
+    return any(buffer.runs or buffer.reporting.locked() for buffer in buffers)
+
+
 def note(call: TaskCall) -> None:
     """A run was submitted: report its SUBMITTED later (with its end, or at a flush)."""
+    if not _noted and _waker is not None:
+        _noted[call.task_run_id] = call
+        _waker()
+        return
     _noted[call.task_run_id] = call
 
 
@@ -161,7 +192,7 @@ def take_noted(call: TaskCall) -> bool:
 
 
 def ended(call: TaskCall, state: State[Any], worker: Worker | None, backend: str | None) -> None:
-    """Buffer a run of a flow run that just ended (its hooks were called): its events
+    """Buffer a submitted run that just ended (its hooks were called): its events
     are published with the buffer (see the module docstring). Kept to a few steps:
     on the threads backend this runs for every run, in the thread that ran it."""
     buffer: _Buffer | None = getattr(_local, "buffer", None)
@@ -171,7 +202,10 @@ def ended(call: TaskCall, state: State[Any], worker: Worker | None, backend: str
             _buffers.add(buffer)
     runs = buffer.runs
     runs.append((call, state, worker, backend))
-    if len(runs) >= MAX_RUNS:
+    count = len(runs)
+    if count == 1 and _waker is not None:  # the buffer was empty: a flush is due
+        _waker()
+    elif count >= MAX_RUNS:
         _report(buffer)
 
 
@@ -232,7 +266,7 @@ def _publish_taken(runs: collections.deque[_Ended]) -> None:
     from flowcore.events import EventKind, RunColumns, column_events
 
     noted = _noted
-    groups: dict[tuple[int, str, int, str | None, bool], _Group] = {}
+    groups: dict[tuple[int, str | None, int, str | None, bool], _Group] = {}
     others: list[tuple[_Ended, bool]] = []
     group: _Group | None = None
     for item in taken:
@@ -244,7 +278,7 @@ def _publish_taken(runs: collections.deque[_Ended]) -> None:
                 pass
         number, name_number, flow_run_id = call.number, call.name_number, call.flow_run_id
         if (
-            number < 0 or name_number < 0 or flow_run_id is None or state.started_at is None
+            number < 0 or name_number < 0 or state.started_at is None
             or state.result_location is not None
         ):  # numbers < 0: not made by Task.make_call, or named by a template
             others.append((item, announced))

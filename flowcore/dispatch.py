@@ -121,7 +121,7 @@ def new_future(task: Task[..., Any], scope: RunScope, args: tuple[Any, ...], kwa
     future: RunFuture[Any] = RunFuture(task, call, scope)
     scope.track(future)
     current = registry.get_registry()
-    if current.defers_runs and call.flow_run_id is not None:
+    if current.defers_runs:  # a run of a flow run or of a use_backend block
         deferred_runs.note(call)  # reported later
     elif current.observes_events:
         from flowcore.events import submitted_event

@@ -100,12 +100,12 @@ def flowcore_run_events(events: Sequence[RunEvent]) -> None:
     implementation keeps every fast path (batches and column maps report in bulk).
 
     An implementation marked with ``flowcore.deferred_runs.accepts_deferred_runs``
-    (the run history's) may, while every observer is so marked, receive the task runs
-    of a flow run late and in bulk: each run's events still once and in that order,
-    within its flow run's STARTED and FINISHED, but SUBMITTED possibly together with
-    FINISHED, and FINISHED up to a flush after the run ended. Its plugin calls
-    ``flowcore.deferred_runs.flush()`` about every second while runs are in flight
-    (see :mod:`flowcore.deferred_runs`).
+    (the run history's) may, while every observer is so marked, receive submitted
+    task runs (of a flow run, or of a ``use_backend`` block) late and in bulk: each
+    run's events still once and in that order, within its flow run's STARTED and
+    FINISHED, but SUBMITTED possibly together with FINISHED, and FINISHED up to a
+    flush after the run ended. Its plugin calls ``flowcore.deferred_runs.flush()``
+    about every second while runs are in flight (see :mod:`flowcore.deferred_runs`).
     """
 
 

@@ -63,8 +63,8 @@ def report_final_state(
     STARTED (if it started) and FINISHED events. ``backend``: the name of the backend
     that ran it (None for a direct call); ``worker``: where it ran, when known.
 
-    While only observers that accept deferred reports watch, a run of a flow run goes
-    to this thread's buffer instead (:mod:`flowcore.deferred_runs`: its events are
+    While only observers that accept deferred reports watch, a run of a flow run, or a
+    submitted run, goes to this thread's buffer instead (:mod:`flowcore.deferred_runs`: its events are
     published with the buffer); otherwise a run whose SUBMITTED was deferred and not
     reported yet reports it here first."""
     options = call.task.options
@@ -72,7 +72,8 @@ def report_final_state(
     current = registry.get_registry()
     if hooks or options.on_running or state.type is not StateType.COMPLETED:
         run_task_hooks(call, state)
-    if current.defers_runs and call.flow_run_id is not None:
+    if current.defers_runs and (call.flow_run_id is not None or backend is not None):
+        # a run of a flow run, or one submitted outside any (noted by Task._new_future)
         deferred_runs.ended(call, state, worker, backend)
         return
     if not current.observes_events:

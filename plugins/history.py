@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from flowcore.deferred_runs import accepts_deferred_runs
+from flowcore.deferred_runs import accepts_deferred_runs, set_waker
 from flowcore.history.recorder import recorder
 from flowcore.hookspecs import hookimpl
 
@@ -40,6 +40,7 @@ def _history_on() -> bool:
 if _history_on():
     _accept = recorder.accept
     recorder.install_log_handler()
+    set_waker(recorder.wake_for_deferred)  # runs of use_backend blocks are deferred too
 
     @hookimpl
     @accepts_deferred_runs  # the writer flushes them at each drain (flowcore.deferred_runs)

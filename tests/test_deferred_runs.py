@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -292,3 +293,43 @@ def test_cache_hits_of_direct_calls_are_reported_in_bulk_and_recorded_as_hits(ho
 
 def _square(x: int) -> int:
     return x * x
+
+
+def test_runs_of_a_use_backend_block_are_deferred_and_flushed_by_the_writer(
+    recording: Recording, home: Path
+) -> None:
+    """Outside any flow run, submitted runs are deferred too: nothing is reported as they
+    run, and the history writer (woken by the first deferred run) reports and writes
+    them within its next drains, each run's events once and in order."""
+
+    @flow
+    def first() -> int:  # the history's settings (this test's home) are read as a flow run starts
+        return 1
+
+    assert first() == 1
+    with flowcore.use_backend("threads", max_workers=2):
+        futures = [add.submit(i, 1) for i in range(40)]
+        bad = fail.submit(4)
+        assert [f.result() for f in futures] == list(range(1, 41))
+        bad.wait()
+    ids = {f.task_run_id for f in [*futures, bad]}
+    deadline = time.monotonic() + 20
+    while deferred_runs.outstanding() and time.monotonic() < deadline:
+        time.sleep(0.05)  # the writer drains every half second while runs are deferred
+    assert not deferred_runs.outstanding()
+    assert recorder.flush(10)
+    streams = {run_id: s for run_id, s in recording.by_run().items() if run_id in ids}
+    assert len(streams) == 41
+    for stream in streams.values():
+        assert [e.kind for e in stream] == [EventKind.SUBMITTED, EventKind.STARTED, EventKind.FINISHED]
+        assert {e.flow_run_id for e in stream} == {None} and {e.backend for e in stream} == {"threads"}
+    assert streams[bad.task_run_id][-1].state is not None and streams[bad.task_run_id][-1].state.name == "Failed"
+    connection = sqlite3.connect(home / "history.db")
+    try:
+        rows = connection.execute(
+            "SELECT state, count(*), count(DISTINCT id), count(start_time), count(end_time), "
+            "count(flow_run_id) FROM task_runs_all WHERE task IN ('add', 'fail') GROUP BY state ORDER BY state"
+        ).fetchall()
+    finally:
+        connection.close()
+    assert rows == [("Completed", 40, 40, 40, 40, 0), ("Failed", 1, 1, 1, 1, 0)]

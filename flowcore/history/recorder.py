@@ -132,6 +132,16 @@ class Recorder:
                 self._idle = False
                 self._wake.set()
 
+    def wake_for_deferred(self) -> None:
+        """Runs became outstanding in :mod:`flowcore.deferred_runs` (its waker): the
+        writer drains every DRAIN_EVERY_S until none are, flushing them, even while no
+        flow run runs (the runs of a ``use_backend`` block). Starts the writer."""
+        if self._thread is None:
+            self._start()
+        if self._idle:
+            self._idle = False
+            self._wake.set()
+
     def _accept_flow_event(self, event: FlowRunEvent) -> None:
         top_level = event.run.parent_run_id is None
         if event.kind is EventKind.STARTED and top_level and event.attempt == 1:
@@ -265,7 +275,10 @@ class Recorder:
             # Idle: sleep until woken. While flow runs are running: drain every
             # DRAIN_EVERY_S (their task batches do not wake the writer one by one).
             self._idle = True  # before looking at the queue: see accept()
-            if self._running or self._queue or any(o.waiting() for o in self._open.values()):
+            if (
+                self._running or self._queue or any(o.waiting() for o in self._open.values())
+                or deferred_runs.outstanding()  # runs of use_backend blocks (see wake_for_deferred)
+            ):
                 self._idle = False
             self._wake.wait(None if self._idle else DRAIN_EVERY_S)
             self._wake.clear()
