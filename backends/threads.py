@@ -108,6 +108,8 @@ class WorkerThreads(Executor):
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._idle = 0  # threads waiting for an item, not yet claimed by a put
+        #: every thread is started: no more counting of idle threads (no lock per item)
+        self._full = False
         self._closed = False
         _live_pools.add(self)
 
@@ -116,16 +118,20 @@ class WorkerThreads(Executor):
         if self._closed:
             raise BackendShutdownError("the thread pool has been shut down")
         self._queue.put(item)
+        if self._full:
+            return
         with self._lock:
             if self._idle:
                 self._idle -= 1  # that thread will take it
                 return
             if len(self._threads) >= self.max_workers:
+                self._full = True
                 return
             thread = threading.Thread(
                 target=self._work, name=f"{self._prefix}_{len(self._threads)}", daemon=True
             )
             self._threads.append(thread)
+            self._full = len(self._threads) >= self.max_workers
         thread.start()
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
@@ -142,8 +148,9 @@ class WorkerThreads(Executor):
                 return
             item.run()
             del item  # let its objects go while this thread waits
-            with lock:
-                self._idle += 1
+            if not self._full:  # once every thread is started, idle ones are not counted
+                with lock:
+                    self._idle += 1
 
     def _reset_after_fork(self) -> None:
         """The parent's threads do not exist here: start new ones on demand, and run
@@ -151,6 +158,7 @@ class WorkerThreads(Executor):
         self._lock = threading.Lock()
         self._threads = []
         self._idle = 0
+        self._full = False
         pending: list[WorkItem | None] = []
         while True:
             try:

@@ -109,6 +109,9 @@ def dispatcher_of(scope: RunScope) -> Dispatcher:
 
 _MAKING = threading.Lock()
 
+#: argument types that never hold a future or an annotation (checked by exact type)
+_SCALARS = frozenset({int, float, str, bytes, bool, complex, type(None)})
+
 
 def new_future(task: Task[..., Any], scope: RunScope, args: tuple[Any, ...], kwargs: dict[str, Any]) -> RunFuture[Any]:
     """A tracked future for one new run of ``task`` in ``scope``, not yet dispatched (its
@@ -156,6 +159,8 @@ class Dispatcher:
         self.backend = scope.backend()
         #: runs are coalesced into batches (capability ``batching``)
         self.batches = should_batch(self.backend, MIN_ITEMS_TO_BATCH)
+        #: runs travel as work items (capability ``queues_items``)
+        self.queues = self.backend.capabilities.queues_items
         self.lanes: dict[Any, _Lane] = {}
 
     def lane(self, task: Task[..., Any]) -> _Lane:
@@ -181,6 +186,12 @@ class Dispatcher:
         future = new_future(task, self.scope, args, kwargs)
         upstream: list[TaskFuture[Any]] = []
         tolerated: list[TaskFuture[Any]] | None = None
+        if scan and not kwargs:
+            for arg in args:  # plain scalars hold no futures: most arguments are looked at once
+                if type(arg) not in _SCALARS:
+                    break
+            else:
+                scan = False
         if scan:
             items: list[Any] = []
             collect_inputs(args, items)
@@ -209,6 +220,8 @@ class Dispatcher:
         if tolerated is None and not upstream:
             if self.batches:
                 self.lane(future.task).add([future])
+            elif self.queues:
+                enqueue(future, self.backend)
             else:
                 send(future, self.backend)
         else:
@@ -348,6 +361,26 @@ def _send(future: RunFuture[Any], backend: Backend) -> None:
     future.set_sent(backend, backend_future, _steal if stealable else None)
     watch_timeout(future, backend)
     backend_future.add_done_callback(functools.partial(_on_done, future))
+
+
+def enqueue(future: RunFuture[Any], backend: Backend) -> None:
+    """:func:`send` for a run with nothing to resolve on a backend with
+    ``queues_items``: the work item path of :func:`_send`, without its other cases
+    (the submit path of every single run on ``threads``)."""
+    try:
+        if future.done() or future.cancel_requested or future.dispatch is not None:
+            _send(future, backend)  # cancelled meanwhile, or a record to honour
+            return
+        future.set_sent(backend, None, _run_here, queued=True)
+        try:
+            backend.enqueue(_QueuedRun(future))
+        except Exception as exc:
+            refused(future, backend, exc)
+    except BaseException as exc:  # as in send: the run ends Crashed, never pending
+        if not future.done():
+            refused(future, backend, exc)
+        if not isinstance(exc, Exception):
+            raise
 
 
 def _upstream_failed(future: RunFuture[Any], record: _Record) -> bool:

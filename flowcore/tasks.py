@@ -264,8 +264,11 @@ class Task(Generic[P, R]):
         are replaced by their results before the task runs. Arguments that do not
         fit the signature raise TypeError here.
         """
-        wait_for = kwargs.pop("wait_for", None)
-        return_state = kwargs.pop("return_state", False)
+        if kwargs:
+            wait_for = kwargs.pop("wait_for", None)
+            return_state = kwargs.pop("return_state", False)
+        else:  # the common case: positional arguments only
+            wait_for = return_state = None
         scope = submission_scope()
         if scope is None:
             raise MissingContextError(
