@@ -201,9 +201,10 @@ class ThreadsBackend(ExecutorBackend):
         super().__init__("threads", BackendKind.THREADS, max_workers, _thread_pool, CAPABILITIES)
 
     def enqueue(self, item: WorkItem) -> None:
-        pool = self._get_executor()
-        assert isinstance(pool, WorkerThreads)
-        pool.enqueue(item)
+        pool = self._executor
+        if pool is None or self._closed:  # not started yet, or shut down (raises)
+            pool = self._get_executor()
+        pool.enqueue(item)  # type: ignore[attr-defined]  # a WorkerThreads (_thread_pool)
 
 
 def _thread_pool(max_workers: int) -> Executor:

@@ -98,7 +98,8 @@ class RunScope:
     def finished(self, item: Tracked, failed: Iterable[TaskFuture[Any]] = ()) -> None:
         """Called by a tracked item when all its runs have reached their final state;
         ``failed`` are the futures of its runs that did not complete."""
-        self.failed.extend(failed)  # before leaving _pending: wait_all() then sees them
+        if failed:
+            self.failed.extend(failed)  # before leaving _pending: wait_all() then sees them
         self._pending.discard(item)
 
     def outstanding(self) -> list[Tracked]:

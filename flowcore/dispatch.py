@@ -43,6 +43,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import CancelledError, Future
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
@@ -133,7 +134,7 @@ def new_future(task: Task[..., Any], scope: RunScope, args: tuple[Any, ...], kwa
     return future
 
 
-def _sort_inputs(items: list[Any], upstream: list[TaskFuture[Any]]) -> list[TaskFuture[Any]] | None:
+def _sort_inputs(items: Sequence[Any], upstream: list[TaskFuture[Any]]) -> list[TaskFuture[Any]] | None:
     """Add the futures among ``items`` (futures and annotation wrappers, see
     :func:`flowcore.futures.collect_inputs`) to ``upstream``. Returns None when there is
     no wrapper among them, else the futures that may fail (those in allow_failure)."""
@@ -175,7 +176,7 @@ class Dispatcher:
         task: Task[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        wait_for: list[Any],
+        wait_for: Sequence[Any],
         *,
         scan: bool = True,
     ) -> RunFuture[Any]:
@@ -477,7 +478,11 @@ class _QueuedRun:
         except BaseException as exc:  # run_call raises only for an interrupt
             crashed(future, exc)
             return
-        finish(future, state, current_worker() if registry.observes_events() else None)
+        worker = current_worker() if registry.observes_events() else None
+        if future.dispatch is None:  # nothing for finish() to undo: settle it directly
+            future.set_final(state, worker)
+        else:
+            finish(future, state, worker)
 
     def drop(self) -> None:
         future = self.future

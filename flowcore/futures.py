@@ -385,8 +385,13 @@ class RunFuture(TaskFuture[R]):
             if self._state is not None or self._finishing:
                 return False
             self._finishing = True
+        backend = self._backend
+        if backend is not None:
+            backend_name: str | None = backend.name
+        else:  # self.backend_name, inlined: this runs once per run
+            backend_name = self._scope.slot.name if self._scope is not None else None
         try:
-            report_final_state(self.call, state, self.backend_name, worker)
+            report_final_state(self._call, state, backend_name, worker)
         finally:  # even if a hook is interrupted (Ctrl-C, a deadline), never leave waiters hanging
             self._publish(state)
         return True
@@ -398,8 +403,12 @@ class RunFuture(TaskFuture[R]):
             done = self._done
         self._on_block = None
         self._backend_future = None  # no cycle through its callback: results may be large
-        if self._scope is not None:  # before waking waiters: wait_all() then sees it
-            self._scope.finished(self, () if state.type is states.StateType.COMPLETED else (self,))
+        scope = self._scope
+        if scope is not None:  # before waking waiters: wait_all() then sees it
+            if state.type is states.StateType.COMPLETED:
+                scope.finished(self)
+            else:
+                scope.finished(self, (self,))
         if done is not None:
             done.release()
         if callbacks:

@@ -277,7 +277,7 @@ class Task(Generic[P, R]):
                 f"to run the task inline, call it directly: {self.name}(...)"
             )
         self.check_arguments(args, kwargs)
-        waits = _as_futures(wait_for) if wait_for else []
+        waits = _as_futures(wait_for) if wait_for else _NO_INPUTS
         dispatcher = scope.dispatcher
         if dispatcher is None:  # the scope's first submit
             dispatcher = _dispatcher_of(scope)
@@ -365,10 +365,12 @@ class Task(Generic[P, R]):
         and name reserved); for the runtime (submissions, direct calls, contexts)."""
         number = reserve_run_numbers(1)
         run_id = f"{run_id_prefix()}-{number:x}"
-        if self.options.task_run_name is None:
+        options = self.options
+        if options.task_run_name is None:
             numbers = flow_run.run_numbers if flow_run is not None else UNSCOPED_RUN_NUMBERS
-            name_number = numbers.reserve(self.name)
-            name = f"{self.name}-{name_number}"
+            task_name = options.name
+            name_number = numbers.reserve(task_name)
+            name = f"{task_name}-{name_number}"
         else:
             name_number = -1
             name = self.run_name_for(args, kwargs, flow_run)
@@ -382,7 +384,7 @@ class Task(Generic[P, R]):
             self, args, kwargs, run_id, name, flow_run.run_id, flow_run.name, flow_run.flow_name,
             time.time(), log_prints, 0, None, flow_run, None, number, name_number,
         )
-        cache = self.options.cache
+        cache = options.cache
         if cache is not None and cache.policy.needs_flow_parameters:
             from flowcore.caching.keys import flow_parameters_key
 
@@ -597,6 +599,10 @@ def _dispatcher_of(scope: RunScope) -> Dispatcher:
     from flowcore.dispatch import dispatcher_of
 
     return dispatcher_of(scope)
+
+
+#: no inputs to wait for (shared: never changed)
+_NO_INPUTS: tuple[Any, ...] = ()
 
 
 def _as_futures(wait_for: Any) -> list[Any]:
