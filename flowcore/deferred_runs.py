@@ -266,20 +266,28 @@ def _publish_taken(runs: collections.deque[_Ended]) -> None:
     from flowcore.events import EventKind, RunColumns, column_events
 
     noted = _noted
+    pop = noted.pop
+    announcing = _announcing
     groups: dict[tuple[int, str | None, int, str | None, bool], _Group] = {}
     others: list[tuple[_Ended, bool]] = []
+    # the last run's group and what identifies it, in locals: runs come in long stretches
     group: _Group | None = None
+    g_task: Any = None
+    g_flow_run_id: str | None = None
+    g_worker: Worker | None = None
+    g_backend: str | None = None
+    g_announced = False
     for item in taken:
         call, state, worker, backend = item
         # take_noted(call), inlined: this runs once per run
-        announced = not noted or noted.pop(call.task_run_id, None) is None
-        if announced and _announcing.locked():
-            with _announcing:
+        announced = not noted or pop(call.task_run_id, None) is None
+        if announced and announcing.locked():
+            with announcing:
                 pass
-        number, name_number, flow_run_id = call.number, call.name_number, call.flow_run_id
+        number, name_number = call.number, call.name_number
+        started = state.started_at
         if (
-            number < 0 or name_number < 0 or state.started_at is None
-            or state.result_location is not None
+            number < 0 or name_number < 0 or started is None or state.result_location is not None
         ):  # numbers < 0: not made by Task.make_call, or named by a template
             others.append((item, announced))
             continue
@@ -287,15 +295,16 @@ def _publish_taken(runs: collections.deque[_Ended]) -> None:
         if not hit and (state.attempts != 1 or state.name != "Completed"):  # not plain
             others.append((item, announced))
             continue
-        task = call.task
+        task, flow_run_id = call.task, call.flow_run_id
         if (
-            group is None or group.task is not task or group.flow_run_id is not flow_run_id
-            or group.worker is not worker or group.backend is not backend or group.announced is not announced
-        ):  # another group than the last run's (rare: runs come in long stretches)
+            group is None or g_task is not task or g_flow_run_id is not flow_run_id
+            or g_worker is not worker or g_backend is not backend or g_announced is not announced
+        ):  # another group than the last run's (rare)
             key = (id(task), flow_run_id, id(worker), backend, announced)
             group = groups.get(key)
             if group is None:
                 group = groups[key] = _Group(task, flow_run_id, backend, worker, announced)
+            g_task, g_flow_run_id, g_worker, g_backend, g_announced = task, flow_run_id, worker, backend, announced
             add_number, add_name, add_submitted = group.numbers.append, group.names.append, group.submitted.append
             add_start, add_end = group.starts.append, group.ends.append
         if hit:  # a cache hit goes with its group's columns, its state beside them
@@ -303,7 +312,7 @@ def _publish_taken(runs: collections.deque[_Ended]) -> None:
         add_number(number)
         add_name(name_number)
         add_submitted(call.submitted_at)
-        add_start(state.started_at)
+        add_start(started)
         add_end(state.finished_at or state.timestamp)
     prefix = run_id_prefix()
     full = (EventKind.SUBMITTED, EventKind.STARTED, EventKind.FINISHED)
