@@ -62,7 +62,9 @@ class RunNumbers:
     __slots__ = ("_lock", "_next")
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        # The run numbers' lock: held for a few instructions at a time, and shared so
+        # that a new run reserves both its numbers at once (see reserve_run).
+        self._lock = _number_lock
         self._next: dict[str, int] = {}
 
     def reserve(self, task_name: str, count: int = 1) -> int:
@@ -82,6 +84,23 @@ class RunNumbers:
 
 #: Numbers of task runs outside any flow run (``use_backend`` blocks, direct calls).
 UNSCOPED_RUN_NUMBERS = RunNumbers()
+
+
+def reserve_run(numbers: RunNumbers, task_name: str) -> tuple[str, int, int]:
+    """A new run of ``task_name``: its run id, run number and name number (from
+    ``numbers``, its flow run's), reserved under one lock; what
+    :func:`reserve_run_numbers` and :meth:`RunNumbers.reserve` give, in one step."""
+    global _next_number
+    _number_lock.acquire()  # not ``with``: see reserve_run_numbers
+    try:
+        number = _next_number
+        _next_number = number + 1
+        counts = numbers._next
+        name_number = counts.get(task_name, 0)
+        counts[task_name] = name_number + 1
+    finally:
+        _number_lock.release()
+    return f"{_PREFIX}-{number:x}", number, name_number
 
 
 def new_flow_run_id() -> str:
@@ -204,6 +223,7 @@ __all__ = [
     "TaskCall",
     "new_flow_run_id",
     "new_task_run_id",
+    "reserve_run",
     "reserve_run_numbers",
     "run_id_prefix",
 ]

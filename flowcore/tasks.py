@@ -23,6 +23,7 @@ from flowcore.calls import (
     UNSCOPED_RUN_NUMBERS,
     FlowRun,
     TaskCall,
+    reserve_run,
     reserve_run_numbers,
     run_id_prefix,
 )
@@ -363,15 +364,15 @@ class Task(Generic[P, R]):
     ) -> TaskCall:
         """The :class:`~flowcore.calls.TaskCall` of a new run of this task (its run id
         and name reserved); for the runtime (submissions, direct calls, contexts)."""
-        number = reserve_run_numbers(1)
-        run_id = f"{run_id_prefix()}-{number:x}"
         options = self.options
         if options.task_run_name is None:
             numbers = flow_run.run_numbers if flow_run is not None else UNSCOPED_RUN_NUMBERS
             task_name = options.name
-            name_number = numbers.reserve(task_name)
+            run_id, number, name_number = reserve_run(numbers, task_name)
             name = f"{task_name}-{name_number}"
         else:
+            number = reserve_run_numbers(1)
+            run_id = f"{run_id_prefix()}-{number:x}"
             name_number = -1
             name = self.run_name_for(args, kwargs, flow_run)
         # Positional construction: this runs once per task run, on the hot path.
