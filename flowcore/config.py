@@ -83,10 +83,24 @@ def _did_you_mean(name: str, known: Iterable[str]) -> str:
     return f"did you mean {close[0]!r}?" if close else "known: " + ", ".join(sorted(known))
 
 
+_scanned_size = -1  # len(os.environ) when check_environment last scanned it
+
+
 def check_environment() -> None:
     """Warn (ConfigurationWarning, once per variable and process) about ``FLOWCORE_*``
     environment variables flowcore does not know, naming the nearest known one.
-    Called when a top-level flow run or ``use_backend`` block starts."""
+    Called when a top-level flow run or ``use_backend`` block starts.
+
+    The environment is scanned again only when its number of variables has changed
+    since the last scan (a variable set or unset since): decoding every name costs
+    more than the rest of an empty flow run. A variable renamed in place between two
+    flow runs of one process (one unset, another set) goes unnoticed until the next
+    change in size."""
+    global _scanned_size
+    size = len(os.environ)
+    if size == _scanned_size:
+        return
+    _scanned_size = size
     unknown = [
         name for name in os.environ
         if name.startswith(_PREFIX) and name not in ENVIRONMENT_VARIABLES and name not in _warned_variables

@@ -65,6 +65,7 @@ from flowcore.futures import (
     collect_inputs,
     final_state,
     mark_observed,
+    observe_final,
     resolve_futures,
     resolve_inputs,
     substitute,
@@ -124,7 +125,7 @@ def new_future(task: Task[..., Any], scope: RunScope, args: tuple[Any, ...], kwa
     call.backend = scope.slot.name
     future: RunFuture[Any] = RunFuture(task, call, scope)
     scope.track(future)
-    current = registry.get_registry()
+    current = registry.built or registry.get_registry()
     if current.defers_runs:  # a run of a flow run or of a use_backend block
         deferred_runs.note(call)  # reported later
     elif current.observes_events:
@@ -360,7 +361,8 @@ def _send(future: RunFuture[Any], backend: Backend) -> None:
         return
     stealable = capabilities.in_process and not capabilities.inline
     future.set_sent(backend, backend_future, _steal if stealable else None)
-    watch_timeout(future, backend)
+    if call.task.options.timeout_seconds is not None:
+        watch_timeout(future, backend)
     backend_future.add_done_callback(functools.partial(_on_done, future))
 
 
@@ -388,8 +390,7 @@ def _upstream_failed(future: RunFuture[Any], record: _Record) -> bool:
     """End the run ``NotRun`` if an upstream that is not tolerated did not complete."""
     tolerated = record.tolerated
     for upstream in record.upstream:
-        mark_observed(upstream)
-        up_state = final_state(upstream)
+        up_state = observe_final(upstream)
         assert up_state is not None
         if not up_state.is_completed() and not (tolerated and any(upstream is t for t in tolerated)):
             future.set_final(

@@ -428,6 +428,17 @@ def mark_observed(future: TaskFuture[Any]) -> None:
     future._mark_observed()
 
 
+def observe_final(future: TaskFuture[R]) -> State[R] | None:
+    """:func:`mark_observed`, then :func:`final_state`: how the dispatcher reads each
+    upstream's outcome before it sends a downstream run (one call, not four, per
+    upstream of every run that waits on futures)."""
+    if type(future) is RunFuture:
+        future._observed = True
+        return future._state
+    future._mark_observed()
+    return future._final()
+
+
 def is_observed(future: TaskFuture[Any]) -> bool:
     """Whether anyone looked at ``future``'s outcome (state, result, a downstream run)."""
     return future._is_observed()
@@ -696,6 +707,7 @@ __all__ = [
     "holds_inputs",
     "is_observed",
     "mark_observed",
+    "observe_final",
     "resolve_futures",
     "resolve_inputs",
     "substitute",

@@ -69,7 +69,7 @@ def report_final_state(
     reported yet reports it here first."""
     options = call.task.options
     hooks = options.on_completion if state.type is StateType.COMPLETED else options.on_failure
-    current = registry.get_registry()
+    current = registry.built or registry.get_registry()
     if hooks or options.on_running or state.type is not StateType.COMPLETED:
         run_task_hooks(call, state)
     if current.defers_runs and (call.flow_run_id is not None or backend is not None):
