@@ -98,16 +98,7 @@ def run_call(call: TaskCall) -> State[Any]:
         from flowcore.results import run_with_results
 
         return run_with_results(call, _run_call_sync)
-    # _run_call_sync, inlined: one frame less on every run
-    cache = task.options.cache
-    try:
-        if cache is not None:
-            from flowcore.caching.runs import run_cached
-
-            return run_cached(call, cache, _run_uncached)
-        return _run_uncached(call)
-    except SystemExit as exc:
-        return _exit_outside_body(call, exc)
+    return _run_call_sync(call)
 
 
 def _run_call_sync(call: TaskCall) -> State[Any]:

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -66,6 +67,15 @@ def recording(home: Path) -> Iterator[Recording]:
         yield observer
     finally:
         registry.unregister(observer)
+
+
+def _history_rows(home: Path, sql: str) -> list[tuple[Any, ...]]:
+    """The rows ``sql`` selects from the history database in ``home``."""
+    connection = sqlite3.connect(home / "history.db")
+    try:
+        return connection.execute(sql).fetchall()
+    finally:
+        connection.close()
 
 
 def test_only_observers_that_accept_it_get_deferred_reports(home: Path) -> None:
@@ -182,14 +192,11 @@ def test_a_run_that_runs_long_is_announced_at_a_flush_before_it_ends(recording: 
     assert seen_before_end == [[EventKind.SUBMITTED]]
     stream = next(s for s in recording.by_run().values() if s[0].task_name == "slow")
     assert [e.kind for e in stream] == [EventKind.SUBMITTED, EventKind.STARTED, EventKind.FINISHED]
-    connection = sqlite3.connect(home / "history.db")
-    try:
-        rows = connection.execute(
-            "SELECT state, attempts, submitted_time IS NOT NULL, start_time IS NOT NULL, end_time IS NOT NULL, "
-            "worker_pid FROM task_runs_all WHERE task = 'slow'"
-        ).fetchall()
-    finally:
-        connection.close()
+    rows = _history_rows(
+        home,
+        "SELECT state, attempts, submitted_time IS NOT NULL, start_time IS NOT NULL, end_time IS NOT NULL, "
+        "worker_pid FROM task_runs_all WHERE task = 'slow'"
+    )
     assert rows == [("Completed", 1, 1, 1, 1, os.getpid())]  # the pending row, updated: one row
 
 
@@ -210,16 +217,13 @@ def test_the_history_records_deferred_runs_like_any_others(home: Path) -> None:
         assert many() == sum(range(300))
     finally:
         backend.shutdown()
-    connection = sqlite3.connect(home / "history.db")
-    try:
-        rows = connection.execute(
-            "SELECT state, count(*), count(DISTINCT id), count(DISTINCT name), min(attempts), max(attempts), "
-            "count(submitted_time), count(start_time), count(end_time), count(worker_thread), "
-            "sum(submitted_time <= start_time AND start_time <= end_time) "
-            "FROM task_runs_all GROUP BY state ORDER BY state"
-        ).fetchall()
-    finally:
-        connection.close()
+    rows = _history_rows(
+        home,
+        "SELECT state, count(*), count(DISTINCT id), count(DISTINCT name), min(attempts), max(attempts), "
+        "count(submitted_time), count(start_time), count(end_time), count(worker_thread), "
+        "sum(submitted_time <= start_time AND start_time <= end_time) "
+        "FROM task_runs_all GROUP BY state ORDER BY state"
+    )
     assert rows == [("Completed", 300, 300, 300, 1, 1, 300, 300, 300, 300, 300), ("Failed", 1, 1, 1, 1, 1, 1, 1, 1, 1, 1)]
 
 
@@ -279,15 +283,12 @@ def test_cache_hits_of_direct_calls_are_reported_in_bulk_and_recorded_as_hits(ho
     assert batch.kinds == (EventKind.SUBMITTED, EventKind.STARTED, EventKind.FINISHED)
     assert sorted(batch.states) == list(range(3, 30))
     assert {s.name for s in batch.states.values()} == {"Cached"}
-    connection = sqlite3.connect(home / "history.db")
-    try:
-        rows = connection.execute(
-            "SELECT state, cache_hit, count(*), count(DISTINCT id), count(DISTINCT name), min(attempts), "
-            "sum(message LIKE 'cache hit %'), sum(submitted_time <= start_time AND start_time <= end_time) "
-            "FROM task_runs_all WHERE task = 'square' GROUP BY state ORDER BY state"
-        ).fetchall()
-    finally:
-        connection.close()
+    rows = _history_rows(
+        home,
+        "SELECT state, cache_hit, count(*), count(DISTINCT id), count(DISTINCT name), min(attempts), "
+        "sum(message LIKE 'cache hit %'), sum(submitted_time <= start_time AND start_time <= end_time) "
+        "FROM task_runs_all WHERE task = 'square' GROUP BY state ORDER BY state"
+    )
     assert rows == [("Cached", 1, 27, 27, 27, 0, 27, 27), ("Completed", 0, 3, 3, 3, 1, 0, 3)]
 
 
@@ -324,12 +325,9 @@ def test_runs_of_a_use_backend_block_are_deferred_and_flushed_by_the_writer(
         assert [e.kind for e in stream] == [EventKind.SUBMITTED, EventKind.STARTED, EventKind.FINISHED]
         assert {e.flow_run_id for e in stream} == {None} and {e.backend for e in stream} == {"threads"}
     assert streams[bad.task_run_id][-1].state is not None and streams[bad.task_run_id][-1].state.name == "Failed"
-    connection = sqlite3.connect(home / "history.db")
-    try:
-        rows = connection.execute(
-            "SELECT state, count(*), count(DISTINCT id), count(start_time), count(end_time), "
-            "count(flow_run_id) FROM task_runs_all WHERE task IN ('add', 'fail') GROUP BY state ORDER BY state"
-        ).fetchall()
-    finally:
-        connection.close()
+    rows = _history_rows(
+        home,
+        "SELECT state, count(*), count(DISTINCT id), count(start_time), count(end_time), "
+        "count(flow_run_id) FROM task_runs_all WHERE task IN ('add', 'fail') GROUP BY state ORDER BY state"
+    )
     assert rows == [("Completed", 40, 40, 40, 40, 0), ("Failed", 1, 1, 1, 1, 0)]
