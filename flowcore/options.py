@@ -219,17 +219,31 @@ def _merged(
     return values, name, owner, check_retries(values["retries"], owner)
 
 
+def signature_of(fn: Callable[..., Any], decorator: str) -> Any:
+    """``inspect.signature(fn)``, or a TypeError that says how to decorate a callable
+    whose signature Python cannot read (a builtin such as ``math.hypot``)."""
+    import inspect
+
+    try:
+        return inspect.signature(fn)
+    except (ValueError, TypeError) as exc:
+        name = getattr(fn, "__name__", repr(fn))
+        raise TypeError(
+            f"{decorator} cannot read the signature of {name!r} ({exc}); wrap it in a "
+            f"function of your own, e.g. def {name}_task(*args): return {name}(*args)"
+        ) from None
+
+
 def task_options(fn: Callable[..., Any], given: Mapping[str, Any], *, base: TaskOptions | None = None) -> TaskOptions:
     """Validate the options ``given`` for the task function ``fn`` (over ``base``'s, or
     the defaults) into :class:`TaskOptions`. Raises TypeError/ValueError naming the
     option; runs at decoration time."""
-    import inspect
 
     if not callable(fn):
         raise TypeError(f"@task must decorate a function, got {type(fn).__name__} {fn!r}")
     _refuse_generators(fn, "@task")
     values, name, owner, retries = _merged(fn, given, TaskOptions, base, "@task")
-    signature = inspect.signature(fn)
+    signature = signature_of(fn, "@task")
     var_kw = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
     validated = dict(
         values,
@@ -296,7 +310,7 @@ def flow_options(
     description = values["description"]
     if description is None:
         description = inspect.getdoc(fn)
-    signature = inspect.signature(fn)
+    signature = signature_of(fn, "@flow")
     var_kw = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
     return FlowOptions(
         **dict(
@@ -519,4 +533,4 @@ def exponential_backoff(backoff_factor: float) -> Callable[[int], list[float]]:
     return delays
 
 
-__all__ = ["FlowOptions", "RetryPolicy", "TaskOptions", "exponential_backoff"]
+__all__ = ["FlowOptions", "RetryPolicy", "TaskOptions", "exponential_backoff", "signature_of"]

@@ -81,6 +81,21 @@ def test_task_rejects_bad_option_before_the_function_is_applied(
         task(**options)
 
 
+def test_a_callable_without_a_readable_signature_is_refused_with_the_fix() -> None:
+    """A builtin whose signature Python cannot read (``math.hypot``) fails at decoration
+    with a TypeError that says how to wrap it, not inspect's ValueError."""
+    with pytest.raises(TypeError, match=r"@task cannot read the signature of 'hypot'.*wrap it"):
+        task(math.hypot)
+    with pytest.raises(TypeError, match=r"@flow cannot read the signature of 'hypot'.*wrap it"):
+        flow(math.hypot)
+
+    @task
+    def hypot_task(x: float, y: float) -> float:
+        return math.hypot(x, y)
+
+    assert hypot_task(3, 4) == 5.0
+
+
 def test_task_unknown_keyword_is_a_type_error_naming_it() -> None:
     with pytest.raises(TypeError, match="retires"):
         task(retires=1)  # type: ignore[call-overload]
