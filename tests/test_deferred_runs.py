@@ -278,11 +278,16 @@ def test_cache_hits_of_direct_calls_are_reported_in_bulk_and_recorded_as_hits(ho
     columns = [r for r in observer.reports if isinstance(r, RunColumns)]
     singles = [e for r in observer.reports if isinstance(r, list) for e in r if isinstance(e, TaskRunEvent)]
     assert singles == []  # no run reported on its own: misses and hits in the same columns
-    assert len(columns) == 1 and len(columns[0]) == 30
-    (batch,) = columns
-    assert batch.kinds == (EventKind.SUBMITTED, EventKind.STARTED, EventKind.FINISHED)
-    assert sorted(batch.states) == list(range(3, 30))
-    assert {s.name for s in batch.states.values()} == {"Cached"}
+    # One batch, or more when a writer drain (every 0.5 s) took the buffer mid-run.
+    assert columns and sum(len(batch) for batch in columns) == 30
+    hits: list[int] = []
+    offset = 0
+    for batch in columns:
+        assert batch.kinds == (EventKind.SUBMITTED, EventKind.STARTED, EventKind.FINISHED)
+        assert {s.name for s in batch.states.values()} <= {"Cached"}
+        hits += [offset + index for index in batch.states]
+        offset += len(batch)
+    assert hits == list(range(3, 30))
     rows = _history_rows(
         home,
         "SELECT state, cache_hit, count(*), count(DISTINCT id), count(DISTINCT name), min(attempts), "
