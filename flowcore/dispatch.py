@@ -43,7 +43,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import CancelledError, Future
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
@@ -304,8 +304,14 @@ def send_when_ready(
 def send(future: RunFuture[Any], backend: Backend) -> None:
     """Send the run now (its upstreams are done). Runs in callbacks: any failure here
     ends the run ``Crashed`` instead of leaving it pending."""
+    _guarded(_send, future, backend)
+
+
+def _guarded(how: Callable[[RunFuture[Any], Backend], None], future: RunFuture[Any], backend: Backend) -> None:
+    """``how(future, backend)``; any failure ends the run ``Crashed`` (an interrupt is
+    raised again after)."""
     try:
-        _send(future, backend)
+        how(future, backend)
     except BaseException as exc:
         if not future.done():
             refused(future, backend, exc)
@@ -338,13 +344,7 @@ def _send(future: RunFuture[Any], backend: Backend) -> None:
         record.upstream = []  # do not keep a chain of finished futures alive
         record.tolerated = None
     if capabilities.queues_items and (record is None or not record.kept):
-        # A work item instead of a Future: whoever claims it first (a pool thread, or
-        # a thread that waits for it) runs it and settles the future.
-        future.set_sent(backend, None, _run_here, queued=True)
-        try:
-            backend.enqueue(_QueuedRun(future))
-        except Exception as exc:
-            refused(future, backend, exc)
+        _queue(future, backend)
         return
     try:
         if record is not None and record.kept:
@@ -370,20 +370,24 @@ def enqueue(future: RunFuture[Any], backend: Backend) -> None:
     """:func:`send` for a run with nothing to resolve on a backend with
     ``queues_items``: the work item path of :func:`_send`, without its other cases
     (the submit path of every single run on ``threads``)."""
+    _guarded(_enqueue, future, backend)
+
+
+def _enqueue(future: RunFuture[Any], backend: Backend) -> None:
+    if future.done() or future.cancel_requested or future.dispatch is not None:
+        _send(future, backend)  # cancelled meanwhile, or a record to honour
+    else:
+        _queue(future, backend)
+
+
+def _queue(future: RunFuture[Any], backend: Backend) -> None:
+    """A work item instead of a Future: whoever claims it first (a pool thread, or a
+    thread that waits for it) runs it and settles the future."""
+    future.set_sent(backend, None, _run_here, queued=True)
     try:
-        if future.done() or future.cancel_requested or future.dispatch is not None:
-            _send(future, backend)  # cancelled meanwhile, or a record to honour
-            return
-        future.set_sent(backend, None, _run_here, queued=True)
-        try:
-            backend.enqueue(_QueuedRun(future))
-        except Exception as exc:
-            refused(future, backend, exc)
-    except BaseException as exc:  # as in send: the run ends Crashed, never pending
-        if not future.done():
-            refused(future, backend, exc)
-        if not isinstance(exc, Exception):
-            raise
+        backend.enqueue(_QueuedRun(future))
+    except Exception as exc:
+        refused(future, backend, exc)
 
 
 def _upstream_failed(future: RunFuture[Any], record: _Record) -> bool:
