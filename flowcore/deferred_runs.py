@@ -291,8 +291,9 @@ def _publish_taken(runs: collections.deque[_Ended]) -> None:
         ):  # numbers < 0: not made by Task.make_call, or named by a template
             others.append((item, announced))
             continue
-        hit = state.name == "Cached"
-        if not hit and (state.attempts != 1 or state.name != "Completed"):  # not plain
+        # a cache hit, or a miss stored under a key: its state goes beside the columns
+        kept = state.name == "Cached" or state.cache_key is not None
+        if not kept and (state.attempts != 1 or state.name != "Completed"):  # not plain
             others.append((item, announced))
             continue
         task, flow_run_id = call.task, call.flow_run_id
@@ -307,7 +308,7 @@ def _publish_taken(runs: collections.deque[_Ended]) -> None:
             g_task, g_flow_run_id, g_worker, g_backend, g_announced = task, flow_run_id, worker, backend, announced
             add_number, add_name, add_submitted = group.numbers.append, group.names.append, group.submitted.append
             add_start, add_end = group.starts.append, group.ends.append
-        if hit:  # a cache hit goes with its group's columns, its state beside them
+        if kept:
             group.states[len(group.numbers)] = state
         add_number(number)
         add_name(name_number)

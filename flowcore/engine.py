@@ -656,7 +656,10 @@ def _run_rows(
             state = run_call(context.call_at(index))
             append(state.data)
             finished(now())
-            if state.name != "Completed" or state.attempts != 1 or state.result_location is not None:
+            if (
+                state.name != "Completed" or state.attempts != 1 or state.result_location is not None
+                or state.cache_key is not None
+            ):
                 exact[index] = state
         return values, ends, started, exact
     fn = task.fn
@@ -706,7 +709,10 @@ def _await_rows(
     for index, state in zip(indexes, ended, strict=True):
         values[index] = state.data
         ends[index] = state.finished_at or time.time()
-        if state.name != "Completed" or state.attempts != 1 or state.result_location is not None:
+        if (
+                state.name != "Completed" or state.attempts != 1 or state.result_location is not None
+                or state.cache_key is not None
+            ):
             exact[index] = state
     return values, ends, started, exact
 

@@ -87,6 +87,8 @@ class State(Generic[R]):
         attempts: how many times the body was started (1 + retries used).
         result_location: ``(storage, key)`` where the run's result was kept
             (``persist_result``; see :mod:`flowcore.results`), else None.
+        cache_key: the cache key the run's value was found under (a hit) or stored
+            under (a miss), for a task with a cache policy; else None.
     """
 
     type: StateType
@@ -100,6 +102,7 @@ class State(Generic[R]):
     finished_at: float | None = None
     attempts: int = 0
     result_location: tuple[str, str] | None = None
+    cache_key: str | None = None
 
     # -- predicates ---------------------------------------------------------
     def is_pending(self) -> bool:

@@ -284,17 +284,19 @@ def test_cache_hits_of_direct_calls_are_reported_in_bulk_and_recorded_as_hits(ho
     offset = 0
     for batch in columns:
         assert batch.kinds == (EventKind.SUBMITTED, EventKind.STARTED, EventKind.FINISHED)
-        assert {s.name for s in batch.states.values()} <= {"Cached"}
-        hits += [offset + index for index in batch.states]
+        # every run's state goes beside the columns: the misses carry the key they stored
+        assert sorted(batch.states) == list(range(len(batch)))
+        assert all(s.cache_key for s in batch.states.values())
+        hits += [offset + index for index, s in batch.states.items() if s.name == "Cached"]
         offset += len(batch)
     assert hits == list(range(3, 30))
     rows = _history_rows(
         home,
         "SELECT state, cache_hit, count(*), count(DISTINCT id), count(DISTINCT name), min(attempts), "
-        "sum(message LIKE 'cache hit %'), sum(submitted_time <= start_time AND start_time <= end_time) "
-        "FROM task_runs_all WHERE task = 'square' GROUP BY state ORDER BY state"
+        "sum(message LIKE 'cache hit %'), sum(submitted_time <= start_time AND start_time <= end_time), "
+        "count(DISTINCT cache_key) FROM task_runs_all WHERE task = 'square' GROUP BY state ORDER BY state"
     )
-    assert rows == [("Cached", 1, 27, 27, 27, 0, 27, 27), ("Completed", 0, 3, 3, 3, 1, 0, 3)]
+    assert rows == [("Cached", 1, 27, 27, 27, 0, 27, 27, 3), ("Completed", 0, 3, 3, 3, 1, 0, 3, 3)]
 
 
 def _square(x: int) -> int:

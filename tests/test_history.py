@@ -202,6 +202,48 @@ def test_runs_of_a_process_backend_and_their_replayed_logs_are_recorded(
         store.close()
 
 
+
+def _cached_square(x: int) -> int:
+    return x * x
+
+
+@pytest.mark.parametrize("how", ["direct", "submit", "map"])
+@pytest.mark.parametrize("backend", ["threads", "loky"])
+def test_cached_runs_record_their_cache_key_and_whether_they_hit(
+    home: Path, tmp_path: Path, how: str, backend: str
+) -> None:
+    """A cached task's runs carry the key their value was stored or found under, on
+    every path a run takes (direct calls, submits, maps; in threads and processes):
+    the misses store it with cache_hit 0, the hits read it with cache_hit 1."""
+    from flowcore.caching import INPUTS
+
+    cached = task(_cached_square, name="cached_square", cache_policy=INPUTS, cache_storage=str(tmp_path / "c"))
+    inputs = [i % 3 for i in range(9)]
+
+    @flow(backend=backend)
+    def twice() -> list[int]:
+        first = [cached(i) for i in inputs[:3]]  # the misses first, one per input
+        if how == "direct":
+            return first + [cached(i) for i in inputs[3:]]
+        if how == "submit":
+            return first + [cached.submit(i).result() for i in inputs[3:]]
+        return first + [f.result() for f in cached.map(inputs[3:])]
+
+    assert twice() == [i * i for i in inputs]
+    rows = query(
+        home / "history.db",
+        "SELECT name, cache_hit, cache_key FROM task_runs_all WHERE task = 'cached_square' ORDER BY start_time",
+    )
+    assert len(rows) == 9
+    by_name = {name: (hit, key) for name, hit, key in rows}
+    misses = [by_name[f"cached_square-{n}"] for n in range(3)]
+    assert [hit for hit, _ in misses] == [0, 0, 0]
+    keys = [key for _, key in misses]
+    assert all(isinstance(key, str) and len(key) >= 16 for key in keys) and len(set(keys)) == 3
+    hits = [by_name[f"cached_square-{n}"] for n in range(3, 9)]
+    assert hits == [(1, keys[i % 3]) for i in range(3, 9)]
+
+
 # -- settings: off, import cost ------------------------------------------------------------
 
 SMALL_FLOW = """

@@ -81,6 +81,7 @@ def _look_up(
                 started_at=started,
                 finished_at=time.time(),
                 attempts=0,
+                cache_key=key,
             )
             return hit, None, None
     return None, key, store
@@ -93,10 +94,11 @@ def _save(
     if state.type is StateType.COMPLETED:
         expires = None if settings.expiration is None else time.time() + settings.expiration
         stored = store.save(key, state.data, task=call.task.name, expires=expires)
-        if stored and not settings.in_memory:
+        if stored:
             from dataclasses import replace
 
-            state = replace(state, data=StoredResult(store, key, call.task_run_name))
+            data = state.data if settings.in_memory else StoredResult(store, key, call.task_run_name)
+            state = replace(state, data=data, cache_key=key)
     return state
 
 

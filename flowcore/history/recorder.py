@@ -528,7 +528,8 @@ class _Pending:
             assert state is not None
             if (
                 state.name == "Completed" and state.attempts == 1 and run_id not in self.open.written
-                and getattr(state, "result_location", None) is None and self._add_plain(event, state, submitted)
+                and getattr(state, "result_location", None) is None and getattr(state, "cache_key", None) is None
+                and self._add_plain(event, state, submitted)
             ):
                 continue
             write = self.tasks.get(run_id)
@@ -742,6 +743,7 @@ def _set_final(write: TaskRunWrite, state: Any, end: float) -> None:
         write.start = state.started_at
     write.end = end
     write.cache_hit = state.name == "Cached"
+    write.cache_key = getattr(state, "cache_key", None)
     if state.exception is not None and state.type != "COMPLETED":
         write.error_type, write.error_message = _error(state)
         write.traceback = state.traceback
