@@ -135,6 +135,11 @@ class FlowRunContext(RunScope):
         #: the attempt of the flow run this scope belongs to (1 for the first)
         self.attempt = 1
         self.logger: logging.LoggerAdapter[logging.Logger] | None = None
+        #: an async flow's attempt whose body is awaited on the running loop of the
+        #: thread with this ident, keeping no results and capturing no prints: direct
+        #: calls of plain async tasks made in that thread, outside any task run, may
+        #: take the short awaited path (flowcore.direct_runs.call_async); else 0
+        self.awaits_plain_in = 0
 
 
 class TaskRunContext:

@@ -167,8 +167,9 @@ async def await_unobserved(
 def _record(task: Any, flow_run: FlowRun, number: int, name_number: int, start: float, end: float) -> None:
     """Add a run that completed to this thread's buffer; report the buffer when full or old.
     ``number``: -1 when the run has none yet (the report reserves its runs' in one block)."""
-    buffer: _Buffer | None = getattr(_local, "buffer", None)
-    if buffer is None:
+    try:
+        buffer: _Buffer = _local.buffer
+    except AttributeError:  # this thread's first
         buffer = _buffer()
     runs = buffer.last
     run_id = flow_run.run_id

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -361,6 +362,8 @@ class Flow(Generic[P, R]):
         from flowcore.futures import collect_futures, wait_async
         from flowcore.loggers import redirect_prints, restore_prints
 
+        if context.flow_run.results is None and not context.log_prints:
+            context.awaits_plain_in = threading.get_ident()  # this coroutine runs on this thread's loop
         token = _scope.set(context)
         print_token = redirect_prints(_run_logger(context)) if context.log_prints else None
         seconds = self.options.timeout_seconds

@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import inspect
 import time
+from threading import get_ident as _get_ident
 from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, Unpack, overload
 
@@ -472,27 +473,24 @@ class AsyncTask(Task[P, R]):
                 self.bind(args, kwargs)
             elif self._plain:
                 # The common case, inlined (paid once per awaited run): positional
-                # arguments of a plain task in the body of an async flow whose loop runs
-                # here, no prints captured, no kept results; observed by run-event
-                # observers only (the history: runs recorded in bulk) or not at all.
-                # Anything else takes the general path below, which decides the same.
+                # arguments of a plain task in the body of an async flow that this
+                # thread's loop awaits (FlowRunContext.awaits_plain_in: no prints
+                # captured, no kept results), outside any task run; observed by
+                # run-event observers only (the history: runs recorded in bulk) or not
+                # at all. Anything else takes the general path below, which decides the
+                # same.
                 scope = _scope.get()
                 if (
                     isinstance(scope, FlowRunContext)
+                    and scope.awaits_plain_in == _get_ident()
                     and _task_run.get() is None
-                    and scope.flow.isasync
-                    and (self._prints_off or not scope.log_prints)
                 ):
-                    flow_run = scope.flow_run
                     current = registry.built
-                    if (
-                        flow_run is not None and flow_run.results is None and current is not None
-                        and running_loop() is not None
-                    ):
+                    if current is not None:
                         if current.batches_direct_runs:
-                            return direct_runs.call_async(self, args, None, flow_run)
+                            return direct_runs.call_async(self, args, None, scope.flow_run)
                         if not current.observes_events:
-                            return direct_runs.await_unobserved(self, args, None, flow_run)
+                            return direct_runs.await_unobserved(self, args, None, scope.flow_run)
         scope = _scope.get()
         # in_async_context(), inlined for the common case: in the body of an async flow
         # where its loop runs

@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 
 from flowcore import flow, get_backend, get_run_logger, task
+from flowcore.events import EventKind, TaskRunEvent
+from flowcore.hookspecs import hookimpl
 from flowcore.errors import CrashedError, TaskTimeoutError
 from flowcore.states import State
 from flowcore.tasks import AsyncTask, Task
@@ -473,3 +475,37 @@ def test_an_async_flow_that_submits_nothing_starts_no_thread() -> None:
     finally:
         threading.settrace(None)  # type: ignore[arg-type]
     assert started == []
+
+
+def test_an_async_task_called_in_a_thread_that_copies_the_flows_context_runs_to_completion() -> None:
+    """``asyncio.to_thread`` runs a function in a copy of the async flow's context but
+    with no loop of its own: an async task called there is run to completion (its
+    value, not a coroutine), and one awaited in the body afterwards is awaited as usual;
+    both runs are recorded under the flow run."""
+    from flowcore.registry import get_registry
+
+    @task
+    async def double(x: int) -> int:
+        await asyncio.sleep(0)
+        return 2 * x
+
+    seen: list[Any] = []
+
+    class Runs:
+        @hookimpl
+        def flowcore_run_events(self, events: Any) -> None:
+            seen.extend(e for e in events if isinstance(e, TaskRunEvent) and e.kind is EventKind.FINISHED)
+
+    @flow
+    async def body() -> tuple[Any, int]:
+        from_thread = await asyncio.to_thread(lambda: double(4))
+        return from_thread, await double(5)
+
+    registry = get_registry()
+    observer = Runs()
+    registry.register(observer, name="to-thread-runs")
+    try:
+        assert body() == (8, 10)
+    finally:
+        registry.unregister(observer)
+    assert sorted(e.task_run_name for e in seen if e.task_name == "double") == ["double-0", "double-1"]
