@@ -362,7 +362,8 @@ class Flow(Generic[P, R]):
         from flowcore.futures import collect_futures, wait_async
         from flowcore.loggers import redirect_prints, restore_prints
 
-        if context.flow_run.results is None and not context.log_prints:
+        run = context.flow_run
+        if run is not None and run.results is None and not context.log_prints:
             context.awaits_plain_in = threading.get_ident()  # this coroutine runs on this thread's loop
         token = _scope.set(context)
         print_token = redirect_prints(_run_logger(context)) if context.log_prints else None

@@ -14,8 +14,8 @@ import dataclasses
 import functools
 import inspect
 import time
-from threading import get_ident as _get_ident
 from collections.abc import Callable, Coroutine, Iterable
+from threading import get_ident as _get_ident
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, Unpack, overload
 
 from flowcore import deferred_runs, direct_runs, registry
@@ -486,11 +486,12 @@ class AsyncTask(Task[P, R]):
                     and _task_run.get() is None
                 ):
                     current = registry.built
-                    if current is not None:
+                    flow_run = scope.flow_run
+                    if current is not None and flow_run is not None:
                         if current.batches_direct_runs:
-                            return direct_runs.call_async(self, args, None, scope.flow_run)
+                            return direct_runs.call_async(self, args, None, flow_run)
                         if not current.observes_events:
-                            return direct_runs.await_unobserved(self, args, None, scope.flow_run)
+                            return direct_runs.await_unobserved(self, args, None, flow_run)
         scope = _scope.get()
         # in_async_context(), inlined for the common case: in the body of an async flow
         # where its loop runs

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 from flowcore import flow, get_backend, get_run_logger, task
+from flowcore.errors import CrashedError, TaskTimeoutError
 from flowcore.events import EventKind, TaskRunEvent
 from flowcore.hookspecs import hookimpl
-from flowcore.errors import CrashedError, TaskTimeoutError
 from flowcore.states import State
 from flowcore.tasks import AsyncTask, Task
 

@@ -37,10 +37,12 @@ class Recording:
         with self.lock:
             self.events.extend(made)
 
-    def by_run(self) -> dict[str, list[TaskRunEvent]]:
+    def by_run(self, flow_run_id: str | None = None) -> dict[str, list[TaskRunEvent]]:
+        """Each task run's events, in order (``flow_run_id``: only that flow run's; runs
+        outside any flow run that earlier tests submitted may be reported meanwhile)."""
         runs: dict[str, list[TaskRunEvent]] = {}
         for event in self.events:
-            if isinstance(event, TaskRunEvent):
+            if isinstance(event, TaskRunEvent) and (flow_run_id is None or event.flow_run_id == flow_run_id):
                 runs.setdefault(event.task_run_id, []).append(event)
         return runs
 
@@ -142,7 +144,7 @@ def test_every_run_reports_its_events_once_in_order_inside_its_flow_run(recordin
     events = recording.events
     flow_events = [e for e in events if isinstance(e, FlowRunEvent)]
     assert [e.kind for e in flow_events] == [EventKind.STARTED, EventKind.FINISHED]
-    by_run = recording.by_run()
+    by_run = recording.by_run(flow_events[0].run.run_id)
     assert len(by_run) == 55
     positions = {id(e): i for i, e in enumerate(events)}
     started_at, finished_at = positions[id(flow_events[0])], positions[id(flow_events[1])]
