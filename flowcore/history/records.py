@@ -392,7 +392,13 @@ def encode_block(
     count = len(ends)
     starts = starts if type(starts) is list else list(starts)
     ends = ends if type(ends) is list else list(ends)
-    time0 = min(starts)
+    # runs one after another, in time order (a map's batch): the first start is the
+    # earliest and the last end the latest, seen without a min() and a max() pass
+    in_a_row = count == 1 or (starts[1] == ends[0] and starts[1:] == ends[:-1])
+    if in_a_row and starts[0] <= ends[0] and ends == sorted(ends):
+        time0, end_time = starts[0], ends[-1]
+    else:
+        time0, end_time = min(starts), max(ends)
     first, name_first = numbers[0], names[0]
     numbers_text = names_text = None
     number_steps: list[int] | None = None
@@ -402,7 +408,7 @@ def encode_block(
     if not _consecutive(names):
         name_steps = [n - name_first for n in names]
         names_text = numbers_text if name_steps == number_steps else _ints(name_steps)
-    back_to_back = starts[0] == time0 and (count == 1 or starts[1] == ends[0]) and starts[1:] == ends[:-1]
+    back_to_back = in_a_row and starts[0] == time0
     starts_text = None if back_to_back else _offsets(starts, time0)
     submitted_time: float | None = None
     submitted_text: str | None = None
@@ -422,7 +428,7 @@ def encode_block(
         flow_run_id, task, id_prefix, backend,
         getattr(worker, "host", None), getattr(worker, "pid", None), getattr(worker, "thread", None),
         getattr(worker, "address", None), tags, count, first, numbers_text, name_first, names_text,
-        time0, max(ends), submitted_time, submitted_text, starts_text, _offsets(ends, time0),
+        time0, end_time, submitted_time, submitted_text, starts_text, _offsets(ends, time0),
     )
 
 
