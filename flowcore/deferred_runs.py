@@ -195,8 +195,9 @@ def ended(call: TaskCall, state: State[Any], worker: Worker | None, backend: str
     """Buffer a submitted run that just ended (its hooks were called): its events
     are published with the buffer (see the module docstring). Kept to a few steps:
     on the threads backend this runs for every run, in the thread that ran it."""
-    buffer: _Buffer | None = getattr(_local, "buffer", None)
-    if buffer is None:
+    try:
+        buffer: _Buffer = _local.buffer
+    except AttributeError:
         buffer = _local.buffer = _Buffer()
         with _buffers_lock:
             _buffers.add(buffer)
@@ -280,26 +281,32 @@ def _publish_taken(runs: collections.deque[_Ended]) -> None:
     for item in taken:
         call, state, worker, backend = item
         # take_noted(call), inlined: this runs once per run
-        announced = not noted or pop(call.task_run_id, None) is None
-        if announced and announcing.locked():
-            with announcing:
-                pass
-        number, name_number = call.number, call.name_number
-        started = state.started_at
-        if (
-            number < 0 or name_number < 0 or started is None or state.result_location is not None
-        ):  # numbers < 0: not made by Task.make_call, or named by a template
+        if noted and pop(call.task_run_id, None) is not None:
+            announced = False
+        else:
+            announced = True
+            if announcing.locked():
+                with announcing:
+                    pass
+        # plain (Completed after one attempt, no cache key) or kept beside the columns (a
+        # cache hit, or a miss stored under a key); the most common case tested first
+        if state.attempts == 1 and state.name == "Completed" and state.cache_key is None:
+            kept = False
+        elif state.name == "Cached" or state.cache_key is not None:
+            kept = True
+        else:
             others.append((item, announced))
             continue
-        # a cache hit, or a miss stored under a key: its state goes beside the columns
-        kept = state.name == "Cached" or state.cache_key is not None
-        if not kept and (state.attempts != 1 or state.name != "Completed"):  # not plain
+        number, name_number = call.number, call.name_number
+        started = state.started_at
+        if (number | name_number) < 0 or started is None or state.result_location is not None:
+            # numbers < 0: not made by Task.make_call, or named by a template
             others.append((item, announced))
             continue
         task, flow_run_id = call.task, call.flow_run_id
         if (
-            group is None or g_task is not task or g_flow_run_id is not flow_run_id
-            or g_worker is not worker or g_backend is not backend or g_announced is not announced
+            g_task is not task or g_flow_run_id is not flow_run_id or g_worker is not worker
+            or g_backend is not backend or g_announced is not announced or group is None
         ):  # another group than the last run's (rare)
             key = (id(task), flow_run_id, id(worker), backend, announced)
             group = groups.get(key)

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -59,18 +60,31 @@ class RunTracker(Protocol):
 _tracker: RunTracker | None = None
 
 
-_current_worker: Callable[[], Worker] | None = None
+#: this thread's Worker record, once asked for (see current_worker)
+_workers = threading.local()
+
+
+def _forget_workers_after_fork() -> None:
+    """A forked child describes itself anew (its pid differs)."""
+    global _workers
+    _workers = threading.local()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_workers_after_fork)
 
 
 def current_worker() -> Worker:
     """:func:`flowcore.events.current_worker`, imported on first use (``import
-    flowcore`` does not load the event records)."""
-    global _current_worker
-    if _current_worker is None:
+    flowcore`` does not load the event records) and kept per thread: an observed
+    run on a pool thread asks for it once per run."""
+    try:
+        worker: Worker = _workers.worker
+    except AttributeError:
         from flowcore.events import current_worker as found
 
-        _current_worker = found
-    return _current_worker()
+        worker = _workers.worker = found()
+    return worker
 
 
 def install_run_tracker(tracker: RunTracker) -> None:

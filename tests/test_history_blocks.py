@@ -20,7 +20,7 @@ import pytest
 from flowcore import direct_runs, flow, task
 from flowcore.events import EventKind, FlowRunEvent, TaskRunEvent
 from flowcore.history.records import FlowRunWrite, HistoryBatch, PendingMapWrite, encode_block
-from flowcore.history.sqlite import SQLiteStore
+from flowcore.history.sqlite import CHECKPOINT_AFTER_BYTES, SQLiteStore
 from flowcore.hookspecs import hookimpl
 from flowcore.registry import get_registry
 
@@ -232,3 +232,78 @@ def test_a_map_named_by_a_template_is_recorded_with_those_names(home: Path) -> N
         store.close()
     assert sorted(t.name for t in detail.task_runs) == sorted(f"day-{i}" for i in range(30))
     assert {t.state for t in detail.task_runs} == {"Completed"} and run.task_counts == {"Completed": 30}
+
+
+def test_encode_block_shares_equal_columns_and_rounds_offsets_to_the_nearest_microsecond(tmp_path: Path) -> None:
+    """Names numbered like the ids reuse the ids' text, submissions at the starts reuse the
+    starts' text, and every time (also a submission before the earliest start) reads back
+    within half a microsecond, through the records and through the SQL view."""
+    base = time.time()
+    numbers, names = [3, 5, 6, 9], [0, 2, 3, 6]
+    starts = [base, base + 0.0010004, base + 0.0020006, base + 0.0030001]
+    ends = [s + 0.0000007 for s in starts]
+    for submitted in (starts, list(starts), [base - 0.0000014, base - 0.0000016, base + 0.001, base + 0.002]):
+        block = encode_block(
+            flow_run_id="0abc", task="t", id_prefix="p", backend="threads", worker=None, tags=None,
+            numbers=numbers, names=names, submitted=submitted, starts=starts, ends=ends,
+        )
+        assert block.numbers == block.names == "[0,2,3,6]"
+        assert block.starts == "[0,1000,2001,3000]" and block.ends == "[1,1001,2001,3001]"
+        if submitted == starts:
+            assert block.submitted == block.starts
+        else:
+            assert block.submitted == "[-1,-2,1000,2000]"
+        runs = block.expand()
+        assert [r.id for r in runs] == ["p-3", "p-5", "p-6", "p-9"] and [r.name for r in runs] == ["t-0", "t-2", "t-3", "t-6"]
+        for run, s, e, sub in zip(runs, starts, ends, submitted, strict=True):
+            assert run.start == pytest.approx(s, abs=0.5e-6) and run.end == pytest.approx(e, abs=0.5e-6)
+            assert run.submitted == pytest.approx(sub, abs=0.5e-6)
+    store = SQLiteStore(tmp_path / "history.db")
+    try:
+        store.write_events(HistoryBatch(task_run_blocks=[block]))
+    finally:
+        store.close()
+    stored = rows(tmp_path / "history.db", "SELECT name, submitted_time, start_time, end_time FROM task_runs_all ORDER BY name")
+    for (name, sub, s, e), run in zip(stored, block.expand(), strict=True):
+        assert name == run.name
+        assert (sub, s, e) == pytest.approx((run.submitted, run.start, run.end), abs=1e-7)
+
+
+def _write_big_blocks(store: SQLiteStore, transactions: int, base: float) -> None:
+    """``transactions`` commits of one block of 20,000 runs each (about 0.6 MB of text)."""
+    numbers = list(range(0, 40_000, 2))
+    starts = [base + i * 1e-5 for i in numbers]
+    for _ in range(transactions):
+        block = encode_block(
+            flow_run_id=None, task="t", id_prefix="p", backend="threads", worker=None, tags=None,
+            numbers=numbers, names=numbers, submitted=[s - 1e-4 for s in starts], starts=starts,
+            ends=[s + 3e-6 for s in starts],
+        )
+        store.write_events(HistoryBatch(task_run_blocks=[block]))
+
+
+def test_a_writer_that_defers_upkeep_checkpoints_the_wal_in_upkeep_not_in_its_commits(tmp_path: Path) -> None:
+    """The history writer's store leaves WAL checkpoints out of the commits a flow run's
+    end waits for, and makes them in ``upkeep``; a plain store lets SQLite make them in
+    its commits."""
+    base = time.time()
+    deferring = SQLiteStore(tmp_path / "deferring" / "history.db")
+    plain = SQLiteStore(tmp_path / "plain" / "history.db")
+    try:
+        deferring.defer_upkeep()
+        _write_big_blocks(deferring, 14, base)
+        _write_big_blocks(plain, 14, base)
+        wal = tmp_path / "deferring" / "history.db-wal"
+        grown = wal.stat().st_size
+        assert grown > 1.5 * CHECKPOINT_AFTER_BYTES  # no commit checkpointed it: it only grew
+        # SQLite restarts a checkpointed WAL from its start: the plain one never grew so far
+        assert (tmp_path / "plain" / "history.db-wal").stat().st_size < grown
+        deferring.upkeep()
+        _write_big_blocks(deferring, 2, base)
+        assert wal.stat().st_size == grown  # written from its start again: it was checkpointed
+        for home in ("deferring", "plain"):
+            counted = rows(tmp_path / home / "history.db", "SELECT count(*), sum(count) FROM task_run_blocks")
+            assert counted == ([(16, 320_000)] if home == "deferring" else [(14, 280_000)])
+    finally:
+        deferring.close()
+        plain.close()

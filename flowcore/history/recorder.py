@@ -104,6 +104,7 @@ class Recorder:
         #: the writer's state (touched by the writer thread only)
         self._stores: dict[HistorySettings, Any] = {}
         self._broken: set[HistorySettings] = set()
+        self._upkeep_failed: set[HistorySettings] = set()
         self._running: dict[str, HistorySettings] = {}
         #: per store: runs seen but not final and not written yet, and the like
         self._open: dict[HistorySettings, _OpenRuns] = {}
@@ -289,6 +290,7 @@ class Recorder:
                 deferred_runs.flush(min_age=ANNOUNCE_AFTER_S)
                 self._drain()
                 self._beat()
+                self._upkeep()  # after the commits flushes wait for, not inside them
             except Exception:  # a bug must not stop the writer: log it, keep going
                 logger.exception("flowcore: the run history writer failed; continuing")
 
@@ -362,11 +364,30 @@ class Recorder:
 
             try:
                 store = self._stores[settings] = open_store(settings)
+                defer = getattr(store, "defer_upkeep", None)  # a plugin's store may lack it
+                if defer is not None:
+                    defer()  # see _upkeep
             except Exception as exc:
                 self._give_up(settings, exc)
                 return None
             self._apply_retention(settings, store)
         return store
+
+    def _upkeep(self) -> None:
+        """The stores' housekeeping (SQLite's WAL checkpoints), once this drain's
+        flushes are released: a flow run's end never waits for it."""
+        for settings, store in list(self._stores.items()):
+            if settings in self._broken:
+                continue
+            upkeep = getattr(store, "upkeep", None)
+            if upkeep is None:
+                continue
+            try:
+                upkeep()
+            except Exception as exc:  # a store's bug: its writes go on, said once
+                if settings not in self._upkeep_failed:
+                    self._upkeep_failed.add(settings)
+                    logger.warning("flowcore: run history upkeep of %s failed: %s", settings.home, exc)
 
     def _give_up(self, settings: HistorySettings, exc: BaseException) -> None:
         self._broken.add(settings)

@@ -5,7 +5,9 @@ and every write in ``BEGIN IMMEDIATE`` retried with backoff while another proces
 holds the write lock, so several processes share one file without losing a row or
 surfacing "database is locked". The schema is versioned with ``PRAGMA user_version``
 and upgraded in place by :data:`MIGRATIONS` (the README documents it for users who
-query the file with plain ``sqlite3``).
+query the file with plain ``sqlite3``). The history writer's store checkpoints the WAL
+in :meth:`SQLiteStore.upkeep`, outside the commits a flow run waits for
+(:meth:`SQLiteStore.defer_upkeep`); other connections let SQLite do it in their commits.
 
 Only this module imports :mod:`sqlite3`; the plugin imports it when the first run
 event arrives, never at ``import flowcore``.
@@ -45,6 +47,12 @@ FILE_NAME = "history.db"
 BUSY_TIMEOUT_S = 5.0
 #: seconds a write keeps retrying a busy database before it gives up
 LOCK_TIMEOUT_S = 60.0
+#: a writer that defers its WAL checkpoints (SQLiteStore.defer_upkeep) makes one after
+#: about this much was written: SQLite's own default (1,000 pages of 4 KiB)
+CHECKPOINT_AFTER_BYTES = 4_000_000
+#: what a transaction and a row add to the WAL, roughly (pages of the tables and indexes)
+_TRANSACTION_BYTES = 16_384
+_ROW_BYTES = 512
 
 _V1 = """
 CREATE TABLE flow_runs (
@@ -428,6 +436,10 @@ class SQLiteStore(HistoryStore):
         self.lock_timeout = lock_timeout
         self._lock = threading.RLock()
         self._connection = self._connect()
+        #: set by defer_upkeep: write_events no longer checkpoints the WAL itself
+        self._checkpoints_deferred = False
+        #: about how many bytes went into the WAL since the last checkpoint
+        self._wal_bytes = 0
 
     def _connect(self) -> sqlite3.Connection:
         if self.readonly:
@@ -482,6 +494,30 @@ class SQLiteStore(HistoryStore):
                 f"flowcore reads version {SCHEMA_VERSION}; run any flow (or flowcore runs ls) "
                 "with write access to upgrade it, or upgrade flowcore"
             )
+
+    def defer_upkeep(self) -> None:
+        """Leave WAL checkpoints out of the commits (SQLite makes one inside the commit
+        that finds :data:`CHECKPOINT_AFTER_BYTES` or so in the WAL, and copying them with
+        an fsync can take longer than a short flow run whose end waits for that commit):
+        :meth:`upkeep` makes them, as often."""
+        if self.readonly:
+            return
+        with self._lock:
+            self._connection.execute("PRAGMA wal_autocheckpoint = 0")
+            self._checkpoints_deferred = True
+
+    def upkeep(self) -> None:
+        """A passive WAL checkpoint once about :data:`CHECKPOINT_AFTER_BYTES` were
+        written since the last one (after :meth:`defer_upkeep`); it waits for no reader
+        or writer, and what a reader still uses is copied at a later one."""
+        if not self._checkpoints_deferred or self._wal_bytes < CHECKPOINT_AFTER_BYTES:
+            return
+        with self._lock:
+            self._wal_bytes = 0
+            try:
+                self._connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except sqlite3.Error:  # busy or locked: the next call tries again
+                self._wal_bytes = CHECKPOINT_AFTER_BYTES
 
     def close(self) -> None:
         with self._lock:
@@ -556,6 +592,12 @@ class SQLiteStore(HistoryStore):
                 conn.executemany(_HEARTBEAT, beats)
 
         self._write(work)
+        if self._checkpoints_deferred:  # a rough count of what went into the WAL
+            rows = len(flow_rows) + len(states) + len(task_rows) + len(update_rows) + len(log_rows) + len(map_rows)
+            self._wal_bytes += _TRANSACTION_BYTES + _ROW_BYTES * rows + sum(
+                len(w.ends) + len(w.starts or "") + len(w.submitted or "") + len(w.numbers or "") + len(w.names or "")
+                for w in batch.task_run_blocks
+            )
 
     def transaction(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
         """Run ``work(connection)`` in one write transaction (``BEGIN IMMEDIATE``,

@@ -108,6 +108,15 @@ class HistoryStore(abc.ABC):
         ``flow_run_id`` (a full id) that completed with a kept result."""
         raise NotImplementedError(f"history store {type(self).__name__} does not record kept results")
 
+    def defer_upkeep(self) -> None:  # noqa: B027 - optional for stores without upkeep
+        """The caller (the history writer) promises to call :meth:`upkeep` whenever no
+        one waits for its writes: the store may leave its housekeeping (SQLite's WAL
+        checkpoints) out of :meth:`write_events` from now on."""
+
+    def upkeep(self) -> None:  # noqa: B027 - optional for stores without upkeep
+        """Housekeeping left out of :meth:`write_events` (see :meth:`defer_upkeep`) that
+        is due now. Never raises for a busy store (it tries again at a later call)."""
+
     def close(self) -> None:  # noqa: B027 - optional for stores without resources
         """Release connections; the store is not used afterwards."""
 
