@@ -71,12 +71,7 @@ def enabled() -> bool:
     setting = os.environ.get(ENV_VAR, "").strip().lower()
     if setting in ("0", "false", "no", "off"):
         return False
-    stream = sys.stderr
-    try:
-        interactive = bool(stream.isatty())
-    except (AttributeError, ValueError):
-        interactive = False
-    if not interactive:
+    if not _is_terminal(sys.stderr):
         return False
     try:
         import rich  # noqa: F401
@@ -144,9 +139,11 @@ class ProgressDisplay:
         from flowcore.registry import get_registry
 
         console = Console(file=sys.stderr)
+        # Standard output goes through the display only when it is this terminal too:
+        # redirected to a file or a pipe, what the flow prints stays there.
         self._live = Live(
             self._table(), console=console, refresh_per_second=REFRESH_PER_SECOND,
-            transient=False, redirect_stdout=True, redirect_stderr=True,
+            transient=False, redirect_stdout=_is_terminal(sys.stdout), redirect_stderr=True,
         )
         self._live.start()
         # Log handlers that write to the terminal now write through the display, so
@@ -207,6 +204,13 @@ class ProgressDisplay:
                     left,
                 )
         return table
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
 
 
 def _terminal_handlers() -> list[logging.StreamHandler[Any]]:

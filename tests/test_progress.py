@@ -53,13 +53,18 @@ def _plain(text: str) -> str:
     return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
 
 
-def _run_on_terminal(script: Path, env: dict[str, str]) -> str:
-    """Run ``script`` with stdout and stderr on a pseudo-terminal; all it printed."""
+def _run_on_terminal(script: Path, env: dict[str, str], stdout: Path | None = None) -> str:
+    """Run ``script`` with stderr (and stdout, unless it goes to the file ``stdout``) on
+    a pseudo-terminal; all it printed on the terminal."""
     leader, follower = pty.openpty()
+    out_file = stdout.open("wb") if stdout is not None else None
     process = subprocess.Popen(
-        [sys.executable, str(script)], stdin=subprocess.DEVNULL, stdout=follower, stderr=follower,
+        [sys.executable, str(script)], stdin=subprocess.DEVNULL,
+        stdout=out_file if out_file is not None else follower, stderr=follower,
         env=env, close_fds=True,
     )
+    if out_file is not None:
+        out_file.close()
     os.close(follower)
     chunks: list[bytes] = []
     deadline = time.monotonic() + 120
@@ -133,3 +138,35 @@ def test_flowcore_run_progress_flag_turns_it_on_despite_the_variable(script: Pat
     )
     out = _run_on_terminal(launcher, _env(FLOWCORE_PROGRESS="0"))
     assert "active" in out and "flow run 'squares-" in out
+
+
+ROWS = textwrap.dedent(
+    """
+    from flowcore import flow, task
+
+    @task
+    def inc(x):
+        return x + 1
+
+    @flow(backend="threads")
+    def rows(n):
+        for future in inc.map(range(n)):
+            print(f"row,{future.result()}")
+
+    if __name__ == "__main__":
+        rows(5)
+    """
+)
+
+
+def test_prints_to_a_redirected_stdout_stay_in_its_file(tmp_path: Path) -> None:
+    """``python flow.py > rows.csv`` on a terminal: the display is on stderr, and what
+    the flow prints to stdout still goes to the file, not to the terminal."""
+    script = tmp_path / "rows.py"
+    script.write_text(ROWS)
+    saved = tmp_path / "rows.csv"
+    out = _run_on_terminal(script, _env(), stdout=saved)
+    assert "flow run 'rows-" in out  # the display ran, on the terminal
+    assert saved.read_text().splitlines() == [f"row,{i}" for i in range(1, 6)]
+    assert "row," not in out
+
