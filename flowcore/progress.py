@@ -19,6 +19,7 @@ one lazy batch, which the display reads in its own refresh thread.
 from __future__ import annotations
 
 import collections
+import io
 import logging
 import os
 import sys
@@ -97,6 +98,10 @@ class ProgressDisplay:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._handler_streams: list[tuple[logging.StreamHandler[Any], Any]] = []
+        self._lines: list[str] = []  # written to the terminal, not printed yet
+        self._lines_lock = threading.Lock()
+        self._stdout: Any = None
+        self._stderr: Any = None
 
     # -- the observer ------------------------------------------------------------
     @hookimpl
@@ -138,17 +143,24 @@ class ProgressDisplay:
 
         from flowcore.registry import get_registry
 
-        console = Console(file=sys.stderr)
-        # Standard output goes through the display only when it is this terminal too:
-        # redirected to a file or a pipe, what the flow prints stays there.
+        # Only the refresh thread draws (auto_refresh off): the lines written since the
+        # last refresh are printed together, above one drawing of the table, so a flow
+        # that logs thousands of lines still redraws it REFRESH_PER_SECOND times a second.
         self._live = Live(
-            self._table(), console=console, refresh_per_second=REFRESH_PER_SECOND,
-            transient=False, redirect_stdout=_is_terminal(sys.stdout), redirect_stderr=True,
+            self._table(), console=Console(file=sys.stderr), auto_refresh=False,
+            transient=False, redirect_stdout=False, redirect_stderr=False,
         )
-        self._live.start()
-        # Log handlers that write to the terminal now write through the display, so
-        # their lines appear above it instead of through it.
-        for handler in _terminal_handlers():
+        self._live.start(refresh=True)
+        # Log handlers that write to the terminal, and sys.stderr (sys.stdout too when it
+        # is this terminal; redirected to a file or a pipe, what the flow prints stays
+        # there), now write through the display: their lines appear above it.
+        handlers = _terminal_handlers()
+        self._stderr = sys.stderr
+        sys.stderr = _Lines(self, sys.stderr)
+        if _is_terminal(sys.stdout):
+            self._stdout = sys.stdout
+            sys.stdout = _Lines(self, sys.stdout)
+        for handler in handlers:
             self._handler_streams.append((handler, handler.setStream(sys.stderr)))
         get_registry().register(self, name=f"flowcore-progress-{self.run.run_id}")
         self._thread = threading.Thread(target=self._refresh, name="flowcore-progress", daemon=True)
@@ -164,15 +176,43 @@ class ProgressDisplay:
         self._drain_lazy()
         for handler, stream in self._handler_streams:
             handler.setStream(stream)
+        for name in ("stdout", "stderr"):
+            original = getattr(self, f"_{name}", None)
+            current = getattr(sys, name)
+            if original is not None and isinstance(current, _Lines):
+                current.close_line()
+                setattr(sys, name, original)
         if self._live is not None:
-            self._live.update(self._table(), refresh=True)
+            self._live.update(self._table(), refresh=False)
+            self._draw()
             self._live.stop()
+
+    def add_lines(self, lines: list[str]) -> None:
+        """Queue complete lines written to the terminal; the next refresh prints them."""
+        with self._lines_lock:
+            self._lines.extend(lines)
+
+    def _draw(self) -> None:
+        """Print the queued lines above the table and draw it, once."""
+        with self._lines_lock:
+            lines, self._lines = self._lines, []
+        if lines:
+            from rich.ansi import AnsiDecoder
+            from rich.text import Text
+
+            decoder = AnsiDecoder()
+            console = self._live.console
+            with console:  # the lines and the table in one write
+                console.print(Text("\n").join(decoder.decode_line(line) for line in lines))
+        else:
+            self._live.refresh()
 
     def _refresh(self) -> None:
         while not self._stop.wait(1.0 / REFRESH_PER_SECOND):
             try:
                 self._drain_lazy()
-                self._live.update(self._table())
+                self._live.update(self._table(), refresh=False)
+                self._draw()
             except Exception:  # a display failure must never affect the flow
                 logging.getLogger("flowcore.progress").debug("progress refresh failed", exc_info=True)
                 return
@@ -204,6 +244,49 @@ class ProgressDisplay:
                     left,
                 )
         return table
+
+
+class _Lines(io.TextIOBase):
+    """A terminal stream while the display runs: each complete line written goes to
+    the display's queue (printed above the table at its next refresh); the rest of a
+    line waits for its end."""
+
+    def __init__(self, display: ProgressDisplay, stream: Any) -> None:
+        self._display = display
+        self._stream = stream
+        self._partial: list[str] = []
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        if "\n" not in text:
+            with self._lock:
+                self._partial.append(text)
+            return len(text)
+        with self._lock:
+            head, *middle, tail = text.split("\n")
+            lines = ["".join([*self._partial, head]), *middle]
+            self._partial = [tail] if tail else []
+            self._display.add_lines(lines)
+        return len(text)
+
+    def close_line(self) -> None:
+        """Queue what is left of an unfinished line."""
+        with self._lock:
+            if self._partial:
+                self._display.add_lines(["".join(self._partial)])
+                self._partial = []
+
+    def isatty(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return int(self._stream.fileno())
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return str(getattr(self._stream, "encoding", "utf-8"))
 
 
 def _is_terminal(stream: Any) -> bool:

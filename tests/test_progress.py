@@ -170,3 +170,40 @@ def test_prints_to_a_redirected_stdout_stay_in_its_file(tmp_path: Path) -> None:
     assert saved.read_text().splitlines() == [f"row,{i}" for i in range(1, 6)]
     assert "row," not in out
 
+
+CHATTY = textwrap.dedent(
+    """
+    import time
+    from flowcore import flow, task
+
+    @task
+    def say(i):
+        print(f"line {i:05d} from a task")
+        return i
+
+    @flow(backend="threads", log_prints=True)
+    def chatty(n):
+        started = time.monotonic()
+        total = sum(f.result() for f in say.map(range(n)))
+        return total, time.monotonic() - started
+
+    if __name__ == "__main__":
+        total, seconds = chatty(2000)
+        print(f"seconds {seconds:.3f}")
+    """
+)
+
+
+def test_many_log_lines_redraw_the_table_at_most_ten_times_a_second(tmp_path: Path) -> None:
+    """Each log line printed through the display must not redraw the table: the lines
+    of a refresh are printed together, above one drawing. All lines arrive, whole and
+    in order."""
+    script = tmp_path / "chatty.py"
+    script.write_text(CHATTY)
+    out = _run_on_terminal(script, _env())
+    seconds = float(out.rsplit("seconds ", 1)[1].split()[0])
+    drawings = out.count("flow run 'chatty-")
+    assert drawings <= 10 * seconds + 3, (drawings, seconds)
+    plain = _plain(out)
+    numbers = [int(line.split("line ", 1)[1][:5]) for line in plain.splitlines() if "from a task" in line]
+    assert sorted(numbers) == list(range(2000))
