@@ -434,6 +434,43 @@ def test_a_read_only_home_warns_and_the_flow_still_runs(tmp_path: Path) -> None:
     assert not (home / "history.db").exists()
 
 
+def _read_only_cli(home: Path, tmp_path: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        _read_only_command(home, [sys.executable, "-m", "flowcore", *arguments]), capture_output=True,
+        text=True, cwd=tmp_path, env={**os.environ, "FLOWCORE_HOME": str(home)}, timeout=120, check=False,
+    )
+
+
+@pytest.mark.parametrize("left_by", ["the flow", "a later reader"])
+def test_runs_ls_show_and_logs_read_a_home_this_user_cannot_write(tmp_path: Path, left_by: str) -> None:
+    """A history written earlier, in a directory this user cannot write, as the flow's
+    process left it (-wal and -shm beside it) or as a later reader did (no -wal, no
+    -shm: the last connection closed): ``flowcore runs`` reads it and changes nothing."""
+    home = tmp_path / "home"
+    home.mkdir()
+    written = run_script(tmp_path, SMALL_FLOW, {"FLOWCORE_HOME": str(home)})
+    assert written.returncode == 0, written.stderr
+    if left_by == "a later reader":
+        reader = SQLiteStore(home / "history.db")
+        reader.close()
+        assert sorted(p.name for p in home.iterdir()) == ["history.db"]
+    before = {p.name: p.read_bytes() for p in home.iterdir()}
+    try:
+        listed = _read_only_cli(home, tmp_path, "runs", "ls", "--json")
+        assert listed.returncode == 0, listed.stderr
+        [run] = json.loads(listed.stdout)
+        assert (run["flow"], run["state"], run["task_counts"]) == ("small", "Completed", {"Completed": 3})
+        shown = _read_only_cli(home, tmp_path, "runs", "show", run["id"][:8], "--json")
+        assert shown.returncode == 0, shown.stderr
+        assert sorted(t["name"] for t in json.loads(shown.stdout)["task_runs"]) == ["inc-0", "inc-1", "inc-2"]
+        logs = _read_only_cli(home, tmp_path, "runs", "logs", run["id"][:8])
+        assert logs.returncode == 0, logs.stderr
+        assert "Finished in state Completed()" in logs.stdout
+    finally:
+        os.chmod(home, 0o755)
+    assert {p.name: p.read_bytes() for p in home.iterdir()} == before
+
+
 # -- schema versions ---------------------------------------------------------------------------
 
 

@@ -431,13 +431,18 @@ class SQLiteStore(HistoryStore):
 
     def _connect(self) -> sqlite3.Connection:
         if self.readonly:
-            uri = f"{self.path.as_uri()}?mode=ro"
             try:
-                connection = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
-                self._check_version(connection)
+                return self._connect_readonly("mode=ro")
+            except sqlite3.Error as exc:
+                # A WAL file with no -shm beside it can be read only by a process that
+                # can create one. With no -wal either (the last connection to it closed),
+                # every committed row is in the file itself: read it as immutable.
+                if "unable to open" not in str(exc) or Path(f"{self.path}-wal").exists():
+                    raise _unusable(self.location, exc) from None
+            try:
+                return self._connect_readonly("mode=ro&immutable=1")
             except sqlite3.Error as exc:
                 raise _unusable(self.location, exc) from None
-            return connection
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -458,6 +463,18 @@ class SQLiteStore(HistoryStore):
         except sqlite3.Error as exc:
             connection.close()
             raise _unusable(self.location, exc) from None
+        return connection
+
+    def _connect_readonly(self, query: str) -> sqlite3.Connection:
+        connection = sqlite3.connect(
+            f"{self.path.as_uri()}?{query}", uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+            check_same_thread=False,
+        )
+        try:
+            self._check_version(connection)
+        except BaseException:
+            connection.close()
+            raise
         return connection
 
     def _set_wal(self, connection: sqlite3.Connection) -> None:
