@@ -279,6 +279,24 @@ def test_ls_filters_and_rm_older_than(tmp_path: Path, env: dict[str, str]) -> No
     assert bad_age.returncode == 2 and "is not an age" in bad_age.stderr
 
 
+def test_ls_state_takes_names_and_types_in_any_case_and_refuses_an_unknown_one(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    now = time.time()
+    _synthetic(tmp_path / "home", [_run("b0000001", now - 60, state="Failed"), _run("b0000002", now - 30)])
+    for spelling in ("Failed", "failed", "FAILED"):
+        assert [r["id"] for r in ls(env, "--state", spelling)] == ["b0000001"]
+    assert [r["id"] for r in ls(env, "--state", "completed")] == ["b0000002"]
+    assert ls(env, "--state", "crashed") == []  # a known state nothing is in: an empty list
+    for typo in ("Faild", "done"):
+        bad = cli(env, "runs", "ls", "--state", typo)
+        assert bad.returncode == 2 and bad.stdout == "", bad
+        (line,) = bad.stderr.strip().splitlines()
+        assert f"unknown state {typo!r}" in line and "Completed" in line and "Crashed" in line, line
+    suggested = cli(env, "runs", "ls", "--state", "Faild")
+    assert "did you mean 'Failed'?" in suggested.stderr
+
+
 def test_a_corrupt_database_is_named_with_the_fix(tmp_path: Path, env: dict[str, str]) -> None:
     home = tmp_path / "home"
     home.mkdir()

@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from flowcore.errors import HistoryError
+from flowcore.errors import ConfigurationError, HistoryError
 from flowcore.history.formatting import duration, local_time, run_duration
 from flowcore.history.records import FlowRunRecord, LogRecord, TaskRunRecord
 from flowcore.history.settings import HistorySettings, history_settings, parse_age, parse_since
@@ -34,6 +34,9 @@ STATE_STYLES = {
 SHOW_TASKS = 200
 #: failed task runs whose tracebacks ``runs show`` prints
 SHOW_TRACEBACKS = 5
+#: the state names runs are recorded in (see flowcore.states), in the order tables list them
+STATE_NAMES = ("Completed", "Cached", "Resumed", "Running", "Pending", "Failed", "TimedOut", "NotRun",
+               "Crashed", "Cancelled")
 TIMELINE_WIDTH = 60
 FOLLOW_POLL_S = 0.5
 #: how long ``--follow`` keeps looking for records once the run is final and quiet
@@ -71,7 +74,7 @@ def open_for_cli(settings: HistorySettings | None = None) -> HistoryStore:
 
 
 def _counts(counts: dict[str, int]) -> str:
-    order = ("Completed", "Cached", "Running", "Pending", "Failed", "TimedOut", "NotRun", "Crashed", "Cancelled")
+    order = STATE_NAMES
     names = sorted(counts, key=lambda n: (order.index(n) if n in order else len(order), n))
     return ", ".join(f"{counts[n]} {n}" for n in names) or "-"
 
@@ -126,8 +129,27 @@ def _style(state_type: str) -> str | None:
 # -- ls --------------------------------------------------------------------------------
 
 
+def check_state(text: str) -> str:
+    """``text`` when it names a state or a state type (any case); ConfigurationError
+    naming the choices (and the closest one) otherwise."""
+    from flowcore.states import StateType
+
+    if text.lower() in {name.lower() for name in (*STATE_NAMES, *StateType)}:
+        return text
+    import difflib
+
+    close = difflib.get_close_matches(text.lower(), [name.lower() for name in STATE_NAMES], n=1)
+    hint = f" (did you mean {STATE_NAMES[[n.lower() for n in STATE_NAMES].index(close[0])]!r}?)" if close else ""
+    raise ConfigurationError(
+        f"--state: unknown state {text!r}{hint}; use a state name ({', '.join(STATE_NAMES)}) "
+        f"or a type ({', '.join(StateType)}), in any case"
+    )
+
+
 def _ls(args: argparse.Namespace) -> int:
     since = parse_since(args.since) if args.since else None
+    if args.state is not None:
+        check_state(args.state)
     if args.limit is not None and args.limit < 1:
         raise SystemExit("flowcore runs ls: --limit must be at least 1")
     store = open_for_cli()
