@@ -127,6 +127,22 @@ def test_runs_logs_filters_by_level_and_task(tmp_path: Path, env: dict[str, str]
     assert messages == [f"doubling {i}" for i in range(4)]
 
 
+def test_runs_logs_task_that_the_run_never_ran_is_an_error_naming_its_tasks(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    assert script(tmp_path, env).returncode == 0
+    (run,) = ls(env)
+    by_run_name = cli(env, "runs", "logs", run["id"][:8], "--task", "double-2")
+    assert by_run_name.returncode == 0 and "doubling 2" in by_run_name.stdout, by_run_name
+    quiet = cli(env, "runs", "logs", run["id"][:8], "--task", "double", "--level", "error")
+    assert (quiet.returncode, quiet.stdout) == (0, ""), quiet  # a task that logged nothing at that level
+    for args in (("--task", "dubble"), ("--task", "dubble", "--json")):
+        unknown = cli(env, "runs", "logs", run["id"][:8], *args)
+        assert unknown.returncode == 2 and unknown.stdout == "", unknown
+        (line,) = unknown.stderr.strip().splitlines()
+        assert "'dubble'" in line and "double, fail" in line and run["name"] in line, line
+
+
 FOLLOWED = """
     import sys, time
     from pathlib import Path

@@ -347,14 +347,29 @@ def _format_log(record: LogRecord, run_name: str) -> str:
     return f"{local_time(record.timestamp)}.{int((record.timestamp % 1) * 1000):03d} | {record.level_name:<7} | {origin} - {record.message}"
 
 
+def _check_task(task: str, run: FlowRunRecord, tasks: Sequence[TaskRunRecord]) -> None:
+    """ConfigurationError when ``run`` (final) has no task run of the task or with the
+    run name ``task``: naming the tasks it ran."""
+    if any(task in (t.task, t.name) for t in tasks):
+        return
+    ran = sorted({t.task for t in tasks})
+    raise ConfigurationError(
+        f"--task: flow run {run.name} has no task runs of task {task!r} (nor one named so); "
+        + (f"its tasks: {', '.join(ran)}" if ran else "it ran no task runs")
+    )
+
+
 def _logs(args: argparse.Namespace) -> int:
     level = _level(args.level)
     if args.follow and args.json:
         raise SystemExit("flowcore runs logs: --follow prints lines as they come; drop --json to follow")
     store = open_for_cli()
     try:
-        run = store.get_run(args.run_id).run
+        detail = store.get_run(args.run_id)
+        run = detail.run
         run_id, name = run.id, run.name
+        if args.task and run.is_final():
+            _check_task(args.task, run, detail.task_runs)
         records = store.logs(run_id, level=level, task=args.task)
         if args.json:
             print(json.dumps([r.to_json() for r in records], indent=2))
