@@ -313,6 +313,25 @@ def test_ls_state_takes_names_and_types_in_any_case_and_refuses_an_unknown_one(
     assert "did you mean 'Failed'?" in suggested.stderr
 
 
+def test_every_bad_option_value_exits_2_with_one_error_line(tmp_path: Path, env: dict[str, str]) -> None:
+    """As argparse does for a value that is not a number (``--limit x``): exit status 2
+    and one ``error:`` line on stderr, nothing on stdout."""
+    _synthetic(tmp_path / "home", [_run("c0000001", time.time() - 60)])
+    cases = {
+        ("ls", "--limit", "x"): "--limit",
+        ("ls", "--limit", "0"): "--limit must be at least 1",
+        ("ls", "--limit", "-3"): "--limit must be at least 1",
+        ("ls", "--since", "2x"): "--since",
+        ("logs", "c000", "--level", "loud"): "unknown level 'loud'",
+        ("logs", "c000", "--follow", "--json"): "--follow",
+    }
+    for args, message in cases.items():
+        result = cli(env, "runs", *args)
+        assert (result.returncode, result.stdout) == (2, ""), (args, result)
+        error_lines = [line for line in result.stderr.splitlines() if "error:" in line]
+        assert len(error_lines) == 1 and message in error_lines[0], (args, result.stderr)
+
+
 def test_a_corrupt_database_is_named_with_the_fix(tmp_path: Path, env: dict[str, str]) -> None:
     home = tmp_path / "home"
     home.mkdir()

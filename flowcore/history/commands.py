@@ -151,7 +151,7 @@ def _ls(args: argparse.Namespace) -> int:
     if args.state is not None:
         check_state(args.state)
     if args.limit is not None and args.limit < 1:
-        raise SystemExit("flowcore runs ls: --limit must be at least 1")
+        raise ConfigurationError("--limit must be at least 1")
     store = open_for_cli()
     try:
         runs = store.list_runs(flow=args.flow, state=args.state, since=since, limit=args.limit)
@@ -338,7 +338,7 @@ def _level(text: str | None) -> int:
         return int(text)
     value = logging.getLevelName(text.upper())
     if not isinstance(value, int):
-        raise SystemExit(f"flowcore runs logs: unknown level {text!r}; use DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        raise ConfigurationError(f"--level: unknown level {text!r}; use DEBUG, INFO, WARNING, ERROR or CRITICAL")
     return value
 
 
@@ -362,7 +362,7 @@ def _check_task(task: str, run: FlowRunRecord, tasks: Sequence[TaskRunRecord]) -
 def _logs(args: argparse.Namespace) -> int:
     level = _level(args.level)
     if args.follow and args.json:
-        raise SystemExit("flowcore runs logs: --follow prints lines as they come; drop --json to follow")
+        raise ConfigurationError("--follow prints lines as they come; drop --json to follow")
     store = open_for_cli()
     try:
         detail = store.get_run(args.run_id)
