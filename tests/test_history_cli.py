@@ -342,6 +342,62 @@ def test_a_corrupt_database_is_named_with_the_fix(tmp_path: Path, env: dict[str,
     assert str(home / "history.db") in line and "is not a usable SQLite database" in line and "mv " in line
 
 
+def _on_terminal(env: dict[str, str], columns: int, *args: str) -> str:
+    """``flowcore *args`` with stdout on a pseudo-terminal ``columns`` wide: what it
+    printed, without escape sequences."""
+    import pty
+    import re
+    import select
+
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flowcore", *args], stdin=subprocess.DEVNULL, stdout=follower,
+        stderr=follower, env={**env, "COLUMNS": str(columns), "TERM": "xterm"}, close_fds=True,
+    )
+    os.close(follower)
+    chunks: list[bytes] = []
+    try:
+        while True:
+            ready, _, _ = select.select([leader], [], [], 0.5)
+            if ready:
+                try:
+                    data = os.read(leader, 65536)
+                except OSError:  # the child closed the terminal
+                    break
+                if not data:
+                    break
+                chunks.append(data)
+            elif process.poll() is not None:
+                break
+    finally:
+        os.close(leader)
+        process.wait(timeout=60)
+    text = b"".join(chunks).decode(errors="replace").replace("\r\n", "\n")
+    assert process.returncode == 0, text
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
+
+
+def test_ls_on_an_80_column_terminal_shows_whole_states_times_and_task_counts(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    now = time.time()
+    runs = [_run("d0000001", now - 60, "nightly_warehouse_load", "Failed"), _run("d0000002", now - 30, "etl")]
+    tasks = [TaskRunWrite(f"d0000001-{i}", "d0000001", "extract", f"extract-{i}", "Completed", "COMPLETED",
+                          submitted=now - 60) for i in range(3)]
+    _synthetic(tmp_path / "home", runs, tasks)
+    out = _on_terminal(env, 80, "runs", "ls")
+    lines = out.splitlines()
+    assert max(len(line) for line in lines) <= 80, out
+    header = lines[0].split()
+    for column in ("ID", "FLOW", "STATE", "START", "DURATION", "TASKS"):
+        assert column in header, out
+    words = out.split()
+    for whole in ("d0000001", "d0000002", "Failed", "Completed", "2.0s", "nightly_warehouse_load", "etl"):
+        assert whole in words, (whole, out)
+    assert time.strftime("%H:%M:%S", time.localtime(now - 60)) in words, out
+    assert "3 Completed" in " ".join(words), out
+
+
 def test_plain_text_without_rich(tmp_path: Path, env: dict[str, str]) -> None:
     assert script(tmp_path, env).returncode == 0
     code = "import sys; sys.modules['rich'] = None; from flowcore.cli import main; sys.exit(main(sys.argv[1:]))"

@@ -89,27 +89,55 @@ def _rich() -> Any:
 
 
 def _print_table(headers: Sequence[str], rows: list[list[str]], styles: list[str | None] | None = None,
-                 state_column: int | None = None, title: str | None = None) -> None:
+                 state_column: int | None = None, title: str | None = None, *,
+                 wrap: Sequence[str] = (), optional: Sequence[str] = ()) -> None:
+    """Print a table: with rich, cells stay whole (only the last column and those in
+    ``wrap`` wrap, at spaces); on a terminal too narrow for it, the columns in
+    ``optional`` are left out, in that order, until it fits."""
     rich = _rich()
     if rich is not None:
         from rich.table import Table
         from rich.text import Text
 
-        table = Table(title=title, box=rich.box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-        for header in headers:
-            table.add_column(header, no_wrap=header != headers[-1], overflow="fold")
-        for index, row in enumerate(rows):
-            cells: list[Any] = list(row)
-            if state_column is not None and styles is not None and styles[index]:
-                cells[state_column] = Text(row[state_column], style=styles[index] or "")
-            table.add_row(*cells)
-        _console().print(table)
+        console = _console()
+        shown = list(range(len(headers)))
+        while True:
+            table = Table(title=title, box=rich.box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+            for i in shown:
+                header = headers[i]
+                wraps = header == headers[-1] or header in wrap
+                table.add_column(header, no_wrap=not wraps, overflow="fold" if wraps else "ellipsis")
+            for index, row in enumerate(rows):
+                cells: list[Any] = [row[i] for i in shown]
+                if state_column in shown and styles is not None and styles[index]:
+                    assert state_column is not None
+                    cells[shown.index(state_column)] = Text(row[state_column], style=styles[index] or "")
+                table.add_row(*cells)
+            droppable = [i for i in shown if headers[i] in optional]
+            if not droppable or _least_width(headers, rows, shown, wrap) <= console.width:
+                break
+            shown.remove(min(droppable, key=lambda i: list(optional).index(headers[i])))
+        console.print(table)
         return
     if title:
         print(title)
     widths = [max(len(str(r[i])) for r in [list(headers), *rows]) for i in range(len(headers))]
     for row in [list(headers), *rows]:
         print("  ".join(str(cell).ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+
+
+def _least_width(headers: Sequence[str], rows: list[list[str]], shown: list[int], wrap: Sequence[str]) -> int:
+    """The width of the table of columns ``shown`` with each cell whole: the columns
+    that wrap as wide as their longest word, three characters between columns."""
+    from rich.cells import cell_len
+
+    total = 3 * (len(shown) - 1)
+    for i in shown:
+        wraps = headers[i] == headers[-1] or headers[i] in wrap
+        texts = [headers[i], *(row[i] for row in rows)]
+        pieces = [word for text in texts for word in text.split()] if wraps else texts
+        total += max((cell_len(piece) for piece in pieces), default=0)
+    return total
 
 
 def _console() -> Any:
@@ -171,6 +199,7 @@ def _ls(args: argparse.Namespace) -> int:
     _print_table(
         ("ID", "FLOW", "NAME", "STATE", "START", "DURATION", "BACKEND", "TASKS"), rows,
         [_style(run.state_type) for run in runs], state_column=3,
+        wrap=("START",), optional=("NAME", "BACKEND"),
     )
     return 0
 
