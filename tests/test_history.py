@@ -474,6 +474,39 @@ def test_runs_ls_show_and_logs_read_a_home_this_user_cannot_write(tmp_path: Path
 # -- schema versions ---------------------------------------------------------------------------
 
 
+def _documented_columns(readme: str, table: str) -> list[str]:
+    """The column names the README's schema table gives ``table``: its row's backticked
+    names outside parentheses."""
+    import re
+
+    (row,) = [line for line in readme.splitlines() if line.startswith(f"| `{table}` ")]
+    cells = row.split(" | ", 1)[1]
+    depth, top = 0, []
+    for char in cells:
+        depth += char == "("
+        if depth == 0:
+            top.append(char)
+        depth -= char == ")"
+    return re.findall(r"`([a-z_]+)`", "".join(top))
+
+
+def test_the_readme_documents_the_schema_a_user_finds_with_sqlite3(tmp_path: Path) -> None:
+    """The README's schema section names the version ``PRAGMA user_version`` gives and
+    every column of the tables it documents, and says what a column holds today."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    store = SQLiteStore(tmp_path / "history.db")
+    store.close()
+    (version,) = query(tmp_path / "history.db", "PRAGMA user_version")[0]
+    assert version == SCHEMA_VERSION
+    assert f"### The schema (version {version}, `PRAGMA user_version`)" in readme
+    for table in ("flow_runs", "flow_run_states", "task_runs", "logs", "task_run_results"):
+        actual = [row[1] for row in query(tmp_path / "history.db", f"PRAGMA table_info({table})")]
+        documented = _documented_columns(readme, table)
+        missing = [c for c in actual if c not in documented and not c.startswith("worker_")]
+        assert not missing, (table, missing)
+    assert "not recorded yet" not in readme
+
+
 def test_a_blank_database_at_version_0_is_migrated(tmp_path: Path) -> None:
     db = tmp_path / "history.db"
     connection = sqlite3.connect(db)
