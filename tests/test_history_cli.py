@@ -245,6 +245,61 @@ def test_a_flow_process_killed_with_sigkill_is_listed_crashed(tmp_path: Path, en
     assert [t["state"] for t in shown["task_runs"]] == ["Crashed"]
 
 
+BUSY_THEN_HANGING = """
+    import sys, time
+    from pathlib import Path
+    from flowcore import flow, get_run_logger, task
+
+    @task
+    def step(i):
+        time.sleep(0.15)
+        return i
+
+    @flow
+    def busy():
+        for i in range(8):
+            step.submit(i).result()
+        get_run_logger().info("eight steps done")
+        Path(sys.argv[1]).touch()
+        time.sleep(600)
+
+    if __name__ == "__main__":
+        busy()
+"""
+
+
+def test_a_crashed_run_ends_at_its_last_recorded_sign_of_life(tmp_path: Path, env: dict[str, str]) -> None:
+    """Killed between heartbeats (the first comes after 5 s), a run's end is not its
+    last heartbeat but the latest of that, its task runs' ends and its log records."""
+    path = tmp_path / "busy.py"
+    path.write_text(textwrap.dedent(BUSY_THEN_HANGING))
+    ready = tmp_path / "ready"
+    process = subprocess.Popen([sys.executable, str(path), str(ready)], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def steps_recorded() -> bool:
+        runs = ls(env)
+        if not runs:
+            return False
+        logs = json.loads(cli(env, "runs", "logs", runs[0]["id"], "--json").stdout)
+        shown = json.loads(cli(env, "runs", "show", runs[0]["id"], "--json").stdout)
+        return len(shown["task_runs"]) == 8 and any(r["message"] == "eight steps done" for r in logs)
+
+    try:
+        _wait_for(lambda: ready.exists() and steps_recorded(), process)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.communicate(timeout=60)
+    (run,) = ls(env)
+    assert run["state"] == "Crashed"
+    shown = json.loads(cli(env, "runs", "show", run["id"], "--json").stdout)
+    logs = json.loads(cli(env, "runs", "logs", run["id"], "--json").stdout)
+    last_sign = max([t["end"] for t in shown["task_runs"]] + [r["timestamp"] for r in logs])
+    assert run["end"] >= last_sign, (run, last_sign)
+    assert run["duration_s"] >= 8 * 0.15, run
+    assert shown["states"][-1]["name"] == "Crashed" and shown["states"][-1]["timestamp"] == run["end"]
+
+
 def _synthetic(home: Path, runs: list[FlowRunWrite], tasks: list[TaskRunWrite] | None = None) -> None:
     store = SQLiteStore(home / "history.db")
     try:

@@ -660,6 +660,7 @@ class SQLiteStore(HistoryStore):
 
         def work(conn: sqlite3.Connection) -> None:
             for run in dead:
+                run.end = _last_sign_of_life(conn, run)
                 updated = conn.execute(
                     "UPDATE flow_runs SET state = 'Crashed', state_type = 'CRASHED', message = ?, "
                     "end_time = ? WHERE id = ? AND state = 'Running'",
@@ -886,6 +887,20 @@ def _task_record(row: tuple[Any, ...]) -> TaskRunRecord:
         start, end, backend, worker, None if cache_hit is None else bool(cache_hit), cache_key,
         json_or(tags, []), error_type, error_message, traceback,
     )
+
+
+def _last_sign_of_life(conn: sqlite3.Connection, run: FlowRunRecord) -> float | None:
+    """When crashed ``run`` was last seen alive: the latest of its last heartbeat (what
+    :func:`liveness.mark_crashed` gave it), its task runs' ends and its log records."""
+    (last,) = conn.execute(
+        "SELECT max(coalesce((SELECT max(end_time) FROM task_runs WHERE flow_run_id = ?1), 0), "
+        "coalesce((SELECT max(end_time) FROM task_run_blocks WHERE flow_run_id = ?1), 0), "
+        "coalesce((SELECT max(timestamp) FROM logs WHERE flow_run_id = ?1), 0))",
+        (run.id,),
+    ).fetchone()
+    if run.end is None or (last and last > run.end):
+        return float(last) if last else run.end
+    return run.end
 
 
 def _task_order(run: TaskRunRecord) -> tuple[float, str]:
