@@ -453,6 +453,25 @@ def test_ls_on_an_80_column_terminal_shows_whole_states_times_and_task_counts(
     assert "3 Completed" in " ".join(words), out
 
 
+def test_runs_show_prints_parameters_as_written_not_as_escapes(tmp_path: Path, env: dict[str, str]) -> None:
+    code = """
+        from flowcore import flow
+
+        @flow
+        def greet(name: str, tags: list):
+            return name
+
+        if __name__ == "__main__":
+            greet("Zoë ✓", ["日本", "ok"])
+    """
+    assert script(tmp_path, env, code=code).returncode == 0
+    (run,) = ls(env)
+    shown = cli({**env, "PYTHONIOENCODING": "utf-8"}, "runs", "show", run["id"][:8])
+    assert shown.returncode == 0, shown.stderr
+    assert '  name = "Zoë ✓"' in shown.stdout.splitlines(), shown.stdout
+    assert '  tags = ["日本", "ok"]' in shown.stdout.splitlines(), shown.stdout
+
+
 def test_plain_text_without_rich(tmp_path: Path, env: dict[str, str]) -> None:
     assert script(tmp_path, env).returncode == 0
     code = "import sys; sys.modules['rich'] = None; from flowcore.cli import main; sys.exit(main(sys.argv[1:]))"

@@ -271,7 +271,7 @@ def _show(args: argparse.Namespace) -> int:
     print(f"start:      {local_time(run.start)}")
     print(f"end:        {local_time(run.end)}")
     print(f"duration:   {run_duration(run)}")
-    print(f"backend:    {run.backend or '-'}" + (f" {json.dumps(run.backend_options)}" if run.backend_options else ""))
+    print(f"backend:    {run.backend or '-'}" + (f" {json.dumps(run.backend_options, ensure_ascii=False)}" if run.backend_options else ""))
     print(f"process:    pid {run.pid} on {run.host}")
     print(f"attempts:   {run.attempts}")
     if run.parent_id:
@@ -279,7 +279,7 @@ def _show(args: argparse.Namespace) -> int:
     print(f"tasks:      {_counts(run.task_counts)}")
     print("parameters:")
     for name, value in run.parameters.items():
-        print(f"  {name} = {json.dumps(value)}")
+        print(f"  {name} = {json.dumps(value, ensure_ascii=False)}")
     if run.states:
         print("states:")
         for state in run.states:
