@@ -133,7 +133,11 @@ def _run(args: argparse.Namespace) -> int:
 
         # The options go to a backend made here (the configured one without --backend),
         # which this command owns and shuts down.
-        with get_backend(args.backend or None, **backend_options) as backend:
+        try:
+            made = get_backend(args.backend or None, **backend_options)
+        except TypeError as exc:  # the backend does not take these options
+            raise UsageError(f"--backend-options: {exc}") from None
+        with made as backend:
             state = flow_obj.with_options(backend=backend)(**params, return_state=True)
     if state.is_completed():
         if state.data is not None:

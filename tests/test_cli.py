@@ -177,3 +177,14 @@ def test_backend_options_on_the_command_line(tmp_path: Path) -> None:
     assert result.stdout.strip() == "('threads', 3)"
     bad = flowcore_cli("run", f"{script}:workers", "--backend-options", "{nope")
     assert bad.returncode == 2 and "flowcore run: error: --backend-options" in bad.stderr
+
+
+def test_backend_options_the_backend_does_not_take_are_a_usage_error(tmp_path: Path) -> None:
+    script = _signatures(tmp_path)
+    bad = flowcore_cli(
+        "run", f"{script}:workers", "--backend", "threads", "--backend-options", '{"max_wrokers": 3}'
+    )
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
+    (line,) = bad.stderr.strip().splitlines()
+    assert line.startswith("flowcore run: error: --backend-options"), line
+    assert "'threads'" in line and "max_wrokers" in line, line
