@@ -249,7 +249,7 @@ class ProgressDisplay:
 class _Lines(io.TextIOBase):
     """A terminal stream while the display runs: each complete line written goes to
     the display's queue (printed above the table at its next refresh); the rest of a
-    line waits for its end."""
+    line waits for its end. Other attributes are the real stream's."""
 
     def __init__(self, display: ProgressDisplay, stream: Any) -> None:
         self._display = display
@@ -277,6 +277,13 @@ class _Lines(io.TextIOBase):
             if self._partial:
                 self._display.add_lines(["".join(self._partial)])
                 self._partial = []
+
+    def __getattr__(self, name: str) -> Any:
+        # What this stand-in does not handle (``buffer``, ``line_buffering`` ...) is the
+        # real stream's: bytes written to ``buffer`` reach the terminal directly.
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._stream, name)
 
     def isatty(self) -> bool:
         return True

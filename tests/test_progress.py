@@ -207,3 +207,37 @@ def test_many_log_lines_redraw_the_table_at_most_ten_times_a_second(tmp_path: Pa
     plain = _plain(out)
     numbers = [int(line.split("line ", 1)[1][:5]) for line in plain.splitlines() if "from a task" in line]
     assert sorted(numbers) == list(range(2000))
+
+
+RAW = textwrap.dedent(
+    """
+    import sys
+    from flowcore import flow, task
+
+    @task
+    def inc(x):
+        return x + 1
+
+    @flow(backend="threads")
+    def raw(n):
+        total = sum(f.result() for f in inc.map(range(n)))
+        sys.stdout.buffer.write(b"raw bytes on stdout\\n")
+        sys.stdout.buffer.flush()
+        print("stdout encoding", sys.stdout.encoding, "line_buffering", sys.stdout.line_buffering)
+        return total
+
+    if __name__ == "__main__":
+        print("result", raw(5))
+    """
+)
+
+
+def test_what_flows_use_of_the_standard_streams_still_works_under_the_display(tmp_path: Path) -> None:
+    """Libraries write bytes to ``sys.stdout.buffer`` and read its attributes: the
+    display's stand-in streams pass what they do not handle to the real ones."""
+    script = tmp_path / "raw.py"
+    script.write_text(RAW)
+    out = _run_on_terminal(script, _env())
+    assert "flow run 'raw-" in out  # the display ran
+    assert "raw bytes on stdout" in out and "result 15" in out
+    assert "stdout encoding utf-8 line_buffering" in out.replace("UTF-8", "utf-8"), out
