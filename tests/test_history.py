@@ -16,7 +16,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -753,6 +753,61 @@ def test_another_history_store_plugs_in_without_touching_the_core(
     with pytest.raises(BackendRegistrationError, match="history store name 'sqlite' is registered twice"):
         registry.register(Duplicate(), name="duplicate-history")
     assert "duplicate-history" not in [name for name, _ in registry.pm.list_name_plugin()]
+
+
+class _CountedStore(SQLiteStore):
+    """The SQLite store, counting the reads ``flowcore runs logs`` makes of it."""
+
+    calls: ClassVar[list[str]] = []
+
+    def get_run(self, run_id: str) -> RunDetail:
+        type(self).calls.append("get_run")
+        return super().get_run(run_id)
+
+    def get_flow_run(self, run_id: str) -> FlowRunRecord:
+        type(self).calls.append("get_flow_run")
+        return super().get_flow_run(run_id)
+
+
+def _counted_store(monkeypatch: pytest.MonkeyPatch, home: Path) -> Any:
+    class CountedPlugin:
+        @hookimpl
+        def flowcore_history_stores(self) -> list[HistoryStoreSpec]:
+            return [HistoryStoreSpec("counted", lambda settings: _CountedStore(home / "history.db"))]
+
+    plugin = CountedPlugin()
+    get_registry().register(plugin, name="counted-history")
+    monkeypatch.setenv("FLOWCORE_HISTORY_STORE", "counted")
+    _CountedStore.calls = []
+    return plugin
+
+
+def test_runs_logs_follow_polls_the_run_without_reading_its_task_runs(
+    home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Following a run with a big map must not read all its task runs twice a second:
+    a poll reads the flow run's row; only ``--task`` naming nothing reads them."""
+    from flowcore.cli import main
+
+    now = time.time()
+    runs = [FlowRunWrite("f0000001", "etl", "etl-f0000001", "Completed", "COMPLETED", start=now - 2, end=now - 0.5,
+                         attempts=1, state_entry=StateRecord(now - 0.5, "COMPLETED", "Completed"))]
+    tasks = [TaskRunWrite(f"f0000001-{i}", "f0000001", "t", f"t-{i}", "Completed", "COMPLETED", start=now - 1,
+                          end=now - 1) for i in range(3)]
+    logs = [LogWrite("f0000001", None, now - 1, logging.INFO, "INFO", "flowcore.flow_runs", "hello")]
+    store = SQLiteStore(home / "history.db")
+    store.write_events(HistoryBatch(flow_runs=runs, task_runs=tasks, logs=logs))
+    store.close()
+    plugin = _counted_store(monkeypatch, home)
+    try:
+        assert main(["runs", "logs", "f000", "--follow"]) == 0
+        assert "hello" in capsys.readouterr().out
+        assert "get_run" not in _CountedStore.calls and "get_flow_run" in _CountedStore.calls
+        _CountedStore.calls = []
+        assert main(["runs", "logs", "f000", "--task", "t"]) == 0
+        assert _CountedStore.calls == ["get_flow_run", "get_run"]  # no record of task t: does it exist?
+    finally:
+        get_registry().unregister(plugin)
 
 
 def test_json_keys_of_records_are_stable() -> None:

@@ -394,12 +394,11 @@ def _logs(args: argparse.Namespace) -> int:
         raise ConfigurationError("--follow prints lines as they come; drop --json to follow")
     store = open_for_cli()
     try:
-        detail = store.get_run(args.run_id)
-        run = detail.run
+        run = store.get_flow_run(args.run_id)
         run_id, name = run.id, run.name
-        if args.task and run.is_final():
-            _check_task(args.task, run, detail.task_runs)
         records = store.logs(run_id, level=level, task=args.task)
+        if args.task and not records and run.is_final():
+            _check_task(args.task, run, store.get_run(run_id).task_runs)
         if args.json:
             print(json.dumps([r.to_json() for r in records], indent=2))
             return 0
@@ -411,7 +410,7 @@ def _logs(args: argparse.Namespace) -> int:
         quiet_since_final = 0.0
         try:
             while True:
-                finished = store.get_run(run_id).run.is_final()
+                finished = store.get_flow_run(run_id).is_final()
                 more = store.logs(run_id, after_id=last, level=level, task=args.task)
                 for record in more:
                     print(_format_log(record, name), flush=True)

@@ -706,6 +706,11 @@ class SQLiteStore(HistoryStore):
             )
         return str(rows[0][0])
 
+    def get_flow_run(self, run_id: str) -> FlowRunRecord:
+        self.reap_crashed()
+        full = self.resolve_run_id(run_id)
+        return self._flow_record(self._read(f"SELECT {_FLOW_COLUMNS} FROM flow_runs WHERE id = ?", (full,))[0])
+
     def get_run(self, run_id: str) -> RunDetail:
         self.reap_crashed()
         full = self.resolve_run_id(run_id)
