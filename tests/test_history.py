@@ -810,6 +810,28 @@ def test_runs_logs_follow_polls_the_run_without_reading_its_task_runs(
         get_registry().unregister(plugin)
 
 
+def test_runs_logs_follow_of_a_run_that_ended_long_ago_ends_at_once(
+    home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its last lines were written long ago: nothing to wait for, no poll."""
+    from flowcore.cli import main
+
+    now = time.time()
+    runs = [FlowRunWrite("f0000002", "etl", "etl-f0000002", "Completed", "COMPLETED", start=now - 600,
+                         end=now - 599, attempts=1, state_entry=StateRecord(now - 599, "COMPLETED", "Completed"))]
+    logs = [LogWrite("f0000002", None, now - 599, logging.INFO, "INFO", "flowcore.flow_runs", "long ago")]
+    store = SQLiteStore(home / "history.db")
+    store.write_events(HistoryBatch(flow_runs=runs, logs=logs))
+    store.close()
+    plugin = _counted_store(monkeypatch, home)
+    try:
+        assert main(["runs", "logs", "f000", "--follow"]) == 0
+        assert "long ago" in capsys.readouterr().out
+        assert _CountedStore.calls == ["get_flow_run"]
+    finally:
+        get_registry().unregister(plugin)
+
+
 def test_json_keys_of_records_are_stable() -> None:
     run = FlowRunRecord("id1", "f", "f-id1", "Completed", "COMPLETED", start=1.0, end=3.5)
     document = run.to_json()

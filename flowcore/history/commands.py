@@ -406,6 +406,8 @@ def _logs(args: argparse.Namespace) -> int:
             print(_format_log(record, name), flush=True)
         if not args.follow:
             return 0
+        if run.is_final() and run.end is not None and time.time() - run.end >= FOLLOW_GRACE_S:
+            return 0  # its last lines were written long ago: nothing to wait for
         last = records[-1].id if records else 0
         quiet_since_final = 0.0
         try:
