@@ -4,7 +4,8 @@
 * ``flowcore run PATH_OR_MODULE:FLOW [--backend NAME] [--backend-options JSON]
   [--params JSON] [--param NAME=VALUE ...] [--resume RUN_ID]``: run a flow; a failure's
   traceback is logged once, before the final state. ``--resume`` continues an earlier
-  run (see :mod:`flowcore.results`).
+  run (see :mod:`flowcore.results`). Ctrl-C ends any command with status 130 and one
+  line (the flow run has recorded and logged how it ended).
 * ``flowcore bench PATH_OR_MODULE:FLOW [--backends a,b] [--params JSON] [--repeat N]
   [--json PATH] [--plot PATH]``: compare backends on a flow (see :mod:`flowcore.bench`).
 * ``flowcore cache ls | info | clear [--task NAME] | prune``: the task cache.
@@ -361,6 +362,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FlowcoreError as exc:
         print(f"flowcore: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Ctrl-C: a flow run has recorded and logged how it ended; no traceback of
+        # flowcore's internals, and the status a shell gives an interrupted command.
+        print(f"flowcore {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

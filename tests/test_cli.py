@@ -188,3 +188,47 @@ def test_backend_options_the_backend_does_not_take_are_a_usage_error(tmp_path: P
     (line,) = bad.stderr.strip().splitlines()
     assert line.startswith("flowcore run: error: --backend-options"), line
     assert "'threads'" in line and "max_wrokers" in line, line
+
+
+INTERRUPTED = """
+import sys, time
+from pathlib import Path
+from flowcore import flow
+
+@flow
+def waits(ready: str):
+    Path(ready).touch()
+    time.sleep(60)
+"""
+
+
+def test_ctrl_c_during_flowcore_run_ends_it_with_130_and_no_traceback(tmp_path: Path) -> None:
+    """The run records and logs how it ended; the command then exits 130 (as a shell
+    reports Ctrl-C) with one line, not a KeyboardInterrupt traceback from flowcore's
+    internals."""
+    import json
+    import os
+    import signal
+    import time
+
+    script = tmp_path / "interrupted.py"
+    script.write_text(INTERRUPTED)
+    ready = tmp_path / "ready"
+    env = {**os.environ, "FLOWCORE_HOME": str(tmp_path / "home")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flowcore", "run", f"{script}:waits", "--param", f"ready={ready}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    deadline = time.monotonic() + 60
+    while not ready.exists():
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err, err
+    assert "interrupt" in err.strip().splitlines()[-1], err
+    listed = subprocess.run([sys.executable, "-m", "flowcore", "runs", "ls", "--json"], capture_output=True,
+                            text=True, env=env, timeout=120, check=True)
+    (run,) = json.loads(listed.stdout)
+    assert run["state"] == "Crashed" and "interrupt" in run["message"], run
