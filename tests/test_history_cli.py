@@ -325,6 +325,24 @@ def test_an_ambiguous_prefix_lists_the_candidates(tmp_path: Path, env: dict[str,
     assert missing.returncode == 2 and "no flow run with an id starting with '0123'" in missing.stderr
 
 
+def test_a_name_several_runs_share_lists_them_with_their_start(tmp_path: Path, env: dict[str, str]) -> None:
+    """Runs named by a ``flow_run_name`` template share names: asked for such a name,
+    the error says it is a name, lists the runs with when each started, and asks for
+    an id (more characters of a name would not help)."""
+    now = time.time()
+    runs = [_run("e1000001", now - 3600), _run("e2000002", now - 60)]
+    for run in runs:
+        run.name = "daily-mon"
+    _synthetic(tmp_path / "home", runs)
+    result = cli(env, "runs", "show", "daily-mon")
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert "name 'daily-mon'" in line and "give more characters" not in line, line
+    for run_id, start in (("e1000001", now - 3600), ("e2000002", now - 60)):
+        assert f"{run_id} (etl, started {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(start))})" in line, line
+    assert "give a run id" in line, line
+
+
 def test_ls_filters_and_rm_older_than(tmp_path: Path, env: dict[str, str]) -> None:
     now = time.time()
     day = 86400.0

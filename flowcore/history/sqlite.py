@@ -25,7 +25,7 @@ from typing import Any
 from flowcore.deployments.schema import DEPLOYMENTS_SQL
 from flowcore.errors import HistoryError, RunNotFoundError
 from flowcore.history import liveness
-from flowcore.history.formatting import json_or
+from flowcore.history.formatting import json_or, local_time
 from flowcore.history.records import (
     FlowRunRecord,
     FlowRunWrite,
@@ -691,16 +691,26 @@ class SQLiteStore(HistoryStore):
                 "SELECT id, flow, name, start_time FROM flow_runs WHERE id >= ? AND id < ? ORDER BY start_time DESC LIMIT 11",
                 (text.lower(), text.lower() + "\uffff"),
             )
-        if not rows:
-            rows = self._read("SELECT id, flow, name, start_time FROM flow_runs WHERE name = ? LIMIT 11", (text,))
+        by_name = not rows
+        if by_name:
+            rows = self._read(
+                "SELECT id, flow, name, start_time FROM flow_runs WHERE name = ? ORDER BY start_time DESC LIMIT 11",
+                (text,),
+            )
         if not rows:
             raise RunNotFoundError(
                 f"no flow run with an id starting with {text!r} (or named so) in {self.location}; "
                 "list runs with: flowcore runs ls"
             )
         if len(rows) > 1:
-            listed = "; ".join(f"{r[0]} ({r[1]}, {r[2]})" for r in rows[:10])
             more = " and more" if len(rows) > 10 else ""
+            if by_name:  # names repeat (flow_run_name templates): only an id tells them apart
+                listed = "; ".join(f"{r[0]} ({r[1]}, started {local_time(r[3])})" for r in rows[:10])
+                raise RunNotFoundError(
+                    f"the name {text!r} names several flow runs: {listed}{more}; give a run id "
+                    "(or a unique prefix of one)"
+                )
+            listed = "; ".join(f"{r[0]} ({r[1]}, {r[2]})" for r in rows[:10])
             raise RunNotFoundError(
                 f"run id prefix {text!r} is ambiguous: it matches {listed}{more}; give more characters"
             )
