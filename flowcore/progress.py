@@ -102,6 +102,7 @@ class ProgressDisplay:
         self._lines_lock = threading.Lock()
         self._stdout: Any = None
         self._stderr: Any = None
+        self._stand_ins: dict[str, _Lines] = {}
 
     # -- the observer ------------------------------------------------------------
     @hookimpl
@@ -156,10 +157,10 @@ class ProgressDisplay:
         # there), now write through the display: their lines appear above it.
         handlers = _terminal_handlers()
         self._stderr = sys.stderr
-        sys.stderr = _Lines(self, sys.stderr)
+        sys.stderr = self._stand_ins["stderr"] = _Lines(self, sys.stderr)
         if _is_terminal(sys.stdout):
             self._stdout = sys.stdout
-            sys.stdout = _Lines(self, sys.stdout)
+            sys.stdout = self._stand_ins["stdout"] = _Lines(self, sys.stdout)
         for handler in handlers:
             self._handler_streams.append((handler, handler.setStream(sys.stderr)))
         get_registry().register(self, name=f"flowcore-progress-{self.run.run_id}")
@@ -178,9 +179,11 @@ class ProgressDisplay:
             handler.setStream(stream)
         for name in ("stdout", "stderr"):
             original = getattr(self, f"_{name}", None)
-            current = getattr(sys, name)
-            if original is not None and isinstance(current, _Lines):
-                current.close_line()
+            stand_in = self._stand_ins.pop(name, None)
+            if original is None or stand_in is None:
+                continue
+            stand_in.close_line()
+            if getattr(sys, name) is stand_in:
                 setattr(sys, name, original)
         if self._live is not None:
             self._live.update(self._table(), refresh=False)
@@ -256,10 +259,13 @@ class _Lines(io.TextIOBase):
         self._stream = stream
         self._partial: list[str] = []
         self._lock = threading.Lock()
+        self._through = False  # the display is gone: write to the real stream
 
     def write(self, text: str) -> int:
         if not isinstance(text, str):
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        if self._through:
+            return int(self._stream.write(text))
         if "\n" not in text:
             with self._lock:
                 self._partial.append(text)
@@ -272,11 +278,17 @@ class _Lines(io.TextIOBase):
         return len(text)
 
     def close_line(self) -> None:
-        """Queue what is left of an unfinished line."""
+        """Queue what is left of an unfinished line; from now on, write to the real
+        stream (a handler made during the display keeps this stand-in)."""
         with self._lock:
             if self._partial:
                 self._display.add_lines(["".join(self._partial)])
                 self._partial = []
+            self._through = True
+
+    def flush(self) -> None:
+        if self._through:
+            self._stream.flush()
 
     def __getattr__(self, name: str) -> Any:
         # What this stand-in does not handle (``buffer``, ``line_buffering`` ...) is the

@@ -241,3 +241,46 @@ def test_what_flows_use_of_the_standard_streams_still_works_under_the_display(tm
     assert "flow run 'raw-" in out  # the display ran
     assert "raw bytes on stdout" in out and "result 15" in out
     assert "stdout encoding utf-8 line_buffering" in out.replace("UTF-8", "utf-8"), out
+
+
+LATE = textwrap.dedent(
+    """
+    import logging, sys
+    from flowcore import flow, task
+
+    @task
+    def inc(x):
+        return x + 1
+
+    handler = None
+
+    @flow(backend="threads")
+    def late(n):
+        global handler
+        handler = logging.StreamHandler()  # made while the display runs: binds its sys.stderr
+        stdout = sys.stdout
+        total = sum(f.result() for f in inc.map(range(n)))
+        return total, stdout
+
+    if __name__ == "__main__":
+        total, stdout_then = late(5)
+        logger = logging.getLogger("app")
+        logger.addHandler(handler)
+        logger.warning("logged after the flow through a handler made in it")
+        print("printed after the flow through the stdout of the flow", file=stdout_then)
+        print("result", total)
+    """
+)
+
+
+def test_streams_kept_from_inside_the_flow_still_write_after_it(tmp_path: Path) -> None:
+    """A handler or a reference to sys.stdout taken while the display ran keeps the
+    display's stand-in stream: once the display is gone, what is written there goes
+    to the terminal."""
+    script = tmp_path / "late.py"
+    script.write_text(LATE)
+    out = _run_on_terminal(script, _env())
+    assert "flow run 'late-" in out  # the display ran
+    assert "result 15" in out
+    assert "logged after the flow through a handler made in it" in out
+    assert "printed after the flow through the stdout of the flow" in out
