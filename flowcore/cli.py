@@ -31,6 +31,7 @@ import difflib
 import importlib
 import importlib.util
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -90,7 +91,20 @@ def _load_attribute(target: str, command: str) -> Any:
         sys.path.insert(0, str(path.parent))
         spec.loader.exec_module(module)
     else:
-        module = importlib.import_module(location)
+        # MODULE:FLOW names a module of the current directory too, as with python -m
+        # (the installed ``flowcore`` script's sys.path lacks it).
+        here = os.getcwd()
+        if "" not in sys.path and here not in sys.path:
+            sys.path.insert(0, here)
+        try:
+            module = importlib.import_module(location)
+        except ModuleNotFoundError as exc:
+            if not exc.name or not (location == exc.name or location.startswith(exc.name + ".")):
+                raise  # a module the flow's module imports: its traceback says where
+            raise SystemExit(
+                f"{command}: no module named {location!r} in the current directory or on sys.path "
+                "(give PATH.py:FLOW or MODULE:FLOW)"
+            ) from None
     try:
         return getattr(module, attribute)
     except AttributeError:

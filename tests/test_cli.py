@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -206,8 +207,6 @@ def test_ctrl_c_during_flowcore_run_ends_it_with_130_and_no_traceback(tmp_path: 
     """The run records and logs how it ended; the command then exits 130 (as a shell
     reports Ctrl-C) with one line, not a KeyboardInterrupt traceback from flowcore's
     internals."""
-    import json
-    import os
     import signal
     import time
 
@@ -232,3 +231,26 @@ def test_ctrl_c_during_flowcore_run_ends_it_with_130_and_no_traceback(tmp_path: 
                             text=True, env=env, timeout=120, check=True)
     (run,) = json.loads(listed.stdout)
     assert run["state"] == "Crashed" and "interrupt" in run["message"], run
+
+
+def test_module_flow_resolves_from_the_current_directory_with_the_installed_command(tmp_path: Path) -> None:
+    """``flowcore run etl:daily`` in the directory holding etl.py, with the installed
+    ``flowcore`` command (whose sys.path, unlike ``python -m``'s, lacks the current
+    directory); a module that is nowhere is one error line, not a traceback."""
+    command = Path(sys.executable).with_name("flowcore")
+    if not command.exists():
+        pytest.skip("the flowcore console script is not installed beside this interpreter")
+    (tmp_path / "etl.py").write_text(
+        "from flowcore import flow\n\n@flow\ndef daily(n: int = 2):\n    return n * 10\n"
+    )
+    env = {**os.environ, "FLOWCORE_HOME": str(tmp_path / "home")}
+    env.pop("PYTHONPATH", None)
+    ran = subprocess.run([str(command), "run", "etl:daily", "--param", "n=4"], capture_output=True, text=True,
+                         cwd=tmp_path, env=env, timeout=120, check=False)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip() == "40"
+    missing = subprocess.run([str(command), "run", "nowhere_module:daily"], capture_output=True, text=True,
+                             cwd=tmp_path, env=env, timeout=120, check=False)
+    assert missing.returncode != 0 and "Traceback" not in missing.stderr, missing.stderr
+    (line,) = missing.stderr.strip().splitlines()
+    assert "nowhere_module" in line and line.startswith("flowcore run: "), line
