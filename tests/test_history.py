@@ -181,6 +181,27 @@ def test_a_subflow_run_names_its_parent(home: Path) -> None:
         store.close()
 
 
+def test_a_flow_run_stopped_by_ctrl_c_is_recorded_crashed_in_its_attempt(home: Path) -> None:
+    """Ctrl-C in the body: the run ends Crashed, in the attempt it was in, with an end."""
+
+    @flow(retries=1, retry_delay_seconds=0)
+    def interrupted() -> None:
+        square(2)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        interrupted()
+    store = SQLiteStore(home / "history.db")
+    try:
+        (run,) = store.list_runs(flow="interrupted")
+        detail = store.get_run(run.id)
+    finally:
+        store.close()
+    assert (run.state, run.attempts) == ("Crashed", 1), run
+    assert "interrupt" in run.message and run.end is not None and run.start is not None and run.end >= run.start
+    assert [(s.name, s.attempt) for s in detail.run.states] == [("Running", 1), ("Crashed", 1)]
+
+
 def test_runs_of_a_process_backend_and_their_replayed_logs_are_recorded(
     home: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
