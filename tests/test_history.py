@@ -455,6 +455,32 @@ def test_a_read_only_home_warns_and_the_flow_still_runs(tmp_path: Path) -> None:
     assert not (home / "history.db").exists()
 
 
+def test_a_reader_that_cannot_write_finds_dead_runs_by_state_crashed(tmp_path: Path) -> None:
+    """A read-only reader shows a dead run recorded as running Crashed (it cannot record
+    it so): ``--state crashed`` finds it too, and ``--state running`` does not."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    now = time.time()
+    db = tmp_path / "history.db"
+    writer = SQLiteStore(db)
+    writer.write_events(HistoryBatch(flow_runs=[
+        FlowRunWrite("ab000001", "etl", "etl-ab000001", "Running", "RUNNING", start=now - 10, attempts=1,
+                     host=socket.gethostname(), pid=dead.pid, heartbeat=now - 1),
+        FlowRunWrite("ab000002", "etl", "etl-ab000002", "Running", "RUNNING", start=now - 5, attempts=1,
+                     host=socket.gethostname(), pid=os.getpid(), heartbeat=now - 1),
+    ]))
+    writer.close()
+    reader = SQLiteStore(db, readonly=True)
+    try:
+        assert [(r.id, r.state) for r in reader.list_runs()] == [("ab000002", "Running"), ("ab000001", "Crashed")]
+        assert [r.id for r in reader.list_runs(state="crashed")] == ["ab000001"]
+        assert [r.id for r in reader.list_runs(state="CRASHED", limit=1)] == ["ab000001"]
+        assert [r.id for r in reader.list_runs(state="Running")] == ["ab000002"]
+    finally:
+        reader.close()
+    assert query(db, "SELECT state FROM flow_runs WHERE id = 'ab000001'") == [("Running",)]  # read only
+
+
 def _read_only_cli(home: Path, tmp_path: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         _read_only_command(home, [sys.executable, "-m", "flowcore", *arguments]), capture_output=True,

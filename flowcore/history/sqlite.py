@@ -612,8 +612,13 @@ class SQLiteStore(HistoryStore):
         if flow is not None:
             where.append("flow = ?")
             parameters.append(flow)
+        # A run a read-only reader finds dead is still 'Running' on disk: asked for
+        # crashed runs, such a reader reads the running ones too and keeps the dead.
+        dead_too = self.readonly and state is not None and state.lower() == "crashed"
         if state is not None:
-            where.append("(state = ? COLLATE NOCASE OR state_type = upper(?))")
+            where.append(
+                "(state = ? COLLATE NOCASE OR state_type = upper(?)" + (" OR state = 'Running')" if dead_too else ")")
+            )
             parameters += [state, state]
         if since is not None:
             where.append("start_time >= ?")
@@ -623,12 +628,15 @@ class SQLiteStore(HistoryStore):
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY start_time DESC"
         if limit is not None:
+            extra = self._read("SELECT count(*) FROM flow_runs WHERE state = 'Running'")[0][0] if dead_too else 0
             sql += " LIMIT ?"
-            parameters.append(int(limit))
+            parameters.append(int(limit) + int(extra))  # the live ones among them are dropped below
         runs = [self._flow_record(row) for row in self._read(sql, parameters)]
-        if state is not None:  # a run found dead by a read-only reader is still 'Running' on disk
+        if state is not None:
             wanted = state.lower()
             runs = [r for r in runs if wanted in (r.state.lower(), r.state_type.lower())]
+        if limit is not None:
+            runs = runs[: int(limit)]
         self._count_tasks(runs)
         return runs
 
