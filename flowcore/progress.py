@@ -3,7 +3,8 @@
 One table, refreshed at most :data:`REFRESH_PER_SECOND` times a second: per task name,
 how many runs were submitted, finished, failed and are still active (queued or
 running), with the rate of the last seconds and an estimate of the time left. Log
-lines are printed above it, so they stay readable.
+lines (and prints, when standard output is this terminal too) are printed above it,
+so they stay readable: those of one refresh together, before one drawing of the table.
 
 When: automatically for a top-level flow run when standard error is a terminal and
 ``rich`` is installed (``pip install "flowcore[progress]"``); never when it is not a
