@@ -130,6 +130,9 @@ def _run(args: argparse.Namespace) -> int:
         from flowcore.progress import ENV_VAR
 
         os.environ[ENV_VAR] = "1"  # still only on a terminal
+        if not _has_rich():
+            print('flowcore run: --progress: the progress display needs rich: pip install "flowcore[progress]"',
+                  file=sys.stderr)
     backend_options = _parse_backend_options(args.backend_options)
     if args.resume:
         from flowcore.results import resume
@@ -159,6 +162,14 @@ def _run(args: argparse.Namespace) -> int:
             print(repr(state.data))
         return 0
     return 1
+
+
+def _has_rich() -> bool:
+    try:
+        import rich  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _parse_param_pairs(pairs: list[str], flow_obj: Any = None) -> dict[str, Any]:

@@ -284,3 +284,18 @@ def test_streams_kept_from_inside_the_flow_still_write_after_it(tmp_path: Path) 
     assert "result 15" in out
     assert "logged after the flow through a handler made in it" in out
     assert "printed after the flow through the stdout of the flow" in out
+
+
+def test_progress_flag_without_rich_says_what_to_install(script: Path) -> None:
+    """``flowcore run --progress`` asks for the display: without rich, one line says
+    why there is none and how to get it; the flow still runs."""
+    launcher = script.parent / "launch_without_rich.py"
+    launcher.write_text(
+        "import sys\nsys.modules['rich'] = None\nfrom flowcore.cli import main\n"
+        f"sys.exit(main(['run', {str(script) + ':squares'!r}, '--param', 'n=5', '--progress']))\n"
+    )
+    out = _run_on_terminal(launcher, _env())
+    assert "flow run 'squares-" not in out  # no display
+    assert "(30, 3)" in out
+    (line,) = [line for line in out.splitlines() if "--progress" in line]
+    assert 'pip install "flowcore[progress]"' in line, line
