@@ -4,7 +4,8 @@
 * ``flowcore run PATH_OR_MODULE:FLOW [--backend NAME] [--backend-options JSON]
   [--params JSON] [--param NAME=VALUE ...] [--resume RUN_ID]``: run a flow; a failure's
   traceback is logged once, before the final state. ``--resume`` continues an earlier
-  run (see :mod:`flowcore.results`).
+  run (see :mod:`flowcore.results`). Ctrl-C ends any command with status 130 and one
+  line (the flow run has recorded and logged how it ended).
 * ``flowcore bench PATH_OR_MODULE:FLOW [--backends a,b] [--params JSON] [--repeat N]
   [--json PATH] [--plot PATH]``: compare backends on a flow (see :mod:`flowcore.bench`).
 * ``flowcore cache ls | info | clear [--task NAME] | prune``: the task cache.
@@ -30,6 +31,7 @@ import difflib
 import importlib
 import importlib.util
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -89,7 +91,20 @@ def _load_attribute(target: str, command: str) -> Any:
         sys.path.insert(0, str(path.parent))
         spec.loader.exec_module(module)
     else:
-        module = importlib.import_module(location)
+        # MODULE:FLOW names a module of the current directory too, as with python -m
+        # (the installed ``flowcore`` script's sys.path lacks it).
+        here = os.getcwd()
+        if "" not in sys.path and here not in sys.path:
+            sys.path.insert(0, here)
+        try:
+            module = importlib.import_module(location)
+        except ModuleNotFoundError as exc:
+            if not exc.name or not (location == exc.name or location.startswith(exc.name + ".")):
+                raise  # a module the flow's module imports: its traceback says where
+            raise SystemExit(
+                f"{command}: no module named {location!r} in the current directory or on sys.path "
+                "(give PATH.py:FLOW or MODULE:FLOW)"
+            ) from None
     try:
         return getattr(module, attribute)
     except AttributeError:
@@ -115,6 +130,9 @@ def _run(args: argparse.Namespace) -> int:
         from flowcore.progress import ENV_VAR
 
         os.environ[ENV_VAR] = "1"  # still only on a terminal
+        if not _has_rich():
+            print('flowcore run: --progress: the progress display needs rich: pip install "flowcore[progress]"',
+                  file=sys.stderr)
     backend_options = _parse_backend_options(args.backend_options)
     if args.resume:
         from flowcore.results import resume
@@ -133,13 +151,25 @@ def _run(args: argparse.Namespace) -> int:
 
         # The options go to a backend made here (the configured one without --backend),
         # which this command owns and shuts down.
-        with get_backend(args.backend or None, **backend_options) as backend:
+        try:
+            made = get_backend(args.backend or None, **backend_options)
+        except TypeError as exc:  # the backend does not take these options
+            raise UsageError(f"--backend-options: {exc}") from None
+        with made as backend:
             state = flow_obj.with_options(backend=backend)(**params, return_state=True)
     if state.is_completed():
         if state.data is not None:
             print(repr(state.data))
         return 0
     return 1
+
+
+def _has_rich() -> bool:
+    try:
+        import rich  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _parse_param_pairs(pairs: list[str], flow_obj: Any = None) -> dict[str, Any]:
@@ -357,6 +387,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FlowcoreError as exc:
         print(f"flowcore: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Ctrl-C: a flow run has recorded and logged how it ended; no traceback of
+        # flowcore's internals, and the status a shell gives an interrupted command.
+        print(f"flowcore {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -447,7 +447,12 @@ class Flow(Generic[P, R]):
         stopped, do not wait for the rest, and end the run in the matching state."""
         _stop_outstanding(context, closing=True)
         context.slot.close(wait=False, cancel_futures=True)
-        self._finish(context, _interrupted_state(exc))
+        run = context.flow_run
+        assert run is not None
+        state = replace(
+            _interrupted_state(exc), started_at=run.started_at, finished_at=time.time(), attempts=context.attempt
+        )
+        self._finish(context, state)
 
     def _finish(self, context: FlowRunContext, state: State[Any], *, log_traceback: bool = False) -> None:
         """Hooks, observers and the final log line. ``log_traceback``: a failure's

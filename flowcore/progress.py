@@ -3,7 +3,8 @@
 One table, refreshed at most :data:`REFRESH_PER_SECOND` times a second: per task name,
 how many runs were submitted, finished, failed and are still active (queued or
 running), with the rate of the last seconds and an estimate of the time left. Log
-lines are printed above it, so they stay readable.
+lines (and prints, when standard output is this terminal too) are printed above it,
+so they stay readable: those of one refresh together, before one drawing of the table.
 
 When: automatically for a top-level flow run when standard error is a terminal and
 ``rich`` is installed (``pip install "flowcore[progress]"``); never when it is not a
@@ -19,6 +20,7 @@ one lazy batch, which the display reads in its own refresh thread.
 from __future__ import annotations
 
 import collections
+import io
 import logging
 import os
 import sys
@@ -71,12 +73,7 @@ def enabled() -> bool:
     setting = os.environ.get(ENV_VAR, "").strip().lower()
     if setting in ("0", "false", "no", "off"):
         return False
-    stream = sys.stderr
-    try:
-        interactive = bool(stream.isatty())
-    except (AttributeError, ValueError):
-        interactive = False
-    if not interactive:
+    if not _is_terminal(sys.stderr):
         return False
     try:
         import rich  # noqa: F401
@@ -102,6 +99,11 @@ class ProgressDisplay:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._handler_streams: list[tuple[logging.StreamHandler[Any], Any]] = []
+        self._lines: list[str] = []  # written to the terminal, not printed yet
+        self._lines_lock = threading.Lock()
+        self._stdout: Any = None
+        self._stderr: Any = None
+        self._stand_ins: dict[str, _Lines] = {}
 
     # -- the observer ------------------------------------------------------------
     @hookimpl
@@ -143,15 +145,24 @@ class ProgressDisplay:
 
         from flowcore.registry import get_registry
 
-        console = Console(file=sys.stderr)
+        # Only the refresh thread draws (auto_refresh off): the lines written since the
+        # last refresh are printed together, above one drawing of the table, so a flow
+        # that logs thousands of lines still redraws it REFRESH_PER_SECOND times a second.
         self._live = Live(
-            self._table(), console=console, refresh_per_second=REFRESH_PER_SECOND,
-            transient=False, redirect_stdout=True, redirect_stderr=True,
+            self._table(), console=Console(file=sys.stderr), auto_refresh=False,
+            transient=False, redirect_stdout=False, redirect_stderr=False,
         )
-        self._live.start()
-        # Log handlers that write to the terminal now write through the display, so
-        # their lines appear above it instead of through it.
-        for handler in _terminal_handlers():
+        self._live.start(refresh=True)
+        # Log handlers that write to the terminal, and sys.stderr (sys.stdout too when it
+        # is this terminal; redirected to a file or a pipe, what the flow prints stays
+        # there), now write through the display: their lines appear above it.
+        handlers = _terminal_handlers()
+        self._stderr = sys.stderr
+        sys.stderr = self._stand_ins["stderr"] = _Lines(self, sys.stderr)
+        if _is_terminal(sys.stdout):
+            self._stdout = sys.stdout
+            sys.stdout = self._stand_ins["stdout"] = _Lines(self, sys.stdout)
+        for handler in handlers:
             self._handler_streams.append((handler, handler.setStream(sys.stderr)))
         get_registry().register(self, name=f"flowcore-progress-{self.run.run_id}")
         self._thread = threading.Thread(target=self._refresh, name="flowcore-progress", daemon=True)
@@ -167,15 +178,45 @@ class ProgressDisplay:
         self._drain_lazy()
         for handler, stream in self._handler_streams:
             handler.setStream(stream)
+        for name in ("stdout", "stderr"):
+            original = getattr(self, f"_{name}", None)
+            stand_in = self._stand_ins.pop(name, None)
+            if original is None or stand_in is None:
+                continue
+            stand_in.close_line()
+            if getattr(sys, name) is stand_in:
+                setattr(sys, name, original)
         if self._live is not None:
-            self._live.update(self._table(), refresh=True)
+            self._live.update(self._table(), refresh=False)
+            self._draw()
             self._live.stop()
+
+    def add_lines(self, lines: list[str]) -> None:
+        """Queue complete lines written to the terminal; the next refresh prints them."""
+        with self._lines_lock:
+            self._lines.extend(lines)
+
+    def _draw(self) -> None:
+        """Print the queued lines above the table and draw it, once."""
+        with self._lines_lock:
+            lines, self._lines = self._lines, []
+        if lines:
+            from rich.ansi import AnsiDecoder
+            from rich.text import Text
+
+            decoder = AnsiDecoder()
+            console = self._live.console
+            with console:  # the lines and the table in one write
+                console.print(Text("\n").join(decoder.decode_line(line) for line in lines))
+        else:
+            self._live.refresh()
 
     def _refresh(self) -> None:
         while not self._stop.wait(1.0 / REFRESH_PER_SECOND):
             try:
                 self._drain_lazy()
-                self._live.update(self._table())
+                self._live.update(self._table(), refresh=False)
+                self._draw()
             except Exception:  # a display failure must never affect the flow
                 logging.getLogger("flowcore.progress").debug("progress refresh failed", exc_info=True)
                 return
@@ -207,6 +248,72 @@ class ProgressDisplay:
                     left,
                 )
         return table
+
+
+class _Lines(io.TextIOBase):
+    """A terminal stream while the display runs: each complete line written goes to
+    the display's queue (printed above the table at its next refresh); the rest of a
+    line waits for its end. Other attributes are the real stream's."""
+
+    def __init__(self, display: ProgressDisplay, stream: Any) -> None:
+        self._display = display
+        self._stream = stream
+        self._partial: list[str] = []
+        self._lock = threading.Lock()
+        self._through = False  # the display is gone: write to the real stream
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        if self._through:
+            return int(self._stream.write(text))
+        if "\n" not in text:
+            with self._lock:
+                self._partial.append(text)
+            return len(text)
+        with self._lock:
+            head, *middle, tail = text.split("\n")
+            lines = ["".join([*self._partial, head]), *middle]
+            self._partial = [tail] if tail else []
+            self._display.add_lines(lines)
+        return len(text)
+
+    def close_line(self) -> None:
+        """Queue what is left of an unfinished line; from now on, write to the real
+        stream (a handler made during the display keeps this stand-in)."""
+        with self._lock:
+            if self._partial:
+                self._display.add_lines(["".join(self._partial)])
+                self._partial = []
+            self._through = True
+
+    def flush(self) -> None:
+        if self._through:
+            self._stream.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        # What this stand-in does not handle (``buffer``, ``line_buffering`` ...) is the
+        # real stream's: bytes written to ``buffer`` reach the terminal directly.
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._stream, name)
+
+    def isatty(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return int(self._stream.fileno())
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return str(getattr(self._stream, "encoding", "utf-8"))
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
 
 
 def _terminal_handlers() -> list[logging.StreamHandler[Any]]:

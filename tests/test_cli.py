@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -177,3 +178,79 @@ def test_backend_options_on_the_command_line(tmp_path: Path) -> None:
     assert result.stdout.strip() == "('threads', 3)"
     bad = flowcore_cli("run", f"{script}:workers", "--backend-options", "{nope")
     assert bad.returncode == 2 and "flowcore run: error: --backend-options" in bad.stderr
+
+
+def test_backend_options_the_backend_does_not_take_are_a_usage_error(tmp_path: Path) -> None:
+    script = _signatures(tmp_path)
+    bad = flowcore_cli(
+        "run", f"{script}:workers", "--backend", "threads", "--backend-options", '{"max_wrokers": 3}'
+    )
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
+    (line,) = bad.stderr.strip().splitlines()
+    assert line.startswith("flowcore run: error: --backend-options"), line
+    assert "'threads'" in line and "max_wrokers" in line, line
+
+
+INTERRUPTED = """
+import sys, time
+from pathlib import Path
+from flowcore import flow
+
+@flow
+def waits(ready: str):
+    Path(ready).touch()
+    time.sleep(60)
+"""
+
+
+def test_ctrl_c_during_flowcore_run_ends_it_with_130_and_no_traceback(tmp_path: Path) -> None:
+    """The run records and logs how it ended; the command then exits 130 (as a shell
+    reports Ctrl-C) with one line, not a KeyboardInterrupt traceback from flowcore's
+    internals."""
+    import signal
+    import time
+
+    script = tmp_path / "interrupted.py"
+    script.write_text(INTERRUPTED)
+    ready = tmp_path / "ready"
+    env = {**os.environ, "FLOWCORE_HOME": str(tmp_path / "home")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flowcore", "run", f"{script}:waits", "--param", f"ready={ready}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    deadline = time.monotonic() + 60
+    while not ready.exists():
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err, err
+    assert "interrupt" in err.strip().splitlines()[-1], err
+    listed = subprocess.run([sys.executable, "-m", "flowcore", "runs", "ls", "--json"], capture_output=True,
+                            text=True, env=env, timeout=120, check=True)
+    (run,) = json.loads(listed.stdout)
+    assert run["state"] == "Crashed" and "interrupt" in run["message"], run
+
+
+def test_module_flow_resolves_from_the_current_directory_with_the_installed_command(tmp_path: Path) -> None:
+    """``flowcore run etl:daily`` in the directory holding etl.py, with the installed
+    ``flowcore`` command (whose sys.path, unlike ``python -m``'s, lacks the current
+    directory); a module that is nowhere is one error line, not a traceback."""
+    command = Path(sys.executable).with_name("flowcore")
+    if not command.exists():
+        pytest.skip("the flowcore console script is not installed beside this interpreter")
+    (tmp_path / "etl.py").write_text(
+        "from flowcore import flow\n\n@flow\ndef daily(n: int = 2):\n    return n * 10\n"
+    )
+    env = {**os.environ, "FLOWCORE_HOME": str(tmp_path / "home")}
+    env.pop("PYTHONPATH", None)
+    ran = subprocess.run([str(command), "run", "etl:daily", "--param", "n=4"], capture_output=True, text=True,
+                         cwd=tmp_path, env=env, timeout=120, check=False)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip() == "40"
+    missing = subprocess.run([str(command), "run", "nowhere_module:daily"], capture_output=True, text=True,
+                             cwd=tmp_path, env=env, timeout=120, check=False)
+    assert missing.returncode != 0 and "Traceback" not in missing.stderr, missing.stderr
+    (line,) = missing.stderr.strip().splitlines()
+    assert "nowhere_module" in line and line.startswith("flowcore run: "), line

@@ -16,7 +16,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -179,6 +179,27 @@ def test_a_subflow_run_names_its_parent(home: Path) -> None:
         assert all(c.task_counts == {"Completed": 1} for c in children)
     finally:
         store.close()
+
+
+def test_a_flow_run_stopped_by_ctrl_c_is_recorded_crashed_in_its_attempt(home: Path) -> None:
+    """Ctrl-C in the body: the run ends Crashed, in the attempt it was in, with an end."""
+
+    @flow(retries=1, retry_delay_seconds=0)
+    def interrupted() -> None:
+        square(2)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        interrupted()
+    store = SQLiteStore(home / "history.db")
+    try:
+        (run,) = store.list_runs(flow="interrupted")
+        detail = store.get_run(run.id)
+    finally:
+        store.close()
+    assert (run.state, run.attempts) == ("Crashed", 1), run
+    assert "interrupt" in run.message and run.end is not None and run.start is not None and run.end >= run.start
+    assert [(s.name, s.attempt) for s in detail.run.states] == [("Running", 1), ("Crashed", 1)]
 
 
 def test_runs_of_a_process_backend_and_their_replayed_logs_are_recorded(
@@ -434,7 +455,103 @@ def test_a_read_only_home_warns_and_the_flow_still_runs(tmp_path: Path) -> None:
     assert not (home / "history.db").exists()
 
 
+def test_a_reader_that_cannot_write_finds_dead_runs_by_state_crashed(tmp_path: Path) -> None:
+    """A read-only reader shows a dead run recorded as running Crashed (it cannot record
+    it so): ``--state crashed`` finds it too, and ``--state running`` does not."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    now = time.time()
+    db = tmp_path / "history.db"
+    writer = SQLiteStore(db)
+    writer.write_events(HistoryBatch(flow_runs=[
+        FlowRunWrite("ab000001", "etl", "etl-ab000001", "Running", "RUNNING", start=now - 10, attempts=1,
+                     host=socket.gethostname(), pid=dead.pid, heartbeat=now - 1),
+        FlowRunWrite("ab000002", "etl", "etl-ab000002", "Running", "RUNNING", start=now - 5, attempts=1,
+                     host=socket.gethostname(), pid=os.getpid(), heartbeat=now - 1),
+    ]))
+    writer.close()
+    reader = SQLiteStore(db, readonly=True)
+    try:
+        assert [(r.id, r.state) for r in reader.list_runs()] == [("ab000002", "Running"), ("ab000001", "Crashed")]
+        assert [r.id for r in reader.list_runs(state="crashed")] == ["ab000001"]
+        assert [r.id for r in reader.list_runs(state="CRASHED", limit=1)] == ["ab000001"]
+        assert [r.id for r in reader.list_runs(state="Running")] == ["ab000002"]
+    finally:
+        reader.close()
+    assert query(db, "SELECT state FROM flow_runs WHERE id = 'ab000001'") == [("Running",)]  # read only
+
+
+def _read_only_cli(home: Path, tmp_path: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        _read_only_command(home, [sys.executable, "-m", "flowcore", *arguments]), capture_output=True,
+        text=True, cwd=tmp_path, env={**os.environ, "FLOWCORE_HOME": str(home)}, timeout=120, check=False,
+    )
+
+
+@pytest.mark.parametrize("left_by", ["the flow", "a later reader"])
+def test_runs_ls_show_and_logs_read_a_home_this_user_cannot_write(tmp_path: Path, left_by: str) -> None:
+    """A history written earlier, in a directory this user cannot write, as the flow's
+    process left it (-wal and -shm beside it) or as a later reader did (no -wal, no
+    -shm: the last connection closed): ``flowcore runs`` reads it and changes nothing."""
+    home = tmp_path / "home"
+    home.mkdir()
+    written = run_script(tmp_path, SMALL_FLOW, {"FLOWCORE_HOME": str(home)})
+    assert written.returncode == 0, written.stderr
+    if left_by == "a later reader":
+        reader = SQLiteStore(home / "history.db")
+        reader.close()
+        assert sorted(p.name for p in home.iterdir()) == ["history.db"]
+    before = {p.name: p.read_bytes() for p in home.iterdir()}
+    try:
+        listed = _read_only_cli(home, tmp_path, "runs", "ls", "--json")
+        assert listed.returncode == 0, listed.stderr
+        [run] = json.loads(listed.stdout)
+        assert (run["flow"], run["state"], run["task_counts"]) == ("small", "Completed", {"Completed": 3})
+        shown = _read_only_cli(home, tmp_path, "runs", "show", run["id"][:8], "--json")
+        assert shown.returncode == 0, shown.stderr
+        assert sorted(t["name"] for t in json.loads(shown.stdout)["task_runs"]) == ["inc-0", "inc-1", "inc-2"]
+        logs = _read_only_cli(home, tmp_path, "runs", "logs", run["id"][:8])
+        assert logs.returncode == 0, logs.stderr
+        assert "Finished in state Completed()" in logs.stdout
+    finally:
+        os.chmod(home, 0o755)
+    assert {p.name: p.read_bytes() for p in home.iterdir()} == before
+
+
 # -- schema versions ---------------------------------------------------------------------------
+
+
+def _documented_columns(readme: str, table: str) -> list[str]:
+    """The column names the README's schema table gives ``table``: its row's backticked
+    names outside parentheses."""
+    import re
+
+    (row,) = [line for line in readme.splitlines() if line.startswith(f"| `{table}` ")]
+    cells = row.split(" | ", 1)[1]
+    depth, top = 0, []
+    for char in cells:
+        depth += char == "("
+        if depth == 0:
+            top.append(char)
+        depth -= char == ")"
+    return re.findall(r"`([a-z_]+)`", "".join(top))
+
+
+def test_the_readme_documents_the_schema_a_user_finds_with_sqlite3(tmp_path: Path) -> None:
+    """The README's schema section names the version ``PRAGMA user_version`` gives and
+    every column of the tables it documents, and says what a column holds today."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    store = SQLiteStore(tmp_path / "history.db")
+    store.close()
+    (version,) = query(tmp_path / "history.db", "PRAGMA user_version")[0]
+    assert version == SCHEMA_VERSION
+    assert f"### The schema (version {version}, `PRAGMA user_version`)" in readme
+    for table in ("flow_runs", "flow_run_states", "task_runs", "logs", "task_run_results"):
+        actual = [row[1] for row in query(tmp_path / "history.db", f"PRAGMA table_info({table})")]
+        documented = _documented_columns(readme, table)
+        missing = [c for c in actual if c not in documented and not c.startswith("worker_")]
+        assert not missing, (table, missing)
+    assert "not recorded yet" not in readme
 
 
 def test_a_blank_database_at_version_0_is_migrated(tmp_path: Path) -> None:
@@ -683,6 +800,83 @@ def test_another_history_store_plugs_in_without_touching_the_core(
     with pytest.raises(BackendRegistrationError, match="history store name 'sqlite' is registered twice"):
         registry.register(Duplicate(), name="duplicate-history")
     assert "duplicate-history" not in [name for name, _ in registry.pm.list_name_plugin()]
+
+
+class _CountedStore(SQLiteStore):
+    """The SQLite store, counting the reads ``flowcore runs logs`` makes of it."""
+
+    calls: ClassVar[list[str]] = []
+
+    def get_run(self, run_id: str) -> RunDetail:
+        type(self).calls.append("get_run")
+        return super().get_run(run_id)
+
+    def get_flow_run(self, run_id: str) -> FlowRunRecord:
+        type(self).calls.append("get_flow_run")
+        return super().get_flow_run(run_id)
+
+
+def _counted_store(monkeypatch: pytest.MonkeyPatch, home: Path) -> Any:
+    class CountedPlugin:
+        @hookimpl
+        def flowcore_history_stores(self) -> list[HistoryStoreSpec]:
+            return [HistoryStoreSpec("counted", lambda settings: _CountedStore(home / "history.db"))]
+
+    plugin = CountedPlugin()
+    get_registry().register(plugin, name="counted-history")
+    monkeypatch.setenv("FLOWCORE_HISTORY_STORE", "counted")
+    _CountedStore.calls = []
+    return plugin
+
+
+def test_runs_logs_follow_polls_the_run_without_reading_its_task_runs(
+    home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Following a run with a big map must not read all its task runs twice a second:
+    a poll reads the flow run's row; only ``--task`` naming nothing reads them."""
+    from flowcore.cli import main
+
+    now = time.time()
+    runs = [FlowRunWrite("f0000001", "etl", "etl-f0000001", "Completed", "COMPLETED", start=now - 2, end=now - 0.5,
+                         attempts=1, state_entry=StateRecord(now - 0.5, "COMPLETED", "Completed"))]
+    tasks = [TaskRunWrite(f"f0000001-{i}", "f0000001", "t", f"t-{i}", "Completed", "COMPLETED", start=now - 1,
+                          end=now - 1) for i in range(3)]
+    logs = [LogWrite("f0000001", None, now - 1, logging.INFO, "INFO", "flowcore.flow_runs", "hello")]
+    store = SQLiteStore(home / "history.db")
+    store.write_events(HistoryBatch(flow_runs=runs, task_runs=tasks, logs=logs))
+    store.close()
+    plugin = _counted_store(monkeypatch, home)
+    try:
+        assert main(["runs", "logs", "f000", "--follow"]) == 0
+        assert "hello" in capsys.readouterr().out
+        assert "get_run" not in _CountedStore.calls and "get_flow_run" in _CountedStore.calls
+        _CountedStore.calls = []
+        assert main(["runs", "logs", "f000", "--task", "t"]) == 0
+        assert _CountedStore.calls == ["get_flow_run", "get_run"]  # no record of task t: does it exist?
+    finally:
+        get_registry().unregister(plugin)
+
+
+def test_runs_logs_follow_of_a_run_that_ended_long_ago_ends_at_once(
+    home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its last lines were written long ago: nothing to wait for, no poll."""
+    from flowcore.cli import main
+
+    now = time.time()
+    runs = [FlowRunWrite("f0000002", "etl", "etl-f0000002", "Completed", "COMPLETED", start=now - 600,
+                         end=now - 599, attempts=1, state_entry=StateRecord(now - 599, "COMPLETED", "Completed"))]
+    logs = [LogWrite("f0000002", None, now - 599, logging.INFO, "INFO", "flowcore.flow_runs", "long ago")]
+    store = SQLiteStore(home / "history.db")
+    store.write_events(HistoryBatch(flow_runs=runs, logs=logs))
+    store.close()
+    plugin = _counted_store(monkeypatch, home)
+    try:
+        assert main(["runs", "logs", "f000", "--follow"]) == 0
+        assert "long ago" in capsys.readouterr().out
+        assert _CountedStore.calls == ["get_flow_run"]
+    finally:
+        get_registry().unregister(plugin)
 
 
 def test_json_keys_of_records_are_stable() -> None:

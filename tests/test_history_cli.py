@@ -127,6 +127,22 @@ def test_runs_logs_filters_by_level_and_task(tmp_path: Path, env: dict[str, str]
     assert messages == [f"doubling {i}" for i in range(4)]
 
 
+def test_runs_logs_task_that_the_run_never_ran_is_an_error_naming_its_tasks(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    assert script(tmp_path, env).returncode == 0
+    (run,) = ls(env)
+    by_run_name = cli(env, "runs", "logs", run["id"][:8], "--task", "double-2")
+    assert by_run_name.returncode == 0 and "doubling 2" in by_run_name.stdout, by_run_name
+    quiet = cli(env, "runs", "logs", run["id"][:8], "--task", "double", "--level", "error")
+    assert (quiet.returncode, quiet.stdout) == (0, ""), quiet  # a task that logged nothing at that level
+    for args in (("--task", "dubble"), ("--task", "dubble", "--json")):
+        unknown = cli(env, "runs", "logs", run["id"][:8], *args)
+        assert unknown.returncode == 2 and unknown.stdout == "", unknown
+        (line,) = unknown.stderr.strip().splitlines()
+        assert "'dubble'" in line and "double, fail" in line and run["name"] in line, line
+
+
 FOLLOWED = """
     import sys, time
     from pathlib import Path
@@ -229,6 +245,61 @@ def test_a_flow_process_killed_with_sigkill_is_listed_crashed(tmp_path: Path, en
     assert [t["state"] for t in shown["task_runs"]] == ["Crashed"]
 
 
+BUSY_THEN_HANGING = """
+    import sys, time
+    from pathlib import Path
+    from flowcore import flow, get_run_logger, task
+
+    @task
+    def step(i):
+        time.sleep(0.15)
+        return i
+
+    @flow
+    def busy():
+        for i in range(8):
+            step.submit(i).result()
+        get_run_logger().info("eight steps done")
+        Path(sys.argv[1]).touch()
+        time.sleep(600)
+
+    if __name__ == "__main__":
+        busy()
+"""
+
+
+def test_a_crashed_run_ends_at_its_last_recorded_sign_of_life(tmp_path: Path, env: dict[str, str]) -> None:
+    """Killed between heartbeats (the first comes after 5 s), a run's end is not its
+    last heartbeat but the latest of that, its task runs' ends and its log records."""
+    path = tmp_path / "busy.py"
+    path.write_text(textwrap.dedent(BUSY_THEN_HANGING))
+    ready = tmp_path / "ready"
+    process = subprocess.Popen([sys.executable, str(path), str(ready)], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def steps_recorded() -> bool:
+        runs = ls(env)
+        if not runs:
+            return False
+        logs = json.loads(cli(env, "runs", "logs", runs[0]["id"], "--json").stdout)
+        shown = json.loads(cli(env, "runs", "show", runs[0]["id"], "--json").stdout)
+        return len(shown["task_runs"]) == 8 and any(r["message"] == "eight steps done" for r in logs)
+
+    try:
+        _wait_for(lambda: ready.exists() and steps_recorded(), process)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.communicate(timeout=60)
+    (run,) = ls(env)
+    assert run["state"] == "Crashed"
+    shown = json.loads(cli(env, "runs", "show", run["id"], "--json").stdout)
+    logs = json.loads(cli(env, "runs", "logs", run["id"], "--json").stdout)
+    last_sign = max([t["end"] for t in shown["task_runs"]] + [r["timestamp"] for r in logs])
+    assert run["end"] >= last_sign, (run, last_sign)
+    assert run["duration_s"] >= 8 * 0.15, run
+    assert shown["states"][-1]["name"] == "Crashed" and shown["states"][-1]["timestamp"] == run["end"]
+
+
 def _synthetic(home: Path, runs: list[FlowRunWrite], tasks: list[TaskRunWrite] | None = None) -> None:
     store = SQLiteStore(home / "history.db")
     try:
@@ -252,6 +323,24 @@ def test_an_ambiguous_prefix_lists_the_candidates(tmp_path: Path, env: dict[str,
     assert json.loads(cli(env, "runs", "show", "abcd2", "--json").stdout)["id"] == "abcd2222"
     missing = cli(env, "runs", "show", "0123")
     assert missing.returncode == 2 and "no flow run with an id starting with '0123'" in missing.stderr
+
+
+def test_a_name_several_runs_share_lists_them_with_their_start(tmp_path: Path, env: dict[str, str]) -> None:
+    """Runs named by a ``flow_run_name`` template share names: asked for such a name,
+    the error says it is a name, lists the runs with when each started, and asks for
+    an id (more characters of a name would not help)."""
+    now = time.time()
+    runs = [_run("e1000001", now - 3600), _run("e2000002", now - 60)]
+    for run in runs:
+        run.name = "daily-mon"
+    _synthetic(tmp_path / "home", runs)
+    result = cli(env, "runs", "show", "daily-mon")
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert "name 'daily-mon'" in line and "give more characters" not in line, line
+    for run_id, start in (("e1000001", now - 3600), ("e2000002", now - 60)):
+        assert f"{run_id} (etl, started {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(start))})" in line, line
+    assert "give a run id" in line, line
 
 
 def test_ls_filters_and_rm_older_than(tmp_path: Path, env: dict[str, str]) -> None:
@@ -279,6 +368,43 @@ def test_ls_filters_and_rm_older_than(tmp_path: Path, env: dict[str, str]) -> No
     assert bad_age.returncode == 2 and "is not an age" in bad_age.stderr
 
 
+def test_ls_state_takes_names_and_types_in_any_case_and_refuses_an_unknown_one(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    now = time.time()
+    _synthetic(tmp_path / "home", [_run("b0000001", now - 60, state="Failed"), _run("b0000002", now - 30)])
+    for spelling in ("Failed", "failed", "FAILED"):
+        assert [r["id"] for r in ls(env, "--state", spelling)] == ["b0000001"]
+    assert [r["id"] for r in ls(env, "--state", "completed")] == ["b0000002"]
+    assert ls(env, "--state", "crashed") == []  # a known state nothing is in: an empty list
+    for typo in ("Faild", "done"):
+        bad = cli(env, "runs", "ls", "--state", typo)
+        assert bad.returncode == 2 and bad.stdout == "", bad
+        (line,) = bad.stderr.strip().splitlines()
+        assert f"unknown state {typo!r}" in line and "Completed" in line and "Crashed" in line, line
+    suggested = cli(env, "runs", "ls", "--state", "Faild")
+    assert "did you mean 'Failed'?" in suggested.stderr
+
+
+def test_every_bad_option_value_exits_2_with_one_error_line(tmp_path: Path, env: dict[str, str]) -> None:
+    """As argparse does for a value that is not a number (``--limit x``): exit status 2
+    and one ``error:`` line on stderr, nothing on stdout."""
+    _synthetic(tmp_path / "home", [_run("c0000001", time.time() - 60)])
+    cases = {
+        ("ls", "--limit", "x"): "--limit",
+        ("ls", "--limit", "0"): "--limit must be at least 1",
+        ("ls", "--limit", "-3"): "--limit must be at least 1",
+        ("ls", "--since", "2x"): "--since",
+        ("logs", "c000", "--level", "loud"): "unknown level 'loud'",
+        ("logs", "c000", "--follow", "--json"): "--follow",
+    }
+    for args, message in cases.items():
+        result = cli(env, "runs", *args)
+        assert (result.returncode, result.stdout) == (2, ""), (args, result)
+        error_lines = [line for line in result.stderr.splitlines() if "error:" in line]
+        assert len(error_lines) == 1 and message in error_lines[0], (args, result.stderr)
+
+
 def test_a_corrupt_database_is_named_with_the_fix(tmp_path: Path, env: dict[str, str]) -> None:
     home = tmp_path / "home"
     home.mkdir()
@@ -287,6 +413,81 @@ def test_a_corrupt_database_is_named_with_the_fix(tmp_path: Path, env: dict[str,
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
     assert str(home / "history.db") in line and "is not a usable SQLite database" in line and "mv " in line
+
+
+def _on_terminal(env: dict[str, str], columns: int, *args: str) -> str:
+    """``flowcore *args`` with stdout on a pseudo-terminal ``columns`` wide: what it
+    printed, without escape sequences."""
+    import pty
+    import re
+    import select
+
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flowcore", *args], stdin=subprocess.DEVNULL, stdout=follower,
+        stderr=follower, env={**env, "COLUMNS": str(columns), "TERM": "xterm"}, close_fds=True,
+    )
+    os.close(follower)
+    chunks: list[bytes] = []
+    try:
+        while True:
+            ready, _, _ = select.select([leader], [], [], 0.5)
+            if ready:
+                try:
+                    data = os.read(leader, 65536)
+                except OSError:  # the child closed the terminal
+                    break
+                if not data:
+                    break
+                chunks.append(data)
+            elif process.poll() is not None:
+                break
+    finally:
+        os.close(leader)
+        process.wait(timeout=60)
+    text = b"".join(chunks).decode(errors="replace").replace("\r\n", "\n")
+    assert process.returncode == 0, text
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
+
+
+def test_ls_on_an_80_column_terminal_shows_whole_states_times_and_task_counts(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    now = time.time()
+    runs = [_run("d0000001", now - 60, "nightly_warehouse_load", "Failed"), _run("d0000002", now - 30, "etl")]
+    tasks = [TaskRunWrite(f"d0000001-{i}", "d0000001", "extract", f"extract-{i}", "Completed", "COMPLETED",
+                          submitted=now - 60) for i in range(3)]
+    _synthetic(tmp_path / "home", runs, tasks)
+    out = _on_terminal(env, 80, "runs", "ls")
+    lines = out.splitlines()
+    assert max(len(line) for line in lines) <= 80, out
+    header = lines[0].split()
+    for column in ("ID", "FLOW", "STATE", "START", "DURATION", "TASKS"):
+        assert column in header, out
+    words = out.split()
+    for whole in ("d0000001", "d0000002", "Failed", "Completed", "2.0s", "nightly_warehouse_load", "etl"):
+        assert whole in words, (whole, out)
+    assert time.strftime("%H:%M:%S", time.localtime(now - 60)) in words, out
+    assert "3 Completed" in " ".join(words), out
+
+
+def test_runs_show_prints_parameters_as_written_not_as_escapes(tmp_path: Path, env: dict[str, str]) -> None:
+    code = """
+        from flowcore import flow
+
+        @flow
+        def greet(name: str, tags: list):
+            return name
+
+        if __name__ == "__main__":
+            greet("Zoë ✓", ["日本", "ok"])
+    """
+    assert script(tmp_path, env, code=code).returncode == 0
+    (run,) = ls(env)
+    shown = cli({**env, "PYTHONIOENCODING": "utf-8"}, "runs", "show", run["id"][:8])
+    assert shown.returncode == 0, shown.stderr
+    assert '  name = "Zoë ✓"' in shown.stdout.splitlines(), shown.stdout
+    assert '  tags = ["日本", "ok"]' in shown.stdout.splitlines(), shown.stdout
 
 
 def test_plain_text_without_rich(tmp_path: Path, env: dict[str, str]) -> None:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from flowcore.errors import HistoryError
+from flowcore.errors import ConfigurationError, HistoryError
 from flowcore.history.formatting import duration, local_time, run_duration
 from flowcore.history.records import FlowRunRecord, LogRecord, TaskRunRecord
 from flowcore.history.settings import HistorySettings, history_settings, parse_age, parse_since
@@ -34,6 +34,9 @@ STATE_STYLES = {
 SHOW_TASKS = 200
 #: failed task runs whose tracebacks ``runs show`` prints
 SHOW_TRACEBACKS = 5
+#: the state names runs are recorded in (see flowcore.states), in the order tables list them
+STATE_NAMES = ("Completed", "Cached", "Resumed", "Running", "Pending", "Failed", "TimedOut", "NotRun",
+               "Crashed", "Cancelled")
 TIMELINE_WIDTH = 60
 FOLLOW_POLL_S = 0.5
 #: how long ``--follow`` keeps looking for records once the run is final and quiet
@@ -71,7 +74,7 @@ def open_for_cli(settings: HistorySettings | None = None) -> HistoryStore:
 
 
 def _counts(counts: dict[str, int]) -> str:
-    order = ("Completed", "Cached", "Running", "Pending", "Failed", "TimedOut", "NotRun", "Crashed", "Cancelled")
+    order = STATE_NAMES
     names = sorted(counts, key=lambda n: (order.index(n) if n in order else len(order), n))
     return ", ".join(f"{counts[n]} {n}" for n in names) or "-"
 
@@ -86,27 +89,55 @@ def _rich() -> Any:
 
 
 def _print_table(headers: Sequence[str], rows: list[list[str]], styles: list[str | None] | None = None,
-                 state_column: int | None = None, title: str | None = None) -> None:
+                 state_column: int | None = None, title: str | None = None, *,
+                 wrap: Sequence[str] = (), optional: Sequence[str] = ()) -> None:
+    """Print a table: with rich, cells stay whole (only the last column and those in
+    ``wrap`` wrap, at spaces); on a terminal too narrow for it, the columns in
+    ``optional`` are left out, in that order, until it fits."""
     rich = _rich()
     if rich is not None:
         from rich.table import Table
         from rich.text import Text
 
-        table = Table(title=title, box=rich.box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-        for header in headers:
-            table.add_column(header, no_wrap=header != headers[-1], overflow="fold")
-        for index, row in enumerate(rows):
-            cells: list[Any] = list(row)
-            if state_column is not None and styles is not None and styles[index]:
-                cells[state_column] = Text(row[state_column], style=styles[index] or "")
-            table.add_row(*cells)
-        _console().print(table)
+        console = _console()
+        shown = list(range(len(headers)))
+        while True:
+            table = Table(title=title, box=rich.box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+            for i in shown:
+                header = headers[i]
+                wraps = header == headers[-1] or header in wrap
+                table.add_column(header, no_wrap=not wraps, overflow="fold" if wraps else "ellipsis")
+            for index, row in enumerate(rows):
+                cells: list[Any] = [row[i] for i in shown]
+                if state_column in shown and styles is not None and styles[index]:
+                    assert state_column is not None
+                    cells[shown.index(state_column)] = Text(row[state_column], style=styles[index] or "")
+                table.add_row(*cells)
+            droppable = [i for i in shown if headers[i] in optional]
+            if not droppable or _least_width(headers, rows, shown, wrap) <= console.width:
+                break
+            shown.remove(min(droppable, key=lambda i: list(optional).index(headers[i])))
+        console.print(table)
         return
     if title:
         print(title)
     widths = [max(len(str(r[i])) for r in [list(headers), *rows]) for i in range(len(headers))]
     for row in [list(headers), *rows]:
         print("  ".join(str(cell).ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+
+
+def _least_width(headers: Sequence[str], rows: list[list[str]], shown: list[int], wrap: Sequence[str]) -> int:
+    """The width of the table of columns ``shown`` with each cell whole: the columns
+    that wrap as wide as their longest word, three characters between columns."""
+    from rich.cells import cell_len
+
+    total = 3 * (len(shown) - 1)
+    for i in shown:
+        wraps = headers[i] == headers[-1] or headers[i] in wrap
+        texts = [headers[i], *(row[i] for row in rows)]
+        pieces = [word for text in texts for word in text.split()] if wraps else texts
+        total += max((cell_len(piece) for piece in pieces), default=0)
+    return total
 
 
 def _console() -> Any:
@@ -126,10 +157,29 @@ def _style(state_type: str) -> str | None:
 # -- ls --------------------------------------------------------------------------------
 
 
+def check_state(text: str) -> str:
+    """``text`` when it names a state or a state type (any case); ConfigurationError
+    naming the choices (and the closest one) otherwise."""
+    from flowcore.states import StateType
+
+    if text.lower() in {name.lower() for name in (*STATE_NAMES, *StateType)}:
+        return text
+    import difflib
+
+    close = difflib.get_close_matches(text.lower(), [name.lower() for name in STATE_NAMES], n=1)
+    hint = f" (did you mean {STATE_NAMES[[n.lower() for n in STATE_NAMES].index(close[0])]!r}?)" if close else ""
+    raise ConfigurationError(
+        f"--state: unknown state {text!r}{hint}; use a state name ({', '.join(STATE_NAMES)}) "
+        f"or a type ({', '.join(StateType)}), in any case"
+    )
+
+
 def _ls(args: argparse.Namespace) -> int:
     since = parse_since(args.since) if args.since else None
+    if args.state is not None:
+        check_state(args.state)
     if args.limit is not None and args.limit < 1:
-        raise SystemExit("flowcore runs ls: --limit must be at least 1")
+        raise ConfigurationError("--limit must be at least 1")
     store = open_for_cli()
     try:
         runs = store.list_runs(flow=args.flow, state=args.state, since=since, limit=args.limit)
@@ -149,6 +199,7 @@ def _ls(args: argparse.Namespace) -> int:
     _print_table(
         ("ID", "FLOW", "NAME", "STATE", "START", "DURATION", "BACKEND", "TASKS"), rows,
         [_style(run.state_type) for run in runs], state_column=3,
+        wrap=("START",), optional=("NAME", "BACKEND"),
     )
     return 0
 
@@ -220,7 +271,7 @@ def _show(args: argparse.Namespace) -> int:
     print(f"start:      {local_time(run.start)}")
     print(f"end:        {local_time(run.end)}")
     print(f"duration:   {run_duration(run)}")
-    print(f"backend:    {run.backend or '-'}" + (f" {json.dumps(run.backend_options)}" if run.backend_options else ""))
+    print(f"backend:    {run.backend or '-'}" + (f" {json.dumps(run.backend_options, ensure_ascii=False)}" if run.backend_options else ""))
     print(f"process:    pid {run.pid} on {run.host}")
     print(f"attempts:   {run.attempts}")
     if run.parent_id:
@@ -228,7 +279,7 @@ def _show(args: argparse.Namespace) -> int:
     print(f"tasks:      {_counts(run.task_counts)}")
     print("parameters:")
     for name, value in run.parameters.items():
-        print(f"  {name} = {json.dumps(value)}")
+        print(f"  {name} = {json.dumps(value, ensure_ascii=False)}")
     if run.states:
         print("states:")
         for state in run.states:
@@ -316,7 +367,7 @@ def _level(text: str | None) -> int:
         return int(text)
     value = logging.getLevelName(text.upper())
     if not isinstance(value, int):
-        raise SystemExit(f"flowcore runs logs: unknown level {text!r}; use DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        raise ConfigurationError(f"--level: unknown level {text!r}; use DEBUG, INFO, WARNING, ERROR or CRITICAL")
     return value
 
 
@@ -325,15 +376,29 @@ def _format_log(record: LogRecord, run_name: str) -> str:
     return f"{local_time(record.timestamp)}.{int((record.timestamp % 1) * 1000):03d} | {record.level_name:<7} | {origin} - {record.message}"
 
 
+def _check_task(task: str, run: FlowRunRecord, tasks: Sequence[TaskRunRecord]) -> None:
+    """ConfigurationError when ``run`` (final) has no task run of the task or with the
+    run name ``task``: naming the tasks it ran."""
+    if any(task in (t.task, t.name) for t in tasks):
+        return
+    ran = sorted({t.task for t in tasks})
+    raise ConfigurationError(
+        f"--task: flow run {run.name} has no task runs of task {task!r} (nor one named so); "
+        + (f"its tasks: {', '.join(ran)}" if ran else "it ran no task runs")
+    )
+
+
 def _logs(args: argparse.Namespace) -> int:
     level = _level(args.level)
     if args.follow and args.json:
-        raise SystemExit("flowcore runs logs: --follow prints lines as they come; drop --json to follow")
+        raise ConfigurationError("--follow prints lines as they come; drop --json to follow")
     store = open_for_cli()
     try:
-        run = store.get_run(args.run_id).run
+        run = store.get_flow_run(args.run_id)
         run_id, name = run.id, run.name
         records = store.logs(run_id, level=level, task=args.task)
+        if args.task and not records and run.is_final():
+            _check_task(args.task, run, store.get_run(run_id).task_runs)
         if args.json:
             print(json.dumps([r.to_json() for r in records], indent=2))
             return 0
@@ -341,11 +406,13 @@ def _logs(args: argparse.Namespace) -> int:
             print(_format_log(record, name), flush=True)
         if not args.follow:
             return 0
+        if run.is_final() and run.end is not None and time.time() - run.end >= FOLLOW_GRACE_S:
+            return 0  # its last lines were written long ago: nothing to wait for
         last = records[-1].id if records else 0
         quiet_since_final = 0.0
         try:
             while True:
-                finished = store.get_run(run_id).run.is_final()
+                finished = store.get_flow_run(run_id).is_final()
                 more = store.logs(run_id, after_id=last, level=level, task=args.task)
                 for record in more:
                     print(_format_log(record, name), flush=True)

@@ -27,7 +27,7 @@ from typing import Any
 from flowcore.deployments.schema import DEPLOYMENTS_SQL
 from flowcore.errors import HistoryError, RunNotFoundError
 from flowcore.history import liveness
-from flowcore.history.formatting import json_or
+from flowcore.history.formatting import json_or, local_time
 from flowcore.history.records import (
     FlowRunRecord,
     FlowRunWrite,
@@ -443,13 +443,18 @@ class SQLiteStore(HistoryStore):
 
     def _connect(self) -> sqlite3.Connection:
         if self.readonly:
-            uri = f"{self.path.as_uri()}?mode=ro"
             try:
-                connection = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
-                self._check_version(connection)
+                return self._connect_readonly("mode=ro")
+            except sqlite3.Error as exc:
+                # A WAL file with no -shm beside it can be read only by a process that
+                # can create one. With no -wal either (the last connection to it closed),
+                # every committed row is in the file itself: read it as immutable.
+                if "unable to open" not in str(exc) or Path(f"{self.path}-wal").exists():
+                    raise _unusable(self.location, exc) from None
+            try:
+                return self._connect_readonly("mode=ro&immutable=1")
             except sqlite3.Error as exc:
                 raise _unusable(self.location, exc) from None
-            return connection
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -470,6 +475,18 @@ class SQLiteStore(HistoryStore):
         except sqlite3.Error as exc:
             connection.close()
             raise _unusable(self.location, exc) from None
+        return connection
+
+    def _connect_readonly(self, query: str) -> sqlite3.Connection:
+        connection = sqlite3.connect(
+            f"{self.path.as_uri()}?{query}", uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+            check_same_thread=False,
+        )
+        try:
+            self._check_version(connection)
+        except BaseException:
+            connection.close()
+            raise
         return connection
 
     def _set_wal(self, connection: sqlite3.Connection) -> None:
@@ -637,8 +654,13 @@ class SQLiteStore(HistoryStore):
         if flow is not None:
             where.append("flow = ?")
             parameters.append(flow)
+        # A run a read-only reader finds dead is still 'Running' on disk: asked for
+        # crashed runs, such a reader reads the running ones too and keeps the dead.
+        dead_too = self.readonly and state is not None and state.lower() == "crashed"
         if state is not None:
-            where.append("(state = ? COLLATE NOCASE OR state_type = upper(?))")
+            where.append(
+                "(state = ? COLLATE NOCASE OR state_type = upper(?)" + (" OR state = 'Running')" if dead_too else ")")
+            )
             parameters += [state, state]
         if since is not None:
             where.append("start_time >= ?")
@@ -648,12 +670,15 @@ class SQLiteStore(HistoryStore):
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY start_time DESC"
         if limit is not None:
+            extra = self._read("SELECT count(*) FROM flow_runs WHERE state = 'Running'")[0][0] if dead_too else 0
             sql += " LIMIT ?"
-            parameters.append(int(limit))
+            parameters.append(int(limit) + int(extra))  # the live ones among them are dropped below
         runs = [self._flow_record(row) for row in self._read(sql, parameters)]
-        if state is not None:  # a run found dead by a read-only reader is still 'Running' on disk
+        if state is not None:
             wanted = state.lower()
             runs = [r for r in runs if wanted in (r.state.lower(), r.state_type.lower())]
+        if limit is not None:
+            runs = runs[: int(limit)]
         self._count_tasks(runs)
         return runs
 
@@ -685,6 +710,7 @@ class SQLiteStore(HistoryStore):
 
         def work(conn: sqlite3.Connection) -> None:
             for run in dead:
+                run.end = _last_sign_of_life(conn, run)
                 updated = conn.execute(
                     "UPDATE flow_runs SET state = 'Crashed', state_type = 'CRASHED', message = ?, "
                     "end_time = ? WHERE id = ? AND state = 'Running'",
@@ -715,20 +741,35 @@ class SQLiteStore(HistoryStore):
                 "SELECT id, flow, name, start_time FROM flow_runs WHERE id >= ? AND id < ? ORDER BY start_time DESC LIMIT 11",
                 (text.lower(), text.lower() + "\uffff"),
             )
-        if not rows:
-            rows = self._read("SELECT id, flow, name, start_time FROM flow_runs WHERE name = ? LIMIT 11", (text,))
+        by_name = not rows
+        if by_name:
+            rows = self._read(
+                "SELECT id, flow, name, start_time FROM flow_runs WHERE name = ? ORDER BY start_time DESC LIMIT 11",
+                (text,),
+            )
         if not rows:
             raise RunNotFoundError(
                 f"no flow run with an id starting with {text!r} (or named so) in {self.location}; "
                 "list runs with: flowcore runs ls"
             )
         if len(rows) > 1:
-            listed = "; ".join(f"{r[0]} ({r[1]}, {r[2]})" for r in rows[:10])
             more = " and more" if len(rows) > 10 else ""
+            if by_name:  # names repeat (flow_run_name templates): only an id tells them apart
+                listed = "; ".join(f"{r[0]} ({r[1]}, started {local_time(r[3])})" for r in rows[:10])
+                raise RunNotFoundError(
+                    f"the name {text!r} names several flow runs: {listed}{more}; give a run id "
+                    "(or a unique prefix of one)"
+                )
+            listed = "; ".join(f"{r[0]} ({r[1]}, {r[2]})" for r in rows[:10])
             raise RunNotFoundError(
                 f"run id prefix {text!r} is ambiguous: it matches {listed}{more}; give more characters"
             )
         return str(rows[0][0])
+
+    def get_flow_run(self, run_id: str) -> FlowRunRecord:
+        self.reap_crashed()
+        full = self.resolve_run_id(run_id)
+        return self._flow_record(self._read(f"SELECT {_FLOW_COLUMNS} FROM flow_runs WHERE id = ?", (full,))[0])
 
     def get_run(self, run_id: str) -> RunDetail:
         self.reap_crashed()
@@ -911,6 +952,20 @@ def _task_record(row: tuple[Any, ...]) -> TaskRunRecord:
         start, end, backend, worker, None if cache_hit is None else bool(cache_hit), cache_key,
         json_or(tags, []), error_type, error_message, traceback,
     )
+
+
+def _last_sign_of_life(conn: sqlite3.Connection, run: FlowRunRecord) -> float | None:
+    """When crashed ``run`` was last seen alive: the latest of its last heartbeat (what
+    :func:`liveness.mark_crashed` gave it), its task runs' ends and its log records."""
+    (last,) = conn.execute(
+        "SELECT max(coalesce((SELECT max(end_time) FROM task_runs WHERE flow_run_id = ?1), 0), "
+        "coalesce((SELECT max(end_time) FROM task_run_blocks WHERE flow_run_id = ?1), 0), "
+        "coalesce((SELECT max(timestamp) FROM logs WHERE flow_run_id = ?1), 0))",
+        (run.id,),
+    ).fetchone()
+    if run.end is None or (last and last > run.end):
+        return float(last) if last else run.end
+    return run.end
 
 
 def _task_order(run: TaskRunRecord) -> tuple[float, str]:

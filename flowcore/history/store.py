@@ -77,6 +77,13 @@ class HistoryStore(abc.ABC):
         :class:`~flowcore.errors.RunNotFoundError` when none or several match (the
         message lists them)."""
 
+    def get_flow_run(self, run_id: str) -> FlowRunRecord:
+        """The flow run :meth:`get_run` finds for ``run_id``, its state as read now
+        (crashed runs shown so), without its task runs, state history or task counts:
+        what a poll needs (``flowcore runs logs --follow``). This default calls
+        :meth:`get_run`; a store overrides it to skip reading the task runs."""
+        return self.get_run(run_id).run
+
     @abc.abstractmethod
     def logs(
         self,
