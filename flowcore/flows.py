@@ -33,7 +33,7 @@ from flowcore import registry, states
 from flowcore.annotations import quote
 from flowcore.calls import FlowRun, new_flow_run_id
 from flowcore.context import FlowRunContext, _scope, resuming
-from flowcore.coroutines import in_async_context, run_sync
+from flowcore.coroutines import call_hook, in_async_context, run_sync
 from flowcore.errors import TaskTimeoutError
 from flowcore.selection import slot_for
 from flowcore.states import State, StateType
@@ -270,10 +270,11 @@ class Flow(Generic[P, R]):
         return context
 
     def _call_hooks(self, context: FlowRunContext, hooks: tuple[Any, ...], state: State[Any]) -> None:
-        """``hook(flow, flow_run, state)`` for each hook; one that raises is logged."""
+        """``hook(flow, flow_run, state)`` for each hook (an async hook is run to
+        completion); one that raises is logged."""
         for hook in hooks:
             try:
-                hook(self, context.flow_run, state)
+                call_hook(hook, self, context.flow_run, state)
             except Exception:
                 _run_logger(context).exception(
                     "hook %r of flow %r raised; the run's state is unchanged",
