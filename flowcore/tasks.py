@@ -398,12 +398,17 @@ class Task(Generic[P, R]):
         if template is None:
             numbers = flow_run.run_numbers if flow_run is not None else UNSCOPED_RUN_NUMBERS
             return f"{self.name}-{numbers.reserve(self.name)}"
-        if callable(template):
+        from flowcore.options import NameFromParameters  # loaded by the decorator already
+
+        if isinstance(template, str):
+            return template.format(**self.bind(args, kwargs))
+        if isinstance(template, NameFromParameters):
+            name = template(self.bind(args, kwargs))
+        else:
             name = template()
-            if not isinstance(name, str):
-                raise TypeError(f"task {self.name!r}: task_run_name callable returned {name!r}, not a str")
-            return name
-        return template.format(**self.bind(args, kwargs))
+        if not isinstance(name, str):
+            raise TypeError(f"task {self.name!r}: task_run_name callable returned {name!r}, not a str")
+        return name
 
     def with_options(self, **options: Unpack[TaskOptionInputs]) -> Task[P, R]:
         """A copy of this task with some options changed (the rest kept); validated as

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 import flowcore
-from flowcore import flow, task, unmapped
+from flowcore import flow, get_run_context, task, unmapped
 from flowcore import states as st
 from flowcore.errors import (
     CancelledError,
@@ -384,6 +384,28 @@ def test_task_run_name_callable_sets_the_future_name() -> None:
     with flowcore.use_backend("threads"):
         futures = [named.submit(i) for i in range(3)]
     assert [f.name for f in futures] == ["run-0", "run-1", "run-2"]
+
+
+def test_task_run_name_callable_taking_parameters_gets_the_runs_arguments() -> None:
+    # Prefect 3: a task_run_name callable with a ``parameters`` argument is given the
+    # run's parameters (defaults applied), on submit, map and direct calls.
+    def name(parameters: dict[str, Any]) -> str:
+        return f"load-{parameters['path']}-{parameters['mode']}"
+
+    @task(task_run_name=name)
+    def load(path: str, mode: str = "r") -> str:
+        return get_run_context().task_run.name  # type: ignore[union-attr]
+
+    @flow(backend="threads")
+    def body() -> list[str]:
+        return [load.submit("a").result(), *[f.result() for f in load.map(["b", "c"], mode="w")], load("d")]
+
+    assert body() == ["load-a-r", "load-b-w", "load-c-w", "load-d-r"]
+
+
+def test_task_run_name_callable_that_needs_other_arguments_is_refused_at_decoration() -> None:
+    with pytest.raises(TypeError, match=r"'task_run_name' callable .*takes no arguments or a 'parameters' argument"):
+        task(task_run_name=lambda path: path)(lambda path: path)
 
 
 def test_default_run_names_are_distinct_and_start_with_the_task_name() -> None:
