@@ -55,6 +55,19 @@ class TaskFuture(Generic[R]):
 
     __slots__ = ("__weakref__",)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A future lives in the process that submitted its run: it never travels. The
+        # one way one reaches pickle is an argument left unresolved on purpose
+        # (quote()) on its way to a worker process: say so, not "cannot pickle lock".
+        try:
+            name = repr(self.name)
+        except Exception:
+            name = "(unnamed)"
+        raise TypeError(
+            f"a TaskFuture {name} cannot be sent to another process (quote() leaves futures "
+            "unresolved): pass it unquoted, so that the run gets its result, or pass future.result()"
+        )
+
     # -- public API (subclasses implement the abstract parts) ---------------------
     @property
     def task(self) -> Task[..., R]:
