@@ -562,6 +562,8 @@ def _state_from_return(value: Any) -> State[Any]:
     if isinstance(value, quote):
         return states.Completed(value.value)
     if isinstance(value, State):
+        if value.is_completed():  # ``return Completed(message=...)``: its message too
+            return states.Completed(value.data, value.message)
         return _wrap_returned_state(value, "a state")
     if isinstance(value, TaskFuture):
         value.wait()

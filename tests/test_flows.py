@@ -708,3 +708,24 @@ def test_each_failed_task_run_is_logged_once_at_error(
     # The unobserved run is reported once, by the report that says nobody looked.
     assert _final_state_reports(caplog, names["ignored"]) == []
     assert len([r for r in caplog.records if names["ignored"] in r.getMessage()]) == 1
+
+
+def test_a_flow_returning_prefect_style_states_ends_in_them() -> None:
+    # Prefect 3 documents `return Failed(message=...)` / `return Completed(message=...)`
+    # from a flow body: the flow ends in that state, message included.
+    from flowcore.errors import FailedRunError
+
+    @flow
+    def refuses() -> Any:
+        return st.Failed(message="no rows today")
+
+    @flow
+    def agrees() -> Any:
+        return st.Completed(message="all good")
+
+    state = refuses(return_state=True)
+    assert state.is_failed() and "no rows today" in state.message
+    with pytest.raises(FailedRunError, match="no rows today"):
+        refuses()
+    done = agrees(return_state=True)
+    assert done.is_completed() and done.message == "all good" and done.result() is None
