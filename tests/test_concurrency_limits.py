@@ -81,6 +81,15 @@ def test_create_ls_inspect_rm(home: Path, capsys: pytest.CaptureFixture[str]) ->
     assert main(["concurrency-limit", "inspect", "nope"]) == 2
 
 
+def test_prefects_command_names_work_too(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # `prefect concurrency-limit delete TAG` is what a Prefect user types.
+    assert main(["concurrency-limit", "create", "db", "2"]) == 0
+    assert main(["concurrency-limit", "delete", "db"]) == 0
+    capsys.readouterr()
+    assert main(["concurrency-limit", "ls", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+
+
 def test_limits_live_in_the_history_file_as_migration_step_3(store: LimitStore, home: Path) -> None:
     import sqlite3
 
