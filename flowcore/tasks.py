@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from flowcore.caching.policies import CacheContext
     from flowcore.context import RunScope
     from flowcore.dispatch import Dispatcher
-    from flowcore.futures import TaskFuture
+    from flowcore.futures import FutureList, TaskFuture
     from flowcore.option_inputs import TaskOptionInputs
     from flowcore.options import TaskOptions
     from flowcore.options import exponential_backoff as exponential_backoff  # Prefect's path
@@ -289,18 +289,34 @@ class Task(Generic[P, R]):
         return future
 
     @overload
-    def map(self: Task[P, Coroutine[Any, Any, T]], *args: Any, **kwargs: Any) -> list[TaskFuture[T]]: ...
+    def map(self: Task[P, Coroutine[Any, Any, T]], *args: Any, **kwargs: Any) -> FutureList[T]: ...
 
     @overload
-    def map(self, *args: Any, **kwargs: Any) -> list[TaskFuture[R]]: ...
+    def map(self, *args: Any, **kwargs: Any) -> FutureList[R]: ...
 
-    def map(self, *args: Any, **kwargs: Any) -> list[TaskFuture[Any]]:
-        """Submit one run per element of the iterable arguments; returns their futures.
+    def map(self, *args: Any, **kwargs: Any) -> Any:
+        """Submit one run per element of the iterable arguments; returns their futures
+        as a :class:`~flowcore.futures.FutureList` (a list, with Prefect's ``wait()``
+        and ``result()``), or with ``return_state=True`` waits and returns their final
+        states, as Prefect does.
 
         Iterable arguments (lists, tuples, ranges, generators ...) must have equal
         lengths; strings, bytes, mappings, other values and ``unmapped(x)`` are passed
         unchanged to every run. ``wait_for`` applies to every run.
         """
+        from flowcore.futures import FutureList
+
+        return_state = kwargs.pop("return_state", False)
+        futures = self._map(args, kwargs)
+        if return_state:
+            states: list[State[Any]] = []
+            for future in futures:
+                future.wait()
+                states.append(future.state)
+            return states
+        return futures if type(futures) is FutureList else FutureList(futures)
+
+    def _map(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[TaskFuture[Any]]:
         wait_for = _as_futures(kwargs.pop("wait_for", None))
         scope = submission_scope()
         if scope is None:

@@ -344,6 +344,33 @@ def test_map_over_futures_and_with_a_future_broadcast() -> None:
         assert _results(add.map([1, 2], offset)) == [101, 102]
 
 
+@pytest.mark.parametrize(("backend", "count"), [("threads", 3), ("loky", 3), ("loky", 2000)])
+def test_map_returns_a_future_list_and_takes_return_state(backend: str, count: int) -> None:
+    # As Prefect 3's PrefectFutureList: `.wait()` and `.result()` on what map returns,
+    # and `map(..., return_state=True)` gives the runs' final states (loky 2000: the
+    # column-map path).
+    @task
+    def halve(x: int) -> int:
+        if x < 0:
+            raise ValueError("negative")
+        return x // 2
+
+    @flow(backend=backend)
+    def body() -> tuple[list[int], list[str], list[Any], list[Any]]:
+        futures = halve.map(range(count))
+        assert futures.wait() is None and all(f.done() for f in futures)
+        states = halve.map([4, -4], return_state=True)
+        failed = halve.map([-2])
+        with pytest.raises(ValueError, match="negative"):
+            failed.result()
+        return futures.result(), [s.name for s in states], failed.result(raise_on_failure=False), halve.map([]).result()
+
+    values, names, errors, empty = body()
+    assert values == [x // 2 for x in range(count)]
+    assert names == ["Completed", "Failed"]
+    assert [type(e) for e in errors] == [ValueError] and empty == []
+
+
 def test_map_unequal_lengths_is_a_value_error_naming_the_lengths() -> None:
     with flowcore.use_backend("threads"), pytest.raises(ValueError) as info:
         add.map([1, 2], [1, 2, 3])
