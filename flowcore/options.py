@@ -184,10 +184,21 @@ def _defaults(options: type[TaskOptions] | type[FlowOptions]) -> dict[str, Any]:
     return values
 
 
+#: Prefect options that flowcore has under another name or not at all: what to say.
+_PREFECT_OPTIONS = {
+    "task_runner": (
+        "Prefect's task runners are flowcore's backends: @flow(backend='threads'), 'loky' "
+        "(processes), 'dask' (a local or remote Dask cluster), 'sequential'"
+    ),
+    "result_serializer": "not supported: kept results are always cloudpickled (see persist_result)",
+}
+
+
 def check_option_names(
     given: Mapping[str, Any], options: type[TaskOptions] | type[FlowOptions], owner: str
 ) -> None:
-    """TypeError naming an unknown option and the nearest known one."""
+    """TypeError naming an unknown option and the nearest known one (for a Prefect
+    option flowcore has no equivalent of under that name, what to use instead)."""
     known = input_names(options)
     for name in given:
         if name not in known:
@@ -195,6 +206,8 @@ def check_option_names(
 
             close = difflib.get_close_matches(name, known, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
+            if name in _PREFECT_OPTIONS:
+                hint = f"{_PREFECT_OPTIONS[name]}; "
             raise TypeError(f"{owner}: unknown option {name!r}; {hint}options are: {', '.join(known)}")
 
 
