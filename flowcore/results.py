@@ -383,7 +383,8 @@ def resume(flow: Flow[..., Any], run_id: str, /, **parameters: Any) -> Any:
     run's recorded parameters, updated by ``parameters``, and each task run that
     completed with a kept result there returned from it instead of running (see the
     module docstring for how runs are matched). Returns what calling the flow returns
-    (pass ``return_state=True`` for the state)."""
+    (pass ``return_state=True`` for the state): for an async flow called where a loop
+    runs, a coroutine to await, which resumes while it runs."""
     history = _history_store()
     try:
         recorded = history.get_run(run_id).run
@@ -394,9 +395,24 @@ def resume(flow: Flow[..., Any], run_id: str, /, **parameters: Any) -> Any:
     _check_same_flow(full, recorded.flow, flow)
     arguments = dict(recorded.parameters or {})
     arguments.update(parameters)
-    token = _resuming.set(_Resume(full, kept))
+    plan = _Resume(full, kept)
+    from flowcore.coroutines import in_async_context
+
+    if flow.isasync and in_async_context():
+        # The call gives a coroutine: the resume must hold while it runs, not only
+        # while it is made (``await resume(...)`` in async code).
+        return _resumed(flow, plan, arguments)
+    token = _resuming.set(plan)
     try:
         return flow(**arguments)
+    finally:
+        _resuming.reset(token)
+
+
+async def _resumed(flow: Flow[..., Any], plan: _Resume, arguments: dict[str, Any]) -> Any:
+    token = _resuming.set(plan)
+    try:
+        return await flow(**arguments)
     finally:
         _resuming.reset(token)
 
