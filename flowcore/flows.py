@@ -485,6 +485,15 @@ class Flow(Generic[P, R]):
             return options.on_cancellation
         return options.on_failure
 
+    def __get__(self, instance: Any, owner: type | None = None) -> Flow[..., R]:
+        """A flow defined in a class body is a method, as in Prefect: read from an
+        instance it is a copy bound to that instance; from the class, the flow itself."""
+        if instance is None:
+            return self
+        import types
+
+        return Flow(types.MethodType(self.fn, instance), self.options)
+
     # -- options ------------------------------------------------------------
     def with_options(self, **options: Unpack[FlowOptionInputs]) -> Flow[P, R]:
         """A copy of this flow with some options changed (the rest kept); validated as

@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import inspect
 import time
+import types
 from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, Unpack, overload
 
@@ -433,8 +434,21 @@ class Task(Generic[P, R]):
 
         return Task(self.fn, task_options(self.fn, options, base=self.options))
 
+    def __get__(self, instance: Any, owner: type | None = None) -> Task[..., R]:
+        """A task defined in a class body is a method, as in Prefect: read from an
+        instance it is a copy of the task bound to that instance (its function a bound
+        method; calls, ``submit`` and ``map`` pass the instance first); read from the
+        class it is the task itself."""
+        if instance is None:
+            return self
+        return _bind(self, instance)
+
     # -- pickling: by reference when importable, else by value --------------
     def __reduce__(self) -> tuple[Any, ...]:
+        if isinstance(self.fn, types.MethodType):
+            # A task bound to an instance: the task of the plain function (by
+            # reference when the class is importable) and the instance, bound again.
+            return (_bind, (Task(self.fn.__func__, self.options), self.fn.__self__))
         # The module attribute named like the function is the Task (the decorator
         # replaced it), so the plain function cannot be pickled by reference. Pickle
         # the task by reference instead: itself, or the module-level task it was
@@ -576,6 +590,11 @@ def _without_hooks(options: TaskOptions) -> TaskOptions:
     if not options.on_completion and not options.on_failure and not options.on_running:
         return options
     return dataclasses.replace(options, on_completion=(), on_failure=(), on_running=())
+
+
+def _bind(task: Task[..., R], instance: Any) -> Task[..., R]:
+    """``task`` as a method of ``instance``: a copy whose function is bound to it."""
+    return Task(types.MethodType(task.fn, instance), task.options)
 
 
 def _load_task(module: str, qualname: str, options: TaskOptions | None = None) -> Task[..., Any]:

@@ -13,6 +13,7 @@ import pytest
 import flowcore
 from flowcore import flow, get_run_context, task, unmapped
 from flowcore import states as st
+from flowcore.caching import INPUTS
 from flowcore.errors import (
     CancelledError,
     CrashedError,
@@ -693,3 +694,59 @@ def test_futures_inside_dict_subclasses_resolve_to_the_same_type() -> None:
         counter = ident.submit(collections.Counter({"k": one})).result()
     assert isinstance(dd, collections.defaultdict) and dd.default_factory is list and dd == {"k": 1}
     assert isinstance(counter, collections.Counter) and counter == {"k": 1}
+
+
+class Scaler:
+    """Tasks and a flow defined as methods (Prefect 3 supports methods)."""
+
+    def __init__(self, factor: int) -> None:
+        self.factor = factor
+
+    @task
+    def scale(self, x: int) -> int:
+        return x * self.factor
+
+    @task
+    async def ascale(self, x: int) -> int:
+        return x * self.factor
+
+    @staticmethod
+    @task
+    def shift(x: int) -> int:
+        return x + 1
+
+    @flow
+    def run(self, n: int) -> tuple[int, int, list[int], int, int]:
+        return (
+            self.scale(n),
+            self.scale.submit(n + 1).result(),
+            self.scale.map([1, 2]).result(),
+            self.ascale(3),
+            Scaler.shift(n),
+        )
+
+
+@pytest.mark.parametrize("backend", ["threads", "loky"])
+def test_tasks_and_flows_work_as_methods(backend: str) -> None:
+    scaler = Scaler(10)
+    assert scaler.run.with_options(backend=backend)(2) == (20, 30, [10, 20], 30, 3)
+    assert Scaler.scale(scaler, 4) == 40  # read from the class: the task itself, unbound
+
+
+@dataclasses.dataclass(frozen=True)
+class Pricer:
+    rate: int
+
+    @task(cache_policy=INPUTS)
+    def price(self, units: int) -> int:
+        return units * self.rate
+
+
+def test_a_cached_method_keys_on_its_instance_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two instances that differ must not share a cache entry: the instance is an
+    # input ('self'), as the arguments are.
+    monkeypatch.setenv("FLOWCORE_CACHE_DIR", str(tmp_path))
+    assert Pricer(2).price(10) == 20
+    assert Pricer(3).price(10) == 30
+    assert Pricer(3).price(10, return_state=True).name == "Cached"
+
