@@ -132,16 +132,19 @@ class Flow(Generic[P, R]):
     def _checked_arguments(
         self, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[tuple[Any, ...], dict[str, Any], dict[str, Any], Exception | None]:
-        """Bind the arguments (TypeError naming the flow if they do not fit) and, with
-        ``validate_parameters``, validate and coerce the given ones against the type
-        hints. Returns ``(args, kwargs, parameters with defaults, error)``: ``error`` is
+        """Bind the arguments (TypeError naming the flow if they do not fit), replace
+        the futures among them by their results (as in Prefect: see
+        :func:`_resolve_upstreams`) and, with ``validate_parameters``, validate and
+        coerce the given ones against the type hints. Returns ``(args, kwargs, parameters with defaults, error)``: ``error`` is
         the ParameterTypeError that fails the run before its body, else None."""
         try:
             bound = self.signature.bind(*args, **kwargs)
         except TypeError as exc:
             raise TypeError(f"flow {self.name!r}: {exc} (signature: {self.name}{self.signature})") from None
-        invalid: Exception | None = None
-        if self.annotated and self.options.validate_parameters and bound.arguments:
+        invalid, resolved = _resolve_upstreams(self.name, bound.arguments)
+        if resolved:
+            args, kwargs = bound.args, bound.kwargs
+        if invalid is None and self.annotated and self.options.validate_parameters and bound.arguments:
             from flowcore.errors import ParameterTypeError
             from flowcore.parameters import validator_for
 
@@ -561,6 +564,39 @@ def _interrupted_state(exc: BaseException) -> State[Any]:
     else:
         reason = f"{type(exc).__name__}"
     return states.Crashed(f"the flow run was aborted by {reason}")
+
+
+def _resolve_upstreams(flow_name: str, arguments: dict[str, Any]) -> tuple[Exception | None, bool]:
+    """Replace, in place, each argument holding task futures (in containers too) by
+    the same with their results, ``allow_failure(x)`` and ``quote(x)`` as a task's
+    arguments are (Prefect 3 resolves a flow's parameters so). Waits for the futures.
+    Returns ``(error, replaced)``: the error that fails the run before its body when
+    one of them did not complete (else None), and whether any argument was replaced."""
+    import sys
+
+    futures = sys.modules.get("flowcore.futures")
+    if futures is None:  # nothing has submitted a run in this process: no futures exist
+        return None, False
+    replaced = False
+    for name, value in arguments.items():
+        if not futures.holds_inputs(value):
+            continue
+        found: list[Any] = []
+        futures.collect_inputs(value, found)
+        for item in found:
+            if isinstance(item, futures.TaskFuture):
+                item.wait()
+                state = item.state
+                if not state.is_completed():
+                    from flowcore.errors import UpstreamFailedError
+
+                    return UpstreamFailedError(
+                        f"flow {flow_name!r}: parameter {name!r} holds the future of task run "
+                        f"{item.name!r}, which ended in state {state!r}"
+                    ), replaced
+        arguments[name] = futures.resolve_inputs(value)
+        replaced = True
+    return None, replaced
 
 
 def _state_from_return(value: Any) -> State[Any]:
