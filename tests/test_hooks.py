@@ -200,3 +200,36 @@ def test_async_hooks_are_awaited(backend: str) -> None:
 async def _state_of(owner: Any) -> State[Any]:
     state: State[Any] = await owner(return_state=True)
     return state
+
+
+@pytest.mark.parametrize("backend", ["threads", "loky"])
+def test_hooks_read_prefects_run_attributes(backend: str) -> None:
+    # Prefect's hooks read flow_run.id / flow_run.name and task_run.id / task_run.name;
+    # a missing attribute raised inside the hook, which was only logged.
+    seen: dict[str, Any] = {}
+
+    def flow_hook(owner: Any, flow_run: Any, state: State[Any]) -> None:
+        seen["flow"] = (flow_run.id, flow_run.name)
+
+    def task_hook(owner: Any, task_run: Any, state: State[Any]) -> None:
+        seen["task"] = (task_run.id, task_run.name)
+
+    @task(on_completion=[task_hook])
+    def work() -> str:
+        from flowcore import get_run_context
+
+        info = get_run_context().task_run
+        assert info is not None
+        return info.id
+
+    @flow(backend=backend, on_completion=[flow_hook])
+    def body() -> tuple[str, str]:
+        from flowcore import get_run_context
+
+        info = get_run_context().flow_run
+        assert info is not None
+        return info.id, work.submit().result()
+
+    flow_run_id, task_run_id = body()
+    assert seen["flow"][0] == flow_run_id and seen["flow"][1].startswith("body-")
+    assert seen["task"] == (task_run_id, "work-0")
