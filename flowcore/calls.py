@@ -148,6 +148,17 @@ class TaskCall:
         """The arguments bound to the task's parameters, defaults applied."""
         return self.task.bind(self.args, self.kwargs)
 
+    # Prefect's names for what a hook's ``task_run`` argument tells.
+    @property
+    def id(self) -> str:
+        """The task run's id (``task_run_id``)."""
+        return self.task_run_id
+
+    @property
+    def name(self) -> str:
+        """The task run's name (``task_run_name``)."""
+        return self.task_run_name
+
     def __repr__(self) -> str:
         return f"TaskCall({self.task_run_name!r}, id={self.task_run_id!r})"
 
@@ -171,6 +182,11 @@ class FlowRun:
     #: what the flow run asks about its task runs' results (``flowcore.results.ResultPlan``):
     #: None unless it keeps results or resumes a run; travels with its calls
     results: Any = field(default=None, compare=False, repr=False)
+
+    @property
+    def id(self) -> str:
+        """The flow run's id (``run_id``), under Prefect's name for it."""
+        return self.run_id
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickle (a copy travels with each task call to a worker) with the parameters

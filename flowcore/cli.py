@@ -122,7 +122,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.resume:
         from flowcore.results import recorded_parameters
 
-        params = {**recorded_parameters(args.resume), **params}
+        params = {**recorded_parameters(args.resume, flow_obj), **params}
     _check_parameters(flow_obj, params)
     if args.progress:
         import os

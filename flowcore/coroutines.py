@@ -135,4 +135,18 @@ def _run_in_helper_thread(coroutine: Coroutine[Any, Any, T], context: contextvar
     raise payload
 
 
-__all__ = ["in_async_context", "run_sync", "running_loop"]
+def call_hook(hook: Any, *args: Any) -> None:
+    """Call a run hook with ``args``; when it gives an awaitable (an ``async def``
+    hook), run that to completion here, as Prefect 3 does, on this thread's loop or,
+    when a loop already runs in this thread, on a helper thread's. Its exceptions
+    propagate to the caller (which logs them)."""
+    result = hook(*args)
+    if hasattr(result, "__await__"):
+        run_sync(_awaited(result))
+
+
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable
+
+
+__all__ = ["call_hook", "in_async_context", "run_sync", "running_loop"]

@@ -104,6 +104,12 @@ class CrashedError(FlowcoreError):
     """
 
 
+class FailedRunError(FlowcoreError):
+    """The exception of a ``Failed`` state made without one (``Failed(message=...)``,
+    as a flow body may return in Prefect): raised by its ``result()``, with its message.
+    """
+
+
 class CancelledError(FlowcoreError):
     """A task was cancelled before it finished (for example on Ctrl-C or shutdown).
 
@@ -258,4 +264,4 @@ class ResultNotFoundError(FlowcoreError, LookupError):
     complete, or its stored entry is gone (the message says which)."""
 
 
-__all__ += ["ResultNotFoundError", "ResultPersistenceError"]
+__all__ += ["FailedRunError", "ResultNotFoundError", "ResultPersistenceError"]

@@ -34,7 +34,7 @@ from flowcore import registry, states
 from flowcore.annotations import quote
 from flowcore.calls import FlowRun, new_flow_run_id
 from flowcore.context import FlowRunContext, _scope, resuming
-from flowcore.coroutines import in_async_context, run_sync
+from flowcore.coroutines import call_hook, in_async_context, run_sync
 from flowcore.errors import TaskTimeoutError
 from flowcore.selection import slot_for
 from flowcore.states import State, StateType
@@ -133,16 +133,19 @@ class Flow(Generic[P, R]):
     def _checked_arguments(
         self, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[tuple[Any, ...], dict[str, Any], dict[str, Any], Exception | None]:
-        """Bind the arguments (TypeError naming the flow if they do not fit) and, with
-        ``validate_parameters``, validate and coerce the given ones against the type
-        hints. Returns ``(args, kwargs, parameters with defaults, error)``: ``error`` is
+        """Bind the arguments (TypeError naming the flow if they do not fit), replace
+        the futures among them by their results (as in Prefect: see
+        :func:`_resolve_upstreams`) and, with ``validate_parameters``, validate and
+        coerce the given ones against the type hints. Returns ``(args, kwargs, parameters with defaults, error)``: ``error`` is
         the ParameterTypeError that fails the run before its body, else None."""
         try:
             bound = self.signature.bind(*args, **kwargs)
         except TypeError as exc:
             raise TypeError(f"flow {self.name!r}: {exc} (signature: {self.name}{self.signature})") from None
-        invalid: Exception | None = None
-        if self.annotated and self.options.validate_parameters and bound.arguments:
+        invalid, resolved = _resolve_upstreams(self.name, bound.arguments)
+        if resolved:
+            args, kwargs = bound.args, bound.kwargs
+        if invalid is None and self.annotated and self.options.validate_parameters and bound.arguments:
             from flowcore.errors import ParameterTypeError
             from flowcore.parameters import validator_for
 
@@ -271,10 +274,11 @@ class Flow(Generic[P, R]):
         return context
 
     def _call_hooks(self, context: FlowRunContext, hooks: tuple[Any, ...], state: State[Any]) -> None:
-        """``hook(flow, flow_run, state)`` for each hook; one that raises is logged."""
+        """``hook(flow, flow_run, state)`` for each hook (an async hook is run to
+        completion); one that raises is logged."""
         for hook in hooks:
             try:
-                hook(self, context.flow_run, state)
+                call_hook(hook, self, context.flow_run, state)
             except Exception:
                 _run_logger(context).exception(
                     "hook %r of flow %r raised; the run's state is unchanged",
@@ -493,6 +497,15 @@ class Flow(Generic[P, R]):
             return options.on_cancellation
         return options.on_failure
 
+    def __get__(self, instance: Any, owner: type | None = None) -> Flow[..., R]:
+        """A flow defined in a class body is a method, as in Prefect: read from an
+        instance it is a copy bound to that instance; from the class, the flow itself."""
+        if instance is None:
+            return self
+        import types
+
+        return Flow(types.MethodType(self.fn, instance), self.options)
+
     # -- options ------------------------------------------------------------
     def with_options(self, **options: Unpack[FlowOptionInputs]) -> Flow[P, R]:
         """A copy of this flow with some options changed (the rest kept); validated as
@@ -562,6 +575,39 @@ def _interrupted_state(exc: BaseException) -> State[Any]:
     return states.Crashed(f"the flow run was aborted by {reason}")
 
 
+def _resolve_upstreams(flow_name: str, arguments: dict[str, Any]) -> tuple[Exception | None, bool]:
+    """Replace, in place, each argument holding task futures (in containers too) by
+    the same with their results, ``allow_failure(x)`` and ``quote(x)`` as a task's
+    arguments are (Prefect 3 resolves a flow's parameters so). Waits for the futures.
+    Returns ``(error, replaced)``: the error that fails the run before its body when
+    one of them did not complete (else None), and whether any argument was replaced."""
+    import sys
+
+    futures = sys.modules.get("flowcore.futures")
+    if futures is None:  # nothing has submitted a run in this process: no futures exist
+        return None, False
+    replaced = False
+    for name, value in arguments.items():
+        if not futures.holds_inputs(value):
+            continue
+        found: list[Any] = []
+        futures.collect_inputs(value, found)
+        for item in found:
+            if isinstance(item, futures.TaskFuture):
+                item.wait()
+                state = item.state
+                if not state.is_completed():
+                    from flowcore.errors import UpstreamFailedError
+
+                    return UpstreamFailedError(
+                        f"flow {flow_name!r}: parameter {name!r} holds the future of task run "
+                        f"{item.name!r}, which ended in state {state!r}"
+                    ), replaced
+        arguments[name] = futures.resolve_inputs(value)
+        replaced = True
+    return None, replaced
+
+
 def _state_from_return(value: Any) -> State[Any]:
     """The flow's state from what its body returned (futures are waited for;
     ``quote(x)``: ``x`` as it is)."""
@@ -570,6 +616,8 @@ def _state_from_return(value: Any) -> State[Any]:
     if isinstance(value, quote):
         return states.Completed(value.value)
     if isinstance(value, State):
+        if value.is_completed():  # ``return Completed(message=...)``: its message too
+            return states.Completed(value.data, value.message)
         return _wrap_returned_state(value, "a state")
     if isinstance(value, TaskFuture):
         value.wait()

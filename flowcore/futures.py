@@ -55,6 +55,19 @@ class TaskFuture(Generic[R]):
 
     __slots__ = ("__weakref__",)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A future lives in the process that submitted its run: it never travels. The
+        # one way one reaches pickle is an argument left unresolved on purpose
+        # (quote()) on its way to a worker process: say so, not "cannot pickle lock".
+        try:
+            name = repr(self.name)
+        except Exception:
+            name = "(unnamed)"
+        raise TypeError(
+            f"a TaskFuture {name} cannot be sent to another process (quote() leaves futures "
+            "unresolved): pass it unquoted, so that the run gets its result, or pass future.result()"
+        )
+
     # -- public API (subclasses implement the abstract parts) ---------------------
     @property
     def task(self) -> Task[..., R]:
@@ -592,6 +605,8 @@ def _rebuild(obj: Any, kind: type, replace: Callable[[Any], Any]) -> Any:
             new[key] = value
         return new
     items = [_substitute_in(item, kind, replace) for item in obj]
+    if type(obj) is FutureList:  # map's futures, resolved: their values, as a plain list
+        return items
     if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # namedtuple
         return type(obj)(*items)
     try:
@@ -626,6 +641,30 @@ def wait(
         future.wait(remaining)
     done = {f for f in pending if f.done()}
     return DoneAndNotDoneFutures(done, pending - done)
+
+
+class FutureList(list[TaskFuture[R]]):
+    """What ``Task.map`` returns: a plain list of its runs' futures, with the two
+    methods of Prefect's ``PrefectFutureList``. Resolved (a flow returning it, an
+    argument of a run), it becomes a plain list of values."""
+
+    __slots__ = ()
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Wait until every run is done or ``timeout`` seconds pass (never raises on
+        timeout: look at each future's ``done()``)."""
+        wait(self, timeout)
+
+    def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> list[R]:
+        """The runs' values in order, waiting at most ``timeout`` seconds in all
+        (:class:`~flowcore.errors.WaitTimeoutError` after that); a run that did not
+        complete raises its exception, or gives it with ``raise_on_failure=False``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        values: list[R] = []
+        for future in self:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            values.append(future.result(remaining, raise_on_failure))
+        return values
 
 
 def as_completed(
@@ -697,6 +736,7 @@ def _get_woken_for_deadlines(source: queue.SimpleQueue[T], timeout: float | None
 
 __all__ = [
     "DoneAndNotDoneFutures",
+    "FutureList",
     "RunFuture",
     "TaskFuture",
     "as_completed",

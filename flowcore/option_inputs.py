@@ -34,7 +34,7 @@ class TaskOptionInputs(TypedDict, total=False):
     retry_condition_fn: Callable[..., bool] | None
     timeout_seconds: float | None
     tags: Iterable[str] | None
-    task_run_name: str | Callable[[], str] | None
+    task_run_name: str | Callable[..., str] | None
     log_prints: bool | None
     on_completion: Sequence[Hook] | None
     on_failure: Sequence[Hook] | None

@@ -103,7 +103,7 @@ class TaskOptions:
     retry_condition_fn: Callable[..., bool] | None = None
     timeout_seconds: float | None = None
     tags: frozenset[str] = field(default_factory=frozenset)
-    task_run_name: str | Callable[[], str] | None = None
+    task_run_name: str | Callable[..., str] | None = None
     log_prints: bool | None = None
     on_completion: tuple[Hook, ...] = ()
     on_failure: tuple[Hook, ...] = ()
@@ -184,10 +184,21 @@ def _defaults(options: type[TaskOptions] | type[FlowOptions]) -> dict[str, Any]:
     return values
 
 
+#: Prefect options that flowcore has under another name or not at all: what to say.
+_PREFECT_OPTIONS = {
+    "task_runner": (
+        "Prefect's task runners are flowcore's backends: @flow(backend='threads'), 'loky' "
+        "(processes), 'dask' (a local or remote Dask cluster), 'sequential'"
+    ),
+    "result_serializer": "not supported: kept results are always cloudpickled (see persist_result)",
+}
+
+
 def check_option_names(
     given: Mapping[str, Any], options: type[TaskOptions] | type[FlowOptions], owner: str
 ) -> None:
-    """TypeError naming an unknown option and the nearest known one."""
+    """TypeError naming an unknown option and the nearest known one (for a Prefect
+    option flowcore has no equivalent of under that name, what to use instead)."""
     known = input_names(options)
     for name in given:
         if name not in known:
@@ -195,6 +206,8 @@ def check_option_names(
 
             close = difflib.get_close_matches(name, known, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
+            if name in _PREFECT_OPTIONS:
+                hint = f"{_PREFECT_OPTIONS[name]}; "
             raise TypeError(f"{owner}: unknown option {name!r}; {hint}options are: {', '.join(known)}")
 
 
@@ -491,11 +504,16 @@ def check_log_prints(value: object, owner: str) -> bool | None:
 def check_run_name(
     value: object, parameters: Iterable[str], has_var_keyword: bool, owner: str,
     *, option: str = "task_run_name",
-) -> str | Callable[[], str] | None:
+) -> str | Callable[..., str] | None:
     """A ``str.format`` template over the call's parameters, or a callable returning a
-    str (``option``: ``task_run_name`` or ``flow_run_name``, for the messages)."""
-    if value is None or callable(value):
+    str (``option``: ``task_run_name`` or ``flow_run_name``, for the messages). A
+    callable is called with no arguments; a ``task_run_name`` callable that takes a
+    ``parameters`` argument (as in Prefect 3) comes back as :class:`NameFromParameters`.
+    A callable that can be called neither way is refused here."""
+    if value is None:
         return value
+    if callable(value):
+        return _check_name_callable(value, owner, option)
     if not isinstance(value, str):
         raise TypeError(f"{owner}: {option!r} must be a string template or a callable, got {value!r}")
     known = set(parameters)
@@ -515,6 +533,50 @@ def check_run_name(
                 f"{owner}: {option!r} {value!r} refers to {root!r}, which is not a "
                 f"parameter; parameters are: {', '.join(sorted(known)) or '(none)'}"
             )
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class NameFromParameters:
+    """A ``task_run_name`` callable that takes the run's parameters, as in Prefect 3:
+    called as ``fn(parameters={name: value, ...})`` (the call's arguments bound to the
+    task's signature, defaults applied)."""
+
+    fn: Callable[..., str]
+
+    def __call__(self, parameters: dict[str, Any]) -> str:
+        return self.fn(parameters=parameters)
+
+
+def _check_name_callable(value: Callable[..., Any], owner: str, option: str) -> Callable[..., str]:
+    import inspect
+
+    if isinstance(value, NameFromParameters):
+        return value
+    try:
+        signature = inspect.signature(value)
+    except (TypeError, ValueError):  # a builtin Python cannot read: called as given
+        return value
+    if option == "task_run_name" and "parameters" in signature.parameters:
+        try:
+            signature.bind(parameters={})
+        except TypeError:
+            pass
+        else:
+            return NameFromParameters(value)
+    try:
+        signature.bind()
+    except TypeError:
+        label = f"{owner}: {option!r} callable {getattr(value, '__name__', value)!r}{signature}"
+        if option == "task_run_name":
+            raise TypeError(
+                f"{label} cannot be called: give a callable that takes no arguments or a 'parameters' "
+                "argument (a dict of the run's parameters, as in Prefect), or a template such as 'load-{path}'"
+            ) from None
+        raise TypeError(
+            f"{label} is called with no arguments (get_run_context().flow_run.parameters has the "
+            "run's parameters), or give a template such as 'etl-{day}'"
+        ) from None
     return value
 
 

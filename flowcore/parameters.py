@@ -45,7 +45,10 @@ class ParameterValidator:
             hint = hints.get(name, inspect.Parameter.empty)
             if hint is inspect.Parameter.empty or hint is Any:
                 continue
-            self._adapters[name] = _adapter(hint)
+            adapter = _adapter(hint)
+            if adapter is None:
+                continue
+            self._adapters[name] = adapter
             self._expected[name] = type_name(hint)
             self._kinds[name] = parameter.kind
 
@@ -116,12 +119,19 @@ def type_name(hint: Any) -> str:
     return repr(hint).replace("typing.", "")
 
 
-def _adapter(hint: Any) -> pydantic.TypeAdapter[Any]:
+def _adapter(hint: Any) -> pydantic.TypeAdapter[Any] | None:
+    """The validator of ``hint``, or None when pydantic cannot build one (a
+    ``typing.TypedDict`` before Python 3.12, a dataclass with a field of a type it
+    does not know): that parameter is passed unchecked, as for a hint that cannot be
+    resolved."""
     try:
         return pydantic.TypeAdapter(hint, config=_ARBITRARY)
     except pydantic.PydanticUserError:
-        # A model, dataclass or TypedDict carries its own config: it takes none here.
+        pass  # a model, dataclass or TypedDict carries its own config: it takes none here
+    try:
         return pydantic.TypeAdapter(hint)
+    except pydantic.PydanticUserError:  # schema generation errors included
+        return None
 
 
 def _type_hints(fn: Callable[..., Any], signature: inspect.Signature) -> dict[str, Any]:

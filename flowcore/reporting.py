@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from flowcore import deferred_runs, registry
 from flowcore.calls import TaskCall
+from flowcore.coroutines import call_hook
 from flowcore.engine import task_run_logger
 from flowcore.states import State, StateType
 
@@ -29,7 +30,8 @@ def run_task_hooks(call: TaskCall, state: State[Any]) -> None:
     ``on_running`` hooks with a ``Running`` state (dated when the body started) if the
     body ran at least once (``state.attempts``: not for a cache hit, nor for a run
     that never started), then ``on_completion`` (or, for any other final state,
-    ``on_failure``), each with ``(task, call, state)``. Called once per run, in the
+    ``on_failure``), each with ``(task, call, state)`` (an async hook is run to
+    completion). Called once per run, in the
     submitting process, when the run's outcome arrives there. A hook's exception is
     logged, never raised."""
     task = call.task
@@ -45,7 +47,7 @@ def run_task_hooks(call: TaskCall, state: State[Any]) -> None:
     calls.extend((hook, state) for hook in final_hooks)
     for hook, given in calls:
         try:
-            hook(task, call, given)
+            call_hook(hook, task, call, given)
         except Exception:
             task_run_logger(call).exception(
                 "hook %r of task run %r raised; the run's state is unchanged",

@@ -353,14 +353,29 @@ def resumable_results(run_id: str, *, store: Any = None) -> tuple[str, dict[tupl
             history.close()
 
 
-def recorded_parameters(run_id: str) -> dict[str, Any]:
+def recorded_parameters(run_id: str, flow: Flow[..., Any] | None = None) -> dict[str, Any]:
     """The parameters recorded for flow run ``run_id`` (any unique prefix): the values
-    JSON could hold as they were, the others as their ``repr()`` (pass those again)."""
+    JSON could hold as they were, the others as their ``repr()`` (pass those again).
+    With ``flow``: ConfigurationError unless ``run_id`` is a run of that flow (checked
+    first, so that a resume of the wrong flow says so instead of refusing the other
+    flow's parameters)."""
     history = _history_store()
     try:
-        return dict(history.get_run(run_id).run.parameters or {})
+        recorded = history.get_run(run_id).run
     finally:
         history.close()
+    if flow is not None:
+        _check_same_flow(recorded.id, recorded.flow, flow)
+    return dict(recorded.parameters or {})
+
+
+def _check_same_flow(run_id: str, recorded_flow: str, flow: Flow[..., Any]) -> None:
+    if recorded_flow != flow.name:
+        from flowcore.errors import ConfigurationError
+
+        raise ConfigurationError(
+            f"run {run_id[:8]} is a run of flow {recorded_flow!r}, not of {flow.name!r}; resume it with that flow"
+        )
 
 
 def resume(flow: Flow[..., Any], run_id: str, /, **parameters: Any) -> Any:
@@ -368,7 +383,8 @@ def resume(flow: Flow[..., Any], run_id: str, /, **parameters: Any) -> Any:
     run's recorded parameters, updated by ``parameters``, and each task run that
     completed with a kept result there returned from it instead of running (see the
     module docstring for how runs are matched). Returns what calling the flow returns
-    (pass ``return_state=True`` for the state)."""
+    (pass ``return_state=True`` for the state): for an async flow called where a loop
+    runs, a coroutine to await, which resumes while it runs."""
     history = _history_store()
     try:
         recorded = history.get_run(run_id).run
@@ -376,17 +392,27 @@ def resume(flow: Flow[..., Any], run_id: str, /, **parameters: Any) -> Any:
         kept = history.kept_results(full)
     finally:
         history.close()
-    if recorded.flow != flow.name:
-        from flowcore.errors import ConfigurationError
-
-        raise ConfigurationError(
-            f"run {full[:8]} is a run of flow {recorded.flow!r}, not of {flow.name!r}; resume it with that flow"
-        )
+    _check_same_flow(full, recorded.flow, flow)
     arguments = dict(recorded.parameters or {})
     arguments.update(parameters)
-    token = _resuming.set(_Resume(full, kept))
+    plan = _Resume(full, kept)
+    from flowcore.coroutines import in_async_context
+
+    if flow.isasync and in_async_context():
+        # The call gives a coroutine: the resume must hold while it runs, not only
+        # while it is made (``await resume(...)`` in async code).
+        return _resumed(flow, plan, arguments)
+    token = _resuming.set(plan)
     try:
         return flow(**arguments)
+    finally:
+        _resuming.reset(token)
+
+
+async def _resumed(flow: Flow[..., Any], plan: _Resume, arguments: dict[str, Any]) -> Any:
+    token = _resuming.set(plan)
+    try:
+        return await flow(**arguments)
     finally:
         _resuming.reset(token)
 

@@ -28,6 +28,7 @@ from typing import Any, Generic, TypeVar
 from flowcore.errors import (
     CancelledError,
     CrashedError,
+    FailedRunError,
     RemoteTraceback,
     TaskTimeoutError,
     UpstreamFailedError,
@@ -212,7 +213,11 @@ def Cached(data: Any = None, message: str = "", **fields: Any) -> State[Any]:
     return State(StateType.COMPLETED, "Cached", message, data=data, **fields)
 
 
-def Failed(exception: BaseException, message: str = "", **fields: Any) -> State[Any]:
+def Failed(exception: BaseException | None = None, message: str = "", **fields: Any) -> State[Any]:
+    """A failed state. Without ``exception`` (``Failed(message="no rows")``, as Prefect
+    writes it) its exception is a :class:`~flowcore.errors.FailedRunError` with the message."""
+    if exception is None:
+        exception = FailedRunError(message or "the run ended Failed")
     return State(
         StateType.FAILED,
         "Failed",

@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import inspect
 import time
+import types
 from collections.abc import Callable, Coroutine, Iterable
 from threading import get_ident as _get_ident
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, Unpack, overload
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
     from flowcore.caching.policies import CacheContext
     from flowcore.context import RunScope
     from flowcore.dispatch import Dispatcher
-    from flowcore.futures import TaskFuture
+    from flowcore.futures import FutureList, TaskFuture
     from flowcore.option_inputs import TaskOptionInputs
     from flowcore.options import TaskOptions
     from flowcore.options import exponential_backoff as exponential_backoff  # Prefect's path
@@ -290,18 +291,34 @@ class Task(Generic[P, R]):
         return future
 
     @overload
-    def map(self: Task[P, Coroutine[Any, Any, T]], *args: Any, **kwargs: Any) -> list[TaskFuture[T]]: ...
+    def map(self: Task[P, Coroutine[Any, Any, T]], *args: Any, **kwargs: Any) -> FutureList[T]: ...
 
     @overload
-    def map(self, *args: Any, **kwargs: Any) -> list[TaskFuture[R]]: ...
+    def map(self, *args: Any, **kwargs: Any) -> FutureList[R]: ...
 
-    def map(self, *args: Any, **kwargs: Any) -> list[TaskFuture[Any]]:
-        """Submit one run per element of the iterable arguments; returns their futures.
+    def map(self, *args: Any, **kwargs: Any) -> Any:
+        """Submit one run per element of the iterable arguments; returns their futures
+        as a :class:`~flowcore.futures.FutureList` (a list, with Prefect's ``wait()``
+        and ``result()``), or with ``return_state=True`` waits and returns their final
+        states, as Prefect does.
 
         Iterable arguments (lists, tuples, ranges, generators ...) must have equal
         lengths; strings, bytes, mappings, other values and ``unmapped(x)`` are passed
         unchanged to every run. ``wait_for`` applies to every run.
         """
+        from flowcore.futures import FutureList
+
+        return_state = kwargs.pop("return_state", False)
+        futures = self._map(args, kwargs)
+        if return_state:
+            states: list[State[Any]] = []
+            for future in futures:
+                future.wait()
+                states.append(future.state)
+            return states
+        return futures if type(futures) is FutureList else FutureList(futures)
+
+    def _map(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[TaskFuture[Any]]:
         wait_for = _as_futures(kwargs.pop("wait_for", None))
         scope = submission_scope()
         if scope is None:
@@ -399,12 +416,17 @@ class Task(Generic[P, R]):
         if template is None:
             numbers = flow_run.run_numbers if flow_run is not None else UNSCOPED_RUN_NUMBERS
             return f"{self.name}-{numbers.reserve(self.name)}"
-        if callable(template):
+        from flowcore.options import NameFromParameters  # loaded by the decorator already
+
+        if isinstance(template, str):
+            return template.format(**self.bind(args, kwargs))
+        if isinstance(template, NameFromParameters):
+            name = template(self.bind(args, kwargs))
+        else:
             name = template()
-            if not isinstance(name, str):
-                raise TypeError(f"task {self.name!r}: task_run_name callable returned {name!r}, not a str")
-            return name
-        return template.format(**self.bind(args, kwargs))
+        if not isinstance(name, str):
+            raise TypeError(f"task {self.name!r}: task_run_name callable returned {name!r}, not a str")
+        return name
 
     def with_options(self, **options: Unpack[TaskOptionInputs]) -> Task[P, R]:
         """A copy of this task with some options changed (the rest kept); validated as
@@ -413,8 +435,21 @@ class Task(Generic[P, R]):
 
         return Task(self.fn, task_options(self.fn, options, base=self.options))
 
+    def __get__(self, instance: Any, owner: type | None = None) -> Task[..., R]:
+        """A task defined in a class body is a method, as in Prefect: read from an
+        instance it is a copy of the task bound to that instance (its function a bound
+        method; calls, ``submit`` and ``map`` pass the instance first); read from the
+        class it is the task itself."""
+        if instance is None:
+            return self
+        return _bind(self, instance)
+
     # -- pickling: by reference when importable, else by value --------------
     def __reduce__(self) -> tuple[Any, ...]:
+        if isinstance(self.fn, types.MethodType):
+            # A task bound to an instance: the task of the plain function (by
+            # reference when the class is importable) and the instance, bound again.
+            return (_bind, (Task(self.fn.__func__, self.options), self.fn.__self__))
         # The module attribute named like the function is the Task (the decorator
         # replaced it), so the plain function cannot be pickled by reference. Pickle
         # the task by reference instead: itself, or the module-level task it was
@@ -554,6 +589,11 @@ def _without_hooks(options: TaskOptions) -> TaskOptions:
     if not options.on_completion and not options.on_failure and not options.on_running:
         return options
     return dataclasses.replace(options, on_completion=(), on_failure=(), on_running=())
+
+
+def _bind(task: Task[..., R], instance: Any) -> Task[..., R]:
+    """``task`` as a method of ``instance``: a copy whose function is bound to it."""
+    return Task(types.MethodType(task.fn, instance), task.options)
 
 
 def _load_task(module: str, qualname: str, options: TaskOptions | None = None) -> Task[..., Any]:

@@ -79,6 +79,22 @@ def test_quote_is_not_scanned_and_keeps_futures() -> None:
     assert inner is ok and isinstance(inner, TaskFuture)
 
 
+def test_a_quoted_future_sent_to_a_worker_process_is_a_clear_error() -> None:
+    # A future cannot travel to another process; quote() keeps it from being resolved,
+    # so the error must say that, not "cannot pickle '_thread.lock' object".
+    @flow(backend="loky")
+    def body() -> Any:
+        ok = one.submit()
+        ok.wait()
+        return received.submit(quote([ok])).result()
+
+    state = body(return_state=True)
+    assert state.is_failed()
+    message = str(state.exception)
+    assert "argument 'values'" in message and "TaskFuture 'one-0'" in message, message
+    assert "unquoted" in message and "_thread.lock" not in message, message
+
+
 def test_a_flow_returning_quote_completes_with_the_value() -> None:
     @flow(backend="threads")
     def body() -> Any:

@@ -81,6 +81,15 @@ def test_create_ls_inspect_rm(home: Path, capsys: pytest.CaptureFixture[str]) ->
     assert main(["concurrency-limit", "inspect", "nope"]) == 2
 
 
+def test_prefects_command_names_work_too(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # `prefect concurrency-limit delete TAG` is what a Prefect user types.
+    assert main(["concurrency-limit", "create", "db", "2"]) == 0
+    assert main(["concurrency-limit", "delete", "db"]) == 0
+    capsys.readouterr()
+    assert main(["concurrency-limit", "ls", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+
+
 def test_limits_live_in_the_history_file_as_migration_step_3(store: LimitStore, home: Path) -> None:
     import sqlite3
 
@@ -318,3 +327,42 @@ def test_on_dask_workers_slots_are_cluster_semaphores(store: LimitStore) -> None
             )
     assert max_overlap(intervals) == 1
     assert names.get(slots.semaphore_name("db")) == 1
+
+
+@pytest.mark.timeout(180)
+def test_dask_workers_also_respect_the_machines_slots(store: LimitStore) -> None:
+    # "At most N runs ... across every flow and process on the machine": a slot held by
+    # another process here (a loky flow, a second Dask cluster, `concurrency()` in a
+    # script) bounds the runs of a Dask cluster's workers on this machine too.
+    pytest.importorskip("distributed")
+    from distributed import LocalCluster
+
+    store.set_limit("db", 1)
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, host="127.0.0.1",  # type: ignore[no-untyped-call]
+                      dashboard_address="127.0.0.1:0") as cluster:
+        from flowcore.selection import get_backend
+
+        with get_backend("dask", address=cluster.scheduler_address) as backend:
+
+            @flow(backend=backend)
+            def on_cluster() -> list[tuple[float, float]]:
+                return [f.result() for f in [interval.submit(0.05) for _ in range(2)]]
+
+            on_cluster()  # the workers are up and have imported this module
+            held = threading.Event()
+            released: list[float] = []
+
+            def hold() -> None:
+                with concurrency("db"):  # a slot on this machine, held by this process
+                    held.set()
+                    time.sleep(1.5)
+                    released.append(time.time())
+
+            holder = threading.Thread(target=hold)
+            holder.start()
+            assert held.wait(30)
+            intervals = on_cluster()
+            holder.join()
+    assert len(intervals) == 2 and max_overlap(intervals) == 1
+    assert min(start for start, _ in intervals) >= released[0] - 0.05
+    assert store.get("db").holders == ()

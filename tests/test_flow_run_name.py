@@ -90,6 +90,15 @@ def test_a_callable_returning_no_str_is_a_clear_error() -> None:
         numbered()
 
 
+def test_a_callable_that_needs_arguments_is_refused_at_decoration() -> None:
+    # It is called with no arguments: say so when the decorator runs, not with the
+    # callable's own TypeError at each call.
+    with pytest.raises(TypeError, match=r"'flow_run_name' callable .*is called with no arguments"):
+
+        @flow(flow_run_name=lambda day: f"etl-{day}")  # type: ignore[arg-type,misc]
+        def named(day: str) -> None: ...
+
+
 def test_the_name_shows_in_logs_events_and_history(home: Path, caplog: pytest.LogCaptureFixture) -> None:
     seen: list[str] = []
 

@@ -708,3 +708,59 @@ def test_each_failed_task_run_is_logged_once_at_error(
     # The unobserved run is reported once, by the report that says nobody looked.
     assert _final_state_reports(caplog, names["ignored"]) == []
     assert len([r for r in caplog.records if names["ignored"] in r.getMessage()]) == 1
+
+
+def test_a_flow_returning_prefect_style_states_ends_in_them() -> None:
+    # Prefect 3 documents `return Failed(message=...)` / `return Completed(message=...)`
+    # from a flow body: the flow ends in that state, message included.
+    from flowcore.errors import FailedRunError
+
+    @flow
+    def refuses() -> Any:
+        return st.Failed(message="no rows today")
+
+    @flow
+    def agrees() -> Any:
+        return st.Completed(message="all good")
+
+    state = refuses(return_state=True)
+    assert state.is_failed() and "no rows today" in state.message
+    with pytest.raises(FailedRunError, match="no rows today"):
+        refuses()
+    done = agrees(return_state=True)
+    assert done.is_completed() and done.message == "all good" and done.result() is None
+
+
+def test_a_subflow_given_futures_gets_their_results() -> None:
+    # Prefect 3 resolves futures (in containers too) among a flow's arguments before
+    # its body runs: a subflow given a task's future gets the task's result, checked
+    # against its type hints; a failed upstream fails the subflow before its body.
+    @task
+    def one() -> int:
+        return 1
+
+    @task
+    def broken() -> int:
+        raise ValueError("no data")
+
+    body_ran: list[Any] = []
+
+    @flow
+    def typed(x: int, rest: list[int]) -> int:
+        body_ran.append(x)
+        return x + sum(rest)
+
+    @flow
+    def untyped(x: Any) -> Any:
+        return x
+
+    @flow(backend="threads")
+    def parent() -> tuple[int, State[Any], Any]:
+        first = one.submit()
+        return (typed(first, [first, one.submit()]), typed(broken.submit(), [], return_state=True),
+                untyped(x={"k": first}))
+
+    total, failed, plain = parent()
+    assert total == 3 and plain == {"k": 1}
+    assert failed.is_failed() and "broken-0" in failed.message and "no data" in failed.message
+    assert body_ran == [1]

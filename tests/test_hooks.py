@@ -158,3 +158,78 @@ def test_hook_options_are_validated() -> None:
         flow(on_crashed=[1])(lambda: None)  # type: ignore[list-item]
     with pytest.raises(TypeError, match="on_cancellation"):
         flow(on_cancellation="x")(lambda: None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("backend", ["sequential", "threads", "loky"])
+def test_async_hooks_are_awaited(backend: str) -> None:
+    # As in Prefect 3: a hook that is an ``async def`` function is awaited (a sync run
+    # runs it to completion), for flows (sync and async) and tasks, never dropped as a
+    # coroutine that nobody awaits.
+    seen: list[str] = []
+
+    def recorder(kind: str) -> Any:
+        async def hook(owner: Any, run: Any, state: State[Any]) -> None:
+            await asyncio.sleep(0)
+            seen.append(f"{kind}:{state.name}")
+
+        return hook
+
+    @task(on_running=[recorder("t_running")], on_completion=[recorder("t_done")])
+    def work(x: int) -> int:
+        return x
+
+    @task(on_failure=[recorder("a_failed")])
+    async def broken() -> None:
+        raise ValueError("boom")
+
+    @flow(backend=backend, on_running=[recorder("f_running")], on_completion=[recorder("f_done")])
+    def sync_flow() -> int:
+        return work.submit(1).result()
+
+    @flow(backend=backend, on_failure=[recorder("af_failed")])
+    async def async_flow() -> None:
+        await broken.submit()
+
+    assert sync_flow() == 1
+    assert seen == ["f_running:Running", "t_running:Running", "t_done:Completed", "f_done:Completed"]
+    seen.clear()
+    assert asyncio.run(_state_of(async_flow)).is_failed()
+    assert seen == ["a_failed:Failed", "af_failed:Failed"]
+
+
+async def _state_of(owner: Any) -> State[Any]:
+    state: State[Any] = await owner(return_state=True)
+    return state
+
+
+@pytest.mark.parametrize("backend", ["threads", "loky"])
+def test_hooks_read_prefects_run_attributes(backend: str) -> None:
+    # Prefect's hooks read flow_run.id / flow_run.name and task_run.id / task_run.name;
+    # a missing attribute raised inside the hook, which was only logged.
+    seen: dict[str, Any] = {}
+
+    def flow_hook(owner: Any, flow_run: Any, state: State[Any]) -> None:
+        seen["flow"] = (flow_run.id, flow_run.name)
+
+    def task_hook(owner: Any, task_run: Any, state: State[Any]) -> None:
+        seen["task"] = (task_run.id, task_run.name)
+
+    @task(on_completion=[task_hook])
+    def work() -> str:
+        from flowcore import get_run_context
+
+        info = get_run_context().task_run
+        assert info is not None
+        return info.id
+
+    @flow(backend=backend, on_completion=[flow_hook])
+    def body() -> tuple[str, str]:
+        from flowcore import get_run_context
+
+        info = get_run_context().flow_run
+        assert info is not None
+        return info.id, work.submit().result()
+
+    flow_run_id, task_run_id = body()
+    assert seen["flow"][0] == flow_run_id and seen["flow"][1].startswith("body-")
+    assert seen["task"] == (task_run_id, "work-0")

@@ -284,6 +284,19 @@ def test_options_are_declared_once() -> None:
     assert len(input_names(TaskOptions)) == 21 and len(input_names(FlowOptions)) == 16
 
 
+def test_prefects_task_runner_option_points_to_backends() -> None:
+    # `@flow(task_runner=DaskTaskRunner())` is the first thing a ported Prefect flow
+    # says: the error must name flowcore's equivalent, not just list the options.
+    import pytest
+
+    from flowcore import flow, task
+
+    with pytest.raises(TypeError, match=r"unknown option 'task_runner'.*backend=.*'dask'"):
+        flow(task_runner=object())  # type: ignore[call-overload]
+    with pytest.raises(TypeError, match=r"unknown option 'result_serializer'.*not supported.*cloudpickle"):
+        task(result_serializer="json")  # type: ignore[call-overload]
+
+
 def test_an_unknown_option_names_the_nearest_one() -> None:
     import pytest
 

@@ -3,9 +3,12 @@ and on ``flowcore run --param``; pydantic loaded only when it is needed."""
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import textwrap
+import threading
+import typing
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -15,6 +18,7 @@ from pydantic import BaseModel
 
 from flowcore import flow
 from flowcore.errors import ParameterTypeError
+from flowcore.parameters import validator_for
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -189,3 +193,27 @@ def test_the_command_line_coerces_the_same_way(tmp_path: Path) -> None:
     )
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert "--param n=three" in bad.stderr and "parameter 'n' expects int" in bad.stderr
+
+
+class Options(typing.TypedDict):  # module level: its hint must resolve
+    depth: int
+
+
+@dataclasses.dataclass
+class Guarded:
+    lock: threading.Lock
+
+
+def test_a_hint_pydantic_cannot_build_a_validator_for_is_skipped() -> None:
+    # pydantic refuses typing.TypedDict before Python 3.12, and a dataclass whose field
+    # it cannot validate (a lock): the flow must still be callable, that parameter
+    # passed unchecked (as for a hint that cannot be resolved), not fail every call
+    # with a PydanticUserError from deep inside.
+    @flow
+    def uses(options: Options, guarded: Guarded, n: int) -> tuple[Any, Any, int]:
+        return options, guarded, n
+
+    guarded = Guarded(threading.Lock())
+    assert validator_for(uses)  # n is checked: the validator exists
+    options, passed, n = uses({"depth": 2}, guarded, "3")  # type: ignore[arg-type]
+    assert options == {"depth": 2} and passed is guarded and n == 3

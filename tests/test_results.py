@@ -231,6 +231,73 @@ def test_resume_refuses_a_run_of_another_flow(home: Path) -> None:
     assert [t.state for t in tasks] == ["Resumed"]
 
 
+TWO_FLOWS = """
+    from flowcore import flow, task
+
+    @task(persist_result=True)
+    def step(i: int) -> int:
+        return i
+
+    @flow(backend="sequential")
+    def first(day: str = "mon") -> int:
+        return step(1)
+
+    @flow(backend="sequential")
+    def second(n: int = 2) -> int:
+        return step(n)
+"""
+
+
+def test_cli_resume_refuses_a_run_of_another_flow_by_saying_so(tmp_path: Path) -> None:
+    # The recorded parameters belong to the other flow: the error must name the flow
+    # mismatch, not complain that 'second' has no parameter 'day'.
+    (tmp_path / "two.py").write_text(textwrap.dedent(TWO_FLOWS))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWCORE_")}
+    env.update(FLOWCORE_HOME=str(tmp_path / "home"), FLOWCORE_PROGRESS="0")
+    assert _cli(env, "run", f"{tmp_path / 'two.py'}:first").returncode == 0
+    run_id = json.loads(_cli(env, "runs", "ls", "--json").stdout)[0]["id"]
+    refused = _cli(env, "run", f"{tmp_path / 'two.py'}:second", "--resume", run_id[:8])
+    assert refused.returncode == 2
+    assert f"run {run_id[:8]} is a run of flow 'first', not of 'second'" in refused.stderr, refused.stderr
+    assert "has no parameter" not in refused.stderr
+
+
+def test_resume_of_an_async_flow_awaited_in_async_code(home: Path) -> None:
+    # `await resume(async_flow, run_id)` inside a running loop: the completed runs are
+    # still skipped (the resume must hold while the flow's coroutine runs, not only
+    # while resume() makes it).
+    import asyncio
+
+    ran: list[int] = []
+    failing = [True]
+
+    @task(persist_result=True)
+    async def step(i: int) -> int:
+        ran.append(i)
+        if failing[0] and i == 1:
+            raise RuntimeError("step 1 fails")
+        return i * 10
+
+    @flow(backend="threads")
+    async def pipeline() -> list[int]:
+        return [await step(i) for i in range(3)]
+
+    from flowcore.results import resume
+
+    assert pipeline(return_state=True).is_failed()
+    run, _ = _last_run_tasks()
+    ran.clear()
+    failing[0] = False
+
+    async def main() -> list[int]:
+        return await resume(pipeline, run.id)  # type: ignore[no-any-return]
+
+    assert asyncio.run(main()) == [0, 10, 20]
+    assert ran == [1, 2]
+    _, tasks = _last_run_tasks()
+    assert [t.state for t in tasks] == ["Resumed", "Completed", "Completed"]
+
+
 def test_results_kept_on_dask(home: Path) -> None:
     pytest.importorskip("distributed")
     import flowcore

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 import flowcore
-from flowcore import flow, task, unmapped
+from flowcore import flow, get_run_context, task, unmapped
 from flowcore import states as st
+from flowcore.caching import INPUTS
 from flowcore.errors import (
     CancelledError,
     CrashedError,
@@ -344,6 +345,33 @@ def test_map_over_futures_and_with_a_future_broadcast() -> None:
         assert _results(add.map([1, 2], offset)) == [101, 102]
 
 
+@pytest.mark.parametrize(("backend", "count"), [("threads", 3), ("loky", 3), ("loky", 2000)])
+def test_map_returns_a_future_list_and_takes_return_state(backend: str, count: int) -> None:
+    # As Prefect 3's PrefectFutureList: `.wait()` and `.result()` on what map returns,
+    # and `map(..., return_state=True)` gives the runs' final states (loky 2000: the
+    # column-map path).
+    @task
+    def halve(x: int) -> int:
+        if x < 0:
+            raise ValueError("negative")
+        return x // 2
+
+    @flow(backend=backend)
+    def body() -> tuple[list[int], list[str], list[Any], list[Any]]:
+        futures = halve.map(range(count))
+        assert futures.wait() is None and all(f.done() for f in futures)
+        states = halve.map([4, -4], return_state=True)
+        failed = halve.map([-2])
+        with pytest.raises(ValueError, match="negative"):
+            failed.result()
+        return futures.result(), [s.name for s in states], failed.result(raise_on_failure=False), halve.map([]).result()
+
+    values, names, errors, empty = body()
+    assert values == [x // 2 for x in range(count)]
+    assert names == ["Completed", "Failed"]
+    assert [type(e) for e in errors] == [ValueError] and empty == []
+
+
 def test_map_unequal_lengths_is_a_value_error_naming_the_lengths() -> None:
     with flowcore.use_backend("threads"), pytest.raises(ValueError) as info:
         add.map([1, 2], [1, 2, 3])
@@ -384,6 +412,28 @@ def test_task_run_name_callable_sets_the_future_name() -> None:
     with flowcore.use_backend("threads"):
         futures = [named.submit(i) for i in range(3)]
     assert [f.name for f in futures] == ["run-0", "run-1", "run-2"]
+
+
+def test_task_run_name_callable_taking_parameters_gets_the_runs_arguments() -> None:
+    # Prefect 3: a task_run_name callable with a ``parameters`` argument is given the
+    # run's parameters (defaults applied), on submit, map and direct calls.
+    def name(parameters: dict[str, Any]) -> str:
+        return f"load-{parameters['path']}-{parameters['mode']}"
+
+    @task(task_run_name=name)
+    def load(path: str, mode: str = "r") -> str:
+        return get_run_context().task_run.name  # type: ignore[union-attr]
+
+    @flow(backend="threads")
+    def body() -> list[str]:
+        return [load.submit("a").result(), *[f.result() for f in load.map(["b", "c"], mode="w")], load("d")]
+
+    assert body() == ["load-a-r", "load-b-w", "load-c-w", "load-d-r"]
+
+
+def test_task_run_name_callable_that_needs_other_arguments_is_refused_at_decoration() -> None:
+    with pytest.raises(TypeError, match=r"'task_run_name' callable .*takes no arguments or a 'parameters' argument"):
+        task(task_run_name=lambda path: path)(lambda path: path)
 
 
 def test_default_run_names_are_distinct_and_start_with_the_task_name() -> None:
@@ -644,3 +694,59 @@ def test_futures_inside_dict_subclasses_resolve_to_the_same_type() -> None:
         counter = ident.submit(collections.Counter({"k": one})).result()
     assert isinstance(dd, collections.defaultdict) and dd.default_factory is list and dd == {"k": 1}
     assert isinstance(counter, collections.Counter) and counter == {"k": 1}
+
+
+class Scaler:
+    """Tasks and a flow defined as methods (Prefect 3 supports methods)."""
+
+    def __init__(self, factor: int) -> None:
+        self.factor = factor
+
+    @task
+    def scale(self, x: int) -> int:
+        return x * self.factor
+
+    @task
+    async def ascale(self, x: int) -> int:
+        return x * self.factor
+
+    @staticmethod
+    @task
+    def shift(x: int) -> int:
+        return x + 1
+
+    @flow
+    def run(self, n: int) -> tuple[int, int, list[int], int, int]:
+        return (
+            self.scale(n),
+            self.scale.submit(n + 1).result(),
+            self.scale.map([1, 2]).result(),
+            self.ascale(3),
+            Scaler.shift(n),
+        )
+
+
+@pytest.mark.parametrize("backend", ["threads", "loky"])
+def test_tasks_and_flows_work_as_methods(backend: str) -> None:
+    scaler = Scaler(10)
+    assert scaler.run.with_options(backend=backend)(2) == (20, 30, [10, 20], 30, 3)
+    assert Scaler.scale(scaler, 4) == 40  # read from the class: the task itself, unbound
+
+
+@dataclasses.dataclass(frozen=True)
+class Pricer:
+    rate: int
+
+    @task(cache_policy=INPUTS)
+    def price(self, units: int) -> int:
+        return units * self.rate
+
+
+def test_a_cached_method_keys_on_its_instance_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two instances that differ must not share a cache entry: the instance is an
+    # input ('self'), as the arguments are.
+    monkeypatch.setenv("FLOWCORE_CACHE_DIR", str(tmp_path))
+    assert Pricer(2).price(10) == 20
+    assert Pricer(3).price(10) == 30
+    assert Pricer(3).price(10, return_state=True).name == "Cached"
+

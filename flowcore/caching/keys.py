@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from types import MethodType
 from typing import TYPE_CHECKING, Any
 
 from flowcore.caching.hashing import content_hash
@@ -47,7 +48,13 @@ def run_key(call: TaskCall, settings: CacheSettings) -> str | None:
     """
     from flowcore.caching.policies import CacheContext
 
-    context = CacheContext(call.task, call, call.task.bind(call.args, call.kwargs))
+    arguments = call.task.bind(call.args, call.kwargs)
+    bound_to = getattr(call.task.fn, "__self__", None)
+    if bound_to is not None and isinstance(call.task.fn, MethodType):
+        # A task that is a method: its instance is an input too (two instances that
+        # differ never share an entry; ``INPUTS - "self"`` leaves it out).
+        arguments = {"self": bound_to, **arguments}
+    context = CacheContext(call.task, call, arguments)
     key = settings.policy.compute_key(context)
     if key is None:
         return None

@@ -119,7 +119,7 @@ def add_commands(commands: Any) -> None:
     inspect.add_argument("tag")
     inspect.add_argument("--json", action="store_true", help="print JSON")
     inspect.set_defaults(handler=_inspect)
-    remove = sub.add_parser("rm", help="delete the limit of a tag")
+    remove = sub.add_parser("rm", aliases=["delete"], help="delete the limit of a tag (alias: delete, Prefect's name)")
     remove.add_argument("tag")
     remove.set_defaults(handler=_rm)
 

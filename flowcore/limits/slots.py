@@ -14,7 +14,10 @@ On a Dask worker, each tag is a ``distributed.Semaphore`` named
 ``flowcore-limit-<tag>`` with ``max_leases`` the tag's limit (read from the limits
 this worker's machine sees): the scheduler bounds the runs of the whole cluster, and
 the leases of a worker that dies expire (``distributed.scheduler.locks.lease-timeout``).
-A limit of 0 is waited for by polling the limit, as on a machine.
+A limit of 0 is waited for by polling the limit, as on a machine. With its leases
+held, a run on a Dask worker also takes the slots of the worker's machine (as above),
+so that the processes of the machine (other flows, the workers of another cluster)
+and the cluster's workers on it share the machine's limit.
 """
 
 from __future__ import annotations
@@ -99,6 +102,13 @@ def acquire(
     seconds (None: no limit); a KeyboardInterrupt while waiting leaves nothing held."""
     if _on_dask_worker():
         return _acquire_on_dask(tags, occupy, label=label, logger=logger, timeout=timeout)
+    return _acquire_here(tags, occupy, label=label, logger=logger, timeout=timeout)
+
+
+def _acquire_here(
+    tags: frozenset[str], occupy: int, *, label: str, logger: Any, timeout: float | None
+) -> Lease:
+    """The slots of this machine: rows in its limits store (see :func:`acquire`)."""
     store = process_store()
     holder = os.urandom(8).hex()
     started = time.monotonic()
@@ -208,10 +218,22 @@ def _acquire_on_dask(
                     logger.info("%s waits for a concurrency slot: %s", label, reason)
                     log_at = time.monotonic() + WAIT_LOG_EVERY_S
                 time.sleep(POLL_MAX_S)  # the limit is read again: raised, or removed
+        # The cluster's leases bound the cluster; this machine's slots bound it beside
+        # the other processes here (other flows, another cluster's workers). Taken
+        # second: a holder of machine slots never waits for a lease, so no cycle.
+        remaining = None if timeout is None else max(0.0, started + timeout - time.monotonic())
+        here = _acquire_here(tags, occupy, label=label, logger=logger, timeout=remaining)
     except BaseException:
         release()
         raise
-    return Lease(release, sorted(tags))
+
+    def release_both() -> None:
+        try:
+            here.release()
+        finally:
+            release()
+
+    return Lease(release_both, sorted(tags))
 
 
 def _check_deadline(label: str, tag: str, started: float, timeout: float | None, reason: str) -> None:
