@@ -182,6 +182,9 @@ class FlowRun:
     #: what the flow run asks about its task runs' results (``flowcore.results.ResultPlan``):
     #: None unless it keeps results or resumes a run; travels with its calls
     results: Any = field(default=None, compare=False, repr=False)
+    #: the options its backend was made with, when known (``registry.options_of``);
+    #: recorded in the run history, not sent to workers
+    backend_options: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
     @property
     def id(self) -> str:

@@ -178,6 +178,7 @@ class Flow(Generic[P, R]):
             backend=slot.name,
             parent_run_id=parent.flow_run.run_id if parent is not None and parent.flow_run else None,
             started_at=time.time(),
+            backend_options=registry.options_of(slot.get()),
         )
         options = self.options
         if options.persist_result is not None or options.result_storage is not None or (

@@ -8,8 +8,10 @@ set. The backend table is rebuilt whenever a plugin is registered or unregistere
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -231,7 +233,8 @@ class Registry:
         return entry.spec
 
     def create(self, name: str, **options: Any) -> Backend:
-        """Create (but do not start) a backend by name with the given options."""
+        """Create (but do not start) a backend by name with the given options (which
+        :func:`options_of` gives back for the new backend)."""
         spec = self.spec(name)
         try:
             backend = spec.factory(**options)
@@ -243,7 +246,23 @@ class Registry:
                     f"the factory of backend {name!r} returned {backend!r}, which has no "
                     f"{attribute!r}; a backend must look like flowcore.backend.Backend"
                 )
+        with contextlib.suppress(TypeError):  # a backend that takes no weak reference
+            _created_with[backend] = dict(options)
         return backend
+
+
+#: the options each backend made by :meth:`Registry.create` was made with
+_created_with: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+def options_of(backend: Any) -> dict[str, Any] | None:
+    """The options ``backend`` was created with by name (``get_backend``, a flow's
+    backend name, the configured default, ``flowcore run --backend-options``); None
+    for a backend object made some other way (its options are not known)."""
+    try:
+        return _created_with.get(backend)
+    except TypeError:
+        return None
 
 
 def _validate_spec(spec: object, plugin_name: str) -> None:

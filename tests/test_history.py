@@ -1111,3 +1111,55 @@ def test_runs_of_a_running_map_are_recorded_pending_before_they_end(home: Path, 
     rows = query(db, "SELECT state, count(*), count(submitted_time), count(worker_pid) FROM task_runs_all GROUP BY 1")
     assert rows == [("Completed", 6, 6, 6)]
     assert query(db, "SELECT count(*) FROM pending_maps") == [(0,)]  # gone once every run finished
+
+
+BACKEND_OPTIONS_FLOWS = """
+    from flowcore import flow, get_backend
+
+    @flow
+    def plain() -> int:
+        return 1
+
+    @flow(backend=get_backend("threads", max_workers=2))
+    def given() -> int:
+        return 2
+
+    if __name__ == "__main__":
+        plain()
+        given()
+"""
+
+
+def test_the_options_a_runs_backend_was_made_with_are_recorded(home: Path, tmp_path: Path) -> None:
+    """Whichever way a backend gets its options (``flowcore run --backend-options``, the
+    environment, ``get_backend(...)`` given to a flow), the run's history row keeps
+    them; a backend object built by hand records none."""
+    script = tmp_path / "options_flows.py"
+    script.write_text(textwrap.dedent(BACKEND_OPTIONS_FLOWS))
+    env = {**os.environ, "FLOWCORE_HOME": str(home)}
+    cli = subprocess.run(
+        [sys.executable, "-m", "flowcore", "run", f"{script}:plain", "--backend", "threads",
+         "--backend-options", '{"max_workers": 3}'],
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120, check=False,
+    )
+    assert cli.returncode == 0, cli.stderr
+    configured = run_script(
+        tmp_path, BACKEND_OPTIONS_FLOWS,
+        env={"FLOWCORE_HOME": str(home), "FLOWCORE_BACKEND": "threads", "FLOWCORE_BACKEND_OPTIONS": '{"max_workers": 4}'},
+    )
+    assert configured.returncode == 0, configured.stderr
+
+    from flowcore.backends.threads import ThreadsBackend
+
+    @flow(backend=ThreadsBackend(max_workers=5))
+    def by_hand() -> int:
+        return 5
+
+    assert by_hand() == 5
+    rows = query(home / "history.db", "SELECT flow, backend, backend_options FROM flow_runs ORDER BY start_time")
+    assert [(flow_name, backend, json.loads(options)) for flow_name, backend, options in rows] == [
+        ("plain", "threads", {"max_workers": 3}),
+        ("plain", "threads", {"max_workers": 4}),
+        ("given", "threads", {"max_workers": 2}),
+        ("by_hand", "threads", {}),
+    ]

@@ -816,20 +816,13 @@ def _json_text(value: Any) -> str:
 
 
 def _backend_options(event: FlowRunEvent) -> dict[str, Any]:
-    """What is known of the run's backend options: those configured for it (the
-    environment or pyproject.toml) when the flow names no backend of its own."""
-    flow = event.flow
-    chosen = getattr(getattr(flow, "options", None), "backend", None)
-    if chosen is None and event.run.parent_run_id is None:
-        try:
-            from flowcore.config import configured_backend
-
-            choice = configured_backend()
-        except Exception:
-            return {}
-        if choice.name == event.run.backend:
-            return {str(k): json_safe(v) for k, v in choice.options.items()}
-    return {}
+    """The options the run's backend was made with, when known: a backend made by name
+    (a flow's backend, the configured one, ``flowcore run --backend-options``), not an
+    object the user built (see ``flowcore.registry.options_of``)."""
+    options = getattr(event.run, "backend_options", None)
+    if not options:
+        return {}
+    return {str(k): json_safe(v) for k, v in options.items()}
 
 
 class _LogHandler(logging.Handler):
