@@ -9,8 +9,13 @@ per-thread buffer. Its run number (the counter in its run id) is reserved when i
 body first asks for its run (``get_run_context``), else, with those of the other runs
 of the batch, in one block when the buffer reports. The buffer reports its runs as one :class:`~flowcore.events.RunColumns` batch (SUBMITTED, STARTED and
 FINISHED of each run; see :func:`flowcore.events.column_events`) when it holds
-:data:`MAX_RUNS` runs, when its oldest run is :data:`MAX_AGE_S` old at the next call,
-and when its flow run ends (:func:`flush`). A call whose body raises leaves the short
+:data:`MAX_RUNS` runs of one task, when its oldest run is :data:`MAX_AGE_S` old at the
+next call, when its flow run ends (:func:`flush`), and, while its thread makes no more
+calls (a flow body that sleeps or waits), when the run history's writer asks for the
+runs older than that (``flush(older_than=...)``, from the writer's thread). A run is
+one tuple appended to its list (one atomic step under the GIL); a report takes the
+runs present when it starts and deletes that prefix of the list, so a run appended
+meanwhile by the owning thread stays for the next report; reports are serialised. A call whose body raises leaves the short
 path: the buffer is flushed first, then the run is reported on its own with its
 ``Failed`` (or ``Crashed``) state, as the engine reports it.
 
@@ -45,40 +50,39 @@ _now = time.time
 class _Runs:
     """The buffered runs of one task in one flow run, in one thread."""
 
-    __slots__ = ("ends", "flow_run_id", "names", "numbers", "starts", "task")
+    __slots__ = ("flow_run_id", "rows", "task")
 
     def __init__(self, task: Any, flow_run_id: str) -> None:
         self.task = task
         self.flow_run_id = flow_run_id
-        self.numbers: list[int] = []
-        self.names: list[int] = []
-        self.starts: list[float] = []
-        self.ends: list[float] = []
+        #: (run number, name number, start, end) of each run, in the order they
+        #: ended; appended to by the owning thread only, a prefix taken by a report
+        self.rows: list[tuple[int, int, float, float]] = []
 
 
 class _Buffer:
     """One thread's buffered runs, per (task, flow run)."""
 
-    __slots__ = ("__weakref__", "count", "last", "oldest", "runs", "worker")
+    __slots__ = ("__weakref__", "last", "runs", "worker")
 
     def __init__(self, worker: Worker) -> None:
         self.runs: dict[tuple[int, str], _Runs] = {}
         #: the runs ``_record`` added to last (while still in ``runs``), else None
         self.last: _Runs | None = None
-        self.count = 0
-        self.oldest = 0.0
         self.worker = worker
 
 
 _local = threading.local()
 _buffers: weakref.WeakSet[_Buffer] = weakref.WeakSet()  # every live thread's, for flush()
 _lock = threading.Lock()
+#: held by a report while it takes and publishes runs (reports from several threads)
+_reporting = threading.RLock()
 
 
 def _forget_after_fork() -> None:
     """A forked child reports its own runs, never its parent's buffered ones."""
-    global _local, _buffers, _lock
-    _local, _buffers, _lock = threading.local(), weakref.WeakSet(), threading.Lock()
+    global _local, _buffers, _lock, _reporting
+    _local, _buffers, _lock, _reporting = threading.local(), weakref.WeakSet(), threading.Lock(), threading.RLock()
 
 
 if hasattr(os, "register_at_fork"):
@@ -179,15 +183,9 @@ def _record(task: Any, flow_run: FlowRun, number: int, name_number: int, start: 
         if runs is None:
             runs = buffer.runs[key] = _Runs(task, run_id)
         buffer.last = runs
-    runs.numbers.append(number)
-    runs.names.append(name_number)
-    runs.starts.append(start)
-    runs.ends.append(end)
-    count = buffer.count
-    if not count:
-        buffer.oldest = end
-    buffer.count = count + 1
-    if count + 1 >= MAX_RUNS or end - buffer.oldest >= MAX_AGE_S:
+    rows = runs.rows
+    rows.append((number, name_number, start, end))
+    if len(rows) >= MAX_RUNS or end - rows[0][3] >= MAX_AGE_S:
         _report(buffer)
 
 
@@ -207,39 +205,47 @@ def _failed(
         raise CrashedError(f"task {task.name!r}: {exit_message(exc)}") from exc
 
 
-def flush(flow_run_id: str | None = None) -> None:
-    """Report the buffered runs (of ``flow_run_id``, or all) of every thread now."""
+def flush(flow_run_id: str | None = None, *, older_than: float | None = None) -> None:
+    """Report the buffered runs of every thread now: those of ``flow_run_id`` (its
+    flow run ends: its entries are dropped too), or all; ``older_than``: only the
+    buffers of a task whose oldest run ended at least that many seconds ago (the
+    history writer's call for threads that make no more calls)."""
     with _lock:
         buffers = list(_buffers)
     for buffer in buffers:
-        if buffer.count:
-            _report(buffer, flow_run_id)
+        _report(buffer, flow_run_id, older_than)
 
 
-def _report(buffer: _Buffer, flow_run_id: str | None = None) -> None:
+def _report(buffer: _Buffer, flow_run_id: str | None = None, older_than: float | None = None) -> None:
     from flowcore.events import EventKind, RunColumns, column_events
 
     kinds = (EventKind.SUBMITTED, EventKind.STARTED, EventKind.FINISHED)
-    prefix = run_id_prefix()
-    batches = []
-    for key, runs in list(buffer.runs.items()):
-        if flow_run_id is not None and runs.flow_run_id != flow_run_id:
-            continue
-        del buffer.runs[key]
-        if buffer.last is runs:
-            buffer.last = None
-        buffer.count -= len(runs.numbers)
-        _number_runs(runs.numbers)
-        batches.append(
-            RunColumns(
-                kinds, runs.task, runs.task.name, runs.flow_run_id, None, buffer.worker, prefix,
-                runs.numbers, runs.names, runs.starts, runs.starts, runs.ends,
+    cutoff = None if older_than is None else _now() - older_than
+    with _reporting:  # one report at a time: each run is taken once, batches in order
+        batches = []
+        for key, runs in list(buffer.runs.items()):
+            if flow_run_id is not None:
+                if runs.flow_run_id != flow_run_id:
+                    continue
+                del buffer.runs[key]  # its flow run ends: no more runs come for it
+                if buffer.last is runs:
+                    buffer.last = None
+            rows = runs.rows
+            count = len(rows)  # the runs present now (the owner may append meanwhile)
+            if not count or (cutoff is not None and rows[0][3] > cutoff):
+                continue
+            taken = rows[:count]
+            del rows[:count]
+            numbers, names, starts, ends = (list(column) for column in zip(*taken, strict=True))
+            _number_runs(numbers)
+            batches.append(
+                RunColumns(
+                    kinds, runs.task, runs.task.name, runs.flow_run_id, None, buffer.worker,
+                    run_id_prefix(), numbers, names, starts, starts, ends,
+                )
             )
-        )
-    if not buffer.runs:
-        buffer.count = 0
-    for columns in batches:
-        registry.publish(column_events(columns))
+        for columns in batches:
+            registry.publish(column_events(columns))
 
 
 def _number_runs(numbers: list[int]) -> None:
@@ -281,8 +287,7 @@ def _report_failure(
     if number < 0:
         number = reserve_run_numbers(1)
     buffer = _buffer()
-    if buffer.count:
-        _report(buffer)
+    _report(buffer)  # the runs before it first
     call_record = TaskCall(
         task, args, kwargs, f"{run_id_prefix()}-{number:x}", f"{task.name}-{name_number}", flow_run.run_id,
         flow_run.name, flow_run.flow_name, start, False,

@@ -1163,3 +1163,33 @@ def test_the_options_a_runs_backend_was_made_with_are_recorded(home: Path, tmp_p
         ("given", "threads", {"max_workers": 2}),
         ("by_hand", "threads", {}),
     ]
+
+
+@task
+def step(x: int) -> int:
+    return x + 1
+
+
+def test_direct_calls_are_written_while_their_flow_still_runs(home: Path) -> None:
+    """Runs of direct calls wait in their thread's buffer; when the thread makes no
+    more calls (the body sleeps, or waits on something else), the writer takes them
+    within a drain or two: a live reader sees them before the flow ends."""
+    database = home / "history.db"
+    written_while_running: list[int] = []
+
+    @flow
+    def calls_then_waits() -> list[int]:
+        values = [step(i) for i in range(3)]
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            with contextlib.suppress(sqlite3.OperationalError):  # not created yet
+                (count,) = query(database, "SELECT count(*) FROM task_runs_all WHERE task = 'step'")[0]
+                if count == 3:
+                    written_while_running.append(count)
+                    break
+            time.sleep(0.05)
+        return values
+
+    assert calls_then_waits() == [1, 2, 3]
+    assert written_while_running == [3]
+    assert query(database, "SELECT count(*), count(DISTINCT id) FROM task_runs_all WHERE task = 'step'") == [(3, 3)]

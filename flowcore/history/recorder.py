@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from flowcore import deferred_runs
+from flowcore import deferred_runs, direct_runs
 from flowcore.events import EventKind, FlowRunEvent, RunColumns, TaskRunEvent, column_events
 from flowcore.history import liveness
 from flowcore.history.records import (
@@ -286,8 +286,10 @@ class Recorder:
             self._idle = False
             try:
                 # Runs reported late (flowcore.deferred_runs): those that ended on idle
-                # threads, and the SUBMITTED of runs that wait or run long.
+                # threads, and the SUBMITTED of runs that wait or run long; and direct
+                # calls' runs left in the buffer of a thread that makes no more calls.
                 deferred_runs.flush(min_age=ANNOUNCE_AFTER_S)
+                direct_runs.flush(older_than=direct_runs.MAX_AGE_S)
                 self._drain()
                 self._beat()
                 self._upkeep()  # after the commits flushes wait for, not inside them
