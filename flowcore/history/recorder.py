@@ -50,11 +50,13 @@ from flowcore.history.records import (
     TaskRunWrite,
     encode_block,
 )
-from flowcore.history.settings import HistorySettings, current_settings
+from flowcore.history.settings import DEFAULT_STORE, HistorySettings, current_settings
 
 logger = logging.getLogger("flowcore.history")
 
 FLOW_FLUSH_TIMEOUT_S = 10.0
+#: a flow run's end that waits this long for the history says why it waits
+SLOW_FLUSH_WARNING_S = 2.0
 EXIT_FLUSH_TIMEOUT_S = 60.0
 #: rows per transaction at most (a huge map is written in several)
 MAX_BATCH_ROWS = 50_000
@@ -156,7 +158,7 @@ class Recorder:
         if self._thread is None:
             self._start()
         if event.kind is EventKind.FINISHED and top_level:
-            self.flush(FLOW_FLUSH_TIMEOUT_S)
+            self._flush_at_flow_end(event, settings)
         elif event.kind is EventKind.STARTED:
             self._wake.set()  # record the run as running now: readers see it at once
 
@@ -192,6 +194,26 @@ class Recorder:
         if self._idle:
             self._idle = False
             self._wake.set()
+
+    def _flush_at_flow_end(self, event: FlowRunEvent, settings: HistorySettings) -> None:
+        """A top-level flow run ends: wait (at most FLOW_FLUSH_TIMEOUT_S) until its
+        records are committed, saying so once the wait gets long (another program may
+        hold the database's lock); past that, the flow returns and the writer goes on."""
+        if self.flush(SLOW_FLUSH_WARNING_S):
+            return
+        if settings.store == DEFAULT_STORE:
+            from flowcore.history.sqlite import FILE_NAME
+
+            where = str(settings.home / FILE_NAME)
+        else:
+            where = f"the {settings.store!r} store"
+        logger.warning(
+            "flowcore: writing the run history of flow run %r to %s takes longer than %g s "
+            "(another program may hold the database's lock); waiting up to %g s more, then "
+            "the flow returns and the history is written in the background",
+            event.run.name, where, SLOW_FLUSH_WARNING_S, FLOW_FLUSH_TIMEOUT_S - SLOW_FLUSH_WARNING_S,
+        )
+        self.flush(FLOW_FLUSH_TIMEOUT_S - SLOW_FLUSH_WARNING_S)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything queued so far is committed (or dropped); True unless
