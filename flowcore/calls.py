@@ -142,6 +142,10 @@ class TaskCall:
     #: elsewhere than ``Task.make_call``, names from a ``task_run_name`` template)
     number: int = -1
     name_number: int = -1
+    #: when its body first started, where it runs in the submitting process (inline,
+    #: threads); 0.0 until then, and where it runs in another process (a watcher such
+    #: as :mod:`flowcore.deferred_runs` reads it to report a long run as running)
+    started_at: float = 0.0
 
     @property
     def parameters(self) -> dict[str, Any]:

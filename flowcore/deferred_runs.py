@@ -28,7 +28,8 @@ the SUBMITTED of runs noted at least ``min_age`` seconds ago (all of them, or th
 one flow run). A flow run calls it before it reports its own end; an accepting
 observer promises to call it about every second while flow runs are running or runs
 are deferred (:func:`outstanding`; the history writer does at each of its drains,
-every half second), so that a run that waits or runs long is seen as submitted before
+every half second), so that a run that waits or runs long is seen as submitted (and,
+once its body has started in this process, as running: ``TaskCall.started_at``) before
 it ends, and runs that ended on a thread that went idle are reported soon. Its plugin
 may :func:`set_waker`: called when runs become outstanding (the first run noted, or
 the first run in a thread's empty buffer), so that an observer that sleeps while no
@@ -79,6 +80,10 @@ def accepts_deferred_runs(function: F) -> F:
 
 #: run id -> call of runs noted at submission whose SUBMITTED is not reported yet
 _noted: dict[str, TaskCall] = {}
+#: run id -> call of runs whose SUBMITTED a flush reported, not their STARTED yet
+_announced: dict[str, TaskCall] = {}
+#: runs whose STARTED a flush reported (their body started here: ``TaskCall.started_at``)
+_started: set[str] = set()
 #: called when runs become outstanding (see set_waker)
 _waker: Callable[[], None] | None = None
 #: held while :func:`flush` reports noted runs: a run that ends meanwhile waits for it
@@ -105,14 +110,15 @@ class _Buffer:
 
 
 class _Group:
-    """Taken runs of one task in one flow run (or none), on one backend and worker, whose
-    SUBMITTED was (``announced``) or was not reported yet: one RunColumns batch."""
+    """Taken runs of one task in one flow run (or none), on one backend and worker, of
+    which none of the events (``announced`` 0), the SUBMITTED (1) or the SUBMITTED and
+    STARTED (2) were reported already: one RunColumns batch."""
 
     __slots__ = ("announced", "backend", "ends", "flow_run_id", "names", "numbers", "starts", "states",
                  "submitted", "task", "worker")
 
     def __init__(self, task: Any, flow_run_id: str | None, backend: str | None, worker: Worker | None,
-                 announced: bool) -> None:
+                 announced: int) -> None:
         self.task, self.flow_run_id, self.backend, self.worker = task, flow_run_id, backend, worker
         self.announced = announced
         self.numbers: list[int] = []
@@ -131,9 +137,9 @@ _buffers_lock = threading.Lock()
 
 def _forget_after_fork() -> None:
     """A forked child reports its own runs, never its parent's."""
-    global _local, _buffers, _buffers_lock, _noted, _announcing
+    global _local, _buffers, _buffers_lock, _noted, _announced, _started, _announcing
     _local, _buffers, _buffers_lock = threading.local(), set(), threading.Lock()
-    _noted, _announcing = {}, threading.Lock()
+    _noted, _announced, _started, _announcing = {}, {}, set(), threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
@@ -151,8 +157,9 @@ def set_waker(waker: Callable[[], None] | None) -> None:
 
 
 def outstanding() -> bool:
-    """Whether some run is deferred and not reported yet: noted, or in a buffer."""
-    if _noted or _announcing.locked():
+    """Whether some run is deferred and not reported yet: noted, announced but not
+    started, or in a buffer."""
+    if _noted or _announced or _announcing.locked():
         return True
     with _buffers_lock:
         buffers = list(_buffers)
@@ -182,13 +189,26 @@ def take_noted(call: TaskCall) -> bool:
         if _announcing.locked():
             with _announcing:
                 pass
+        _forget_announced(call.task_run_id)
         return False
     if _noted.pop(call.task_run_id, None) is not None:
         return True
     if _announcing.locked():
         with _announcing:
             pass
+    _forget_announced(call.task_run_id)
     return False
+
+
+def _forget_announced(run_id: str) -> int:
+    """The run, whose SUBMITTED was reported, ends: 2 if its STARTED was reported too
+    (its end reports FINISHED only), else 1. Called once any flush reporting it is done."""
+    if _announced:
+        _announced.pop(run_id, None)
+    if _started and run_id in _started:
+        _started.discard(run_id)
+        return 2
+    return 1
 
 
 def ended(call: TaskCall, state: State[Any], worker: Worker | None, backend: str | None) -> None:
@@ -224,12 +244,15 @@ def flush(flow_run_id: str | None = None, min_age: float = 0.0) -> None:
                 _buffers.discard(buffer)
             if buffer.runs:  # appended just before its thread ended
                 _report(buffer)
-    if _noted:
+    if _noted or _announced:
         _announce(flow_run_id, min_age)
 
 
 def _announce(flow_run_id: str | None, min_age: float) -> None:
-    from flowcore.events import submitted_event
+    """Report the SUBMITTED of noted runs submitted at least ``min_age`` seconds ago,
+    and the STARTED of announced runs whose body has started in this process (a long
+    run reads Running, with its start, before it ends)."""
+    from flowcore.events import EventKind, TaskRunEvent, submitted_event
 
     latest = time.time() - min_age
     with _announcing:
@@ -243,8 +266,18 @@ def _announce(flow_run_id: str | None, min_age: float) -> None:
                 continue
             if _noted.pop(call.task_run_id, None) is not None:  # not ended meanwhile
                 due.append(call)
-        if due:
-            registry.publish([submitted_event(call, call.backend) for call in due])
+                _announced[call.task_run_id] = call
+        events = [submitted_event(call, call.backend) for call in due]
+        for run_id, call in list(_announced.items()):
+            if call.started_at and (flow_run_id is None or call.flow_run_id == flow_run_id):
+                del _announced[run_id]
+                _started.add(run_id)
+                events.append(TaskRunEvent(
+                    EventKind.STARTED, run_id, call.task_run_name, call.task.name, call.flow_run_id,
+                    call.started_at, call.backend, None, None, call.task, call,
+                ))
+        if events:
+            registry.publish(events)
 
 
 def _report(buffer: _Buffer) -> None:
@@ -269,25 +302,26 @@ def _publish_taken(runs: collections.deque[_Ended]) -> None:
     noted = _noted
     pop = noted.pop
     announcing = _announcing
-    groups: dict[tuple[int, str | None, int, str | None, bool], _Group] = {}
-    others: list[tuple[_Ended, bool]] = []
+    groups: dict[tuple[int, str | None, int, str | None, int], _Group] = {}
+    others: list[tuple[_Ended, int]] = []
     # the last run's group and what identifies it, in locals: runs come in long stretches
     group: _Group | None = None
     g_task: Any = None
     g_flow_run_id: str | None = None
     g_worker: Worker | None = None
     g_backend: str | None = None
-    g_announced = False
+    g_announced = 0
     for item in taken:
         call, state, worker, backend = item
-        # take_noted(call), inlined: this runs once per run
+        # take_noted(call), inlined: this runs once per run. announced: 0 none of its
+        # events reported yet, 1 its SUBMITTED, 2 its SUBMITTED and STARTED
         if noted and pop(call.task_run_id, None) is not None:
-            announced = False
+            announced = 0
         else:
-            announced = True
             if announcing.locked():
                 with announcing:
                     pass
+            announced = _forget_announced(call.task_run_id) if _announced or _started else 1
         # plain (Completed after one attempt, no cache key) or kept beside the columns (a
         # cache hit, or a miss stored under a key); the most common case tested first
         if state.attempts == 1 and state.name == "Completed" and state.cache_key is None:
@@ -306,7 +340,7 @@ def _publish_taken(runs: collections.deque[_Ended]) -> None:
         task, flow_run_id = call.task, call.flow_run_id
         if (
             g_task is not task or g_flow_run_id is not flow_run_id or g_worker is not worker
-            or g_backend is not backend or g_announced is not announced or group is None
+            or g_backend is not backend or g_announced != announced or group is None
         ):  # another group than the last run's (rare)
             key = (id(task), flow_run_id, id(worker), backend, announced)
             group = groups.get(key)
@@ -323,11 +357,14 @@ def _publish_taken(runs: collections.deque[_Ended]) -> None:
         add_start(started)
         add_end(state.finished_at or state.timestamp)
     prefix = run_id_prefix()
-    full = (EventKind.SUBMITTED, EventKind.STARTED, EventKind.FINISHED)
-    ran = (EventKind.STARTED, EventKind.FINISHED)
+    kinds_after = (  # by what was reported already (see ``announced``)
+        (EventKind.SUBMITTED, EventKind.STARTED, EventKind.FINISHED),
+        (EventKind.STARTED, EventKind.FINISHED),
+        (EventKind.FINISHED,),
+    )
     for gathered in groups.values():
         registry.publish(column_events(RunColumns(
-            ran if gathered.announced else full, gathered.task, gathered.task.name, gathered.flow_run_id,
+            kinds_after[gathered.announced], gathered.task, gathered.task.name, gathered.flow_run_id,
             gathered.backend, gathered.worker, prefix, gathered.numbers, gathered.names, gathered.submitted,
             gathered.starts, gathered.ends, gathered.states,
         )))
@@ -338,5 +375,6 @@ def _publish_taken(runs: collections.deque[_Ended]) -> None:
         for (call, state, worker, backend), announced in others:
             if not announced:
                 events.append(submitted_event(call, backend))
-            events.extend(task_events(call, backend, state, worker))
+            ran = task_events(call, backend, state, worker)
+            events.extend(ran if announced < 2 else ran[-1:])  # FINISHED only, once started
         registry.publish(events)

@@ -145,7 +145,7 @@ def _run_uncached(call: TaskCall) -> State[Any]:
         if tracker is not None:
             tracker.record_start(call.task_run_id)
         # The common case (no retries, no timeout, no print capture), kept short.
-        started = time.time()
+        started = call.started_at = time.time()
         try:
             value = fn(*call.args, **call.kwargs)
         except Exception as exc:
@@ -163,7 +163,7 @@ def _run_uncached(call: TaskCall) -> State[Any]:
         from flowcore.loggers import redirect_prints, task_logger
 
         print_token = redirect_prints(task_logger(context))
-    first_start = time.time()
+    first_start = call.started_at = time.time()
     attempt = call.attempts_used  # attempts lost with crashed workers count too
     own_timeout: TaskTimeoutError | None = None
     try:
@@ -255,7 +255,7 @@ async def _run_uncached_async(call: TaskCall) -> State[Any]:
         from flowcore.loggers import redirect_prints, task_logger
 
         print_token = redirect_prints(task_logger(context))
-    first_start = time.time()
+    first_start = call.started_at = time.time()
     attempt = call.attempts_used
     limited = limited_tags(options.tags) if options.tags else None
     try:

@@ -4,6 +4,7 @@ flow run brackets them, and the history records every run as on the plain path."
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
@@ -191,7 +192,7 @@ def test_a_run_that_runs_long_is_announced_at_a_flush_before_it_ends(recording: 
         assert waiting() == 7
     finally:
         backend.shutdown()
-    assert seen_before_end == [[EventKind.SUBMITTED]]
+    assert seen_before_end == [[EventKind.SUBMITTED, EventKind.STARTED]]  # its body had started
     stream = next(s for s in recording.by_run().values() if s[0].task_name == "slow")
     assert [e.kind for e in stream] == [EventKind.SUBMITTED, EventKind.STARTED, EventKind.FINISHED]
     rows = _history_rows(
@@ -340,3 +341,58 @@ def test_runs_of_a_use_backend_block_are_deferred_and_flushed_by_the_writer(
         "count(flow_run_id) FROM task_runs_all WHERE task IN ('add', 'fail') GROUP BY state ORDER BY state"
     )
     assert rows == [("Completed", 40, 40, 40, 40, 0), ("Failed", 1, 1, 1, 1, 0)]
+
+
+_release = threading.Event()
+
+
+@task
+def waits_for_release(x: int) -> int:
+    assert _release.wait(30), "never released"
+    return x
+
+
+@pytest.mark.parametrize("how", ["submit", "direct"])
+def test_a_long_run_is_reported_running_before_it_ends(recording: Recording, home: Path, how: str) -> None:
+    """A deferred run that runs long (submitted to threads, or called directly through
+    the engine) is reported SUBMITTED and then, its body having started, STARTED at the
+    history writer's next drains: the history shows it Running, with its start time,
+    while it runs; its end reports FINISHED only, each event once and in order."""
+    if not get_registry().defers_runs:
+        pytest.skip("the history plugin does not observe runs here")
+    _release.clear()
+    running_rows: list[tuple[Any, ...]] = []
+
+    def watch() -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not running_rows:
+            with contextlib.suppress(sqlite3.Error):
+                running_rows.extend(_history_rows(
+                    home, "SELECT id, state, start_time FROM task_runs_all "
+                    "WHERE task = 'waits_for_release' AND state = 'Running' AND start_time IS NOT NULL"
+                ))
+            time.sleep(0.05)
+        _release.set()
+
+    watcher = threading.Thread(target=watch)
+
+    @flow(backend="threads")
+    def long_run() -> int:
+        watcher.start()
+        if how == "submit":
+            return waits_for_release.submit(7).result()
+        return waits_for_release(7, return_state=True).result()  # the engine's path: deferred
+
+    try:
+        assert long_run() == 7
+    finally:
+        _release.set()
+        watcher.join()
+    assert len(running_rows) == 1, "never shown Running while it ran"
+    run_id, _, start = running_rows[0]
+    stream = recording.by_run()[run_id]
+    assert [e.kind for e in stream] == [EventKind.SUBMITTED, EventKind.STARTED, EventKind.FINISHED]
+    assert stream[1].timestamp == start and stream[2].state is not None and stream[2].state.is_completed()
+    assert _history_rows(home, f"SELECT state, start_time, attempts FROM task_runs_all WHERE id = '{run_id}'") == [
+        ("Completed", start, 1)
+    ]
