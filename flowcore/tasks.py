@@ -221,6 +221,7 @@ class Task(Generic[P, R]):
         state = run_call(call)
         report_final_state(call, state, None, current_worker())
         if return_state:
+            _log_returned_failure(call, state)
             return state
         return state.result()
 
@@ -567,8 +568,20 @@ class AsyncTask(Task[P, R]):
         state = await run_call_async(call)
         report_final_state(call, state, None, current_worker())
         if return_state:
+            _log_returned_failure(call, state)
             return state
         return state.result()
+
+
+def _log_returned_failure(call: TaskCall, state: State[Any]) -> None:
+    """A direct call's run did not complete and its state goes back to the caller
+    (``return_state=True``) instead of raising: it is logged as a failed submitted
+    run is (ERROR, "Finished in state ..."), since nothing else will say it; a run
+    cancelled on purpose is not."""
+    if not state.is_completed() and not state.is_cancelled():
+        from flowcore.engine import task_run_logger
+
+        task_run_logger(call).error("Finished in state %r", state)
 
 
 def _report_submitted(call: TaskCall) -> None:

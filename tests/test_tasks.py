@@ -750,3 +750,33 @@ def test_a_cached_method_keys_on_its_instance_too(tmp_path: Path, monkeypatch: p
     assert Pricer(3).price(10) == 30
     assert Pricer(3).price(10, return_state=True).name == "Cached"
 
+
+
+@task
+def _raises_value_error(x: int) -> int:
+    raise ValueError(f"bad {x}")
+
+
+def test_a_direct_call_that_returns_its_failed_state_logs_the_failure(caplog: pytest.LogCaptureFixture) -> None:
+    """``t(x, return_state=True)`` hands a failure back instead of raising it: the run
+    is logged at ERROR as a failed submitted run is (Prefect logs every failed run)."""
+    import asyncio
+    import logging
+
+    @task
+    async def async_raises(x: int) -> int:
+        raise ValueError(f"bad async {x}")
+
+    @flow
+    def sync_body() -> str:
+        return _raises_value_error(1, return_state=True).name
+
+    @flow
+    async def async_body() -> str:
+        await asyncio.sleep(0)
+        return (await async_raises(2, return_state=True)).name
+
+    caplog.set_level(logging.INFO, logger="flowcore")
+    assert sync_body() == "Failed" and async_body() == "Failed"
+    failures = [r for r in caplog.records if r.levelno == logging.ERROR and "Finished in state Failed" in r.getMessage()]
+    assert [r.getMessage().split("(")[1] for r in failures] == ["'ValueError: bad 1')", "'ValueError: bad async 2')"]
