@@ -61,19 +61,21 @@ class _Runs:
 
 
 class _Buffer:
-    """One thread's buffered runs, per (task, flow run)."""
+    """One thread's buffered runs, per (task, flow run). It outlives its thread (a flow
+    run's pool threads end before the flow run reports) until a flush has emptied it."""
 
-    __slots__ = ("__weakref__", "last", "runs", "worker")
+    __slots__ = ("last", "owner", "runs", "worker")
 
     def __init__(self, worker: Worker) -> None:
         self.runs: dict[tuple[int, str], _Runs] = {}
         #: the runs ``_record`` added to last (while still in ``runs``), else None
         self.last: _Runs | None = None
         self.worker = worker
+        self.owner = weakref.ref(threading.current_thread())
 
 
 _local = threading.local()
-_buffers: weakref.WeakSet[_Buffer] = weakref.WeakSet()  # every live thread's, for flush()
+_buffers: set[_Buffer] = set()  # every thread's, for flush(); a dead thread's until emptied
 _lock = threading.Lock()
 #: held by a report while it takes and publishes runs (reports from several threads)
 _reporting = threading.RLock()
@@ -82,7 +84,7 @@ _reporting = threading.RLock()
 def _forget_after_fork() -> None:
     """A forked child reports its own runs, never its parent's buffered ones."""
     global _local, _buffers, _lock, _reporting
-    _local, _buffers, _lock, _reporting = threading.local(), weakref.WeakSet(), threading.Lock(), threading.RLock()
+    _local, _buffers, _lock, _reporting = threading.local(), set(), threading.Lock(), threading.RLock()
 
 
 if hasattr(os, "register_at_fork"):
@@ -214,6 +216,10 @@ def flush(flow_run_id: str | None = None, *, older_than: float | None = None) ->
         buffers = list(_buffers)
     for buffer in buffers:
         _report(buffer, flow_run_id, older_than)
+        owner = buffer.owner()
+        if (owner is None or not owner.is_alive()) and not any(runs.rows for runs in buffer.runs.values()):
+            with _lock:  # its thread ended and nothing is left in it: nobody appends any more
+                _buffers.discard(buffer)
 
 
 def _report(buffer: _Buffer, flow_run_id: str | None = None, older_than: float | None = None) -> None:

@@ -191,6 +191,8 @@ class Task(Generic[P, R]):
             ):
                 return direct_runs.call(self, args, kwargs, flow_run)
         return_state = kwargs.pop("return_state", False) if "return_state" in kwargs else False
+        if scope is None:  # in a task body on a pool thread or in a worker: its flow run's
+            scope = submission_scope()
         flow_run, log_prints, observation = self._direct_path(scope, return_state)
         if observation == _BATCHED and flow_run is not None:
             return direct_runs.call(self, args, kwargs, flow_run)
@@ -547,6 +549,8 @@ class AsyncTask(Task[P, R]):
     ) -> Coroutine[Any, Any, Any]:
         """The coroutine of one direct run, on the path its observation needs (chosen
         here, so that an awaited run costs one coroutine around the body's)."""
+        if scope is None:  # in a task body on a pool thread or in a worker: its flow run's
+            scope = submission_scope()
         flow_run, log_prints, observation = self._direct_path(scope, return_state)
         # (no keyword arguments: no dict kept alive while the run is in flight)
         if observation == _BATCHED and flow_run is not None:

@@ -1196,3 +1196,37 @@ def test_direct_calls_are_written_while_their_flow_still_runs(home: Path) -> Non
     assert calls_then_waits() == [1, 2, 3]
     assert written_while_running == [3]
     assert query(database, "SELECT count(*), count(DISTINCT id) FROM task_runs_all WHERE task = 'step'") == [(3, 3)]
+
+
+@task
+def nested_inner(x: int) -> tuple[int, str | None, str]:
+    context = flowcore.get_run_context()
+    assert context.task_run is not None
+    return x, context.flow_run.id if context.flow_run else None, context.task_run.name
+
+
+@task
+def nested_outer(x: int) -> tuple[int, str | None, str]:
+    return nested_inner(x)  # a direct call in a task body, on a pool thread
+
+
+def test_a_task_called_directly_in_a_task_body_on_a_pool_thread_belongs_to_the_flow_run(home: Path) -> None:
+    """The nested run sees its flow run, takes its name from the flow run's numbers
+    (unique beside the submitted runs of the same task) and is recorded under it, even
+    though the pool thread that ran it ended before the flow run reported."""
+
+    @flow(backend="threads")
+    def nests() -> tuple[str, list[tuple[int, str | None, str]]]:
+        context = flowcore.get_run_context()
+        assert context.flow_run is not None
+        direct = nested_inner(100)
+        submitted = [nested_outer.submit(i) for i in range(4)]
+        return context.flow_run.id, [direct] + [f.result() for f in submitted]
+
+    flow_run_id, results = nests()
+    assert [value for value, _, _ in results] == [100, 0, 1, 2, 3]
+    assert {seen for _, seen, _ in results} == {flow_run_id}
+    names = [name for _, _, name in results]
+    assert sorted(names) == [f"nested_inner-{n}" for n in range(5)]
+    rows = query(home / "history.db", "SELECT name, flow_run_id, state FROM task_runs_all WHERE task = 'nested_inner'")
+    assert sorted(rows) == [(name, flow_run_id, "Completed") for name in sorted(names)]
