@@ -51,13 +51,13 @@ from flowcore import deferred_runs, registry, states
 from flowcore.annotations import allow_failure
 from flowcore.engine import (
     SubmittedRuns,
-    current_worker,
     lost_attempt,
     rows_state,
     run_call,
     run_call_remote,
     run_rows,
 )
+from flowcore.events import current_worker
 from flowcore.futures import (
     RunFuture,
     TaskFuture,

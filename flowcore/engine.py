@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextvars
 import logging
-import os
 import threading
 import time
 from collections.abc import Sequence
@@ -26,6 +25,7 @@ from flowcore import states
 from flowcore.calls import TaskCall
 from flowcore.context import TaskRunContext, _task_run
 from flowcore.errors import TaskTimeoutError
+from flowcore.events import current_worker
 from flowcore.limits import limited_tags, task_slots
 from flowcore.states import State, completed_run
 from flowcore.timeouts import call_with_timeout, interrupts_blocking_calls
@@ -58,33 +58,6 @@ class RunTracker(Protocol):
 
 #: installed in a worker process by its backend's supervision; None elsewhere
 _tracker: RunTracker | None = None
-
-
-#: this thread's Worker record, once asked for (see current_worker)
-_workers = threading.local()
-
-
-def _forget_workers_after_fork() -> None:
-    """A forked child describes itself anew (its pid differs)."""
-    global _workers
-    _workers = threading.local()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_workers_after_fork)
-
-
-def current_worker() -> Worker:
-    """:func:`flowcore.events.current_worker`, imported on first use (``import
-    flowcore`` does not load the event records) and kept per thread: an observed
-    run on a pool thread asks for it once per run."""
-    try:
-        worker: Worker = _workers.worker
-    except AttributeError:
-        from flowcore.events import current_worker as found
-
-        worker = _workers.worker = found()
-    return worker
 
 
 def install_run_tracker(tracker: RunTracker) -> None:

@@ -74,9 +74,11 @@ if hasattr(os, "register_at_fork"):
 
 def current_worker() -> Worker:
     """The :class:`Worker` record of the calling thread (made once per thread and
-    process: a forked child makes its own, without asking each call for the pid)."""
-    worker: Worker | None = getattr(_local, "worker", None)
-    if worker is None:
+    process: a forked child makes its own, without asking each call for the pid).
+    An observed run on a pool thread asks for it once per run: one attribute read."""
+    try:
+        worker: Worker = _local.worker
+    except AttributeError:
         import socket
 
         pid = os.getpid()
