@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _terminal import plain, run_on_terminal
 
 from flowcore.history.records import FlowRunWrite, HistoryBatch, StateRecord, TaskRunWrite
 from flowcore.history.sqlite import SQLiteStore
@@ -418,36 +419,10 @@ def test_a_corrupt_database_is_named_with_the_fix(tmp_path: Path, env: dict[str,
 def _on_terminal(env: dict[str, str], columns: int, *args: str) -> str:
     """``flowcore *args`` with stdout on a pseudo-terminal ``columns`` wide: what it
     printed, without escape sequences."""
-    import pty
-    import re
-    import select
-
-    leader, follower = pty.openpty()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "flowcore", *args], stdin=subprocess.DEVNULL, stdout=follower,
-        stderr=follower, env={**env, "COLUMNS": str(columns), "TERM": "xterm"}, close_fds=True,
+    text = run_on_terminal(
+        [sys.executable, "-m", "flowcore", *args], {**env, "COLUMNS": str(columns), "TERM": "xterm"}
     )
-    os.close(follower)
-    chunks: list[bytes] = []
-    try:
-        while True:
-            ready, _, _ = select.select([leader], [], [], 0.5)
-            if ready:
-                try:
-                    data = os.read(leader, 65536)
-                except OSError:  # the child closed the terminal
-                    break
-                if not data:
-                    break
-                chunks.append(data)
-            elif process.poll() is not None:
-                break
-    finally:
-        os.close(leader)
-        process.wait(timeout=60)
-    text = b"".join(chunks).decode(errors="replace").replace("\r\n", "\n")
-    assert process.returncode == 0, text
-    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
+    return plain(text.replace("\r\n", "\n"))
 
 
 def test_ls_on_an_80_column_terminal_shows_whole_states_times_and_task_counts(

@@ -7,15 +7,13 @@ The flows run in child processes whose standard error is a real pseudo-terminal
 from __future__ import annotations
 
 import os
-import pty
-import select
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
+from _terminal import plain, run_on_terminal
 
 pytest.importorskip("rich")
 
@@ -46,46 +44,10 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def _plain(text: str) -> str:
-    """``text`` without terminal escape sequences."""
-    import re
-
-    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
-
-
 def _run_on_terminal(script: Path, env: dict[str, str], stdout: Path | None = None) -> str:
     """Run ``script`` with stderr (and stdout, unless it goes to the file ``stdout``) on
     a pseudo-terminal; all it printed on the terminal."""
-    leader, follower = pty.openpty()
-    out_file = stdout.open("wb") if stdout is not None else None
-    process = subprocess.Popen(
-        [sys.executable, str(script)], stdin=subprocess.DEVNULL,
-        stdout=out_file if out_file is not None else follower, stderr=follower,
-        env=env, close_fds=True,
-    )
-    if out_file is not None:
-        out_file.close()
-    os.close(follower)
-    chunks: list[bytes] = []
-    deadline = time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([leader], [], [], 0.5)
-            if ready:
-                try:
-                    data = os.read(leader, 65536)
-                except OSError:  # the child closed the terminal
-                    break
-                if not data:
-                    break
-                chunks.append(data)
-            elif process.poll() is not None:
-                break
-    finally:
-        os.close(leader)
-        process.wait(timeout=60)
-    assert process.returncode == 0, b"".join(chunks).decode(errors="replace")
-    return b"".join(chunks).decode(errors="replace")
+    return run_on_terminal([sys.executable, str(script)], env, stdout=stdout)
 
 
 @pytest.fixture
@@ -106,7 +68,7 @@ def test_a_terminal_shows_the_progress_table(script: Path) -> None:
     assert "result (8955050, 3)" in out
     for header in ("task", "done", "failed", "active", "total", "rate"):
         assert header in out, out
-    final = _plain(out[out.rindex("flow run 'squares-") :])  # the last drawing of the table
+    final = plain(out[out.rindex("flow run 'squares-") :])  # the last drawing of the table
     square_row = next(line for line in final.splitlines() if " square " in line)
     cells = [cell.strip() for cell in square_row.split("│")[1:-1]]
     assert cells[:5] == ["square", "300", "0", "0", "300"], square_row  # task done failed active total
@@ -204,8 +166,8 @@ def test_many_log_lines_redraw_the_table_at_most_ten_times_a_second(tmp_path: Pa
     seconds = float(out.rsplit("seconds ", 1)[1].split()[0])
     drawings = out.count("flow run 'chatty-")
     assert drawings <= 10 * seconds + 3, (drawings, seconds)
-    plain = _plain(out)
-    numbers = [int(line.split("line ", 1)[1][:5]) for line in plain.splitlines() if "from a task" in line]
+    shown = plain(out)
+    numbers = [int(line.split("line ", 1)[1][:5]) for line in shown.splitlines() if "from a task" in line]
     assert sorted(numbers) == list(range(2000))
 
 
