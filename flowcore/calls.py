@@ -146,6 +146,8 @@ class TaskCall:
     #: threads); 0.0 until then, and where it runs in another process (a watcher such
     #: as :mod:`flowcore.deferred_runs` reads it to report a long run as running)
     started_at: float = 0.0
+    #: the ident of the thread that started its body (with ``started_at``), else 0
+    started_in: int = 0
 
     @property
     def parameters(self) -> dict[str, Any]:

@@ -268,16 +268,29 @@ def _announce(flow_run_id: str | None, min_age: float) -> None:
                 due.append(call)
                 _announced[call.task_run_id] = call
         events = [submitted_event(call, call.backend) for call in due]
+        threads: dict[int | None, str] | None = None
         for run_id, call in list(_announced.items()):
             if call.started_at and (flow_run_id is None or call.flow_run_id == flow_run_id):
                 del _announced[run_id]
                 _started.add(run_id)
+                if threads is None:  # the thread that runs it: its worker, as its end will say
+                    threads = {thread.ident: thread.name for thread in threading.enumerate()}
+                name = threads.get(call.started_in)
                 events.append(TaskRunEvent(
                     EventKind.STARTED, run_id, call.task_run_name, call.task.name, call.flow_run_id,
-                    call.started_at, call.backend, None, None, call.task, call,
+                    call.started_at, call.backend, None, _worker_named(name) if name else None, call.task, call,
                 ))
         if events:
             registry.publish(events)
+
+
+def _worker_named(thread_name: str) -> Worker:
+    """The Worker record of this process's thread named ``thread_name``."""
+    import socket
+
+    from flowcore.events import Worker
+
+    return Worker(socket.gethostname(), os.getpid(), thread_name)
 
 
 def _report(buffer: _Buffer) -> None:

@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from threading import get_ident as _get_ident
 from typing import TYPE_CHECKING, Any, Protocol
 
 from flowcore import states
@@ -119,6 +120,7 @@ def _run_uncached(call: TaskCall) -> State[Any]:
             tracker.record_start(call.task_run_id)
         # The common case (no retries, no timeout, no print capture), kept short.
         started = call.started_at = time.time()
+        call.started_in = _get_ident()
         try:
             value = fn(*call.args, **call.kwargs)
         except Exception as exc:
@@ -137,6 +139,7 @@ def _run_uncached(call: TaskCall) -> State[Any]:
 
         print_token = redirect_prints(task_logger(context))
     first_start = call.started_at = time.time()
+    call.started_in = _get_ident()
     attempt = call.attempts_used  # attempts lost with crashed workers count too
     own_timeout: TaskTimeoutError | None = None
     try:
@@ -229,6 +232,7 @@ async def _run_uncached_async(call: TaskCall) -> State[Any]:
 
         print_token = redirect_prints(task_logger(context))
     first_start = call.started_at = time.time()
+    call.started_in = _get_ident()
     attempt = call.attempts_used
     limited = limited_tags(options.tags) if options.tags else None
     try:

@@ -393,6 +393,8 @@ def test_a_long_run_is_reported_running_before_it_ends(recording: Recording, hom
     stream = recording.by_run()[run_id]
     assert [e.kind for e in stream] == [EventKind.SUBMITTED, EventKind.STARTED, EventKind.FINISHED]
     assert stream[1].timestamp == start and stream[2].state is not None and stream[2].state.is_completed()
+    # reported running on the worker (thread) that then reports its end
+    assert stream[1].worker is not None and stream[1].worker == stream[2].worker
     assert _history_rows(home, f"SELECT state, start_time, attempts FROM task_runs_all WHERE id = '{run_id}'") == [
         ("Completed", start, 1)
     ]
