@@ -49,6 +49,22 @@ def reserve_run_numbers(count: int) -> int:
     return first
 
 
+def number_of(context: Any) -> int:
+    """The run number of ``context`` (a direct run's :class:`~flowcore.context.TaskRunContext`),
+    reserved now if it has none yet (``_number`` -1). Atomic: its body asking for its
+    id and a history writer reporting it running get the same number."""
+    global _next_number
+    _number_lock.acquire()
+    try:
+        number: int = context._number
+        if number < 0:
+            number = context._number = _next_number
+            _next_number = number + 1
+    finally:
+        _number_lock.release()
+    return number
+
+
 def run_id_prefix() -> str:
     """This process's run id prefix: run number ``n`` has the id ``f"{prefix}-{n:x}"``."""
     return _PREFIX

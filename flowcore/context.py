@@ -205,10 +205,10 @@ class TaskRunContext:
             if self._name_number < 0:
                 self._call = self.task.make_call(self.args, self.kwargs or {}, self.flow_run, False)
             else:  # the ids its run is reported under (flowcore.direct_runs)
-                from flowcore.calls import reserve_run_numbers, run_id_prefix
+                from flowcore.calls import number_of, run_id_prefix
 
                 if self._number < 0:  # taken now, the first time it is asked for
-                    self._number = reserve_run_numbers(1)
+                    number_of(self)
                 flow_run = self.flow_run
                 task = self.task
                 if task.options.task_run_name is None:

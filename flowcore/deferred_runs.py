@@ -200,6 +200,13 @@ def take_noted(call: TaskCall) -> bool:
     return False
 
 
+def mark_started(run_id: str) -> None:
+    """The run's SUBMITTED and STARTED were reported already (a direct call reported
+    running by :func:`flowcore.direct_runs.announce`): its end reports FINISHED only."""
+    with _announcing:
+        _started.add(run_id)
+
+
 def _forget_announced(run_id: str) -> int:
     """The run, whose SUBMITTED was reported, ends: 2 if its STARTED was reported too
     (its end reports FINISHED only), else 1. Called once any flush reporting it is done."""
@@ -252,7 +259,7 @@ def _announce(flow_run_id: str | None, min_age: float) -> None:
     """Report the SUBMITTED of noted runs submitted at least ``min_age`` seconds ago,
     and the STARTED of announced runs whose body has started in this process (a long
     run reads Running, with its start, before it ends)."""
-    from flowcore.events import EventKind, TaskRunEvent, submitted_event
+    from flowcore.events import EventKind, TaskRunEvent, submitted_event, thread_worker
 
     latest = time.time() - min_age
     with _announcing:
@@ -278,19 +285,10 @@ def _announce(flow_run_id: str | None, min_age: float) -> None:
                 name = threads.get(call.started_in)
                 events.append(TaskRunEvent(
                     EventKind.STARTED, run_id, call.task_run_name, call.task.name, call.flow_run_id,
-                    call.started_at, call.backend, None, _worker_named(name) if name else None, call.task, call,
+                    call.started_at, call.backend, None, thread_worker(name) if name else None, call.task, call,
                 ))
         if events:
             registry.publish(events)
-
-
-def _worker_named(thread_name: str) -> Worker:
-    """The Worker record of this process's thread named ``thread_name``."""
-    import socket
-
-    from flowcore.events import Worker
-
-    return Worker(socket.gethostname(), os.getpid(), thread_name)
 
 
 def _report(buffer: _Buffer) -> None:

@@ -31,7 +31,7 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from flowcore import registry
+from flowcore import deferred_runs, registry
 from flowcore.calls import reserve_run_numbers, run_id_prefix
 from flowcore.context import TaskRunContext, _task_run
 
@@ -79,12 +79,16 @@ _buffers: set[_Buffer] = set()  # every thread's, for flush(); a dead thread's u
 _lock = threading.Lock()
 #: held by a report while it takes and publishes runs (reports from several threads)
 _reporting = threading.RLock()
+#: (flow run id, id(task), name number) -> run number of the running direct calls
+#: whose SUBMITTED and STARTED :func:`announce` reported: their end reports FINISHED only
+_announced: dict[tuple[str, int, int], int] = {}
 
 
 def _forget_after_fork() -> None:
     """A forked child reports its own runs, never its parent's buffered ones."""
-    global _local, _buffers, _lock, _reporting
+    global _local, _buffers, _lock, _reporting, _announced
     _local, _buffers, _lock, _reporting = threading.local(), set(), threading.Lock(), threading.RLock()
+    _announced = {}
 
 
 if hasattr(os, "register_at_fork"):
@@ -117,8 +121,15 @@ def call(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], flow_run: Flo
         raise
     end = _now()
     _task_run.reset(token)
-    _record(task, flow_run, context._number, name_number, start, end)
+    try:
+        buffer: _Buffer = _local.buffer
+    except AttributeError:  # this thread's first
+        buffer = _buffer()
+    _record(buffer, task, flow_run, context._number, name_number, start, end)
     return value
+
+
+_CALL_CODE = call.__code__  # how announce() finds running direct calls on a stack
 
 
 async def call_async(
@@ -148,7 +159,11 @@ async def call_async(
         raise
     end = _now()
     _task_run.set(previous)
-    _record(task, flow_run, context._number, name_number, start, end)
+    try:
+        buffer = _local.buffer
+    except AttributeError:  # this thread's first
+        buffer = _buffer()
+    _record(buffer, task, flow_run, context._number, name_number, start, end)
     return value
 
 
@@ -170,13 +185,12 @@ async def await_unobserved(
         _task_run.set(previous)
 
 
-def _record(task: Any, flow_run: FlowRun, number: int, name_number: int, start: float, end: float) -> None:
-    """Add a run that completed to this thread's buffer; report the buffer when full or old.
-    ``number``: -1 when the run has none yet (the report reserves its runs' in one block)."""
-    try:
-        buffer: _Buffer = _local.buffer
-    except AttributeError:  # this thread's first
-        buffer = _buffer()
+def _record(
+    buffer: _Buffer, task: Any, flow_run: FlowRun, number: int, name_number: int, start: float, end: float
+) -> None:
+    """Add a run that completed to ``buffer`` (this thread's); report the buffer when
+    full or old. ``number``: -1 when the run has none yet (the report reserves its runs'
+    in one block)."""
     runs = buffer.last
     run_id = flow_run.run_id
     if runs is None or runs.task is not task or runs.flow_run_id != run_id:
@@ -223,7 +237,7 @@ def flush(flow_run_id: str | None = None, *, older_than: float | None = None) ->
 
 
 def _report(buffer: _Buffer, flow_run_id: str | None = None, older_than: float | None = None) -> None:
-    from flowcore.events import EventKind, RunColumns, column_events
+    from flowcore.events import EventKind, column_events
 
     kinds = (EventKind.SUBMITTED, EventKind.STARTED, EventKind.FINISHED)
     cutoff = None if older_than is None else _now() - older_than
@@ -242,16 +256,85 @@ def _report(buffer: _Buffer, flow_run_id: str | None = None, older_than: float |
                 continue
             taken = rows[:count]
             del rows[:count]
+            if _announced:  # runs reported running by announce(): their end only
+                task_id, run_id = id(runs.task), runs.flow_run_id
+                ended = [
+                    (number, name, start, end)
+                    for _, name, start, end in taken
+                    if (number := _announced.pop((run_id, task_id, name), -1)) >= 0
+                ]
+                if ended:
+                    names_ended = {row[1] for row in ended}
+                    taken = [row for row in taken if row[1] not in names_ended]
+                    batches.append(_columns(
+                        (EventKind.FINISHED,), runs, buffer.worker, *(list(c) for c in zip(*ended, strict=True))
+                    ))
+                if not taken:
+                    continue
             numbers, names, starts, ends = (list(column) for column in zip(*taken, strict=True))
             _number_runs(numbers)
-            batches.append(
-                RunColumns(
-                    kinds, runs.task, runs.task.name, runs.flow_run_id, None, buffer.worker,
-                    run_id_prefix(), numbers, names, starts, starts, ends,
-                )
-            )
+            batches.append(_columns(kinds, runs, buffer.worker, numbers, names, starts, ends))
         for columns in batches:
             registry.publish(column_events(columns))
+
+
+def _columns(
+    kinds: tuple[Any, ...], runs: _Runs, worker: Worker, numbers: list[int], names: list[int],
+    starts: list[float], ends: list[float],
+) -> Any:
+    from flowcore.events import RunColumns
+
+    return RunColumns(
+        kinds, runs.task, runs.task.name, runs.flow_run_id, None, worker, run_id_prefix(), numbers, names,
+        starts, starts, ends,
+    )
+
+
+def announce(min_age: float) -> None:
+    """Report the SUBMITTED and STARTED of the synchronous direct calls (of every
+    thread) that have run for at least ``min_age`` seconds and are still running, once
+    each: a live reader (the history, a dashboard) sees them Running, with their start
+    and worker, before they end. The history writer calls it at each drain.
+
+    It finds them on the threads' stacks (``sys._current_frames``: frames of
+    :func:`call` whose body has started and neither returned nor raised), so that a
+    direct call pays nothing for it. Their end then reports FINISHED only, under the
+    number given here (see ``_announced``); a body that asks for its id gets it too."""
+    import sys
+
+    from flowcore.calls import number_of
+    from flowcore.events import EventKind, TaskRunEvent, thread_worker
+
+    latest = _now() - min_age
+    with _reporting:  # before the frames are read: a run that ends meanwhile waits to report
+        found: list[tuple[int, Any, float]] = []
+        for ident, frame in sys._current_frames().items():
+            current: Any = frame
+            while current is not None:
+                if current.f_code is _CALL_CODE:
+                    local = current.f_locals
+                    start = local.get("start")
+                    if start is not None and start <= latest and "end" not in local and "exc" not in local:
+                        found.append((ident, local["context"], start))
+                current = current.f_back
+        if not found:
+            return
+        threads = {thread.ident: thread.name for thread in threading.enumerate()}
+        events: list[Any] = []
+        for ident, context, start in found:
+            flow_run = context.flow_run
+            key = (flow_run.run_id, id(context.task), context._name_number)
+            if key in _announced:
+                continue
+            number = _announced[key] = number_of(context)
+            task = context.task
+            worker = thread_worker(threads.get(ident, str(ident)))
+            common = (
+                f"{run_id_prefix()}-{number:x}", f"{task.name}-{context._name_number}", task.name, flow_run.run_id,
+            )
+            events.append(TaskRunEvent(EventKind.SUBMITTED, *common, start, None, None, None, task, None))
+            events.append(TaskRunEvent(EventKind.STARTED, *common, start, None, None, worker, task, None))
+        registry.publish(events)
 
 
 def _number_runs(numbers: list[int]) -> None:
@@ -290,16 +373,24 @@ def _report_failure(
     else:
         return
     state = replace(state, started_at=start, finished_at=time.time(), attempts=1)
-    if number < 0:
-        number = reserve_run_numbers(1)
     buffer = _buffer()
-    _report(buffer)  # the runs before it first
-    call_record = TaskCall(
-        task, args, kwargs, f"{run_id_prefix()}-{number:x}", f"{task.name}-{name_number}", flow_run.run_id,
-        flow_run.name, flow_run.flow_name, start, False,
-    )
-    registry.publish([submitted_event(call_record, None)])
+    with _reporting:
+        _report(buffer)  # the runs before it first
+        # reported running by announce(): its number, and its end only
+        announced = _announced.pop((flow_run.run_id, id(task), name_number), -1) if _announced else -1
+        if announced >= 0:
+            number = announced
+        elif number < 0:
+            number = reserve_run_numbers(1)
+        call_record = TaskCall(
+            task, args, kwargs, f"{run_id_prefix()}-{number:x}", f"{task.name}-{name_number}", flow_run.run_id,
+            flow_run.name, flow_run.flow_name, start, False,
+        )
+        if announced < 0:
+            registry.publish([submitted_event(call_record, None)])
+        else:
+            deferred_runs.mark_started(call_record.task_run_id)
     report_final_state(call_record, state, None, buffer.worker)
 
 
-__all__ = ["MAX_AGE_S", "MAX_RUNS", "await_unobserved", "call", "call_async", "flush"]
+__all__ = ["MAX_AGE_S", "MAX_RUNS", "announce", "await_unobserved", "call", "call_async", "flush"]

@@ -95,6 +95,14 @@ def current_worker() -> Worker:
     return worker
 
 
+def thread_worker(thread_name: str) -> Worker:
+    """The :class:`Worker` record of another thread of this process, by its name (as
+    :func:`current_worker` makes it there; no Dask address)."""
+    import socket
+
+    return Worker(socket.gethostname(), os.getpid(), thread_name)
+
+
 @dataclass(slots=True)
 class TaskRunEvent:
     """One step of one task run (read-only by contract: an observer must not change it;

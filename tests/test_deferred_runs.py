@@ -398,3 +398,69 @@ def test_a_long_run_is_reported_running_before_it_ends(recording: Recording, hom
     assert _history_rows(home, f"SELECT state, start_time, attempts FROM task_runs_all WHERE id = '{run_id}'") == [
         ("Completed", start, 1)
     ]
+
+
+_direct_release = threading.Event()
+
+
+@task
+def direct_waits(x: int) -> str:
+    assert _direct_release.wait(30), "never released"
+    context = flowcore.get_run_context()
+    assert context.task_run is not None
+    if x < 0:
+        raise ValueError("asked to fail")
+    return context.task_run.id  # asked for after it was reported running
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_long_direct_call_is_reported_running_before_it_ends(recording: Recording, home: Path, fails: bool) -> None:
+    """A plain task called directly in a flow body (the batched path, which reports a
+    run when it ends) that runs long is reported SUBMITTED and STARTED by the history
+    writer: the history shows it Running, with its start and worker, while it runs;
+    its end (completed or failed) reports FINISHED only, under the same id, which is
+    also the id its body sees."""
+    if not get_registry().batches_direct_runs:
+        pytest.skip("the history plugin does not observe runs here")
+    _direct_release.clear()
+    running_rows: list[tuple[Any, ...]] = []
+
+    def watch() -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not running_rows:
+            with contextlib.suppress(sqlite3.Error):
+                running_rows.extend(_history_rows(
+                    home, "SELECT id, state, start_time, worker_thread FROM task_runs_all "
+                    "WHERE task = 'direct_waits' AND state = 'Running' AND start_time IS NOT NULL"
+                ))
+            time.sleep(0.05)
+        _direct_release.set()
+
+    watcher = threading.Thread(target=watch)
+
+    @flow
+    def calls_long() -> str:
+        watcher.start()
+        if fails:
+            with pytest.raises(ValueError, match="asked to fail"):
+                direct_waits(-1)
+            return ""
+        return direct_waits(1)
+
+    try:
+        seen_id = calls_long()
+    finally:
+        _direct_release.set()
+        watcher.join()
+    assert len(running_rows) == 1, "never shown Running while it ran"
+    run_id, _, start, thread = running_rows[0]
+    assert thread == "MainThread"
+    if not fails:
+        assert seen_id == run_id
+    stream = recording.by_run()[run_id]
+    assert [e.kind for e in stream] == [EventKind.SUBMITTED, EventKind.STARTED, EventKind.FINISHED]
+    final = stream[2].state
+    assert final is not None and final.name == ("Failed" if fails else "Completed")
+    assert _history_rows(home, "SELECT id, state, start_time FROM task_runs_all WHERE task = 'direct_waits'") == [
+        (run_id, "Failed" if fails else "Completed", start)
+    ]

@@ -312,6 +312,7 @@ class Recorder:
                 # calls' runs left in the buffer of a thread that makes no more calls.
                 deferred_runs.flush(min_age=ANNOUNCE_AFTER_S)
                 direct_runs.flush(older_than=direct_runs.MAX_AGE_S)
+                direct_runs.announce(ANNOUNCE_AFTER_S)  # long direct calls: Running
                 self._drain()
                 self._beat()
                 self._upkeep()  # after the commits flushes wait for, not inside them
