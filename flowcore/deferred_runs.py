@@ -52,7 +52,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from flowcore import registry
@@ -86,6 +86,8 @@ _announced: dict[str, TaskCall] = {}
 _started: set[str] = set()
 #: called when runs become outstanding (see set_waker)
 _waker: Callable[[], None] | None = None
+#: what says which runs started in other processes (see add_start_source)
+_start_sources: list[Callable[[], Mapping[str, tuple[float, Worker | None]]]] = []
 #: held while :func:`flush` reports noted runs: a run that ends meanwhile waits for it
 _announcing = threading.Lock()
 
@@ -154,6 +156,15 @@ def set_waker(waker: Callable[[], None] | None) -> None:
     :func:`outstanding` is False. None: no waker."""
     global _waker
     _waker = waker
+
+
+def add_start_source(source: Callable[[], Mapping[str, tuple[float, Worker | None]]]) -> None:
+    """Have each flush ask ``source()`` which runs have started where this process does
+    not see it (the workers of a process pool, through their journals): ``{run id:
+    (start, worker)}``. A run whose SUBMITTED was reported, named there, is reported
+    running. ``source`` must be quick and may raise (it is then ignored for that flush)."""
+    if source not in _start_sources:
+        _start_sources.append(source)
 
 
 def outstanding() -> bool:
@@ -276,19 +287,43 @@ def _announce(flow_run_id: str | None, min_age: float) -> None:
                 _announced[call.task_run_id] = call
         events = [submitted_event(call, call.backend) for call in due]
         threads: dict[int | None, str] | None = None
+        elsewhere: dict[str, tuple[float, Worker | None]] | None = None
         for run_id, call in list(_announced.items()):
-            if call.started_at and (flow_run_id is None or call.flow_run_id == flow_run_id):
-                del _announced[run_id]
-                _started.add(run_id)
+            if flow_run_id is not None and call.flow_run_id != flow_run_id:
+                continue
+            if call.started_at:  # started in this process
                 if threads is None:  # the thread that runs it: its worker, as its end will say
                     threads = {thread.ident: thread.name for thread in threading.enumerate()}
                 name = threads.get(call.started_in)
-                events.append(TaskRunEvent(
-                    EventKind.STARTED, run_id, call.task_run_name, call.task.name, call.flow_run_id,
-                    call.started_at, call.backend, None, thread_worker(name) if name else None, call.task, call,
-                ))
+                start, worker = call.started_at, thread_worker(name) if name else None
+            elif _start_sources:  # in a worker process, perhaps
+                if elsewhere is None:
+                    elsewhere = _started_elsewhere()
+                found = elsewhere.get(run_id)
+                if found is None:
+                    continue
+                start, worker = found
+            else:
+                continue
+            del _announced[run_id]
+            _started.add(run_id)
+            events.append(TaskRunEvent(
+                EventKind.STARTED, run_id, call.task_run_name, call.task.name, call.flow_run_id,
+                start, call.backend, None, worker, call.task, call,
+            ))
         if events:
             registry.publish(events)
+
+
+def _started_elsewhere() -> dict[str, tuple[float, Worker | None]]:
+    """What the start sources say (a source that raises says nothing)."""
+    found: dict[str, tuple[float, Worker | None]] = {}
+    for source in list(_start_sources):
+        try:
+            found.update(source())
+        except Exception:  # a journal being rewritten, a pool shutting down ...
+            continue
+    return found
 
 
 def _report(buffer: _Buffer) -> None:

@@ -1230,3 +1230,54 @@ def test_a_task_called_directly_in_a_task_body_on_a_pool_thread_belongs_to_the_f
     assert sorted(names) == [f"nested_inner-{n}" for n in range(5)]
     rows = query(home / "history.db", "SELECT name, flow_run_id, state FROM task_runs_all WHERE task = 'nested_inner'")
     assert sorted(rows) == [(name, flow_run_id, "Completed") for name in sorted(names)]
+
+
+@task
+def waits_for_file(path: str) -> int:
+    deadline = time.monotonic() + 30
+    while not os.path.exists(path):
+        assert time.monotonic() < deadline, "never released"
+        time.sleep(0.02)
+    return os.getpid()
+
+
+def test_a_long_run_on_a_process_backend_is_recorded_running_on_its_worker(home: Path, tmp_path: Path) -> None:
+    """A run on loky whose body runs long reads Running, with its start and its worker
+    process, while it runs (the parent learns it from the worker's journal); then
+    Completed, under the same id, one row."""
+    if not get_registry().defers_runs:
+        pytest.skip("the history plugin does not observe runs here")
+    release = tmp_path / "release"
+    running_rows: list[tuple[Any, ...]] = []
+
+    def watch() -> None:
+        deadline = time.monotonic() + 25
+        while time.monotonic() < deadline and not running_rows:
+            with contextlib.suppress(sqlite3.Error):
+                running_rows.extend(query(
+                    home / "history.db",
+                    "SELECT id, start_time, worker_pid FROM task_runs_all "
+                    "WHERE task = 'waits_for_file' AND state = 'Running' AND start_time IS NOT NULL",
+                ))
+            time.sleep(0.05)
+        release.touch()
+
+    watcher = threading.Thread(target=watch)
+
+    @flow(backend="loky")
+    def on_loky() -> int:
+        watcher.start()
+        return waits_for_file.submit(str(release)).result()
+
+    before = time.time()
+    try:
+        worker_pid = on_loky()
+    finally:
+        release.touch()
+        watcher.join()
+    assert len(running_rows) == 1, "never recorded Running while it ran"
+    run_id, start, pid = running_rows[0]
+    assert pid == worker_pid != os.getpid()
+    assert before - 0.01 <= start <= time.time()  # the journal keeps milliseconds
+    rows = query(home / "history.db", "SELECT id, state, worker_pid FROM task_runs_all WHERE task = 'waits_for_file'")
+    assert rows == [(run_id, "Completed", worker_pid)]

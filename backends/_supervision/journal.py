@@ -132,7 +132,27 @@ def journal_directory() -> str:
             _directory = tempfile.mkdtemp(prefix=f"{_DIRECTORY_PREFIX}{os.getpid()}-")
             _hold(_directory)
             atexit.register(shutil.rmtree, _directory, True)
+            from flowcore import deferred_runs
+
+            deferred_runs.add_start_source(_journaled_starts)  # long runs read Running
         return _directory
+
+
+def _journaled_starts() -> dict[str, tuple[float, Any]]:
+    """``{task run id: (attempt start, worker)}`` of the runs this process's pool workers
+    execute now (their journals): what :mod:`flowcore.deferred_runs` reports as running.
+    A pool worker runs its tasks in its main thread."""
+    import socket
+
+    from flowcore.events import Worker
+
+    if _directory is None:
+        return {}
+    host = socket.gethostname()
+    return {
+        run_id: (started or time.time(), Worker(host, pid, "MainThread"))
+        for pid, (run_id, started) in read_journal_entries(_directory).items()
+    }
 
 
 _OWNER_FILE = "owner"  # not a pid: readers of the journal skip it
