@@ -4,7 +4,6 @@ flow run brackets them, and the history records every run as on the plain path."
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sqlite3
 import threading
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _running import RunningWatch
 
 import flowcore
 from flowcore import deferred_runs, flow, task
@@ -361,20 +361,7 @@ def test_a_long_run_is_reported_running_before_it_ends(recording: Recording, hom
     if not get_registry().defers_runs:
         pytest.skip("the history plugin does not observe runs here")
     _release.clear()
-    running_rows: list[tuple[Any, ...]] = []
-
-    def watch() -> None:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not running_rows:
-            with contextlib.suppress(sqlite3.Error):
-                running_rows.extend(_history_rows(
-                    home, "SELECT id, state, start_time FROM task_runs_all "
-                    "WHERE task = 'waits_for_release' AND state = 'Running' AND start_time IS NOT NULL"
-                ))
-            time.sleep(0.05)
-        _release.set()
-
-    watcher = threading.Thread(target=watch)
+    watcher = RunningWatch(home / "history.db", "waits_for_release", "id, state, start_time", _release.set)
 
     @flow(backend="threads")
     def long_run() -> int:
@@ -388,8 +375,8 @@ def test_a_long_run_is_reported_running_before_it_ends(recording: Recording, hom
     finally:
         _release.set()
         watcher.join()
-    assert len(running_rows) == 1, "never shown Running while it ran"
-    run_id, _, start = running_rows[0]
+    assert len(watcher.rows) == 1, "never shown Running while it ran"
+    run_id, _, start = watcher.rows[0]
     stream = recording.by_run()[run_id]
     assert [e.kind for e in stream] == [EventKind.SUBMITTED, EventKind.STARTED, EventKind.FINISHED]
     assert stream[1].timestamp == start and stream[2].state is not None and stream[2].state.is_completed()
@@ -423,20 +410,9 @@ def test_a_long_direct_call_is_reported_running_before_it_ends(recording: Record
     if not get_registry().batches_direct_runs:
         pytest.skip("the history plugin does not observe runs here")
     _direct_release.clear()
-    running_rows: list[tuple[Any, ...]] = []
-
-    def watch() -> None:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not running_rows:
-            with contextlib.suppress(sqlite3.Error):
-                running_rows.extend(_history_rows(
-                    home, "SELECT id, state, start_time, worker_thread FROM task_runs_all "
-                    "WHERE task = 'direct_waits' AND state = 'Running' AND start_time IS NOT NULL"
-                ))
-            time.sleep(0.05)
-        _direct_release.set()
-
-    watcher = threading.Thread(target=watch)
+    watcher = RunningWatch(
+        home / "history.db", "direct_waits", "id, state, start_time, worker_thread", _direct_release.set
+    )
 
     @flow
     def calls_long() -> str:
@@ -452,8 +428,8 @@ def test_a_long_direct_call_is_reported_running_before_it_ends(recording: Record
     finally:
         _direct_release.set()
         watcher.join()
-    assert len(running_rows) == 1, "never shown Running while it ran"
-    run_id, _, start, thread = running_rows[0]
+    assert len(watcher.rows) == 1, "never shown Running while it ran"
+    run_id, _, start, thread = watcher.rows[0]
     assert thread == "MainThread"
     if not fails:
         assert seen_id == run_id

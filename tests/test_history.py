@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+from _running import RunningWatch
 
 import flowcore
 from flowcore import flow, get_run_logger, task
@@ -1248,21 +1249,7 @@ def test_a_long_run_on_a_process_backend_is_recorded_running_on_its_worker(home:
     if not get_registry().defers_runs:
         pytest.skip("the history plugin does not observe runs here")
     release = tmp_path / "release"
-    running_rows: list[tuple[Any, ...]] = []
-
-    def watch() -> None:
-        deadline = time.monotonic() + 25
-        while time.monotonic() < deadline and not running_rows:
-            with contextlib.suppress(sqlite3.Error):
-                running_rows.extend(query(
-                    home / "history.db",
-                    "SELECT id, start_time, worker_pid FROM task_runs_all "
-                    "WHERE task = 'waits_for_file' AND state = 'Running' AND start_time IS NOT NULL",
-                ))
-            time.sleep(0.05)
-        release.touch()
-
-    watcher = threading.Thread(target=watch)
+    watcher = RunningWatch(home / "history.db", "waits_for_file", "id, start_time, worker_pid", release.touch)
 
     @flow(backend="loky")
     def on_loky() -> int:
@@ -1275,8 +1262,8 @@ def test_a_long_run_on_a_process_backend_is_recorded_running_on_its_worker(home:
     finally:
         release.touch()
         watcher.join()
-    assert len(running_rows) == 1, "never recorded Running while it ran"
-    run_id, start, pid = running_rows[0]
+    assert len(watcher.rows) == 1, "never recorded Running while it ran"
+    run_id, start, pid = watcher.rows[0]
     assert pid == worker_pid != os.getpid()
     assert before - 0.01 <= start <= time.time()  # the journal keeps milliseconds
     rows = query(home / "history.db", "SELECT id, state, worker_pid FROM task_runs_all WHERE task = 'waits_for_file'")
