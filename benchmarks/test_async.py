@@ -8,7 +8,9 @@ flowcore, timed right before every round. The subject includes the flow run itse
 pays it; the anchor includes ``asyncio.run``'s loop. Both run, alternated, in a fresh
 interpreter (``_async_rounds.py``), as a script would run them: the cyclic GC's full
 collections cost in proportion to every live object of the process, and the heap the
-benchmarks before this one leave behind is no user's.
+benchmarks before this one leave behind is no user's. Each side starts from a
+collected heap (see ``_async_rounds.py``): the GC's phase left by the side before must
+not decide whether a side pays one full collection or two.
 
 Nothing here asserts on a timing: the goal (at most 1.5x the plain gather) is reported.
 """
@@ -84,7 +86,7 @@ def test_async_tasks_vs_plain_gather(benchmark: BenchmarkFixture, quick: bool) -
             figure("flowcore without run history / plain gather", unobserved, "x", None),
         ],
         sleep_s=SLEEP_S,
-        measured_in="a fresh interpreter (_async_rounds.py), sides alternated each round",
+        measured_in="a fresh interpreter (_async_rounds.py), sides alternated each round, each from a collected heap",
         flowcore_per_task_us=round((paired.subject_min - SLEEP_S) / n * 1e6, 3),
         plain_per_task_us=round((paired.anchor_min - SLEEP_S) / n * 1e6, 3),
         unobserved_min_s=paired.side_min("unobserved"),

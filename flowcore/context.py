@@ -10,7 +10,9 @@
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Iterable
+import sys
+from collections.abc import Callable, Iterable
+from types import CodeType, FrameType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from flowcore.calls import FlowRun, TaskCall
@@ -140,6 +142,8 @@ class FlowRunContext(RunScope):
         #: calls of plain async tasks made in that thread, outside any task run, may
         #: take the short awaited path (flowcore.direct_runs.call_async); else 0
         self.awaits_plain_in = 0
+        #: the loop of that thread, while ``awaits_plain_in`` is set
+        self.awaiting_loop: Any = None
 
 
 class TaskRunContext:
@@ -257,7 +261,7 @@ def submission_scope() -> RunScope | None:
     scope = _scope.get()
     if scope is not None:
         return scope
-    task_run = _task_run.get()
+    task_run = current_task_run()
     return task_run.nested_scope() if task_run is not None else None
 
 
@@ -269,8 +273,50 @@ def current_flow_run() -> FlowRunContext | None:
     return scope
 
 
+#: the coroutines that await a run's body without setting ``_task_run`` (each set of a
+#: context variable makes two objects, and thousands of awaited runs in flight make
+#: the cyclic GC run more often: see :func:`flowcore.direct_runs.call_async`): their
+#: code object -> what makes that run's TaskRunContext from their frame's locals.
+#: Registered by :mod:`flowcore.direct_runs`.
+awaiting_codes: dict[CodeType, Callable[[dict[str, Any]], TaskRunContext]] = {}
+#: asyncio task -> how many runs awaited on the short path are in progress in it (their
+#: bodies run inline in it, found on its stack): flowcore's loops look at the stack of
+#: a task that starts a task or a thread only when it is named here (see
+#: :mod:`flowcore.coroutines`). Kept by :mod:`flowcore.direct_runs`.
+awaiting: dict[Any, int] = {}
+
+
 def current_task_run() -> TaskRunContext | None:
-    return _task_run.get()
+    """The task run whose body is executing here, or None.
+
+    A run awaited on the short path (:func:`flowcore.direct_runs.call_async`) is not
+    set in the context variable when it starts: it is found the first time its body
+    (or any code on the body's stack) asks, by walking this thread's stack up to the
+    coroutine that awaits the body, and is then set in the current context, so that
+    later questions get it at once and the tasks, callbacks and threads the body
+    starts from then on (which copy the context) see it too."""
+    task_run = _task_run.get()
+    if task_run is None and awaiting_codes:
+        return awaited_run(sys._getframe(1))
+    return task_run
+
+
+def awaited_run(frame: FrameType | None, stop: CodeType | None = None) -> TaskRunContext | None:
+    """The innermost run awaited on the short path whose coroutine is on the stack at
+    or below ``frame`` (see :func:`current_task_run`), set in the current context; or
+    None when there is none (looking no further down than a frame of code ``stop``)."""
+    codes = awaiting_codes
+    while frame is not None:
+        code = frame.f_code
+        make = codes.get(code)
+        if make is not None:
+            context = make(frame.f_locals)
+            _task_run.set(context)
+            return context
+        if code is stop:
+            return None
+        frame = frame.f_back
+    return None
 
 
 __all__ = [
@@ -278,6 +324,9 @@ __all__ = [
     "FlowRunContext",
     "RunScope",
     "TaskRunContext",
+    "awaited_run",
+    "awaiting",
+    "awaiting_codes",
     "current_flow_run",
     "current_scope",
     "current_task_run",

@@ -18,6 +18,14 @@ questions come up on every call of one:
   backend inside an async flow), the coroutine runs on a helper thread's loop and
   this thread blocks until it is done, as a synchronous call would.
 
+The loops flowcore makes carry the run of a task awaited on the short path into the
+tasks and threads its body starts (see :func:`_make_task`): such a run is found on the
+stack when first asked for rather than set in the context when it starts
+(:func:`flowcore.context.current_task_run`). A loop flowcore did not make (a flow
+awaited under the caller's own ``asyncio.run``) does not, and neither does a callback
+the body schedules with ``loop.call_soon`` before it asked for its run: those see the
+flow run.
+
 asyncio itself is imported on first use: ``import flowcore`` does not load it, and
 no loop can run in a process that has not imported it.
 """
@@ -26,12 +34,13 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import sys
 import threading
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from flowcore.context import FlowRunContext, _scope, _task_run
+from flowcore.context import FlowRunContext, _scope, _task_run, awaited_run, awaiting
 
 if TYPE_CHECKING:
     import asyncio
@@ -47,9 +56,7 @@ class _ThreadRunner:
     __slots__ = ("runner",)
 
     def __init__(self) -> None:
-        import asyncio
-
-        self.runner = asyncio.Runner()
+        self.runner = _runner()
 
     def __del__(self) -> None:
         # Fails when another loop runs in the collecting thread, at interpreter exit ...
@@ -86,7 +93,9 @@ def in_async_context() -> bool:
     scope = _scope.get()
     while scope is not None:
         if isinstance(scope, FlowRunContext):
-            return bool(scope.flow.isasync)
+            # in a synchronous flow, the body of an async task awaited on the short
+            # path (not in the context variable: found on the stack) awaits too
+            return bool(scope.flow.isasync) or awaited_run(sys._getframe(1)) is not None
         scope = scope.parent
     return True
 
@@ -106,7 +115,7 @@ def run_sync(coroutine: Coroutine[Any, Any, T], *, fresh_loop: bool = False) -> 
     if asyncio._get_running_loop() is not None:  # the documented low-level getter
         return _run_in_helper_thread(coroutine, context)
     if fresh_loop:
-        with asyncio.Runner() as runner:
+        with _runner() as runner:
             return runner.run(coroutine, context=context)
     holder: _ThreadRunner | None = getattr(_local, "runner", None)
     if holder is None:
@@ -115,13 +124,11 @@ def run_sync(coroutine: Coroutine[Any, Any, T], *, fresh_loop: bool = False) -> 
 
 
 def _run_in_helper_thread(coroutine: Coroutine[Any, Any, T], context: contextvars.Context) -> T:
-    import asyncio
-
     outcome: list[tuple[bool, Any]] = []
 
     def body() -> None:
         try:
-            with asyncio.Runner() as runner:
+            with _runner() as runner:
                 outcome.append((True, runner.run(coroutine, context=context)))
         except BaseException as exc:  # handed to the blocked caller
             outcome.append((False, exc))
@@ -133,6 +140,60 @@ def _run_in_helper_thread(coroutine: Coroutine[Any, Any, T], context: contextvar
     if ok:
         return payload  # type: ignore[no-any-return]
     raise payload
+
+
+def _runner() -> asyncio.Runner:
+    """An :class:`asyncio.Runner` whose loop starts tasks and executor calls with the
+    run awaited on the short path around them (see :func:`_make_task`)."""
+    import asyncio
+
+    global _Task, _STEP_CODE, _current_task
+    if _Task is None:
+        from asyncio.events import Handle
+
+        _Task, _STEP_CODE, _current_task = asyncio.Task, Handle._run.__code__, asyncio.current_task
+    runner = asyncio.Runner()
+    loop = runner.get_loop()
+    loop.set_task_factory(_make_task)  # type: ignore[arg-type]
+    loop.run_in_executor = functools.partial(_run_in_executor, loop.run_in_executor)  # type: ignore[method-assign,assignment]
+    return runner
+
+
+_Task: Any = None  # asyncio.Task, once a runner was made
+_current_task: Any = None  # asyncio.current_task, likewise
+_STEP_CODE: Any = None  # the code of the frame that runs each step of an asyncio task
+_getframe = sys._getframe
+
+
+def _make_task(
+    loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, Any], *, context: contextvars.Context | None = None,
+) -> asyncio.Task[Any]:
+    """The task factory of flowcore's loops: a task as the loop's default makes it; but
+    one started in the body of a run awaited on the short path whose run the context
+    does not hold yet (it is found on the stack when first asked for, see
+    :func:`flowcore.context.current_task_run`) first gets that run set in the context
+    it copies, so that it sees the run as it would had the run been set when it
+    started. Only the frames of the asyncio task that runs this code are looked at;
+    this runs for every task the loop starts (``asyncio.gather`` of 10,000 runs makes
+    10,000), so it looks at the stack only when the running asyncio task awaits such a
+    run (:data:`flowcore.context.awaiting`)."""
+    if awaiting and context is None and _current_task(loop) in awaiting and _task_run.get() is None:
+        awaited_run(_getframe(1), _STEP_CODE)
+    return _Task(coroutine, loop=loop, context=context)  # type: ignore[no-any-return]
+
+
+def _run_in_executor(original: Any, executor: Any, function: Any, *args: Any) -> Any:
+    """The loops' ``run_in_executor``: as :func:`_make_task` does for a task, a call in
+    the body of a run awaited on the short path gets that run set in the context it
+    runs in. ``asyncio.to_thread`` copies the context before it calls this: the run is
+    set in that copy (its function is ``functools.partial(copy.run, ...)``)."""
+    if awaiting and _current_task() in awaiting and _task_run.get() is None:
+        run = awaited_run(_getframe(1), _STEP_CODE)
+        if run is not None:
+            copied = getattr(getattr(function, "func", None), "__self__", None)
+            if isinstance(copied, contextvars.Context):
+                copied.run(_task_run.set, run)
+    return original(executor, function, *args)
 
 
 def call_hook(hook: Any, *args: Any) -> None:

@@ -13,7 +13,7 @@ FINISHED of each run; see :func:`flowcore.events.column_events`) when it holds
 next call, when its flow run ends (:func:`flush`), and, while its thread makes no more
 calls (a flow body that sleeps or waits), when the run history's writer asks for the
 runs older than that (``flush(older_than=...)``, from the writer's thread). A run is
-one tuple appended to its list (one atomic step under the GIL); a report takes the
+four items added to its list in one step (atomic under the GIL); a report takes the
 runs present when it starts and deletes that prefix of the list, so a run appended
 meanwhile by the owning thread stays for the next report; reports are serialised. A call whose body raises leaves the short
 path: the buffer is flushed first, then the run is reported on its own with its
@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from flowcore import deferred_runs, registry
 from flowcore.calls import reserve_run_numbers, run_id_prefix
-from flowcore.context import TaskRunContext, _task_run
+from flowcore.context import TaskRunContext, _task_run, awaiting, awaiting_codes
 
 if TYPE_CHECKING:
     from flowcore.calls import FlowRun
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 MAX_RUNS = 1024
 #: seconds a buffered run waits at most (checked at the next direct call of its thread)
 MAX_AGE_S = 0.25
+_MAX_ITEMS = 4 * MAX_RUNS  # a run is four items of its list
 
 _now = time.time
 
@@ -55,9 +56,11 @@ class _Runs:
     def __init__(self, task: Any, flow_run_id: str) -> None:
         self.task = task
         self.flow_run_id = flow_run_id
-        #: (run number, name number, start, end) of each run, in the order they
-        #: ended; appended to by the owning thread only, a prefix taken by a report
-        self.rows: list[tuple[int, int, float, float]] = []
+        #: run number, name number, start and end of each run, four items a run (flat:
+        #: the tuple a run is added from is recycled at once, no object is kept per
+        #: run), in the order they ended; extended by the owning thread only, a prefix
+        #: taken by a report
+        self.rows: list[Any] = []
 
 
 class _Buffer:
@@ -133,56 +136,142 @@ _CALL_CODE = call.__code__  # how announce() finds running direct calls on a sta
 
 
 async def call_async(
-    task: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None, flow_run: FlowRun
+    task: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None, flow_run: FlowRun, loop: Any = None
 ) -> Any:
     """:func:`call` for a coroutine task, where the caller awaits: its body is awaited
     here, inline in the awaiting asyncio task (no task of its own). Runs awaited at
     once (``asyncio.gather``) are each recorded when they end, in this thread's buffer
-    (one event loop runs them all in this thread). ``kwargs``: None for none.
+    (one event loop runs them all in this thread). ``kwargs``: None for none;
+    ``loop``: the running loop, when the caller knows it (else it is looked up).
 
-    The run is the task run of the awaiting context from its first step to its end
-    (the body, and the tasks and callbacks it creates, see it); then the value before
-    it is set again. No context token is kept, nor an empty keyword dict: each of
-    thousands of runs in flight costs this coroutine, its task run context, its
-    argument tuple and its entry in the context, besides the body's own coroutine
-    (every live object makes the cyclic GC run more often and take longer)."""
-    previous = _task_run.get()
+    The run is not set in the task-run context variable when it starts: code on its
+    body's stack finds it there the first time it asks (``get_run_context``,
+    ``get_run_logger``: :func:`flowcore.context.current_task_run` walks up to this
+    coroutine's frame and makes its context from the locals below), and it is then
+    set in the asyncio task's context. A task or a thread (``asyncio.to_thread``) the
+    body starts before it asked gets the run set in its context by flowcore's loops
+    (:mod:`flowcore.coroutines`), which look at the stack only in the asyncio tasks
+    that :data:`flowcore.context.awaiting` names. Each of thousands of runs in flight so costs this
+    coroutine and its argument tuple beside the body's own coroutine: no context
+    object, and none of the two objects that setting a context variable makes (every
+    live object makes the cyclic GC run more often and take longer). A context set
+    around the call (a task body that asked for its run) is hidden from the body and
+    set again after; the run's number is the one its context reserved, if the body
+    asked for its id."""
     name_number = flow_run.run_numbers.reserve(task.options.name)
-    context = TaskRunContext(task, None, args, kwargs, flow_run, -1, name_number)
-    _task_run.set(context)
+    running = _enter(loop)
+    outer = _task_run.get()
+    if outer is not None:  # the body must not take an enclosing run for its own
+        _task_run.set(None)
     start = _now()
     try:
         value = await (task.fn(*args, **kwargs) if kwargs else task.fn(*args))
     except BaseException as exc:
-        _task_run.set(previous)
-        _failed(task, args, kwargs or {}, flow_run, context._number, name_number, start, exc)
+        _leave(running)
+        asked = _restore(outer)
+        _failed(task, args, kwargs or {}, flow_run, -1 if asked is None else asked._number, name_number, start, exc)
         raise
     end = _now()
-    _task_run.set(previous)
+    depth = awaiting.get(running, 1) - 1  # _leave(running), inlined
+    if depth:
+        awaiting[running] = depth
+    else:
+        awaiting.pop(running, None)
+    asked = _task_run.get()  # this run's context, if its body asked for it
+    if asked is not None or outer is not None:
+        _task_run.set(outer)
     try:
         buffer = _local.buffer
     except AttributeError:  # this thread's first
         buffer = _buffer()
-    _record(buffer, task, flow_run, context._number, name_number, start, end)
+    _record(buffer, task, flow_run, -1 if asked is None else asked._number, name_number, start, end)
     return value
 
 
 async def await_unobserved(
-    task: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None, flow_run: FlowRun | None
+    task: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None, flow_run: FlowRun | None, loop: Any = None
 ) -> Any:
     """:func:`call_async` when nothing observes runs: nothing is recorded; a body's
-    ``sys.exit()`` ends the run as :class:`~flowcore.errors.CrashedError`."""
-    previous = _task_run.get()
-    _task_run.set(TaskRunContext(task, None, args, kwargs, flow_run))
+    ``sys.exit()`` ends the run as :class:`~flowcore.errors.CrashedError`. Its run is
+    found on the stack when asked for, as :func:`call_async`'s is."""
+    running = _enter(loop)
+    outer = _task_run.get()
+    if outer is not None:
+        _task_run.set(None)
     try:
-        return await (task.fn(*args, **kwargs) if kwargs else task.fn(*args))
+        value = await (task.fn(*args, **kwargs) if kwargs else task.fn(*args))
     except SystemExit as exc:
+        _leave(running)
+        _restore(outer)
         from flowcore.engine import exit_message
         from flowcore.errors import CrashedError
 
         raise CrashedError(f"task {task.name!r}: {exit_message(exc)}") from exc
-    finally:
-        _task_run.set(previous)
+    except BaseException:
+        _leave(running)
+        _restore(outer)
+        raise
+    _leave(running)
+    if outer is not None or _task_run.get() is not None:
+        _task_run.set(outer)
+    return value
+
+
+_current_task: Any = None  # asyncio.current_task, looked up by the first awaited run
+
+
+def _enter(loop: Any) -> Any:
+    """An awaited run starts in the asyncio task running now (of ``loop``, or of the
+    running loop; None when no loop runs: a coroutine driven by hand): count it in
+    :data:`~flowcore.context.awaiting`; returns that task."""
+    global _current_task
+    if _current_task is None:
+        from asyncio import current_task
+
+        _current_task = current_task
+    try:
+        running = _current_task(loop)
+    except RuntimeError:  # no running loop
+        running = None
+    awaiting[running] = awaiting.get(running, 0) + 1
+    return running
+
+
+def _leave(running: Any) -> None:
+    """An awaited run that :func:`_enter` counted ends."""
+    depth = awaiting.get(running, 1) - 1
+    if depth:
+        awaiting[running] = depth
+    else:
+        awaiting.pop(running, None)
+
+
+def _restore(outer: TaskRunContext | None) -> TaskRunContext | None:
+    """An awaited run ends: set the context variable back to ``outer`` (what it was
+    around the call); returns the run's own context if its body asked for it."""
+    asked = _task_run.get()
+    if asked is not None or outer is not None:
+        _task_run.set(outer)
+    return asked
+
+
+def _awaited_context(frame_locals: dict[str, Any]) -> TaskRunContext:
+    """The context of the run :func:`call_async` awaits, from its frame's locals."""
+    return TaskRunContext(
+        frame_locals["task"], None, frame_locals["args"], frame_locals["kwargs"], frame_locals["flow_run"],
+        -1, frame_locals["name_number"],
+    )
+
+
+def _unobserved_context(frame_locals: dict[str, Any]) -> TaskRunContext:
+    """The context of the run :func:`await_unobserved` awaits, from its frame's locals."""
+    return TaskRunContext(
+        frame_locals["task"], None, frame_locals["args"], frame_locals["kwargs"], frame_locals["flow_run"]
+    )
+
+
+awaiting_codes[call_async.__code__] = _awaited_context
+awaiting_codes[await_unobserved.__code__] = _unobserved_context
 
 
 def _record(
@@ -200,8 +289,8 @@ def _record(
             runs = buffer.runs[key] = _Runs(task, run_id)
         buffer.last = runs
     rows = runs.rows
-    rows.append((number, name_number, start, end))
-    if len(rows) >= MAX_RUNS or end - rows[0][3] >= MAX_AGE_S:
+    rows += (number, name_number, start, end)  # one step (atomic under the GIL)
+    if len(rows) >= _MAX_ITEMS or end - rows[3] >= MAX_AGE_S:
         _report(buffer)
 
 
@@ -251,27 +340,27 @@ def _report(buffer: _Buffer, flow_run_id: str | None = None, older_than: float |
                 if buffer.last is runs:
                     buffer.last = None
             rows = runs.rows
-            count = len(rows)  # the runs present now (the owner may append meanwhile)
-            if not count or (cutoff is not None and rows[0][3] > cutoff):
+            count = len(rows)  # the runs present now (the owner may add more meanwhile)
+            if not count or (cutoff is not None and rows[3] > cutoff):
                 continue
             taken = rows[:count]
             del rows[:count]
+            numbers, names, starts, ends = taken[0::4], taken[1::4], taken[2::4], taken[3::4]
             if _announced:  # runs reported running by announce(): their end only
                 task_id, run_id = id(runs.task), runs.flow_run_id
                 ended = [
-                    (number, name, start, end)
-                    for _, name, start, end in taken
+                    (position, number) for position, name in enumerate(names)
                     if (number := _announced.pop((run_id, task_id, name), -1)) >= 0
                 ]
                 if ended:
-                    names_ended = {row[1] for row in ended}
-                    taken = [row for row in taken if row[1] not in names_ended]
                     batches.append(_columns(
-                        (EventKind.FINISHED,), runs, buffer.worker, *(list(c) for c in zip(*ended, strict=True))
+                        (EventKind.FINISHED,), runs, buffer.worker, [number for _, number in ended],
+                        *([column[p] for p, _ in ended] for column in (names, starts, ends)),
                     ))
-                if not taken:
+                    kept = sorted(set(range(len(names))) - {p for p, _ in ended})
+                    numbers, names, starts, ends = ([column[p] for p in kept] for column in (numbers, names, starts, ends))
+                if not names:
                     continue
-            numbers, names, starts, ends = (list(column) for column in zip(*taken, strict=True))
             _number_runs(numbers)
             batches.append(_columns(kinds, runs, buffer.worker, numbers, names, starts, ends))
         for columns in batches:

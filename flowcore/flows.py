@@ -370,6 +370,7 @@ class Flow(Generic[P, R]):
         run = context.flow_run
         if run is not None and run.results is None and not context.log_prints:
             context.awaits_plain_in = threading.get_ident()  # this coroutine runs on this thread's loop
+            context.awaiting_loop = asyncio.get_running_loop()
         token = _scope.set(context)
         print_token = redirect_prints(_run_logger(context)) if context.log_prints else None
         seconds = self.options.timeout_seconds

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flowcore.calls import FlowRun
-from flowcore.context import _task_run, current_flow_run
+from flowcore.context import current_flow_run, current_task_run
 from flowcore.errors import MissingContextError
 
 
@@ -72,7 +72,7 @@ class RunContext:
 def get_run_context() -> RunContext:
     """The run the calling code belongs to: a task run (with its flow run), else a
     flow run. Raises MissingContextError outside flows and tasks."""
-    task_context = _task_run.get()
+    task_context = current_task_run()
     if task_context is not None:
         call = task_context.call
         flow_run = call.flow_run or task_context.flow_run

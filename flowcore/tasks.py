@@ -527,9 +527,9 @@ class AsyncTask(Task[P, R]):
                     flow_run = scope.flow_run
                     if current is not None and flow_run is not None:
                         if current.batches_direct_runs:
-                            return direct_runs.call_async(self, args, None, flow_run)
+                            return direct_runs.call_async(self, args, None, flow_run, scope.awaiting_loop)
                         if not current.observes_events:
-                            return direct_runs.await_unobserved(self, args, None, flow_run)
+                            return direct_runs.await_unobserved(self, args, None, flow_run, scope.awaiting_loop)
         scope = _scope.get()
         # in_async_context(), inlined for the common case: in the body of an async flow
         # where its loop runs
