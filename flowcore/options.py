@@ -479,13 +479,29 @@ def check_optional_flag(value: object, option: str, owner: str) -> bool | None:
 
 
 def check_result_storage(value: object, owner: str) -> Any:
-    """``result_storage``: None, a directory (str or path), a registered cache store's
-    name (checked when a run first uses it), or a cache store object."""
+    """``result_storage``: None, a directory (str or path; a ``file://`` URL is its
+    directory), a registered cache store's name (checked when a run first uses it), or
+    a cache store object. Any other URL (``s3://...``) is refused: it is no directory."""
     import os
 
     if value is None or isinstance(value, (str, os.PathLike)):
-        if isinstance(value, str) and not value.strip():
-            raise ValueError(f"{owner}: 'result_storage' must not be empty")
+        if isinstance(value, str):
+            if not value.strip():
+                raise ValueError(f"{owner}: 'result_storage' must not be empty")
+            scheme, separator, _ = value.partition("://")
+            if separator and scheme.isascii() and scheme[:1].isalpha() and scheme.replace("+", "").replace(
+                "-", ""
+            ).replace(".", "").isalnum():
+                if scheme.lower() == "file":
+                    from urllib.parse import unquote, urlparse
+
+                    return unquote(urlparse(value).path)
+                raise ValueError(
+                    f"{owner}: 'result_storage' {value!r} is a {scheme}:// URL, and results are kept in "
+                    "a local directory, a registered cache store (by its name) or a cache store object: "
+                    f"register a store that writes to {scheme} through the flowcore_cache_stores hook and "
+                    "give its name, or give a directory"
+                )
         return value
     if callable(getattr(value, "read", None)) and callable(getattr(value, "write", None)):
         return value

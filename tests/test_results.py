@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -139,6 +140,40 @@ def test_options_are_checked_at_decoration() -> None:
         task(persist_result="yes")(lambda: 1)  # type: ignore[call-overload]
     with pytest.raises(TypeError, match="'result_storage' must be a directory"):
         flow(result_storage=3)(lambda: 1)  # type: ignore[call-overload]
+
+
+@pytest.mark.parametrize("url", ["s3://bucket/results", "gs://bucket", "az://container/x", "https://example.com/r"])
+def test_a_url_as_result_storage_is_refused_at_decoration(url: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A URL is not a directory: before, ``s3://bucket/results`` silently kept results
+    in a local directory named ``s3:``. It fails at decoration, naming what works."""
+    monkeypatch.chdir(tmp_path)
+    scheme = url.partition(":")[0]
+    with pytest.raises(ValueError, match=re.escape(f"'result_storage' {url!r} is a {scheme}:// URL")) as info:
+        task(result_storage=url)(lambda: 1)
+    assert "flowcore_cache_stores" in str(info.value) and "directory" in str(info.value)
+    with pytest.raises(ValueError, match=r"is a .*:// URL"):
+        flow(result_storage=url)(lambda: 1)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_url_as_result_storage_is_its_directory(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``file:///abs/dir`` keeps results in that directory, as the path would."""
+    monkeypatch.setenv("FLOWCORE_HOME", str(tmp_path / "home"))
+    where = tmp_path / "kept"
+
+    @task(persist_result=True, result_storage=where.as_uri())
+    def one() -> int:
+        return 1
+
+    @flow
+    def keeps() -> Any:
+        state = one(return_state=True)
+        return state.result(), state.result_location
+
+    value, location = keeps()
+    assert value == 1
+    assert location is not None and location[0] == f"file:{where}"
+    assert len(list(where.iterdir())) == 1
 
 
 RESUMABLE = """
