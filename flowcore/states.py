@@ -13,8 +13,10 @@ Cached      COMPLETED    the value came from the cache; the body did not run
 Failed      FAILED       raised an exception (after its retries)
 TimedOut    FAILED       ran past ``timeout_seconds``
 NotRun      FAILED       never ran because an upstream task did not complete
-Crashed     CRASHED      the infrastructure failed (worker died, pool broke)
-Cancelled   CANCELLED    cancelled before finishing (Ctrl-C, shutdown)
+Crashed     CRASHED      the run did not end on its own terms: its worker died, its
+                         pool broke, or Ctrl-C / ``sys.exit()`` aborted it
+Cancelled   CANCELLED    cancelled before finishing (a future cancelled, a backend
+                         shut down with pending runs, an awaited coroutine cancelled)
 ========== ============ ==================================================
 """
 
