@@ -369,6 +369,38 @@ def test_ls_filters_and_rm_older_than(tmp_path: Path, env: dict[str, str]) -> No
     assert bad_age.returncode == 2 and "is not an age" in bad_age.stderr
 
 
+def test_rm_vacuum_gives_the_space_back(tmp_path: Path, env: dict[str, str]) -> None:
+    """Deleting runs leaves the SQLite file its size; ``--vacuum`` compacts it and says
+    by how much (the file shrinks to a fraction once most rows are gone)."""
+    now = time.time()
+    day = 86400.0
+    old = [_run(f"c{i:07d}", now - 40 * day) for i in range(300)]
+    tasks = [
+        TaskRunWrite(f"{run.id}-{j}", run.id, "t", f"t-{j}", "Completed", "COMPLETED",
+                     submitted=now - 40 * day, error_message="x" * 200)
+        for run in old for j in range(20)
+    ]
+    _synthetic(tmp_path / "home", [*old, _run("d0000001", now - 60)], tasks)
+    db = tmp_path / "home" / "history.db"
+
+    def size() -> int:
+        return sum(p.stat().st_size for p in (db, Path(f"{db}-wal")) if p.exists())
+
+    removed = cli(env, "runs", "rm", "--older-than", "30d")
+    assert removed.returncode == 0, removed.stderr
+    kept_size = size()
+    assert [r["id"] for r in ls(env)] == ["d0000001"]
+    compacted = cli(env, "runs", "rm", "--older-than", "30d", "--vacuum", "--json")
+    assert compacted.returncode == 0, compacted.stderr
+    report = json.loads(compacted.stdout)
+    assert report["deleted_flow_runs"] == 0
+    assert report["bytes_before"] == kept_size and report["bytes_after"] == size()
+    assert size() < kept_size / 4, (size(), kept_size)
+    assert [r["id"] for r in ls(env)] == ["d0000001"]
+    said = cli(env, "runs", "rm", "--older-than", "30d", "--vacuum")
+    assert said.returncode == 0 and f"compacted {db}" in said.stdout and " MB -> " in said.stdout
+
+
 def test_ls_state_takes_names_and_types_in_any_case_and_refuses_an_unknown_one(
     tmp_path: Path, env: dict[str, str]
 ) -> None:

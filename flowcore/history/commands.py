@@ -438,16 +438,32 @@ def _logs(args: argparse.Namespace) -> int:
 def _rm(args: argparse.Namespace) -> int:
     seconds = parse_age(args.older_than, "--older-than")
     store = open_for_cli()
+    sizes: tuple[int, int] | None = None
     try:
         deleted = store.delete_older_than(time.time() - seconds)
+        if args.vacuum:
+            try:
+                sizes = store.compact()
+            except NotImplementedError as exc:
+                print(f"flowcore: {exc}", file=sys.stderr)
+                return 2
     finally:
         store.close()
     if args.json:
-        print(json.dumps({"deleted_flow_runs": deleted, "older_than": args.older_than}))
-    else:
-        print(f"deleted {deleted} flow run{'s' if deleted != 1 else ''} older than {args.older_than} "
-              f"(with their task runs, states and logs) from {store.location}")
+        report: dict[str, Any] = {"deleted_flow_runs": deleted, "older_than": args.older_than}
+        if sizes is not None:
+            report["bytes_before"], report["bytes_after"] = sizes
+        print(json.dumps(report))
+        return 0
+    print(f"deleted {deleted} flow run{'s' if deleted != 1 else ''} older than {args.older_than} "
+          f"(with their task runs, states and logs) from {store.location}")
+    if sizes is not None:
+        print(f"compacted {store.location}: {_megabytes(sizes[0])} -> {_megabytes(sizes[1])}")
     return 0
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
 
 
 def _quiet_on_closed_pipe(handler: Any) -> Any:
@@ -498,6 +514,10 @@ def add_commands(commands: Any) -> None:
 
     rm = actions.add_parser("rm", help="delete runs that ended long ago")
     rm.add_argument("--older-than", required=True, metavar="AGE", help="an age: 30d, 12h, 1w ...")
+    rm.add_argument(
+        "--vacuum", action="store_true",
+        help="then compact the database file (SQLite VACUUM): deleting runs alone leaves the file its size",
+    )
     rm.add_argument("--json", action="store_true", help="print JSON")
     rm.set_defaults(handler=_quiet_on_closed_pipe(_rm))
 

@@ -904,6 +904,38 @@ class SQLiteStore(HistoryStore):
         return count
 
 
+    def compact(self) -> tuple[int, int]:
+        """``VACUUM`` (the file is rewritten without the free pages deleted rows left),
+        then the WAL truncated; returns the size of the file plus its WAL before and
+        after. Needs the database to itself for a moment: a writer in another process
+        waits for it (busy timeout), and if one holds it past that, a HistoryError says
+        to try again when it is idle."""
+        if self.readonly:
+            raise HistoryError(f"the run history database {self.location} was opened read-only")
+        before = self._file_bytes()
+        with self._lock:
+            try:
+                self._connection.execute("VACUUM")
+                self._connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            except sqlite3.OperationalError as exc:
+                if _is_busy(exc):
+                    raise HistoryError(
+                        f"the run history database {self.location} is in use by another program "
+                        "(a flow writing its history?): compact it again when it is idle"
+                    ) from None
+                raise _unusable(self.location, exc) from None
+        return before, self._file_bytes()
+
+    def _file_bytes(self) -> int:
+        total = 0
+        for path in (self.path, Path(f"{self.path}-wal")):
+            try:
+                total += path.stat().st_size
+            except OSError:
+                continue
+        return total
+
+
 def fill_task_counts(
     read: Callable[[str, Sequence[Any]], Iterable[tuple[Any, ...]]], runs: list[FlowRunRecord]
 ) -> None:

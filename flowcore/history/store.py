@@ -104,6 +104,12 @@ class HistoryStore(abc.ABC):
         ``cutoff``, and task runs and logs outside flow runs older than it. Runs still
         alive are kept. Returns how many flow runs were deleted."""
 
+    def compact(self) -> tuple[int, int]:
+        """Give back to the file system the space that deleted runs left (after
+        :meth:`delete_older_than`); returns the storage's size in bytes before and after.
+        A store that cannot raises NotImplementedError (the built-in one can)."""
+        raise NotImplementedError(f"history store {type(self).__name__} cannot compact its storage")
+
     def result_location(self, task_run_id: str) -> tuple[str, str] | None:
         """``(storage, key)`` of the result the task run ``task_run_id`` kept
         (``persist_result``), or None. A store that does not record kept results
