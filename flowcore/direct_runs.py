@@ -85,13 +85,18 @@ _reporting = threading.RLock()
 #: (flow run id, id(task), name number) -> run number of the running direct calls
 #: whose SUBMITTED and STARTED :func:`announce` reported: their end reports FINISHED only
 _announced: dict[tuple[str, int, int], int] = {}
+#: the same key -> context of the awaited runs in flight whose body asked for its run
+#: (see _awaited_context)
+_materialized: dict[tuple[str, int, int], TaskRunContext] = {}
+#: ids of the asyncio tasks that awaited runs at announce()'s last call
+_awaiting_before: set[int] = set()
 
 
 def _forget_after_fork() -> None:
     """A forked child reports its own runs, never its parent's buffered ones."""
-    global _local, _buffers, _lock, _reporting, _announced
+    global _local, _buffers, _lock, _reporting, _announced, _materialized
     _local, _buffers, _lock, _reporting = threading.local(), set(), threading.Lock(), threading.RLock()
-    _announced = {}
+    _announced, _materialized = {}, {}
 
 
 if hasattr(os, "register_at_fork"):
@@ -169,6 +174,8 @@ async def call_async(
     except BaseException as exc:
         _leave(running)
         asked = _restore(outer)
+        if asked is not None:
+            _materialized.pop((flow_run.run_id, id(task), name_number), None)
         _failed(task, args, kwargs or {}, flow_run, -1 if asked is None else asked._number, name_number, start, exc)
         raise
     end = _now()
@@ -180,6 +187,8 @@ async def call_async(
     asked = _task_run.get()  # this run's context, if its body asked for it
     if asked is not None or outer is not None:
         _task_run.set(outer)
+        if asked is not None:
+            _materialized.pop((flow_run.run_id, id(task), name_number), None)
     try:
         buffer = _local.buffer
     except AttributeError:  # this thread's first
@@ -256,11 +265,19 @@ def _restore(outer: TaskRunContext | None) -> TaskRunContext | None:
 
 
 def _awaited_context(frame_locals: dict[str, Any]) -> TaskRunContext:
-    """The context of the run :func:`call_async` awaits, from its frame's locals."""
-    return TaskRunContext(
-        frame_locals["task"], None, frame_locals["args"], frame_locals["kwargs"], frame_locals["flow_run"],
-        -1, frame_locals["name_number"],
-    )
+    """The context of the run :func:`call_async` awaits, from its frame's locals: with
+    the run number :func:`announce` gave it if it was announced already, and kept in
+    ``_materialized`` until the run ends, so that an announcement after takes the
+    number the body may have taken."""
+    task, flow_run, name_number = frame_locals["task"], frame_locals["flow_run"], frame_locals["name_number"]
+    context = TaskRunContext(task, None, frame_locals["args"], frame_locals["kwargs"], flow_run, -1, name_number)
+    key = (flow_run.run_id, id(task), name_number)
+    with _reporting:
+        number = _announced.get(key)
+        if number is not None:
+            context._number = number
+        _materialized[key] = context
+    return context
 
 
 def _unobserved_context(frame_locals: dict[str, Any]) -> TaskRunContext:
@@ -270,7 +287,8 @@ def _unobserved_context(frame_locals: dict[str, Any]) -> TaskRunContext:
     )
 
 
-awaiting_codes[call_async.__code__] = _awaited_context
+_CALL_ASYNC_CODE = call_async.__code__  # how announce() finds awaited runs in flight
+awaiting_codes[_CALL_ASYNC_CODE] = _awaited_context
 awaiting_codes[await_unobserved.__code__] = _unobserved_context
 
 
@@ -380,15 +398,18 @@ def _columns(
 
 
 def announce(min_age: float) -> None:
-    """Report the SUBMITTED and STARTED of the synchronous direct calls (of every
-    thread) that have run for at least ``min_age`` seconds and are still running, once
-    each: a live reader (the history, a dashboard) sees them Running, with their start
-    and worker, before they end. The history writer calls it at each drain.
+    """Report the SUBMITTED and STARTED of the direct calls (of every thread) that
+    have run for at least ``min_age`` seconds and are still running, once each: a live
+    reader (the history, a dashboard) sees them Running, with their start and worker,
+    before they end. The history writer calls it at each drain.
 
-    It finds them on the threads' stacks (``sys._current_frames``: frames of
-    :func:`call` whose body has started and neither returned nor raised), so that a
+    It finds synchronous calls on the threads' stacks (``sys._current_frames``: frames
+    of :func:`call` whose body has started and neither returned nor raised), and awaited
+    runs (:func:`call_async`) in the coroutines of the asyncio tasks that await them
+    (:data:`flowcore.context.awaiting`: a suspended coroutine is on no stack), so that a
     direct call pays nothing for it. Their end then reports FINISHED only, under the
-    number given here (see ``_announced``); a body that asks for its id gets it too."""
+    number given here (see ``_announced``); a body that asks for its id gets it too
+    (an awaited run's context, made when its body first asks, takes it: ``_materialized``)."""
     import sys
 
     from flowcore.calls import number_of
@@ -396,7 +417,8 @@ def announce(min_age: float) -> None:
 
     latest = _now() - min_age
     with _reporting:  # before the frames are read: a run that ends meanwhile waits to report
-        found: list[tuple[int, Any, float]] = []
+        # (thread ident, task, flow run, name number, start, its context or None)
+        found: list[tuple[int | None, Any, FlowRun, int, float, TaskRunContext | None]] = []
         for ident, frame in sys._current_frames().items():
             current: Any = frame
             while current is not None:
@@ -404,26 +426,63 @@ def announce(min_age: float) -> None:
                     local = current.f_locals
                     start = local.get("start")
                     if start is not None and start <= latest and "end" not in local and "exc" not in local:
-                        found.append((ident, local["context"], start))
+                        context = local["context"]
+                        found.append((ident, context.task, context.flow_run, context._name_number, start, context))
                 current = current.f_back
+        if awaiting:
+            found.extend(_awaited_in_flight(latest))
         if not found:
             return
         threads = {thread.ident: thread.name for thread in threading.enumerate()}
         events: list[Any] = []
-        for ident, context, start in found:
-            flow_run = context.flow_run
-            key = (flow_run.run_id, id(context.task), context._name_number)
+        for thread_ident, task, flow_run, name_number, start, context in found:
+            key = (flow_run.run_id, id(task), name_number)
             if key in _announced:
                 continue
-            number = _announced[key] = number_of(context)
-            task = context.task
-            worker = thread_worker(threads.get(ident, str(ident)))
-            common = (
-                f"{run_id_prefix()}-{number:x}", f"{task.name}-{context._name_number}", task.name, flow_run.run_id,
-            )
+            if context is None:
+                context = _materialized.get(key)
+            number = _announced[key] = reserve_run_numbers(1) if context is None else number_of(context)
+            worker = None if thread_ident is None else thread_worker(threads.get(thread_ident, str(thread_ident)))
+            common = (f"{run_id_prefix()}-{number:x}", f"{task.name}-{name_number}", task.name, flow_run.run_id)
             events.append(TaskRunEvent(EventKind.SUBMITTED, *common, start, None, None, None, task, None))
             events.append(TaskRunEvent(EventKind.STARTED, *common, start, None, None, worker, task, None))
         registry.publish(events)
+
+
+def _awaited_in_flight(latest: float) -> list[tuple[int | None, Any, FlowRun, int, float, None]]:
+    """The awaited runs (:func:`call_async`) that started at or before ``latest`` and
+    have not ended, found along the awaited coroutines of the asyncio tasks that
+    :data:`~flowcore.context.awaiting` names and named at the call before too (a run
+    that lasts less than the time between two calls is never looked at: with 10,000
+    short runs in flight, each call costs a few C-level set operations, not a walk of
+    each; a task running at this moment shows no awaited coroutine: its runs are found
+    at a later call)."""
+    global _awaiting_before
+    found: list[tuple[int | None, Any, FlowRun, int, float, None]] = []
+    tasks = list(awaiting)
+    by_id = dict(zip(map(id, tasks), tasks, strict=True))
+    before, _awaiting_before = _awaiting_before, set(by_id)
+    for key in by_id.keys() & before:
+        running = by_id[key]
+        get_coro = getattr(running, "get_coro", None)
+        if get_coro is None:
+            continue
+        try:
+            ident = running.get_loop()._thread_id
+        except AttributeError:
+            ident = None
+        coroutine = get_coro()
+        while coroutine is not None:
+            frame = getattr(coroutine, "cr_frame", None)
+            if frame is None:
+                break
+            if frame.f_code is _CALL_ASYNC_CODE:
+                local = frame.f_locals
+                start = local.get("start")
+                if start is not None and start <= latest and "end" not in local and "exc" not in local:
+                    found.append((ident, local["task"], local["flow_run"], local["name_number"], start, None))
+            coroutine = getattr(coroutine, "cr_await", None)
+    return found
 
 
 def _number_runs(numbers: list[int]) -> None:

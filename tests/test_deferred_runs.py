@@ -440,3 +440,79 @@ def test_a_long_direct_call_is_reported_running_before_it_ends(recording: Record
     assert _history_rows(home, "SELECT id, state, start_time FROM task_runs_all WHERE task = 'direct_waits'") == [
         (run_id, "Failed" if fails else "Completed", start)
     ]
+
+
+@task
+async def awaited_waits(x: int, release: Any, ask_first: bool) -> str:
+    """Waits (suspended: on no thread's stack) until released; asks for its run id
+    before or after it is reported running; fails for x < 0."""
+    early = flowcore.get_run_context().task_run if ask_first else None
+    await release.wait()
+    context = flowcore.get_run_context().task_run
+    assert context is not None and (early is None or early.id == context.id)
+    if x < 0:
+        raise ValueError("asked to fail")
+    return context.id
+
+
+@pytest.mark.parametrize(
+    ("gathered", "ask_first", "fails"),
+    [(False, False, False), (True, False, False), (True, True, False), (False, True, True)],
+    ids=["inline", "gathered", "gathered-asked-first", "inline-asked-first-fails"],
+)
+def test_a_long_awaited_run_is_reported_running_before_it_ends(
+    recording: Recording, home: Path, gathered: bool, ask_first: bool, fails: bool
+) -> None:
+    """An async task awaited in an async flow (the short path: a suspended coroutine,
+    on no stack) that runs long is reported SUBMITTED and STARTED by the history
+    writer, found through the asyncio task that awaits it: the history shows it Running,
+    with its start and the loop's thread, while it runs; its end reports FINISHED only,
+    under the same id, which is the id its body sees, whether it asked before the
+    report or after."""
+    import asyncio
+
+    if not get_registry().batches_direct_runs:
+        pytest.skip("the history plugin does not observe runs here")
+    released: dict[str, Any] = {}
+
+    def release() -> None:
+        loop, event = released["loop"], released["event"]
+        loop.call_soon_threadsafe(event.set)
+
+    watcher = RunningWatch(home / "history.db", "awaited_waits", "id, state, start_time, worker_thread", release)
+
+    @flow
+    async def awaits_long() -> list[str]:
+        released["loop"], released["event"] = asyncio.get_running_loop(), asyncio.Event()
+        watcher.start()
+        x = -1 if fails else 1
+        if fails:
+            with pytest.raises(ValueError, match="asked to fail"):
+                await awaited_waits(x, released["event"], ask_first)
+            return []
+        if gathered:
+            return list(await asyncio.gather(
+                awaited_waits(x, released["event"], ask_first), asyncio.sleep(0, "other")
+            ))[:1]
+        return [await awaited_waits(x, released["event"], ask_first)]
+
+    try:
+        seen = awaits_long()
+    finally:
+        watcher.join()
+    assert len(watcher.rows) == 1, "never shown Running while it ran"
+    run_id, _, start, thread = watcher.rows[0]
+    assert thread == "MainThread"  # the flow's loop runs in the thread that called it
+    if not fails:
+        assert seen == [run_id]
+    stream = recording.by_run()[run_id]
+    assert [e.kind for e in stream] == [EventKind.SUBMITTED, EventKind.STARTED, EventKind.FINISHED]
+    final = stream[2].state
+    assert final is not None and final.name == ("Failed" if fails else "Completed")
+    assert _history_rows(home, "SELECT id, state, start_time FROM task_runs_all WHERE task = 'awaited_waits'") == [
+        (run_id, "Failed" if fails else "Completed", start)
+    ]
+    from flowcore import direct_runs
+
+    assert direct_runs._materialized == {}  # dropped when the run ended
+    assert not any(key[1] == id(awaited_waits) for key in direct_runs._announced)  # its end took its number
