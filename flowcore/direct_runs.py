@@ -156,10 +156,10 @@ async def call_async(
     set in the asyncio task's context. A task or a thread (``asyncio.to_thread``) the
     body starts before it asked gets the run set in its context by flowcore's loops
     (:mod:`flowcore.coroutines`), which look at the stack only in the asyncio tasks
-    that :data:`flowcore.context.awaiting` names. Each of thousands of runs in flight so costs this
-    coroutine and its argument tuple beside the body's own coroutine: no context
-    object, and none of the two objects that setting a context variable makes (every
-    live object makes the cyclic GC run more often and take longer). A context set
+    that :data:`flowcore.context.awaiting` names. Each of thousands of runs in flight
+    so costs this coroutine and its argument tuple beside the body's own coroutine: no
+    context object, and none of the two objects that setting a context variable makes
+    (every live object makes the cyclic GC run more often and take longer). A context set
     around the call (a task body that asked for its run) is hidden from the body and
     set again after; the run's number is the one its context reserved, if the body
     asked for its id."""
