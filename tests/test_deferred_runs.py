@@ -479,7 +479,9 @@ def test_a_long_awaited_run_is_reported_running_before_it_ends(
         loop, event = released["loop"], released["event"]
         loop.call_soon_threadsafe(event.set)
 
-    watcher = RunningWatch(home / "history.db", "awaited_waits", "id, state, start_time, worker_thread", release)
+    watcher = RunningWatch(
+        home / "history.db", "awaited_waits", "id, state, start_time, worker_thread, attempts", release
+    )
 
     @flow
     async def awaits_long() -> list[str]:
@@ -501,8 +503,9 @@ def test_a_long_awaited_run_is_reported_running_before_it_ends(
     finally:
         watcher.join()
     assert len(watcher.rows) == 1, "never shown Running while it ran"
-    run_id, _, start, thread = watcher.rows[0]
+    run_id, _, start, thread, attempts = watcher.rows[0]
     assert thread == "MainThread"  # the flow's loop runs in the thread that called it
+    assert attempts == 1  # running its first attempt
     if not fails:
         assert seen == [run_id]
     stream = recording.by_run()[run_id]

@@ -771,6 +771,8 @@ def _apply(event: TaskRunEvent, write: TaskRunWrite) -> None:
     if kind is EventKind.STARTED:
         if write.state_type == "PENDING":
             write.state, write.state_type = "Running", "RUNNING"
+            if not write.attempts:
+                write.attempts = 1  # running its first attempt (the end says how many it took)
         write.start = event.timestamp
         return
     state = event.state
