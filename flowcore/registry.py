@@ -12,7 +12,7 @@ import contextlib
 import os
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +53,21 @@ class RegisteredBackend:
 
     spec: BackendSpec
     plugin: str
+
+
+def _accepted_options(factory: Callable[..., Any]) -> str:
+    """``"; it accepts: a, b (...)"`` naming the keyword options ``factory`` takes, for
+    an error about options it refused; empty when its signature cannot tell."""
+    import inspect
+
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return ""
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return ""
+    names = [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return f"; it accepts: {', '.join(names)}" if names else "; it accepts no options"
 
 
 class Registry:
@@ -239,7 +254,7 @@ class Registry:
         try:
             backend = spec.factory(**options)
         except TypeError as exc:
-            raise TypeError(f"invalid options for backend {name!r}: {exc}") from exc
+            raise TypeError(f"invalid options for backend {name!r}: {exc}{_accepted_options(spec.factory)}") from exc
         for attribute in ("submit", "shutdown", "name", "kind", "max_workers"):
             if not hasattr(backend, attribute):
                 raise BackendRegistrationError(

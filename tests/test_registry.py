@@ -389,3 +389,15 @@ def test_import_flowcore_loads_no_heavy_dependency(tmp_path: Path) -> None:
     assert completed.returncode == 0, completed.stderr
     out = json.loads(completed.stdout.strip().splitlines()[-1])
     assert out == {"after_import": [], "after_run": []}
+
+
+def test_an_unknown_backend_option_names_the_options_the_backend_accepts() -> None:
+    """A Dask user's ``n_workers`` (a LocalCluster keyword) or a typo gets the list of
+    options the backend takes, not only Python's "unexpected keyword argument"."""
+    with pytest.raises(TypeError, match="invalid options for backend 'threads'") as info:
+        flowcore.get_backend("threads", workers=2)
+    assert str(info.value).endswith("; it accepts: max_workers")
+    with pytest.raises(TypeError, match="'n_workers'") as info:
+        flowcore.get_backend("dask", n_workers=2)
+    assert "it accepts: address, client, max_workers" in str(info.value)
+    assert "cluster_options" in str(info.value)
