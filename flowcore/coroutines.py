@@ -196,6 +196,89 @@ def _run_in_executor(original: Any, executor: Any, function: Any, *args: Any) ->
     return original(executor, function, *args)
 
 
+#: (code, instruction offset) of a call site -> whether it is written directly inside a
+#: runner's call (see handed_to_a_runner)
+_runner_sites: dict[tuple[Any, int], bool] = {}
+#: attribute names of the calls that run a coroutine given to them
+_RUNNER_METHODS = frozenset({"run", "run_until_complete"})
+
+
+def handed_to_a_runner(frame: Any) -> bool:
+    """Whether the call ``frame`` is making now is written directly as the argument of a
+    call that runs a coroutine: ``asyncio.run(my_flow())``, ``run(my_flow())`` (from
+    asyncio), ``loop.run_until_complete(my_flow())``, ``runner.run(my_flow())`` (an
+    ``asyncio.Runner``), read from the call site's source (``ast``, positions of the
+    instruction) and cached per site. False when the source cannot be read (a REPL
+    without it): the caller then gets the value, as it does elsewhere.
+
+    This is how ``asyncio.run(my_flow())``, Prefect's way to start an async flow, works
+    beside flowcore's ``my_flow()``, which runs it to completion from synchronous code."""
+    site = (frame.f_code, frame.f_lasti)
+    found = _runner_sites.get(site)
+    if found is None:
+        try:
+            found = _written_in_a_runner(frame)
+        except Exception:  # unreadable or unparsable source: the plain rule
+            found = False
+        if len(_runner_sites) > 4096:
+            _runner_sites.clear()
+        _runner_sites[site] = found
+    return found
+
+
+def _written_in_a_runner(frame: Any) -> bool:
+    import ast
+    import linecache
+
+    code = frame.f_code
+    positions = list(code.co_positions())
+    line, end_line, column, end_column = positions[frame.f_lasti // 2]
+    if line is None or column is None:
+        return False
+    source = "".join(linecache.getlines(code.co_filename, frame.f_globals))
+    if not source:
+        return False
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Call) or len(node.args) != 1 or node.keywords:
+            continue
+        inner = node.args[0]
+        if not (
+            isinstance(inner, ast.Call) and inner.lineno == line and inner.col_offset == column
+            and inner.end_lineno == end_line and inner.end_col_offset == end_column
+        ):
+            continue
+        return _runs_coroutines(node.func, frame)
+    return False
+
+
+def _runs_coroutines(function: Any, frame: Any) -> bool:
+    """Whether the callee expression ``function`` names asyncio's ``run``, a loop's
+    ``run_until_complete`` or an ``asyncio.Runner``'s ``run`` (names looked up in the
+    caller's frame; other expressions judged by the method's name)."""
+    import ast
+    import asyncio
+
+    def lookup(name: str) -> Any:
+        if name in frame.f_locals:
+            return frame.f_locals[name]
+        if name in frame.f_globals:
+            return frame.f_globals[name]
+        return frame.f_builtins.get(name)
+
+    if isinstance(function, ast.Name):
+        return lookup(function.id) is asyncio.run
+    if not isinstance(function, ast.Attribute) or function.attr not in _RUNNER_METHODS:
+        return False
+    if not isinstance(function.value, ast.Name):  # asyncio.get_event_loop().run_until_complete(...)
+        return function.attr == "run_until_complete"
+    owner = lookup(function.value.id)
+    if owner is asyncio:
+        return function.attr == "run"
+    if function.attr == "run":
+        return isinstance(owner, asyncio.Runner)
+    return isinstance(owner, asyncio.AbstractEventLoop)
+
+
 def call_hook(hook: Any, *args: Any) -> None:
     """Call a run hook with ``args``; when it gives an awaitable (an ``async def``
     hook), run that to completion here, as Prefect 3 does, on this thread's loop or,

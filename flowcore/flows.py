@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -34,7 +35,7 @@ from flowcore import registry, states
 from flowcore.annotations import quote
 from flowcore.calls import FlowRun, new_flow_run_id
 from flowcore.context import FlowRunContext, _scope, resuming
-from flowcore.coroutines import call_hook, in_async_context, run_sync
+from flowcore.coroutines import call_hook, handed_to_a_runner, in_async_context, run_sync
 from flowcore.errors import TaskTimeoutError
 from flowcore.selection import slot_for
 from flowcore.states import State, StateType
@@ -114,14 +115,17 @@ class Flow(Generic[P, R]):
         An ``async def`` flow called where the caller awaits (inside a coroutine, or
         the body of an async flow or task) returns a coroutine to await; called from
         synchronous code, it runs to completion on a new event loop (as
-        ``asyncio.run`` would) and returns the value. Arguments that do not fit the
-        signature raise TypeError at the call either way.
+        ``asyncio.run`` would) and returns the value -- unless the call is written
+        directly inside ``asyncio.run(...)`` (or a loop's ``run_until_complete``, an
+        ``asyncio.Runner``'s ``run``), Prefect's way to start an async flow: that gets
+        the coroutine to run (see :func:`flowcore.coroutines.handed_to_a_runner`).
+        Arguments that do not fit the signature raise TypeError at the call either way.
         """
         return_state = kwargs.pop("return_state", False) if "return_state" in kwargs else False
         args, kwargs, parameters, invalid = self._checked_arguments(args, kwargs)
         if self.isasync:
             coroutine = self._call_async(args, kwargs, parameters, return_state, invalid)
-            if in_async_context():
+            if in_async_context() or handed_to_a_runner(sys._getframe(1)):
                 return coroutine
             return run_sync(coroutine, fresh_loop=True)
         # The caller who takes the state gets no exception (and no traceback): log it.

@@ -6,6 +6,7 @@ runs the ``test_async_*`` tests of ``flowcore.testing.conformance``.)"""
 from __future__ import annotations
 
 import asyncio
+import os
 import pickle
 import subprocess
 import sys
@@ -658,3 +659,61 @@ def test_an_async_task_called_in_a_thread_that_copies_the_flows_context_runs_to_
     finally:
         registry.unregister(observer)
     assert sorted(e.task_run_name for e in seen if e.task_name == "double") == ["double-0", "double-1"]
+
+
+def test_asyncio_run_of_an_async_flow_call_runs_it_once_as_in_prefect() -> None:
+    """``asyncio.run(my_flow())``, Prefect's way to start an async flow, gets the
+    coroutine (the call is written inside a runner's call) and runs the flow once;
+    ``my_flow()`` from synchronous code still runs it and returns the value. So do a
+    loop's ``run_until_complete`` and an ``asyncio.Runner``'s ``run``, over several
+    lines too; a call merely near one (an argument of ``str``) is not affected."""
+    calls: list[int] = []
+
+    @flow
+    async def started_by_a_runner(x: int) -> int:
+        calls.append(x)
+        await asyncio.sleep(0)
+        return x + 1
+
+    assert asyncio.run(started_by_a_runner(1)) == 2
+    assert started_by_a_runner(2) == 3
+    assert asyncio.run(
+        started_by_a_runner(
+            3,
+        )
+    ) == 4
+    loop = asyncio.new_event_loop()
+    try:
+        assert loop.run_until_complete(started_by_a_runner(4)) == 5
+    finally:
+        loop.close()
+    with asyncio.Runner() as runner:
+        assert runner.run(started_by_a_runner(5)) == 6
+    state = asyncio.run(started_by_a_runner(6, return_state=True))
+    assert isinstance(state, State) and state.is_completed()
+    assert str(started_by_a_runner(7)) == "8"
+    assert calls == [1, 2, 3, 4, 5, 6, 7]
+
+
+def test_asyncio_run_in_a_script_runs_the_flow_once(tmp_path: Any) -> None:
+    """The same in a script run as ``python script.py`` (its source read from the file),
+    with ``from asyncio import run`` too."""
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import asyncio\n"
+        "from asyncio import run\n"
+        "from flowcore import flow\n"
+        "RUNS = []\n"
+        "@flow\n"
+        "async def main_flow(x: int) -> int:\n"
+        "    RUNS.append(x)\n"
+        "    return x * 10\n"
+        "if __name__ == '__main__':\n"
+        "    print(asyncio.run(main_flow(1)), run(main_flow(2)), main_flow(3), RUNS)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "FLOWCORE_HISTORY": "0"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "10 20 30 [1, 2, 3]"
