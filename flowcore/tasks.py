@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import sys
 import time
 import types
 from collections.abc import Callable, Coroutine, Iterable
@@ -30,7 +31,7 @@ from flowcore.calls import (
     run_id_prefix,
 )
 from flowcore.context import FlowRunContext, TaskRunContext, _scope, _task_run, submission_scope
-from flowcore.coroutines import in_async_context, run_sync, running_loop
+from flowcore.coroutines import handed_to_a_runner, in_async_context, run_sync, running_loop
 from flowcore.errors import CrashedError, MissingContextError
 from flowcore.limits import limited_tags
 
@@ -492,7 +493,9 @@ class AsyncTask(Task[P, R]):
     with no run around it, see :func:`flowcore.coroutines.in_async_context`) returns a
     coroutine: ``await t(x)``, ``asyncio.gather(t(1), t(2))``. Elsewhere (a synchronous
     flow, task or script) the call runs the task to completion on an event loop and
-    returns its value, as a synchronous task's call does. ``submit`` and ``map`` are
+    returns its value, as a synchronous task's call does (a call written directly inside
+    ``asyncio.run(...)``, as Prefect users start one, gets the coroutine: see
+    :func:`flowcore.coroutines.handed_to_a_runner`). ``submit`` and ``map`` are
     those of every task: the backend's worker runs the coroutine on its own event
     loop, and the futures they return are awaitable too.
     """
@@ -540,7 +543,7 @@ class AsyncTask(Task[P, R]):
             and running_loop() is not None
         ):
             return self._run_coroutine(args, kwargs, return_state, scope)
-        if in_async_context():
+        if in_async_context() or handed_to_a_runner(sys._getframe(1)):  # asyncio.run(t(x)), as in Prefect
             return self._run_coroutine(args, kwargs, return_state, scope)
         return run_sync(self._run_coroutine(args, kwargs, return_state, scope))
 

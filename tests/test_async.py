@@ -693,6 +693,9 @@ def test_asyncio_run_of_an_async_flow_call_runs_it_once_as_in_prefect() -> None:
     assert isinstance(state, State) and state.is_completed()
     assert str(started_by_a_runner(7)) == "8"
     assert calls == [1, 2, 3, 4, 5, 6, 7]
+    # an async task called outside any flow, likewise
+    assert asyncio.run(add(1, 2)) == 3
+    assert add(2, 2) == 4
 
 
 def test_asyncio_run_in_a_script_runs_the_flow_once(tmp_path: Any) -> None:
