@@ -666,7 +666,9 @@ _NO_INPUTS: tuple[Any, ...] = ()
 
 
 def _as_futures(wait_for: Any) -> list[Any]:
-    """``wait_for`` as a list of TaskFuture and ``allow_failure(TaskFuture)`` items."""
+    """``wait_for`` as a list of TaskFuture and ``allow_failure(TaskFuture)`` items;
+    ``allow_failure`` of a list, tuple or set of futures allows each of them (as in
+    Prefect, whose annotation wraps any collection)."""
     if wait_for is None:
         return []
     from flowcore.futures import TaskFuture
@@ -674,14 +676,21 @@ def _as_futures(wait_for: Any) -> list[Any]:
     if isinstance(wait_for, (TaskFuture, allow_failure)):
         wait_for = [wait_for]
     try:
-        items = list(wait_for)
+        given = list(wait_for)
     except TypeError:
         raise TypeError(f"wait_for must be a list of TaskFuture, got {wait_for!r}") from None
+    items: list[Any] = []
+    for item in given:
+        if isinstance(item, allow_failure) and isinstance(item.value, (list, tuple, set, frozenset)):
+            items.extend(allow_failure(inner) for inner in item.value)
+        else:
+            items.append(item)
     for item in items:
         inner = item.value if isinstance(item, allow_failure) else item
         if not isinstance(inner, TaskFuture):
             raise TypeError(
-                f"wait_for must contain only TaskFuture objects (or allow_failure(future)), got {item!r}"
+                "wait_for must contain only TaskFuture objects (or allow_failure(future), "
+                f"allow_failure([futures])), got {item!r}"
             )
     return items
 

@@ -115,6 +115,30 @@ def test_wait_for_checks_its_items() -> None:
         body()
 
 
+@pytest.mark.parametrize("collection", [list, tuple, set])
+def test_wait_for_takes_allow_failure_of_a_collection_of_futures(collection: Any) -> None:
+    """``wait_for=[allow_failure([a, b])]`` (Prefect's annotation wraps any collection)
+    waits for both and lets the downstream run though one failed; a collection holding
+    something else than futures is still refused."""
+
+    @flow(backend="threads")
+    def body() -> Any:
+        failed, ok = boom.submit(), one.submit()
+        after = received.submit(5, wait_for=[allow_failure(collection([failed, ok]))])
+        value = after.result()
+        assert failed.state.is_failed() and ok.state.is_completed()
+        return value
+
+    assert body() == [5]
+
+    @flow(backend="threads")
+    def refused() -> None:
+        received.submit(wait_for=[allow_failure([one.submit(), 3])])
+
+    with pytest.raises(TypeError, match=r"allow_failure\(\[futures\]\)"):
+        refused()
+
+
 def test_wrappers_compare_and_pickle() -> None:
     assert allow_failure(1) == allow_failure(1) != quote(1)
     assert repr(quote([1])) == "quote([1])" and quote(2).unquote() == 2
