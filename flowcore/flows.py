@@ -259,10 +259,13 @@ class Flow(Generic[P, R]):
             if opened.display is not None:
                 opened.display.stop()
 
-    def _begin_attempt(self, opened: _OpenRun, attempt: int, *, body_runs: bool = True) -> FlowRunContext:
+    def _begin_attempt(
+        self, opened: _OpenRun, attempt: int, *, body_runs: bool = True, running_hooks: bool = True
+    ) -> FlowRunContext:
         """The scope of attempt number ``attempt``; announced in the log and the
         run-event stream, and to the ``on_running`` hooks (the first attempt of a run
-        whose body runs)."""
+        whose body runs; ``running_hooks=False``: the caller, an async flow, awaits
+        them)."""
         run = opened.run
         context = FlowRunContext(self, run, opened.slot, log_prints=opened.log_prints, parent=opened.parent)
         context.attempt = attempt
@@ -274,7 +277,7 @@ class Flow(Generic[P, R]):
             from flowcore.events import EventKind, FlowRunEvent
 
             registry.publish([FlowRunEvent(EventKind.STARTED, run, time.time(), attempt, flow=self)])
-        if attempt == 1 and body_runs and self.options.on_running:
+        if attempt == 1 and body_runs and running_hooks and self.options.on_running:
             self._call_hooks(context, self.options.on_running, states.Running())
         return context
 
@@ -284,6 +287,20 @@ class Flow(Generic[P, R]):
         for hook in hooks:
             try:
                 call_hook(hook, self, context.flow_run, state)
+            except Exception:
+                _run_logger(context).exception(
+                    "hook %r of flow %r raised; the run's state is unchanged",
+                    getattr(hook, "__name__", hook), self.name,
+                )
+
+    async def _call_hooks_async(self, context: FlowRunContext, hooks: tuple[Any, ...], state: State[Any]) -> None:
+        """:meth:`_call_hooks` in an async flow: an ``async def`` hook is awaited here,
+        on the flow's loop."""
+        for hook in hooks:
+            try:
+                result = hook(self, context.flow_run, state)
+                if hasattr(result, "__await__"):
+                    await result
             except Exception:
                 _run_logger(context).exception(
                     "hook %r of flow %r raised; the run's state is unchanged",
@@ -346,7 +363,9 @@ class Flow(Generic[P, R]):
         attempt = 0
         while True:
             attempt += 1
-            context = self._begin_attempt(opened, attempt)
+            context = self._begin_attempt(opened, attempt, running_hooks=False)
+            if attempt == 1 and self.options.on_running:
+                await self._call_hooks_async(context, self.options.on_running, states.Running())
             state = await self._attempt_async(context, args, kwargs)
             if state.is_completed() or attempt > policy.retries:
                 break
@@ -358,7 +377,9 @@ class Flow(Generic[P, R]):
             await asyncio.to_thread(opened.slot.close, wait=not timed_out, cancel_futures=timed_out)
         else:  # no workers to wait for (nothing was submitted): no thread started for it
             opened.slot.close(wait=not timed_out, cancel_futures=timed_out)
-        return self._end_run(context, opened, state, attempt, log_traceback)
+        state = replace(state, started_at=opened.run.started_at, finished_at=time.time(), attempts=attempt)
+        await self._finish_async(context, state, log_traceback=log_traceback)
+        return state
 
     async def _attempt_async(
         self, context: FlowRunContext, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -467,14 +488,32 @@ class Flow(Generic[P, R]):
     def _finish(self, context: FlowRunContext, state: State[Any], *, log_traceback: bool = False) -> None:
         """Hooks, observers and the final log line. ``log_traceback``: a failure's
         traceback is logged just before it (the caller gets a state, not the exception)."""
+        self._report_runs(context)
+        self._call_hooks(context, self._final_hooks(state), state)
+        self._announce_end(context, state, log_traceback)
+
+    async def _finish_async(self, context: FlowRunContext, state: State[Any], *, log_traceback: bool = False) -> None:
+        """:meth:`_finish` for an async flow: its ``async def`` hooks are awaited on its
+        own loop (as Prefect does), not run on a helper thread's."""
+        self._report_runs(context)
+        await self._call_hooks_async(context, self._final_hooks(state), state)
+        self._announce_end(context, state, log_traceback)
+
+    def _report_runs(self, context: FlowRunContext) -> None:
+        """The run's direct calls' and submitted runs' events, reported before its hooks
+        and its end."""
         run = context.flow_run
         assert run is not None
         if registry.observes_events():
             from flowcore import deferred_runs, direct_runs
 
-            direct_runs.flush(run.run_id)  # its direct calls' runs, reported before its hooks and its end
+            direct_runs.flush(run.run_id)  # its direct calls' runs
             deferred_runs.flush(run.run_id)  # and its submitted runs' (ended, or left running)
-        self._call_hooks(context, self._final_hooks(state), state)
+
+    def _announce_end(self, context: FlowRunContext, state: State[Any], log_traceback: bool) -> None:
+        """The run's FINISHED event and its final log line."""
+        run = context.flow_run
+        assert run is not None
         logger = _run_logger(context)
         if registry.observes_events():
             from flowcore.events import EventKind, FlowRunEvent

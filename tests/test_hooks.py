@@ -197,6 +197,42 @@ def test_async_hooks_are_awaited(backend: str) -> None:
     assert seen == ["a_failed:Failed", "af_failed:Failed"]
 
 
+def test_an_async_flows_async_hooks_run_on_its_own_loop() -> None:
+    """An async flow's ``async def`` hooks (on_running, on_completion, on_failure) are
+    awaited on the flow's own event loop, in its thread, as in Prefect: a hook can use
+    what the body made on that loop (here an asyncio.Queue bound to it). Before, they
+    ran on a helper thread's new loop."""
+    seen: list[tuple[str, Any, Any]] = []
+    loops: dict[str, Any] = {}
+
+    def recorder(kind: str) -> Any:
+        async def hook(owner: Any, run: Any, state: State[Any]) -> None:
+            queue = loops.get("queue")
+            item = queue.get_nowait() if queue is not None and not queue.empty() else None
+            seen.append((kind, asyncio.get_running_loop(), item))
+
+        return hook
+
+    @flow(on_running=[recorder("running")], on_completion=[recorder("done")])
+    async def fine() -> int:
+        loops["flow"] = asyncio.get_running_loop()
+        loops["queue"] = queue = asyncio.Queue()
+        await queue.put("made in the body")
+        return 1
+
+    @flow(on_failure=[recorder("failed")])
+    async def fails() -> None:
+        loops["flow"] = asyncio.get_running_loop()
+        raise ValueError("boom")
+
+    assert fine() == 1
+    assert seen == [("running", loops["flow"], None), ("done", loops["flow"], "made in the body")]
+    seen.clear()
+    loops.clear()
+    assert fails(return_state=True).is_failed()
+    assert seen == [("failed", loops["flow"], None)]
+
+
 async def _state_of(owner: Any) -> State[Any]:
     state: State[Any] = await owner(return_state=True)
     return state
