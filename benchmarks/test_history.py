@@ -155,7 +155,10 @@ def test_threads_submit_result_with_history_vs_without(
         backend.shutdown()
     record(
         benchmark, paired, anchor="the same submits with history off", n=n,
-        figures=[figure("threads submit+result, history on / off", paired.subject_min / paired.anchor_min, "x", RATIO_GOAL)],
+        figures=[
+            figure("threads submit+result, history on / off", paired.subject_min / paired.anchor_min, "x", RATIO_GOAL),
+            figure("history cost per task run", (paired.subject_min - paired.anchor_min) / n * 1e6, "µs", None),
+        ],
         max_workers=WORKERS,
     )
 
