@@ -72,6 +72,9 @@ _ROWS_CHECK_EVERY = 1024
 HOLD_PENDING_S = 1.0
 #: the writer asks for the SUBMITTED of deferred runs (flowcore.deferred_runs) this old
 ANNOUNCE_AFTER_S = 0.5
+#: a flow run's start is written this long after it started, or with its end if that
+#: comes first (one transaction for a short flow run instead of two)
+FLOW_START_HOLD_S = 0.1
 
 _MESSAGE_LIMIT = 10_000
 _PARAMETER_REPR_LIMIT = 1_000
@@ -117,6 +120,10 @@ class Recorder:
         self._process_start = 0
         self._handler: _LogHandler | None = None
         self._atexit_registered = False
+        #: a flow run started: the writer waits until then before it drains (see
+        #: FLOW_START_HOLD_S), unless a flush asks sooner
+        self._hold_until = 0.0
+        self._flushes_asked = 0
 
     # -- the caller's side --------------------------------------------------------------
     def accept(self, events: Sequence[Any]) -> None:
@@ -160,7 +167,10 @@ class Recorder:
         if event.kind is EventKind.FINISHED and top_level:
             self._flush_at_flow_end(event, settings)
         elif event.kind is EventKind.STARTED:
-            self._wake.set()  # record the run as running now: readers see it at once
+            # record the run as running within FLOW_START_HOLD_S: readers see it then;
+            # a flow run that ends sooner is written once, with its end
+            self._hold_until = time.monotonic() + FLOW_START_HOLD_S
+            self._wake.set()
 
     def accept_log(self, record: logging.LogRecord) -> None:
         """Queue a run's log record (called by the handler on the run loggers).
@@ -221,6 +231,7 @@ class Recorder:
         if self._thread is None or not self._thread.is_alive():
             return not self._queue
         marker = _Flush()
+        self._flushes_asked += 1
         self._queue.append(marker)
         self._wake.set()
         return marker.done.wait(timeout)
@@ -306,6 +317,12 @@ class Recorder:
             self._wake.wait(None if self._idle else DRAIN_EVERY_S)
             self._wake.clear()
             self._idle = False
+            hold = self._hold_until - time.monotonic()
+            if hold > 0 and not self._flushes_asked:
+                self._wake.wait(hold)  # a flush (a flow run's end) wakes it sooner
+                self._wake.clear()
+            self._hold_until = 0.0
+            self._flushes_asked = 0
             try:
                 # Runs reported late (flowcore.deferred_runs): those that ended on idle
                 # threads, and the SUBMITTED of runs that wait or run long; and direct
