@@ -276,9 +276,10 @@ def current_flow_run() -> FlowRunContext | None:
 #: the coroutines that await a run's body without setting ``_task_run`` (each set of a
 #: context variable makes two objects, and thousands of awaited runs in flight make
 #: the cyclic GC run more often: see :func:`flowcore.direct_runs.call_async`): their
-#: code object -> what makes that run's TaskRunContext from their frame's locals.
+#: code object -> what gives that run's TaskRunContext from their frame (made when
+#: first asked for, then the same one until the run ends).
 #: Registered by :mod:`flowcore.direct_runs`.
-awaiting_codes: dict[CodeType, Callable[[dict[str, Any]], TaskRunContext]] = {}
+awaiting_codes: dict[CodeType, Callable[[FrameType], TaskRunContext]] = {}
 #: asyncio task -> how many runs awaited on the short path are in progress in it (their
 #: bodies run inline in it, found on its stack): flowcore's loops look at the stack of
 #: a task that starts a task or a thread only when it is named here (see
@@ -310,7 +311,7 @@ def awaited_run(frame: FrameType | None, stop: CodeType | None = None) -> TaskRu
         code = frame.f_code
         make = codes.get(code)
         if make is not None:
-            context = make(frame.f_locals)
+            context = make(frame)  # the same context each time for one run
             _task_run.set(context)
             return context
         if code is stop:

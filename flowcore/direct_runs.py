@@ -26,13 +26,15 @@ to the caller; the buffer does not keep it alive).
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 import weakref
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from flowcore import deferred_runs, registry
-from flowcore.calls import reserve_run_numbers, run_id_prefix
+from flowcore.calls import number_of, reserve_run_numbers, run_id_prefix
 from flowcore.context import TaskRunContext, _task_run, awaiting, awaiting_codes
 
 if TYPE_CHECKING:
@@ -46,6 +48,7 @@ MAX_AGE_S = 0.25
 _MAX_ITEMS = 4 * MAX_RUNS  # a run is four items of its list
 
 _now = time.time
+_getframe = sys._getframe
 
 
 class _Runs:
@@ -85,9 +88,11 @@ _reporting = threading.RLock()
 #: (flow run id, id(task), name number) -> run number of the running direct calls
 #: whose SUBMITTED and STARTED :func:`announce` reported: their end reports FINISHED only
 _announced: dict[tuple[str, int, int], int] = {}
-#: the same key -> context of the awaited runs in flight whose body asked for its run
-#: (see _awaited_context)
-_materialized: dict[tuple[str, int, int], TaskRunContext] = {}
+#: id of the frame of :func:`call_async` (or :func:`await_unobserved`) -> context of its
+#: run, for the awaited runs in flight whose body asked for its run (see
+#: _awaited_context): one context per run, wherever the body asks (its own context, or
+#: a copy of it where the run is not set yet), dropped when the run ends
+_materialized: dict[int, TaskRunContext] = {}
 #: ids of the asyncio tasks that awaited runs at announce()'s last call
 _awaiting_before: set[int] = set()
 
@@ -153,7 +158,8 @@ async def call_async(
     body's stack finds it there the first time it asks (``get_run_context``,
     ``get_run_logger``: :func:`flowcore.context.current_task_run` walks up to this
     coroutine's frame and makes its context from the locals below), and it is then
-    set in the asyncio task's context. A task or a thread (``asyncio.to_thread``) the
+    set in the asyncio task's context (one context per run, however often and wherever
+    its body asks: see ``_awaited_context``). A task or a thread (``asyncio.to_thread``) the
     body starts before it asked gets the run set in its context by flowcore's loops
     (:mod:`flowcore.coroutines`), which look at the stack only in the asyncio tasks
     that :data:`flowcore.context.awaiting` names. Each of thousands of runs in flight
@@ -174,9 +180,7 @@ async def call_async(
     except BaseException as exc:
         _leave(running)
         asked = _restore(outer)
-        if asked is not None:
-            _materialized.pop((flow_run.run_id, id(task), name_number), None)
-        _failed(task, args, kwargs or {}, flow_run, -1 if asked is None else asked._number, name_number, start, exc)
+        _failed(task, args, kwargs or {}, flow_run, -1 if asked is None else number_of(asked), name_number, start, exc)
         raise
     end = _now()
     depth = awaiting.get(running, 1) - 1  # _leave(running), inlined
@@ -184,16 +188,15 @@ async def call_async(
         awaiting[running] = depth
     else:
         awaiting.pop(running, None)
-    asked = _task_run.get()  # this run's context, if its body asked for it
-    if asked is not None or outer is not None:
+    if outer is not None or _task_run.get() is not None:
         _task_run.set(outer)
-        if asked is not None:
-            _materialized.pop((flow_run.run_id, id(task), name_number), None)
+    # this run's context, if its body asked for it (in its own context or in a copy)
+    asked = _materialized.pop(id(_getframe()), None) if _materialized else None
     try:
         buffer = _local.buffer
     except AttributeError:  # this thread's first
         buffer = _buffer()
-    _record(buffer, task, flow_run, -1 if asked is None else asked._number, name_number, start, end)
+    _record(buffer, task, flow_run, -1 if asked is None else number_of(asked), name_number, start, end)
     return value
 
 
@@ -223,6 +226,8 @@ async def await_unobserved(
     _leave(running)
     if outer is not None or _task_run.get() is not None:
         _task_run.set(outer)
+    if _materialized:
+        _materialized.pop(id(_getframe()), None)
     return value
 
 
@@ -256,35 +261,48 @@ def _leave(running: Any) -> None:
 
 
 def _restore(outer: TaskRunContext | None) -> TaskRunContext | None:
-    """An awaited run ends: set the context variable back to ``outer`` (what it was
-    around the call); returns the run's own context if its body asked for it."""
-    asked = _task_run.get()
-    if asked is not None or outer is not None:
+    """An awaited run ends (its body raised): set the context variable back to
+    ``outer`` (what it was around the call); returns the run's own context if its body
+    asked for it (in its own context or in a copy), and forgets it."""
+    if outer is not None or _task_run.get() is not None:
         _task_run.set(outer)
-    return asked
+    # the frame of the call_async / await_unobserved that called this one
+    return _materialized.pop(id(_getframe(1)), None) if _materialized else None
 
 
-def _awaited_context(frame_locals: dict[str, Any]) -> TaskRunContext:
-    """The context of the run :func:`call_async` awaits, from its frame's locals: with
-    the run number :func:`announce` gave it if it was announced already, and kept in
-    ``_materialized`` until the run ends, so that an announcement after takes the
-    number the body may have taken."""
-    task, flow_run, name_number = frame_locals["task"], frame_locals["flow_run"], frame_locals["name_number"]
-    context = TaskRunContext(task, None, frame_locals["args"], frame_locals["kwargs"], flow_run, -1, name_number)
-    key = (flow_run.run_id, id(task), name_number)
+def _awaited_context(frame: FrameType) -> TaskRunContext:
+    """The context of the run that ``frame`` (of :func:`call_async`) awaits, made from its
+    locals the first time its body asks (wherever it asks: its own context, a copy of
+    it, a task or thread started before), the same one after: with the run number
+    :func:`announce` gave it if it was announced already, and kept in ``_materialized``
+    until the run ends, so that an announcement after takes the number the body may
+    have taken, and its end records it."""
+    key = id(frame)
     with _reporting:
-        number = _announced.get(key)
-        if number is not None:
-            context._number = number
-        _materialized[key] = context
+        context = _materialized.get(key)
+        if context is None:
+            local = frame.f_locals
+            task, flow_run, name_number = local["task"], local["flow_run"], local["name_number"]
+            context = TaskRunContext(task, None, local["args"], local["kwargs"], flow_run, -1, name_number)
+            number = _announced.get((flow_run.run_id, id(task), name_number))
+            if number is not None:
+                context._number = number
+            _materialized[key] = context
     return context
 
 
-def _unobserved_context(frame_locals: dict[str, Any]) -> TaskRunContext:
-    """The context of the run :func:`await_unobserved` awaits, from its frame's locals."""
-    return TaskRunContext(
-        frame_locals["task"], None, frame_locals["args"], frame_locals["kwargs"], frame_locals["flow_run"]
-    )
+def _unobserved_context(frame: FrameType) -> TaskRunContext:
+    """The context of the run that ``frame`` (of :func:`await_unobserved`) awaits: made
+    the first time its body asks, the same one after (kept in ``_materialized`` until
+    the run ends)."""
+    key = id(frame)
+    context = _materialized.get(key)  # only the loop's thread runs this frame's body
+    if context is None:
+        local = frame.f_locals
+        context = _materialized[key] = TaskRunContext(
+            local["task"], None, local["args"], local["kwargs"], local["flow_run"]
+        )
+    return context
 
 
 _CALL_ASYNC_CODE = call_async.__code__  # how announce() finds awaited runs in flight
@@ -410,9 +428,6 @@ def announce(min_age: float) -> None:
     direct call pays nothing for it. Their end then reports FINISHED only, under the
     number given here (see ``_announced``); a body that asks for its id gets it too
     (an awaited run's context, made when its body first asks, takes it: ``_materialized``)."""
-    import sys
-
-    from flowcore.calls import number_of
     from flowcore.events import EventKind, TaskRunEvent, thread_worker
 
     latest = _now() - min_age
@@ -439,8 +454,6 @@ def announce(min_age: float) -> None:
             key = (flow_run.run_id, id(task), name_number)
             if key in _announced:
                 continue
-            if context is None:
-                context = _materialized.get(key)
             number = _announced[key] = reserve_run_numbers(1) if context is None else number_of(context)
             worker = None if thread_ident is None else thread_worker(threads.get(thread_ident, str(thread_ident)))
             common = (f"{run_id_prefix()}-{number:x}", f"{task.name}-{name_number}", task.name, flow_run.run_id)
@@ -449,7 +462,9 @@ def announce(min_age: float) -> None:
         registry.publish(events)
 
 
-def _awaited_in_flight(latest: float) -> list[tuple[int | None, Any, FlowRun, int, float, None]]:
+def _awaited_in_flight(
+    latest: float,
+) -> list[tuple[int | None, Any, FlowRun, int, float, TaskRunContext | None]]:
     """The awaited runs (:func:`call_async`) that started at or before ``latest`` and
     have not ended, found along the awaited coroutines of the asyncio tasks that
     :data:`~flowcore.context.awaiting` names and named at the call before too (a run
@@ -458,7 +473,7 @@ def _awaited_in_flight(latest: float) -> list[tuple[int | None, Any, FlowRun, in
     each; a task running at this moment shows no awaited coroutine: its runs are found
     at a later call)."""
     global _awaiting_before
-    found: list[tuple[int | None, Any, FlowRun, int, float, None]] = []
+    found: list[tuple[int | None, Any, FlowRun, int, float, TaskRunContext | None]] = []
     tasks = list(awaiting)
     by_id = dict(zip(map(id, tasks), tasks, strict=True))
     before, _awaiting_before = _awaiting_before, set(by_id)
@@ -480,7 +495,10 @@ def _awaited_in_flight(latest: float) -> list[tuple[int | None, Any, FlowRun, in
                 local = frame.f_locals
                 start = local.get("start")
                 if start is not None and start <= latest and "end" not in local and "exc" not in local:
-                    found.append((ident, local["task"], local["flow_run"], local["name_number"], start, None))
+                    found.append((
+                        ident, local["task"], local["flow_run"], local["name_number"], start,
+                        _materialized.get(id(frame)),  # its context, if its body asked
+                    ))
             coroutine = getattr(coroutine, "cr_await", None)
     return found
 

@@ -663,6 +663,89 @@ def test_an_async_task_called_in_a_thread_that_copies_the_flows_context_runs_to_
     assert sorted(e.task_run_name for e in seen if e.task_name == "double") == ["double-0", "double-1"]
 
 
+def _seen_in_copy() -> tuple[str, str]:
+    """The run as code run in a copy of the context (``contextvars.copy_context().run``)
+    sees it: (id, name)."""
+    import contextvars
+
+    def ask() -> tuple[str, str]:
+        from flowcore import get_run_context
+
+        task_run = get_run_context().task_run
+        assert task_run is not None
+        return task_run.id, task_run.name
+
+    return contextvars.copy_context().run(ask)
+
+
+@task
+async def asks_in_a_copy_first(i: int) -> tuple[tuple[str, str], tuple[str, str] | None]:
+    """Asks for its run in a copy of its context first (a library that isolates its
+    context), then, for even ``i``, in its own."""
+    from flowcore import get_run_context
+
+    await asyncio.sleep(0)
+    in_copy = _seen_in_copy()
+    if i % 2:
+        return in_copy, None
+    task_run = get_run_context().task_run
+    assert task_run is not None
+    get_run_logger().warning("run %d", i)  # (INFO is below the level under pytest)
+    return in_copy, (task_run.id, task_run.name)
+
+
+@pytest.mark.parametrize("observed", [True, False], ids=["history", "unobserved"])
+def test_an_awaited_run_asked_for_in_a_copy_of_its_context_is_one_run(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, observed: bool
+) -> None:
+    """An awaited run whose body first asks for its run in a copy of its context
+    (``contextvars.copy_context().run``: the run is set in that copy only) is one run:
+    the body asking again after sees the same id and name, the history records it under
+    that id (and its log records too), and nothing is left of it when it ends."""
+    import sqlite3
+
+    from flowcore import direct_runs
+    from flowcore.context import awaiting
+    from flowcore.registry import get_registry
+
+    monkeypatch.setenv("FLOWCORE_HOME", str(tmp_path))
+    monkeypatch.delenv("FLOWCORE_HISTORY", raising=False)
+    n = 6
+
+    @flow
+    async def copies() -> list[Any]:
+        first = await asks_in_a_copy_first(0)
+        return [first, *await asyncio.gather(*(asks_in_a_copy_first(i) for i in range(1, n)))]
+
+    registry = get_registry()
+    plugin = registry.pm.get_plugin(HISTORY_PLUGIN)
+    if not observed and plugin is not None:
+        registry.unregister(plugin)
+    try:
+        seen = copies()
+    finally:
+        if not observed and plugin is not None:
+            registry.register(plugin, name=HISTORY_PLUGIN)
+    for i, (in_copy, own) in enumerate(seen):
+        assert in_copy[1] == f"asks_in_a_copy_first-{i}"
+        assert own is None or own == in_copy
+    assert len({in_copy[0] for in_copy, _ in seen}) == n
+    assert awaiting == {} and direct_runs._materialized == {}
+    if observed and plugin is not None:
+        connection = sqlite3.connect(tmp_path / "history.db")
+        try:
+            stored = dict(connection.execute(
+                "SELECT name, id FROM task_runs_all WHERE task = 'asks_in_a_copy_first'"
+            ).fetchall())
+            logged = dict(connection.execute(
+                "SELECT task_run_name, task_run_id FROM logs WHERE task_name = 'asks_in_a_copy_first'"
+            ).fetchall())
+        finally:
+            connection.close()
+        assert stored == {in_copy[1]: in_copy[0] for in_copy, _ in seen}
+        assert logged == {in_copy[1]: in_copy[0] for i, (in_copy, _) in enumerate(seen) if i % 2 == 0}
+
+
 def test_asyncio_run_of_an_async_flow_call_runs_it_once_as_in_prefect() -> None:
     """``asyncio.run(my_flow())``, Prefect's way to start an async flow, gets the
     coroutine (the call is written inside a runner's call) and runs the flow once;
