@@ -519,12 +519,20 @@ def _number_runs(numbers: list[int]) -> None:
             first += 1
 
 
+def cancelled(exc: BaseException) -> bool:
+    """Whether ``exc`` cancels an asyncio task (``asyncio.CancelledError``): a run that
+    it stops while it runs ends ``Cancelled``."""
+    asyncio = sys.modules.get("asyncio")
+    return asyncio is not None and isinstance(exc, asyncio.CancelledError)
+
+
 def _report_failure(
     task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], flow_run: FlowRun, number: int,
     name_number: int, start: float, exc: BaseException,
 ) -> None:
     """Report a run whose body raised, as the engine would have (after the runs before
-    it). KeyboardInterrupt and the like are not reported: they end the flow run."""
+    it); one cancelled while it ran (``asyncio.CancelledError``) ends ``Cancelled``.
+    KeyboardInterrupt and the like are not reported: they end the flow run."""
     from dataclasses import replace
 
     from flowcore.calls import TaskCall
@@ -536,6 +544,10 @@ def _report_failure(
         state = exit_state(exc)
     elif isinstance(exc, Exception):
         state = failure_state(exc, False)
+    elif cancelled(exc):  # an awaited run cancelled while it ran (task.cancel(), wait_for)
+        from flowcore.states import Cancelled
+
+        state = Cancelled("the task run was cancelled while it ran")
     else:
         return
     state = replace(state, started_at=start, finished_at=time.time(), attempts=1)

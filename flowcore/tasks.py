@@ -572,12 +572,34 @@ class AsyncTask(Task[P, R]):
         from flowcore.reporting import report_final_state
 
         _report_submitted(call)
-        state = await run_call_async(call)
+        try:
+            state = await run_call_async(call)
+        except BaseException as exc:
+            from flowcore.direct_runs import cancelled
+
+            if cancelled(exc):  # task.cancel(), asyncio.wait_for: it ends Cancelled, as a flow run does
+                _report_cancelled(call)
+            raise
         report_final_state(call, state, None, current_worker())
         if return_state:
             _log_returned_failure(call, state)
             return state
         return state.result()
+
+
+def _report_cancelled(call: TaskCall) -> None:
+    """An awaited run on the engine's path was cancelled (its awaiting asyncio task
+    was): report it ``Cancelled``, with the start of its body if it started."""
+    from flowcore.events import current_worker
+    from flowcore.reporting import report_final_state
+    from flowcore.states import Cancelled
+
+    started = call.started_at or None
+    state = Cancelled(
+        "the task run was cancelled while it ran", started_at=started, finished_at=time.time(),
+        attempts=1 if started else 0,
+    )
+    report_final_state(call, state, None, current_worker())
 
 
 def _log_returned_failure(call: TaskCall, state: State[Any]) -> None:

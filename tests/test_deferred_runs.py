@@ -519,3 +519,74 @@ def test_a_long_awaited_run_is_reported_running_before_it_ends(
 
     assert direct_runs._materialized == {}  # dropped when the run ended
     assert not any(key[1] == id(awaited_waits) for key in direct_runs._announced)  # its end took its number
+
+
+@task
+async def cancelled_waiting(seen: dict[str, str], ask_first: bool) -> None:
+    """Waits until cancelled; asks for its run id before it waits or in its ``finally``."""
+    import asyncio
+
+    if ask_first:
+        seen["id"] = flowcore.get_run_context().task_run.id  # type: ignore[union-attr]
+    try:
+        await asyncio.Event().wait()
+    finally:
+        if not ask_first:
+            seen["id"] = flowcore.get_run_context().task_run.id  # type: ignore[union-attr]
+
+
+@task(retries=1)
+async def cancelled_waiting_engine(seen: dict[str, str], ask_first: bool) -> None:
+    """The same on the engine's path (a task with retries)."""
+    await cancelled_waiting.fn(seen, ask_first)
+
+
+@pytest.mark.parametrize(
+    ("task_name", "ask_first"),
+    [("cancelled_waiting", False), ("cancelled_waiting", True), ("cancelled_waiting_engine", False)],
+    ids=["short-path", "short-path-asked-first", "engine"],
+)
+def test_a_long_awaited_run_cancelled_while_it_runs_ends_cancelled(
+    recording: Recording, home: Path, task_name: str, ask_first: bool
+) -> None:
+    """An awaited run shown Running that is cancelled (``task.cancel()``,
+    ``asyncio.wait_for``'s timeout) ends Cancelled in the history, under the id it was
+    shown with and its body saw; nothing is left of it (it read Running for ever)."""
+    import asyncio
+
+    from flowcore import direct_runs
+
+    awaited = {"cancelled_waiting": cancelled_waiting, "cancelled_waiting_engine": cancelled_waiting_engine}[task_name]
+    released: dict[str, Any] = {}
+
+    def release() -> None:
+        released["loop"].call_soon_threadsafe(released["running"].cancel)
+
+    watcher = RunningWatch(home / "history.db", task_name, "id, state", release)
+    seen: dict[str, str] = {}
+
+    @flow
+    async def cancels_it() -> str:
+        released["loop"] = asyncio.get_running_loop()
+        released["running"] = asyncio.ensure_future(awaited(seen, ask_first))
+        watcher.start()
+        with pytest.raises(asyncio.CancelledError):
+            await released["running"]
+        return "went on"
+
+    try:
+        assert cancels_it() == "went on"
+    finally:
+        watcher.join()
+    assert len(watcher.rows) == 1, "never shown Running while it ran"
+    run_id = watcher.rows[0][0]
+    assert seen["id"] == run_id
+    stream = recording.by_run()[run_id]
+    assert [e.kind for e in stream][-1] == EventKind.FINISHED
+    final = stream[-1].state
+    assert final is not None and final.name == "Cancelled"
+    assert _history_rows(home, f"SELECT id, state FROM task_runs_all WHERE task = '{task_name}'") == [
+        (run_id, "Cancelled")
+    ]
+    assert direct_runs._materialized == {}
+    assert not any(key[1] == id(awaited) for key in direct_runs._announced)
