@@ -1268,3 +1268,31 @@ def test_a_long_run_on_a_process_backend_is_recorded_running_on_its_worker(home:
     assert before - 0.01 <= start <= time.time()  # the journal keeps milliseconds
     rows = query(home / "history.db", "SELECT id, state, worker_pid FROM task_runs_all WHERE task = 'waits_for_file'")
     assert rows == [(run_id, "Completed", worker_pid)]
+
+
+def test_a_run_reported_long_after_it_started_is_written_at_once_not_held() -> None:
+    """The writer holds a run that is not final yet for up to HOLD_PENDING_S before it
+    writes it (most runs end by then: one write instead of two); but a run whose
+    STARTED (or SUBMITTED) arrives late on purpose -- a long direct or awaited run
+    reported Running by ``direct_runs.announce``, dated at its start, at least
+    ANNOUNCE_AFTER_S ago -- is written at that drain: held a second more, a 2 s run was
+    never shown Running. A run that has just started is still held."""
+    from flowcore.events import TaskRunEvent
+    from flowcore.history.recorder import ANNOUNCE_AFTER_S, _OpenRuns, _Pending
+
+    @task
+    def step() -> None:
+        pass
+
+    now = time.time()
+    long_running = TaskRunEvent(
+        EventKind.STARTED, "prefix-1", "step-0", "step", "flow-1", now - 2 * ANNOUNCE_AFTER_S, None, task=step
+    )
+    just_started = TaskRunEvent(EventKind.STARTED, "prefix-2", "step-1", "step", "flow-1", now, None, task=step)
+    open_runs = _OpenRuns()
+    pending = _Pending(open_runs)
+    pending.add_tasks([long_running, just_started])
+    batch = pending.finish(time.monotonic(), release=False)
+    assert [(w.id, w.state) for w in batch.task_runs] == [("prefix-1", "Running")]
+    assert list(open_runs.held) == ["prefix-2"]  # held until it ends or its time is up
+    assert open_runs.written == {"prefix-1"}  # its end is an update

@@ -515,11 +515,15 @@ class _OpenMap:
 class _OpenRuns:
     """A store's runs that are not final yet (the writer thread's state)."""
 
-    __slots__ = ("held", "maps", "since", "written")
+    __slots__ = ("due", "held", "maps", "since", "written")
 
     def __init__(self) -> None:
         #: not written yet: run id -> (submitted time, latest event)
         self.held: dict[str, tuple[float | None, TaskRunEvent]] = {}
+        #: runs of ``held`` whose event was reported late on purpose (dated at least
+        #: ANNOUNCE_AFTER_S before it arrived: a long run reported running, a run that
+        #: waits long): written at the next transaction, not held
+        self.due: list[str] = []
         #: since when some of ``held`` wait (monotonic), 0 when none do
         self.since = 0.0
         #: written as pending or running rows: their next write is an update
@@ -576,6 +580,7 @@ class _Pending:
                 return
         held = self.open.held
         finished = EventKind.FINISHED
+        late = 0.0  # an event dated at or before this reports a run that waits or runs long
         for event in events:
             run_id = event.task_run_id
             if event.kind is not finished:
@@ -584,6 +589,10 @@ class _Pending:
                     event.timestamp if event.kind is EventKind.SUBMITTED else None
                 )
                 held[run_id] = (submitted, event)
+                if not late:
+                    late = time.time() - ANNOUNCE_AFTER_S
+                if event.timestamp <= late:
+                    self.open.due.append(run_id)
                 continue
             earlier = held.pop(run_id, None)
             submitted = earlier[0] if earlier is not None else None
@@ -686,6 +695,14 @@ class _Pending:
                     (batch.task_run_updates if run_id in written else batch.task_runs).append(write)
                     written.add(run_id)
                 held.clear()
+            else:  # those reported late on purpose: a live reader waits for them already
+                for run_id in open_runs.due:
+                    entry = held.pop(run_id, None)
+                    if entry is not None:
+                        write = _write_from(entry[1], entry[0])
+                        (batch.task_run_updates if run_id in written else batch.task_runs).append(write)
+                        written.add(run_id)
+        open_runs.due.clear()
         if not held:
             open_runs.since = 0.0
         for map_id, open_map in list(open_runs.maps.items()):
