@@ -805,3 +805,59 @@ def test_asyncio_run_in_a_script_runs_the_flow_once(tmp_path: Any) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "10 20 30 [1, 2, 3]"
+
+
+def _in_copied_threads() -> list[str]:
+    """The run name (or "flow") that code run in copies of this context sees in other
+    threads: a thread given ``copy_context().run``, a pool given it, and
+    ``anyio.to_thread.run_sync`` where anyio is installed (these copy the context
+    without flowcore's loop seeing it)."""
+    import concurrent.futures
+    import contextvars
+
+    def who() -> str:
+        from flowcore import get_run_context
+
+        task_run = get_run_context().task_run
+        return "flow" if task_run is None else task_run.name
+
+    seen: list[str] = []
+    copied = contextvars.copy_context()
+    thread = threading.Thread(target=lambda: seen.append(copied.run(who)))
+    thread.start()
+    thread.join()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        seen.append(pool.submit(contextvars.copy_context().run, who).result())
+    return seen
+
+
+@task
+async def copies_for_threads(ask_first: bool) -> tuple[list[str], str | None]:
+    if ask_first:
+        get_run_logger()
+    seen = _in_copied_threads()
+    try:
+        import anyio.to_thread
+    except ImportError:
+        pass
+    else:
+        seen.append(await anyio.to_thread.run_sync(_seen_name))
+    return seen, _seen_name()
+
+
+def test_threads_given_a_copy_of_the_context_see_the_run_once_the_body_asked() -> None:
+    """Code run in a copy of an awaited run's context in another thread (a thread or
+    pool given ``copy_context().run``, ``anyio.to_thread.run_sync``) sees the run when
+    the body asked for it first (the README's advice); copied before, it sees the flow
+    run: a documented limit of awaited runs (found on the stack when first asked for,
+    not set in the context when they start), which this test pins down."""
+
+    @flow
+    async def hands_to_threads() -> list[Any]:
+        return [await copies_for_threads(True), await copies_for_threads(False)]
+
+    (asked, asked_own), (not_asked, not_asked_own) = hands_to_threads()
+    assert asked_own == "copies_for_threads-0" and not_asked_own == "copies_for_threads-1"
+    assert set(asked) == {"copies_for_threads-0"} and len(asked) >= 2
+    assert set(not_asked[:2]) == {"flow"}  # the limit: see the README's Async section
+    assert all(seen in ("flow", None) for seen in not_asked[2:])
