@@ -21,10 +21,12 @@ questions come up on every call of one:
 The loops flowcore makes carry the run of a task awaited on the short path into the
 tasks and threads its body starts (see :func:`_make_task`): such a run is found on the
 stack when first asked for rather than set in the context when it starts
-(:func:`flowcore.context.current_task_run`). A loop flowcore did not make (a flow
-awaited under the caller's own ``asyncio.run``) does not, and neither does a callback
-the body schedules with ``loop.call_soon`` before it asked for its run: those see the
-flow run.
+(:func:`flowcore.context.current_task_run`). An async flow run on a loop the caller
+made (``asyncio.run(my_flow())``) gives that loop the same task factory, unless it has
+one of its own (:func:`carry_awaited_runs`). A loop with a factory of its own does
+not carry them, and neither does a callback the body schedules with ``loop.call_soon``
+before it asked for its run, nor a copy of the context that other code makes
+(``contextvars.copy_context()``, ``anyio.to_thread.run_sync``): those see the flow run.
 
 asyncio itself is imported on first use: ``import flowcore`` does not load it, and
 no loop can run in a process that has not imported it.
@@ -147,16 +149,31 @@ def _runner() -> asyncio.Runner:
     run awaited on the short path around them (see :func:`_make_task`)."""
     import asyncio
 
+    runner = asyncio.Runner()
+    carry_awaited_runs(runner.get_loop())
+    return runner
+
+
+def carry_awaited_runs(loop: asyncio.AbstractEventLoop) -> None:
+    """Make ``loop`` start tasks and executor calls with the run awaited on the short
+    path around them (see :func:`_make_task`), as the loops flowcore makes do; called
+    too by an async flow run on a loop the caller made (``asyncio.run(my_flow())``, a
+    flow awaited in the caller's ``asyncio.run(main())``). A loop that has a task
+    factory already (flowcore's, or the caller's own) is left as it is: there, tasks
+    and threads that a body starts before it asked for its run see the flow run. The
+    factory stays on the loop after the flow run (it costs a dictionary's truth test
+    per task started while no awaited run is in progress)."""
     global _Task, _STEP_CODE, _current_task
+    if loop.get_task_factory() is not None:
+        return
     if _Task is None:
+        import asyncio
         from asyncio.events import Handle
 
         _Task, _STEP_CODE, _current_task = asyncio.Task, Handle._run.__code__, asyncio.current_task
-    runner = asyncio.Runner()
-    loop = runner.get_loop()
     loop.set_task_factory(_make_task)  # type: ignore[arg-type]
-    loop.run_in_executor = functools.partial(_run_in_executor, loop.run_in_executor)  # type: ignore[method-assign,assignment]
-    return runner
+    with contextlib.suppress(AttributeError):  # a loop whose methods cannot be replaced (uvloop)
+        loop.run_in_executor = functools.partial(_run_in_executor, loop.run_in_executor)  # type: ignore[method-assign,assignment]
 
 
 _Task: Any = None  # asyncio.Task, once a runner was made
@@ -293,4 +310,4 @@ async def _awaited(awaitable: Any) -> Any:
     return await awaitable
 
 
-__all__ = ["call_hook", "in_async_context", "run_sync", "running_loop"]
+__all__ = ["call_hook", "carry_awaited_runs", "in_async_context", "run_sync", "running_loop"]

@@ -395,7 +395,11 @@ class Flow(Generic[P, R]):
         run = context.flow_run
         if run is not None and run.results is None and not context.log_prints:
             context.awaits_plain_in = threading.get_ident()  # this coroutine runs on this thread's loop
-            context.awaiting_loop = asyncio.get_running_loop()
+            context.awaiting_loop = loop = asyncio.get_running_loop()
+            if loop.get_task_factory() is None:  # a loop the caller made (asyncio.run(my_flow()))
+                from flowcore.coroutines import carry_awaited_runs
+
+                carry_awaited_runs(loop)
         token = _scope.set(context)
         print_token = redirect_prints(_run_logger(context)) if context.log_prints else None
         seconds = self.options.timeout_seconds

@@ -861,3 +861,49 @@ def test_threads_given_a_copy_of_the_context_see_the_run_once_the_body_asked() -
     assert set(asked) == {"copies_for_threads-0"} and len(asked) >= 2
     assert set(not_asked[:2]) == {"flow"}  # the limit: see the README's Async section
     assert all(seen in ("flow", None) for seen in not_asked[2:])
+
+
+@task
+async def starts_before_asking() -> tuple[str | None, str | None, str | None]:
+    """A task and a thread started before the body asks for its run, then the body."""
+
+    async def child() -> str | None:
+        await asyncio.sleep(0)
+        return _seen_name()
+
+    in_task = asyncio.create_task(child())
+    in_thread = await asyncio.to_thread(_seen_name)
+    return await in_task, in_thread, _seen_name()
+
+
+@flow
+async def awaits_starts_before_asking() -> Any:
+    return await starts_before_asking()
+
+
+def test_an_async_flow_on_the_callers_loop_carries_its_awaited_runs_into_tasks_and_threads() -> None:
+    """``asyncio.run(my_flow())`` (Prefect's way) and a flow awaited in the caller's
+    ``asyncio.run(main())`` run on a loop flowcore did not make: the flow run gives it
+    flowcore's task factory, so the tasks and ``asyncio.to_thread`` calls an awaited
+    run's body starts before it asks see that run, as on flowcore's own loops (they saw
+    the flow run). A loop with a task factory of its own is left as it is."""
+    expected = ("starts_before_asking-0",) * 3
+
+    async def main() -> Any:
+        return await awaits_starts_before_asking()
+
+    assert asyncio.run(awaits_starts_before_asking()) == expected
+    assert asyncio.run(main()) == expected
+
+    def own_factory(loop: asyncio.AbstractEventLoop, coroutine: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        return asyncio.Task(coroutine, loop=loop, **kwargs)
+
+    async def main_with_a_factory() -> Any:
+        loop = asyncio.get_running_loop()
+        loop.set_task_factory(own_factory)  # type: ignore[arg-type]
+        value = await awaits_starts_before_asking()
+        assert loop.get_task_factory() is own_factory
+        return value
+
+    in_task, in_thread, own = asyncio.run(main_with_a_factory())
+    assert own == "starts_before_asking-0" and in_task is None and in_thread is None  # the flow run
