@@ -404,6 +404,33 @@ def test_awaited_runs_unobserved() -> None:
 
 
 
+def _pairs(home: Any, sql: str) -> dict[Any, Any]:
+    """The two-column rows ``sql`` selects from the history database in ``home``, as a dict."""
+    import sqlite3
+
+    connection = sqlite3.connect(home / "history.db")
+    try:
+        return dict(connection.execute(sql).fetchall())
+    finally:
+        connection.close()
+
+
+def _observed_or_not(run: Any, observed: bool) -> Any:
+    """``run()`` as it is (the run history observing, when its plugin is registered),
+    or with the history plugin unregistered (nothing observing runs)."""
+    from flowcore.registry import get_registry
+
+    registry = get_registry()
+    plugin = registry.pm.get_plugin(HISTORY_PLUGIN)
+    if observed or plugin is None:
+        return run()
+    registry.unregister(plugin)
+    try:
+        return run()
+    finally:
+        registry.register(plugin, name=HISTORY_PLUGIN)
+
+
 def _seen_name() -> str | None:
     from flowcore import get_run_context
 
@@ -443,7 +470,6 @@ def test_what_an_awaited_run_starts_before_it_asks_for_its_run_sees_it(
     run's body starts before it asks for its run see that run (flowcore's loops set it
     in the context they copy); the body sees its own run before and after awaiting
     another one inline; the history records each run under the id its body saw."""
-    import sqlite3
 
     from flowcore.registry import get_registry
 
@@ -456,15 +482,8 @@ def test_what_an_awaited_run_starts_before_it_asks_for_its_run_sees_it(
         first = await starts_helpers_first(0)  # inline, in the flow's own task
         return [first, *await asyncio.gather(*(starts_helpers_first(i) for i in range(1, n)))]
 
-    registry = get_registry()
-    plugin = registry.pm.get_plugin(HISTORY_PLUGIN)
-    if not observed and plugin is not None:
-        registry.unregister(plugin)
-    try:
-        seen = fans_out()
-    finally:
-        if not observed and plugin is not None:
-            registry.register(plugin, name=HISTORY_PLUGIN)
+    seen = _observed_or_not(fans_out, observed)
+    plugin = get_registry().pm.get_plugin(HISTORY_PLUGIN)
     for i, run in enumerate(seen):
         name = f"starts_helpers_first-{i}"
         assert run["own"] == run["task"] == run["thread"] == run["after_inner"] == name
@@ -474,13 +493,7 @@ def test_what_an_awaited_run_starts_before_it_asks_for_its_run_sees_it(
 
     assert awaiting == {}  # every awaited run that started has ended
     if observed and plugin is not None:
-        connection = sqlite3.connect(tmp_path / "history.db")
-        try:
-            stored = dict(connection.execute(
-                "SELECT name, id FROM task_runs_all WHERE task = 'starts_helpers_first'"
-            ).fetchall())
-        finally:
-            connection.close()
+        stored = _pairs(tmp_path, "SELECT name, id FROM task_runs_all WHERE task = 'starts_helpers_first'")
         assert stored == {f"starts_helpers_first-{i}": run["id"] for i, run in enumerate(seen)}
 
 
@@ -702,7 +715,6 @@ def test_an_awaited_run_asked_for_in_a_copy_of_its_context_is_one_run(
     (``contextvars.copy_context().run``: the run is set in that copy only) is one run:
     the body asking again after sees the same id and name, the history records it under
     that id (and its log records too), and nothing is left of it when it ends."""
-    import sqlite3
 
     from flowcore import direct_runs
     from flowcore.context import awaiting
@@ -717,31 +729,18 @@ def test_an_awaited_run_asked_for_in_a_copy_of_its_context_is_one_run(
         first = await asks_in_a_copy_first(0)
         return [first, *await asyncio.gather(*(asks_in_a_copy_first(i) for i in range(1, n)))]
 
-    registry = get_registry()
-    plugin = registry.pm.get_plugin(HISTORY_PLUGIN)
-    if not observed and plugin is not None:
-        registry.unregister(plugin)
-    try:
-        seen = copies()
-    finally:
-        if not observed and plugin is not None:
-            registry.register(plugin, name=HISTORY_PLUGIN)
+    seen = _observed_or_not(copies, observed)
+    plugin = get_registry().pm.get_plugin(HISTORY_PLUGIN)
     for i, (in_copy, own) in enumerate(seen):
         assert in_copy[1] == f"asks_in_a_copy_first-{i}"
         assert own is None or own == in_copy
     assert len({in_copy[0] for in_copy, _ in seen}) == n
     assert awaiting == {} and direct_runs._materialized == {}
     if observed and plugin is not None:
-        connection = sqlite3.connect(tmp_path / "history.db")
-        try:
-            stored = dict(connection.execute(
-                "SELECT name, id FROM task_runs_all WHERE task = 'asks_in_a_copy_first'"
-            ).fetchall())
-            logged = dict(connection.execute(
-                "SELECT task_run_name, task_run_id FROM logs WHERE task_name = 'asks_in_a_copy_first'"
-            ).fetchall())
-        finally:
-            connection.close()
+        stored = _pairs(tmp_path, "SELECT name, id FROM task_runs_all WHERE task = 'asks_in_a_copy_first'")
+        logged = _pairs(
+            tmp_path, "SELECT task_run_name, task_run_id FROM logs WHERE task_name = 'asks_in_a_copy_first'"
+        )
         assert stored == {in_copy[1]: in_copy[0] for in_copy, _ in seen}
         assert logged == {in_copy[1]: in_copy[0] for i, (in_copy, _) in enumerate(seen) if i % 2 == 0}
 
