@@ -532,7 +532,9 @@ def _report_failure(
 ) -> None:
     """Report a run whose body raised, as the engine would have (after the runs before
     it); one cancelled while it ran (``asyncio.CancelledError``) ends ``Cancelled``.
-    KeyboardInterrupt and the like are not reported: they end the flow run."""
+    KeyboardInterrupt and the like end the flow run: such a run is reported (``Crashed``)
+    only if it was reported running already (:func:`announce`), so that it does not
+    read Running for ever."""
     from dataclasses import replace
 
     from flowcore.calls import TaskCall
@@ -548,6 +550,10 @@ def _report_failure(
         from flowcore.states import Cancelled
 
         state = Cancelled("the task run was cancelled while it ran")
+    elif _announced and (flow_run.run_id, id(task), name_number) in _announced:
+        from flowcore.states import Crashed
+
+        state = Crashed(f"the task run was interrupted by {type(exc).__name__} while it ran")
     else:
         return
     state = replace(state, started_at=start, finished_at=time.time(), attempts=1)

@@ -590,3 +590,42 @@ def test_a_long_awaited_run_cancelled_while_it_runs_ends_cancelled(
     ]
     assert direct_runs._materialized == {}
     assert not any(key[1] == id(awaited) for key in direct_runs._announced)
+
+
+_interrupt_release = threading.Event()
+
+
+@task
+def interrupted_after_release() -> None:
+    assert _interrupt_release.wait(30), "never released"
+    raise KeyboardInterrupt
+
+
+def test_a_direct_call_shown_running_then_interrupted_does_not_read_running(home: Path) -> None:
+    """A long direct call reported running, then interrupted (Ctrl-C in its body), ends
+    the flow run Crashed; the task run, which the history shows Running, is recorded
+    Crashed too, not left Running for as long as the process lives (the reader's
+    liveness check only applies once the process is gone)."""
+    if not get_registry().batches_direct_runs:
+        pytest.skip("the history plugin does not observe runs here")
+    _interrupt_release.clear()
+    watcher = RunningWatch(home / "history.db", "interrupted_after_release", "id, state", _interrupt_release.set)
+
+    @flow
+    def interrupted() -> None:
+        watcher.start()
+        interrupted_after_release()
+
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            interrupted()
+    finally:
+        _interrupt_release.set()
+        watcher.join()
+    assert len(watcher.rows) == 1, "never shown Running while it ran"
+    run_id = watcher.rows[0][0]
+    assert recorder.flush(10)
+    rows = _history_rows(home, "SELECT id, state FROM task_runs_all WHERE task = 'interrupted_after_release'")
+    assert rows == [(run_id, "Crashed")]
+    flows = _history_rows(home, "SELECT state FROM flow_runs WHERE flow = 'interrupted'")
+    assert flows == [("Crashed",)]
