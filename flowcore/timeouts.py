@@ -15,9 +15,17 @@ Two mechanisms, chosen per deadline:
   a timed-out task by ending its worker instead.
 
 Ownership is by identity, not by position on a stack: a signal raises an instance
-that names its deadline, and each watchdog deadline injects its own exception class.
-So an exception that surfaces at an awkward moment (inside ``__exit__``) can never
-be mistaken for another deadline's.
+that names its deadline, and each watchdog deadline injects its own exception class
+(which names it too). So an exception that surfaces at an awkward moment (inside
+``__exit__``) can never be mistaken for another deadline's.
+
+An interruption can land where Python cannot raise it: in a gc callback, a
+``__del__`` method or a weakref callback, CPython reports it as unraisable and drops
+it. A hook on :data:`sys.unraisablehook` (installed when a deadline first fires, in
+front of whatever hook is there) catches a live deadline's dropped exception and
+delivers it again in the same thread, so the body is still interrupted; anything else
+goes on to the previous hook. A deadline whose interruption was dropped and whose
+body then finished raises at the end of the block, as its time was up.
 
 ``DeadlineExceeded`` derives from ``BaseException`` so that a task's ``except
 Exception`` cannot swallow it; ``finally`` blocks and context managers still run.
@@ -39,7 +47,11 @@ T = TypeVar("T")
 
 
 class DeadlineExceeded(BaseException):
-    """Raised inside code whose deadline passed. Internal: converted to TaskTimeoutError."""
+    """Raised inside code whose deadline passed. Internal: converted to TaskTimeoutError.
+
+    ``deadline`` names the deadline that fired (an attribute of the instance for a
+    signal, of the class a watchdog deadline injects).
+    """
 
     deadline: Deadline | None = None
 
@@ -91,6 +103,7 @@ class Deadline:
     __slots__ = (
         "_exc_type",
         "_lock",
+        "_retry",
         "_signal_mode",
         "_thread_id",
         "done",
@@ -104,16 +117,17 @@ class Deadline:
         self.expires_at = 0.0
         self.fired = False
         self.done = False
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entered by _deliver_again from a gc callback in __exit__
         self._thread_id = 0
         self._signal_mode = False
+        self._retry = False
         self._exc_type: type[DeadlineExceeded] | None = None
 
     def owns(self, exc: BaseException) -> bool:
         """True when ``exc`` was raised because this deadline passed."""
         if not isinstance(exc, DeadlineExceeded):
             return False
-        return exc.deadline is self or (self._exc_type is not None and type(exc) is self._exc_type)
+        return exc.deadline is self
 
     def _exception(self) -> DeadlineExceeded:
         exc = DeadlineExceeded()
@@ -133,7 +147,9 @@ class Deadline:
             _arm_signal_timer()
         else:
             # Its own exception class: ownership survives any timing of the delivery.
-            self._exc_type = type("DeadlineExceeded", (DeadlineExceeded,), {"__module__": __name__})
+            self._exc_type = type(
+                "DeadlineExceeded", (DeadlineExceeded,), {"__module__": __name__, "deadline": self}
+            )
             _watchdog().add(self)
         return self
 
@@ -145,12 +161,11 @@ class Deadline:
     ) -> None:
         with self._lock:
             self.done = True
-            undelivered = (
-                self.fired and not self._signal_mode and (exc is None or not self.owns(exc))
-            )
-            if undelivered:
-                # Fired, but the asynchronous exception has not surfaced yet: withdraw
-                # it so it cannot go off later, outside this block.
+            # Fired, but its exception did not end the body: not surfaced yet, or
+            # dropped where it could not be raised (see the module's docstring).
+            undelivered = self.fired and (exc is None or not self.owns(exc))
+            if undelivered and not self._signal_mode:
+                # Withdraw it so that it cannot go off later, outside this block.
                 _set_async_exc(self._thread_id, None)
             pending = undelivered and exc_type is None  # the body had finished: time is up
         scopes = _stack.scopes
@@ -160,6 +175,55 @@ class Deadline:
             _arm_signal_timer()
         if pending:
             raise self._exception()
+
+    def _deliver_again(self) -> bool:
+        """Called in the thread whose interruption CPython dropped: deliver it again.
+
+        Scheduled a moment later (``_REDELIVERY_DELAY``), not raised from here: any
+        call made here would see it pending and raise it inside the hook, where it is
+        dropped again. False when this deadline is over or belongs to another thread
+        (the drop is then nothing of ours to undo).
+        """
+        if self._thread_id != threading.get_ident():
+            return False
+        with self._lock:
+            live = not self.done
+            if live:
+                self.expires_at = time.monotonic() + _REDELIVERY_DELAY
+                if self._signal_mode:
+                    self._retry = True
+                    _arm_signal_timer()
+                else:
+                    _watchdog().add(self)
+        return live
+
+
+#: How long after a dropped interruption it is delivered again: long enough for the
+#: code that dropped it (the unraisable hook, a gc callback) to have returned.
+_REDELIVERY_DELAY = 0.001
+
+
+class _UnraisableHook:
+    """``sys.unraisablehook`` in front of ``previous``: a live deadline's dropped
+    interruption is delivered again instead of being reported."""
+
+    def __init__(self, previous: Callable[[Any], object]) -> None:
+        self.previous = previous
+
+    def __call__(self, unraisable: Any) -> None:
+        exc = unraisable.exc_value
+        scope = exc.deadline if isinstance(exc, DeadlineExceeded) else None
+        if scope is not None and scope._deliver_again():
+            return
+        self.previous(unraisable)
+
+
+def _catch_dropped_interruptions() -> None:
+    """Put the hook in front of the current ``sys.unraisablehook`` unless it is there."""
+    import sys
+
+    if not isinstance(sys.unraisablehook, _UnraisableHook):
+        sys.unraisablehook = _UnraisableHook(sys.unraisablehook)
 
 
 # -- waiting under a deadline -----------------------------------------------------
@@ -256,7 +320,7 @@ def _signal_timer_available() -> bool:
 def _arm_signal_timer() -> None:
     import signal
 
-    live = [s for s in _stack.scopes if s._signal_mode and not s.done and not s.fired]
+    live = [s for s in _stack.scopes if s._signal_mode and _signal_due(s)]
     if not live:
         signal.setitimer(signal.ITIMER_REAL, 0)
         return
@@ -264,11 +328,18 @@ def _arm_signal_timer() -> None:
     signal.setitimer(signal.ITIMER_REAL, max(remaining, 1e-4))
 
 
+def _signal_due(scope: Deadline) -> bool:
+    """True while a signal deadline is still to go off: not fired, or dropped."""
+    return not scope.done and (not scope.fired or scope._retry)
+
+
 def _on_alarm(signum: int, frame: FrameType | None) -> None:
     now = time.monotonic()
     for scope in _stack.scopes:  # outermost first
-        if scope._signal_mode and not scope.done and not scope.fired and scope.expires_at <= now:
+        if scope._signal_mode and _signal_due(scope) and scope.expires_at <= now:
             scope.fired = True
+            scope._retry = False
+            _catch_dropped_interruptions()
             _arm_signal_timer()
             raise scope._exception()
     _arm_signal_timer()
@@ -317,6 +388,7 @@ class _Watchdog:
             with scope._lock:
                 if not scope.done:
                     scope.fired = True
+                    _catch_dropped_interruptions()
                     _set_async_exc(scope._thread_id, scope._exc_type)
 
 

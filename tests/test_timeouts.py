@@ -300,3 +300,110 @@ def test_main_thread_deadline_leaves_a_foreign_sigalrm_handler_alone() -> None:
         assert alarms == []
     finally:
         signal.signal(signal.SIGALRM, previous)
+
+
+# -- an interruption that lands where Python cannot raise it ------------------------------------
+
+
+class _DropInGcCallback:
+    """The first garbage collection after ``with`` runs a gc callback that spins until
+    ``deadline`` has fired: its interruption lands in the callback, where CPython
+    reports it as unraisable and drops it. Unraisable exceptions are recorded."""
+
+    def __init__(self, deadline: Deadline) -> None:
+        self.deadline = deadline
+        self.unraisable: list[BaseException | None] = []
+        self.armed = True
+        self.entered = False
+        self.completed = False
+        self._previous_hook = sys.unraisablehook
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase != "stop" or not self.armed:
+            return
+        self.armed = False
+        self.entered = True
+        end = time.monotonic() + NO_HANG
+        while time.monotonic() < end and not self.deadline.fired:
+            pass
+        _busy(0.5)  # the interruption surfaces here, at the latest
+        self.completed = True
+
+    def __enter__(self) -> _DropInGcCallback:
+        import gc
+
+        sys.unraisablehook = lambda hook_args: self.unraisable.append(hook_args.exc_value)
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        import gc
+
+        gc.callbacks.remove(self._callback)
+        sys.unraisablehook = self._previous_hook
+
+
+def _collect_then_work() -> None:
+    """A garbage collection (the callback above drops the interruption), then a long
+    pure-Python loop where a second delivery surfaces."""
+    import gc
+
+    gc.collect(0)
+    _busy(NO_HANG)
+
+
+def test_a_watchdog_interruption_dropped_in_a_gc_callback_is_delivered_again() -> None:
+    """CI failure, 609b6e5: the watchdog's exception surfaced inside a gc callback
+    (hypothesis installs one), CPython reported it as unraisable and dropped it, and the
+    body ran on past its deadline."""
+
+    def body() -> tuple[bool, float, _DropInGcCallback]:
+        deadline = Deadline(0.2)
+        started = time.monotonic()
+        with _DropInGcCallback(deadline) as dropper:
+            try:
+                with deadline:
+                    _collect_then_work()
+            except DeadlineExceeded as exc:
+                return deadline.owns(exc), time.monotonic() - started, dropper
+        return False, time.monotonic() - started, dropper
+
+    owned, elapsed, dropper = _in_thread(body)
+    assert dropper.entered and not dropper.completed  # it was dropped in the callback
+    assert owned
+    assert elapsed < NO_HANG / 2
+    assert dropper.unraisable == []
+
+
+def test_a_signal_interruption_dropped_in_a_gc_callback_is_delivered_again() -> None:
+    _require_main_thread()
+    deadline = Deadline(0.2)
+    started = time.monotonic()
+    with _DropInGcCallback(deadline) as dropper, pytest.raises(DeadlineExceeded) as info, deadline:
+        _collect_then_work()
+    assert dropper.entered and not dropper.completed
+    assert deadline.owns(info.value)
+    assert time.monotonic() - started < NO_HANG / 2
+    assert dropper.unraisable == []
+
+
+@pytest.mark.parametrize("where", ["main thread", "worker thread"])
+def test_an_interruption_dropped_as_the_body_finishes_is_raised_at_its_end(where: str) -> None:
+    """Dropped in a gc callback, then the body ends before a second delivery: the block
+    still ends with the deadline's exception (its time was up)."""
+
+    def body() -> tuple[bool, _DropInGcCallback]:
+        import gc
+
+        deadline = Deadline(0.1)
+        with _DropInGcCallback(deadline) as dropper:
+            try:
+                with deadline:
+                    gc.collect(0)
+            except DeadlineExceeded as exc:
+                return deadline.owns(exc), dropper
+        return False, dropper
+
+    owned, dropper = body() if where == "main thread" else _in_thread(body)
+    assert dropper.entered and not dropper.completed
+    assert owned
