@@ -298,7 +298,7 @@ def _announce(flow_run_id: str | None, min_age: float) -> None:
                 start, worker = call.started_at, thread_worker(name) if name else None
             elif _start_sources:  # in a worker process, perhaps
                 if elsewhere is None:
-                    elsewhere = _started_elsewhere()
+                    elsewhere = started_elsewhere()
                 found = elsewhere.get(run_id)
                 if found is None:
                     continue
@@ -315,8 +315,10 @@ def _announce(flow_run_id: str | None, min_age: float) -> None:
             registry.publish(events)
 
 
-def _started_elsewhere() -> dict[str, tuple[float, Worker | None]]:
-    """What the start sources say (a source that raises says nothing)."""
+def started_elsewhere() -> dict[str, tuple[float, Worker | None]]:
+    """``{run id: (start, worker)}`` of the runs executing in other processes now, as
+    the start sources say (see :func:`add_start_source`; a source that raises says
+    nothing)."""
     found: dict[str, tuple[float, Worker | None]] = {}
     for source in list(_start_sources):
         try:

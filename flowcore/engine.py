@@ -73,6 +73,29 @@ def run_tracker() -> RunTracker | None:
     return _tracker
 
 
+#: the batches of a map executing in this process now, by the id of their first run
+#: (see :func:`executing_rows`)
+_executing: dict[str, _RowContext] = {}
+
+
+def executing_rows(first_run_id: str) -> list[tuple[int, float, Worker]]:
+    """``[(position, start, worker)]`` of the runs executing now in the batch of a map
+    that starts with run ``first_run_id``, when that batch runs in this process (an
+    in-process backend); ``[]`` when it does not, or is between two runs. Any thread
+    may ask: it reads what the batch's loop leaves in its context."""
+    context = _executing.get(first_run_id)
+    if context is None or context.ends is None:
+        return []
+    worker = context.worker
+    assert worker is not None
+    if context.index < 0:  # the runs of an async task, awaited together since the start
+        return [(i, context.started, worker) for i in range(len(context._rows))]
+    index, ends = context.index, context.ends
+    if len(ends) > index:  # that run has ended, the next one has not begun
+        return []
+    return [(index, ends[index - 1] if index else context.started, worker)]
+
+
 def run_call(call: TaskCall) -> State[Any]:
     """Run ``call`` with retries and timeouts; return its final state. Never raises
     for an exception of the task; ``sys.exit()`` in the body ends the run ``Crashed``
@@ -490,7 +513,10 @@ class _RowContext(TaskRunContext):
     """The task run context of the runs of one batch: the loop moves ``index``; the
     call and the logger of the current run are made only if the task asks."""
 
-    __slots__ = ("_batch_call", "_call_index", "_first", "_kw_rows", "_prefix", "_rows", "_submitted", "index")
+    __slots__ = (
+        "_batch_call", "_call_index", "_first", "_kw_rows", "_prefix", "_rows", "_submitted", "ends", "index",
+        "started", "worker",
+    )
 
     def __init__(
         self,
@@ -513,6 +539,11 @@ class _RowContext(TaskRunContext):
         self._kw_rows = rows.kwarg_rows()
         self._call_index = -1
         self.index = 0
+        #: set by the loop of a batch that runs in this process (see executing_rows):
+        #: when it started, the ends of its runs so far, and where
+        self.ends: list[float] | None = None
+        self.started = 0.0
+        self.worker: Worker | None = None
 
     def run_name(self, index: int) -> str:
         if self._submitted is not None:
@@ -569,7 +600,14 @@ def run_rows(
     """
     context = _RowContext(task, batch_call, first_run_id, rows)
     if not collect_logs:
-        return (*_run_rows(context, first_run_id, skip), [], current_worker())
+        worker = context.worker = current_worker()
+        if first_run_id is None:
+            return (*_run_rows(context, first_run_id, skip), [], worker)
+        _executing[first_run_id] = context  # its runs read Running in the history
+        try:
+            return (*_run_rows(context, first_run_id, skip), [], worker)
+        finally:
+            del _executing[first_run_id]
     from flowcore.log_relay import capture
     from flowcore.serialization import Repairable
 
@@ -625,12 +663,14 @@ def _run_rows(
     append = values.append
     finished = ends.append
     now = time.time
-    started = now()
+    started = context.started = now()
+    context.ends = ends
     flow_run = context._batch_call[6]
     kept = task.keeps_results or (flow_run is not None and flow_run.results is not None)
     if task.isasync and _tracker is None:
         # Coroutine bodies wait together on this thread's loop. Not in a journaled
         # worker process: there a crash is pinned on the one run executing.
+        context.index = -1
         return _await_rows(context, len(rows), skip, started)
     if (
         first_run_id is None or kept or not task.single_attempt or context._batch_call[3]
@@ -640,6 +680,7 @@ def _run_rows(
         # kept (or resumed): each run goes through the engine; a run with a kept result
         # is reported exactly.
         for index in range(len(rows)):
+            context.index = index
             if index in skip:
                 append(None)
                 finished(now())

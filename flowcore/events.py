@@ -210,6 +210,12 @@ class RunColumns:
     #: the runs belong to one ``.map`` (every batch of it names the same map, by the id
     #: of its first run): its SUBMITTED columns cover all of its runs; None otherwise
     map_id: str | None = None
+    #: for a map's SUBMITTED columns: what says which of its runs execute now, as
+    #: ``{position: (start, worker)}`` (start None: not known to the second); any
+    #: thread may call it; None: nobody can tell
+    executing: Callable[[], dict[int, tuple[float | None, Worker | None]]] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     def __len__(self) -> int:
         return len(self.numbers)

@@ -357,7 +357,42 @@ class MapBlock(BatchSender[tuple[int, int, frozenset[int]]]):
         return RunColumns(
             kinds, self.task, self.task.name, self.common[0], self.backend.name, worker, self.prefix,
             numbers, names, self.submitted_at, starts, ends, exceptional, self.run_id(0),
+            self.executing if kinds == (EventKind.SUBMITTED,) else None,
         )
+
+    def executing(self) -> dict[int, tuple[float | None, Worker | None]]:
+        """``{index: (start, worker)}`` of the runs executing now (any thread may ask):
+        in this process, what the loop of each batch out says; elsewhere, what the
+        start sources say (the process workers' journals: a batch's first run's start
+        is known, a later one's is None). Runs of a batch out but not begun are not
+        executing: they wait in the backend's queue or behind the batch's earlier runs."""
+        with self.lock:
+            batches = list(self.in_flight.items())
+        found: dict[int, tuple[float | None, Worker | None]] = {}
+        if not batches:
+            return found
+        if self.in_process:
+            from flowcore.engine import executing_rows
+
+            for start, _ in batches:
+                for offset, began, worker in executing_rows(self.run_id(start)):
+                    found[start + offset] = (began, worker)
+        else:
+            from flowcore.deferred_runs import started_elsewhere
+
+            for run_id, (began, where) in started_elsewhere().items():
+                prefix, _, number = run_id.rpartition("-")
+                if prefix != self.prefix:
+                    continue
+                try:
+                    index = int(number, 16) - self.first_number
+                except ValueError:
+                    continue
+                batch = [start for start, stop in batches if start <= index < stop]
+                if batch:
+                    found[index] = (began if index == batch[0] else None, where)
+        status = self.status
+        return {index: where for index, where in found.items() if not status[index]}
 
     def _event(self, index: int, kind: EventKind, worker: Worker | None) -> TaskRunEvent:
         from flowcore.events import EventKind, TaskRunEvent

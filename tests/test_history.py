@@ -1063,58 +1063,111 @@ def test_a_maps_batches_read_as_columns_agree_with_their_events(home: Path) -> N
         store.close()
 
 
-def test_runs_of_a_running_map_are_recorded_pending_before_they_end(home: Path, tmp_path: Path) -> None:
+MAP_WAITING_FOR_GO = """
+    import sys, time
+    from pathlib import Path
+    from flowcore import flow, get_backend, task
+
+    @task
+    def wait_for_go(x, go):
+        deadline = time.monotonic() + 120  # never outlive a test killed before it says go
+        while not Path(go).exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return x
+
+    @flow(backend=get_backend(sys.argv[2], max_workers=2))
+    def waiting(go: str):
+        return [f.result() for f in wait_for_go.map(range(6), go=go)]
+
+    if __name__ == "__main__":
+        print(waiting(sys.argv[1]))
+"""
+
+
+def _running_map(home: Path, tmp_path: Path, backend: str) -> tuple[subprocess.Popen[str], Path, Path, str]:
+    """Start a flow whose map of 6 runs waits for a file, on ``backend`` with 2 workers;
+    return once its pending map row is written: (process, go file, db, flow run id)."""
     script = tmp_path / "waiting.py"
-    script.write_text(textwrap.dedent("""
-        import sys, time
-        from pathlib import Path
-        from flowcore import flow, task
-
-        @task
-        def wait_for_go(x, go):
-            deadline = time.monotonic() + 120  # never outlive a test killed before it says go
-            while not Path(go).exists() and time.monotonic() < deadline:
-                time.sleep(0.05)
-            return x
-
-        @flow(backend="loky")
-        def waiting(go: str):
-            return [f.result() for f in wait_for_go.map(range(6), go=go)]
-
-        if __name__ == "__main__":
-            print(waiting(sys.argv[1]))
-    """))
+    script.write_text(textwrap.dedent(MAP_WAITING_FOR_GO))
     go = tmp_path / "go"
-    process = subprocess.Popen([sys.executable, str(script), str(go)], stdout=subprocess.PIPE,
+    process = subprocess.Popen([sys.executable, str(script), str(go), backend], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     db = home / "history.db"
+    deadline = time.monotonic() + 60
+    waiting: list[tuple[Any, ...]] = []
     try:
-        deadline = time.monotonic() + 60
-        waiting: list[tuple[Any, ...]] = []
         while not waiting:  # a map that outlives the writer's hold is written as one pending row
             assert process.poll() is None and time.monotonic() < deadline, process.communicate()
             time.sleep(0.1)
             if db.exists():
                 with contextlib.suppress(sqlite3.OperationalError):  # the schema is being made
                     waiting = query(db, "SELECT flow_run_id, task, count - done, submitted_time FROM pending_maps")
-        [(flow_run_id, task_name, left, submitted)] = waiting
-        assert (task_name, left) == ("wait_for_go", 6) and submitted is not None
-        store = SQLiteStore(db, readonly=True)
-        try:
-            detail = store.get_run(flow_run_id)
-        finally:
-            store.close()
-        assert sorted(t.name for t in detail.task_runs) == [f"wait_for_go-{i}" for i in range(6)]
-        assert {t.state for t in detail.task_runs} == {"Pending"}
-        assert detail.run.task_counts == {"Pending": 6}
-    finally:
+    except BaseException:
         go.touch()
-        out, err = process.communicate(timeout=120)
+        process.communicate(timeout=120)
+        raise
+    [(flow_run_id, task_name, left, submitted)] = waiting
+    assert (task_name, left) == ("wait_for_go", 6) and submitted is not None
+    return process, go, db, flow_run_id
+
+
+def _finish_running_map(process: subprocess.Popen[str], go: Path, db: Path) -> None:
+    go.touch()
+    out, err = process.communicate(timeout=120)
     assert process.returncode == 0, err
     assert out.strip() == "[0, 1, 2, 3, 4, 5]"
     rows = query(db, "SELECT state, count(*), count(submitted_time), count(worker_pid) FROM task_runs_all GROUP BY 1")
     assert rows == [("Completed", 6, 6, 6)]
     assert query(db, "SELECT count(*) FROM pending_maps") == [(0,)]  # gone once every run finished
+
+
+@pytest.mark.parametrize("backend", ["threads", "loky"])
+def test_the_runs_of_a_map_are_recorded_running_while_they_execute(
+    home: Path, tmp_path: Path, backend: str
+) -> None:
+    """A map's runs read Pending until they start and Running, with their start and
+    worker, while they execute (they read Pending until their batch ended)."""
+    process, go, db, flow_run_id = _running_map(home, tmp_path, backend)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            store = SQLiteStore(db, readonly=True)
+            try:
+                detail = store.get_run(flow_run_id)
+            finally:
+                store.close()
+            running = [t for t in detail.task_runs if t.state == "Running"]
+            if len(running) == 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert sorted(t.name for t in detail.task_runs) == [f"wait_for_go-{i}" for i in range(6)]
+        assert len(running) == 2, [(t.name, t.state) for t in detail.task_runs]
+        assert {t.state for t in detail.task_runs} == {"Running", "Pending"}
+        assert detail.run.task_counts == {"Running": 2, "Pending": 4}
+        for run in running:
+            assert run.state_type == "RUNNING" and run.end is None
+            assert run.start is not None and run.submitted is not None and run.start >= run.submitted
+            assert run.worker is not None and run.worker.pid is not None
+            # threads run in the flow's process; loky's workers are processes of their own
+            assert (run.worker.pid == process.pid) == (backend == "threads")
+        assert len({str(run.worker) for run in running}) == 2  # one per worker
+        listed = SQLiteStore(db, readonly=True)
+        try:
+            [summary] = [r for r in listed.list_runs() if r.id == flow_run_id]
+        finally:
+            listed.close()
+        assert summary.task_counts == {"Running": 2, "Pending": 4}
+        from flowcore.dashboard.queries import HistoryQueries
+
+        queries = HistoryQueries(db)
+        try:
+            workers = queries.workers(summary)
+        finally:
+            queries.close()
+        assert workers.pending == 4 and workers.busy == 2  # the dashboard's Workers view
+        assert sorted(n for w in workers.workers for n in w.running) == sorted(t.name for t in running)
+    finally:
+        _finish_running_map(process, go, db)
 
 
 BACKEND_OPTIONS_FLOWS = """

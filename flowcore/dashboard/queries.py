@@ -45,7 +45,7 @@ from flowcore.history.records import (
     TaskRunRecord,
     WorkerRecord,
 )
-from flowcore.history.sqlite import BLOCK_COLUMNS, fill_task_counts
+from flowcore.history.sqlite import BLOCK_COLUMNS, fill_task_counts, running_in_map
 
 #: the relation every task-level statement reads (see the module docstring)
 TASK_RUNS = "task_runs"
@@ -611,11 +611,16 @@ class HistoryQueries:
                 (run.id,),
             )
         ]
-        rows += [
-            (None, None, None, None, "PENDING", left, None, None)
-            for (left,) in self.rows(f"SELECT sum(count - done) FROM {PENDING_MAPS} WHERE flow_run_id = ?", (run.id,))
-            if left
-        ]
+        for task, name_first, left, running in self.rows(
+            f"SELECT task, name_first, count - done, running FROM {PENDING_MAPS} WHERE flow_run_id = ?", (run.id,)
+        ):
+            executing = running_in_map(running)
+            for position, (_, worker) in executing.items():
+                where = worker or WorkerRecord(None, None, None, None)
+                rows.append((where.host, where.pid, where.thread, where.address, "RUNNING", 1, None,
+                             f"{task}-{name_first + position}"))
+            if left > len(executing):
+                rows.append((None, None, None, None, "PENDING", left - len(executing), None, None))
         table: dict[str, WorkerStatus] = {}
         pending = unplaced = 0
         for host, pid, thread, address, state_type, count, last, running in rows:

@@ -502,14 +502,33 @@ class _OpenMap:
     """A map whose runs are not all finished: its SUBMITTED columns, how many of its
     runs finished, and whether its pending row is written."""
 
-    __slots__ = ("columns", "done", "reported", "since", "written")
+    __slots__ = ("columns", "done", "reported", "running", "since", "written")
 
     def __init__(self, columns: RunColumns, since: float) -> None:
         self.columns = columns
         self.done = 0
         self.reported = 0  # ``done`` as last written
+        #: its runs executing, as last written: position -> (start, worker)
+        self.running: dict[int, tuple[float, Any]] = {}
         self.since = since
         self.written = False
+
+    def executing_now(self) -> dict[int, tuple[float, Any]]:
+        """Its runs executing now (what its columns' ``executing`` says), each with its
+        start: as reported, else as first seen executing (now)."""
+        executing = self.columns.executing
+        if executing is None or self.done >= len(self.columns):
+            return {}
+        try:
+            found = executing()
+        except Exception:  # a map's bookkeeping must never stop the writer
+            return self.running
+        seen = time.time()
+        known = self.running
+        return {
+            position: (start if start is not None else known.get(position, (seen, None))[0], worker)
+            for position, (start, worker) in found.items()
+        }
 
 
 class _OpenRuns:
@@ -532,7 +551,9 @@ class _OpenRuns:
         self.maps: dict[str, _OpenMap] = {}
 
     def waiting(self) -> bool:
-        return bool(self.held) or any(not m.written or m.done != m.reported for m in self.maps.values())
+        return bool(self.held) or any(
+            not m.written or m.done != m.reported or m.columns.executing is not None for m in self.maps.values()
+        )
 
 
 #: a block's identity in one transaction: flow run, task, backend, worker, id prefix
@@ -712,8 +733,10 @@ class _Pending:
                 continue
             if not open_map.written and not (release or now - open_map.since >= HOLD_PENDING_S):
                 continue
-            if open_map.written and open_map.done == open_map.reported:
+            running = open_map.executing_now()
+            if open_map.written and open_map.done == open_map.reported and running == open_map.running:
                 continue
+            open_map.running = running
             batch.pending_maps.append(_pending_map_write(map_id, open_map))
             open_map.written, open_map.reported = True, open_map.done
             if complete:
@@ -741,10 +764,15 @@ def _block_of(columns: RunColumns, positions: list[int] | None) -> TaskRunBlockW
 
 def _pending_map_write(map_id: str, open_map: _OpenMap) -> PendingMapWrite:
     columns = open_map.columns
+    running = [
+        [position, start, getattr(worker, "host", None), getattr(worker, "pid", None),
+         getattr(worker, "thread", None), getattr(worker, "address", None)]
+        for position, (start, worker) in sorted(open_map.running.items())
+    ]
     return PendingMapWrite(
         map_id, columns.flow_run_id, columns.task_name, columns.id_prefix, columns.numbers[0],
         columns.name_numbers[0], len(columns), open_map.done, columns.submitted_at(0), columns.backend,
-        _tags(columns.task),
+        _tags(columns.task), json.dumps(running, separators=(",", ":")) if running else None,
     )
 
 

@@ -477,8 +477,9 @@ class LogWrite:
 class PendingMapWrite:
     """The runs of one ``.map`` not finished yet, as one row: runs ``first_number`` ..
     ``first_number + count - 1`` (names from ``name_first``), of which ``done`` are
-    stored elsewhere (finished). Written when a map outlives the writer's hold; ``done``
-    is updated as its runs finish, and the row goes when ``done == count``."""
+    stored elsewhere (finished) and those in ``running`` execute now. Written when a map
+    outlives the writer's hold; ``done`` and ``running`` are updated as its runs start
+    and finish, and the row goes when ``done == count``."""
 
     key: str  # f"{id_prefix}-{first_number:x}": the row's id
     flow_run_id: str | None
@@ -491,6 +492,9 @@ class PendingMapWrite:
     submitted_time: float
     backend: str | None
     tags: str | None
+    #: JSON ``[[position, start, host, pid, thread, address], ...]``: the runs of the map
+    #: executing now (position: from ``first_number``); the others not ``done`` are pending
+    running: str | None = None
 
 
 @dataclass(slots=True)

@@ -222,8 +222,11 @@ CREATE TABLE task_run_results (
 CREATE INDEX task_run_results_by_flow_run ON task_run_results (flow_run_id)
 """
 
+#: step 5: which runs of a running map execute now (they read Running, not Pending)
+RUNNING_MAPS_SQL = "ALTER TABLE pending_maps ADD COLUMN running TEXT"
+
 MIGRATIONS: tuple[Migration, ...] = (
-    _script(_V1), _script(DEPLOYMENTS_SQL), _script(LIMITS_SQL), _script(RESULTS_SQL),
+    _script(_V1), _script(DEPLOYMENTS_SQL), _script(LIMITS_SQL), _script(RESULTS_SQL), _script(RUNNING_MAPS_SQL),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -391,12 +394,15 @@ _INSERT_BLOCK = (
     "(?, ?, ?, ?, ?, ?, ?, ?, coalesce(?, '[]'), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _PENDING_MAP_COLUMNS = (
-    "id, flow_run_id, task, id_prefix, first_number, name_first, count, done, submitted_time, backend, tags"
+    "id, flow_run_id, task, id_prefix, first_number, name_first, count, done, submitted_time, backend, tags, "
+    "running"
 )
 _UPSERT_PENDING_MAP = (
-    f"INSERT INTO pending_maps ({_PENDING_MAP_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, coalesce(?, '[]')) "
-    "ON CONFLICT (id) DO UPDATE SET done = excluded.done"
+    f"INSERT INTO pending_maps ({_PENDING_MAP_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, coalesce(?, '[]'), ?) "
+    "ON CONFLICT (id) DO UPDATE SET done = excluded.done, running = excluded.running"
 )
+#: how many runs of a pending map execute now, in SQL
+RUNNING_IN_MAP = "json_array_length(coalesce(running, '[]'))"
 
 
 def _block_row(w: TaskRunBlockWrite) -> tuple[Any, ...]:
@@ -569,7 +575,7 @@ class SQLiteStore(HistoryStore):
         block_rows = [_block_row(w) for w in batch.task_run_blocks]
         map_rows = [
             (m.key, m.flow_run_id, m.task, m.id_prefix, m.first_number, m.name_first, m.count, m.done,
-             m.submitted_time, m.backend, m.tags)
+             m.submitted_time, m.backend, m.tags, m.running)
             for m in batch.pending_maps if m.done < m.count
         ]
         finished_maps = [(m.key,) for m in batch.pending_maps if m.done >= m.count]
@@ -825,14 +831,22 @@ class SQLiteStore(HistoryStore):
             known.update(
                 row[0] for row in self._read("SELECT id FROM task_runs WHERE flow_run_id = ?", (flow_run_id,))
             )
-            for (_, flow_run, task, prefix, first, name_first, count, _done, submitted, backend, tags) in maps:
+            for (_, flow_run, task, prefix, first, name_first, count, _done, submitted, backend, tags,
+                 running) in maps:
+                executing = running_in_map(running)
                 for i in range(count):
                     run_id = f"{prefix}-{first + i:x}"
-                    if run_id not in known:
-                        runs.append(TaskRunRecord(
-                            run_id, flow_run, task, f"{task}-{name_first + i}", "Pending", "PENDING",
-                            submitted=submitted, backend=backend, tags=json_or(tags, []),
-                        ))
+                    if run_id in known:
+                        continue
+                    record = TaskRunRecord(
+                        run_id, flow_run, task, f"{task}-{name_first + i}", "Pending", "PENDING",
+                        submitted=submitted, backend=backend, tags=json_or(tags, []),
+                    )
+                    where = executing.get(i)
+                    if where is not None:
+                        record.state, record.state_type, record.attempts = "Running", "RUNNING", 1
+                        record.start, record.worker = where
+                    runs.append(record)
         return runs
 
     def logs(
@@ -941,7 +955,7 @@ def fill_task_counts(
 ) -> None:
     """Fill ``task_counts`` (state name -> count) of ``runs`` with ``read(sql, args)``:
     rows of ``task_runs``, runs in ``task_run_blocks`` (Completed) and maps' runs not
-    finished (Pending); a crashed run's unfinished runs count as Crashed."""
+    finished (Running or Pending); a crashed run's unfinished runs count as Crashed."""
     by_id = {run.id: run for run in runs}
     ids = list(by_id)
     for start in range(0, len(ids), 500):
@@ -950,7 +964,8 @@ def fill_task_counts(
         for table, state_column, counted in (
             ("task_runs", "state", "count(*)"),
             ("task_run_blocks", "'Completed'", "sum(count)"),
-            ("pending_maps", "'Pending'", "sum(count - done)"),
+            ("pending_maps", "'Pending'", f"sum(count - done - {RUNNING_IN_MAP})"),
+            ("pending_maps", "'Running'", f"sum({RUNNING_IN_MAP})"),
         ):
             for run_id, state_name, count in read(
                 f"SELECT flow_run_id, {state_column}, {counted} FROM {table} WHERE flow_run_id IN ({marks}) "
@@ -963,6 +978,16 @@ def fill_task_counts(
     for run in runs:
         if run.state_type == "CRASHED":
             _crash_open_counts(run.task_counts)
+
+
+def running_in_map(running: str | None) -> dict[int, tuple[float | None, WorkerRecord | None]]:
+    """A pending map's ``running`` column: ``{position: (start, worker)}`` of its runs
+    executing (when it was last written)."""
+    found: dict[int, tuple[float | None, WorkerRecord | None]] = {}
+    for position, start, host, pid, thread, address in json_or(running, []):
+        worker = WorkerRecord(host, pid, thread, address) if host is not None or pid is not None else None
+        found[int(position)] = (start, worker)
+    return found
 
 
 def _crash_open_counts(counts: dict[str, int]) -> None:
