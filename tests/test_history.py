@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import sqlite3
@@ -1166,6 +1167,13 @@ def test_the_runs_of_a_map_are_recorded_running_while_they_execute(
             queries.close()
         assert workers.pending == 4 and workers.busy == 2  # the dashboard's Workers view
         assert sorted(n for w in workers.workers for n in w.running) == sorted(t.name for t in running)
+        shown = subprocess.run([sys.executable, "-m", "flowcore", "runs", "show", flow_run_id],
+                               capture_output=True, text=True, timeout=120)
+        assert shown.returncode == 0, shown.stderr
+        lines = [line for line in shown.stdout.splitlines() if " Running " in line and "wait_for_go-" in line]
+        assert len(lines) == 2, shown.stdout
+        for line in lines:  # how long it has run so far
+            assert re.search(r" \d+(ms|\.\ds|m\d\ds)\+ ", line), line
     finally:
         _finish_running_map(process, go, db)
 

@@ -289,7 +289,7 @@ def _show(args: argparse.Namespace) -> int:
     if tasks:
         shown = tasks[:SHOW_TASKS]
         rows = [
-            [t.id, t.name, t.state, str(t.attempts), duration(t.duration_s), str(t.worker) if t.worker else "-"]
+            [t.id, t.name, t.state, str(t.attempts), run_duration(t), str(t.worker) if t.worker else "-"]
             for t in shown
         ]
         print()

@@ -6,7 +6,7 @@ import json
 import time
 from typing import Any
 
-from flowcore.history.records import FlowRunRecord
+from flowcore.history.records import FlowRunRecord, TaskRunRecord
 
 
 def local_time(timestamp: float | None, *, zone: bool = False) -> str:
@@ -33,8 +33,8 @@ def duration(seconds: float | None, unit_gap: str = "") -> str:
     return f"{hours}h{minutes:02d}m"
 
 
-def run_duration(run: FlowRunRecord, unit_gap: str = "") -> str:
-    """How long ``run`` took, or has taken so far (then marked ``+``)."""
+def run_duration(run: FlowRunRecord | TaskRunRecord, unit_gap: str = "") -> str:
+    """How long ``run`` (a flow or task run) took, or has taken so far (then marked ``+``)."""
     if run.end is None and run.start is not None and not run.is_final():
         return duration(time.time() - run.start, unit_gap) + "+"
     return duration(run.duration_s, unit_gap)
