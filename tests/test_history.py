@@ -32,6 +32,7 @@ from flowcore.history.records import (
     HistoryBatch,
     LogRecord,
     LogWrite,
+    PendingMapWrite,
     StateRecord,
     TaskRunWrite,
 )
@@ -591,6 +592,43 @@ def test_a_new_migration_upgrades_an_older_database_and_keeps_its_rows(tmp_path:
         connection.close()
     assert query(db, "PRAGMA user_version") == [(SCHEMA_VERSION + 1,)]
     assert query(db, "SELECT id, notes FROM flow_runs") == [("aa11", "")]
+
+
+def test_a_version_4_database_gets_the_running_column_of_pending_maps(tmp_path: Path) -> None:
+    """Step 5: a map row written by a flowcore that did not know which runs execute
+    keeps its runs pending; one written after says which run."""
+    db = tmp_path / "history.db"
+    connection = sqlite3.connect(db, isolation_level=None)
+    migrate(connection, MIGRATIONS[:4], location=str(db))
+    connection.execute(
+        "INSERT INTO pending_maps (id, flow_run_id, task, id_prefix, first_number, name_first, count, done, "
+        "submitted_time, backend) VALUES ('p-10', 'aa11', 'step', 'p', 16, 0, 3, 1, 100.0, 'threads')"
+    )
+    connection.close()
+    store = SQLiteStore(db)
+    try:
+        from flowcore.processes import process_start
+
+        alive = _flow("aa11", state="Running", state_type="RUNNING", start=99.0, host=socket.gethostname(),
+                      pid=os.getpid(), heartbeat=time.time(), process_start=process_start(os.getpid()))
+        store.write_events(HistoryBatch(flow_runs=[alive]))
+        assert store.query("PRAGMA user_version") == [(SCHEMA_VERSION,)]
+        detail = store.get_run("aa11")
+        assert sorted((t.name, t.state) for t in detail.task_runs) == [
+            ("step-0", "Pending"), ("step-1", "Pending"), ("step-2", "Pending"),
+        ]  # done counts runs stored elsewhere: none here, so all three are listed
+        assert detail.run.task_counts == {"Pending": 3}
+        store.write_events(HistoryBatch(pending_maps=[PendingMapWrite(
+            "p-10", "aa11", "step", "p", 16, 0, 3, 1, 100.0, "threads", None,
+            json.dumps([[1, 101.5, "h", 7, "worker-1", None]]),
+        )]))
+        detail = store.get_run("aa11")
+        [running] = [t for t in detail.task_runs if t.state == "Running"]
+        assert (running.name, running.start, str(running.worker)) == ("step-1", 101.5, "h:7/worker-1")
+        [listed] = store.list_runs()
+        assert listed.task_counts == {"Pending": 1, "Running": 1}
+    finally:
+        store.close()
 
 
 def test_a_database_from_a_newer_flowcore_is_refused_clearly(tmp_path: Path) -> None:
