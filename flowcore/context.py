@@ -277,9 +277,10 @@ def current_flow_run() -> FlowRunContext | None:
 #: context variable makes two objects, and thousands of awaited runs in flight make
 #: the cyclic GC run more often: see :func:`flowcore.direct_runs.call_async`): their
 #: code object -> what gives that run's TaskRunContext from their frame (made when
-#: first asked for, then the same one until the run ends).
-#: Registered by :mod:`flowcore.direct_runs`.
-awaiting_codes: dict[CodeType, Callable[[FrameType], TaskRunContext]] = {}
+#: first asked for, then the same one until the run ends). Registered by
+#: :mod:`flowcore.direct_runs`; a flow's attempts are registered too, giving None: a
+#: flow run's body (a subflow awaited in a task) belongs to no task run.
+awaiting_codes: dict[CodeType, Callable[[FrameType], TaskRunContext | None]] = {}
 #: asyncio task -> how many runs awaited on the short path are in progress in it (their
 #: bodies run inline in it, found on its stack): flowcore's loops look at the stack of
 #: a task that starts a task or a thread only when it is named here (see

@@ -12,6 +12,7 @@ ones are stopped too, so a failed run ends within seconds.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import inspect
 import sys
@@ -34,7 +35,15 @@ from typing import (
 from flowcore import registry, states
 from flowcore.annotations import quote
 from flowcore.calls import FlowRun, new_flow_run_id
-from flowcore.context import FlowRunContext, _scope, resuming
+from flowcore.context import (
+    FlowRunContext,
+    TaskRunContext,
+    _scope,
+    _task_run,
+    awaiting_codes,
+    current_task_run,
+    resuming,
+)
 from flowcore.coroutines import call_hook, handed_to_a_runner, in_async_context, run_sync
 from flowcore.errors import TaskTimeoutError
 from flowcore.selection import slot_for
@@ -61,6 +70,17 @@ def _run_logger(context: FlowRunContext) -> logging.LoggerAdapter:  # type: igno
     from flowcore.loggers import flow_logger
 
     return flow_logger(context)
+
+
+def _leave_task_run() -> contextvars.Token[TaskRunContext | None] | None:
+    """A flow called in a task body is a run of its own: its body sees no task run
+    (``get_run_context()``, ``get_run_logger()``), as in Prefect 3. A token to restore
+    the task run with, or None when there was none. (A task awaited on the short path
+    is not in the context variable: the stack walk of
+    :func:`flowcore.context.current_task_run` stops at a flow's attempt instead.)"""
+    if _task_run.get() is None:
+        return None
+    return _task_run.set(None)
 
 
 class _OpenRun(NamedTuple):
@@ -168,10 +188,17 @@ class Flow(Generic[P, R]):
     def _open_run(self, parameters: dict[str, Any]) -> _OpenRun:
         """The flow run record, its backend slot, its parent scope and its display."""
         parent = _scope.get()
+        parent_run_id = parent.flow_run.run_id if parent is not None and parent.flow_run else None
+        in_task = None
         if parent is None:
             from flowcore.config import check_environment
 
             check_environment()
+            # In a task body that does not see its flow's scope (a pool thread, a worker
+            # process): a subflow of the task's flow run all the same.
+            in_task = current_task_run()
+            if in_task is not None:
+                parent_run_id = in_task.flow_run.run_id if in_task.flow_run else in_task.call.flow_run_id
         slot = slot_for(self.options.backend, parent)
         run_id = new_flow_run_id()
         run = FlowRun(
@@ -180,7 +207,7 @@ class Flow(Generic[P, R]):
             name=f"{self.name}-{run_id[:8]}",
             parameters=parameters,
             backend=slot.name,
-            parent_run_id=parent.flow_run.run_id if parent is not None and parent.flow_run else None,
+            parent_run_id=parent_run_id,
             started_at=time.time(),
             backend_options=registry.options_of(slot.get()),
         )
@@ -201,7 +228,7 @@ class Flow(Generic[P, R]):
 
         ensure_console_handler()
         display = None
-        if parent is None:  # a top-level run on a terminal shows its progress
+        if parent is None and in_task is None:  # a top-level run on a terminal shows its progress
             from flowcore.progress import start_for
 
             display = start_for(run)
@@ -390,7 +417,7 @@ class Flow(Generic[P, R]):
         import asyncio
 
         from flowcore.futures import collect_futures, wait_async
-        from flowcore.loggers import redirect_prints, restore_prints
+        from flowcore.loggers import restore_prints
 
         run = context.flow_run
         if run is not None and run.results is None and not context.log_prints:
@@ -401,7 +428,8 @@ class Flow(Generic[P, R]):
 
                 carry_awaited_runs(loop)
         token = _scope.set(context)
-        print_token = redirect_prints(_run_logger(context)) if context.log_prints else None
+        print_token = self._redirect_prints(context)
+        outer_task_run = _leave_task_run()
         seconds = self.options.timeout_seconds
         timer = None
         try:
@@ -433,16 +461,19 @@ class Flow(Generic[P, R]):
             self._interrupted(context, exc)
             raise
         finally:
+            if outer_task_run is not None:
+                _task_run.reset(outer_task_run)
             if print_token is not None:
                 restore_prints(print_token)
             _scope.reset(token)
 
     def _attempt(self, context: FlowRunContext, args: tuple[Any, ...], kwargs: dict[str, Any]) -> State[Any]:
-        from flowcore.loggers import redirect_prints, restore_prints
+        from flowcore.loggers import restore_prints
         from flowcore.timeouts import call_with_timeout
 
         token = _scope.set(context)
-        print_token = redirect_prints(_run_logger(context)) if context.log_prints else None
+        print_token = self._redirect_prints(context)
+        outer_task_run = _leave_task_run()
         seconds = self.options.timeout_seconds
         try:
             try:
@@ -473,9 +504,24 @@ class Flow(Generic[P, R]):
             self._interrupted(context, exc)
             raise
         finally:
+            if outer_task_run is not None:
+                _task_run.reset(outer_task_run)
             if print_token is not None:
                 restore_prints(print_token)
             _scope.reset(token)
+
+    def _redirect_prints(self, context: FlowRunContext) -> contextvars.Token[Any] | None:
+        """Send the body's prints to the run's logger with ``log_prints``, also when it
+        is not set (None) and the enclosing run (a task that calls this flow) logs its
+        prints; with ``log_prints=False`` there, to standard output. A token to restore
+        with, or None when nothing changed."""
+        from flowcore.loggers import capturing_prints, redirect_prints
+
+        if context.log_prints or (self.options.log_prints is None and capturing_prints()):
+            return redirect_prints(_run_logger(context))
+        if capturing_prints():
+            return redirect_prints(None)
+        return None
 
     def _interrupted(self, context: FlowRunContext, exc: BaseException) -> None:
         """The body was interrupted (Ctrl-C, SystemExit, cancellation): stop what can be
@@ -862,5 +908,15 @@ def flow(
 
     return decorate
 
+
+def _no_task_run(frame: Any) -> None:
+    """What a flow's attempt gives the stack walk for awaited runs: no task run."""
+    return None
+
+
+# The stack walk of flowcore.context.current_task_run stops at a flow's attempt: a
+# subflow awaited inside a task awaited on the short path sees its own run only.
+awaiting_codes[Flow._attempt.__code__] = _no_task_run
+awaiting_codes[Flow._attempt_async.__code__] = _no_task_run
 
 __all__ = ["Flow", "flow"]

@@ -123,6 +123,11 @@ def restore_prints(token: contextvars.Token[Any]) -> None:
     _print_target.reset(token)
 
 
+def capturing_prints() -> bool:
+    """Whether ``print()`` calls of this context go to a run logger now."""
+    return _print_target.get() is not None
+
+
 # -- console output ------------------------------------------------------------
 
 

@@ -87,3 +87,70 @@ def test_flow_run_pickles_without_parameters_that_cannot_travel() -> None:
     assert copy.run_id == "id" and copy.parameters == {} and not copy.has_parameters
     small = pickle.loads(pickle.dumps(FlowRun("f", "id", "f-id", {"n": 1}, "loky")))
     assert small.parameters == {"n": 1} and small.has_parameters
+
+
+# -- a flow called inside a task body ---------------------------------------------------------
+
+
+@flow(log_prints=False)
+def _quiet_child(tag: str) -> tuple[Any, Any]:
+    """A subflow run inside a task: what it sees, and what its logger is."""
+    from flowcore import get_run_logger
+
+    print(f"child print {tag}")  # its own log_prints=False: not a log record
+    get_run_logger().info("child logger %s", tag)
+    return get_run_context(), get_run_logger().extra
+
+
+@task
+def _calls_child(tag: str) -> tuple[Any, Any, Any]:
+    inside = _quiet_child(tag)
+    return (*inside, get_run_context())  # the task's own context again after the subflow
+
+
+@flow(log_prints=True)
+def _parent_of_child_in_task(submit: bool) -> tuple[Any, Any, Any]:
+    return _calls_child.submit("s").result() if submit else _calls_child("d")
+
+
+@pytest.mark.parametrize("submit", [False, True], ids=["called", "submitted"])
+def test_a_flow_called_inside_a_task_sees_its_own_run(submit: bool, capsys: pytest.CaptureFixture[str],
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """Prefect 3 (PrefectHQ/prefect#19449): a subflow run in a task body is a flow run of
+    its own: get_run_context() gives its flow run and no task run, get_run_logger() its
+    logger, and its own log_prints applies. It saw the enclosing task run and the
+    parent flow run, logged as the task run, and had its prints logged."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="flowcore")
+    child_ctx, child_logger, task_ctx = _parent_of_child_in_task(submit)
+    assert child_ctx.task_run is None
+    assert child_ctx.flow_run.flow_name == "_quiet_child"
+    assert child_ctx.flow_run.parent_run_id == task_ctx.flow_run.id
+    assert child_logger["flow_run_id"] == child_ctx.flow_run.id and child_logger["task_run_id"] is None
+    assert task_ctx.task_run.task_name == "_calls_child"  # the task's context is back
+    assert task_ctx.flow_run.flow_name == "_parent_of_child_in_task"
+    tag = "s" if submit else "d"
+    assert f"child print {tag}" in capsys.readouterr().out
+    assert not any("child print" in r.getMessage() for r in caplog.records)
+    [record] = [r for r in caplog.records if r.getMessage() == f"child logger {tag}"]
+    assert record.flow_run_id == child_ctx.flow_run.id and record.task_run_id is None  # type: ignore[attr-defined]
+
+
+def test_an_async_flow_awaited_inside_an_async_task_sees_its_own_run() -> None:
+    @flow
+    async def child() -> Any:
+        return get_run_context()
+
+    @task
+    async def runs_child() -> tuple[Any, Any]:
+        inside = await child()
+        return inside, get_run_context()
+
+    @flow
+    async def parent() -> tuple[Any, Any]:
+        return await runs_child()
+
+    child_ctx, task_ctx = parent()
+    assert child_ctx.task_run is None and child_ctx.flow_run.flow_name == "child"
+    assert task_ctx.task_run.task_name == "runs_child" and task_ctx.flow_run.flow_name == "parent"
