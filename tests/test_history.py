@@ -1395,3 +1395,40 @@ def test_a_run_reported_long_after_it_started_is_written_at_once_not_held() -> N
     assert [(w.id, w.state) for w in batch.task_runs] == [("prefix-1", "Running")]
     assert list(open_runs.held) == ["prefix-2"]  # held until it ends or its time is up
     assert open_runs.written == {"prefix-1"}  # its end is an update
+
+
+def test_subflows_run_in_process_workers_are_written_before_their_flow_returns(home: Path, tmp_path: Path) -> None:
+    """A flow called in a task body on loky runs in the worker process, a subflow of the
+    task's flow run there: its record must be committed when it returns, as a top-level
+    run's is (it is the outermost run of that process), so that the history read right
+    after the parent returns has every subflow."""
+    script = tmp_path / "subflows_in_workers.py"
+    script.write_text(textwrap.dedent("""
+        import os, sqlite3
+        from flowcore import flow, task
+
+        @flow
+        def child(i):
+            return i
+
+        @task
+        def calls_child(i):
+            return child(i)
+
+        @flow(backend="loky")
+        def parent():
+            return [f.result() for f in [calls_child.submit(i) for i in range(4)]]
+
+        if __name__ == "__main__":
+            assert parent() == [0, 1, 2, 3]
+            db = os.path.join(os.environ["FLOWCORE_HOME"], "history.db")
+            connection = sqlite3.connect(db)
+            rows = connection.execute(
+                "SELECT c.state, c.pid != p.pid FROM flow_runs AS c JOIN flow_runs AS p ON c.parent_id = p.id "
+                "WHERE c.flow = 'child' AND p.flow = 'parent'"
+            ).fetchall()
+            print(sorted(rows))
+    """))
+    ran = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=180)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip().splitlines()[-1] == str([("Completed", 1)] * 4)

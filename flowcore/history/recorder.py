@@ -106,6 +106,8 @@ class Recorder:
         self._idle = False
         #: settings that tag items queued now (resolved when a flow run starts)
         self._settings: HistorySettings | None = None
+        #: flow runs of this process that started and have not finished (any thread)
+        self._started_here: set[str] = set()
         #: the writer's state (touched by the writer thread only)
         self._stores: dict[HistorySettings, Any] = {}
         self._broken: set[HistorySettings] = set()
@@ -153,7 +155,15 @@ class Recorder:
             self._wake.set()
 
     def _accept_flow_event(self, event: FlowRunEvent) -> None:
-        top_level = event.run.parent_run_id is None
+        # The outermost flow run of this process: no parent, or a parent that runs in
+        # another process (a subflow called in a task body on a process worker).
+        run = event.run
+        parent = run.parent_run_id
+        if event.kind is EventKind.STARTED:
+            self._started_here.add(run.run_id)
+        elif event.kind is EventKind.FINISHED:
+            self._started_here.discard(run.run_id)
+        top_level = parent is None or parent not in self._started_here
         if event.kind is EventKind.STARTED and top_level and event.attempt == 1:
             self._settings = self._resolve()
         settings = self._settings
@@ -302,6 +312,7 @@ class Recorder:
         self._stores = {}
         self._running = {}
         self._open = {}
+        self._started_here = set()  # the parent's flow runs do not run here
 
     # -- the writer thread ----------------------------------------------------------------
     def _run(self) -> None:
