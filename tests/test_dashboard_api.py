@@ -297,6 +297,10 @@ def test_unknown_run_in_the_api_is_a_404_json(served: Served) -> None:
         ("/api/histogram?bins=100000", "bins: 100000 is out of range"),
         ("/runs?fragment=everything", "fragment: 'everything'"),
         ("/runs?until=13/45/2026", "until:"),
+        # a date the platform cannot place on its clock: a 400, not a 500
+        ("/api/runs?since=0001-01-01", "since: '0001-01-01'"),
+        ("/api/histogram?until=0001-01-01T00:00", "until: '0001-01-01T00:00'"),
+        ("/runs?since=0001-01-01", "since: '0001-01-01'"),
     ],
 )
 def test_a_malformed_query_is_a_400_with_the_reason(served: Served, path: str, reason: str) -> None:
