@@ -148,6 +148,17 @@ def test_runs_api_filters_and_pages(served: Served) -> None:
     assert not {r["id"] for r in first["runs"]} & {r["id"] for r in second["runs"]}
 
 
+def test_a_runs_page_past_the_last_says_so_and_links_back(served: Served) -> None:
+    # 5 runs, 2 a page: page 3 is the last; page 9 (an old bookmark, runs deleted) is empty
+    html = served.get("/runs?per_page=2&page=9").text
+    assert not find_testids(html, "run-row")
+    assert "No flow runs recorded yet" not in html
+    assert "page 9 is past the last page (3)" in html
+    assert 'href="?per_page=2&amp;page=3"' in html
+    filtered = served.get("/runs?flow=inner&page=4").text
+    assert "page 4 is past the last page (1)" in filtered and 'href="?flow=inner&amp;page=1"' in filtered
+
+
 def test_runs_page_has_a_row_per_run_with_state_and_badge(served: Served) -> None:
     html = served.get("/runs").text
     rows = find_testids(html, "run-row")
