@@ -5,6 +5,8 @@ dashboard. A real store file with deployments applied by ``Deployment.build_from
 
 from __future__ import annotations
 
+import html
+import json
 import re
 import threading
 import time
@@ -222,6 +224,24 @@ def test_run_now_queues_a_manual_run_with_parameters(served: Served, store: Depl
     runs = rows(page, "deployment-run")
     assert {attribute(t, "data-run-id") for t in runs} == {run.id, json_run.json()["id"]}
     assert {attribute(t, "data-state") for t in runs} == {"Scheduled"}
+
+
+def test_parameters_with_markup_and_accents_read_as_written(served: Served, store: DeploymentStore,
+                                                          deployed: dict[str, str]) -> None:
+    # escaped once for HTML (no script runs), but shown as the user wrote them: not as
+    # JSON-in-<script> escapes (\u003cb\u003e, Z\u00fcrich)
+    label = "<b>Zürich & co</b>"
+    headers = same_origin(served, action_token(served))
+    queued = served.post(NIGHTLY + "/run", {"parameters": {"label": label}}, headers=headers)
+    assert queued.status == 201, queued.text
+    page = served.get(NIGHTLY).text
+    assert "<b>Zürich" not in page  # escaped
+    shown = [html.unescape(c) for c in re.findall(r'<code class="small">(.*?)</code>', page)]
+    assert json.dumps({"label": label, "n": 4}, ensure_ascii=False, sort_keys=True) in shown
+    assert "\\u003c" not in page and "\\u00fc" not in page
+    # the run-now box starts from the defaults, as JSON a person can edit
+    box = re.search(r'<textarea[^>]*data-testid="run-now-parameters"[^>]*>(.*?)</textarea>', page, re.S)
+    assert box is not None and json.loads(html.unescape(box.group(1))) == {"n": 4}
 
 
 # -- the webhook, mounted ------------------------------------------------------------------------

@@ -246,7 +246,10 @@ def _environment() -> jinja2.Environment:
         local=local_time, duration=lambda seconds: duration(seconds, " "),
         run_duration=lambda run: run_duration(run, " "), percent=_percent,
         counts=_ordered_counts, state_type=state_type_of, worker=worker_label,
-        pretty=lambda value: json.dumps(value, indent=2, sort_keys=True, default=repr),
+        pretty=lambda value: json.dumps(value, indent=2, sort_keys=True, default=repr, ensure_ascii=False),
+        # JSON as text in HTML (autoescape escapes it once); Jinja's ``tojson`` is for
+        # <script> blocks and shows ``<`` and ``ü`` as \u003c and \u00fc
+        json=lambda value: json.dumps(value, sort_keys=True, default=repr, ensure_ascii=False),
     )
     return env
 
