@@ -369,3 +369,30 @@ def test_the_deployments_page_pauses_and_runs_now_without_a_reload(page: Page, t
         page.get_by_test_id("run-now-parameters").fill("{not json")
         page.get_by_test_id("run-now-button").click()
         page.get_by_test_id("action-result").filter(has_text="not JSON").wait_for(timeout=10_000)
+
+
+def test_a_very_long_flow_name_or_parameter_keeps_every_page_within_the_window(page: Page, tmp_path: Path) -> None:
+    # Names and values of any length: the pages wrap or truncate them; the runs table
+    # keeps its columns on screen, no page scrolls sideways.
+    db = tmp_path / "history.db"
+    name = "a_very_long_flow_name_" * 14
+    start = time.time() - 60
+    store = SQLiteStore(db)
+    store.write_events(HistoryBatch(flow_runs=[
+        FlowRunWrite("e" * 32, name, name + "-eeeeeeee", "Completed", "COMPLETED",
+                     parameters='{"blob": "' + "x" * 5000 + '", "path": "' + "/very/long/path" * 100 + '"}',
+                     backend="threads", start=start, end=start + 2,
+                     state_entry=StateRecord(start + 2, "COMPLETED", "Completed")),
+    ], task_runs=[
+        TaskRunWrite("f" * 32, "e" * 32, "t" * 300, "t" * 300 + "-0", "Completed", "COMPLETED", submitted=start,
+                     start=start + 0.5, end=start + 1.5, backend="threads", worker_host="node", worker_pid=7),
+    ]))
+    store.close()
+    with serve_dashboard(db) as served:
+        for path in ("/runs", "/flows", "/tasks", f"/runs/{'e' * 32}", f"/runs/{'e' * 32}/logs"):
+            page.goto(served.url + path)
+            widths = page.evaluate("() => [document.documentElement.scrollWidth, window.innerWidth]")
+            assert widths[0] <= widths[1], f"{path} scrolls sideways: {widths[0]} px wide in a {widths[1]} px window"
+        page.goto(served.url + "/runs")
+        last_cell = page.get_by_test_id("run-row").locator("td").last.bounding_box()
+        assert last_cell is not None and last_cell["x"] + last_cell["width"] <= 1300
