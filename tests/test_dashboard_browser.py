@@ -396,3 +396,40 @@ def test_a_very_long_flow_name_or_parameter_keeps_every_page_within_the_window(p
         page.goto(served.url + "/runs")
         last_cell = page.get_by_test_id("run-row").locator("td").last.bounding_box()
         assert last_cell is not None and last_cell["x"] + last_cell["width"] <= 1300
+
+
+def test_log_lines_tailed_live_read_like_the_lines_the_page_came_with(browser: Browser, tmp_path: Path) -> None:
+    # The browser is in another time zone than the dashboard's machine: a line that
+    # arrives by the live tail shows its time as the page's own lines do (same clock,
+    # same format), not in the browser's locale ("12/3/2026, 12:16:50 PM").
+    from flowcore.history.formatting import local_time
+    from flowcore.history.records import LogWrite
+
+    db = tmp_path / "history.db"
+    run_id = "a" * 32
+    start = time.time() - 30
+    store = SQLiteStore(db)
+    store.write_events(HistoryBatch(
+        flow_runs=[FlowRunWrite(run_id, "tail", "tail-aaaaaaaa", "Running", "RUNNING", backend="threads",
+                                start=start, host=os.uname().nodename, pid=os.getpid(),
+                                state_entry=StateRecord(start, "RUNNING", "Running"))],
+        logs=[LogWrite(run_id, None, start + 1, 20, "INFO", "flowcore", "first line")],
+    ))
+    context = browser.new_context(viewport={"width": 1300, "height": 900}, timezone_id="Pacific/Kiritimati",
+                                  locale="en-US")
+    try:
+        with serve_dashboard(db) as served:
+            page = context.new_page()
+            page.goto(f"{served.url}/runs/{run_id}/logs")
+            page.get_by_test_id("live-status").filter(has_text="live").wait_for(timeout=10_000)
+            later = time.time()
+            store.write_events(HistoryBatch(logs=[LogWrite(run_id, None, later, 30, "WARNING", "flowcore",
+                                                           "<b>second</b> line")]))
+            page.locator('[data-testid="log-line"]', has_text="second").wait_for(timeout=15_000)
+            stamps = page.locator('[data-testid="log-line"] .ts').all_inner_texts()
+            assert stamps == [local_time(start + 1), local_time(later)]
+            assert page.locator('[data-testid="log-line"] b').count() == 0  # the message is text
+            assert page.get_by_test_id("log-line").last.get_attribute("data-level") == "WARNING"
+    finally:
+        store.close()
+        context.close()

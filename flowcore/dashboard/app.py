@@ -353,14 +353,17 @@ class Dashboard:
         level_name, level = _level(q.get("level"))
         task = (q.get("task") or "").strip() or None
         records = self.queries.logs_tail(detail.run.id, level=level, task=task,
+                                         after_id=parse_int(q.get("after_id"), "after_id", 0, 0, 2**62),
                                          limit=parse_int(q.get("limit"), "limit", 1000, 1, 100_000))
-        api = f"/api/runs/{detail.run.id}/logs?" + urllib.parse.urlencode(
-            {k: v for k, v in (("level", level_name), ("task", task)) if v})
+        # The live tail asks this page for its new lines (?fragment=log_lines&after_id=N),
+        # so they are rendered here, on the same clock and in the same format as the rest.
+        tail = f"/runs/{detail.run.id}/logs?" + urllib.parse.urlencode(
+            {k: v for k, v in (("level", level_name), ("task", task), ("fragment", "log_lines")) if v})
         return self.render(request, "logs.html", {
             "run": detail.run, "records": records, "level": level_name or "", "task": task or "",
             "tasks": self.queries.log_tasks(detail.run.id), "levels": list(LEVELS),
-            "after_id": records[-1].id if records else 0, "tail_src": api,
-        })
+            "after_id": records[-1].id if records else 0, "tail_src": tail,
+        }, fragments=("log_lines",))
 
     def tasks_page(self, request: Request) -> Response:
         flow, since, until, since_text = self._task_window(request)

@@ -34,27 +34,14 @@
     var src = box.getAttribute("data-log-tail");
     var after = box.getAttribute("data-after-id") || "0";
     var url = src + (src.indexOf("?") >= 0 ? "&" : "?") + "after_id=" + encodeURIComponent(after);
-    return fetch(url).then(function (r) { return r.ok ? r.json() : null; }).then(function (body) {
-      if (!body || !body.logs.length) return;
+    // The page renders its new lines (server-side, like the lines it came with).
+    return fetch(url, { headers: { "Accept": "text/html" } }).then(function (r) { return r.ok ? r.text() : ""; }).then(function (html) {
+      if (!html.trim()) return;
       var follow = document.getElementById("follow");
       var atBottom = box.scrollTop + box.clientHeight >= box.scrollHeight - 4;
-      body.logs.forEach(function (rec) {
-        var line = document.createElement("div");
-        line.className = "log-line lv-" + rec.level;
-        line.setAttribute("data-testid", "log-line");
-        line.setAttribute("data-log-id", rec.id);
-        line.setAttribute("data-level", rec.level);
-        [["ts", new Date(rec.timestamp).toLocaleString()], ["lv", rec.level],
-         ["who", rec.task_run_name || rec.logger], ["msg", rec.message]].forEach(function (p, i) {
-          var s = document.createElement("span");
-          s.className = p[0];
-          s.textContent = p[1];
-          if (i) line.appendChild(document.createTextNode(" "));
-          line.appendChild(s);
-        });
-        box.appendChild(line);
-      });
-      box.setAttribute("data-after-id", String(body.last_id));
+      box.insertAdjacentHTML("beforeend", html);
+      var lines = box.querySelectorAll("[data-log-id]");
+      box.setAttribute("data-after-id", lines[lines.length - 1].getAttribute("data-log-id"));
       var empty = document.getElementById("logs-empty");
       if (empty) empty.hidden = true;
       if ((follow && follow.checked) || atBottom) box.scrollTop = box.scrollHeight;
