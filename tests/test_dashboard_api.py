@@ -31,6 +31,7 @@ from flowcore.dashboard.app import DOM_BAR_LIMIT
 from flowcore.dashboard.command import exposure_warning, is_loopback
 from flowcore.dashboard.queries import HistoryQueries, RunFilter, percentile
 from flowcore.history import liveness
+from flowcore.history.formatting import local_time
 from flowcore.history.records import FlowRunWrite, HistoryBatch, LogWrite, StateRecord, TaskRunWrite
 from flowcore.history.sqlite import SQLiteStore
 
@@ -168,6 +169,26 @@ def test_runs_page_has_a_row_per_run_with_state_and_badge(served: Served) -> Non
     assert 'data-testid="runs-histogram"' in html
     fragment = served.get("/runs?fragment=runs_table&flow=dashboard-other").text
     assert "<html" not in fragment and len(find_testids(fragment, "run-row")) == 1
+
+
+def test_every_page_says_which_clock_its_times_are_on(served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Times are shown on the dashboard machine's clock; a browser elsewhere (an SSH
+    # tunnel from another zone) must be told which one.
+    monkeypatch.setenv("TZ", "Asia/Kolkata")
+    time.tzset()
+    try:
+        run = etl_runs(served)[0]
+        for path in ("/runs", f"/runs/{run['id']}", f"/runs/{run['id']}/logs", "/flows", "/tasks", "/workers",
+                     "/deployments", "/no/such/page"):
+            zone = find_testids(served.get(path).text, "time-zone")
+            assert len(zone) == 1 and zone[0]["data-utc-offset"] == "+05:30", path
+        html = served.get("/runs").text
+        assert ">times in IST (UTC+05:30)<" in html
+        started = local_time(time.time())[:10]
+        assert started in html  # the cells are on that clock too
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
 
 
 def test_histogram_counts_runs_by_state_over_time(served: Served) -> None:

@@ -234,6 +234,14 @@ def _ordered_counts(counts: dict[str, int]) -> list[tuple[str, int]]:
     return [(n, counts[n]) for n in names]
 
 
+def clock_zone(now: float | None = None) -> tuple[str, str]:
+    """The zone the pages' times are shown in (this machine's, as :func:`local_time`
+    uses): its abbreviation now and its UTC offset, ``("CET", "+01:00")``."""
+    moment = time.localtime(time.time() if now is None else now)
+    offset = time.strftime("%z", moment)
+    return time.strftime("%Z", moment), f"{offset[:3]}:{offset[3:]}"
+
+
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(HERE / "templates"),
@@ -242,6 +250,7 @@ def _environment() -> jinja2.Environment:
         lstrip_blocks=True,
         undefined=jinja2.StrictUndefined,
     )
+    env.globals["clock_zone"] = clock_zone
     env.filters.update(
         local=local_time, duration=lambda seconds: duration(seconds, " "),
         run_duration=lambda run: run_duration(run, " "), percent=_percent,
