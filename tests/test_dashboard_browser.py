@@ -433,3 +433,32 @@ def test_log_lines_tailed_live_read_like_the_lines_the_page_came_with(browser: B
     finally:
         store.close()
         context.close()
+
+
+def test_the_canvas_time_axis_reads_like_the_dom_one(page: Page, tmp_path: Path) -> None:
+    # A big map that took 40 ms: the canvas axis is labelled as the DOM Gantt's is
+    # (0 ms, 8 ms, ... 40 ms), not "0.00 s, 0.01 s, 0.01 s" (repeated, rounded away).
+    from flowcore.history.formatting import duration
+
+    db = tmp_path / "history.db"
+    run_id = "c" * 32
+    start = time.time() - 60
+    n = 3000
+    store = SQLiteStore(db)
+    store.write_events(HistoryBatch(
+        flow_runs=[FlowRunWrite(run_id, "quick", "quick-cccccccc", "Completed", "COMPLETED", backend="loky",
+                                start=start, end=start + 0.04,
+                                state_entry=StateRecord(start + 0.04, "COMPLETED", "Completed"))],
+        task_runs=[TaskRunWrite(f"{i:032x}", run_id, "inc", f"inc-{i}", "Completed", "COMPLETED", submitted=start,
+                                start=start + 0.04 * i / n, end=start + 0.04 * (i + 1) / n, backend="loky",
+                                worker_host="node", worker_pid=100 + i % 2) for i in range(n)],
+    ))
+    store.close()
+    with serve_dashboard(db) as served:
+        page.goto(f"{served.url}/runs/{run_id}")
+        canvas = page.get_by_test_id("gantt-canvas")
+        page.wait_for_function("() => document.querySelector('canvas').getAttribute('data-ticks')", timeout=10_000)
+        ticks = (canvas.get_attribute("data-ticks") or "").split("|")
+        span = page.evaluate("() => document.querySelector('canvas')._timeline.span_s")
+        assert ticks == [duration(span * i / 5, " ") for i in range(6)]
+        assert len(set(ticks)) == 6, ticks

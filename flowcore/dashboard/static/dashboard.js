@@ -76,6 +76,16 @@
     }));
   }
 
+  // A duration as the server writes it (flowcore.history.formatting.duration, " " gap).
+  function duration(s) {
+    if (s < 1) return (s * 1000).toFixed(0) + " ms";
+    if (s < 60) return s.toFixed(1) + " s";
+    var m = Math.floor(s / 60), sec = Math.floor(s) % 60;
+    if (m < 60) return m + "m" + (sec < 10 ? "0" : "") + sec + "s";
+    var h = Math.floor(m / 60); m = m % 60;
+    return h + "h" + (m < 10 ? "0" : "") + m + "m";
+  }
+
   function paint(canvas) {
     var t = canvas._timeline; if (!t) return;
     var ratio = window.devicePixelRatio || 1;
@@ -86,9 +96,13 @@
     g.font = "11px system-ui, sans-serif";
     g.fillStyle = "#6b7580";
     var track = width - LABEL_W - 8, span = t.span_s || 1;
+    var ticks = [];
     for (var i = 0; i <= 5; i++) {
-      g.fillText((span * i / 5).toFixed(span < 10 ? 2 : 0) + " s", LABEL_W + track * i / 5 - (i === 5 ? 30 : 0), 14);
+      var label = duration(span * i / 5);
+      ticks.push(label);
+      g.fillText(label, LABEL_W + track * i / 5 - (i === 5 ? g.measureText(label).width : 0), 14);
     }
+    canvas.setAttribute("data-ticks", ticks.join("|"));
     t.lanes.forEach(function (name, i) {
       g.fillStyle = "#1d232a";
       g.fillText(name.length > 34 ? name.slice(0, 33) + "…" : name, 4, TOP + i * LANE_H + 15);
