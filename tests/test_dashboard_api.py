@@ -354,7 +354,9 @@ def test_pages_load_without_any_history(tmp_path: Path) -> None:
         for path in ("/runs", "/flows", "/tasks", "/workers", "/api/runs", "/api/flows", "/api/histogram"):
             assert running.get(path).status == 200, path
         assert running.get("/api/runs").json()["total"] == 0
-        assert "No flow runs recorded yet" in running.get("/runs").text
+        page = running.get("/runs").text
+        assert "No flow runs recorded yet" in page
+        assert "no flow runs in this window" in page and "max per bar" not in page  # not "1 runs max per bar"
 
 
 def test_pages_load_while_the_database_is_being_written_and_migrated(history: Path, tmp_path: Path) -> None:
