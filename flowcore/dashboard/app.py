@@ -580,10 +580,12 @@ def create_app(store: HistoryStore, *, history_path: Path | None = None,
         Route("/api/histogram", page(board.api_histogram)),
         Route("/api/events", events),
         Route("/deployments", page(deployments.list_page)),
-        Route("/deployments/{flow}/{name}", page(deployments.detail_page)),
-        Route("/deployments/{flow}/{name}/{action}", deployments.action, methods=["POST"]),
+        # {flow:path}: a flow name may hold "/" (a deployment name may not), so the
+        # deployment is the last segment before the action and the flow all before it
+        Route("/deployments/{flow:path}/{name}", page(deployments.detail_page)),
+        Route("/deployments/{flow:path}/{name}/{action}", deployments.action, methods=["POST"]),
         Route("/api/deployments", page(deployments.api_list), methods=["GET"]),
-        Route("/api/deployments/{flow}/{name}", page(deployments.api_detail), methods=["GET"]),
+        Route("/api/deployments/{flow:path}/{name}", page(deployments.api_detail), methods=["GET"]),
         Route("/api/trigger-feed", page(deployments.api_feed)),
         Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
     ]

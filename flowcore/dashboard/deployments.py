@@ -42,10 +42,11 @@ import time
 import urllib.parse
 from typing import TYPE_CHECKING, Any
 
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
-from flowcore.errors import ActionRefusedError, QueryError
+from flowcore.errors import ActionRefusedError, DeploymentNotFoundError, QueryError
 
 if TYPE_CHECKING:
     from flowcore.dashboard.app import Dashboard
@@ -202,6 +203,19 @@ class DeploymentPages:
         DeploymentNotFoundError otherwise."""
         return self.store().find(f"{request.path_params['flow']}/{request.path_params['name']}")
 
+    def _refuse_get_of_an_action(self, request: Request) -> None:
+        """``GET /deployments/{flow}/{name}/pause`` reaches the page route (a flow name
+        may hold "/"): when ``{flow}/{name}`` is a deployment and the last part an
+        action, answer 405 as for any action URL; otherwise return."""
+        flow, action = request.path_params["flow"], request.path_params["name"]
+        if action not in ACTIONS or "/" not in flow:
+            return
+        try:
+            self.store().find(flow)
+        except DeploymentNotFoundError:
+            return
+        raise HTTPException(405, f"{action} is an action: POST it from the deployment's page")
+
     # -- the view model -------------------------------------------------------------------
     def view(self, record: DeploymentRecord, *, now: float, next_n: int, last_n: int) -> dict[str, Any]:
         """What a row or a detail page shows of ``record``."""
@@ -235,7 +249,11 @@ class DeploymentPages:
         }, fragments=("deployments_table", "feed"))
 
     def detail_page(self, request: Request) -> Response:
-        record = self.find(request)
+        try:
+            record = self.find(request)
+        except DeploymentNotFoundError:
+            self._refuse_get_of_an_action(request)
+            raise
         now = time.time()
         view = self.view(record, now=now, next_n=10, last_n=20)
         feed = self.store().feed(record.id, limit=50)
