@@ -281,6 +281,22 @@ def test_logs_page_has_log_lines(served: Served) -> None:
     assert "data-log-tail" in html
 
 
+def test_a_logs_page_that_shows_only_the_last_lines_says_so(served: Served) -> None:
+    # The page shows the newest `limit` lines; the older ones must not vanish unsaid.
+    run_id = etl_runs(served)[0]["id"]
+    total = len(served.get(f"/api/runs/{run_id}/logs").json()["logs"])
+    assert total > 3
+    html = served.get(f"/runs/{run_id}/logs?limit=3").text
+    assert len(find_testids(html, "log-line")) == 3
+    note = find_testids(html, "logs-truncated")
+    assert len(note) == 1 and f"the last 3 of {total} lines" in html
+    assert f'href="/runs/{run_id}/logs?limit={total}"' in html
+    whole = served.get(f"/runs/{run_id}/logs").text
+    assert len(find_testids(whole, "log-line")) == total and not find_testids(whole, "logs-truncated")
+    warnings = served.get(f"/runs/{run_id}/logs?level=WARNING&limit=1").text  # the filters stay
+    assert "level=WARNING" in re.search(r'data-testid="logs-truncated".*?</p>', warnings, re.S).group(0)
+
+
 # -- summaries ------------------------------------------------------------------------------
 
 

@@ -91,6 +91,8 @@ HERE = Path(__file__).resolve().parent
 DOM_BAR_LIMIT = 2000
 #: failed task runs whose tracebacks the run page shows
 SHOW_FAILED = 50
+#: log lines a logs page or ``/api/runs/{id}/logs`` answers at most (``?limit=``)
+MAX_LOG_LINES = 100_000
 #: seconds between two looks at the history in an event stream
 POLL_S = 0.5
 #: seconds between keep-alive comments in an event stream
@@ -361,9 +363,14 @@ class Dashboard:
         q = request.query_params
         level_name, level = _level(q.get("level"))
         task = (q.get("task") or "").strip() or None
-        records = self.queries.logs_tail(detail.run.id, level=level, task=task,
-                                         after_id=parse_int(q.get("after_id"), "after_id", 0, 0, 2**62),
-                                         limit=parse_int(q.get("limit"), "limit", 1000, 1, 100_000))
+        limit = parse_int(q.get("limit"), "limit", 1000, 1, MAX_LOG_LINES)
+        after_id = parse_int(q.get("after_id"), "after_id", 0, 0, 2**62)
+        records = self.queries.logs_tail(detail.run.id, level=level, task=task, after_id=after_id, limit=limit)
+        # the page shows the newest `limit` lines: say so when there are older ones
+        total = (self.queries.logs_count(detail.run.id, level=level, task=task)
+                 if len(records) == limit and not after_id else len(records))
+        more = "?" + urllib.parse.urlencode({k: v for k, v in (
+            ("level", level_name), ("task", task), ("limit", str(min(total, MAX_LOG_LINES)))) if v})
         # The live tail asks this page for its new lines (?fragment=log_lines&after_id=N),
         # so they are rendered here, on the same clock and in the same format as the rest.
         tail = f"/runs/{detail.run.id}/logs?" + urllib.parse.urlencode(
@@ -372,6 +379,7 @@ class Dashboard:
             "run": detail.run, "records": records, "level": level_name or "", "task": task or "",
             "tasks": self.queries.log_tasks(detail.run.id), "levels": list(LEVELS),
             "after_id": records[-1].id if records else 0, "tail_src": tail,
+            "total": total, "more_href": f"/runs/{detail.run.id}/logs{more}", "max_lines": MAX_LOG_LINES,
         }, fragments=("log_lines",))
 
     def tasks_page(self, request: Request) -> Response:
@@ -455,7 +463,7 @@ class Dashboard:
         _, level = _level(q.get("level"))
         records = self.queries.logs_tail(
             full, after_id=parse_int(q.get("after_id"), "after_id", 0, 0, 2**62), level=level,
-            task=(q.get("task") or "").strip() or None, limit=parse_int(q.get("limit"), "limit", 1000, 1, 100_000),
+            task=(q.get("task") or "").strip() or None, limit=parse_int(q.get("limit"), "limit", 1000, 1, MAX_LOG_LINES),
         )
         return JSONResponse({
             "run_id": full, "last_id": records[-1].id if records else None,

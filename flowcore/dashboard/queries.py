@@ -664,6 +664,20 @@ class HistoryQueries:
         parameters.append(limit)
         return [LogRecord(*row) for row in reversed(self.rows(sql, parameters))]
 
+    def logs_count(self, flow_run_id: str, *, level: int = 0, task: str | None = None) -> int:
+        """How many log records of a flow run :meth:`logs_tail` would choose from (same
+        ``level`` and ``task`` filters, no limit)."""
+        sql = "SELECT count(*) FROM logs WHERE flow_run_id = ?"
+        parameters: list[Any] = [flow_run_id]
+        if level:
+            sql += " AND level >= ?"
+            parameters.append(level)
+        if task:
+            sql += " AND (task_name = ? OR task_run_name = ?)"
+            parameters += [task, task]
+        rows = self.rows(sql, parameters)
+        return int(rows[0][0]) if rows else 0
+
     def log_tasks(self, flow_run_id: str) -> list[str]:
         """The task names that wrote log records in a flow run."""
         rows = self.rows(
