@@ -349,6 +349,9 @@ def test_unknown_run_in_the_api_is_a_404_json(served: Served) -> None:
         ("/api/runs?since=0001-01-01", "since: '0001-01-01'"),
         ("/api/histogram?until=0001-01-01T00:00", "until: '0001-01-01T00:00'"),
         ("/runs?since=0001-01-01", "since: '0001-01-01'"),
+        # a stream with such a limit would never end
+        ("/api/events?timeout=nan", "timeout: 'nan'"),
+        ("/api/events?timeout=-1", "timeout: '-1'"),
     ],
 )
 def test_a_malformed_query_is_a_400_with_the_reason(served: Served, path: str, reason: str) -> None:

@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -531,6 +532,8 @@ def create_app(store: HistoryStore, *, history_path: Path | None = None,
             duration = float(limit) if limit else None
         except ValueError:
             raise QueryError(f"timeout: {limit!r} is not a number of seconds") from None
+        if duration is not None and not (duration >= 0 and math.isfinite(duration)):
+            raise QueryError(f"timeout: {limit!r} is not a number of seconds (0 or more; leave it out for no limit)")
         return StreamingResponse(
             _event_stream(request, board, duration), media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
