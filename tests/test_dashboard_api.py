@@ -574,6 +574,24 @@ def test_the_command_on_loopback_refuses_foreign_host_headers_and_taken_ports(hi
         process.communicate(timeout=20)
 
 
+@pytest.mark.parametrize(
+    ("args", "reason"),
+    [
+        (["--port", "99999"], "--port: 99999 is not a port number (1 to 65535)"),
+        (["--port", "-1"], "--port: -1 is not a port number (1 to 65535)"),
+        (["--host", "no-such-host.invalid", "--port", "4399"], "check --host"),
+    ],
+)
+def test_the_command_refuses_a_bad_port_or_host_with_a_message(args: list[str], reason: str, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "flowcore", "dashboard", *args], capture_output=True, text=True,
+        env={**os.environ, "FLOWCORE_HOME": str(tmp_path)}, timeout=60, check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert reason in result.stderr and "Traceback" not in result.stderr
+    assert "is listening on" not in result.stderr  # it is not: no exposure warning for a failed start
+
+
 def test_the_cli_declares_the_command_without_loading_the_web_stack() -> None:
     code = (
         "import sys; from flowcore.cli import build_parser; build_parser(); "
