@@ -527,6 +527,8 @@ def _start_command(args: list[str], home: Path) -> tuple[subprocess.Popen[str], 
     )
     assert process.stdout is not None
     line = process.stdout.readline()
+    if line.startswith("generated the API token"):  # the first start over this home says so first
+        line = process.stdout.readline()
     port = args[args.index("--port") + 1]
     deadline = time.monotonic() + 20
     while True:  # the line is printed just before uvicorn listens
