@@ -451,6 +451,30 @@ def _flow_write(run_id: str, state: str, state_type: str, **fields: Any) -> Flow
                         backend="loky", state_entry=StateRecord(now - 5, state_type, state), **defaults)
 
 
+def test_the_timeline_of_a_crashed_run_ends_when_the_run_ended(tmp_path: Path) -> None:
+    # kill -9 mid-task: the task run is left without an end and read as Crashed. The
+    # Gantt spans the run's 5 s, not "until now" (it grew each time the page was seen).
+    db = tmp_path / "history.db"
+    store = SQLiteStore(db)
+    run_id = "9" * 32
+    start = time.time() - 300
+    tasks = [TaskRunWrite(f"{i:032x}", run_id, "slow", f"slow-{i}", "Completed", "COMPLETED", submitted=start + i,
+                          start=start + i, end=start + i + 1, worker_host="node", worker_pid=5) for i in range(4)]
+    tasks.append(TaskRunWrite(f"{4:032x}", run_id, "slow", "slow-4", "Crashed", "CRASHED", submitted=start + 4,
+                              start=start + 4, end=None, worker_host="node", worker_pid=5))
+    store.write_events(HistoryBatch(flow_runs=[_flow_write(run_id, "Crashed", "CRASHED", start=start,
+                                                           end=start + 5)], task_runs=tasks))
+    store.close()
+    with serve_dashboard(db) as running:
+        timeline = running.get(f"/api/runs/{run_id}/timeline").json()
+        assert timeline["span_s"] == pytest.approx(5.0, abs=0.01)
+        assert timeline["bars"]["state"][-1] == "Crashed" and timeline["bars"]["end"][-1] <= 5.0
+        page = running.get(f"/runs/{run_id}").text
+        assert ">5.0 s</span></div>" in page  # the axis's last mark
+        bars = find_testids(page, "task-bar")
+        assert len(bars) == 5 and all(float(re.search(r"left: ([0-9.]+)%", b["style"]).group(1)) < 100 for b in bars)
+
+
 def test_a_run_with_more_task_runs_than_the_dom_limit_is_drawn_on_a_canvas(tmp_path: Path) -> None:
     db = tmp_path / "history.db"
     store = SQLiteStore(db)

@@ -176,8 +176,10 @@ def build_gantt(detail: RunDetail, children: Sequence[FlowRunRecord] = (), now: 
     begin_candidates = [t for t in (run.start, *(t.start for t in started)) if t is not None]
     start = min(begin_candidates) if begin_candidates else current
     ends = [run.end if run.end is not None else (current if not run.is_final() else start)]
-    ends += [t.end if t.end is not None else current for t in started]
-    ends += [c.end if c.end is not None else current for c in children]
+    # a run without an end lasts until now only while it is not final (a task run of a
+    # killed flow is read as Crashed with no end: it ends where it started, as its bar)
+    ends += [t.end if t.end is not None else (current if not t.is_final() else t.start or start) for t in started]
+    ends += [c.end if c.end is not None else (current if not c.is_final() else c.start or start) for c in children]
     end = max(ends)
     span = max(end - start, 1e-3)
     canvas = len(started) > dom_limit
