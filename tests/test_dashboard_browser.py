@@ -462,3 +462,26 @@ def test_the_canvas_time_axis_reads_like_the_dom_one(page: Page, tmp_path: Path)
         span = page.evaluate("() => document.querySelector('canvas')._timeline.span_s")
         assert ticks == [duration(span * i / 5, " ") for i in range(6)]
         assert len(set(ticks)) == 6, ticks
+
+
+def test_the_gantt_axis_labels_stay_inside_the_timeline(page: Page, tmp_path: Path) -> None:
+    db = tmp_path / "history.db"
+    run_id = "b" * 32
+    start = time.time() - 60
+    store = SQLiteStore(db)
+    store.write_events(HistoryBatch(
+        flow_runs=[FlowRunWrite(run_id, "axis", "axis-bbbbbbbb", "Completed", "COMPLETED", backend="threads",
+                                start=start, end=start + 20.2,
+                                state_entry=StateRecord(start + 20.2, "COMPLETED", "Completed"))],
+        task_runs=[TaskRunWrite(f"{i:032x}", run_id, "t", f"t-{i}", "Completed", "COMPLETED", submitted=start,
+                                start=start + i, end=start + i + 1, worker_host="node", worker_pid=1) for i in range(20)],
+    ))
+    store.close()
+    with serve_dashboard(db) as served:
+        page.goto(f"{served.url}/runs/{run_id}")
+        box = page.get_by_test_id("gantt").bounding_box()
+        last = page.locator(".gantt .axis span").last
+        assert last.inner_text() == "20.2 s"
+        mark = last.bounding_box()
+        assert box is not None and mark is not None
+        assert mark["x"] + mark["width"] <= box["x"] + box["width"], (mark, box)
