@@ -265,6 +265,9 @@ def test_a_flow_named_with_a_slash_has_a_deployment_page_actions_and_webhook(hom
         assert queued.status == 201
         assert served.post(link.group(1) + "/resume", "", headers=headers).json()["paused"] is False
         assert served.get(link.group(1) + "/pause").status == 405  # GET never acts
+        # no schedule: said so, not as item "1." of the next runs
+        shown = re.search(r"<h2>Next runs</h2>(.*?)<h2>", served.get(link.group(1)).text, re.S)
+        assert shown is not None and "no schedule" in shown.group(1) and "<li" not in shown.group(1)
         hooked = served.post("/api/deployments/team%2Fetl/daily/runs", {"n": 3},
                              headers={"Authorization": f"Bearer {TOKEN}"})
         assert hooked.status == 201 and hooked.json()["deployment"] == "team/etl/daily"
