@@ -29,7 +29,7 @@ from flowcore import flow, get_run_logger, task
 from flowcore.caching import INPUTS
 from flowcore.dashboard.app import DOM_BAR_LIMIT
 from flowcore.dashboard.command import exposure_warning, is_loopback
-from flowcore.dashboard.queries import HistoryQueries, RunFilter, percentile
+from flowcore.dashboard.queries import ChangeWatcher, HistoryQueries, RunFilter, percentile
 from flowcore.history import liveness
 from flowcore.history.formatting import local_time
 from flowcore.history.records import FlowRunWrite, HistoryBatch, LogWrite, StateRecord, TaskRunWrite
@@ -412,6 +412,37 @@ def test_pages_load_while_the_database_is_being_written_and_migrated(history: Pa
 
 
 # -- live -----------------------------------------------------------------------------------
+
+
+def test_a_history_file_replaced_while_the_dashboard_runs_is_read_anew(tmp_path: Path) -> None:
+    # The fix flowcore suggests for a corrupt history (move it aside, a new one is
+    # started) or a history deleted by hand: the running dashboard shows the new file,
+    # not the old one it still had open.
+    db = tmp_path / "history.db"
+    first = SQLiteStore(db)
+    first.write_events(HistoryBatch(flow_runs=[_flow_write("1" * 32, "Completed", "COMPLETED")]))
+    first.close()
+    with serve_dashboard(db) as running:
+        watcher = ChangeWatcher(db)
+        try:
+            assert watcher.changed() is False
+            assert running.get("/api/runs").json()["total"] == 1
+            assert running.get("/runs/" + "1" * 32).status == 200
+            for suffix in ("", "-wal", "-shm"):
+                if Path(f"{db}{suffix}").exists():
+                    os.replace(f"{db}{suffix}", f"{db}.broken{suffix}")
+            assert running.get("/api/runs").json()["total"] == 0  # gone: empty, as before the first run
+            assert running.get("/runs/" + "1" * 32).status == 404
+            second = SQLiteStore(db)
+            second.write_events(HistoryBatch(flow_runs=[_flow_write("2" * 32, "Completed", "COMPLETED")]))
+            second.close()
+            assert [r["id"] for r in running.get("/api/runs").json()["runs"]] == ["2" * 32]
+            assert running.get("/runs/" + "2" * 32).status == 200
+            assert running.get("/runs/" + "1" * 32).status == 404
+            assert running.get("/api/deployments").json() == []
+            assert watcher.changed() is True  # open pages refresh
+        finally:
+            watcher.close()
 
 
 def test_event_stream_announces_a_change_when_a_flow_writes(history: Path, tmp_path: Path) -> None:

@@ -38,6 +38,7 @@ import asyncio
 import json
 import logging
 import math
+import threading
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -67,6 +68,7 @@ from flowcore.dashboard.queries import (
     ChangeWatcher,
     HistoryQueries,
     RunFilter,
+    file_identity,
     parse_int,
     parse_state,
     parse_time,
@@ -277,6 +279,11 @@ class Dashboard:
     ``history_path``: the SQLite file that :class:`HistoryQueries` reads. Raises
     :class:`~flowcore.errors.DashboardError` when the store is not SQLite and no path
     is given.
+
+    The dashboard follows the file at that path: when it is replaced (moved aside and
+    started anew, as flowcore advises for a corrupt history) or removed, the next
+    request reads the file now there (see :meth:`follow_file`); ``store`` is then a
+    store of the dashboard's own over it (None while there is no file).
     """
 
     def __init__(self, store: HistoryStore, history_path: Path | None = None, *, poll_s: float = POLL_S) -> None:
@@ -288,17 +295,48 @@ class Dashboard:
                     "is not one (set FLOWCORE_HISTORY_STORE=sqlite)"
                 )
             history_path = path
-        self.store = store
+        self.store: HistoryStore | None = store
         self.path = history_path
         self.queries = HistoryQueries(history_path)
         self.env = _environment()
         self.poll_s = poll_s
         #: set by close(): open event streams end
         self.closed = False
+        #: the history file ``store`` reads, and how many times another one replaced it
+        self._identity = file_identity(history_path)
+        self.generation = 0
+        #: stores the dashboard opened itself (closed by close(), not while requests may use them)
+        self._opened: list[HistoryStore] = []
+        self._follow_lock = threading.Lock()
+
+    def follow_file(self) -> None:
+        """Read the history file now at :attr:`path` when it is not the one ``store``
+        opened: a store over the new one (none while the path is empty), and
+        :attr:`generation` counts up so that other stores over the file reopen too.
+        :class:`HistoryQueries` follows the file by itself. Raises HistoryError for a
+        new file that cannot be used (the next request tries again)."""
+        identity = file_identity(self.path)
+        if identity == self._identity:
+            return
+        with self._follow_lock:
+            identity = file_identity(self.path)
+            if identity == self._identity:
+                return
+            store = None
+            if identity is not None:
+                from flowcore.history.sqlite import SQLiteStore
+
+                store = SQLiteStore(self.path)
+                self._opened.append(store)
+            self.store, self._identity = store, identity
+            self.generation += 1
 
     def close(self) -> None:
         self.closed = True
         self.queries.close()
+        for store in self._opened:
+            store.close()
+        self._opened.clear()
 
     # -- helpers --------------------------------------------------------------------------
     def render(self, request: Request, template: str, context: dict[str, Any], *,
@@ -316,6 +354,8 @@ class Dashboard:
 
     def detail(self, run_id: str) -> RunDetail:
         """The store's run detail; RunNotFoundError for an unknown id."""
+        if self.store is None:
+            raise RunNotFoundError(f"no flow run {run_id!r}: there is no run history at {self.path} (any more)")
         return self.store.get_run(run_id)
 
     def run_filter(self, request: Request) -> RunFilter:
@@ -523,8 +563,12 @@ def create_app(store: HistoryStore, *, history_path: Path | None = None,
     deployments = DeploymentPages(board)
 
     def page(method: Callable[[Request], Response]) -> Callable[[Request], Any]:
+        def follow_then(request: Request) -> Response:
+            board.follow_file()
+            return method(request)
+
         async def endpoint(request: Request) -> Response:
-            return await run_in_threadpool(method, request)
+            return await run_in_threadpool(follow_then, request)
 
         return endpoint
 

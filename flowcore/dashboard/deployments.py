@@ -180,23 +180,32 @@ class DeploymentPages:
         self.token = token if token is not None else secrets.token_urlsafe(32)
         self._lock = threading.Lock()
         self._store: DeploymentStore | None = None
+        self._generation = board.generation
+        self._retired: list[DeploymentStore] = []
         board.env.globals["csrf_token"] = self.token
         board.env.filters["zone_time"] = _zone_time
         board.env.filters["path_part"] = lambda value: urllib.parse.quote(str(value), safe="")
 
     def store(self) -> DeploymentStore:
+        """The deployment store over the history file now at the board's path (a new
+        one after the file was replaced: see :meth:`Dashboard.follow_file`)."""
         with self._lock:
+            if self._store is not None and self._generation != self.board.generation:
+                self._retired.append(self._store)  # other requests may still use it
+                self._store = None
             if self._store is None:
                 from flowcore.deployments.store import DeploymentStore
 
                 self._store = DeploymentStore(self.board.path)
+                self._generation = self.board.generation
             return self._store
 
     def close(self) -> None:
         with self._lock:
-            if self._store is not None:
-                self._store.close()
-                self._store = None
+            for store in (*self._retired, *([self._store] if self._store is not None else [])):
+                store.close()
+            self._retired.clear()
+            self._store = None
 
     def find(self, request: Request) -> DeploymentRecord:
         """The deployment named by the ``flow`` and ``name`` path parameters;
@@ -332,6 +341,7 @@ class DeploymentPages:
             raise QueryError(f"the body is larger than {MAX_BODY} bytes")
         fields = parse_body(request.headers.get("content-type", ""), body)
         self.check_action(request, fields)
+        await run_in_threadpool(self.board.follow_file)
         result, status = await run_in_threadpool(self._act, request, name, fields)
         if wants_json(request):
             return JSONResponse(result, status_code=status)
