@@ -485,3 +485,45 @@ def test_the_gantt_axis_labels_stay_inside_the_timeline(page: Page, tmp_path: Pa
         mark = last.bounding_box()
         assert box is not None and mark is not None
         assert mark["x"] + mark["width"] <= box["x"] + box["width"], (mark, box)
+
+
+HIDE = ("() => { Object.defineProperty(document, 'visibilityState', {value: 'hidden', configurable: true});"
+        " document.dispatchEvent(new Event('visibilitychange')); }")
+SHOW = ("() => { Object.defineProperty(document, 'visibilityState', {value: 'visible', configurable: true});"
+        " document.dispatchEvent(new Event('visibilitychange')); }")
+
+
+def test_many_open_tabs_do_not_use_up_the_browsers_connections(browser: Browser, tmp_path: Path) -> None:
+    # A browser keeps 6 HTTP/1.1 connections per host; each open page's live stream
+    # holds one. Pages in background tabs let theirs go, so a 7th tab still loads
+    # (it hung) and a tab brought back catches up with what it missed.
+    db = tmp_path / "history.db"
+    start = time.time() - 60
+    store = SQLiteStore(db)
+    store.write_events(HistoryBatch(flow_runs=[FlowRunWrite("1" * 32, "tabs", "tabs-1", "Completed", "COMPLETED",
+                                                            start=start, end=start + 1)]))
+    context = browser.new_context()
+    try:
+        with serve_dashboard(db) as served:
+            tabs = []
+            for _ in range(6):
+                tab = context.new_page()
+                tab.goto(f"{served.url}/runs")
+                tab.get_by_test_id("live-status").filter(has_text="live").wait_for(timeout=10_000)
+                tab.evaluate(HIDE)  # the user opens the next tab: this one goes to the background
+                tabs.append(tab)
+            seventh = context.new_page()
+            seventh.goto(f"{served.url}/runs", timeout=10_000)
+            seventh.get_by_test_id("live-status").filter(has_text="live").wait_for(timeout=10_000)
+            assert seventh.get_by_test_id("run-row").count() == 1
+            store.write_events(HistoryBatch(flow_runs=[FlowRunWrite("2" * 32, "tabs", "tabs-2", "Completed",
+                                                                    "COMPLETED", start=start + 5, end=start + 6)]))
+            seventh.locator('[data-testid="run-row"][data-run-id="' + "2" * 32 + '"]').wait_for(timeout=10_000)
+            first = tabs[0]
+            assert first.get_by_test_id("run-row").count() == 1  # in the background: not updated
+            first.evaluate(SHOW)
+            first.locator('[data-testid="run-row"][data-run-id="' + "2" * 32 + '"]').wait_for(timeout=10_000)
+            first.get_by_test_id("live-status").filter(has_text="live").wait_for(timeout=10_000)
+    finally:
+        store.close()
+        context.close()

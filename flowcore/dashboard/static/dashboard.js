@@ -192,9 +192,30 @@
     var box = document.querySelector("[data-log-tail]");
     if (box) box.scrollTop = box.scrollHeight;
     if (!window.EventSource) { setLive(false, "no live updates in this browser"); return; }
-    var source = new EventSource("/api/events");
-    source.addEventListener("open", function () { setLive(true, "live"); });
-    source.addEventListener("error", function () { setLive(false, "reconnecting…"); });
-    source.addEventListener("change", refresh);
+    // The change stream holds one of the ~6 connections a browser opens to this host:
+    // a page in a background tab lets it go (else a 7th dashboard tab never loads, and
+    // the open ones cannot fetch their updates), and catches up when shown again.
+    var source = null;
+    function connect() {
+      if (source) return;
+      source = new EventSource("/api/events");
+      source.addEventListener("open", function () { setLive(true, "live"); });
+      source.addEventListener("error", function () { setLive(false, "reconnecting…"); });
+      source.addEventListener("change", refresh);
+    }
+    function disconnect() {
+      if (!source) return;
+      source.close();
+      source = null;
+      setLive(false, "paused in the background");
+    }
+    document.addEventListener("visibilitychange", function () {
+      if (document.visibilityState === "hidden") { disconnect(); return; }
+      connect();
+      lastRefresh = 0;
+      refresh();
+    });
+    if (document.visibilityState === "hidden") setLive(false, "paused in the background");
+    else connect();
   });
 })();
