@@ -169,6 +169,7 @@ def test_runs_page_has_a_row_per_run_with_state_and_badge(served: Served) -> Non
     assert 'data-testid="runs-histogram"' in html
     fragment = served.get("/runs?fragment=runs_table&flow=dashboard-other").text
     assert "<html" not in fragment and len(find_testids(fragment, "run-row")) == 1
+    assert ">1 run<" in fragment and "1 runs" not in fragment
 
 
 def test_every_page_says_which_clock_its_times_are_on(served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
