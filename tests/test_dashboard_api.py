@@ -274,6 +274,25 @@ def test_logs_api_tails_and_filters(served: Served) -> None:
     assert len(served.get(f"/api/runs/{run_id}/logs?limit=2").json()["logs"]) == 2
 
 
+def test_following_the_logs_in_pages_misses_no_line(served: Served) -> None:
+    # A follower passing last_id back gets every line once, even when more than
+    # `limit` arrived since its last look (it took the newest and skipped the rest).
+    run_id = etl_runs(served)[0]["id"]
+    everything = [r["id"] for r in served.get(f"/api/runs/{run_id}/logs").json()["logs"]]
+    assert len(everything) > 5
+    seen: list[int] = []
+    last = everything[0]
+    while True:
+        body = served.get(f"/api/runs/{run_id}/logs?after_id={last}&limit=2").json()
+        if not body["logs"]:
+            break
+        seen += [r["id"] for r in body["logs"]]
+        last = body["last_id"]
+    assert seen == everything[1:]
+    # without after_id, still the newest lines (what a page opens with)
+    assert [r["id"] for r in served.get(f"/api/runs/{run_id}/logs?limit=2").json()["logs"]] == everything[-2:]
+
+
 def test_logs_page_has_log_lines(served: Served) -> None:
     run_id = etl_runs(served)[0]["id"]
     html = served.get(f"/runs/{run_id}/logs?level=warning").text

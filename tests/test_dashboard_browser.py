@@ -527,3 +527,29 @@ def test_many_open_tabs_do_not_use_up_the_browsers_connections(browser: Browser,
     finally:
         store.close()
         context.close()
+
+
+def test_the_log_tail_keeps_every_line_when_thousands_arrive_at_once(page: Page, tmp_path: Path) -> None:
+    from flowcore.history.records import LogWrite
+
+    db = tmp_path / "history.db"
+    run_id = "5" * 32
+    start = time.time() - 30
+    store = SQLiteStore(db)
+    store.write_events(HistoryBatch(
+        flow_runs=[FlowRunWrite(run_id, "chatty", "chatty-55555555", "Running", "RUNNING", backend="threads",
+                                start=start, host=os.uname().nodename, pid=os.getpid(),
+                                state_entry=StateRecord(start, "RUNNING", "Running"))],
+        logs=[LogWrite(run_id, None, start + 1, 20, "INFO", "flowcore", "line 0")],
+    ))
+    try:
+        with serve_dashboard(db) as served:
+            page.goto(f"{served.url}/runs/{run_id}/logs")
+            page.get_by_test_id("live-status").filter(has_text="live").wait_for(timeout=10_000)
+            store.write_events(HistoryBatch(logs=[
+                LogWrite(run_id, None, start + 2, 20, "INFO", "flowcore", f"line {i}") for i in range(1, 2501)]))
+            page.locator('[data-testid="log-line"]', has_text="line 2500").wait_for(timeout=20_000)
+            messages = page.locator('[data-testid="log-line"] .msg').all_inner_texts()
+            assert messages == [f"line {i}" for i in range(2501)]
+    finally:
+        store.close()

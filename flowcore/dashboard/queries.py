@@ -674,9 +674,10 @@ class HistoryQueries:
     # -- logs ----------------------------------------------------------------------------
     def logs_tail(self, flow_run_id: str, *, after_id: int = 0, level: int = 0,
                   task: str | None = None, limit: int = 1000) -> list[LogRecord]:
-        """The last ``limit`` log records of a flow run with id above ``after_id``, at
-        ``level`` or above, of the task named ``task`` (or the run so named), oldest
-        first."""
+        """Log records of a flow run at ``level`` or above, of the task named ``task``
+        (or the run so named), oldest first: without ``after_id`` the newest ``limit``
+        (what a page opens with); with it, the first ``limit`` above ``after_id``, so
+        that a follower passing the last id back misses no line however many came."""
         sql = f"SELECT {_LOG_COLUMNS} FROM logs WHERE flow_run_id = ? AND id > ?"
         parameters: list[Any] = [flow_run_id, after_id]
         if level:
@@ -685,6 +686,10 @@ class HistoryQueries:
         if task:
             sql += " AND (task_name = ? OR task_run_name = ?)"
             parameters += [task, task]
+        if after_id:
+            sql += " ORDER BY id LIMIT ?"
+            parameters.append(limit)
+            return [LogRecord(*row) for row in self.rows(sql, parameters)]
         sql += " ORDER BY id DESC LIMIT ?"
         parameters.append(limit)
         return [LogRecord(*row) for row in reversed(self.rows(sql, parameters))]

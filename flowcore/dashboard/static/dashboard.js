@@ -28,6 +28,8 @@
     }));
   }
 
+  var TAIL_PAGE = 1000;  // the lines a logs page answers at most (its default ?limit=)
+
   function tailLogs() {
     var box = document.querySelector("[data-log-tail]");
     if (!box) return Promise.resolve();
@@ -45,6 +47,8 @@
       var empty = document.getElementById("logs-empty");
       if (empty) empty.hidden = true;
       if ((follow && follow.checked) || atBottom) box.scrollTop = box.scrollHeight;
+      // a full page: more lines wait after it (the run may have ended: no event will come)
+      if (html.split('data-log-id="').length - 1 >= TAIL_PAGE) return tailLogs();
     }).catch(function () {});
   }
 
