@@ -192,6 +192,21 @@ def test_every_page_says_which_clock_its_times_are_on(served: Served, monkeypatc
         time.tzset()
 
 
+def test_pages_name_their_script_and_style_by_content(served: Served) -> None:
+    # After an upgrade, a browser must not run a cached dashboard.js of the previous
+    # version against the new pages (their contract changes): the URLs carry a hash
+    # of the files' content.
+    import hashlib
+
+    import flowcore.dashboard.app as app_module
+
+    html = served.get("/runs").text
+    for name in ("dashboard.js", "dashboard.css"):
+        digest = hashlib.sha256((Path(app_module.__file__).parent / "static" / name).read_bytes()).hexdigest()[:12]
+        assert f"/static/{name}?v={digest}" in html, name
+        assert served.get(f"/static/{name}?v={digest}").status == 200
+
+
 def test_histogram_counts_runs_by_state_over_time(served: Served) -> None:
     body = served.get("/api/histogram?since=1h&bins=12").json()
     assert len(body["bins"]) == 12

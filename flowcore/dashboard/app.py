@@ -249,6 +249,16 @@ def clock_zone(now: float | None = None) -> tuple[str, str]:
     return time.strftime("%Z", moment), f"{offset[:3]}:{offset[3:]}"
 
 
+def asset_versions() -> dict[str, str]:
+    """Per file in ``static/``, a short hash of its content: the pages ask for
+    ``/static/NAME?v=HASH``, so that a browser never runs a cached script or style of
+    another flowcore version against these pages."""
+    import hashlib
+
+    return {path.name: hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+            for path in sorted((HERE / "static").iterdir()) if path.is_file()}
+
+
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(HERE / "templates"),
@@ -258,6 +268,7 @@ def _environment() -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
     )
     env.globals["clock_zone"] = clock_zone
+    env.globals["asset_version"] = asset_versions()
     env.filters.update(
         local=local_time, duration=lambda seconds: duration(seconds, " "),
         run_duration=lambda run: run_duration(run, " "), percent=_percent,
