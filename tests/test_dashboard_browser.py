@@ -396,6 +396,11 @@ def test_a_very_long_flow_name_or_parameter_keeps_every_page_within_the_window(p
         page.goto(served.url + "/runs")
         last_cell = page.get_by_test_id("run-row").locator("td").last.bounding_box()
         assert last_cell is not None and last_cell["x"] + last_cell["width"] <= 1300
+        page.set_viewport_size({"width": 800, "height": 900})  # half a laptop screen
+        for path in ("/runs", "/flows", "/tasks"):
+            page.goto(served.url + path)
+            widths = page.evaluate("() => [document.documentElement.scrollWidth, window.innerWidth]")
+            assert widths[0] <= widths[1], f"{path} at 800 px scrolls sideways: {widths[0]} px wide"
 
 
 def test_log_lines_tailed_live_read_like_the_lines_the_page_came_with(browser: Browser, tmp_path: Path) -> None:
