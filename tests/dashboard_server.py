@@ -128,6 +128,10 @@ def etl_workflow(n: int = 3, label: str = "nightly") -> int:
 @flow
 def reports(region: str = "eu") -> str:
     return region
+
+@flow(name="team/etl")
+def team_etl(n: int = 1) -> int:
+    return n
 '''
 
 

@@ -29,8 +29,9 @@ from flowcore import flow, get_run_logger, task
 from flowcore.caching import INPUTS
 from flowcore.dashboard.app import DOM_BAR_LIMIT
 from flowcore.dashboard.command import exposure_warning, is_loopback
-from flowcore.dashboard.queries import HistoryQueries, RunFilter, percentile
+from flowcore.dashboard.queries import ChangeWatcher, HistoryQueries, RunFilter, percentile
 from flowcore.history import liveness
+from flowcore.history.formatting import local_time
 from flowcore.history.records import FlowRunWrite, HistoryBatch, LogWrite, StateRecord, TaskRunWrite
 from flowcore.history.sqlite import SQLiteStore
 
@@ -148,6 +149,17 @@ def test_runs_api_filters_and_pages(served: Served) -> None:
     assert not {r["id"] for r in first["runs"]} & {r["id"] for r in second["runs"]}
 
 
+def test_a_runs_page_past_the_last_says_so_and_links_back(served: Served) -> None:
+    # 5 runs, 2 a page: page 3 is the last; page 9 (an old bookmark, runs deleted) is empty
+    html = served.get("/runs?per_page=2&page=9").text
+    assert not find_testids(html, "run-row")
+    assert "No flow runs recorded yet" not in html
+    assert "page 9 is past the last page (3)" in html
+    assert 'href="?per_page=2&amp;page=3"' in html
+    filtered = served.get("/runs?flow=inner&page=4").text
+    assert "page 4 is past the last page (1)" in filtered and 'href="?flow=inner&amp;page=1"' in filtered
+
+
 def test_runs_page_has_a_row_per_run_with_state_and_badge(served: Served) -> None:
     html = served.get("/runs").text
     rows = find_testids(html, "run-row")
@@ -157,6 +169,42 @@ def test_runs_page_has_a_row_per_run_with_state_and_badge(served: Served) -> Non
     assert 'data-testid="runs-histogram"' in html
     fragment = served.get("/runs?fragment=runs_table&flow=dashboard-other").text
     assert "<html" not in fragment and len(find_testids(fragment, "run-row")) == 1
+    assert ">1 run<" in fragment and "1 runs" not in fragment
+
+
+def test_every_page_says_which_clock_its_times_are_on(served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Times are shown on the dashboard machine's clock; a browser elsewhere (an SSH
+    # tunnel from another zone) must be told which one.
+    monkeypatch.setenv("TZ", "Asia/Kolkata")
+    time.tzset()
+    try:
+        run = etl_runs(served)[0]
+        for path in ("/runs", f"/runs/{run['id']}", f"/runs/{run['id']}/logs", "/flows", "/tasks", "/workers",
+                     "/deployments", "/no/such/page"):
+            zone = find_testids(served.get(path).text, "time-zone")
+            assert len(zone) == 1 and zone[0]["data-utc-offset"] == "+05:30", path
+        html = served.get("/runs").text
+        assert ">times in IST (UTC+05:30)<" in html
+        started = local_time(time.time())[:10]
+        assert started in html  # the cells are on that clock too
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+
+
+def test_pages_name_their_script_and_style_by_content(served: Served) -> None:
+    # After an upgrade, a browser must not run a cached dashboard.js of the previous
+    # version against the new pages (their contract changes): the URLs carry a hash
+    # of the files' content.
+    import hashlib
+
+    import flowcore.dashboard.app as app_module
+
+    html = served.get("/runs").text
+    for name in ("dashboard.js", "dashboard.css"):
+        digest = hashlib.sha256((Path(app_module.__file__).parent / "static" / name).read_bytes()).hexdigest()[:12]
+        assert f"/static/{name}?v={digest}" in html, name
+        assert served.get(f"/static/{name}?v={digest}").status == 200
 
 
 def test_histogram_counts_runs_by_state_over_time(served: Served) -> None:
@@ -241,12 +289,47 @@ def test_logs_api_tails_and_filters(served: Served) -> None:
     assert len(served.get(f"/api/runs/{run_id}/logs?limit=2").json()["logs"]) == 2
 
 
+def test_following_the_logs_in_pages_misses_no_line(served: Served) -> None:
+    # A follower passing last_id back gets every line once, even when more than
+    # `limit` arrived since its last look (it took the newest and skipped the rest).
+    run_id = etl_runs(served)[0]["id"]
+    everything = [r["id"] for r in served.get(f"/api/runs/{run_id}/logs").json()["logs"]]
+    assert len(everything) > 5
+    seen: list[int] = []
+    last = everything[0]
+    while True:
+        body = served.get(f"/api/runs/{run_id}/logs?after_id={last}&limit=2").json()
+        if not body["logs"]:
+            break
+        seen += [r["id"] for r in body["logs"]]
+        last = body["last_id"]
+    assert seen == everything[1:]
+    # without after_id, still the newest lines (what a page opens with)
+    assert [r["id"] for r in served.get(f"/api/runs/{run_id}/logs?limit=2").json()["logs"]] == everything[-2:]
+
+
 def test_logs_page_has_log_lines(served: Served) -> None:
     run_id = etl_runs(served)[0]["id"]
     html = served.get(f"/runs/{run_id}/logs?level=warning").text
     lines = find_testids(html, "log-line")
     assert lines and {line["data-level"] for line in lines} <= {"WARNING", "ERROR", "CRITICAL"}
     assert "data-log-tail" in html
+
+
+def test_a_logs_page_that_shows_only_the_last_lines_says_so(served: Served) -> None:
+    # The page shows the newest `limit` lines; the older ones must not vanish unsaid.
+    run_id = etl_runs(served)[0]["id"]
+    total = len(served.get(f"/api/runs/{run_id}/logs").json()["logs"])
+    assert total > 3
+    html = served.get(f"/runs/{run_id}/logs?limit=3").text
+    assert len(find_testids(html, "log-line")) == 3
+    note = find_testids(html, "logs-truncated")
+    assert len(note) == 1 and f"the last 3 of {total} lines" in html
+    assert f'href="/runs/{run_id}/logs?limit={total}"' in html
+    whole = served.get(f"/runs/{run_id}/logs").text
+    assert len(find_testids(whole, "log-line")) == total and not find_testids(whole, "logs-truncated")
+    warnings = served.get(f"/runs/{run_id}/logs?level=WARNING&limit=1").text  # the filters stay
+    assert "level=WARNING" in re.search(r'data-testid="logs-truncated".*?</p>', warnings, re.S).group(0)
 
 
 # -- summaries ------------------------------------------------------------------------------
@@ -297,6 +380,13 @@ def test_unknown_run_in_the_api_is_a_404_json(served: Served) -> None:
         ("/api/histogram?bins=100000", "bins: 100000 is out of range"),
         ("/runs?fragment=everything", "fragment: 'everything'"),
         ("/runs?until=13/45/2026", "until:"),
+        # a date the platform cannot place on its clock: a 400, not a 500
+        ("/api/runs?since=0001-01-01", "since: '0001-01-01'"),
+        ("/api/histogram?until=0001-01-01T00:00", "until: '0001-01-01T00:00'"),
+        ("/runs?since=0001-01-01", "since: '0001-01-01'"),
+        # a stream with such a limit would never end
+        ("/api/events?timeout=nan", "timeout: 'nan'"),
+        ("/api/events?timeout=-1", "timeout: '-1'"),
     ],
 )
 def test_a_malformed_query_is_a_400_with_the_reason(served: Served, path: str, reason: str) -> None:
@@ -318,7 +408,9 @@ def test_pages_load_without_any_history(tmp_path: Path) -> None:
         for path in ("/runs", "/flows", "/tasks", "/workers", "/api/runs", "/api/flows", "/api/histogram"):
             assert running.get(path).status == 200, path
         assert running.get("/api/runs").json()["total"] == 0
-        assert "No flow runs recorded yet" in running.get("/runs").text
+        page = running.get("/runs").text
+        assert "No flow runs recorded yet" in page
+        assert "no flow runs in this window" in page and "max per bar" not in page  # not "1 runs max per bar"
 
 
 def test_pages_load_while_the_database_is_being_written_and_migrated(history: Path, tmp_path: Path) -> None:
@@ -357,6 +449,37 @@ def test_pages_load_while_the_database_is_being_written_and_migrated(history: Pa
 # -- live -----------------------------------------------------------------------------------
 
 
+def test_a_history_file_replaced_while_the_dashboard_runs_is_read_anew(tmp_path: Path) -> None:
+    # The fix flowcore suggests for a corrupt history (move it aside, a new one is
+    # started) or a history deleted by hand: the running dashboard shows the new file,
+    # not the old one it still had open.
+    db = tmp_path / "history.db"
+    first = SQLiteStore(db)
+    first.write_events(HistoryBatch(flow_runs=[_flow_write("1" * 32, "Completed", "COMPLETED")]))
+    first.close()
+    with serve_dashboard(db) as running:
+        watcher = ChangeWatcher(db)
+        try:
+            assert watcher.changed() is False
+            assert running.get("/api/runs").json()["total"] == 1
+            assert running.get("/runs/" + "1" * 32).status == 200
+            for suffix in ("", "-wal", "-shm"):
+                if Path(f"{db}{suffix}").exists():
+                    os.replace(f"{db}{suffix}", f"{db}.broken{suffix}")
+            assert running.get("/api/runs").json()["total"] == 0  # gone: empty, as before the first run
+            assert running.get("/runs/" + "1" * 32).status == 404
+            second = SQLiteStore(db)
+            second.write_events(HistoryBatch(flow_runs=[_flow_write("2" * 32, "Completed", "COMPLETED")]))
+            second.close()
+            assert [r["id"] for r in running.get("/api/runs").json()["runs"]] == ["2" * 32]
+            assert running.get("/runs/" + "2" * 32).status == 200
+            assert running.get("/runs/" + "1" * 32).status == 404
+            assert running.get("/api/deployments").json() == []
+            assert watcher.changed() is True  # open pages refresh
+        finally:
+            watcher.close()
+
+
 def test_event_stream_announces_a_change_when_a_flow_writes(history: Path, tmp_path: Path) -> None:
     copy = tmp_path / "history.db"
     source, target = sqlite3.connect(history), sqlite3.connect(copy)
@@ -392,6 +515,30 @@ def _flow_write(run_id: str, state: str, state_type: str, **fields: Any) -> Flow
     defaults.update(fields)
     return FlowRunWrite(run_id, "synthetic", f"synthetic-{run_id[:8]}", state, state_type, parameters="{}",
                         backend="loky", state_entry=StateRecord(now - 5, state_type, state), **defaults)
+
+
+def test_the_timeline_of_a_crashed_run_ends_when_the_run_ended(tmp_path: Path) -> None:
+    # kill -9 mid-task: the task run is left without an end and read as Crashed. The
+    # Gantt spans the run's 5 s, not "until now" (it grew each time the page was seen).
+    db = tmp_path / "history.db"
+    store = SQLiteStore(db)
+    run_id = "9" * 32
+    start = time.time() - 300
+    tasks = [TaskRunWrite(f"{i:032x}", run_id, "slow", f"slow-{i}", "Completed", "COMPLETED", submitted=start + i,
+                          start=start + i, end=start + i + 1, worker_host="node", worker_pid=5) for i in range(4)]
+    tasks.append(TaskRunWrite(f"{4:032x}", run_id, "slow", "slow-4", "Crashed", "CRASHED", submitted=start + 4,
+                              start=start + 4, end=None, worker_host="node", worker_pid=5))
+    store.write_events(HistoryBatch(flow_runs=[_flow_write(run_id, "Crashed", "CRASHED", start=start,
+                                                           end=start + 5)], task_runs=tasks))
+    store.close()
+    with serve_dashboard(db) as running:
+        timeline = running.get(f"/api/runs/{run_id}/timeline").json()
+        assert timeline["span_s"] == pytest.approx(5.0, abs=0.01)
+        assert timeline["bars"]["state"][-1] == "Crashed" and timeline["bars"]["end"][-1] <= 5.0
+        page = running.get(f"/runs/{run_id}").text
+        assert ">5.0 s</span></div>" in page  # the axis's last mark
+        bars = find_testids(page, "task-bar")
+        assert len(bars) == 5 and all(float(re.search(r"left: ([0-9.]+)%", b["style"]).group(1)) < 100 for b in bars)
 
 
 def test_a_run_with_more_task_runs_than_the_dom_limit_is_drawn_on_a_canvas(tmp_path: Path) -> None:
@@ -470,6 +617,8 @@ def _start_command(args: list[str], home: Path) -> tuple[subprocess.Popen[str], 
     )
     assert process.stdout is not None
     line = process.stdout.readline()
+    if line.startswith("generated the API token"):  # the first start over this home says so first
+        line = process.stdout.readline()
     port = args[args.index("--port") + 1]
     deadline = time.monotonic() + 20
     while True:  # the line is printed just before uvicorn listens
@@ -515,6 +664,24 @@ def test_the_command_on_loopback_refuses_foreign_host_headers_and_taken_ports(hi
     finally:
         process.terminate()
         process.communicate(timeout=20)
+
+
+@pytest.mark.parametrize(
+    ("args", "reason"),
+    [
+        (["--port", "99999"], "--port: 99999 is not a port number (1 to 65535)"),
+        (["--port", "-1"], "--port: -1 is not a port number (1 to 65535)"),
+        (["--host", "no-such-host.invalid", "--port", "4399"], "check --host"),
+    ],
+)
+def test_the_command_refuses_a_bad_port_or_host_with_a_message(args: list[str], reason: str, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "flowcore", "dashboard", *args], capture_output=True, text=True,
+        env={**os.environ, "FLOWCORE_HOME": str(tmp_path)}, timeout=60, check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert reason in result.stderr and "Traceback" not in result.stderr
+    assert "is listening on" not in result.stderr  # it is not: no exposure warning for a failed start
 
 
 def test_the_cli_declares_the_command_without_loading_the_web_stack() -> None:

@@ -369,3 +369,192 @@ def test_the_deployments_page_pauses_and_runs_now_without_a_reload(page: Page, t
         page.get_by_test_id("run-now-parameters").fill("{not json")
         page.get_by_test_id("run-now-button").click()
         page.get_by_test_id("action-result").filter(has_text="not JSON").wait_for(timeout=10_000)
+
+
+def test_a_very_long_flow_name_or_parameter_keeps_every_page_within_the_window(page: Page, tmp_path: Path) -> None:
+    # Names and values of any length: the pages wrap or truncate them; the runs table
+    # keeps its columns on screen, no page scrolls sideways.
+    db = tmp_path / "history.db"
+    name = "a_very_long_flow_name_" * 14
+    start = time.time() - 60
+    store = SQLiteStore(db)
+    store.write_events(HistoryBatch(flow_runs=[
+        FlowRunWrite("e" * 32, name, name + "-eeeeeeee", "Completed", "COMPLETED",
+                     parameters='{"blob": "' + "x" * 5000 + '", "path": "' + "/very/long/path" * 100 + '"}',
+                     backend="threads", start=start, end=start + 2,
+                     state_entry=StateRecord(start + 2, "COMPLETED", "Completed")),
+    ], task_runs=[
+        TaskRunWrite("f" * 32, "e" * 32, "t" * 300, "t" * 300 + "-0", "Completed", "COMPLETED", submitted=start,
+                     start=start + 0.5, end=start + 1.5, backend="threads", worker_host="node", worker_pid=7),
+    ]))
+    store.close()
+    with serve_dashboard(db) as served:
+        for path in ("/runs", "/flows", "/tasks", f"/runs/{'e' * 32}", f"/runs/{'e' * 32}/logs"):
+            page.goto(served.url + path)
+            widths = page.evaluate("() => [document.documentElement.scrollWidth, window.innerWidth]")
+            assert widths[0] <= widths[1], f"{path} scrolls sideways: {widths[0]} px wide in a {widths[1]} px window"
+        page.goto(served.url + "/runs")
+        last_cell = page.get_by_test_id("run-row").locator("td").last.bounding_box()
+        assert last_cell is not None and last_cell["x"] + last_cell["width"] <= 1300
+        page.set_viewport_size({"width": 800, "height": 900})  # half a laptop screen
+        for path in ("/runs", "/flows", "/tasks"):
+            page.goto(served.url + path)
+            widths = page.evaluate("() => [document.documentElement.scrollWidth, window.innerWidth]")
+            assert widths[0] <= widths[1], f"{path} at 800 px scrolls sideways: {widths[0]} px wide"
+
+
+def test_log_lines_tailed_live_read_like_the_lines_the_page_came_with(browser: Browser, tmp_path: Path) -> None:
+    # The browser is in another time zone than the dashboard's machine: a line that
+    # arrives by the live tail shows its time as the page's own lines do (same clock,
+    # same format), not in the browser's locale ("12/3/2026, 12:16:50 PM").
+    from flowcore.history.formatting import local_time
+    from flowcore.history.records import LogWrite
+
+    db = tmp_path / "history.db"
+    run_id = "a" * 32
+    start = time.time() - 30
+    store = SQLiteStore(db)
+    store.write_events(HistoryBatch(
+        flow_runs=[FlowRunWrite(run_id, "tail", "tail-aaaaaaaa", "Running", "RUNNING", backend="threads",
+                                start=start, host=os.uname().nodename, pid=os.getpid(),
+                                state_entry=StateRecord(start, "RUNNING", "Running"))],
+        logs=[LogWrite(run_id, None, start + 1, 20, "INFO", "flowcore", "first line")],
+    ))
+    context = browser.new_context(viewport={"width": 1300, "height": 900}, timezone_id="Pacific/Kiritimati",
+                                  locale="en-US")
+    try:
+        with serve_dashboard(db) as served:
+            page = context.new_page()
+            page.goto(f"{served.url}/runs/{run_id}/logs")
+            page.get_by_test_id("live-status").filter(has_text="live").wait_for(timeout=10_000)
+            later = time.time()
+            store.write_events(HistoryBatch(logs=[LogWrite(run_id, None, later, 30, "WARNING", "flowcore",
+                                                           "<b>second</b> line")]))
+            page.locator('[data-testid="log-line"]', has_text="second").wait_for(timeout=15_000)
+            stamps = page.locator('[data-testid="log-line"] .ts').all_inner_texts()
+            assert stamps == [local_time(start + 1), local_time(later)]
+            assert page.locator('[data-testid="log-line"] b').count() == 0  # the message is text
+            assert page.get_by_test_id("log-line").last.get_attribute("data-level") == "WARNING"
+    finally:
+        store.close()
+        context.close()
+
+
+def test_the_canvas_time_axis_reads_like_the_dom_one(page: Page, tmp_path: Path) -> None:
+    # A big map that took 40 ms: the canvas axis is labelled as the DOM Gantt's is
+    # (0 ms, 8 ms, ... 40 ms), not "0.00 s, 0.01 s, 0.01 s" (repeated, rounded away).
+    from flowcore.history.formatting import duration
+
+    db = tmp_path / "history.db"
+    run_id = "c" * 32
+    start = time.time() - 60
+    n = 3000
+    store = SQLiteStore(db)
+    store.write_events(HistoryBatch(
+        flow_runs=[FlowRunWrite(run_id, "quick", "quick-cccccccc", "Completed", "COMPLETED", backend="loky",
+                                start=start, end=start + 0.04,
+                                state_entry=StateRecord(start + 0.04, "COMPLETED", "Completed"))],
+        task_runs=[TaskRunWrite(f"{i:032x}", run_id, "inc", f"inc-{i}", "Completed", "COMPLETED", submitted=start,
+                                start=start + 0.04 * i / n, end=start + 0.04 * (i + 1) / n, backend="loky",
+                                worker_host="node", worker_pid=100 + i % 2) for i in range(n)],
+    ))
+    store.close()
+    with serve_dashboard(db) as served:
+        page.goto(f"{served.url}/runs/{run_id}")
+        canvas = page.get_by_test_id("gantt-canvas")
+        page.wait_for_function("() => document.querySelector('canvas').getAttribute('data-ticks')", timeout=10_000)
+        ticks = (canvas.get_attribute("data-ticks") or "").split("|")
+        span = page.evaluate("() => document.querySelector('canvas')._timeline.span_s")
+        assert ticks == [duration(span * i / 5, " ") for i in range(6)]
+        assert len(set(ticks)) == 6, ticks
+
+
+def test_the_gantt_axis_labels_stay_inside_the_timeline(page: Page, tmp_path: Path) -> None:
+    db = tmp_path / "history.db"
+    run_id = "b" * 32
+    start = time.time() - 60
+    store = SQLiteStore(db)
+    store.write_events(HistoryBatch(
+        flow_runs=[FlowRunWrite(run_id, "axis", "axis-bbbbbbbb", "Completed", "COMPLETED", backend="threads",
+                                start=start, end=start + 20.2,
+                                state_entry=StateRecord(start + 20.2, "COMPLETED", "Completed"))],
+        task_runs=[TaskRunWrite(f"{i:032x}", run_id, "t", f"t-{i}", "Completed", "COMPLETED", submitted=start,
+                                start=start + i, end=start + i + 1, worker_host="node", worker_pid=1) for i in range(20)],
+    ))
+    store.close()
+    with serve_dashboard(db) as served:
+        page.goto(f"{served.url}/runs/{run_id}")
+        box = page.get_by_test_id("gantt").bounding_box()
+        last = page.locator(".gantt .axis span").last
+        assert last.inner_text() == "20.2 s"
+        mark = last.bounding_box()
+        assert box is not None and mark is not None
+        assert mark["x"] + mark["width"] <= box["x"] + box["width"], (mark, box)
+
+
+HIDE = ("() => { Object.defineProperty(document, 'visibilityState', {value: 'hidden', configurable: true});"
+        " document.dispatchEvent(new Event('visibilitychange')); }")
+SHOW = ("() => { Object.defineProperty(document, 'visibilityState', {value: 'visible', configurable: true});"
+        " document.dispatchEvent(new Event('visibilitychange')); }")
+
+
+def test_many_open_tabs_do_not_use_up_the_browsers_connections(browser: Browser, tmp_path: Path) -> None:
+    # A browser keeps 6 HTTP/1.1 connections per host; each open page's live stream
+    # holds one. Pages in background tabs let theirs go, so a 7th tab still loads
+    # (it hung) and a tab brought back catches up with what it missed.
+    db = tmp_path / "history.db"
+    start = time.time() - 60
+    store = SQLiteStore(db)
+    store.write_events(HistoryBatch(flow_runs=[FlowRunWrite("1" * 32, "tabs", "tabs-1", "Completed", "COMPLETED",
+                                                            start=start, end=start + 1)]))
+    context = browser.new_context()
+    try:
+        with serve_dashboard(db) as served:
+            tabs = []
+            for _ in range(6):
+                tab = context.new_page()
+                tab.goto(f"{served.url}/runs")
+                tab.get_by_test_id("live-status").filter(has_text="live").wait_for(timeout=10_000)
+                tab.evaluate(HIDE)  # the user opens the next tab: this one goes to the background
+                tabs.append(tab)
+            seventh = context.new_page()
+            seventh.goto(f"{served.url}/runs", timeout=10_000)
+            seventh.get_by_test_id("live-status").filter(has_text="live").wait_for(timeout=10_000)
+            assert seventh.get_by_test_id("run-row").count() == 1
+            store.write_events(HistoryBatch(flow_runs=[FlowRunWrite("2" * 32, "tabs", "tabs-2", "Completed",
+                                                                    "COMPLETED", start=start + 5, end=start + 6)]))
+            seventh.locator('[data-testid="run-row"][data-run-id="' + "2" * 32 + '"]').wait_for(timeout=10_000)
+            first = tabs[0]
+            assert first.get_by_test_id("run-row").count() == 1  # in the background: not updated
+            first.evaluate(SHOW)
+            first.locator('[data-testid="run-row"][data-run-id="' + "2" * 32 + '"]').wait_for(timeout=10_000)
+            first.get_by_test_id("live-status").filter(has_text="live").wait_for(timeout=10_000)
+    finally:
+        store.close()
+        context.close()
+
+
+def test_the_log_tail_keeps_every_line_when_thousands_arrive_at_once(page: Page, tmp_path: Path) -> None:
+    from flowcore.history.records import LogWrite
+
+    db = tmp_path / "history.db"
+    run_id = "5" * 32
+    start = time.time() - 30
+    store = SQLiteStore(db)
+    store.write_events(HistoryBatch(
+        flow_runs=[FlowRunWrite(run_id, "chatty", "chatty-55555555", "Running", "RUNNING", backend="threads",
+                                start=start, host=os.uname().nodename, pid=os.getpid(),
+                                state_entry=StateRecord(start, "RUNNING", "Running"))],
+        logs=[LogWrite(run_id, None, start + 1, 20, "INFO", "flowcore", "line 0")],
+    ))
+    try:
+        with serve_dashboard(db) as served:
+            page.goto(f"{served.url}/runs/{run_id}/logs")
+            page.get_by_test_id("live-status").filter(has_text="live").wait_for(timeout=10_000)
+            store.write_events(HistoryBatch(logs=[
+                LogWrite(run_id, None, start + 2, 20, "INFO", "flowcore", f"line {i}") for i in range(1, 2501)]))
+            page.locator('[data-testid="log-line"]', has_text="line 2500").wait_for(timeout=20_000)
+            messages = page.locator('[data-testid="log-line"] .msg').all_inner_texts()
+            assert messages == [f"line {i}" for i in range(2501)]
+    finally:
+        store.close()

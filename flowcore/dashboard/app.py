@@ -37,6 +37,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
+import threading
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -66,6 +68,7 @@ from flowcore.dashboard.queries import (
     ChangeWatcher,
     HistoryQueries,
     RunFilter,
+    file_identity,
     parse_int,
     parse_state,
     parse_time,
@@ -91,6 +94,8 @@ HERE = Path(__file__).resolve().parent
 DOM_BAR_LIMIT = 2000
 #: failed task runs whose tracebacks the run page shows
 SHOW_FAILED = 50
+#: log lines a logs page or ``/api/runs/{id}/logs`` answers at most (``?limit=``)
+MAX_LOG_LINES = 100_000
 #: seconds between two looks at the history in an event stream
 POLL_S = 0.5
 #: seconds between keep-alive comments in an event stream
@@ -173,8 +178,10 @@ def build_gantt(detail: RunDetail, children: Sequence[FlowRunRecord] = (), now: 
     begin_candidates = [t for t in (run.start, *(t.start for t in started)) if t is not None]
     start = min(begin_candidates) if begin_candidates else current
     ends = [run.end if run.end is not None else (current if not run.is_final() else start)]
-    ends += [t.end if t.end is not None else current for t in started]
-    ends += [c.end if c.end is not None else current for c in children]
+    # a run without an end lasts until now only while it is not final (a task run of a
+    # killed flow is read as Crashed with no end: it ends where it started, as its bar)
+    ends += [t.end if t.end is not None else (current if not t.is_final() else t.start or start) for t in started]
+    ends += [c.end if c.end is not None else (current if not c.is_final() else c.start or start) for c in children]
     end = max(ends)
     span = max(end - start, 1e-3)
     canvas = len(started) > dom_limit
@@ -234,6 +241,24 @@ def _ordered_counts(counts: dict[str, int]) -> list[tuple[str, int]]:
     return [(n, counts[n]) for n in names]
 
 
+def clock_zone(now: float | None = None) -> tuple[str, str]:
+    """The zone the pages' times are shown in (this machine's, as :func:`local_time`
+    uses): its abbreviation now and its UTC offset, ``("CET", "+01:00")``."""
+    moment = time.localtime(time.time() if now is None else now)
+    offset = time.strftime("%z", moment)
+    return time.strftime("%Z", moment), f"{offset[:3]}:{offset[3:]}"
+
+
+def asset_versions() -> dict[str, str]:
+    """Per file in ``static/``, a short hash of its content: the pages ask for
+    ``/static/NAME?v=HASH``, so that a browser never runs a cached script or style of
+    another flowcore version against these pages."""
+    import hashlib
+
+    return {path.name: hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+            for path in sorted((HERE / "static").iterdir()) if path.is_file()}
+
+
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(HERE / "templates"),
@@ -242,11 +267,16 @@ def _environment() -> jinja2.Environment:
         lstrip_blocks=True,
         undefined=jinja2.StrictUndefined,
     )
+    env.globals["clock_zone"] = clock_zone
+    env.globals["asset_version"] = asset_versions()
     env.filters.update(
         local=local_time, duration=lambda seconds: duration(seconds, " "),
         run_duration=lambda run: run_duration(run, " "), percent=_percent,
         counts=_ordered_counts, state_type=state_type_of, worker=worker_label,
-        pretty=lambda value: json.dumps(value, indent=2, sort_keys=True, default=repr),
+        pretty=lambda value: json.dumps(value, indent=2, sort_keys=True, default=repr, ensure_ascii=False),
+        # JSON as text in HTML (autoescape escapes it once); Jinja's ``tojson`` is for
+        # <script> blocks and shows ``<`` and ``ü`` as \u003c and \u00fc
+        json=lambda value: json.dumps(value, sort_keys=True, default=repr, ensure_ascii=False),
     )
     return env
 
@@ -260,6 +290,11 @@ class Dashboard:
     ``history_path``: the SQLite file that :class:`HistoryQueries` reads. Raises
     :class:`~flowcore.errors.DashboardError` when the store is not SQLite and no path
     is given.
+
+    The dashboard follows the file at that path: when it is replaced (moved aside and
+    started anew, as flowcore advises for a corrupt history) or removed, the next
+    request reads the file now there (see :meth:`follow_file`); ``store`` is then a
+    store of the dashboard's own over it (None while there is no file).
     """
 
     def __init__(self, store: HistoryStore, history_path: Path | None = None, *, poll_s: float = POLL_S) -> None:
@@ -271,17 +306,48 @@ class Dashboard:
                     "is not one (set FLOWCORE_HISTORY_STORE=sqlite)"
                 )
             history_path = path
-        self.store = store
+        self.store: HistoryStore | None = store
         self.path = history_path
         self.queries = HistoryQueries(history_path)
         self.env = _environment()
         self.poll_s = poll_s
         #: set by close(): open event streams end
         self.closed = False
+        #: the history file ``store`` reads, and how many times another one replaced it
+        self._identity = file_identity(history_path)
+        self.generation = 0
+        #: stores the dashboard opened itself (closed by close(), not while requests may use them)
+        self._opened: list[HistoryStore] = []
+        self._follow_lock = threading.Lock()
+
+    def follow_file(self) -> None:
+        """Read the history file now at :attr:`path` when it is not the one ``store``
+        opened: a store over the new one (none while the path is empty), and
+        :attr:`generation` counts up so that other stores over the file reopen too.
+        :class:`HistoryQueries` follows the file by itself. Raises HistoryError for a
+        new file that cannot be used (the next request tries again)."""
+        identity = file_identity(self.path)
+        if identity == self._identity:
+            return
+        with self._follow_lock:
+            identity = file_identity(self.path)
+            if identity == self._identity:
+                return
+            store = None
+            if identity is not None:
+                from flowcore.history.sqlite import SQLiteStore
+
+                store = SQLiteStore(self.path)
+                self._opened.append(store)
+            self.store, self._identity = store, identity
+            self.generation += 1
 
     def close(self) -> None:
         self.closed = True
         self.queries.close()
+        for store in self._opened:
+            store.close()
+        self._opened.clear()
 
     # -- helpers --------------------------------------------------------------------------
     def render(self, request: Request, template: str, context: dict[str, Any], *,
@@ -299,6 +365,8 @@ class Dashboard:
 
     def detail(self, run_id: str) -> RunDetail:
         """The store's run detail; RunNotFoundError for an unknown id."""
+        if self.store is None:
+            raise RunNotFoundError(f"no flow run {run_id!r}: there is no run history at {self.path} (any more)")
         return self.store.get_run(run_id)
 
     def run_filter(self, request: Request) -> RunFilter:
@@ -349,15 +417,24 @@ class Dashboard:
         q = request.query_params
         level_name, level = _level(q.get("level"))
         task = (q.get("task") or "").strip() or None
-        records = self.queries.logs_tail(detail.run.id, level=level, task=task,
-                                         limit=parse_int(q.get("limit"), "limit", 1000, 1, 100_000))
-        api = f"/api/runs/{detail.run.id}/logs?" + urllib.parse.urlencode(
-            {k: v for k, v in (("level", level_name), ("task", task)) if v})
+        limit = parse_int(q.get("limit"), "limit", 1000, 1, MAX_LOG_LINES)
+        after_id = parse_int(q.get("after_id"), "after_id", 0, 0, 2**62)
+        records = self.queries.logs_tail(detail.run.id, level=level, task=task, after_id=after_id, limit=limit)
+        # the page shows the newest `limit` lines: say so when there are older ones
+        total = (self.queries.logs_count(detail.run.id, level=level, task=task)
+                 if len(records) == limit and not after_id else len(records))
+        more = "?" + urllib.parse.urlencode({k: v for k, v in (
+            ("level", level_name), ("task", task), ("limit", str(min(total, MAX_LOG_LINES)))) if v})
+        # The live tail asks this page for its new lines (?fragment=log_lines&after_id=N),
+        # so they are rendered here, on the same clock and in the same format as the rest.
+        tail = f"/runs/{detail.run.id}/logs?" + urllib.parse.urlencode(
+            {k: v for k, v in (("level", level_name), ("task", task), ("fragment", "log_lines")) if v})
         return self.render(request, "logs.html", {
             "run": detail.run, "records": records, "level": level_name or "", "task": task or "",
             "tasks": self.queries.log_tasks(detail.run.id), "levels": list(LEVELS),
-            "after_id": records[-1].id if records else 0, "tail_src": api,
-        })
+            "after_id": records[-1].id if records else 0, "tail_src": tail,
+            "total": total, "more_href": f"/runs/{detail.run.id}/logs{more}", "max_lines": MAX_LOG_LINES,
+        }, fragments=("log_lines",))
 
     def tasks_page(self, request: Request) -> Response:
         flow, since, until, since_text = self._task_window(request)
@@ -440,7 +517,7 @@ class Dashboard:
         _, level = _level(q.get("level"))
         records = self.queries.logs_tail(
             full, after_id=parse_int(q.get("after_id"), "after_id", 0, 0, 2**62), level=level,
-            task=(q.get("task") or "").strip() or None, limit=parse_int(q.get("limit"), "limit", 1000, 1, 100_000),
+            task=(q.get("task") or "").strip() or None, limit=parse_int(q.get("limit"), "limit", 1000, 1, MAX_LOG_LINES),
         )
         return JSONResponse({
             "run_id": full, "last_id": records[-1].id if records else None,
@@ -497,8 +574,12 @@ def create_app(store: HistoryStore, *, history_path: Path | None = None,
     deployments = DeploymentPages(board)
 
     def page(method: Callable[[Request], Response]) -> Callable[[Request], Any]:
+        def follow_then(request: Request) -> Response:
+            board.follow_file()
+            return method(request)
+
         async def endpoint(request: Request) -> Response:
-            return await run_in_threadpool(method, request)
+            return await run_in_threadpool(follow_then, request)
 
         return endpoint
 
@@ -508,6 +589,8 @@ def create_app(store: HistoryStore, *, history_path: Path | None = None,
             duration = float(limit) if limit else None
         except ValueError:
             raise QueryError(f"timeout: {limit!r} is not a number of seconds") from None
+        if duration is not None and not (duration >= 0 and math.isfinite(duration)):
+            raise QueryError(f"timeout: {limit!r} is not a number of seconds (0 or more; leave it out for no limit)")
         return StreamingResponse(
             _event_stream(request, board, duration), media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
@@ -565,10 +648,12 @@ def create_app(store: HistoryStore, *, history_path: Path | None = None,
         Route("/api/histogram", page(board.api_histogram)),
         Route("/api/events", events),
         Route("/deployments", page(deployments.list_page)),
-        Route("/deployments/{flow}/{name}", page(deployments.detail_page)),
-        Route("/deployments/{flow}/{name}/{action}", deployments.action, methods=["POST"]),
+        # {flow:path}: a flow name may hold "/" (a deployment name may not), so the
+        # deployment is the last segment before the action and the flow all before it
+        Route("/deployments/{flow:path}/{name}", page(deployments.detail_page)),
+        Route("/deployments/{flow:path}/{name}/{action}", deployments.action, methods=["POST"]),
         Route("/api/deployments", page(deployments.api_list), methods=["GET"]),
-        Route("/api/deployments/{flow}/{name}", page(deployments.api_detail), methods=["GET"]),
+        Route("/api/deployments/{flow:path}/{name}", page(deployments.api_detail), methods=["GET"]),
         Route("/api/trigger-feed", page(deployments.api_feed)),
         Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
     ]

@@ -18,6 +18,7 @@ missing (the message says ``pip install "flowcore[ui]"``) or the port is taken.
 from __future__ import annotations
 
 import argparse
+import errno
 import ipaddress
 import socket
 import sys
@@ -66,16 +67,28 @@ def _require_ui() -> None:
         )
 
 
+def port_number(text: str) -> int:
+    """``--port``'s type: a TCP port, 1 to 65535 (argparse reports anything else)."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text} is not a port number (1 to 65535)")
+    return port
+
+
 def _check_port(host: str, port: int) -> None:
+    """Raise DashboardError, saying which option to change, unless ``host:port`` can be bound."""
     family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host.strip("[]"), port))
         except OSError as exc:
-            raise DashboardError(
-                f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another port with --port"
-            ) from None
+            taken = exc.errno in (errno.EADDRINUSE, errno.EACCES)
+            fix = "choose another port with --port" if taken else f"check --host ({host!r} is not an address of this machine)"
+            raise DashboardError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); {fix}") from None
 
 
 def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, open_browser: bool = False) -> int:
@@ -86,10 +99,10 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, open_browser: b
     from flowcore.dashboard.app import create_app
     from flowcore.history.commands import open_for_cli
 
+    _check_port(host, port)
     warning = exposure_warning(host)
     if warning:
         print(warning, file=sys.stderr)
-    _check_port(host, port)
     store = open_for_cli()
     try:
         allowed = list(LOOPBACK_NAMES) if is_loopback(host) else None
@@ -139,7 +152,7 @@ def add_command(commands: Any) -> None:
         "it has no authentication, so binding another address prints a warning.",
     )
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST}: this machine only)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    parser.add_argument("--port", type=port_number, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
     parser.add_argument("--open", action="store_true", help="open the dashboard in a web browser")
     parser.set_defaults(handler=_dashboard)
 

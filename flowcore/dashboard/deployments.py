@@ -42,10 +42,11 @@ import time
 import urllib.parse
 from typing import TYPE_CHECKING, Any
 
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
-from flowcore.errors import ActionRefusedError, QueryError
+from flowcore.errors import ActionRefusedError, DeploymentNotFoundError, QueryError
 
 if TYPE_CHECKING:
     from flowcore.dashboard.app import Dashboard
@@ -179,28 +180,50 @@ class DeploymentPages:
         self.token = token if token is not None else secrets.token_urlsafe(32)
         self._lock = threading.Lock()
         self._store: DeploymentStore | None = None
+        self._generation = board.generation
+        self._retired: list[DeploymentStore] = []
         board.env.globals["csrf_token"] = self.token
         board.env.filters["zone_time"] = _zone_time
         board.env.filters["path_part"] = lambda value: urllib.parse.quote(str(value), safe="")
 
     def store(self) -> DeploymentStore:
+        """The deployment store over the history file now at the board's path (a new
+        one after the file was replaced: see :meth:`Dashboard.follow_file`)."""
         with self._lock:
+            if self._store is not None and self._generation != self.board.generation:
+                self._retired.append(self._store)  # other requests may still use it
+                self._store = None
             if self._store is None:
                 from flowcore.deployments.store import DeploymentStore
 
                 self._store = DeploymentStore(self.board.path)
+                self._generation = self.board.generation
             return self._store
 
     def close(self) -> None:
         with self._lock:
-            if self._store is not None:
-                self._store.close()
-                self._store = None
+            for store in (*self._retired, *([self._store] if self._store is not None else [])):
+                store.close()
+            self._retired.clear()
+            self._store = None
 
     def find(self, request: Request) -> DeploymentRecord:
         """The deployment named by the ``flow`` and ``name`` path parameters;
         DeploymentNotFoundError otherwise."""
         return self.store().find(f"{request.path_params['flow']}/{request.path_params['name']}")
+
+    def _refuse_get_of_an_action(self, request: Request) -> None:
+        """``GET /deployments/{flow}/{name}/pause`` reaches the page route (a flow name
+        may hold "/"): when ``{flow}/{name}`` is a deployment and the last part an
+        action, answer 405 as for any action URL; otherwise return."""
+        flow, action = request.path_params["flow"], request.path_params["name"]
+        if action not in ACTIONS or "/" not in flow:
+            return
+        try:
+            self.store().find(flow)
+        except DeploymentNotFoundError:
+            return
+        raise HTTPException(405, f"{action} is an action: POST it from the deployment's page")
 
     # -- the view model -------------------------------------------------------------------
     def view(self, record: DeploymentRecord, *, now: float, next_n: int, last_n: int) -> dict[str, Any]:
@@ -235,7 +258,11 @@ class DeploymentPages:
         }, fragments=("deployments_table", "feed"))
 
     def detail_page(self, request: Request) -> Response:
-        record = self.find(request)
+        try:
+            record = self.find(request)
+        except DeploymentNotFoundError:
+            self._refuse_get_of_an_action(request)
+            raise
         now = time.time()
         view = self.view(record, now=now, next_n=10, last_n=20)
         feed = self.store().feed(record.id, limit=50)
@@ -314,6 +341,7 @@ class DeploymentPages:
             raise QueryError(f"the body is larger than {MAX_BODY} bytes")
         fields = parse_body(request.headers.get("content-type", ""), body)
         self.check_action(request, fields)
+        await run_in_threadpool(self.board.follow_file)
         result, status = await run_in_threadpool(self._act, request, name, fields)
         if wants_json(request):
             return JSONResponse(result, status_code=status)

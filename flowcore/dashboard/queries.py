@@ -27,6 +27,7 @@ Malformed inputs (an unknown state, a bad time) raise
 from __future__ import annotations
 
 import math
+import os
 import sqlite3
 import threading
 import time
@@ -375,10 +376,23 @@ def _add_task(summary: TaskSummary, state: str, start: float | None, end: float 
         summary.retried += 1
 
 
+def file_identity(path: str | Path) -> tuple[int, int] | None:
+    """(device, inode) of the file at ``path``, None when there is none: tells a file
+    replaced at the same path (moved aside and started anew, deleted and recreated)
+    from the one a connection opened."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
+
+
 class HistoryQueries:
     """Read-only SQL over one history file (see the module docstring).
 
     Thread-safe: each thread has its own connection. ``close()`` closes them all.
+    A connection follows the path: when the file there is replaced (or removed), the
+    next read opens the new one (or reads as empty).
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -389,10 +403,14 @@ class HistoryQueries:
 
     # -- connections --------------------------------------------------------------------
     def _connection(self) -> sqlite3.Connection | None:
+        identity = file_identity(self.path)
         connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
         if connection is not None:
-            return connection
-        if not self.path.exists():
+            if getattr(self._local, "identity", None) == identity:
+                return connection
+            self._drop(connection)  # the file it read was replaced or removed
+            self._local.connection = None
+        if identity is None:
             return None
         try:
             connection = sqlite3.connect(
@@ -402,9 +420,16 @@ class HistoryQueries:
         except sqlite3.Error:
             return None
         self._local.connection = connection
+        self._local.identity = identity
         with self._lock:
             self._connections.append(connection)
         return connection
+
+    def _drop(self, connection: sqlite3.Connection) -> None:
+        with self._lock:
+            if connection in self._connections:
+                self._connections.remove(connection)
+        connection.close()
 
     def rows(self, sql: str, parameters: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         """The rows of one statement; none when the history (or the table) is not
@@ -654,9 +679,10 @@ class HistoryQueries:
     # -- logs ----------------------------------------------------------------------------
     def logs_tail(self, flow_run_id: str, *, after_id: int = 0, level: int = 0,
                   task: str | None = None, limit: int = 1000) -> list[LogRecord]:
-        """The last ``limit`` log records of a flow run with id above ``after_id``, at
-        ``level`` or above, of the task named ``task`` (or the run so named), oldest
-        first."""
+        """Log records of a flow run at ``level`` or above, of the task named ``task``
+        (or the run so named), oldest first: without ``after_id`` the newest ``limit``
+        (what a page opens with); with it, the first ``limit`` above ``after_id``, so
+        that a follower passing the last id back misses no line however many came."""
         sql = f"SELECT {_LOG_COLUMNS} FROM logs WHERE flow_run_id = ? AND id > ?"
         parameters: list[Any] = [flow_run_id, after_id]
         if level:
@@ -665,9 +691,27 @@ class HistoryQueries:
         if task:
             sql += " AND (task_name = ? OR task_run_name = ?)"
             parameters += [task, task]
+        if after_id:
+            sql += " ORDER BY id LIMIT ?"
+            parameters.append(limit)
+            return [LogRecord(*row) for row in self.rows(sql, parameters)]
         sql += " ORDER BY id DESC LIMIT ?"
         parameters.append(limit)
         return [LogRecord(*row) for row in reversed(self.rows(sql, parameters))]
+
+    def logs_count(self, flow_run_id: str, *, level: int = 0, task: str | None = None) -> int:
+        """How many log records of a flow run :meth:`logs_tail` would choose from (same
+        ``level`` and ``task`` filters, no limit)."""
+        sql = "SELECT count(*) FROM logs WHERE flow_run_id = ?"
+        parameters: list[Any] = [flow_run_id]
+        if level:
+            sql += " AND level >= ?"
+            parameters.append(level)
+        if task:
+            sql += " AND (task_name = ? OR task_run_name = ?)"
+            parameters += [task, task]
+        rows = self.rows(sql, parameters)
+        return int(rows[0][0]) if rows else 0
 
     def log_tasks(self, flow_run_id: str) -> list[str]:
         """The task names that wrote log records in a flow run."""
@@ -720,15 +764,21 @@ class ChangeWatcher:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path).absolute()
         self._connection: sqlite3.Connection | None = None
+        self._identity: tuple[int, int] | None = None
         self._last: int | None = None
 
     def changed(self) -> bool:
-        """True when the history changed (or appeared) since the previous call; the
-        first call answers False."""
+        """True when the history changed (or appeared, was replaced or removed) since the
+        previous call; the first call answers False."""
+        identity = file_identity(self.path)
+        replaced = self._connection is not None and identity != self._identity
+        if replaced:
+            self.close()  # another file now, or none: the pages show something else
+        self._identity = identity
         if self._connection is None:
-            if not self.path.exists():
+            if identity is None:
                 self._last = -1  # the file appearing later counts as a change
-                return False
+                return replaced
             try:
                 self._connection = sqlite3.connect(
                     f"{self.path.as_uri()}?mode=ro", uri=True, timeout=5.0, isolation_level=None,
@@ -739,9 +789,9 @@ class ChangeWatcher:
         try:
             version = int(self._connection.execute("PRAGMA data_version").fetchone()[0])
         except sqlite3.Error:
-            return False
+            return replaced
         previous, self._last = self._last, version
-        return previous is not None and previous != version
+        return replaced or (previous is not None and previous != version)
 
     def close(self) -> None:
         if self._connection is not None:

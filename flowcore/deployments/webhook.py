@@ -181,9 +181,10 @@ def deployment_routes(
 
     return [
         Route("/api/deployments", guarded(list_all), methods=["GET"]),
-        Route("/api/deployments/{flow}/{deployment}/runs", guarded(create_run), methods=["POST"]),
-        Route("/api/deployments/{flow}/{deployment}/{action:str}", guarded(pause), methods=["POST"]),
-        Route("/api/deployments/{flow}/{deployment}", guarded(inspect), methods=["GET"]),
+        # {flow:path}: a flow name may hold "/" (a deployment name may not)
+        Route("/api/deployments/{flow:path}/{deployment}/runs", guarded(create_run), methods=["POST"]),
+        Route("/api/deployments/{flow:path}/{deployment}/{action:str}", guarded(pause), methods=["POST"]),
+        Route("/api/deployments/{flow:path}/{deployment}", guarded(inspect), methods=["GET"]),
         Route("/api/deployment-runs/{run_id}", guarded(show_run), methods=["GET"]),
     ]
 

@@ -186,7 +186,9 @@ def parse_age(text: str, what: str = "age") -> float:
 
 def parse_since(text: str, what: str = "--since", now: float | None = None) -> float:
     """A point in time given as an age back from now (``2d``) or as an ISO 8601 date or
-    time (``2026-12-01``, ``2026-12-01T08:00``; local time unless it names a zone)."""
+    time (``2026-12-01``, ``2026-12-01T08:00``; local time unless it names a zone).
+    Raises :class:`ConfigurationError` naming ``what`` for anything else, a date the
+    platform cannot convert (year 1) included."""
     import datetime
 
     current = time.time() if now is None else now
@@ -200,7 +202,15 @@ def parse_since(text: str, what: str = "--since", now: float | None = None) -> f
         raise ConfigurationError(
             f"{what}: {text!r} is neither an age (30d, 12h) nor an ISO date (2026-12-01)"
         ) from None
-    return moment.timestamp()
+    try:
+        return moment.timestamp()
+    except (ValueError, OverflowError, OSError):
+        # a naive date is placed through this machine's local time, which fails at the
+        # edges of the calendar (year 1, 9999): the value cannot be used, say so
+        raise ConfigurationError(
+            f"{what}: {text!r} is out of the range of dates this machine can convert; "
+            "give a date nearer to now, or an age (30d, 12h)"
+        ) from None
 
 
 __all__ = [

@@ -28,36 +28,27 @@
     }));
   }
 
+  var TAIL_PAGE = 1000;  // the lines a logs page answers at most (its default ?limit=)
+
   function tailLogs() {
     var box = document.querySelector("[data-log-tail]");
     if (!box) return Promise.resolve();
     var src = box.getAttribute("data-log-tail");
     var after = box.getAttribute("data-after-id") || "0";
     var url = src + (src.indexOf("?") >= 0 ? "&" : "?") + "after_id=" + encodeURIComponent(after);
-    return fetch(url).then(function (r) { return r.ok ? r.json() : null; }).then(function (body) {
-      if (!body || !body.logs.length) return;
+    // The page renders its new lines (server-side, like the lines it came with).
+    return fetch(url, { headers: { "Accept": "text/html" } }).then(function (r) { return r.ok ? r.text() : ""; }).then(function (html) {
+      if (!html.trim()) return;
       var follow = document.getElementById("follow");
       var atBottom = box.scrollTop + box.clientHeight >= box.scrollHeight - 4;
-      body.logs.forEach(function (rec) {
-        var line = document.createElement("div");
-        line.className = "log-line lv-" + rec.level;
-        line.setAttribute("data-testid", "log-line");
-        line.setAttribute("data-log-id", rec.id);
-        line.setAttribute("data-level", rec.level);
-        [["ts", new Date(rec.timestamp).toLocaleString()], ["lv", rec.level],
-         ["who", rec.task_run_name || rec.logger], ["msg", rec.message]].forEach(function (p, i) {
-          var s = document.createElement("span");
-          s.className = p[0];
-          s.textContent = p[1];
-          if (i) line.appendChild(document.createTextNode(" "));
-          line.appendChild(s);
-        });
-        box.appendChild(line);
-      });
-      box.setAttribute("data-after-id", String(body.last_id));
+      box.insertAdjacentHTML("beforeend", html);
+      var lines = box.querySelectorAll("[data-log-id]");
+      box.setAttribute("data-after-id", lines[lines.length - 1].getAttribute("data-log-id"));
       var empty = document.getElementById("logs-empty");
       if (empty) empty.hidden = true;
       if ((follow && follow.checked) || atBottom) box.scrollTop = box.scrollHeight;
+      // a full page: more lines wait after it (the run may have ended: no event will come)
+      if (html.split('data-log-id="').length - 1 >= TAIL_PAGE) return tailLogs();
     }).catch(function () {});
   }
 
@@ -89,6 +80,16 @@
     }));
   }
 
+  // A duration as the server writes it (flowcore.history.formatting.duration, " " gap).
+  function duration(s) {
+    if (s < 1) return (s * 1000).toFixed(0) + " ms";
+    if (s < 60) return s.toFixed(1) + " s";
+    var m = Math.floor(s / 60), sec = Math.floor(s) % 60;
+    if (m < 60) return m + "m" + (sec < 10 ? "0" : "") + sec + "s";
+    var h = Math.floor(m / 60); m = m % 60;
+    return h + "h" + (m < 10 ? "0" : "") + m + "m";
+  }
+
   function paint(canvas) {
     var t = canvas._timeline; if (!t) return;
     var ratio = window.devicePixelRatio || 1;
@@ -99,9 +100,13 @@
     g.font = "11px system-ui, sans-serif";
     g.fillStyle = "#6b7580";
     var track = width - LABEL_W - 8, span = t.span_s || 1;
+    var ticks = [];
     for (var i = 0; i <= 5; i++) {
-      g.fillText((span * i / 5).toFixed(span < 10 ? 2 : 0) + " s", LABEL_W + track * i / 5 - (i === 5 ? 30 : 0), 14);
+      var label = duration(span * i / 5);
+      ticks.push(label);
+      g.fillText(label, LABEL_W + track * i / 5 - (i === 5 ? g.measureText(label).width : 0), 14);
     }
+    canvas.setAttribute("data-ticks", ticks.join("|"));
     t.lanes.forEach(function (name, i) {
       g.fillStyle = "#1d232a";
       g.fillText(name.length > 34 ? name.slice(0, 33) + "…" : name, 4, TOP + i * LANE_H + 15);
@@ -191,9 +196,30 @@
     var box = document.querySelector("[data-log-tail]");
     if (box) box.scrollTop = box.scrollHeight;
     if (!window.EventSource) { setLive(false, "no live updates in this browser"); return; }
-    var source = new EventSource("/api/events");
-    source.addEventListener("open", function () { setLive(true, "live"); });
-    source.addEventListener("error", function () { setLive(false, "reconnecting…"); });
-    source.addEventListener("change", refresh);
+    // The change stream holds one of the ~6 connections a browser opens to this host:
+    // a page in a background tab lets it go (else a 7th dashboard tab never loads, and
+    // the open ones cannot fetch their updates), and catches up when shown again.
+    var source = null;
+    function connect() {
+      if (source) return;
+      source = new EventSource("/api/events");
+      source.addEventListener("open", function () { setLive(true, "live"); });
+      source.addEventListener("error", function () { setLive(false, "reconnecting…"); });
+      source.addEventListener("change", refresh);
+    }
+    function disconnect() {
+      if (!source) return;
+      source.close();
+      source = null;
+      setLive(false, "paused in the background");
+    }
+    document.addEventListener("visibilitychange", function () {
+      if (document.visibilityState === "hidden") { disconnect(); return; }
+      connect();
+      lastRefresh = 0;
+      refresh();
+    });
+    if (document.visibilityState === "hidden") setLive(false, "paused in the background");
+    else connect();
   });
 })();
