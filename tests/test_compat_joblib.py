@@ -454,3 +454,23 @@ def test_joblib_on_flowcore_backend_keeps_exception_types() -> None:
         assert joblib.Parallel(n_jobs=2)(joblib.delayed(square)(i) for i in range(30)) == [
             i * i for i in range(30)
         ]
+
+
+def test_the_package_re_exports_the_drop_in_names_lazily() -> None:
+    """``from flowcore.compat import Parallel, delayed`` is the drop-in's shortest import:
+    the same objects as ``flowcore.compat.joblib``'s, loaded only when asked for."""
+    import flowcore.compat as compat
+    from flowcore.compat import joblib as shim
+
+    for name in ("Parallel", "delayed", "parallel_config", "parallel_backend", "cpu_count"):
+        assert getattr(compat, name) is getattr(shim, name), name
+    from flowcore.compat import Parallel as P
+    from flowcore.compat import delayed as d
+
+    assert P(n_jobs=2, backend="threading")(d(square)(i) for i in range(4)) == [0, 1, 4, 9]
+    with pytest.raises(AttributeError, match="no attribute 'Paralel'"):
+        compat.Paralel  # noqa: B018 - the lookup is the test
+
+    code = "import flowcore.compat, sys; print('flowcore.compat.joblib' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
