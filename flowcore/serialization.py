@@ -344,6 +344,14 @@ def explain_pickling_failure(
     try:
         check(call.task)
     except Exception as error:
+        held = _unpicklable_held_value(getattr(call.task, "fn", None), check)
+        if held is not None:
+            return SerializationError(
+                f"{where}: the task's function uses {held}, which cannot be pickled to send "
+                f"it to the {backend_name!r} workers: {error}. A function defined in a "
+                "script travels with the values it uses: create the object inside the "
+                "task, or define the function in a module the workers import."
+            )
         return SerializationError(
             f"{where}: the task itself (its function or options) cannot be pickled "
             f"to send it to the {backend_name!r} workers: {error}"
@@ -360,6 +368,44 @@ def explain_pickling_failure(
         f"the result of task run {call.task_run_name!r} cannot be pickled to send it back "
         f"from the {backend_name!r} workers: {one_line(root)}; return plain data instead"
     )
+
+
+def _unpicklable_held_value(fn: Any, check: Callable[[Any], None]) -> str | None:
+    """``global '_lock' (a _thread.lock)`` or ``variable 'lock' (a ...)``: the first
+    global or closure cell that ``fn``'s code uses and that fails ``check``, or None.
+
+    A function pickled by value (defined in ``__main__`` or a closure) carries those
+    values; naming the one at fault tells the user what to change.
+    """
+    import types
+
+    while isinstance(fn, types.MethodType | staticmethod | classmethod):
+        fn = fn.__func__
+    if not isinstance(fn, types.FunctionType):
+        return None
+    candidates: list[tuple[str, Any]] = []
+    for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or (), strict=False):
+        try:
+            candidates.append((f"variable {name!r}", cell.cell_contents))
+        except ValueError:  # an empty cell: nothing to pickle
+            continue
+    codes = [fn.__code__]
+    seen: set[str] = set()
+    while codes:
+        code = codes.pop()
+        for name in code.co_names:
+            if name in fn.__globals__ and name not in seen:
+                seen.add(name)
+                candidates.append((f"global {name!r}", fn.__globals__[name]))
+        codes.extend(const for const in code.co_consts if isinstance(const, types.CodeType))
+    for label, value in candidates:
+        if isinstance(value, types.ModuleType):
+            continue  # pickled by reference
+        try:
+            check(value)
+        except Exception:
+            return f"{label} (a {type_name(value)})"
+    return None
 
 
 def explain_unsendable(task_run_name: str, exc: BaseException) -> SerializationError | None:
