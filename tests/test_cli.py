@@ -51,6 +51,21 @@ def test_run_example_flow_on_a_chosen_backend() -> None:
     assert "retry 1/3" in result.stderr  # day 0 and day 5 fail once and are retried
 
 
+def test_quickstart_script_runs_on_a_process_backend(tmp_path: Path) -> None:
+    """The example's docstring says to pick another backend with FLOWCORE_BACKEND: run as
+    a script, its tasks travel by value to the workers, with what they use."""
+    env = {**os.environ, "FLOWCORE_BACKEND": "loky", "FLOWCORE_BACKEND_OPTIONS": '{"max_workers": 2}'}
+    result = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "quickstart.py")],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120, env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "on backend 'loky'" in result.stderr
+    assert "14 days summarised" in result.stderr
+    assert "retry 1/3" in result.stderr  # days 0, 5 and 10 fail once and are retried
+    assert "in state Failed" not in result.stderr and "NotRun" not in result.stderr
+
+
 def test_run_reports_unknown_backend_and_bad_params(tmp_path: Path) -> None:
     unknown = flowcore_cli("run", "examples/quickstart.py:weather_report", "--backend", "thread")
     assert unknown.returncode == 2
