@@ -112,6 +112,11 @@ def map_arguments(task_name: str, args: tuple[Any, ...], kwargs: dict[str, Any])
     per run. Raises ValueError when no argument is iterable or the iterables differ
     in length.
     """
+    for label, value in [*((f"argument {i}", a) for i, a in enumerate(args)), *kwargs.items()]:
+        if isinstance(value, unmapped) and isinstance(value.value, unmapped):
+            raise TypeError(
+                f"{task_name}.map(): {label} is {value!r}; wrap a value in unmapped() once"
+            )
     mapped_args = {i: list(a) for i, a in enumerate(args) if _is_mapped(a)}
     mapped_kwargs = {k: list(v) for k, v in kwargs.items() if _is_mapped(v)}
     lengths = {f"argument {i}": len(v) for i, v in mapped_args.items()}

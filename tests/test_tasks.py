@@ -322,6 +322,19 @@ def test_map_broadcasts_unmapped_values() -> None:
     assert got == [(1, shared), (2, shared)]
 
 
+def test_unmapped_given_to_submit_is_refused_at_submit_time() -> None:
+    """``unmapped`` only means something to ``.map``; given to ``.submit`` the task would
+    receive the wrapper instead of the value, and fail later (or worse, not at all)."""
+    with flowcore.use_backend("threads"):
+        with pytest.raises(TypeError, match=r"add': argument 0 is unmapped\(1\).*only as an argument of .map\(\).*pass the value itself"):
+            add.submit(unmapped(1), 2)
+        with pytest.raises(TypeError, match=r"argument 'y' is unmapped\(\[2\]\)"):
+            add.submit(1, y=unmapped([2]))
+        with pytest.raises(TypeError, match=r"argument 1 is unmapped\(unmapped\(2\)\).*once"):
+            add.map([1, 2], unmapped(unmapped(2)))
+        assert add.submit(1, 2).result(timeout=60) == 3
+
+
 @pytest.mark.parametrize("constant", ["ab", b"xy", {"k": 1, "j": 2}])
 def test_map_passes_strings_bytes_and_dicts_whole(constant: Any) -> None:
     with flowcore.use_backend("threads"):
