@@ -335,6 +335,17 @@ def test_unmapped_given_to_submit_is_refused_at_submit_time() -> None:
         assert add.submit(1, 2).result(timeout=60) == 3
 
 
+def test_map_over_only_a_dict_or_a_string_says_they_are_passed_whole() -> None:
+    """A Prefect or joblib user maps over a dict's keys or a string's characters; here
+    they are constants, so the error says so and how to map over them."""
+    with flowcore.use_backend("threads"):
+        with pytest.raises(ValueError, match=r"argument 0 is a dict.*passed whole.*list\(d\) or list\(d.items\(\)\)"):
+            combine.map({"k": 1, "j": 2}, 3)
+        with pytest.raises(ValueError, match=r"'b' is a str.*passed whole.*list\(s\)"):
+            combine.map(1, b="ab")
+        assert _results(combine.map(list({"k": 1, "j": 2}), 3)) == [("k", 3), ("j", 3)]
+
+
 @pytest.mark.parametrize("constant", ["ab", b"xy", {"k": 1, "j": 2}])
 def test_map_passes_strings_bytes_and_dicts_whole(constant: Any) -> None:
     with flowcore.use_backend("threads"):
