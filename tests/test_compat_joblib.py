@@ -234,6 +234,21 @@ def test_error_in_the_input_iterator_reaches_the_caller() -> None:
         Parallel(n_jobs=2)(items())
 
 
+@pytest.mark.parametrize("n_jobs", [2, 1])
+@pytest.mark.parametrize("batch_size", ["auto", 3])
+def test_items_that_are_not_delayed_calls_are_a_clear_error(n_jobs: int, batch_size: Any) -> None:
+    """``Parallel()(f(i) for i in ...)``, delayed forgotten: the error names the item and
+    the fix, instead of joblib's "cannot unpack" or a worker's
+    "not subscriptable"."""
+    if n_jobs == 1 and batch_size == "auto":
+        pytest.skip("n_jobs=1 runs the items inline as joblib does (its unpacking error)")
+    with pytest.raises(TypeError, match=r"item 0 is an int \(0\), not a call made with delayed\(\).*delayed\(fn\)\(\*args, \*\*kwargs\)"):
+        Parallel(n_jobs=n_jobs, batch_size=batch_size)(square(i) for i in range(7))
+    with pytest.raises(TypeError, match=r"item 1 is a tuple.*delayed\(fn\)\(\*args, \*\*kwargs\)"):
+        Parallel(n_jobs=n_jobs, batch_size=batch_size)([delayed(square)(1), (square, (2,))])
+    assert Parallel(n_jobs=n_jobs, batch_size=batch_size)(delayed(square)(i) for i in range(7))[-1] == 36
+
+
 def test_an_error_stops_the_remaining_work() -> None:
     started = time.monotonic()
     with pytest.raises(TypeError):
