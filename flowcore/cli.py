@@ -89,12 +89,6 @@ def _load_attribute(target: str, command: str) -> Any:
         module = importlib.util.module_from_spec(spec)
         sys.modules.setdefault(path.stem, module)
         sys.path.insert(0, str(path.parent))
-        if sys.modules[path.stem] is module:
-            # As for a script run with python: its functions travel to workers by value,
-            # so workers that cannot import the file (a Dask cluster's) still run them.
-            import cloudpickle
-
-            cloudpickle.register_pickle_by_value(module)
         spec.loader.exec_module(module)
     else:
         # MODULE:FLOW names a module of the current directory too, as with python -m

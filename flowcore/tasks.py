@@ -467,7 +467,7 @@ class Task(Generic[P, R]):
         qualname = getattr(self.fn, "__qualname__", "")
         # __main__ differs in a worker process: such tasks travel by value.
         # ``inc = task(bare_inc, name="inc")`` is found under its task name instead.
-        if module and module != "__main__" and "<locals>" not in qualname and not _by_value(module):
+        if module and module != "__main__" and "<locals>" not in qualname:
             candidates = [qualname]
             if self.name != qualname and self.name.isidentifier():
                 candidates.append(self.name)
@@ -484,16 +484,6 @@ class Task(Generic[P, R]):
 
     def __repr__(self) -> str:
         return f"Task(name={self.name!r}, fn={getattr(self.fn, '__qualname__', self.fn)!r})"
-
-
-def _by_value(module: str) -> bool:
-    """Whether ``module`` is registered with ``cloudpickle.register_pickle_by_value``
-    (a file ``flowcore run`` loaded): its functions travel by value, so must its tasks."""
-    cloudpickle = sys.modules.get("cloudpickle")
-    if cloudpickle is None:  # not loaded: nothing can be registered
-        return False
-    registered: set[str] = cloudpickle.list_registry_pickle_by_value()
-    return any(module == name or module.startswith(name + ".") for name in registered)
 
 
 class AsyncTask(Task[P, R]):
