@@ -90,6 +90,10 @@ def _load_attribute(target: str, command: str) -> Any:
         sys.modules.setdefault(path.stem, module)
         sys.path.insert(0, str(path.parent))
         spec.loader.exec_module(module)
+        if sys.modules.get(path.stem) is module:  # remote workers need the file itself
+            from flowcore.serialization import note_script_file
+
+            note_script_file(path.stem, str(path))
     else:
         # MODULE:FLOW names a module of the current directory too, as with python -m
         # (the installed ``flowcore`` script's sys.path lacks it).

@@ -306,6 +306,25 @@ def raise_if_unsendable(value: T) -> T:
     return value
 
 
+# -- files that workers may lack -----------------------------------------------------
+
+#: module name -> absolute path of each ``.py`` file that ``flowcore run`` / ``flowcore
+#: bench`` imported by path: its tasks pickle by reference to a module that only this
+#: machine has. A backend whose workers may run elsewhere (a Dask scheduler at an
+#: address) ships these files to them (see :func:`script_files`).
+_script_files: dict[str, str] = {}
+
+
+def note_script_file(module: str, path: str) -> None:
+    """Record that ``module`` was imported from the file ``path`` (not from sys.path)."""
+    _script_files[module] = path
+
+
+def script_files() -> dict[str, str]:
+    """The files recorded by :func:`note_script_file`, module name -> path."""
+    return dict(_script_files)
+
+
 # -- explaining ---------------------------------------------------------------------
 
 
@@ -454,9 +473,11 @@ __all__ = [
     "explain_pickling_failure",
     "explain_unsendable",
     "is_pickling_error",
+    "note_script_file",
     "one_line",
     "pickling_error",
     "raise_if_unsendable",
+    "script_files",
     "send_back",
     "type_name",
     "unsendable_error",
