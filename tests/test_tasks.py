@@ -804,3 +804,18 @@ def test_a_direct_call_that_returns_its_failed_state_logs_the_failure(caplog: py
     assert sync_body() == "Failed" and async_body() == "Failed"
     failures = [r for r in caplog.records if r.levelno == logging.ERROR and "Finished in state Failed" in r.getMessage()]
     assert [r.getMessage().split("(")[1] for r in failures] == ["'ValueError: bad 1')", "'ValueError: bad async 2')"]
+
+
+def test_wait_and_as_completed_refuse_what_is_not_a_future_by_name() -> None:
+    """``flowcore.wait([1, 2])`` or ``wait(future)``: a TypeError that names the item,
+    instead of "'int' object has no attribute 'wait'" (or a future that is not iterable)."""
+    with flowcore.use_backend("threads"):
+        future = add.submit(1, 2)
+        with pytest.raises(TypeError, match=r"flowcore.wait\(\): item 1 is an int \(3\), not a TaskFuture"):
+            flowcore.wait([future, 3])  # type: ignore[list-item]
+        with pytest.raises(TypeError, match=r"flowcore.as_completed\(\): item 0 is a str \('x'\)"):
+            list(flowcore.as_completed(["x"]))  # type: ignore[list-item]
+        with pytest.raises(TypeError, match=r"flowcore.wait\(\) takes a list of futures.*wait\(\[future\]\)"):
+            flowcore.wait(future)  # type: ignore[arg-type]
+        done, not_done = flowcore.wait([future], timeout=60)
+        assert done == {future} and not not_done
