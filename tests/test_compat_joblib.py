@@ -358,6 +358,25 @@ def test_parallel_config_dask_runs_on_flowcore_dask_backend() -> None:
     assert values == [i * i for i in range(50)]
 
 
+def test_parallel_config_dask_uses_the_users_dask_client_as_joblib_does() -> None:
+    """A Dask user connects a Client, then ``with parallel_config(backend="dask")``:
+    joblib runs the calls on that client's cluster (``get_client()``), and so must the
+    drop-in, instead of starting a cluster of its own. ``scheduler_host`` names one."""
+    pytest.importorskip("distributed")
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        with Client(cluster) as client:  # type: ignore[no-untyped-call]
+            theirs = set(client.run(os.getpid).values())
+            with parallel_config(backend="dask"):
+                pids = set(Parallel(n_jobs=2)(delayed(pid_of)(i) for i in range(6)))
+            assert pids <= theirs, (pids, theirs)
+            assert client.status == "running"  # used, not closed
+        with parallel_config(backend="dask", scheduler_host=cluster.scheduler_address):
+            values = Parallel()(delayed(square)(i) for i in range(20))
+        assert values == [i * i for i in range(20)]
+
+
 # -- output ---------------------------------------------------------------------------------
 
 

@@ -50,6 +50,7 @@ from flowcore.compat._config import (
     UNSET,
     BackendChoice,
     current_worker,
+    dask_as_joblib_would,
     effective_workers,
     resolve,
     threads_choice,
@@ -723,6 +724,8 @@ class Parallel:
             options.setdefault("n_jobs", workers)
         elif choice.sized_by_n_jobs:
             options.setdefault("max_workers", workers)
+        if choice.name == "dask":
+            dask_as_joblib_would(options)
         return get_backend(choice.name, **options), True
 
     def _outputs(self, run: _Run) -> Generator[Any, None, None]:
