@@ -33,6 +33,25 @@ def test_backends_table_lists_builtins_with_plugin() -> None:
     assert rows["sequential"][1:4] == ["inline", "flowcore.backends.sequential", "ready"]
 
 
+def test_backends_warns_when_the_configured_backend_is_not_registered(tmp_path: Path) -> None:
+    """``flowcore backends`` is where a user looks when a flow fails with an unknown
+    backend: it says which setting names it (the table itself is unchanged)."""
+    env = {**os.environ, "FLOWCORE_BACKEND": "nonsense"}
+    result = subprocess.run(
+        [sys.executable, "-m", "flowcore", "backends"], capture_output=True, text=True,
+        cwd=tmp_path, timeout=120, env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "environment variable FLOWCORE_BACKEND names backend 'nonsense', which is not registered" in result.stderr
+    assert result.stdout.splitlines()[0].split()[:2] == ["NAME", "KIND"]
+    assert "nonsense" not in result.stdout
+    quiet = subprocess.run(
+        [sys.executable, "-m", "flowcore", "backends"], capture_output=True, text=True,
+        cwd=tmp_path, timeout=120, env={**os.environ, "FLOWCORE_BACKEND": "threads"},
+    )
+    assert quiet.returncode == 0 and "not registered" not in quiet.stderr
+
+
 def test_backends_json() -> None:
     result = flowcore_cli("backends", "--json")
     assert result.returncode == 0, result.stderr
