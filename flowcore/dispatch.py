@@ -212,14 +212,15 @@ class Dispatcher:
                     break
             else:
                 scan = False
-        if scan:  # refused before a future exists: none is left waiting for a run never sent
-            mapping = sys.modules.get("flowcore.mapping")  # None: no unmapped(...) exists yet
-            if mapping is not None:
-                _refuse_unmapped(task.name, args, kwargs, mapping.unmapped)
-        future = new_future(task, self.scope, args, kwargs)
+        # The arguments are checked and scanned before the run's future exists (and is
+        # tracked by the scope): if that raises, no future is left that the flow would
+        # wait for at its end, for a run never sent.
         upstream: list[TaskFuture[Any]] = []
         tolerated: list[TaskFuture[Any]] | None = None
         if scan:
+            mapping = sys.modules.get("flowcore.mapping")  # None: no unmapped(...) exists yet
+            if mapping is not None:
+                _refuse_unmapped(task.name, args, kwargs, mapping.unmapped)
             items: list[Any] = []
             collect_inputs(args, items)
             if kwargs:
@@ -230,6 +231,7 @@ class Dispatcher:
             waited = _sort_inputs(wait_for, upstream)
             if waited is not None:
                 tolerated = waited if tolerated is None else [*tolerated, *waited]
+        future = new_future(task, self.scope, args, kwargs)
         # allow_failure / quote (``tolerated``) are resolved when the run is sent
         self.submit(future, upstream, tolerated)
         return future

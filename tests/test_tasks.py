@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -819,3 +820,30 @@ def test_wait_and_as_completed_refuse_what_is_not_a_future_by_name() -> None:
             flowcore.wait(future)  # type: ignore[arg-type]
         done, not_done = flowcore.wait([future], timeout=60)
         assert done == {future} and not not_done
+
+
+class _Unscannable(list[int]):
+    """A list whose iteration fails: scanning a submit's arguments for futures raises."""
+
+    def __iter__(self) -> Any:
+        raise RuntimeError("cannot iterate me")
+
+
+def test_a_submit_that_raises_leaves_no_future_for_the_flow_to_wait_for() -> None:
+    """When ``.submit`` raises (here: looking for futures in an argument fails), no run
+    was sent: the flow must not wait for it at its end (it waited forever)."""
+    seen: list[str] = []
+
+    @flow(backend="threads")
+    def pipeline() -> int:
+        with pytest.raises(RuntimeError, match="cannot iterate me"):
+            add.submit(_Unscannable([1]), 2)
+        seen.append("raised")
+        return add.submit(1, 2).result(timeout=60)
+
+    results: list[int] = []
+    runner = threading.Thread(target=lambda: results.append(pipeline()), daemon=True)
+    runner.start()
+    runner.join(timeout=60)
+    assert not runner.is_alive(), "the flow waits for a run that was never sent"
+    assert seen == ["raised"] and results == [3]
