@@ -707,6 +707,8 @@ class DaskBackend(JournaledWorkers):
             raise
         self._failure = None
         _install_log_filter()
+        if self._given_client is not None or self.address is not None:
+            _upload_script_files(self._client)
         self._count_workers(self._client)
         return self._client
 
@@ -1237,6 +1239,23 @@ class _KilledWorkerFilter(logging.Filter):
             and bool(record.args)
             and str(record.args[0]).startswith("flowcore-")
         )
+
+
+def _upload_script_files(client: Any) -> None:
+    """Ship the files ``flowcore run`` imported by path to a cluster flowcore did not
+    start: its workers (and those that join later) may run on machines without them,
+    and tasks defined there are pickled by reference to their module. A failed upload
+    is a warning: the runs then fail naming the module."""
+    from flowcore.serialization import script_files
+
+    for module, path in script_files().items():
+        try:
+            client.upload_file(path, load=False)
+        except Exception as exc:
+            logger.warning(
+                "could not upload %s (module %r) to the Dask workers (%s: %s); its tasks will "
+                "fail there unless the workers can import it", path, module, type(exc).__name__, exc,
+            )
 
 
 def _install_log_filter() -> None:

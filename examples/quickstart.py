@@ -1,27 +1,26 @@
 """The quickstart flow: fetch, transform in parallel, retry a flaky step, load.
 
 Run it with ``python examples/quickstart.py`` (default backend: threads), or on
-another backend: ``FLOWCORE_BACKEND=sequential python examples/quickstart.py``.
+another backend: ``FLOWCORE_BACKEND=loky python examples/quickstart.py``.
 """
 
 from __future__ import annotations
 
 import random
-import threading
 import time
 
-from flowcore import flow, get_run_logger, task
-
-_attempts: dict[int, int] = {}
-_lock = threading.Lock()
+from flowcore import flow, get_run_context, get_run_logger, task
 
 
 @task(retries=3, retry_delay_seconds=0.1)
 def fetch(day: int) -> list[float]:
-    """Pretend to download one day of readings; every fifth day fails once, like a network."""
-    with _lock:
-        _attempts[day] = attempt = _attempts.get(day, 0) + 1
-    if day % 5 == 0 and attempt == 1:
+    """Pretend to download one day of readings; every fifth day fails once, like a network.
+
+    The attempt number comes from the run context, so the example behaves the same on
+    every backend (process workers share no module state with the flow's process).
+    """
+    run = get_run_context().task_run  # this run: its attempt is 1, then 2 on the first retry
+    if day % 5 == 0 and run is not None and run.attempt == 1:
         raise ConnectionError(f"temporary failure fetching day {day}")
     rng = random.Random(day)
     time.sleep(0.05)  # the I/O wait that the threads backend overlaps

@@ -33,7 +33,7 @@ import importlib.util
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,12 +56,33 @@ def _backends(args: argparse.Namespace) -> int:
     if args.json:
         keys = ("name", "kind", "plugin", "status", "description")
         print(json.dumps([dict(zip(keys, row, strict=False)) for row in rows], indent=2))
-        return 0
-    headers = ("NAME", "KIND", "PLUGIN", "STATUS", "DESCRIPTION")
-    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(4)]
-    for row in [headers, *rows]:
-        print("  ".join(str(cell).ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4])
+    else:
+        headers = ("NAME", "KIND", "PLUGIN", "STATUS", "DESCRIPTION")
+        widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(4)]
+        for row in [headers, *rows]:
+            print("  ".join(str(cell).ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4])
+    note = _configured_backend_problem(table)
+    if note is not None:
+        print(f"flowcore backends: warning: {note}", file=sys.stderr)
     return 0
+
+
+def _configured_backend_problem(registered: Mapping[str, Any]) -> str | None:
+    """What is wrong with the configured default backend (environment, pyproject.toml),
+    which flows without a backend of their own use; None when nothing is."""
+    from flowcore.config import configured_backend
+    from flowcore.errors import ConfigurationError
+
+    try:
+        choice = configured_backend()
+    except ConfigurationError as exc:
+        return f"the configured backend cannot be read: {exc}"
+    if choice.name in registered:
+        return None
+    return (
+        f"{choice.source} names backend {choice.name!r}, which is not registered; flows "
+        "without a backend of their own will fail until it names one of those listed"
+    )
 
 
 def load_flow(target: str, *, command: str = "flowcore run") -> Any:
@@ -90,6 +111,10 @@ def _load_attribute(target: str, command: str) -> Any:
         sys.modules.setdefault(path.stem, module)
         sys.path.insert(0, str(path.parent))
         spec.loader.exec_module(module)
+        if sys.modules.get(path.stem) is module:  # remote workers need the file itself
+            from flowcore.serialization import note_script_file
+
+            note_script_file(path.stem, str(path))
     else:
         # MODULE:FLOW names a module of the current directory too, as with python -m
         # (the installed ``flowcore`` script's sys.path lacks it).

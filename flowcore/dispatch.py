@@ -41,6 +41,7 @@ import contextvars
 import functools
 import logging
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -115,6 +116,26 @@ _MAKING = threading.Lock()
 _SCALARS = frozenset({int, float, str, bytes, bool, complex, type(None)})
 
 
+def _refuse_unmapped(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], unmapped: type) -> None:
+    """TypeError for an ``unmapped(x)`` among a run's arguments: only ``.map`` reads it
+    (one level deep), so the task would receive the wrapper instead of ``x``."""
+    for index, value in enumerate(args):
+        if type(value) is unmapped:
+            label = f"argument {index}"
+            break
+    else:
+        for key, value in kwargs.items():
+            if type(value) is unmapped:
+                label = f"argument {key!r}"
+                break
+        else:
+            return
+    raise TypeError(
+        f"task {name!r}: {label} is {value!r}; unmapped(...) means something only as an "
+        f"argument of .map() (the same value for every run): pass the value itself"
+    )
+
+
 def new_future(task: Task[..., Any], scope: RunScope, args: tuple[Any, ...], kwargs: dict[str, Any]) -> RunFuture[Any]:
     """A tracked future for one new run of ``task`` in ``scope``, not yet dispatched (its
     SUBMITTED event published, or noted for a deferred report)."""
@@ -185,16 +206,21 @@ class Dispatcher:
         that wait on futures). ``wait_for``: futures and ``allow_failure(future)`` items.
         ``scan=False``: the caller knows that the arguments hold no futures (map scans
         its inputs once)."""
-        future = new_future(task, self.scope, args, kwargs)
-        upstream: list[TaskFuture[Any]] = []
-        tolerated: list[TaskFuture[Any]] | None = None
         if scan and not kwargs:
             for arg in args:  # plain scalars hold no futures: most arguments are looked at once
                 if type(arg) not in _SCALARS:
                     break
             else:
                 scan = False
+        # The arguments are checked and scanned before the run's future exists (and is
+        # tracked by the scope): if that raises, no future is left that the flow would
+        # wait for at its end, for a run never sent.
+        upstream: list[TaskFuture[Any]] = []
+        tolerated: list[TaskFuture[Any]] | None = None
         if scan:
+            mapping = sys.modules.get("flowcore.mapping")  # None: no unmapped(...) exists yet
+            if mapping is not None:
+                _refuse_unmapped(task.name, args, kwargs, mapping.unmapped)
             items: list[Any] = []
             collect_inputs(args, items)
             if kwargs:
@@ -205,6 +231,7 @@ class Dispatcher:
             waited = _sort_inputs(wait_for, upstream)
             if waited is not None:
                 tolerated = waited if tolerated is None else [*tolerated, *waited]
+        future = new_future(task, self.scope, args, kwargs)
         # allow_failure / quote (``tolerated``) are resolved when the run is sent
         self.submit(future, upstream, tolerated)
         return future

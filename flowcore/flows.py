@@ -199,7 +199,7 @@ class Flow(Generic[P, R]):
             in_task = current_task_run()
             if in_task is not None:
                 parent_run_id = in_task.flow_run.run_id if in_task.flow_run else in_task.call.flow_run_id
-        slot = slot_for(self.options.backend, parent)
+        slot = slot_for(self.options.backend, parent, self.options.backend_options)
         run_id = new_flow_run_id()
         run = FlowRun(
             flow_name=self.name,
@@ -867,6 +867,10 @@ def flow(
         backend: a registered backend name, or an instance from
             ``get_backend(name, **options)`` that the caller owns. Default: the
             enclosing ``use_backend`` block or parent flow, else the configuration.
+        backend_options: a dict of options for the backend that ``backend`` names
+            (``{"address": "tcp://host:8786"}``), created with them for each run and
+            shut down when it ends; the backend checks them before the body runs.
+            ``with_options(backend=...)`` without them drops the old ones.
         retries / retry_delay_seconds: rerun the whole body when the run fails.
         timeout_seconds: stop the body after this long (state ``TimedOut``).
         log_prints: send ``print()`` in the flow and its tasks to the run loggers.
@@ -902,6 +906,7 @@ def flow(
     )
     opts.check_timeout(options.get("timeout_seconds"), owner)
     _check_backend(options.get("backend"), owner)
+    opts.check_backend_options(options.get("backend_options"), options.get("backend"), owner)
 
     def decorate(fn: Callable[P, R]) -> Flow[P, R]:
         return Flow(fn, _flow_options(fn, options))

@@ -626,6 +626,23 @@ class DoneAndNotDoneFutures(NamedTuple):
     not_done: set[TaskFuture[Any]]
 
 
+def _futures_given(futures: Iterable[TaskFuture[R]], caller: str) -> list[TaskFuture[R]]:
+    """``futures`` as a list; TypeError naming the first item that is not a TaskFuture
+    (or the one future given where a list was expected)."""
+    if isinstance(futures, TaskFuture):
+        raise TypeError(f"{caller} takes a list of futures, got one: write {caller[:-1]}[future])")
+    items: list[Any] = list(futures)  # what the caller gave, whatever the annotation says
+    for index, item in enumerate(items):
+        if not isinstance(item, TaskFuture):
+            name = type(item).__name__
+            article = "an" if name[:1] in "aeiou" else "a"
+            raise TypeError(
+                f"{caller}: item {index} is {article} {name} ({item!r:.60}), not a TaskFuture; "
+                "pass the futures that .submit() and .map() return"
+            )
+    return items
+
+
 def wait(
     futures: Iterable[TaskFuture[R]], timeout: float | None = None
 ) -> DoneAndNotDoneFutures:
@@ -634,7 +651,7 @@ def wait(
     Never raises on timeout: returns ``(done, not_done)`` sets, like
     :func:`concurrent.futures.wait`.
     """
-    pending = set(futures)
+    pending = set(_futures_given(futures, "flowcore.wait()"))
     deadline = None if timeout is None else time.monotonic() + timeout
     for future in list(pending):
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -675,7 +692,7 @@ def as_completed(
     Raises :class:`~flowcore.errors.WaitTimeoutError` if ``timeout`` seconds pass (from
     the call) before all are done; the unfinished futures keep running.
     """
-    unique = list(dict.fromkeys(futures))
+    unique = list(dict.fromkeys(_futures_given(futures, "flowcore.as_completed()")))
     deadline = None if timeout is None else time.monotonic() + timeout
     finished: queue.SimpleQueue[TaskFuture[R]] = queue.SimpleQueue()
     for future in unique:

@@ -112,13 +112,32 @@ def map_arguments(task_name: str, args: tuple[Any, ...], kwargs: dict[str, Any])
     per run. Raises ValueError when no argument is iterable or the iterables differ
     in length.
     """
+    for label, value in [*((f"argument {i}", a) for i, a in enumerate(args)), *kwargs.items()]:
+        if isinstance(value, unmapped) and isinstance(value.value, unmapped):
+            raise TypeError(
+                f"{task_name}.map(): {label} is {value!r}; wrap a value in unmapped() once"
+            )
     mapped_args = {i: list(a) for i, a in enumerate(args) if _is_mapped(a)}
     mapped_kwargs = {k: list(v) for k, v in kwargs.items() if _is_mapped(v)}
     lengths = {f"argument {i}": len(v) for i, v in mapped_args.items()}
     lengths.update({f"{k!r}": len(v) for k, v in mapped_kwargs.items()})
     if not lengths:
+        whole = [
+            (f"argument {key}" if isinstance(key, int) else repr(key), value)
+            for key, value in [*enumerate(args), *kwargs.items()]
+            if isinstance(value, _NOT_MAPPED)
+        ]
+        hint = ""
+        if whole:
+            label, value = whole[0]
+            kind = "d" if isinstance(value, Mapping) else "s"
+            hint = (
+                f" ({label} is a {type(value).__name__}: strings, bytes and mappings are passed "
+                f"whole to every run; to map over it, pass list({kind})"
+                + (" or list(d.items()))" if kind == "d" else ")")
+            )
         raise ValueError(
-            f"{task_name}.map() needs at least one iterable argument to map over; "
+            f"{task_name}.map() needs at least one iterable argument to map over{hint}; "
             "to run the task once, use .submit()"
         )
     if len(set(lengths.values())) > 1:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 if TYPE_CHECKING:
     import os
-    from collections.abc import Callable, Iterable, Sequence
+    from collections.abc import Callable, Iterable, Mapping, Sequence
     from datetime import timedelta
 
     from flowcore.backend import Backend
@@ -57,6 +57,7 @@ class FlowOptionInputs(TypedDict, total=False):
     name: str | None
     description: str | None
     backend: str | Backend | None
+    backend_options: Mapping[str, Any] | None
     retries: int
     retry_delay_seconds: RetryDelay | None
     timeout_seconds: float | None

@@ -139,6 +139,8 @@ class FlowOptions:
     name: str
     description: str | None = None
     backend: Any = None  # a backend name (str) or a Backend instance the caller owns
+    #: options for the backend that ``backend`` names, created for each run (None: none)
+    backend_options: dict[str, Any] | None = None
     retries: int = 0
     retry_delay_seconds: RetryDelay | None = None
     timeout_seconds: float | None = None
@@ -188,7 +190,8 @@ def _defaults(options: type[TaskOptions] | type[FlowOptions]) -> dict[str, Any]:
 _PREFECT_OPTIONS = {
     "task_runner": (
         "Prefect's task runners are flowcore's backends: @flow(backend='threads'), 'loky' "
-        "(processes), 'dask' (a local or remote Dask cluster), 'sequential'"
+        "(processes), 'dask' (a local Dask cluster, or a scheduler's: "
+        "backend_options={'address': 'tcp://host:8786'}), 'sequential'"
     ),
     "result_serializer": "not supported: kept results are always cloudpickled (see persist_result)",
 }
@@ -320,6 +323,8 @@ def flow_options(
         raise TypeError(f"@flow must decorate a function, got {type(fn).__name__} {fn!r}")
     _refuse_generators(fn, "@flow")
     values, name, owner, retries = _merged(fn, given, FlowOptions, base, "@flow")
+    if "backend" in given and "backend_options" not in given:
+        values["backend_options"] = None  # another backend: the old one's options do not apply
     description = values["description"]
     if description is None:
         description = inspect.getdoc(fn)
@@ -331,6 +336,7 @@ def flow_options(
             name=name,
             description=description,
             backend=check_backend(values["backend"], owner),
+            backend_options=check_backend_options(values["backend_options"], values["backend"], owner),
             retries=retries,
             timeout_seconds=check_timeout(values["timeout_seconds"], owner),
             log_prints=check_log_prints(values["log_prints"], owner),
@@ -351,6 +357,31 @@ def flow_options(
 
 
 # -- validators ----------------------------------------------------------------
+
+
+def check_backend_options(value: object, backend: object, owner: str) -> dict[str, Any] | None:
+    """A copy of ``backend_options`` (a dict of option names), or None; TypeError when it
+    is not one, or when ``backend`` does not name the backend they are for. The backend
+    itself checks the names and values when a run creates it (before the body)."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or not all(isinstance(key, str) for key in value):
+        raise TypeError(
+            f"{owner}: 'backend_options' must be a dict of option names to values, such as "
+            f"{{'max_workers': 4}}, got {type(value).__name__} {value!r}"
+        )
+    if backend is None:
+        raise TypeError(
+            f"{owner}: 'backend_options' needs 'backend' to name a backend, e.g. "
+            "@flow(backend='dask', backend_options={'address': 'tcp://host:8786'})"
+        )
+    if not isinstance(backend, str):
+        raise TypeError(
+            f"{owner}: 'backend_options' go with a backend name, not an instance: pass them "
+            "to flowcore.get_backend(name, **options), which made the instance"
+        )
+    return dict(value)
+
 
 
 def _refuse_generators(fn: Callable[..., Any], decorator: str) -> None:

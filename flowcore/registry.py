@@ -85,9 +85,9 @@ class Registry:
         self.pm.add_hookspecs(hookspecs)
         for module_name in BUILTIN_PLUGINS:
             self.pm.register(importlib.import_module(module_name), name=module_name)
-        if autoload:
-            self.pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
         self._backends: dict[str, RegisteredBackend] | None = None
+        if autoload:
+            self._load_entry_points()
         self._stores: dict[str, tuple[Any, str]] | None = None
         self._history_stores: dict[str, tuple[Any, str]] | None = None
         self.observed: frozenset[str] = frozenset()
@@ -102,6 +102,38 @@ class Registry:
         self._refresh()
 
     # -- plugins ------------------------------------------------------------
+    def _load_entry_points(self) -> None:
+        """Register the plugins of the entry-point group ``flowcore``, each checked on
+        its own: one that fails to import, or whose hooks fail or return bad backends,
+        is left out with a :class:`~flowcore.errors.ConfigurationWarning` naming it, so
+        that one broken installed package does not stop every flow."""
+        import warnings
+        from importlib.metadata import entry_points
+
+        from flowcore.errors import ConfigurationWarning
+
+        for entry in entry_points(group=ENTRY_POINT_GROUP):
+            if self.pm.get_plugin(entry.name) is not None or self.pm.is_blocked(entry.name):
+                continue
+            plugin: object = None
+            try:
+                plugin = entry.load()
+                self.pm.register(plugin, name=entry.name)
+                self._refresh()  # its backends and stores are valid, or it goes
+            except Exception as exc:
+                if plugin is not None and self.pm.is_registered(plugin):
+                    self.pm.unregister(plugin)
+                dist = entry.dist
+                source = f"{dist.metadata['Name']} {dist.version}" if dist is not None else "an unknown distribution"
+                warnings.warn(
+                    f"flowcore plugin {entry.name!r} (entry point {entry.value} of {source}) "
+                    f"could not be loaded and is left out: {type(exc).__name__}: {exc}. Fix or "
+                    "uninstall that package, or set FLOWCORE_DISABLE_PLUGIN_AUTOLOAD=1 to load no "
+                    "installed plugins",
+                    ConfigurationWarning,
+                    stacklevel=2,
+                )
+
     def register(self, plugin: object, name: str | None = None) -> str:
         """Register a plugin object or module; returns its name. Validates its backends."""
         with self._lock:

@@ -50,15 +50,17 @@ def _create_configured(extra_options: dict[str, Any]) -> Backend:
         ) from exc
 
 
-def slot_for(backend: str | Backend | None, parent: RunScope | None) -> BackendSlot:
+def slot_for(
+    backend: str | Backend | None, parent: RunScope | None, options: dict[str, Any] | None = None
+) -> BackendSlot:
     """The backend a new flow run uses, created now so bad settings fail before the body.
 
-    A name creates a backend the run owns (and shuts down); an instance is used and
-    never shut down; with neither, a subflow borrows its parent's backend and a
-    top-level flow creates the configured one.
+    A name creates a backend the run owns (and shuts down), with ``options``; an
+    instance is used and never shut down; with neither, a subflow borrows its parent's
+    backend and a top-level flow creates the configured one.
     """
     if isinstance(backend, str):
-        return BackendSlot(get_registry().create(backend), owned=True)
+        return BackendSlot(get_registry().create(backend, **(options or {})), owned=True)
     if backend is not None:
         return BackendSlot(backend, owned=False)
     if parent is not None:

@@ -306,6 +306,25 @@ def raise_if_unsendable(value: T) -> T:
     return value
 
 
+# -- files that workers may lack -----------------------------------------------------
+
+#: module name -> absolute path of each ``.py`` file that ``flowcore run`` / ``flowcore
+#: bench`` imported by path: its tasks pickle by reference to a module that only this
+#: machine has. A backend whose workers may run elsewhere (a Dask scheduler at an
+#: address) ships these files to them (see :func:`script_files`).
+_script_files: dict[str, str] = {}
+
+
+def note_script_file(module: str, path: str) -> None:
+    """Record that ``module`` was imported from the file ``path`` (not from sys.path)."""
+    _script_files[module] = path
+
+
+def script_files() -> dict[str, str]:
+    """The files recorded by :func:`note_script_file`, module name -> path."""
+    return dict(_script_files)
+
+
 # -- explaining ---------------------------------------------------------------------
 
 
@@ -344,6 +363,14 @@ def explain_pickling_failure(
     try:
         check(call.task)
     except Exception as error:
+        held = _unpicklable_held_value(getattr(call.task, "fn", None), check)
+        if held is not None:
+            return SerializationError(
+                f"{where}: the task's function uses {held}, which cannot be pickled to send "
+                f"it to the {backend_name!r} workers: {error}. A function defined in a "
+                "script travels with the values it uses: create the object inside the "
+                "task, or define the function in a module the workers import."
+            )
         return SerializationError(
             f"{where}: the task itself (its function or options) cannot be pickled "
             f"to send it to the {backend_name!r} workers: {error}"
@@ -360,6 +387,44 @@ def explain_pickling_failure(
         f"the result of task run {call.task_run_name!r} cannot be pickled to send it back "
         f"from the {backend_name!r} workers: {one_line(root)}; return plain data instead"
     )
+
+
+def _unpicklable_held_value(fn: Any, check: Callable[[Any], None]) -> str | None:
+    """``global '_lock' (a _thread.lock)`` or ``variable 'lock' (a ...)``: the first
+    global or closure cell that ``fn``'s code uses and that fails ``check``, or None.
+
+    A function pickled by value (defined in ``__main__`` or a closure) carries those
+    values; naming the one at fault tells the user what to change.
+    """
+    import types
+
+    while isinstance(fn, types.MethodType | staticmethod | classmethod):
+        fn = fn.__func__
+    if not isinstance(fn, types.FunctionType):
+        return None
+    candidates: list[tuple[str, Any]] = []
+    for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or (), strict=False):
+        try:
+            candidates.append((f"variable {name!r}", cell.cell_contents))
+        except ValueError:  # an empty cell: nothing to pickle
+            continue
+    codes = [fn.__code__]
+    seen: set[str] = set()
+    while codes:
+        code = codes.pop()
+        for name in code.co_names:
+            if name in fn.__globals__ and name not in seen:
+                seen.add(name)
+                candidates.append((f"global {name!r}", fn.__globals__[name]))
+        codes.extend(const for const in code.co_consts if isinstance(const, types.CodeType))
+    for label, value in candidates:
+        if isinstance(value, types.ModuleType):
+            continue  # pickled by reference
+        try:
+            check(value)
+        except Exception:
+            return f"{label} (a {type_name(value)})"
+    return None
 
 
 def explain_unsendable(task_run_name: str, exc: BaseException) -> SerializationError | None:
@@ -408,9 +473,11 @@ __all__ = [
     "explain_pickling_failure",
     "explain_unsendable",
     "is_pickling_error",
+    "note_script_file",
     "one_line",
     "pickling_error",
     "raise_if_unsendable",
+    "script_files",
     "send_back",
     "type_name",
     "unsendable_error",

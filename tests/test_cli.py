@@ -33,6 +33,25 @@ def test_backends_table_lists_builtins_with_plugin() -> None:
     assert rows["sequential"][1:4] == ["inline", "flowcore.backends.sequential", "ready"]
 
 
+def test_backends_warns_when_the_configured_backend_is_not_registered(tmp_path: Path) -> None:
+    """``flowcore backends`` is where a user looks when a flow fails with an unknown
+    backend: it says which setting names it (the table itself is unchanged)."""
+    env = {**os.environ, "FLOWCORE_BACKEND": "nonsense"}
+    result = subprocess.run(
+        [sys.executable, "-m", "flowcore", "backends"], capture_output=True, text=True,
+        cwd=tmp_path, timeout=120, env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "environment variable FLOWCORE_BACKEND names backend 'nonsense', which is not registered" in result.stderr
+    assert result.stdout.splitlines()[0].split()[:2] == ["NAME", "KIND"]
+    assert "nonsense" not in result.stdout
+    quiet = subprocess.run(
+        [sys.executable, "-m", "flowcore", "backends"], capture_output=True, text=True,
+        cwd=tmp_path, timeout=120, env={**os.environ, "FLOWCORE_BACKEND": "threads"},
+    )
+    assert quiet.returncode == 0 and "not registered" not in quiet.stderr
+
+
 def test_backends_json() -> None:
     result = flowcore_cli("backends", "--json")
     assert result.returncode == 0, result.stderr
@@ -49,6 +68,21 @@ def test_run_example_flow_on_a_chosen_backend() -> None:
     assert "6 days summarised" in result.stdout
     assert "on backend 'sequential'" in result.stderr
     assert "retry 1/3" in result.stderr  # day 0 and day 5 fail once and are retried
+
+
+def test_quickstart_script_runs_on_a_process_backend(tmp_path: Path) -> None:
+    """The example's docstring says to pick another backend with FLOWCORE_BACKEND: run as
+    a script, its tasks travel by value to the workers, with what they use."""
+    env = {**os.environ, "FLOWCORE_BACKEND": "loky", "FLOWCORE_BACKEND_OPTIONS": '{"max_workers": 2}'}
+    result = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "quickstart.py")],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120, env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "on backend 'loky'" in result.stderr
+    assert "14 days summarised" in result.stderr
+    assert "retry 1/3" in result.stderr  # days 0, 5 and 10 fail once and are retried
+    assert "in state Failed" not in result.stderr and "NotRun" not in result.stderr
 
 
 def test_run_reports_unknown_backend_and_bad_params(tmp_path: Path) -> None:

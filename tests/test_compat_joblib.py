@@ -234,6 +234,21 @@ def test_error_in_the_input_iterator_reaches_the_caller() -> None:
         Parallel(n_jobs=2)(items())
 
 
+@pytest.mark.parametrize("n_jobs", [2, 1])
+@pytest.mark.parametrize("batch_size", ["auto", 3])
+def test_items_that_are_not_delayed_calls_are_a_clear_error(n_jobs: int, batch_size: Any) -> None:
+    """``Parallel()(f(i) for i in ...)``, delayed forgotten: the error names the item and
+    the fix, instead of joblib's "cannot unpack" or a worker's
+    "not subscriptable"."""
+    if n_jobs == 1 and batch_size == "auto":
+        pytest.skip("n_jobs=1 runs the items inline as joblib does (its unpacking error)")
+    with pytest.raises(TypeError, match=r"item 0 is an int \(0\), not a call made with delayed\(\).*delayed\(fn\)\(\*args, \*\*kwargs\)"):
+        Parallel(n_jobs=n_jobs, batch_size=batch_size)(square(i) for i in range(7))
+    with pytest.raises(TypeError, match=r"item 1 is a tuple.*delayed\(fn\)\(\*args, \*\*kwargs\)"):
+        Parallel(n_jobs=n_jobs, batch_size=batch_size)([delayed(square)(1), (square, (2,))])
+    assert Parallel(n_jobs=n_jobs, batch_size=batch_size)(delayed(square)(i) for i in range(7))[-1] == 36
+
+
 def test_an_error_stops_the_remaining_work() -> None:
     started = time.monotonic()
     with pytest.raises(TypeError):
@@ -341,6 +356,25 @@ def test_parallel_config_dask_runs_on_flowcore_dask_backend() -> None:
         values = Parallel()(delayed(square)(i) for i in range(50))
     assert os.getpid() not in set(pids)
     assert values == [i * i for i in range(50)]
+
+
+def test_parallel_config_dask_uses_the_users_dask_client_as_joblib_does() -> None:
+    """A Dask user connects a Client, then ``with parallel_config(backend="dask")``:
+    joblib runs the calls on that client's cluster (``get_client()``), and so must the
+    drop-in, instead of starting a cluster of its own. ``scheduler_host`` names one."""
+    pytest.importorskip("distributed")
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        with Client(cluster) as client:  # type: ignore[no-untyped-call]
+            theirs = set(client.run(os.getpid).values())
+            with parallel_config(backend="dask"):
+                pids = set(Parallel(n_jobs=2)(delayed(pid_of)(i) for i in range(6)))
+            assert pids <= theirs, (pids, theirs)
+            assert client.status == "running"  # used, not closed
+        with parallel_config(backend="dask", scheduler_host=cluster.scheduler_address):
+            values = Parallel()(delayed(square)(i) for i in range(20))
+        assert values == [i * i for i in range(20)]
 
 
 # -- output ---------------------------------------------------------------------------------
@@ -454,3 +488,23 @@ def test_joblib_on_flowcore_backend_keeps_exception_types() -> None:
         assert joblib.Parallel(n_jobs=2)(joblib.delayed(square)(i) for i in range(30)) == [
             i * i for i in range(30)
         ]
+
+
+def test_the_package_re_exports_the_drop_in_names_lazily() -> None:
+    """``from flowcore.compat import Parallel, delayed`` is the drop-in's shortest import:
+    the same objects as ``flowcore.compat.joblib``'s, loaded only when asked for."""
+    import flowcore.compat as compat
+    from flowcore.compat import joblib as shim
+
+    for name in ("Parallel", "delayed", "parallel_config", "parallel_backend", "cpu_count"):
+        assert getattr(compat, name) is getattr(shim, name), name
+    from flowcore.compat import Parallel as P
+    from flowcore.compat import delayed as d
+
+    assert P(n_jobs=2, backend="threading")(d(square)(i) for i in range(4)) == [0, 1, 4, 9]
+    with pytest.raises(AttributeError, match="no attribute 'Paralel'"):
+        compat.Paralel  # noqa: B018 - the lookup is the test
+
+    code = "import flowcore.compat, sys; print('flowcore.compat.joblib' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -290,6 +290,42 @@ def test_configured_through_the_environment(cluster: DaskCluster, monkeypatch: p
     assert pid != os.getpid()
 
 
+def test_flowcore_run_of_a_file_runs_on_workers_that_cannot_import_it(
+    cluster: DaskCluster, tmp_path: Path
+) -> None:
+    """``flowcore run etl.py:etl`` on a scheduler's workers, which do not have the file:
+    the backend uploads it to them (``Client.upload_file``) when it connects, so the
+    tasks are imported there as they are in the flow's process (a module-level lock
+    works: each worker makes its own)."""
+    (tmp_path / "etl_elsewhere.py").write_text(
+        textwrap.dedent(
+            """
+            import threading
+            from flowcore import flow, task
+
+            OFFSET = 100
+            _lock = threading.Lock()
+
+            @task
+            def shift(x):
+                with _lock:
+                    return x + OFFSET
+
+            @flow
+            def etl(n: int) -> int:
+                return sum(shift.map(range(n)).result())
+            """
+        )
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "flowcore", "run", "etl_elsewhere.py:etl", "--param", "n=4",
+         "--backend", "dask", "--backend-options", json.dumps({"address": cluster.address})],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "406"
+
+
 def test_a_passed_client_is_used_and_never_closed(cluster: DaskCluster) -> None:
     from distributed import Client
 

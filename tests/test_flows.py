@@ -445,6 +445,56 @@ def test_flow_shuts_down_its_backend_after_a_failure_too() -> None:
         seen["backend"].submit(int, "1")
 
 
+def test_backend_options_create_the_named_backend_with_them_for_each_run() -> None:
+    """``@flow(backend="dask", backend_options={"address": ...})``: what the environment
+    and ``[tool.flowcore]`` offer, in code; the run owns the backend (shut down at its end)."""
+    seen: list[Any] = []
+
+    @flow(backend="threads", backend_options={"max_workers": 3})
+    def pipeline() -> int:
+        seen.append(_backend())
+        return double.submit(2).result()
+
+    assert pipeline() == 4
+    assert seen[0].name == "threads" and seen[0].max_workers == 3
+    with pytest.raises(BackendShutdownError):
+        seen[0].submit(int, "1")
+    assert pipeline.options.backend_options == {"max_workers": 3}
+
+    wider = pipeline.with_options(backend_options={"max_workers": 5})  # keeps the backend
+    assert wider() == 4 and seen[-1].name == "threads" and seen[-1].max_workers == 5
+    other = pipeline.with_options(backend="sequential")  # another backend: not its options
+    assert other.options.backend_options is None
+    assert other() == 4 and seen[-1].name == "sequential"
+
+
+def test_backend_options_that_the_backend_refuses_fail_the_call_before_the_body() -> None:
+    ran: list[int] = []
+
+    @flow(backend="threads", backend_options={"max_worker": 3})
+    def pipeline() -> None:
+        ran.append(1)
+
+    with pytest.raises(TypeError, match="unexpected keyword argument 'max_worker'; it accepts: max_workers"):
+        pipeline()
+    assert ran == []
+
+
+def test_bad_backend_options_fail_at_the_decorator() -> None:
+    with pytest.raises(TypeError, match="'backend_options' must be a dict of option names"):
+        flow(backend="threads", backend_options=[("max_workers", 2)])  # type: ignore[call-overload]
+    with pytest.raises(TypeError, match="'backend_options' must be a dict of option names"):
+        flow(backend="threads", backend_options={2: 2})  # type: ignore[dict-item]
+    with pytest.raises(TypeError, match="'backend_options' needs 'backend' to name a backend"):
+        flow(backend_options={"max_workers": 2})
+    backend = flowcore.get_backend("threads", max_workers=2)
+    try:
+        with pytest.raises(TypeError, match=r"pass them to flowcore.get_backend\(name, \*\*options\)"):
+            flow(backend=backend, backend_options={"max_workers": 2})
+    finally:
+        backend.shutdown()
+
+
 def test_flow_never_shuts_down_a_backend_instance_it_was_given() -> None:
     backend = flowcore.get_backend("threads", max_workers=2)
     seen: dict[str, Any] = {}

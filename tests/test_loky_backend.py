@@ -199,6 +199,48 @@ def test_main_module_functions_closures_and_lambdas(tmp_path: Path) -> None:
     assert result.stdout.strip().splitlines()[-1] == "[101, 6, 9]"
 
 
+def test_a_task_whose_function_holds_an_unpicklable_value_names_it(tmp_path: Path) -> None:
+    """A task defined in a script travels by value, with the globals and closure cells
+    its code uses: the error names the one that cannot be pickled, not just "the task"."""
+    result = _run_script(
+        tmp_path,
+        """
+        import threading
+        from flowcore import flow, task
+
+        _lock = threading.Lock()
+
+        @task
+        def guarded(x):
+            with _lock:
+                return x
+
+        def make_counter():
+            counter_lock = threading.RLock()
+
+            @task
+            def count(x):
+                with counter_lock:
+                    return x
+            return count
+
+        @flow(backend="loky")
+        def main():
+            states = [guarded.submit(1, return_state=True), make_counter().submit(2, return_state=True)]
+            for state in states:
+                print(state.message)
+
+        if __name__ == "__main__":
+            main()
+        """,
+    )
+    assert result.returncode == 0, result.stderr
+    glob, cell = result.stdout.strip().splitlines()[-2:]
+    assert "task run 'guarded-0'" in glob and "global '_lock' (a _thread.lock)" in glob, glob
+    assert "cannot pickle '_thread.lock' object" in glob
+    assert "variable 'counter_lock' (a _thread.RLock)" in cell, cell
+
+
 def test_ctrl_c_stops_workers_and_exits_quickly(tmp_path: Path) -> None:
     pids = tmp_path / "pids"
     pids.mkdir()

@@ -281,7 +281,7 @@ def test_options_are_declared_once() -> None:
 
     assert tuple(TaskOptionInputs.__annotations__) == input_names(TaskOptions)
     assert tuple(FlowOptionInputs.__annotations__) == input_names(FlowOptions)
-    assert len(input_names(TaskOptions)) == 21 and len(input_names(FlowOptions)) == 16
+    assert len(input_names(TaskOptions)) == 21 and len(input_names(FlowOptions)) == 17
 
 
 def test_prefects_task_runner_option_points_to_backends() -> None:

@@ -350,6 +350,39 @@ def test_entry_point_autoload_can_be_disabled(plugin_distribution: Path, tmp_pat
     assert {"sequential", "threads"} <= set(out["builtins"])
 
 
+def test_a_broken_entry_point_plugin_is_skipped_with_a_warning_naming_it(
+    plugin_distribution: Path, tmp_path: Path
+) -> None:
+    """An installed plugin whose module fails to import, or whose backends hook raises,
+    must not take every flow down (the ones on built-in backends included): it is left
+    out with one warning naming the entry point, its distribution, the error and the
+    ways out; the other plugins still load."""
+    site = plugin_distribution
+    (site / "flowcore_broken_import.py").write_text("import flowcore_no_such_dependency\n")
+    (site / "flowcore_broken_hook.py").write_text(
+        "import flowcore\n\n@flowcore.hookimpl\ndef flowcore_backends():\n    raise RuntimeError('hook broke')\n"
+    )
+    for dist, entry in (("flowcore_broken_a-1.0", "broken_import = flowcore_broken_import"),
+                        ("flowcore_broken_b-1.0", "broken_hook = flowcore_broken_hook")):
+        info = site / f"{dist}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist.split('-')[0]}\nVersion: 1.0\n")
+        (info / "entry_points.txt").write_text(f"[flowcore]\n{entry}\n")
+    completed = subprocess.run(
+        [sys.executable, "-W", "always", "-c", PROBE_SCRIPT], cwd=tmp_path,
+        env=_clean_env(PYTHONPATH=str(site)), capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT,
+    )
+    assert completed.returncode == 0, completed.stderr
+    out = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert out["flow_ran_on"] == "ep-probe"  # the good plugin still works
+    warnings_text = completed.stderr
+    assert "ConfigurationWarning" in warnings_text
+    assert "plugin 'broken_import' (entry point flowcore_broken_import of flowcore_broken_a 1.0)" in warnings_text
+    assert "ModuleNotFoundError: No module named 'flowcore_no_such_dependency'" in warnings_text
+    assert "plugin 'broken_hook'" in warnings_text and "RuntimeError: hook broke" in warnings_text
+    assert "FLOWCORE_DISABLE_PLUGIN_AUTOLOAD=1" in warnings_text
+
+
 # -- import stays light ------------------------------------------------------------------------
 
 HEAVY = ("dask", "distributed", "joblib", "loky", "numpy", "pandas")

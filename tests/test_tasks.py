@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -320,6 +321,30 @@ def test_map_broadcasts_unmapped_values() -> None:
     with flowcore.use_backend("threads"):
         got = _results(combine.map([1, 2], unmapped(shared)))
     assert got == [(1, shared), (2, shared)]
+
+
+def test_unmapped_given_to_submit_is_refused_at_submit_time() -> None:
+    """``unmapped`` only means something to ``.map``; given to ``.submit`` the task would
+    receive the wrapper instead of the value, and fail later (or worse, not at all)."""
+    with flowcore.use_backend("threads"):
+        with pytest.raises(TypeError, match=r"add': argument 0 is unmapped\(1\).*only as an argument of .map\(\).*pass the value itself"):
+            add.submit(unmapped(1), 2)
+        with pytest.raises(TypeError, match=r"argument 'y' is unmapped\(\[2\]\)"):
+            add.submit(1, y=unmapped([2]))
+        with pytest.raises(TypeError, match=r"argument 1 is unmapped\(unmapped\(2\)\).*once"):
+            add.map([1, 2], unmapped(unmapped(2)))
+        assert add.submit(1, 2).result(timeout=60) == 3
+
+
+def test_map_over_only_a_dict_or_a_string_says_they_are_passed_whole() -> None:
+    """A Prefect or joblib user maps over a dict's keys or a string's characters; here
+    they are constants, so the error says so and how to map over them."""
+    with flowcore.use_backend("threads"):
+        with pytest.raises(ValueError, match=r"argument 0 is a dict.*passed whole.*list\(d\) or list\(d.items\(\)\)"):
+            combine.map({"k": 1, "j": 2}, 3)
+        with pytest.raises(ValueError, match=r"'b' is a str.*passed whole.*list\(s\)"):
+            combine.map(1, b="ab")
+        assert _results(combine.map(list({"k": 1, "j": 2}), 3)) == [("k", 3), ("j", 3)]
 
 
 @pytest.mark.parametrize("constant", ["ab", b"xy", {"k": 1, "j": 2}])
@@ -780,3 +805,45 @@ def test_a_direct_call_that_returns_its_failed_state_logs_the_failure(caplog: py
     assert sync_body() == "Failed" and async_body() == "Failed"
     failures = [r for r in caplog.records if r.levelno == logging.ERROR and "Finished in state Failed" in r.getMessage()]
     assert [r.getMessage().split("(")[1] for r in failures] == ["'ValueError: bad 1')", "'ValueError: bad async 2')"]
+
+
+def test_wait_and_as_completed_refuse_what_is_not_a_future_by_name() -> None:
+    """``flowcore.wait([1, 2])`` or ``wait(future)``: a TypeError that names the item,
+    instead of "'int' object has no attribute 'wait'" (or a future that is not iterable)."""
+    with flowcore.use_backend("threads"):
+        future = add.submit(1, 2)
+        with pytest.raises(TypeError, match=r"flowcore.wait\(\): item 1 is an int \(3\), not a TaskFuture"):
+            flowcore.wait([future, 3])  # type: ignore[list-item]
+        with pytest.raises(TypeError, match=r"flowcore.as_completed\(\): item 0 is a str \('x'\)"):
+            list(flowcore.as_completed(["x"]))  # type: ignore[list-item]
+        with pytest.raises(TypeError, match=r"flowcore.wait\(\) takes a list of futures.*wait\(\[future\]\)"):
+            flowcore.wait(future)  # type: ignore[arg-type]
+        done, not_done = flowcore.wait([future], timeout=60)
+        assert done == {future} and not not_done
+
+
+class _Unscannable(list[int]):
+    """A list whose iteration fails: scanning a submit's arguments for futures raises."""
+
+    def __iter__(self) -> Any:
+        raise RuntimeError("cannot iterate me")
+
+
+def test_a_submit_that_raises_leaves_no_future_for_the_flow_to_wait_for() -> None:
+    """When ``.submit`` raises (here: looking for futures in an argument fails), no run
+    was sent: the flow must not wait for it at its end (it waited forever)."""
+    seen: list[str] = []
+
+    @flow(backend="threads")
+    def pipeline() -> int:
+        with pytest.raises(RuntimeError, match="cannot iterate me"):
+            add.submit(_Unscannable([1]), 2)
+        seen.append("raised")
+        return add.submit(1, 2).result(timeout=60)
+
+    results: list[int] = []
+    runner = threading.Thread(target=lambda: results.append(pipeline()), daemon=True)
+    runner.start()
+    runner.join(timeout=60)
+    assert not runner.is_alive(), "the flow waits for a run that was never sent"
+    assert seen == ["raised"] and results == [3]

@@ -60,6 +60,26 @@ def make_payload(chunk: list[Any]) -> Payload:
     return (fn, [item[1] for item in chunk])
 
 
+def not_a_call(chunk: list[Any], first: int) -> TypeError | None:
+    """The error for the first item of ``chunk`` (item ``first`` of the input) that is not
+    a ``(fn, args, kwargs)`` call as ``delayed(fn)(*args, **kwargs)`` makes, or None."""
+    for index, item in enumerate(chunk, first):
+        if (
+            isinstance(item, tuple | list) and len(item) == 3 and callable(item[0])
+            and isinstance(item[1], tuple | list) and isinstance(item[2], dict)
+        ):
+            continue
+        article = "an" if type(item).__name__[:1] in "aeiou" else "a"
+        text = repr(item)
+        text = text if len(text) <= 60 else text[:57] + "..."
+        return TypeError(
+            f"Parallel: item {index} is {article} {type(item).__name__} ({text}), not a call made "
+            "with delayed(): give delayed(fn)(*args, **kwargs) for each item (calling fn(...) "
+            "yourself runs it here, before Parallel sees it)"
+        )
+    return None
+
+
 def run_batch(payload: Payload, nested: Nested | None, tag: str | None, portable: bool) -> Any:
     """Run the calls of ``payload`` in order; ``(values, busy seconds)`` or a failure.
 

@@ -284,6 +284,25 @@ def _flowcore_choice(
     )
 
 
+def dask_as_joblib_would(options: dict[str, Any]) -> None:
+    """joblib's ``dask`` backend runs on the cluster of ``scheduler_host``, else on the
+    Dask client the program already made (``distributed.get_client()``): give flowcore's
+    Dask backend that ``address`` or ``client`` (a client it does not close). Without
+    either, it starts a local cluster (where joblib would refuse to run)."""
+    host = options.pop("scheduler_host", None)
+    if host is not None:
+        options.setdefault("address", host)
+    if "address" in options or "client" in options:
+        return
+    distributed = sys.modules.get("distributed")
+    if distributed is None:  # never imported: no client can exist
+        return
+    try:
+        options["client"] = distributed.default_client()
+    except ValueError:  # no client yet
+        return
+
+
 def choose(
     backend: Any, nesting_level: int = 0, options: Mapping[str, Any] | None = None
 ) -> BackendChoice:
@@ -587,7 +606,10 @@ class parallel_config:
                 # A cluster is costly to start: every Parallel in this block shares one.
                 from flowcore.selection import get_backend
 
-                self._owned_backend = get_backend(choice.name, **choice.options)
+                options = dict(choice.options)
+                if choice.name == "dask":
+                    dask_as_joblib_would(options)
+                self._owned_backend = get_backend(choice.name, **options)
                 choice = replace(choice, instance=self._owned_backend)
         given = {
             "backend": choice,

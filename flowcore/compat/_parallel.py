@@ -45,11 +45,12 @@ from multiprocessing import TimeoutError as MPTimeoutError
 from typing import Any, Self, TypeVar
 
 from flowcore.backend import Backend
-from flowcore.compat._batch import BatchFailure, Nested, make_payload, run_batch
+from flowcore.compat._batch import BatchFailure, Nested, make_payload, not_a_call, run_batch
 from flowcore.compat._config import (
     UNSET,
     BackendChoice,
     current_worker,
+    dask_as_joblib_would,
     effective_workers,
     resolve,
     threads_choice,
@@ -259,8 +260,13 @@ class _Run(BatchSender[_Batch]):
         if self.n_tasks is not None and self.consumed + len(chunk) >= self.n_tasks:
             self.exhausted = True
         self.consumed += len(chunk)
+        try:
+            payload = make_payload(chunk)
+        except (TypeError, IndexError, KeyError) as exc:  # an item is not a delayed call
+            self._input_failed(not_a_call(chunk, self.consumed - len(chunk)) or exc)
+            return None
         tag = f"{self.tag_prefix}-{self.seq:x}" if self.tag_prefix else None
-        batch = _Batch(self.seq, len(chunk), make_payload(chunk), tag)
+        batch = _Batch(self.seq, len(chunk), payload, tag)
         self.seq += 1
         with self.lock:
             self.pending.append(batch)
@@ -718,6 +724,8 @@ class Parallel:
             options.setdefault("n_jobs", workers)
         elif choice.sized_by_n_jobs:
             options.setdefault("max_workers", workers)
+        if choice.name == "dask":
+            dask_as_joblib_would(options)
         return get_backend(choice.name, **options), True
 
     def _outputs(self, run: _Run) -> Generator[Any, None, None]:
@@ -747,6 +755,9 @@ class Parallel:
                 chunk = list(itertools.islice(iterator, size))
                 if not chunk:
                     break
+                wrong = not_a_call(chunk, self.n_dispatched_tasks)
+                if wrong is not None:
+                    raise wrong
                 self.n_dispatched_batches += 1
                 self.n_dispatched_tasks += len(chunk)
                 for fn, args, kwargs in chunk:
