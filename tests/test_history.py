@@ -1432,3 +1432,45 @@ def test_subflows_run_in_process_workers_are_written_before_their_flow_returns(h
     ran = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=180)
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.strip().splitlines()[-1] == str([("Completed", 1)] * 4)
+
+
+def test_a_map_stopped_by_its_failing_flow_leaves_no_pending_runs(home: Path, tmp_path: Path) -> None:
+    """On loky, a flow whose body fails while its map runs stops the map: batches out are
+    lost and their runs end one by one (Cancelled). Each run counts once, and the map's
+    pending row goes (it said 4 Pending besides 16 Cancelled and 4 Completed: 24 of 20)."""
+    script = tmp_path / "stopped_map.py"
+    script.write_text(textwrap.dedent("""
+        import time
+        from flowcore import flow, get_backend, task
+
+        @task
+        def slow(x):
+            time.sleep(0.5)
+            return x
+
+        @flow(backend=get_backend("loky", max_workers=2))
+        def boom():
+            slow.map(range(20))
+            time.sleep(1.5)
+            raise RuntimeError("stop")
+
+        if __name__ == "__main__":
+            try:
+                boom()
+            except RuntimeError:
+                pass
+    """))
+    ran = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=180)
+    assert ran.returncode == 0, ran.stderr
+    db = home / "history.db"
+    store = SQLiteStore(db, readonly=True)
+    try:
+        [run] = store.list_runs()
+        detail = store.get_run(run.id)
+    finally:
+        store.close()
+    assert run.state == "Failed"
+    assert sum(run.task_counts.values()) == 20, run.task_counts
+    assert "Pending" not in run.task_counts and "Running" not in run.task_counts
+    assert sorted(t.name for t in detail.task_runs) == sorted(f"slow-{i}" for i in range(20))
+    assert query(db, "SELECT count(*) FROM pending_maps") == [(0,)]

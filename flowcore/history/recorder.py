@@ -630,6 +630,8 @@ class _Pending:
             submitted = earlier[0] if earlier is not None else None
             state = event.state
             assert state is not None
+            if self.open.maps:  # a map's run ending on its own (its batch was lost or stopped)
+                self._count_in_map(run_id)
             if (
                 state.name == "Completed" and state.attempts == 1 and run_id not in self.open.written
                 and getattr(state, "result_location", None) is None and getattr(state, "cache_key", None) is None
@@ -640,6 +642,22 @@ class _Pending:
             if write is None:
                 write = self.tasks[run_id] = _write_from(earlier[1] if earlier is not None else event, submitted)
             _apply(event, write)
+
+    def _count_in_map(self, run_id: str) -> None:
+        """Count the end of ``run_id`` toward the open map it belongs to, if any: a run
+        of a map whose batch did not come back is reported on its own, not in the
+        map's columns, and the map's pending row must still see it finished."""
+        prefix, _, number = run_id.rpartition("-")
+        try:
+            value = int(number, 16)
+        except ValueError:
+            return
+        for open_map in self.open.maps.values():
+            columns = open_map.columns
+            first = columns.numbers[0]
+            if columns.id_prefix == prefix and first <= value < first + len(columns):
+                open_map.done += 1
+                return
 
     def _add_plain(self, event: TaskRunEvent, state: Any, submitted: float | None) -> bool:
         """Add a plainly completed run to its block; False if its ids do not fit one."""
