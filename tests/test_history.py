@@ -381,6 +381,15 @@ def test_a_corrupt_database_warns_once_and_the_flow_still_runs(home: Path, tmp_p
     assert str(db) in warnings[0] and "is not a usable SQLite database" in warnings[0]
     assert f"mv {db} {db}.broken" in warnings[0]
     assert db.read_bytes().startswith(b"this is not a database")  # left as it was
+    # The advice, followed literally, gives a working history.
+    (home / "history.db-wal").write_bytes(b"an old WAL")
+    advice = re.search(r"move it aside with its WAL \((.*?)\) and flowcore", warnings[0])
+    assert advice is not None, warnings[0]
+    subprocess.run(["sh", "-c", advice.group(1)], check=True)
+    assert not db.exists() and not (home / "history.db-wal").exists()
+    again = run_script(tmp_path, SMALL_FLOW)
+    assert again.returncode == 0 and "history is off" not in again.stderr, again.stderr
+    assert query(db, "SELECT count(*) FROM flow_runs") == [(1,)]
 
 
 def test_a_database_locked_for_a_while_is_waited_for(home: Path, tmp_path: Path) -> None:

@@ -310,7 +310,10 @@ def _unusable(location: str, exc: BaseException) -> HistoryError:
         )
         what = "cannot be written"
     elif "not a database" in lowered or "malformed" in lowered or "corrupt" in lowered:
-        fix = f"move it aside (mv {location} {location}.broken) and flowcore starts a new one, or set FLOWCORE_HISTORY=0"
+        fix = (  # its WAL too: SQLite would replay an old WAL into the new file
+            f"move it aside with its WAL (mv {location} {location}.broken; mv -f {location}-wal "
+            f"{location}-wal.broken; rm -f {location}-shm) and flowcore starts a new one, or set FLOWCORE_HISTORY=0"
+        )
         what = "is not a usable SQLite database"
     else:
         fix = "check the file and its directory, or set FLOWCORE_HOME elsewhere, or FLOWCORE_HISTORY=0"
