@@ -302,6 +302,20 @@ def test_the_webhook_is_served_by_the_dashboard_with_its_token_rules(served: Ser
     assert any(attribute(t, "data-kind") == "webhook" for t in rows(page, "trigger-event"))
 
 
+def test_the_webhook_refuses_nan_and_infinity_without_queueing_a_run(served: Served, store: DeploymentStore,
+                                                                    deployed: dict[str, str]) -> None:
+    """Python's json reads NaN, Infinity and 1e999; they are not JSON, the run could not
+    be answered in JSON (it was a 500 after the run was queued: a retried delivery ran twice)."""
+    path = "/api/deployments/etl%20workflow/nightly/runs"
+    auth = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    for body in (b'{"n": NaN}', b'{"n": 1e999}', b'{"n": -Infinity}', b'{"n": [1, {"x": NaN}]}'):
+        answer = served.post(path, body, headers=auth)
+        assert answer.status == 400, (body, answer.status, answer.text)
+        assert "not a finite number" in answer.json()["error"], answer.text
+    assert store.runs(deployed["nightly"]) == []
+    assert served.post(path, b'{"n": 1.5e3}', headers=auth).status == 201
+
+
 def test_the_token_comes_from_the_environment_or_the_home(home: Path, deployed: dict[str, str],
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FLOWCORE_API_TOKEN", "from-the-env")

@@ -363,6 +363,12 @@ def test_an_idempotency_key_starts_one_run(store: DeploymentStore, flows: Module
     assert [e.outcome for e in store.feed(dep)] == ["deduplicated", "fired"]
     with pytest.raises(DeploymentError, match="no parameter 'x'"):
         store.request_run(dep, {"x": 1})
+    for not_json in (float("nan"), float("inf")):  # `deployment run --param n=NaN` reads one
+        with pytest.raises(DeploymentError, match="must be JSON"):
+            store.request_run(dep, {"n": not_json})
+    with pytest.raises(DeploymentError, match="must be JSON"):
+        Deployment.build_from_flow(flows.etl_workflow, "nan", parameters={"n": float("nan")})
+    assert len(store.runs(dep)) == 1
     with pytest.raises(DeploymentNotFoundError, match="did you mean 'etl workflow/hook'"):
         store.find("etl workflow/hoook")
 

@@ -190,9 +190,11 @@ def _choice(value: object, allowed: Sequence[str], option: str) -> str:
     return value
 
 
-def _json_ready(value: Any, what: str) -> Any:
+def json_ready(value: Any, what: str) -> Any:
+    """``value`` as stored (a JSON round trip). DeploymentError when it is not JSON,
+    NaN and infinities included (Python's json writes them; no JSON reader takes them)."""
     try:
-        return json.loads(json.dumps(value))
+        return json.loads(json.dumps(value, allow_nan=False))
     except (TypeError, ValueError) as exc:
         raise DeploymentError(
             f"{what} must be JSON (numbers, strings, lists, dicts) because runs are stored and started "
@@ -309,7 +311,7 @@ class Deployment:
                 raise DeploymentError(
                     f"{trigger!r} is not a trigger; use FileTrigger or DeploymentTrigger from flowcore.deployments"
                 )
-        params = _json_ready(dict(parameters or {}), "parameters")
+        params = json_ready(dict(parameters or {}), "parameters")
         signature = FlowSignature.of(flow)
         what = f"deployment {flow.name}/{name}"
         # Unknown names always; missing ones only where a scheduled run (defaults only) needs them.
@@ -328,7 +330,7 @@ class Deployment:
             from flowcore.registry import get_registry
 
             get_registry().spec(backend)  # BackendNotFoundError lists the registered ones
-        options = _json_ready(dict(backend_options or {}), "backend_options")
+        options = json_ready(dict(backend_options or {}), "backend_options")
         tag_list = tuple(str(t) for t in (tags or ()))
         return cls(
             flow_name=flow.name, name=name.strip(), entrypoint=entrypoint, signature=signature,

@@ -575,11 +575,12 @@ class DeploymentStore:
         ``parameters``; ``key`` deduplicates (a second request with the same key
         returns the first run). Returns (run id, created). DeploymentError when the
         parameters do not fit the flow; DeploymentNotFoundError for an unknown id."""
-        from flowcore.deployments.deployment import FlowSignature
+        from flowcore.deployments.deployment import FlowSignature, json_ready
 
         when = time.time() if now is None else now
         record = self.deployment(dep_id)
-        merged = {**record.parameters, **dict(parameters or {})}
+        merged = json_ready({**record.parameters, **dict(parameters or {})},
+                            f"deployment {record.full_name}: the run's parameters")
         FlowSignature.from_dict(record.signature).check(merged, f"deployment {record.full_name}")
         chosen = key if key is not None else f"{kind}:{uuid.uuid4().hex}"
 

@@ -141,6 +141,11 @@ def deployment_routes(
             return error(400, f"the body is not JSON ({exc}); send a JSON object of parameters, e.g. {{\"n\": 3}}")
         if not isinstance(parameters, dict):
             return error(400, "the body must be a JSON object of flow parameters, e.g. {\"n\": 3}")
+        try:  # Python's json reads NaN, Infinity and 1e999 (inf): no JSON answer or run could hold them
+            json.dumps(parameters, allow_nan=False)
+        except ValueError:
+            return error(400, "the body holds a value that is not a finite number (NaN, Infinity, or out of "
+                              "range like 1e999), which JSON does not have; send a finite number, a string or null")
         if record.paused:
             return error(409, f"deployment {record.full_name} is paused; resume it to accept runs "
                               f"(flowcore deployment resume '{record.full_name}')")
