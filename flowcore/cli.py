@@ -412,6 +412,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FlowcoreError as exc:
         print(f"flowcore: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # the reader went away (``flowcore ... | head``): stop quietly, as cat does;
+        # stdout now points at /dev/null so that the flush at exit does not fail again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 141  # 128 + SIGPIPE, the status a shell reports for a command its pipe stopped
     except KeyboardInterrupt:
         # Ctrl-C: a flow run has recorded and logged how it ended; no traceback of
         # flowcore's internals, and the status a shell gives an interrupted command.

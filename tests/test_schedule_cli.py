@@ -104,3 +104,18 @@ def test_default_start_is_now_and_help_lists_the_command() -> None:
     assert len(json.loads(result.stdout)["fire_times"]) == 1
     top = subprocess.run([sys.executable, "-m", "flowcore", "--help"], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert "schedule" in top.stdout
+
+
+def test_a_reader_that_stops_early_gets_no_traceback() -> None:
+    """``flowcore schedule preview ... | head -1``: the pipe closes while the command
+    still prints; it ends quietly with 141 (128 + SIGPIPE), as cat or ls do."""
+    command = [sys.executable, "-m", "flowcore", "schedule", "preview", "* * * * *", "-n", "10000"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
+    assert process.stdout is not None and process.stderr is not None
+    first = process.stdout.readline()
+    process.stdout.close()
+    errors = process.stderr.read().decode()
+    code = process.wait(timeout=120)
+    assert first.startswith(b"cron schedule")
+    assert "Traceback" not in errors and "BrokenPipeError" not in errors, errors
+    assert code == 141, (code, errors)
