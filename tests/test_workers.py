@@ -420,3 +420,34 @@ def test_flow_serve_runs_its_schedule_in_process_until_sigterm(env: Env) -> None
     assert env.stop(process) == 0
     assert env.query("SELECT name, paused FROM deployments") == [("served", 0)]
     assert env.query("SELECT count(*) FROM deployment_runs WHERE state = 'Running'") == [(0,)]
+
+
+def test_the_readme_snippet_as_a_script_without_a_main_guard_keeps_working(env: Env) -> None:
+    """The README's snippet saved as etl.py: ``python etl.py`` applies it, and the run's
+    child, importing etl.py by path, applies it again. That second apply recorded the
+    flow's module as the child's private name (``__flowcore_deployment_etl``), and every
+    later run failed with ModuleNotFoundError."""
+    script = env.root / "etl.py"
+    script.write_text(textwrap.dedent('''
+        from flowcore import flow
+        from flowcore.deployments import Deployment
+        from flowcore.schedules import CronSchedule
+
+        @flow
+        def etl_workflow(day: str = "today") -> None: ...
+
+        Deployment.build_from_flow(flow=etl_workflow, name="daily-etl",
+                                   schedule=CronSchedule(cron="0 2 * * *"), work_pool_name="default").apply()
+    '''))
+    subprocess.run([sys.executable, str(script)], cwd=env.root, env=env.env, check=True, timeout=60)
+    expected = [(f"{script.resolve()}:etl_workflow",)]
+    assert env.query("SELECT entrypoint FROM deployments") == expected
+    worker = env.start_worker()
+    for _ in range(2):
+        result = subprocess.run(
+            [sys.executable, "-m", "flowcore", "deployment", "run", "daily-etl", "--watch", "--timeout", "60"],
+            cwd=env.root, env=env.env, capture_output=True, text=True, timeout=90)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert env.query("SELECT entrypoint FROM deployments") == expected
+    env.stop(worker)
+    assert env.query("SELECT state, count(*) FROM deployment_runs GROUP BY state") == [("Completed", 2)]

@@ -29,6 +29,9 @@ if TYPE_CHECKING:
     from flowcore.schedules import Schedule
 
 CATCHUP_POLICIES = ("skip", "latest", "all")
+#: the module name a script's flow is loaded under by :meth:`Entrypoint.load` (never
+#: importable by name: a deployment built from such a flow records the script's path)
+SCRIPT_MODULE_PREFIX = "__flowcore_deployment_"
 OVERLAP_POLICIES = ("allow", "skip", "queue", "cancel_running")
 
 
@@ -104,7 +107,7 @@ class Entrypoint:
         try:
             if location.endswith(".py"):
                 path = Path(location)
-                name = f"__flowcore_deployment_{path.stem}"
+                name = f"{SCRIPT_MODULE_PREFIX}{path.stem}"
                 spec = importlib.util.spec_from_file_location(name, path)
                 if spec is None or spec.loader is None:
                     raise DeploymentError(f"cannot import {location}: not a Python file")
@@ -151,7 +154,10 @@ def entrypoint_of(flow: Flow[Any, Any]) -> Entrypoint:
             "a worker imports the flow in a new process, so define it at the top level of a module or script"
         )
     file = getattr(module, "__file__", None)
-    if module_name == "__main__" or (file and module_name and not _importable(module_name, file)):
+    # a script loaded by path for a run (its module-level apply() runs again there) is
+    # recorded by its path, as when it ran as __main__
+    by_path = module_name == "__main__" or (module_name or "").startswith(SCRIPT_MODULE_PREFIX)
+    if by_path or (file and module_name and not _importable(module_name, file)):
         if not file or not str(file).endswith(".py"):
             raise DeploymentError(
                 f"flow {flow.name!r} was defined in an interactive session; a worker imports the flow "
