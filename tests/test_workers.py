@@ -451,3 +451,33 @@ def test_the_readme_snippet_as_a_script_without_a_main_guard_keeps_working(env: 
         assert env.query("SELECT entrypoint FROM deployments") == expected
     env.stop(worker)
     assert env.query("SELECT state, count(*) FROM deployment_runs GROUP BY state") == [("Completed", 2)]
+
+
+def test_serve_without_a_main_guard_does_not_start_a_worker_in_each_run(env: Env) -> None:
+    """``quick.serve(...)`` at the top of a script: each run's child imports the script,
+    and serve() there started a second worker inside the run (which ran the schedule
+    too, and the run never ended while it lived). In a child importing the flow,
+    serve() now says what to change and returns; the run goes on."""
+    script = env.root / "noguard.py"
+    script.write_text(textwrap.dedent('''
+        from flowcore import flow
+
+        @flow
+        def hello(name: str = "world") -> str:
+            return name
+
+        hello.serve("noguard", interval=1)
+    '''))
+    out = open(env.root / "serve.log", "wb")  # noqa: SIM115
+    process = subprocess.Popen([sys.executable, str(script)], cwd=env.root, env=env.env, stdout=out,
+                               stderr=subprocess.STDOUT)
+    out.close()
+    env.workers.append(process)
+    env.wait("two served runs", lambda: (env.query(
+        "SELECT count(*) FROM deployment_runs WHERE state = 'Completed'") or [(0,)])[0][0] >= 2, timeout=30)
+    assert env.stop(process) == 0
+    log = env.log("serve.log")
+    workers = {line.split()[2] for line in log.splitlines() if " worker " in line and " started on " in line}
+    assert len(workers) == 1, log
+    assert "if __name__ == \"__main__\":" in log, log
+    assert env.query("SELECT DISTINCT state FROM deployment_runs") == [("Completed",)]

@@ -31,9 +31,23 @@ def serve(*deployments: Deployment, limit: int | None = None, grace: float = 30.
     """Apply ``deployments`` and run them in this process until stopped (Ctrl-C or
     SIGTERM: running flow runs get ``grace`` seconds, then end ``Crashed``; schedules
     are never paused). Each flow run still executes in its own child process.
-    ``limit``: flow runs at once. Raises DeploymentError when given nothing to serve."""
+    ``limit``: flow runs at once. Raises DeploymentError when given nothing to serve.
+
+    Called while a worker imports the flow's module for a run (``serve()`` at the top
+    of a script, not under ``if __name__ == "__main__":``), it applies nothing, serves
+    nothing, says so on stderr and returns: the run goes on."""
+    import sys
+
+    from flowcore.deployments.deployment import loading_entrypoint
     from flowcore.deployments.worker import serve_deployments
     from flowcore.errors import DeploymentError
+
+    importing = loading_entrypoint()
+    if importing is not None:
+        print(f"flowcore: serve() ignored: it ran while a worker imported {importing} for a flow run; put "
+              "the serve() call under `if __name__ == \"__main__\":` so that importing the module does not "
+              "serve", file=sys.stderr)
+        return
 
     if not deployments:
         raise DeploymentError("serve() needs at least one deployment: serve(flow.to_deployment(name='...'))")

@@ -32,6 +32,14 @@ CATCHUP_POLICIES = ("skip", "latest", "all")
 #: the module name a script's flow is loaded under by :meth:`Entrypoint.load` (never
 #: importable by name: a deployment built from such a flow records the script's path)
 SCRIPT_MODULE_PREFIX = "__flowcore_deployment_"
+#: the entrypoints being imported by :meth:`Entrypoint.load` now (innermost last)
+_loading: list[str] = []
+
+
+def loading_entrypoint() -> str | None:
+    """The entrypoint this process is importing for a run right now, if any: module-level
+    code of the flow's module (an unguarded ``flow.serve()``) runs then."""
+    return _loading[-1] if _loading else None
 OVERLAP_POLICIES = ("allow", "skip", "queue", "cancel_running")
 
 
@@ -104,6 +112,7 @@ class Entrypoint:
         location, _, attribute = self.target.rpartition(":")
         if self.import_path and self.import_path not in sys.path:
             sys.path.insert(0, self.import_path)
+        _loading.append(self.target)
         try:
             if location.endswith(".py"):
                 path = Path(location)
@@ -123,6 +132,8 @@ class Entrypoint:
                 f"cannot import the flow {self.target!r}: {type(exc).__name__}: {exc}; the deployment "
                 "records where the flow was when it was built: rebuild and apply it if the code moved"
             ) from exc
+        finally:
+            _loading.pop()
         found = getattr(module, attribute, None)
         if not isinstance(found, Flow):
             raise DeploymentError(
