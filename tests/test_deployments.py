@@ -40,6 +40,10 @@ def needs_path(path: str) -> str:
 @flow
 def other(n: int = 1) -> int:
     return n
+
+@flow
+def two(path: str, mode: str) -> str:
+    return mode + path
 '''
 
 
@@ -135,6 +139,22 @@ def test_build_errors_name_the_problem_and_the_fix(flows: ModuleType) -> None:
 
     with pytest.raises(DeploymentError, match=r"not a module-level name.*define it at the top level"):
         Deployment.build_from_flow(local, "x")
+
+
+def test_triggered_runs_must_get_every_parameter_the_flow_needs(flows: ModuleType) -> None:
+    """A file or chained run gets the deployment's parameters plus the trigger's: one
+    that lacks a required parameter can never start (it was accepted, and each file
+    was skipped later, in the feed, or each chained run failed)."""
+    inbox = FileTrigger("/tmp", parameter="path")
+    with pytest.raises(DeploymentError, match=r"two/x: the flow needs parameter 'mode'"):
+        Deployment.build_from_flow(flows.two, "x", triggers=[inbox])
+    assert Deployment.build_from_flow(flows.two, "x", parameters={"mode": "m"}, triggers=[inbox]).triggers
+    upstream = DeploymentTrigger(after="other/a", parameters={"path": "/p"})
+    with pytest.raises(DeploymentError, match=r"DeploymentTrigger\(parameters=...\): the flow needs parameter 'mode'"):
+        Deployment.build_from_flow(flows.two, "y", triggers=[upstream])
+    assert Deployment.build_from_flow(flows.two, "y", parameters={"mode": "m"}, triggers=[upstream]).triggers
+    # webhook and manual runs may still bring what is missing: no trigger, no check
+    assert Deployment.build_from_flow(flows.two, "z").name == "z"
 
 
 def test_a_flow_in_a_script_run_as_main_is_deployed_by_path(tmp_path: Path) -> None:

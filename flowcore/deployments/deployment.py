@@ -339,8 +339,11 @@ class Deployment:
                     f"{what}: FileTrigger(parameter={trigger.parameter!r}) names no parameter of the flow; "
                     f"it takes {', '.join(signature.names) or 'none'}"
                 )
+            # a triggered run gets the deployment's parameters and the trigger's, nothing else
+            if isinstance(trigger, FileTrigger):
+                signature.check(params, what, supplied=(trigger.parameter,))
             if isinstance(trigger, DeploymentTrigger):
-                signature.check(trigger.parameters, f"{what}: DeploymentTrigger(parameters=...)", supplied=signature.required)
+                signature.check({**params, **trigger.parameters}, f"{what}: DeploymentTrigger(parameters=...)")
         if backend is not None:
             if not isinstance(backend, str):
                 raise DeploymentError(f"backend must be a backend name such as 'loky', got {backend!r}")
