@@ -157,6 +157,17 @@ def test_triggered_runs_must_get_every_parameter_the_flow_needs(flows: ModuleTyp
     assert Deployment.build_from_flow(flows.two, "z").name == "z"
 
 
+def test_a_deployment_cannot_trigger_itself(flows: ModuleType) -> None:
+    """after= its own name: each run it started started the next, without end (a real
+    worker made 13 runs in 5 s)."""
+    for states in (["Completed"], ["Failed", "Crashed"]):
+        with pytest.raises(DeploymentError, match=r"'etl workflow/loop' cannot be triggered by its own runs"):
+            Deployment.build_from_flow(flows.etl_workflow, "loop",
+                                       triggers=[DeploymentTrigger(after="etl workflow/loop", states=states)])
+    assert Deployment.build_from_flow(flows.etl_workflow, "loop",
+                                      triggers=[DeploymentTrigger(after="etl workflow/other")]).triggers
+
+
 def test_a_flow_in_a_script_run_as_main_is_deployed_by_path(tmp_path: Path) -> None:
     script = tmp_path / "job.py"
     script.write_text(FLOWS + textwrap.dedent('''

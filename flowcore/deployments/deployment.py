@@ -344,6 +344,12 @@ class Deployment:
                 signature.check(params, what, supplied=(trigger.parameter,))
             if isinstance(trigger, DeploymentTrigger):
                 signature.check({**params, **trigger.parameters}, f"{what}: DeploymentTrigger(parameters=...)")
+                if trigger.after == f"{flow.name}/{name.strip()}":
+                    raise DeploymentError(
+                        f"{what}: DeploymentTrigger(after={trigger.after!r}): {trigger.after!r} cannot be "
+                        "triggered by its own runs (each run would start the next, without end); for "
+                        "another attempt after a failure use @flow(retries=...)"
+                    )
         if backend is not None:
             if not isinstance(backend, str):
                 raise DeploymentError(f"backend must be a backend name such as 'loky', got {backend!r}")
