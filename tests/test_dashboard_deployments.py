@@ -312,6 +312,8 @@ def test_the_webhook_refuses_nan_and_infinity_without_queueing_a_run(served: Ser
         answer = served.post(path, body, headers=auth)
         assert answer.status == 400, (body, answer.status, answer.text)
         assert "not a finite number" in answer.json()["error"], answer.text
+    wrong = served.post(path, b'{"n": "many"}', headers=auth)
+    assert wrong.status == 422 and "parameter 'n' expects int, got 'many'" in wrong.json()["error"], wrong.text
     assert store.runs(deployed["nightly"]) == []
     assert served.post(path, b'{"n": 1.5e3}', headers=auth).status == 201
 

@@ -44,6 +44,10 @@ def other(n: int = 1) -> int:
 @flow
 def two(path: str, mode: str) -> str:
     return mode + path
+
+@flow(validate_parameters=False)
+def unchecked(n: int = 1) -> int:
+    return n
 '''
 
 
@@ -155,6 +159,26 @@ def test_triggered_runs_must_get_every_parameter_the_flow_needs(flows: ModuleTyp
     assert Deployment.build_from_flow(flows.two, "y", parameters={"mode": "m"}, triggers=[upstream]).triggers
     # webhook and manual runs may still bring what is missing: no trigger, no check
     assert Deployment.build_from_flow(flows.two, "z").name == "z"
+
+
+def test_parameters_of_the_wrong_type_are_refused_when_the_run_is_requested(store: DeploymentStore,
+                                                                           flows: ModuleType) -> None:
+    """``deployment run --param n=abc`` (or a webhook body {"n": "abc"}) for ``n: int``:
+    refused when asked, as the flow would refuse it (pydantic's lax mode: "7" passes),
+    not queued to fail in a worker later."""
+    dep = _apply(store, flows.etl_workflow, "typed", 0.0)
+    with pytest.raises(DeploymentError, match=r"parameter 'n' expects int, got 'abc' \(str\)"):
+        store.request_run(dep, {"n": "abc"})
+    with pytest.raises(DeploymentError, match=r"parameter 'n' expects int, got 2.5"):
+        store.request_run(dep, {"n": 2.5})
+    assert store.request_run(dep, {"n": "7"})[1] and store.request_run(dep, {"n": 7.0})[1]
+    with pytest.raises(DeploymentError, match=r"parameter 'n' expects int, got \[1\]"):
+        Deployment.build_from_flow(flows.etl_workflow, "typed", parameters={"n": [1]})
+    with pytest.raises(DeploymentError, match=r"parameter 'path' expects str, got 3"):
+        Deployment.build_from_flow(flows.needs_path, "typed", parameters={"path": 3})
+    loose = _apply(store, flows.unchecked, "loose", 0.0)
+    assert store.request_run(loose, {"n": "abc"})[1]  # the flow does not check: neither does the request
+    assert len(store.runs(dep)) == 2
 
 
 def test_a_deployment_cannot_trigger_itself(flows: ModuleType) -> None:

@@ -50,12 +50,17 @@ class FlowSignature:
     names: tuple[str, ...]
     required: tuple[str, ...]
     var_keyword: bool
+    #: (name, "int" | "float" | "str" | "bool") for parameters annotated with one of
+    #: those plain types in a flow that validates its parameters: a request is checked
+    #: as the flow would check it (pydantic, lax); other types are checked by the run
+    types: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def of(cls, flow: Flow[Any, Any]) -> FlowSignature:
         names: list[str] = []
         required: list[str] = []
         var_keyword = False
+        hints = _plain_hints(flow)
         for name, p in flow.signature.parameters.items():
             if p.kind is p.VAR_KEYWORD:
                 var_keyword = True
@@ -65,14 +70,18 @@ class FlowSignature:
             names.append(name)
             if p.default is p.empty:
                 required.append(name)
-        return cls(tuple(names), tuple(required), var_keyword)
+        types = tuple((n, hints[n]) for n in names if n in hints)
+        return cls(tuple(names), tuple(required), var_keyword, types)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"names": list(self.names), "required": list(self.required), "var_keyword": self.var_keyword}
+        return {"names": list(self.names), "required": list(self.required), "var_keyword": self.var_keyword,
+                "types": dict(self.types)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FlowSignature:
-        return cls(tuple(data.get("names", ())), tuple(data.get("required", ())), bool(data.get("var_keyword", True)))
+        types = tuple((str(n), str(t)) for n, t in dict(data.get("types", {})).items() if t in _PLAIN_TYPES)
+        return cls(tuple(data.get("names", ())), tuple(data.get("required", ())), bool(data.get("var_keyword", True)),
+                   types)
 
     def check(self, parameters: Mapping[str, Any], what: str, *, supplied: Iterable[str] = ()) -> None:
         """DeploymentError naming an unknown or missing parameter (``supplied``: names
@@ -93,6 +102,38 @@ class FlowSignature:
                 f"{what}: the flow needs parameter {', '.join(repr(m) for m in missing)}; pass "
                 f"parameters={{{missing[0]!r}: ...}} (or --param {missing[0]}=VALUE)"
             )
+        wrong = [(n, t) for n, t in self.types if n in parameters]
+        if wrong:
+            import pydantic
+
+            for name, type_name in wrong:
+                value = parameters[name]
+                try:
+                    pydantic.TypeAdapter(_PLAIN_TYPES[type_name]).validate_python(value)
+                except pydantic.ValidationError as exc:
+                    shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+                    reason = exc.errors(include_url=False)[0]["msg"]
+                    raise DeploymentError(
+                        f"{what}: parameter {name!r} expects {type_name}, got {shown} ({type(value).__name__}): "
+                        f"{reason}; pass a value of that type"
+                    ) from None
+
+
+_PLAIN_TYPES: dict[str, type] = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+def _plain_hints(flow: Flow[Any, Any]) -> dict[str, str]:
+    """The flow's parameters annotated with a plain type (int, float, str, bool), by
+    name, when the flow validates its parameters; {} when the hints cannot be read."""
+    import typing
+
+    if not flow.options.validate_parameters:
+        return {}
+    try:
+        hints = typing.get_type_hints(inspect.unwrap(flow.fn))
+    except Exception:  # a hint that cannot be resolved here: the run checks it
+        return {}
+    return {name: hint.__name__ for name, hint in hints.items() if hint in (int, float, str, bool)}
 
 
 @dataclass(frozen=True)
