@@ -481,3 +481,33 @@ def test_serve_without_a_main_guard_does_not_start_a_worker_in_each_run(env: Env
     assert len(workers) == 1, log
     assert "if __name__ == \"__main__\":" in log, log
     assert env.query("SELECT DISTINCT state FROM deployment_runs") == [("Completed",)]
+
+
+def test_stopping_the_readmes_systemd_unit_gives_running_flows_their_grace(env: Env) -> None:
+    """``systemctl stop`` sends KillSignal to every process of the unit's cgroup unless
+    ``KillMode=mixed`` (then only to the main process; SIGKILL to the rest after
+    TimeoutStopSec). The README's unit had no KillMode: its flow runs got SIGTERM with
+    the worker and ended Crashed at once, whatever --grace said. This stops a worker as
+    systemd would with the unit the README shows."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    unit = readme.split("/etc/systemd/system/flowcore-worker.service", 1)[1].split("```ini", 1)[1].split("```", 1)[0]
+    settings = dict(line.split("=", 1) for line in unit.splitlines() if "=" in line)
+    kill_mode = settings.get("KillMode", "control-group")
+    assert kill_mode in ("control-group", "mixed", "process"), kill_mode
+    grace = float(settings["ExecStart"].split("--grace", 1)[1].split()[0])
+    assert float(settings["TimeoutStopSec"]) > grace
+    short = env.deploy("short", flow="sleepy", parameters="{'seconds': 2.0}")
+    worker = env.start_worker("--grace", "30")
+    env.python(f"""
+        from flowcore.deployments.store import open_deployment_store
+        with open_deployment_store() as s:
+            s.request_run({short!r})
+    """)
+    env.wait("the run to run", lambda: env.query(
+        "SELECT count(*) FROM deployment_runs WHERE state = 'Running' AND flow_run_id IS NOT NULL") == [(1,)])
+    (child,) = env.query("SELECT pid FROM deployment_runs WHERE state = 'Running'")[0]
+    worker.send_signal(signal.SIGTERM)
+    if kill_mode == "control-group":
+        os.kill(child, signal.SIGTERM)
+    assert worker.wait(60) == 0
+    assert env.query("SELECT state FROM deployment_runs") == [("Completed",)], env.log()
