@@ -511,3 +511,22 @@ def test_stopping_the_readmes_systemd_unit_gives_running_flows_their_grace(env: 
         os.kill(child, signal.SIGTERM)
     assert worker.wait(60) == 0
     assert env.query("SELECT state FROM deployment_runs") == [("Completed",)], env.log()
+
+
+def test_a_file_trigger_on_a_missing_directory_says_so_and_starts_when_it_appears(env: Env) -> None:
+    """A FileTrigger on a directory that does not exist (a typo, a mount not there yet)
+    watched nothing and said nothing. The worker now says it once, in its output and the
+    trigger feed, and picks files up once the directory is there."""
+    inbox = env.root / "inbox"
+    env.deploy("on-arrival", flow="ingest", triggers=f"[FileTrigger({str(inbox)!r}, settle_seconds=0.2)]")
+    worker = env.start_worker()
+    env.wait("the worker to say the directory is missing", lambda: f"{inbox} does not exist" in env.log(), timeout=20)
+    time.sleep(1)
+    assert env.log().count(f"{inbox} does not exist") == 1, env.log()
+    feed = env.query("SELECT kind, outcome, reason FROM trigger_feed")
+    assert [(k, o) for k, o, _ in feed] == [("file", "skipped")] and "does not exist" in feed[0][2], feed
+    inbox.mkdir()
+    (inbox / "a.csv").write_text("a\n")
+    env.wait("the file's run", lambda: env.query("SELECT state FROM deployment_runs") == [("Completed",)])
+    assert f"watching {inbox} again" in env.log()
+    env.stop(worker)

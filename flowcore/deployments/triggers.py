@@ -154,9 +154,16 @@ class FileWatcher:
         self.trigger = trigger
         self._seen: dict[str, _Seen] = {}
         self._reported: set[tuple[str, int, int]] = set()
+        #: why the directory could not be watched at the last poll (None: it could)
+        self.problem: str | None = None
+        #: the problem the worker last told about (it says each change once)
+        self.told: str | None = None
 
     def _files(self) -> Iterator[tuple[str, int, int]]:
         root = self.trigger.path
+        self.problem = _unwatchable(root)
+        if self.problem is not None:
+            return
         pattern = self.trigger.pattern
         walker = os.walk(root) if self.trigger.recursive else [(root, [], _names(root))]
         for directory, _dirs, names in walker:
@@ -195,6 +202,17 @@ class FileWatcher:
         if len(self._reported) > 100_000:  # the store remembers; this only saves queries
             self._reported = {r for r in self._reported if r[0] in present}
         return ready
+
+
+def _unwatchable(directory: str) -> str | None:
+    """Why ``directory`` cannot be watched (missing, not a directory, unreadable), or None."""
+    if not os.path.exists(directory):
+        return f"{directory} does not exist"
+    if not os.path.isdir(directory):
+        return f"{directory} is not a directory"
+    if not os.access(directory, os.R_OK | os.X_OK):
+        return f"{directory} cannot be read by this user"
+    return None
 
 
 def _names(directory: str) -> list[str]:

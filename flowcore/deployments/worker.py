@@ -345,7 +345,10 @@ class Worker:
     def _poll_files(self, now: float) -> None:
         for group in self._watchers.values():
             for watcher, parameter in group.watchers:
-                for path, size, mtime_ns in watcher.poll(now):
+                ready = watcher.poll(now)
+                if watcher.problem != watcher.told:
+                    self._tell_file_problem(group.deployment_id, watcher, now)
+                for path, size, mtime_ns in ready:
                     key = f"file:{group.deployment_id}:{path}:{size}:{mtime_ns}"
                     if self.store.has_key(key):
                         continue  # started before (this worker or an earlier one)
@@ -357,6 +360,20 @@ class Worker:
                         continue
                     if created:
                         self._say(f"file {path} -> run {run_id[:8]} of {self._deployment_name(group.deployment_id)}")
+
+    def _tell_file_problem(self, deployment_id: str, watcher: FileWatcher, now: float) -> None:
+        """Say once (output and trigger feed) that a FileTrigger's directory cannot be
+        watched, or that it can be again."""
+        name = self._deployment_name(deployment_id)
+        directory = watcher.trigger.path
+        if watcher.problem is not None:
+            reason = (f"{watcher.problem}; files there start runs once it can be read (create it, or fix "
+                      "FileTrigger(path=...) and apply the deployment again)")
+            self._say(f"file trigger of {name}: {reason}")
+            self.store.feed_event(deployment_id, "file", directory, "skipped", reason, now=now)
+        else:
+            self._say(f"file trigger of {name}: watching {directory} again")
+        watcher.told = watcher.problem
 
     def _start_webhook(self) -> None:
         from flowcore.deployments.webhook import WebhookServer
