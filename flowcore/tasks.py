@@ -467,7 +467,7 @@ class Task(Generic[P, R]):
         qualname = getattr(self.fn, "__qualname__", "")
         # __main__ differs in a worker process: such tasks travel by value.
         # ``inc = task(bare_inc, name="inc")`` is found under its task name instead.
-        if module and module != "__main__" and "<locals>" not in qualname:
+        if module and module != "__main__" and module not in _by_value_modules and "<locals>" not in qualname:
             candidates = [qualname]
             if self.name != qualname and self.name.isidentifier():
                 candidates.append(self.name)
@@ -636,6 +636,20 @@ def _without_hooks(options: TaskOptions) -> TaskOptions:
 def _bind(task: Task[..., R], instance: Any) -> Task[..., R]:
     """``task`` as a method of ``instance``: a copy whose function is bound to it."""
     return Task(types.MethodType(task.fn, instance), task.options)
+
+
+#: modules whose tasks travel by value, as those of ``__main__`` do: see pickle_by_value
+_by_value_modules: set[str] = set()
+
+
+def pickle_by_value(module: types.ModuleType) -> None:
+    """Send the tasks and functions of ``module`` to other processes by value, as
+    those of ``__main__`` are: for a script loaded under a name that a backend's worker
+    processes cannot import (a deployment run's script, ``flowcore.deployments``)."""
+    import cloudpickle
+
+    cloudpickle.register_pickle_by_value(module)
+    _by_value_modules.add(module.__name__)
 
 
 def _load_task(module: str, qualname: str, options: TaskOptions | None = None) -> Task[..., Any]:

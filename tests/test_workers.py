@@ -530,3 +530,39 @@ def test_a_file_trigger_on_a_missing_directory_says_so_and_starts_when_it_appear
     env.wait("the file's run", lambda: env.query("SELECT state FROM deployment_runs") == [("Completed",)])
     assert f"watching {inbox} again" in env.log()
     env.stop(worker)
+
+
+def test_a_script_flow_runs_its_tasks_on_a_process_backend(env: Env) -> None:
+    """A flow deployed from a script (entrypoint ``/path/job.py:attr``) on loky: the run's
+    child loads the script under a private module name that loky's worker processes
+    cannot import, and every task was lost ("No module named '__flowcore_deployment_job'").
+    Run as ``python job.py`` the same tasks work (``__main__`` is pickled by value)."""
+    pytest.importorskip("loky")
+    script = env.root / "job.py"
+    script.write_text(textwrap.dedent('''
+        from flowcore import flow, task
+        from flowcore.deployments import Deployment
+
+        OFFSET = 10
+
+        @task
+        def shift(x: int) -> int:
+            return x + OFFSET
+
+        @flow
+        def shifted(n: int = 3) -> int:
+            return sum(shift.map(range(n)).result())
+
+        if __name__ == "__main__":
+            Deployment.build_from_flow(shifted, "on-loky", backend="loky", backend_options={"max_workers": 2}).apply()
+    '''))
+    subprocess.run([sys.executable, str(script)], cwd=env.root, env=env.env, check=True, timeout=60)
+    worker = env.start_worker()
+    result = subprocess.run(
+        [sys.executable, "-m", "flowcore", "deployment", "run", "shifted/on-loky", "--param", "n=4", "--watch",
+         "--timeout", "120"], cwd=env.root, env=env.env, capture_output=True, text=True, timeout=150)
+    env.stop(worker)
+    assert result.returncode == 0, result.stdout + result.stderr + env.log()
+    assert env.query("SELECT state FROM deployment_runs") == [("Completed",)]
+    (flow_run,) = env.query("SELECT flow_run_id FROM deployment_runs")[0]
+    assert flow_run is not None

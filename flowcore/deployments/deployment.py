@@ -163,6 +163,11 @@ class Entrypoint:
                     raise DeploymentError(f"cannot import {location}: not a Python file")
                 module = importlib.util.module_from_spec(spec)
                 sys.modules[name] = module
+                # process backends' workers cannot import the script by this name: its
+                # tasks travel by value, as they do from __main__ when the script is run
+                from flowcore.tasks import pickle_by_value
+
+                pickle_by_value(module)
                 spec.loader.exec_module(module)
             else:
                 module = importlib.import_module(location)
