@@ -181,6 +181,19 @@ def test_parameters_of_the_wrong_type_are_refused_when_the_run_is_requested(stor
     assert len(store.runs(dep)) == 2
 
 
+def test_a_module_that_exits_while_imported_for_a_run_fails_the_run_naming_why(tmp_path: Path) -> None:
+    """Module-level code that calls sys.exit (argparse at the top of a script) ended the
+    run's child with a bare exit code ("exited with code 2"); loading says what to change."""
+    from flowcore.deployments.deployment import Entrypoint
+
+    script = tmp_path / "cli_job.py"
+    script.write_text("import argparse\nfrom flowcore import flow\n\n@flow\ndef job() -> None: ...\n\n"
+                      "argparse.ArgumentParser().parse_args(['--nope'])\n")
+    with pytest.raises(DeploymentError, match=r"importing .*cli_job.py:job' called sys.exit\(2\).*"
+                                              r"if __name__ == \"__main__\":"):
+        Entrypoint(f"{script}:job", str(tmp_path), str(tmp_path)).load()
+
+
 def test_a_deployment_cannot_trigger_itself(flows: ModuleType) -> None:
     """after= its own name: each run it started started the next, without end (a real
     worker made 13 runs in 5 s)."""

@@ -173,6 +173,11 @@ class Entrypoint:
                 module = importlib.import_module(location)
         except DeploymentError:
             raise
+        except SystemExit as exc:  # module-level code of a script (argparse, sys.exit)
+            raise DeploymentError(
+                f"importing {self.target!r} called sys.exit({exc.code!r}) in its module-level code; a worker "
+                "imports the module to run the flow, so put that code under `if __name__ == \"__main__\":`"
+            ) from None
         except Exception as exc:
             raise DeploymentError(
                 f"cannot import the flow {self.target!r}: {type(exc).__name__}: {exc}; the deployment "
