@@ -181,6 +181,22 @@ def test_parameters_of_the_wrong_type_are_refused_when_the_run_is_requested(stor
     assert len(store.runs(dep)) == 2
 
 
+def test_deployment_triggers_that_form_a_loop_are_refused_when_applied(store: DeploymentStore,
+                                                                       flows: ModuleType) -> None:
+    """a after b, b after c, c after a: each run starts the next, without end. Refused
+    when the deployment that closes the loop is applied; nothing of it is stored."""
+    _apply(store, flows.other, "a", 0.0, triggers=[DeploymentTrigger(after="other/b")])
+    _apply(store, flows.other, "b", 0.0, triggers=[DeploymentTrigger(after="other/c", states=["Failed"])])
+    with pytest.raises(DeploymentError, match=r"other/c: its DeploymentTrigger closes a loop: other/c starts "
+                                              r"after other/a, other/a after other/b, other/b after other/c"):
+        _apply(store, flows.other, "c", 0.0, triggers=[DeploymentTrigger(after="other/a")])
+    assert sorted(r.name for r in store.list_deployments()) == ["a", "b"]
+    _apply(store, flows.other, "c", 0.0, triggers=[DeploymentTrigger(after="etl workflow/x")])  # no loop
+    with pytest.raises(DeploymentError, match="closes a loop"):  # re-applying c to close it again
+        _apply(store, flows.other, "c", 0.0, triggers=[DeploymentTrigger(after="other/a")])
+    assert [t["after"] for t in store.find("other/c").triggers] == ["etl workflow/x"]
+
+
 def test_a_module_that_exits_while_imported_for_a_run_fails_the_run_naming_why(tmp_path: Path) -> None:
     """Module-level code that calls sys.exit (argparse at the top of a script) ended the
     run's child with a bare exit code ("exited with code 2"); loading says what to change."""

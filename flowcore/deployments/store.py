@@ -276,6 +276,7 @@ class DeploymentStore:
         )
 
         def work(conn: sqlite3.Connection) -> str:
+            _refuse_trigger_loop(conn, deployment)
             row = conn.execute(
                 "SELECT id, paused FROM deployments WHERE flow = ? AND name = ?",
                 (deployment.flow_name, deployment.name),
@@ -886,6 +887,40 @@ def _cached_schedule(state: ScheduleState) -> Schedule:
             _schedules.clear()
         schedule = _schedules[state.key] = state.load()
     return schedule
+
+
+def _refuse_trigger_loop(conn: sqlite3.Connection, deployment: Deployment) -> None:
+    """DeploymentError when ``deployment``'s DeploymentTriggers, with those stored,
+    make a loop (each run would start the next, without end)."""
+    me = f"{deployment.flow_name}/{deployment.name}"
+    upstreams: dict[str, list[str]] = {}
+    for flow, name, triggers in conn.execute(
+            "SELECT flow, name, triggers FROM deployments WHERE triggers LIKE '%\"deployment\"%'"):
+        upstreams[f"{flow}/{name}"] = [t["after"] for t in json.loads(triggers) if t.get("type") == "deployment"]
+    upstreams[me] = [d["after"] for d in (t.to_dict() for t in deployment.triggers) if d["type"] == "deployment"]
+    path = [me]
+    seen: set[str] = set()
+
+    def back_to_me(current: str) -> bool:
+        for upstream in upstreams.get(current, []):
+            if upstream == me:
+                return True
+            if upstream in seen:
+                continue
+            seen.add(upstream)
+            path.append(upstream)
+            if back_to_me(upstream):
+                return True
+            path.pop()
+        return False
+
+    if back_to_me(me):
+        steps = [f"{path[0]} starts after {path[1] if len(path) > 1 else me}"]
+        steps += [f"{a} after {b}" for a, b in zip(path[1:], [*path[2:], me], strict=True)]
+        raise DeploymentError(
+            f"deployment {me}: its DeploymentTrigger closes a loop: {', '.join(steps)}; each run would "
+            "start the next without end: remove one of these triggers"
+        )
 
 
 def _worker_dead(worker: WorkerRecord, now: float, stale_after: float) -> str | None:
