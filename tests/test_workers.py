@@ -566,3 +566,32 @@ def test_a_script_flow_runs_its_tasks_on_a_process_backend(env: Env) -> None:
     assert env.query("SELECT state FROM deployment_runs") == [("Completed",)]
     (flow_run,) = env.query("SELECT flow_run_id FROM deployment_runs")[0]
     assert flow_run is not None
+
+
+def test_deployment_cancel_stops_a_running_run_and_drops_a_queued_one(env: Env) -> None:
+    """A run queued by mistake (wrong parameters, a huge job) could not be cancelled
+    from the CLI: the store could, nothing called it. ``flowcore deployment cancel RUN``."""
+    long = env.deploy("long", flow="sleepy", parameters="{'seconds': 60.0}")
+    env.deploy("other", flow="quick", work_pool_name="'nobody'")
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "flowcore", "deployment", *args], cwd=env.root, env=env.env,
+                              capture_output=True, text=True, timeout=60)
+
+    queued = json.loads(cli("run", "quick/other", "--json").stdout)["id"]
+    cancelled = cli("cancel", queued[:8])
+    assert cancelled.returncode == 0 and "cancelled" in cancelled.stdout, cancelled.stdout + cancelled.stderr
+    assert env.query("SELECT state FROM deployment_runs WHERE id = ?", (queued,)) == [("Cancelled",)]
+    worker = env.start_worker()
+    running = json.loads(cli("run", "sleepy/long", "--json").stdout)["id"]
+    env.wait("the run to run", lambda: env.query(
+        "SELECT count(*) FROM deployment_runs WHERE id = ? AND flow_run_id IS NOT NULL", (running,)) == [(1,)])
+    asked = cli("cancel", running)
+    assert asked.returncode == 0, asked.stderr
+    env.wait("the run to be stopped", lambda: env.query(
+        "SELECT state FROM deployment_runs WHERE id = ?", (running,)) == [("Cancelled",)], timeout=30)
+    again = cli("cancel", running)
+    assert again.returncode == 2 and "already ended Cancelled" in again.stderr, again.stderr
+    env.stop(worker)
+    assert env.query("SELECT r.deployment_id, f.state FROM deployment_runs r JOIN flow_runs f "
+                     "ON f.id = r.flow_run_id WHERE r.id = ?", (running,)) == [(long, "Cancelled")]

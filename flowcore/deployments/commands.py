@@ -191,6 +191,25 @@ def _rm(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cancel(args: argparse.Namespace) -> int:
+    from flowcore.cli import UsageError
+    from flowcore.deployments.store import FINAL, open_deployment_store
+
+    with open_deployment_store() as store:
+        run = store.run(args.run_id)
+        name = store.deployment(run.deployment_id).full_name
+        if run.state in FINAL:
+            raise UsageError(f"run {run.id[:8]} of {name} already ended {run.state}")
+        store.request_cancel(run.id, f"cancelled by flowcore deployment cancel ({args.reason})" if args.reason
+                             else "cancelled by flowcore deployment cancel")
+        now = store.run(run.id)
+    if now.state == "Cancelled":
+        print(f"run {run.id[:8]} of {name} cancelled (it had not started)")
+    else:
+        print(f"run {run.id[:8]} of {name} is {now.state}: its worker stops it and it ends Cancelled")
+    return 0
+
+
 def _feed(args: argparse.Namespace) -> int:
     from flowcore.deployments.store import open_deployment_store
 
@@ -269,6 +288,11 @@ def add_commands(commands: Any) -> None:
     rm = actions.add_parser("rm", help="remove a deployment (its queued runs are cancelled)")
     rm.add_argument("name", metavar="NAME", help=name_help)
     rm.set_defaults(handler=_rm)
+
+    cancel = actions.add_parser("cancel", help="cancel a run: a queued one at once, a running one by its worker")
+    cancel.add_argument("run_id", metavar="RUN", help="the run's id or a unique prefix (deployment inspect lists them)")
+    cancel.add_argument("--reason", help="a note kept in the run's message")
+    cancel.set_defaults(handler=_cancel)
 
     feed = actions.add_parser("feed", help="the trigger feed: what fired, which run it created, what was skipped")
     feed.add_argument("name", metavar="NAME", nargs="?", help=name_help + " (default: all)")
