@@ -595,3 +595,25 @@ def test_deployment_cancel_stops_a_running_run_and_drops_a_queued_one(env: Env) 
     env.stop(worker)
     assert env.query("SELECT r.deployment_id, f.state FROM deployment_runs r JOIN flow_runs f "
                      "ON f.id = r.flow_run_id WHERE r.id = ?", (running,)) == [(long, "Cancelled")]
+
+
+def test_deployment_run_says_when_no_worker_serves_the_pool(env: Env) -> None:
+    """``deployment run --watch`` with no worker on the pool printed "Scheduled" and then
+    nothing, forever; it now says no worker is running there and how to start one."""
+    env.deploy("first")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "flowcore", "deployment", "run", "quick/first", *args],
+                              cwd=env.root, env=env.env, capture_output=True, text=True, timeout=90)
+
+    alone = run("--watch", "--timeout", "2")
+    assert "no worker is running on pool 'default'" in alone.stderr, alone.stderr
+    assert "flowcore worker start --pool default" in alone.stderr
+    worker = env.start_worker()
+    env.wait("the worker to start", lambda: "started on pool" in env.log())
+    served = run("--watch", "--timeout", "60")
+    assert served.returncode == 0, served.stdout + served.stderr
+    assert "no worker" not in served.stderr, served.stderr
+    env.stop(worker)
+    stopped = run()
+    assert "no worker is running on pool 'default'" in stopped.stderr, stopped.stderr

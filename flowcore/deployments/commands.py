@@ -140,6 +140,9 @@ def _run(args: argparse.Namespace) -> int:
             return 0
         print(f"run {run_id} of {record.full_name} {'queued' if created else 'was already queued'}; "
               f"a worker on pool {record.work_pool!r} starts it (flowcore worker start --pool {record.work_pool})")
+        if not store.pool_is_served(record.work_pool):
+            print(f"note: no worker is running on pool {record.work_pool!r} now: the run waits until one starts "
+                  f"(flowcore worker start --pool {record.work_pool})", file=sys.stderr)
         if not args.watch:
             return 0
         return _watch(store, record, run_id, args.timeout)

@@ -809,6 +809,14 @@ class DeploymentStore:
             sql += " WHERE stopped IS NULL"
         return [WorkerRecord(*row) for row in self._read(sql + " ORDER BY started")]
 
+    def pool_is_served(self, pool: str, now: float | None = None) -> bool:
+        """True when a live worker may take runs of ``pool``: a worker of that pool, or
+        any ``serve()`` process (it runs its own deployments whatever their pool; which
+        ones is not stored, so it counts for every pool)."""
+        when = time.time() if now is None else now
+        return any(w.work_pool in (pool, "*") and _worker_dead(w, when, WORKER_STALE_S) is None
+                   for w in self.workers(live_only=True))
+
     def crash_orphans(self, now: float | None = None, *, stale_after: float = WORKER_STALE_S) -> int:
         """End ``Crashed`` the running runs whose worker is dead (its process is gone,
         on this host; its heartbeat stale, on another), and record those workers
