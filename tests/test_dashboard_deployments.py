@@ -318,6 +318,17 @@ def test_the_webhook_refuses_nan_and_infinity_without_queueing_a_run(served: Ser
     assert served.post(path, b'{"n": 1.5e3}', headers=auth).status == 201
 
 
+def test_a_webhook_url_missing_a_part_gets_a_404_that_shows_the_right_one(served: Served) -> None:
+    """POST /api/deployments/nightly/runs (the flow name left out) matched the GET route
+    of one deployment and got a bare 405 "Method Not Allowed"."""
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    for path in ("/api/deployments/nightly/runs", "/api/deployments/etl%20workflow/nightly"):
+        answer = served.post(path, {"n": 1}, headers=auth)
+        assert answer.status == 404, (path, answer.status, answer.text)
+        assert "POST /api/deployments/<flow>/<deployment>/runs" in answer.json()["error"], answer.text
+    assert served.post("/api/deployments/nightly/runs", {"n": 1}).status == 401
+
+
 def test_the_token_comes_from_the_environment_or_the_home(home: Path, deployed: dict[str, str],
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FLOWCORE_API_TOKEN", "from-the-env")

@@ -181,6 +181,14 @@ def deployment_routes(
             on_request()
         return JSONResponse({"deployment": record.full_name, "paused": action == "pause"})
 
+    def misaddressed(request: Request, body: bytes) -> JSONResponse:
+        # POST .../nightly/runs without the flow's name lands here (as flow "nightly",
+        # deployment "runs"), as does POST .../flow/deployment without /runs
+        flow, name = request.path_params["flow"], request.path_params["deployment"]
+        return error(404, f"no route POST /api/deployments/{flow}/{name}; to start a run, POST "
+                          "/api/deployments/<flow>/<deployment>/runs (the flow's name, then the deployment's: "
+                          "GET /api/deployments lists them)")
+
     def show_run(request: Request, body: bytes) -> JSONResponse:
         return JSONResponse(store().run(request.path_params["run_id"]).to_json())
 
@@ -190,6 +198,7 @@ def deployment_routes(
         Route("/api/deployments/{flow:path}/{deployment}/runs", guarded(create_run), methods=["POST"]),
         Route("/api/deployments/{flow:path}/{deployment}/{action:str}", guarded(pause), methods=["POST"]),
         Route("/api/deployments/{flow:path}/{deployment}", guarded(inspect), methods=["GET"]),
+        Route("/api/deployments/{flow:path}/{deployment}", guarded(misaddressed), methods=["POST"]),
         Route("/api/deployment-runs/{run_id}", guarded(show_run), methods=["GET"]),
     ]
 
