@@ -210,6 +210,25 @@ def test_a_module_that_exits_while_imported_for_a_run_fails_the_run_naming_why(t
         Entrypoint(f"{script}:job", str(tmp_path), str(tmp_path)).load()
 
 
+def test_deployment_run_param_text_stays_text_for_a_str_parameter(flows: ModuleType, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--param path=2026`` for ``path: str`` was read as JSON (the int 2026) and the
+    run was refused (or failed) although the flow takes the text, as ``flowcore run`` does."""
+    monkeypatch.setenv("FLOWCORE_HOME", str(tmp_path / "home"))
+    Deployment.build_from_flow(flows.needs_path, "by-hand").apply()
+    Deployment.build_from_flow(flows.etl_workflow, "by-hand").apply()
+
+    def run(name: str, *args: str) -> Any:
+        done = subprocess.run([sys.executable, "-m", "flowcore", "deployment", "run", name, "--json", *args],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)["parameters"]
+
+    assert run("needs_path/by-hand", "--param", "path=2026") == {"path": "2026"}
+    assert run("needs_path/by-hand", "--param", 'path="quoted"') == {"path": "quoted"}  # JSON text, as flowcore run
+    assert run("etl workflow/by-hand", "--param", "n=5") == {"n": 5}  # an int stays JSON
+
+
 def test_a_deployment_cannot_trigger_itself(flows: ModuleType) -> None:
     """after= its own name: each run it started started the next, without end (a real
     worker made 13 runs in 5 s)."""

@@ -126,6 +126,7 @@ def _run(args: argparse.Namespace) -> int:
 
     with open_deployment_store() as store:
         record = store.find(args.name)
+        parameters.update(_text_for_str_parameters(record, args.param or []))
         key = f"manual:{args.idempotency_key}" if args.idempotency_key else None
         try:
             run_id, created = store.request_run(record.id, parameters, kind="manual", key=key)
@@ -146,6 +147,26 @@ def _run(args: argparse.Namespace) -> int:
         if not args.watch:
             return 0
         return _watch(store, record, run_id, args.timeout)
+
+
+def _text_for_str_parameters(record: DeploymentRecord, pairs: list[str]) -> dict[str, str]:
+    """``--param NAME=VALUE`` for a parameter annotated ``str``: VALUE is the text (a
+    JSON string's content when quoted), never a number JSON reads, as ``flowcore run``
+    coerces it (``day=20261201`` stays "20261201")."""
+    from flowcore.deployments.deployment import FlowSignature
+
+    types = dict(FlowSignature.from_dict(record.signature).types)
+    texts: dict[str, str] = {}
+    for pair in pairs:
+        name, _, raw = pair.partition("=")
+        if types.get(name.strip()) != "str":
+            continue
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        texts[name.strip()] = value if isinstance(value, str) else raw
+    return texts
 
 
 def _watch(store: DeploymentStore, record: DeploymentRecord, run_id: str, timeout: float | None) -> int:
