@@ -229,6 +229,17 @@ def test_deployment_run_param_text_stays_text_for_a_str_parameter(flows: ModuleT
     assert run("etl workflow/by-hand", "--param", "n=5") == {"n": 5}  # an int stays JSON
 
 
+def test_inspect_shows_a_webhook_address_that_can_be_pasted(flows: ModuleType, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flow named "etl workflow": the address was printed with its space, which curl
+    cannot take as it is."""
+    monkeypatch.setenv("FLOWCORE_HOME", str(tmp_path / "home"))
+    Deployment.build_from_flow(flows.etl_workflow, "night ly").apply()
+    shown = subprocess.run([sys.executable, "-m", "flowcore", "deployment", "inspect", "etl workflow/night ly"],
+                           capture_output=True, text=True, timeout=60, check=True).stdout
+    assert "POST /api/deployments/etl%20workflow/night%20ly/runs" in shown, shown
+
+
 def test_a_deployment_cannot_trigger_itself(flows: ModuleType) -> None:
     """after= its own name: each run it started started the next, without end (a real
     worker made 13 runs in 5 s)."""

@@ -87,8 +87,10 @@ def _inspect(args: argparse.Namespace) -> int:
         from flowcore.deployments.triggers import trigger_from_dict
 
         print(f"  trigger:     {trigger_from_dict(trigger).describe()}")
-    print("  webhook:     POST /api/deployments/"
-          f"{record.flow}/{record.name}/runs (flowcore worker start --webhook-port PORT)")
+    from urllib.parse import quote
+
+    print(f"  webhook:     POST /api/deployments/{quote(record.flow, safe='')}/{quote(record.name, safe='')}/runs "
+          "(flowcore worker start --webhook-port PORT)")
     print()
     if data["next_runs"]:
         print("next runs:")
