@@ -240,6 +240,20 @@ def test_inspect_shows_a_webhook_address_that_can_be_pasted(flows: ModuleType, t
     assert "POST /api/deployments/etl%20workflow/night%20ly/runs" in shown, shown
 
 
+def test_a_schedule_that_has_ended_is_refused_at_build(flows: ModuleType) -> None:
+    """An rrule with COUNT and no DTSTART counts from the fixed anchor (2020-01-01): it
+    had ended before it was deployed, and the deployment silently never ran."""
+    from flowcore.schedules import RRuleSchedule
+
+    with pytest.raises(DeploymentError, match=r"rrule 'FREQ=DAILY;COUNT=3'.* has no fire time after now.*DTSTART"):
+        Deployment.build_from_flow(flows.etl_workflow, "x", schedule=RRuleSchedule("FREQ=DAILY;COUNT=3"))
+    ended = RRuleSchedule("DTSTART:20200101T000000\nRRULE:FREQ=DAILY;UNTIL=20200105T000000")
+    with pytest.raises(DeploymentError, match="has no fire time after now"):
+        Deployment.build_from_flow(flows.etl_workflow, "x", schedules=[IntervalSchedule(interval=60), ended])
+    later = RRuleSchedule("DTSTART:20990101T000000\nRRULE:FREQ=DAILY;COUNT=3")
+    assert Deployment.build_from_flow(flows.etl_workflow, "x", schedule=later).schedules == (later,)
+
+
 def test_a_deployment_cannot_trigger_itself(flows: ModuleType) -> None:
     """after= its own name: each run it started started the next, without end (a real
     worker made 13 runs in 5 s)."""

@@ -363,6 +363,15 @@ class Deployment:
         for item in chosen:
             if item not in unique:
                 unique.append(item)
+        for item in unique:
+            if not item.next(1):  # an rrule whose COUNT or UNTIL has passed: it would never fire
+                from flowcore.deployments.views import describe_schedule
+
+                raise DeploymentError(
+                    f"deployment {flow.name}/{name}: schedule {describe_schedule(item.to_dict())} has no fire "
+                    "time after now (its COUNT or UNTIL has passed; an rrule without DTSTART starts on "
+                    "2020-01-01 00:00 in its zone); give it a DTSTART, or leave it out"
+                )
         _choice(catchup, CATCHUP_POLICIES, "catchup")
         _choice(overlap, OVERLAP_POLICIES, "overlap")
         if concurrency_limit is not None and (
