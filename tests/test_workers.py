@@ -617,3 +617,32 @@ def test_deployment_run_says_when_no_worker_serves_the_pool(env: Env) -> None:
     env.stop(worker)
     stopped = run()
     assert "no worker is running on pool 'default'" in stopped.stderr, stopped.stderr
+
+
+def test_a_schedule_the_worker_cannot_read_does_not_stop_it_or_the_other_runs(env: Env) -> None:
+    """A deployment whose stored schedule this worker cannot read (written by a newer
+    flowcore, or edited by hand) made every tick raise: the worker stopped and ended
+    the runs of every other deployment Crashed. That deployment is now skipped, with
+    the reason in the trigger feed, once."""
+    long = env.deploy("long", flow="sleepy", parameters="{'seconds': 3.0}")
+    bad = env.deploy("hourly", schedule="IntervalSchedule(interval=timedelta(hours=1))")
+    worker = env.start_worker()
+    env.python(f"""
+        from flowcore.deployments.store import open_deployment_store
+        with open_deployment_store() as s:
+            s.request_run({long!r})
+    """)
+    env.wait("the run to run", lambda: env.query(
+        "SELECT count(*) FROM deployment_runs WHERE state = 'Running' AND flow_run_id IS NOT NULL") == [(1,)])
+    connection = sqlite3.connect(env.db, timeout=30)
+    with connection:
+        connection.execute("UPDATE deployment_schedules SET schedule = ?, key = 'calendar-1' WHERE deployment_id = ?",
+                           ('{"type": "calendar", "spec": "weekdays"}', bad))
+    connection.close()
+    env.wait("the run to complete", lambda: env.query("SELECT state FROM deployment_runs") == [("Completed",)])
+    time.sleep(1.5)  # a few more ticks
+    assert worker.poll() is None, env.log()
+    feed = env.query("SELECT deployment_id, outcome, reason FROM trigger_feed WHERE kind = 'schedule'")
+    assert len(feed) == 1 and feed[0][:2] == (bad, "skipped"), feed
+    assert "unknown schedule type 'calendar'" in feed[0][2], feed
+    assert env.stop(worker) == 0

@@ -472,9 +472,14 @@ class DeploymentStore:
         records = [d for d in self.list_deployments(pool=pool, ids=ids) if not d.paused]
         moment = scheduler.to_datetime(now)
         due: list[tuple[DeploymentRecord, ScheduleState, Schedule]] = []
+        unreadable: list[tuple[DeploymentRecord, ScheduleState, str]] = []
         for record in records:
             for state in record.schedules:
-                schedule = _cached_schedule(state)
+                schedule, problem = _readable_schedule(state)
+                if schedule is None:
+                    if (record.id, state.key) not in _told_unreadable:
+                        unreadable.append((record, state, problem))
+                    continue
                 first = scheduler.next_fire(schedule, scheduler.to_datetime(state.last_fire))
                 if first is not None and first <= moment:
                     due.append((record, state, schedule))
@@ -483,11 +488,15 @@ class DeploymentStore:
             + ("AND work_pool = ? " if pool is not None else "") + "LIMIT 1",
             (now - late_after, pool) if pool is not None else (now - late_after,),
         )
-        if not due and not stale:
+        if not due and not stale and not unreadable:
             return 0
 
         def work(conn: sqlite3.Connection) -> int:
             created = 0
+            for record, state, problem in unreadable:
+                conn.execute(_INSERT_FEED, (now, record.id, "schedule", state.key, "skipped", None,
+                                            f"this worker cannot read the schedule ({problem}); it creates no "
+                                            "runs of it: apply the deployment again with this flowcore version"))
             for record, state, schedule in due:
                 current = conn.execute(
                     "SELECT last_fire FROM deployment_schedules WHERE deployment_id = ? AND key = ?",
@@ -515,6 +524,7 @@ class DeploymentStore:
             return created
 
         result: int = self._write(work)
+        _told_unreadable.update((record.id, state.key) for record, state, _ in unreadable)
         return result
 
     def _fire(self, conn: sqlite3.Connection, record: DeploymentRecord, state: ScheduleState, schedule: Schedule,
@@ -555,7 +565,10 @@ class DeploymentStore:
             if record.paused:
                 continue
             for state in record.schedules:
-                first = scheduler.next_fire(_cached_schedule(state), scheduler.to_datetime(state.last_fire))
+                schedule, _ = _readable_schedule(state)
+                if schedule is None:
+                    continue
+                first = scheduler.next_fire(schedule, scheduler.to_datetime(state.last_fire))
                 if first is not None and (best is None or first.timestamp() < best):
                     best = first.timestamp()
         return best
@@ -895,6 +908,21 @@ def _cached_schedule(state: ScheduleState) -> Schedule:
             _schedules.clear()
         schedule = _schedules[state.key] = state.load()
     return schedule
+
+
+#: (deployment id, schedule key) of unreadable schedules already written to the feed
+_told_unreadable: set[tuple[str, str]] = set()
+
+
+def _readable_schedule(state: ScheduleState) -> tuple[Schedule | None, str]:
+    """(the schedule, "") or, when this version cannot read it (a type or field from a
+    newer flowcore, a hand edit), (None, why): one bad row must not stop a worker."""
+    from flowcore.errors import FlowcoreError
+
+    try:
+        return _cached_schedule(state), ""
+    except (FlowcoreError, KeyError, TypeError, ValueError) as exc:
+        return None, str(exc)
 
 
 def _refuse_trigger_loop(conn: sqlite3.Connection, deployment: Deployment) -> None:
