@@ -646,3 +646,34 @@ def test_a_schedule_the_worker_cannot_read_does_not_stop_it_or_the_other_runs(en
     assert len(feed) == 1 and feed[0][:2] == (bad, "skipped"), feed
     assert "unknown schedule type 'calendar'" in feed[0][2], feed
     assert env.stop(worker) == 0
+
+
+def test_an_error_in_the_workers_loop_does_not_end_the_running_flow_runs(env: Env) -> None:
+    """Any exception out of one pass of the worker's loop (here: a file trigger stored
+    by a newer flowcore, with a field this one does not know) stopped the worker and
+    ended every running flow run Crashed. The worker now says what failed, once, keeps
+    its runs and tries again."""
+    long = env.deploy("long", flow="sleepy", parameters="{'seconds': 8.0}")  # past a heartbeat (5 s)
+    inbox = env.root / "inbox"
+    inbox.mkdir()
+    watched = env.deploy("watched", flow="ingest", triggers=f"[FileTrigger({str(inbox)!r})]")
+    worker = env.start_worker()
+    env.python(f"""
+        from flowcore.deployments.store import open_deployment_store
+        with open_deployment_store() as s:
+            s.request_run({long!r})
+    """)
+    env.wait("the run to run", lambda: env.query(
+        "SELECT count(*) FROM deployment_runs WHERE state = 'Running' AND flow_run_id IS NOT NULL") == [(1,)])
+    connection = sqlite3.connect(env.db, timeout=30)
+    with connection:
+        connection.execute("UPDATE deployments SET triggers = ? WHERE id = ?", (json.dumps(
+            [{"type": "file", "path": str(inbox), "pattern": "*", "parameter": "path", "debounce": 2}]), watched))
+    connection.close()
+    env.wait("the run to complete", lambda: env.query(
+        "SELECT state FROM deployment_runs WHERE deployment_id = ?", (long,)) == [("Completed",)])
+    assert worker.poll() is None, env.log()
+    env.wait("the worker to say what failed", lambda: "debounce" in env.log(), timeout=20)
+    time.sleep(2.5)
+    assert env.log().count("a pass of the loop failed") == 1, env.log()
+    assert env.stop(worker) == 0

@@ -45,6 +45,8 @@ from flowcore.deployments.triggers import FileTrigger, FileWatcher, trigger_from
 
 #: seconds between heartbeats, dead-worker checks and deployment refreshes
 HEARTBEAT_S = 5.0
+#: seconds before a pass of the loop that raised is tried again
+RETRY_S = 1.0
 #: seconds between scans of file triggers
 FILE_POLL_S = 1.0
 #: seconds a child gets after SIGTERM before SIGKILL
@@ -122,6 +124,7 @@ class Worker:
         self._watchers: dict[str, _Watchers] = {}
         self._names: dict[str, str] = {}
         self._webhook: Any = None
+        self._said_failures: set[str] = set()  # each distinct failure of a pass is said once
         self.started = False
 
     # -- control ----------------------------------------------------------------------------
@@ -167,7 +170,7 @@ class Worker:
                 self._start_webhook()
             self.started = True
             while True:
-                delay = self.tick()
+                delay = self._guarded_tick()
                 if self._stop_reason is not None and not self._children:
                     break
                 self._wake.wait(max(0.0, delay))
@@ -177,6 +180,24 @@ class Worker:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
         return 0
+
+    def _guarded_tick(self) -> float:
+        """:meth:`tick`; an exception out of it (a row this version cannot read, the
+        store locked past its timeout) is said once per distinct message and the pass
+        is tried again later: the running flow runs go on (they ended Crashed when the
+        exception stopped the worker)."""
+        try:
+            delay = self.tick()
+        except Exception as exc:
+            message = f"{type(exc).__name__}: {exc}"
+            if message not in self._said_failures and len(self._said_failures) < 100:
+                self._said_failures.add(message)
+                self._say(f"a pass of the loop failed ({message}); running flow runs go on; "
+                          f"trying again every {RETRY_S:g} s")
+            if self._stop_reason is not None:
+                self._stopping(time.monotonic())  # the grace period still ends
+            return RETRY_S
+        return delay
 
     def _on_signal(self, signum: int, frame: object) -> None:
         name = signal.Signals(signum).name
