@@ -329,6 +329,18 @@ def test_a_webhook_url_missing_a_part_gets_a_404_that_shows_the_right_one(served
     assert served.post("/api/deployments/nightly/runs", {"n": 1}).status == 401
 
 
+def test_the_webhook_refuses_a_body_larger_than_a_megabyte(served: Served, store: DeploymentStore,
+                                                           deployed: dict[str, str]) -> None:
+    """The webhook read any body whole into memory (the dashboard's own forms stop at
+    1 MB): 413 now, before reading it, and no run."""
+    auth = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    big = b'{"label": "' + b"x" * 2_000_000 + b'"}'
+    answer = served.post("/api/deployments/etl%20workflow/nightly/runs", big, headers=auth)
+    assert answer.status == 413, (answer.status, answer.text[:200])
+    assert "larger than 1000000 bytes" in answer.json()["error"], answer.text[:200]
+    assert store.runs(deployed["nightly"]) == []
+
+
 def test_the_token_comes_from_the_environment_or_the_home(home: Path, deployed: dict[str, str],
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FLOWCORE_API_TOKEN", "from-the-env")

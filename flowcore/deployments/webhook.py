@@ -22,7 +22,8 @@ Every route needs ``Authorization: Bearer <token>`` (401 otherwise): the token i
 ``FLOWCORE_API_TOKEN`` or, when that is unset, the one in ``$FLOWCORE_HOME/api-token``
 (generated on first use, mode 0600, printed once by the worker). Errors are JSON
 ``{"error": "..."}``: 400 bad body, 404 unknown deployment, 422 parameters that do
-not fit the flow, 409 for a paused deployment (pausing stops triggers).
+not fit the flow, 409 for a paused deployment (pausing stops triggers), 413 for a
+body over :data:`MAX_BODY` bytes.
 
 starlette and uvicorn are imported only here (``pip install "flowcore[ui]"``).
 """
@@ -45,6 +46,8 @@ ENV_TOKEN = "FLOWCORE_API_TOKEN"
 TOKEN_FILE = "api-token"
 #: the longest Idempotency-Key kept (longer ones are refused)
 MAX_KEY_LENGTH = 200
+#: the largest request body read (413 beyond): parameters, not payloads
+MAX_BODY = 1_000_000
 
 
 def api_token(home: Path | None = None) -> tuple[str, bool]:
@@ -116,7 +119,16 @@ def deployment_routes(
             if not authorized(request):
                 return error(401, "missing or wrong API token: send 'Authorization: Bearer <token>' "
                                   f"({ENV_TOKEN}, or the token in $FLOWCORE_HOME/{TOKEN_FILE})")
-            body = await request.body()
+            length = request.headers.get("content-length", "")
+            if length.isdigit() and int(length) > MAX_BODY:
+                return error(413, f"the body is larger than {MAX_BODY} bytes; send parameters, and pass large "
+                                  "data by reference (a path or URL)")
+            body = b""
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > MAX_BODY:
+                    return error(413, f"the body is larger than {MAX_BODY} bytes; send parameters, and pass "
+                                      "large data by reference (a path or URL)")
             from starlette.concurrency import run_in_threadpool
 
             try:
