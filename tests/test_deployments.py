@@ -254,6 +254,15 @@ def test_a_schedule_that_has_ended_is_refused_at_build(flows: ModuleType) -> Non
     assert Deployment.build_from_flow(flows.etl_workflow, "x", schedule=later).schedules == (later,)
 
 
+def test_a_deployment_interval_under_a_second_is_refused(flows: ModuleType) -> None:
+    """IntervalSchedule(0.001) was deployed: each fire time is a new process, and a
+    worker would have started hundreds a second."""
+    for interval in (0.001, 0.5, timedelta(milliseconds=999)):
+        with pytest.raises(DeploymentError, match=r"every .* is under 1 s.*each run is a new process"):
+            Deployment.build_from_flow(flows.etl_workflow, "x", schedule=IntervalSchedule(interval=interval))
+    assert Deployment.build_from_flow(flows.etl_workflow, "x", schedule=IntervalSchedule(interval=1)).schedules
+
+
 def test_a_deployment_cannot_trigger_itself(flows: ModuleType) -> None:
     """after= its own name: each run it started started the next, without end (a real
     worker made 13 runs in 5 s)."""

@@ -336,7 +336,7 @@ class Deployment:
         registered.
         """
         from flowcore.flows import Flow
-        from flowcore.schedules import Schedule
+        from flowcore.schedules import IntervalSchedule, Schedule
 
         if not isinstance(flow, Flow):
             raise DeploymentError(f"build_from_flow(flow=...) takes a @flow, got {type(flow).__name__} {flow!r}")
@@ -364,6 +364,12 @@ class Deployment:
             if item not in unique:
                 unique.append(item)
         for item in unique:
+            seconds = float(item.to_dict()["interval"]) if isinstance(item, IntervalSchedule) else None
+            if seconds is not None and seconds < 1:
+                raise DeploymentError(
+                    f"deployment {flow.name}/{name}: IntervalSchedule every {seconds:g} s is under "
+                    "1 s; each run is a new process: use an interval of 1 s or more, or loop inside one flow run"
+                )
             if not item.next(1):  # an rrule whose COUNT or UNTIL has passed: it would never fire
                 from flowcore.deployments.views import describe_schedule
 
