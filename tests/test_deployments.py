@@ -263,6 +263,30 @@ def test_a_deployment_interval_under_a_second_is_refused(flows: ModuleType) -> N
     assert Deployment.build_from_flow(flows.etl_workflow, "x", schedule=IntervalSchedule(interval=1)).schedules
 
 
+def test_deployment_ls_lists_every_deployment_when_one_schedule_cannot_be_read(
+        flows: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One schedule this version cannot read (a newer flowcore's) made `deployment ls`
+    fail as a whole ("unknown schedule type"); it lists every deployment, that one
+    without next runs."""
+    monkeypatch.setenv("FLOWCORE_HOME", str(tmp_path / "home"))
+    Deployment.build_from_flow(flows.etl_workflow, "daily", schedule=CronSchedule("0 2 * * *")).apply()
+    other = Deployment.build_from_flow(flows.other, "later", schedule=CronSchedule("0 3 * * *")).apply()
+    connection = sqlite3.connect(tmp_path / "home" / "history.db")
+    with connection:
+        connection.execute("UPDATE deployment_schedules SET schedule = ?, key = 'calendar-1' WHERE deployment_id = ?",
+                           ('{"type": "calendar", "spec": "weekdays"}', other))
+    connection.close()
+    listing = subprocess.run([sys.executable, "-m", "flowcore", "deployment", "ls", "--json"],
+                             capture_output=True, text=True, timeout=60)
+    assert listing.returncode == 0, listing.stderr
+    by_name = {item["full_name"]: item for item in json.loads(listing.stdout)}
+    assert set(by_name) == {"etl workflow/daily", "other/later"}
+    assert by_name["other/later"]["next_runs"] == [] and by_name["etl workflow/daily"]["next_runs"]
+    shown = subprocess.run([sys.executable, "-m", "flowcore", "deployment", "inspect", "other/later"],
+                           capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and "unknown schedule type 'calendar'" in shown.stdout, shown.stdout + shown.stderr
+
+
 def test_a_deployment_cannot_trigger_itself(flows: ModuleType) -> None:
     """after= its own name: each run it started started the next, without end (a real
     worker made 13 runs in 5 s)."""

@@ -475,7 +475,7 @@ class DeploymentStore:
         unreadable: list[tuple[DeploymentRecord, ScheduleState, str]] = []
         for record in records:
             for state in record.schedules:
-                schedule, problem = _readable_schedule(state)
+                schedule, problem = readable_schedule(state)
                 if schedule is None:
                     if (record.id, state.key) not in _told_unreadable:
                         unreadable.append((record, state, problem))
@@ -565,7 +565,7 @@ class DeploymentStore:
             if record.paused:
                 continue
             for state in record.schedules:
-                schedule, _ = _readable_schedule(state)
+                schedule, _ = readable_schedule(state)
                 if schedule is None:
                     continue
                 first = scheduler.next_fire(schedule, scheduler.to_datetime(state.last_fire))
@@ -914,7 +914,7 @@ def _cached_schedule(state: ScheduleState) -> Schedule:
 _told_unreadable: set[tuple[str, str]] = set()
 
 
-def _readable_schedule(state: ScheduleState) -> tuple[Schedule | None, str]:
+def readable_schedule(state: ScheduleState) -> tuple[Schedule | None, str]:
     """(the schedule, "") or, when this version cannot read it (a type or field from a
     newer flowcore, a hand edit), (None, why): one bad row must not stop a worker."""
     from flowcore.errors import FlowcoreError

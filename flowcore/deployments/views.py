@@ -8,7 +8,12 @@ import time
 from typing import Any
 
 from flowcore.deployments import scheduler
-from flowcore.deployments.store import DeploymentRecord, DeploymentStore, ScheduleState
+from flowcore.deployments.store import (
+    DeploymentRecord,
+    DeploymentStore,
+    ScheduleState,
+    readable_schedule,
+)
 
 
 def describe_schedule(data: dict[str, Any]) -> str:
@@ -87,8 +92,11 @@ def next_runs(record: DeploymentRecord, n: int = 10, now: float | None = None) -
     moment = time.time() if now is None else now
     found: list[tuple[float, ScheduleState]] = []
     for state in record.schedules:
+        schedule, _ = readable_schedule(state)
+        if schedule is None:  # a newer flowcore's: no fire times here (summary says why)
+            continue
         after = scheduler.to_datetime(max(moment, state.last_fire))
-        found += [(t.timestamp(), state) for t in state.load().next(n, after=after)]
+        found += [(t.timestamp(), state) for t in schedule.next(n, after=after)]
     found.sort(key=lambda item: item[0])
     return found[:n]
 
@@ -110,6 +118,9 @@ def summary(store: DeploymentStore, record: DeploymentRecord, *, now: float | No
     for item, state in zip(data["schedules"], record.schedules, strict=True):
         item["description"] = describe_schedule(state.schedule)
         item["words"] = schedule_in_words(state.schedule)
+        _, problem = readable_schedule(state)
+        if problem:
+            item["description"] += f" (this flowcore cannot read it: {problem}; it creates no runs)"
     data["next_runs"] = [
         {"time": at, "schedule": describe_schedule(state.schedule), "wall_clock": _wall_clock(at, state)}
         for at, state in next_runs(record, next_n, now)
