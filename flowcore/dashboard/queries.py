@@ -338,6 +338,20 @@ class WorkersView:
         }
 
 
+def _log_filters(flow_run_id: str, level: int, task: str | None) -> tuple[str, list[Any]]:
+    """The WHERE clause (and its parameters) choosing a flow run's log records at
+    ``level`` or above, of the task named ``task`` (or the run so named)."""
+    where = "flow_run_id = ?"
+    parameters: list[Any] = [flow_run_id]
+    if level:
+        where += " AND level >= ?"
+        parameters.append(level)
+    if task:
+        where += " AND (task_name = ? OR task_run_name = ?)"
+        parameters += [task, task]
+    return where, parameters
+
+
 def worker_label(worker: WorkerRecord | None) -> str:
     """The lane name of a worker: its Dask address, else ``host:pid/thread``."""
     return str(worker) if worker is not None else "(worker not reported)"
@@ -683,14 +697,9 @@ class HistoryQueries:
         (or the run so named), oldest first: without ``after_id`` the newest ``limit``
         (what a page opens with); with it, the first ``limit`` above ``after_id``, so
         that a follower passing the last id back misses no line however many came."""
-        sql = f"SELECT {_LOG_COLUMNS} FROM logs WHERE flow_run_id = ? AND id > ?"
-        parameters: list[Any] = [flow_run_id, after_id]
-        if level:
-            sql += " AND level >= ?"
-            parameters.append(level)
-        if task:
-            sql += " AND (task_name = ? OR task_run_name = ?)"
-            parameters += [task, task]
+        where, parameters = _log_filters(flow_run_id, level, task)
+        sql = f"SELECT {_LOG_COLUMNS} FROM logs WHERE {where} AND id > ?"
+        parameters.append(after_id)
         if after_id:
             sql += " ORDER BY id LIMIT ?"
             parameters.append(limit)
@@ -702,15 +711,8 @@ class HistoryQueries:
     def logs_count(self, flow_run_id: str, *, level: int = 0, task: str | None = None) -> int:
         """How many log records of a flow run :meth:`logs_tail` would choose from (same
         ``level`` and ``task`` filters, no limit)."""
-        sql = "SELECT count(*) FROM logs WHERE flow_run_id = ?"
-        parameters: list[Any] = [flow_run_id]
-        if level:
-            sql += " AND level >= ?"
-            parameters.append(level)
-        if task:
-            sql += " AND (task_name = ? OR task_run_name = ?)"
-            parameters += [task, task]
-        rows = self.rows(sql, parameters)
+        where, parameters = _log_filters(flow_run_id, level, task)
+        rows = self.rows(f"SELECT count(*) FROM logs WHERE {where}", parameters)
         return int(rows[0][0]) if rows else 0
 
     def log_tasks(self, flow_run_id: str) -> list[str]:
