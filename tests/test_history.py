@@ -1145,7 +1145,8 @@ def _running_map(home: Path, tmp_path: Path, backend: str) -> tuple[subprocess.P
     waiting: list[tuple[Any, ...]] = []
     try:
         while not waiting:  # a map that outlives the writer's hold is written as one pending row
-            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            assert process.poll() is None, process.communicate()  # it ended: its output says why
+            assert time.monotonic() < deadline, "the map's pending row was not written within 60 s"
             time.sleep(0.1)
             if db.exists():
                 with contextlib.suppress(sqlite3.OperationalError):  # the schema is being made
@@ -1483,3 +1484,59 @@ def test_a_map_stopped_by_its_failing_flow_leaves_no_pending_runs(home: Path, tm
     assert "Pending" not in run.task_counts and "Running" not in run.task_counts
     assert sorted(t.name for t in detail.task_runs) == sorted(f"slow-{i}" for i in range(20))
     assert query(db, "SELECT count(*) FROM pending_maps") == [(0,)]
+
+
+def test_the_runs_of_an_async_map_awaited_together_read_running(home: Path, tmp_path: Path) -> None:
+    """An async task's map on threads awaits a batch's runs together on a worker
+    thread's loop: every run of a batch out reads Running while they wait."""
+    script = tmp_path / "async_map.py"
+    script.write_text(textwrap.dedent("""
+        import asyncio, sys, time
+        from pathlib import Path
+        from flowcore import flow, get_backend, task
+
+        @task
+        async def wait_for_go(x, go):
+            deadline = time.monotonic() + 120
+            while not Path(go).exists() and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            return x
+
+        @flow(backend=get_backend("threads", max_workers=2))
+        def waiting(go: str):
+            return [f.result() for f in wait_for_go.map(range(6), go=go)]
+
+        if __name__ == "__main__":
+            print(waiting(sys.argv[1]))
+    """))
+    go = tmp_path / "go"
+    process = subprocess.Popen([sys.executable, str(script), str(go)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    db = home / "history.db"
+    try:
+        deadline = time.monotonic() + 60
+        running: list[Any] = []
+        while len(running) < 2:
+            assert process.poll() is None, "the flow ended before its runs were seen running"
+            assert time.monotonic() < deadline, "no two runs of the map read Running within 60 s"
+            time.sleep(0.2)
+            if not db.exists():
+                continue
+            # the file or its schema is being made; the run not written yet
+            with contextlib.suppress(sqlite3.OperationalError, HistoryError, ValueError):
+                store = SQLiteStore(db, readonly=True)
+                try:
+                    [run] = store.list_runs()
+                    detail = store.get_run(run.id)
+                finally:
+                    store.close()
+                running = [t for t in detail.task_runs if t.state == "Running"]
+        assert {t.state for t in detail.task_runs} <= {"Running", "Pending"} and len(detail.task_runs) == 6
+        for task_run in running:
+            assert task_run.start is not None and task_run.worker is not None
+            assert task_run.worker.pid == process.pid and str(task_run.worker.thread).startswith("flowcore-thread")
+    finally:
+        go.touch()
+        out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    assert out.strip() == "[0, 1, 2, 3, 4, 5]"
