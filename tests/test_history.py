@@ -1444,6 +1444,17 @@ def test_subflows_run_in_process_workers_are_written_before_their_flow_returns(h
     assert ran.stdout.strip().splitlines()[-1] == str([("Completed", 1)] * 4)
 
 
+def _the_one_run(db: Path) -> tuple[FlowRunRecord, RunDetail]:
+    """The only flow run in the history file ``db`` (ValueError if not exactly one), read
+    as ``runs ls`` and ``runs show`` read it."""
+    store = SQLiteStore(db, readonly=True)
+    try:
+        [run] = store.list_runs()
+        return run, store.get_run(run.id)
+    finally:
+        store.close()
+
+
 def test_a_map_stopped_by_its_failing_flow_leaves_no_pending_runs(home: Path, tmp_path: Path) -> None:
     """On loky, a flow whose body fails while its map runs stops the map: batches out are
     lost and their runs end one by one (Cancelled). Each run counts once, and the map's
@@ -1473,12 +1484,7 @@ def test_a_map_stopped_by_its_failing_flow_leaves_no_pending_runs(home: Path, tm
     ran = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=180)
     assert ran.returncode == 0, ran.stderr
     db = home / "history.db"
-    store = SQLiteStore(db, readonly=True)
-    try:
-        [run] = store.list_runs()
-        detail = store.get_run(run.id)
-    finally:
-        store.close()
+    run, detail = _the_one_run(db)
     assert run.state == "Failed"
     assert sum(run.task_counts.values()) == 20, run.task_counts
     assert "Pending" not in run.task_counts and "Running" not in run.task_counts
@@ -1524,12 +1530,7 @@ def test_the_runs_of_an_async_map_awaited_together_read_running(home: Path, tmp_
                 continue
             # the file or its schema is being made; the run not written yet
             with contextlib.suppress(sqlite3.OperationalError, HistoryError, ValueError):
-                store = SQLiteStore(db, readonly=True)
-                try:
-                    [run] = store.list_runs()
-                    detail = store.get_run(run.id)
-                finally:
-                    store.close()
+                _, detail = _the_one_run(db)
                 running = [t for t in detail.task_runs if t.state == "Running"]
         assert {t.state for t in detail.task_runs} <= {"Running", "Pending"} and len(detail.task_runs) == 6
         for task_run in running:
