@@ -12,13 +12,14 @@ ones are stopped too, so a failed run ends within seconds.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import inspect
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from typing import (
     TYPE_CHECKING,
@@ -417,7 +418,6 @@ class Flow(Generic[P, R]):
         import asyncio
 
         from flowcore.futures import collect_futures, wait_async
-        from flowcore.loggers import restore_prints
 
         run = context.flow_run
         if run is not None and run.results is None and not context.log_prints:
@@ -427,82 +427,83 @@ class Flow(Generic[P, R]):
                 from flowcore.coroutines import carry_awaited_runs
 
                 carry_awaited_runs(loop)
-        token = _scope.set(context)
-        print_token = self._redirect_prints(context)
-        outer_task_run = _leave_task_run()
         seconds = self.options.timeout_seconds
         timer = None
-        try:
+        with self._body_context(context):
             try:
-                if seconds is None:
-                    value = await self.fn(*args, **kwargs)  # type: ignore[misc]
-                else:
-                    timer = asyncio.timeout(seconds)
-                    async with timer:
+                try:
+                    if seconds is None:
                         value = await self.fn(*args, **kwargs)  # type: ignore[misc]
-            except Exception as exc:
-                if timer is not None and timer.expired() and isinstance(exc, TimeoutError):
+                    else:
+                        timer = asyncio.timeout(seconds)
+                        async with timer:
+                            value = await self.fn(*args, **kwargs)  # type: ignore[misc]
+                except Exception as exc:
+                    if timer is not None and timer.expired() and isinstance(exc, TimeoutError):
+                        _stop_outstanding(context)
+                        message = f"flow run of {self.name!r} exceeded its timeout of {seconds:g} s"
+                        return State(StateType.FAILED, "TimedOut", message, exception=TaskTimeoutError(message))
+                    state: State[Any] = states.Failed(exc, traceback=_format(exc))
                     _stop_outstanding(context)
-                    message = f"flow run of {self.name!r} exceeded its timeout of {seconds:g} s"
-                    return State(StateType.FAILED, "TimedOut", message, exception=TaskTimeoutError(message))
-                state: State[Any] = states.Failed(exc, traceback=_format(exc))
-                _stop_outstanding(context)
-            else:
-                returned = [] if isinstance(value, quote) else collect_futures(value)
-                if returned:
-                    await wait_async(returned)
-                state = _state_from_return(value)
-            if context.outstanding():
-                await asyncio.to_thread(context.wait_all)
-            _log_failed_runs(context)
-            return state
-        except BaseException as exc:
-            # Cancelled (by the caller, a timeout around the call), Ctrl-C, SystemExit.
-            self._interrupted(context, exc)
-            raise
-        finally:
-            if outer_task_run is not None:
-                _task_run.reset(outer_task_run)
-            if print_token is not None:
-                restore_prints(print_token)
-            _scope.reset(token)
+                else:
+                    returned = [] if isinstance(value, quote) else collect_futures(value)
+                    if returned:
+                        await wait_async(returned)
+                    state = _state_from_return(value)
+                if context.outstanding():
+                    await asyncio.to_thread(context.wait_all)
+                _log_failed_runs(context)
+                return state
+            except BaseException as exc:
+                # Cancelled (by the caller, a timeout around the call), Ctrl-C, SystemExit.
+                self._interrupted(context, exc)
+                raise
 
     def _attempt(self, context: FlowRunContext, args: tuple[Any, ...], kwargs: dict[str, Any]) -> State[Any]:
-        from flowcore.loggers import restore_prints
         from flowcore.timeouts import call_with_timeout
+
+        seconds = self.options.timeout_seconds
+        with self._body_context(context):
+            try:
+                try:
+                    if seconds is None:
+                        value = self.fn(*args, **kwargs)
+                    else:
+                        # Our own error instance: a task's timeout raised in the body is a
+                        # plain failure of the flow, not the flow timing out.
+                        own_timeout = TaskTimeoutError(
+                            f"flow run of {self.name!r} exceeded its timeout of {seconds:g} s"
+                        )
+                        value = call_with_timeout(seconds, "", self.fn, args, kwargs, error=own_timeout)
+                except Exception as exc:
+                    if seconds is not None and exc is own_timeout:
+                        _stop_outstanding(context)
+                        return State(StateType.FAILED, "TimedOut", str(exc), exception=exc)
+                    state: State[Any] = states.Failed(exc, traceback=_format(exc))
+                    # The run has failed: do not start what is still queued, and stop its
+                    # runs on worker processes (threads cannot be stopped: awaited below).
+                    _stop_outstanding(context)
+                else:
+                    state = _state_from_return(value)
+                context.wait_all()
+                _log_failed_runs(context)
+                return state
+            except BaseException as exc:
+                # Ctrl-C, SystemExit: stop what can be stopped, do not wait for the rest.
+                self._interrupted(context, exc)
+                raise
+
+    @contextlib.contextmanager
+    def _body_context(self, context: FlowRunContext) -> Iterator[None]:
+        """What an attempt's body runs in: its scope, where its prints go, and no task
+        run (a flow called in a task body is a run of its own); all restored after."""
+        from flowcore.loggers import restore_prints
 
         token = _scope.set(context)
         print_token = self._redirect_prints(context)
         outer_task_run = _leave_task_run()
-        seconds = self.options.timeout_seconds
         try:
-            try:
-                if seconds is None:
-                    value = self.fn(*args, **kwargs)
-                else:
-                    # Our own error instance: a task's timeout raised in the body is a
-                    # plain failure of the flow, not the flow timing out.
-                    own_timeout = TaskTimeoutError(
-                        f"flow run of {self.name!r} exceeded its timeout of {seconds:g} s"
-                    )
-                    value = call_with_timeout(seconds, "", self.fn, args, kwargs, error=own_timeout)
-            except Exception as exc:
-                if seconds is not None and exc is own_timeout:
-                    _stop_outstanding(context)
-                    return State(StateType.FAILED, "TimedOut", str(exc), exception=exc)
-                state: State[Any] = states.Failed(exc, traceback=_format(exc))
-                # The run has failed: do not start what is still queued, and stop its
-                # runs on worker processes (threads cannot be stopped: awaited below).
-                _stop_outstanding(context)
-            else:
-                state = _state_from_return(value)
-            context.wait_all()
-            _log_failed_runs(context)
-            return state
-        except BaseException as exc:
-            # Ctrl-C, SystemExit: stop what can be stopped, do not wait for the rest.
-            self._interrupted(context, exc)
-            raise
+            yield
         finally:
             if outer_task_run is not None:
                 _task_run.reset(outer_task_run)
